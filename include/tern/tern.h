@@ -1,0 +1,13 @@
+/*
+ * tern — SMTP toolkit. Umbrella header: includes the public headers.
+ */
+#ifndef TERN_H
+#define TERN_H
+
+#include "address.h"
+#include "common.h"
+#include "reply.h"
+#include "server.h"
+#include "version.h"
+
+#endif /* TERN_H */

@@ -1,0 +1,161 @@
+/*
+ * DATA codec: end-of-data detection and dot-unstuffing. See dot.h.
+ *
+ * States. "Real" beginning of line (BOL) follows a CRLF that the client
+ * sent; "soft" BOL follows a bare CR or LF that we normalised. Only a
+ * real BOL can start the end-of-data sequence, which is what keeps
+ * "\n.\r\n", "\r.\r\n" and friends inside the message.
+ */
+#include "internal.h"
+
+#include "dot.h"
+
+enum {
+  D_MID = 0,  /* inside a line */
+  D_CR,       /* held a CR inside a line */
+  D_BOL_R,    /* real beginning of line */
+  D_BOL_S,    /* soft beginning of line */
+  D_DOT_R,    /* held "." at a real BOL */
+  D_DOT_S,    /* held "." at a soft BOL */
+  D_DOTCR_R,  /* held ".\r" at a real BOL: "\n" now ends the data */
+  D_DOTCR_S   /* held ".\r" at a soft BOL: "\n" is content ".\r\n" */
+};
+
+static const char crlf[] = "\r\n";
+static const char dotcrlf[] = ".\r\n";
+
+void tern__dot_init(struct tern__dot *d, size_t max_line, bool after_crlf) {
+  memset(d, 0, sizeof *d);
+  d->max_line = max_line;
+  d->state = after_crlf ? D_BOL_R : D_BOL_S;
+}
+
+/* Account a finished line (without its terminator) against the limit. */
+static void end_line(struct tern__dot *d) {
+  if (d->max_line && d->line_len + 2 > d->max_line)
+    d->long_line = true;
+  d->line_len = 0;
+}
+
+/* First CR or LF in p[0..n), or NULL. Two memchr calls are cheaper than a
+ * byte loop: lines are short and memchr is vectorised. */
+static const char *find_crlf(const char *p, size_t n) {
+  const char *lf = memchr(p, '\n', n);
+  const char *cr = memchr(p, '\r', lf ? (size_t)(lf - p) : n);
+  return cr ? cr : lf;
+}
+
+size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
+                      tern__dot_emit_fn emit, void *ctx, bool *done) {
+  size_t i = 0;
+  size_t run = 0; /* start of the pending run of content in buf */
+  bool go = true;
+
+  *done = false;
+  while (i < len && go) {
+    unsigned char c = (unsigned char)buf[i];
+
+    switch (d->state) {
+    case D_MID: {
+      const char *p = find_crlf(buf + i, len - i);
+      size_t j = p ? (size_t)(p - buf) : len;
+      d->line_len += j - i;
+      i = j;
+      if (!p)
+        break;
+      if (*p == '\r' && i + 1 < len && buf[i + 1] == '\n') {
+        /* The common case: CRLF inside this buffer stays in the run. */
+        end_line(d);
+        d->state = D_BOL_R;
+        i += 2;
+        break;
+      }
+      if (run < i)
+        go = emit(ctx, buf + run, i - run);
+      if (*p == '\r') {
+        d->state = D_CR; /* held: is a LF next, in the next buffer? */
+      } else { /* bare LF: normalise */
+        d->bare = true;
+        end_line(d);
+        if (!emit(ctx, crlf, 2))
+          go = false;
+        d->state = D_BOL_S;
+      }
+      run = ++i;
+      break;
+    }
+    case D_CR:
+      if (c == '\n') {
+        end_line(d);
+        go = emit(ctx, crlf, 2);
+        d->state = D_BOL_R;
+        run = ++i;
+      } else { /* bare CR: normalise; reprocess c at a soft BOL */
+        d->bare = true;
+        end_line(d);
+        go = emit(ctx, crlf, 2);
+        d->state = D_BOL_S;
+        run = i;
+      }
+      break;
+    case D_BOL_R:
+    case D_BOL_S:
+      if (c == '.') { /* hold the dot: stuffing, or the end? */
+        if (run < i)
+          go = emit(ctx, buf + run, i - run);
+        d->state = d->state == D_BOL_R ? D_DOT_R : D_DOT_S;
+        d->line_len = 1;
+        run = ++i;
+      } else {
+        d->state = D_MID; /* the run goes on */
+      }
+      break;
+    case D_DOT_R:
+    case D_DOT_S:
+      if (c == '\r') {
+        d->state = d->state == D_DOT_R ? D_DOTCR_R : D_DOTCR_S;
+        run = ++i;
+      } else if (c == '\n') { /* ".\n": a line "." ended by a bare LF */
+        d->bare = true;
+        end_line(d);
+        go = emit(ctx, dotcrlf, 3);
+        d->state = D_BOL_S;
+        run = ++i;
+      } else { /* the leading dot was stuffing: drop it (RFC 5321 §4.5.2) */
+        d->state = D_MID;
+        run = i;
+      }
+      break;
+    case D_DOTCR_R:
+      if (c == '\n') { /* <CRLF>.<CRLF> */
+        d->line_len = 0;
+        *done = true;
+        return i + 1;
+      }
+      /* ".\r" + other: a line "." ended by a bare CR */
+      d->bare = true;
+      end_line(d);
+      go = emit(ctx, dotcrlf, 3);
+      d->state = D_BOL_S;
+      run = i;
+      break;
+    case D_DOTCR_S:
+      end_line(d);
+      go = emit(ctx, dotcrlf, 3);
+      if (c == '\n') { /* a real CRLF ended the content line "." */
+        d->state = D_BOL_R;
+        run = ++i;
+      } else {
+        d->bare = true;
+        d->state = D_BOL_S;
+        run = i;
+      }
+      break;
+    }
+  }
+  /* Content left in the run goes out now; emit's verdict is kept by the
+   * caller's own pause flag. */
+  if (run < i)
+    emit(ctx, buf + run, i - run);
+  return i;
+}

@@ -1,0 +1,100 @@
+/*
+ * Internal declarations shared inside src/core. First include of every
+ * core .c file. Nothing here is public API; names are tern__<module>_*.
+ *
+ * src/core does no I/O: no <uv.h>, no OpenSSL SSL headers, no sockets, no
+ * clock, no <ctype.h> (locale-free helpers below instead).
+ */
+#ifndef TERN_CORE_INTERNAL_H
+#define TERN_CORE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "tern/tern.h"
+
+/* ---- allocation (mem.c) ------------------------------------------------ */
+
+/* Allocate/free through hooks (NULL hooks = libc). Never abort. */
+void *tern__malloc(const struct tern_mem *m, size_t n);
+void tern__free(const struct tern_mem *m, void *p);
+/* n*size with overflow check; NULL on overflow or failure. */
+void *tern__calloc_array(const struct tern_mem *m, size_t n, size_t size);
+
+/* ---- ASCII helpers (str.c), locale-free ----------------------------------- */
+
+static inline bool tern__is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static inline bool tern__is_alpha(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+static inline bool tern__is_alnum(unsigned char c) {
+  return tern__is_alpha(c) || tern__is_digit(c);
+}
+static inline unsigned char tern__upper(unsigned char c) {
+  return (c >= 'a' && c <= 'z') ? (unsigned char)(c - 32) : c;
+}
+static inline bool tern__is_hex_upper(unsigned char c) {
+  return tern__is_digit(c) || (c >= 'A' && c <= 'F');
+}
+
+/* Case-insensitive (ASCII) equality of a[0..alen) and the NUL-terminated
+ * upper-case literal `lit`. */
+bool tern__str_ieq(const char *a, size_t alen, const char *lit);
+
+/* Parse a decimal unsigned integer that must fill s[0..len) exactly;
+ * no sign, no spaces, at least one digit. Returns 0, TERN_ESYNTAX or
+ * TERN_ERANGE (> max). */
+int tern__parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out);
+
+/* Valid UTF-8 (RFC 3629: no overlongs, no surrogates, ≤ U+10FFFF)? */
+bool tern__utf8_valid(const unsigned char *s, size_t len);
+
+/* ---- ESMTP parameters (params.c) ------------------------------------------ */
+
+/*
+ * Parse the parameters after a MAIL FROM path: `args` is the text after
+ * the ">" (leading spaces allowed), writable because xtext values are
+ * decoded in place (decoding only shrinks). `ext` is the effective
+ * TERN_EXT_* mask of the session (a parameter of an extension that is off
+ * is unknown; REQUIRETLS is passed only when TLS is active). On failure
+ * *bad is the offending "KEY[=VALUE]" text.
+ * Returns 0 or:
+ *   TERN_EUNKNOWN    unknown parameter           -> 555 5.5.4
+ *   TERN_ESYNTAX     bad value or syntax          -> 501 5.5.4
+ *   TERN_EDUPLICATE  parameter given twice        -> 501 5.5.4
+ *   TERN_ERANGE      SIZE value not a number that fits -> 501 5.5.4
+ */
+int tern__mail_params_parse(char *args, size_t len, unsigned ext,
+                            struct tern_mail_params *out, struct tern_str *bad);
+
+/* The same for RCPT TO (NOTIFY, ORCPT with DSN on). */
+int tern__rcpt_params_parse(char *args, size_t len, unsigned ext,
+                            struct tern_rcpt_params *out, struct tern_str *bad);
+
+/* Decode RFC 3461 §4 xtext in place ("+HH" with upper-case hex). Returns
+ * the new length, or TERN_ESYNTAX (bad "+", chars outside 33..126, '='). */
+long tern__xtext_decode(char *s, size_t len);
+
+/* ---- replies (reply.c) ------------------------------------------------------ */
+
+/* Longest reply the session will format: every reply fits the output
+ * buffer's reserve (RFC 5321 §4.5.3.1.5 caps each line at 512 octets). */
+#define TERN__REPLY_MAX 2048
+#define TERN__REPLY_LINE_MAX 512
+
+/* Is `enh` a valid RFC 3463 code of class code/100? */
+bool tern__enhanced_valid(const char *enh, int code);
+
+/*
+ * Format a reply into out[0..cap): each text line (split on LF) becomes
+ * "CODE-[ENH ]text\r\n", the last "CODE [ENH ]text\r\n". `enh` NULL
+ * leaves the enhanced code out. Inputs must have passed the checks of
+ * tern_reply_check(). Returns the length, or TERN_ENOSPACE/TERN_ETOOLONG
+ * (a line over 512 octets).
+ */
+long tern__reply_format(char *out, size_t cap, int code, const char *enh,
+                        const char *text);
+
+#endif /* TERN_CORE_INTERNAL_H */

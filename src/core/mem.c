@@ -1,0 +1,60 @@
+/*
+ * tern — allocation through per-object hooks (struct tern_mem).
+ *
+ * This is the only file in the library that calls the libc allocator:
+ * everything else goes through tern__malloc()/tern__free() so that a
+ * caller's hooks see every allocation and a test can fail each one in
+ * turn. Nothing here aborts; failure is always a NULL return.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+
+/*
+ * tern__malloc() allocates n bytes with m->malloc, or with libc malloc()
+ * when m or its malloc hook is NULL. A request for 0 bytes is made as a
+ * request for 1, so that NULL always means failure and never "nothing
+ * to allocate". Returns NULL when the allocator fails. The memory is
+ * uninitialised.
+ */
+void *tern__malloc(const struct tern_mem *m, size_t n) {
+  if (n == 0)
+    n = 1;
+  if (m != NULL && m->malloc != NULL)
+    return m->malloc(n, m->ud);
+  return malloc(n);
+}
+
+/*
+ * tern__free() releases p with m->free, or with libc free() when m or its
+ * free hook is NULL. p == NULL is a no-op (the hook is not called), so
+ * cleanup paths may free unconditionally.
+ */
+void tern__free(const struct tern_mem *m, void *p) {
+  if (p == NULL)
+    return;
+  if (m != NULL && m->free != NULL) {
+    m->free(p, m->ud);
+    return;
+  }
+  free(p);
+}
+
+/*
+ * tern__calloc_array() allocates an array of n elements of `size` bytes
+ * each, zero-filled, through tern__malloc(). Returns NULL when n * size
+ * does not fit in a size_t (the multiplication is checked before it is
+ * done) or when the allocator fails. n or size 0 gives a 1-byte block.
+ */
+void *tern__calloc_array(const struct tern_mem *m, size_t n, size_t size) {
+  size_t total;
+  void *p;
+
+  if (size != 0 && n > SIZE_MAX / size)
+    return NULL;
+  total = n * size;
+  p = tern__malloc(m, total);
+  if (p != NULL)
+    memset(p, 0, total == 0 ? 1 : total);
+  return p;
+}

@@ -1,0 +1,829 @@
+/*
+ * Server session: lifecycle, line framing, output queue, decisions and
+ * message data (DATA and BDAT). The command table is in command.c.
+ *
+ * Memory: one allocation at tern_server_session_new() holds the session,
+ * its strings, the command-line buffer (max_line) and the output queue
+ * (output_high_water + two maximal replies). The only later allocation is
+ * the AUTH line buffer (max_auth_line), made when an AUTH exchange needs
+ * a line longer than max_line and freed at the next command.
+ */
+#include "session.h"
+
+/* ---- small helpers ------------------------------------------------------- */
+
+size_t tern__cat(char *buf, size_t cap, size_t n, const char *str,
+                 size_t len) {
+  if (n >= cap)
+    return n;
+  if (len > cap - 1 - n)
+    len = cap - 1 - n;
+  memcpy(buf + n, str, len);
+  n += len;
+  buf[n] = '\0';
+  return n;
+}
+
+size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v) {
+  char d[24];
+  size_t i = sizeof d;
+  do {
+    d[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return tern__cat(buf, cap, n, d + i, sizeof d - i);
+}
+
+static size_t out_pending(const struct tern_server_session *s) {
+  return s->out_len - s->out_off;
+}
+
+static bool over_high_water(const struct tern_server_session *s) {
+  return out_pending(s) > s->cfg.output_high_water;
+}
+
+unsigned tern__ext(const struct tern_server_session *s) {
+  unsigned e = s->cfg.extensions;
+  if (!(e & TERN_EXT_CHUNKING))
+    e &= ~(unsigned)TERN_EXT_BINARYMIME;
+  if (!s->tls)
+    e &= ~(unsigned)TERN_EXT_REQUIRETLS;
+  if (!tern__auth_offered(s))
+    e &= ~(unsigned)TERN_EXT_AUTH;
+  if (!s->xclient_trusted)
+    e &= ~(unsigned)TERN_EXT_XCLIENT;
+  return e;
+}
+
+bool tern__auth_offered(const struct tern_server_session *s) {
+  /* RFC 4954 §4 / DESIGN §3: no AUTH in the clear unless allowed. */
+  return (s->cfg.extensions & TERN_EXT_AUTH) && s->cb.on_auth &&
+         s->cfg.auth_mechanisms[0] && (s->tls || s->cfg.auth_insecure_ok);
+}
+
+/* ---- output ---------------------------------------------------------------- */
+
+/*
+ * Queue one reply. `enh` NULL leaves the enhanced code out; with
+ * ENHANCEDSTATUSCODES off it is always left out. The queue always has
+ * room: input stops above the high-water mark and the reserve holds two
+ * maximal replies. Should that ever fail, the session closes rather than
+ * drop a reply silently.
+ */
+void tern__emit(struct tern_server_session *s, int code, const char *enh,
+                const char *text) {
+  if (s->state == ST_CLOSED)
+    return;
+  if (!(s->cfg.extensions & TERN_EXT_ENHANCEDSTATUSCODES))
+    enh = NULL;
+  if (s->out_off && s->out_cap - s->out_len < TERN__REPLY_MAX) {
+    memmove(s->out, s->out + s->out_off, out_pending(s));
+    s->out_len -= s->out_off;
+    s->out_off = 0;
+  }
+  long n = tern__reply_format(s->out + s->out_len, s->out_cap - s->out_len,
+                              code, enh, text);
+  if (n < 0) { /* DefensiveCoding: replies are checked before this */
+    s->state = ST_CLOSED;
+    return;
+  }
+  if (s->cb.on_reply) {
+    struct tern_str b = {s->out + s->out_len, (size_t)n};
+    s->cb.on_reply(s, b, s->ud);
+  }
+  s->out_len += (size_t)n;
+}
+
+/* ---- transaction and close ----------------------------------------------- */
+
+static void abort_msg(struct tern_server_session *s, const char *why) {
+  if (!s->msg_open)
+    return;
+  s->msg_open = false;
+  if (s->cb.on_data_abort)
+    s->cb.on_data_abort(s, why, s->ud);
+}
+
+/* RFC 5321 §4.1.1.5: the transaction's sender, recipients and data are
+ * forgotten; `notify` fires on_reset if there was one. */
+void tern__txn_reset(struct tern_server_session *s, bool notify) {
+  bool had = s->in_txn;
+  abort_msg(s, "reset");
+  s->in_txn = s->txn_utf8 = s->txn_binary = s->bdat_used = false;
+  s->rcpt_count = 0;
+  s->msg_size = 0;
+  s->end = END_OK;
+  if (had && notify && s->cb.on_reset)
+    s->cb.on_reset(s, s->ud);
+}
+
+static void begin_close(struct tern_server_session *s, const char *why) {
+  if (s->state == ST_CLOSED)
+    return;
+  abort_msg(s, why);
+  s->state = ST_CLOSED;
+  s->pending = TERN_EV_NONE;
+  s->paused = false;
+  if (!s->close_fired) {
+    s->close_fired = true;
+    if (s->cb.on_close)
+      s->cb.on_close(s, s->ud);
+  }
+}
+
+/* "421 <enh> <hostname> <why>", then close. */
+void tern__close_421(struct tern_server_session *s, const char *enh,
+                     const char *why) {
+  char t[TERN__REPLY_LINE_MAX];
+  size_t n = tern__cat(t, sizeof t, 0, s->cfg.hostname,
+                       strlen(s->cfg.hostname));
+  n = tern__cat(t, sizeof t, n, " ", 1);
+  tern__cat(t, sizeof t, n, why, strlen(why));
+  abort_msg(s, "closed");
+  tern__emit(s, 421, enh, t);
+  begin_close(s, "closed");
+}
+
+/* A protocol error: reply, then count it against max_errors. */
+void tern__fail(struct tern_server_session *s, int code, const char *enh,
+                const char *text) {
+  tern__emit(s, code, enh, text);
+  if (s->cfg.max_errors && ++s->errors >= s->cfg.max_errors)
+    tern__close_421(s, "4.7.0", "Error: too many errors");
+}
+
+/* ---- message data -------------------------------------------------------- */
+
+/* Content sink for DATA and BDAT: size limit, then on_data. */
+static bool sink(void *ctx, const char *p, size_t n) {
+  struct tern_server_session *s = ctx;
+  if (s->end != END_OK || !n)
+    return true;
+  uint64_t max = s->cfg.max_message_size;
+  if (max && (s->msg_size > max || n > max - s->msg_size)) {
+    s->end = END_TOO_BIG; /* read on to the end, deliver nothing more */
+    return true;
+  }
+  s->msg_size += n;
+  if (!s->cb.on_data)
+    return true;
+  int rc = s->cb.on_data(s, p, n, s->ud);
+  if (rc == TERN_PENDING) {
+    s->paused = true;
+    return false;
+  }
+  if (rc < 0)
+    s->end = END_APP_ERROR;
+  return true;
+}
+
+static void advance(struct tern_server_session *s);
+
+/* The whole message has been read: settle how it ended, then produce the
+ * end-of-data replies (one, or one per recipient in LMTP). */
+static void data_done(struct tern_server_session *s, bool was_data) {
+  static const char *const why[] = {"", "size", "error", "line-length",
+                                    "bare-lf"};
+  if (s->end == END_OK && was_data) {
+    if (s->dot.long_line)
+      s->end = END_LONG_LINE;
+    else if (s->dot.bare && s->cfg.bare_lf == TERN_BARE_LF_REJECT)
+      s->end = END_BARE;
+  }
+  if (s->end != END_OK)
+    abort_msg(s, why[s->end]);
+  s->msg_open = false;
+  s->end_next = 0;
+  s->end_count = s->cfg.lmtp ? s->rcpt_count : 1;
+  s->state = ST_DATA_END;
+  advance(s);
+}
+
+static size_t data_feed(struct tern_server_session *s, const char *buf,
+                        size_t len) {
+  bool done;
+  size_t n = tern__dot_feed(&s->dot, buf, len, sink, s, &done);
+  if (done)
+    data_done(s, true);
+  return n;
+}
+
+static void bdat_chunk_done(struct tern_server_session *s) {
+  if (s->bdat_discard) {
+    s->state = ST_CMD;
+  } else if (s->bdat_last) {
+    data_done(s, false);
+  } else {
+    char t[64];
+    size_t n = tern__cat_u64(t, sizeof t, 0, s->bdat_size);
+    tern__cat(t, sizeof t, n, " octets received", 16);
+    s->state = ST_CMD;
+    tern__emit(s, 250, "2.0.0", t);
+  }
+}
+
+/* Enter ST_BDAT for the chunk announced by the current BDAT command. */
+void tern__bdat_begin(struct tern_server_session *s) {
+  s->state = ST_BDAT;
+  if (!s->bdat_left)
+    bdat_chunk_done(s);
+}
+
+/* RFC 3030 §2: the chunk is exactly bdat_size octets, no unstuffing. */
+static size_t bdat_feed(struct tern_server_session *s, const char *buf,
+                        size_t len) {
+  size_t n = len;
+  if (s->bdat_left < n)
+    n = (size_t)s->bdat_left;
+  s->bdat_left -= n;
+  if (!s->bdat_discard)
+    sink(s, buf, n);
+  if (!s->bdat_left)
+    bdat_chunk_done(s);
+  return n;
+}
+
+/* End-of-data replies, one at a time so each may be pending and the
+ * output queue never runs over (LMTP can owe 1000 of them). */
+static void advance(struct tern_server_session *s) {
+  static const struct {
+    int code;
+    const char *enh, *text;
+  } fails[] = {
+      {0, NULL, NULL},
+      {552, "5.3.4", "Message size exceeds fixed limit"},
+      {451, "4.3.0", "Error: internal error"},
+      {500, "5.5.6", "Error: message line too long"},
+      {550, "5.6.0", "Error: bare CR or LF in message"},
+  };
+  while (s->state == ST_DATA_END && s->pending == TERN_EV_NONE) {
+    if (s->end_next >= s->end_count) {
+      s->transactions++;
+      tern__txn_reset(s, false);
+      s->state = ST_CMD;
+      return;
+    }
+    if (over_high_water(s))
+      return;
+    if (s->end != END_OK) {
+      tern__emit(s, fails[s->end].code, fails[s->end].enh,
+                 fails[s->end].text);
+      s->end_next++;
+      continue;
+    }
+    struct tern_reply r = {250, "2.0.0", "Ok"};
+    int rc = TERN_REPLY_NOW;
+    s->pend_default = r;
+    if (s->cb.on_data_end)
+      rc = s->cb.on_data_end(s, s->msg_size, s->end_next, &r, s->ud);
+    tern__decide(s, TERN_EV_DATA_END, rc, &r);
+  }
+}
+
+/* ---- decisions --------------------------------------------------------------- */
+
+/* The enhanced code to send with an application's reply. */
+static const char *app_enh(const struct tern_reply *r,
+                           enum tern_server_event ev) {
+  static const char *const generic[] = {"2.0.0", "4.0.0", "5.0.0"};
+  /* RFC 2034 §3: not on the greeting or the HELO/EHLO reply; 334 and 354
+   * are not completion replies. */
+  if (r->code == 220 || r->code == 334 || r->code == 354 ||
+      (ev == TERN_EV_HELO && r->code / 100 == 2) || r->code / 100 == 3)
+    return NULL;
+  if (r->enhanced)
+    return r->enhanced;
+  return r->code / 100 == 2 ? generic[0]
+                            : r->code / 100 == 4 ? generic[1] : generic[2];
+}
+
+/* Apply a verdict: queue its reply and do what it means for the state. */
+static void finish(struct tern_server_session *s, enum tern_server_event ev,
+                   const struct tern_reply *r) {
+  int cls = r->code / 100;
+  const char *enh = app_enh(r, ev);
+  const char *text = r->text ? r->text : "";
+
+  switch (ev) {
+  case TERN_EV_CONNECT:
+    tern__emit(s, r->code, enh, text);
+    if (cls == 2) {
+      s->state = ST_CMD;
+    } else if (cls == 5) { /* RFC 5321 §3.1: wait for QUIT, 503 the rest */
+      s->rejected = true;
+      s->state = ST_CMD;
+    } else {
+      begin_close(s, "closed");
+    }
+    break;
+  case TERN_EV_HELO:
+    if (cls == 2) {
+      s->helo_seen = true;
+      s->esmtp = s->pend_verb != TERN_HELO;
+      if (s->esmtp)
+        tern__ehlo_reply(s, text);
+      else
+        tern__emit(s, r->code, NULL, text);
+    } else {
+      tern__emit(s, r->code, enh, text);
+    }
+    break;
+  case TERN_EV_AUTH:
+    tern__emit(s, r->code, enh, text);
+    if (r->code == 334) {
+      s->state = ST_AUTH;
+      s->auth_step++;
+    } else {
+      s->state = ST_CMD;
+      if (cls == 2)
+        s->authenticated = true;
+    }
+    break;
+  case TERN_EV_MAIL:
+    tern__emit(s, r->code, enh, text);
+    if (cls == 2) {
+      s->in_txn = true;
+      s->txn_utf8 = s->pend_utf8;
+      s->txn_binary = s->pend_binary;
+      s->rcpt_count = 0;
+      s->msg_size = 0;
+      s->end = END_OK;
+    }
+    break;
+  case TERN_EV_RCPT:
+    tern__emit(s, r->code, enh, text);
+    if (cls == 2)
+      s->rcpt_count++;
+    break;
+  case TERN_EV_DATA_START:
+    if (s->start_is_bdat) {
+      /* The BDAT reply comes after its chunk; a refusal is sent now and
+       * the chunk is read and dropped (RFC 3030 §2). */
+      s->bdat_discard = !(cls == 2 || cls == 3);
+      if (s->bdat_discard) {
+        tern__emit(s, r->code, enh, text);
+      } else {
+        s->bdat_used = true;
+        s->msg_open = true;
+        s->msg_size = 0;
+        s->end = END_OK;
+      }
+      tern__bdat_begin(s);
+    } else {
+      tern__emit(s, r->code, enh, text);
+      if (cls == 3) {
+        s->state = ST_DATA;
+        s->msg_open = true;
+        s->msg_size = 0;
+        s->end = END_OK;
+        tern__dot_init(&s->dot, s->cfg.max_text_line, s->last_line_crlf);
+      }
+    }
+    break;
+  case TERN_EV_DATA_END:
+    tern__emit(s, r->code, enh, text);
+    s->end_next++;
+    break;
+  case TERN_EV_XCLIENT:
+    tern__emit(s, r->code, enh, text);
+    if (cls == 2) { /* the session starts over as if newly connected */
+      tern__txn_reset(s, true);
+      s->helo_seen = s->esmtp = s->authenticated = false;
+    }
+    break;
+  case TERN_EV_UNKNOWN:
+    tern__emit(s, r->code, enh, text);
+    if (cls == 5 && s->cfg.max_errors && ++s->errors >= s->cfg.max_errors)
+      tern__close_421(s, "4.7.0", "Error: too many errors");
+    break;
+  case TERN_EV_VRFY:
+  case TERN_EV_EXPN:
+  case TERN_EV_NONE:
+    tern__emit(s, r->code, enh, text);
+    break;
+  }
+}
+
+/*
+ * Take a decision callback's return: pending, an error (451 4.3.0), or a
+ * reply to check and apply. `r` must already hold the default in
+ * s->pend_default for a later NULL reply().
+ */
+void tern__decide(struct tern_server_session *s, enum tern_server_event ev,
+                  int rc, struct tern_reply *r) {
+  static const struct tern_reply internal = {451, "4.3.0",
+                                             "Error: internal error"};
+  if (s->state == ST_CLOSED) /* the callback closed the session */
+    return;
+  if (rc == TERN_PENDING) {
+    s->pending = ev;
+    return;
+  }
+  if (rc < 0 || tern_reply_check(r) != 0)
+    r = (struct tern_reply *)&internal;
+  finish(s, ev, r);
+}
+
+/* ---- line framing --------------------------------------------------------- */
+
+/* May the line being read grow to max_auth_line? (RFC 4954 §4) */
+static bool auth_line_ok(const struct tern_server_session *s) {
+  if (s->cfg.max_auth_line <= s->cfg.max_line || !tern__auth_offered(s))
+    return false;
+  return s->state == ST_AUTH ||
+         (s->line_len >= 5 && tern__str_ieq(s->line, 5, "AUTH "));
+}
+
+static bool grow_line(struct tern_server_session *s) {
+  if (!s->auth_line) {
+    s->auth_line = tern__malloc(&s->mem, s->cfg.max_auth_line);
+    if (!s->auth_line)
+      return false;
+  }
+  memcpy(s->auth_line, s->line, s->line_len);
+  s->line = s->auth_line;
+  s->line_cap = s->cfg.max_auth_line;
+  return true;
+}
+
+static void line_done(struct tern_server_session *s) {
+  char *line = s->line;
+  size_t n = s->line_len;
+  bool crlf = n && line[n - 1] == '\r';
+  bool was_auth = s->state == ST_AUTH;
+
+  s->line_len = 0;
+  if (s->line_overflow) {
+    s->line_overflow = false;
+    if (was_auth)
+      s->state = ST_CMD;
+    tern__fail(s, 500, "5.5.6",
+               was_auth ? "Error: authentication line too long"
+                        : "Error: line too long");
+    return;
+  }
+  if (crlf)
+    n--;
+  s->last_line_crlf = crlf;
+  if (!crlf && s->cfg.bare_lf == TERN_BARE_LF_REJECT) {
+    if (was_auth)
+      s->state = ST_CMD;
+    tern__fail(s, 500, "5.5.2", "Error: bare LF received");
+    return;
+  }
+  tern__command(s, line, n);
+}
+
+/*
+ * Read one command line: bytes up to and including a LF are gathered in
+ * the line buffer, then handled. A line over the limit is read to its end
+ * and answered 500 5.5.6 (RFC 5321 §4.5.3.1.4); the session goes on.
+ */
+static size_t line_feed(struct tern_server_session *s, const char *buf,
+                        size_t len) {
+  const char *nl = memchr(buf, '\n', len);
+  size_t take = nl ? (size_t)(nl - buf) + 1 : len;
+  size_t body = nl ? take - 1 : take;
+
+  if (!s->line_len && s->line != s->small_line && s->state != ST_AUTH) {
+    s->line = s->small_line; /* an AUTH exchange is over: shrink back */
+    s->line_cap = s->cfg.max_line;
+    tern__free(&s->mem, s->auth_line);
+    s->auth_line = NULL;
+  }
+  if (!s->line_overflow) {
+    /* The LF takes one octet of the limit too. */
+    size_t need = s->line_len + body + (nl ? 1 : 0);
+    if (need > s->line_cap && s->line == s->small_line) {
+      size_t fit = s->line_cap - s->line_len;
+      if (fit > body)
+        fit = body;
+      memcpy(s->line + s->line_len, buf, fit); /* enough to see "AUTH " */
+      s->line_len += fit;
+      buf += fit;
+      body -= fit;
+      need = s->line_len + body + (nl ? 1 : 0);
+      if (auth_line_ok(s) && !grow_line(s)) {
+        s->line_overflow = true; /* OutOfMemory: refuse the line */
+      }
+    }
+    if (!s->line_overflow && need > s->line_cap) {
+      s->line_overflow = true;
+      s->line_len = 0;
+    } else if (!s->line_overflow) {
+      memcpy(s->line + s->line_len, buf, body);
+      s->line_len += body;
+    }
+  }
+  if (nl)
+    line_done(s);
+  return take;
+}
+
+/* ---- public API ------------------------------------------------------------ */
+
+/* Copy a caller's size-tagged struct over our defaults: an older caller
+ * passes a shorter struct; a newer one may pass a longer struct only if
+ * the fields we do not know are zero. */
+static int copy_sized(void *dst, size_t dst_size, const void *src) {
+  size_t n;
+  memcpy(&n, src, sizeof n);
+  if (n < sizeof(size_t))
+    return TERN_EINVAL;
+  if (n > dst_size) {
+    const unsigned char *extra = (const unsigned char *)src + dst_size;
+    for (size_t i = 0; i < n - dst_size; i++)
+      if (extra[i])
+        return TERN_EINVAL;
+    n = dst_size;
+  }
+  memcpy(dst, src, n);
+  memcpy(dst, &dst_size, sizeof dst_size);
+  return 0;
+}
+
+static bool printable(const char *p, bool allow_space) {
+  for (; *p; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (c < 0x21 || c > 0x7e) {
+      if (!(allow_space && c == ' '))
+        return false;
+    }
+  }
+  return true;
+}
+
+int tern_server_session_new(struct tern_server_session **out,
+                            const struct tern_server_config *cfg_in,
+                            const struct tern_server_callbacks *cb_in,
+                            void *ud) {
+  struct tern_server_config cfg;
+  struct tern_server_callbacks cb;
+  struct tern_mem mem = {0};
+
+  if (!out)
+    return TERN_EINVAL;
+  *out = NULL;
+  tern_server_config_init(&cfg);
+  tern_server_callbacks_init(&cb);
+  if (cfg_in && copy_sized(&cfg, sizeof cfg, cfg_in))
+    return TERN_EINVAL;
+  if (cb_in && copy_sized(&cb, sizeof cb, cb_in))
+    return TERN_EINVAL;
+  if (cfg.mem)
+    mem = *cfg.mem;
+  cfg.mem = NULL;
+
+  const char *banner = cfg.banner ? cfg.banner
+                       : cfg.lmtp ? "LMTP tern"
+                                  : "ESMTP tern";
+  const char *mechs = cfg.auth_mechanisms ? cfg.auth_mechanisms : "";
+  if (!cfg.hostname || !cfg.hostname[0] || !printable(cfg.hostname, false) ||
+      strlen(cfg.hostname) > TERN_DOMAIN_MAX || !printable(banner, true) ||
+      strlen(banner) > 200 || !printable(mechs, true) || strlen(mechs) > 400 ||
+      cfg.max_line < 512 || cfg.max_line > 65536 ||
+      cfg.max_auth_line > 65536 || cfg.output_high_water > (1u << 20))
+    return TERN_EINVAL;
+  if (cfg.max_auth_line < cfg.max_line)
+    cfg.max_auth_line = cfg.max_line;
+
+  size_t hlen = strlen(cfg.hostname), blen = strlen(banner),
+         mlen = strlen(mechs);
+  size_t out_cap = cfg.output_high_water + 2 * TERN__REPLY_MAX;
+  size_t total = sizeof(struct tern_server_session) + (hlen + 1) +
+                 (hlen + 1 + blen + 1) + (mlen + 1) + cfg.max_line + out_cap;
+  struct tern_server_session *s = tern__malloc(&mem, total);
+  if (!s)
+    return TERN_ENOMEM;
+  memset(s, 0, sizeof *s);
+
+  char *p = (char *)(s + 1);
+  memcpy(p, cfg.hostname, hlen + 1);
+  cfg.hostname = p;
+  p += hlen + 1;
+  memcpy(p, cfg.hostname, hlen);
+  p[hlen] = ' ';
+  memcpy(p + hlen + 1, banner, blen + 1);
+  s->greeting = p;
+  cfg.banner = p + hlen + 1;
+  p += hlen + 1 + blen + 1;
+  memcpy(p, mechs, mlen + 1);
+  cfg.auth_mechanisms = p;
+  p += mlen + 1;
+  s->small_line = s->line = p;
+  s->line_cap = cfg.max_line;
+  p += cfg.max_line;
+  s->out = p;
+  s->out_cap = out_cap;
+
+  s->cfg = cfg;
+  s->cb = cb;
+  s->mem = mem;
+  s->ud = ud;
+  s->state = ST_NEW;
+  s->xclient_trusted = cfg.xclient_trusted;
+  s->last_line_crlf = true;
+  *out = s;
+  return 0;
+}
+
+void tern_server_session_free(struct tern_server_session *s) {
+  if (!s)
+    return;
+  struct tern_mem mem = s->mem;
+  tern__free(&mem, s->auth_line);
+  tern__free(&mem, s);
+}
+
+int tern_server_session_start(struct tern_server_session *s) {
+  if (!s)
+    return TERN_EINVAL;
+  if (s->started)
+    return TERN_ESTATE;
+  s->started = true;
+  if (s->state == ST_CLOSED)
+    return 0;
+  struct tern_reply r = {220, NULL, s->greeting};
+  int rc = TERN_REPLY_NOW;
+  s->pend_default = r;
+  if (s->cb.on_connect)
+    rc = s->cb.on_connect(s, &r, s->ud);
+  tern__decide(s, TERN_EV_CONNECT, rc, &r);
+  return 0;
+}
+
+long tern_server_session_feed(struct tern_server_session *s, const void *in,
+                              size_t len) {
+  const char *buf = in;
+  size_t pos = 0;
+
+  if (!s || (!buf && len))
+    return TERN_EINVAL;
+  if (!s->started)
+    return TERN_ESTATE;
+  advance(s);
+  while (pos < len) {
+    if (s->state == ST_CLOSED || s->state == ST_TLS_WAIT) {
+      /* RFC 3207 §4.2 / CVE-2011-0411: nothing sent before the TLS
+       * handshake may be read as a command after it. */
+      pos = len;
+      break;
+    }
+    if (s->pending != TERN_EV_NONE || s->paused || over_high_water(s) ||
+        s->state == ST_DATA_END || s->state == ST_NEW)
+      break;
+    switch (s->state) {
+    case ST_DATA:
+      pos += data_feed(s, buf + pos, len - pos);
+      break;
+    case ST_BDAT:
+      pos += bdat_feed(s, buf + pos, len - pos);
+      break;
+    default:
+      pos += line_feed(s, buf + pos, len - pos);
+      break;
+    }
+  }
+  return (long)pos;
+}
+
+size_t tern_server_session_output(struct tern_server_session *s,
+                                  const char **data) {
+  if (!s) {
+    if (data)
+      *data = NULL;
+    return 0;
+  }
+  if (data)
+    *data = s->out + s->out_off;
+  return out_pending(s);
+}
+
+void tern_server_session_consume(struct tern_server_session *s, size_t n) {
+  if (!s)
+    return;
+  if (n > out_pending(s))
+    n = out_pending(s);
+  s->out_off += n;
+  if (s->out_off == s->out_len)
+    s->out_off = s->out_len = 0;
+  advance(s);
+}
+
+unsigned tern_server_session_want(const struct tern_server_session *s) {
+  unsigned w = 0;
+  if (!s)
+    return 0;
+  if (out_pending(s))
+    w |= TERN_WANT_WRITE;
+  if (s->state == ST_CLOSED)
+    w |= TERN_WANT_CLOSE;
+  else if (s->state == ST_TLS_WAIT)
+    w |= TERN_WANT_TLS;
+  else if (s->started && s->state != ST_NEW && s->state != ST_DATA_END &&
+           s->pending == TERN_EV_NONE && !s->paused && !over_high_water(s))
+    w |= TERN_WANT_READ;
+  return w;
+}
+
+int tern_server_session_reply(struct tern_server_session *s,
+                              const struct tern_reply *r) {
+  if (!s)
+    return TERN_EINVAL;
+  if (s->pending == TERN_EV_NONE || s->state == ST_CLOSED)
+    return TERN_ESTATE;
+  if (!r)
+    r = &s->pend_default;
+  if (tern_reply_check(r) != 0)
+    return TERN_EINVAL;
+  enum tern_server_event ev = s->pending;
+  s->pending = TERN_EV_NONE;
+  finish(s, ev, r);
+  advance(s);
+  return 0;
+}
+
+enum tern_server_event
+tern_server_session_pending(const struct tern_server_session *s) {
+  return s ? s->pending : TERN_EV_NONE;
+}
+
+int tern_server_session_resume(struct tern_server_session *s) {
+  if (!s)
+    return TERN_EINVAL;
+  if (!s->paused)
+    return TERN_ESTATE;
+  s->paused = false;
+  return 0;
+}
+
+int tern_server_session_tls_started(struct tern_server_session *s) {
+  if (!s)
+    return TERN_EINVAL;
+  if (s->tls || (s->state != ST_TLS_WAIT && s->state != ST_NEW))
+    return TERN_ESTATE;
+  s->tls = true;
+  /* RFC 3207 §4.2: discard all knowledge obtained from the client. */
+  tern__txn_reset(s, false);
+  s->helo_seen = s->esmtp = s->authenticated = false;
+  s->line_len = 0;
+  s->line_overflow = false;
+  if (s->state == ST_TLS_WAIT)
+    s->state = ST_CMD;
+  return 0;
+}
+
+void tern_server_session_eof(struct tern_server_session *s) {
+  if (s)
+    begin_close(s, "disconnect");
+}
+
+void tern_server_session_timeout(struct tern_server_session *s) {
+  if (!s || s->state == ST_CLOSED)
+    return;
+  abort_msg(s, "timeout");
+  tern__close_421(s, "4.4.2", "Error: timeout exceeded");
+}
+
+unsigned tern_server_session_timeout_ms(const struct tern_server_session *s) {
+  if (!s)
+    return 0;
+  return s->state == ST_DATA || s->state == ST_BDAT ? s->cfg.timeout_data_ms
+                                                     : s->cfg.timeout_command_ms;
+}
+
+void tern_server_session_close(struct tern_server_session *s,
+                               const struct tern_reply *r) {
+  if (!s || s->state == ST_CLOSED)
+    return;
+  abort_msg(s, "closed");
+  if (r && tern_reply_check(r) == 0)
+    tern__emit(s, r->code, app_enh(r, TERN_EV_NONE), r->text ? r->text : "");
+  else
+    tern__close_421(s, "4.3.2", "Service shutting down");
+  begin_close(s, "closed");
+}
+
+void tern_server_session_set_xclient_trusted(struct tern_server_session *s,
+                                             bool trusted) {
+  if (s)
+    s->xclient_trusted = trusted;
+}
+
+bool tern_server_session_is_tls(const struct tern_server_session *s) {
+  return s && s->tls;
+}
+
+bool tern_server_session_is_authenticated(const struct tern_server_session *s) {
+  return s && s->authenticated;
+}
+
+void *tern_server_session_userdata(const struct tern_server_session *s) {
+  return s ? s->ud : NULL;
+}
+
+void tern_server_session_set_userdata(struct tern_server_session *s,
+                                      void *ud) {
+  if (s)
+    s->ud = ud;
+}

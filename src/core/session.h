@@ -1,0 +1,117 @@
+/*
+ * The server session's state, shared by server.c (lifecycle, framing,
+ * decisions, message data) and command.c (the command table).
+ */
+#ifndef TERN_CORE_SESSION_H
+#define TERN_CORE_SESSION_H
+
+#include "internal.h"
+
+#include "dot.h"
+
+enum tern__state {
+  ST_NEW = 0,   /* before start() */
+  ST_CMD,       /* reading command lines */
+  ST_AUTH,      /* reading an AUTH continuation line */
+  ST_DATA,      /* reading DATA content */
+  ST_BDAT,      /* reading a BDAT chunk (or discarding one) */
+  ST_DATA_END,  /* message read; end-of-data replies being produced */
+  ST_TLS_WAIT,  /* STARTTLS accepted; input discarded until tls_started */
+  ST_CLOSED     /* QUIT, 421 or eof: input dropped */
+};
+
+/* How a message ended, which decides its end-of-data reply. */
+enum tern__end {
+  END_OK = 0,    /* ask the application (on_data_end) */
+  END_TOO_BIG,   /* 552 5.3.4 */
+  END_APP_ERROR, /* on_data failed: 451 4.3.0 */
+  END_LONG_LINE, /* 500 5.5.6 */
+  END_BARE       /* 550 5.6.0 (policy reject) */
+};
+
+struct tern_server_session {
+  struct tern_server_config cfg;     /* copy; strings point below */
+  struct tern_server_callbacks cb;   /* copy */
+  struct tern_mem mem;               /* allocator hooks (zero = libc) */
+  void *ud;                          /* handed to callbacks */
+  const char *greeting;              /* "<hostname> <banner>" */
+
+  char *line;           /* current command line buffer (small or auth) */
+  size_t line_len;      /* bytes in it */
+  size_t line_cap;      /* its size */
+  char *small_line;     /* the max_line buffer allocated with the session */
+  char *auth_line;      /* lazily allocated max_auth_line buffer, or NULL */
+  bool line_overflow;   /* discarding the rest of a too-long line */
+  bool last_line_crlf;  /* the last command line ended in CRLF */
+
+  char *out;            /* queued reply bytes */
+  size_t out_off;       /* first unsent byte */
+  size_t out_len;       /* end of queued bytes */
+  size_t out_cap;       /* high water + room for two replies */
+
+  unsigned char state;            /* enum tern__state */
+  enum tern_server_event pending; /* decision waiting for reply() */
+  struct tern_reply pend_default; /* its default reply */
+  bool started;         /* start() was called */
+  bool close_fired;     /* on_close was called */
+  bool paused;          /* on_data asked for a pause */
+  bool tls;             /* TLS is active */
+  bool authenticated;   /* AUTH succeeded */
+  bool helo_seen;       /* HELO/EHLO/LHLO accepted */
+  bool esmtp;           /* ... and it was EHLO/LHLO */
+  bool rejected;        /* greeting was 5xx: only QUIT works */
+  bool xclient_trusted; /* peer may use XCLIENT */
+
+  /* transaction */
+  bool in_txn;          /* MAIL accepted */
+  bool txn_utf8;        /* MAIL had SMTPUTF8 */
+  bool txn_binary;      /* MAIL had BODY=BINARYMIME */
+  bool bdat_used;       /* a BDAT chunk was accepted in this transaction */
+  bool msg_open;        /* content is flowing to on_data */
+  bool start_is_bdat;   /* the pending DATA_START came from BDAT */
+  unsigned rcpt_count;  /* accepted recipients */
+  uint64_t msg_size;    /* octets passed to on_data */
+  unsigned char end;    /* enum tern__end */
+  struct tern__dot dot; /* DATA decoder */
+  uint64_t bdat_size;   /* size of the current chunk */
+  uint64_t bdat_left;   /* octets of it still to read */
+  bool bdat_last;       /* it was BDAT ... LAST */
+  bool bdat_discard;    /* read it but throw it away */
+  unsigned end_next;    /* next end-of-data reply to produce */
+  unsigned end_count;   /* 1, or the recipients in LMTP */
+
+  /* pending-decision context */
+  enum tern_helo_verb pend_verb; /* HELO/EHLO/LHLO awaiting a verdict */
+  bool pend_utf8, pend_binary;   /* MAIL params awaiting a verdict */
+
+  /* AUTH */
+  char mech[24];        /* current mechanism, upper case */
+  unsigned auth_step;   /* continuation counter */
+
+  /* counters */
+  unsigned errors;       /* protocol errors so far */
+  unsigned commands;     /* commands so far */
+  unsigned transactions; /* messages ended (delivered or not) */
+};
+
+/* server.c, for command.c */
+void tern__emit(struct tern_server_session *s, int code, const char *enh,
+                const char *text);
+void tern__fail(struct tern_server_session *s, int code, const char *enh,
+                const char *text);
+void tern__close_421(struct tern_server_session *s, const char *enh,
+                     const char *why);
+void tern__decide(struct tern_server_session *s, enum tern_server_event ev,
+                  int rc, struct tern_reply *r);
+void tern__txn_reset(struct tern_server_session *s, bool notify);
+void tern__bdat_begin(struct tern_server_session *s);
+bool tern__auth_offered(const struct tern_server_session *s);
+unsigned tern__ext(const struct tern_server_session *s);
+size_t tern__cat(char *buf, size_t cap, size_t n, const char *str, size_t len);
+size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v);
+
+/* command.c, for server.c */
+void tern__command(struct tern_server_session *s, char *line, size_t len);
+void tern__ehlo_reply(struct tern_server_session *s, const char *first);
+
+#endif
