@@ -5,7 +5,7 @@
 #   make asan           ASan+UBSan Debug build of everything, then ctest
 #   make fuzz           clang libFuzzer build; run each target FUZZ_SECONDS
 #   make bench          build and run the benchmark drivers
-#   make run            the console example (arrives in Step 2)
+#   make run            build and run the example server on 127.0.0.1:2525
 #   make install        install into PREFIX (default /usr/local)
 #   make checksrc       the src/core source checks alone
 #   make clean          remove the build directories
@@ -72,7 +72,8 @@ bench: build
 	[ $$found = 1 ] || echo "bench: no benchmark drivers (bench/bench_*.c) yet"
 
 run: build
-	@echo "make run: the console example arrives in Step 2"
+	@echo "make run: the core in a poll() loop on 127.0.0.1:2525 (Ctrl-C stops)"
+	$(BUILD)/examples/poll_server 2525
 
 install: build
 	$(CMAKE) --install $(BUILD) --prefix $(PREFIX)
