@@ -235,8 +235,10 @@ struct tern_server_callbacks {
    * CRLF; has_response is false when AUTH had no initial response. "="
    * (empty initial response) is passed as "=". `step` counts from 0.
    * Answer 334 with reply->text set to the base64 challenge (may be "")
-   * to continue, 235 to succeed, 535 (or any 4xx/5xx) to fail. A "*"
-   * from the client cancels without calling this (501 5.0.0).
+   * to continue, 235 to succeed, 535 (or any 4xx/5xx) to fail. The
+   * pre-filled reply is the failure "535 5.7.8": there is no default
+   * success. A "*" from the client cancels without calling this
+   * (501 5.0.0). The core does not decode base64 (docs/decisions/0005).
    */
   int (*on_auth)(struct tern_server_session *s, struct tern_str mechanism,
                  struct tern_str response, bool has_response, unsigned step,
@@ -249,9 +251,11 @@ struct tern_server_callbacks {
   int (*on_rcpt)(struct tern_server_session *s, const struct tern_path *to,
                  const struct tern_rcpt_params *params,
                  struct tern_reply *reply, void *ud);
-  /* DATA or first BDAT, before 354 is sent (DATA) or the chunk is read
-   * (BDAT); default 354 / accept. A rejection of BDAT discards its
-   * chunks. */
+  /* DATA or the first BDAT of a transaction, before 354 is sent (DATA)
+   * or the chunk is read (BDAT). The pre-filled reply is 354 for DATA
+   * and "250 2.0.0 Ok" for BDAT: any 2xx/3xx accepts (for BDAT the reply
+   * to the chunk comes later); a 4xx/5xx refuses, and a refused BDAT's
+   * chunk is read and dropped. */
   int (*on_data_start)(struct tern_server_session *s,
                        struct tern_reply *reply, void *ud);
   /*
@@ -365,7 +369,9 @@ TERN_EXTERN long tern_server_session_feed(struct tern_server_session *s,
 TERN_EXTERN size_t tern_server_session_output(struct tern_server_session *s,
                                               const char **data);
 
-/* Mark n bytes of output as written (n ≤ what output() returned). */
+/* Mark n bytes of output as written (n ≤ what output() returned; more
+ * is clamped). In LMTP mode this may fire on_data_end for the next
+ * recipient, since per-recipient replies wait for room in the queue. */
 TERN_EXTERN void tern_server_session_consume(struct tern_server_session *s,
                                              size_t n);
 

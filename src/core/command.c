@@ -429,7 +429,10 @@ static void cmd_noop(struct tern_server_session *s, char *args, size_t len) {
 
 static void cmd_quit(struct tern_server_session *s, char *args, size_t len) {
   (void)args;
-  (void)len;
+  if (len) { /* RFC 5321 §4.1.1.10: quit = "QUIT" CRLF */
+    tern__fail(s, 501, "5.5.4", "Syntax: QUIT");
+    return;
+  }
   tern__emit(s, 221, "2.0.0", "Bye");
   tern_server_session_eof(s);
 }
