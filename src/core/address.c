@@ -79,13 +79,10 @@ static int take_utf8(struct cursor *c) {
   return 0;
 }
 
-/* RFC 5322 §3.2.3 atext, ASCII part. */
-static bool is_atext(int ch) {
-  if (ch < 0 || ch > 127)
-    return false;
-  if (tern__is_alnum((unsigned char)ch))
-    return true;
-  return ch != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL;
+/* RFC 5322 §3.2.3 atext, ASCII part (the caller has handled >= 0x80). */
+static bool is_atext(unsigned char ch) {
+  return tern__is_alnum(ch) ||
+         (ch != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL);
 }
 
 /*
@@ -140,7 +137,7 @@ static int parse_local(struct cursor *c) {
             return r;
           continue;
         }
-        if (!is_atext(ch))
+        if (!is_atext((unsigned char)ch))
           break;
         c->pos++;
       }

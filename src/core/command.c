@@ -296,7 +296,12 @@ static void cmd_rcpt(struct tern_server_session *s, char *args, size_t len) {
     tern__fail(s, 501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]");
     return;
   }
-  rc = tern__rcpt_params_parse(ps, plen, tern__ext(s), &rp, &bad);
+  /* UTF-8 parameter values only in a transaction that declared SMTPUTF8
+   * (RFC 6531 §3.4). */
+  unsigned e = tern__ext(s);
+  if (!s->txn_utf8)
+    e &= ~(unsigned)TERN_EXT_SMTPUTF8;
+  rc = tern__rcpt_params_parse(ps, plen, e, &rp, &bad);
   if (rc) {
     param_fail(s, rc, bad);
     return;

@@ -402,6 +402,9 @@ static void finish(struct tern_server_session *s, enum tern_server_event ev,
     tern__emit(s, r->code, enh, text);
     break;
   }
+  /* RFC 5321 §3.8: 421 means the service is closing the channel. */
+  if (r->code == 421)
+    begin_close(s, "closed");
 }
 
 /*
