@@ -43,6 +43,12 @@ extern "C" {
   X(EDUPLICATE, -10, "parameter given twice")                              \
   X(ENOTSUP, -11, "not supported or not enabled")                          \
   X(ENOSPACE, -12, "output buffer full")                                   \
+  X(EAUTH, -13, "authentication failed")                                   \
+  X(ETLS, -14, "TLS failure")                                              \
+  X(EADDRINUSE, -15, "address already in use")                             \
+  X(EIO, -16, "system or I/O error")                                       \
+  X(EPROXY, -17, "malformed PROXY protocol header")                        \
+  X(ETEMP, -18, "temporary failure")                                       \
   X(ECLOSED, -100, "session is closed")
 
 enum tern_err {

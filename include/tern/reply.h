@@ -19,7 +19,8 @@ extern "C" {
  * enhanced: an RFC 3463 enhanced status code "c.s.d" whose class digit c
  *           equals the first digit of `code` (2, 4 or 5), or NULL to let
  *           the library pick the generic "c.0.0". Ignored for codes that
- *           never carry one (220 greeting, 221, 334, 354) and when the
+ *           never carry one (the 220 greeting, 334, 354, and the HELO/EHLO
+ *           answer; RFC 2034 §3) and when the
  *           session has ENHANCEDSTATUSCODES switched off.
  * text:     NUL-terminated human-readable text, printable ASCII or UTF-8,
  *           without CR or NUL. A LF splits the reply into lines, each sent

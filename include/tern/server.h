@@ -68,7 +68,7 @@ enum tern_ext {
 enum tern_bare_lf_policy {
   /* Pass CRLF to the application in its place (as Postfix 3.9 does). */
   TERN_BARE_LF_NORMALIZE = 0,
-  /* Read to the end of data, then reject the message (550 5.6.11). */
+  /* Read to the end of data, then reject the message (550 5.6.0). */
   TERN_BARE_LF_REJECT = 1
 };
 
@@ -399,8 +399,9 @@ TERN_EXTERN int tern_server_session_reply(struct tern_server_session *s,
 TERN_EXTERN enum tern_server_event
 tern_server_session_pending(const struct tern_server_session *s);
 
-/* End a pause requested by on_data returning TERN_PENDING. Returns 0 or
- * TERN_ESTATE (not paused). */
+/* End a pause requested by on_data returning TERN_PENDING. If a BDAT
+ * chunk ended during the pause, its reply (or on_data_end for a LAST
+ * chunk) happens here. Returns 0 or TERN_ESTATE (not paused). */
 TERN_EXTERN int tern_server_session_resume(struct tern_server_session *s);
 
 /*
@@ -435,9 +436,32 @@ tern_server_session_timeout_ms(const struct tern_server_session *s);
 TERN_EXTERN void tern_server_session_close(struct tern_server_session *s,
                                            const struct tern_reply *reply);
 
+/*
+ * Runtime hook: `fn(s, arg)` is called at the end of
+ * tern_server_session_reply(), _resume() and _close(), which an
+ * application may call from its own events (a lookup finished, an fsync
+ * completed) while no feed() is running. A runtime uses it to write the
+ * new output and feed the input it held back. It may also be called
+ * inside a callback during feed(); a runtime should then only note it.
+ * One hook per session; fn NULL removes it.
+ */
+typedef void (*tern_server_notify_fn)(struct tern_server_session *s,
+                                      void *arg);
+TERN_EXTERN void tern_server_session_set_notify(struct tern_server_session *s,
+                                                tern_server_notify_fn fn,
+                                                void *arg);
+/* The `arg` given to tern_server_session_set_notify(), or NULL. */
+TERN_EXTERN void *
+tern_server_session_notify_arg(const struct tern_server_session *s);
+
 /* Let this peer use XCLIENT (the runtime knows which peers are trusted). */
 TERN_EXTERN void tern_server_session_set_xclient_trusted(
     struct tern_server_session *s, bool trusted);
+
+/* Is a mail transaction open (MAIL accepted, message not ended)? A
+ * runtime draining for shutdown lets such sessions finish. */
+TERN_EXTERN bool
+tern_server_session_in_transaction(const struct tern_server_session *s);
 
 /* Session facts. */
 TERN_EXTERN bool tern_server_session_is_tls(const struct tern_server_session *s);

@@ -509,6 +509,36 @@ static void cmd_starttls(struct tern_server_session *s, char *args,
 
 /* ---- AUTH ---------------------------------------------------------------------- */
 
+/* ASCII case-insensitive equality of two spans of n octets. */
+static bool span_ieq(const char *a, const char *b, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (tern__upper((unsigned char)a[i]) != tern__upper((unsigned char)b[i]))
+      return false;
+  return true;
+}
+
+/* RFC 4954 §4: a response that is not valid base64 is refused with 501
+ * 5.5.2. Checks the alphabet, the length and the padding (RFC 4648 §4);
+ * decoding is the SASL layer's job. "=" alone is the empty initial
+ * response. */
+static bool base64_ok(const char *p, size_t n) {
+  if (n == 1 && p[0] == '=')
+    return true;
+  if (n % 4)
+    return false;
+  size_t pad = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c == '=') {
+      pad++;
+      continue;
+    }
+    if (pad || !(tern__is_alnum(c) || c == '+' || c == '/'))
+      return false;
+  }
+  return pad <= 2;
+}
+
 /* Is `mech` one of the space-separated configured mechanisms? */
 static bool mech_known(const char *list, const char *mech, size_t mlen) {
   const char *p = list;
@@ -518,7 +548,7 @@ static bool mech_known(const char *list, const char *mech, size_t mlen) {
     size_t n = 0;
     while (p[n] && p[n] != ' ')
       n++;
-    if (n == mlen && tern__str_ieq(p, n, mech) == true)
+    if (n == mlen && span_ieq(p, mech, n))
       return true;
     p += n;
   }
@@ -527,6 +557,11 @@ static bool mech_known(const char *list, const char *mech, size_t mlen) {
 
 static void auth_step(struct tern_server_session *s, struct tern_str resp,
                       bool has_resp) {
+  if (has_resp && !base64_ok(resp.ptr, resp.len)) {
+    s->state = ST_CMD;
+    tern__fail(s, 501, "5.5.2", "Error: invalid base64 in AUTH response");
+    return;
+  }
   struct tern_reply r = {535, "5.7.8", "Error: authentication failed"};
   struct tern_str mech = {s->mech, strlen(s->mech)};
   s->pend_default = r;
@@ -537,7 +572,13 @@ static void auth_step(struct tern_server_session *s, struct tern_str resp,
 /* RFC 4954 §4: AUTH mechanism [initial-response]. */
 static void cmd_auth(struct tern_server_session *s, char *args, size_t len) {
   if (!tern__auth_offered(s)) {
-    tern__fail(s, 503, "5.5.1", "Error: authentication not enabled");
+    if ((s->cfg.extensions & TERN_EXT_AUTH) && s->cb.on_auth &&
+        s->cfg.auth_mechanisms[0] && !s->tls &&
+        (s->cfg.extensions & TERN_EXT_STARTTLS))
+      /* RFC 3207 §4: AUTH waits for TLS here. */
+      tern__fail(s, 530, "5.7.0", "Must issue a STARTTLS command first");
+    else
+      tern__fail(s, 502, "5.5.1", "Error: command not implemented");
     return;
   }
   if (!s->helo_seen || !s->esmtp) {

@@ -94,6 +94,12 @@ void tern__emit(struct tern_server_session *s, int code, const char *enh,
   s->out_len += (size_t)n;
 }
 
+/* Tell the runtime that want() may have changed outside feed(). */
+static void notify(struct tern_server_session *s) {
+  if (s->notify)
+    s->notify(s, s->notify_arg);
+}
+
 /* ---- transaction and close ----------------------------------------------- */
 
 static void abort_msg(struct tern_server_session *s, const char *why) {
@@ -238,8 +244,12 @@ static size_t bdat_feed(struct tern_server_session *s, const char *buf,
   s->bdat_left -= n;
   if (!s->bdat_discard)
     sink(s, buf, n);
-  if (!s->bdat_left)
-    bdat_chunk_done(s);
+  if (!s->bdat_left) {
+    if (s->paused) /* the app is still busy with the chunk */
+      s->bdat_done_pending = true;
+    else
+      bdat_chunk_done(s);
+  }
   return n;
 }
 
@@ -743,6 +753,7 @@ int tern_server_session_reply(struct tern_server_session *s,
   s->pending = TERN_EV_NONE;
   finish(s, ev, r);
   advance(s);
+  notify(s);
   return 0;
 }
 
@@ -757,6 +768,11 @@ int tern_server_session_resume(struct tern_server_session *s) {
   if (!s->paused)
     return TERN_ESTATE;
   s->paused = false;
+  if (s->bdat_done_pending) { /* the chunk ended during the pause */
+    s->bdat_done_pending = false;
+    bdat_chunk_done(s);
+  }
+  notify(s);
   return 0;
 }
 
@@ -805,12 +821,30 @@ void tern_server_session_close(struct tern_server_session *s,
   else
     tern__close_421(s, "4.3.2", "Service shutting down");
   begin_close(s, "closed");
+  notify(s);
+}
+
+void tern_server_session_set_notify(struct tern_server_session *s,
+                                    tern_server_notify_fn fn, void *arg) {
+  if (!s)
+    return;
+  s->notify = fn;
+  s->notify_arg = fn ? arg : NULL;
+}
+
+void *tern_server_session_notify_arg(const struct tern_server_session *s) {
+  return s ? s->notify_arg : NULL;
 }
 
 void tern_server_session_set_xclient_trusted(struct tern_server_session *s,
                                              bool trusted) {
   if (s)
     s->xclient_trusted = trusted;
+}
+
+bool tern_server_session_in_transaction(const struct tern_server_session *s) {
+  return s && (s->in_txn || s->state == ST_DATA || s->state == ST_BDAT ||
+               s->state == ST_DATA_END);
 }
 
 bool tern_server_session_is_tls(const struct tern_server_session *s) {

@@ -34,6 +34,8 @@ struct tern_server_session {
   struct tern_server_callbacks cb;   /* copy */
   struct tern_mem mem;               /* allocator hooks (zero = libc) */
   void *ud;                          /* handed to callbacks */
+  tern_server_notify_fn notify;      /* runtime hook, or NULL */
+  void *notify_arg;                  /* its argument */
   const char *greeting;              /* "<hostname> <banner>" */
 
   char *line;           /* current command line buffer (small or auth) */
@@ -77,6 +79,7 @@ struct tern_server_session {
   uint64_t bdat_left;   /* octets of it still to read */
   bool bdat_last;       /* it was BDAT ... LAST */
   bool bdat_discard;    /* read it but throw it away */
+  bool bdat_done_pending; /* chunk read while paused: finish on resume */
   unsigned end_next;    /* next end-of-data reply to produce */
   unsigned end_count;   /* 1, or the recipients in LMTP */
 

@@ -32,13 +32,17 @@
  * LF still emits its "\r\n" in the same call (dot.c, D_MID branch), so
  * the server's on_data is called again after it returned TERN_PENDING.
  */
+#ifndef KNOWN_BUG_STUFFED_LINE_LEN
 #define KNOWN_BUG_STUFFED_LINE_LEN 1
+#endif
+#ifndef KNOWN_BUG_EMIT_AFTER_FALSE
 #define KNOWN_BUG_EMIT_AFTER_FALSE 1
+#endif
 
 /* ---- a decoder run ------------------------------------------------------- */
 
 struct result {
-  char out[4096];
+  char out[8192];
   size_t out_len;
   size_t consumed; /* total bytes consumed until done or the input ended */
   bool done;
@@ -84,8 +88,8 @@ static void run(struct result *r, const char *in, size_t len, bool after_crlf,
   tern__dot_init(&d, max_line, after_crlf);
   while (pos < len && !r->done) {
     size_t n = len - pos;
-    if (first != SIZE_MAX && pos == 0)
-      n = first;
+    if (first != SIZE_MAX && feeds == 0)
+      n = first; /* may be 0: an empty feed must be harmless */
     else if (step && n > step)
       n = step;
     if (n > len - pos)

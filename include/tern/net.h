@@ -1,0 +1,227 @@
+/*
+ * tern — the runtime: server sessions on libuv, with TLS, AUTH, PROXY
+ * protocol, limits and worker threads.
+ *
+ *   struct tern_server *srv;
+ *   struct tern_server_options o;
+ *   tern_server_options_init(&o);
+ *   o.callbacks = &cb;             // the same callbacks as server.h
+ *   tern_server_new(&srv, loop, &o);
+ *   tern_server_listen(srv, "smtp://127.0.0.1:2525", NULL);
+ *   tern_server_start(srv);
+ *   uv_run(loop, UV_RUN_DEFAULT);
+ *
+ * Threading. With workers == 1 everything runs on the loop given to
+ * tern_server_new(). With workers > 1 the server starts workers - 1 more
+ * threads, each with its own uv_loop_t and its own SO_REUSEPORT sockets
+ * for every TCP listener (unix-socket listeners stay on the first loop);
+ * the kernel spreads connections over them. A session lives on one
+ * thread for its whole life and every callback for it runs there, so
+ * callbacks need no locks for per-session state; state shared between
+ * sessions (the app's `ud`) is touched from several threads at once and
+ * is the application's to protect. tern_server_* functions are called
+ * from the thread that runs the first loop; tern_server_session_* only
+ * from the session's own thread (inside its callbacks, or from work the
+ * app scheduled on that loop: tern_session_loop() tells which).
+ *
+ * Ownership. The server owns its sessions: they are freed after
+ * on_close returns. Pointers from tern_session_info() live as long as
+ * the session.
+ */
+#ifndef TERN_NET_H
+#define TERN_NET_H
+
+#include <stdbool.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "common.h"
+#include "server.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct tern_server;
+
+/*
+ * AUTH through GNU SASL. The server offers the mechanisms in
+ * tern_server_options.auth_mechanisms for which the callbacks below are
+ * set: PLAIN and LOGIN need check_password; CRAM-MD5 and SCRAM-SHA-256
+ * need get_password (the mechanism needs the clear secret); XOAUTH2 and
+ * OAUTHBEARER need check_token. Callbacks run on the session's thread
+ * and must not block for long (they may consult an in-memory table).
+ * Return 0 to accept, TERN_EAUTH to refuse, any other negative code for a
+ * temporary failure (454 4.7.0).
+ */
+struct tern_auth_callbacks {
+  size_t size;
+  int (*check_password)(struct tern_server_session *s, const char *authzid,
+                        const char *user, const char *password, void *ud);
+  /* Copy user's clear password into buf (NUL-terminated, < cap). */
+  int (*get_password)(struct tern_server_session *s, const char *user,
+                      char *buf, size_t cap, void *ud);
+  int (*check_token)(struct tern_server_session *s, const char *user,
+                     const char *token, void *ud);
+};
+
+static inline void tern_auth_callbacks_init(struct tern_auth_callbacks *a) {
+  struct tern_auth_callbacks d = {0};
+  d.size = sizeof d;
+  *a = d;
+}
+
+/* A certificate and its key (PEM files; the certificate file may hold
+ * the chain). SNI picks among several by the names they carry. */
+struct tern_tls_cert {
+  const char *cert_file;
+  const char *key_file;
+};
+
+/* Per-listener options (tern_server_listen()). */
+struct tern_listener_options {
+  size_t size;
+  bool proxy_protocol;    /* read a PROXY v1/v2 header first; without one
+                             the connection is closed */
+  bool starttls;          /* offer STARTTLS (needs certificates) */
+  bool auth_required;     /* MAIL needs AUTH (530 5.7.0) */
+  bool auth_insecure_ok;  /* offer AUTH without TLS (defaults to true for
+                             unix sockets, false elsewhere) */
+  bool xclient;           /* accept XCLIENT from xclient_networks */
+};
+
+static inline void
+tern_listener_options_init(struct tern_listener_options *l) {
+  struct tern_listener_options d = {0};
+  d.size = sizeof d;
+  *l = d;
+}
+
+/* Server options. */
+struct tern_server_options {
+  size_t size;
+  struct tern_server_config session;  /* template for every session;
+                                         timeouts here are enforced */
+  const struct tern_server_callbacks *callbacks; /* app callbacks; copied */
+  void *ud;                           /* first userdata of each session */
+  unsigned workers;                   /* event-loop threads; 0 = one per
+                                         core (uv_available_parallelism) */
+  unsigned max_connections;           /* all workers together; default
+                                         10000; past it 421 4.7.0 */
+  unsigned max_per_ip;                /* default 0 = no limit */
+  unsigned greeting_delay_ms;         /* wait before the greeting; a
+                                         client that talks first gets 554
+                                         and is closed (default 0) */
+  unsigned shutdown_timeout_ms;       /* graceful shutdown: how long
+                                         sessions may finish (30 s) */
+  const struct tern_tls_cert *tls_certs; /* first is the default */
+  size_t tls_cert_count;
+  const char *auth_mechanisms;        /* default "PLAIN LOGIN" */
+  const struct tern_auth_callbacks *auth; /* NULL: no AUTH */
+  void *auth_ud;                      /* for the auth callbacks */
+  unsigned auth_fail_delay_ms;        /* first failed AUTH delay; doubles
+                                         each time, max 8×; default 1000 */
+  const char *xclient_networks;       /* "127.0.0.0/8 ::1/128" style list
+                                         of peers allowed to use XCLIENT */
+};
+
+static inline void
+tern_server_options_init(struct tern_server_options *o) {
+  struct tern_server_options d = {0};
+  d.size = sizeof d;
+  tern_server_config_init(&d.session);
+  d.workers = 1;
+  d.max_connections = 10000;
+  d.shutdown_timeout_ms = 30000;
+  d.auth_mechanisms = "PLAIN LOGIN";
+  d.auth_fail_delay_ms = 1000;
+  *o = d;
+}
+
+/*
+ * Create a server on `loop` (the first worker's loop). Copies the options
+ * (strings included) and loads the TLS certificates now, so a bad file
+ * fails here. Returns 0, TERN_EINVAL, TERN_ENOMEM, TERN_ETLS (a
+ * certificate or key could not be loaded; see tern_server_last_error()).
+ */
+TERN_EXTERN int tern_server_new(struct tern_server **out, uv_loop_t *loop,
+                                const struct tern_server_options *opts);
+
+/*
+ * Add a listener: "smtp://HOST:PORT" (HOST an IPv4 address, "[IPv6]", or
+ * "*" for all), "smtps://HOST:PORT" (implicit TLS), "lmtp://HOST:PORT",
+ * "lmtp:///path/to.sock" or "smtp:///path/to.sock" (unix socket). Binds
+ * now, so a port in use fails here (TERN_EADDRINUSE). `lo` may be NULL.
+ * Only before tern_server_start().
+ */
+TERN_EXTERN int tern_server_listen(struct tern_server *srv, const char *url,
+                                   const struct tern_listener_options *lo);
+
+/*
+ * Adopt an already-bound listening socket (systemd LISTEN_FDS); `url`
+ * says what it is (host and port are informative). Same rules as listen.
+ */
+TERN_EXTERN int tern_server_listen_fd(struct tern_server *srv, int fd,
+                                      const char *url,
+                                      const struct tern_listener_options *lo);
+
+/* Start accepting (and start the worker threads). Returns 0 or an error. */
+TERN_EXTERN int tern_server_start(struct tern_server *srv);
+
+/*
+ * Graceful shutdown: stop accepting at once; sessions in a transaction
+ * may finish until shutdown_timeout_ms, idle ones get "421 4.3.2" now,
+ * the rest at the deadline. `cb` runs on the first loop when every
+ * session is gone and every handle closed; only then may the server be
+ * freed. Calling it twice is harmless (the second cb is not called).
+ */
+TERN_EXTERN void tern_server_shutdown(struct tern_server *srv,
+                                      void (*cb)(struct tern_server *srv,
+                                                 void *arg),
+                                      void *arg);
+
+/* Free a server that was never started or whose shutdown completed. */
+TERN_EXTERN void tern_server_free(struct tern_server *srv);
+
+/* Reload the certificates from the same files; sessions already in TLS
+ * keep theirs. Returns 0 or TERN_ETLS (the old ones stay). */
+TERN_EXTERN int tern_server_reload_tls(struct tern_server *srv);
+
+/* A human-readable description of the last failure of new/listen/reload
+ * (e.g. the OpenSSL error and file name). Never NULL. */
+TERN_EXTERN const char *tern_server_last_error(const struct tern_server *srv);
+
+/* Where the listener number `i` actually listens, e.g. after port 0. */
+TERN_EXTERN int tern_server_listener_port(const struct tern_server *srv,
+                                          size_t i);
+
+/* Facts about a runtime session. */
+struct tern_session_info {
+  const char *id;              /* unique per process, for logs */
+  const char *peer_addr;       /* client address text (PROXY/XCLIENT
+                                  applied), "unix" for unix sockets */
+  unsigned peer_port;
+  const struct sockaddr *peer; /* NULL for unix sockets */
+  const char *local_addr;
+  unsigned local_port;
+  const char *listener;        /* the URL it was accepted on */
+  bool tls;
+  const char *tls_version;     /* "TLSv1.3" ..., NULL without TLS */
+  const char *tls_cipher;
+  const char *tls_sni;         /* server name the client asked for */
+  const char *auth_user;       /* NULL until AUTH succeeds */
+  unsigned worker;             /* 0-based worker thread index */
+};
+
+/* The info of a session created by a tern_server; NULL for a session the
+ * application created itself. */
+TERN_EXTERN const struct tern_session_info *
+tern_session_info(const struct tern_server_session *s);
+
+/* The loop a runtime session lives on (for the app's own async work). */
+TERN_EXTERN uv_loop_t *tern_session_loop(const struct tern_server_session *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TERN_NET_H */
