@@ -77,6 +77,13 @@ int tern__rcpt_params_parse(char *args, size_t len, unsigned ext,
  * the new length, or TERN_ESYNTAX (bad "+", chars outside 33..126, '='). */
 long tern__xtext_decode(char *s, size_t len);
 
+/* ---- server session, for the runtime (server.c) ------------------------------ */
+
+/* The notify hook a session carries, so the runtime can tell its own
+ * sessions from ones an application created. */
+tern_server_notify_fn
+tern__server_session_notify_fn(const struct tern_server_session *s);
+
 /* ---- replies (reply.c) ------------------------------------------------------ */
 
 /* Longest reply the session will format: every reply fits the output

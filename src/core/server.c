@@ -836,6 +836,11 @@ void *tern_server_session_notify_arg(const struct tern_server_session *s) {
   return s ? s->notify_arg : NULL;
 }
 
+tern_server_notify_fn
+tern__server_session_notify_fn(const struct tern_server_session *s) {
+  return s ? s->notify : NULL;
+}
+
 void tern_server_session_set_xclient_trusted(struct tern_server_session *s,
                                              bool trusted) {
   if (s)

@@ -1,0 +1,649 @@
+/*
+ * tern_server: listeners, worker threads, connection limits, graceful
+ * shutdown. Connections themselves are in conn.c.
+ *
+ * Worker 0 runs on the caller's loop. Workers 1..n-1 are threads with a
+ * loop each; every TCP listener has one socket per worker bound with
+ * SO_REUSEPORT, so the kernel spreads new connections over the threads
+ * and no connection ever moves between threads. All sockets are bound in
+ * tern_server_listen()/tern_server_start() on the caller's thread, so
+ * every bind error is reported there.
+ */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime.h"
+#include "url.h"
+
+static char *dup_str(const char *s) { return s ? strdup(s) : NULL; }
+
+static void set_err(struct tern_server *srv, const char *a, const char *b) {
+  snprintf(srv->err, sizeof srv->err, "%s%s%s", a, b ? ": " : "",
+           b ? b : "");
+}
+
+/* ---- per-IP counts ------------------------------------------------------------ */
+
+/* family byte + address; port ignored. False for non-IP addresses. */
+static bool ip_key(const struct sockaddr *sa, unsigned char key[17]) {
+  memset(key, 0, 17);
+  if (sa->sa_family == AF_INET) {
+    key[0] = 4;
+    memcpy(key + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    return true;
+  }
+  if (sa->sa_family == AF_INET6) {
+    key[0] = 6;
+    memcpy(key + 1, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+    return true;
+  }
+  return false;
+}
+
+static unsigned ip_hash(const unsigned char key[17]) {
+  unsigned h = 2166136261u; /* FNV-1a */
+  for (int i = 0; i < 17; i++)
+    h = (h ^ key[i]) * 16777619u;
+  return h % TERN__IP_BUCKETS;
+}
+
+/* Count a connection from sa; false when max_per_ip is reached. */
+bool tern__ip_acquire(struct tern_server *srv, const struct sockaddr *sa) {
+  unsigned char key[17];
+  bool ok = true;
+  if (!srv->opt.max_per_ip || !ip_key(sa, key))
+    return true;
+  uv_mutex_lock(&srv->ip_lock);
+  struct tern__ipcount **b = &srv->ip[ip_hash(key)], *e = *b;
+  while (e && memcmp(e->key, key, sizeof key))
+    e = e->next;
+  if (e && e->count >= srv->opt.max_per_ip) {
+    ok = false;
+  } else if (e) {
+    e->count++;
+  } else if ((e = calloc(1, sizeof *e)) != NULL) {
+    memcpy(e->key, key, sizeof key);
+    e->count = 1;
+    e->next = *b;
+    *b = e;
+  } else {
+    ok = false; /* OutOfMemory: refuse rather than not count */
+  }
+  uv_mutex_unlock(&srv->ip_lock);
+  return ok;
+}
+
+void tern__ip_release(struct tern_server *srv, const struct sockaddr *sa) {
+  unsigned char key[17];
+  if (!srv->opt.max_per_ip || !ip_key(sa, key))
+    return;
+  uv_mutex_lock(&srv->ip_lock);
+  struct tern__ipcount **pp = &srv->ip[ip_hash(key)];
+  while (*pp && memcmp((*pp)->key, key, sizeof key))
+    pp = &(*pp)->next;
+  if (*pp && --(*pp)->count == 0) {
+    struct tern__ipcount *dead = *pp;
+    *pp = dead->next;
+    free(dead);
+  }
+  uv_mutex_unlock(&srv->ip_lock);
+}
+
+/* ---- server ------------------------------------------------------------------- */
+
+int tern_server_new(struct tern_server **out, uv_loop_t *loop,
+                    const struct tern_server_options *opts) {
+  struct tern_server *srv;
+  if (!out || !loop || !opts || opts->size < sizeof(size_t))
+    return TERN_EINVAL;
+  *out = NULL;
+  srv = calloc(1, sizeof *srv);
+  if (!srv)
+    return TERN_ENOMEM;
+  srv->loop = loop;
+  tern_server_options_init(&srv->opt);
+  memcpy(&srv->opt, opts,
+         opts->size < sizeof srv->opt ? opts->size : sizeof srv->opt);
+  srv->opt.size = sizeof srv->opt;
+  tern_server_callbacks_init(&srv->cb);
+  if (opts->callbacks)
+    memcpy(&srv->cb, opts->callbacks,
+           opts->callbacks->size < sizeof srv->cb ? opts->callbacks->size
+                                                  : sizeof srv->cb);
+  srv->cb.size = sizeof srv->cb;
+  if (uv_mutex_init(&srv->ip_lock) != 0) {
+    free(srv);
+    return TERN_ENOMEM;
+  }
+  srv->id_base = (unsigned long)time(NULL);
+  *out = srv; /* from here on tern_server_free() cleans up */
+
+  /* Own copies of every string the options point to. */
+  struct tern_server_config *sc = &srv->opt.session;
+  sc->hostname = dup_str(sc->hostname ? sc->hostname : "localhost");
+  sc->banner = dup_str(sc->banner);
+  sc->auth_mechanisms = NULL; /* set per connection */
+  srv->opt.auth_mechanisms = dup_str(srv->opt.auth_mechanisms);
+  srv->opt.xclient_networks = dup_str(srv->opt.xclient_networks);
+  srv->opt.callbacks = NULL;
+  if (srv->opt.auth) {
+    struct tern_auth_callbacks *a = calloc(1, sizeof *a);
+    if (a) {
+      tern_auth_callbacks_init(a);
+      memcpy(a, srv->opt.auth,
+             srv->opt.auth->size < sizeof *a ? srv->opt.auth->size : sizeof *a);
+      a->size = sizeof *a;
+    }
+    srv->opt.auth = a;
+  }
+  if (srv->opt.tls_cert_count) {
+    srv->certs = calloc(srv->opt.tls_cert_count, sizeof *srv->certs);
+    if (srv->certs)
+      for (size_t i = 0; i < srv->opt.tls_cert_count; i++) {
+        srv->certs[i].cert_file = dup_str(opts->tls_certs[i].cert_file);
+        srv->certs[i].key_file = dup_str(opts->tls_certs[i].key_file);
+      }
+    srv->opt.tls_certs = srv->certs;
+  }
+  if (!sc->hostname || (opts->session.banner && !sc->banner) ||
+      (opts->auth && !srv->opt.auth) ||
+      (opts->tls_cert_count && !srv->certs)) {
+    set_err(srv, "out of memory", NULL);
+    return TERN_ENOMEM;
+  }
+  if (srv->opt.workers == 0)
+    srv->opt.workers = uv_available_parallelism();
+  if (srv->opt.workers > 256)
+    srv->opt.workers = 256;
+
+  if (srv->certs) {
+    int r = tern__tls_ctx_new(&srv->tls, srv->certs, srv->opt.tls_cert_count,
+                              srv->err, sizeof srv->err);
+    if (r)
+      return r;
+  }
+  if (srv->opt.xclient_networks) {
+    size_t bad = 0;
+    if (tern__cidr_parse(&srv->xclient_nets, srv->opt.xclient_networks,
+                         &bad) != 0) {
+      set_err(srv, "xclient_networks: bad network at",
+              srv->opt.xclient_networks + bad);
+      return TERN_EINVAL;
+    }
+  }
+  /* Check the session template once, so listen/accept cannot fail on it. */
+  struct tern_server_session *probe;
+  int r = tern_server_session_new(&probe, sc, NULL, NULL);
+  if (r) {
+    set_err(srv, "invalid session configuration", NULL);
+    return r;
+  }
+  tern_server_session_free(probe);
+  return 0;
+}
+
+void tern_server_free(struct tern_server *srv) {
+  if (!srv)
+    return;
+  for (size_t i = 0; i < srv->nlisteners; i++) {
+    struct tern__listener *l = &srv->listeners[i];
+    if (!srv->started && l->fd >= 0)
+      close(l->fd);
+    if (l->is_unix && l->path && !l->adopted)
+      unlink(l->path);
+    free(l->url);
+    free(l->path);
+  }
+  free(srv->workers);
+  for (int i = 0; i < TERN__IP_BUCKETS; i++)
+    while (srv->ip[i]) {
+      struct tern__ipcount *e = srv->ip[i];
+      srv->ip[i] = e->next;
+      free(e);
+    }
+  uv_mutex_destroy(&srv->ip_lock);
+  tern__tls_ctx_free(srv->tls);
+  tern__cidr_free(srv->xclient_nets);
+  for (size_t i = 0; srv->certs && i < srv->opt.tls_cert_count; i++) {
+    free((char *)srv->certs[i].cert_file);
+    free((char *)srv->certs[i].key_file);
+  }
+  free(srv->certs);
+  free((char *)srv->opt.session.hostname);
+  free((char *)srv->opt.session.banner);
+  free((char *)srv->opt.auth_mechanisms);
+  free((char *)srv->opt.xclient_networks);
+  free((void *)srv->opt.auth);
+  free(srv);
+}
+
+const char *tern_server_last_error(const struct tern_server *srv) {
+  return srv ? srv->err : "no server";
+}
+
+int tern_server_reload_tls(struct tern_server *srv) {
+  if (!srv || !srv->tls)
+    return TERN_EINVAL;
+  return tern__tls_ctx_reload(srv->tls, srv->err, sizeof srv->err);
+}
+
+int tern_server_listener_port(const struct tern_server *srv, size_t i) {
+  if (!srv || i >= srv->nlisteners)
+    return TERN_EINVAL;
+  return srv->listeners[i].port;
+}
+
+/* ---- sockets ------------------------------------------------------------------ */
+
+/* A listening TCP socket on addr (SO_REUSEPORT so workers can share). */
+static int tcp_socket(struct tern_server *srv, const struct sockaddr *addr,
+                      const char *url, int *fd_out) {
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                  0);
+  int one = 1;
+  if (fd < 0) {
+    set_err(srv, url, strerror(errno));
+    return TERN_EIO;
+  }
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  if (addr->sa_family == AF_INET6)
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  socklen_t len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in);
+  if (bind(fd, addr, len) != 0 || listen(fd, 511) != 0) {
+    int e = errno;
+    close(fd);
+    set_err(srv, url, strerror(e));
+    return e == EADDRINUSE ? TERN_EADDRINUSE : TERN_EIO;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+static int unix_socket(struct tern_server *srv, const char *path,
+                       const char *url, int *fd_out) {
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  struct stat st;
+  if (strlen(path) >= sizeof sun.sun_path) {
+    set_err(srv, url, "path too long");
+    return TERN_EINVAL;
+  }
+  memcpy(sun.sun_path, path, strlen(path) + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    set_err(srv, url, strerror(errno));
+    return TERN_EIO;
+  }
+  /* A socket file left by a dead process is removed; a live one is not. */
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof sun) != 0 &&
+        errno == ECONNREFUSED)
+      unlink(path);
+    if (probe >= 0)
+      close(probe);
+  }
+  if (bind(fd, (struct sockaddr *)&sun, sizeof sun) != 0 ||
+      listen(fd, 511) != 0) {
+    int e = errno;
+    close(fd);
+    set_err(srv, url, strerror(e));
+    return e == EADDRINUSE ? TERN_EADDRINUSE : TERN_EIO;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+static int resolve_host(const struct tern__url *u,
+                        struct sockaddr_storage *ss) {
+  memset(ss, 0, sizeof *ss);
+  const char *h = u->host;
+  if (!strcmp(h, "*"))
+    h = "0.0.0.0";
+  else if (!strcmp(h, "localhost"))
+    h = "127.0.0.1";
+  if (uv_ip4_addr(h, u->port, (struct sockaddr_in *)ss) == 0)
+    return 0;
+  if (uv_ip6_addr(h, u->port, (struct sockaddr_in6 *)ss) == 0)
+    return 0;
+  return TERN_EINVAL;
+}
+
+static struct tern__listener *add_listener(struct tern_server *srv,
+                                           const char *url,
+                                           const struct tern__url *u,
+                                           const struct tern_listener_options *lo) {
+  if (srv->nlisteners == TERN__MAX_LISTENERS)
+    return NULL;
+  struct tern__listener *l = &srv->listeners[srv->nlisteners];
+  memset(l, 0, sizeof *l);
+  l->fd = -1;
+  l->url = strdup(url);
+  if (!l->url)
+    return NULL;
+  tern_listener_options_init(&l->lo);
+  if (lo)
+    memcpy(&l->lo, lo, lo->size < sizeof l->lo ? lo->size : sizeof l->lo);
+  l->lo.size = sizeof l->lo;
+  l->is_unix = u->is_unix;
+  l->implicit_tls = u->scheme == TERN__SMTPS;
+  l->lmtp = u->scheme == TERN__LMTP;
+  if (l->implicit_tls && !srv->tls) {
+    free(l->url);
+    set_err(srv, url, "smtps:// needs TLS certificates");
+    return NULL;
+  }
+  return l;
+}
+
+int tern_server_listen(struct tern_server *srv, const char *url,
+                       const struct tern_listener_options *lo) {
+  struct tern__url u;
+  if (!srv || !url || srv->started)
+    return TERN_EINVAL;
+  if (tern__url_parse(url, &u) != 0 || u.scheme == TERN__SMTP_STARTTLS) {
+    set_err(srv, url, "not a listener URL");
+    return TERN_EINVAL;
+  }
+  struct tern__listener *l = add_listener(srv, url, &u, lo);
+  if (!l)
+    return srv->err[0] ? TERN_EINVAL : TERN_ENOMEM;
+  int r;
+  if (u.is_unix) {
+    l->path = strdup(u.path);
+    r = l->path ? unix_socket(srv, u.path, url, &l->fd) : TERN_ENOMEM;
+  } else {
+    if (resolve_host(&u, &l->addr) != 0) {
+      set_err(srv, url, "host must be an IP address, [IPv6], * or localhost");
+      r = TERN_EINVAL;
+    } else {
+      r = tcp_socket(srv, (struct sockaddr *)&l->addr, url, &l->fd);
+    }
+    if (!r) { /* port 0: learn the real one for the other workers */
+      socklen_t len = sizeof l->addr;
+      getsockname(l->fd, (struct sockaddr *)&l->addr, &len);
+      l->port = ntohs(l->addr.ss_family == AF_INET6
+                          ? ((struct sockaddr_in6 *)&l->addr)->sin6_port
+                          : ((struct sockaddr_in *)&l->addr)->sin_port);
+    }
+  }
+  if (r) {
+    free(l->url);
+    free(l->path);
+    return r;
+  }
+  srv->nlisteners++;
+  return 0;
+}
+
+int tern_server_listen_fd(struct tern_server *srv, int fd, const char *url,
+                          const struct tern_listener_options *lo) {
+  struct tern__url u;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (!srv || fd < 0 || !url || srv->started)
+    return TERN_EINVAL;
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
+    set_err(srv, url, strerror(errno));
+    return TERN_EINVAL;
+  }
+  if (tern__url_parse(url, &u) != 0)
+    u.scheme = TERN__SMTP;
+  u.is_unix = ss.ss_family == AF_UNIX;
+  struct tern__listener *l = add_listener(srv, url, &u, lo);
+  if (!l)
+    return TERN_ENOMEM;
+  l->fd = fd;
+  l->adopted = true;
+  /* An adopted socket is not replicated: it stays on worker 0. */
+  l->is_unix = true;
+  l->addr = ss;
+  if (ss.ss_family != AF_UNIX) {
+    l->port = ntohs(ss.ss_family == AF_INET6
+                        ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                        : ((struct sockaddr_in *)&ss)->sin_port);
+    l->is_unix = false;
+    l->adopted = true;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  srv->nlisteners++;
+  return 0;
+}
+
+/* ---- workers ------------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *st, int status) {
+  struct tern__lhandle *lh = st->data;
+  if (status == 0 && !lh->w->draining)
+    tern__conn_accept(lh);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  struct tern__worker *w = h->data;
+  if (--w->open_handles == 0 && w->index == 0) {
+    /* worker 0 is done; the others report through done_async */
+    uv_async_send(&w->srv->done_async);
+  }
+}
+
+static void close_handle(struct tern__worker *w, uv_handle_t *h) {
+  h->data = w;
+  uv_close(h, on_handle_closed);
+}
+
+/* Every session of this worker is gone: close its handles. */
+void tern__worker_maybe_done(struct tern__worker *w) {
+  if (!w->draining || w->nconns || w->done)
+    return;
+  w->done = true;
+  close_handle(w, (uv_handle_t *)&w->wake);
+  close_handle(w, (uv_handle_t *)&w->deadline);
+}
+
+static void on_deadline(uv_timer_t *t) {
+  struct tern__worker *w = t->data;
+  for (struct tern__conn *c = w->conns, *n; c; c = n) {
+    n = tern__conn_next(c);
+    tern__conn_drain(c, true);
+  }
+}
+
+static void worker_drain(struct tern__worker *w) {
+  if (w->draining)
+    return;
+  w->draining = true;
+  for (size_t i = 0; i < w->srv->nlisteners; i++)
+    if (w->lh[i].open) {
+      w->lh[i].open = false;
+      close_handle(w, &w->lh[i].h.handle);
+    }
+  w->deadline.data = w;
+  uv_timer_start(&w->deadline, on_deadline, w->srv->opt.shutdown_timeout_ms,
+                 0);
+  for (struct tern__conn *c = w->conns, *n; c; c = n) {
+    n = tern__conn_next(c);
+    tern__conn_drain(c, false);
+  }
+  tern__worker_maybe_done(w);
+}
+
+static void on_wake(uv_async_t *a) { worker_drain(a->data); }
+
+/* Open this worker's listening handles on its own sockets. */
+static int worker_listen(struct tern__worker *w, int *fds) {
+  struct tern_server *srv = w->srv;
+  for (size_t i = 0; i < srv->nlisteners; i++) {
+    struct tern__listener *l = &srv->listeners[i];
+    struct tern__lhandle *lh = &w->lh[i];
+    int r;
+    if (fds[i] < 0)
+      continue;
+    lh->w = w;
+    lh->l = l;
+    if (l->is_unix)
+      r = uv_pipe_init(w->loop, &lh->h.pipe, 0) ||
+          uv_pipe_open(&lh->h.pipe, fds[i]);
+    else
+      r = uv_tcp_init(w->loop, &lh->h.tcp) ||
+          uv_tcp_open(&lh->h.tcp, fds[i]);
+    lh->h.handle.data = lh;
+    if (r || uv_listen(&lh->h.stream, 511, on_connection) != 0) {
+      set_err(srv, l->url, "cannot listen");
+      return TERN_EIO;
+    }
+    lh->open = true;
+    w->open_handles++;
+  }
+  return 0;
+}
+
+struct worker_start {
+  struct tern__worker *w;
+  int *fds;
+};
+
+/* The handles other threads may poke (wake) exist before the thread runs. */
+static void worker_handles(struct tern__worker *w) {
+  uv_async_init(w->loop, &w->wake, on_wake);
+  w->wake.data = w;
+  uv_timer_init(w->loop, &w->deadline);
+  w->deadline.data = w;
+  w->open_handles += 2;
+}
+
+/* On the worker's own thread: its SASL context and listening handles. */
+static int worker_init(struct tern__worker *w, int *fds) {
+  struct tern_server *srv = w->srv;
+  if (srv->opt.auth &&
+      tern__sasl_new(&w->sasl, srv->opt.auth, srv->opt.auth_ud,
+                     srv->opt.auth_mechanisms) != 0)
+    w->sasl = NULL;
+  return worker_listen(w, fds);
+}
+
+static void worker_thread(void *arg) {
+  struct worker_start *ws = arg;
+  struct tern__worker *w = ws->w;
+  worker_init(w, ws->fds);
+  free(ws->fds);
+  free(ws);
+  uv_run(w->loop, UV_RUN_DEFAULT);
+  uv_loop_close(w->loop);
+  tern__sasl_free(w->sasl);
+  w->sasl = NULL;
+  atomic_fetch_add(&w->srv->workers_done, 1);
+  uv_async_send(&w->srv->done_async);
+}
+
+static void on_done_async_closed(uv_handle_t *h) {
+  struct tern_server *srv = h->data;
+  if (srv->shutdown_cb)
+    srv->shutdown_cb(srv, srv->shutdown_arg);
+}
+
+/* A worker finished: when all have, join the threads and report. */
+static void on_done(uv_async_t *a) {
+  struct tern_server *srv = a->data;
+  struct tern__worker *w0 = &srv->workers[0];
+  if (w0->open_handles ||
+      atomic_load(&srv->workers_done) + 1 < srv->nworkers || !srv->done_async_open)
+    return;
+  for (unsigned i = 1; i < srv->nworkers; i++)
+    if (srv->workers[i].thread_started) {
+      uv_thread_join(&srv->workers[i].thread);
+      srv->workers[i].thread_started = false;
+    }
+  tern__sasl_free(w0->sasl);
+  w0->sasl = NULL;
+  srv->done_async_open = false;
+  uv_close((uv_handle_t *)&srv->done_async, on_done_async_closed);
+}
+
+int tern_server_start(struct tern_server *srv) {
+  if (!srv || srv->started || !srv->nlisteners)
+    return TERN_EINVAL;
+  unsigned n = srv->opt.workers ? srv->opt.workers : 1;
+  srv->workers = calloc(n, sizeof *srv->workers);
+  if (!srv->workers)
+    return TERN_ENOMEM;
+  srv->nworkers = n;
+  srv->started = true;
+  uv_async_init(srv->loop, &srv->done_async, on_done);
+  srv->done_async.data = srv;
+  srv->done_async_open = true;
+
+  for (unsigned i = 0; i < n; i++) {
+    struct tern__worker *w = &srv->workers[i];
+    int *fds = calloc(TERN__MAX_LISTENERS, sizeof *fds);
+    if (!fds)
+      return TERN_ENOMEM;
+    w->srv = srv;
+    w->index = i;
+    for (size_t k = 0; k < srv->nlisteners; k++) {
+      struct tern__listener *l = &srv->listeners[k];
+      fds[k] = -1;
+      if (i == 0)
+        fds[k] = l->fd;
+      else if (!l->is_unix && !l->adopted &&
+               tcp_socket(srv, (struct sockaddr *)&l->addr, l->url,
+                          &fds[k]) != 0)
+        fds[k] = -1; /* this worker just does not listen there */
+    }
+    if (i == 0) {
+      w->loop = srv->loop;
+      worker_handles(w);
+      int r = worker_init(w, fds);
+      free(fds);
+      if (r)
+        return r;
+      continue;
+    }
+    struct worker_start *ws = malloc(sizeof *ws);
+    if (!ws || uv_loop_init(&w->own_loop) != 0) {
+      free(ws);
+      free(fds);
+      return TERN_ENOMEM;
+    }
+    w->loop = &w->own_loop;
+    worker_handles(w);
+    ws->w = w;
+    ws->fds = fds;
+    if (uv_thread_create(&w->thread, worker_thread, ws) != 0) {
+      free(ws);
+      free(fds);
+      return TERN_EIO;
+    }
+    w->thread_started = true;
+  }
+  return 0;
+}
+
+void tern_server_shutdown(struct tern_server *srv,
+                          void (*cb)(struct tern_server *, void *),
+                          void *arg) {
+  if (!srv || srv->shutting_down)
+    return;
+  srv->shutting_down = true;
+  srv->shutdown_cb = cb;
+  srv->shutdown_arg = arg;
+  if (!srv->started) {
+    if (cb)
+      cb(srv, arg);
+    return;
+  }
+  for (unsigned i = 1; i < srv->nworkers; i++)
+    uv_async_send(&srv->workers[i].wake);
+  worker_drain(&srv->workers[0]);
+}
