@@ -456,6 +456,12 @@ static int on_auth(struct tern_server_session *s, struct tern_str mech,
     reply->text = "Temporary authentication failure";
     return TERN_REPLY_NOW;
   }
+  if (r == TERN_ENOTSUP) {
+    reply->code = 504;
+    reply->enhanced = "5.5.4";
+    reply->text = "Unrecognized authentication type";
+    return TERN_REPLY_NOW;
+  }
   if (r == TERN_ESYNTAX) {
     reply->code = 501;
     reply->enhanced = "5.5.2";
