@@ -70,15 +70,18 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
         i += 2;
         break;
       }
-      if (run < i)
+      if (run < i) {
         go = emit(ctx, buf + run, i - run);
+        run = i;
+        if (!go) /* paused: the CR or LF waits for the next feed */
+          break;
+      }
       if (*p == '\r') {
         d->state = D_CR; /* held: is a LF next, in the next buffer? */
       } else { /* bare LF: normalise */
         d->bare = true;
         end_line(d);
-        if (!emit(ctx, crlf, 2))
-          go = false;
+        go = emit(ctx, crlf, 2);
         d->state = D_BOL_S;
       }
       run = ++i;
@@ -104,7 +107,8 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
         if (run < i)
           go = emit(ctx, buf + run, i - run);
         d->state = d->state == D_BOL_R ? D_DOT_R : D_DOT_S;
-        d->line_len = 1;
+        /* RFC 5321 §4.5.3.1.6: the stuffing dot does not count. */
+        d->line_len = 0;
         run = ++i;
       } else {
         d->state = D_MID; /* the run goes on */

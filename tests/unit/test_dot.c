@@ -33,10 +33,10 @@
  * the server's on_data is called again after it returned TERN_PENDING.
  */
 #ifndef KNOWN_BUG_STUFFED_LINE_LEN
-#define KNOWN_BUG_STUFFED_LINE_LEN 1
+#define KNOWN_BUG_STUFFED_LINE_LEN 0
 #endif
 #ifndef KNOWN_BUG_EMIT_AFTER_FALSE
-#define KNOWN_BUG_EMIT_AFTER_FALSE 1
+#define KNOWN_BUG_EMIT_AFTER_FALSE 0
 #endif
 
 /* ---- a decoder run ------------------------------------------------------- */

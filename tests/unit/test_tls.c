@@ -6,11 +6,13 @@
  * argv[1] or $TERN_TEST_CERTS (CTest passes the latter; the "certs"
  * fixture makes them).
  */
-#include <cmocka.h>
+/* clang-format off: cmocka needs these first */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <cmocka.h>
+/* clang-format on */
 
 #include <pthread.h>
 #include <stdio.h>
