@@ -65,6 +65,7 @@ struct tern__conn {
   bool eof;                        /* peer closed its side */
   bool closing;                    /* conn_close() was called */
   bool tls_ready;                  /* handshake done */
+  bool tls_closed;                 /* close_notify queued */
   bool drain;                      /* shutdown: close when idle */
   unsigned writes;                 /* write requests in flight */
   size_t writing;                  /* their bytes */
@@ -345,10 +346,17 @@ static void pump(struct tern__conn *c) {
     if (c->eof && !(want & TERN_WANT_CLOSE))
       tern_server_session_eof(c->s);
     want = tern_server_session_want(c->s);
-    if ((want & TERN_WANT_CLOSE) && !(want & TERN_WANT_WRITE) &&
-        !c->writes) {
-      conn_close(c);
-      break;
+    if ((want & TERN_WANT_CLOSE) && !(want & TERN_WANT_WRITE)) {
+      /* RFC 8446 §6.1: say close_notify, then close once it is out. */
+      if (c->tls && c->tls_ready && !c->tls_closed) {
+        c->tls_closed = true;
+        tern__tls_shutdown(c->tls);
+        tls_flush(c);
+      }
+      if (!c->writes) {
+        conn_close(c);
+        break;
+      }
     }
   } while (c->again);
   if (!c->closing)
