@@ -72,8 +72,8 @@ bench: build
 	[ $$found = 1 ] || echo "bench: no benchmark drivers (bench/bench_*.c) yet"
 
 run: build
-	@echo "make run: the core in a poll() loop on 127.0.0.1:2525 (Ctrl-C stops)"
-	$(BUILD)/examples/poll_server 2525
+	@echo "make run: examples/console on smtp://127.0.0.1:2525 prints every message (Ctrl-C stops)"
+	$(BUILD)/examples/console smtp://127.0.0.1:2525
 
 install: build
 	$(CMAKE) --install $(BUILD) --prefix $(PREFIX)

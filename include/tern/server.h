@@ -6,8 +6,9 @@
  * client, the session fires callbacks and queues reply bytes, and the
  * caller takes those bytes and writes them wherever it likes.
  *
- *   tern_server_session_new()      create (allocates once; nothing later
- *                                  in an ordinary transaction allocates)
+ *   tern_server_session_new()      create (allocates its state and its
+ *                                  buffers; nothing later in an ordinary
+ *                                  transaction allocates)
  *   tern_server_session_start()    fires on_connect, queues the greeting
  *   tern_server_session_feed()     bytes in; returns how many were taken
  *   tern_server_session_output()   bytes out (pointer + length)
@@ -324,7 +325,8 @@ static inline void tern_server_callbacks_init(struct tern_server_callbacks *cb) 
  * (cfg may be NULL for the defaults; cb may be NULL for no callbacks);
  * `ud` is handed to every callback. All buffers are allocated here, with
  * fixed ceilings (see docs/security.md); an ordinary transaction
- * allocates nothing more. Returns 0 and sets *out, or TERN_EINVAL (bad
+ * allocates nothing more (unless tern_server_session_trim() gave them
+ * back). Returns 0 and sets *out, or TERN_EINVAL (bad
  * config: NULL out, hostname with spaces or controls, max_line < 512,
  * a size field larger than this library knows with non-zero extra bytes)
  * or TERN_ENOMEM.
@@ -394,6 +396,18 @@ TERN_EXTERN unsigned tern_server_session_want(const struct tern_server_session *
  */
 TERN_EXTERN int tern_server_session_reply(struct tern_server_session *s,
                                           const struct tern_reply *reply);
+
+/*
+ * Hand back the session's I/O buffers (command line and output queue,
+ * about 6.5 KiB with the defaults) while it is idle: no partial line, no
+ * unsent output, no pending decision. They are allocated again by the
+ * next feed() or reply, which is then the only allocation an ordinary
+ * transaction makes. A runtime calls this when a connection goes quiet,
+ * so idle connections cost only the session's own state. Returns 1 when
+ * the buffers were freed, 0 when the session was busy (nothing done),
+ * TERN_EINVAL for NULL. After a trim, feed() may fail with TERN_ENOMEM.
+ */
+TERN_EXTERN int tern_server_session_trim(struct tern_server_session *s);
 
 /* The decision waiting for tern_server_session_reply(), or TERN_EV_NONE. */
 TERN_EXTERN enum tern_server_event

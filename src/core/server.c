@@ -61,6 +61,28 @@ bool tern__auth_offered(const struct tern_server_session *s) {
          s->cfg.auth_mechanisms[0] && (s->tls || s->cfg.auth_insecure_ok);
 }
 
+/* ---- buffers ------------------------------------------------------------- */
+
+/*
+ * The command-line buffer (max_line) and the output queue (high water +
+ * two maximal replies) share one block, made with the session. A runtime
+ * may hand it back while the session is idle (tern_server_session_trim);
+ * it is made again when the next byte or reply needs it.
+ */
+static bool io_alloc(struct tern_server_session *s) {
+  if (s->io)
+    return true;
+  size_t out_cap = s->cfg.output_high_water + 2 * TERN__REPLY_MAX;
+  s->io = tern__malloc(&s->mem, s->cfg.max_line + out_cap);
+  if (!s->io)
+    return false;
+  s->small_line = s->line = s->io; /* trim() only runs between lines */
+  s->line_cap = s->cfg.max_line;
+  s->out = s->io + s->cfg.max_line;
+  s->out_cap = out_cap;
+  return true;
+}
+
 /* ---- output ---------------------------------------------------------------- */
 
 /*
@@ -74,6 +96,10 @@ void tern__emit(struct tern_server_session *s, int code, const char *enh,
                 const char *text) {
   if (s->state == ST_CLOSED)
     return;
+  if (!io_alloc(s)) { /* OutOfMemory after a trim: nothing can be said */
+    s->state = ST_CLOSED;
+    return;
+  }
   if (!(s->cfg.extensions & TERN_EXT_ENHANCEDSTATUSCODES))
     enh = NULL;
   if (s->out_off && s->out_cap - s->out_len < TERN__REPLY_MAX) {
@@ -602,9 +628,8 @@ int tern_server_session_new(struct tern_server_session **out,
 
   size_t hlen = strlen(cfg.hostname), blen = strlen(banner),
          mlen = strlen(mechs);
-  size_t out_cap = cfg.output_high_water + 2 * TERN__REPLY_MAX;
   size_t total = sizeof(struct tern_server_session) + (hlen + 1) +
-                 (hlen + 1 + blen + 1) + (mlen + 1) + cfg.max_line + out_cap;
+                 (hlen + 1 + blen + 1) + (mlen + 1);
   struct tern_server_session *s = tern__malloc(&mem, total);
   if (!s)
     return TERN_ENOMEM;
@@ -622,17 +647,15 @@ int tern_server_session_new(struct tern_server_session **out,
   p += hlen + 1 + blen + 1;
   memcpy(p, mechs, mlen + 1);
   cfg.auth_mechanisms = p;
-  p += mlen + 1;
-  s->small_line = s->line = p;
-  s->line_cap = cfg.max_line;
-  p += cfg.max_line;
-  s->out = p;
-  s->out_cap = out_cap;
 
   s->cfg = cfg;
   s->cb = cb;
   s->mem = mem;
   s->ud = ud;
+  if (!io_alloc(s)) {
+    tern__free(&mem, s);
+    return TERN_ENOMEM;
+  }
   s->state = ST_NEW;
   s->xclient_trusted = cfg.xclient_trusted;
   s->last_line_crlf = true;
@@ -645,6 +668,7 @@ void tern_server_session_free(struct tern_server_session *s) {
     return;
   struct tern_mem mem = s->mem;
   tern__free(&mem, s->auth_line);
+  tern__free(&mem, s->io);
   tern__free(&mem, s);
 }
 
@@ -674,6 +698,8 @@ long tern_server_session_feed(struct tern_server_session *s, const void *in,
     return TERN_EINVAL;
   if (!s->started)
     return TERN_ESTATE;
+  if (len && !io_alloc(s))
+    return TERN_ENOMEM;
   advance(s);
   while (pos < len) {
     if (s->state == ST_CLOSED || s->state == ST_TLS_WAIT) {
@@ -708,8 +734,22 @@ size_t tern_server_session_output(struct tern_server_session *s,
     return 0;
   }
   if (data)
-    *data = s->out + s->out_off;
+    *data = s->out ? s->out + s->out_off : "";
   return out_pending(s);
+}
+
+int tern_server_session_trim(struct tern_server_session *s) {
+  if (!s)
+    return TERN_EINVAL;
+  /* Event strings point into the line buffer while a decision waits. */
+  if (!s->io || s->line_len || s->line_overflow || out_pending(s) ||
+      s->pending != TERN_EV_NONE || s->line != s->small_line)
+    return 0;
+  tern__free(&s->mem, s->io);
+  tern__free(&s->mem, s->auth_line);
+  s->io = s->small_line = s->line = s->out = s->auth_line = NULL;
+  s->out_off = s->out_len = s->out_cap = s->line_cap = 0;
+  return 1;
 }
 
 void tern_server_session_consume(struct tern_server_session *s, size_t n) {

@@ -38,10 +38,11 @@ struct tern_server_session {
   void *notify_arg;                  /* its argument */
   const char *greeting;              /* "<hostname> <banner>" */
 
+  char *io;             /* line buffer + output queue, or NULL (trimmed) */
   char *line;           /* current command line buffer (small or auth) */
   size_t line_len;      /* bytes in it */
   size_t line_cap;      /* its size */
-  char *small_line;     /* the max_line buffer allocated with the session */
+  char *small_line;     /* the max_line buffer inside io */
   char *auth_line;      /* lazily allocated max_auth_line buffer, or NULL */
   bool line_overflow;   /* discarding the rest of a too-long line */
   bool last_line_crlf;  /* the last command line ended in CRLF */

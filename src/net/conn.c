@@ -55,7 +55,7 @@ struct tern__conn {
 
   char *in;                        /* plaintext the session did not take */
   size_t in_len, in_cap;
-  char proxy[TERN__PROXY_MAX];     /* PROXY header so far (PH_PROXY) */
+  char *proxy;                     /* PROXY header so far (PH_PROXY) */
   size_t proxy_len;
 
   unsigned char phase;             /* enum phase */
@@ -359,8 +359,12 @@ static void pump(struct tern__conn *c) {
       }
     }
   } while (c->again);
-  if (!c->closing)
+  if (!c->closing) {
     update_reading(c);
+    /* Quiet now: give the session's buffers back (idle connections). */
+    if (c->s && !c->in_len && !c->writes && c->reading)
+      tern_server_session_trim(c->s);
+  }
   c->in_pump = false;
 }
 
@@ -641,14 +645,18 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     restart_timer(c);
 
   if (c->phase == PH_PROXY) {
-    size_t take = sizeof c->proxy - c->proxy_len;
+    if (!c->proxy && !(c->proxy = malloc(TERN__PROXY_MAX))) {
+      conn_close(c);
+      return;
+    }
+    size_t take = TERN__PROXY_MAX - c->proxy_len;
     if (take > n)
       take = n;
     memcpy(c->proxy + c->proxy_len, p, take);
     c->proxy_len += take;
     struct tern__proxy px;
     long r = tern__proxy_parse(c->proxy, c->proxy_len, &px);
-    if (r < 0 || (r == 0 && c->proxy_len == sizeof c->proxy)) {
+    if (r < 0 || (r == 0 && c->proxy_len == TERN__PROXY_MAX)) {
       conn_close(c); /* a PROXY listener speaks only to its proxy */
       return;
     }
@@ -656,11 +664,13 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
       return;
     c->tmode = TM_NONE;
     uv_timer_stop(&c->timer);
+    /* What followed the header (same read) is SMTP (or TLS) input. */
+    size_t used_now = take - (c->proxy_len - (size_t)r);
+    free(c->proxy);
+    c->proxy = NULL;
     proxy_done(c, &px);
     if (c->closing || !c->s)
       return;
-    /* What followed the header (same read) is SMTP (or TLS) input. */
-    size_t used_now = take - (c->proxy_len - (size_t)r);
     p += used_now;
     n -= used_now;
     if (!n) {
@@ -710,6 +720,7 @@ static void on_closed(uv_handle_t *h) {
     c->next->prev = c->prev;
   w->nconns--;
   free(c->in);
+  free(c->proxy);
   free(c->auth_user);
   free(c);
   tern__worker_maybe_done(w);

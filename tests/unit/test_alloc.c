@@ -298,7 +298,7 @@ static void run_transaction(const char *in, size_t len, size_t step,
   assert_non_null(s);
   unsigned long allocs = a.c.allocs, calls = a.c.calls;
   size_t live = a.c.live;
-  assert_int_equal(allocs, 1); /* "allocates once" (server.h) */
+  assert_int_equal(allocs, 2); /* its state, its I/O buffers (server.h) */
 
   assert_int_equal(tern_server_session_start(s), 0);
   drain(s, &a);
@@ -319,6 +319,30 @@ static void run_transaction(const char *in, size_t len, size_t step,
 
   tern_server_session_free(s);
   assert_int_equal(a.c.frees, a.c.allocs);
+  assert_int_equal(a.c.live, 0);
+}
+
+/* After tern_server_session_trim() an idle session holds only its state;
+ * the next transaction makes the buffers again, once. */
+static void test_trim(void **state) {
+  static struct app a;
+  (void)state;
+  app_init(&a);
+  struct tern_server_session *s = new_session(&a, false);
+  size_t full = a.c.live;
+  assert_int_equal(tern_server_session_start(s), 0);
+  assert_int_equal(tern_server_session_trim(s), 0); /* greeting unsent */
+  drain(s, &a);
+  assert_int_equal(tern_server_session_trim(s), 1);
+  assert_true(a.c.live < full);
+  assert_true(a.c.live < 1024); /* an idle session is small */
+  assert_int_equal(tern_server_session_trim(s), 0); /* already */
+  unsigned long allocs = a.c.allocs;
+  static const char in[] = "EHLO client.example\r\n";
+  feed(s, &a, in, sizeof in - 1, sizeof in - 1);
+  assert_int_equal(a.c.allocs, allocs + 1);
+  assert_int_equal(a.c.live, full);
+  tern_server_session_free(s);
   assert_int_equal(a.c.live, 0);
 }
 
@@ -492,6 +516,7 @@ static int setup(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_data_no_alloc),
+      cmocka_unit_test(test_trim),
       cmocka_unit_test(test_bdat_no_alloc),
       cmocka_unit_test(test_new_fails_cleanly),
       cmocka_unit_test(test_session_allocs_fail_in_turn),
