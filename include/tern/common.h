@@ -49,6 +49,10 @@ extern "C" {
   X(EIO, -16, "system or I/O error")                                       \
   X(EPROXY, -17, "malformed PROXY protocol header")                        \
   X(ETEMP, -18, "temporary failure")                                       \
+  X(EPROTO, -19, "protocol error from the peer")                           \
+  X(ERESOLVE, -20, "host name could not be resolved")                      \
+  X(ECONNECT, -21, "connection failed")                                    \
+  X(ETIMEDOUT, -22, "timed out")                                           \
   X(ECLOSED, -100, "session is closed")
 
 enum tern_err {

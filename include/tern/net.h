@@ -35,6 +35,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "client.h"
 #include "common.h"
 #include "server.h"
 
@@ -220,6 +221,103 @@ tern_session_info(const struct tern_server_session *s);
 
 /* The loop a runtime session lives on (for the app's own async work). */
 TERN_EXTERN uv_loop_t *tern_session_loop(const struct tern_server_session *s);
+
+/* ==== client runtime ======================================================= */
+
+/*
+ * A connection to one SMTP/LMTP server, driving a tern_client_session on
+ * a loop: name resolution (asynchronous, getaddrinfo on libuv's pool),
+ * connect (each address in turn), implicit TLS or STARTTLS with
+ * certificate and host-name verification, AUTH through GNU SASL, and
+ * timeouts (RFC 5321 §4.5.3.2: 5 min greeting and commands, 3 min data
+ * blocks, 10 min final reply). Messages go through the session:
+ * tern_client_session_send()/_body()/_body_end() on
+ * tern_client_get_session(cl) once on_ready has been called; writes are
+ * flushed by the runtime.
+ *
+ * Endpoints: "smtp://host[:25]" (STARTTLS when offered), "smtp+starttls://
+ * host[:587]" (STARTTLS required), "smtps://host[:465]" (implicit TLS),
+ * "lmtp://host[:24]", "lmtp:///path/to.sock" (unix socket).
+ *
+ * One thread: all calls on the loop's thread; callbacks run there.
+ */
+struct tern_client;
+
+struct tern_client_options {
+  size_t size;
+  const char *url;                      /* endpoint, see above */
+  struct tern_client_config session;    /* EHLO name, pipelining, ... */
+  const struct tern_client_callbacks *callbacks; /* on_auth is provided
+                                           by the runtime when auth_user
+                                           is set */
+  void *ud;                             /* for the callbacks */
+  /* TLS */
+  bool tls_verify;                      /* default true */
+  const char *ca_file;                  /* PEM bundle; NULL = system */
+  const char *ca_dir;                   /* hashed directory; NULL = system */
+  const char *tls_server_name;          /* SNI and the name to verify;
+                                           default: the URL's host */
+  /* The app's say on a certificate: `ok` is OpenSSL's verdict (with the
+   * host-name check), `why` its reason when not ok. Return true to go
+   * on. NULL: go on only when ok (and tls_verify). */
+  bool (*verify)(struct tern_client *cl, bool ok, const char *why, void *ud);
+  /* AUTH through GNU SASL */
+  const char *auth_user;                /* NULL: no AUTH */
+  const char *auth_password;            /* PLAIN, LOGIN, CRAM-MD5, SCRAM */
+  const char *auth_token;               /* XOAUTH2 bearer token */
+  const char *auth_authzid;             /* optional */
+  const char *auth_mechanisms;          /* preference order; default
+                                           "SCRAM-SHA-256 CRAM-MD5 PLAIN
+                                           LOGIN" (+ XOAUTH2 with a token);
+                                           PLAIN and LOGIN only over TLS */
+  bool auth_insecure_ok;                /* allow PLAIN/LOGIN in the clear */
+  /* timeouts (ms); 0 = the RFC 5321 §4.5.3.2 default */
+  unsigned connect_timeout_ms;          /* default 30 s */
+  unsigned command_timeout_ms;          /* default 5 min */
+  unsigned data_timeout_ms;             /* default 10 min (final reply) */
+  /* Connection outcome: status 0 once the session is ready (after
+   * on_ready), or a negative TERN_E* code (ERESOLVE, ECONNECT, ETLS,
+   * ETIMEDOUT, EAUTH, EPROTO) with tern_client_last_error(). */
+  void (*on_connect)(struct tern_client *cl, int status, void *ud);
+  /* The connection is closed; the client may be freed from here. */
+  void (*on_close)(struct tern_client *cl, void *ud);
+};
+
+static inline void
+tern_client_options_init(struct tern_client_options *o) {
+  struct tern_client_options d = {0};
+  d.size = sizeof d;
+  tern_client_config_init(&d.session);
+  d.tls_verify = true;
+  *o = d;
+}
+
+/* Create (copies the options and their strings). Returns 0, TERN_EINVAL
+ * (bad URL), TERN_ETLS (CA file unreadable), TERN_ENOMEM. */
+TERN_EXTERN int tern_client_new(struct tern_client **out, uv_loop_t *loop,
+                                const struct tern_client_options *o);
+/* Start resolving and connecting. Returns 0 (outcome via on_connect) or
+ * TERN_ESTATE (already started). */
+TERN_EXTERN int tern_client_connect(struct tern_client *cl);
+/* The session, for sending messages. Valid until on_close. */
+TERN_EXTERN struct tern_client_session *
+tern_client_get_session(struct tern_client *cl);
+/*
+ * Send the body of the current message from a file descriptor (read on
+ * libuv's thread pool, never whole in memory), then end it. `fd` stays
+ * the caller's. Returns 0 or TERN_ESTATE (no message waiting for a
+ * body). The outcome arrives at on_message_done.
+ */
+TERN_EXTERN int tern_client_send_fd(struct tern_client *cl, int fd);
+/* QUIT (when connected) and close; on_close follows. */
+TERN_EXTERN void tern_client_close(struct tern_client *cl);
+/* Free after on_close (or before connect). */
+TERN_EXTERN void tern_client_free(struct tern_client *cl);
+/* What went wrong last, in words (never NULL). */
+TERN_EXTERN const char *tern_client_last_error(const struct tern_client *cl);
+/* TLS facts once connected: version ("TLSv1.3") or NULL without TLS. */
+TERN_EXTERN const char *tern_client_tls_version(const struct tern_client *cl);
+TERN_EXTERN void *tern_client_userdata(const struct tern_client *cl);
 
 #ifdef __cplusplus
 }

@@ -5,6 +5,7 @@
 #define TERN_H
 
 #include "address.h"
+#include "client.h"
 #include "common.h"
 #include "reply.h"
 #include "server.h"

@@ -1,0 +1,296 @@
+/*
+ * tern — the sans-IO SMTP/LMTP client session.
+ *
+ * The mirror image of server.h: the caller feeds the server's reply
+ * bytes, the session queues command bytes, and the caller writes them
+ * wherever it likes. The session drives the protocol itself: greeting,
+ * EHLO (LHLO), STARTTLS when asked, AUTH through a callback, then one
+ * message at a time: MAIL, RCPT..., DATA or BDAT, the body, the end.
+ *
+ *   tern_client_session_new()       create
+ *   tern_client_session_feed()      server bytes in (returns bytes taken)
+ *   tern_client_session_output()    command bytes out; _consume() when sent
+ *   tern_client_session_want()      read? write? TLS? body? close?
+ *   tern_client_session_send()      start a message (when ready)
+ *   tern_client_session_body()      message bytes (when TERN_CLIENT_WANT_BODY)
+ *   tern_client_session_body_end()  the end of the message
+ *   tern_client_session_quit()      QUIT and close
+ *
+ * Every reply the server sends is delivered to on_reply as
+ * {code, enhanced code, lines}. Outgoing bodies are CRLF-normalised and
+ * dot-stuffed (DATA): a bare CR or LF becomes CRLF, a line starting with
+ * "." gets a second one, and the end is always "\r\n.\r\n", so no body can
+ * smuggle an end of data. Every string from the application (EHLO name,
+ * addresses, parameter values) is checked: CR, LF, NUL, and anything the
+ * grammar does not allow, are refused with TERN_EINVAL, never sent.
+ *
+ * Threading: like server sessions, one thread at a time; callbacks run
+ * on the calling thread. From a callback the application may call
+ * _send(), _body(), _body_end(), _rset(), _noop(), _vrfy(), _quit() and
+ * the getters; not _free().
+ */
+#ifndef TERN_CLIENT_H
+#define TERN_CLIENT_H
+
+#include <stdbool.h>
+
+#include "common.h"
+#include "server.h" /* enum tern_body, tern_dsn_ret, tern_notify */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct tern_client_session;
+
+/* Which command a reply answers. */
+enum tern_client_cmd {
+  TERN_CMD_GREETING = 0,
+  TERN_CMD_EHLO,     /* or LHLO / HELO */
+  TERN_CMD_STARTTLS,
+  TERN_CMD_AUTH,     /* each step of the exchange */
+  TERN_CMD_MAIL,
+  TERN_CMD_RCPT,     /* index = recipient number */
+  TERN_CMD_DATA,     /* the 354 (or refusal) */
+  TERN_CMD_DATA_END, /* after the body; LMTP: index = accepted recipient */
+  TERN_CMD_BDAT,     /* a chunk; the last one's reply is TERN_CMD_DATA_END */
+  TERN_CMD_RSET,
+  TERN_CMD_NOOP,
+  TERN_CMD_VRFY,
+  TERN_CMD_QUIT
+};
+
+/* A server reply. Strings live until the callback returns. */
+struct tern_client_reply {
+  int code;                    /* 200..599 */
+  const char *enhanced;        /* "2.1.5", or "" when the reply had none */
+  const struct tern_str *lines;/* text of each line, without "ddd-" */
+  size_t nlines;               /* ≥ 1 */
+};
+
+/* Server capabilities from the EHLO/LHLO reply. */
+enum tern_cap {
+  TERN_CAP_PIPELINING = 1u << 0,
+  TERN_CAP_SIZE = 1u << 1,
+  TERN_CAP_8BITMIME = 1u << 2,
+  TERN_CAP_SMTPUTF8 = 1u << 3,
+  TERN_CAP_ENHANCEDSTATUSCODES = 1u << 4,
+  TERN_CAP_CHUNKING = 1u << 5,
+  TERN_CAP_BINARYMIME = 1u << 6,
+  TERN_CAP_DSN = 1u << 7,
+  TERN_CAP_STARTTLS = 1u << 8,
+  TERN_CAP_AUTH = 1u << 9,
+  TERN_CAP_REQUIRETLS = 1u << 10,
+  TERN_CAP_LIMITS = 1u << 11
+};
+
+/* STARTTLS policy. */
+enum tern_starttls {
+  TERN_STARTTLS_OFF = 0,      /* never */
+  TERN_STARTTLS_OPPORTUNISTIC,/* when offered */
+  TERN_STARTTLS_REQUIRED      /* fail the session when not offered */
+};
+
+struct tern_client_config {
+  size_t size;               /* set by tern_client_config_init() */
+  const char *ehlo_name;     /* default "localhost"; a domain or [literal] */
+  bool lmtp;                 /* LHLO, one data reply per accepted rcpt */
+  bool pipelining;           /* use PIPELINING when offered (default on) */
+  bool chunking;             /* use BDAT when offered (default off) */
+  enum tern_starttls starttls; /* default OFF (the runtime sets it) */
+  bool tls_active;           /* TLS from the start (smtps://) */
+  const char *auth_mechanism;/* e.g. "PLAIN"; NULL = no AUTH */
+  bool auth_required;        /* fail when AUTH is not offered/usable */
+  unsigned max_recipients;   /* per message; default 1000 */
+  size_t output_high_water;  /* body() takes input while less than this
+                                is unsent; default 65536 */
+  const struct tern_mem *mem;
+};
+
+static inline void tern_client_config_init(struct tern_client_config *c) {
+  struct tern_client_config d = {0};
+  d.size = sizeof d;
+  d.ehlo_name = "localhost";
+  d.pipelining = true;
+  d.max_recipients = 1000;
+  d.output_high_water = 65536;
+  *c = d;
+}
+
+/* One recipient of a message. */
+struct tern_client_rcpt {
+  const char *address;    /* mailbox without <>, e.g. "bob@example.org" */
+  unsigned notify;        /* TERN_NOTIFY_* (DSN), 0 = none */
+  const char *orcpt;      /* DSN ORCPT address ("rfc822;" is added), or NULL */
+};
+
+/* A message to send. It and everything it points to must stay valid
+ * until on_message_done() for it has returned. */
+struct tern_client_message {
+  const char *from;       /* "" for the null sender <> */
+  const struct tern_client_rcpt *rcpts;
+  size_t nrcpts;          /* 1..max_recipients */
+  uint64_t size;          /* expected size for SIZE=, 0 = unknown */
+  enum tern_body body;    /* BODY= (only if offered; BINARYMIME needs
+                             CHUNKING and is sent raw) */
+  bool smtputf8;          /* SMTPUTF8 (needed for UTF-8 addresses) */
+  bool requiretls;        /* REQUIRETLS (RFC 8689): only over TLS */
+  enum tern_dsn_ret ret;  /* DSN RET= */
+  const char *envid;      /* DSN ENVID= (xtext-encoded by tern), or NULL */
+};
+
+/* How a message ended. */
+struct tern_client_outcome {
+  int code;             /* the deciding reply: DATA_END (SMTP), or the
+                           failure (MAIL, all RCPTs, DATA); in LMTP the
+                           first failure, else 250; a local failure is
+                           5xx/4xx with local = true */
+  bool local;           /* decided here (SIZE over limit, TLS policy,
+                           bad argument), never sent */
+  size_t accepted;      /* recipients accepted at RCPT */
+  size_t delivered;     /* recipients whose message was accepted (SMTP:
+                           accepted or 0; LMTP: per data reply) */
+};
+
+struct tern_client_callbacks {
+  size_t size;
+  /* Every server reply, in order. index: recipient number for RCPT, the
+   * accepted recipient's number (in RCPT order among accepted ones) for
+   * LMTP DATA_END, else 0. */
+  void (*on_reply)(struct tern_client_session *c, enum tern_client_cmd cmd,
+                   unsigned index, const struct tern_client_reply *r,
+                   void *ud);
+  /* Greeting, EHLO, STARTTLS and AUTH are done: send messages now. Also
+   * after each message (on_message_done comes first). */
+  void (*on_ready)(struct tern_client_session *c, void *ud);
+  /*
+   * One AUTH step for the mechanism in the config. `challenge` is the
+   * server's base64 text (has_challenge false for the first step, before
+   * any 334). Write the base64 response into out[0..cap) and return its
+   * length (0 = empty response), or a negative code to cancel ("*").
+   */
+  long (*on_auth)(struct tern_client_session *c, struct tern_str challenge,
+                  bool has_challenge, char *out, size_t cap, void *ud);
+  /* The current message ended (delivered, partly delivered, or not). */
+  void (*on_message_done)(struct tern_client_session *c,
+                          const struct tern_client_outcome *o, void *ud);
+  /*
+   * The session failed: err is TERN_EPROTO (a malformed or unexpected
+   * reply, a greeting or EHLO refused), TERN_ETLS (STARTTLS required but
+   * not offered or refused), TERN_EAUTH (AUTH refused, or not offered
+   * when required), TERN_ECLOSED (server closed or sent 421). `r` is the
+   * reply that caused it, or NULL. A message in progress gets
+   * on_message_done with a local 4xx first. The session then wants close.
+   */
+  void (*on_error)(struct tern_client_session *c, int err,
+                   const struct tern_client_reply *r, void *ud);
+};
+
+static inline void
+tern_client_callbacks_init(struct tern_client_callbacks *cb) {
+  struct tern_client_callbacks d = {0};
+  d.size = sizeof d;
+  *cb = d;
+}
+
+/* Create. cfg and cb are copied (strings too). Returns 0, TERN_EINVAL
+ * (bad EHLO name, unknown mechanism syntax), TERN_ENOMEM. */
+TERN_EXTERN int tern_client_session_new(struct tern_client_session **out,
+                                        const struct tern_client_config *cfg,
+                                        const struct tern_client_callbacks *cb,
+                                        void *ud);
+TERN_EXTERN void tern_client_session_free(struct tern_client_session *c);
+
+/* Server bytes. Returns bytes taken (fewer only when the session stops:
+ * STARTTLS accepted, or closed), or a negative error. */
+TERN_EXTERN long tern_client_session_feed(struct tern_client_session *c,
+                                          const void *buf, size_t len);
+TERN_EXTERN size_t tern_client_session_output(struct tern_client_session *c,
+                                              const char **data);
+TERN_EXTERN void tern_client_session_consume(struct tern_client_session *c,
+                                             size_t n);
+
+enum tern_client_want {
+  TERN_CLIENT_WANT_READ = 1u << 0,  /* replies are awaited */
+  TERN_CLIENT_WANT_WRITE = 1u << 1, /* output is queued */
+  TERN_CLIENT_WANT_TLS = 1u << 2,   /* start TLS, then _tls_started() */
+  TERN_CLIENT_WANT_BODY = 1u << 3,  /* body() takes bytes now */
+  TERN_CLIENT_WANT_CLOSE = 1u << 4, /* write the output, then close */
+  TERN_CLIENT_READY = 1u << 5       /* idle: send() may be called */
+};
+TERN_EXTERN unsigned tern_client_session_want(const struct tern_client_session *c);
+
+/* TLS is up after STARTTLS: bytes received before are discarded (RFC
+ * 3207 §4.2), EHLO is sent again. Returns 0 or TERN_ESTATE. */
+TERN_EXTERN int tern_client_session_tls_started(struct tern_client_session *c);
+
+/* Capabilities (valid once ready). */
+TERN_EXTERN unsigned tern_client_session_caps(const struct tern_client_session *c);
+TERN_EXTERN uint64_t tern_client_session_max_size(const struct tern_client_session *c);
+/* AUTH mechanisms the server offered, space-separated, or "". */
+TERN_EXTERN const char *
+tern_client_session_auth_mechs(const struct tern_client_session *c);
+
+/*
+ * Start a message (only when READY). With PIPELINING, MAIL, every RCPT
+ * and DATA go out as one group (RFC 2920 §3.1). Returns 0, TERN_ESTATE
+ * (not ready), TERN_EINVAL (an address or parameter that cannot be sent:
+ * syntax, CR/LF/NUL, UTF-8 without smtputf8, nrcpts 0 or too many) or
+ * TERN_ENOTSUP (SMTPUTF8/BINARYMIME/REQUIRETLS asked but not offered;
+ * also SIZE over the server's limit: then on_message_done reports a
+ * local 552 instead). Nothing is sent on error.
+ */
+TERN_EXTERN int tern_client_session_send(struct tern_client_session *c,
+                                         const struct tern_client_message *m);
+
+/*
+ * Message bytes, any chunking; normalised and stuffed as they go (raw in
+ * BDAT with BINARYMIME). Returns the bytes taken: fewer than len (maybe
+ * 0) when the output is above the high-water mark or the body may not
+ * be sent yet (DATA before its 354): wait for TERN_CLIENT_WANT_BODY.
+ * TERN_ESTATE when the message already failed (no recipient, DATA
+ * refused): stop sending; on_message_done has been called.
+ */
+TERN_EXTERN long tern_client_session_body(struct tern_client_session *c,
+                                          const void *buf, size_t len);
+/* End of message. Returns 0, TERN_ESTATE. */
+TERN_EXTERN int tern_client_session_body_end(struct tern_client_session *c);
+
+/* RSET, NOOP, VRFY (when READY), QUIT (any time: then close). */
+TERN_EXTERN int tern_client_session_rset(struct tern_client_session *c);
+TERN_EXTERN int tern_client_session_noop(struct tern_client_session *c);
+TERN_EXTERN int tern_client_session_vrfy(struct tern_client_session *c,
+                                         const char *arg);
+TERN_EXTERN int tern_client_session_quit(struct tern_client_session *c);
+
+/* The connection ended. A message in progress ends (local 421). */
+TERN_EXTERN void tern_client_session_eof(struct tern_client_session *c);
+
+TERN_EXTERN void *tern_client_session_userdata(const struct tern_client_session *c);
+
+/* Runtime hook, as tern_server_session_set_notify(): called after send(),
+ * body(), body_end(), rset(), noop(), vrfy() and quit(), so a runtime
+ * knows to write the new output. */
+typedef void (*tern_client_notify_fn)(struct tern_client_session *c,
+                                      void *arg);
+TERN_EXTERN void tern_client_session_set_notify(struct tern_client_session *c,
+                                                tern_client_notify_fn fn,
+                                                void *arg);
+TERN_EXTERN void *
+tern_client_session_notify_arg(const struct tern_client_session *c);
+
+/*
+ * The body codec on its own, for applications that stuff bodies
+ * themselves: normalise to CRLF and dot-stuff src[0..len) into
+ * dst[0..cap). `state` starts at 0 and carries line state across calls;
+ * `final` adds the closing CRLF if the body did not end with one, and
+ * ".\r\n". Needs cap ≥ 2 * len + 5. Returns bytes written.
+ */
+TERN_EXTERN size_t tern_dot_stuff(unsigned *state, const char *src,
+                                  size_t len, bool final, char *dst,
+                                  size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TERN_CLIENT_H */
