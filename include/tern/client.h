@@ -152,6 +152,9 @@ struct tern_client_outcome {
                            accepted or 0; LMTP: per data reply) */
 };
 
+/* on_auth's first-step answer for "no initial response" (see on_auth). */
+#define TERN_CLIENT_AUTH_NO_IR (-1000L)
+
 struct tern_client_callbacks {
   size_t size;
   /* Every server reply, in order. index: recipient number for RCPT, the
@@ -168,6 +171,11 @@ struct tern_client_callbacks {
    * server's base64 text (has_challenge false for the first step, before
    * any 334). Write the base64 response into out[0..cap) and return its
    * length (0 = empty response), or a negative code to cancel ("*").
+   * [Added for the client runtime:] on the first step only, returning
+   * TERN_CLIENT_AUTH_NO_IR sends "AUTH <mech>" without an initial
+   * response (server-first mechanisms such as CRAM-MD5, RFC 4954 §4:
+   * "=" would be an empty initial response, which they do not allow);
+   * on_auth is then called again with the server's first 334 challenge.
    */
   long (*on_auth)(struct tern_client_session *c, struct tern_str challenge,
                   bool has_challenge, char *out, size_t cap, void *ud);
@@ -184,6 +192,22 @@ struct tern_client_callbacks {
    */
   void (*on_error)(struct tern_client_session *c, int err,
                    const struct tern_client_reply *r, void *ud);
+  /*
+   * [Added for the client runtime, src/net/client.c.] Choose the AUTH
+   * mechanism once it can be chosen: called after the (last) EHLO reply
+   * has been parsed — i.e. after STARTTLS when TLS is started — and
+   * before AUTH would be sent, with the mechanisms the server offered
+   * (space-separated, as tern_client_session_auth_mechs(); "" when AUTH
+   * is not offered) and whether TLS is active now. Return the mechanism
+   * name to use (it must stay valid until the AUTH exchange ends), or
+   * NULL for no AUTH. When this callback is set it replaces
+   * config.auth_mechanism; AUTH then runs with on_auth as usual. With
+   * config.auth_required, NULL (or AUTH not offered) fails the session
+   * with TERN_EAUTH (on_error, r = NULL), as a configured mechanism the
+   * server does not offer does.
+   */
+  const char *(*on_auth_mechanism)(struct tern_client_session *c,
+                                   const char *offered, bool tls, void *ud);
 };
 
 static inline void
@@ -284,7 +308,9 @@ tern_client_session_notify_arg(const struct tern_client_session *c);
  * themselves: normalise to CRLF and dot-stuff src[0..len) into
  * dst[0..cap). `state` starts at 0 and carries line state across calls;
  * `final` adds the closing CRLF if the body did not end with one, and
- * ".\r\n". Needs cap ≥ 2 * len + 5. Returns bytes written.
+ * ".\r\n". Needs cap ≥ 2 * len + 7 (a CR held from the previous call
+ * adds 2); with less, nothing is written and 0 is returned. Returns bytes
+ * written.
  */
 TERN_EXTERN size_t tern_dot_stuff(unsigned *state, const char *src,
                                   size_t len, bool final, char *dst,

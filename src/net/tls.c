@@ -618,3 +618,172 @@ const char *tern__tls_sni(const struct tern__tls *t) {
  * OpenSSL's reason text (e.g. "unsupported protocol"); "no error" before
  * any. Never NULL; static storage. */
 const char *tern__tls_error(const struct tern__tls *t) { return t->err; }
+
+/* ---- client side ---------------------------------------------------------- */
+
+/*
+ * The client side uses the same struct tern__tls and the same feed /
+ * read / write / output / shutdown functions; only the set-up differs.
+ *
+ * Verification. The SSL_CTX is in SSL_VERIFY_NONE mode on purpose: the
+ * chain and the host name are still checked during the handshake
+ * (OpenSSL always runs the verification and records its result), but a
+ * failure does not abort the handshake. The caller asks
+ * tern__tls_verify_result() once the handshake is done and decides —
+ * refuse (the default), go on because the application said so (its
+ * verify hook), or go on because verification is off. One code path for
+ * every case, and the reason is always OpenSSL's own text. Nothing may
+ * be sent over the connection before that decision.
+ */
+struct tern__tls_client_ctx {
+  SSL_CTX *ctx;
+};
+
+int tern__tls_client_ctx_new(struct tern__tls_client_ctx **out,
+                             const char *ca_file, const char *ca_dir,
+                             char *err, size_t errcap) {
+  struct tern__tls_client_ctx *c;
+
+  if (err != NULL && errcap > 0)
+    err[0] = '\0';
+  if (out == NULL)
+    return TERN_EINVAL;
+  c = tern__calloc_array(NULL, 1, sizeof *c);
+  if (c == NULL)
+    return TERN_ENOMEM;
+  ERR_clear_error();
+  c->ctx = SSL_CTX_new(TLS_client_method());
+  if (c->ctx == NULL) {
+    set_err(err, errcap, NULL, "cannot create SSL_CTX");
+    tern__free(NULL, c);
+    return TERN_ENOMEM;
+  }
+  if (SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION) != 1 ||
+      SSL_CTX_set_cipher_list(c->ctx, TLS12_CIPHERS) != 1) {
+    set_err(err, errcap, NULL, "cannot set the TLS policy");
+    goto fail;
+  }
+  SSL_CTX_set_options(c->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL); /* see above */
+  if (ca_file != NULL || ca_dir != NULL) {
+    if (SSL_CTX_load_verify_locations(c->ctx, ca_file, ca_dir) != 1) {
+      set_err(err, errcap, ca_file != NULL ? ca_file : ca_dir,
+              "cannot load CA certificates");
+      goto fail;
+    }
+  } else if (SSL_CTX_set_default_verify_paths(c->ctx) != 1) {
+    set_err(err, errcap, NULL, "cannot load the system CA certificates");
+    goto fail;
+  }
+  ERR_clear_error();
+  *out = c;
+  return 0;
+
+fail:
+  SSL_CTX_free(c->ctx);
+  tern__free(NULL, c);
+  ERR_clear_error();
+  return TERN_ETLS;
+}
+
+void tern__tls_client_ctx_free(struct tern__tls_client_ctx *ctx) {
+  if (ctx == NULL)
+    return;
+  SSL_CTX_free(ctx->ctx); /* connections hold their own reference */
+  tern__free(NULL, ctx);
+}
+
+/* True when `name` is an IPv4 or IPv6 address literal. */
+static bool is_ip_literal(const char *name) {
+  ASN1_OCTET_STRING *ip = a2i_IPADDRESS(name);
+  if (ip == NULL) {
+    ERR_clear_error();
+    return false;
+  }
+  ASN1_OCTET_STRING_free(ip);
+  return true;
+}
+
+int tern__tls_client_new(struct tern__tls **out,
+                         struct tern__tls_client_ctx *ctx,
+                         const char *server_name) {
+  struct tern__tls *t;
+  BIO *rbio = NULL, *wbio = NULL;
+  char name[256];
+
+  if (out == NULL || ctx == NULL)
+    return TERN_EINVAL;
+  name[0] = '\0';
+  if (server_name != NULL && server_name[0] != '\0') {
+    /* "[::1]" -> "::1" */
+    size_t len = strlen(server_name);
+    if (server_name[0] == '[' && len >= 2 && server_name[len - 1] == ']') {
+      server_name++;
+      len -= 2;
+    }
+    if (len >= sizeof name)
+      return TERN_EINVAL;
+    memcpy(name, server_name, len);
+    name[len] = '\0';
+  }
+  t = tern__calloc_array(NULL, 1, sizeof *t);
+  if (t == NULL)
+    return TERN_ENOMEM;
+  t->err = "no error";
+  ERR_clear_error();
+  t->ssl = SSL_new(ctx->ctx);
+  rbio = BIO_new(BIO_s_mem());
+  wbio = BIO_new(BIO_s_mem());
+  if (t->ssl == NULL || rbio == NULL || wbio == NULL) {
+    BIO_free(rbio);
+    BIO_free(wbio);
+    SSL_free(t->ssl);
+    tern__free(NULL, t);
+    ERR_clear_error();
+    return TERN_ENOMEM;
+  }
+  SSL_set_bio(t->ssl, rbio, wbio);
+  SSL_set_app_data(t->ssl, t);
+  SSL_set_connect_state(t->ssl);
+  if (name[0] != '\0') {
+    int ok;
+    if (is_ip_literal(name)) {
+      /* No SNI for addresses (RFC 6066 §3); match an IP SAN. */
+      ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), name);
+    } else {
+      SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      ok = SSL_set_tlsext_host_name(t->ssl, name) == 1 &&
+           SSL_set1_host(t->ssl, name) == 1;
+    }
+    if (ok != 1) {
+      SSL_free(t->ssl);
+      tern__free(NULL, t);
+      ERR_clear_error();
+      return TERN_EINVAL;
+    }
+  }
+  *out = t;
+  return 0;
+}
+
+bool tern__tls_verify_result(const struct tern__tls *t, const char **why) {
+  X509 *peer;
+  long res;
+
+  if (!SSL_is_init_finished(t->ssl)) {
+    if (why != NULL)
+      *why = "handshake not complete";
+    return false;
+  }
+  peer = SSL_get0_peer_certificate(t->ssl);
+  if (peer == NULL) {
+    if (why != NULL)
+      *why = "no certificate presented";
+    return false;
+  }
+  res = SSL_get_verify_result(t->ssl);
+  if (why != NULL)
+    *why = res == X509_V_OK ? "ok" : X509_verify_cert_error_string(res);
+  return res == X509_V_OK;
+}

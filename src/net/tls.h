@@ -1,8 +1,10 @@
 /*
  * TLS through OpenSSL memory BIOs, with no sockets: the connection code
- * moves ciphertext between the socket and these functions. Server side
- * for now (STARTTLS and implicit TLS); the client side arrives with the
- * client runtime.
+ * moves ciphertext between the socket and these functions. Both sides:
+ * the server (STARTTLS and implicit TLS for listeners) and the client
+ * (the client runtime, src/net/client.c). A connection of either side
+ * is a struct tern__tls and uses the same feed/read/write/output
+ * functions.
  */
 #ifndef TERN_NET_TLS_H
 #define TERN_NET_TLS_H
@@ -63,5 +65,37 @@ const char *tern__tls_cipher(const struct tern__tls *t);
 const char *tern__tls_sni(const struct tern__tls *t);     /* or NULL */
 /* Last error text for this connection (OpenSSL's reason), never NULL. */
 const char *tern__tls_error(const struct tern__tls *t);
+
+/* ---- client side ---- */
+
+/* Trust anchors and policy for client connections: TLS >= 1.2, the same
+ * suites as the server side, CAs from ca_file and/or ca_dir (PEM bundle,
+ * hashed directory) or, when both are NULL, the system's default verify
+ * paths. Verification results are recorded during the handshake but do
+ * not stop it: see tern__tls_verify_result(). Returns 0, TERN_ETLS (CA
+ * file/dir unreadable; err names it and OpenSSL's reason), TERN_ENOMEM.
+ * Immutable once made; connections hold their own reference. */
+struct tern__tls_client_ctx;
+int tern__tls_client_ctx_new(struct tern__tls_client_ctx **out,
+                             const char *ca_file, const char *ca_dir,
+                             char *err, size_t errcap);
+void tern__tls_client_ctx_free(struct tern__tls_client_ctx *ctx);
+
+/* The client side of one connection. `server_name` (NULL = none; "[v6]"
+ * brackets allowed) is the name the certificate must carry: a DNS name
+ * is sent as SNI and checked against the certificate (SSL_set1_host, no
+ * partial wildcards); an IP address is not sent as SNI (RFC 6066 §3) and
+ * must match an IP SAN. Call tern__tls_read() once (nothing fed) to
+ * produce the ClientHello in tern__tls_output(). Returns 0, TERN_EINVAL
+ * (name too long / unusable), TERN_ENOMEM. */
+int tern__tls_client_new(struct tern__tls **out,
+                         struct tern__tls_client_ctx *ctx,
+                         const char *server_name);
+
+/* After the handshake: true when the peer's chain verified against the
+ * trust anchors and matched the server name. *why (if why != NULL)
+ * gets OpenSSL's reason ("self-signed certificate", "hostname
+ * mismatch", ...; "ok" when verified), static text. */
+bool tern__tls_verify_result(const struct tern__tls *t, const char **why);
 
 #endif

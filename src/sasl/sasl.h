@@ -1,7 +1,7 @@
 /*
- * The GNU SASL provider behind the server's AUTH command. No I/O: the
- * runtime hands it the client's base64 text and sends back the reply it
- * builds.
+ * The GNU SASL provider behind the server's AUTH command (gsasl.c) and
+ * the client runtime's AUTH (gsasl_client.c). No I/O: the runtime hands
+ * it the peer's base64 text and sends back what it builds.
  */
 #ifndef TERN_SASL_H
 #define TERN_SASL_H
@@ -58,5 +58,57 @@ int tern__sasl_step(struct tern__sasl *sasl, struct tern__sasl_session **sess,
 /* The authenticated user (after OK), else NULL. Owned by the session. */
 const char *tern__sasl_user(const struct tern__sasl_session *sess);
 void tern__sasl_session_free(struct tern__sasl_session *sess);
+
+/* ---- client side (gsasl_client.c) ---------------------------------------- */
+
+/* What the client has to authenticate with. */
+struct tern__sasl_client_params {
+  const char *user;     /* authentication identity (required) */
+  const char *password; /* PLAIN, LOGIN, CRAM-MD5, SCRAM-* */
+  const char *token;    /* XOAUTH2, OAUTHBEARER bearer token */
+  const char *authzid;  /* authorization identity, or NULL */
+  bool tls;             /* TLS is active on the connection now */
+  bool insecure_ok;     /* PLAIN/LOGIN allowed without TLS */
+};
+
+/* The default preference order (a token puts XOAUTH2 first). */
+#define TERN__SASL_CLIENT_PREFS "SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN"
+
+/*
+ * Pick a mechanism: the first name in `prefs` (space-separated, any
+ * case; NULL = the default above, with "XOAUTH2 " in front when a token
+ * is given) that the server offered (`offered`, space-separated), that
+ * tern can do as a client, for which the params hold what it needs
+ * (a password, or a token for XOAUTH2/OAUTHBEARER), and that the policy
+ * allows (PLAIN and LOGIN send the password itself: only with tls or
+ * insecure_ok). Returns a static upper-case name, or NULL when none fits.
+ */
+const char *tern__sasl_client_choose(const char *offered, const char *prefs,
+                                     const struct tern__sasl_client_params *p);
+
+/* One client AUTH exchange. */
+struct tern__sasl_client;
+
+/* Start `mech` (a name tern__sasl_client_choose() could return). The
+ * params' strings are copied (and wiped on free). Returns 0,
+ * TERN_ENOTSUP (unknown mechanism or missing secret), TERN_EINVAL,
+ * TERN_ENOMEM, TERN_EIO (GNU SASL failed). */
+int tern__sasl_client_new(struct tern__sasl_client **out, const char *mech,
+                          const struct tern__sasl_client_params *p);
+
+/*
+ * One step, shaped like tern_client_callbacks.on_auth: `b64` is the
+ * server's 334 text (has_challenge false for the initial response). The
+ * base64 answer goes into out[0..cap) with a NUL; returns its length
+ * (0 = empty line), TERN_CLIENT_AUTH_NO_IR on the first step of a
+ * server-first mechanism (CRAM-MD5), TERN_ENOSPACE (cap too small),
+ * TERN_ESYNTAX (bad base64 from the server), TERN_EAUTH (GNU SASL
+ * refused the exchange, e.g. a SCRAM server signature that does not
+ * verify, or too many steps).
+ */
+long tern__sasl_client_step(struct tern__sasl_client *c, const char *b64,
+                            size_t len, bool has_challenge, char *out,
+                            size_t cap);
+void tern__sasl_client_free(struct tern__sasl_client *c);
 
 #endif

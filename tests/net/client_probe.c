@@ -1,0 +1,260 @@
+/*
+ * client_probe — send a message with the client runtime (public API
+ * only: tern_client) and print what happened. Used by the
+ * tests/net/test_client_*.py scripts.
+ *
+ *   client_probe --url URL --from ADDR --to ADDR [--to ADDR ...]
+ *                --data FILE [--count N]
+ *                [--ca-file F] [--no-verify] [--server-name NAME]
+ *                [--user U] [--password P] [--token T] [--authzid Z]
+ *                [--mechs "LIST"] [--insecure-auth]
+ *                [--starttls-required] [--lmtp] [--ehlo NAME]
+ *                [--no-pipelining] [--chunking] [--timeout-ms MS]
+ *
+ * Output (stdout), one line each:
+ *   connect ok tls=VERSION|none        or   connect error NAME: TEXT
+ *   rcpt I ADDR CODE [ENH] TEXT         RCPT replies (first 10 messages)
+ *   data I ADDR CODE [ENH] TEXT         LMTP per-recipient data replies
+ *   message N code=C local=0|1 accepted=A delivered=D
+ *   done messages=N complete=K
+ * Exit status: 0 when connected and every message reached every
+ * recipient, 1 otherwise, 2 on a usage error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <tern/net.h>
+#include <tern/tern.h>
+
+#define MAX_RCPT 64
+
+struct probe {
+  struct tern_client *cl;
+  struct tern_client_rcpt rcpts[MAX_RCPT];
+  size_t nrcpts;
+  struct tern_client_message msg;
+  const char *from;
+  int fd;
+  unsigned long count, sent, done, complete;
+  bool in_message;
+  bool connected;
+  int connect_status;
+  size_t accepted_idx[MAX_RCPT]; /* rcpt number of the k-th accepted */
+  size_t naccepted;
+  bool verbose;
+};
+
+static void usage(void) {
+  fprintf(stderr,
+          "usage: client_probe --url URL --from ADDR --to ADDR... --data FILE "
+          "[--count N] [--ca-file F] [--no-verify] [--server-name NAME] "
+          "[--user U] [--password P] [--token T] [--authzid Z] "
+          "[--mechs LIST] [--insecure-auth] [--starttls-required] [--lmtp] "
+          "[--ehlo NAME] [--no-pipelining] [--chunking] [--timeout-ms MS]\n");
+  exit(2);
+}
+
+static void print_reply(const char *what, size_t i, const char *addr,
+                        const struct tern_client_reply *r) {
+  printf("%s %zu %s %d", what, i, addr, r->code);
+  if (r->enhanced && r->enhanced[0])
+    printf(" %s", r->enhanced);
+  if (r->nlines)
+    printf(" %.*s", (int)r->lines[0].len, r->lines[0].ptr);
+  printf("\n");
+}
+
+static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
+                     unsigned index, const struct tern_client_reply *r,
+                     void *ud) {
+  struct probe *p = ud;
+  (void)c;
+  if (cmd == TERN_CMD_MAIL)
+    p->naccepted = 0;
+  if (cmd == TERN_CMD_RCPT && index < p->nrcpts) {
+    if (r->code / 100 == 2 && p->naccepted < MAX_RCPT)
+      p->accepted_idx[p->naccepted++] = index;
+    if (p->verbose)
+      print_reply("rcpt", index, p->rcpts[index].address, r);
+  }
+  if (cmd == TERN_CMD_DATA_END && p->verbose) {
+    size_t i = index < p->naccepted ? p->accepted_idx[index] : 0;
+    print_reply("data", i, p->rcpts[i].address, r);
+  }
+}
+
+static void next_message(struct probe *p, struct tern_client_session *c) {
+  if (p->in_message || p->sent >= p->count)
+    return;
+  struct tern_client_message *m = &p->msg; /* lives until message_done */
+  memset(m, 0, sizeof *m);
+  m->from = p->from;
+  m->rcpts = p->rcpts;
+  m->nrcpts = p->nrcpts;
+  int rc = tern_client_session_send(c, m);
+  if (rc) {
+    printf("send error %s\n", tern_err_name(rc));
+    p->count = p->sent; /* stop */
+    tern_client_close(p->cl);
+    return;
+  }
+  p->sent++;
+  p->in_message = true;
+  p->verbose = p->sent <= 10;
+  rc = tern_client_send_fd(p->cl, p->fd);
+  if (rc) {
+    printf("send_fd error %s\n", tern_err_name(rc));
+    p->count = p->sent;
+    tern_client_close(p->cl);
+  }
+}
+
+static void on_ready(struct tern_client_session *c, void *ud) {
+  struct probe *p = ud;
+  if (p->sent >= p->count && !p->in_message) {
+    tern_client_close(p->cl);
+    return;
+  }
+  next_message(p, c);
+}
+
+static void on_message_done(struct tern_client_session *c,
+                            const struct tern_client_outcome *o, void *ud) {
+  struct probe *p = ud;
+  (void)c;
+  p->in_message = false;
+  p->done++;
+  if (o->delivered == p->nrcpts && o->code / 100 == 2)
+    p->complete++;
+  if (p->done <= 10 || p->done == p->count)
+    printf("message %lu code=%d local=%d accepted=%zu delivered=%zu\n",
+           p->done, o->code, o->local ? 1 : 0, o->accepted, o->delivered);
+}
+
+static void on_error(struct tern_client_session *c, int err,
+                     const struct tern_client_reply *r, void *ud) {
+  (void)c;
+  (void)ud;
+  printf("session error %s%s%d\n", tern_err_name(err), r ? " " : "",
+         r ? r->code : 0);
+}
+
+static void on_connect(struct tern_client *cl, int status, void *ud) {
+  struct probe *p = ud;
+  p->connect_status = status;
+  if (status == 0) {
+    const char *v = tern_client_tls_version(cl);
+    p->connected = true;
+    printf("connect ok tls=%s\n", v ? v : "none");
+  } else {
+    printf("connect error %s: %s\n", tern_err_name(status),
+           tern_client_last_error(cl));
+  }
+  fflush(stdout);
+}
+
+static void on_close(struct tern_client *cl, void *ud) {
+  (void)cl;
+  (void)ud;
+}
+
+int main(int argc, char **argv) {
+  struct probe p = {.count = 1, .fd = -1};
+  struct tern_client_options o;
+  struct tern_client_callbacks cb;
+  const char *data = NULL;
+  uv_loop_t loop;
+
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  tern_client_options_init(&o);
+  tern_client_callbacks_init(&cb);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    bool has = i + 1 < argc;
+#define ARG(name) (!strcmp(a, name) && has)
+    if (ARG("--url"))
+      o.url = argv[++i];
+    else if (ARG("--from"))
+      p.from = argv[++i];
+    else if (ARG("--to") && p.nrcpts < MAX_RCPT)
+      p.rcpts[p.nrcpts++].address = argv[++i];
+    else if (ARG("--data"))
+      data = argv[++i];
+    else if (ARG("--count"))
+      p.count = strtoul(argv[++i], NULL, 10);
+    else if (ARG("--ca-file"))
+      o.ca_file = argv[++i];
+    else if (!strcmp(a, "--no-verify"))
+      o.tls_verify = false;
+    else if (ARG("--server-name"))
+      o.tls_server_name = argv[++i];
+    else if (ARG("--user"))
+      o.auth_user = argv[++i];
+    else if (ARG("--password"))
+      o.auth_password = argv[++i];
+    else if (ARG("--token"))
+      o.auth_token = argv[++i];
+    else if (ARG("--authzid"))
+      o.auth_authzid = argv[++i];
+    else if (ARG("--mechs"))
+      o.auth_mechanisms = argv[++i];
+    else if (!strcmp(a, "--insecure-auth"))
+      o.auth_insecure_ok = true;
+    else if (!strcmp(a, "--starttls-required"))
+      o.session.starttls = TERN_STARTTLS_REQUIRED;
+    else if (!strcmp(a, "--lmtp"))
+      o.session.lmtp = true;
+    else if (ARG("--ehlo"))
+      o.session.ehlo_name = argv[++i];
+    else if (!strcmp(a, "--no-pipelining"))
+      o.session.pipelining = false;
+    else if (!strcmp(a, "--chunking"))
+      o.session.chunking = true;
+    else if (ARG("--timeout-ms")) {
+      unsigned ms = (unsigned)strtoul(argv[++i], NULL, 10);
+      o.connect_timeout_ms = o.command_timeout_ms = o.data_timeout_ms = ms;
+    } else
+      usage();
+#undef ARG
+  }
+  if (!o.url || !p.from || !p.nrcpts || !data || !p.count)
+    usage();
+  p.fd = open(data, O_RDONLY);
+  if (p.fd < 0) {
+    fprintf(stderr, "client_probe: %s: %s\n", data, strerror(errno));
+    return 2;
+  }
+
+  cb.on_reply = on_reply;
+  cb.on_ready = on_ready;
+  cb.on_message_done = on_message_done;
+  cb.on_error = on_error;
+  o.callbacks = &cb;
+  o.ud = &p;
+  o.on_connect = on_connect;
+  o.on_close = on_close;
+
+  uv_loop_init(&loop);
+  int rc = tern_client_new(&p.cl, &loop, &o);
+  if (rc) {
+    printf("connect error %s: cannot create the client\n", tern_err_name(rc));
+    uv_loop_close(&loop);
+    close(p.fd);
+    return 1;
+  }
+  rc = tern_client_connect(p.cl);
+  if (rc) {
+    printf("connect error %s: cannot start\n", tern_err_name(rc));
+    return 1;
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  tern_client_free(p.cl);
+  uv_loop_close(&loop);
+  close(p.fd);
+  printf("done messages=%lu complete=%lu\n", p.done, p.complete);
+  return p.connected && p.done == p.count && p.complete == p.count ? 0 : 1;
+}
