@@ -163,3 +163,82 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
     emit(ctx, buf + run, i - run);
   return i;
 }
+
+/* ---- the client's body encoder ------------------------------------------- */
+
+/*
+ * The inverse of the decoder above. State bits: S_MID, the output is
+ * inside a line (0 = at the beginning of a line, where a "." gets
+ * doubled); S_CR, a CR ended the input of the previous call and waits to
+ * learn whether a LF follows. Only CRLF ever leaves the encoder, and a
+ * line of the output never starts with a single "." before the final one,
+ * so "<CRLF>.<CRLF>" can only be the end (RFC 5321 §4.1.1.4, §4.5.2).
+ */
+enum { S_MID = 1u, S_CR = 2u };
+
+size_t tern__stuff(unsigned *state, const char *src, size_t len, bool final,
+                   bool dots, char *dst) {
+  unsigned st = *state & (S_MID | S_CR);
+  size_t o = 0, i = 0;
+
+  while (i < len) {
+    char ch = src[i];
+    if (st & S_CR) { /* the held CR: a CRLF, or a bare CR made one */
+      dst[o++] = '\r';
+      dst[o++] = '\n';
+      st = 0;
+      if (ch == '\n') {
+        i++;
+        continue;
+      }
+    }
+    if (ch == '\r') {
+      st = S_CR;
+      i++;
+      continue;
+    }
+    if (ch == '\n') { /* a bare LF becomes CRLF */
+      dst[o++] = '\r';
+      dst[o++] = '\n';
+      st = 0;
+      i++;
+      continue;
+    }
+    /* RFC 5321 §4.5.2: a line that starts with "." gets another one. */
+    if (!st && ch == '.' && dots)
+      dst[o++] = '.';
+    const char *p = find_crlf(src + i, len - i);
+    size_t j = p ? (size_t)(p - src) : len;
+    memcpy(dst + o, src + i, j - i);
+    o += j - i;
+    i = j;
+    st = S_MID;
+  }
+  if (final) {
+    if (st) { /* close the last line (a held CR is that line's end) */
+      dst[o++] = '\r';
+      dst[o++] = '\n';
+    }
+    if (dots) {
+      memcpy(dst + o, dotcrlf, 3);
+      o += 3;
+    }
+    st = 0;
+  }
+  *state = st;
+  return o;
+}
+
+/*
+ * tern_dot_stuff() — see client.h. Worst case: a CR held from the last
+ * call (2 octets), every octet doubled (2 * len) and the final "\r\n.\r\n"
+ * (5). With a smaller `cap` nothing is written, `state` is unchanged and
+ * 0 is returned.
+ */
+size_t tern_dot_stuff(unsigned *state, const char *src, size_t len,
+                      bool final, char *dst, size_t cap) {
+  if (!state || !dst || (!src && len) || len > (SIZE_MAX - 7) / 2 ||
+      cap < 2 * len + 7)
+    return 0;
+  return tern__stuff(state, src, len, final, true, dst);
+}

@@ -104,4 +104,84 @@ bool tern__enhanced_valid(const char *enh, int code);
 long tern__reply_format(char *out, size_t cap, int code, const char *enh,
                         const char *text);
 
+/* ---- client session pieces (creply.c, dot.c, params.c) ----------------------- */
+
+/* Reply parser limits (RFC 5321 §4.5.3.1.5 says 512 per line; we accept
+ * more from real servers, but never without bound). */
+#define TERN__CREPLY_LINE_MAX 2048 /* octets per line, CRLF included */
+#define TERN__CREPLY_LINES 100     /* lines per reply */
+#define TERN__CREPLY_MAX 16384     /* octets per reply, as received */
+#define TERN__MECHS_MAX 512        /* AUTH mechanism list we keep */
+
+/*
+ * A server reply being assembled (RFC 5321 §4.2). `buf` is
+ * TERN__CREPLY_MAX octets that the owner provides; the texts of the lines
+ * are kept there (without "ddd-" and, when present, the enhanced code),
+ * and lines[] point into it. The parser never allocates.
+ */
+struct tern__creply {
+  char *buf;
+  size_t len;      /* octets used in buf (finished lines + current one) */
+  size_t raw;      /* octets of the reply received so far */
+  size_t line_raw; /* octets of the current line received so far */
+  size_t line_off; /* where the current line starts in buf */
+  struct tern_str lines[TERN__CREPLY_LINES];
+  size_t nlines; /* finished lines */
+  int code;
+  char enhanced[16]; /* "" or "c.s.d" of the first line */
+};
+
+/* Start with an empty reply; `buf` must hold TERN__CREPLY_MAX octets. */
+void tern__creply_init(struct tern__creply *p, char *buf);
+
+/* Forget the reply (after it was handled, or at STARTTLS). */
+void tern__creply_reset(struct tern__creply *p);
+
+/*
+ * Parse buf[0..len). Returns the octets consumed: up to and including the
+ * LF of the last line of a reply (then *done is true and the reply stays
+ * available until tern__creply_reset()), or all of them. Returns
+ * TERN_EPROTO for a malformed reply: bad code, mixed codes, a bare CR or
+ * a NUL, or a limit above exceeded.
+ */
+long tern__creply_feed(struct tern__creply *p, const char *buf, size_t len,
+                       bool *done);
+
+/* The finished reply as the public struct; it points into *p. */
+void tern__creply_get(const struct tern__creply *p,
+                      struct tern_client_reply *r);
+
+/* What an EHLO/LHLO reply offers. */
+struct tern__caps {
+  unsigned caps;     /* TERN_CAP_* */
+  uint64_t max_size; /* SIZE n; 0 = none announced */
+  unsigned rcptmax;  /* LIMITS RCPTMAX=n; 0 = none */
+  char mechs[TERN__MECHS_MAX]; /* AUTH mechanisms, space-separated */
+};
+
+/* Parse the extension lines of a 2xx EHLO/LHLO reply into *out. Unknown
+ * keywords are ignored; keywords are case-insensitive (RFC 5321 §2.4). */
+void tern__ehlo_caps(const struct tern_client_reply *r,
+                     struct tern__caps *out);
+
+/* Is mechanism m[0..len) in the space-separated list (ASCII case
+ * insensitive)? */
+bool tern__mech_listed(const char *list, const char *m, size_t len);
+
+/*
+ * The body encoder behind tern_dot_stuff(): CRLF-normalise src[0..len)
+ * and, with `dots`, dot-stuff it; `final` closes the last line and, with
+ * `dots`, adds ".\r\n". dst must hold 2 * len + 7 octets. Returns the
+ * octets written. `state` as for tern_dot_stuff().
+ */
+size_t tern__stuff(unsigned *state, const char *src, size_t len, bool final,
+                   bool dots, char *dst);
+
+/*
+ * Encode src[0..len) as RFC 3461 §4 xtext into dst[0..cap): octets
+ * outside 33..126, "+" and "=" become "+HH" (upper-case hex). Returns the
+ * length, or TERN_ENOSPACE when it does not fit (3 * len always does).
+ */
+long tern__xtext_encode(char *dst, size_t cap, const char *src, size_t len);
+
 #endif /* TERN_CORE_INTERNAL_H */

@@ -465,3 +465,30 @@ int tern__rcpt_params_parse(char *args, size_t len, unsigned ext,
   memset(out, 0, sizeof *out);
   return parse_all(args, len, ext, false, out, bad);
 }
+
+/*
+ * tern__xtext_encode() is the inverse of tern__xtext_decode(), for the
+ * client's ENVID and ORCPT values. RFC 3461 §4: "xchar" is %d33-126
+ * except "+" and "="; every other octet is sent as "+" and two upper-case
+ * hex digits.
+ */
+long tern__xtext_encode(char *dst, size_t cap, const char *src, size_t len) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t o = 0;
+
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)src[i];
+    if (ch >= 33 && ch <= 126 && ch != '+' && ch != '=') {
+      if (o + 1 > cap)
+        return TERN_ENOSPACE;
+      dst[o++] = (char)ch;
+    } else {
+      if (o + 3 > cap)
+        return TERN_ENOSPACE;
+      dst[o++] = '+';
+      dst[o++] = hex[ch >> 4];
+      dst[o++] = hex[ch & 15];
+    }
+  }
+  return (long)o;
+}
