@@ -422,12 +422,93 @@ static void tls_pull(struct tern_client *cl) {
   }
 }
 
+/*
+ * Client TLS contexts are shared by every connection with the same CA
+ * settings: loading the system CA store costs tens of milliseconds, far
+ * too much per connection. SSL_CTX is safe to share between threads.
+ */
+struct shared_ctx {
+  char *ca_file, *ca_dir;           /* the key (NULL = system store) */
+  struct tern__tls_client_ctx *ctx;
+  unsigned refs;
+  struct shared_ctx *next;
+};
+static uv_once_t ctx_once = UV_ONCE_INIT;
+static uv_mutex_t ctx_lock;
+static struct shared_ctx *ctx_list;
+
+static void ctx_lock_init(void) { uv_mutex_init(&ctx_lock); }
+
+static bool same(const char *a, const char *b) {
+  return a == b || (a && b && !strcmp(a, b));
+}
+
+static int ctx_acquire(const char *ca_file, const char *ca_dir,
+                       struct tern__tls_client_ctx **out, char *err,
+                       size_t cap) {
+  struct shared_ctx *e;
+  int rc = 0;
+  uv_once(&ctx_once, ctx_lock_init);
+  uv_mutex_lock(&ctx_lock);
+  for (e = ctx_list; e; e = e->next)
+    if (same(e->ca_file, ca_file) && same(e->ca_dir, ca_dir))
+      break;
+  if (!e && (e = calloc(1, sizeof *e)) != NULL) {
+    e->ca_file = ca_file ? strdup(ca_file) : NULL;
+    e->ca_dir = ca_dir ? strdup(ca_dir) : NULL;
+    rc = tern__tls_client_ctx_new(&e->ctx, ca_file, ca_dir, err, cap);
+    if (rc || (ca_file && !e->ca_file) || (ca_dir && !e->ca_dir)) {
+      tern__tls_client_ctx_free(e->ctx);
+      free(e->ca_file);
+      free(e->ca_dir);
+      free(e);
+      e = NULL;
+      if (!rc) {
+        snprintf(err, cap, "out of memory");
+        rc = TERN_ENOMEM;
+      }
+    } else {
+      e->next = ctx_list;
+      ctx_list = e;
+    }
+  } else if (!e) {
+    snprintf(err, cap, "out of memory");
+    rc = TERN_ENOMEM;
+  }
+  if (e) {
+    e->refs++;
+    *out = e->ctx;
+  }
+  uv_mutex_unlock(&ctx_lock);
+  return rc;
+}
+
+static void ctx_release(struct tern__tls_client_ctx *ctx) {
+  if (!ctx)
+    return;
+  uv_mutex_lock(&ctx_lock);
+  for (struct shared_ctx **pp = &ctx_list; *pp; pp = &(*pp)->next) {
+    struct shared_ctx *e = *pp;
+    if (e->ctx != ctx)
+      continue;
+    if (--e->refs == 0) {
+      *pp = e->next;
+      tern__tls_client_ctx_free(e->ctx);
+      free(e->ca_file);
+      free(e->ca_dir);
+      free(e);
+    }
+    break;
+  }
+  uv_mutex_unlock(&ctx_lock);
+}
+
 static int tls_start(struct tern_client *cl) {
   int rc;
   if (!cl->tls_ctx) {
     char e[256];
-    rc = tern__tls_client_ctx_new(&cl->tls_ctx, cl->opt.ca_file,
-                                  cl->opt.ca_dir, e, sizeof e);
+    rc = ctx_acquire(cl->opt.ca_file, cl->opt.ca_dir, &cl->tls_ctx, e,
+                     sizeof e);
     if (rc) {
       fail(cl, TERN_ETLS, "TLS: %s", e);
       return rc;
@@ -730,8 +811,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
       set_errf(cl, TERN_ECLOSED, "%s closed the connection%s%s", cl->peer,
                cl->tls && !cl->tls_ready ? " during the TLS handshake" : "",
                cl->last_reply[0] ? " after: " : "");
-      if (cl->last_reply[0])
-        strncat(cl->err, cl->last_reply, sizeof cl->err - strlen(cl->err) - 1);
+      if (cl->last_reply[0]) {
+        size_t used = strlen(cl->err);
+        snprintf(cl->err + used, sizeof cl->err - used, "%s", cl->last_reply);
+      }
     }
     if (cl->s)
       tern_client_session_eof(cl->s); /* a message in progress ends */
@@ -1213,12 +1296,12 @@ int tern_client_new(struct tern_client **out, uv_loop_t *loop,
   else if (!cl->url.is_unix)
     cl->server_name = cl->url.host;
 
-  /* CA files are read now, so a bad path fails here. */
-  if (cl->url.scheme == TERN__SMTPS || cl->starttls != TERN_STARTTLS_OFF ||
-      cl->opt.ca_file || cl->opt.ca_dir) {
+  /* CA files the app named are read now, so a bad path fails here; the
+   * system store is loaded (once per process) when TLS first starts. */
+  if (cl->opt.ca_file || cl->opt.ca_dir) {
     char e[400];
-    int rc = tern__tls_client_ctx_new(&cl->tls_ctx, cl->opt.ca_file,
-                                      cl->opt.ca_dir, e, sizeof e);
+    int rc = ctx_acquire(cl->opt.ca_file, cl->opt.ca_dir, &cl->tls_ctx, e,
+                         sizeof e);
     if (rc) {
       snprintf(cl->err, sizeof cl->err, "TLS: %s", e);
       /* keep the text for the caller? the object is gone: print nothing */
@@ -1333,7 +1416,7 @@ void tern_client_free(struct tern_client *cl) {
   }
   tern__sasl_client_free(cl->sasl);
   tern__tls_free(cl->tls);
-  tern__tls_client_ctx_free(cl->tls_ctx);
+  ctx_release(cl->tls_ctx);
   if (cl->ai_list)
     uv_freeaddrinfo(cl->ai_list);
   free(cl->in);

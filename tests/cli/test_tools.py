@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""`tern passwd`, `tern bench`, `tern version` / `help` and the dispatch."""
+
+import ctypes
+import ctypes.util
+import os
+import re
+
+import harness as h
+
+
+def tern():
+    return h.env_path("TERN_BIN")
+
+
+def run(args, stdin=b"", timeout=60):
+    p = h.run([tern()] + args, input=stdin, timeout=timeout, check_rc=False)
+    return (p.returncode, p.stdout.decode("utf-8", "replace"),
+            p.stderr.decode("utf-8", "replace"))
+
+
+def libcrypt_check(pw, hashed):
+    """crypt(pw, hashed) == hashed, through the system's libcrypt."""
+    name = ctypes.util.find_library("crypt") or "libcrypt.so.1"
+    lib = ctypes.CDLL(name)
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    return lib.crypt(pw.encode(), hashed.encode()) == hashed.encode()
+
+
+def test_passwd():
+    rc, out, err = run(["passwd", "alice"], stdin=b"correct horse\n")
+    h.check(rc == 0, "passwd: %d %r" % (rc, err))
+    m = re.match(r"^alice:(\$y\$[^:\s]+)\n$", out)
+    h.check(m, "output %r" % out)
+    h.check(libcrypt_check("correct horse", m.group(1)), "hash does not "
+            "verify: %r" % out)
+    h.check(not libcrypt_check("wrong", m.group(1)), "wrong password "
+            "verifies")
+    # two runs, two salts
+    _, out2, _ = run(["passwd", "alice"], stdin=b"correct horse\n")
+    h.check(out2 != out, "same salt twice")
+    rc, out, err = run(["passwd", "--sha512", "bob"], stdin=b"pw\r\n")
+    h.check(rc == 0 and out.startswith("bob:$6$"), "%d %r %r"
+            % (rc, out, err))
+    h.check(libcrypt_check("pw", out.strip().split(":", 1)[1]), out)
+    for args, stdin, code in ((["passwd", "a:b"], b"x\n", 64),
+                              (["passwd", "--nope"], b"x\n", 64),
+                              (["passwd", "carol"], b"", 66),
+                              (["passwd", "carol"], b"\n", 65)):
+        rc, out, err = run(args, stdin=stdin)
+        h.check(rc == code, "%r: %d (expected %d) %r" % (args, rc, code, err))
+        h.check(out == "", "output on failure: %r" % out)
+
+
+def test_dispatch():
+    rc, out, err = run(["version"])
+    h.check(rc == 0 and out.startswith("tern "), "%d %r" % (rc, out))
+    rc, out, err = run(["help"])
+    h.check(rc == 0 and "send" in out and "bench" in out, out)
+    rc, out, err = run(["frobnicate"])
+    h.check(rc == 64 and "unknown command" in err, "%d %r" % (rc, err))
+    rc, out, err = run([])
+    h.check(rc == 64, "no command: %d" % rc)
+
+
+def parse_bench(out):
+    m = re.search(r"messages:\s+sent (\d+) ok (\d+) failed (\d+)", out)
+    h.check(m, "no messages line: %r" % out)
+    return tuple(int(x) for x in m.groups())
+
+
+def test_bench():
+    with h.CaptureServer(["--listen", "smtp://127.0.0.1:0",
+                          "--count-only"]) as srv:
+        url = "smtp://127.0.0.1:%d" % srv.port
+        runs = [
+            ["--sessions", "4", "--messages", "200", "--size", "2000"],
+            ["--sessions", "3", "--messages", "100", "--size", "70k",
+             "--pipelining", "off", "--per-connection", "7"],
+            ["--sessions", "2", "--messages", "50", "--size", "300000",
+             "--chunking"],
+        ]
+        total = 0
+        size = 0
+        for args in runs:
+            rc, out, err = run(["bench", "--server", url, "--quiet"] + args,
+                               timeout=120)
+            h.check(rc == 0, "bench %r: %d\n%s\n%s" % (args, rc, out, err))
+            sent, ok, failed = parse_bench(out)
+            n = int(args[args.index("--messages") + 1])
+            h.check((sent, ok, failed) == (n, n, 0), out)
+            for want in ("messages/s", "MB/s", "p50", "p99", "us/message"):
+                h.check(want in out, "%r missing: %r" % (want, out))
+            total += n
+            sz = args[args.index("--size") + 1]
+            sz = int(sz[:-1]) * 1024 if sz.endswith("k") else int(sz)
+            size += n * sz
+        rc, out, err = run(["bench", "--server", url, "--quiet",
+                            "--sessions", "2", "--duration", "2",
+                            "--size", "512", "--per-connection", "500"], timeout=60)
+        h.check(rc == 0, "duration run: %d %s %s" % (rc, out, err))
+        sent, ok, failed = parse_bench(out)
+        h.check(ok > 0 and failed == 0 and sent == ok, out)
+        total += ok
+        srv.stop()
+        s = srv.summary()
+        h.check(s["messages"] == total, "server got %r, sent %d"
+                % (s, total))
+    # nothing listening: no message, exit 75, the error said once
+    port = h.free_port()
+    rc, out, err = run(["bench", "--server", "smtp://127.0.0.1:%d" % port,
+                        "--quiet", "--sessions", "2", "--messages", "5"])
+    h.check(rc == 75 and "connection to 127.0.0.1:%d failed" % port in out,
+            "%d %r" % (rc, out))
+    rc, out, err = run(["bench", "--sessions", "0"])
+    h.check(rc == 64, "bad --sessions: %d" % rc)
+
+
+if __name__ == "__main__":
+    h.main([test_passwd, test_dispatch, test_bench])
