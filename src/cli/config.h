@@ -1,0 +1,116 @@
+/*
+ * `tern serve` configuration: the embedded default, command-line flags
+ * and the INI file (inih). Every key is documented in
+ * docs/configuration.md and docs/man/tern.ini.5.
+ */
+#ifndef TERN_CLI_CONFIG_H
+#define TERN_CLI_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <tern/net.h>
+
+#define CFG_MAX_LISTENERS 16
+#define CFG_MAX_CERTS 16
+#define CFG_MAX_DOMAINS 256
+
+enum cfg_auth { CFG_AUTH_OFF = 0, CFG_AUTH_ON, CFG_AUTH_REQUIRED };
+
+struct cfg_listener {
+  char *name;            /* [listener NAME] */
+  char *url;             /* smtp://..., smtps://..., lmtp:///path */
+  bool starttls;         /* offer STARTTLS (needs [tls] certificates) */
+  bool proxy;            /* expect a PROXY v1/v2 header */
+  enum cfg_auth auth;    /* off / offered / required before MAIL */
+  bool insecure_auth;    /* offer AUTH without TLS */
+  bool xclient;          /* XCLIENT from [server] xclient_networks */
+};
+
+enum cfg_target { CFG_MAILDIR = 0, CFG_PIPE, CFG_LMTP, CFG_SMTP };
+
+struct cfg {
+  /* [server] */
+  char *hostname;              /* default: gethostname() */
+  unsigned workers;            /* 0 = one per core; default 1 */
+  unsigned max_connections;    /* default 1000 */
+  unsigned max_per_ip;         /* default 0 (off) */
+  unsigned greeting_delay_ms;  /* default 0 */
+  unsigned shutdown_timeout_ms;/* default 30000 */
+  uint64_t max_message_size;   /* default 30 MiB; "30M", "512K" accepted */
+  unsigned max_recipients;     /* default 1000 */
+  unsigned timeout_command_ms; /* default 300000 */
+  unsigned timeout_data_ms;    /* default 180000 */
+  char *xclient_networks;      /* default NULL */
+  char *user, *group;          /* drop privileges to these after binding */
+  char *log;                   /* "stderr" (default) or "syslog" */
+  /* listeners ([listener NAME] sections, in order) */
+  struct cfg_listener listeners[CFG_MAX_LISTENERS];
+  size_t nlisteners;
+  /* [tls]: cert/key pairs in order, the first is the default */
+  struct tern_tls_cert certs[CFG_MAX_CERTS];
+  size_t ncerts;
+  /* [auth] */
+  char *users_file;            /* user:crypt-hash lines */
+  char *auth_mechanisms;       /* default "PLAIN LOGIN" */
+  /* [domains] */
+  bool accept_any;             /* embedded default: any recipient */
+  char *domains[CFG_MAX_DOMAINS]; /* accepted recipient domains */
+  size_t ndomains;
+  bool relay_authenticated;    /* AUTH'd users may send anywhere (yes) */
+  /* [delivery] */
+  enum cfg_target target;
+  char *maildir;               /* path, or template with %u %d %a */
+  bool fsync;                  /* default yes */
+  char *command;               /* pipe target: argv by spaces; %s sender,
+                                  %r or %a recipient, %u local part,
+                                  %d domain, %% */
+  char *forward_url;           /* lmtp/smtp target */
+  bool forward_verify;         /* verify the next hop's certificate */
+  char *forward_ca_file;
+  /* where the file came from, for reload and messages */
+  char *path;                  /* NULL for the embedded default */
+};
+
+/* The embedded default: 127.0.0.1:2525 and [::1]:2525, any recipient,
+ * Maildir ./mail with fsync. */
+void cfg_defaults(struct cfg *c);
+
+/*
+ * Load an INI file over the defaults. Unknown sections or keys, bad
+ * values, missing required keys (a listener without url, a pipe target
+ * without command, ...) stop with a message "FILE:LINE: what" in
+ * err[0..cap) and return -1. Returns 0 on success.
+ */
+int cfg_load(struct cfg *c, const char *path, char *err, size_t cap);
+/* (On failure *c may be half-loaded: cfg_free it; a reload keeps the
+ * configuration it had.) */
+
+/* Checks that need the whole file (e.g. starttls without certificates).
+ * Returns 0 or -1 with "FILE: what" in err. */
+int cfg_check(const struct cfg *c, char *err, size_t cap);
+
+void cfg_free(struct cfg *c);
+
+/* Is `domain` (pointer + length, case-insensitive) accepted? */
+bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
+
+/*
+ * Set one key as if it were in the file, for command-line flags
+ * (`section` "server", "auth", "domains" or "delivery"; not listeners
+ * or [tls]). Same checks and messages, with "command line" for FILE.
+ * Returns 0 or -1.
+ */
+int cfg_set(struct cfg *c, const char *section, const char *key,
+            const char *value, char *err, size_t cap);
+
+/* The value syntaxes of the file, for flags that take them.
+ * Booleans: yes/no, true/false, on/off, 1/0 (any case). Sizes: bytes
+ * or a number with K, M, G (×1024). Durations: a number with ms, s, m
+ * or h; no unit means seconds. Return 0 or -1. */
+int cfg_parse_bool(const char *s, bool *out);
+int cfg_parse_size(const char *s, uint64_t *out);
+int cfg_parse_duration_ms(const char *s, uint64_t *out);
+
+#endif

@@ -1,0 +1,111 @@
+/*
+ * Delivery targets for `tern serve`. Each delivery is one message on its
+ * way out; the session's on_data/on_data_end drive it, and the answer
+ * ("250 only once durable") comes back through a callback on the same
+ * loop, which then answers the pending on_data_end decision.
+ */
+#ifndef TERN_CLI_DELIVER_H
+#define TERN_CLI_DELIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include <tern/tern.h>
+
+/* The outcome of a delivery, as an SMTP reply (static strings or ones
+ * owned by the delivery until it is freed). */
+typedef void (*deliver_done_fn)(void *arg, const struct tern_reply *r,
+                                const char *detail);
+
+/* ---- maildir ------------------------------------------------------------- */
+
+/* Per-loop state: the directory-fsync batcher (group commit).
+ * fsync=false skips every fsync (file and directories): for benchmarks and
+ * tests only, as a crash may then lose acknowledged mail.
+ * maildir_ctx_free may be called with deliveries still running (the last
+ * one frees the context); start no new ones after it. */
+struct maildir_ctx;
+
+int maildir_ctx_new(struct maildir_ctx **out, uv_loop_t *loop, bool fsync);
+void maildir_ctx_free(struct maildir_ctx *ctx);
+
+/* mkdir -p DIR, DIR/{tmp,new,cur} (mode 0700); with clean_tmp remove every
+ * regular file in DIR/tmp (start-up: left by a crash, never acknowledged).
+ * Synchronous (start-up only). Returns 0 or -errno. */
+int maildir_prepare(const char *dir, bool clean_tmp);
+
+struct maildir_delivery;
+
+/*
+ * Start writing a message to DIRS[0]/tmp (unique name:
+ * SECONDS.M<usec>P<pid>Q<seq>.<host>), with `header` (Return-Path,
+ * Received; copied) written first. The message will be linked into every
+ * DIRS[i]/new (repeated DIRS are delivered once; missing maildirs are
+ * created). The open happens in the thread pool; writes may be issued at
+ * once. Returns 0 or -errno.
+ */
+int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
+                  size_t ndirs, const char *header, size_t hlen,
+                  struct maildir_delivery **out);
+
+/*
+ * Write a chunk asynchronously (libuv thread pool). `cb(arg, status)` runs
+ * on the loop when it is written (status 0 or -errno); `buf` must stay
+ * valid until then. One write at a time (-EBUSY otherwise). An error
+ * (ENOSPC...) is remembered; later writes return it at once (and, like
+ * any failed call, never call cb); commit then fails with 452 4.3.1 or
+ * 451 4.3.0 and removes the file.
+ */
+int maildir_write(struct maildir_delivery *d, const char *buf, size_t len,
+                  void (*cb)(void *arg, int status), void *arg);
+
+/*
+ * Make it durable: fsync the file, close it, link it into DIRS[1..]/new
+ * (a copy when on another file system), rename it into DIRS[0]/new, fsync
+ * each new/ directory (shared with deliveries finishing at the same time),
+ * then `done` with 250 2.0.0 (detail = file name) or 452 4.3.1 / 451 4.3.0
+ * (nothing left in any new/). Call it with no write in flight. `done` is
+ * always called, never from inside maildir_commit; the delivery frees
+ * itself after `done` returns, and may not be aborted after commit.
+ */
+void maildir_commit(struct maildir_delivery *d, deliver_done_fn done,
+                    void *arg);
+
+/* Give up (before commit): close and unlink the temporary file; frees the
+ * delivery (asynchronously, if a write is in flight: its cb is not
+ * called). */
+void maildir_abort(struct maildir_delivery *d);
+
+/* TEST ONLY: the number of directory fsyncs started by this context (to
+ * check group commit in tests/deliver). Not for the daemon's use. */
+unsigned long maildir_ctx_test_dir_fsyncs(const struct maildir_ctx *ctx);
+
+/* ---- pipe ---------------------------------------------------------------- */
+
+struct pipe_delivery;
+
+/* Run argv (argv[0] a path, no shell) with the message on stdin; sender
+ * and recipient in the environment (SENDER, RECIPIENT, ORIGINAL_RECIPIENT:
+ * the caller builds env; NULL inherits ours). Its stdout and stderr go to
+ * one pipe of which the first 1 KiB is kept for the detail text. SIGPIPE
+ * is set to ignored in this process if it was SIG_DFL (children get the
+ * default back). Returns 0 or -errno (-ENOENT: no such command). */
+int pipe_begin(uv_loop_t *loop, char *const *argv, char *const *env,
+               const char *header, size_t hlen, struct pipe_delivery **out);
+/* As maildir_write (uv_write; cb when written, backpressure by waiting
+ * for it). A command that exits without reading makes writes fail
+ * (-EPIPE); commit then still maps its exit status. */
+int pipe_write(struct pipe_delivery *d, const char *buf, size_t len,
+               void (*cb)(void *arg, int status), void *arg);
+/* Close stdin, wait for the exit: 0 → 250 2.0.0; sysexits map as Postfix
+ * does (75 EX_TEMPFAIL → 451 4.3.0, 67 EX_NOUSER → 550 5.1.1, ...; the
+ * table is in deliver_pipe.c). `done` is never called from inside
+ * pipe_commit; the delivery frees itself after `done` returns. */
+void pipe_commit(struct pipe_delivery *d, deliver_done_fn done, void *arg);
+/* Give up, also after commit (a command that never exits): close stdin,
+ * SIGTERM the command (SIGKILL 5 s later), no callback is called again;
+ * the delivery frees itself once the command is reaped. */
+void pipe_abort(struct pipe_delivery *d);
+
+#endif

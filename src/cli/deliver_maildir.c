@@ -1,0 +1,921 @@
+/*
+ * Maildir delivery for `tern serve` (deliver.h has the contract).
+ *
+ * The format is qmail's (also Courier's and Dovecot's): a message is
+ * written under DIR/tmp with a name unique on this host, made durable, and
+ * only then given a name in DIR/new, where readers look. A reader never
+ * sees a partial file, and a crash leaves at worst a file in tmp/, which
+ * was never acknowledged and which maildir_prepare(clean_tmp) removes.
+ *
+ * Order of operations (STYLE.md 15, "durable before 250"):
+ *
+ *   1. open DIRS[0]/tmp/NAME (O_EXCL, 0600) and write the header and every
+ *      chunk: uv_fs_write, one write in flight, in the libuv thread pool;
+ *   2. fsync the file, close it;
+ *   3. link it into DIRS[i]/new for i >= 1 (EXDEV: copy it into
+ *      DIRS[i]/tmp, fsync the copy, rename it into DIRS[i]/new);
+ *   4. rename it into DIRS[0]/new;
+ *   5. fsync every DIRS[i]/new directory (group commit, below);
+ *   6. only then `done` with 250 2.0.0.
+ *
+ * Steps 2-4 run as one job in the thread pool (uv_queue_work) rather than
+ * a chain of uv_fs_fsync/uv_fs_close/uv_fs_link/uv_fs_rename requests:
+ * they are the same system calls on the same pool, but one job costs one
+ * round trip through the loop instead of 3 + ndirs, and its undo on
+ * failure (unlink what was linked, unlink the tmp file) runs in the same
+ * place that knows exactly what it did.
+ *
+ * Group commit: a directory fsync is shared. Per maildir_ctx (one per
+ * loop) and per DIR/new path there is at most one fsync in flight. A
+ * delivery whose rename finished while one was running waits for the
+ * NEXT one: the running fsync may have started before the rename, so it
+ * does not cover it. When the running one ends, the next starts at once
+ * and serves every delivery that queued meanwhile, so under load N
+ * deliveries to one maildir cost far fewer than N directory fsyncs.
+ *
+ * Failures answer 452 4.3.1 (ENOSPC, EDQUOT) or 451 4.3.0 (anything else)
+ * and leave nothing in any new/.
+ */
+#include "deliver.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Room for "SECONDS.M<usec>P<pid>Q<seq>." plus an escaped host name. */
+#define MD_NAME_MAX 256
+#define MD_HOST_MAX 128
+#define MD_COPY_BUF 65536
+
+static const struct tern_reply md_ok = {250, "2.0.0", "Ok: delivered"};
+static const struct tern_reply md_nospace = {
+    452, "4.3.1", "Error: insufficient system storage"};
+static const struct tern_reply md_failed = {451, "4.3.0",
+                                            "Error: local delivery failed"};
+
+/*
+ * The Q<seq> part of the unique name. Process-wide on purpose: two loops
+ * (two maildir_ctx) in one process share the pid, and could share the
+ * microsecond, so a per-context counter would not make names unique. It
+ * is the one piece of global state here, and it is an atomic counter.
+ */
+static atomic_ulong md_seq;
+
+/* ---- types --------------------------------------------------------------- */
+
+struct md_waiter {
+  struct md_waiter *next;
+  struct maildir_delivery *d;
+};
+
+/* The fsync batcher for one DIR/new. Exists only while someone waits. */
+struct md_dirsync {
+  struct md_dirsync *next; /* ctx->syncs */
+  struct maildir_ctx *ctx;
+  uv_work_t work;
+  int status; /* result of the running fsync */
+  bool running;
+  struct md_waiter *batch;   /* served by the running fsync */
+  struct md_waiter *waiting; /* renamed meanwhile: for the next one */
+  char path[];
+};
+
+struct maildir_ctx {
+  uv_loop_t *loop;
+  bool fsync;
+  bool freeing;             /* maildir_ctx_free called, deliveries live */
+  size_t live;              /* deliveries not yet freed */
+  unsigned long dir_fsyncs; /* directory fsyncs started (test hook) */
+  struct md_dirsync *syncs;
+  char host[MD_HOST_MAX]; /* escaped */
+};
+
+struct maildir_delivery {
+  struct maildir_ctx *ctx;
+  char **dirs;
+  size_t ndirs;
+  char *header; /* freed once written */
+  size_t hlen;
+
+  int fd;
+  uint64_t off;
+  bool tmp_exists; /* DIRS[0]/tmp/NAME */
+  bool *placed;    /* placed[i]: NAME is in DIRS[i]/new */
+
+  int err;            /* first error (-errno), 0 if none */
+  const char *err_op; /* what failed, for the detail text */
+
+  bool busy;      /* a uv request or job is in flight */
+  bool committed; /* maildir_commit called */
+  bool aborted;   /* maildir_abort called */
+
+  /* The caller's write (in flight, or queued behind the open job). */
+  bool wpending;
+  bool wstarted;
+  const char *wbuf;
+  size_t wlen;
+  void (*wcb)(void *arg, int status);
+  void *warg;
+
+  deliver_done_fn done;
+  void *done_arg;
+  size_t syncs_left;
+  int sync_err;
+  struct md_waiter *waiters; /* one per directory */
+
+  uv_fs_t fs;
+  uv_work_t work;
+  char name[MD_NAME_MAX];
+  char detail[MD_NAME_MAX + 96];
+};
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static char *md_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *p = malloc(n);
+  if (p != NULL)
+    memcpy(p, s, n);
+  return p;
+}
+
+static int md_path(char *buf, size_t cap, const char *dir, const char *sub,
+                   const char *name) {
+  int n = snprintf(buf, cap, "%s/%s%s%s", dir, sub, name ? "/" : "",
+                   name ? name : "");
+  return (n < 0 || (size_t)n >= cap) ? -ENAMETOOLONG : 0;
+}
+
+/* fsync the directory that holds `path` (a new entry in it). */
+static int md_sync_parent(const char *path) {
+  char parent[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  size_t n = slash == NULL ? 1 : slash == path ? 1 : (size_t)(slash - path);
+  int fd, r = 0;
+
+  if (n >= sizeof parent)
+    return -ENAMETOOLONG;
+  memcpy(parent, slash == NULL ? "." : path, n);
+  parent[n] = '\0';
+  if ((fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+    return -errno;
+  if (fsync(fd) != 0)
+    r = -errno;
+  close(fd);
+  return r;
+}
+
+/* mkdir with mode 0700; an existing directory is fine. A directory made
+ * here is only durable once its parent is fsynced (with `sync`): the
+ * message's new/ entry would be lost with it. */
+static int md_mkdir1(const char *path, bool sync) {
+  struct stat st;
+  if (mkdir(path, 0700) == 0)
+    return sync ? md_sync_parent(path) : 0;
+  if (errno != EEXIST)
+    return -errno;
+  if (stat(path, &st) != 0)
+    return -errno;
+  return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+/* mkdir -p DIR, then DIR/tmp, DIR/new, DIR/cur. */
+static int md_mktree(const char *dir, bool sync) {
+  char path[PATH_MAX];
+  size_t n = strlen(dir);
+  int r;
+
+  if (n == 0)
+    return -EINVAL;
+  if (n >= sizeof path)
+    return -ENAMETOOLONG;
+  memcpy(path, dir, n + 1);
+  for (size_t i = 1; i < n; i++) {
+    if (path[i] != '/' || path[i - 1] == '/')
+      continue;
+    path[i] = '\0';
+    r = md_mkdir1(path, sync);
+    path[i] = '/';
+    if (r < 0)
+      return r;
+  }
+  if ((r = md_mkdir1(dir, sync)) < 0)
+    return r;
+  static const char *const subs[] = {"tmp", "new", "cur"};
+  for (size_t i = 0; i < 3; i++) {
+    if ((r = md_path(path, sizeof path, dir, subs[i], NULL)) < 0)
+      return r;
+    if ((r = md_mkdir1(path, sync)) < 0)
+      return r;
+  }
+  return 0;
+}
+
+/*
+ * "SECONDS.M<usec>P<pid>Q<seq>.<host>" — qmail's "time.MusecPpid" with
+ * Courier's Q<deliveries> for several messages per process and
+ * microsecond. Called from the loop and from pool threads (both
+ * uv_gettimeofday and the counter are thread-safe).
+ */
+static void md_make_name(struct maildir_delivery *d) {
+  uv_timeval64_t tv;
+  unsigned long seq = atomic_fetch_add(&md_seq, 1) + 1;
+
+  if (uv_gettimeofday(&tv) != 0) {
+    tv.tv_sec = (int64_t)time(NULL);
+    tv.tv_usec = 0;
+  }
+  snprintf(d->name, sizeof d->name, "%lld.M%ldP%ldQ%lu.%s",
+           (long long)tv.tv_sec, (long)tv.tv_usec, (long)getpid(), seq,
+           d->ctx->host);
+}
+
+/* The host name for unique names: '/' → "\057", ':' → "\072" (the
+ * separators a Maildir file name may not contain). */
+static void md_host(char *out, size_t cap) {
+  char raw[MD_HOST_MAX];
+  size_t o = 0;
+
+  if (gethostname(raw, sizeof raw) != 0 || raw[0] == '\0')
+    snprintf(raw, sizeof raw, "localhost");
+  raw[sizeof raw - 1] = '\0';
+  for (const char *p = raw; *p != '\0' && o + 5 < cap; p++) {
+    if (*p == '/' || *p == ':') {
+      memcpy(out + o, *p == '/' ? "\\057" : "\\072", 4);
+      o += 4;
+    } else {
+      out[o++] = *p;
+    }
+  }
+  out[o] = '\0';
+}
+
+static bool md_nospace_err(int err) { return err == -ENOSPC || err == -EDQUOT; }
+
+static void md_set_err(struct maildir_delivery *d, int err, const char *op) {
+  if (d->err == 0) {
+    d->err = err;
+    d->err_op = op;
+  }
+}
+
+/* Write all of buf at off (pool thread). */
+static int md_write_all(int fd, const char *buf, size_t len, uint64_t off) {
+  while (len > 0) {
+    ssize_t n = pwrite(fd, buf, len, (off_t)off);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    buf += n;
+    len -= (size_t)n;
+    off += (uint64_t)n;
+  }
+  return 0;
+}
+
+/* ---- freeing ------------------------------------------------------------- */
+
+static void md_ctx_destroy(struct maildir_ctx *ctx) { free(ctx); }
+
+static void md_free(struct maildir_delivery *d) {
+  struct maildir_ctx *ctx = d->ctx;
+
+  for (size_t i = 0; i < d->ndirs; i++)
+    free(d->dirs[i]);
+  free(d->dirs);
+  free(d->placed);
+  free(d->waiters);
+  free(d->header);
+  free(d);
+  if (--ctx->live == 0 && ctx->freeing)
+    md_ctx_destroy(ctx);
+}
+
+/* ---- open (pool) --------------------------------------------------------- */
+
+static void md_open_work(uv_work_t *w) {
+  struct maildir_delivery *d = w->data;
+  char path[PATH_MAX];
+  int fd = -1, r = 0;
+  bool made = false;
+
+  for (int tries = 0; tries < 8; tries++) {
+    if ((r = md_path(path, sizeof path, d->dirs[0], "tmp", d->name)) < 0)
+      break;
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0)
+      break;
+    r = -errno;
+    if (r == -ENOENT && !made) {
+      made = true; /* maildir not there yet: create it, once */
+      if ((r = md_mktree(d->dirs[0], d->ctx->fsync)) < 0)
+        break;
+    } else if (r == -EEXIST) {
+      md_make_name(d); /* someone else's file: take the next name */
+    } else if (r != -EINTR) {
+      break;
+    }
+  }
+  if (fd < 0) {
+    md_set_err(d, r < 0 ? r : -EEXIST, "open");
+    return;
+  }
+  d->fd = fd;
+  d->tmp_exists = true;
+  if ((r = md_write_all(fd, d->header, d->hlen, 0)) < 0) {
+    md_set_err(d, r, "write");
+    return;
+  }
+  d->off = d->hlen;
+}
+
+static void md_start_write(struct maildir_delivery *d);
+static void md_seal(struct maildir_delivery *d);
+static void md_discard(struct maildir_delivery *d);
+
+/* After the job or request in flight: go on with what was asked. */
+static void md_resume(struct maildir_delivery *d) {
+  if (d->aborted)
+    md_discard(d);
+  else if (d->wpending && !d->wstarted)
+    md_start_write(d);
+  else if (d->committed)
+    md_seal(d);
+}
+
+static void md_open_after(uv_work_t *w, int status) {
+  struct maildir_delivery *d = w->data;
+
+  d->busy = false;
+  free(d->header);
+  d->header = NULL;
+  if (status < 0)
+    md_set_err(d, status, "open");
+  md_resume(d);
+}
+
+/* ---- writes -------------------------------------------------------------- */
+
+static void md_write_cb(uv_fs_t *req);
+
+static int md_issue_write(struct maildir_delivery *d) {
+  uv_buf_t b = uv_buf_init((char *)d->wbuf, (unsigned)d->wlen);
+  d->fs.data = d;
+  int r = uv_fs_write(d->ctx->loop, &d->fs, d->fd, &b, 1, (int64_t)d->off,
+                      md_write_cb);
+  if (r == 0)
+    d->busy = true;
+  return r;
+}
+
+/* Start the queued caller write (the open job has finished). */
+static void md_start_write(struct maildir_delivery *d) {
+  void (*cb)(void *, int) = d->wcb;
+  void *arg = d->warg;
+  int r = d->err;
+
+  d->wstarted = true;
+  if (r == 0 && (r = md_issue_write(d)) == 0)
+    return;
+  md_set_err(d, r, "write");
+  d->wpending = false;
+  bool then_seal = d->committed;
+  cb(arg, r); /* we are in a loop callback, so this is not re-entrant */
+  if (then_seal)
+    md_seal(d);
+}
+
+static void md_write_cb(uv_fs_t *req) {
+  struct maildir_delivery *d = req->data;
+  ssize_t n = req->result;
+
+  uv_fs_req_cleanup(req);
+  d->busy = false;
+  if (d->aborted) {
+    md_discard(d);
+    return;
+  }
+  if (n >= 0 && (size_t)n < d->wlen) {
+    /* Short write: continue with the rest, still one request. */
+    d->off += (uint64_t)n;
+    d->wbuf += n;
+    d->wlen -= (size_t)n;
+    int r = md_issue_write(d);
+    if (r == 0)
+      return;
+    n = r;
+  } else if (n >= 0) {
+    d->off += (uint64_t)n;
+  }
+  if (n < 0)
+    md_set_err(d, (int)n, "write");
+
+  void (*cb)(void *, int) = d->wcb;
+  void *arg = d->warg;
+  bool then_seal = d->committed; /* commit came while writing */
+  d->wpending = false;
+  cb(arg, n < 0 ? (int)n : 0);
+  /* cb may have called commit or abort: they take it from here. */
+  if (then_seal)
+    md_seal(d);
+}
+
+/* ---- commit: seal (pool) ------------------------------------------------- */
+
+/* Copy the tmp file into DIR/tmp, fsync it, rename it into DIR/new (pool
+ * thread): link(2) across file systems fails with EXDEV. */
+static int md_copy_into(struct maildir_delivery *d, const char *src,
+                        const char *dir, const char *dst_new) {
+  char tmp[PATH_MAX];
+  int in = -1, out = -1, r = 0;
+  char *buf = NULL;
+
+  if ((r = md_path(tmp, sizeof tmp, dir, "tmp", d->name)) < 0)
+    return r;
+  if ((in = open(src, O_RDONLY | O_CLOEXEC)) < 0)
+    return -errno;
+  out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (out < 0) {
+    r = -errno;
+    goto done;
+  }
+  if ((buf = malloc(MD_COPY_BUF)) == NULL) {
+    r = -ENOMEM;
+    goto done;
+  }
+  for (uint64_t off = 0;;) {
+    ssize_t n = read(in, buf, MD_COPY_BUF);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      r = -errno;
+      goto done;
+    }
+    if (n == 0)
+      break;
+    if ((r = md_write_all(out, buf, (size_t)n, off)) < 0)
+      goto done;
+    off += (uint64_t)n;
+  }
+  if (d->ctx->fsync && fsync(out) != 0) {
+    r = -errno;
+    goto done;
+  }
+  r = close(out) == 0 ? 0 : -errno;
+  out = -1;
+  if (r == 0 && rename(tmp, dst_new) != 0)
+    r = -errno;
+done:
+  free(buf);
+  if (out >= 0)
+    close(out);
+  if (in >= 0)
+    close(in);
+  if (r < 0)
+    unlink(tmp);
+  return r;
+}
+
+/* Remove every name this delivery has given the message (pool thread). */
+static void md_undo(struct maildir_delivery *d) {
+  char path[PATH_MAX];
+
+  for (size_t i = 0; i < d->ndirs; i++) {
+    if (d->placed[i] &&
+        md_path(path, sizeof path, d->dirs[i], "new", d->name) == 0 &&
+        (unlink(path) == 0 || errno == ENOENT))
+      d->placed[i] = false;
+  }
+  if (d->tmp_exists &&
+      md_path(path, sizeof path, d->dirs[0], "tmp", d->name) == 0 &&
+      (unlink(path) == 0 || errno == ENOENT))
+    d->tmp_exists = false;
+}
+
+/* Give the file the name DIRS[i]/new/NAME: link (or copy) for i >= 1,
+ * rename for i == 0. A missing maildir is created once. */
+static int md_place(struct maildir_delivery *d, size_t i, const char *tmp) {
+  char dst[PATH_MAX];
+  int r;
+
+  if ((r = md_path(dst, sizeof dst, d->dirs[i], "new", d->name)) < 0)
+    return r;
+  for (int made = 0;; made++) {
+    r = (i == 0 ? rename(tmp, dst) : link(tmp, dst)) == 0 ? 0 : -errno;
+    if (r == -EXDEV && i > 0)
+      r = md_copy_into(d, tmp, d->dirs[i], dst);
+    if (r != -ENOENT || made > 0)
+      return r;
+    if ((r = md_mktree(d->dirs[i], d->ctx->fsync)) < 0)
+      return r;
+  }
+}
+
+static void md_seal_work(uv_work_t *w) {
+  struct maildir_delivery *d = w->data;
+  char tmp[PATH_MAX];
+  int r;
+
+  if (d->fd >= 0) {
+    if (d->err == 0 && d->ctx->fsync && fsync(d->fd) != 0)
+      md_set_err(d, -errno, "fsync");
+    /* close() can report a deferred write error (NFS): it counts. */
+    if (close(d->fd) != 0)
+      md_set_err(d, -errno, "close");
+    d->fd = -1;
+  }
+  if (d->err != 0)
+    goto fail;
+  if ((r = md_path(tmp, sizeof tmp, d->dirs[0], "tmp", d->name)) < 0) {
+    md_set_err(d, r, "rename");
+    goto fail;
+  }
+  /* Extra directories first, the rename last: until the rename succeeds
+   * the tmp file is still there to link from and to undo. */
+  for (size_t i = 1; i < d->ndirs; i++) {
+    if ((r = md_place(d, i, tmp)) < 0) {
+      md_set_err(d, r, "link");
+      goto fail;
+    }
+    d->placed[i] = true;
+  }
+  if ((r = md_place(d, 0, tmp)) < 0) {
+    md_set_err(d, r, "rename");
+    goto fail;
+  }
+  d->placed[0] = true;
+  d->tmp_exists = false;
+  return;
+fail:
+  md_undo(d);
+}
+
+/* ---- finishing ----------------------------------------------------------- */
+
+static void md_finish(struct maildir_delivery *d) {
+  const struct tern_reply *r = &md_ok;
+
+  if (d->err == 0) {
+    snprintf(d->detail, sizeof d->detail, "%s", d->name);
+  } else {
+    r = md_nospace_err(d->err) ? &md_nospace : &md_failed;
+    snprintf(d->detail, sizeof d->detail, "%s %s: %s", d->err_op, d->name,
+             uv_strerror(d->err));
+  }
+  d->done(d->done_arg, r, d->detail);
+  md_free(d);
+}
+
+static void md_undo_work(uv_work_t *w) { md_undo(w->data); }
+
+static void md_undo_after(uv_work_t *w, int status) {
+  (void)status;
+  md_finish(w->data);
+}
+
+/* A failure after the rename (a directory fsync): take the message out of
+ * every new/ again, then answer. */
+static void md_fail_late(struct maildir_delivery *d) {
+  d->work.data = d;
+  if (uv_queue_work(d->ctx->loop, &d->work, md_undo_work, md_undo_after) < 0) {
+    md_undo(d); /* cannot happen with a valid loop; do not leave it */
+    md_finish(d);
+  }
+}
+
+/* ---- group commit of directory fsyncs ------------------------------------ */
+
+static void md_sync_work(uv_work_t *w) {
+  struct md_dirsync *ds = w->data;
+  int fd = open(ds->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+  ds->status = 0;
+  if (fd < 0) {
+    ds->status = -errno;
+    return;
+  }
+  if (fsync(fd) != 0)
+    ds->status = -errno;
+  close(fd);
+}
+
+static void md_sync_after(uv_work_t *w, int status);
+
+static void md_sync_start(struct md_dirsync *ds) {
+  ds->running = true;
+  ds->ctx->dir_fsyncs++;
+  ds->work.data = ds;
+  int r = uv_queue_work(ds->ctx->loop, &ds->work, md_sync_work, md_sync_after);
+  if (r < 0) {
+    /* Cannot happen with a valid loop; answer through the normal path. */
+    ds->status = r;
+    md_sync_work(&ds->work);
+    md_sync_after(&ds->work, 0);
+  }
+}
+
+static void md_waiter_done(struct maildir_delivery *d, int status) {
+  if (status < 0 && d->sync_err == 0)
+    d->sync_err = status;
+  if (--d->syncs_left > 0)
+    return;
+  if (d->sync_err != 0) {
+    md_set_err(d, d->sync_err, "fsync new/");
+    md_fail_late(d);
+  } else {
+    md_finish(d);
+  }
+}
+
+static void md_sync_after(uv_work_t *w, int status) {
+  struct md_dirsync *ds = w->data;
+  struct maildir_ctx *ctx = ds->ctx;
+  struct md_waiter *served = ds->batch;
+  int st = status < 0 ? status : ds->status;
+
+  ds->running = false;
+  ds->batch = NULL;
+  if (ds->waiting != NULL) {
+    /* Renamed while this one ran: the next fsync is theirs. */
+    ds->batch = ds->waiting;
+    ds->waiting = NULL;
+    md_sync_start(ds);
+  } else {
+    /* Idle: drop it (done before the callbacks below, which may start
+     * new deliveries or free the context). */
+    struct md_dirsync **pp = &ctx->syncs;
+    while (*pp != ds)
+      pp = &(*pp)->next;
+    *pp = ds->next;
+    free(ds);
+  }
+  while (served != NULL) {
+    struct md_waiter *next = served->next;
+    md_waiter_done(served->d, st);
+    served = next;
+  }
+}
+
+/* Ask for an fsync of `path` that starts after this call. */
+static int md_sync_request(struct maildir_ctx *ctx, const char *path,
+                           struct md_waiter *w) {
+  struct md_dirsync *ds = ctx->syncs;
+
+  while (ds != NULL && strcmp(ds->path, path) != 0)
+    ds = ds->next;
+  if (ds == NULL) {
+    size_t n = strlen(path) + 1;
+    if ((ds = calloc(1, sizeof *ds + n)) == NULL)
+      return -ENOMEM;
+    memcpy(ds->path, path, n);
+    ds->ctx = ctx;
+    ds->next = ctx->syncs;
+    ctx->syncs = ds;
+  }
+  if (ds->running) {
+    w->next = ds->waiting;
+    ds->waiting = w;
+  } else {
+    w->next = ds->batch;
+    ds->batch = w;
+    md_sync_start(ds);
+  }
+  return 0;
+}
+
+static void md_seal_after(uv_work_t *w, int status) {
+  struct maildir_delivery *d = w->data;
+  char path[PATH_MAX];
+
+  d->busy = false;
+  if (status < 0) { /* the job did not run: nothing was placed yet */
+    md_set_err(d, status, "fsync");
+    if (d->fd >= 0)
+      close(d->fd); /* not reached with a valid loop */
+    d->fd = -1;
+    md_fail_late(d);
+    return;
+  }
+  if (d->err != 0 || !d->ctx->fsync) {
+    md_finish(d);
+    return;
+  }
+  /* One count per directory plus one held by this loop, so that no
+   * answer (and no free) can happen before every request is made. */
+  d->syncs_left = d->ndirs + 1;
+  for (size_t i = 0; i < d->ndirs; i++) {
+    int r = md_path(path, sizeof path, d->dirs[i], "new", NULL);
+    d->waiters[i].d = d;
+    if (r == 0)
+      r = md_sync_request(d->ctx, path, &d->waiters[i]);
+    if (r < 0)
+      md_waiter_done(d, r);
+  }
+  md_waiter_done(d, 0);
+}
+
+static void md_seal(struct maildir_delivery *d) {
+  d->busy = true;
+  d->work.data = d;
+  int r = uv_queue_work(d->ctx->loop, &d->work, md_seal_work, md_seal_after);
+  if (r < 0)
+    md_seal_after(&d->work, r);
+}
+
+/* ---- abort --------------------------------------------------------------- */
+
+static void md_discard_work(uv_work_t *w) {
+  struct maildir_delivery *d = w->data;
+  if (d->fd >= 0)
+    close(d->fd);
+  d->fd = -1;
+  md_undo(d);
+}
+
+static void md_discard_after(uv_work_t *w, int status) {
+  (void)status;
+  md_free(w->data);
+}
+
+static void md_discard(struct maildir_delivery *d) {
+  d->busy = true;
+  d->work.data = d;
+  if (uv_queue_work(d->ctx->loop, &d->work, md_discard_work, md_discard_after) <
+      0) {
+    md_discard_work(&d->work);
+    md_free(d);
+  }
+}
+
+/* ---- public -------------------------------------------------------------- */
+
+int maildir_ctx_new(struct maildir_ctx **out, uv_loop_t *loop, bool fsync) {
+  struct maildir_ctx *ctx = calloc(1, sizeof *ctx);
+
+  if (ctx == NULL)
+    return -ENOMEM;
+  ctx->loop = loop;
+  ctx->fsync = fsync;
+  md_host(ctx->host, sizeof ctx->host);
+  *out = ctx;
+  return 0;
+}
+
+void maildir_ctx_free(struct maildir_ctx *ctx) {
+  if (ctx == NULL)
+    return;
+  if (ctx->live > 0)
+    ctx->freeing = true; /* the last delivery frees it */
+  else
+    md_ctx_destroy(ctx);
+}
+
+unsigned long maildir_ctx_test_dir_fsyncs(const struct maildir_ctx *ctx) {
+  return ctx->dir_fsyncs;
+}
+
+int maildir_prepare(const char *dir, bool clean_tmp) {
+  char path[PATH_MAX];
+  int r;
+
+  if ((r = md_mktree(dir, true)) < 0)
+    return r;
+  if (!clean_tmp)
+    return 0;
+  if ((r = md_path(path, sizeof path, dir, "tmp", NULL)) < 0)
+    return r;
+  DIR *dp = opendir(path);
+  if (dp == NULL)
+    return -errno;
+  int dfd = dirfd(dp);
+  struct dirent *de;
+  r = 0;
+  while ((errno = 0, de = readdir(dp)) != NULL) {
+    struct stat st;
+    if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+      continue; /* vanished meanwhile */
+    if (S_ISREG(st.st_mode) && unlinkat(dfd, de->d_name, 0) != 0 &&
+        errno != ENOENT && r == 0)
+      r = -errno;
+  }
+  if (errno != 0 && r == 0)
+    r = -errno;
+  closedir(dp);
+  return r;
+}
+
+int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
+                  size_t ndirs, const char *header, size_t hlen,
+                  struct maildir_delivery **out) {
+  struct maildir_delivery *d;
+  int r = -ENOMEM;
+
+  if (ctx == NULL || dirs == NULL || ndirs == 0 || (hlen > 0 && !header))
+    return -EINVAL;
+  if ((d = calloc(1, sizeof *d)) == NULL)
+    return -ENOMEM;
+  d->ctx = ctx;
+  d->fd = -1;
+  if ((d->dirs = calloc(ndirs, sizeof *d->dirs)) == NULL ||
+      (d->placed = calloc(ndirs, sizeof *d->placed)) == NULL ||
+      (d->waiters = calloc(ndirs, sizeof *d->waiters)) == NULL ||
+      (d->header = malloc(hlen > 0 ? hlen : 1)) == NULL)
+    goto fail;
+  /* The same directory twice would make link() fail with EEXIST: keep
+   * the first of each (spelled the same; the caller normalises). */
+  for (size_t i = 0; i < ndirs; i++) {
+    bool dup = false;
+    if (dirs[i] == NULL || dirs[i][0] == '\0') {
+      r = -EINVAL;
+      goto fail;
+    }
+    for (size_t j = 0; j < d->ndirs && !dup; j++)
+      dup = strcmp(d->dirs[j], dirs[i]) == 0;
+    if (dup)
+      continue;
+    if ((d->dirs[d->ndirs] = md_strdup(dirs[i])) == NULL)
+      goto fail;
+    d->ndirs++;
+  }
+  if (hlen > 0)
+    memcpy(d->header, header, hlen);
+  d->hlen = hlen;
+  md_make_name(d);
+
+  d->busy = true;
+  d->work.data = d;
+  d->fs.data = d;
+  if ((r = uv_queue_work(ctx->loop, &d->work, md_open_work, md_open_after)) < 0)
+    goto fail;
+  ctx->live++;
+  *out = d;
+  return 0;
+
+fail:
+  for (size_t i = 0; d->dirs != NULL && i < ndirs; i++)
+    free(d->dirs[i]);
+  free(d->dirs);
+  free(d->placed);
+  free(d->waiters);
+  free(d->header);
+  free(d);
+  return r;
+}
+
+int maildir_write(struct maildir_delivery *d, const char *buf, size_t len,
+                  void (*cb)(void *arg, int status), void *arg) {
+  if (d == NULL || cb == NULL || (len > 0 && buf == NULL) || len > UINT_MAX)
+    return -EINVAL;
+  if (d->committed || d->aborted)
+    return -EINVAL;
+  if (d->wpending)
+    return -EBUSY;
+  /* While the open job runs it owns d->err: queue, md_open_after reports. */
+  if (!d->busy && d->err != 0)
+    return d->err;
+  d->wbuf = buf;
+  d->wlen = len;
+  d->wcb = cb;
+  d->warg = arg;
+  d->wpending = true;
+  d->wstarted = false;
+  if (d->busy) /* the open job: md_open_after starts it */
+    return 0;
+  d->wstarted = true;
+  int r = md_issue_write(d);
+  if (r < 0) {
+    d->wpending = false;
+    md_set_err(d, r, "write"); /* a hole in the message: never commit it */
+  }
+  return r;
+}
+
+void maildir_commit(struct maildir_delivery *d, deliver_done_fn done,
+                    void *arg) {
+  d->committed = true;
+  d->done = done;
+  d->done_arg = arg;
+  if (!d->busy)
+    md_seal(d);
+  /* else: the open job or the write in flight seals when it ends */
+}
+
+void maildir_abort(struct maildir_delivery *d) {
+  if (d == NULL || d->aborted || d->committed)
+    return; /* after commit, `done` always comes (bounded: no peer) */
+  d->aborted = true;
+  if (!d->busy)
+    md_discard(d);
+  /* else: the request in flight discards when it ends */
+}

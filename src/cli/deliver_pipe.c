@@ -1,0 +1,481 @@
+/*
+ * Pipe delivery for `tern serve` (deliver.h has the contract): run a
+ * command with the message on stdin and map its exit status to a reply.
+ *
+ * The command is started with uv_spawn (argv, no shell, the environment
+ * the caller built). stdin is a pipe fed with uv_write, one caller chunk
+ * at a time (the caller waits for the callback: that is the
+ * backpressure). stdout and stderr share one pipe; its first 1 KiB is
+ * kept for the detail text and the rest is read and dropped, so a chatty
+ * command never blocks on a full pipe.
+ *
+ * A command may exit without reading all of its input. Writes then fail
+ * with EPIPE (SIGPIPE is ignored, see pipe_begin), which is remembered
+ * but does not decide the outcome: as in Postfix's pipe(8), the exit
+ * status does, and EPIPE with exit 0 is a success ("delivered" to a
+ * command that chose not to read, like /bin/true). Any other write error
+ * with exit 0 is a temporary failure.
+ */
+#include "deliver.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PD_CAPTURE_MAX 1024
+/* After the exit, how long to wait for the output pipe's EOF: a
+ * background grandchild may hold it open for ever. */
+#define PD_EOF_WAIT_MS 200
+/* After pipe_abort's SIGTERM, when to send SIGKILL. */
+#define PD_KILL_AFTER_MS 5000
+
+/*
+ * Exit status → reply. Postfix's sys_exits table (global/sys_exits.c) for
+ * the codes and classes, with these choices of ours: IOERR, CANTCREAT and
+ * OSFILE are temporary (Postfix: permanent; a full or broken file system
+ * under the command is worth a retry), and NOPERM is 5.7.1 (Postfix 5.7.0).
+ *
+ *   exit  name            reply
+ *   0     EX_OK           250 2.0.0
+ *   64    EX_USAGE        554 5.3.0
+ *   65    EX_DATAERR      554 5.6.0
+ *   66    EX_NOINPUT      554 5.3.0
+ *   67    EX_NOUSER       550 5.1.1
+ *   68    EX_NOHOST       550 5.1.2
+ *   69    EX_UNAVAILABLE  554 5.3.0
+ *   70    EX_SOFTWARE     554 5.3.0
+ *   71    EX_OSERR        451 4.3.0
+ *   72    EX_OSFILE       451 4.3.0
+ *   73    EX_CANTCREAT    451 4.3.0
+ *   74    EX_IOERR        451 4.3.0
+ *   75    EX_TEMPFAIL     451 4.3.0
+ *   76    EX_PROTOCOL     554 5.5.0
+ *   77    EX_NOPERM       554 5.7.1
+ *   78    EX_CONFIG       554 5.3.5
+ *   other non-zero        554 5.3.0
+ *   killed by a signal    451 4.3.0
+ *   (exit 0, write error other than EPIPE: 451 4.3.0)
+ */
+struct pd_exit {
+  const char *name;
+  struct tern_reply reply;
+};
+
+static const struct pd_exit pd_exits[] = {
+    /* 64 */ {"EX_USAGE", {554, "5.3.0", "Error: command line usage error"}},
+    /* 65 */ {"EX_DATAERR", {554, "5.6.0", "Error: data format error"}},
+    /* 66 */ {"EX_NOINPUT", {554, "5.3.0", "Error: cannot open input"}},
+    /* 67 */ {"EX_NOUSER", {550, "5.1.1", "Error: user unknown"}},
+    /* 68 */ {"EX_NOHOST", {550, "5.1.2", "Error: host name unknown"}},
+    /* 69 */ {"EX_UNAVAILABLE", {554, "5.3.0", "Error: service unavailable"}},
+    /* 70 */ {"EX_SOFTWARE", {554, "5.3.0", "Error: internal software error"}},
+    /* 71 */ {"EX_OSERR", {451, "4.3.0", "Error: system resource problem"}},
+    /* 72 */ {"EX_OSFILE", {451, "4.3.0", "Error: critical OS file missing"}},
+    /* 73 */ {"EX_CANTCREAT", {451, "4.3.0", "Error: cannot create output"}},
+    /* 74 */ {"EX_IOERR", {451, "4.3.0", "Error: input/output error"}},
+    /* 75 */ {"EX_TEMPFAIL", {451, "4.3.0", "Error: temporary failure"}},
+    /* 76 */ {"EX_PROTOCOL", {554, "5.5.0", "Error: remote error in protocol"}},
+    /* 77 */ {"EX_NOPERM", {554, "5.7.1", "Error: permission denied"}},
+    /* 78 */ {"EX_CONFIG", {554, "5.3.5", "Error: local configuration error"}},
+};
+#define PD_EX_BASE 64
+
+static const struct tern_reply pd_ok = {250, "2.0.0", "Ok: delivered"};
+static const struct tern_reply pd_other = {554, "5.3.0",
+                                           "Error: command failed"};
+static const struct tern_reply pd_temp = {451, "4.3.0",
+                                          "Error: command failed"};
+
+struct pipe_delivery {
+  uv_loop_t *loop;
+  uv_process_t proc;
+  uv_pipe_t in;  /* the command's stdin */
+  uv_pipe_t out; /* its stdout + stderr */
+  uv_timer_t timer;
+  int handles; /* initialised and not yet closed */
+
+  char *header;
+  uv_write_t hreq;
+  uv_write_t wreq;
+  size_t writes; /* uv_write requests in flight */
+  void (*wcb)(void *arg, int status);
+  void *warg;
+  int werr; /* first write error */
+
+  bool out_open, in_closing, in_closed, committed, aborted, finished;
+  bool exited, eof, killed;
+  int64_t exit_status;
+  int term_signal;
+
+  deliver_done_fn done;
+  void *done_arg;
+
+  char rbuf[4096];
+  char cap[PD_CAPTURE_MAX];
+  size_t caplen;
+  char detail[PD_CAPTURE_MAX + 96];
+};
+
+/* ---- lifetime ------------------------------------------------------------ */
+
+/* d lives while it has open handles or a hold (a function on the stack
+ * that still uses it); the last one frees it. */
+static void pd_unhold(struct pipe_delivery *d) {
+  if (--d->handles == 0) {
+    free(d->header);
+    free(d);
+  }
+}
+
+static void pd_closed(uv_handle_t *h) { pd_unhold(h->data); }
+
+static void pd_close(uv_handle_t *h) {
+  if (!uv_is_closing(h))
+    uv_close(h, pd_closed);
+}
+
+static void pd_try_finish(struct pipe_delivery *d);
+
+/* stdin is closed (the command has its EOF): part of "finished", and
+ * always in a callback, so `done` never runs inside pipe_commit. */
+static void pd_in_closed(uv_handle_t *h) {
+  struct pipe_delivery *d = h->data;
+  d->in_closed = true;
+  pd_try_finish(d);
+  pd_unhold(d);
+}
+
+static void pd_close_stdin(struct pipe_delivery *d) {
+  if (!d->in_closing) {
+    d->in_closing = true;
+    uv_close((uv_handle_t *)&d->in, pd_in_closed);
+  }
+}
+
+static void pd_close_out(struct pipe_delivery *d) {
+  if (d->out_open)
+    uv_read_stop((uv_stream_t *)&d->out);
+  d->out_open = false;
+  pd_close((uv_handle_t *)&d->out);
+}
+
+/* Close everything; the process handle only once the child is reaped
+ * (closing it earlier would leave a zombie). */
+static void pd_teardown(struct pipe_delivery *d) {
+  pd_close_stdin(d);
+  pd_close_out(d);
+  if (d->exited) {
+    pd_close((uv_handle_t *)&d->proc);
+    pd_close((uv_handle_t *)&d->timer);
+  }
+}
+
+/* ---- outcome ------------------------------------------------------------- */
+
+/* The captured output on one line: controls become spaces, other
+ * non-ASCII bytes '?', so the detail may go into a reply or a log. */
+static void pd_output(const struct pipe_delivery *d, char *buf, size_t cap) {
+  size_t o = 0;
+  bool space = true;
+
+  for (size_t i = 0; i < d->caplen && o + 1 < cap; i++) {
+    unsigned char c = (unsigned char)d->cap[i];
+    if (c < 0x20 || c == 0x7f)
+      c = ' ';
+    else if (c > 0x7e)
+      c = '?';
+    if (c == ' ' && space)
+      continue;
+    space = c == ' ';
+    buf[o++] = (char)c;
+  }
+  while (o > 0 && buf[o - 1] == ' ')
+    o--;
+  buf[o] = '\0';
+}
+
+static const struct tern_reply *pd_map(struct pipe_delivery *d) {
+  const struct tern_reply *r;
+  char out[PD_CAPTURE_MAX + 1];
+  char what[64];
+
+  pd_output(d, out, sizeof out);
+  if (d->term_signal != 0) {
+    r = &pd_temp;
+    snprintf(what, sizeof what, "command killed by signal %d", d->term_signal);
+  } else if (d->exit_status == 0) {
+    if (d->werr != 0 && d->werr != UV_EPIPE) {
+      r = &pd_temp;
+      snprintf(what, sizeof what, "writing to command: %s",
+               uv_strerror(d->werr));
+    } else {
+      r = &pd_ok;
+      snprintf(what, sizeof what, "command exited with status 0");
+    }
+  } else if (d->exit_status >= PD_EX_BASE &&
+             d->exit_status <
+                 PD_EX_BASE + (int64_t)(sizeof pd_exits / sizeof *pd_exits)) {
+    const struct pd_exit *e = &pd_exits[d->exit_status - PD_EX_BASE];
+    r = &e->reply;
+    snprintf(what, sizeof what, "command exited with status %d (%s)",
+             (int)d->exit_status, e->name);
+  } else {
+    r = &pd_other;
+    snprintf(what, sizeof what, "command exited with status %lld",
+             (long long)d->exit_status);
+  }
+  snprintf(d->detail, sizeof d->detail, "%s%s%s", what, out[0] ? ": " : "",
+           out);
+  return r;
+}
+
+static void pd_try_finish(struct pipe_delivery *d) {
+  if (d->finished || d->aborted || !d->committed || !d->in_closed ||
+      !d->exited || !d->eof || d->writes > 0)
+    return;
+  d->finished = true;
+  const struct tern_reply *r = pd_map(d);
+  d->handles++; /* keep d alive through the callback */
+  d->done(d->done_arg, r, d->detail);
+  pd_teardown(d);
+  pd_unhold(d);
+}
+
+/* ---- callbacks ----------------------------------------------------------- */
+
+static void pd_on_timer(uv_timer_t *t) {
+  struct pipe_delivery *d = t->data;
+
+  if (d->aborted) { /* SIGTERM was not enough */
+    if (!d->exited)
+      uv_process_kill(&d->proc, SIGKILL);
+    return;
+  }
+  /* Exited, but the output pipe stays open (a background grandchild):
+   * answer with what we have. */
+  d->eof = true;
+  pd_close_out(d);
+  pd_try_finish(d);
+}
+
+static void pd_on_exit(uv_process_t *p, int64_t status, int sig) {
+  struct pipe_delivery *d = p->data;
+
+  d->exited = true;
+  d->exit_status = status;
+  d->term_signal = sig;
+  if (d->aborted) {
+    pd_teardown(d);
+    return;
+  }
+  if (!d->eof)
+    uv_timer_start(&d->timer, pd_on_timer, PD_EOF_WAIT_MS, 0);
+  pd_try_finish(d);
+}
+
+static void pd_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  struct pipe_delivery *d = h->data;
+  (void)hint;
+  *buf = uv_buf_init(d->rbuf, sizeof d->rbuf);
+}
+
+static void pd_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  struct pipe_delivery *d = s->data;
+
+  if (n > 0) {
+    size_t room = sizeof d->cap - d->caplen;
+    size_t take = (size_t)n < room ? (size_t)n : room;
+    memcpy(d->cap + d->caplen, buf->base, take);
+    d->caplen += take;
+    return;
+  }
+  if (n == 0)
+    return; /* EAGAIN */
+  /* UV_EOF or an error: either way no more output. */
+  d->eof = true;
+  pd_close_out(d);
+  if (d->exited && !d->aborted)
+    uv_timer_stop(&d->timer);
+  pd_try_finish(d);
+}
+
+static void pd_on_write(uv_write_t *req, int status) {
+  struct pipe_delivery *d = req->data;
+
+  d->writes--;
+  if (status < 0 && d->werr == 0 && !d->in_closing)
+    d->werr = status;
+  if (req == &d->hreq) {
+    free(d->header);
+    d->header = NULL;
+  }
+  if (d->aborted)
+    return;
+  if (d->committed && d->writes == 0)
+    pd_close_stdin(d);
+  if (req == &d->wreq) {
+    void (*cb)(void *, int) = d->wcb;
+    d->wcb = NULL;
+    if (cb != NULL && !d->committed)
+      cb(d->warg, status); /* may call pipe_commit or pipe_abort */
+    return;
+  }
+  pd_try_finish(d);
+}
+
+/* ---- public -------------------------------------------------------------- */
+
+/* libuv does not ignore SIGPIPE for us, and writing to a command that has
+ * exited would kill the daemon. Ignoring it is process-wide, but children
+ * are not affected: uv_spawn resets every signal to SIG_DFL in the child. */
+static void pd_ignore_sigpipe(void) {
+  struct sigaction sa;
+
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
+int pipe_begin(uv_loop_t *loop, char *const *argv, char *const *env,
+               const char *header, size_t hlen, struct pipe_delivery **out) {
+  struct pipe_delivery *d;
+  uv_file fds[2] = {-1, -1};
+  int r;
+
+  if (loop == NULL || argv == NULL || argv[0] == NULL ||
+      (hlen > 0 && header == NULL) || hlen > UINT_MAX)
+    return -EINVAL;
+  if ((d = calloc(1, sizeof *d)) == NULL)
+    return -ENOMEM;
+  if ((d->header = malloc(hlen > 0 ? hlen : 1)) == NULL) {
+    free(d);
+    return -ENOMEM;
+  }
+  if (hlen > 0)
+    memcpy(d->header, header, hlen);
+  d->loop = loop;
+  pd_ignore_sigpipe();
+
+  /* The output pipe is ours (uv_pipe) so that stdout and stderr can
+   * share its write end; both ends are close-on-exec until uv_spawn
+   * dup2()s the write end onto the child's 1 and 2. */
+  if ((r = uv_pipe(fds, 0, 0)) < 0) {
+    free(d->header);
+    free(d);
+    return r;
+  }
+  /* From here on d is freed by the close callbacks. */
+  d->handles = 1; /* held by this function */
+  uv_pipe_init(loop, &d->in, 0);
+  d->in.data = d;
+  d->handles++;
+  uv_pipe_init(loop, &d->out, 0);
+  d->out.data = d;
+  d->handles++;
+  uv_timer_init(loop, &d->timer);
+  d->timer.data = d;
+  d->handles++;
+
+  uv_stdio_container_t stdio[3];
+  stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
+  stdio[0].data.stream = (uv_stream_t *)&d->in;
+  stdio[1].flags = UV_INHERIT_FD;
+  stdio[1].data.fd = fds[1];
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = fds[1];
+
+  uv_process_options_t opt;
+  memset(&opt, 0, sizeof opt);
+  opt.exit_cb = pd_on_exit;
+  opt.file = argv[0];
+  opt.args = (char **)argv;
+  opt.env = (char **)env;
+  opt.stdio_count = 3;
+  opt.stdio = stdio;
+
+  r = uv_spawn(loop, &d->proc, &opt);
+  /* A failed uv_spawn still initialised the handle: it must be closed. */
+  d->proc.data = d;
+  d->handles++;
+  close(fds[1]);
+  fds[1] = -1;
+  if (r < 0) {
+    close(fds[0]);
+    d->exited = true; /* nothing to reap */
+    d->aborted = true;
+    pd_teardown(d);
+    pd_unhold(d); /* this function's hold */
+    return r;
+  }
+  if ((r = uv_pipe_open(&d->out, fds[0])) == 0) {
+    d->out_open = true;
+    r = uv_read_start((uv_stream_t *)&d->out, pd_alloc, pd_on_read);
+  }
+  if (r < 0) {
+    if (!d->out_open)
+      close(fds[0]);
+    d->eof = true; /* no output to wait for */
+  }
+  if (hlen > 0) {
+    uv_buf_t b = uv_buf_init(d->header, (unsigned)hlen);
+    d->hreq.data = d;
+    if ((r = uv_write(&d->hreq, (uv_stream_t *)&d->in, &b, 1, pd_on_write)) < 0)
+      d->werr = r;
+    else
+      d->writes++;
+  }
+  d->handles--; /* this function's hold: never the last (4 handles) */
+  *out = d;
+  return 0;
+}
+
+int pipe_write(struct pipe_delivery *d, const char *buf, size_t len,
+               void (*cb)(void *arg, int status), void *arg) {
+  if (d == NULL || cb == NULL || (len > 0 && buf == NULL) || len > UINT_MAX)
+    return -EINVAL;
+  if (d->committed || d->aborted)
+    return -EINVAL;
+  if (d->wcb != NULL)
+    return -EBUSY;
+  if (d->werr != 0)
+    return d->werr;
+  uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+  d->wreq.data = d;
+  int r = uv_write(&d->wreq, (uv_stream_t *)&d->in, &b, 1, pd_on_write);
+  if (r < 0) {
+    d->werr = r;
+    return r;
+  }
+  d->writes++;
+  d->wcb = cb;
+  d->warg = arg;
+  return 0;
+}
+
+void pipe_commit(struct pipe_delivery *d, deliver_done_fn done, void *arg) {
+  d->committed = true;
+  d->done = done;
+  d->done_arg = arg;
+  if (d->writes == 0)
+    pd_close_stdin(d);
+  /* else: the last write callback closes stdin. Exit and EOF arrive in
+   * callbacks, so `done` never runs inside this call. */
+}
+
+void pipe_abort(struct pipe_delivery *d) {
+  if (d == NULL || d->aborted || d->finished)
+    return;
+  d->aborted = true;
+  pd_teardown(d);
+  if (!d->exited) {
+    uv_process_kill(&d->proc, SIGTERM);
+    uv_timer_start(&d->timer, pd_on_timer, PD_KILL_AFTER_MS, 0);
+  }
+}

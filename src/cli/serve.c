@@ -1,0 +1,865 @@
+/*
+ * tern serve — the mail-receiving daemon, on the public API only.
+ *
+ *   tern serve                       embedded default: 127.0.0.1:2525 and
+ *                                    [::1]:2525, any recipient, ./mail
+ *   tern serve -c tern.ini           a configuration file (docs/configuration.md)
+ *   tern serve --listen URL --maildir DIR --hostname NAME
+ *   tern serve --check -c tern.ini   check the configuration and exit
+ *
+ * Every message is answered 250 only once it is durable (Maildir: written,
+ * fsynced, renamed into new/, directory fsynced) or accepted by the pipe
+ * command. One key=value log line per session and per message. SIGTERM and
+ * SIGINT drain gracefully; SIGHUP reloads the configuration (users,
+ * domains, delivery, certificates; listeners need a restart). systemd
+ * socket activation (LISTEN_FDS) is honoured; privileges are dropped to
+ * [server] user/group after binding.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sysexits.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <tern/net.h>
+#include <tern/tern.h>
+
+#include "cli.h"
+#include "config.h"
+#include "deliver.h"
+#include "users.h"
+
+/* ---- the policy: what a reload replaces ----------------------------------- */
+
+/* Sessions hold a reference to the policy they started with, so a reload
+ * never changes the rules under a transaction. */
+struct policy {
+  atomic_int refs;
+  struct cfg cfg;
+  struct users *users; /* NULL without AUTH */
+};
+
+static uv_mutex_t g_lock;          /* g_policy swaps, per-loop contexts */
+static struct policy *g_policy;    /* current */
+static bool g_syslog;
+
+static struct policy *policy_get(void) {
+  uv_mutex_lock(&g_lock);
+  struct policy *p = g_policy;
+  atomic_fetch_add(&p->refs, 1);
+  uv_mutex_unlock(&g_lock);
+  return p;
+}
+
+static void policy_put(struct policy *p) {
+  if (p && atomic_fetch_sub(&p->refs, 1) == 1) {
+    cfg_free(&p->cfg);
+    if (p->users)
+      users_free(p->users);
+    free(p);
+  }
+}
+
+/* ---- logging ------------------------------------------------------------------ */
+
+/* One line: "2026-11-24T01:02:03Z key=value ..." on stderr, or syslog.
+ * Values from the peer are escaped by the callers (esc()). */
+static void logf_(const char *fmt, ...) {
+  char line[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  if (g_syslog) {
+    syslog(LOG_MAIL | LOG_INFO, "%s", line);
+    return;
+  }
+  char ts[32];
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  fprintf(stderr, "%s %s\n", ts, line);
+}
+
+/* Peer text for a log value: printable ASCII kept, the rest \xHH, spaces
+ * and quotes escaped, at most 200 octets (STYLE 16). */
+static const char *esc(const char *p, size_t n, char *buf, size_t cap) {
+  size_t o = 0;
+  if (n > 200)
+    n = 200;
+  for (size_t i = 0; i < n && o + 5 < cap; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c > 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '=')
+      buf[o++] = (char)c;
+    else
+      o += (size_t)snprintf(buf + o, cap - o, "\\x%02X", c);
+  }
+  buf[o] = '\0';
+  return buf;
+}
+
+/* ---- per-loop delivery contexts -------------------------------------------- */
+
+struct loopctx {
+  uv_loop_t *loop;
+  struct maildir_ctx *md;
+};
+static struct loopctx g_loops[256];
+static size_t g_nloops;
+static bool g_fsync = true;
+
+/* The maildir context of this session's loop (group commit is per loop). */
+static struct maildir_ctx *maildir_for(uv_loop_t *loop) {
+  struct maildir_ctx *md = NULL;
+  uv_mutex_lock(&g_lock);
+  for (size_t i = 0; i < g_nloops; i++)
+    if (g_loops[i].loop == loop)
+      md = g_loops[i].md;
+  if (!md && g_nloops < sizeof g_loops / sizeof g_loops[0] &&
+      maildir_ctx_new(&md, loop, g_fsync) == 0) {
+    g_loops[g_nloops].loop = loop;
+    g_loops[g_nloops++].md = md;
+  }
+  uv_mutex_unlock(&g_lock);
+  return md;
+}
+
+/* ---- sessions ---------------------------------------------------------------- */
+
+#define CHUNK_MAX 65536
+
+struct sess {
+  struct tern_server_session *s;
+  struct policy *pol;
+  const struct tern_session_info *info;
+  char helo[256];
+  char *from;                 /* current sender ("" for <>) */
+  char **rcpts;               /* accepted recipients */
+  size_t nrcpts, rcap;
+  /* the message being delivered */
+  struct maildir_delivery *md;
+  struct pipe_delivery *pd;
+  char *chunk;                /* copy of the chunk being written */
+  bool done;                  /* delivery outcome known */
+  int code;                   /* its reply (for LMTP's later recipients) */
+  char enh[16];
+  char text[256];
+  char file[512];             /* where it went (log) */
+  uint64_t size;
+  unsigned messages;          /* per session, for the log */
+};
+
+static void txn_clear(struct sess *x) {
+  if (x->md)
+    maildir_abort(x->md);
+  if (x->pd)
+    pipe_abort(x->pd);
+  x->md = NULL;
+  x->pd = NULL;
+  free(x->from);
+  x->from = NULL;
+  for (size_t i = 0; i < x->nrcpts; i++)
+    free(x->rcpts[i]);
+  x->nrcpts = 0;
+  x->done = false;
+  x->file[0] = '\0';
+}
+
+static struct sess *sess_of(struct tern_server_session *s) {
+  return tern_server_session_userdata(s);
+}
+
+static int on_connect(struct tern_server_session *s, struct tern_reply *r,
+                      void *ud) {
+  struct sess *x = calloc(1, sizeof *x);
+  (void)r;
+  (void)ud;
+  if (!x)
+    return TERN_ENOMEM;
+  x->s = s;
+  x->pol = policy_get();
+  x->info = tern_session_info(s);
+  tern_server_session_set_userdata(s, x);
+  logf_("session=%s event=connect client=%s port=%u listener=%s", x->info->id,
+        x->info->peer_addr, x->info->peer_port, x->info->listener);
+  return TERN_REPLY_NOW;
+}
+
+static int on_helo(struct tern_server_session *s, enum tern_helo_verb verb,
+                   struct tern_str dom, struct tern_reply *r, void *ud) {
+  struct sess *x = sess_of(s);
+  (void)verb, (void)r, (void)ud;
+  size_t n = dom.len < sizeof x->helo - 1 ? dom.len : sizeof x->helo - 1;
+  memcpy(x->helo, dom.ptr, n);
+  x->helo[n] = '\0';
+  return TERN_REPLY_NOW;
+}
+
+static int on_mail(struct tern_server_session *s, const struct tern_path *from,
+                   const struct tern_mail_params *p, struct tern_reply *r,
+                   void *ud) {
+  struct sess *x = sess_of(s);
+  (void)p, (void)ud;
+  txn_clear(x);
+  x->from = strndup(from->mailbox.ptr, from->mailbox.len);
+  if (!x->from) {
+    r->code = 451;
+    r->enhanced = "4.3.0";
+    r->text = "Error: out of memory";
+  }
+  return TERN_REPLY_NOW;
+}
+
+/* No open relay: unauthenticated clients only reach accepted domains. */
+static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
+                   const struct tern_rcpt_params *p, struct tern_reply *r,
+                   void *ud) {
+  struct sess *x = sess_of(s);
+  const struct cfg *c = &x->pol->cfg;
+  (void)p, (void)ud;
+  bool ok = c->accept_any || (to->flags & TERN_PATHF_POSTMASTER) ||
+            cfg_domain_accepted(c, to->domain.ptr, to->domain.len) ||
+            (tern_server_session_is_authenticated(s) &&
+             c->relay_authenticated);
+  if (!ok) {
+    r->code = 554;
+    r->enhanced = "5.7.1";
+    r->text = "Error: relay access denied";
+    return TERN_REPLY_NOW;
+  }
+  if (x->nrcpts == x->rcap) {
+    size_t cap = x->rcap ? 2 * x->rcap : 8;
+    char **n = realloc(x->rcpts, cap * sizeof *n);
+    if (!n)
+      goto oom;
+    x->rcpts = n;
+    x->rcap = cap;
+  }
+  x->rcpts[x->nrcpts] = strndup(to->mailbox.ptr, to->mailbox.len);
+  if (!x->rcpts[x->nrcpts])
+    goto oom;
+  x->nrcpts++;
+  return TERN_REPLY_NOW;
+oom:
+  r->code = 451;
+  r->enhanced = "4.3.0";
+  r->text = "Error: out of memory";
+  return TERN_REPLY_NOW;
+}
+
+/* Expand a maildir template for one recipient: %u local part, %d domain,
+ * %a address, %% a percent. Path separators in the parts become '_'. */
+static void expand(const char *tpl, const char *addr, char *out, size_t cap) {
+  const char *at = strrchr(addr, '@');
+  size_t ulen = at ? (size_t)(at - addr) : strlen(addr);
+  const char *dom = at ? at + 1 : "";
+  size_t o = 0;
+  for (const char *t = tpl; *t && o + 1 < cap; t++) {
+    const char *src = NULL;
+    size_t n = 0;
+    if (*t == '%' && t[1]) {
+      t++;
+      if (*t == 'u')
+        src = addr, n = ulen;
+      else if (*t == 'd')
+        src = dom, n = strlen(dom);
+      else if (*t == 'a')
+        src = addr, n = strlen(addr);
+      else
+        src = t, n = 1;
+      for (size_t i = 0; i < n && o + 1 < cap; i++) {
+        char ch = src[i];
+        if (ch == '/' || (ch == '.' && i == 0))
+          ch = '_'; /* never a path component of its own making */
+        out[o++] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+      }
+      continue;
+    }
+    out[o++] = *t;
+  }
+  out[o] = '\0';
+}
+
+/* Return-Path and Received, as an MTA adds them (RFC 5321 §4.4). */
+static size_t trace_header(struct sess *x, char *buf, size_t cap) {
+  const struct tern_session_info *i = x->info;
+  char date[64], helo[300];
+  time_t now = time(NULL);
+  struct tm tm;
+  localtime_r(&now, &tm);
+  strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+  esc(x->helo, strlen(x->helo), helo, sizeof helo);
+  const char *with = i->tls ? (i->auth_user ? "ESMTPSA" : "ESMTPS")
+                            : (i->auth_user ? "ESMTPA" : "ESMTP");
+  int n = snprintf(buf, cap,
+                   "Return-Path: <%s>\r\n"
+                   "Received: from %s (%s [%s])\r\n"
+                   "\tby %s (tern) with %s id %s\r\n"
+                   "\tfor <%s>; %s\r\n",
+                   x->from ? x->from : "", helo[0] ? helo : "unknown",
+                   i->peer_addr, i->peer_addr, x->pol->cfg.hostname, with,
+                   i->id, x->nrcpts ? x->rcpts[0] : "", date);
+  return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
+                         void *ud) {
+  struct sess *x = sess_of(s);
+  const struct cfg *c = &x->pol->cfg;
+  char hdr[2048];
+  int rc = 0;
+  (void)ud;
+
+  x->done = false;
+  x->size = 0;
+  size_t hlen = trace_header(x, hdr, sizeof hdr);
+  if (!x->chunk && !(x->chunk = malloc(CHUNK_MAX)))
+    rc = -ENOMEM;
+  else if (c->target == CFG_MAILDIR) {
+    /* one directory per distinct expansion of the template */
+    char **dirs = calloc(x->nrcpts, sizeof *dirs);
+    size_t nd = 0;
+    if (!dirs)
+      rc = -ENOMEM;
+    for (size_t i = 0; !rc && i < x->nrcpts; i++) {
+      char path[1024];
+      expand(c->maildir, x->rcpts[i], path, sizeof path);
+      bool seen = false;
+      for (size_t k = 0; k < nd; k++)
+        seen |= !strcmp(dirs[k], path);
+      if (seen)
+        continue;
+      if ((dirs[nd] = strdup(path)) == NULL)
+        rc = -ENOMEM;
+      else if ((rc = maildir_prepare(dirs[nd], false)) == 0)
+        nd++;
+    }
+    if (!rc)
+      rc = maildir_begin(maildir_for(tern_session_loop(s)),
+                         (const char *const *)dirs, nd, hdr, hlen, &x->md);
+    for (size_t k = 0; dirs && k < nd; k++)
+      free(dirs[k]);
+    free(dirs);
+  } else if (c->target == CFG_PIPE) {
+    /* argv split on spaces; %s sender, %r first recipient */
+    char cmd[1024], *argv[64], envs[3][600];
+    char *env[] = {envs[0], envs[1], envs[2], NULL};
+    size_t na = 0;
+    snprintf(cmd, sizeof cmd, "%s", c->command);
+    for (char *save, *t = strtok_r(cmd, " ", &save); t && na < 63;
+         t = strtok_r(NULL, " ", &save))
+      argv[na++] = !strcmp(t, "%s") ? x->from : !strcmp(t, "%r") ? x->rcpts[0] : t;
+    argv[na] = NULL;
+    snprintf(envs[0], sizeof envs[0], "SENDER=%s", x->from);
+    snprintf(envs[1], sizeof envs[1], "RECIPIENT=%s", x->rcpts[0]);
+    snprintf(envs[2], sizeof envs[2], "PATH=/usr/local/bin:/usr/bin:/bin");
+    rc = pipe_begin(tern_session_loop(s), argv, env, hdr, hlen, &x->pd);
+  } else {
+    rc = -ENOTSUP;
+  }
+  if (rc) {
+    logf_("session=%s event=error what=delivery-start error=\"%s\"",
+          x->info->id, strerror(-rc));
+    r->code = 451;
+    r->enhanced = "4.3.0";
+    r->text = "Error: local delivery failed";
+  }
+  return TERN_REPLY_NOW;
+}
+
+static void on_written(void *arg, int status) {
+  struct sess *x = arg;
+  (void)status; /* remembered by the delivery; reported at commit */
+  tern_server_session_resume(x->s);
+}
+
+/* Content: copy the chunk (the runtime's buffer is reused after we
+ * return), write it off the loop, pause the session until it is done. */
+static int on_data(struct tern_server_session *s, const char *buf, size_t len,
+                   void *ud) {
+  struct sess *x = sess_of(s);
+  (void)ud;
+  while (len) {
+    size_t n = len < CHUNK_MAX ? len : CHUNK_MAX;
+    memcpy(x->chunk, buf, n);
+    x->size += n;
+    int rc = x->md ? maildir_write(x->md, x->chunk, n, on_written, x)
+             : x->pd ? pipe_write(x->pd, x->chunk, n, on_written, x)
+                     : -EINVAL;
+    if (rc)
+      return TERN_EIO;
+    buf += n;
+    len -= n;
+    if (len) /* a chunk over 64 KiB: cannot happen with the runtime's reads */
+      return TERN_EIO;
+  }
+  return TERN_PENDING;
+}
+
+static void log_message(struct sess *x) {
+  char to[1024];
+  size_t o = 0;
+  for (size_t i = 0; i < x->nrcpts && o + 8 < sizeof to; i++) {
+    char e[300];
+    o += (size_t)snprintf(to + o, sizeof to - o, "%s<%s>", i ? "," : "",
+                          esc(x->rcpts[i], strlen(x->rcpts[i]), e, sizeof e));
+  }
+  char f[300];
+  const struct cfg *c = &x->pol->cfg;
+  bool fixed = c->target == CFG_MAILDIR && !strchr(c->maildir, '%');
+  logf_("session=%s event=message from=<%s> to=%s size=%llu status=%d "
+        "enh=%s detail=\"%s\" file=%s%s%s",
+        x->info->id,
+        esc(x->from ? x->from : "", x->from ? strlen(x->from) : 0, f, sizeof f),
+        to, (unsigned long long)x->size, x->code, x->enh[0] ? x->enh : "-",
+        x->text, fixed && x->file[0] ? c->maildir : "",
+        fixed && x->file[0] ? "/new/" : "", x->file[0] ? x->file : "-");
+}
+
+static void delivered(void *arg, const struct tern_reply *r,
+                      const char *detail) {
+  struct sess *x = arg;
+  x->md = NULL; /* the delivery freed itself */
+  x->pd = NULL;
+  x->done = true;
+  x->code = r->code;
+  snprintf(x->enh, sizeof x->enh, "%s", r->enhanced ? r->enhanced : "");
+  snprintf(x->text, sizeof x->text, "%s", r->text ? r->text : "");
+  snprintf(x->file, sizeof x->file, "%s", detail ? detail : "");
+  x->messages++;
+  log_message(x);
+  struct tern_reply rr = {x->code, x->enh[0] ? x->enh : NULL, x->text};
+  tern_server_session_reply(x->s, &rr);
+}
+
+static int on_data_end(struct tern_server_session *s, uint64_t size,
+                       unsigned rcpt, struct tern_reply *r, void *ud) {
+  struct sess *x = sess_of(s);
+  (void)size, (void)ud;
+  if (x->done || rcpt > 0) { /* LMTP: the same outcome for each */
+    r->code = x->code;
+    r->enhanced = x->enh[0] ? x->enh : NULL;
+    r->text = x->text;
+    return TERN_REPLY_NOW;
+  }
+  if (x->md)
+    maildir_commit(x->md, delivered, x);
+  else if (x->pd)
+    pipe_commit(x->pd, delivered, x);
+  else
+    return TERN_EIO;
+  return TERN_PENDING;
+}
+
+static void on_data_abort(struct tern_server_session *s, const char *why,
+                          void *ud) {
+  struct sess *x = sess_of(s);
+  (void)ud;
+  if (!x)
+    return;
+  if (x->md || x->pd)
+    logf_("session=%s event=abort why=%s size=%llu", x->info->id, why,
+          (unsigned long long)x->size);
+  if (x->md)
+    maildir_abort(x->md);
+  if (x->pd)
+    pipe_abort(x->pd);
+  x->md = NULL;
+  x->pd = NULL;
+}
+
+static void on_reset(struct tern_server_session *s, void *ud) {
+  (void)ud;
+  txn_clear(sess_of(s));
+}
+
+static void on_close(struct tern_server_session *s, void *ud) {
+  struct sess *x = sess_of(s);
+  (void)ud;
+  if (!x)
+    return;
+  const struct tern_session_info *i = x->info;
+  logf_("session=%s event=close client=%s helo=%s tls=%s auth=%s "
+        "messages=%u",
+        i->id, i->peer_addr, x->helo[0] ? x->helo : "-",
+        i->tls_version ? i->tls_version : "no",
+        i->auth_user ? i->auth_user : "-", x->messages);
+  txn_clear(x);
+  free(x->rcpts);
+  free(x->chunk);
+  policy_put(x->pol);
+  tern_server_session_set_userdata(s, NULL);
+  free(x);
+}
+
+/* AUTH: the users file (crypt hashes) through GNU SASL's PLAIN/LOGIN. */
+static int check_password(struct tern_server_session *s, const char *authzid,
+                          const char *user, const char *password, void *ud) {
+  struct sess *x = sess_of(s);
+  (void)ud;
+  if (authzid && *authzid && strcmp(authzid, user))
+    return TERN_EAUTH; /* no acting for someone else */
+  if (!x || !x->pol->users)
+    return TERN_ETEMP;
+  return users_check(x->pol->users, user, password) == 0 ? 0 : TERN_EAUTH;
+}
+
+/* ---- privileges, socket activation ------------------------------------------- */
+
+/* Bind first, then drop to user/group, checking each step (OpenSMTPD's
+ * order: setgroups, setresgid, setresuid), and that root cannot return. */
+static int drop_privileges(const struct cfg *c, char *err, size_t cap) {
+  if (!c->user)
+    return 0;
+  struct passwd *pw = getpwnam(c->user);
+  if (!pw) {
+    snprintf(err, cap, "user '%s' does not exist", c->user);
+    return -1;
+  }
+  gid_t gid = pw->pw_gid;
+  if (c->group) {
+    struct group *gr = getgrnam(c->group);
+    if (!gr) {
+      snprintf(err, cap, "group '%s' does not exist", c->group);
+      return -1;
+    }
+    gid = gr->gr_gid;
+  }
+  if (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0 ||
+      setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) != 0) {
+    snprintf(err, cap, "cannot drop privileges to %s: %s", c->user,
+             strerror(errno));
+    return -1;
+  }
+  if (pw->pw_uid != 0 && (setuid(0) == 0 || geteuid() == 0)) {
+    snprintf(err, cap, "privileges could be regained after dropping them");
+    return -1;
+  }
+  return 0;
+}
+
+/* systemd socket activation: fds 3.. when LISTEN_PID is us. Returns the
+ * number of fds (0 when not activated). */
+static int listen_fds(void) {
+  const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+  if (!pid || !fds || strtol(pid, NULL, 10) != getpid())
+    return 0;
+  long n = strtol(fds, NULL, 10);
+  unsetenv("LISTEN_PID");
+  unsetenv("LISTEN_FDS");
+  return n > 0 && n < CFG_MAX_LISTENERS ? (int)n : 0;
+}
+
+/* ---- signals ------------------------------------------------------------------ */
+
+struct daemon {
+  uv_loop_t *loop;
+  struct tern_server *srv;
+  uv_signal_t sigterm, sigint, sighup;
+  const char *path; /* config file, for reload */
+  struct cfg overrides; /* not used for reload yet */
+  int exit_code;
+};
+
+static void on_down(struct tern_server *srv, void *arg) {
+  struct daemon *d = arg;
+  (void)srv;
+  uv_close((uv_handle_t *)&d->sigterm, NULL);
+  uv_close((uv_handle_t *)&d->sigint, NULL);
+  uv_close((uv_handle_t *)&d->sighup, NULL);
+  logf_("event=stopped");
+}
+
+static void on_stop(uv_signal_t *h, int sig) {
+  struct daemon *d = h->data;
+  logf_("event=stopping signal=%s", sig == SIGTERM ? "TERM" : "INT");
+  uv_signal_stop(&d->sigterm);
+  uv_signal_stop(&d->sigint);
+  tern_server_shutdown(d->srv, on_down, d);
+}
+
+static int load_policy(const char *path, const struct cfg *base,
+                       struct policy **out, char *err, size_t cap);
+
+static void on_hup(uv_signal_t *h, int sig) {
+  struct daemon *d = h->data;
+  char err[512];
+  struct policy *p;
+  (void)sig;
+  if (!d->path) {
+    logf_("event=reload result=skipped why=\"no configuration file\"");
+    return;
+  }
+  if (load_policy(d->path, NULL, &p, err, sizeof err) != 0) {
+    logf_("event=reload result=failed error=\"%s\"", err);
+    return;
+  }
+  uv_mutex_lock(&g_lock);
+  struct policy *old = g_policy;
+  g_policy = p;
+  uv_mutex_unlock(&g_lock);
+  policy_put(old);
+  int r = tern_server_reload_tls(d->srv);
+  logf_("event=reload result=ok tls=%s", r == 0 ? "reloaded"
+                                         : r == TERN_EINVAL ? "none"
+                                                            : tern_server_last_error(d->srv));
+}
+
+/* ---- start-up ----------------------------------------------------------------- */
+
+static int load_policy(const char *path, const struct cfg *base,
+                       struct policy **out, char *err, size_t cap) {
+  struct policy *p = calloc(1, sizeof *p);
+  if (!p) {
+    snprintf(err, cap, "out of memory");
+    return -1;
+  }
+  atomic_init(&p->refs, 1);
+  if (base)
+    p->cfg = *base;
+  else
+    cfg_defaults(&p->cfg);
+  if (path && cfg_load(&p->cfg, path, err, cap) != 0)
+    goto fail;
+  if (cfg_check(&p->cfg, err, cap) != 0)
+    goto fail;
+  if (p->cfg.users_file &&
+      users_load(p->cfg.users_file, &p->users, err, cap) != 0)
+    goto fail;
+  *out = p;
+  return 0;
+fail:
+  cfg_free(&p->cfg);
+  free(p);
+  return -1;
+}
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: tern serve [-c FILE] [--check] [--listen URL]... "
+             "[--maildir DIR] [--hostname NAME]\n");
+}
+
+int tern_cli_serve(int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"check", no_argument, NULL, 'k'},
+      {"listen", required_argument, NULL, 'l'},
+      {"maildir", required_argument, NULL, 'm'},
+      {"hostname", required_argument, NULL, 'H'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  const char *path = NULL, *maildir = NULL, *hostname = NULL;
+  const char *listen[CFG_MAX_LISTENERS];
+  size_t nlisten = 0;
+  bool check = false;
+  int ch;
+
+  optind = 1;
+  while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+    switch (ch) {
+    case 'c':
+      path = optarg;
+      break;
+    case 'k':
+      check = true;
+      break;
+    case 'l':
+      if (nlisten == CFG_MAX_LISTENERS) {
+        fprintf(stderr, "tern serve: too many --listen\n");
+        return EX_USAGE;
+      }
+      listen[nlisten++] = optarg;
+      break;
+    case 'm':
+      maildir = optarg;
+      break;
+    case 'H':
+      hostname = optarg;
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return EX_USAGE;
+    }
+  }
+  if (optind < argc) {
+    usage(stderr);
+    return EX_USAGE;
+  }
+
+  char err[1024];
+  struct policy *pol;
+  uv_mutex_init(&g_lock);
+  if (load_policy(path, NULL, &pol, err, sizeof err) != 0) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    return EX_CONFIG;
+  }
+  struct cfg *c = &pol->cfg;
+  /* flags override the file, with the file's checks */
+  if ((hostname && cfg_set(c, "server", "hostname", hostname, err,
+                           sizeof err) != 0) ||
+      (maildir && (cfg_set(c, "delivery", "target", "maildir", err,
+                           sizeof err) != 0 ||
+                   cfg_set(c, "delivery", "maildir", maildir, err,
+                           sizeof err) != 0))) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    policy_put(pol);
+    return EX_USAGE;
+  }
+  if (nlisten) {
+    for (size_t i = 0; i < c->nlisteners; i++) {
+      free(c->listeners[i].name);
+      free(c->listeners[i].url);
+    }
+    memset(c->listeners, 0, sizeof c->listeners);
+    for (size_t i = 0; i < nlisten; i++) {
+      c->listeners[i].name = strdup("cli");
+      c->listeners[i].url = strdup(listen[i]);
+    }
+    c->nlisteners = nlisten;
+  }
+  if (check) {
+    printf("tern serve: %s: configuration OK\n", path ? path : "(default)");
+    policy_put(pol);
+    return 0;
+  }
+  g_policy = pol;
+  g_fsync = c->fsync;
+  g_syslog = c->log && !strcmp(c->log, "syslog");
+  if (g_syslog)
+    openlog("tern", LOG_PID | LOG_NDELAY, LOG_MAIL);
+  signal(SIGPIPE, SIG_IGN);
+
+  /* A fixed Maildir: create it and drop what a crash left in tmp/. */
+  if (c->target == CFG_MAILDIR && !strchr(c->maildir, '%')) {
+    int r = maildir_prepare(c->maildir, true);
+    if (r) {
+      fprintf(stderr, "tern serve: maildir %s: %s\n", c->maildir,
+              strerror(-r));
+      return EX_CANTCREAT;
+    }
+  }
+
+  struct tern_server_callbacks cb;
+  tern_server_callbacks_init(&cb);
+  cb.on_connect = on_connect;
+  cb.on_helo = on_helo;
+  cb.on_mail = on_mail;
+  cb.on_rcpt = on_rcpt;
+  cb.on_data_start = on_data_start;
+  cb.on_data = on_data;
+  cb.on_data_end = on_data_end;
+  cb.on_data_abort = on_data_abort;
+  cb.on_reset = on_reset;
+  cb.on_close = on_close;
+
+  struct tern_auth_callbacks auth;
+  tern_auth_callbacks_init(&auth);
+  auth.check_password = check_password;
+
+  struct tern_server_options o;
+  tern_server_options_init(&o);
+  o.callbacks = &cb;
+  o.session.hostname = c->hostname;
+  o.session.max_message_size = c->max_message_size;
+  o.session.max_recipients = c->max_recipients;
+  o.session.timeout_command_ms = c->timeout_command_ms;
+  o.session.timeout_data_ms = c->timeout_data_ms;
+  o.workers = c->workers;
+  o.max_connections = c->max_connections;
+  o.max_per_ip = c->max_per_ip;
+  o.greeting_delay_ms = c->greeting_delay_ms;
+  o.shutdown_timeout_ms = c->shutdown_timeout_ms;
+  o.tls_certs = c->certs;
+  o.tls_cert_count = c->ncerts;
+  o.xclient_networks = c->xclient_networks;
+  if (pol->users) {
+    o.auth = &auth;
+    o.auth_mechanisms = c->auth_mechanisms ? c->auth_mechanisms : "PLAIN LOGIN";
+  }
+
+  struct daemon d = {0};
+  d.loop = uv_default_loop();
+  d.path = path;
+  int r = tern_server_new(&d.srv, d.loop, &o);
+  if (r) {
+    fprintf(stderr, "tern serve: %s\n",
+            d.srv ? tern_server_last_error(d.srv) : tern_strerror(r));
+    tern_server_free(d.srv);
+    return r == TERN_ETLS ? EX_CONFIG : EX_SOFTWARE;
+  }
+  int nfds = listen_fds();
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    const struct cfg_listener *cl = &c->listeners[i];
+    struct tern_listener_options lo;
+    tern_listener_options_init(&lo);
+    lo.starttls = cl->starttls;
+    lo.proxy_protocol = cl->proxy;
+    lo.auth_required = cl->auth == CFG_AUTH_REQUIRED;
+    lo.auth_insecure_ok = cl->insecure_auth;
+    lo.xclient = cl->xclient;
+    r = (int)i < nfds ? tern_server_listen_fd(d.srv, 3 + (int)i, cl->url, &lo)
+                      : tern_server_listen(d.srv, cl->url, &lo);
+    if (r == TERN_EADDRINUSE || r == TERN_EIO || r == TERN_EINVAL) {
+      /* the default [::1] listener is optional on hosts without IPv6 */
+      if (!path && !nlisten && strstr(cl->url, "[::1]") && r != TERN_EADDRINUSE)
+        continue;
+      fprintf(stderr, "tern serve: %s\n", tern_server_last_error(d.srv));
+      tern_server_free(d.srv);
+      return r == TERN_EADDRINUSE ? EX_UNAVAILABLE : EX_CONFIG;
+    }
+    if (r) {
+      fprintf(stderr, "tern serve: %s: %s\n", cl->url, tern_strerror(r));
+      tern_server_free(d.srv);
+      return EX_SOFTWARE;
+    }
+  }
+  if (drop_privileges(c, err, sizeof err) != 0) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    tern_server_free(d.srv);
+    return EX_NOPERM;
+  }
+  if ((r = tern_server_start(d.srv)) != 0) {
+    fprintf(stderr, "tern serve: start: %s\n", tern_strerror(r));
+    tern_server_free(d.srv);
+    return EX_SOFTWARE;
+  }
+  for (size_t i = 0; i < c->nlisteners; i++)
+    logf_("event=listening url=%s port=%d", c->listeners[i].url,
+          tern_server_listener_port(d.srv, i));
+  logf_("event=ready hostname=%s delivery=%s", c->hostname,
+        c->target == CFG_MAILDIR ? c->maildir
+        : c->target == CFG_PIPE  ? c->command
+                                 : c->forward_url);
+
+  uv_signal_init(d.loop, &d.sigterm);
+  uv_signal_init(d.loop, &d.sigint);
+  uv_signal_init(d.loop, &d.sighup);
+  d.sigterm.data = d.sigint.data = d.sighup.data = &d;
+  uv_signal_start(&d.sigterm, on_stop, SIGTERM);
+  uv_signal_start(&d.sigint, on_stop, SIGINT);
+  uv_signal_start(&d.sighup, on_hup, SIGHUP);
+  uv_run(d.loop, UV_RUN_DEFAULT);
+
+  tern_server_free(d.srv);
+  for (size_t i = 0; i < g_nloops; i++)
+    maildir_ctx_free(g_loops[i].md);
+  policy_put(g_policy);
+  uv_loop_close(d.loop);
+  return d.exit_code;
+}

@@ -1,0 +1,562 @@
+/*
+ * `tern serve` configuration and users file (src/cli/config.c, users.c).
+ *
+ * Run in tests/serve/configs (argv[1], or the current directory), so the
+ * file names in messages and the relative paths in the files are short:
+ *   - every bad-*.ini carries its expectation on the first line:
+ *       "; expect: LINE: TEXT"   cfg_load fails with "FILE:LINE: " and
+ *                                 a message containing TEXT;
+ *       "; expect-check: TEXT"   cfg_load succeeds, cfg_check fails with
+ *                                 "FILE: " and TEXT;
+ *   - every users-bad-* likewise with "# expect: LINE: TEXT";
+ *   - good-*.ini are loaded and compared field by field.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <crypt.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "users.h"
+
+#define ERR_CAP 1024
+
+/* ---- expectation-driven files ------------------------------------------ */
+
+struct expectation {
+  bool check; /* cfg_check rather than cfg_load */
+  int line;
+  char text[512];
+};
+
+static void read_expectation(const char *file, char marker,
+                             struct expectation *e) {
+  char buf[600];
+  FILE *f = fopen(file, "r");
+  assert_non_null(f);
+  assert_non_null(fgets(buf, sizeof buf, f));
+  fclose(f);
+  buf[strcspn(buf, "\n")] = '\0';
+  memset(e, 0, sizeof *e);
+  char load[32], check[32];
+  snprintf(load, sizeof load, "%c expect: ", marker);
+  snprintf(check, sizeof check, "%c expect-check: ", marker);
+  if (strncmp(buf, check, strlen(check)) == 0) {
+    e->check = true;
+    snprintf(e->text, sizeof e->text, "%s", buf + strlen(check));
+    return;
+  }
+  if (strncmp(buf, load, strlen(load)) != 0)
+    fail_msg("%s: first line must be '%s' or '%s'", file, load, check);
+  char *end;
+  e->line = (int)strtol(buf + strlen(load), &end, 10);
+  assert_true(e->line > 0);
+  assert_true(end[0] == ':' && end[1] == ' ');
+  snprintf(e->text, sizeof e->text, "%s", end + 2);
+}
+
+static void expect_message(const char *file, const char *err,
+                           const struct expectation *e) {
+  char prefix[600];
+  if (e->check)
+    snprintf(prefix, sizeof prefix, "%s: ", file);
+  else
+    snprintf(prefix, sizeof prefix, "%s:%d: ", file, e->line);
+  if (strncmp(err, prefix, strlen(prefix)) != 0)
+    fail_msg("%s: message '%s' does not start with '%s'", file, err, prefix);
+  if (strstr(err + strlen(prefix), e->text) == NULL)
+    fail_msg("%s: message '%s' does not contain '%s'", file, err, e->text);
+}
+
+static void test_bad_config(void **state) {
+  const char *file = *state;
+  struct expectation e;
+  struct cfg c;
+  char err[ERR_CAP];
+  read_expectation(file, ';', &e);
+  cfg_defaults(&c);
+  int rc = cfg_load(&c, file, err, sizeof err);
+  if (e.check) {
+    if (rc != 0)
+      fail_msg("%s: cfg_load failed: %s", file, err);
+    rc = cfg_check(&c, err, sizeof err);
+    if (rc == 0)
+      fail_msg("%s: cfg_check passed; expected '%s'", file, e.text);
+  } else if (rc == 0) {
+    fail_msg("%s: loaded; expected line %d: '%s'", file, e.line, e.text);
+  }
+  assert_int_equal(rc, -1);
+  print_message("%s\n", err);
+  expect_message(file, err, &e);
+  cfg_free(&c);
+}
+
+static void test_bad_users(void **state) {
+  const char *file = *state;
+  struct expectation e;
+  struct users *u = (struct users *)&e; /* must be reset to NULL */
+  char err[ERR_CAP];
+  read_expectation(file, '#', &e);
+  assert_int_equal(users_load(file, &u, err, sizeof err), -1);
+  assert_null(u);
+  print_message("%s\n", err);
+  expect_message(file, err, &e);
+}
+
+/* ---- good configurations --------------------------------------------------
+ */
+
+static void load_good(const char *file, struct cfg *c) {
+  char err[ERR_CAP];
+  cfg_defaults(c);
+  if (cfg_load(c, file, err, sizeof err) != 0)
+    fail_msg("%s: %s", file, err);
+  if (cfg_check(c, err, sizeof err) != 0)
+    fail_msg("%s: cfg_check: %s", file, err);
+  assert_string_equal(c->path, file);
+}
+
+static void test_defaults(void **state) {
+  struct cfg c;
+  char err[ERR_CAP];
+  (void)state;
+  cfg_defaults(&c);
+  assert_non_null(c.hostname);
+  assert_true(c.hostname[0] != '\0');
+  assert_int_equal(c.workers, 1);
+  assert_int_equal(c.max_connections, 1000);
+  assert_int_equal(c.max_per_ip, 0);
+  assert_int_equal(c.greeting_delay_ms, 0);
+  assert_int_equal(c.shutdown_timeout_ms, 30000);
+  assert_true(c.max_message_size == 30u * 1024 * 1024);
+  assert_int_equal(c.max_recipients, 1000);
+  assert_int_equal(c.timeout_command_ms, 300000);
+  assert_int_equal(c.timeout_data_ms, 180000);
+  assert_null(c.xclient_networks);
+  assert_null(c.user);
+  assert_null(c.group);
+  assert_string_equal(c.log, "stderr");
+  assert_int_equal(c.nlisteners, 2);
+  assert_string_equal(c.listeners[0].url, "smtp://127.0.0.1:2525");
+  assert_string_equal(c.listeners[1].url, "smtp://[::1]:2525");
+  assert_false(c.listeners[0].starttls);
+  assert_int_equal(c.listeners[0].auth, CFG_AUTH_OFF);
+  assert_int_equal(c.ncerts, 0);
+  assert_null(c.users_file);
+  assert_string_equal(c.auth_mechanisms, "PLAIN LOGIN");
+  assert_true(c.accept_any);
+  assert_int_equal(c.ndomains, 0);
+  assert_true(c.relay_authenticated);
+  assert_int_equal(c.target, CFG_MAILDIR);
+  assert_string_equal(c.maildir, "./mail");
+  assert_true(c.fsync);
+  assert_null(c.command);
+  assert_null(c.forward_url);
+  assert_true(c.forward_verify);
+  assert_null(c.forward_ca_file);
+  assert_null(c.path);
+  assert_true(cfg_domain_accepted(&c, "anything.example", 16));
+  assert_int_equal(cfg_check(&c, err, sizeof err), 0);
+  cfg_free(&c);
+  cfg_free(&c); /* idempotent after the first */
+}
+
+static void test_good_embedded(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-embedded.ini", &c);
+  assert_string_equal(c.hostname, "test.example.org");
+  assert_int_equal(c.nlisteners, 2); /* the defaults stay */
+  assert_string_equal(c.listeners[0].url, "smtp://127.0.0.1:2525");
+  assert_true(c.accept_any);
+  assert_string_equal(c.maildir, "./mail");
+  cfg_free(&c);
+}
+
+static void test_good_mx(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-mx.ini", &c);
+  assert_string_equal(c.hostname, "mx.example.org");
+  assert_int_equal(c.workers, 0);
+  assert_int_equal(c.max_connections, 1000);
+  assert_int_equal(c.max_per_ip, 20);
+  assert_int_equal(c.greeting_delay_ms, 500);
+  assert_true(c.max_message_size == 50u * 1024 * 1024);
+  assert_string_equal(c.user, "tern");
+  assert_string_equal(c.group, "tern");
+  assert_string_equal(c.log, "syslog");
+  assert_int_equal(c.nlisteners, 2);
+  assert_string_equal(c.listeners[0].name, "mx");
+  assert_string_equal(c.listeners[0].url, "smtp://0.0.0.0:25");
+  assert_true(c.listeners[0].starttls);
+  assert_false(c.listeners[0].proxy);
+  assert_int_equal(c.listeners[0].auth, CFG_AUTH_OFF);
+  assert_string_equal(c.listeners[1].name, "mx6");
+  assert_string_equal(c.listeners[1].url, "smtp://[::]:25");
+  assert_int_equal(c.ncerts, 2);
+  assert_string_equal(c.certs[0].cert_file, "/etc/tern/mx.example.org.pem");
+  assert_string_equal(c.certs[0].key_file, "/etc/tern/mx.example.org.key");
+  assert_string_equal(c.certs[1].cert_file, "/etc/tern/mx-ecdsa.pem");
+  assert_string_equal(c.certs[1].key_file, "/etc/tern/mx-ecdsa.key");
+  assert_false(c.accept_any);
+  assert_int_equal(c.ndomains, 2);
+  assert_string_equal(c.domains[0], "example.org");
+  assert_string_equal(c.domains[1], "example.net");
+  assert_true(cfg_domain_accepted(&c, "EXAMPLE.org", 11));
+  assert_true(cfg_domain_accepted(&c, "example.net.", 12));
+  assert_false(cfg_domain_accepted(&c, "example.com", 11));
+  assert_false(cfg_domain_accepted(&c, "sub.example.org", 15));
+  assert_false(cfg_domain_accepted(&c, "example.or", 10));
+  assert_int_equal(c.target, CFG_MAILDIR);
+  assert_string_equal(c.maildir, "/var/mail/%d/%u");
+  assert_true(c.fsync);
+  cfg_free(&c);
+}
+
+static void test_good_submission(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-submission.ini", &c);
+  assert_int_equal(c.timeout_command_ms, 120000);
+  assert_true(c.max_message_size == 25u * 1024 * 1024);
+  assert_int_equal(c.nlisteners, 1);
+  assert_string_equal(c.listeners[0].url, "smtp://0.0.0.0:587");
+  assert_true(c.listeners[0].starttls);
+  assert_int_equal(c.listeners[0].auth, CFG_AUTH_REQUIRED);
+  assert_false(c.listeners[0].insecure_auth);
+  assert_string_equal(c.users_file, "users-good");
+  assert_string_equal(c.auth_mechanisms, "PLAIN LOGIN");
+  assert_true(c.relay_authenticated);
+  assert_int_equal(c.target, CFG_SMTP);
+  assert_string_equal(c.forward_url, "smtp+starttls://relay.example.net:587");
+  assert_true(c.forward_verify);
+  assert_string_equal(c.forward_ca_file, "/etc/ssl/certs/ca-certificates.crt");
+  cfg_free(&c);
+}
+
+static void test_good_submissions(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-submissions.ini", &c);
+  assert_int_equal(c.nlisteners, 1);
+  assert_string_equal(c.listeners[0].name, "submissions");
+  assert_string_equal(c.listeners[0].url, "smtps://*:465");
+  assert_false(c.listeners[0].starttls);
+  assert_int_equal(c.listeners[0].auth, CFG_AUTH_REQUIRED);
+  assert_string_equal(c.auth_mechanisms, "LOGIN");
+  assert_true(c.accept_any);
+  assert_int_equal(c.target, CFG_PIPE);
+  assert_string_equal(c.command, "/usr/bin/procmail -f %s -d %u");
+  cfg_free(&c);
+}
+
+static void test_good_lmtp(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-lmtp.ini", &c);
+  assert_int_equal(c.workers, 1);
+  assert_int_equal(c.timeout_data_ms, 600000);
+  assert_int_equal(c.shutdown_timeout_ms, 60000);
+  assert_int_equal(c.nlisteners, 1);
+  assert_string_equal(c.listeners[0].url, "lmtp:///run/tern/lmtp.sock");
+  assert_true(c.accept_any);
+  assert_int_equal(c.ndomains, 0);
+  assert_int_equal(c.target, CFG_LMTP);
+  assert_string_equal(c.forward_url, "lmtp:///run/dovecot/lmtp");
+  cfg_free(&c);
+}
+
+static void test_good_haproxy(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-haproxy.ini", &c);
+  assert_string_equal(c.xclient_networks, "127.0.0.0/8 ::1 10.1.0.0/16");
+  assert_int_equal(c.nlisteners, 1);
+  assert_true(c.listeners[0].proxy);
+  assert_true(c.listeners[0].starttls);
+  assert_true(c.listeners[0].xclient);
+  assert_string_equal(c.certs[0].cert_file, "certs/mx.pem");
+  assert_int_equal(c.target, CFG_MAILDIR);
+  assert_string_equal(c.maildir, "/srv/mail/%a");
+  assert_false(c.fsync);
+  cfg_free(&c);
+}
+
+static void test_good_long_line(void **state) {
+  struct cfg c;
+  char name[32];
+  (void)state;
+  load_good("good-long-accept.ini", &c);
+  assert_int_equal(c.ndomains, 40);
+  for (int i = 0; i < 40; i++) {
+    snprintf(name, sizeof name, "d%03d.example.org", i);
+    assert_string_equal(c.domains[i], name);
+  }
+  assert_false(c.relay_authenticated);
+  cfg_free(&c);
+}
+
+/* A file that is not there: "FILE: cannot open: reason". */
+static void test_missing_file(void **state) {
+  struct cfg c;
+  char err[ERR_CAP];
+  (void)state;
+  cfg_defaults(&c);
+  assert_int_equal(cfg_load(&c, "no-such-file.ini", err, sizeof err), -1);
+  assert_string_equal(
+      err, "no-such-file.ini: cannot open: No such file or directory");
+  cfg_free(&c);
+}
+
+/* Value syntaxes. */
+static void test_values(void **state) {
+  uint64_t v;
+  bool b;
+  (void)state;
+  assert_int_equal(cfg_parse_size("512K", &v), 0);
+  assert_true(v == 512 * 1024);
+  assert_int_equal(cfg_parse_size("30M", &v), 0);
+  assert_true(v == 30u * 1024 * 1024);
+  assert_int_equal(cfg_parse_size("1g", &v), 0);
+  assert_true(v == 1024ull * 1024 * 1024);
+  assert_int_equal(cfg_parse_size("1000", &v), 0);
+  assert_true(v == 1000);
+  assert_int_equal(cfg_parse_size("", &v), -1);
+  assert_int_equal(cfg_parse_size("M", &v), -1);
+  assert_int_equal(cfg_parse_size("1.5M", &v), -1);
+  assert_int_equal(cfg_parse_size("-1", &v), -1);
+  assert_int_equal(cfg_parse_size("30MB", &v), -1);
+  assert_int_equal(cfg_parse_duration_ms("500ms", &v), 0);
+  assert_true(v == 500);
+  assert_int_equal(cfg_parse_duration_ms("5s", &v), 0);
+  assert_true(v == 5000);
+  assert_int_equal(cfg_parse_duration_ms("2m", &v), 0);
+  assert_true(v == 120000);
+  assert_int_equal(cfg_parse_duration_ms("1h", &v), 0);
+  assert_true(v == 3600000);
+  assert_int_equal(cfg_parse_duration_ms("30", &v), 0);
+  assert_true(v == 30000);
+  assert_int_equal(cfg_parse_duration_ms("ms", &v), -1);
+  assert_int_equal(cfg_parse_duration_ms("5 s", &v), -1);
+  assert_int_equal(cfg_parse_duration_ms("5d", &v), -1);
+  const char *yes[] = {"yes", "true", "on", "1", "YES", "True"};
+  const char *no[] = {"no", "false", "off", "0", "No", "OFF"};
+  for (size_t i = 0; i < 6; i++) {
+    b = false;
+    assert_int_equal(cfg_parse_bool(yes[i], &b), 0);
+    assert_true(b);
+    assert_int_equal(cfg_parse_bool(no[i], &b), 0);
+    assert_false(b);
+  }
+  assert_int_equal(cfg_parse_bool("y", &b), -1);
+  assert_int_equal(cfg_parse_bool("", &b), -1);
+}
+
+/* cfg_set: flags on the command line, same checks. */
+static void test_set(void **state) {
+  struct cfg c;
+  char err[ERR_CAP];
+  (void)state;
+  cfg_defaults(&c);
+  assert_int_equal(
+      cfg_set(&c, "server", "max_message_size", "10M", err, sizeof err), 0);
+  assert_true(c.max_message_size == 10u * 1024 * 1024);
+  assert_int_equal(
+      cfg_set(&c, "delivery", "maildir", "/tmp/m/%u", err, sizeof err), 0);
+  assert_string_equal(c.maildir, "/tmp/m/%u");
+  assert_int_equal(cfg_set(&c, "server", "workers", "many", err, sizeof err),
+                   -1);
+  assert_string_equal(err, "command line: bad value 'many' for workers: "
+                           "expected a number from 0 (one per core) to 1024");
+  assert_int_equal(cfg_set(&c, "server", "nope", "1", err, sizeof err), -1);
+  assert_string_equal(err, "command line: unknown key 'nope' in [server]");
+  assert_int_equal(cfg_set(&c, "tls", "cert", "x", err, sizeof err), -1);
+  cfg_free(&c);
+}
+
+/* ---- users ------------------------------------------------------------------
+ */
+
+static void test_users_good(void **state) {
+  struct users *u = NULL;
+  char err[ERR_CAP];
+  (void)state;
+  if (users_load("users-good", &u, err, sizeof err) != 0)
+    fail_msg("%s", err);
+  assert_int_equal(users_count(u), 3);
+  assert_int_equal(users_check(u, "alice", "secret"), 0);
+  assert_int_equal(users_check(u, "alice", "Secret"), -1);
+  assert_int_equal(users_check(u, "alice", ""), -1);
+  assert_int_equal(users_check(u, "bob@example.org", "hunter2"), 0);
+  assert_int_equal(users_check(u, "bob", "hunter2"), -1);
+  assert_int_equal(users_check(u, "carol", "pw"), 0);
+  assert_int_equal(users_check(u, "Carol", "pw"), -1); /* case matters */
+  /* An unknown user is refused even with a known user's password. */
+  assert_int_equal(users_check(u, "mallory", "secret"), -1);
+  assert_int_equal(users_check(u, "", "secret"), -1);
+  users_free(u);
+  users_free(NULL);
+}
+
+static void test_users_missing(void **state) {
+  struct users *u = NULL;
+  char err[ERR_CAP];
+  (void)state;
+  assert_int_equal(users_load("no-such-users", &u, err, sizeof err), -1);
+  assert_string_equal(err,
+                      "no-such-users: cannot open: No such file or directory");
+}
+
+/* A yescrypt hash made here, written to a file, loaded, verified; then a
+ * reload with a new password (the caller swaps the tables). */
+static void test_users_yescrypt_reload(void **state) {
+  char setting[CRYPT_GENSALT_OUTPUT_SIZE];
+  struct crypt_data *cd = calloc(1, sizeof *cd);
+  char path[] = "/tmp/tern-users-XXXXXX";
+  char err[ERR_CAP];
+  struct users *u = NULL, *u2 = NULL;
+  (void)state;
+  assert_non_null(cd);
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+
+  assert_non_null(
+      crypt_gensalt_rn("$y$", 0, NULL, 0, setting, (int)sizeof setting));
+  const char *h = crypt_rn("correct horse", setting, cd, (int)sizeof *cd);
+  assert_non_null(h);
+  assert_true(strncmp(h, "$y$", 3) == 0);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fprintf(f, "# made by the test\n\nzed:%s\r\n", h);
+  fclose(f);
+  if (users_load(path, &u, err, sizeof err) != 0)
+    fail_msg("%s", err);
+  assert_int_equal(users_check(u, "zed", "correct horse"), 0);
+  assert_int_equal(users_check(u, "zed", "correct horse "), -1);
+  assert_int_equal(users_check(u, "zee", "correct horse"), -1);
+
+  /* Reload: a new table with a new password; the old one still works
+   * until it is freed. */
+  memset(cd, 0, sizeof *cd);
+  assert_non_null(
+      crypt_gensalt_rn("$y$", 0, NULL, 0, setting, (int)sizeof setting));
+  h = crypt_rn("battery staple", setting, cd, (int)sizeof *cd);
+  assert_non_null(h);
+  f = fopen(path, "w");
+  assert_non_null(f);
+  fprintf(f, "zed:%s\n", h);
+  fclose(f);
+  if (users_load(path, &u2, err, sizeof err) != 0)
+    fail_msg("%s", err);
+  assert_int_equal(users_check(u, "zed", "correct horse"), 0);
+  users_free(u);
+  u = u2;
+  assert_int_equal(users_check(u, "zed", "correct horse"), -1);
+  assert_int_equal(users_check(u, "zed", "battery staple"), 0);
+  users_free(u);
+
+  /* An empty file is a valid, empty table: every check fails. */
+  f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("# nobody\n", f);
+  fclose(f);
+  assert_int_equal(users_load(path, &u, err, sizeof err), 0);
+  assert_int_equal(users_count(u), 0);
+  assert_int_equal(users_check(u, "zed", "battery staple"), -1);
+  users_free(u);
+
+  unlink(path);
+  free(cd);
+}
+
+/* ---- main: one test per file -------------------------------------------- */
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static size_t list(const char *prefix, const char *suffix, char ***out) {
+  DIR *d = opendir(".");
+  struct dirent *de;
+  char **v = NULL;
+  size_t n = 0;
+  if (d == NULL)
+    return 0;
+  while ((de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name), sl = strlen(suffix);
+    if (strncmp(de->d_name, prefix, strlen(prefix)) != 0 || l < sl ||
+        strcmp(de->d_name + l - sl, suffix) != 0)
+      continue;
+    v = realloc(v, (n + 1) * sizeof *v);
+    v[n++] = strdup(de->d_name);
+  }
+  closedir(d);
+  qsort(v, n, sizeof *v, by_name);
+  *out = v;
+  return n;
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && chdir(argv[1]) != 0) {
+    perror(argv[1]);
+    return 2;
+  }
+  static const struct CMUnitTest fixed[] = {
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_good_embedded),
+      cmocka_unit_test(test_good_mx),
+      cmocka_unit_test(test_good_submission),
+      cmocka_unit_test(test_good_submissions),
+      cmocka_unit_test(test_good_lmtp),
+      cmocka_unit_test(test_good_haproxy),
+      cmocka_unit_test(test_good_long_line),
+      cmocka_unit_test(test_missing_file),
+      cmocka_unit_test(test_values),
+      cmocka_unit_test(test_set),
+      cmocka_unit_test(test_users_good),
+      cmocka_unit_test(test_users_missing),
+      cmocka_unit_test(test_users_yescrypt_reload),
+  };
+  char **bad = NULL, **ubad = NULL;
+  size_t nbad = list("bad-", ".ini", &bad);
+  size_t nubad = list("users-bad-", "", &ubad);
+  if (nbad == 0 || nubad == 0) {
+    fprintf(stderr, "no bad-*.ini or users-bad-* here; run in "
+                    "tests/serve/configs\n");
+    return 2;
+  }
+  size_t nfixed = sizeof fixed / sizeof fixed[0];
+  size_t n = nfixed + nbad + nubad;
+  struct CMUnitTest *tests = calloc(n, sizeof *tests);
+  memcpy(tests, fixed, sizeof fixed);
+  for (size_t i = 0; i < nbad; i++) {
+    struct CMUnitTest t = cmocka_unit_test_prestate(test_bad_config, bad[i]);
+    t.name = bad[i];
+    tests[nfixed + i] = t;
+  }
+  for (size_t i = 0; i < nubad; i++) {
+    struct CMUnitTest t = cmocka_unit_test_prestate(test_bad_users, ubad[i]);
+    t.name = ubad[i];
+    tests[nfixed + nbad + i] = t;
+  }
+  int rc = _cmocka_run_group_tests("serve_config", tests, n, NULL, NULL);
+  for (size_t i = 0; i < nbad; i++)
+    free(bad[i]);
+  for (size_t i = 0; i < nubad; i++)
+    free(ubad[i]);
+  free(bad);
+  free(ubad);
+  free(tests);
+  return rc;
+}
