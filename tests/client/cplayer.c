@@ -67,6 +67,7 @@ static void bput(struct buf *b, const void *p, size_t n) {
 
 static void bputs(struct buf *b, const char *s) { bput(b, s, strlen(s)); }
 
+__attribute__((format(printf, 2, 3)))
 static void bprintf(struct buf *b, const char *fmt, ...) {
   char tmp[4096];
   va_list ap;
@@ -230,8 +231,9 @@ static void show_line(struct buf *t, const char *p, size_t n) {
 /* Move the session's output into the trace, one C: entry per CRLF line. */
 static void drain(struct run *r) {
   const char *d;
-  size_t n = tern_client_session_output(r->s, &d);
-  if (n) {
+  size_t n;
+  /* consume() may let more output be formatted (a lazy envelope). */
+  while ((n = tern_client_session_output(r->s, &d)) != 0) {
     bput(&r->pend, d, n);
     tern_client_session_consume(r->s, n);
   }
@@ -254,6 +256,7 @@ static void drain(struct run *r) {
   }
 }
 
+__attribute__((format(printf, 2, 3)))
 static void event(struct run *r, const char *fmt, ...) {
   char tmp[4096];
   va_list ap;
@@ -439,8 +442,13 @@ static void do_send(struct run *r, char *args) {
     char *v = eq ? eq + 1 : "";
     if (eq)
       *eq = '\0';
-    if (!strcmp(tok, "from"))
-      m->from = v;
+    if (!strcmp(tok, "from")) {
+      struct buf b = {0};
+      unescape(&b, v);
+      if (b.p && r->nowned < 512)
+        r->owned[r->nowned++] = b.p;
+      m->from = b.p ? b.p : "";
+    }
     else if (!strcmp(tok, "rcpt"))
       rcpts = v;
     else if (!strcmp(tok, "size"))
@@ -522,7 +530,10 @@ static void act(struct run *r, char *a) {
   } else if (!strcmp(a, "noop")) {
     api_rc(r, "noop", tern_client_session_noop(r->s));
   } else if (!strncmp(a, "vrfy ", 5)) {
-    api_rc(r, "vrfy", tern_client_session_vrfy(r->s, a + 5));
+    struct buf b = {0};
+    unescape(&b, a + 5);
+    api_rc(r, "vrfy", tern_client_session_vrfy(r->s, b.p ? b.p : ""));
+    free(b.p);
   } else if (!strcmp(a, "eof")) {
     tern_client_session_eof(r->s);
   } else {
