@@ -89,6 +89,8 @@ struct tern_listener_options {
   bool auth_insecure_ok;  /* offer AUTH without TLS (defaults to true for
                              unix sockets, false elsewhere) */
   bool xclient;           /* accept XCLIENT from xclient_networks */
+  bool no_auth;           /* never offer AUTH here (e.g. an MX listener
+                             next to a submission one) */
 };
 
 static inline void

@@ -354,18 +354,46 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
       free(dirs[k]);
     free(dirs);
   } else if (c->target == CFG_PIPE) {
-    /* argv split on spaces; %s sender, %r first recipient */
-    char cmd[1024], *argv[64], envs[3][600];
-    char *env[] = {envs[0], envs[1], envs[2], NULL};
-    size_t na = 0;
+    /* argv split on spaces (no shell); in each word %s sender, %r and %a
+     * the (first) recipient, %u its local part, %d its domain, %% a % */
+    char cmd[1024], *argv[64], envs[4][600], words[4096];
+    char *env[] = {envs[0], envs[1], envs[2], envs[3], NULL};
+    size_t na = 0, wo = 0;
+    const char *rcpt = x->nrcpts ? x->rcpts[0] : "";
+    const char *at = strrchr(rcpt, '@');
+    size_t ulen = at ? (size_t)(at - rcpt) : strlen(rcpt);
     snprintf(cmd, sizeof cmd, "%s", c->command);
     for (char *save, *t = strtok_r(cmd, " ", &save); t && na < 63;
-         t = strtok_r(NULL, " ", &save))
-      argv[na++] = !strcmp(t, "%s") ? x->from : !strcmp(t, "%r") ? x->rcpts[0] : t;
+         t = strtok_r(NULL, " ", &save)) {
+      argv[na++] = words + wo;
+      for (; *t && wo + 1 < sizeof words; t++) {
+        const char *src = t;
+        size_t n = 1;
+        if (*t == '%' && t[1]) {
+          t++;
+          if (*t == 's')
+            src = x->from ? x->from : "", n = strlen(src);
+          else if (*t == 'r' || *t == 'a')
+            src = rcpt, n = strlen(rcpt);
+          else if (*t == 'u')
+            src = rcpt, n = ulen;
+          else if (*t == 'd')
+            src = at ? at + 1 : "", n = strlen(src);
+          else
+            src = t, n = 1; /* %% (config.c rejects other escapes) */
+        }
+        for (size_t i = 0; i < n && wo + 1 < sizeof words; i++)
+          words[wo++] = src[i];
+      }
+      words[wo++] = '\0';
+      if (wo >= sizeof words)
+        break;
+    }
     argv[na] = NULL;
-    snprintf(envs[0], sizeof envs[0], "SENDER=%s", x->from);
-    snprintf(envs[1], sizeof envs[1], "RECIPIENT=%s", x->rcpts[0]);
-    snprintf(envs[2], sizeof envs[2], "PATH=/usr/local/bin:/usr/bin:/bin");
+    snprintf(envs[0], sizeof envs[0], "SENDER=%s", x->from ? x->from : "");
+    snprintf(envs[1], sizeof envs[1], "RECIPIENT=%s", rcpt);
+    snprintf(envs[2], sizeof envs[2], "ORIGINAL_RECIPIENT=%s", rcpt);
+    snprintf(envs[3], sizeof envs[3], "PATH=/usr/local/bin:/usr/bin:/bin");
     rc = pipe_begin(tern_session_loop(s), argv, env, hdr, hlen, &x->pd);
   } else {
     rc = -ENOTSUP;
@@ -396,11 +424,17 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
     size_t n = len < CHUNK_MAX ? len : CHUNK_MAX;
     memcpy(x->chunk, buf, n);
     x->size += n;
-    int rc = x->md ? maildir_write(x->md, x->chunk, n, on_written, x)
-             : x->pd ? pipe_write(x->pd, x->chunk, n, on_written, x)
-                     : -EINVAL;
-    if (rc)
+    if (!x->md && !x->pd)
       return TERN_EIO;
+    int rc = x->md ? maildir_write(x->md, x->chunk, n, on_written, x)
+                   : pipe_write(x->pd, x->chunk, n, on_written, x);
+    if (rc)
+      /* An earlier write failed (ENOSPC, EPIPE...). The delivery keeps
+       * the error and commit answers it (452 4.3.1 for a full disk, the
+       * command's exit status for a pipe): read on, drop the rest. An
+       * on_data error here would become the core's "451 4.3.0 internal
+       * error" instead. */
+      return 0;
     buf += n;
     len -= n;
     if (len) /* a chunk over 64 KiB: cannot happen with the runtime's reads */
@@ -570,7 +604,7 @@ struct daemon {
   struct tern_server *srv;
   uv_signal_t sigterm, sigint, sighup;
   const char *path; /* config file, for reload */
-  struct cfg overrides; /* not used for reload yet */
+  const char *maildir, *hostname; /* command-line overrides, kept on reload */
   int exit_code;
 };
 
@@ -605,6 +639,17 @@ static void on_hup(uv_signal_t *h, int sig) {
   }
   if (load_policy(d->path, NULL, &p, err, sizeof err) != 0) {
     logf_("event=reload result=failed error=\"%s\"", err);
+    return;
+  }
+  /* --hostname and --maildir still override the file */
+  if ((d->hostname && cfg_set(&p->cfg, "server", "hostname", d->hostname,
+                              err, sizeof err) != 0) ||
+      (d->maildir && (cfg_set(&p->cfg, "delivery", "target", "maildir", err,
+                              sizeof err) != 0 ||
+                      cfg_set(&p->cfg, "delivery", "maildir", d->maildir, err,
+                              sizeof err) != 0))) {
+    logf_("event=reload result=failed error=\"%s\"", err);
+    policy_put(p);
     return;
   }
   uv_mutex_lock(&g_lock);
@@ -796,6 +841,8 @@ int tern_cli_serve(int argc, char **argv) {
   struct daemon d = {0};
   d.loop = uv_default_loop();
   d.path = path;
+  d.maildir = maildir;
+  d.hostname = hostname;
   int r = tern_server_new(&d.srv, d.loop, &o);
   if (r) {
     fprintf(stderr, "tern serve: %s\n",
@@ -813,6 +860,7 @@ int tern_cli_serve(int argc, char **argv) {
     lo.auth_required = cl->auth == CFG_AUTH_REQUIRED;
     lo.auth_insecure_ok = cl->insecure_auth;
     lo.xclient = cl->xclient;
+    lo.no_auth = cl->auth == CFG_AUTH_OFF;
     r = (int)i < nfds ? tern_server_listen_fd(d.srv, 3 + (int)i, cl->url, &lo)
                       : tern_server_listen(d.srv, cl->url, &lo);
     if (r == TERN_EADDRINUSE || r == TERN_EIO || r == TERN_EINVAL) {

@@ -552,7 +552,7 @@ static void start_session(struct tern__conn *c) {
   cfg.extensions &= ~(unsigned)(TERN_EXT_STARTTLS | TERN_EXT_XCLIENT);
   if (l->lo.starttls && srv->tls && !l->implicit_tls)
     cfg.extensions |= TERN_EXT_STARTTLS;
-  if (srv->opt.auth && c->w->sasl &&
+  if (srv->opt.auth && c->w->sasl && !l->lo.no_auth &&
       tern__sasl_mechanisms(c->w->sasl)[0]) {
     cfg.extensions |= TERN_EXT_AUTH;
     cfg.auth_mechanisms = tern__sasl_mechanisms(c->w->sasl);
@@ -564,6 +564,8 @@ static void start_session(struct tern__conn *c) {
     trusted = true;
     cb.on_xclient = on_xclient;
   }
+  if (l->lo.no_auth)
+    cfg.extensions &= ~(unsigned)TERN_EXT_AUTH;
   cfg.xclient_trusted = trusted;
   if (tern_server_session_new(&c->s, &cfg, &cb, srv->opt.ud) != 0) {
     conn_close(c);
