@@ -208,6 +208,12 @@ struct tern_client_callbacks {
    */
   const char *(*on_auth_mechanism)(struct tern_client_session *c,
                                    const char *offered, bool tls, void *ud);
+  /* body() would take bytes again: the 354 arrived (or, for BDAT, the
+   * envelope's replies), or output drained below the high-water mark
+   * after body() had taken less than it was given. Fired on the change
+   * only, from feed() or consume(). A forwarding proxy resumes its
+   * paused inbound session here. */
+  void (*on_body_ready)(struct tern_client_session *c, void *ud);
 };
 
 static inline void

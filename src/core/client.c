@@ -81,6 +81,7 @@ struct tern_client_session {
   struct tern_client_callbacks cb;
   struct tern_mem mem;
   void *ud;
+  bool body_ready;             /* body() had room when last looked */
   tern_client_notify_fn notify;
   void *notify_arg;
 
@@ -967,6 +968,9 @@ void tern_client_session_free(struct tern_client_session *c) {
  * each before the next is read, so that nothing after a STARTTLS 220 is
  * ever parsed (RFC 3207 §4.2) and a close stops at its reply.
  */
+static size_t body_room(const struct tern_client_session *c);
+static void check_body_ready(struct tern_client_session *c);
+
 long tern_client_session_feed(struct tern_client_session *c, const void *in,
                               size_t len) {
   const char *buf = in;
@@ -995,6 +999,7 @@ long tern_client_session_feed(struct tern_client_session *c, const void *in,
     if (c->state == ST_CLOSED || c->state == ST_TLS_WAIT)
       break;
   }
+  check_body_ready(c);
   return (long)pos;
 }
 
@@ -1020,6 +1025,16 @@ void tern_client_session_consume(struct tern_client_session *c, size_t n) {
   if (c->out_off == c->out_len)
     c->out_off = c->out_len = 0;
   txn_step(c);
+  check_body_ready(c);
+}
+
+/* Tell the app when body() has room again (on the change only). */
+static void check_body_ready(struct tern_client_session *c) {
+  bool room = body_room(c) > 0;
+  bool rise = room && !c->body_ready;
+  c->body_ready = room;
+  if (rise && c->cb.on_body_ready)
+    c->cb.on_body_ready(c, c->ud);
 }
 
 /* How much body() could take now (0 = none). */
@@ -1251,6 +1266,7 @@ long tern_client_session_body(struct tern_client_session *c, const void *in,
     }
     taken += n;
   }
+  c->body_ready = body_room(c) > 0; /* a later drain fires */
   notify(c);
   return (long)taken;
 }
