@@ -108,4 +108,40 @@ void pipe_commit(struct pipe_delivery *d, deliver_done_fn done, void *arg);
  * the delivery frees itself once the command is reaped. */
 void pipe_abort(struct pipe_delivery *d);
 
+/* ---- lmtp / smtp forwarding ------------------------------------------------ */
+
+struct forward_opts {
+  const char *url;     /* lmtp:///path, lmtp://host:24, smtp://host:25 */
+  const char *ehlo;    /* our name */
+  bool verify;         /* verify the next hop's certificate */
+  const char *ca_file; /* or NULL for the system store */
+};
+
+struct forward_delivery;
+
+/*
+ * Connect to the next hop and send MAIL and every RCPT. `started(arg,
+ * reply)` runs once: 354 when the next hop takes the body (answer the
+ * inbound DATA with it), or the refusal (the next hop's, or 451 4.4.1
+ * when it cannot be reached). `header` must live until commit. Returns 0
+ * or -errno.
+ */
+int forward_begin(uv_loop_t *loop, const struct forward_opts *o,
+                  const char *from, char *const *rcpts, size_t n,
+                  const char *header, size_t hlen, deliver_done_fn started,
+                  void *arg, struct forward_delivery **out);
+/* Body bytes (copied). Returns 1 when all were taken at once, 0 when
+ * cb(arg, 0) will run once they are, or -errno. */
+int forward_write(struct forward_delivery *d, const char *buf, size_t len,
+                  void (*cb)(void *arg, int status), void *arg);
+/* End the body; `done` gets the next hop's verdict for the whole message
+ * (250 only when every recipient was accepted). */
+void forward_commit(struct forward_delivery *d, deliver_done_fn done,
+                    void *arg);
+/* Recipient i's own outcome (for an inbound LMTP session). */
+void forward_result(const struct forward_delivery *d, size_t i,
+                    struct tern_reply *r);
+/* The caller is done with it (after done, or to abort). */
+void forward_release(struct forward_delivery *d);
+
 #endif

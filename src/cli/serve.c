@@ -152,6 +152,9 @@ struct sess {
   /* the message being delivered */
   struct maildir_delivery *md;
   struct pipe_delivery *pd;
+  struct forward_delivery *fd;
+  char hdr[2048];             /* trace header, lives until the commit */
+  size_t hlen;
   char *chunk;                /* copy of the chunk being written */
   bool done;                  /* delivery outcome known */
   int code;                   /* its reply (for LMTP's later recipients) */
@@ -167,8 +170,10 @@ static void txn_clear(struct sess *x) {
     maildir_abort(x->md);
   if (x->pd)
     pipe_abort(x->pd);
+  forward_release(x->fd);
   x->md = NULL;
   x->pd = NULL;
+  x->fd = NULL;
   free(x->from);
   x->from = NULL;
   for (size_t i = 0; i < x->nrcpts; i++)
@@ -315,17 +320,31 @@ static size_t trace_header(struct sess *x, char *buf, size_t cap) {
   return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
+/* The next hop answered our DATA (354) or refused the message. */
+static void fwd_started(void *arg, const struct tern_reply *r,
+                        const char *detail) {
+  struct sess *x = arg;
+  (void)detail;
+  if (r->code != 354) {
+    logf_("session=%s event=forward result=%d text=\"%s\"", x->info->id,
+          r->code, r->text ? r->text : "");
+    forward_release(x->fd);
+    x->fd = NULL;
+  }
+  tern_server_session_reply(x->s, r);
+}
+
 static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
                          void *ud) {
   struct sess *x = sess_of(s);
   const struct cfg *c = &x->pol->cfg;
-  char hdr[2048];
+  char *hdr = x->hdr;
   int rc = 0;
   (void)ud;
 
   x->done = false;
   x->size = 0;
-  size_t hlen = trace_header(x, hdr, sizeof hdr);
+  size_t hlen = x->hlen = trace_header(x, x->hdr, sizeof x->hdr);
   if (!x->chunk && !(x->chunk = malloc(CHUNK_MAX)))
     rc = -ENOMEM;
   else if (c->target == CFG_MAILDIR) {
@@ -395,8 +414,13 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
     snprintf(envs[2], sizeof envs[2], "ORIGINAL_RECIPIENT=%s", rcpt);
     snprintf(envs[3], sizeof envs[3], "PATH=/usr/local/bin:/usr/bin:/bin");
     rc = pipe_begin(tern_session_loop(s), argv, env, hdr, hlen, &x->pd);
-  } else {
-    rc = -ENOTSUP;
+  } else { /* lmtp / smtp: forward within this transaction */
+    struct forward_opts fo = {c->forward_url, c->hostname, c->forward_verify,
+                              c->forward_ca_file};
+    rc = forward_begin(tern_session_loop(s), &fo, x->from, x->rcpts,
+                       x->nrcpts, hdr, hlen, fwd_started, x, &x->fd);
+    if (!rc)
+      return TERN_PENDING; /* 354 once the next hop said it */
   }
   if (rc) {
     logf_("session=%s event=error what=delivery-start error=\"%s\"",
@@ -422,8 +446,18 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
   (void)ud;
   while (len) {
     size_t n = len < CHUNK_MAX ? len : CHUNK_MAX;
-    memcpy(x->chunk, buf, n);
     x->size += n;
+    if (x->fd) { /* forwarding copies; the next hop may take it at once */
+      int fr = forward_write(x->fd, buf, n, on_written, x);
+      if (fr < 0)
+        return TERN_EIO;
+      buf += n;
+      len -= n;
+      if (fr == 0)
+        return TERN_PENDING;
+      continue;
+    }
+    memcpy(x->chunk, buf, n);
     if (!x->md && !x->pd)
       return TERN_EIO;
     int rc = x->md ? maildir_write(x->md, x->chunk, n, on_written, x)
@@ -440,7 +474,7 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
     if (len) /* a chunk over 64 KiB: cannot happen with the runtime's reads */
       return TERN_EIO;
   }
-  return TERN_PENDING;
+  return x->fd ? 0 : TERN_PENDING;
 }
 
 static void log_message(struct sess *x) {
@@ -483,13 +517,19 @@ static int on_data_end(struct tern_server_session *s, uint64_t size,
                        unsigned rcpt, struct tern_reply *r, void *ud) {
   struct sess *x = sess_of(s);
   (void)size, (void)ud;
+  if (x->fd && (x->done || rcpt > 0)) { /* LMTP: each its own answer */
+    forward_result(x->fd, rcpt, r);
+    return TERN_REPLY_NOW;
+  }
   if (x->done || rcpt > 0) { /* LMTP: the same outcome for each */
     r->code = x->code;
     r->enhanced = x->enh[0] ? x->enh : NULL;
     r->text = x->text;
     return TERN_REPLY_NOW;
   }
-  if (x->md)
+  if (x->fd)
+    forward_commit(x->fd, delivered, x);
+  else if (x->md)
     maildir_commit(x->md, delivered, x);
   else if (x->pd)
     pipe_commit(x->pd, delivered, x);
@@ -504,15 +544,17 @@ static void on_data_abort(struct tern_server_session *s, const char *why,
   (void)ud;
   if (!x)
     return;
-  if (x->md || x->pd)
+  if (x->md || x->pd || x->fd)
     logf_("session=%s event=abort why=%s size=%llu", x->info->id, why,
           (unsigned long long)x->size);
   if (x->md)
     maildir_abort(x->md);
   if (x->pd)
     pipe_abort(x->pd);
+  forward_release(x->fd);
   x->md = NULL;
   x->pd = NULL;
+  x->fd = NULL;
 }
 
 static void on_reset(struct tern_server_session *s, void *ud) {

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime.h"
 
@@ -780,8 +781,10 @@ void tern__conn_accept(struct tern__lhandle *lh) {
   atomic_fetch_add(&srv->total_conns, 1);
 
   unsigned long id = atomic_fetch_add(&srv->next_id, 1);
-  snprintf(c->id, sizeof c->id, "%08lx%06lx", srv->id_base & 0xffffffffUL,
-           id & 0xffffffUL);
+  /* time, process and counter: unique across instances behind one
+   * balancer, too */
+  snprintf(c->id, sizeof c->id, "%08lx%05x%06lx", srv->id_base & 0xffffffffUL,
+           (unsigned)getpid() & 0xfffffu, id & 0xffffffUL);
   c->info.id = c->id;
   c->info.listener = lh->l->url;
   c->info.worker = w->index;

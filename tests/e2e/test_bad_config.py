@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Bad configuration files stop `tern serve` (with and without --check)
+with EX_CONFIG (78) and a message naming FILE:LINE: where a line applies;
+nothing is bound. A listener port already in use is a clear error naming
+the address."""
+
+import os
+import re
+import socket
+
+import e2e as h
+
+EX_CONFIG = 78
+
+# name: (text, the line the message must name or None, a word it contains)
+BAD = {
+    "unknown-key": ("[server]\nhostname = a.example\nmax_size = 10M\n",
+                    3, "max_size"),
+    "bad-value": ("[server]\n\nmax_message_size = 30X\n", 3, "30X"),
+    "bad-bool": ("[listener mx]\nurl = smtp://127.0.0.1:{port}\n"
+                 "starttls = perhaps\n", 3, "perhaps"),
+    "duplicate-key": ("[server]\nworkers = 1\nhostname = a.example\n"
+                      "workers = 2\n", 4, "workers"),
+    "duplicate-reopened": ("[server]\nworkers = 1\n[delivery]\nfsync = yes\n"
+                           "[server]\nworkers = 2\n", 6, "workers"),
+    "unknown-section": ("[server]\nworkers = 1\n[mail]\nx = 1\n", 3, "mail"),
+    "syntax": ("[server]\nthis is not ini\n", 2, None),
+    "starttls-without-certs": ("[listener mx]\nurl = smtp://127.0.0.1:{port}\n"
+                               "starttls = yes\n", None, "starttls"),
+    "missing-users-file": ("[listener sub]\nurl = smtp://127.0.0.1:{port}\n"
+                           "auth = yes\ninsecure_auth = yes\n[auth]\n"
+                           "users = {dir}/no-such-users\n", None,
+                           "no-such-users"),
+    "pipe-without-command": ("[delivery]\ntarget = pipe\n", None, "command"),
+    "bad-users-line": ("[listener sub]\nurl = smtp://127.0.0.1:{port}\n"
+                       "auth = yes\ninsecure_auth = yes\n[auth]\n"
+                       "users = {dir}/users-md5\n", None, "users-md5"),
+}
+
+
+def listening(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_bad_files():
+    d = h.tmpdir(prefix="tern-e2e-badcfg-")
+    h.write(os.path.join(d, "users-md5"),
+            "alice:$1$abcdefgh$Cq7NnTEPm7UaY2bo1pT2v/\n")
+    port = h.free_ports(1)[0]
+    problems = []
+    for name, (text, line, word) in sorted(BAD.items()):
+        path = h.write(os.path.join(d, name + ".ini"),
+                       text.format(port=port, dir=d))
+        for args in (["-c", path, "--check"], ["-c", path]):
+            rc, out, err = h.run_serve(args, cwd=d, timeout=20)
+            what = "tern serve %s (%s)" % (" ".join(args[2:]) or "", name)
+            if rc != EX_CONFIG:
+                problems.append("%s: exit %d, expected %d; stderr %r"
+                                % (what, rc, EX_CONFIG, err))
+                continue
+            if line is not None:
+                want = "%s:%d:" % (path, line)
+            else:
+                want = "%s" % path
+            if want not in err:
+                problems.append("%s: stderr does not name %r: %r"
+                                % (what, want, err))
+            if word and word not in err:
+                problems.append("%s: stderr does not mention %r: %r"
+                                % (what, word, err))
+            if "event=listening" in err or "event=ready" in err:
+                problems.append("%s: it started listening: %r" % (what, err))
+            if "missing-users-file" == name and not re.search(
+                    r"No such file|cannot open|does not exist", err):
+                problems.append("%s: no reason given: %r" % (what, err))
+    if problems:
+        h.fail("%d problem(s):\n  %s" % (len(problems), "\n  ".join(problems)))
+
+
+def test_good_file_check():
+    d = h.tmpdir(prefix="tern-e2e-goodcfg-")
+    path = h.write(os.path.join(d, "ok.ini"),
+                   "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+                   % h.free_ports(1)[0])
+    rc, out, err = h.run_serve(["-c", path, "--check"], cwd=d)
+    h.check(rc == 0 and "configuration OK" in out,
+            "--check of a good file: %d %r %r" % (rc, out, err))
+    h.check(not os.path.exists(os.path.join(d, "mail")),
+            "--check created the Maildir")
+    rc, out, err = h.run_serve(["-c", os.path.join(d, "missing.ini"),
+                                "--check"], cwd=d)
+    h.check(rc == EX_CONFIG and "missing.ini" in err,
+            "a missing file: %d %r" % (rc, err))
+
+
+def test_port_in_use():
+    d = h.tmpdir(prefix="tern-e2e-inuse-")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        for args in (["--listen", "smtp://127.0.0.1:%d" % port],):
+            rc, out, err = h.run_serve(args, cwd=d, timeout=20)
+            h.check(rc != 0, "tern serve on a busy port exited 0: %r" % err)
+            h.check("127.0.0.1:%d" % port in err,
+                    "message does not name the address 127.0.0.1:%d: %r"
+                    % (port, err))
+            h.check(re.search(r"in use", err, re.I),
+                    "message does not say the address is in use: %r" % err)
+        path = h.write(os.path.join(d, "busy.ini"),
+                       "[listener a]\nurl = smtp://127.0.0.1:%d\n" % port)
+        rc, out, err = h.run_serve(["-c", path], cwd=d, timeout=20)
+        h.check(rc != 0 and "127.0.0.1:%d" % port in err,
+                "config with a busy port: %d %r" % (rc, err))
+    finally:
+        s.close()
+
+
+if __name__ == "__main__":
+    h.main([test_bad_files, test_good_file_check, test_port_in_use])
