@@ -5,7 +5,7 @@
 #   make asan           ASan+UBSan Debug build of everything, then ctest
 #   make fuzz           clang libFuzzer build; run each target FUZZ_SECONDS
 #   make bench          build and run the benchmark drivers
-#   make run            build and run the example server on 127.0.0.1:2525
+#   make run            build and run tern serve (127.0.0.1:2525, ./mail)
 #   make install        install into PREFIX (default /usr/local)
 #   make checksrc       the src/core source checks alone
 #   make clean          remove the build directories
@@ -72,8 +72,8 @@ bench: build
 	[ $$found = 1 ] || echo "bench: no benchmark drivers (bench/bench_*.c) yet"
 
 run: build
-	@echo "make run: examples/console on smtp://127.0.0.1:2525 prints every message (Ctrl-C stops)"
-	$(BUILD)/examples/console smtp://127.0.0.1:2525
+	@echo "make run: tern serve on 127.0.0.1:2525 and [::1]:2525, Maildir ./mail (Ctrl-C stops)"
+	$(BUILD)/src/cli/tern serve
 
 install: build
 	$(CMAKE) --install $(BUILD) --prefix $(PREFIX)
