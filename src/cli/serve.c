@@ -309,12 +309,17 @@ static size_t trace_header(struct sess *x, char *buf, size_t cap) {
   esc(x->helo, strlen(x->helo), helo, sizeof helo);
   const char *with = i->tls ? (i->auth_user ? "ESMTPSA" : "ESMTPS")
                             : (i->auth_user ? "ESMTPA" : "ESMTP");
+  /* RFC 5321 §4.4: Return-Path is added at final delivery only. */
+  bool final = x->pol->cfg.target == CFG_MAILDIR ||
+               x->pol->cfg.target == CFG_PIPE;
   int n = snprintf(buf, cap,
-                   "Return-Path: <%s>\r\n"
+                   "%s%s%s"
                    "Received: from %s (%s [%s])\r\n"
                    "\tby %s (tern) with %s id %s\r\n"
                    "\tfor <%s>; %s\r\n",
-                   x->from ? x->from : "", helo[0] ? helo : "unknown",
+                   final ? "Return-Path: <" : "",
+                   final ? (x->from ? x->from : "") : "",
+                   final ? ">\r\n" : "", helo[0] ? helo : "unknown",
                    i->peer_addr, i->peer_addr, x->pol->cfg.hostname, with,
                    i->id, x->nrcpts ? x->rcpts[0] : "", date);
   return n > 0 && (size_t)n < cap ? (size_t)n : 0;
@@ -449,8 +454,8 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
     x->size += n;
     if (x->fd) { /* forwarding copies; the next hop may take it at once */
       int fr = forward_write(x->fd, buf, n, on_written, x);
-      if (fr < 0)
-        return TERN_EIO;
+      if (fr < 0) /* the next hop is gone: read on, commit says why */
+        return 0;
       buf += n;
       len -= n;
       if (fr == 0)
@@ -510,6 +515,8 @@ static void delivered(void *arg, const struct tern_reply *r,
   x->messages++;
   log_message(x);
   struct tern_reply rr = {x->code, x->enh[0] ? x->enh : NULL, x->text};
+  if (x->fd && !strncmp(x->info->listener, "lmtp:", 5))
+    forward_result(x->fd, 0, &rr); /* LMTP: the first recipient's own */
   tern_server_session_reply(x->s, &rr);
 }
 

@@ -1,0 +1,502 @@
+#!/usr/bin/env python3
+"""The lmtp and smtp delivery targets (src/cli/deliver_forward.c): tern
+serve forwards each message to a next hop within the same transaction.
+
+1. lmtp target into a private Dovecot LMTP (unix socket), inbound SMTP:
+   {known1, known2} is 250 and byte-exact in both Maildirs; a message that
+   includes an unknown user gets Dovecot's refusal (5xx, its enhanced
+   code) and nothing is silently lost.
+2. Inbound LMTP (tern listener lmtp://127.0.0.1:PORT) to Dovecot: each
+   recipient gets its own answer after DATA: 250, 550, 250.
+3. smtp target into Postfix smtp-sink (-d dumps): 50 messages, all 250,
+   byte-exact in the dumps (smtp-sink writes LF line ends).
+4. Next hop down: 451 4.4.1 at DATA; the daemon stays up and forwards
+   once the next hop is there.
+5. 5 MiB forwarded (smtp target) to a second tern serve with a Maildir:
+   byte-exact, the forwarding daemon's VmRSS grows < 20 MiB (streamed).
+"""
+
+import glob
+import os
+import pwd
+import random
+import re
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+
+import e2e as h
+
+HOST = "127.0.0.1"
+
+FWD_CONF = """[server]
+hostname = fwd.e2e.example
+max_message_size = 0
+
+[listener {lname}]
+url = {listen}
+
+[delivery]
+target = {target}
+url = {url}
+"""
+
+MAILDIR_CONF = """[server]
+hostname = final.e2e.example
+max_message_size = 0
+
+[listener final]
+url = smtp://127.0.0.1:{port}
+
+[delivery]
+target = maildir
+maildir = {maildir}
+fsync = no
+"""
+
+
+def fwd_conf(d, target, url, listen=None, name="fwd"):
+    if listen is None:
+        (p,) = h.free_ports(1)
+        listen = "smtp://127.0.0.1:%d" % p
+    return h.write(os.path.join(d, name + ".ini"), FWD_CONF.format(
+        lname="in", listen=listen, target=target, url=url))
+
+
+# ---- child servers ---------------------------------------------------------------
+
+class Proc:
+    """A server child (dovecot, smtp-sink) with its output collected;
+    terminated (then killed) on exit."""
+
+    def __init__(self, cmd, ready, name):
+        self.cmd, self.ready, self.name = cmd, ready, name
+        self.lines = []
+        self.p = None
+
+    def __enter__(self):
+        self.p = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+
+        def read():
+            for raw in self.p.stdout:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip())
+        self.t = threading.Thread(target=read, daemon=True)
+        self.t.start()
+        try:
+            h.wait_for(lambda: self.ready() or self.p.poll() is not None, 15,
+                       "%s to start" % self.name)
+            h.check(self.p.poll() is None, "%s exited (%s): %s" % (
+                self.name, self.p.returncode, "\n".join(self.lines[-30:])))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        if self.p is None or self.p.poll() is not None:
+            return
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(timeout=10)
+
+    def __exit__(self, *a):
+        self.stop()
+        return False
+
+
+def port_open(port):
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+DOVECOT_CONF = """\
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+info_log_path = {d}/dovecot.log
+protocols = lmtp
+ssl = no
+first_valid_uid = 0
+auth_username_format = %Ln
+mail_location = maildir:{d}/mail/%n
+mail_save_crlf = yes
+lmtp_save_to_detail_mailbox = no
+passdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+service lmtp {{
+  unix_listener {d}/lmtp.sock {{
+    mode = 0666
+  }}
+}}
+"""
+
+KNOWN = ("alice", "bob")
+
+
+class Dovecot(Proc):
+    """A private Dovecot LMTP server on a unix socket; users alice, bob."""
+
+    def __init__(self):
+        dovecot = h.require_tool("dovecot", paths=["/usr/sbin/dovecot"])
+        h.check(os.path.exists("/usr/lib/dovecot/lmtp"),
+                "dovecot-lmtpd is not installed")
+        d = self.d = h.tmpdir("tern-e2e-fwd-dovecot-")
+        os.chmod(d, 0o755)
+        uid, gid = os.getuid(), os.getgid()
+        if uid == 0:  # Dovecot never delivers as root: use nobody
+            nobody = pwd.getpwnam("nobody")
+            uid, gid = nobody.pw_uid, nobody.pw_gid
+        for sub in ("mail", "home"):
+            os.makedirs(os.path.join(d, sub))
+            os.chown(os.path.join(d, sub), uid, gid)
+        with open(os.path.join(d, "users"), "w") as f:
+            for u in KNOWN:
+                f.write("%s:{PLAIN}x:%d:%d::%s/home/%s::\n" % (u, uid, gid, d, u))
+        conf = h.write(os.path.join(d, "dovecot.conf"),
+                       DOVECOT_CONF.format(d=d))
+        self.sock = os.path.join(d, "lmtp.sock")
+        super().__init__([dovecot, "-F", "-c", conf],
+                         lambda: os.path.exists(self.sock), "dovecot")
+
+    def files(self, user):
+        return sorted(glob.glob(os.path.join(self.d, "mail", user, "new", "*")))
+
+    def log(self):
+        p = os.path.join(self.d, "dovecot.log")
+        return open(p, errors="replace").read()[-3000:] if os.path.exists(p) else ""
+
+
+TRACE_NAMES = (b"return-path", b"received", b"delivered-to")
+
+
+def strip_trace(data, what):
+    """(trace, rest): the trace header fields (Return-Path, Received,
+    Delivered-To, with continuation lines) in front of the message."""
+    pos = 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        h.check(end >= 0, "%s: no end of line after %r" % (what, data[:pos]))
+        line = data[pos:end]
+        name = line.split(b":", 1)[0].lower()
+        if line[:1] in (b" ", b"\t") and pos > 0:
+            pass
+        elif name not in TRACE_NAMES:
+            return data[:pos], data[pos:]
+        pos = end + 2
+
+
+def check_dovecot_copy(dc, user, msg, count=1):
+    files = h.wait_for(lambda: len(dc.files(user)) >= count and dc.files(user),
+                       10, "%d message(s) in %s's Maildir" % (count, user))
+    h.check(len(files) == count, "%s: expected %d file(s): %r"
+            % (user, count, files))
+    got = h.read(files[-1])
+    trace, rest = strip_trace(got, "%s's Maildir file" % user)
+    h.check(b"(tern) with ESMTP" in trace,
+            "%s: tern's Received line missing in trace %r" % (user, trace))
+    h.check(b"Dovecot" in trace or b"LMTP" in trace,
+            "%s: Dovecot's Received line missing in trace %r" % (user, trace))
+    h.assert_bytes_equal(rest, msg, "%s's Maildir file (after trace)" % user)
+
+
+# ---- 1. lmtp target, inbound SMTP ------------------------------------------------
+
+def test_lmtp_target_smtp_inbound():
+    rng = random.Random(101)
+    with Dovecot() as dc:
+        d = h.tmpdir("tern-e2e-fwd1-")
+        conf = fwd_conf(d, "lmtp", "lmtp://" + dc.sock)
+        with h.Serve(["-c", conf], name="fwd-lmtp") as srv:
+            m1 = h.make_message("fwd1-a@e2e", 20000, rng)
+            with smtplib.SMTP(HOST, srv.port, timeout=20) as c:
+                c.ehlo("client.example")
+                h.check(c.mail("sender@example.net")[0] == 250, "MAIL")
+                for u in KNOWN:
+                    code, msg = c.rcpt(u + "@example.org")
+                    h.check(code == 250, "RCPT %s: %d %r" % (u, code, msg))
+                code, msg = c.data(m1)
+                h.check(code == 250, "DATA to {alice, bob}: %d %r%s"
+                        % (code, msg, dc.log()))
+            for u in KNOWN:
+                check_dovecot_copy(dc, u, m1)
+            srv.wait_log("event=message", count=1)
+
+            # the same with an unknown recipient in the middle
+            m2 = h.make_message("fwd1-b@e2e", 20000, rng)
+            with smtplib.SMTP(HOST, srv.port, timeout=20) as c:
+                c.ehlo("client.example")
+                c.mail("sender@example.net")
+                for r in ("alice@example.org", "nobody@example.org",
+                          "bob@example.org"):
+                    code, msg = c.rcpt(r)  # decided at DATA, not RCPT
+                    h.check(code == 250, "RCPT %s: %d %r" % (r, code, msg))
+                code, msg = c.data(m2)
+            print("  message with an unknown recipient: %d %r" % (code, msg))
+            h.check(code // 100 == 5,
+                    "expected the next hop's 5xx refusal, got %d %r"
+                    % (code, msg))
+            h.check(msg.startswith(b"5.1.1"),
+                    "expected Dovecot's enhanced code 5.1.1, got %r" % msg)
+            h.check(b"nobody" in msg or b"User doesn't exist" in msg
+                    or b"not exist" in msg.lower(),
+                    "expected Dovecot's text, got %r" % msg)
+            # Nothing silently lost: each recipient was either delivered
+            # or refused. The sender was told 5xx for the whole message
+            # (the documented SMTP-inbound behaviour), so it bounces for
+            # every recipient; alice and bob may hold a copy as well.
+            for u in KNOWN:
+                files = dc.files(u)
+                got = [strip_trace(h.read(p), p)[1] for p in files]
+                print("  %s holds %d file(s) after the refused message"
+                      % (u, len(files)))
+                h.check(m1 in got, "%s lost the first message" % u)
+                for g in got:
+                    h.check(g in (m1, m2), "%s: unexpected file content" % u)
+            (line,) = [ln for ln in srv.wait_log("event=message", count=2)
+                       if "nobody@example.org" in ln]
+            h.check("status=550" in line or "status=5" in line,
+                    "log line: %r" % line)
+
+
+# ---- 2. inbound LMTP -------------------------------------------------------------
+
+def test_lmtp_inbound_per_recipient():
+    rng = random.Random(102)
+    with Dovecot() as dc:
+        d = h.tmpdir("tern-e2e-fwd2-")
+        (p,) = h.free_ports(1)
+        conf = fwd_conf(d, "lmtp", "lmtp://" + dc.sock,
+                        listen="lmtp://127.0.0.1:%d" % p)
+        with h.Serve(["-c", conf], name="fwd-lmtp-in") as srv:
+            m = h.make_message("fwd2@e2e", 30000, rng)
+            r = h.Raw(HOST, srv.port, timeout=20)
+            try:
+                code, lines = r.reply()
+                h.check(code == 220, "greeting %r" % lines)
+                r.cmd("LHLO client.example", 250)
+                r.cmd("MAIL FROM:<sender@example.net>", 250)
+                rcpts = ["alice@example.org", "nobody@example.org",
+                         "bob@example.org"]
+                for t in rcpts:
+                    r.cmd("RCPT TO:<%s>" % t, 250)
+                r.cmd("DATA", 354)
+                r.send(h.dot_stuff(m) + b".\r\n")
+                replies = [r.reply() for _ in rcpts]
+                r.cmd("QUIT", 221)
+            finally:
+                r.close()
+            print("  per-recipient replies: %r" % replies)
+            codes = [c for c, _ in replies]
+            h.check(codes[1] == 550 and replies[1][1][0].startswith("550 5.1.1"),
+                    "nobody@: expected Dovecot's 550 5.1.1, got %r" % (replies[1],))
+            for u in KNOWN:
+                check_dovecot_copy(dc, u, m)
+            h.check(codes == [250, 550, 250],
+                    "expected per-recipient replies 250, 550, 250 (alice and "
+                    "bob were both delivered, see their Maildirs), got %r"
+                    % replies)
+
+
+# ---- 3. smtp target into smtp-sink ----------------------------------------------
+
+def sink_cmd(port, dump_dir):
+    sink = h.require_tool("smtp-sink", paths=["/usr/sbin/smtp-sink"])
+    user = pwd.getpwuid(os.getuid()).pw_name
+    return [sink, "-u", user, "-d", os.path.join(dump_dir, "m."),
+            "%s:%d" % (HOST, port), "100"]
+
+
+def sink_message(path):
+    """The message in an smtp-sink dump: after its own X-* and three-line
+    Received header, without the trailing empty line (LF line ends)."""
+    data = h.read(path)
+    m = re.match(rb"(?:X-[A-Za-z-]+: [^\n]*\n)*Received: [^\n]*\n"
+                 rb"(?:[ \t][^\n]*\n)*", data)
+    h.check(m, "not an smtp-sink dump: %r" % data[:300])
+    rest = data[m.end():]
+    h.check(rest.endswith(b"\n\n"), "dump does not end with an empty line")
+    return data[:m.end()], rest[:-1]
+
+
+def test_smtp_target_smtp_sink():
+    rng = random.Random(103)
+    d = h.tmpdir("tern-e2e-fwd3-")
+    dump = os.path.join(d, "dump")
+    os.makedirs(dump)
+    (sp,) = h.free_ports(1)
+    with Proc(sink_cmd(sp, dump), lambda: port_open(sp), "smtp-sink"):
+        conf = fwd_conf(d, "smtp", "smtp://127.0.0.1:%d" % sp)
+        with h.Serve(["-c", conf], name="fwd-smtp") as srv:
+            sent = {}
+            with smtplib.SMTP(HOST, srv.port, timeout=30) as c:
+                c.ehlo("client.example")
+                for i in range(50):
+                    mid = "fwd3-%d@e2e" % i
+                    m = h.make_message(mid, rng.randint(200, 40000), rng)
+                    c.mail("sender%d@example.net" % i)
+                    code, msg = c.rcpt("rcpt%d@example.org" % i)
+                    h.check(code == 250, "RCPT %d: %d %r" % (i, code, msg))
+                    code, msg = c.data(m)
+                    h.check(code == 250, "message %d: %d %r" % (i, code, msg))
+                    sent[mid] = m
+            files = h.wait_for(lambda: len(os.listdir(dump)) >= 50 and
+                               os.listdir(dump), 15, "50 smtp-sink dumps")
+            h.check(len(files) == 50, "expected 50 dumps, got %d" % len(files))
+            seen = set()
+            for f in files:
+                _, body = sink_message(os.path.join(dump, f))
+                trace, rest = strip_trace(h.crlf(body), f)
+                h.check(b"(tern) with ESMTP" in trace,
+                        "%s: no Received line by tern: %r" % (f, trace))
+                mid = h.message_id(rest)
+                h.check(mid in sent and mid not in seen,
+                        "%s: unexpected Message-ID %r" % (f, mid))
+                seen.add(mid)
+                # smtp-sink stores lines with LF ends: compare that way
+                h.assert_bytes_equal(rest.replace(b"\r\n", b"\n"),
+                                     sent[mid].replace(b"\r\n", b"\n"),
+                                     "smtp-sink dump of %s" % mid)
+            srv.wait_log("event=message", count=50)
+            h.check(len(srv.grep("status=250")) == 50,
+                    "log: %s" % srv.log(10))
+
+
+# ---- 4. next hop down ------------------------------------------------------------
+
+def test_next_hop_down():
+    rng = random.Random(104)
+    d = h.tmpdir("tern-e2e-fwd4-")
+    dump = os.path.join(d, "dump")
+    os.makedirs(dump)
+    (sp,) = h.free_ports(1)  # nothing listens there yet
+    conf = fwd_conf(d, "smtp", "smtp://127.0.0.1:%d" % sp)
+    with h.Serve(["-c", conf], name="fwd-down") as srv:
+        m = h.make_message("fwd4@e2e", 5000, rng)
+        r = h.Raw(HOST, srv.port, timeout=20)
+        try:
+            r.reply()
+            r.cmd("EHLO client.example", 250)
+            r.cmd("MAIL FROM:<sender@example.net>", 250)
+            r.cmd("RCPT TO:<rcpt@example.org>", 250)
+            code, lines = r.cmd("DATA")
+            h.check(code == 451 and lines[0].startswith("451 4.4.1"),
+                    "DATA with the next hop down: expected 451 4.4.1, got %r"
+                    % lines)
+            # the session goes on: a new transaction on the same connection
+            r.cmd("RSET", 250)
+            r.cmd("NOOP", 250)
+        finally:
+            r.close()
+        h.check(srv.alive(), "tern serve died: %s" % srv.log())
+        with Proc(sink_cmd(sp, dump), lambda: port_open(sp), "smtp-sink"):
+            with smtplib.SMTP(HOST, srv.port, timeout=20) as c:
+                c.ehlo("client.example")
+                c.mail("sender@example.net")
+                c.rcpt("rcpt@example.org")
+                code, msg = c.data(m)
+                h.check(code == 250, "after the next hop started: %d %r"
+                        % (code, msg))
+            (f,) = h.wait_for(lambda: os.listdir(dump), 10, "a dump")
+            _, body = sink_message(os.path.join(dump, f))
+            _, rest = strip_trace(h.crlf(body), f)
+            h.assert_bytes_equal(rest.replace(b"\r\n", b"\n"),
+                                 m.replace(b"\r\n", b"\n"), "dump")
+        h.check(srv.alive(), "tern serve died: %s" % srv.log())
+
+
+# ---- 5. 5 MiB, streamed ------------------------------------------------------------
+
+def vmrss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for ln in f:
+            if ln.startswith("VmRSS:"):
+                return int(ln.split()[1])
+    h.fail("no VmRSS for pid %d" % pid)
+
+
+def test_big_message_streamed():
+    rng = random.Random(105)
+    d = h.tmpdir("tern-e2e-fwd5-")
+    maildir = os.path.join(d, "mail")
+    (p2,) = h.free_ports(1)
+    conf2 = h.write(os.path.join(d, "final.ini"),
+                    MAILDIR_CONF.format(port=p2, maildir=maildir))
+    with h.Serve(["-c", conf2], name="final") as final:
+        conf = fwd_conf(d, "smtp", "smtp://127.0.0.1:%d" % final.port)
+        with h.Serve(["-c", conf], name="fwd-big") as srv:
+            pid = srv.proc.pid
+            small = h.make_message("fwd5-warm@e2e", 3000, rng)
+            big = h.make_message("fwd5-big@e2e", 5 * 1024 * 1024, rng)
+            with smtplib.SMTP(HOST, srv.port, timeout=60) as c:
+                c.ehlo("client.example")
+                c.mail("sender@example.net")
+                c.rcpt("rcpt@example.org")
+                code, msg = c.data(small)
+                h.check(code == 250, "warm-up: %d %r" % (code, msg))
+            base = vmrss_kib(pid)
+            peak = [base]
+            stop = threading.Event()
+
+            def sample():
+                while not stop.is_set():
+                    try:
+                        peak[0] = max(peak[0], vmrss_kib(pid))
+                    except (OSError, h.TestFailure):
+                        return
+                    time.sleep(0.005)
+            t = threading.Thread(target=sample, daemon=True)
+            t.start()
+            try:
+                with smtplib.SMTP(HOST, srv.port, timeout=60) as c:
+                    c.ehlo("client.example")
+                    c.mail("sender@example.net")
+                    c.rcpt("rcpt@example.org")
+                    code, msg = c.data(big)
+                    h.check(code == 250, "5 MiB: %d %r" % (code, msg))
+            finally:
+                stop.set()
+                t.join(5)
+            peak[0] = max(peak[0], vmrss_kib(pid))
+            growth = (peak[0] - base) / 1024.0
+            print("  forwarding daemon VmRSS %d KiB, peak %d KiB (+%.1f MiB)"
+                  % (base, peak[0], growth))
+            h.check(growth < 20, "VmRSS grew by %.1f MiB (< 20 expected): "
+                    "not streamed" % growth)
+            files = h.wait_for(lambda: len(h.maildir_files(maildir)) >= 2 and
+                               h.maildir_files(maildir), 10, "2 stored")
+            got = None
+            for f in files:
+                # both daemons' trace lines (final's, then the forwarder's)
+                trace, rest = strip_trace(h.read(f), f)
+                h.check(trace.count(b"(tern) with ESMTP") == 2,
+                        "%s: expected two tern Received lines: %r" % (f, trace))
+                if h.message_id(rest) == "fwd5-big@e2e":
+                    got = rest
+            h.check(got is not None, "the 5 MiB message was not stored")
+            h.assert_bytes_equal(got, big, "the forwarded 5 MiB message")
+
+
+if __name__ == "__main__":
+    h.main([
+        test_lmtp_target_smtp_inbound,
+        test_lmtp_inbound_per_recipient,
+        test_smtp_target_smtp_sink,
+        test_next_hop_down,
+        test_big_message_streamed,
+    ])
