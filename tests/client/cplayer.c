@@ -432,7 +432,11 @@ static void do_send(struct run *r, char *args) {
   struct tern_client_message *m = &r->msgs[k];
   char *st = r->strs[k];
   memset(m, 0, sizeof *m);
-  snprintf(st, sizeof r->strs[k], "%s", args);
+  size_t alen = strlen(args);
+  if (alen >= sizeof r->strs[k])
+    alen = sizeof r->strs[k] - 1;
+  memcpy(st, args, alen);
+  st[alen] = '\0';
   unsigned notify = 0;
   const char *orcpt = NULL;
   char *rcpts = NULL;
