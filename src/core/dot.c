@@ -121,6 +121,7 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
         run = ++i;
       } else if (c == '\n') { /* ".\n": a line "." ended by a bare LF */
         d->bare = true;
+        d->line_len = 1; /* the dot stays: it was content, not stuffing */
         end_line(d);
         go = emit(ctx, dotcrlf, 3);
         d->state = D_BOL_S;
@@ -138,12 +139,14 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
       }
       /* ".\r" + other: a line "." ended by a bare CR */
       d->bare = true;
+      d->line_len = 1;
       end_line(d);
       go = emit(ctx, dotcrlf, 3);
       d->state = D_BOL_S;
       run = i;
       break;
     case D_DOTCR_S:
+      d->line_len = 1; /* the content line "." */
       end_line(d);
       go = emit(ctx, dotcrlf, 3);
       if (c == '\n') { /* a real CRLF ended the content line "." */
