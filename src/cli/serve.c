@@ -839,16 +839,6 @@ int tern_cli_serve(int argc, char **argv) {
     openlog("tern", LOG_PID | LOG_NDELAY, LOG_MAIL);
   signal(SIGPIPE, SIG_IGN);
 
-  /* A fixed Maildir: create it and drop what a crash left in tmp/. */
-  if (c->target == CFG_MAILDIR && !strchr(c->maildir, '%')) {
-    int r = maildir_prepare(c->maildir, true);
-    if (r) {
-      fprintf(stderr, "tern serve: maildir %s: %s\n", c->maildir,
-              strerror(-r));
-      return EX_CANTCREAT;
-    }
-  }
-
   struct tern_server_callbacks cb;
   tern_server_callbacks_init(&cb);
   cb.on_connect = on_connect;
@@ -931,6 +921,18 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     return EX_NOPERM;
   }
+  /* A fixed Maildir: create it (as the user we now are) and drop what a
+   * crash left in tmp/. */
+  if (c->target == CFG_MAILDIR && !strchr(c->maildir, '%')) {
+    int mr = maildir_prepare(c->maildir, true);
+    if (mr) {
+      fprintf(stderr, "tern serve: maildir %s: %s\n", c->maildir,
+              strerror(-mr));
+      tern_server_free(d.srv);
+      return EX_CANTCREAT;
+    }
+  }
+
   if ((r = tern_server_start(d.srv)) != 0) {
     fprintf(stderr, "tern serve: start: %s\n", tern_strerror(r));
     tern_server_free(d.srv);

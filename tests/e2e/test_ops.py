@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Operations: privileges dropped after binding, and systemd socket
+activation (LISTEN_FDS)."""
+
+import os
+import pwd
+import smtplib
+import socket
+import subprocess
+import threading
+
+import e2e as h
+
+
+def uid_gid(pid):
+    uids = gids = None
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uids = [int(x) for x in line.split()[1:]]
+            elif line.startswith("Gid:"):
+                gids = [int(x) for x in line.split()[1:]]
+    return uids, gids
+
+
+def test_privdrop():
+    """user/group in [server]: every uid and gid of the process is the
+    unprivileged one once it is ready, and it still delivers."""
+    h.check(os.geteuid() == 0, "this test needs root (it checks the drop)")
+    nobody = pwd.getpwnam("nobody")
+    d = h.tmpdir(prefix="tern-e2e-priv-")
+    os.chmod(d, 0o755)
+    md = os.path.join(d, "mail")
+    os.mkdir(md)
+    os.chown(md, nobody.pw_uid, nobody.pw_gid)
+    (port,) = h.free_ports(1)
+    cfg = os.path.join(d, "tern.ini")
+    h.write(cfg, "[server]\nuser = nobody\ngroup = nogroup\n"
+            "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+            "[delivery]\nmaildir = %s\n" % (port, md))
+    srv = h.Serve(["-c", cfg], name="privdrop")
+    try:
+        srv.start()
+        uids, gids = uid_gid(srv.proc.pid)
+        h.check(uids == [nobody.pw_uid] * 4,
+                "uids after start-up: %r (want nobody=%d)" % (uids,
+                                                               nobody.pw_uid))
+        h.check(all(g != 0 for g in gids), "a gid is still 0: %r" % gids)
+        s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+        s.sendmail("a@example.org", ["b@example.org"],
+                   "Subject: priv\r\n\r\nbody\r\n")
+        s.quit()
+        (p,) = h.maildir_files(md)
+        h.check(os.stat(p).st_uid == nobody.pw_uid,
+                "the message file is not owned by nobody")
+    finally:
+        srv.cleanup()
+
+
+def test_socket_activation():
+    """A listening socket handed over as fd 3 with LISTEN_PID/LISTEN_FDS
+    (as systemd does) is used for the first [listener]; tern binds
+    nothing itself for it."""
+    d = h.tmpdir(prefix="tern-e2e-sock-")
+    md = os.path.join(d, "mail")
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+    port = ls.getsockname()[1]
+    cfg = os.path.join(d, "tern.ini")
+    h.write(cfg, "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+            "[delivery]\nmaildir = %s\nfsync = no\n" % (port, md))
+    fd = ls.fileno()
+
+    def child_setup():
+        os.dup2(fd, 3)
+        os.set_inheritable(3, True)
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDS"] = "1"
+
+    proc = subprocess.Popen([h.tern_bin(), "serve", "-c", cfg],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, pass_fds=(fd,),
+                            preexec_fn=child_setup)
+    lines = []
+    t = threading.Thread(target=lambda: lines.extend(
+        l.decode("utf-8", "replace") for l in proc.stdout), daemon=True)
+    t.start()
+    try:
+        h.wait_for(lambda: any("event=ready" in l for l in lines)
+                   or proc.poll() is not None, 10, "tern serve ready")
+        h.check(proc.poll() is None, "tern serve exited: %s" % "".join(lines))
+        ls.close()  # only the daemon holds the listening socket now
+        s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+        s.sendmail("a@example.org", ["b@example.org"],
+                   "Subject: socket\r\n\r\nactivated\r\n")
+        s.quit()
+        (p,) = h.maildir_files(md)
+        h.check(b"activated" in h.read(p), "message not stored")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        h.check(proc.returncode == 0, "exit code %s; log:\n%s"
+                % (proc.returncode, "".join(lines)))
+
+
+if __name__ == "__main__":
+    h.main([test_privdrop, test_socket_activation])
