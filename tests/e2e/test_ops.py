@@ -72,6 +72,8 @@ def test_socket_activation():
             "[delivery]\nmaildir = %s\nfsync = no\n" % (port, md))
     fd = ls.fileno()
 
+    # fd 3 is listed in pass_fds: Popen closes unlisted descriptors after
+    # child_setup has run, which would close the dup2'ed one.
     def child_setup():
         os.dup2(fd, 3)
         os.set_inheritable(3, True)
@@ -80,7 +82,7 @@ def test_socket_activation():
 
     proc = subprocess.Popen([h.tern_bin(), "serve", "-c", cfg],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, pass_fds=(fd,),
+                            stderr=subprocess.STDOUT, pass_fds=(fd, 3),
                             preexec_fn=child_setup)
     lines = []
     t = threading.Thread(target=lambda: lines.extend(
