@@ -18,7 +18,7 @@
  * once in memory: From/To/Subject, then 74-character text lines with
  * CRLF (76 octets each), every 50th starting with "." so dot-stuffing is
  * exercised. It is pushed with tern_client_session_body() as the
- * session takes it (WANT_BODY), and ended with _body_end().
+ * session takes it (on_body_ready), and ended with _body_end().
  *
  * Printed: messages started/ok/failed, connections, wall time (first
  * connect to last message done), messages/s, MB/s (10^6 message octets
@@ -70,6 +70,7 @@ struct conn {
   size_t body_off;
   uint64_t t_send;              /* uv_hrtime() at send() */
   bool ever_ready;
+  bool pushing, push_again;     /* push_body() reentrancy */
   bool closing;
   bool dead;                    /* slot finished */
 };
@@ -86,7 +87,6 @@ struct bench {
   struct tern_client_callbacks cb;
 
   uv_loop_t loop;
-  uv_check_t check;
   uv_timer_t timer;
   struct conn *conns;
 
@@ -122,8 +122,25 @@ static bool more_work(struct bench *b) {
 
 static void conn_open(struct conn *k);
 
-/* Give the session as much of the body as it takes now. */
+static void push_once(struct conn *k);
+
+/* Give the session as much of the body as it takes now. body() flushes
+ * through the runtime, which can fire on_body_ready and so call us again:
+ * a nested call only asks the outer one to go round once more. */
 static void push_body(struct conn *k) {
+  if (k->pushing) {
+    k->push_again = true;
+    return;
+  }
+  k->pushing = true;
+  do {
+    k->push_again = false;
+    push_once(k);
+  } while (k->push_again);
+  k->pushing = false;
+}
+
+static void push_once(struct conn *k) {
   struct bench *b = k->b;
   struct tern_client_session *c;
   if (!k->in_msg || k->body_ended || !k->cl)
@@ -144,20 +161,10 @@ static void push_body(struct conn *k) {
     k->body_ended = true;
 }
 
-/*
- * The client runtime has no "the session takes body bytes again"
- * callback, so after every loop iteration (writes completed, replies
- * read) the connections with a body still to push are retried.
- */
-static void on_check(uv_check_t *h) {
-  struct bench *b = h->data;
-  for (unsigned i = 0; i < b->o.sessions; i++) {
-    struct conn *k = &b->conns[i];
-    if (k->in_msg && !k->body_ended && k->cl &&
-        (tern_client_session_want(tern_client_get_session(k->cl)) &
-         TERN_CLIENT_WANT_BODY))
-      push_body(k);
-  }
+/* The session takes body bytes again (the 354, or output drained). */
+static void on_body_ready(struct tern_client_session *c, void *ud) {
+  (void)c;
+  push_body(ud);
 }
 
 static void next_message(struct conn *k, struct tern_client_session *c) {
@@ -594,16 +601,13 @@ int tern_cli_bench(int argc, char **argv) {
   b->cb.on_ready = on_ready;
   b->cb.on_message_done = on_message_done;
   b->cb.on_error = on_error;
+  b->cb.on_body_ready = on_body_ready;
   b->conns = calloc(b->o.sessions, sizeof *b->conns);
   if (!b->conns || uv_loop_init(&b->loop) != 0) {
     fprintf(stderr, "tern bench: cannot set up (out of memory?)\n");
     ex = EX_OSERR;
     goto out;
   }
-  uv_check_init(&b->loop, &b->check);
-  b->check.data = b;
-  uv_check_start(&b->check, on_check);
-  uv_unref((uv_handle_t *)&b->check);
   uv_timer_init(&b->loop, &b->timer);
   b->timer.data = b;
   if (b->o.duration_ms)
@@ -629,7 +633,6 @@ int tern_cli_bench(int argc, char **argv) {
   uint64_t t_end = uv_hrtime();
   getrusage(RUSAGE_SELF, &ru1);
 
-  uv_close((uv_handle_t *)&b->check, NULL);
   uv_close((uv_handle_t *)&b->timer, NULL);
   uv_run(&b->loop, UV_RUN_DEFAULT);
   uv_loop_close(&b->loop);
