@@ -87,6 +87,7 @@ def fill_and_recover(msg_size, label):
                         for p in h.maildir_files(md))
         h.check(bodies == sorted([m, m2]), "%s: after recovery new/ holds "
                 "%d files, expected the 2 messages" % (label, len(bodies)))
+        srv.wait_log("status=452")
         lines = srv.grep("status=452")
         h.check(lines, "%s: no log line with status=452" % label)
         srv.stop()

@@ -76,6 +76,9 @@ def test_unauthenticated():
                 h.check(code == 250, "DATA: %d %r" % (code, msg))
         files = h.maildir_files(os.path.join(d, "mail"))
         h.check(len(files) == 2, "expected 2 stored messages: %r" % files)
+        # the log line is written before the 250, but read by another
+        # thread: wait for it rather than race it
+        srv.wait_log("event=message", count=2)
         lines = srv.grep("event=message")
         h.check(len(lines) == 2 and all("foreign" not in ln for ln in lines),
                 "log: %r" % lines)
