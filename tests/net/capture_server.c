@@ -65,7 +65,9 @@ struct sess {
   char *from;
   bool smtputf8;
   int body;
+  char dsn[600];        /* MAIL's SIZE/RET/ENVID/REQUIRETLS, for .env */
   char **rcpt;
+  char **rcpt_dsn;      /* each RCPT's NOTIFY/ORCPT, for .env */
   size_t nrcpt, caprcpt;
   uint64_t size;
   unsigned long num;    /* file number of this message (LMTP: shared) */
@@ -104,8 +106,11 @@ static void sess_reset(struct sess *x) {
   }
   free(x->from);
   x->from = NULL;
-  for (size_t i = 0; i < x->nrcpt; i++)
+  for (size_t i = 0; i < x->nrcpt; i++) {
     free(x->rcpt[i]);
+    free(x->rcpt_dsn[i]);
+  }
+  x->dsn[0] = '\0';
   x->nrcpt = 0;
   x->size = 0;
   x->smtputf8 = false;
@@ -123,6 +128,11 @@ static int on_mail(struct tern_server_session *s, const struct tern_path *from,
   x->from = xstrndup(from->mailbox.ptr, from->mailbox.len);
   x->smtputf8 = p->smtputf8;
   x->body = (int)p->body;
+  snprintf(x->dsn, sizeof x->dsn, "size=%llu ret=%s envid=%.*s requiretls=%d",
+           (unsigned long long)p->size,
+           p->ret == TERN_RET_FULL ? "FULL" : p->ret == TERN_RET_HDRS ? "HDRS"
+                                                                     : "-",
+           (int)p->envid.len, p->envid.ptr, p->requiretls ? 1 : 0);
   return TERN_REPLY_NOW;
 }
 
@@ -130,7 +140,7 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
                    const struct tern_rcpt_params *p, struct tern_reply *r,
                    void *ud) {
   struct sess *x = sess_of(s);
-  (void)p, (void)ud;
+  (void)ud;
   if (to->local.len >= 11 && !memcmp(to->local.ptr, "reject-rcpt", 11)) {
     r->code = 550;
     r->enhanced = "5.1.1";
@@ -140,11 +150,23 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
   if (x->nrcpt == x->caprcpt) {
     size_t cap = x->caprcpt ? x->caprcpt * 2 : 8;
     char **n = realloc(x->rcpt, cap * sizeof *n);
-    if (!n)
+    char **nd = n ? realloc(x->rcpt_dsn, cap * sizeof *nd) : NULL;
+    if (!n || !nd)
       abort();
     x->rcpt = n;
+    x->rcpt_dsn = nd;
     x->caprcpt = cap;
   }
+  char dsn[700];
+  snprintf(dsn, sizeof dsn, "%.*s notify=%s%s%s%s orcpt=%.*s;%.*s",
+           (int)to->mailbox.len, to->mailbox.ptr,
+           p->notify & TERN_NOTIFY_NEVER ? "NEVER," : "",
+           p->notify & TERN_NOTIFY_SUCCESS ? "SUCCESS," : "",
+           p->notify & TERN_NOTIFY_FAILURE ? "FAILURE," : "",
+           p->notify & TERN_NOTIFY_DELAY ? "DELAY," : "",
+           (int)p->orcpt_type.len, p->orcpt_type.ptr, (int)p->orcpt.len,
+           p->orcpt.ptr);
+  x->rcpt_dsn[x->nrcpt] = xstrndup(dsn, strlen(dsn));
   x->rcpt[x->nrcpt++] = xstrndup(to->mailbox.ptr, to->mailbox.len);
   return TERN_REPLY_NOW;
 }
@@ -220,6 +242,9 @@ static int store(struct tern_server_session *s, struct sess *x,
   fprintf(f, "auth: %s\n", i && i->auth_user ? i->auth_user : "");
   fprintf(f, "smtputf8: %d\n", x->smtputf8 ? 1 : 0);
   fprintf(f, "body: %s\n", body_name(x->body));
+  fprintf(f, "mail_params: %s\n", x->dsn);
+  for (size_t k = 0; k < x->nrcpt; k++)
+    fprintf(f, "rcpt_params: %s\n", x->rcpt_dsn[k]);
   fprintf(f, "worker: %u\n", i ? i->worker : 0);
   if (fclose(f) != 0)
     return -1;
@@ -289,6 +314,7 @@ static void on_close(struct tern_server_session *s, void *ud) {
     struct sess *x = p;
     sess_reset(x);
     free(x->rcpt);
+    free(x->rcpt_dsn);
     free(x);
     tern_server_session_set_userdata(s, &g_app);
   }

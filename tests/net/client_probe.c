@@ -37,6 +37,7 @@ struct probe {
   struct tern_client_rcpt rcpts[MAX_RCPT];
   size_t nrcpts;
   struct tern_client_message msg;
+  struct tern_client_message opts; /* extension parameters from flags */
   const char *from;
   int fd;
   unsigned long count, sent, done, complete;
@@ -54,7 +55,9 @@ static void usage(void) {
           "[--count N] [--ca-file F] [--no-verify] [--server-name NAME] "
           "[--user U] [--password P] [--token T] [--authzid Z] "
           "[--mechs LIST] [--insecure-auth] [--starttls-required] [--lmtp] "
-          "[--ehlo NAME] [--no-pipelining] [--chunking] [--timeout-ms MS]\n");
+          "[--ehlo NAME] [--no-pipelining] [--chunking] [--timeout-ms MS] "
+          "[--smtputf8] [--body 8BITMIME|BINARYMIME] [--ret FULL|HDRS] "
+          "[--envid X] [--size N] [--notify LIST] [--orcpt ADDR]\n");
   exit(2);
 }
 
@@ -91,7 +94,7 @@ static void next_message(struct probe *p, struct tern_client_session *c) {
   if (p->in_message || p->sent >= p->count)
     return;
   struct tern_client_message *m = &p->msg; /* lives until message_done */
-  memset(m, 0, sizeof *m);
+  *m = p->opts;
   m->from = p->from;
   m->rcpts = p->rcpts;
   m->nrcpts = p->nrcpts;
@@ -212,7 +215,30 @@ int main(int argc, char **argv) {
       o.session.ehlo_name = argv[++i];
     else if (!strcmp(a, "--no-pipelining"))
       o.session.pipelining = false;
-    else if (!strcmp(a, "--chunking"))
+    else if (!strcmp(a, "--smtputf8"))
+      p.opts.smtputf8 = true;
+    else if (ARG("--body"))
+      p.opts.body = !strcmp(argv[++i], "BINARYMIME") ? TERN_BODY_BINARYMIME
+                    : !strcmp(argv[i], "8BITMIME")   ? TERN_BODY_8BITMIME
+                                                     : TERN_BODY_7BIT;
+    else if (ARG("--ret"))
+      p.opts.ret = !strcmp(argv[++i], "FULL") ? TERN_RET_FULL : TERN_RET_HDRS;
+    else if (ARG("--envid"))
+      p.opts.envid = argv[++i];
+    else if (ARG("--size"))
+      p.opts.size = strtoull(argv[++i], NULL, 10);
+    else if (ARG("--notify")) {
+      const char *v = argv[++i];
+      for (size_t k = 0; k < MAX_RCPT; k++)
+        p.rcpts[k].notify = (strstr(v, "SUCCESS") ? TERN_NOTIFY_SUCCESS : 0) |
+                            (strstr(v, "FAILURE") ? TERN_NOTIFY_FAILURE : 0) |
+                            (strstr(v, "DELAY") ? TERN_NOTIFY_DELAY : 0) |
+                            (strstr(v, "NEVER") ? TERN_NOTIFY_NEVER : 0);
+    } else if (ARG("--orcpt")) {
+      const char *v = argv[++i];
+      for (size_t k = 0; k < MAX_RCPT; k++)
+        p.rcpts[k].orcpt = v;
+    } else if (!strcmp(a, "--chunking"))
       o.session.chunking = true;
     else if (ARG("--timeout-ms")) {
       unsigned ms = (unsigned)strtoul(argv[++i], NULL, 10);

@@ -330,6 +330,44 @@ def test_lmtp_unix_socket():
         h.assert_bytes_equal(m.eml, MSG)
 
 
+# ---- every extension, against tern's own server ------------------------------------
+
+def test_every_extension():
+    """PIPELINING, CHUNKING (BDAT), 8BITMIME, BINARYMIME, SMTPUTF8, SIZE
+    and DSN from the client library to tern's server, each checked on the
+    stored side (bytes and the parameters the server saw)."""
+    url = None
+    with h.CaptureServer(["--listen", "smtp://127.0.0.1:0"]) as srv:
+        url = "smtp://127.0.0.1:%d" % srv.port
+        # BDAT: the same bytes as DATA would store
+        probe(url, args=["--chunking"])
+        # 8BITMIME
+        body8 = "Subject: caf\u00e9\r\n\r\ngr\u00fc\u00dfe\r\n".encode()
+        probe(url, body=body8, args=["--body", "8BITMIME"])
+        # BINARYMIME over BDAT: raw, bare LF and NUL kept as they are
+        raw = b"Subject: bin\r\n\r\n\x00\x01 bare\nLF \r lone CR\r\n"
+        probe(url, body=raw, args=["--chunking", "--body", "BINARYMIME"])
+        # SMTPUTF8 addresses
+        probe(url, frm="j\u00f6rg@example.org",
+              rcpts=["\u00fc@example.org"], args=["--smtputf8"])
+        # SIZE and DSN (RET, ENVID, NOTIFY, ORCPT; xtext round trip)
+        probe(url, args=["--size", "1234", "--ret", "HDRS", "--envid",
+                         "id+1=x", "--notify", "SUCCESS,FAILURE",
+                         "--orcpt", "b@example.org"])
+        msgs = srv.wait_messages(5)
+        h.assert_bytes_equal(msgs[0].eml, MSG, "BDAT")
+        h.assert_bytes_equal(msgs[1].eml, body8, "8BITMIME")
+        h.check("body: 8BITMIME" in msgs[1].env_text, msgs[1].env_text)
+        h.assert_bytes_equal(msgs[2].eml, raw, "BINARYMIME")
+        h.check("body: BINARYMIME" in msgs[2].env_text, msgs[2].env_text)
+        h.check("smtputf8: 1" in msgs[3].env_text, msgs[3].env_text)
+        h.check("from: j\u00f6rg@example.org" in msgs[3].env_text,
+                msgs[3].env_text)
+        e = msgs[4].env_text
+        h.check("mail_params: size=1234 ret=HDRS envid=id+1=x" in e, e)
+        h.check("notify=SUCCESS,FAILURE, orcpt=rfc822;b@example.org" in e, e)
+
+
 if __name__ == "__main__":
     h.main([
         test_plain_byte_exact,
@@ -350,4 +388,5 @@ if __name__ == "__main__":
         test_auth_refused,
         test_auth_plain_not_in_the_clear,
         test_lmtp_unix_socket,
+        test_every_extension,
     ])
