@@ -76,6 +76,8 @@ static void policy_put(struct policy *p) {
 
 /* One line: "2026-11-24T01:02:03Z key=value ..." on stderr, or syslog.
  * Values from the peer are escaped by the callers (esc()). */
+static void logf_(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
 static void logf_(const char *fmt, ...) {
   char line[2048];
   va_list ap;

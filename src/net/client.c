@@ -164,6 +164,8 @@ static void on_attempt_closed(uv_handle_t *h);
 /* ---- small helpers -------------------------------------------------------- */
 
 static void set_err(struct tern_client *cl, int code, const char *fmt,
+                    va_list ap) __attribute__((format(printf, 3, 0)));
+static void set_err(struct tern_client *cl, int code, const char *fmt,
                     va_list ap) {
   char tmp[sizeof cl->err]; /* the arguments may point into cl->err */
   cl->err_code = code;

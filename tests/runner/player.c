@@ -105,6 +105,8 @@ static void buf_add(struct buf *b, const void *src, size_t n) {
 
 static void buf_adds(struct buf *b, const char *s) { buf_add(b, s, strlen(s)); }
 
+static void buf_printf(struct buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void buf_printf(struct buf *b, const char *fmt, ...) {
   char tmp[512];
   va_list ap;
@@ -602,6 +604,8 @@ struct run {
   bool nomem;
 };
 
+static void fail(struct run *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void fail(struct run *r, const char *fmt, ...) {
   char tmp[1024];
   va_list ap;
