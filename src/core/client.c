@@ -822,24 +822,6 @@ static void on_server_reply(struct tern_client_session *c) {
 
 /* ---- public API: lifecycle --------------------------------------------------- */
 
-/* Copy a caller's size-tagged struct over our defaults (as server.c). */
-static int copy_sized(void *dst, size_t dst_size, const void *src) {
-  size_t n;
-  memcpy(&n, src, sizeof n);
-  if (n < sizeof(size_t))
-    return TERN_EINVAL;
-  if (n > dst_size) {
-    const unsigned char *extra = (const unsigned char *)src + dst_size;
-    for (size_t i = 0; i < n - dst_size; i++)
-      if (extra[i])
-        return TERN_EINVAL;
-    n = dst_size;
-  }
-  memcpy(dst, src, n);
-  memcpy(dst, &dst_size, sizeof dst_size);
-  return 0;
-}
-
 /* RFC 5321 §4.1.1.1: EHLO takes a Domain or an address-literal. */
 static bool ehlo_name_ok(const char *s) {
   size_t n = strlen(s);
@@ -902,9 +884,9 @@ int tern_client_session_new(struct tern_client_session **out,
   *out = NULL;
   tern_client_config_init(&cfg);
   tern_client_callbacks_init(&cb);
-  if (cfg_in && copy_sized(&cfg, sizeof cfg, cfg_in))
+  if (cfg_in && tern__copy_sized(&cfg, sizeof cfg, cfg_in))
     return TERN_EINVAL;
-  if (cb_in && copy_sized(&cb, sizeof cb, cb_in))
+  if (cb_in && tern__copy_sized(&cb, sizeof cb, cb_in))
     return TERN_EINVAL;
   if (cfg.mem)
     mem = *cfg.mem;

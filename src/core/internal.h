@@ -23,6 +23,10 @@ void tern__free(const struct tern_mem *m, void *p);
 /* n*size with overflow check; NULL on overflow or failure. */
 void *tern__calloc_array(const struct tern_mem *m, size_t n, size_t size);
 
+/* Copy a size-tagged public struct over defaults (ABI rule, DESIGN §1):
+ * shorter is fine, longer only with zero unknown fields. 0/TERN_EINVAL. */
+int tern__copy_sized(void *dst, size_t dst_size, const void *src);
+
 /* ---- ASCII helpers (str.c), locale-free ----------------------------------- */
 
 static inline bool tern__is_digit(unsigned char c) { return c >= '0' && c <= '9'; }

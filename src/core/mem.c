@@ -58,3 +58,28 @@ void *tern__calloc_array(const struct tern_mem *m, size_t n, size_t size) {
     memset(p, 0, total == 0 ? 1 : total);
   return p;
 }
+
+/*
+ * Copy a caller's size-tagged options or callbacks struct (its first
+ * member is its size) over `dst`, which holds our defaults: an older
+ * caller passes a shorter struct and keeps our defaults for the rest; a
+ * newer caller may pass a longer one only if the fields we do not know
+ * are zero. dst's size field is set to dst_size. Returns 0 or
+ * TERN_EINVAL.
+ */
+int tern__copy_sized(void *dst, size_t dst_size, const void *src) {
+  size_t n;
+  memcpy(&n, src, sizeof n);
+  if (n < sizeof(size_t))
+    return TERN_EINVAL;
+  if (n > dst_size) {
+    const unsigned char *extra = (const unsigned char *)src + dst_size;
+    for (size_t i = 0; i < n - dst_size; i++)
+      if (extra[i])
+        return TERN_EINVAL;
+    n = dst_size;
+  }
+  memcpy(dst, src, n);
+  memcpy(dst, &dst_size, sizeof dst_size);
+  return 0;
+}

@@ -561,26 +561,6 @@ static size_t line_feed(struct tern_server_session *s, const char *buf,
 
 /* ---- public API ------------------------------------------------------------ */
 
-/* Copy a caller's size-tagged struct over our defaults: an older caller
- * passes a shorter struct; a newer one may pass a longer struct only if
- * the fields we do not know are zero. */
-static int copy_sized(void *dst, size_t dst_size, const void *src) {
-  size_t n;
-  memcpy(&n, src, sizeof n);
-  if (n < sizeof(size_t))
-    return TERN_EINVAL;
-  if (n > dst_size) {
-    const unsigned char *extra = (const unsigned char *)src + dst_size;
-    for (size_t i = 0; i < n - dst_size; i++)
-      if (extra[i])
-        return TERN_EINVAL;
-    n = dst_size;
-  }
-  memcpy(dst, src, n);
-  memcpy(dst, &dst_size, sizeof dst_size);
-  return 0;
-}
-
 static bool printable(const char *p, bool allow_space) {
   for (; *p; p++) {
     unsigned char c = (unsigned char)*p;
@@ -605,9 +585,9 @@ int tern_server_session_new(struct tern_server_session **out,
   *out = NULL;
   tern_server_config_init(&cfg);
   tern_server_callbacks_init(&cb);
-  if (cfg_in && copy_sized(&cfg, sizeof cfg, cfg_in))
+  if (cfg_in && tern__copy_sized(&cfg, sizeof cfg, cfg_in))
     return TERN_EINVAL;
-  if (cb_in && copy_sized(&cb, sizeof cb, cb_in))
+  if (cb_in && tern__copy_sized(&cb, sizeof cb, cb_in))
     return TERN_EINVAL;
   if (cfg.mem)
     mem = *cfg.mem;
