@@ -51,8 +51,9 @@ int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
 
 /*
  * Write a chunk asynchronously (libuv thread pool). `cb(arg, status)` runs
- * on the loop when it is written (status 0 or -errno); `buf` must stay
- * valid until then. One write at a time (-EBUSY otherwise). An error
+ * on the loop when it is written (status 0 or -errno). `buf` is copied:
+ * the caller may reuse it at once (an aborted delivery's write may still
+ * be running in the pool). One write at a time (-EBUSY otherwise). An error
  * (ENOSPC...) is remembered; later writes return it at once (and, like
  * any failed call, never call cb); commit then fails with 452 4.3.1 or
  * 451 4.3.0 and removes the file.
@@ -67,14 +68,15 @@ int maildir_write(struct maildir_delivery *d, const char *buf, size_t len,
  * then `done` with 250 2.0.0 (detail = file name) or 452 4.3.1 / 451 4.3.0
  * (nothing left in any new/). Call it with no write in flight. `done` is
  * always called, never from inside maildir_commit; the delivery frees
- * itself after `done` returns, and may not be aborted after commit.
+ * itself after `done` returns. Aborting after commit does not stop the
+ * commit; it only means `done` is not called.
  */
 void maildir_commit(struct maildir_delivery *d, deliver_done_fn done,
                     void *arg);
 
-/* Give up (before commit): close and unlink the temporary file; frees the
- * delivery (asynchronously, if a write is in flight: its cb is not
- * called). */
+/* Give up: before commit, close and unlink the temporary file and free
+ * the delivery (asynchronously, if a write is in flight: its cb is not
+ * called); after commit, only detach `done` (the caller is gone). */
 void maildir_abort(struct maildir_delivery *d);
 
 /* TEST ONLY: the number of directory fsyncs started by this context (to
@@ -123,8 +125,9 @@ struct forward_delivery;
  * Connect to the next hop and send MAIL and every RCPT. `started(arg,
  * reply)` runs once: 354 when the next hop takes the body (answer the
  * inbound DATA with it), or the refusal (the next hop's, or 451 4.4.1
- * when it cannot be reached). `header` must live until commit. Returns 0
- * or -errno.
+ * when it cannot be reached), never from inside this call: a connection
+ * that fails at once makes it return -EHOSTUNREACH instead. `header`
+ * must live until commit. Returns 0 or -errno.
  */
 int forward_begin(uv_loop_t *loop, const struct forward_opts *o,
                   const char *from, char *const *rcpts, size_t n,
@@ -135,9 +138,12 @@ int forward_begin(uv_loop_t *loop, const struct forward_opts *o,
 int forward_write(struct forward_delivery *d, const char *buf, size_t len,
                   void (*cb)(void *arg, int status), void *arg);
 /* End the body; `done` gets the next hop's verdict for the whole message
- * (250 only when every recipient was accepted). */
-void forward_commit(struct forward_delivery *d, deliver_done_fn done,
-                    void *arg);
+ * (250 only when every recipient was accepted), never from inside this
+ * call. When the outcome is already known (the next hop failed during
+ * the body) it is written to *now and 1 is returned instead (done is not
+ * called); else 0. */
+int forward_commit(struct forward_delivery *d, deliver_done_fn done,
+                   void *arg, struct tern_reply *now);
 /* Recipient i's own outcome (for an inbound LMTP session). */
 void forward_result(const struct forward_delivery *d, size_t i,
                     struct tern_reply *r);

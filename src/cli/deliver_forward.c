@@ -48,6 +48,8 @@ struct forward_delivery {
   void *arg;
   bool lmtp_out;            /* the next hop speaks LMTP */
   bool in_push, push_again; /* push() reentrancy */
+  bool in_begin;            /* inside forward_begin() */
+  struct status early;      /* a failure while in_begin */
   bool sent;                /* the message was handed to the session */
   bool body_open;           /* the next hop takes body bytes */
   bool finished;            /* on_message_done came */
@@ -76,7 +78,7 @@ static void maybe_free(struct forward_delivery *d) {
   if (!d->released || !d->closed)
     return;
   tern_client_free(d->cl);
-  for (size_t i = 0; i < d->n; i++)
+  for (size_t i = 0; d->rcpts && i < d->n; i++)
     free((char *)d->rcpts[i].address);
   free(d->rcpts);
   free(d->rcpt);
@@ -91,6 +93,11 @@ static void start_failed(struct forward_delivery *d, int code,
                          const char *enh, const char *text) {
   if (!d->started)
     return;
+  if (d->in_begin) { /* the caller is still in forward_begin(): tell it */
+    d->started = NULL;
+    set_status(&d->early, code, enh, text);
+    return;
+  }
   deliver_done_fn cb = d->started;
   d->started = NULL;
   struct status st;
@@ -321,13 +328,20 @@ int forward_begin(uv_loop_t *loop, const struct forward_opts *o,
   co.on_connect = on_connect;
   co.on_close = on_close;
   int r = tern_client_new(&d->cl, loop, &co);
-  if (r == 0)
-    r = tern_client_connect(d->cl);
   if (r) {
     d->closed = true;
     d->released = true;
     maybe_free(d);
     return r == TERN_ENOMEM ? -ENOMEM : -EINVAL;
+  }
+  /* A connect that fails at once reports through on_connect before
+   * tern_client_connect() returns: catch it here, not as a callback. */
+  d->in_begin = true;
+  r = tern_client_connect(d->cl);
+  d->in_begin = false;
+  if (r || d->early.code) {
+    forward_release(d);
+    return -EHOSTUNREACH;
   }
   *out = d;
   return 0;
@@ -355,21 +369,19 @@ int forward_write(struct forward_delivery *d, const char *buf, size_t len,
   return 0;
 }
 
-void forward_commit(struct forward_delivery *d, deliver_done_fn done,
-                    void *arg) {
+int forward_commit(struct forward_delivery *d, deliver_done_fn done,
+                   void *arg, struct tern_reply *now) {
+  if (d->finished) { /* ended already (the next hop failed mid-body) */
+    if (!d->first_fail.code)
+      set_status(&d->first_fail, 451, "4.4.2", "Error: next hop failed");
+    reply_of(&d->first_fail, now);
+    return 1;
+  }
   d->done = done;
   d->arg = arg;
-  if (d->finished) { /* ended already (the next hop failed mid-body) */
-    struct tern_reply r;
-    reply_of(&d->first_fail, &r);
-    if (!r.code)
-      r = (struct tern_reply){451, "4.4.2", "Error: next hop failed"};
-    d->done = NULL;
-    done(arg, &r, "refused by the next hop");
-    return;
-  }
   push(d);
   tern_client_session_body_end(tern_client_get_session(d->cl));
+  return 0;
 }
 
 void forward_result(const struct forward_delivery *d, size_t i,

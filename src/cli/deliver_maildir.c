@@ -122,6 +122,8 @@ struct maildir_delivery {
   bool wpending;
   bool wstarted;
   const char *wbuf;
+  char *wcopy;    /* our copy of the chunk: the caller's buffer may go */
+  size_t wcap;
   size_t wlen;
   void (*wcb)(void *arg, int status);
   void *warg;
@@ -297,6 +299,7 @@ static void md_free(struct maildir_delivery *d) {
   free(d->placed);
   free(d->waiters);
   free(d->header);
+  free(d->wcopy);
   free(d);
   if (--ctx->live == 0 && ctx->freeing)
     md_ctx_destroy(ctx);
@@ -573,7 +576,8 @@ static void md_finish(struct maildir_delivery *d) {
     snprintf(d->detail, sizeof d->detail, "%s %s: %s", d->err_op, d->name,
              uv_strerror(d->err));
   }
-  d->done(d->done_arg, r, d->detail);
+  if (d->done) /* NULL when the caller gave up after commit */
+    d->done(d->done_arg, r, d->detail);
   md_free(d);
 }
 
@@ -884,7 +888,18 @@ int maildir_write(struct maildir_delivery *d, const char *buf, size_t len,
   /* While the open job runs it owns d->err: queue, md_open_after reports. */
   if (!d->busy && d->err != 0)
     return d->err;
-  d->wbuf = buf;
+  /* The write runs in the thread pool and may outlive the caller's
+   * buffer (an abort leaves it running): write from our own copy. */
+  if (len > d->wcap) {
+    char *n = realloc(d->wcopy, len);
+    if (!n)
+      return -ENOMEM;
+    d->wcopy = n;
+    d->wcap = len;
+  }
+  if (len)
+    memcpy(d->wcopy, buf, len);
+  d->wbuf = d->wcopy;
   d->wlen = len;
   d->wcb = cb;
   d->warg = arg;
@@ -912,8 +927,15 @@ void maildir_commit(struct maildir_delivery *d, deliver_done_fn done,
 }
 
 void maildir_abort(struct maildir_delivery *d) {
-  if (d == NULL || d->aborted || d->committed)
-    return; /* after commit, `done` always comes (bounded: no peer) */
+  if (d == NULL || d->aborted)
+    return;
+  if (d->committed) {
+    /* The commit finishes on its own (the message may land in new/; its
+     * sender was not told 250, so at worst it comes again), but the
+     * caller is gone: `done` must not be called. */
+    d->done = NULL;
+    return;
+  }
   d->aborted = true;
   if (!d->busy)
     md_discard(d);

@@ -433,8 +433,9 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
     logf_("session=%s event=error what=delivery-start error=\"%s\"",
           x->info->id, strerror(-rc));
     r->code = 451;
-    r->enhanced = "4.3.0";
-    r->text = "Error: local delivery failed";
+    r->enhanced = rc == -EHOSTUNREACH ? "4.4.1" : "4.3.0";
+    r->text = rc == -EHOSTUNREACH ? "Error: next hop unavailable"
+                                  : "Error: local delivery failed";
   }
   return TERN_REPLY_NOW;
 }
@@ -504,9 +505,9 @@ static void log_message(struct sess *x) {
         fixed && x->file[0] ? "/new/" : "", x->file[0] ? x->file : "-");
 }
 
-static void delivered(void *arg, const struct tern_reply *r,
-                      const char *detail) {
-  struct sess *x = arg;
+/* Note a delivery's outcome (and log it); the caller answers. */
+static void record(struct sess *x, const struct tern_reply *r,
+                   const char *detail) {
   x->md = NULL; /* the delivery freed itself */
   x->pd = NULL;
   x->done = true;
@@ -516,6 +517,12 @@ static void delivered(void *arg, const struct tern_reply *r,
   snprintf(x->file, sizeof x->file, "%s", detail ? detail : "");
   x->messages++;
   log_message(x);
+}
+
+static void delivered(void *arg, const struct tern_reply *r,
+                      const char *detail) {
+  struct sess *x = arg;
+  record(x, r, detail);
   struct tern_reply rr = {x->code, x->enh[0] ? x->enh : NULL, x->text};
   if (x->fd && !strncmp(x->info->listener, "lmtp:", 5))
     forward_result(x->fd, 0, &rr); /* LMTP: the first recipient's own */
@@ -536,9 +543,18 @@ static int on_data_end(struct tern_server_session *s, uint64_t size,
     r->text = x->text;
     return TERN_REPLY_NOW;
   }
-  if (x->fd)
-    forward_commit(x->fd, delivered, x);
-  else if (x->md)
+  if (x->fd) {
+    struct tern_reply now;
+    if (!forward_commit(x->fd, delivered, x, &now))
+      return TERN_PENDING;
+    record(x, &now, "refused by the next hop"); /* known already */
+    r->code = x->code;
+    r->enhanced = x->enh[0] ? x->enh : NULL;
+    r->text = x->text;
+    if (!strncmp(x->info->listener, "lmtp:", 5))
+      forward_result(x->fd, rcpt, r);
+    return TERN_REPLY_NOW;
+  } else if (x->md)
     maildir_commit(x->md, delivered, x);
   else if (x->pd)
     pipe_commit(x->pd, delivered, x);

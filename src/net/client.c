@@ -136,6 +136,8 @@ struct tern_client {
   bool fd_seekable;
   int64_t fd_off;
   bool fs_busy, fs_eof;
+  unsigned fd_gen;  /* bumped by each send_fd() */
+  unsigned fs_gen;  /* fd_gen of the read in flight */
   uv_fs_t fsreq;
   char *fbuf;
   size_t fb_off, fb_len;
@@ -632,12 +634,19 @@ static void fd_stop(struct tern_client *cl) {
   }
 }
 
+static void fd_read_next(struct tern_client *cl);
+
 static void on_fs_read(uv_fs_t *req) {
   struct tern_client *cl = req->data;
   ssize_t r = req->result;
   uv_fs_req_cleanup(req);
   cl->fs_busy = false;
   cl->pending_cb--;
+  if (cl->fs_gen != cl->fd_gen && cl->state < CS_CLOSING && cl->fd_active) {
+    /* a read for an earlier message: drop it, start the current one's */
+    fd_read_next(cl);
+    return;
+  }
   if (cl->state >= CS_CLOSING || !cl->fd_active) {
     if (!cl->fd_active) {
       free(cl->fbuf);
@@ -673,6 +682,7 @@ static void fd_read_next(struct tern_client *cl) {
     return;
   }
   cl->fs_busy = true;
+  cl->fs_gen = cl->fd_gen;
   cl->pending_cb++;
 }
 
@@ -1380,6 +1390,7 @@ int tern_client_send_fd(struct tern_client *cl, int fd) {
   cl->fd_seekable = pos >= 0;
   cl->fd_off = pos >= 0 ? (int64_t)pos : 0;
   cl->fd_active = true;
+  cl->fd_gen++;
   cl->fs_eof = false;
   cl->fb_off = cl->fb_len = 0;
   if (!cl->fs_busy)

@@ -92,5 +92,43 @@ def test_sigterm_idle():
         srv.cleanup()
 
 
+def test_forced_shutdown_mid_delivery():
+    """shutdown_timeout = 0: sessions in DATA or waiting for their fsync
+    are closed at once. The deliveries in flight must finish or stop
+    without touching the closed session (a use-after-free under ASan in
+    an earlier version), and the daemon exits 0."""
+    d = h.tmpdir(prefix="tern-e2e-term0-")
+    (port,) = h.free_ports(1)
+    cfg = os.path.join(d, "tern.ini")
+    h.write(cfg, "[server]\nshutdown_timeout = 0s\n"
+            "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+            "[delivery]\nmaildir = %s\n" % (port, os.path.join(d, "mail")))
+    body = (b"y" * 70 + b"\r\n") * 20000
+    for when in ("streaming", "after-dot"):
+        srv = h.Serve(["-c", cfg], name="term0-" + when)
+        try:
+            srv.start()
+            r = h.Raw("127.0.0.1", port, timeout=15)
+            try:
+                r.reply()
+                r.cmd("EHLO t", 250)
+                r.cmd("MAIL FROM:<s@example.net>", 250)
+                r.cmd("RCPT TO:<r@example.org>", 250)
+                r.cmd("DATA", 354)
+                if when == "streaming":
+                    r.send(body[:len(body) // 2])
+                else:
+                    r.send(body + b".\r\n")
+                srv.signal(signal.SIGTERM)
+                rc = srv.wait_exit(timeout=30)
+                h.check(rc == 0, "%s: exit code %d; log:\n%s"
+                        % (when, rc, srv.log()))
+            finally:
+                r.close()
+        finally:
+            srv.cleanup()
+
+
 if __name__ == "__main__":
-    h.main([test_sigterm_mid_data, test_sigterm_idle])
+    h.main([test_sigterm_mid_data, test_sigterm_idle,
+            test_forced_shutdown_mid_delivery])
