@@ -223,18 +223,30 @@ tern_client_callbacks_init(struct tern_client_callbacks *cb) {
   *cb = d;
 }
 
-/* Create. cfg and cb are copied (strings too). Returns 0, TERN_EINVAL
- * (bad EHLO name, unknown mechanism syntax), TERN_ENOMEM. */
+/* Create a session that waits for the server's greeting. cfg and cb are
+ * copied (strings too; cfg NULL = defaults, cb NULL = no callbacks); `ud`
+ * is handed to every callback and owned by the caller. Sets *out and
+ * returns 0, or TERN_EINVAL (bad EHLO name, mechanism name syntax, a
+ * size field larger than this library knows with non-zero extra bytes)
+ * or TERN_ENOMEM (*out is NULL then). */
 TERN_EXTERN int tern_client_session_new(struct tern_client_session **out,
                                         const struct tern_client_config *cfg,
                                         const struct tern_client_callbacks *cb,
                                         void *ud);
+/* Free the session and its buffers. Fires no callback; a message in
+ * progress is simply dropped (call _eof() first to get on_message_done).
+ * NULL is a no-op. Not from inside one of its callbacks. */
 TERN_EXTERN void tern_client_session_free(struct tern_client_session *c);
 
 /* Server bytes. Returns bytes taken (fewer only when the session stops:
  * STARTTLS accepted, or closed), or a negative error. */
 TERN_EXTERN long tern_client_session_feed(struct tern_client_session *c,
                                           const void *buf, size_t len);
+/* The queued command bytes: sets *data, returns their length (0 = none).
+ * The pointer is valid until the next call on the session other than
+ * output(). Mark what was written with _consume(n) (n ≤ the length; more
+ * is clamped); consume may fire callbacks (on_body_ready, and the next
+ * step of a message). */
 TERN_EXTERN size_t tern_client_session_output(struct tern_client_session *c,
                                               const char **data);
 TERN_EXTERN void tern_client_session_consume(struct tern_client_session *c,
@@ -296,6 +308,7 @@ TERN_EXTERN int tern_client_session_quit(struct tern_client_session *c);
 /* The connection ended. A message in progress ends (local 421). */
 TERN_EXTERN void tern_client_session_eof(struct tern_client_session *c);
 
+/* The `ud` given to tern_client_session_new(), or NULL for NULL. */
 TERN_EXTERN void *tern_client_session_userdata(const struct tern_client_session *c);
 
 /* Runtime hook, as tern_server_session_set_notify(): called after send(),
