@@ -288,6 +288,28 @@ static void tls_pull(struct tern__conn *c) {
   }
 }
 
+/*
+ * Feed everything already received before the socket is read again: what
+ * was held back first (order), then what the TLS engine holds. The engine
+ * is the trap: records it has buffered raise no read event of their own,
+ * so a session that wants input while they sit there waits for bytes that
+ * arrived long ago (a client that sent its whole message and waits for
+ * the reply never sends more). Invariant on return: either the session
+ * does not want input, or nothing is held and the engine has no complete
+ * record left, so waiting for the socket is right.
+ */
+static void feed_input(struct tern__conn *c) {
+  for (;;) {
+    feed_held(c);
+    if (c->in_len || c->closing || !c->s || !c->tls || !c->tls_ready)
+      return;
+    tls_pull(c); /* to the session, holding what it does not take */
+    if (!c->in_len || c->closing || !c->s ||
+        !(tern_server_session_want(c->s) & TERN_WANT_READ))
+      return; /* drained, or paused: a reply or resume pumps again */
+  }
+}
+
 static void start_tls(struct tern__conn *c) {
   struct tern_server *srv = c->w->srv;
   if (!srv->tls || tern__tls_new(&c->tls, srv->tls) != 0) {
@@ -327,13 +349,19 @@ static void pump(struct tern__conn *c) {
     c->again = false;
     if (c->closing || !c->s)
       break;
-    if (c->tls && c->tls_ready)
-      tls_pull(c);
-    feed_held(c);
+    feed_input(c);
+    bool blocked = c->in_len &&
+                   !(tern_server_session_want(c->s) & TERN_WANT_READ);
     flush_session(c);
     if (c->closing)
       break;
     unsigned want = tern_server_session_want(c->s);
+    if (blocked && (want & TERN_WANT_READ)) {
+      /* Flushing took the session's output below its high-water mark:
+       * it takes input again, and consume() does not notify. */
+      c->again = true;
+      continue;
+    }
     if ((want & TERN_WANT_TLS) && !c->tls && !(want & TERN_WANT_WRITE))
       start_tls(c);
     if (c->drain && !(want & TERN_WANT_CLOSE) &&

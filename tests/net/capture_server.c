@@ -15,7 +15,7 @@
  *                  [--workers N] [--max-conn N] [--max-per-ip N]
  *                  [--greeting-delay MS] [--timeout-ms MS]
  *                  [--shutdown-timeout-ms MS] [--xclient-nets LIST]
- *                  [--max-size N]
+ *                  [--max-size N] [--pause-data MS] [--pause-every N]
  *
  * Prints "READY <port of the first listener>" on stdout once listening.
  * SIGTERM / SIGINT: graceful shutdown (tern_server_shutdown), exit 0.
@@ -25,6 +25,13 @@
  * Test hooks (recipient local parts): RCPT "reject-rcpt..." gets 550 5.1.1;
  * in LMTP mode a recipient "fail-data..." gets 550 5.2.1 after DATA while
  * the others get 250.
+ *
+ * --pause-data MS: a slow consumer. on_data answers TERN_PENDING for a
+ * chunk and a timer resumes the session MS ms later (0: on the next loop
+ * iteration), as an application does that writes each chunk somewhere
+ * slower than the network (backpressure). --pause-every N pauses only
+ * every Nth chunk of a session (default 1), so that some resumes find the
+ * input held back enough to go on without another pause.
  */
 #include <errno.h>
 #include <signal.h>
@@ -55,6 +62,8 @@ struct app {
   atomic_ulong bytes;
   atomic_ulong aborted;
   uv_loop_t *loop;
+  long pause_data_ms;    /* --pause-data, -1 = off */
+  unsigned long pause_every; /* --pause-every */
 };
 
 /* Per-session state (userdata), allocated lazily, freed in on_close. */
@@ -71,6 +80,8 @@ struct sess {
   size_t nrcpt, caprcpt;
   uint64_t size;
   unsigned long num;    /* file number of this message (LMTP: shared) */
+  uv_timer_t *pause;    /* --pause-data: ends the pause; closed in on_close */
+  unsigned long chunks; /* on_data calls, for --pause-every */
 };
 
 static struct app g_app;
@@ -189,6 +200,14 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
   return TERN_REPLY_NOW;
 }
 
+/* --pause-data: the slow write is done; take input again. The message may
+ * have been aborted meanwhile (resume then says TERN_ESTATE: fine). */
+static void on_pause_end(uv_timer_t *t) {
+  (void)tern_server_session_resume(t->data);
+}
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
 static int on_data(struct tern_server_session *s, const char *buf, size_t len,
                    void *ud) {
   struct sess *x = sess_of(s);
@@ -196,6 +215,17 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
   x->size += len;
   if (x->tmp && fwrite(buf, 1, len, x->tmp) != len)
     return TERN_EIO;
+  if (x->app->pause_data_ms >= 0 && ++x->chunks % x->app->pause_every == 0) {
+    if (!x->pause) {
+      x->pause = malloc(sizeof *x->pause);
+      if (!x->pause || uv_timer_init(tern_session_loop(s), x->pause) != 0)
+        abort();
+      x->pause->data = s;
+    }
+    uv_timer_start(x->pause, on_pause_end, (uint64_t)x->app->pause_data_ms,
+                   0);
+    return TERN_PENDING;
+  }
   return 0;
 }
 
@@ -312,6 +342,8 @@ static void on_close(struct tern_server_session *s, void *ud) {
   (void)ud;
   if (p && p != (void *)&g_app) {
     struct sess *x = p;
+    if (x->pause) /* never fires after the session is gone */
+      uv_close((uv_handle_t *)x->pause, free_handle);
     sess_reset(x);
     free(x->rcpt);
     free(x->rcpt_dsn);
@@ -419,7 +451,7 @@ static void usage(void) {
           "[--workers N] [--max-conn N] [--max-per-ip N] "
           "[--greeting-delay MS] [--timeout-ms MS] "
           "[--shutdown-timeout-ms MS] [--xclient-nets LIST] "
-          "[--max-size N]\n");
+          "[--max-size N] [--pause-data MS] [--pause-every N]\n");
   exit(2);
 }
 
@@ -440,6 +472,8 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   tern_server_options_init(&o);
   g_app.out = ".";
+  g_app.pause_data_ms = -1;
+  g_app.pause_every = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     bool has = i + 1 < argc;
@@ -491,6 +525,12 @@ int main(int argc, char **argv) {
       o.xclient_networks = argv[++i];
     } else if (!strcmp(a, "--max-size") && has) {
       o.session.max_message_size = num(argv[++i], a);
+    } else if (!strcmp(a, "--pause-data") && has) {
+      g_app.pause_data_ms = (long)num(argv[++i], a);
+    } else if (!strcmp(a, "--pause-every") && has) {
+      g_app.pause_every = num(argv[++i], a);
+      if (!g_app.pause_every)
+        usage();
     } else {
       fprintf(stderr, "capture_server: unknown or incomplete option %s\n", a);
       usage();
