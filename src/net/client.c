@@ -426,6 +426,22 @@ static void tls_pull(struct tern_client *cl) {
   }
 }
 
+/* Everything already received goes to the session before the socket is
+ * read again: held input first, then the records the TLS engine holds
+ * (they raise no read event of their own; see conn.c feed_input()). */
+static void feed_input(struct tern_client *cl) {
+  for (;;) {
+    feed_held(cl);
+    if (cl->in_len || cl->state != CS_SESSION || !cl->s || !cl->tls ||
+        !cl->tls_ready)
+      return;
+    tls_pull(cl);
+    if (!cl->in_len || cl->state != CS_SESSION || !cl->s ||
+        !(tern_client_session_want(cl->s) & TERN_CLIENT_WANT_READ))
+      return;
+  }
+}
+
 /*
  * Client TLS contexts are shared by every connection with the same CA
  * settings: loading the system CA store costs tens of milliseconds, far
@@ -734,13 +750,17 @@ static void pump(struct tern_client *cl) {
     }
     if (cl->state != CS_SESSION || !cl->s)
       break;
-    if (cl->tls && cl->tls_ready)
-      tls_pull(cl);
-    feed_held(cl);
+    feed_input(cl);
+    bool blocked = cl->in_len && !(tern_client_session_want(cl->s) &
+                                   TERN_CLIENT_WANT_READ);
     flush_session(cl);
     if (cl->state != CS_SESSION)
       break;
     unsigned want = tern_client_session_want(cl->s);
+    if (blocked && (want & TERN_CLIENT_WANT_READ)) {
+      cl->again = true; /* flushing made room for the held input */
+      continue;
+    }
     if ((want & TERN_CLIENT_WANT_TLS) && !cl->tls &&
         !(want & TERN_CLIENT_WANT_WRITE)) {
       if (tls_start(cl) != 0)
