@@ -16,7 +16,7 @@ waited for input it had already received: no 250, the client times out
 Each case sends the message in one sendall() and waits a bounded time for
 the reply; the stored copy must be byte-exact. Plaintext, STARTTLS and
 implicit TLS (smtps) listeners; several message sizes; messages in a row
-on one connection.
+on one connection, alternately DATA and BDAT.
 """
 
 import random
@@ -75,13 +75,16 @@ def run_case(args, mode, sizes, seed, every):
                 m = message(rng, size, i)
                 r.cmd("MAIL FROM:<a@example.org>", 250)
                 r.cmd("RCPT TO:<b@example.org>", 250)
-                r.cmd("DATA", 354)
-                r.send(h.dot_stuff(m) + b".\r\n")  # all at once
+                if i % 2:  # RFC 3030 CHUNKING: one BDAT LAST, all at once
+                    r.send(b"BDAT %d LAST\r\n" % len(m) + m)
+                else:
+                    r.cmd("DATA", 354)
+                    r.send(h.dot_stuff(m) + b".\r\n")  # all at once
                 try:
                     code, lines = r.reply()
                 except (socket.timeout, TimeoutError):
                     h.fail("%s, message %d of %d bytes: no reply within "
-                           "%.0f s after the final dot (input stalled "
+                           "%.0f s after its last byte (input stalled "
                            "behind a paused session)"
                            % (mode, i, len(m), REPLY_TIMEOUT))
                 h.check(code == 250, "%s, message %d: %r" % (mode, i, lines))
