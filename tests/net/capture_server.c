@@ -62,7 +62,7 @@ struct app {
   atomic_ulong bytes;
   atomic_ulong aborted;
   uv_loop_t *loop;
-  long pause_data_ms;    /* --pause-data, -1 = off */
+  long pause_data_ms;        /* --pause-data, -1 = off */
   unsigned long pause_every; /* --pause-every */
 };
 
