@@ -882,6 +882,7 @@ int tern_cli_serve(int argc, char **argv) {
   o.session.max_recipients = c->max_recipients;
   o.session.timeout_command_ms = c->timeout_command_ms;
   o.session.timeout_data_ms = c->timeout_data_ms;
+  o.session.max_line_length = c->max_line_length;
   o.workers = c->workers;
   o.max_connections = c->max_connections;
   o.max_per_ip = c->max_per_ip;

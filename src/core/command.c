@@ -222,6 +222,7 @@ static void cmd_mail(struct tern_server_session *s, char *args, size_t len) {
   }
   if (s->cfg.max_transactions && s->transactions >= s->cfg.max_transactions) {
     tern__emit(s, 452, "4.5.3", "Error: too many messages in this session");
+    tern__junk(s);
     return;
   }
   size_t at = path_start(args, len, "FROM:");
@@ -254,6 +255,7 @@ static void cmd_mail(struct tern_server_session *s, char *args, size_t len) {
   if (mp.has_size && s->cfg.max_message_size &&
       mp.size > s->cfg.max_message_size) {
     tern__emit(s, 552, "5.3.4", "Message size exceeds fixed limit");
+    tern__junk(s);
     return;
   }
   s->pend_utf8 = mp.smtputf8;
@@ -689,18 +691,26 @@ static void cmd_xclient(struct tern_server_session *s, char *args,
 
 /* ---- dispatch ---------------------------------------------------------------- */
 
+/*
+ * `junk`: the verb moves no mail, so it counts against max_junk_commands
+ * (Postfix's smtpd_junk_command_limit counts NOOP, VRFY, ETRN and RSET;
+ * tern adds EXPN, HELP and the greetings, which a client needs once per
+ * session or per message, never thousands of times between messages).
+ * Any command answered 4xx/5xx counts too (tern__fail, finish()).
+ */
 static const struct {
   const char *verb;
   cmd_fn fn;
+  bool junk;
 } table[] = {
-    {"HELO", cmd_helo},         {"EHLO", cmd_ehlo},
-    {"LHLO", cmd_lhlo},         {"MAIL", cmd_mail},
-    {"RCPT", cmd_rcpt},         {"DATA", cmd_data},
-    {"BDAT", cmd_bdat},         {"RSET", cmd_rset},
-    {"NOOP", cmd_noop},         {"QUIT", cmd_quit},
-    {"HELP", cmd_help},         {"VRFY", cmd_vrfy},
-    {"EXPN", cmd_expn},         {"STARTTLS", cmd_starttls},
-    {"AUTH", cmd_auth},         {"XCLIENT", cmd_xclient},
+    {"HELO", cmd_helo, true},      {"EHLO", cmd_ehlo, true},
+    {"LHLO", cmd_lhlo, true},      {"MAIL", cmd_mail, false},
+    {"RCPT", cmd_rcpt, false},     {"DATA", cmd_data, false},
+    {"BDAT", cmd_bdat, false},     {"RSET", cmd_rset, true},
+    {"NOOP", cmd_noop, true},      {"QUIT", cmd_quit, false},
+    {"HELP", cmd_help, true},      {"VRFY", cmd_vrfy, true},
+    {"EXPN", cmd_expn, true},      {"STARTTLS", cmd_starttls, false},
+    {"AUTH", cmd_auth, false},     {"XCLIENT", cmd_xclient, false},
 };
 
 static void observe(struct tern_server_session *s, const char *line,
@@ -728,10 +738,7 @@ void tern__command(struct tern_server_session *s, char *line, size_t len) {
     auth_continue(s, line, len);
     return;
   }
-  if (s->cfg.max_commands && ++s->commands > s->cfg.max_commands) {
-    tern__close_421(s, "4.7.0", "Error: too many commands");
-    return;
-  }
+  s->cmd_junk = false;
   while (len && (line[len - 1] == ' ' || line[len - 1] == '\t'))
     len--;
   size_t v = 0;
@@ -754,6 +761,9 @@ void tern__command(struct tern_server_session *s, char *line, size_t len) {
   }
   char *args = line + (v < len ? v + 1 : len);
   size_t alen = v < len ? len - v - 1 : 0;
+  /* Past the junk limit the command is not run: 421 instead. */
+  if ((k == nt || table[k].junk) && tern__junk(s))
+    return;
   if (k < nt) {
     table[k].fn(s, args, alen);
     return;

@@ -140,7 +140,7 @@ static void test_defaults(void **state) {
   assert_true(c.max_message_size == 30u * 1024 * 1024);
   assert_int_equal(c.max_recipients, 1000);
   assert_int_equal(c.timeout_command_ms, 300000);
-  assert_int_equal(c.timeout_data_ms, 180000);
+  assert_int_equal(c.timeout_data_ms, 300000);
   assert_null(c.xclient_networks);
   assert_null(c.user);
   assert_null(c.group);
