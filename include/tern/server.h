@@ -192,7 +192,16 @@ struct tern_rcpt_params {
 /* HELO, EHLO or LHLO. */
 enum tern_helo_verb { TERN_HELO = 0, TERN_EHLO, TERN_LHLO };
 
-/* XCLIENT attributes (Postfix XCLIENT_README); empty when absent. */
+/*
+ * XCLIENT attributes (Postfix XCLIENT_README); empty when absent. The
+ * core checks every value after xtext decoding and refuses the command
+ * (501 5.5.4) otherwise, so each present value is one of "[UNAVAILABLE]",
+ * "[TEMPUNAVAIL]" or: name a host name (letters, digits, - . _); addr and
+ * destaddr an IPv4 or IPv6 address (an "IPV6:" prefix removed); port and
+ * destport 0..65535 in digits; proto SMTP or ESMTP; helo and login
+ * printable with no space or control octet (login may be UTF-8). At most
+ * 255 octets each.
+ */
 struct tern_xclient {
   struct tern_str name, addr, port, proto, helo, login, destaddr, destport;
 };
