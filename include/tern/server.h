@@ -262,7 +262,8 @@ struct tern_server_callbacks {
    * CRLF; has_response is false when AUTH had no initial response. "="
    * (empty initial response) is passed as "=". `step` counts from 0.
    * Answer 334 with reply->text set to the base64 challenge (may be "")
-   * to continue, 235 to succeed, 535 (or any 4xx/5xx) to fail. The
+   * to continue, 235 to succeed, 535 (or any 4xx/5xx) to fail; a 5xx
+   * counts against max_errors, so guessing is bounded per session. The
    * pre-filled reply is the failure "535 5.7.8": there is no default
    * success. A "*" from the client cancels without calling this
    * (501 5.0.0). The core does not decode base64 (docs/decisions/0005).
