@@ -225,7 +225,7 @@ static int exchange(struct tern__sasl *sasl, const char *mech,
 static int step(struct tern__sasl *sasl, struct tern__sasl_session **ss,
                 const char *mech, const char *b64, const char **chal) {
   return sstep(sasl, ss, SESS, mech, b64, b64 ? strlen(b64) : 0,
-                         b64 != NULL, chal);
+               b64 != NULL, chal);
 }
 
 /* base64 of raw bytes, freed by the caller with gsasl_free(). */

@@ -110,7 +110,7 @@ static int exchange(const char *mech, const struct tern__sasl_client_params *p,
     assert_true(n >= 0);
     /* RFC 4954: an empty initial response is "=" */
     rc = sstep(sasl, &ss, SESS, mech, n ? out : "=", n ? (size_t)n : 1,
-                         true, &challenge);
+               true, &challenge);
   }
   while (rc == TERN__SASL_CONTINUE && *rounds < 10) {
     (*rounds)++;
@@ -123,7 +123,7 @@ static int exchange(const char *mech, const struct tern__sasl_client_params *p,
       break;
     }
     rc = sstep(sasl, &ss, SESS, mech, out, (size_t)n, true,
-                         &challenge);
+               &challenge);
   }
   if (rc == TERN__SASL_OK)
     assert_string_equal(tern__sasl_user(ss), USER);
