@@ -378,6 +378,7 @@ void cfg_defaults(struct cfg *c) {
   c->max_recipients = 1000;
   c->timeout_command_ms = 5 * 60 * 1000;
   c->timeout_data_ms = 5 * 60 * 1000;
+  c->max_junk_commands = 100;
   c->log = xstrdup("stderr");
   add_default_listener(c, "default", "smtp://127.0.0.1:2525");
   add_default_listener(c, "default-ipv6", "smtp://[::1]:2525");
@@ -826,6 +827,8 @@ static const struct key keys[] = {
      E_DUR " (1s to 24h)"},
     {SEC_SERVER, "max_line_length", p_uint, CO(max_line_length), 0,
      1u << 30, "a number of octets (0 = no limit; RFC 5321 says 1000)"},
+    {SEC_SERVER, "max_junk_commands", p_uint, CO(max_junk_commands), 0,
+     1000000, "a number from 0 (no limit) to 1000000"},
     {SEC_SERVER, "xclient_networks", p_networks, CO(xclient_networks), 0, 0,
      "networks like 127.0.0.0/8 ::1"},
     {SEC_SERVER, "user", p_string, CO(user), 0, 0, "a user name"},

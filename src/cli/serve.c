@@ -892,6 +892,7 @@ int tern_cli_serve(int argc, char **argv) {
   o.session.timeout_command_ms = c->timeout_command_ms;
   o.session.timeout_data_ms = c->timeout_data_ms;
   o.session.max_line_length = c->max_line_length;
+  o.session.max_junk_commands = c->max_junk_commands;
   o.workers = c->workers;
   o.max_connections = c->max_connections;
   o.max_per_ip = c->max_per_ip;
