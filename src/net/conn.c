@@ -312,6 +312,11 @@ static void update_reading(struct tern__conn *c) {
       want = true; /* PROXY header, early talkers, TLS handshake */
     else if (!c->in_len && c->s)
       want = (tern_server_session_want(c->s) & TERN_WANT_READ) != 0;
+    /* A password check waiting in the AUTH queue: read on (input is
+     * held, bounded) so that a client that has gone is noticed and its
+     * check never runs, instead of holding a queue slot. */
+    if (c->auth_queued)
+      want = true;
   }
   if (want && !c->reading) {
     c->reading = uv_read_start(&c->h.stream, on_alloc, on_read) == 0;

@@ -111,15 +111,18 @@ def test_noop_latency_while_auth_fails():
         r = h.Raw(port=port, timeout=30)
         r.reply()
         r.cmd("EHLO c.example", 250)
+        busy = 0
         for pw, want in (("nope", 535), (PASSWORD, 235)):
             deadline = time.monotonic() + 30
             while True:
                 code, lines = r.cmd("AUTH PLAIN " + plain("alice", pw))
                 if code != 454 or time.monotonic() > deadline:
                     break
+                busy += 1
                 time.sleep(0.2)
             h.check(code == want, "AUTH with %s password: expected %d, got %s"
                     % ("the right" if want == 235 else "a wrong", want, lines))
+        print("454 (queue full) answers after the hammering: %d" % busy)
         r.cmd("QUIT", 221)
 
 
