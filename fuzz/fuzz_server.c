@@ -5,7 +5,7 @@
  * Input: 4 option bytes, then the client's bytes.
  *
  *   byte 0  bit 0 LMTP; bit 1 bare_lf REJECT; bits 2-3 max_message_size
- *           (none / 100 / 1000 / default); bits 4-5 max_text_line
+ *           (none / 100 / 1000 / default); bits 4-5 max_line_length
  *           (default / 100 / none / default); bit 6 max_line 600 (else
  *           512); bit 7 AUTH (auth_insecure_ok, "PLAIN LOGIN", on_auth)
  *   byte 1  flips bits 0-7 of TERN_EXT_DEFAULT (PIPELINING .. DSN)
@@ -464,7 +464,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cfg.lmtp = o0 & 1;
   cfg.bare_lf = (o0 & 2) ? TERN_BARE_LF_REJECT : TERN_BARE_LF_NORMALIZE;
   cfg.max_message_size = sizes[(o0 >> 2) & 3];
-  cfg.max_text_line = text_lines[(o0 >> 4) & 3];
+  cfg.max_line_length = text_lines[(o0 >> 4) & 3];
   cfg.max_line = (o0 & 0x40) ? 600 : 512;
   cfg.extensions = TERN_EXT_DEFAULT ^ o1;
   if (o0 & 0x80) {

@@ -50,10 +50,20 @@ struct tern_server;
  * tern_server_options.auth_mechanisms for which the callbacks below are
  * set: PLAIN and LOGIN need check_password; CRAM-MD5 and SCRAM-SHA-256
  * need get_password (the mechanism needs the clear secret); XOAUTH2 and
- * OAUTHBEARER need check_token. Callbacks run on the session's thread
- * and must not block for long (they may consult an in-memory table).
- * Return 0 to accept, TERN_EAUTH to refuse, any other negative code for a
- * temporary failure (454 4.7.0).
+ * OAUTHBEARER need check_token. Return 0 to accept, TERN_EAUTH to
+ * refuse, any other negative code for a temporary failure (454 4.7.0).
+ *
+ * Threads. check_password runs OFF the event loop, on libuv's thread pool
+ * (uv_queue_work), because checking a password hash (yescrypt, bcrypt)
+ * takes tens of milliseconds and would stall every session of the loop;
+ * at most tern_server_options.auth_max_concurrent run at once per worker.
+ * So it may block, but it must be thread-safe, and `s` only names the
+ * session: call no tern_server_session_* or tern_session_* function with
+ * it and use no per-session data of yours that on_close frees (the
+ * session may close while the check runs; it is freed only after). Use
+ * `ud` (auth_ud) for shared state. The strings are valid during the call.
+ * get_password and check_token run on the session's thread, inside the
+ * mechanism's step, and must not block for long (an in-memory table).
  */
 struct tern_auth_callbacks {
   size_t size;
@@ -126,6 +136,14 @@ struct tern_server_options {
                                          each time, max 8×; default 1000 */
   const char *xclient_networks;       /* "127.0.0.0/8 ::1/128" style list
                                          of peers allowed to use XCLIENT */
+  unsigned auth_max_concurrent;       /* check_password calls running at
+                                         once on the thread pool, per
+                                         worker; default 2 (libuv's pool
+                                         has 4 threads, which file I/O
+                                         needs too); 0 counts as 1 */
+  unsigned auth_max_queued;           /* checks waiting for one of those,
+                                         per worker; past it AUTH gets
+                                         454 4.7.0 at once; default 64 */
 };
 
 static inline void
@@ -138,6 +156,8 @@ tern_server_options_init(struct tern_server_options *o) {
   d.shutdown_timeout_ms = 30000;
   d.auth_mechanisms = "PLAIN LOGIN";
   d.auth_fail_delay_ms = 1000;
+  d.auth_max_concurrent = 2;
+  d.auth_max_queued = 64;
   *o = d;
 }
 

@@ -94,20 +94,37 @@ struct tern_server_config {
   size_t max_line;           /* command line incl. CRLF; default 512
                                 (RFC 5321 §4.5.3.1.4), min 512 */
   size_t max_auth_line;      /* AUTH lines; default 12288 (RFC 4954 §4) */
-  size_t max_text_line;      /* DATA text line incl. CRLF; default 1000
-                                (RFC 5321 §4.5.3.1.6); 0 = no limit */
+  size_t max_line_length;    /* longest message text line incl. CRLF, in
+                                DATA and in BDAT without BINARYMIME; a
+                                longer one fails the message with
+                                500 5.5.6 after its end. Default 0 = no
+                                limit: lines are passed on as sent, as
+                                Postfix does (RFC 5321 §4.5.3.1.6 says
+                                1000; set 1000 to enforce it). Lines are
+                                streamed, never held whole, either way. */
   uint64_t max_message_size; /* octets; default 30 MiB; 0 = no limit */
   unsigned max_recipients;   /* per transaction; default 1000 */
-  unsigned max_errors;       /* error replies before 421; default 10 */
-  unsigned max_commands;     /* commands per session; default 10000,
-                                0 = no limit */
+  unsigned max_errors;       /* protocol errors and failed AUTH before
+                                421; default 10; forgiven when a message
+                                is accepted (as Postfix's
+                                smtpd_hard_error_limit) */
+  unsigned max_junk_commands; /* commands that move no mail (RSET, NOOP,
+                                VRFY, EXPN, HELP, HELO/EHLO/LHLO, unknown
+                                verbs, and any command answered 4xx/5xx)
+                                before 421 4.7.0; the count starts over
+                                when a message is accepted, so a session
+                                that delivers mail is never cut (like
+                                Postfix's smtpd_junk_command_limit).
+                                Default 100, 0 = no limit */
   unsigned max_transactions; /* messages per session (LIMITS MAILMAX);
                                 default 0 = no limit */
   size_t output_high_water;  /* stop taking input while this much reply
                                 output is unsent; default 2048 */
   enum tern_bare_lf_policy bare_lf; /* default NORMALIZE */
   unsigned timeout_command_ms;  /* RFC 5321 §4.5.3.2.7: 5 min */
-  unsigned timeout_data_ms;     /* §4.5.3.2.6 (data block): 3 min */
+  unsigned timeout_data_ms;     /* waiting for message data (DATA content
+                                   or a BDAT chunk); §4.5.3.2.7, the
+                                   server timeout: 5 min */
   const struct tern_mem *mem;   /* allocator; NULL = libc */
 };
 
@@ -119,15 +136,15 @@ static inline void tern_server_config_init(struct tern_server_config *cfg) {
   d.extensions = TERN_EXT_DEFAULT;
   d.max_line = 512;
   d.max_auth_line = 12288;
-  d.max_text_line = 1000;
+  d.max_line_length = 0;
   d.max_message_size = 30u * 1024 * 1024;
   d.max_recipients = 1000;
   d.max_errors = 10;
-  d.max_commands = 10000;
+  d.max_junk_commands = 100;
   d.output_high_water = 2048;
   d.bare_lf = TERN_BARE_LF_NORMALIZE;
   d.timeout_command_ms = 5 * 60 * 1000;
-  d.timeout_data_ms = 3 * 60 * 1000;
+  d.timeout_data_ms = 5 * 60 * 1000;
   *cfg = d;
 }
 
@@ -175,7 +192,16 @@ struct tern_rcpt_params {
 /* HELO, EHLO or LHLO. */
 enum tern_helo_verb { TERN_HELO = 0, TERN_EHLO, TERN_LHLO };
 
-/* XCLIENT attributes (Postfix XCLIENT_README); empty when absent. */
+/*
+ * XCLIENT attributes (Postfix XCLIENT_README); empty when absent. The
+ * core checks every value after xtext decoding and refuses the command
+ * (501 5.5.4) otherwise, so each present value is one of "[UNAVAILABLE]",
+ * "[TEMPUNAVAIL]" or: name a host name (letters, digits, - . _); addr and
+ * destaddr an IPv4 or IPv6 address (an "IPV6:" prefix removed); port and
+ * destport 0..65535 in digits; proto SMTP or ESMTP; helo and login
+ * printable with no space or control octet (login may be UTF-8). At most
+ * 255 octets each.
+ */
 struct tern_xclient {
   struct tern_str name, addr, port, proto, helo, login, destaddr, destport;
 };
@@ -236,7 +262,8 @@ struct tern_server_callbacks {
    * CRLF; has_response is false when AUTH had no initial response. "="
    * (empty initial response) is passed as "=". `step` counts from 0.
    * Answer 334 with reply->text set to the base64 challenge (may be "")
-   * to continue, 235 to succeed, 535 (or any 4xx/5xx) to fail. The
+   * to continue, 235 to succeed, 535 (or any 4xx/5xx) to fail; a 5xx
+   * counts against max_errors, so guessing is bounded per session. The
    * pre-filled reply is the failure "535 5.7.8": there is no default
    * success. A "*" from the client cancels without calling this
    * (501 5.0.0). The core does not decode base64 (docs/decisions/0005).

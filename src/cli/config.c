@@ -377,7 +377,8 @@ void cfg_defaults(struct cfg *c) {
   c->max_message_size = 30u * 1024 * 1024;
   c->max_recipients = 1000;
   c->timeout_command_ms = 5 * 60 * 1000;
-  c->timeout_data_ms = 3 * 60 * 1000;
+  c->timeout_data_ms = 5 * 60 * 1000;
+  c->max_junk_commands = 100;
   c->log = xstrdup("stderr");
   add_default_listener(c, "default", "smtp://127.0.0.1:2525");
   add_default_listener(c, "default-ipv6", "smtp://[::1]:2525");
@@ -824,6 +825,10 @@ static const struct key keys[] = {
      DAY_MS, E_DUR " (1s to 24h)"},
     {SEC_SERVER, "timeout_data", p_duration, CO(timeout_data_ms), 1000, DAY_MS,
      E_DUR " (1s to 24h)"},
+    {SEC_SERVER, "max_line_length", p_uint, CO(max_line_length), 0,
+     1u << 30, "a number of octets (0 = no limit; RFC 5321 says 1000)"},
+    {SEC_SERVER, "max_junk_commands", p_uint, CO(max_junk_commands), 0,
+     1000000, "a number from 0 (no limit) to 1000000"},
     {SEC_SERVER, "xclient_networks", p_networks, CO(xclient_networks), 0, 0,
      "networks like 127.0.0.0/8 ::1"},
     {SEC_SERVER, "user", p_string, CO(user), 0, 0, "a user name"},

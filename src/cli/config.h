@@ -41,7 +41,9 @@ struct cfg {
   uint64_t max_message_size;   /* default 30 MiB; "30M", "512K" accepted */
   unsigned max_recipients;     /* default 1000 */
   unsigned timeout_command_ms; /* default 300000 */
-  unsigned timeout_data_ms;    /* default 180000 */
+  unsigned timeout_data_ms;    /* default 300000 (RFC 5321 §4.5.3.2.7) */
+  unsigned max_line_length;    /* message text line; default 0 = no limit */
+  unsigned max_junk_commands;  /* default 100 (Postfix's junk limit) */
   char *xclient_networks;      /* default NULL */
   char *user, *group;          /* drop privileges to these after binding */
   char *log;                   /* "stderr" (default) or "syslog" */

@@ -606,16 +606,25 @@ static void on_close(struct tern_server_session *s, void *ud) {
   free(x);
 }
 
-/* AUTH: the users file (crypt hashes) through GNU SASL's PLAIN/LOGIN. */
+/*
+ * AUTH: the users file (crypt hashes) through GNU SASL's PLAIN/LOGIN.
+ * This runs on libuv's thread pool, off the event loop (a yescrypt hash
+ * takes tens of milliseconds), while the session may be closing: so it
+ * uses no per-session data, only the current policy, under its own
+ * reference (net.h, tern_auth_callbacks). users_check() is thread-safe.
+ */
 static int check_password(struct tern_server_session *s, const char *authzid,
                           const char *user, const char *password, void *ud) {
-  struct sess *x = sess_of(s);
+  (void)s;
   (void)ud;
   if (authzid && *authzid && strcmp(authzid, user))
     return TERN_EAUTH; /* no acting for someone else */
-  if (!x || !x->pol->users)
-    return TERN_ETEMP;
-  return users_check(x->pol->users, user, password) == 0 ? 0 : TERN_EAUTH;
+  struct policy *pol = policy_get();
+  int rc = !pol->users ? TERN_ETEMP
+           : users_check(pol->users, user, password) == 0 ? 0
+                                                          : TERN_EAUTH;
+  policy_put(pol);
+  return rc;
 }
 
 /* ---- privileges, socket activation ------------------------------------------- */
@@ -882,6 +891,8 @@ int tern_cli_serve(int argc, char **argv) {
   o.session.max_recipients = c->max_recipients;
   o.session.timeout_command_ms = c->timeout_command_ms;
   o.session.timeout_data_ms = c->timeout_data_ms;
+  o.session.max_line_length = c->max_line_length;
+  o.session.max_junk_commands = c->max_junk_commands;
   o.workers = c->workers;
   o.max_connections = c->max_connections;
   o.max_per_ip = c->max_per_ip;

@@ -499,3 +499,12 @@ int tern_path_parse(const char *s, size_t len, unsigned opts,
   *consumed = c.pos;
   return 0;
 }
+
+/* The literal checks above, for XCLIENT values (command.c). */
+bool tern__ipv4_valid(const char *p, size_t n) {
+  return ipv4_valid((const unsigned char *)p, n);
+}
+
+bool tern__ipv6_valid(const char *p, size_t n) {
+  return ipv6_valid((const unsigned char *)p, n);
+}

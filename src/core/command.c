@@ -222,6 +222,7 @@ static void cmd_mail(struct tern_server_session *s, char *args, size_t len) {
   }
   if (s->cfg.max_transactions && s->transactions >= s->cfg.max_transactions) {
     tern__emit(s, 452, "4.5.3", "Error: too many messages in this session");
+    tern__junk(s);
     return;
   }
   size_t at = path_start(args, len, "FROM:");
@@ -254,6 +255,7 @@ static void cmd_mail(struct tern_server_session *s, char *args, size_t len) {
   if (mp.has_size && s->cfg.max_message_size &&
       mp.size > s->cfg.max_message_size) {
     tern__emit(s, 552, "5.3.4", "Message size exceeds fixed limit");
+    tern__junk(s);
     return;
   }
   s->pend_utf8 = mp.smtputf8;
@@ -632,11 +634,69 @@ static void auth_continue(struct tern_server_session *s, char *line,
 
 /* ---- XCLIENT (Postfix XCLIENT_README) ------------------------------------------ */
 
+enum xc_kind { XC_NAME, XC_ADDR, XC_PORT, XC_PROTO, XC_TEXT };
+
+/*
+ * Is the decoded value v[0..n) what the attribute may carry? Values end
+ * up in logs, Received: lines and the app's policy, so every one is
+ * checked (issue 8 item 16: "ADDR=1.2.3.4+0D+0AX-Injected:+20yes"):
+ * XCLIENT_README allows "[UNAVAILABLE]" and "[TEMPUNAVAIL]" anywhere;
+ * NAME is a host name (letters, digits, "-", ".", "_"); ADDR and DESTADDR
+ * an IPv4 or IPv6 address, the latter optionally as "IPV6:..." (the
+ * prefix is dropped: *skip says how much); PORT and DESTPORT 0..65535;
+ * PROTO SMTP or ESMTP; HELO and LOGIN printable, no space, no control
+ * (UTF-8 allowed in LOGIN). At most 255 octets.
+ */
+static bool xclient_value_ok(enum xc_kind kind, const char *v, size_t n,
+                             size_t *skip) {
+  *skip = 0;
+  if (!n || n > 255)
+    return false;
+  if ((n == 13 && memcmp(v, "[UNAVAILABLE]", 13) == 0) ||
+      (n == 13 && memcmp(v, "[TEMPUNAVAIL]", 13) == 0))
+    return true;
+  switch (kind) {
+  case XC_NAME:
+    for (size_t i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)v[i];
+      if (!(tern__is_alnum(c) || c == '-' || c == '.' || c == '_'))
+        return false;
+    }
+    return true;
+  case XC_ADDR:
+    if (n > 5 && tern__str_ieq(v, 5, "IPV6:")) {
+      *skip = 5;
+      return tern__ipv6_valid(v + 5, n - 5);
+    }
+    return tern__ipv4_valid(v, n) || tern__ipv6_valid(v, n);
+  case XC_PORT: {
+    uint64_t port;
+    for (size_t i = 0; i < n; i++)
+      if (!tern__is_digit((unsigned char)v[i]))
+        return false;
+    return n <= 5 && tern__parse_u64(v, n, 65535, &port) == 0;
+  }
+  case XC_PROTO:
+    return tern__str_ieq(v, n, "SMTP") || tern__str_ieq(v, n, "ESMTP");
+  case XC_TEXT:
+    for (size_t i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)v[i];
+      if (c <= 0x20 || c == 0x7f)
+        return false;
+    }
+    return true;
+  }
+  return false;
+}
+
 static void cmd_xclient(struct tern_server_session *s, char *args,
                         size_t len) {
   static const char *const names[] = {"NAME",  "ADDR",  "PORT",
                                       "PROTO", "HELO",  "LOGIN",
                                       "DESTADDR", "DESTPORT"};
+  static const enum xc_kind kinds[] = {XC_NAME,  XC_ADDR, XC_PORT,
+                                       XC_PROTO, XC_TEXT, XC_TEXT,
+                                       XC_ADDR,  XC_PORT};
   struct tern_xclient x;
   struct tern_str *slot[] = {&x.name,  &x.addr,  &x.port,     &x.proto,
                              &x.helo,  &x.login, &x.destaddr, &x.destport};
@@ -675,8 +735,17 @@ static void cmd_xclient(struct tern_server_session *s, char *args,
       tern__fail(s, 501, "5.5.4", "Bad XCLIENT attribute");
       return;
     }
-    slot[k]->ptr = args + eq + 1;
-    slot[k]->len = (size_t)vlen;
+    size_t skip;
+    if (!xclient_value_ok(kinds[k], args + eq + 1, (size_t)vlen, &skip)) {
+      char t[48];
+      size_t n = tern__cat(t, sizeof t, 0, "Bad XCLIENT ", 12);
+      n = tern__cat(t, sizeof t, n, names[k], strlen(names[k]));
+      tern__cat(t, sizeof t, n, " value", 6);
+      tern__fail(s, 501, "5.5.4", t);
+      return;
+    }
+    slot[k]->ptr = args + eq + 1 + skip;
+    slot[k]->len = (size_t)vlen - skip;
     i = skip_sp(args, len, i);
   }
   struct tern_reply r = {220, NULL, s->greeting};
@@ -689,18 +758,26 @@ static void cmd_xclient(struct tern_server_session *s, char *args,
 
 /* ---- dispatch ---------------------------------------------------------------- */
 
+/*
+ * `junk`: the verb moves no mail, so it counts against max_junk_commands
+ * (Postfix's smtpd_junk_command_limit counts NOOP, VRFY, ETRN and RSET;
+ * tern adds EXPN, HELP and the greetings, which a client needs once per
+ * session or per message, never thousands of times between messages).
+ * Any command answered 4xx/5xx counts too (tern__fail, finish()).
+ */
 static const struct {
   const char *verb;
   cmd_fn fn;
+  bool junk;
 } table[] = {
-    {"HELO", cmd_helo},         {"EHLO", cmd_ehlo},
-    {"LHLO", cmd_lhlo},         {"MAIL", cmd_mail},
-    {"RCPT", cmd_rcpt},         {"DATA", cmd_data},
-    {"BDAT", cmd_bdat},         {"RSET", cmd_rset},
-    {"NOOP", cmd_noop},         {"QUIT", cmd_quit},
-    {"HELP", cmd_help},         {"VRFY", cmd_vrfy},
-    {"EXPN", cmd_expn},         {"STARTTLS", cmd_starttls},
-    {"AUTH", cmd_auth},         {"XCLIENT", cmd_xclient},
+    {"HELO", cmd_helo, true},      {"EHLO", cmd_ehlo, true},
+    {"LHLO", cmd_lhlo, true},      {"MAIL", cmd_mail, false},
+    {"RCPT", cmd_rcpt, false},     {"DATA", cmd_data, false},
+    {"BDAT", cmd_bdat, false},     {"RSET", cmd_rset, true},
+    {"NOOP", cmd_noop, true},      {"QUIT", cmd_quit, false},
+    {"HELP", cmd_help, true},      {"VRFY", cmd_vrfy, true},
+    {"EXPN", cmd_expn, true},      {"STARTTLS", cmd_starttls, false},
+    {"AUTH", cmd_auth, false},     {"XCLIENT", cmd_xclient, false},
 };
 
 static void observe(struct tern_server_session *s, const char *line,
@@ -728,10 +805,7 @@ void tern__command(struct tern_server_session *s, char *line, size_t len) {
     auth_continue(s, line, len);
     return;
   }
-  if (s->cfg.max_commands && ++s->commands > s->cfg.max_commands) {
-    tern__close_421(s, "4.7.0", "Error: too many commands");
-    return;
-  }
+  s->cmd_junk = false;
   while (len && (line[len - 1] == ' ' || line[len - 1] == '\t'))
     len--;
   size_t v = 0;
@@ -754,6 +828,9 @@ void tern__command(struct tern_server_session *s, char *line, size_t len) {
   }
   char *args = line + (v < len ? v + 1 : len);
   size_t alen = v < len ? len - v - 1 : 0;
+  /* Past the junk limit the command is not run: 421 instead. */
+  if ((k == nt || table[k].junk) && tern__junk(s))
+    return;
   if (k < nt) {
     table[k].fn(s, args, alen);
     return;

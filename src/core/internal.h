@@ -77,6 +77,11 @@ int tern__mail_params_parse(char *args, size_t len, unsigned ext,
 int tern__rcpt_params_parse(char *args, size_t len, unsigned ext,
                             struct tern_rcpt_params *out, struct tern_str *bad);
 
+/* An IPv4 dotted quad (RFC 5321 §4.1.3 IPv4-address-literal) / an IPv6
+ * address in the IPv6-addr forms of §4.1.3, exactly p[0..n). */
+bool tern__ipv4_valid(const char *p, size_t n);
+bool tern__ipv6_valid(const char *p, size_t n);
+
 /* Decode RFC 3461 §4 xtext in place ("+HH" with upper-case hex). Returns
  * the new length, or TERN_ESYNTAX (bad "+", chars outside 33..126, '='). */
 long tern__xtext_decode(char *s, size_t len);

@@ -176,12 +176,39 @@ void tern__close_421(struct tern_server_session *s, const char *enh,
   begin_close(s, "closed");
 }
 
-/* A protocol error: reply, then count it against max_errors. */
+/*
+ * Count the current command as junk: a command that moves no mail (see
+ * max_junk_commands). Once per command, however many times it is called
+ * for it. Past the limit the session answers 421 4.7.0 and closes;
+ * returns true then. The count starts over when a message is accepted,
+ * as Postfix's junk_cmds does, so only sessions that deliver nothing
+ * are cut, however many messages a session carries.
+ */
+bool tern__junk(struct tern_server_session *s) {
+  if (s->cmd_junk || s->state == ST_CLOSED)
+    return false;
+  s->cmd_junk = true;
+  if (!s->cfg.max_junk_commands || ++s->junk <= s->cfg.max_junk_commands)
+    return false;
+  tern__close_421(s, "4.7.0", "Error: too many junk commands");
+  return true;
+}
+
+/* Count an error against max_errors; true when that closed the session. */
+static bool count_error(struct tern_server_session *s) {
+  if (!s->cfg.max_errors || ++s->errors < s->cfg.max_errors)
+    return false;
+  tern__close_421(s, "4.7.0", "Error: too many errors");
+  return true;
+}
+
+/* A protocol error: reply, then count it against max_errors; it is junk
+ * too. */
 void tern__fail(struct tern_server_session *s, int code, const char *enh,
                 const char *text) {
   tern__emit(s, code, enh, text);
-  if (s->cfg.max_errors && ++s->errors >= s->cfg.max_errors)
-    tern__close_421(s, "4.7.0", "Error: too many errors");
+  if (!count_error(s))
+    tern__junk(s);
 }
 
 /* ---- message data -------------------------------------------------------- */
@@ -216,15 +243,21 @@ static void advance(struct tern_server_session *s);
 static void data_done(struct tern_server_session *s, bool was_data) {
   static const char *const why[] = {"", "size", "error", "line-length",
                                     "bare-lf"};
-  if (s->end == END_OK && was_data) {
+  /* A last BDAT line without its CRLF counts as if it had one. */
+  if (!was_data && s->cfg.max_line_length && !s->txn_binary &&
+      s->bdat_line && s->bdat_line + 2 > s->cfg.max_line_length)
+    s->dot.long_line = true;
+  if (s->end == END_OK) {
     if (s->dot.long_line)
       s->end = END_LONG_LINE;
-    else if (s->dot.bare && s->cfg.bare_lf == TERN_BARE_LF_REJECT)
+    else if (was_data && s->dot.bare &&
+             s->cfg.bare_lf == TERN_BARE_LF_REJECT)
       s->end = END_BARE;
   }
   if (s->end != END_OK)
     abort_msg(s, why[s->end]);
   s->msg_open = false;
+  s->msg_accepted = false;
   s->end_next = 0;
   s->end_count = s->cfg.lmtp ? s->rcpt_count : 1;
   s->state = ST_DATA_END;
@@ -261,6 +294,29 @@ void tern__bdat_begin(struct tern_server_session *s) {
     bdat_chunk_done(s);
 }
 
+/*
+ * max_line_length for BDAT, so that DATA and BDAT agree: the octets of
+ * each line up to and including its LF, counted across chunks without
+ * holding any of them. BINARYMIME content has no lines (RFC 3030 §3).
+ */
+static void bdat_lines(struct tern_server_session *s, const char *p,
+                       size_t n) {
+  size_t max = s->cfg.max_line_length;
+  if (!max || s->txn_binary || s->dot.long_line)
+    return;
+  while (n) {
+    const char *lf = memchr(p, '\n', n);
+    size_t k = lf ? (size_t)(lf - p) + 1 : n;
+    s->bdat_line += k;
+    if (s->bdat_line > max)
+      s->dot.long_line = true;
+    if (lf)
+      s->bdat_line = 0;
+    p += k;
+    n -= k;
+  }
+}
+
 /* RFC 3030 §2: the chunk is exactly bdat_size octets, no unstuffing. */
 static size_t bdat_feed(struct tern_server_session *s, const char *buf,
                         size_t len) {
@@ -268,8 +324,10 @@ static size_t bdat_feed(struct tern_server_session *s, const char *buf,
   if (s->bdat_left < n)
     n = (size_t)s->bdat_left;
   s->bdat_left -= n;
-  if (!s->bdat_discard)
+  if (!s->bdat_discard) {
+    bdat_lines(s, buf, n);
     sink(s, buf, n);
+  }
   if (!s->bdat_left) {
     if (s->paused) /* the app is still busy with the chunk */
       s->bdat_done_pending = true;
@@ -295,6 +353,8 @@ static void advance(struct tern_server_session *s) {
   while (s->state == ST_DATA_END && s->pending == TERN_EV_NONE) {
     if (s->end_next >= s->end_count) {
       s->transactions++;
+      if (s->msg_accepted) /* mail moved: forgive, as Postfix does */
+        s->errors = s->junk = 0;
       tern__txn_reset(s, false);
       s->state = ST_CMD;
       return;
@@ -373,6 +433,8 @@ static void finish(struct tern_server_session *s, enum tern_server_event ev,
       s->state = ST_CMD;
       if (cls == 2)
         s->authenticated = true;
+      else if (cls == 5 && count_error(s)) /* password guessing */
+        return;
     }
     break;
   case TERN_EV_MAIL:
@@ -403,6 +465,9 @@ static void finish(struct tern_server_session *s, enum tern_server_event ev,
         s->msg_open = true;
         s->msg_size = 0;
         s->end = END_OK;
+        /* the line-length state of the whole message (bdat_lines) */
+        tern__dot_init(&s->dot, s->cfg.max_line_length, true);
+        s->bdat_line = 0;
       }
       tern__bdat_begin(s);
     } else {
@@ -412,12 +477,14 @@ static void finish(struct tern_server_session *s, enum tern_server_event ev,
         s->msg_open = true;
         s->msg_size = 0;
         s->end = END_OK;
-        tern__dot_init(&s->dot, s->cfg.max_text_line, s->last_line_crlf);
+        tern__dot_init(&s->dot, s->cfg.max_line_length, s->last_line_crlf);
       }
     }
     break;
   case TERN_EV_DATA_END:
     tern__emit(s, r->code, enh, text);
+    if (cls == 2)
+      s->msg_accepted = true;
     s->end_next++;
     break;
   case TERN_EV_XCLIENT:
@@ -429,8 +496,8 @@ static void finish(struct tern_server_session *s, enum tern_server_event ev,
     break;
   case TERN_EV_UNKNOWN:
     tern__emit(s, r->code, enh, text);
-    if (cls == 5 && s->cfg.max_errors && ++s->errors >= s->cfg.max_errors)
-      tern__close_421(s, "4.7.0", "Error: too many errors");
+    if (cls == 5 && count_error(s))
+      return;
     break;
   case TERN_EV_VRFY:
   case TERN_EV_EXPN:
@@ -439,8 +506,15 @@ static void finish(struct tern_server_session *s, enum tern_server_event ev,
     break;
   }
   /* RFC 5321 §3.8: 421 means the service is closing the channel. */
-  if (r->code == 421)
+  if (r->code == 421) {
     begin_close(s, "closed");
+    return;
+  }
+  /* A refused command moved no mail (the end of data is not a command;
+   * a 334 is not a refusal). */
+  if ((cls == 4 || cls == 5) && ev != TERN_EV_DATA_END &&
+      ev != TERN_EV_CONNECT)
+    tern__junk(s);
 }
 
 /*

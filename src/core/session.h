@@ -93,8 +93,11 @@ struct tern_server_session {
   unsigned auth_step;   /* continuation counter */
 
   /* counters */
-  unsigned errors;       /* protocol errors so far */
-  unsigned commands;     /* commands so far */
+  unsigned errors;       /* protocol errors since the last message */
+  unsigned junk;         /* junk commands since the last message */
+  bool cmd_junk;         /* the current command was counted as junk */
+  bool msg_accepted;     /* the message being ended was accepted */
+  uint64_t bdat_line;    /* octets of the current BDAT text line */
   unsigned transactions; /* messages ended (delivered or not) */
 };
 
@@ -103,6 +106,7 @@ void tern__emit(struct tern_server_session *s, int code, const char *enh,
                 const char *text);
 void tern__fail(struct tern_server_session *s, int code, const char *enh,
                 const char *text);
+bool tern__junk(struct tern_server_session *s);
 void tern__close_421(struct tern_server_session *s, const char *enh,
                      const char *why);
 void tern__decide(struct tern_server_session *s, enum tern_server_event ev,

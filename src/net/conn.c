@@ -71,6 +71,10 @@ struct tern__conn {
   unsigned writes;                 /* write requests in flight */
   size_t writing;                  /* their bytes */
   unsigned auth_failures;          /* for the growing delay */
+  uv_work_t auth_work;             /* a password check on the pool */
+  bool auth_busy;                  /* auth_work submitted, not done */
+  bool auth_queued;                /* in the worker's auth queue */
+  struct tern__conn *auth_next;    /* that queue */
 };
 
 struct wreq {
@@ -330,6 +334,11 @@ static void update_reading(struct tern__conn *c) {
       want = true; /* PROXY header, early talkers, TLS handshake */
     else if (!c->in_len && c->s)
       want = (tern_server_session_want(c->s) & TERN_WANT_READ) != 0;
+    /* A password check waiting in the AUTH queue: read on (input is
+     * held, bounded) so that a client that has gone is noticed and its
+     * check never runs, instead of holding a queue slot. */
+    if (c->auth_queued)
+      want = true;
   }
   if (want && !c->reading) {
     c->reading = uv_read_start(&c->h.stream, on_alloc, on_read) == 0;
@@ -457,26 +466,13 @@ static void restart_timer(struct tern__conn *c) {
 
 /* ---- AUTH through GNU SASL ----------------------------------------------- */
 
-static int on_auth(struct tern_server_session *s, struct tern_str mech,
-                   struct tern_str resp, bool has_resp, unsigned step,
-                   struct tern_reply *reply, void *ud) {
-  struct tern__conn *c = conn_of(s);
-  const char *challenge = NULL;
-  (void)ud;
-  if (!c)
-    return TERN_EINVAL;
-  if (step == 0 && c->sasl) {
-    tern__sasl_session_free(c->sasl);
-    c->sasl = NULL;
-  }
-  int r = tern__sasl_step(c->w->sasl, &c->sasl, s, mech.ptr, resp.ptr,
-                          resp.len, has_resp, &challenge);
-  if (r == TERN__SASL_CONTINUE) {
-    reply->code = 334;
-    reply->enhanced = NULL;
-    reply->text = challenge;
-    return TERN_REPLY_NOW; /* the core copies the text at once */
-  }
+/*
+ * The reply for an exchange that is over (any result but CONTINUE and
+ * VERIFY); frees the SASL session. A failed password waits, longer each
+ * time (guessing gets slow): then the timer answers and this returns
+ * TERN_PENDING.
+ */
+static int auth_result(struct tern__conn *c, int r, struct tern_reply *reply) {
   if (r == TERN__SASL_OK) {
     const char *user = tern__sasl_user(c->sasl);
     free(c->auth_user);
@@ -509,7 +505,6 @@ static int on_auth(struct tern_server_session *s, struct tern_str mech,
     reply->text = "Error: cannot decode AUTH response";
     return TERN_REPLY_NOW;
   }
-  /* A failure waits, longer each time (guessing gets slow). */
   unsigned delay = c->w->srv->opt.auth_fail_delay_ms;
   unsigned shift = c->auth_failures < 3 ? c->auth_failures : 3;
   c->auth_failures++;
@@ -521,6 +516,151 @@ static int on_auth(struct tern_server_session *s, struct tern_str mech,
   c->tmode = TM_AUTH_DELAY;
   uv_timer_start(&c->timer, on_timer, (uint64_t)delay << shift, 0);
   return TERN_PENDING;
+}
+
+/*
+ * Password checks (issue 8 item 13). check_password hashes (yescrypt:
+ * tens of milliseconds), so it runs on libuv's thread pool while the
+ * session's AUTH decision is pending; the loop goes on serving everyone
+ * else. At most auth_max_concurrent checks of a worker run at once (the
+ * pool's four threads also do the file I/O of deliveries); up to
+ * auth_max_queued more wait in FIFO order; past that AUTH gets 454 4.7.0
+ * at once. A connection with a check on the pool counts it as a handle,
+ * so it is freed only after the check is done.
+ */
+static void auth_work_cb(uv_work_t *req) {
+  struct tern__conn *c = req->data;
+  tern__sasl_verify(c->sasl); /* only c->sasl is touched off the loop */
+}
+
+static void auth_after_cb(uv_work_t *req, int status);
+
+static unsigned auth_max_running(const struct tern__conn *c) {
+  unsigned n = c->w->srv->opt.auth_max_concurrent;
+  return n ? n : 1;
+}
+
+static int auth_submit(struct tern__conn *c) {
+  c->auth_work.data = c;
+  if (uv_queue_work(c->w->loop, &c->auth_work, auth_work_cb, auth_after_cb))
+    return -1;
+  c->w->auth_running++;
+  c->auth_busy = true;
+  c->handles++;
+  return 0;
+}
+
+/* End a check that cannot run: 454, the session goes on. */
+static void auth_cannot_run(struct tern__conn *c) {
+  struct tern_reply r;
+  tern__sasl_verify_done(c->sasl); /* wipes the credentials */
+  auth_result(c, TERN_ETEMP, &r);
+  tern_server_session_reply(c->s, &r);
+}
+
+/* Start waiting checks while there is room. */
+static void auth_start_waiting(struct tern__worker *w) {
+  while (w->auth_head && w->auth_running < auth_max_running(w->auth_head)) {
+    struct tern__conn *c = w->auth_head;
+    w->auth_head = c->auth_next;
+    if (!w->auth_head)
+      w->auth_tail = NULL;
+    c->auth_next = NULL;
+    c->auth_queued = false;
+    w->auth_waiting--;
+    if (auth_submit(c) != 0)
+      auth_cannot_run(c);
+  }
+}
+
+static void auth_unqueue(struct tern__conn *c) {
+  struct tern__worker *w = c->w;
+  struct tern__conn **pp = &w->auth_head, *prev = NULL;
+  if (!c->auth_queued)
+    return;
+  while (*pp && *pp != c) {
+    prev = *pp;
+    pp = &(*pp)->auth_next;
+  }
+  if (*pp) {
+    *pp = c->auth_next;
+    if (w->auth_tail == c)
+      w->auth_tail = prev;
+    w->auth_waiting--;
+  }
+  c->auth_next = NULL;
+  c->auth_queued = false;
+}
+
+/* The step read the credentials: check them off the loop. */
+static int auth_verify_start(struct tern__conn *c, struct tern_reply *reply) {
+  struct tern__worker *w = c->w;
+  if (w->auth_running < auth_max_running(c)) {
+    if (auth_submit(c) == 0)
+      return TERN_PENDING;
+  } else if (w->auth_waiting < w->srv->opt.auth_max_queued) {
+    c->auth_queued = true;
+    c->auth_next = NULL;
+    if (w->auth_tail)
+      w->auth_tail->auth_next = c;
+    else
+      w->auth_head = c;
+    w->auth_tail = c;
+    w->auth_waiting++;
+    return TERN_PENDING;
+  }
+  /* Too many checks waiting: a temporary failure, the client retries. */
+  tern__sasl_verify_done(c->sasl);
+  return auth_result(c, TERN_ETEMP, reply);
+}
+
+static void conn_free(struct tern__conn *c);
+
+static void auth_after_cb(uv_work_t *req, int status) {
+  struct tern__conn *c = req->data;
+  struct tern__worker *w = c->w;
+  int r = tern__sasl_verify_done(c->sasl); /* wipes the credentials */
+  if (status != 0)
+    r = TERN_ETEMP; /* the check did not run */
+  w->auth_running--;
+  c->auth_busy = false;
+  bool gone = c->closing || !c->s;
+  if (--c->handles == 0) { /* closed meanwhile; its handles are gone */
+    auth_start_waiting(w);
+    conn_free(c);
+    return;
+  }
+  auth_start_waiting(w);
+  if (gone)
+    return;
+  struct tern_reply rep;
+  if (auth_result(c, r, &rep) == TERN_REPLY_NOW)
+    tern_server_session_reply(c->s, &rep); /* notifies: pumps */
+}
+
+static int on_auth(struct tern_server_session *s, struct tern_str mech,
+                   struct tern_str resp, bool has_resp, unsigned step,
+                   struct tern_reply *reply, void *ud) {
+  struct tern__conn *c = conn_of(s);
+  const char *challenge = NULL;
+  (void)ud;
+  if (!c)
+    return TERN_EINVAL;
+  if (step == 0 && c->sasl) {
+    tern__sasl_session_free(c->sasl);
+    c->sasl = NULL;
+  }
+  int r = tern__sasl_step(c->w->sasl, &c->sasl, s, mech.ptr, resp.ptr,
+                          resp.len, has_resp, &challenge);
+  if (r == TERN__SASL_CONTINUE) {
+    reply->code = 334;
+    reply->enhanced = NULL;
+    reply->text = challenge;
+    return TERN_REPLY_NOW; /* the core copies the text at once */
+  }
+  if (r == TERN__SASL_VERIFY)
+    return auth_verify_start(c, reply);
+  return auth_result(c, r, reply);
 }
 
 /* XCLIENT from a trusted peer: the session now speaks for ADDR/PORT. */
@@ -730,8 +870,14 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
 
 static void on_closed(uv_handle_t *h) {
   struct tern__conn *c = h->data;
-  if (--c->handles)
+  if (--c->handles) /* the other handle, or a password check (AUTH) */
     return;
+  conn_free(c);
+}
+
+/* Everything a connection owns, once its handles are closed and no
+ * password check uses it. */
+static void conn_free(struct tern__conn *c) {
   struct tern__worker *w = c->w;
   struct tern_server *srv = w->srv;
   if (c->s) {
@@ -763,6 +909,7 @@ static void conn_close(struct tern__conn *c) {
   if (c->closing)
     return;
   c->closing = true;
+  auth_unqueue(c); /* a check not started yet never runs */
   if (c->s)
     tern_server_session_eof(c->s);
   if (c->reading)

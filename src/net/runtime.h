@@ -65,6 +65,9 @@ struct tern__worker {
   uv_timer_t deadline;             /* shutdown deadline */
   struct tern__lhandle lh[TERN__MAX_LISTENERS];
   struct tern__sasl *sasl;         /* this thread's GNU SASL context */
+  unsigned auth_running;           /* password checks on the pool (conn.c) */
+  unsigned auth_waiting;           /* checks queued behind them */
+  struct tern__conn *auth_head, *auth_tail; /* that queue, FIFO */
   struct tern__conn *conns;        /* live connections (list) */
   unsigned nconns;
   unsigned open_handles;           /* wake, deadline, listeners */

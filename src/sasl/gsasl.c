@@ -78,6 +78,11 @@ struct tern__sasl_session {
                          must answer with an empty line */
   char *challenge;    /* base64, from gsasl_base64_to() (gsasl_free) */
   char *user;         /* after OK */
+  /* PLAIN/LOGIN: credentials waiting for tern__sasl_verify() (copies,
+   * wiped when done); authzid NULL means "as myself". */
+  bool verify_pending;
+  int verify_rc;      /* check_password's answer */
+  char *v_authzid, *v_user, *v_password;
 };
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -109,6 +114,14 @@ static void wipe(void *p, size_t n) {
 static void wipe_free(char *p, size_t n) {
   wipe(p, n);
   free(p);
+}
+
+static void verify_wipe(struct tern__sasl_session *ss) {
+  if (ss->v_password)
+    wipe_free(ss->v_password, strlen(ss->v_password));
+  free(ss->v_user);
+  free(ss->v_authzid);
+  ss->v_password = ss->v_user = ss->v_authzid = NULL;
 }
 
 static int b64_value(unsigned char c) {
@@ -232,8 +245,20 @@ static int gs_callback(Gsasl *ctx, Gsasl_session *gs, Gsasl_property prop) {
      * It gets a non-NULL authzid only for another identity. */
     if (authzid != NULL && (authzid[0] == '\0' || strcmp(authzid, authid) == 0))
       authzid = NULL;
-    return note_answer(
-        ss, cb->check_password(ss->s, authzid, authid, password, ss->sasl->ud));
+    /* The check itself (a password hash: tens of milliseconds) is not
+     * done here, on the event loop: the credentials are kept and the
+     * step ends with TERN__SASL_VERIFY; tern__sasl_verify() runs the
+     * app's check_password on a pool thread. */
+    ss->v_user = strdup(authid);
+    ss->v_password = strdup(password);
+    ss->v_authzid = authzid ? strdup(authzid) : NULL;
+    if (!ss->v_user || !ss->v_password || (authzid && !ss->v_authzid)) {
+      ss->cb_err = TERN_ENOMEM;
+      return GSASL_AUTHENTICATION_ERROR;
+    }
+    ss->verify_pending = true;
+    ss->verify_rc = TERN_ETEMP; /* until tern__sasl_verify() has run */
+    return GSASL_OK;
   }
   case GSASL_PASSWORD: { /* CRAM-MD5, SCRAM: the secret of GSASL_AUTHID */
     /* PLAIN and LOGIN ask for it only when VALIDATE_SIMPLE is not
@@ -453,6 +478,8 @@ static int gs_step(struct tern__sasl_session *ss, const char *in,
       rc = TERN_EAUTH;
     } else if ((ss->user = strdup(authid)) == NULL) {
       rc = TERN_ENOMEM;
+    } else if (ss->verify_pending) {
+      rc = TERN__SASL_VERIFY; /* PLAIN/LOGIN: the password is checked next */
     } else if (outlen > 0) {
       /* SCRAM's server-final message is "additional data with success",
        * which AUTH cannot carry in 235: it goes out as a challenge and
@@ -617,8 +644,8 @@ int tern__sasl_step(struct tern__sasl *sasl, struct tern__sasl_session **sess,
   bool first = ss->steps == 0;
   ss->steps++;
 
-  if (ss->user != NULL && !ss->ok_pending)
-    return TERN_ESTATE; /* already over; nothing changes */
+  if ((ss->user != NULL && !ss->ok_pending) || ss->verify_pending)
+    return TERN_ESTATE; /* already over, or waiting for verify */
 
   char *in = NULL;
   size_t inlen = 0;
@@ -665,9 +692,13 @@ done:
   /* GNU SASL needs no secret once it said OK (ok_pending) */
   if (rc != TERN__SASL_CONTINUE || ss->ok_pending)
     secrets_wipe(ss);
+  if (rc != TERN__SASL_VERIFY && ss->verify_pending) {
+    ss->verify_pending = false; /* the step failed after all */
+    verify_wipe(ss);
+  }
   if (rc == TERN__SASL_CONTINUE) {
     *challenge = ss->challenge;
-  } else if (rc != TERN__SASL_OK) {
+  } else if (rc != TERN__SASL_OK && rc != TERN__SASL_VERIFY) {
     free(ss->user);
     ss->user = NULL;
     ss->ok_pending = false;
@@ -677,13 +708,56 @@ done:
 
 /* The authenticated user after OK, else NULL. Owned by the session. */
 const char *tern__sasl_user(const struct tern__sasl_session *sess) {
-  return sess != NULL && !sess->ok_pending ? sess->user : NULL;
+  return sess != NULL && !sess->ok_pending && !sess->verify_pending
+             ? sess->user
+             : NULL;
+}
+
+/*
+ * The password check of a step that returned TERN__SASL_VERIFY: calls
+ * the app's check_password with the kept credentials and keeps its
+ * answer for tern__sasl_verify_done(). Touches only `sess` and the
+ * provider's callbacks (read-only after tern__sasl_new), so it may run on
+ * any thread while nothing else uses `sess`. Returns the callback's
+ * answer, or TERN_ESTATE when nothing waits for a check.
+ */
+int tern__sasl_verify(struct tern__sasl_session *sess) {
+  if (sess == NULL || !sess->verify_pending || sess->v_user == NULL)
+    return TERN_ESTATE;
+  const struct tern_auth_callbacks *cb = &sess->sasl->cb;
+  int rc = cb->check_password(sess->s, sess->v_authzid, sess->v_user,
+                              sess->v_password, sess->sasl->ud);
+  sess->verify_rc = rc;
+  wipe(sess->v_password, strlen(sess->v_password));
+  return rc;
+}
+
+/*
+ * Finish a TERN__SASL_VERIFY step on the session's thread, after
+ * tern__sasl_verify(): wipes the kept credentials and gives the
+ * exchange's result, TERN__SASL_OK (tern__sasl_user() is set now),
+ * TERN_EAUTH (refused, or a positive answer outside the contract) or
+ * TERN_ETEMP (any other negative answer). TERN_ESTATE when no check was
+ * waiting. The exchange is over either way.
+ */
+int tern__sasl_verify_done(struct tern__sasl_session *sess) {
+  if (sess == NULL || !sess->verify_pending)
+    return TERN_ESTATE;
+  sess->verify_pending = false;
+  verify_wipe(sess);
+  int rc = sess->verify_rc;
+  if (rc == 0)
+    return TERN__SASL_OK;
+  free(sess->user);
+  sess->user = NULL;
+  return rc == TERN_EAUTH || rc > 0 ? TERN_EAUTH : TERN_ETEMP;
 }
 
 /* Free a session (wiping what GNU SASL kept). NULL is allowed. */
 void tern__sasl_session_free(struct tern__sasl_session *sess) {
   if (sess == NULL)
     return;
+  verify_wipe(sess);
   if (sess->gs != NULL) {
     secrets_wipe(sess);
     gsasl_finish(sess->gs);

@@ -33,6 +33,10 @@ const char *tern__sasl_mechanisms(const struct tern__sasl *sasl);
 struct tern__sasl_session;
 
 enum tern__sasl_result {
+  TERN__SASL_VERIFY = 2,   /* PLAIN/LOGIN: the credentials are read; run
+                              tern__sasl_verify() (off the event loop: it
+                              calls check_password, which hashes), then
+                              tern__sasl_verify_done() for the result */
   TERN__SASL_CONTINUE = 1, /* send "334 <challenge>" */
   TERN__SASL_OK = 0,       /* "235 2.7.0"; user is known */
   /* negative: TERN_EAUTH (535 5.7.8), TERN_ETEMP (454 4.7.0),
@@ -57,6 +61,20 @@ int tern__sasl_step(struct tern__sasl *sasl, struct tern__sasl_session **sess,
                     const char **challenge);
 /* The authenticated user (after OK), else NULL. Owned by the session. */
 const char *tern__sasl_user(const struct tern__sasl_session *sess);
+
+/*
+ * After a step returned TERN__SASL_VERIFY: tern__sasl_verify() calls the
+ * app's check_password with the credentials the step read and keeps the
+ * answer. It touches only `sess` (and the provider's read-only
+ * callbacks), so the runtime runs it on a thread-pool thread while the
+ * session waits; nothing else may use `sess` meanwhile. Then, back on
+ * the session's thread, tern__sasl_verify_done() wipes the credentials
+ * and returns TERN__SASL_OK, TERN_EAUTH or TERN_ETEMP; the exchange is
+ * over. Both return TERN_ESTATE when no check is waiting. Freeing the
+ * session without these wipes the credentials too.
+ */
+int tern__sasl_verify(struct tern__sasl_session *sess);
+int tern__sasl_verify_done(struct tern__sasl_session *sess);
 void tern__sasl_session_free(struct tern__sasl_session *sess);
 
 /* ---- client side (gsasl_client.c) ---------------------------------------- */

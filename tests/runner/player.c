@@ -334,11 +334,11 @@ static int parse_config(struct script *sc, int line, const char *kv) {
   }
   NUMFIELD(max_line, size_t)
   NUMFIELD(max_auth_line, size_t)
-  NUMFIELD(max_text_line, size_t)
+  NUMFIELD(max_line_length, size_t)
   NUMFIELD(max_message_size, uint64_t)
   NUMFIELD(max_recipients, unsigned)
   NUMFIELD(max_errors, unsigned)
-  NUMFIELD(max_commands, unsigned)
+  NUMFIELD(max_junk_commands, unsigned)
   NUMFIELD(max_transactions, unsigned)
   NUMFIELD(output_high_water, size_t)
   else rc = -1;

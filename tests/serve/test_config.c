@@ -140,7 +140,9 @@ static void test_defaults(void **state) {
   assert_true(c.max_message_size == 30u * 1024 * 1024);
   assert_int_equal(c.max_recipients, 1000);
   assert_int_equal(c.timeout_command_ms, 300000);
-  assert_int_equal(c.timeout_data_ms, 180000);
+  assert_int_equal(c.timeout_data_ms, 300000);
+  assert_int_equal(c.max_line_length, 0);
+  assert_int_equal(c.max_junk_commands, 100);
   assert_null(c.xclient_networks);
   assert_null(c.user);
   assert_null(c.group);
@@ -273,6 +275,16 @@ static void test_good_lmtp(void **state) {
   assert_int_equal(c.ndomains, 0);
   assert_int_equal(c.target, CFG_LMTP);
   assert_string_equal(c.forward_url, "lmtp:///run/dovecot/lmtp");
+  cfg_free(&c);
+}
+
+/* Issue 8 items 26 and 27: the line-length and junk-command limits. */
+static void test_good_limits(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-limits.ini", &c);
+  assert_int_equal(c.max_line_length, 1000);
+  assert_int_equal(c.max_junk_commands, 500);
   cfg_free(&c);
 }
 
@@ -519,6 +531,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_good_submission),
       cmocka_unit_test(test_good_submissions),
       cmocka_unit_test(test_good_lmtp),
+      cmocka_unit_test(test_good_limits),
       cmocka_unit_test(test_good_haproxy),
       cmocka_unit_test(test_good_long_line),
       cmocka_unit_test(test_missing_file),

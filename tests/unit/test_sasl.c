@@ -26,6 +26,22 @@
 static struct tern_server_session *const SESS =
     (struct tern_server_session *)(uintptr_t)0x5e55;
 
+/* tern__sasl_step, with a PLAIN/LOGIN password check (TERN__SASL_VERIFY)
+ * done at once, as the runtime does on its thread pool. */
+static int sstep(struct tern__sasl *sasl, struct tern__sasl_session **sess,
+                 struct tern_server_session *s, const char *mech,
+                 const char *b64, size_t len, bool has_response,
+                 const char **challenge) {
+  int rc = tern__sasl_step(sasl, sess, s, mech, b64, len, has_response,
+                           challenge);
+  if (rc == TERN__SASL_VERIFY) {
+    assert_null(tern__sasl_user(*sess));
+    tern__sasl_verify(*sess);
+    rc = tern__sasl_verify_done(*sess);
+  }
+  return rc;
+}
+
 /* ---- the application ----------------------------------------------------- */
 
 struct app {
@@ -171,10 +187,10 @@ static int exchange(struct tern__sasl *sasl, const char *mech,
     crc = gsasl_step64(cs, "", &out);
     assert_true(crc == GSASL_OK || crc == GSASL_NEEDS_MORE);
     const char *r = out[0] ? out : "=";
-    rc = tern__sasl_step(sasl, &ss, SESS, mech, r, strlen(r), true, &chal);
+    rc = sstep(sasl, &ss, SESS, mech, r, strlen(r), true, &chal);
     gsasl_free(out);
   } else {
-    rc = tern__sasl_step(sasl, &ss, SESS, mech, NULL, 0, false, &chal);
+    rc = sstep(sasl, &ss, SESS, mech, NULL, 0, false, &chal);
   }
   steps++;
   while (rc == TERN__SASL_CONTINUE && steps < 20) {
@@ -185,7 +201,7 @@ static int exchange(struct tern__sasl *sasl, const char *mech,
       rc = -1000 - crc;
       break;
     }
-    rc = tern__sasl_step(sasl, &ss, SESS, NULL, out, strlen(out), true, &chal);
+    rc = sstep(sasl, &ss, SESS, NULL, out, strlen(out), true, &chal);
     gsasl_free(out);
     steps++;
   }
@@ -208,8 +224,8 @@ static int exchange(struct tern__sasl *sasl, const char *mech,
 /* One step with a literal text (step 0 when *ss is NULL). */
 static int step(struct tern__sasl *sasl, struct tern__sasl_session **ss,
                 const char *mech, const char *b64, const char **chal) {
-  return tern__sasl_step(sasl, ss, SESS, mech, b64, b64 ? strlen(b64) : 0,
-                         b64 != NULL, chal);
+  return sstep(sasl, ss, SESS, mech, b64, b64 ? strlen(b64) : 0,
+               b64 != NULL, chal);
 }
 
 /* base64 of raw bytes, freed by the caller with gsasl_free(). */
@@ -317,6 +333,67 @@ static void test_new_older_struct(void **state) {
 }
 
 /* ---- PLAIN --------------------------------------------------------------- */
+
+/*
+ * Issue 8 item 13: PLAIN's step only reads the credentials; the password
+ * check (check_password, a hash) runs when tern__sasl_verify() is called,
+ * which the runtime does off the event loop. Until verify_done there is
+ * no user; a refusal and a temporary failure come out of verify_done;
+ * freeing with a check still waiting wipes and frees the credentials.
+ */
+static void test_plain_verify_deferred(void **state) {
+  (void)state;
+  struct tern__sasl *sasl = make(true, false, false, "PLAIN");
+  struct tern__sasl_session *ss = NULL;
+  const char *chal = NULL;
+  /* "\0alice\0s3cret p\xc3\xa4ss" */
+  const char *ok = "AGFsaWNlAHMzY3JldCBww6Rzcw==";
+  assert_int_equal(tern__sasl_verify(NULL), TERN_ESTATE);
+  assert_int_equal(tern__sasl_verify_done(NULL), TERN_ESTATE);
+  assert_int_equal(tern__sasl_step(sasl, &ss, SESS, "PLAIN", ok, strlen(ok),
+                                   true, &chal),
+                   TERN__SASL_VERIFY);
+  assert_int_equal(APP.calls, 0); /* nothing hashed on this thread */
+  assert_null(tern__sasl_user(ss));
+  assert_int_equal(tern__sasl_step(sasl, &ss, SESS, NULL, "", 0, true, &chal),
+                   TERN_ESTATE);
+  assert_int_equal(tern__sasl_verify(ss), 0);
+  assert_int_equal(APP.calls, 1);
+  assert_ptr_equal(APP.seen_s, SESS);
+  assert_int_equal(tern__sasl_verify_done(ss), TERN__SASL_OK);
+  assert_string_equal(tern__sasl_user(ss), "alice");
+  assert_int_equal(tern__sasl_verify_done(ss), TERN_ESTATE);
+  tern__sasl_session_free(ss);
+
+  /* wrong password: EAUTH; a temporary failure: ETEMP */
+  const char *bad = "AGFsaWNlAHdyb25n"; /* "\0alice\0wrong" */
+  ss = NULL;
+  assert_int_equal(tern__sasl_step(sasl, &ss, SESS, "PLAIN", bad, strlen(bad),
+                                   true, &chal),
+                   TERN__SASL_VERIFY);
+  assert_int_equal(tern__sasl_verify(ss), TERN_EAUTH);
+  assert_int_equal(tern__sasl_verify_done(ss), TERN_EAUTH);
+  assert_null(tern__sasl_user(ss));
+  tern__sasl_session_free(ss);
+  APP.force_rc = TERN_EIO;
+  ss = NULL;
+  assert_int_equal(tern__sasl_step(sasl, &ss, SESS, "PLAIN", ok, strlen(ok),
+                                   true, &chal),
+                   TERN__SASL_VERIFY);
+  tern__sasl_verify(ss);
+  assert_int_equal(tern__sasl_verify_done(ss), TERN_ETEMP);
+  tern__sasl_session_free(ss);
+  /* freed while the check still waits: no leak (ASan), nothing called */
+  APP.force_rc = 0;
+  APP.calls = 0;
+  ss = NULL;
+  assert_int_equal(tern__sasl_step(sasl, &ss, SESS, "PLAIN", ok, strlen(ok),
+                                   true, &chal),
+                   TERN__SASL_VERIFY);
+  tern__sasl_session_free(ss);
+  assert_int_equal(APP.calls, 0);
+  tern__sasl_free(sasl);
+}
 
 static void test_plain_initial_ok(void **state) {
   (void)state;
@@ -957,6 +1034,7 @@ int main(void) {
       cmocka_unit_test_setup(test_mechs_filtered_by_callbacks, setup),
       cmocka_unit_test_setup(test_new_invalid, setup),
       cmocka_unit_test_setup(test_new_older_struct, setup),
+      cmocka_unit_test_setup(test_plain_verify_deferred, setup),
       cmocka_unit_test_setup(test_plain_initial_ok, setup),
       cmocka_unit_test_setup(test_plain_lowercase_mech, setup),
       cmocka_unit_test_setup(test_plain_no_initial, setup),
