@@ -101,6 +101,7 @@ struct maildir_ctx {
 
 struct maildir_delivery {
   struct maildir_ctx *ctx;
+  char *spool; /* the file's tmp/ is here, or NULL: in DIRS[0] */
   char **dirs;
   size_t ndirs;
   char *header; /* freed once written */
@@ -141,6 +142,11 @@ struct maildir_delivery {
 };
 
 /* ---- helpers ------------------------------------------------------------- */
+
+/* The maildir whose tmp/ holds the file. */
+static const char *md_tmpbox(const struct maildir_delivery *d) {
+  return d->spool ? d->spool : d->dirs[0];
+}
 
 static char *md_strdup(const char *s) {
   size_t n = strlen(s) + 1;
@@ -296,6 +302,7 @@ static void md_free(struct maildir_delivery *d) {
   for (size_t i = 0; i < d->ndirs; i++)
     free(d->dirs[i]);
   free(d->dirs);
+  free(d->spool);
   free(d->placed);
   free(d->waiters);
   free(d->header);
@@ -314,7 +321,7 @@ static void md_open_work(uv_work_t *w) {
   bool made = false;
 
   for (int tries = 0; tries < 8; tries++) {
-    if ((r = md_path(path, sizeof path, d->dirs[0], "tmp", d->name)) < 0)
+    if ((r = md_path(path, sizeof path, md_tmpbox(d), "tmp", d->name)) < 0)
       break;
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd >= 0)
@@ -322,7 +329,7 @@ static void md_open_work(uv_work_t *w) {
     r = -errno;
     if (r == -ENOENT && !made) {
       made = true; /* maildir not there yet: create it, once */
-      if ((r = md_mktree(d->dirs[0], d->ctx->fsync)) < 0)
+      if ((r = md_mktree(md_tmpbox(d), d->ctx->fsync)) < 0)
         break;
     } else if (r == -EEXIST) {
       md_make_name(d); /* someone else's file: take the next name */
@@ -501,13 +508,14 @@ static void md_undo(struct maildir_delivery *d) {
       d->placed[i] = false;
   }
   if (d->tmp_exists &&
-      md_path(path, sizeof path, d->dirs[0], "tmp", d->name) == 0 &&
+      md_path(path, sizeof path, md_tmpbox(d), "tmp", d->name) == 0 &&
       (unlink(path) == 0 || errno == ENOENT))
     d->tmp_exists = false;
 }
 
-/* Give the file the name DIRS[i]/new/NAME: link (or copy) for i >= 1,
- * rename for i == 0. A missing maildir is created once. */
+/* Give the file the name DIRS[i]/new/NAME: link (or copy) for i >= 1 or
+ * from the spool, rename for i == 0 otherwise. A missing maildir is
+ * created once (in the pool, at commit: only for accepted messages). */
 static int md_place(struct maildir_delivery *d, size_t i, const char *tmp) {
   char dst[PATH_MAX];
   int r;
@@ -515,8 +523,9 @@ static int md_place(struct maildir_delivery *d, size_t i, const char *tmp) {
   if ((r = md_path(dst, sizeof dst, d->dirs[i], "new", d->name)) < 0)
     return r;
   for (int made = 0;; made++) {
-    r = (i == 0 ? rename(tmp, dst) : link(tmp, dst)) == 0 ? 0 : -errno;
-    if (r == -EXDEV && i > 0)
+    bool mv = i == 0 && d->spool == NULL;
+    r = (mv ? rename(tmp, dst) : link(tmp, dst)) == 0 ? 0 : -errno;
+    if (r == -EXDEV && !mv)
       r = md_copy_into(d, tmp, d->dirs[i], dst);
     if (r != -ENOENT || made > 0)
       return r;
@@ -540,7 +549,7 @@ static void md_seal_work(uv_work_t *w) {
   }
   if (d->err != 0)
     goto fail;
-  if ((r = md_path(tmp, sizeof tmp, d->dirs[0], "tmp", d->name)) < 0) {
+  if ((r = md_path(tmp, sizeof tmp, md_tmpbox(d), "tmp", d->name)) < 0) {
     md_set_err(d, r, "rename");
     goto fail;
   }
@@ -558,6 +567,10 @@ static void md_seal_work(uv_work_t *w) {
     goto fail;
   }
   d->placed[0] = true;
+  /* From the spool every place is a link: drop the spool's name (a
+   * failure only leaves a file that start-up removes). */
+  if (d->spool != NULL)
+    unlink(tmp);
   d->tmp_exists = false;
   return;
 fail:
@@ -819,9 +832,9 @@ int maildir_prepare(const char *dir, bool clean_tmp) {
   return r;
 }
 
-int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
-                  size_t ndirs, const char *header, size_t hlen,
-                  struct maildir_delivery **out) {
+int maildir_begin(struct maildir_ctx *ctx, const char *spool,
+                  const char *const *dirs, size_t ndirs, const char *header,
+                  size_t hlen, struct maildir_delivery **out) {
   struct maildir_delivery *d;
   int r = -ENOMEM;
 
@@ -834,7 +847,8 @@ int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
   if ((d->dirs = calloc(ndirs, sizeof *d->dirs)) == NULL ||
       (d->placed = calloc(ndirs, sizeof *d->placed)) == NULL ||
       (d->waiters = calloc(ndirs, sizeof *d->waiters)) == NULL ||
-      (d->header = malloc(hlen > 0 ? hlen : 1)) == NULL)
+      (d->header = malloc(hlen > 0 ? hlen : 1)) == NULL ||
+      (spool != NULL && (d->spool = md_strdup(spool)) == NULL))
     goto fail;
   /* The same directory twice would make link() fail with EEXIST: keep
    * the first of each (spelled the same; the caller normalises). */
@@ -870,6 +884,7 @@ fail:
   for (size_t i = 0; d->dirs != NULL && i < ndirs; i++)
     free(d->dirs[i]);
   free(d->dirs);
+  free(d->spool);
   free(d->placed);
   free(d->waiters);
   free(d->header);

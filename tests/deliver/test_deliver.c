@@ -204,7 +204,7 @@ static void md_start(struct job *j, struct maildir_ctx *ctx,
   j->data = data;
   j->len = len;
   j->chunk = chunk;
-  CHECK(maildir_begin(ctx, dirs, ndirs, hdr, sizeof hdr - 1, &j->md) == 0);
+  CHECK(maildir_begin(ctx, NULL, dirs, ndirs, hdr, sizeof hdr - 1, &j->md) == 0);
   job_next(j);
 }
 
@@ -404,20 +404,20 @@ static void t_maildir_abort(void) {
   CHECK(maildir_ctx_new(&ctx, loop, true) == 0);
 
   /* Abort right after begin (open job in flight). */
-  CHECK(maildir_begin(ctx, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  CHECK(maildir_begin(ctx, NULL, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
   maildir_abort(d);
   CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
   check_empty(dir);
 
   /* Abort from the write callback. */
-  CHECK(maildir_begin(ctx, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  CHECK(maildir_begin(ctx, NULL, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
   CHECK(maildir_write(d, data, 100000, abort_in_cb, d) == 0);
   CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
   CHECK(abort_calls == 1);
   check_empty(dir);
 
   /* Abort with a write in flight: its callback is not called. */
-  CHECK(maildir_begin(ctx, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  CHECK(maildir_begin(ctx, NULL, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
   CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0); /* the open is done */
   CHECK(count_in(dir, "tmp") == 1);         /* the file being written */
   CHECK(maildir_write(d, data, 100000, never_cb, NULL) == 0);
