@@ -410,6 +410,7 @@ void cfg_free(struct cfg *c) {
     free(c->domains[i]);
   free(c->maildir);
   free(c->command);
+  free(c->recipients_file);
   free(c->forward_url);
   free(c->forward_ca_file);
   free(c->path);
@@ -864,6 +865,8 @@ static const struct key keys[] = {
      "a URL like lmtp:///run/dovecot/lmtp, lmtp://host:24, "
      "smtp://host:25, smtp+starttls://host:587 or smtps://host:465"},
     {SEC_DELIVERY, "verify", p_bool, CO(forward_verify), 0, 0, E_BOOL},
+    {SEC_DELIVERY, "recipients", p_string, CO(recipients_file), 0, 0,
+     "a file name"},
     {SEC_DELIVERY, "ca_file", p_string, CO(forward_ca_file), 0, 0,
      "a file name"},
 };

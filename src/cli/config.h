@@ -66,6 +66,7 @@ struct cfg {
   char *command;               /* pipe target: argv by spaces; %s sender,
                                   %r or %a recipient, %u local part,
                                   %d domain, %% */
+  char *recipients_file;       /* known recipients, or NULL (any) */
   char *forward_url;           /* lmtp/smtp target */
   bool forward_verify;         /* verify the next hop's certificate */
   char *forward_ca_file;

@@ -852,9 +852,14 @@ static int load_policy(const char *path, const struct cfg *base,
   if (p->cfg.users_file &&
       users_load(p->cfg.users_file, &p->users, err, cap) != 0)
     goto fail;
+  if (p->cfg.recipients_file &&
+      rcptset_load(p->cfg.recipients_file, &p->known, err, cap) != 0)
+    goto fail;
   *out = p;
   return 0;
 fail:
+  if (p->users)
+    users_free(p->users);
   cfg_free(&p->cfg);
   free(p);
   return -1;

@@ -6,6 +6,7 @@ and DIR/b.example/u2/new; a recipient that tries to climb out of DIR
 
 import os
 import random
+import signal
 import smtplib
 
 import e2e as h
@@ -80,5 +81,174 @@ def test_no_escape_from_base():
                 % (found, base))
 
 
+# ---- issue 8 items 7, 14, 15, 20 ----------------------------------------------
+
+def deliver_raw(port, rcpts, m, frm="s@example.net"):
+    """One transaction with Raw: ([(rcpt, code)], data code or None)."""
+    r = h.Raw("127.0.0.1", port, timeout=10)
+    try:
+        r.reply()
+        r.cmd("EHLO test.example", 250)
+        r.cmd("MAIL FROM:<%s>" % frm, 250)
+        got = [(t, r.cmd("RCPT TO:<%s>" % t)[0]) for t in rcpts]
+        code = None
+        if any(c == 250 for _, c in got):
+            r.cmd("DATA", 354)
+            r.send(h.dot_stuff(m) + b".\r\n")
+            code, _ = r.reply()
+        r.cmd("QUIT", 221)
+        return got, code
+    finally:
+        r.close()
+
+
+def test_quoted_and_unsafe_local_parts():
+    """"alice"@x and alice@x are one mailbox; "a/b", "a_b", "a%2Fb" and
+    ".hidden" are four different ones, none a dot file or a path."""
+    d = h.tmpdir(prefix="tern-e2e-tpl-")
+    base = os.path.join(d, "store")
+    conf = h.write(os.path.join(d, "tern.ini"),
+                   CONF.format(port=h.free_ports(1)[0], base=base))
+    rng = random.Random(20)
+    names = ['"a/b"', "a_b", '"a%2Fb"', '".hidden"']
+    with h.Serve(["-c", conf], name="template-names") as srv:
+        m1 = h.make_message("quoted@e2e", 700, rng)
+        m2 = h.make_message("plain@e2e", 700, rng)
+        got, code = deliver_raw(srv.port, ['"alice"@a.example'], m1)
+        h.check(code == 250, "quoted alice: %r %r" % (got, code))
+        got, code = deliver_raw(srv.port, ["alice@a.example"], m2)
+        h.check(code == 250, "alice: %r %r" % (got, code))
+        for i, n in enumerate(names):
+            got, code = deliver_raw(srv.port, [n + "@a.example"],
+                                    h.make_message("n%d@e2e" % i, 300, rng))
+            h.check(code == 250, "%s: %r %r" % (n, got, code))
+    dom = os.path.join(base, "a.example")
+    boxes = sorted(os.listdir(dom))
+    alice = os.path.join(dom, "alice")
+    bodies = [rest for _, rest in h.stored_bodies(alice).values()] \
+        if os.path.isdir(alice) else []
+    h.check(sorted(bodies) == sorted([m1, m2]),
+            "\"alice\"@ and alice@ must share the Maildir alice/: %r" % boxes)
+    h.check(len(boxes) == 1 + len(names),
+            "expected %d distinct Maildirs, got %r" % (1 + len(names), boxes))
+    h.check(not any(b.startswith(".") for b in boxes),
+            "a Maildir named like a dot file: %r" % boxes)
+    for b in boxes:
+        h.check(len(h.maildir_files(os.path.join(dom, b))) == 1 or b == "alice",
+                "%s holds %d messages" % (b, len(h.maildir_files(
+                    os.path.join(dom, b)))))
+
+
+def test_no_for_with_several_recipients():
+    """Received names the recipient only when there is exactly one."""
+    d = h.tmpdir(prefix="tern-e2e-tpl-")
+    base = os.path.join(d, "store")
+    conf = h.write(os.path.join(d, "tern.ini"),
+                   CONF.format(port=h.free_ports(1)[0], base=base))
+    rng = random.Random(21)
+    with h.Serve(["-c", conf], name="template-bcc") as srv:
+        m = h.make_message("bcc@e2e", 500, rng)
+        got, code = deliver_raw(srv.port, ["to@a.example", "bcc@b.example"], m)
+        h.check(code == 250, "%r %r" % (got, code))
+        m1 = h.make_message("one@e2e", 500, rng)
+        got, code = deliver_raw(srv.port, ["one@a.example"], m1)
+        h.check(code == 250, "%r %r" % (got, code))
+    for box in ("a.example/to", "b.example/bcc"):
+        p = h.maildir_files(os.path.join(base, box))[0]
+        trace, _ = h.split_trace(h.read(p), p)
+        h.check(b"for <" not in trace,
+                "%s: trace of a 2-recipient message names one: %r"
+                % (box, trace))
+    p = h.maildir_files(os.path.join(base, "a.example/one"))[0]
+    trace, _ = h.split_trace(h.read(p), p)
+    h.check(b"\tfor <one@a.example>;" in trace, "one recipient: %r" % trace)
+
+
+CONF_KNOWN = CONF + "recipients = {known}\n"
+
+
+def test_recipients_file_and_no_early_directories():
+    """[delivery] recipients: unknown users get 550 5.1.1 at RCPT (and no
+    Maildir); the file is re-read on SIGHUP."""
+    d = h.tmpdir(prefix="tern-e2e-tpl-")
+    base = os.path.join(d, "store")
+    known = h.write(os.path.join(d, "known"),
+                    "# users\nalice@a.example\nbob\n@b.example\n")
+    conf = h.write(os.path.join(d, "tern.ini"), CONF_KNOWN.format(
+        port=h.free_ports(1)[0], base=base, known=known))
+    rng = random.Random(22)
+    with h.Serve(["-c", conf], name="template-known") as srv:
+        m = h.make_message("known@e2e", 400, rng)
+        got, code = deliver_raw(srv.port, [
+            "alice@a.example", '"Alice"@A.example', "bob@a.example",
+            "anyone@b.example", "mallory@a.example", "alice@b.example"], m)
+        h.check([c for _, c in got] == [250, 250, 250, 250, 550, 250],
+                "RCPT replies with a recipients file: %r" % got)
+        h.check(code == 250, "DATA: %r" % code)
+        h.check(not os.path.exists(os.path.join(base, "a.example/mallory")),
+                "a Maildir for an unknown user")
+        h.write(known, "alice@a.example\ncarol@a.example\n")
+        srv.signal(signal.SIGHUP)
+        srv.wait_log("event=reload result=ok")
+        got, code = deliver_raw(srv.port, ["bob@a.example", "carol@a.example"],
+                                m)
+        h.check([c for _, c in got] == [550, 250] and code == 250,
+                "after reload: %r %r" % (got, code))
+
+
+def test_no_directory_for_aborted_message():
+    """A recipient whose message is aborted mid-DATA gets no Maildir:
+    nothing is created before the message is accepted (and nothing on
+    the event loop)."""
+    d = h.tmpdir(prefix="tern-e2e-tpl-")
+    base = os.path.join(d, "store")
+    conf = h.write(os.path.join(d, "tern.ini"),
+                   CONF.format(port=h.free_ports(1)[0], base=base))
+    with h.Serve(["-c", conf], name="template-abort") as srv:
+        r = h.Raw("127.0.0.1", srv.port, timeout=10)
+        try:
+            r.reply()
+            r.cmd("EHLO test.example", 250)
+            r.cmd("MAIL FROM:<s@example.net>", 250)
+            r.cmd("RCPT TO:<carol@a.example>", 250)
+            r.cmd("DATA", 354)
+            r.send(b"Subject: cut short\r\n\r\npartial")
+        finally:
+            r.close()
+        srv.wait_log("event=abort")
+        h.check(not os.path.exists(os.path.join(base, "a.example/carol")),
+                "a Maildir was made for a recipient whose message was "
+                "aborted: %r" % list(os.walk(base)))
+
+
+def test_maildir_cannot_be_created():
+    """A recipient's Maildir cannot be made (a file is in the way): the
+    message is refused with 451 4.3.0 after its data, the daemon goes on,
+    and (ASan builds, detect_leaks=1) exits without a leak."""
+    d = h.tmpdir(prefix="tern-e2e-tpl-")
+    base = os.path.join(d, "store")
+    os.makedirs(base)
+    h.write(os.path.join(base, "a.example"), "not a directory\n")
+    conf = h.write(os.path.join(d, "tern.ini"),
+                   CONF.format(port=h.free_ports(1)[0], base=base))
+    rng = random.Random(23)
+    srv = h.Serve(["-c", conf], name="template-blocked")
+    with srv:
+        for i in range(20):
+            got, code = deliver_raw(srv.port, ["u%d@a.example" % i],
+                                    h.make_message("b%d@e2e" % i, 300, rng))
+            h.check(code == 451, "undeliverable: %r %r" % (got, code))
+        m = h.make_message("ok@e2e", 300, rng)
+        got, code = deliver_raw(srv.port, ["u@b.example"], m)
+        h.check(code == 250, "b.example still works: %r %r" % (got, code))
+    h.check(not srv.grep("LeakSanitizer"),
+            "leak reported:\n%s" % srv.log(80))
+
+
 if __name__ == "__main__":
-    h.main([test_two_domains, test_no_escape_from_base])
+    h.main([test_two_domains, test_no_escape_from_base,
+            test_quoted_and_unsafe_local_parts,
+            test_no_for_with_several_recipients,
+            test_recipients_file_and_no_early_directories,
+            test_no_directory_for_aborted_message,
+            test_maildir_cannot_be_created])
