@@ -2,6 +2,7 @@
  * Recipients of `tern serve`'s local targets (recipients.h has the
  * contracts).
  */
+#define _POSIX_C_SOURCE 200809L
 #include "recipients.h"
 
 #include <errno.h>

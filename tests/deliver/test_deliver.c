@@ -684,6 +684,103 @@ static void t_pipe_abort(void) {
   free(data);
 }
 
+
+/* ---- pipe group: one command per recipient -------------------------------- */
+
+struct gjob {
+  struct pipe_group *g;
+  const char *data;
+  size_t len, off;
+  int calls;
+  int code[4];
+  char enh[4][16];
+  size_t order[4];
+  bool abort_in_each;
+};
+
+static void g_each(void *arg, size_t i, const struct tern_reply *r,
+                   const char *detail) {
+  struct gjob *j = arg;
+  (void)detail;
+  CHECK(i < 4 && j->code[i] == 0);
+  j->code[i] = r->code;
+  pathf(j->enh[i], sizeof j->enh[i], "%s", r->enhanced);
+  j->order[j->calls++] = i;
+  if (j->abort_in_each)
+    pipe_group_abort(j->g);
+}
+
+static void g_next(void *arg, int status) {
+  struct gjob *j = arg;
+  CHECK(status == 0);
+  while (j->off < j->len) {
+    size_t n = j->len - j->off < 65536 ? j->len - j->off : 65536;
+    int r = pipe_group_write(j->g, j->data + j->off, n, g_next, j);
+    j->off += n;
+    if (r == 0)
+      return;
+    CHECK(r == 1); /* no member reads any more */
+  }
+  pipe_group_commit(j->g, g_each, j);
+}
+
+static void t_pipe_group(void) {
+  size_t len = 1024 * 1024, n;
+  char *data = random_bytes(len, 12);
+  char out0[512], out2[512];
+  struct gjob j;
+
+  pathf(out0, sizeof out0, "%s/group-0", base);
+  pathf(out2, sizeof out2, "%s/group-2", base);
+  /* 0 is slow and takes it all, 1 exits 67 without reading, 2 cannot be
+   * started, 3 takes it all: each gets its own outcome, in the order the
+   * commands finish; the one that stops reading holds no one back. */
+  char *a0[] = {"/bin/sh", "-c", "cat > \"$1\"; sleep 0.3", "sh", out0, NULL};
+  char *a1[] = {"/bin/sh", "-c", "exit 67", NULL};
+  char *a2[] = {"/nonexistent/command", NULL};
+  char *a3[] = {"/bin/sh", "-c", "cat > \"$1\"", "sh", out2, NULL};
+  memset(&j, 0, sizeof j);
+  j.data = data;
+  j.len = len;
+  CHECK(pipe_group_new(&j.g, 4, hdr, sizeof hdr - 1) == 0);
+  CHECK(pipe_group_start(j.g, loop, 0, a0, NULL) == 0);
+  CHECK(pipe_group_start(j.g, loop, 1, a1, NULL) == 0);
+  CHECK(pipe_group_start(j.g, loop, 2, a2, NULL) == -ENOENT);
+  CHECK(pipe_group_start(j.g, loop, 3, a3, NULL) == 0);
+  g_next(&j, 0);
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK(j.calls == 4);
+  CHECK(j.code[0] == 250 && !strcmp(j.enh[0], "2.0.0"));
+  CHECK(j.code[1] == 550 && !strcmp(j.enh[1], "5.1.1"));
+  CHECK(j.code[2] == 451 && !strcmp(j.enh[2], "4.3.0"));
+  CHECK(j.code[3] == 250 && !strcmp(j.enh[3], "2.0.0"));
+  CHECK(j.order[3] == 0); /* the slow one last */
+  for (int k = 0; k < 2; k++) {
+    char *got = read_file(k ? out2 : out0, &n);
+    CHECK(n == sizeof hdr - 1 + len);
+    CHECK(memcmp(got + sizeof hdr - 1, data, len) == 0);
+    free(got);
+  }
+
+  /* Aborting from inside `each`: no further calls, the slow command is
+   * stopped, nothing is left running (uv_run returns). */
+  char *slow[] = {"/bin/sh", "-c", "cat >/dev/null; exec sleep 60", NULL};
+  char *quick[] = {"/bin/sh", "-c", "cat >/dev/null; exit 0", NULL};
+  memset(&j, 0, sizeof j);
+  j.data = data;
+  j.len = 1000;
+  j.abort_in_each = true;
+  CHECK(pipe_group_new(&j.g, 2, hdr, sizeof hdr - 1) == 0);
+  CHECK(pipe_group_start(j.g, loop, 0, slow, NULL) == 0);
+  CHECK(pipe_group_start(j.g, loop, 1, quick, NULL) == 0);
+  g_next(&j, 0);
+  uint64_t t0 = uv_hrtime();
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK(j.calls == 1 && j.code[1] == 250);
+  CHECK(uv_hrtime() - t0 < 3000000000ull);
+  free(data);
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static const struct {
@@ -702,6 +799,7 @@ static const struct {
     {"pipe_status", t_pipe_status},
     {"pipe_early_exit", t_pipe_early_exit},
     {"pipe_abort", t_pipe_abort},
+    {"pipe_group", t_pipe_group},
 };
 
 int main(int argc, char **argv) {
