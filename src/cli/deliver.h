@@ -53,13 +53,15 @@ int maildir_begin(struct maildir_ctx *ctx, const char *spool,
                   size_t hlen, struct maildir_delivery **out);
 
 /*
- * Write a chunk asynchronously (libuv thread pool). `cb(arg, status)` runs
- * on the loop when it is written (status 0 or -errno). `buf` is copied:
- * the caller may reuse it at once (an aborted delivery's write may still
- * be running in the pool). One write at a time (-EBUSY otherwise). An error
- * (ENOSPC...) is remembered; later writes return it at once (and, like
- * any failed call, never call cb); commit then fails with 452 4.3.1 or
- * 451 4.3.0 and removes the file.
+ * Add a chunk (copied: the caller may reuse buf at once). Chunks are
+ * gathered and written in blocks of 128 KiB in the libuv thread pool.
+ * Returns 1 when the chunk was only buffered (cb is not called: write
+ * the next one), 0 when a block is being written (`cb(arg, status)` runs
+ * on the loop when it is, status 0 or -errno; wait for it), or -errno.
+ * One block at a time (-EBUSY otherwise). An error (ENOSPC...) is
+ * remembered; later writes return it at once (and, like any failed
+ * call, never call cb); commit then fails with 452 4.3.1 or 451 4.3.0
+ * and removes the file.
  */
 int maildir_write(struct maildir_delivery *d, const char *buf, size_t len,
                   void (*cb)(void *arg, int status), void *arg);

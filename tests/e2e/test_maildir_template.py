@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import smtplib
+import subprocess
 
 import e2e as h
 
@@ -245,10 +246,67 @@ def test_maildir_cannot_be_created():
             "leak reported:\n%s" % srv.log(80))
 
 
+CONF_FIXED = """[listener mx]
+url = smtp://127.0.0.1:{port}
+
+[delivery]
+maildir = {base}
+fsync = no
+"""
+
+
+def test_large_message_few_writes():
+    """A 6 MB message is written in large blocks (issue 8 item 28: 21,615
+    pwrite64 calls before): strace attached to the daemon counts the
+    writes into the Maildir's tmp/."""
+    h.require_tool("strace")
+    d = h.tmpdir(prefix="tern-e2e-tpl-")
+    base = os.path.join(d, "box")
+    conf = h.write(os.path.join(d, "tern.ini"),
+                   CONF_FIXED.format(port=h.free_ports(1)[0], base=base))
+    rng = random.Random(28)
+    m = h.make_message("big@e2e", 6 * 1000 * 1000, rng)
+    trace = os.path.join(d, "strace.out")
+    with h.Serve(["-c", conf], name="template-big") as srv:
+        st = subprocess.Popen(["strace", "-f", "-y", "-qq", "-e",
+                               "trace=write,pwrite64,writev,pwritev,pwritev2",
+                               "-o", trace, "-p", str(srv.proc.pid)],
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+        try:
+            # strace is attached once it has written its first line or
+            # the daemon answers (a NOOP makes it write to the socket)
+            def attached():
+                with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as c:
+                    c.noop()
+                return os.path.exists(trace) and os.path.getsize(trace) > 0
+            h.wait_for(attached, 10, "strace to attach to tern serve")
+            with smtplib.SMTP("127.0.0.1", srv.port, timeout=60) as c:
+                refused = c.sendmail("s@example.net", ["big@example.org"], m)
+                h.check(refused == {}, "refused %r" % refused)
+        finally:
+            st.terminate()
+            st.wait(timeout=10)
+    files = h.maildir_files(base)
+    h.check(len(files) == 1, "%d files in new/" % len(files))
+    _, rest = h.split_trace(h.read(files[0]), files[0])
+    h.assert_bytes_equal(rest, m, "6 MB message")
+    tmp = os.path.join(base, "tmp") + "/"
+    writes = [ln for ln in h.read(trace).decode("utf-8", "replace").splitlines()
+              if tmp in ln and "write" in ln]
+    h.check(writes, "strace saw no write into %s: %r"
+            % (tmp, h.read(trace)[-2000:]))
+    print("writes into tmp/: %d" % len(writes))
+    h.check(len(writes) <= 100,
+            "a 6 MB message took %d writes into the Maildir (expected "
+            "blocks of at least 64 KiB: at most 100)" % len(writes))
+
+
 if __name__ == "__main__":
     h.main([test_two_domains, test_no_escape_from_base,
             test_quoted_and_unsafe_local_parts,
             test_no_for_with_several_recipients,
             test_recipients_file_and_no_early_directories,
             test_no_directory_for_aborted_message,
-            test_maildir_cannot_be_created])
+            test_maildir_cannot_be_created,
+            test_large_message_few_writes])
