@@ -33,7 +33,8 @@
 #   M = the bench count / 4 for A, / 2 for B: lock-step is slower)
 # Checks: every tern bench run must report failed 0 and ok = sent; for B and
 # C the number of files in new/ must equal ok (smtp-source: M); anything else
-# stops the script with an error. The maildir is removed after each run.
+# stops the script with an error. Each run has its own maildir; all are
+# removed at the end (see RUN below).
 # Output: a table of median messages/s (rounds in brackets), the ratio
 # B/C, server CPU per message, and the fsync counts from strace.
 set -euo pipefail
@@ -99,6 +100,13 @@ fi
 ulimit -n "$(ulimit -Hn)"
 
 declare -A PID PORT
+# Each run delivers into its own maildir, all removed at the end: removing
+# thousands of files between runs made the next run's creates pay for them
+# (ext4 without a journal skips inodes freed in the last 30 s, scanning
+# the inode table: recently_deleted() was half of the server's CPU), and
+# unevenly, depending on which target ran after which.
+RUN=0
+MAIL=
 PIDS=()
 cleanup() {
   local p
@@ -156,8 +164,8 @@ start() {
       sink) "$SINK" "smtp://127.0.0.1:$port" --workers 1 --quiet \
               2>>"$OUT/$n.log" & ;;
       sync|nosync|base)
-        rm -rf "$DATA/mail"
-        write_ini "$OUT/$kind.ini" "$port" "$DATA/mail" \
+        RUN=$((RUN + 1)); MAIL=$DATA/mail.$RUN
+        write_ini "$OUT/$kind.ini" "$port" "$MAIL" \
           "$([ "$kind" = nosync ] && echo no || echo yes)"
         "$@" "$([ "$kind" = base ] && echo "$BASE_TERN" || echo "$TERN")" \
           serve -c "$OUT/$kind.ini" 2>>"$OUT/$n.log" & ;;
@@ -206,7 +214,7 @@ cpu_ns() { # on-CPU time of a process, all threads (schedstat; else ticks)
   fi
 }
 
-count_new() { find "$DATA/mail/new" -type f | wc -l; }
+count_new() { find "$MAIL/new" -type f | wc -l; }
 
 fail() { echo "run-serve.sh: $*" >&2; exit 1; }
 
@@ -237,7 +245,6 @@ bench_run() { # target sessions round
     files=$(count_new)
     [ "$files" = "$ok" ] ||
       fail "$t n=$n round $r: $ok accepted, $files files in new/ (lost mail)"
-    rm -rf "$DATA/mail"
   fi
   [ "$sent" -lt "$m" ] && echo "  (capped by --duration: $sent of $m)"
   printf '  %-7s n=%-3s round %s: %8s msg/s  %6s msgs  files %s  server CPU %s us/msg\n' \
@@ -263,7 +270,6 @@ source_run() { # target sessions round
     files=$(count_new)
     [ "$files" = "$m" ] ||
       fail "smtp-source $t n=$n round $r: sent $m, $files files in new/"
-    rm -rf "$DATA/mail"
   fi
   printf '  %-7s n=%-3s round %s: %8s msg/s  %6s msgs  files %s  (smtp-source)\n' \
     "$t" "$n" "$r" "$rate" "$m" "$files"
@@ -285,7 +291,6 @@ strace_run() { # sessions
   ok=$(awk '/^messages:/ {print $5}' "$log")
   files=$(count_new)
   [ "$files" = "$ok" ] || fail "strace run n=$n: $ok accepted, $files in new/"
-  rm -rf "$DATA/mail"
   # Lines: "PID T fsync(FD</path>) = 0 <dur>", or split into
   # "<unfinished ...>" and "<... fsync resumed>) = 0 <dur>" (T = end).
   # One line per fsync: kind (dir = new/, file), start, end.

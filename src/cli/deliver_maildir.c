@@ -104,6 +104,7 @@ struct maildir_ctx {
   size_t live;              /* deliveries not yet freed */
   unsigned long dir_fsyncs; /* directory fsyncs started (test hook) */
   struct md_dirsync *syncs;
+  long pid;               /* for unique names (a syscall per message else) */
   char host[MD_HOST_MAX]; /* escaped */
 };
 
@@ -288,7 +289,7 @@ static void md_make_name(struct maildir_delivery *d) {
     tv.tv_usec = 0;
   }
   snprintf(d->name, sizeof d->name, "%lld.M%ldP%ldQ%lu.%s",
-           (long long)tv.tv_sec, (long)tv.tv_usec, (long)getpid(), seq,
+           (long long)tv.tv_sec, (long)tv.tv_usec, d->ctx->pid, seq,
            d->ctx->host);
 }
 
@@ -781,6 +782,7 @@ int maildir_ctx_new(struct maildir_ctx **out, uv_loop_t *loop, bool fsync) {
   ctx->loop = loop;
   ctx->fsync = fsync;
   md_host(ctx->host, sizeof ctx->host);
+  ctx->pid = (long)getpid();
   *out = ctx;
   return 0;
 }
