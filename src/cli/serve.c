@@ -245,6 +245,10 @@ static int on_mail(struct tern_server_session *s, const struct tern_path *from,
   return TERN_REPLY_NOW;
 }
 
+/* Commands of one pipe message that run at once (one per recipient),
+ * behind LMTP: Postfix's lmtp_destination_recipient_limit default. */
+#define PIPE_MAX_RCPTS 50
+
 static bool lmtp_listener(const struct sess *x) {
   return !strncmp(x->info->listener, "lmtp:", 5);
 }
@@ -255,8 +259,9 @@ static bool lmtp_listener(const struct sess *x) {
  * local part and, behind an SMTP listener, a second recipient: a pipe
  * runs once per recipient, and after DATA an SMTP reply can carry only
  * one outcome, so each message takes one recipient (RFC 5321 §3.3: the
- * client sends the others in another transaction). True when *r is set
- * to the refusal.
+ * client sends the others in another transaction). Behind LMTP, where
+ * each recipient gets its own reply, the commands run at once, so their
+ * number is bounded too. True when *r is set to the refusal.
  */
 static bool local_rcpt_refused(struct sess *x, const struct tern_path *to,
                                struct tern_reply *r) {
@@ -270,6 +275,10 @@ static bool local_rcpt_refused(struct sess *x, const struct tern_path *to,
     r->code = 452;
     r->enhanced = "4.5.3";
     r->text = "Error: too many recipients, one per message here";
+  } else if (c->target == CFG_PIPE && x->nrcpts >= PIPE_MAX_RCPTS) {
+    r->code = 452;
+    r->enhanced = "4.5.3";
+    r->text = "Error: too many recipients for one message";
   } else if (c->target == CFG_PIPE && !rcpt_pipe_safe(addr)) {
     r->code = 553;
     r->enhanced = "5.1.3";

@@ -290,9 +290,33 @@ def test_option_like_local_part_refused():
             % os.listdir(out))
 
 
+def test_lmtp_recipient_bound():
+    """Behind LMTP a pipe message's commands run at once: at most 50
+    recipients (the 51st RCPT gets 452 4.5.3), and nothing runs for a
+    transaction that is reset."""
+    out, conf = multi_setup("lmtp")
+    with h.Serve(["-c", conf], name="pipe-lmtp-bound") as srv:
+        r = h.Raw("127.0.0.1", srv.port, timeout=10)
+        try:
+            r.reply()
+            r.cmd("LHLO test.example", 250)
+            r.cmd("MAIL FROM:<s@example.net>", 250)
+            for i in range(50):
+                r.cmd("RCPT TO:<u%d@example.org>" % i, 250)
+            code, lines = r.cmd("RCPT TO:<u50@example.org>")
+            h.check(code == 452 and lines[-1][4:].startswith("4.5.3"),
+                    "51st RCPT: %r" % lines)
+            r.cmd("RSET", 250)
+            r.cmd("QUIT", 221)
+        finally:
+            r.close()
+    h.check(os.listdir(out) == [], "commands ran: %r" % os.listdir(out))
+
+
 if __name__ == "__main__":
     h.main([test_pipe_exit_codes, test_pipe_escapes,
             test_command_that_does_not_read,
             test_lmtp_three_recipients_one_refused,
             test_smtp_one_recipient_per_transaction,
-            test_option_like_local_part_refused])
+            test_option_like_local_part_refused,
+            test_lmtp_recipient_bound])
