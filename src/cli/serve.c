@@ -171,7 +171,6 @@ struct sess {
   struct forward_delivery *fd;
   char hdr[2048];             /* trace header, lives until the commit */
   size_t hlen;
-  char *chunk;                /* copy of the chunk being written */
   bool done;                  /* delivery outcome known */
   int code;                   /* its reply (for LMTP's later recipients) */
   char enh[16];
@@ -478,9 +477,7 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
   x->done = false;
   x->size = 0;
   size_t hlen = x->hlen = trace_header(x, x->hdr, sizeof x->hdr);
-  if (!x->chunk && !(x->chunk = malloc(CHUNK_MAX)))
-    rc = -ENOMEM;
-  else if (c->target == CFG_MAILDIR)
+  if (c->target == CFG_MAILDIR)
     rc = maildir_start(x, s);
   else if (c->target == CFG_PIPE)
     rc = pipe_start(x, s);
@@ -710,7 +707,6 @@ static void on_close(struct tern_server_session *s, void *ud) {
         i->auth_user ? i->auth_user : "-", x->messages);
   txn_clear(x);
   free(x->rcpts);
-  free(x->chunk);
   policy_put(x->pol);
   tern_server_session_set_userdata(s, NULL);
   free(x);
