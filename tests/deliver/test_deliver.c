@@ -285,6 +285,67 @@ static void t_maildir_happy(void) {
   free(data);
 }
 
+
+static void spool_written(void *arg, int status) {
+  int *calls = arg;
+  CHECK(status == 0);
+  (*calls)++;
+}
+
+/* With a spool (Maildir templates): the file is written in SPOOL/tmp; no
+ * recipient's maildir exists until commit, which makes them (in the
+ * pool), links the message into each new/ and leaves the spool empty;
+ * an aborted message leaves no maildir at all. A 300 KB message in
+ * 3,000-octet chunks is written in blocks: the callback runs only when a
+ * 128 KiB block went out. */
+static void t_maildir_spool(void) {
+  struct maildir_ctx *ctx;
+  struct maildir_delivery *d;
+  struct job j;
+  char spool[512], d1[512], d2[512];
+  struct stat st;
+  size_t len = 300000;
+  char *data = random_bytes(len, 13);
+  int calls = 0;
+
+  pathf(spool, sizeof spool, "%s/tpl/.tern-spool", base);
+  pathf(d1, sizeof d1, "%s/tpl/a.example/u1", base);
+  pathf(d2, sizeof d2, "%s/tpl/b.example/u2", base);
+  const char *dirs[] = {d1, d2};
+  CHECK(maildir_ctx_new(&ctx, loop, true) == 0);
+
+  CHECK(maildir_begin(ctx, spool, dirs, 2, hdr, sizeof hdr - 1, &d) == 0);
+  size_t off = 0;
+  while (off < len) {
+    int r = maildir_write(d, data + off, 3000, spool_written, &calls);
+    off += 3000;
+    CHECK(r == 0 || r == 1);
+    if (r == 0)
+      CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  }
+  CHECK(calls == 2); /* 300,000 + header in 128 KiB blocks: 2 so far */
+  CHECK(count_in(spool, "tmp") == 1);
+  CHECK(stat(d1, &st) != 0 && stat(d2, &st) != 0);
+  maildir_abort(d);
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK(count_in(spool, "tmp") == 0);
+  CHECK(stat(d1, &st) != 0 && stat(d2, &st) != 0);
+
+  memset(&j, 0, sizeof j);
+  j.data = data;
+  j.len = len;
+  j.chunk = 3000;
+  CHECK(maildir_begin(ctx, spool, dirs, 2, hdr, sizeof hdr - 1, &j.md) == 0);
+  job_next(&j);
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK_REPLY(&j, 250, "2.0.0");
+  ino_t a = check_delivered(d1, &j), b = check_delivered(d2, &j);
+  CHECK(a == b); /* one file, two names */
+  CHECK(count_in(spool, "tmp") == 0);
+  maildir_ctx_free(ctx);
+  free(data);
+}
+
 static void t_maildir_multi(void) {
   struct maildir_ctx *ctx;
   struct job j;
@@ -802,6 +863,7 @@ static const struct {
     {"maildir_enospc", t_maildir_enospc},
     {"maildir_link_fail", t_maildir_link_fail},
     {"maildir_prepare", t_maildir_prepare},
+    {"maildir_spool", t_maildir_spool},
     {"pipe_ok", t_pipe_ok},
     {"pipe_status", t_pipe_status},
     {"pipe_early_exit", t_pipe_early_exit},
