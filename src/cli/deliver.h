@@ -115,7 +115,7 @@ void pipe_commit(struct pipe_delivery *d, deliver_done_fn done, void *arg);
  * the delivery frees itself once the command is reaped. */
 void pipe_abort(struct pipe_delivery *d);
 
-/* ---- pipe, one command per recipient -------------------------------------- */
+/* ---- pipe, one command per recipient ------------------------------------ */
 
 /*
  * N commands fed the same message, one per recipient, each with its own

@@ -89,8 +89,7 @@ struct rcptset;
  * "FILE:LINE: what" (or "FILE: what") in err: unreadable file, an entry
  * with a space, an entry too long.
  */
-int rcptset_load(const char *path, struct rcptset **out, char *err,
-                 size_t cap);
+int rcptset_load(const char *path, struct rcptset **out, char *err, size_t cap);
 
 /* Whether `addr` (as RCPT gave it) is in the set. */
 bool rcptset_has(const struct rcptset *s, const char *addr);

@@ -206,7 +206,8 @@ static void md_start(struct job *j, struct maildir_ctx *ctx,
   j->data = data;
   j->len = len;
   j->chunk = chunk;
-  CHECK(maildir_begin(ctx, NULL, dirs, ndirs, hdr, sizeof hdr - 1, &j->md) == 0);
+  CHECK(maildir_begin(ctx, NULL, dirs, ndirs, hdr, sizeof hdr - 1, &j->md) ==
+        0);
   job_next(j);
 }
 
@@ -284,7 +285,6 @@ static void t_maildir_happy(void) {
   maildir_ctx_free(ctx);
   free(data);
 }
-
 
 static void spool_written(void *arg, int status) {
   int *calls = arg;
@@ -752,8 +752,8 @@ static void t_pipe_abort(void) {
   free(data);
 }
 
-
-/* ---- pipe group: one command per recipient -------------------------------- */
+/* ---- pipe group: one command per recipient --------------------------------
+ */
 
 struct gjob {
   struct pipe_group *g;

@@ -7,10 +7,10 @@
 #define _GNU_SOURCE
 #include "recipients.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #define CHECK(c)                                                               \
@@ -31,13 +31,12 @@ static void expect_local(const char *addr, const char *want) {
   }
 }
 
-static void expect_expand(const char *tpl, const char *addr,
-                          const char *want) {
+static void expect_expand(const char *tpl, const char *addr, const char *want) {
   char out[512];
   int r = rcpt_expand_maildir(tpl, addr, out, sizeof out);
   if (r != 0 || strcmp(out, want) != 0) {
-    fprintf(stderr, "expand(%s, %s) = %d \"%s\", expected \"%s\"\n", tpl,
-            addr, r, r ? "" : out, want);
+    fprintf(stderr, "expand(%s, %s) = %d \"%s\", expected \"%s\"\n", tpl, addr,
+            r, r ? "" : out, want);
     exit(1);
   }
 }
@@ -62,12 +61,14 @@ static void t_escape_injective(void) {
   static const char alpha[] = "a2F%/._-\x01 \"Az";
   const size_t na = sizeof alpha - 1;
   size_t total = 1 + na + na * na + na * na * na;
-  char (*seen)[16] = calloc(total, sizeof *seen);
+  char(*seen)[16] = calloc(total, sizeof *seen);
   size_t k = 0;
   CHECK(seen != NULL);
   for (size_t len = 0; len <= 3; len++) {
-    size_t count = len == 0 ? 1 : len == 1 ? na : len == 2 ? na * na
-                                                           : na * na * na;
+    size_t count = len == 0   ? 1
+                   : len == 1 ? na
+                   : len == 2 ? na * na
+                              : na * na * na;
     for (size_t c = 0; c < count; c++) {
       char s[4];
       size_t v = c;
@@ -141,8 +142,8 @@ static void t_pipe(void) {
         !strcmp(argv[2], "s@y") && !strcmp(argv[3], "\"Al ice\"@x") &&
         !strcmp(argv[4], "Al ice") && !strcmp(argv[5], "x") &&
         !strcmp(argv[6], "100%") && argv[7] == NULL);
-  CHECK(rcpt_pipe_argv("a b c d e f g h", "", "r@x", words, sizeof words,
-                       argv, 8) == -1);
+  CHECK(rcpt_pipe_argv("a b c d e f g h", "", "r@x", words, sizeof words, argv,
+                       8) == -1);
   CHECK(rcpt_pipe_argv("/bin/x %r", "", "r@x", words, 8, argv, 8) == -1);
 }
 
