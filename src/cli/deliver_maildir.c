@@ -430,8 +430,13 @@ static void md_flush_after(uv_work_t *w, int status) {
     md_discard(d);
     return;
   }
-  /* we are in a loop callback: cb may commit or abort, they go on */
+  /* A commit that came while the block was written (the caller did
+   * not wait for cb): seal after telling it. Otherwise cb may commit or
+   * abort itself (we are in a loop callback: not re-entrant). */
+  bool then_seal = d->committed;
   cb(d->warg, d->err);
+  if (then_seal)
+    md_seal(d);
 }
 
 /* ---- commit: seal (pool) ------------------------------------------------- */
@@ -928,7 +933,9 @@ void maildir_commit(struct maildir_delivery *d, deliver_done_fn done,
   d->committed = true;
   d->done = done;
   d->done_arg = arg;
-  md_seal(d); /* the caller waited for its write: nothing is in flight */
+  if (!d->busy)
+    md_seal(d);
+  /* else: the block being written seals when it is done */
 }
 
 void maildir_abort(struct maildir_delivery *d) {

@@ -342,6 +342,26 @@ static void t_maildir_spool(void) {
   ino_t a = check_delivered(d1, &j), b = check_delivered(d2, &j);
   CHECK(a == b); /* one file, two names */
   CHECK(count_in(spool, "tmp") == 0);
+
+  /* A commit while a block is being written: the block's callback still
+   * runs, then the message is sealed, whole. */
+  char d3[512];
+  pathf(d3, sizeof d3, "%s/tpl/c.example/u3", base);
+  const char *dirs3[] = {d3};
+  memset(&j, 0, sizeof j);
+  j.data = data;
+  j.len = 200000;
+  calls = 0;
+  CHECK(maildir_begin(ctx, NULL, dirs3, 1, hdr, sizeof hdr - 1, &j.md) == 0);
+  CHECK(maildir_write(j.md, data, 100000, spool_written, &calls) == 1);
+  CHECK(maildir_write(j.md, data + 100000, 100000, spool_written, &calls) ==
+        0);
+  maildir_commit(j.md, job_done, &j);
+  CHECK(!j.finished);
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK(calls == 1);
+  CHECK_REPLY(&j, 250, "2.0.0");
+  check_delivered(d3, &j);
   maildir_ctx_free(ctx);
   free(data);
 }
