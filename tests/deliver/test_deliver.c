@@ -354,8 +354,7 @@ static void t_maildir_spool(void) {
   calls = 0;
   CHECK(maildir_begin(ctx, NULL, dirs3, 1, hdr, sizeof hdr - 1, &j.md) == 0);
   CHECK(maildir_write(j.md, data, 100000, spool_written, &calls) == 1);
-  CHECK(maildir_write(j.md, data + 100000, 100000, spool_written, &calls) ==
-        0);
+  CHECK(maildir_write(j.md, data + 100000, 100000, spool_written, &calls) == 0);
   maildir_commit(j.md, job_done, &j);
   CHECK(!j.finished);
   CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
