@@ -9,6 +9,7 @@ import random
 import signal
 import smtplib
 import subprocess
+import time
 
 import e2e as h
 
@@ -274,6 +275,79 @@ def test_maildir_cannot_be_created():
     h.check(ok_code == 250, "b.example still works: %r" % ok_code)
 
 
+CHECK_SCRIPT = """#!/bin/sh
+# check.sh RCPT: known users exit 0, unknown 67, temp@ 75, slow@ hangs
+echo "$1" >> "$(dirname "$0")/asked"
+case "$1" in
+  slow@*) exec sleep 60 ;;
+  temp@*) exit 75 ;;
+  alice@*|bob@*) exit 0 ;;
+esac
+exit 67
+"""
+
+
+def test_recipient_check_command():
+    """[delivery] recipient_check: asked at RCPT time; 0 accepts, 67 is
+    550 5.1.1, 75 is 451 4.3.0, a check still running after
+    recipient_check_timeout is stopped with 451 4.4.3; refused recipients
+    get no Maildir, accepted ones get the message."""
+    d = h.tmpdir(prefix="tern-e2e-tpl-")
+    base = os.path.join(d, "store")
+    script = h.write(os.path.join(d, "check.sh"), CHECK_SCRIPT, 0o755)
+    conf = h.write(os.path.join(d, "tern.ini"), CONF.format(
+        port=h.free_ports(1)[0], base=base) +
+        "recipient_check = %s %%r\nrecipient_check_timeout = 1s\n" % script)
+    rng = random.Random(24)
+    m = h.make_message("check@e2e", 600, rng)
+    with h.Serve(["-c", conf], name="template-check") as srv:
+        t0 = time.monotonic()
+        r = h.Raw("127.0.0.1", srv.port, timeout=20)
+        try:
+            r.reply()
+            r.cmd("EHLO test.example", 250)
+            r.cmd("MAIL FROM:<s@example.net>", 250)
+            got = {}
+            for t in ("alice@a.example", "mallory@a.example",
+                      "temp@a.example", "slow@a.example", "bob@b.example"):
+                code, lines = r.cmd("RCPT TO:<%s>" % t)
+                got[t] = lines[-1][:9]
+            r.cmd("DATA", 354)
+            r.send(h.dot_stuff(m) + b".\r\n")
+            code, lines = r.reply()
+            h.check(code == 250, "DATA: %r" % lines)
+            r.cmd("QUIT", 221)
+        finally:
+            r.close()
+        h.check(time.monotonic() - t0 < 10, "the slow check was not cut")
+        # a client that leaves while its check runs: the check is
+        # stopped, the daemon goes on (and stops cleanly, below)
+        r = h.Raw("127.0.0.1", srv.port, timeout=10)
+        r.reply()
+        r.cmd("EHLO test.example", 250)
+        r.cmd("MAIL FROM:<s@example.net>", 250)
+        r.send("RCPT TO:<slow@a.example>\r\n")
+        h.wait_for(lambda: len(h.read(os.path.join(d, "asked")).split()) == 6,
+                   10, "the check for the client that leaves")
+        r.close()
+        srv.wait_log("event=close", count=2)
+    h.check(got == {"alice@a.example": "250 2.1.5",
+                    "mallory@a.example": "550 5.1.1",
+                    "temp@a.example": "451 4.3.0",
+                    "slow@a.example": "451 4.4.3",
+                    "bob@b.example": "250 2.1.5"},
+            "RCPT replies with a check command: %r" % got)
+    asked = h.read(os.path.join(d, "asked")).decode().split()
+    h.check(len(asked) == 6, "the command was asked %r" % asked)
+    for box in ("a.example/alice", "b.example/bob"):
+        bodies = [rest for _, rest in h.stored_bodies(
+            os.path.join(base, box)).values()]
+        h.check(bodies == [m], "%s: %d messages" % (box, len(bodies)))
+    h.check(sorted(os.listdir(os.path.join(base, "a.example"))) == ["alice"],
+            "Maildirs for refused recipients: %r"
+            % os.listdir(os.path.join(base, "a.example")))
+
+
 CONF_FIXED = """[listener mx]
 url = smtp://127.0.0.1:{port}
 
@@ -337,4 +411,5 @@ if __name__ == "__main__":
             test_recipients_file_and_no_early_directories,
             test_no_directory_for_aborted_message,
             test_maildir_cannot_be_created,
+            test_recipient_check_command,
             test_large_message_few_writes])
