@@ -13,13 +13,17 @@
 #   the maildirs go; default under BUILD_DIR unless that is tmpfs, else
 #   /var/tmp),
 #   KEEP (directory for the raw results and logs; default temporary, removed),
-#   M_SINK_<N>, M_SYNC_<N>, M_NOSYNC_<N> (messages per run at N sessions).
+#   M_SINK_<N>, M_SYNC_<N>, M_NOSYNC_<N> (messages per run at N sessions),
+#   BASE (a second build directory, e.g. of an older commit: its tern is
+#   run as target B0, fsync = yes, beside B in every round, so that
+#   before/after figures come from the same run and the same load).
 #
 # Targets (each on its own free 127.0.0.1 port, children of this script):
 #   A  sink      examples/sink smtp://127.0.0.1:P --workers 1 --quiet
 #   B  fsync=yes tern serve -c GEN.ini   (one listener, maildir on disk,
 #                workers = 1, fsync = yes)   — started fresh for each run
 #   C  fsync=no  the same with fsync = no    — started fresh for each run
+#   B0 base      BASE's tern, as B (only with BASE)
 # Load, per round and session count N (order A B C A B C ...):
 #   tern bench --server smtp://127.0.0.1:P --sessions N --messages M
 #              --size 1024 --duration DURATION --per-connection PER_CONN
@@ -29,7 +33,8 @@
 #   M = the bench count / 4 for A, / 2 for B: lock-step is slower)
 # Checks: every tern bench run must report failed 0 and ok = sent; for B and
 # C the number of files in new/ must equal ok (smtp-source: M); anything else
-# stops the script with an error. The maildir is removed after each run.
+# stops the script with an error. Each run has its own maildir; all are
+# removed at the end (see RUN below).
 # Output: a table of median messages/s (rounds in brackets), the ratio
 # B/C, server CPU per message, and the fsync counts from strace.
 set -euo pipefail
@@ -46,7 +51,8 @@ STRACE=${STRACE:-1}
 # reconnect every PER_CONN messages (4 commands each).
 PER_CONN=${PER_CONN:-1000}
 
-for f in "$TERN" "$SINK" "$SMTP_SOURCE"; do
+BASE_TERN=${BASE:+$BASE/src/cli/tern}
+for f in "$TERN" "$SINK" "$SMTP_SOURCE" ${BASE_TERN:+"$BASE_TERN"}; do
   [ -x "$f" ] || { echo "run-serve.sh: $f missing (build first)" >&2; exit 2; }
 done
 if [ "$STRACE" = 1 ] && ! command -v strace >/dev/null; then
@@ -58,7 +64,7 @@ fi
 m_default() { # kind sessions
   case $1:$2 in
     sink:1) echo 20000 ;; sink:*) echo 40000 ;;
-    sync:1) echo 3000 ;; sync:*) echo 8000 ;;
+    sync:1|base:1) echo 3000 ;; sync:*|base:*) echo 8000 ;;
     nosync:1) echo 4000 ;; nosync:*) echo 10000 ;;
   esac
 }
@@ -94,6 +100,13 @@ fi
 ulimit -n "$(ulimit -Hn)"
 
 declare -A PID PORT
+# Each run delivers into its own maildir, all removed at the end: removing
+# thousands of files between runs made the next run's creates pay for them
+# (ext4 without a journal skips inodes freed in the last 30 s, scanning
+# the inode table: recently_deleted() was half of the server's CPU), and
+# unevenly, depending on which target ran after which.
+RUN=0
+MAIL=
 PIDS=()
 cleanup() {
   local p
@@ -150,11 +163,12 @@ start() {
     case $kind in
       sink) "$SINK" "smtp://127.0.0.1:$port" --workers 1 --quiet \
               2>>"$OUT/$n.log" & ;;
-      sync|nosync)
-        rm -rf "$DATA/mail"
-        write_ini "$OUT/$kind.ini" "$port" "$DATA/mail" \
-          "$([ "$kind" = sync ] && echo yes || echo no)"
-        "$@" "$TERN" serve -c "$OUT/$kind.ini" 2>>"$OUT/$n.log" & ;;
+      sync|nosync|base)
+        RUN=$((RUN + 1)); MAIL=$DATA/mail.$RUN
+        write_ini "$OUT/$kind.ini" "$port" "$MAIL" \
+          "$([ "$kind" = nosync ] && echo no || echo yes)"
+        "$@" "$([ "$kind" = base ] && echo "$BASE_TERN" || echo "$TERN")" \
+          serve -c "$OUT/$kind.ini" 2>>"$OUT/$n.log" & ;;
     esac
     pid=$!
     if wait_port "$port" "$pid"; then
@@ -200,7 +214,7 @@ cpu_ns() { # on-CPU time of a process, all threads (schedstat; else ticks)
   fi
 }
 
-count_new() { find "$DATA/mail/new" -type f | wc -l; }
+count_new() { find "$MAIL/new" -type f | wc -l; }
 
 fail() { echo "run-serve.sh: $*" >&2; exit 1; }
 
@@ -231,7 +245,6 @@ bench_run() { # target sessions round
     files=$(count_new)
     [ "$files" = "$ok" ] ||
       fail "$t n=$n round $r: $ok accepted, $files files in new/ (lost mail)"
-    rm -rf "$DATA/mail"
   fi
   [ "$sent" -lt "$m" ] && echo "  (capped by --duration: $sent of $m)"
   printf '  %-7s n=%-3s round %s: %8s msg/s  %6s msgs  files %s  server CPU %s us/msg\n' \
@@ -257,7 +270,6 @@ source_run() { # target sessions round
     files=$(count_new)
     [ "$files" = "$m" ] ||
       fail "smtp-source $t n=$n round $r: sent $m, $files files in new/"
-    rm -rf "$DATA/mail"
   fi
   printf '  %-7s n=%-3s round %s: %8s msg/s  %6s msgs  files %s  (smtp-source)\n' \
     "$t" "$n" "$r" "$rate" "$m" "$files"
@@ -279,7 +291,6 @@ strace_run() { # sessions
   ok=$(awk '/^messages:/ {print $5}' "$log")
   files=$(count_new)
   [ "$files" = "$ok" ] || fail "strace run n=$n: $ok accepted, $files in new/"
-  rm -rf "$DATA/mail"
   # Lines: "PID T fsync(FD</path>) = 0 <dur>", or split into
   # "<unfinished ...>" and "<... fsync resumed>) = 0 <dur>" (T = end).
   # One line per fsync: kind (dir = new/, file), start, end.
@@ -319,7 +330,7 @@ start sink sink
 for n in $SESSIONS; do
   echo "== $n sessions"
   for r in $(seq "$ROUNDS"); do
-    for t in sink sync nosync; do bench_run "$t" "$n" "$r"; done
+    for t in sink sync nosync ${BASE:+base}; do bench_run "$t" "$n" "$r"; done
     if [ "$n" = 20 ]; then
       source_run sink "$n" "$r"
       source_run sync "$n" "$r"
@@ -343,6 +354,7 @@ awk '
     for (i = 1; i <= cnt[key]; i++) s = s (i > 1 ? " / " : "") sprintf("%.0f", val[key, i])
     return s
   }
+  $1 == "bench" && $2 == "base" { hb = 1 }
   $1 == "bench" || $1 == "source" {
     k = $1 SUBSEP $2 SUBSEP $3; val[k, ++cnt[k]] = $5
     if ($1 == "bench") { c = "cpu" SUBSEP $2 SUBSEP $3; val[c, ++cnt[c]] = $7 }
@@ -350,17 +362,22 @@ awk '
   }
   $1 == "strace" { have_strace = 1; sf[$2] = $4; sd[$2] = $5; sm[$2] = $3; sc[$2] = $6; sx[$2] = $7 }
   END {
-    print "| sessions | A sink | B fsync=yes | C fsync=no | B/C | B/A | server CPU us/msg A / B / C |"
-    print "|---:|---:|---:|---:|---:|---:|---:|"
+    print "| sessions | A sink | B fsync=yes | C fsync=no | B/C | B/A | server CPU us/msg A / B / C |" (hb ? " B0 base | CPU us/msg B0 |" : "")
+    print "|---:|---:|---:|---:|---:|---:|---:|" (hb ? "---:|---:|" : "")
     for (i = 1; i <= nn; i++) {
       n = ns[i]
       a = med("bench" SUBSEP "sink" SUBSEP n); b = med("bench" SUBSEP "sync" SUBSEP n)
       c = med("bench" SUBSEP "nosync" SUBSEP n)
-      printf "| %s | %.0f (%s) | %.0f (%s) | %.0f (%s) | %.2f | %.3f | %.0f / %.0f / %.0f |\n", n,
+      printf "| %s | %.0f (%s) | %.0f (%s) | %.0f (%s) | %.2f | %.3f | %.0f / %.0f / %.0f |", n,
         a, all("bench" SUBSEP "sink" SUBSEP n), b, all("bench" SUBSEP "sync" SUBSEP n),
         c, all("bench" SUBSEP "nosync" SUBSEP n), (c > 0 ? b / c : 0), (a > 0 ? b / a : 0),
         med("cpu" SUBSEP "sink" SUBSEP n), med("cpu" SUBSEP "sync" SUBSEP n),
         med("cpu" SUBSEP "nosync" SUBSEP n)
+      if (hb)
+        printf " %.0f (%s) | %s (%s) |", med("bench" SUBSEP "base" SUBSEP n),
+          all("bench" SUBSEP "base" SUBSEP n), med("cpu" SUBSEP "base" SUBSEP n),
+          all("cpu" SUBSEP "base" SUBSEP n)
+      printf "\n"
     }
     for (i = 1; i <= nn; i++) {
       n = ns[i]

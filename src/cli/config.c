@@ -379,6 +379,7 @@ void cfg_defaults(struct cfg *c) {
   c->timeout_command_ms = 5 * 60 * 1000;
   c->timeout_data_ms = 5 * 60 * 1000;
   c->max_junk_commands = 100;
+  c->recipient_check_timeout_ms = 30000;
   c->log = xstrdup("stderr");
   add_default_listener(c, "default", "smtp://127.0.0.1:2525");
   add_default_listener(c, "default-ipv6", "smtp://[::1]:2525");
@@ -411,6 +412,8 @@ void cfg_free(struct cfg *c) {
     free(c->domains[i]);
   free(c->maildir);
   free(c->command);
+  free(c->recipients_file);
+  free(c->recipient_check);
   free(c->forward_url);
   free(c->forward_ca_file);
   free(c->path);
@@ -869,6 +872,14 @@ static const struct key keys[] = {
      "a URL like lmtp:///run/dovecot/lmtp, lmtp://host:24, "
      "smtp://host:25, smtp+starttls://host:587 or smtps://host:465"},
     {SEC_DELIVERY, "verify", p_bool, CO(forward_verify), 0, 0, E_BOOL},
+    {SEC_DELIVERY, "recipients", p_string, CO(recipients_file), 0, 0,
+     "a file name"},
+    {SEC_DELIVERY, "recipient_check", p_command, CO(recipient_check), 0, 0,
+     "a command line; escapes %s (sender), %r or %a (recipient), "
+     "%u (local part), %d (domain), %%"},
+    {SEC_DELIVERY, "recipient_check_timeout", p_duration,
+     CO(recipient_check_timeout_ms), 100, 10 * 60 * 1000,
+     E_DUR " (100ms to 10m)"},
     {SEC_DELIVERY, "ca_file", p_string, CO(forward_ca_file), 0, 0,
      "a file name"},
 };
@@ -1285,6 +1296,10 @@ int cfg_check(const struct cfg *c, char *err, size_t cap) {
     break;
   case CFG_LMTP:
   case CFG_SMTP:
+    if (c->recipient_check != NULL)
+      return check_fail(c, err, cap,
+                        "recipient_check works with target = maildir or "
+                        "pipe (the next hop checks its own recipients)");
     if (c->forward_url == NULL)
       return check_fail(c, err, cap, "target = %s needs a url",
                         c->target == CFG_LMTP ? "lmtp" : "smtp");

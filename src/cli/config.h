@@ -68,6 +68,9 @@ struct cfg {
   char *command;               /* pipe target: argv by spaces; %s sender,
                                   %r or %a recipient, %u local part,
                                   %d domain, %% */
+  char *recipients_file;       /* known recipients, or NULL (any) */
+  char *recipient_check;       /* command asked at RCPT (maildir, pipe) */
+  unsigned recipient_check_timeout_ms; /* default 30000 */
   char *forward_url;           /* lmtp/smtp target */
   bool forward_verify;         /* verify the next hop's certificate */
   char *forward_ca_file;

@@ -38,25 +38,30 @@ int maildir_prepare(const char *dir, bool clean_tmp);
 struct maildir_delivery;
 
 /*
- * Start writing a message to DIRS[0]/tmp (unique name:
- * SECONDS.M<usec>P<pid>Q<seq>.<host>), with `header` (Return-Path,
- * Received; copied) written first. The message will be linked into every
- * DIRS[i]/new (repeated DIRS are delivered once; missing maildirs are
- * created). The open happens in the thread pool; writes may be issued at
- * once. Returns 0 or -errno.
+ * Start writing a message to DIRS[0]/tmp, or SPOOL/tmp when spool is not
+ * NULL (unique name: SECONDS.M<usec>P<pid>Q<seq>.<host>), with `header`
+ * (Return-Path, Received; copied) written first. The message will be
+ * linked into every DIRS[i]/new (repeated DIRS are delivered once).
+ * Missing maildirs are created in the thread pool: the spool (or
+ * DIRS[0]) when the file is opened, the DIRS at commit, so with a spool
+ * no recipient's maildir is made for a message that is aborted. The open
+ * happens in the thread pool; writes may be issued at once. Nothing here
+ * blocks the loop. Returns 0 or -errno.
  */
-int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
-                  size_t ndirs, const char *header, size_t hlen,
-                  struct maildir_delivery **out);
+int maildir_begin(struct maildir_ctx *ctx, const char *spool,
+                  const char *const *dirs, size_t ndirs, const char *header,
+                  size_t hlen, struct maildir_delivery **out);
 
 /*
- * Write a chunk asynchronously (libuv thread pool). `cb(arg, status)` runs
- * on the loop when it is written (status 0 or -errno). `buf` is copied:
- * the caller may reuse it at once (an aborted delivery's write may still
- * be running in the pool). One write at a time (-EBUSY otherwise). An error
- * (ENOSPC...) is remembered; later writes return it at once (and, like
- * any failed call, never call cb); commit then fails with 452 4.3.1 or
- * 451 4.3.0 and removes the file.
+ * Add a chunk (copied: the caller may reuse buf at once). Chunks are
+ * gathered and written in blocks of 128 KiB in the libuv thread pool.
+ * Returns 1 when the chunk was only buffered (cb is not called: write
+ * the next one), 0 when a block is being written (`cb(arg, status)` runs
+ * on the loop when it is, status 0 or -errno; wait for it), or -errno.
+ * One block at a time (-EBUSY otherwise). An error (ENOSPC...) is
+ * remembered; later writes return it at once (and, like any failed
+ * call, never call cb); commit then fails with 452 4.3.1 or 451 4.3.0
+ * and removes the file.
  */
 int maildir_write(struct maildir_delivery *d, const char *buf, size_t len,
                   void (*cb)(void *arg, int status), void *arg);
@@ -109,6 +114,45 @@ void pipe_commit(struct pipe_delivery *d, deliver_done_fn done, void *arg);
  * SIGTERM the command (SIGKILL 5 s later), no callback is called again;
  * the delivery frees itself once the command is reaped. */
 void pipe_abort(struct pipe_delivery *d);
+
+/* ---- pipe, one command per recipient ------------------------------------ */
+
+/*
+ * N commands fed the same message, one per recipient, each with its own
+ * argv, environment and exit status (the pipe target: every recipient's
+ * reply is what its own command did).
+ */
+struct pipe_group;
+
+/* Recipient i's outcome, as pipe_commit maps it. */
+typedef void (*pipe_each_fn)(void *arg, size_t i, const struct tern_reply *r,
+                             const char *detail);
+
+/* A group of n members, none started. `header` (the trace lines) must
+ * live until the last pipe_group_start. Returns 0 or -errno. Free it with
+ * pipe_group_abort (or let commit finish it). */
+int pipe_group_new(struct pipe_group **out, size_t n, const char *header,
+                   size_t hlen);
+/* Start member i's command (pipe_begin; argv NULL: the caller could not
+ * build it, -E2BIG). On failure the error is
+ * returned and, if the group is committed anyway, member i's outcome is
+ * 451 4.3.0 ("cannot start command"). */
+int pipe_group_start(struct pipe_group *g, uv_loop_t *loop, size_t i,
+                     char *const *argv, char *const *env);
+/* Write to every member still reading (copied: the caller may reuse buf
+ * at once). Returns 0 when cb(arg, 0) will run once every member took it,
+ * 1 when no member takes input any more (cb is not called; go on, the
+ * exit statuses decide), or -errno (-EBUSY: a write is in flight). */
+int pipe_group_write(struct pipe_group *g, const char *buf, size_t len,
+                     void (*cb)(void *arg, int status), void *arg);
+/* Close every stdin and wait: `each(arg, i, reply, detail)` once per
+ * member, in the order the commands finish, never from inside this call.
+ * At least one member must have started. The group frees itself after
+ * the last `each` returns (pipe_group_abort must not be called then). */
+void pipe_group_commit(struct pipe_group *g, pipe_each_fn each, void *arg);
+/* Give up (also after commit, also from inside `each`): every command
+ * still running is stopped as by pipe_abort; `each` is not called again. */
+void pipe_group_abort(struct pipe_group *g);
 
 /* ---- lmtp / smtp forwarding ------------------------------------------------ */
 

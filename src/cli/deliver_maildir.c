@@ -9,8 +9,11 @@
  *
  * Order of operations (STYLE.md 15, "durable before 250"):
  *
- *   1. open DIRS[0]/tmp/NAME (O_EXCL, 0600) and write the header and every
- *      chunk: uv_fs_write, one write in flight, in the libuv thread pool;
+ *   1. gather the header and the chunks in a buffer; each time 128 KiB
+ *      have gathered, write them in one pwrite in the thread pool (the
+ *      first such job opens SPOOL-or-DIRS[0]/tmp/NAME, O_EXCL, 0600);
+ *      the rest is written at commit, so a small message costs one job
+ *      (open, write, fsync, close, rename) plus its directory fsync;
  *   2. fsync the file, close it;
  *   3. link it into DIRS[i]/new for i >= 1 (EXDEV: copy it into
  *      DIRS[i]/tmp, fsync the copy, rename it into DIRS[i]/new);
@@ -55,6 +58,11 @@
 #define MD_NAME_MAX 256
 #define MD_HOST_MAX 128
 #define MD_COPY_BUF 65536
+/* Bytes gathered before a write: a 1 KiB message is one pwrite at
+ * commit, a 6 MB one 47 instead of one per runtime read. */
+#define MD_WBUF (128 * 1024)
+/* Stripes of the create/rename locks (md_dirlock). */
+#define MD_LOCKS 64
 
 static const struct tern_reply md_ok = {250, "2.0.0", "Ok: delivered"};
 static const struct tern_reply md_nospace = {
@@ -96,15 +104,20 @@ struct maildir_ctx {
   size_t live;              /* deliveries not yet freed */
   unsigned long dir_fsyncs; /* directory fsyncs started (test hook) */
   struct md_dirsync *syncs;
+  long pid;               /* for unique names (a syscall per message else) */
   char host[MD_HOST_MAX]; /* escaped */
 };
 
 struct maildir_delivery {
   struct maildir_ctx *ctx;
+  char *spool; /* the file's tmp/ is here, or NULL: in DIRS[0] */
   char **dirs;
   size_t ndirs;
-  char *header; /* freed once written */
-  size_t hlen;
+  /* The bytes not yet in the file: the header, then the caller's
+   * chunks, written in one pwrite once MD_WBUF have gathered (or at
+   * commit, which for most messages is the only write). */
+  char *buf;
+  size_t blen, bcap;
 
   int fd;
   uint64_t off;
@@ -118,13 +131,7 @@ struct maildir_delivery {
   bool committed; /* maildir_commit called */
   bool aborted;   /* maildir_abort called */
 
-  /* The caller's write (in flight, or queued behind the open job). */
-  bool wpending;
-  bool wstarted;
-  const char *wbuf;
-  char *wcopy;    /* our copy of the chunk: the caller's buffer may go */
-  size_t wcap;
-  size_t wlen;
+  /* The caller's write waiting for a flush. */
   void (*wcb)(void *arg, int status);
   void *warg;
 
@@ -134,13 +141,58 @@ struct maildir_delivery {
   int sync_err;
   struct md_waiter *waiters; /* one per directory */
 
-  uv_fs_t fs;
   uv_work_t work;
   char name[MD_NAME_MAX];
   char detail[MD_NAME_MAX + 96];
 };
 
 /* ---- helpers ------------------------------------------------------------- */
+
+/*
+ * One lock per directory (striped by a hash of its path, process-wide)
+ * around the calls that add or remove its entries: open(O_CREAT) in
+ * tmp/, link and rename into new/. Many pool threads creating files in
+ * one directory at once made the kernel spin on that directory's lock
+ * (rwsem_spin_on_owner under openat and rename); holding ours, at most
+ * one thread per directory is in such a call and the others sleep. The
+ * slow parts (writes, fsyncs) run outside it.
+ */
+static uv_mutex_t md_locks[MD_LOCKS];
+static uv_once_t md_locks_once = UV_ONCE_INIT;
+static bool md_locks_ok;
+static uv_mutex_t md_nolock; /* never initialised nor used */
+
+static void md_locks_init(void) {
+  for (size_t i = 0; i < MD_LOCKS; i++)
+    if (uv_mutex_init(&md_locks[i]) != 0)
+      return; /* (cannot happen on Linux) unbounded, as before */
+  md_locks_ok = true;
+}
+
+static uv_mutex_t *md_dirlock(const char *dir) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  uv_once(&md_locks_once, md_locks_init);
+  if (!md_locks_ok)
+    return &md_nolock;
+  for (const unsigned char *p = (const unsigned char *)dir; *p; p++)
+    h = (h ^ *p) * 16777619u;
+  return &md_locks[h % MD_LOCKS];
+}
+
+static void md_lock(uv_mutex_t *m) {
+  if (m != &md_nolock)
+    uv_mutex_lock(m);
+}
+
+static void md_unlock(uv_mutex_t *m) {
+  if (m != &md_nolock)
+    uv_mutex_unlock(m);
+}
+
+/* The maildir whose tmp/ holds the file. */
+static const char *md_tmpbox(const struct maildir_delivery *d) {
+  return d->spool ? d->spool : d->dirs[0];
+}
 
 static char *md_strdup(const char *s) {
   size_t n = strlen(s) + 1;
@@ -237,7 +289,7 @@ static void md_make_name(struct maildir_delivery *d) {
     tv.tv_usec = 0;
   }
   snprintf(d->name, sizeof d->name, "%lld.M%ldP%ldQ%lu.%s",
-           (long long)tv.tv_sec, (long)tv.tv_usec, (long)getpid(), seq,
+           (long long)tv.tv_sec, (long)tv.tv_usec, d->ctx->pid, seq,
            d->ctx->host);
 }
 
@@ -296,33 +348,37 @@ static void md_free(struct maildir_delivery *d) {
   for (size_t i = 0; i < d->ndirs; i++)
     free(d->dirs[i]);
   free(d->dirs);
+  free(d->spool);
   free(d->placed);
   free(d->waiters);
-  free(d->header);
-  free(d->wcopy);
+  free(d->buf);
   free(d);
   if (--ctx->live == 0 && ctx->freeing)
     md_ctx_destroy(ctx);
 }
 
-/* ---- open (pool) --------------------------------------------------------- */
+/* ---- open and flush (pool) ---------------------------------------------- */
 
-static void md_open_work(uv_work_t *w) {
-  struct maildir_delivery *d = w->data;
+/* Create the file in the tmp/ of the spool or DIRS[0] (pool thread),
+ * under the directory's create lock (md_dirlock). */
+static int md_open(struct maildir_delivery *d) {
   char path[PATH_MAX];
   int fd = -1, r = 0;
   bool made = false;
 
   for (int tries = 0; tries < 8; tries++) {
-    if ((r = md_path(path, sizeof path, d->dirs[0], "tmp", d->name)) < 0)
+    if ((r = md_path(path, sizeof path, md_tmpbox(d), "tmp", d->name)) < 0)
       break;
+    uv_mutex_t *lk = md_dirlock(md_tmpbox(d));
+    md_lock(lk);
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    r = fd >= 0 ? 0 : -errno;
+    md_unlock(lk);
     if (fd >= 0)
       break;
-    r = -errno;
     if (r == -ENOENT && !made) {
       made = true; /* maildir not there yet: create it, once */
-      if ((r = md_mktree(d->dirs[0], d->ctx->fsync)) < 0)
+      if ((r = md_mktree(md_tmpbox(d), d->ctx->fsync)) < 0)
         break;
     } else if (r == -EEXIST) {
       md_make_name(d); /* someone else's file: take the next name */
@@ -330,106 +386,55 @@ static void md_open_work(uv_work_t *w) {
       break;
     }
   }
-  if (fd < 0) {
-    md_set_err(d, r < 0 ? r : -EEXIST, "open");
-    return;
-  }
+  if (fd < 0)
+    return r < 0 ? r : -EEXIST;
   d->fd = fd;
   d->tmp_exists = true;
-  if ((r = md_write_all(fd, d->header, d->hlen, 0)) < 0) {
-    md_set_err(d, r, "write");
-    return;
-  }
-  d->off = d->hlen;
+  return 0;
 }
 
-static void md_start_write(struct maildir_delivery *d);
+/* Write what is buffered, opening the file first if need be (pool). */
+static void md_flush(struct maildir_delivery *d) {
+  int r;
+
+  if (d->err != 0)
+    return;
+  if (d->fd < 0 && (r = md_open(d)) < 0) {
+    md_set_err(d, r, "open");
+    return;
+  }
+  if (d->blen > 0) {
+    if ((r = md_write_all(d->fd, d->buf, d->blen, d->off)) < 0) {
+      md_set_err(d, r, "write");
+      return;
+    }
+    d->off += d->blen;
+  }
+  d->blen = 0;
+}
+
 static void md_seal(struct maildir_delivery *d);
 static void md_discard(struct maildir_delivery *d);
 
-/* After the job or request in flight: go on with what was asked. */
-static void md_resume(struct maildir_delivery *d) {
-  if (d->aborted)
-    md_discard(d);
-  else if (d->wpending && !d->wstarted)
-    md_start_write(d);
-  else if (d->committed)
-    md_seal(d);
-}
+static void md_flush_work(uv_work_t *w) { md_flush(w->data); }
 
-static void md_open_after(uv_work_t *w, int status) {
+static void md_flush_after(uv_work_t *w, int status) {
   struct maildir_delivery *d = w->data;
-
-  d->busy = false;
-  free(d->header);
-  d->header = NULL;
-  if (status < 0)
-    md_set_err(d, status, "open");
-  md_resume(d);
-}
-
-/* ---- writes -------------------------------------------------------------- */
-
-static void md_write_cb(uv_fs_t *req);
-
-static int md_issue_write(struct maildir_delivery *d) {
-  uv_buf_t b = uv_buf_init((char *)d->wbuf, (unsigned)d->wlen);
-  d->fs.data = d;
-  int r = uv_fs_write(d->ctx->loop, &d->fs, d->fd, &b, 1, (int64_t)d->off,
-                      md_write_cb);
-  if (r == 0)
-    d->busy = true;
-  return r;
-}
-
-/* Start the queued caller write (the open job has finished). */
-static void md_start_write(struct maildir_delivery *d) {
   void (*cb)(void *, int) = d->wcb;
-  void *arg = d->warg;
-  int r = d->err;
 
-  d->wstarted = true;
-  if (r == 0 && (r = md_issue_write(d)) == 0)
-    return;
-  md_set_err(d, r, "write");
-  d->wpending = false;
-  bool then_seal = d->committed;
-  cb(arg, r); /* we are in a loop callback, so this is not re-entrant */
-  if (then_seal)
-    md_seal(d);
-}
-
-static void md_write_cb(uv_fs_t *req) {
-  struct maildir_delivery *d = req->data;
-  ssize_t n = req->result;
-
-  uv_fs_req_cleanup(req);
   d->busy = false;
+  d->wcb = NULL;
+  if (status < 0)
+    md_set_err(d, status, "write");
   if (d->aborted) {
     md_discard(d);
     return;
   }
-  if (n >= 0 && (size_t)n < d->wlen) {
-    /* Short write: continue with the rest, still one request. */
-    d->off += (uint64_t)n;
-    d->wbuf += n;
-    d->wlen -= (size_t)n;
-    int r = md_issue_write(d);
-    if (r == 0)
-      return;
-    n = r;
-  } else if (n >= 0) {
-    d->off += (uint64_t)n;
-  }
-  if (n < 0)
-    md_set_err(d, (int)n, "write");
-
-  void (*cb)(void *, int) = d->wcb;
-  void *arg = d->warg;
-  bool then_seal = d->committed; /* commit came while writing */
-  d->wpending = false;
-  cb(arg, n < 0 ? (int)n : 0);
-  /* cb may have called commit or abort: they take it from here. */
+  /* A commit that came while the block was written (the caller did
+   * not wait for cb): seal after telling it. Otherwise cb may commit or
+   * abort itself (we are in a loop callback: not re-entrant). */
+  bool then_seal = d->committed;
+  cb(d->warg, d->err);
   if (then_seal)
     md_seal(d);
 }
@@ -501,13 +506,14 @@ static void md_undo(struct maildir_delivery *d) {
       d->placed[i] = false;
   }
   if (d->tmp_exists &&
-      md_path(path, sizeof path, d->dirs[0], "tmp", d->name) == 0 &&
+      md_path(path, sizeof path, md_tmpbox(d), "tmp", d->name) == 0 &&
       (unlink(path) == 0 || errno == ENOENT))
     d->tmp_exists = false;
 }
 
-/* Give the file the name DIRS[i]/new/NAME: link (or copy) for i >= 1,
- * rename for i == 0. A missing maildir is created once. */
+/* Give the file the name DIRS[i]/new/NAME: link (or copy) for i >= 1 or
+ * from the spool, rename for i == 0 otherwise. A missing maildir is
+ * created once (in the pool, at commit: only for accepted messages). */
 static int md_place(struct maildir_delivery *d, size_t i, const char *tmp) {
   char dst[PATH_MAX];
   int r;
@@ -515,8 +521,12 @@ static int md_place(struct maildir_delivery *d, size_t i, const char *tmp) {
   if ((r = md_path(dst, sizeof dst, d->dirs[i], "new", d->name)) < 0)
     return r;
   for (int made = 0;; made++) {
-    r = (i == 0 ? rename(tmp, dst) : link(tmp, dst)) == 0 ? 0 : -errno;
-    if (r == -EXDEV && i > 0)
+    bool mv = i == 0 && d->spool == NULL;
+    uv_mutex_t *lk = md_dirlock(d->dirs[i]);
+    md_lock(lk);
+    r = (mv ? rename(tmp, dst) : link(tmp, dst)) == 0 ? 0 : -errno;
+    md_unlock(lk);
+    if (r == -EXDEV && !mv)
       r = md_copy_into(d, tmp, d->dirs[i], dst);
     if (r != -ENOENT || made > 0)
       return r;
@@ -530,6 +540,7 @@ static void md_seal_work(uv_work_t *w) {
   char tmp[PATH_MAX];
   int r;
 
+  md_flush(d); /* often the whole message: open, one write */
   if (d->fd >= 0) {
     if (d->err == 0 && d->ctx->fsync && fsync(d->fd) != 0)
       md_set_err(d, -errno, "fsync");
@@ -540,7 +551,7 @@ static void md_seal_work(uv_work_t *w) {
   }
   if (d->err != 0)
     goto fail;
-  if ((r = md_path(tmp, sizeof tmp, d->dirs[0], "tmp", d->name)) < 0) {
+  if ((r = md_path(tmp, sizeof tmp, md_tmpbox(d), "tmp", d->name)) < 0) {
     md_set_err(d, r, "rename");
     goto fail;
   }
@@ -558,6 +569,10 @@ static void md_seal_work(uv_work_t *w) {
     goto fail;
   }
   d->placed[0] = true;
+  /* From the spool every place is a link: drop the spool's name (a
+   * failure only leaves a file that start-up removes). */
+  if (d->spool != NULL)
+    unlink(tmp);
   d->tmp_exists = false;
   return;
 fail:
@@ -772,6 +787,7 @@ int maildir_ctx_new(struct maildir_ctx **out, uv_loop_t *loop, bool fsync) {
   ctx->loop = loop;
   ctx->fsync = fsync;
   md_host(ctx->host, sizeof ctx->host);
+  ctx->pid = (long)getpid();
   *out = ctx;
   return 0;
 }
@@ -819,9 +835,9 @@ int maildir_prepare(const char *dir, bool clean_tmp) {
   return r;
 }
 
-int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
-                  size_t ndirs, const char *header, size_t hlen,
-                  struct maildir_delivery **out) {
+int maildir_begin(struct maildir_ctx *ctx, const char *spool,
+                  const char *const *dirs, size_t ndirs, const char *header,
+                  size_t hlen, struct maildir_delivery **out) {
   struct maildir_delivery *d;
   int r = -ENOMEM;
 
@@ -834,7 +850,8 @@ int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
   if ((d->dirs = calloc(ndirs, sizeof *d->dirs)) == NULL ||
       (d->placed = calloc(ndirs, sizeof *d->placed)) == NULL ||
       (d->waiters = calloc(ndirs, sizeof *d->waiters)) == NULL ||
-      (d->header = malloc(hlen > 0 ? hlen : 1)) == NULL)
+      (d->buf = malloc(hlen > MD_WBUF ? hlen : MD_WBUF)) == NULL ||
+      (spool != NULL && (d->spool = md_strdup(spool)) == NULL))
     goto fail;
   /* The same directory twice would make link() fail with EEXIST: keep
    * the first of each (spelled the same; the caller normalises). */
@@ -852,16 +869,12 @@ int maildir_begin(struct maildir_ctx *ctx, const char *const *dirs,
       goto fail;
     d->ndirs++;
   }
+  d->bcap = hlen > MD_WBUF ? hlen : MD_WBUF;
   if (hlen > 0)
-    memcpy(d->header, header, hlen);
-  d->hlen = hlen;
+    memcpy(d->buf, header, hlen);
+  d->blen = hlen;
   md_make_name(d);
-
-  d->busy = true;
   d->work.data = d;
-  d->fs.data = d;
-  if ((r = uv_queue_work(ctx->loop, &d->work, md_open_work, md_open_after)) < 0)
-    goto fail;
   ctx->live++;
   *out = d;
   return 0;
@@ -870,9 +883,10 @@ fail:
   for (size_t i = 0; d->dirs != NULL && i < ndirs; i++)
     free(d->dirs[i]);
   free(d->dirs);
+  free(d->spool);
   free(d->placed);
   free(d->waiters);
-  free(d->header);
+  free(d->buf);
   free(d);
   return r;
 }
@@ -883,34 +897,32 @@ int maildir_write(struct maildir_delivery *d, const char *buf, size_t len,
     return -EINVAL;
   if (d->committed || d->aborted)
     return -EINVAL;
-  if (d->wpending)
+  if (d->busy)
     return -EBUSY;
-  /* While the open job runs it owns d->err: queue, md_open_after reports. */
-  if (!d->busy && d->err != 0)
+  if (d->err != 0)
     return d->err;
-  /* The write runs in the thread pool and may outlive the caller's
-   * buffer (an abort leaves it running): write from our own copy. */
-  if (len > d->wcap) {
-    char *n = realloc(d->wcopy, len);
-    if (!n)
+  /* Copied: the flush runs in the pool and may outlive the caller's
+   * buffer (an abort leaves it running). */
+  if (d->blen + len > d->bcap) {
+    size_t cap = d->blen + len;
+    char *n = realloc(d->buf, cap);
+    if (n == NULL)
       return -ENOMEM;
-    d->wcopy = n;
-    d->wcap = len;
+    d->buf = n;
+    d->bcap = cap;
   }
-  if (len)
-    memcpy(d->wcopy, buf, len);
-  d->wbuf = d->wcopy;
-  d->wlen = len;
+  if (len > 0)
+    memcpy(d->buf + d->blen, buf, len);
+  d->blen += len;
+  if (d->blen < MD_WBUF)
+    return 1; /* taken; written with the next block or at commit */
   d->wcb = cb;
   d->warg = arg;
-  d->wpending = true;
-  d->wstarted = false;
-  if (d->busy) /* the open job: md_open_after starts it */
-    return 0;
-  d->wstarted = true;
-  int r = md_issue_write(d);
+  d->busy = true;
+  int r = uv_queue_work(d->ctx->loop, &d->work, md_flush_work, md_flush_after);
   if (r < 0) {
-    d->wpending = false;
+    d->busy = false;
+    d->wcb = NULL;
     md_set_err(d, r, "write"); /* a hole in the message: never commit it */
   }
   return r;
@@ -923,7 +935,7 @@ void maildir_commit(struct maildir_delivery *d, deliver_done_fn done,
   d->done_arg = arg;
   if (!d->busy)
     md_seal(d);
-  /* else: the open job or the write in flight seals when it ends */
+  /* else: the block being written seals when it is done */
 }
 
 void maildir_abort(struct maildir_delivery *d) {
@@ -937,7 +949,11 @@ void maildir_abort(struct maildir_delivery *d) {
     return;
   }
   d->aborted = true;
-  if (!d->busy)
+  if (d->busy)
+    return; /* the flush in flight discards when it ends */
+  if (d->fd < 0 && !d->tmp_exists)
+    md_free(d); /* nothing on disk yet */
+  else
     md_discard(d);
   /* else: the request in flight discards when it ends */
 }

@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -478,4 +479,192 @@ void pipe_abort(struct pipe_delivery *d) {
     uv_process_kill(&d->proc, SIGTERM);
     uv_timer_start(&d->timer, pd_on_timer, PD_KILL_AFTER_MS, 0);
   }
+}
+
+/* ---- one command per recipient ------------------------------------------- */
+
+/*
+ * A group is N pipe deliveries fed the same bytes: one command per
+ * recipient, each with its own argv and exit status. The body is copied
+ * once into the group's buffer and written to every command still
+ * taking input; the caller's callback runs when the last of those writes
+ * is done. A command that could not be started, or that stopped reading,
+ * takes no more writes and does not hold the others back.
+ */
+struct pipe_member {
+  struct pipe_group *g;
+  size_t i;
+  struct pipe_delivery *d; /* NULL: not started, or finished */
+  int start_err;           /* pipe_begin's error, 0 if started */
+  bool broken;             /* a write failed: no more writes */
+  bool reported;           /* `each` was called for it */
+};
+
+struct pipe_group {
+  size_t n;
+  size_t running; /* started and not finished */
+  size_t writes;  /* member writes in flight */
+  unsigned in_cb; /* inside a member's done callback */
+  bool committed, aborted;
+  const char *header;
+  size_t hlen;
+  char *buf;
+  size_t bcap;
+  void (*wcb)(void *arg, int status);
+  void *warg;
+  pipe_each_fn each;
+  void *each_arg;
+  struct pipe_member m[];
+};
+
+static const struct tern_reply pg_nostart = {451, "4.3.0",
+                                             "Error: local delivery failed"};
+
+static void pg_free(struct pipe_group *g) {
+  free(g->buf);
+  free(g);
+}
+
+int pipe_group_new(struct pipe_group **out, size_t n, const char *header,
+                   size_t hlen) {
+  struct pipe_group *g;
+
+  if (n == 0 || (hlen > 0 && header == NULL))
+    return -EINVAL;
+  if (n > (SIZE_MAX - sizeof *g) / sizeof g->m[0])
+    return -ENOMEM;
+  if ((g = calloc(1, sizeof *g + n * sizeof g->m[0])) == NULL)
+    return -ENOMEM;
+  g->n = n;
+  g->header = header;
+  g->hlen = hlen;
+  for (size_t i = 0; i < n; i++) {
+    g->m[i].g = g;
+    g->m[i].i = i;
+    g->m[i].start_err = -ECANCELED; /* until started */
+  }
+  *out = g;
+  return 0;
+}
+
+int pipe_group_start(struct pipe_group *g, uv_loop_t *loop, size_t i,
+                     char *const *argv, char *const *env) {
+  struct pipe_member *m;
+  int r;
+
+  if (g == NULL || i >= g->n || g->m[i].d != NULL || g->committed)
+    return -EINVAL;
+  m = &g->m[i];
+  if (argv == NULL) {
+    m->start_err = -E2BIG; /* the caller's command line did not fit */
+    return -E2BIG;
+  }
+  r = pipe_begin(loop, argv, env, g->header, g->hlen, &m->d);
+  m->start_err = r;
+  if (r == 0)
+    g->running++;
+  else
+    m->d = NULL;
+  return r;
+}
+
+static void pg_written(void *arg, int status) {
+  struct pipe_member *m = arg;
+  struct pipe_group *g = m->g;
+
+  if (status < 0)
+    m->broken = true; /* its exit status decides; no more writes to it */
+  if (--g->writes > 0)
+    return;
+  void (*cb)(void *, int) = g->wcb;
+  g->wcb = NULL;
+  cb(g->warg, 0);
+}
+
+int pipe_group_write(struct pipe_group *g, const char *buf, size_t len,
+                     void (*cb)(void *arg, int status), void *arg) {
+  if (g == NULL || cb == NULL || (len > 0 && buf == NULL) || g->committed ||
+      g->aborted)
+    return -EINVAL;
+  if (g->writes > 0)
+    return -EBUSY;
+  if (len > g->bcap) {
+    char *nb = realloc(g->buf, len);
+    if (nb == NULL)
+      return -ENOMEM;
+    g->buf = nb;
+    g->bcap = len;
+  }
+  if (len > 0)
+    memcpy(g->buf, buf, len);
+  g->wcb = cb;
+  g->warg = arg;
+  for (size_t i = 0; i < g->n; i++) {
+    struct pipe_member *m = &g->m[i];
+    if (m->d == NULL || m->broken)
+      continue;
+    if (pipe_write(m->d, g->buf, len, pg_written, m) == 0)
+      g->writes++;
+    else
+      m->broken = true; /* remembered by the delivery: commit maps it */
+  }
+  if (g->writes == 0) {
+    g->wcb = NULL;
+    return 1;
+  }
+  return 0;
+}
+
+/* The members that never started: their outcome, from a callback. */
+static void pg_report_unstarted(struct pipe_group *g) {
+  for (size_t i = 0; i < g->n && !g->aborted; i++) {
+    struct pipe_member *m = &g->m[i];
+    if (m->start_err == 0 || m->reported)
+      continue;
+    char detail[160];
+    snprintf(detail, sizeof detail, "cannot start command: %s",
+             uv_strerror(m->start_err));
+    m->reported = true;
+    g->each(g->each_arg, i, &pg_nostart, detail);
+  }
+}
+
+static void pg_member_done(void *arg, const struct tern_reply *r,
+                           const char *detail) {
+  struct pipe_member *m = arg;
+  struct pipe_group *g = m->g;
+
+  m->d = NULL; /* it frees itself after this returns */
+  g->running--;
+  g->in_cb++;
+  pg_report_unstarted(g);
+  if (!g->aborted) {
+    m->reported = true;
+    g->each(g->each_arg, m->i, r, detail);
+  }
+  g->in_cb--;
+  if (g->in_cb == 0 && (g->aborted || g->running == 0))
+    pg_free(g);
+}
+
+void pipe_group_commit(struct pipe_group *g, pipe_each_fn each, void *arg) {
+  g->committed = true;
+  g->each = each;
+  g->each_arg = arg;
+  for (size_t i = 0; i < g->n; i++)
+    if (g->m[i].d != NULL)
+      pipe_commit(g->m[i].d, pg_member_done, &g->m[i]);
+}
+
+void pipe_group_abort(struct pipe_group *g) {
+  if (g == NULL || g->aborted)
+    return;
+  g->aborted = true;
+  for (size_t i = 0; i < g->n; i++) {
+    if (g->m[i].d != NULL)
+      pipe_abort(g->m[i].d);
+    g->m[i].d = NULL;
+  }
+  if (g->in_cb == 0)
+    pg_free(g);
 }

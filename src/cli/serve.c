@@ -39,6 +39,7 @@
 #include "cli.h"
 #include "config.h"
 #include "deliver.h"
+#include "recipients.h"
 #include "users.h"
 
 /* ---- the policy: what a reload replaces ----------------------------------- */
@@ -49,6 +50,7 @@ struct policy {
   atomic_int refs;
   struct cfg cfg;
   struct users *users; /* NULL without AUTH */
+  struct rcptset *known; /* [delivery] recipients, or NULL */
 };
 
 static uv_mutex_t g_lock;          /* g_policy swaps, per-loop contexts */
@@ -68,6 +70,7 @@ static void policy_put(struct policy *p) {
     cfg_free(&p->cfg);
     if (p->users)
       users_free(p->users);
+    rcptset_free(p->known);
     free(p);
   }
 }
@@ -143,6 +146,14 @@ static struct maildir_ctx *maildir_for(uv_loop_t *loop) {
 
 #define CHUNK_MAX 65536
 
+/* A pipe recipient's outcome (its command's exit status). */
+struct pipe_result {
+  bool known;
+  int code;
+  char enh[16];
+  char text[128];
+};
+
 struct sess {
   struct tern_server_session *s;
   struct policy *pol;
@@ -153,11 +164,14 @@ struct sess {
   size_t nrcpts, rcap;
   /* the message being delivered */
   struct maildir_delivery *md;
-  struct pipe_delivery *pd;
+  struct pipe_group *pd;      /* pipe: one command per recipient */
+  struct pipe_result *pres;   /* pipe: each recipient's outcome */
+  size_t pknown;              /* how many of pres are known */
+  long pwait;                 /* pipe: on_data_end waiting for this one */
+  struct rcheck *rcheck;      /* [delivery] recipient_check running */
   struct forward_delivery *fd;
   char hdr[2048];             /* trace header, lives until the commit */
   size_t hlen;
-  char *chunk;                /* copy of the chunk being written */
   bool done;                  /* delivery outcome known */
   int code;                   /* its reply (for LMTP's later recipients) */
   char enh[16];
@@ -170,12 +184,13 @@ struct sess {
 static void txn_clear(struct sess *x) {
   if (x->md)
     maildir_abort(x->md);
-  if (x->pd)
-    pipe_abort(x->pd);
+  pipe_group_abort(x->pd);
   forward_release(x->fd);
   x->md = NULL;
   x->pd = NULL;
   x->fd = NULL;
+  free(x->pres);
+  x->pres = NULL;
   free(x->from);
   x->from = NULL;
   for (size_t i = 0; i < x->nrcpts; i++)
@@ -230,6 +245,185 @@ static int on_mail(struct tern_server_session *s, const struct tern_path *from,
   return TERN_REPLY_NOW;
 }
 
+/* Commands of one pipe message that run at once (one per recipient),
+ * behind LMTP: Postfix's lmtp_destination_recipient_limit default. */
+#define PIPE_MAX_RCPTS 50
+
+static bool lmtp_listener(const struct sess *x) {
+  return !strncmp(x->info->listener, "lmtp:", 5);
+}
+
+/*
+ * The local targets' checks of one recipient (recipients.h): unknown
+ * users ([delivery] recipients), and for the pipe target an option-like
+ * local part and, behind an SMTP listener, a second recipient: a pipe
+ * runs once per recipient, and after DATA an SMTP reply can carry only
+ * one outcome, so each message takes one recipient (RFC 5321 §3.3: the
+ * client sends the others in another transaction). Behind LMTP, where
+ * each recipient gets its own reply, the commands run at once, so their
+ * number is bounded too. True when *r is set to the refusal.
+ */
+static bool local_rcpt_refused(struct sess *x, const struct tern_path *to,
+                               struct tern_reply *r) {
+  const struct cfg *c = &x->pol->cfg;
+  char addr[600], path[4096];
+  size_t n = to->mailbox.len < sizeof addr - 1 ? to->mailbox.len
+                                               : sizeof addr - 1;
+  memcpy(addr, to->mailbox.ptr, n);
+  addr[n] = '\0';
+  if (c->target == CFG_PIPE && x->nrcpts >= 1 && !lmtp_listener(x)) {
+    r->code = 452;
+    r->enhanced = "4.5.3";
+    r->text = "Error: too many recipients, one per message here";
+  } else if (c->target == CFG_PIPE && x->nrcpts >= PIPE_MAX_RCPTS) {
+    r->code = 452;
+    r->enhanced = "4.5.3";
+    r->text = "Error: too many recipients for one message";
+  } else if (c->target == CFG_PIPE && !rcpt_pipe_safe(addr)) {
+    r->code = 553;
+    r->enhanced = "5.1.3";
+    r->text = "Error: a local part may not begin with '-'";
+  } else if (c->target == CFG_MAILDIR && strchr(c->maildir, '%') &&
+             rcpt_expand_maildir(c->maildir, addr, path, sizeof path) != 0) {
+    r->code = 553;
+    r->enhanced = "5.1.3";
+    r->text = "Error: mailbox name too long";
+  } else if (x->pol->known && !rcptset_has(x->pol->known, addr)) {
+    r->code = 550;
+    r->enhanced = "5.1.1";
+    r->text = "Error: user unknown";
+  } else {
+    return false;
+  }
+  return true;
+}
+
+/* ---- [delivery] recipient_check ------------------------------------------- */
+
+/*
+ * A command asked about each recipient at RCPT time (maildir and pipe
+ * targets): its exit status maps as the pipe target's does (0 accepts,
+ * 67 EX_NOUSER is 550 5.1.1, 75 EX_TEMPFAIL 451 4.3.0, ...); a command
+ * still running after recipient_check_timeout is stopped and the
+ * recipient gets 451 4.4.3. The RCPT is answered when it is known
+ * (TERN_PENDING meanwhile). The check owns its timer and frees itself in
+ * the timer's close callback; a session that goes away first only
+ * detaches from it (rcheck_cancel).
+ */
+struct rcheck {
+  uv_timer_t timer;
+  struct sess *x;           /* NULL once the session is gone */
+  struct pipe_delivery *pd; /* NULL once finished or stopped */
+  char addr[600];
+};
+
+static void rcheck_closed(uv_handle_t *h) { free(h->data); }
+
+static void rcheck_end(struct rcheck *k) {
+  if (k->pd)
+    pipe_abort(k->pd);
+  k->pd = NULL;
+  uv_timer_stop(&k->timer);
+  uv_close((uv_handle_t *)&k->timer, rcheck_closed);
+}
+
+/* The answer: a 2xx adds the recipient, anything else refuses it. */
+static void rcheck_finish(struct rcheck *k, const struct tern_reply *r,
+                          const char *detail) {
+  struct sess *x = k->x;
+  char a[300], d[300];
+
+  rcheck_end(k);
+  if (!x)
+    return;
+  x->rcheck = NULL;
+  logf_("session=%s event=recipient-check to=<%s> status=%d detail=\"%s\"",
+        x->info->id, esc(k->addr, strlen(k->addr), a, sizeof a), r->code,
+        esc(detail, strlen(detail), d, sizeof d));
+  if (r->code / 100 != 2) {
+    tern_server_session_reply(x->s, r);
+    return;
+  }
+  char *copy = strdup(k->addr);
+  if (copy && x->nrcpts == x->rcap) {
+    size_t cap = x->rcap ? 2 * x->rcap : 8;
+    char **n = realloc(x->rcpts, cap * sizeof *n);
+    if (n) {
+      x->rcpts = n;
+      x->rcap = cap;
+    }
+  }
+  if (!copy || x->nrcpts == x->rcap) {
+    static const struct tern_reply oom = {451, "4.3.0",
+                                          "Error: out of memory"};
+    free(copy);
+    tern_server_session_reply(x->s, &oom);
+    return;
+  }
+  x->rcpts[x->nrcpts++] = copy;
+  tern_server_session_reply(x->s, NULL); /* 250 2.1.5 */
+}
+
+static void rcheck_done(void *arg, const struct tern_reply *r,
+                        const char *detail) {
+  struct rcheck *k = arg;
+  k->pd = NULL; /* it frees itself after this returns */
+  rcheck_finish(k, r, detail ? detail : "");
+}
+
+static void rcheck_timeout(uv_timer_t *t) {
+  static const struct tern_reply late = {
+      451, "4.4.3", "Error: recipient check timed out, try again later"};
+  rcheck_finish(t->data, &late, "timed out");
+}
+
+static void rcheck_cancel(struct sess *x) {
+  if (x->rcheck) {
+    x->rcheck->x = NULL;
+    rcheck_end(x->rcheck);
+    x->rcheck = NULL;
+  }
+}
+
+static int rcheck_start(struct sess *x, struct tern_server_session *s,
+                        const struct tern_path *to, struct tern_reply *r) {
+  const struct cfg *c = &x->pol->cfg;
+  const char *from = x->from ? x->from : "";
+  char words[4096], *argv[64], envs[2][700];
+  char *env[] = {envs[0], envs[1], "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
+  struct rcheck *k = calloc(1, sizeof *k);
+  int rc = -ENOMEM;
+
+  if (k) {
+    size_t n = to->mailbox.len < sizeof k->addr - 1 ? to->mailbox.len
+                                                    : sizeof k->addr - 1;
+    memcpy(k->addr, to->mailbox.ptr, n);
+    k->addr[n] = '\0';
+    snprintf(envs[0], sizeof envs[0], "SENDER=%s", from);
+    snprintf(envs[1], sizeof envs[1], "RECIPIENT=%s", k->addr);
+    rc = rcpt_pipe_argv(c->recipient_check, from, k->addr, words,
+                        sizeof words, argv, 64) > 0
+             ? pipe_begin(tern_session_loop(s), argv, env, NULL, 0, &k->pd)
+             : -E2BIG;
+  }
+  if (rc != 0) {
+    logf_("session=%s event=error what=recipient-check error=\"%s\"",
+          x->info->id, strerror(-rc));
+    free(k);
+    r->code = 451;
+    r->enhanced = "4.3.0";
+    r->text = "Error: cannot check the recipient, try again later";
+    return TERN_REPLY_NOW;
+  }
+  uv_timer_init(tern_session_loop(s), &k->timer);
+  k->timer.data = k;
+  uv_timer_start(&k->timer, rcheck_timeout, c->recipient_check_timeout_ms, 0);
+  pipe_commit(k->pd, rcheck_done, k); /* stdin closed: no message yet */
+  k->x = x;
+  x->rcheck = k;
+  return TERN_PENDING;
+}
+
 /* No open relay: unauthenticated clients only reach accepted domains. */
 static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
                    const struct tern_rcpt_params *p, struct tern_reply *r,
@@ -247,6 +441,10 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
     r->text = "Error: relay access denied";
     return TERN_REPLY_NOW;
   }
+  if (local_rcpt_refused(x, to, r))
+    return TERN_REPLY_NOW;
+  if (x->pol->cfg.recipient_check) /* maildir, pipe (cfg_check) */
+    return rcheck_start(x, s, to, r);
   if (x->nrcpts == x->rcap) {
     size_t cap = x->rcap ? 2 * x->rcap : 8;
     char **n = realloc(x->rcpts, cap * sizeof *n);
@@ -267,39 +465,6 @@ oom:
   return TERN_REPLY_NOW;
 }
 
-/* Expand a maildir template for one recipient: %u local part, %d domain,
- * %a address, %% a percent. Path separators in the parts become '_'. */
-static void expand(const char *tpl, const char *addr, char *out, size_t cap) {
-  const char *at = strrchr(addr, '@');
-  size_t ulen = at ? (size_t)(at - addr) : strlen(addr);
-  const char *dom = at ? at + 1 : "";
-  size_t o = 0;
-  for (const char *t = tpl; *t && o + 1 < cap; t++) {
-    const char *src = NULL;
-    size_t n = 0;
-    if (*t == '%' && t[1]) {
-      t++;
-      if (*t == 'u')
-        src = addr, n = ulen;
-      else if (*t == 'd')
-        src = dom, n = strlen(dom);
-      else if (*t == 'a')
-        src = addr, n = strlen(addr);
-      else
-        src = t, n = 1;
-      for (size_t i = 0; i < n && o + 1 < cap; i++) {
-        char ch = src[i];
-        if (ch == '/' || (ch == '.' && i == 0))
-          ch = '_'; /* never a path component of its own making */
-        out[o++] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-      }
-      continue;
-    }
-    out[o++] = *t;
-  }
-  out[o] = '\0';
-}
-
 /* Return-Path and Received, as an MTA adds them (RFC 5321 §4.4). */
 static size_t trace_header(struct sess *x, char *buf, size_t cap) {
   const struct tern_session_info *i = x->info;
@@ -311,19 +476,23 @@ static size_t trace_header(struct sess *x, char *buf, size_t cap) {
   esc(x->helo, strlen(x->helo), helo, sizeof helo);
   const char *with = i->tls ? (i->auth_user ? "ESMTPSA" : "ESMTPS")
                             : (i->auth_user ? "ESMTPA" : "ESMTP");
-  /* RFC 5321 §4.4: Return-Path is added at final delivery only. */
+  /* RFC 5321 §4.4: Return-Path is added at final delivery only. "for"
+   * names the recipient only when there is exactly one: every copy of a
+   * message to several would show the first (a Bcc leak; Postfix does
+   * the same). */
   bool final = x->pol->cfg.target == CFG_MAILDIR ||
                x->pol->cfg.target == CFG_PIPE;
   int n = snprintf(buf, cap,
                    "%s%s%s"
                    "Received: from %s (%s [%s])\r\n"
-                   "\tby %s (tern) with %s id %s\r\n"
-                   "\tfor <%s>; %s\r\n",
+                   "\tby %s (tern) with %s id %s%s%s%s; %s\r\n",
                    final ? "Return-Path: <" : "",
                    final ? (x->from ? x->from : "") : "",
                    final ? ">\r\n" : "", helo[0] ? helo : "unknown",
                    i->peer_addr, i->peer_addr, x->pol->cfg.hostname, with,
-                   i->id, x->nrcpts ? x->rcpts[0] : "", date);
+                   i->id, x->nrcpts == 1 ? "\r\n\tfor <" : "",
+                   x->nrcpts == 1 ? x->rcpts[0] : "",
+                   x->nrcpts == 1 ? ">" : "", date);
   return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
@@ -341,6 +510,91 @@ static void fwd_started(void *arg, const struct tern_reply *r,
   tern_server_session_reply(x->s, r);
 }
 
+/* Maildir: one directory per distinct expansion of the template
+ * (recipients.h spells each name). Nothing is created here: the
+ * delivery opens its file and makes missing maildirs in the thread pool,
+ * and with a template the file waits in the spool until the message is
+ * accepted, so a recipient whose message is not accepted gets no
+ * directory. */
+static int maildir_start(struct sess *x, struct tern_server_session *s) {
+  const struct cfg *c = &x->pol->cfg;
+  bool tpl = strchr(c->maildir, '%') != NULL;
+  char path[4096], spool[4096];
+  char **dirs = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *dirs);
+  size_t nd = 0;
+  int rc = 0;
+
+  if (!dirs)
+    return -ENOMEM;
+  for (size_t i = 0; !rc && i < x->nrcpts; i++) {
+    bool seen = false;
+    if (rcpt_expand_maildir(c->maildir, x->rcpts[i], path, sizeof path) != 0) {
+      rc = -ENAMETOOLONG; /* not reached: on_rcpt refused it */
+      break;
+    }
+    for (size_t k = 0; k < nd && !seen; k++)
+      seen = !strcmp(dirs[k], path);
+    if (seen)
+      continue;
+    if ((dirs[nd] = strdup(path)) == NULL)
+      rc = -ENOMEM;
+    else
+      nd++;
+  }
+  if (!rc && tpl && rcpt_template_spool(c->maildir, spool, sizeof spool) != 0)
+    rc = -ENAMETOOLONG;
+  if (!rc)
+    rc = maildir_begin(maildir_for(tern_session_loop(s)), tpl ? spool : NULL,
+                       (const char *const *)dirs, nd, x->hdr, x->hlen, &x->md);
+  for (size_t k = 0; k < nd; k++)
+    free(dirs[k]);
+  free(dirs);
+  return rc;
+}
+
+/* Pipe: one command per recipient, each with its own %r %u %d, its own
+ * environment and its own exit status (pipe_group). Fails only when no
+ * command could be started. */
+static int pipe_start(struct sess *x, struct tern_server_session *s) {
+  const struct cfg *c = &x->pol->cfg;
+  const char *from = x->from ? x->from : "";
+  size_t started = 0;
+  int rc;
+
+  free(x->pres);
+  x->pknown = 0;
+  x->pwait = -1;
+  if ((x->pres = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *x->pres)) == NULL)
+    return -ENOMEM;
+  if ((rc = pipe_group_new(&x->pd, x->nrcpts, x->hdr, x->hlen)) != 0)
+    return rc;
+  for (size_t i = 0; i < x->nrcpts; i++) {
+    char words[4096], *argv[64], envs[4][600];
+    char *env[] = {envs[0], envs[1], envs[2], envs[3], NULL};
+    const char *rcpt = x->rcpts[i];
+    bool fits = rcpt_pipe_argv(c->command, from, rcpt, words, sizeof words,
+                               argv, 64) > 0;
+    snprintf(envs[0], sizeof envs[0], "SENDER=%s", from);
+    snprintf(envs[1], sizeof envs[1], "RECIPIENT=%s", rcpt);
+    snprintf(envs[2], sizeof envs[2], "ORIGINAL_RECIPIENT=%s", rcpt);
+    snprintf(envs[3], sizeof envs[3], "PATH=/usr/local/bin:/usr/bin:/bin");
+    int r = pipe_group_start(x->pd, tern_session_loop(s), i,
+                             fits ? argv : NULL, env);
+    if (r == 0)
+      started++;
+    else
+      rc = r;
+  }
+  if (started == 0) {
+    pipe_group_abort(x->pd);
+    x->pd = NULL;
+    free(x->pres);
+    x->pres = NULL;
+    return rc ? rc : -EINVAL;
+  }
+  return 0;
+}
+
 static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
                          void *ud) {
   struct sess *x = sess_of(s);
@@ -352,76 +606,11 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
   x->done = false;
   x->size = 0;
   size_t hlen = x->hlen = trace_header(x, x->hdr, sizeof x->hdr);
-  if (!x->chunk && !(x->chunk = malloc(CHUNK_MAX)))
-    rc = -ENOMEM;
-  else if (c->target == CFG_MAILDIR) {
-    /* one directory per distinct expansion of the template */
-    char **dirs = calloc(x->nrcpts, sizeof *dirs);
-    size_t nd = 0;
-    if (!dirs)
-      rc = -ENOMEM;
-    for (size_t i = 0; !rc && i < x->nrcpts; i++) {
-      char path[1024];
-      expand(c->maildir, x->rcpts[i], path, sizeof path);
-      bool seen = false;
-      for (size_t k = 0; k < nd; k++)
-        seen |= !strcmp(dirs[k], path);
-      if (seen)
-        continue;
-      if ((dirs[nd] = strdup(path)) == NULL)
-        rc = -ENOMEM;
-      else if ((rc = maildir_prepare(dirs[nd], false)) == 0)
-        nd++;
-    }
-    if (!rc)
-      rc = maildir_begin(maildir_for(tern_session_loop(s)),
-                         (const char *const *)dirs, nd, hdr, hlen, &x->md);
-    for (size_t k = 0; dirs && k < nd; k++)
-      free(dirs[k]);
-    free(dirs);
-  } else if (c->target == CFG_PIPE) {
-    /* argv split on spaces (no shell); in each word %s sender, %r and %a
-     * the (first) recipient, %u its local part, %d its domain, %% a % */
-    char cmd[1024], *argv[64], envs[4][600], words[4096];
-    char *env[] = {envs[0], envs[1], envs[2], envs[3], NULL};
-    size_t na = 0, wo = 0;
-    const char *rcpt = x->nrcpts ? x->rcpts[0] : "";
-    const char *at = strrchr(rcpt, '@');
-    size_t ulen = at ? (size_t)(at - rcpt) : strlen(rcpt);
-    snprintf(cmd, sizeof cmd, "%s", c->command);
-    for (char *save, *t = strtok_r(cmd, " ", &save); t && na < 63;
-         t = strtok_r(NULL, " ", &save)) {
-      argv[na++] = words + wo;
-      for (; *t && wo + 1 < sizeof words; t++) {
-        const char *src = t;
-        size_t n = 1;
-        if (*t == '%' && t[1]) {
-          t++;
-          if (*t == 's')
-            src = x->from ? x->from : "", n = strlen(src);
-          else if (*t == 'r' || *t == 'a')
-            src = rcpt, n = strlen(rcpt);
-          else if (*t == 'u')
-            src = rcpt, n = ulen;
-          else if (*t == 'd')
-            src = at ? at + 1 : "", n = strlen(src);
-          else
-            src = t, n = 1; /* %% (config.c rejects other escapes) */
-        }
-        for (size_t i = 0; i < n && wo + 1 < sizeof words; i++)
-          words[wo++] = src[i];
-      }
-      words[wo++] = '\0';
-      if (wo >= sizeof words)
-        break;
-    }
-    argv[na] = NULL;
-    snprintf(envs[0], sizeof envs[0], "SENDER=%s", x->from ? x->from : "");
-    snprintf(envs[1], sizeof envs[1], "RECIPIENT=%s", rcpt);
-    snprintf(envs[2], sizeof envs[2], "ORIGINAL_RECIPIENT=%s", rcpt);
-    snprintf(envs[3], sizeof envs[3], "PATH=/usr/local/bin:/usr/bin:/bin");
-    rc = pipe_begin(tern_session_loop(s), argv, env, hdr, hlen, &x->pd);
-  } else { /* lmtp / smtp: forward within this transaction */
+  if (c->target == CFG_MAILDIR)
+    rc = maildir_start(x, s);
+  else if (c->target == CFG_PIPE)
+    rc = pipe_start(x, s);
+  else { /* lmtp / smtp: forward within this transaction */
     struct forward_opts fo = {c->forward_url, c->hostname, c->forward_verify,
                               c->forward_ca_file};
     rc = forward_begin(tern_session_loop(s), &fo, x->from, x->rcpts,
@@ -452,6 +641,22 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
                    void *ud) {
   struct sess *x = sess_of(s);
   (void)ud;
+  if (!x->fd) { /* local targets copy: the runtime's buffer may go */
+    int rc;
+    x->size += len;
+    if (x->md)
+      rc = maildir_write(x->md, buf, len, on_written, x);
+    else if (x->pd)
+      rc = pipe_group_write(x->pd, buf, len, on_written, x);
+    else
+      return TERN_EIO;
+    /* 0: on_written resumes us. 1: taken at once. < 0: an earlier write
+     * failed (ENOSPC, no command reading...); the delivery keeps the
+     * error and commit answers it (452 4.3.1 for a full disk, the exit
+     * status for a pipe): read on, drop the rest. An on_data error here
+     * would become the core's "451 4.3.0 internal error" instead. */
+    return rc == 0 ? TERN_PENDING : 0;
+  }
   while (len) {
     size_t n = len < CHUNK_MAX ? len : CHUNK_MAX;
     x->size += n;
@@ -465,24 +670,9 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
         return TERN_PENDING;
       continue;
     }
-    memcpy(x->chunk, buf, n);
-    if (!x->md && !x->pd)
-      return TERN_EIO;
-    int rc = x->md ? maildir_write(x->md, x->chunk, n, on_written, x)
-                   : pipe_write(x->pd, x->chunk, n, on_written, x);
-    if (rc)
-      /* An earlier write failed (ENOSPC, EPIPE...). The delivery keeps
-       * the error and commit answers it (452 4.3.1 for a full disk, the
-       * command's exit status for a pipe): read on, drop the rest. An
-       * on_data error here would become the core's "451 4.3.0 internal
-       * error" instead. */
-      return 0;
-    buf += n;
-    len -= n;
-    if (len) /* a chunk over 64 KiB: cannot happen with the runtime's reads */
-      return TERN_EIO;
+    return TERN_EIO; /* not reached: only forwarding gets here */
   }
-  return x->fd ? 0 : TERN_PENDING;
+  return 0;
 }
 
 static void log_message(struct sess *x) {
@@ -529,10 +719,59 @@ static void delivered(void *arg, const struct tern_reply *r,
   tern_server_session_reply(x->s, &rr);
 }
 
+/* A pipe recipient's outcome: log it, and answer it if on_data_end is
+ * waiting for it (LMTP answers in RCPT order; commands finish in any). */
+static void pipe_each(void *arg, size_t i, const struct tern_reply *r,
+                      const char *detail) {
+  struct sess *x = arg;
+  struct pipe_result *p = &x->pres[i];
+  char f[300], t[300], d[300];
+
+  p->known = true;
+  p->code = r->code;
+  snprintf(p->enh, sizeof p->enh, "%s", r->enhanced ? r->enhanced : "");
+  snprintf(p->text, sizeof p->text, "%s", r->text ? r->text : "");
+  logf_("session=%s event=message from=<%s> to=<%s> size=%llu status=%d "
+        "enh=%s detail=\"%s\" command=\"%s\"",
+        x->info->id,
+        esc(x->from ? x->from : "", x->from ? strlen(x->from) : 0, f, sizeof f),
+        esc(x->rcpts[i], strlen(x->rcpts[i]), t, sizeof t),
+        (unsigned long long)x->size, p->code, p->enh[0] ? p->enh : "-",
+        p->text, esc(detail ? detail : "", detail ? strlen(detail) : 0, d,
+                     sizeof d));
+  if (++x->pknown == x->nrcpts) {
+    x->pd = NULL; /* the group frees itself after this returns */
+    x->done = true;
+    x->messages++;
+  }
+  if (x->pwait == (long)i) {
+    struct tern_reply rr = {p->code, p->enh[0] ? p->enh : NULL, p->text};
+    x->pwait = -1;
+    tern_server_session_reply(x->s, &rr);
+  }
+}
+
+static int pipe_data_end(struct sess *x, unsigned i, struct tern_reply *r) {
+  if (i >= x->nrcpts)
+    return TERN_EIO;
+  if (i == 0 && x->pd)
+    pipe_group_commit(x->pd, pipe_each, x);
+  if (!x->pres[i].known) {
+    x->pwait = (long)i;
+    return TERN_PENDING;
+  }
+  r->code = x->pres[i].code;
+  r->enhanced = x->pres[i].enh[0] ? x->pres[i].enh : NULL;
+  r->text = x->pres[i].text;
+  return TERN_REPLY_NOW;
+}
+
 static int on_data_end(struct tern_server_session *s, uint64_t size,
                        unsigned rcpt, struct tern_reply *r, void *ud) {
   struct sess *x = sess_of(s);
   (void)size, (void)ud;
+  if (x->pres) /* pipe: each recipient its own command's answer */
+    return pipe_data_end(x, rcpt, r);
   if (x->fd && (x->done || rcpt > 0)) { /* LMTP: each its own answer */
     forward_result(x->fd, rcpt, r);
     return TERN_REPLY_NOW;
@@ -556,8 +795,6 @@ static int on_data_end(struct tern_server_session *s, uint64_t size,
     return TERN_REPLY_NOW;
   } else if (x->md)
     maildir_commit(x->md, delivered, x);
-  else if (x->pd)
-    pipe_commit(x->pd, delivered, x);
   else
     return TERN_EIO;
   return TERN_PENDING;
@@ -574,8 +811,7 @@ static void on_data_abort(struct tern_server_session *s, const char *why,
           (unsigned long long)x->size);
   if (x->md)
     maildir_abort(x->md);
-  if (x->pd)
-    pipe_abort(x->pd);
+  pipe_group_abort(x->pd);
   forward_release(x->fd);
   x->md = NULL;
   x->pd = NULL;
@@ -598,9 +834,9 @@ static void on_close(struct tern_server_session *s, void *ud) {
         i->id, i->peer_addr, x->helo[0] ? x->helo : "-",
         i->tls_version ? i->tls_version : "no",
         i->auth_user ? i->auth_user : "-", x->messages);
+  rcheck_cancel(x);
   txn_clear(x);
   free(x->rcpts);
-  free(x->chunk);
   policy_put(x->pol);
   tern_server_session_set_userdata(s, NULL);
   free(x);
@@ -760,9 +996,14 @@ static int load_policy(const char *path, const struct cfg *base,
   if (p->cfg.users_file &&
       users_load(p->cfg.users_file, &p->users, err, cap) != 0)
     goto fail;
+  if (p->cfg.recipients_file &&
+      rcptset_load(p->cfg.recipients_file, &p->known, err, cap) != 0)
+    goto fail;
   *out = p;
   return 0;
 fail:
+  if (p->users)
+    users_free(p->users);
   cfg_free(&p->cfg);
   free(p);
   return -1;
@@ -952,10 +1193,18 @@ int tern_cli_serve(int argc, char **argv) {
   }
   /* A fixed Maildir: create it (as the user we now are) and drop what a
    * crash left in tmp/. */
-  if (c->target == CFG_MAILDIR && !strchr(c->maildir, '%')) {
-    int mr = maildir_prepare(c->maildir, true);
+  /* A template: its spool (recipients.h), likewise; the maildirs
+   * themselves are made when a message for them is accepted. */
+  char spool[4096];
+  const char *fixed = c->target != CFG_MAILDIR ? NULL
+                      : !strchr(c->maildir, '%') ? c->maildir
+                      : rcpt_template_spool(c->maildir, spool,
+                                            sizeof spool) == 0 ? spool
+                                                               : NULL;
+  if (fixed) {
+    int mr = maildir_prepare(fixed, true);
     if (mr) {
-      fprintf(stderr, "tern serve: maildir %s: %s\n", c->maildir,
+      fprintf(stderr, "tern serve: maildir %s: %s\n", fixed,
               strerror(-mr));
       tern_server_free(d.srv);
       return EX_CANTCREAT;

@@ -177,16 +177,18 @@ static void job_write_cb(void *arg, int status) {
 }
 
 static void job_next(struct job *j) {
-  if (j->off < j->len && j->write_err == 0) {
+  while (j->off < j->len && j->write_err == 0) {
     size_t n = j->len - j->off < j->chunk ? j->len - j->off : j->chunk;
     const char *p = j->data + j->off;
     int r = j->is_pipe ? pipe_write(j->pd, p, n, job_write_cb, j)
                        : maildir_write(j->md, p, n, job_write_cb, j);
-    if (r == 0) {
+    if (r >= 0)
       j->off += n;
+    if (r == 0)
       return; /* job_write_cb goes on */
-    }
-    j->write_err = r; /* no callback for a failed call: commit now */
+    if (r < 0)
+      j->write_err = r; /* no callback for a failed call: commit now */
+    /* r == 1: buffered, no callback: go on */
   }
   if (j->is_pipe)
     pipe_commit(j->pd, job_done, j);
@@ -204,7 +206,8 @@ static void md_start(struct job *j, struct maildir_ctx *ctx,
   j->data = data;
   j->len = len;
   j->chunk = chunk;
-  CHECK(maildir_begin(ctx, dirs, ndirs, hdr, sizeof hdr - 1, &j->md) == 0);
+  CHECK(maildir_begin(ctx, NULL, dirs, ndirs, hdr, sizeof hdr - 1, &j->md) ==
+        0);
   job_next(j);
 }
 
@@ -279,6 +282,85 @@ static void t_maildir_happy(void) {
   CHECK_REPLY(&j, 250, "2.0.0");
   CHECK(count_in(dir, "new") == 2);
 
+  maildir_ctx_free(ctx);
+  free(data);
+}
+
+static void spool_written(void *arg, int status) {
+  int *calls = arg;
+  CHECK(status == 0);
+  (*calls)++;
+}
+
+/* With a spool (Maildir templates): the file is written in SPOOL/tmp; no
+ * recipient's maildir exists until commit, which makes them (in the
+ * pool), links the message into each new/ and leaves the spool empty;
+ * an aborted message leaves no maildir at all. A 300 KB message in
+ * 3,000-octet chunks is written in blocks: the callback runs only when a
+ * 128 KiB block went out. */
+static void t_maildir_spool(void) {
+  struct maildir_ctx *ctx;
+  struct maildir_delivery *d;
+  struct job j;
+  char spool[512], d1[512], d2[512];
+  struct stat st;
+  size_t len = 300000;
+  char *data = random_bytes(len, 13);
+  int calls = 0;
+
+  pathf(spool, sizeof spool, "%s/tpl/.tern-spool", base);
+  pathf(d1, sizeof d1, "%s/tpl/a.example/u1", base);
+  pathf(d2, sizeof d2, "%s/tpl/b.example/u2", base);
+  const char *dirs[] = {d1, d2};
+  CHECK(maildir_ctx_new(&ctx, loop, true) == 0);
+
+  CHECK(maildir_begin(ctx, spool, dirs, 2, hdr, sizeof hdr - 1, &d) == 0);
+  size_t off = 0;
+  while (off < len) {
+    int r = maildir_write(d, data + off, 3000, spool_written, &calls);
+    off += 3000;
+    CHECK(r == 0 || r == 1);
+    if (r == 0)
+      CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  }
+  CHECK(calls == 2); /* 300,000 + header in 128 KiB blocks: 2 so far */
+  CHECK(count_in(spool, "tmp") == 1);
+  CHECK(stat(d1, &st) != 0 && stat(d2, &st) != 0);
+  maildir_abort(d);
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK(count_in(spool, "tmp") == 0);
+  CHECK(stat(d1, &st) != 0 && stat(d2, &st) != 0);
+
+  memset(&j, 0, sizeof j);
+  j.data = data;
+  j.len = len;
+  j.chunk = 3000;
+  CHECK(maildir_begin(ctx, spool, dirs, 2, hdr, sizeof hdr - 1, &j.md) == 0);
+  job_next(&j);
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK_REPLY(&j, 250, "2.0.0");
+  ino_t a = check_delivered(d1, &j), b = check_delivered(d2, &j);
+  CHECK(a == b); /* one file, two names */
+  CHECK(count_in(spool, "tmp") == 0);
+
+  /* A commit while a block is being written: the block's callback still
+   * runs, then the message is sealed, whole. */
+  char d3[512];
+  pathf(d3, sizeof d3, "%s/tpl/c.example/u3", base);
+  const char *dirs3[] = {d3};
+  memset(&j, 0, sizeof j);
+  j.data = data;
+  j.len = 200000;
+  calls = 0;
+  CHECK(maildir_begin(ctx, NULL, dirs3, 1, hdr, sizeof hdr - 1, &j.md) == 0);
+  CHECK(maildir_write(j.md, data, 100000, spool_written, &calls) == 1);
+  CHECK(maildir_write(j.md, data + 100000, 100000, spool_written, &calls) == 0);
+  maildir_commit(j.md, job_done, &j);
+  CHECK(!j.finished);
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK(calls == 1);
+  CHECK_REPLY(&j, 250, "2.0.0");
+  check_delivered(d3, &j);
   maildir_ctx_free(ctx);
   free(data);
 }
@@ -403,23 +485,28 @@ static void t_maildir_abort(void) {
   const char *dirs[] = {dir};
   CHECK(maildir_ctx_new(&ctx, loop, true) == 0);
 
-  /* Abort right after begin (open job in flight). */
-  CHECK(maildir_begin(ctx, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  /* Abort right after begin (nothing on disk yet) and after a write
+   * that was only buffered. */
+  CHECK(maildir_begin(ctx, NULL, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  maildir_abort(d);
+  CHECK(maildir_begin(ctx, NULL, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  CHECK(maildir_write(d, data, 1000, never_cb, NULL) == 1);
   maildir_abort(d);
   CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
-  check_empty(dir);
+  struct stat st;
+  CHECK(stat(dir, &st) != 0); /* not even the maildir was made */
 
-  /* Abort from the write callback. */
-  CHECK(maildir_begin(ctx, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  /* Abort from the write callback (a block was written: the file). */
+  CHECK(maildir_begin(ctx, NULL, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  CHECK(maildir_write(d, data, 100000, abort_in_cb, d) == 1);
   CHECK(maildir_write(d, data, 100000, abort_in_cb, d) == 0);
   CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
   CHECK(abort_calls == 1);
   check_empty(dir);
 
   /* Abort with a write in flight: its callback is not called. */
-  CHECK(maildir_begin(ctx, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
-  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0); /* the open is done */
-  CHECK(count_in(dir, "tmp") == 1);         /* the file being written */
+  CHECK(maildir_begin(ctx, NULL, dirs, 1, hdr, sizeof hdr - 1, &d) == 0);
+  CHECK(maildir_write(d, data, 100000, never_cb, NULL) == 1);
   CHECK(maildir_write(d, data, 100000, never_cb, NULL) == 0);
   CHECK(maildir_write(d, data, 10, never_cb, NULL) == -EBUSY);
   maildir_abort(d);
@@ -684,6 +771,103 @@ static void t_pipe_abort(void) {
   free(data);
 }
 
+/* ---- pipe group: one command per recipient --------------------------------
+ */
+
+struct gjob {
+  struct pipe_group *g;
+  const char *data;
+  size_t len, off;
+  int calls;
+  int code[4];
+  char enh[4][16];
+  size_t order[4];
+  bool abort_in_each;
+};
+
+static void g_each(void *arg, size_t i, const struct tern_reply *r,
+                   const char *detail) {
+  struct gjob *j = arg;
+  (void)detail;
+  CHECK(i < 4 && j->code[i] == 0);
+  j->code[i] = r->code;
+  pathf(j->enh[i], sizeof j->enh[i], "%s", r->enhanced);
+  j->order[j->calls++] = i;
+  if (j->abort_in_each)
+    pipe_group_abort(j->g);
+}
+
+static void g_next(void *arg, int status) {
+  struct gjob *j = arg;
+  CHECK(status == 0);
+  while (j->off < j->len) {
+    size_t n = j->len - j->off < 65536 ? j->len - j->off : 65536;
+    int r = pipe_group_write(j->g, j->data + j->off, n, g_next, j);
+    j->off += n;
+    if (r == 0)
+      return;
+    CHECK(r == 1); /* no member reads any more */
+  }
+  pipe_group_commit(j->g, g_each, j);
+}
+
+static void t_pipe_group(void) {
+  size_t len = 1024 * 1024, n;
+  char *data = random_bytes(len, 12);
+  char out0[512], out2[512];
+  struct gjob j;
+
+  pathf(out0, sizeof out0, "%s/group-0", base);
+  pathf(out2, sizeof out2, "%s/group-2", base);
+  /* 0 is slow and takes it all, 1 exits 67 without reading, 2 cannot be
+   * started, 3 takes it all: each gets its own outcome, in the order the
+   * commands finish; the one that stops reading holds no one back. */
+  char *a0[] = {"/bin/sh", "-c", "cat > \"$1\"; sleep 0.3", "sh", out0, NULL};
+  char *a1[] = {"/bin/sh", "-c", "exit 67", NULL};
+  char *a2[] = {"/nonexistent/command", NULL};
+  char *a3[] = {"/bin/sh", "-c", "cat > \"$1\"", "sh", out2, NULL};
+  memset(&j, 0, sizeof j);
+  j.data = data;
+  j.len = len;
+  CHECK(pipe_group_new(&j.g, 4, hdr, sizeof hdr - 1) == 0);
+  CHECK(pipe_group_start(j.g, loop, 0, a0, NULL) == 0);
+  CHECK(pipe_group_start(j.g, loop, 1, a1, NULL) == 0);
+  CHECK(pipe_group_start(j.g, loop, 2, a2, NULL) == -ENOENT);
+  CHECK(pipe_group_start(j.g, loop, 3, a3, NULL) == 0);
+  g_next(&j, 0);
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK(j.calls == 4);
+  CHECK(j.code[0] == 250 && !strcmp(j.enh[0], "2.0.0"));
+  CHECK(j.code[1] == 550 && !strcmp(j.enh[1], "5.1.1"));
+  CHECK(j.code[2] == 451 && !strcmp(j.enh[2], "4.3.0"));
+  CHECK(j.code[3] == 250 && !strcmp(j.enh[3], "2.0.0"));
+  CHECK(j.order[3] == 0); /* the slow one last */
+  for (int k = 0; k < 2; k++) {
+    char *got = read_file(k ? out2 : out0, &n);
+    CHECK(n == sizeof hdr - 1 + len);
+    CHECK(memcmp(got + sizeof hdr - 1, data, len) == 0);
+    free(got);
+  }
+
+  /* Aborting from inside `each`: no further calls, the slow command is
+   * stopped, nothing is left running (uv_run returns). */
+  char *slow[] = {"/bin/sh", "-c", "cat >/dev/null; exec sleep 60", NULL};
+  char *quick[] = {"/bin/sh", "-c", "cat >/dev/null; exit 0", NULL};
+  memset(&j, 0, sizeof j);
+  j.data = data;
+  j.len = 1000;
+  j.abort_in_each = true;
+  CHECK(pipe_group_new(&j.g, 2, hdr, sizeof hdr - 1) == 0);
+  CHECK(pipe_group_start(j.g, loop, 0, slow, NULL) == 0);
+  CHECK(pipe_group_start(j.g, loop, 1, quick, NULL) == 0);
+  g_next(&j, 0);
+  uint64_t t0 = uv_hrtime();
+  CHECK(uv_run(loop, UV_RUN_DEFAULT) == 0);
+  CHECK(j.calls == 1 && j.code[1] == 250);
+  CHECK(uv_hrtime() - t0 < 3000000000ull);
+  free(data);
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static const struct {
@@ -698,10 +882,12 @@ static const struct {
     {"maildir_enospc", t_maildir_enospc},
     {"maildir_link_fail", t_maildir_link_fail},
     {"maildir_prepare", t_maildir_prepare},
+    {"maildir_spool", t_maildir_spool},
     {"pipe_ok", t_pipe_ok},
     {"pipe_status", t_pipe_status},
     {"pipe_early_exit", t_pipe_early_exit},
     {"pipe_abort", t_pipe_abort},
+    {"pipe_group", t_pipe_group},
 };
 
 int main(int argc, char **argv) {

@@ -139,6 +139,184 @@ def test_command_that_does_not_read():
             h.check(code == 250, "next message: %d %r" % (code, msg))
 
 
+# ---- one command per recipient (issue 8 items 1, 7, 18) ---------------------
+
+MULTI_SCRIPT = r"""#!/bin/sh
+# deliver.sh OUTDIR RCPT: stores the message, exits 67 for nobody@,
+# sleeps first for slow@ (so commands finish out of RCPT order), and
+# logs "RCPT STATUS" to OUTDIR/ran.log.
+out=$1
+rcpt=$2
+case "$rcpt" in slow@*) sleep 1 ;; esac
+cat > "$out/$rcpt.$$.eml" || exit 74
+case "$rcpt" in nobody@*) code=67 ;; *) code=0 ;; esac
+echo "$rcpt $code" >> "$out/ran.log"
+exit $code
+"""
+
+MULTI_CONF = """[listener {kind}]
+url = {kind}://127.0.0.1:{port}
+
+[domains]
+accept = example.org
+
+[delivery]
+target = pipe
+command = {script} {out} %r
+"""
+
+
+def multi_setup(kind):
+    d = h.tmpdir(prefix="tern-e2e-pipe-")
+    out = os.path.join(d, "out")
+    os.mkdir(out)
+    script = h.write(os.path.join(d, "deliver.sh"), MULTI_SCRIPT, 0o755)
+    conf = h.write(os.path.join(d, "tern.ini"), MULTI_CONF.format(
+        kind=kind, port=h.free_ports(1)[0], script=script, out=out))
+    return out, conf
+
+
+def ran(out):
+    """{recipient: [exit statuses]} from the script's own log."""
+    p = os.path.join(out, "ran.log")
+    got = {}
+    if os.path.exists(p):
+        for ln in h.read(p).decode().splitlines():
+            r, code = ln.split()
+            got.setdefault(r, []).append(int(code))
+    return got
+
+
+def stored(out, rcpt):
+    return [h.read(os.path.join(out, f)) for f in os.listdir(out)
+            if f.startswith(rcpt + ".") and f.endswith(".eml")]
+
+
+def test_lmtp_three_recipients_one_refused():
+    """Must-show: a pipe behind an LMTP listener, three recipients, the
+    command exits 67 for one: each recipient's reply is what its own
+    command did (checked against the command's log), every command got
+    the message, and the trace names no recipient (several)."""
+    out, conf = multi_setup("lmtp")
+    rng = random.Random(11)
+    rcpts = ["slow@example.org", "nobody@example.org", "carol@example.org"]
+    m = h.make_message("lmtp-multi@e2e", 5000, rng)
+    with h.Serve(["-c", conf], name="pipe-lmtp") as srv:
+        r = h.Raw("127.0.0.1", srv.port, timeout=20)
+        try:
+            r.reply()
+            r.cmd("LHLO test.example", 250)
+            r.cmd("MAIL FROM:<s@example.net>", 250)
+            for t in rcpts:
+                r.cmd("RCPT TO:<%s>" % t, 250)
+            r.cmd("DATA", 354)
+            r.send(h.dot_stuff(m) + b".\r\n")
+            replies = [r.reply() for _ in rcpts]
+            r.cmd("QUIT", 221)
+        finally:
+            r.close()
+        srv.wait_log("event=message", count=3)
+    did = ran(out)
+    for t, (code, lines) in zip(rcpts, replies):
+        h.check(did.get(t) is not None and len(did[t]) == 1,
+                "the command for %s ran %r times (expected once); log %r"
+                % (t, did.get(t), did))
+        want = (250, "2.0.0") if did[t][0] == 0 else (550, "5.1.1")
+        h.check(code == want[0] and lines[-1][4:].startswith(want[1]),
+                "%s: the command exited %d, the client was told %r"
+                % (t, did[t][0], lines))
+        copies = stored(out, t)
+        h.check(len(copies) == 1, "%s: %d stored copies" % (t, len(copies)))
+        trace, rest = h.split_trace(copies[0], t)
+        h.assert_bytes_equal(rest, m, "message given to the command for " + t)
+        h.check(b"for <" not in trace,
+                "a message to 3 recipients names one in its trace (Bcc "
+                "leak): %r" % trace)
+
+
+def test_smtp_one_recipient_per_transaction():
+    """Behind an SMTP listener a pipe takes one recipient per message:
+    the second RCPT gets 452 4.5.3 and the client sends it again in its
+    own transaction; each recipient's final reply is its command's."""
+    out, conf = multi_setup("smtp")
+    rng = random.Random(12)
+    m = h.make_message("smtp-multi@e2e", 3000, rng)
+    with h.Serve(["-c", conf], name="pipe-smtp") as srv:
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as c:
+            c.ehlo("pipe.client")
+            c.mail("s@example.net")
+            code, msg = c.rcpt("alice@example.org")
+            h.check(code == 250, "first RCPT: %d %r" % (code, msg))
+            code, msg = c.rcpt("nobody@example.org")
+            h.check(code == 452 and msg.startswith(b"4.5.3"),
+                    "second RCPT of a pipe message behind SMTP: expected "
+                    "452 4.5.3, got %d %r" % (code, msg))
+            code, msg = c.data(m)
+            h.check(code == 250, "DATA for alice: %d %r" % (code, msg))
+            c.mail("s@example.net")
+            c.rcpt("nobody@example.org")
+            code, msg = c.data(m)
+            h.check(code == 550 and msg.startswith(b"5.1.1"),
+                    "nobody's command exits 67: got %d %r" % (code, msg))
+        srv.wait_log("event=message", count=2)
+    did = ran(out)
+    h.check(did == {"alice@example.org": [0], "nobody@example.org": [67]},
+            "commands run: %r" % did)
+    trace, rest = h.split_trace(stored(out, "alice@example.org")[0])
+    h.check(b"\tfor <alice@example.org>;" in trace,
+            "one recipient: the trace names it: %r" % trace)
+
+
+def test_option_like_local_part_refused():
+    """RCPT <-oQ/tmp/evil@...> (also quoted) never reaches a command
+    line: 553 5.1.3 at RCPT time, and no command runs."""
+    out, conf = multi_setup("smtp")
+    with h.Serve(["-c", conf], name="pipe-dash") as srv:
+        r = h.Raw("127.0.0.1", srv.port, timeout=10)
+        try:
+            r.reply()
+            r.cmd("EHLO test.example", 250)
+            for t in ("-oQ/tmp/evil@example.org", '"-x"@example.org'):
+                r.cmd("MAIL FROM:<s@example.net>", 250)
+                code, lines = r.cmd("RCPT TO:<%s>" % t)
+                h.check(code == 553 and lines[-1][4:].startswith("5.1.3"),
+                        "RCPT %s: expected 553 5.1.3, got %r" % (t, lines))
+                r.cmd("RSET", 250)
+            r.cmd("QUIT", 221)
+        finally:
+            r.close()
+    h.check(ran(out) == {} and os.listdir(out) == [],
+            "a command ran for an option-like recipient: %r"
+            % os.listdir(out))
+
+
+def test_lmtp_recipient_bound():
+    """Behind LMTP a pipe message's commands run at once: at most 50
+    recipients (the 51st RCPT gets 452 4.5.3), and nothing runs for a
+    transaction that is reset."""
+    out, conf = multi_setup("lmtp")
+    with h.Serve(["-c", conf], name="pipe-lmtp-bound") as srv:
+        r = h.Raw("127.0.0.1", srv.port, timeout=10)
+        try:
+            r.reply()
+            r.cmd("LHLO test.example", 250)
+            r.cmd("MAIL FROM:<s@example.net>", 250)
+            for i in range(50):
+                r.cmd("RCPT TO:<u%d@example.org>" % i, 250)
+            code, lines = r.cmd("RCPT TO:<u50@example.org>")
+            h.check(code == 452 and lines[-1][4:].startswith("4.5.3"),
+                    "51st RCPT: %r" % lines)
+            r.cmd("RSET", 250)
+            r.cmd("QUIT", 221)
+        finally:
+            r.close()
+    h.check(os.listdir(out) == [], "commands ran: %r" % os.listdir(out))
+
+
 if __name__ == "__main__":
     h.main([test_pipe_exit_codes, test_pipe_escapes,
-            test_command_that_does_not_read])
+            test_command_that_does_not_read,
+            test_lmtp_three_recipients_one_refused,
+            test_smtp_one_recipient_per_transaction,
+            test_option_like_local_part_refused,
+            test_lmtp_recipient_bound])
