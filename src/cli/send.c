@@ -147,7 +147,12 @@ struct send {
   size_t nacc;
   bool started, done, fd_pending;
   struct tern_client_outcome outcome;
-  char cmd_reply[600];       /* failing MAIL/DATA/end-of-data reply */
+  /* The first MAIL/DATA/end-of-data reply that failed: what really
+   * failed. With PIPELINING a refused MAIL is followed by the replies to
+   * the RCPTs and DATA of the same group ("503 need MAIL"): those are
+   * its consequences and are never reported in its place. */
+  char cmd_reply[600];
+  int cmd_code;              /* its code, 0 = none failed */
   enum tern_client_cmd cmd_failed;
   int fail_exit;             /* first failure recorded */
   char fail_msg[800];
@@ -612,6 +617,17 @@ static void print_reply_trace(struct send *s, enum tern_client_cmd cmd,
   }
 }
 
+/* Keep the first failing MAIL/DATA/BDAT/end-of-data reply: in a
+ * pipelined group the later ones only follow from it. */
+static void record_failure(struct send *s, enum tern_client_cmd cmd,
+                           const struct tern_client_reply *r) {
+  if (s->cmd_code)
+    return;
+  s->cmd_failed = cmd;
+  s->cmd_code = r->code;
+  cli_format_reply(r, s->cmd_reply, sizeof s->cmd_reply);
+}
+
 static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
                      unsigned index, const struct tern_client_reply *r,
                      void *ud) {
@@ -621,6 +637,8 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
     print_reply_trace(s, cmd, index, r);
   switch (cmd) {
   case TERN_CMD_RCPT:
+    if (s->cmd_code && s->cmd_failed == TERN_CMD_MAIL)
+      break; /* pipelined after a refused MAIL: a consequence */
     if (index < s->msg.nrcpts) {
       if (r->code >= 400) {
         char buf[600];
@@ -636,24 +654,23 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
   case TERN_CMD_DATA_END:
     if (r->code < 400)
       break;
-    s->cmd_failed = cmd;
-    cli_format_reply(r, s->cmd_reply, sizeof s->cmd_reply);
     /* LMTP: one reply per accepted recipient (RFC 2033 §4.2) */
     if (s->lmtp && index < s->nacc) {
       size_t k = s->acc_map[index];
       if (!s->rcode[k]) {
+        char buf[600];
+        cli_format_reply(r, buf, sizeof buf);
         s->rcode[k] = r->code;
-        s->rtext[k] = xstrndup(s->cmd_reply, strlen(s->cmd_reply));
+        s->rtext[k] = xstrndup(buf, strlen(buf));
       }
     }
+    record_failure(s, cmd, r);
     break;
   case TERN_CMD_MAIL:
   case TERN_CMD_DATA:
   case TERN_CMD_BDAT:
-    if (r->code >= 400) {
-      s->cmd_failed = cmd;
-      cli_format_reply(r, s->cmd_reply, sizeof s->cmd_reply);
-    }
+    if (r->code >= 400)
+      record_failure(s, cmd, r);
     if (cmd == TERN_CMD_DATA && r->code == 354 && s->fd_pending) {
       if (tern_client_send_fd(s->cl, fileno(s->spool)) == 0)
         s->fd_pending = false;
@@ -743,12 +760,15 @@ static void on_error(struct tern_client_session *c, int err,
                s->o.prog, tern_client_last_error(s->cl));
     break;
   case TERN_ECLOSED:
+    /* Without a reply the session only knows the connection ended; the
+     * runtime knows why (a timeout, a reset, the server hanging up) and
+     * says it in tern_client_last_error(). */
     if (r)
       set_fail(s, class_exit(r->code, EX_UNAVAILABLE),
                "%s: %s closed the session: %s", s->o.prog, s->endpoint, buf);
     else
-      set_fail(s, EX_TEMPFAIL, "%s: connection closed by %s", s->o.prog,
-               s->endpoint);
+      set_fail(s, EX_TEMPFAIL, "%s: %s", s->o.prog,
+               tern_client_last_error(s->cl));
     break;
   default:
     if (r && r->code >= 400)
@@ -869,13 +889,14 @@ static int conclude(struct send *s) {
   }
 
   const struct tern_client_outcome *o = &s->outcome;
+  bool mail_failed = s->cmd_code && s->cmd_failed == TERN_CMD_MAIL;
   bool delivered = o->code >= 200 && o->code < 300;
   bool rcpt_level =
       refused > 0 &&
       (delivered || o->delivered > 0 ||
-       (o->accepted == 0 && s->cmd_failed != TERN_CMD_MAIL) ||
+       (o->accepted == 0 && !mail_failed) ||
        (s->lmtp && refused == s->msg.nrcpts));
-  if (refused > 0 && s->cmd_failed != TERN_CMD_MAIL)
+  if (refused > 0 && !mail_failed)
     for (size_t i = 0; i < s->msg.nrcpts; i++)
       if (s->rcode[i])
         fprintf(stderr, "%s: <%s> refused: %s\n", s->o.prog,
@@ -903,13 +924,13 @@ static int conclude(struct send *s) {
               o->code, s->cl ? tern_client_last_error(s->cl) : "?");
     return class_exit(o->code, EX_UNAVAILABLE);
   }
-  if (s->cmd_failed == TERN_CMD_MAIL)
+  if (s->cmd_code && s->cmd_failed == TERN_CMD_MAIL)
     fprintf(stderr, "%s: sender <%s> refused: %s\n", s->o.prog, s->from,
             s->cmd_reply);
   else
     fprintf(stderr, "%s: message refused by %s: %s\n", s->o.prog,
             s->endpoint, s->cmd_reply[0] ? s->cmd_reply : "(no reply)");
-  return class_exit(o->code, EX_UNAVAILABLE);
+  return class_exit(s->cmd_code ? s->cmd_code : o->code, EX_UNAVAILABLE);
 }
 
 static int deliver(struct send *s) {
