@@ -55,7 +55,9 @@
  *   EX_PROTOCOL 76  malformed replies, TLS handshake failures
  *   EX_NOPERM 77    AUTH refused (5xx) or not possible
  *   EX_CONFIG 78    TLS policy not met: certificate verification failed,
- *                   or STARTTLS required but not offered
+ *                   or STARTTLS required but not offered, or credentials
+ *                   withheld because the channel is not verified TLS
+ *                   (retrying cannot help: 78, not 75)
  * There is no queue: when some recipients were refused and others
  * accepted, the message is delivered to the accepted ones, each refused
  * one is printed with the server's reply, and the exit code says
@@ -67,6 +69,15 @@
  * local MTA with a snake-oil certificate still works). --starttls (or
  * "smtp+starttls://") requires STARTTLS and a verified certificate, as
  * does "smtps://"; --no-verify turns verification off.
+ *
+ * Credentials (--user) go only over TLS whose certificate verified: with
+ * --user, STARTTLS becomes required on smtp:// and an unverified
+ * certificate ends the connection before anything is sent over it (no
+ * AUTH, no message), exit 78. Explicit consent lifts it: --no-verify
+ * (TLS without verification; plaintext still refused) or --insecure-auth
+ * (any channel, PLAIN/LOGIN in the clear too). A unix socket
+ * (lmtp:///PATH) is a local channel and needs neither. msmtp and
+ * Postfix (smtp_tls_security_level = secure for SASL) behave alike.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -157,6 +168,8 @@ struct send {
   int fail_exit;             /* first failure recorded */
   char fail_msg[800];
   bool verify_failed;
+  bool creds_withheld;       /* --user over an unverified channel: refused */
+  bool creds_need_tls;       /* --user: verified TLS required (item 10) */
   char verify_why[300];
 };
 
@@ -744,6 +757,11 @@ static void on_error(struct tern_client_session *c, int err,
       set_fail(s, class_exit(r->code, EX_UNAVAILABLE),
                "%s: STARTTLS refused by %s: %s", s->o.prog, s->endpoint,
                buf);
+    else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS) &&
+             s->creds_need_tls && !s->o.starttls)
+      set_fail(s, EX_CONFIG, "%s: not sending credentials to %s without "
+               "TLS: the server does not offer STARTTLS (--insecure-auth "
+               "allows it)", s->o.prog, s->endpoint);
     else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS))
       set_fail(s, EX_CONFIG, "%s: server does not offer STARTTLS",
                s->o.prog);
@@ -792,6 +810,14 @@ static bool on_verify(struct tern_client *cl, bool ok, const char *why,
   (void)cl;
   if (ok)
     return true;
+  /* Nothing has been sent over TLS yet (the runtime asks before the
+   * second EHLO): refusing here means the credentials never leave. */
+  if (s->creds_need_tls && !s->o.no_verify) {
+    s->creds_withheld = true;
+    snprintf(s->verify_why, sizeof s->verify_why, "%s",
+             why && *why ? why : "unknown reason");
+    return false;
+  }
   if (s->opportunistic || s->o.no_verify) {
     if (s->o.verbose)
       fprintf(stderr, "%s: certificate not verified (%s): going on "
@@ -842,7 +868,12 @@ static void on_connect(struct tern_client *cl, int status, void *ud) {
              s->endpoint, e);
     break;
   case TERN_ETLS:
-    if (s->verify_failed)
+    if (s->creds_withheld)
+      set_fail(s, EX_CONFIG, "%s: not sending credentials to %s: its TLS "
+               "certificate is not verified (%s); trust its CA with "
+               "--ca-file, or allow it with --no-verify or --insecure-auth",
+               s->o.prog, s->endpoint, s->verify_why);
+    else if (s->verify_failed)
       set_fail(s, EX_CONFIG, "%s: TLS certificate verification failed: %s",
                s->o.prog, s->verify_why);
     else
@@ -959,12 +990,23 @@ static int deliver(struct send *s) {
     co.session.ehlo_name = s->o.helo;
   if (s->o.starttls)
     co.session.starttls = TERN_STARTTLS_REQUIRED;
-  co.tls_verify = !s->o.no_verify && !s->opportunistic;
+  /* Credentials (item 10 of issue 8) go only over TLS whose certificate
+   * verified, unless the user consented explicitly: --insecure-auth (any
+   * channel, plaintext too) or --no-verify (TLS without verification).
+   * A unix socket is a local channel, as for tern serve. So --user
+   * makes STARTTLS required and on_verify refuses an unverified
+   * certificate before anything is sent over it. The certificate is
+   * always checked (tls_verify); on_verify decides whether to go on. */
+  bool unix_sock = strstr(s->url, ":///") != NULL;
+  s->creds_need_tls = s->o.user && !s->o.insecure_auth && !unix_sock;
+  if (s->creds_need_tls)
+    co.session.starttls = TERN_STARTTLS_REQUIRED;
+  co.tls_verify = true;
   co.verify = on_verify;
   co.ca_file = s->o.ca_file;
   co.auth_user = s->o.user;
   co.auth_password = s->password;
-  co.auth_insecure_ok = s->o.insecure_auth;
+  co.auth_insecure_ok = s->o.insecure_auth || unix_sock;
   if (s->o.user)
     co.session.auth_required = true;
   co.connect_timeout_ms = s->o.timeout_ms;
@@ -1054,10 +1096,14 @@ static void usage(FILE *f, const char *prog) {
     "TERN_SERVER),\n"
     "                smtp+starttls://, smtps://, lmtp://, lmtp:///PATH\n"
     "  --starttls    require STARTTLS with a verified certificate\n"
-    "  --no-verify   do not verify the server's certificate\n"
+    "  --no-verify   do not verify the server's certificate (with --user:\n"
+    "                consent to send credentials over unverified TLS)\n"
     "  --ca-file F   trust the CA certificates in F (PEM)\n"
-    "  --user U --password-file F   AUTH (password: first line of F)\n"
-    "  --insecure-auth   allow PLAIN/LOGIN without TLS\n"
+    "  --user U --password-file F   AUTH (password: first line of F);\n"
+    "                only over TLS with a verified certificate, else exit "
+    "78\n"
+    "  --insecure-auth   consent to send credentials over any channel:\n"
+    "                unverified TLS or plaintext (PLAIN/LOGIN included)\n"
     "  --helo NAME   EHLO name (default localhost)\n"
     "  --timeout S   connect and reply timeout in seconds\n"
     "Exit codes: sysexits(3); see the top of src/cli/send.c.\n",

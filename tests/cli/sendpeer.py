@@ -8,7 +8,8 @@ It answers one reply per command line, in order, so a pipelining client
 works. `replies` maps a verb (or "greeting", "END" for the end of data)
 to the reply bytes; a verb mapped to None is never answered (the server
 goes silent and only reads), to CLOSE it hangs up. With `tls=(cert, key)` it offers STARTTLS and
-records the commands sent after it with the prefix "TLS ". AUTH is
+records the commands sent after it with the prefix "TLS "; with
+`implicit=True` as well it speaks TLS from the start (smtps://). AUTH is
 answered 235 at once (the payload is recorded: the tests check that a
 password never arrived where it must not).
 """
@@ -36,8 +37,9 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(b)
         self.wfile.flush()
 
-    def _starttls(self):
-        self._send(b"220 2.0.0 go ahead\r\n")
+    def _starttls(self, announce=True):
+        if announce:
+            self._send(b"220 2.0.0 go ahead\r\n")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(*self.server.tls)
         conn = ctx.wrap_socket(self.request, server_side=True)
@@ -48,7 +50,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _ehlo(self, name):
         caps = list(self.server.caps)
-        if self.server.tls and not self.tls:
+        if self.server.tls and not self.tls and not self.server.implicit:
             caps.append("STARTTLS")
         if self.server.auth and (self.tls or not self.server.tls):
             caps.append("AUTH PLAIN LOGIN")
@@ -62,6 +64,8 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self):
         sc = self.server.replies
         try:
+            if self.server.implicit:
+                self._starttls(announce=False)
             self._send(sc.get("greeting", b"220 peer.test ESMTP\r\n"))
             while True:
                 raw = self.rfile.readline(100000)
@@ -119,7 +123,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class Peer:
     def __init__(self, caps=("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"),
-                 replies=None, tls=None, auth=False):
+                 replies=None, tls=None, auth=False, implicit=False):
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         self.srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handler)
         self.srv.daemon_threads = True
@@ -127,12 +131,14 @@ class Peer:
         self.srv.replies = dict(replies or {})
         self.srv.tls = tls
         self.srv.auth = auth
+        self.srv.implicit = implicit
         self.srv.lock = threading.Lock()
         self.srv.log = []
         self.srv.data = []
         self.srv.went_silent = threading.Event()
         self.port = self.srv.server_address[1]
-        self.url = "smtp://127.0.0.1:%d" % self.port
+        self.url = "%s://127.0.0.1:%d" % ("smtps" if implicit else "smtp",
+                                          self.port)
 
     def __enter__(self):
         self.t = threading.Thread(target=self.srv.serve_forever, daemon=True)
