@@ -27,9 +27,15 @@
  *         only when the message has no From: header.
  *   Addresses without "@" get "@HOSTNAME" (gethostname()), as Postfix
  *   appends $myorigin. Exact duplicate recipients are sent once.
- *   No other header is added: no Date:, no Message-ID: (Postfix's
- *   sendmail leaves those to the MTA too; the receiving server adds them
- *   if its policy wants them).
+ *   Date: and Message-ID: are added at the end of the header block when
+ *   the message has none (as msmtp does and Postfix's cleanup does for
+ *   local submissions): Date in RFC 5322 §3.3 form with the local
+ *   offset, Message-ID "<UTCTIME.RANDOM@HOSTNAME>" with 128 random bits.
+ *   Header fields that exist are never changed. When fields are added
+ *   and the body started without an empty line, one is inserted so the
+ *   added fields stay in the header.
+ *   A first line "From ..." (an mbox envelope line, as git format-patch
+ *   writes) is dropped, as Postfix's sendmail does.
  *   -B, -N, -R, -V map to BODY=, NOTIFY=, RET=, ENVID=. Harmless
  *   sendmail options (-odX, -oeX, -om, -n, -U, -G, -h N, -L, -C, -X,
  *   -p, -O, -M, -d, other -oX) are accepted and ignored (a warning for
@@ -87,7 +93,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sysexits.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -135,7 +143,9 @@ struct send {
   bool in_header;
   char *hdr;
   size_t hlen, hcap;
-  bool has_from;
+  bool has_from, has_date, has_msgid;
+  bool seen_line;            /* the first input line was looked at */
+  bool skip_line;            /* dropping the rest of a long "From " line */
   int data_err;              /* EX_DATAERR found while spooling */
   char data_msg[512];
 
@@ -168,6 +178,10 @@ struct send {
   int fail_exit;             /* first failure recorded */
   char fail_msg[800];
   bool verify_failed;
+  /* -v: which commands the trace has shown (see trace_command) */
+  bool tr_helo, tr_mail, tr_data;
+  size_t tr_rcpt;
+  unsigned tr_auth;
   bool creds_withheld;       /* --user over an unverified channel: refused */
   bool creds_need_tls;       /* --user: verified TLS required (item 10) */
   char verify_why[300];
@@ -229,6 +243,21 @@ static void set_fail(struct send *s, int ex, const char *fmt, ...) {
   vsnprintf(s->fail_msg, sizeof s->fail_msg, fmt, ap);
   va_end(ap);
   s->fail_exit = ex;
+}
+
+/* n bytes from the kernel's random source. Returns 0 or -1 (errno). */
+static int getrandom_all(void *buf, size_t n) {
+  unsigned char *p = buf;
+  while (n > 0) {
+    ssize_t r = getrandom(p, n, 0);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 0;
 }
 
 static int class_exit(int code, int ex5) {
@@ -442,8 +471,72 @@ static void add_from_header(struct send *s) {
   spool_write(s, ">\r\n", 3);
 }
 
-/* The header block is complete: extract, filter and spool it. */
-static void flush_header(struct send *s) {
+/* Date: in RFC 5322 §3.3 form, local time with its offset, in English
+ * whatever the locale. */
+static void add_date_header(struct send *s, time_t now) {
+  static const char *const days[] = {"Sun", "Mon", "Tue", "Wed",
+                                     "Thu", "Fri", "Sat"};
+  static const char *const months[] = {"Jan", "Feb", "Mar", "Apr",
+                                       "May", "Jun", "Jul", "Aug",
+                                       "Sep", "Oct", "Nov", "Dec"};
+  struct tm tm;
+  char buf[80];
+  if (!localtime_r(&now, &tm))
+    return;
+  long off = tm.tm_gmtoff / 60;
+  char sign = off < 0 ? '-' : '+';
+  if (off < 0)
+    off = -off;
+  int n = snprintf(buf, sizeof buf,
+                   "Date: %s, %02d %s %04d %02d:%02d:%02d %c%02ld%02ld\r\n",
+                   days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
+                   tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, sign,
+                   off / 60, off % 60);
+  if (n > 0 && (size_t)n < sizeof buf)
+    spool_write(s, buf, (size_t)n);
+}
+
+/* Is h usable as a msg-id's right side (RFC 5322 §3.6.4, dot-atom-text)? */
+static bool dot_atom(const char *h) {
+  if (!*h || *h == '.')
+    return false;
+  for (const char *q = h; *q; q++) {
+    bool atext = (*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') ||
+                 (*q >= '0' && *q <= '9') || strchr("!#$%&'*+-/=?^_`{|}~", *q);
+    if (*q == '.' ? q[1] == '.' || q[1] == '\0' : !atext)
+      return false;
+  }
+  return true;
+}
+
+/* Message-ID: <UTCTIME.RANDOM@HOST>, 128 random bits from the kernel. */
+static void add_msgid_header(struct send *s, time_t now) {
+  unsigned char rnd[16];
+  char hex[2 * sizeof rnd + 1], stamp[32], buf[400];
+  struct tm tm;
+  if (getrandom_all(rnd, sizeof rnd) != 0) {
+    set_fail(s, EX_OSERR, "%s: no random bytes for the Message-ID: %s",
+             s->o.prog, strerror(errno));
+    return;
+  }
+  for (size_t i = 0; i < sizeof rnd; i++)
+    snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+  if (!gmtime_r(&now, &tm) ||
+      strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm) == 0)
+    snprintf(stamp, sizeof stamp, "%lld", (long long)now);
+  int n = snprintf(buf, sizeof buf, "Message-ID: <%s.%s@%s>\r\n", stamp,
+                   hex, dot_atom(s->host) ? s->host : "localhost");
+  if (n > 0 && (size_t)n < sizeof buf)
+    spool_write(s, buf, (size_t)n);
+}
+
+/*
+ * The header block is complete: extract, filter and spool it, then add
+ * the fields it lacks. `body_follows`: the block ended at a line that is
+ * not a header field (no empty line): if a field was added, an empty line
+ * goes in before that body line.
+ */
+static void flush_header(struct send *s, bool body_follows) {
   size_t i = 0;
   s->in_header = false;
   while (i < s->hlen) {
@@ -464,6 +557,10 @@ static void flush_header(struct send *s) {
 
     if (field_named(f, flen, "From"))
       s->has_from = true;
+    else if (field_named(f, flen, "Date"))
+      s->has_date = true;
+    else if (field_named(f, flen, "Message-ID"))
+      s->has_msgid = true;
     if (s->o.extract) {
       if (field_named(f, flen, "To") || field_named(f, flen, "Cc") ||
           field_named(f, flen, "Bcc"))
@@ -478,8 +575,16 @@ static void flush_header(struct send *s) {
     if (!drop)
       spool_write(s, f, flen);
   }
+  uint64_t before = s->size;
+  time_t now = time(NULL);
   if (!s->has_from && s->o.fullname)
     add_from_header(s);
+  if (!s->has_date)
+    add_date_header(s, now);
+  if (!s->has_msgid)
+    add_msgid_header(s, now);
+  if (body_follows && s->size != before)
+    spool_write(s, "\r\n", 2);
   s->hlen = 0;
 }
 
@@ -517,12 +622,23 @@ static void hdr_append(struct send *s, const char *p, size_t n) {
  */
 static bool on_piece(struct send *s, const char *p, size_t n, bool first,
                      bool eol) {
+  if (s->skip_line) { /* the rest of a long "From " line */
+    s->skip_line = !eol;
+    return true;
+  }
+  if (!s->seen_line) {
+    s->seen_line = true;
+    if (first && n >= 5 && !memcmp(p, "From ", 5)) { /* mbox envelope */
+      s->skip_line = !eol;
+      return true;
+    }
+  }
   for (size_t i = 0; i < n && !s->eightbit; i++)
     if ((unsigned char)p[i] >= 0x80)
       s->eightbit = true;
   if (s->in_header) {
     if (first && eol && n == 0) { /* the empty line ends the header */
-      flush_header(s);
+      flush_header(s, false);
       spool_write(s, "\r\n", 2);
       return true;
     }
@@ -533,7 +649,7 @@ static bool on_piece(struct send *s, const char *p, size_t n, bool first,
         hdr_append(s, "\r\n", 2);
       return true;
     }
-    flush_header(s); /* not a header line: the body starts here */
+    flush_header(s, true); /* not a header line: the body starts here */
   }
   if (first && n == 1 && p[0] == '.' && !s->o.ignore_dots)
     return false; /* classic sendmail: a lone "." ends the input */
@@ -598,7 +714,7 @@ static int spool_stdin(struct send *s) {
   if (go && (ll || !first)) /* a last line without a newline */
     on_piece(s, lb, ll, first, false);
   if (s->in_header)
-    flush_header(s);
+    flush_header(s, false);
   if (fflush(s->spool) != 0 || ferror(s->spool))
     set_fail(s, EX_TEMPFAIL, "%s: cannot write the spool file: %s",
              s->o.prog, strerror(errno));
@@ -613,6 +729,112 @@ out:
 }
 
 /* ---- the SMTP side ---------------------------------------------------------- */
+
+/* ---- -v: the dialogue, both directions ---------------------------------------- */
+
+static void trace_out(struct send *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void trace_out(struct send *s, const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "%s: >>> ", s->o.prog);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+/*
+ * Show the command queued in the session's output, exactly as it will
+ * be written: called right after tern_client_session_send(), inside a
+ * callback, so the runtime has not written it yet. With PIPELINING that
+ * is MAIL, every RCPT and DATA (RFC 2920 §3.1); else MAIL alone.
+ */
+static void trace_queued(struct send *s, struct tern_client_session *c) {
+  const char *d;
+  size_t n = tern_client_session_output(c, &d);
+  char line[1100];
+  while (n > 0) {
+    const char *nl = memchr(d, '\n', n);
+    size_t len = nl ? (size_t)(nl - d) + 1 : n;
+    size_t text = len;
+    while (text > 0 && (d[text - 1] == '\n' || d[text - 1] == '\r'))
+      text--;
+    cli_escape(d, text, line, sizeof line);
+    trace_out(s, "%s", line);
+    if (!strncmp(d, "MAIL ", 5))
+      s->tr_mail = true;
+    else if (!strncmp(d, "RCPT ", 5))
+      s->tr_rcpt++;
+    else if (text == 4 && !strncmp(d, "DATA", 4))
+      s->tr_data = true;
+    d += len;
+    n -= len;
+  }
+}
+
+/*
+ * The command a reply answers, when the trace has not shown it yet: the
+ * runtime writes the session's commands itself, so those the session
+ * sends on its own (EHLO, STARTTLS, AUTH, RCPT and DATA without
+ * PIPELINING, QUIT) are shown here, rebuilt from what tern send asked
+ * for. AUTH lines are never shown: they carry credentials.
+ */
+static void trace_command(struct send *s, enum tern_client_cmd cmd,
+                          unsigned index, const struct tern_client_reply *r) {
+  const char *helo = s->o.helo ? s->o.helo : "localhost";
+  switch (cmd) {
+  case TERN_CMD_EHLO:
+    trace_out(s, "%s %s", s->lmtp ? "LHLO" : s->tr_helo ? "HELO" : "EHLO",
+              helo);
+    /* RFC 5321 §3.2: the session falls back to HELO after EHLO's 5xx */
+    s->tr_helo = r->code >= 500 && !s->lmtp && !s->tr_helo;
+    break;
+  case TERN_CMD_STARTTLS:
+    trace_out(s, "STARTTLS");
+    break;
+  case TERN_CMD_AUTH:
+    trace_out(s, s->tr_auth++ ? "(AUTH response, not shown)"
+                              : "AUTH (mechanism and credentials not shown)");
+    break;
+  case TERN_CMD_MAIL:
+    if (!s->tr_mail)
+      trace_out(s, "MAIL FROM:<%s>", s->from);
+    s->tr_mail = true;
+    break;
+  case TERN_CMD_RCPT:
+    if (index >= s->tr_rcpt && index < s->msg.nrcpts) {
+      trace_out(s, "RCPT TO:<%s>", s->trcpt[index].address);
+      s->tr_rcpt = index + 1;
+    }
+    break;
+  case TERN_CMD_DATA:
+    if (!s->tr_data)
+      trace_out(s, "DATA");
+    s->tr_data = true;
+    break;
+  case TERN_CMD_BDAT:
+    trace_out(s, "BDAT (a chunk of the message)");
+    break;
+  case TERN_CMD_DATA_END:
+    if (index == 0) {
+      trace_out(s, "(the message, %llu octets before dot-stuffing)",
+                (unsigned long long)s->size);
+      trace_out(s, ".");
+    }
+    break;
+  case TERN_CMD_RSET:
+    trace_out(s, "RSET");
+    break;
+  case TERN_CMD_NOOP:
+    trace_out(s, "NOOP");
+    break;
+  case TERN_CMD_QUIT:
+    trace_out(s, "QUIT");
+    break;
+  default:
+    break;
+  }
+}
 
 static void print_reply_trace(struct send *s, enum tern_client_cmd cmd,
                               unsigned index,
@@ -646,8 +868,10 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
                      void *ud) {
   struct send *s = ud;
   (void)c;
-  if (s->o.verbose)
+  if (s->o.verbose) {
+    trace_command(s, cmd, index, r);
     print_reply_trace(s, cmd, index, r);
+  }
   switch (cmd) {
   case TERN_CMD_RCPT:
     if (s->cmd_code && s->cmd_failed == TERN_CMD_MAIL)
@@ -699,6 +923,8 @@ static void start_message(struct send *s, struct tern_client_session *c) {
   int rc = tern_client_session_send(c, &s->msg);
   if (s->done) /* decided locally inside send(): SIZE over the limit */
     return;
+  if (rc == 0 && s->o.verbose)
+    trace_queued(s, c);
   if (rc == TERN_ENOTSUP) {
     if (s->msg.smtputf8 &&
         !(tern_client_session_caps(c) & TERN_CAP_SMTPUTF8))
@@ -1089,7 +1315,9 @@ static void usage(FILE *f, const char *prog) {
     "  -i, -oi       a line with a lone \".\" does not end the message\n"
     "  -f, -r ADDR   envelope sender (default LOGIN@HOSTNAME)\n"
     "  -F NAME       full name for a From: header added when none exists\n"
-    "  -v            print the server's replies on stderr\n"
+    "  -v            print the dialogue on stderr: commands (>>>, AUTH never\n"
+    "                shown) and the server's replies (<<<)\n"
+    "  --version     print the version and exit\n"
     "  -B 7BIT|8BITMIME, -N never|success,failure,delay, -R full|hdrs, "
     "-V ENVID\n"
     "  --server URL  smtp://HOST[:PORT] (default smtp://127.0.0.1:25, env "
@@ -1215,7 +1443,11 @@ static int parse_args(struct send *s, int argc, char **argv) {
         o->insecure_auth = true;
       else if (IS("verbose"))
         o->verbose++;
-      else if (IS("help")) {
+      else if (IS("version")) {
+        printf("tern %s (library %s)\n", TERN_VERSION_STRING,
+               tern_version_string());
+        return -1;
+      } else if (IS("help")) {
         usage(stdout, o->prog);
         return -1;
       } else {
