@@ -93,21 +93,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 #include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "send_msg.h"
 
 #define HDR_MAX (1024u * 1024u) /* header block buffered for -t / -F */
 #define LINE_CAP 65536u         /* longest piece of a line handled at once */
 #define READ_CHUNK 65536u
-
-struct strvec {
-  char **v;
-  size_t n, cap;
-};
 
 struct sopts {
   const char *prog;          /* "tern send" or "sendmail" */
@@ -189,49 +184,6 @@ struct send {
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-static void *xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
-  if (!p) {
-    fprintf(stderr, "tern send: out of memory\n");
-    exit(EX_OSERR);
-  }
-  return p;
-}
-
-static char *xstrndup(const char *p, size_t n) {
-  char *s = xmalloc(n + 1);
-  memcpy(s, p, n);
-  s[n] = '\0';
-  return s;
-}
-
-static void sv_push(struct strvec *v, char *s) {
-  for (size_t i = 0; i < v->n; i++)
-    if (!strcmp(v->v[i], s)) { /* exact duplicates are sent once */
-      free(s);
-      return;
-    }
-  if (v->n == v->cap) {
-    size_t cap = v->cap ? v->cap * 2 : 8;
-    char **n = realloc(v->v, cap * sizeof *n);
-    if (!n) {
-      fprintf(stderr, "tern send: out of memory\n");
-      exit(EX_OSERR);
-    }
-    v->v = n;
-    v->cap = cap;
-  }
-  v->v[v->n++] = s;
-}
-
-static void sv_free(struct strvec *v) {
-  for (size_t i = 0; i < v->n; i++)
-    free(v->v[i]);
-  free(v->v);
-  v->v = NULL;
-  v->n = v->cap = 0;
-}
-
 /* Record the first failure: its exit code and its one line. */
 static void set_fail(struct send *s, int ex, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -245,136 +197,11 @@ static void set_fail(struct send *s, int ex, const char *fmt, ...) {
   s->fail_exit = ex;
 }
 
-/* n bytes from the kernel's random source. Returns 0 or -1 (errno). */
-static int getrandom_all(void *buf, size_t n) {
-  unsigned char *p = buf;
-  while (n > 0) {
-    ssize_t r = getrandom(p, n, 0);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      return -1;
-    p += r;
-    n -= (size_t)r;
-  }
-  return 0;
-}
-
 static int class_exit(int code, int ex5) {
   return code >= 400 && code < 500 ? EX_TEMPFAIL : ex5;
 }
 
 /* ---- addresses ---------------------------------------------------------------- */
-
-/*
- * Parse an RFC 5322 address list (a header value, or a command-line
- * argument) into bare addr-specs: "Name <a@b>, c@d (comment),
- * Group: e@f, g@h;" gives a@b, c@d, e@f, g@h. Comments are dropped,
- * quoted strings kept (local parts may be quoted), display names and
- * group names dropped, source routes in <...> dropped, folding white
- * space ignored. Empty elements ("undisclosed-recipients:;") give none.
- */
-static void parse_addr_list(const char *p, size_t n, struct strvec *out) {
-  char *plain = xmalloc(n + 1), *angle = xmalloc(n + 1);
-  size_t pl = 0, al = 0;
-  bool in_angle = false, had_angle = false;
-  size_t i = 0;
-
-  for (;;) {
-    char c = i < n ? p[i] : ',';
-    bool end = i >= n;
-    if (c == '"') { /* quoted string: copied with its quotes */
-      char *dst = in_angle ? angle : plain;
-      size_t *dl = in_angle ? &al : &pl;
-      dst[(*dl)++] = c;
-      for (i++; i < n && p[i] != '"'; i++) {
-        if (p[i] == '\\' && i + 1 < n)
-          dst[(*dl)++] = p[i++];
-        if (p[i] != '\r' && p[i] != '\n')
-          dst[(*dl)++] = p[i];
-      }
-      if (i < n)
-        dst[(*dl)++] = '"';
-      i++;
-      continue;
-    }
-    if (c == '[') { /* domain literal, e.g. [IPv6:::1]: copied whole */
-      char *dst = in_angle ? angle : plain;
-      size_t *dl = in_angle ? &al : &pl;
-      for (; i < n && p[i] != ']'; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
-          dst[(*dl)++] = p[i];
-      if (i < n)
-        dst[(*dl)++] = ']';
-      i++;
-      continue;
-    }
-    if (c == '(') { /* comment, nested, dropped */
-      int depth = 0;
-      for (; i < n; i++) {
-        if (p[i] == '\\' && i + 1 < n) {
-          i++;
-          continue;
-        }
-        if (p[i] == '(')
-          depth++;
-        else if (p[i] == ')' && --depth == 0)
-          break;
-      }
-      i++;
-      continue;
-    }
-    if (in_angle) {
-      if (c == '>' || end) {
-        in_angle = false;
-        had_angle = true;
-      } else if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
-        angle[al++] = c;
-      }
-      if (end)
-        c = ',';
-      else {
-        i++;
-        continue;
-      }
-    }
-    if (c == '<') {
-      in_angle = true;
-      al = 0; /* a second <...> in one element: the last wins */
-      i++;
-      continue;
-    }
-    if (c == ':' && !had_angle) { /* group name: drop what came before */
-      pl = 0;
-      i++;
-      continue;
-    }
-    if (c == ',' || c == ';') {
-      const char *a = had_angle ? angle : plain;
-      size_t len = had_angle ? al : pl;
-      if (had_angle && len && a[0] == '@') { /* source route */
-        const char *colon = memchr(a, ':', len);
-        if (colon) {
-          len -= (size_t)(colon + 1 - a);
-          a = colon + 1;
-        }
-      }
-      if (len)
-        sv_push(out, xstrndup(a, len));
-      pl = al = 0;
-      had_angle = false;
-      if (end)
-        break;
-      i++;
-      continue;
-    }
-    if (c != ' ' && c != '\t' && c != '\r' && c != '\n')
-      plain[pl++] = c;
-    i++;
-  }
-  free(plain);
-  free(angle);
-}
 
 /* Append "@host" to an address without a domain; check the result is a
  * mailbox an SMTP path can carry. Returns the address (owned) or NULL. */
@@ -389,13 +216,13 @@ static char *finish_addr(struct send *s, const char *a, const char **why) {
       has_at = true;
   }
   size_t n = strlen(a) + (has_at ? 0 : strlen(s->host) + 1);
-  char *r = xmalloc(n + 1);
+  char *r = send_xmalloc(n + 1);
   if (has_at)
     memcpy(r, a, n + 1);
   else
     snprintf(r, n + 1, "%s@%s", a, s->host);
 
-  char *path = xmalloc(n + 3);
+  char *path = send_xmalloc(n + 3);
   snprintf(path, n + 3, "<%s>", r);
   struct tern_path tp;
   size_t used = 0;
@@ -425,26 +252,6 @@ static void spool_write(struct send *s, const void *p, size_t n) {
   s->size += n;
 }
 
-static bool field_named(const char *f, size_t flen, const char *name) {
-  size_t n = strlen(name);
-  if (flen < n || strncasecmp(f, name, n) != 0)
-    return false;
-  size_t i = n;
-  while (i < flen && (f[i] == ' ' || f[i] == '\t')) /* obsolete "To :" */
-    i++;
-  return i < flen && f[i] == ':';
-}
-
-/* A header field starts with ftext (printable ASCII but ':') then ':'. */
-static bool is_field_start(const char *p, size_t n) {
-  size_t i = 0;
-  while (i < n && p[i] > 32 && p[i] < 127 && p[i] != ':')
-    i++;
-  while (i > 0 && i < n && (p[i] == ' ' || p[i] == '\t'))
-    i++; /* obsolete white space before the colon */
-  return i > 0 && i < n && p[i] == ':';
-}
-
 static void add_from_header(struct send *s) {
   /* quote the display name unless it is plain atext words */
   const char *f = s->o.fullname;
@@ -471,63 +278,19 @@ static void add_from_header(struct send *s) {
   spool_write(s, ">\r\n", 3);
 }
 
-/* Date: in RFC 5322 §3.3 form, local time with its offset, in English
- * whatever the locale. */
 static void add_date_header(struct send *s, time_t now) {
-  static const char *const days[] = {"Sun", "Mon", "Tue", "Wed",
-                                     "Thu", "Fri", "Sat"};
-  static const char *const months[] = {"Jan", "Feb", "Mar", "Apr",
-                                       "May", "Jun", "Jul", "Aug",
-                                       "Sep", "Oct", "Nov", "Dec"};
-  struct tm tm;
   char buf[80];
-  if (!localtime_r(&now, &tm))
-    return;
-  long off = tm.tm_gmtoff / 60;
-  char sign = off < 0 ? '-' : '+';
-  if (off < 0)
-    off = -off;
-  int n = snprintf(buf, sizeof buf,
-                   "Date: %s, %02d %s %04d %02d:%02d:%02d %c%02ld%02ld\r\n",
-                   days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
-                   tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, sign,
-                   off / 60, off % 60);
-  if (n > 0 && (size_t)n < sizeof buf)
-    spool_write(s, buf, (size_t)n);
+  size_t n = send_format_date(buf, sizeof buf, now);
+  spool_write(s, buf, n);
 }
 
-/* Is h usable as a msg-id's right side (RFC 5322 §3.6.4, dot-atom-text)? */
-static bool dot_atom(const char *h) {
-  if (!*h || *h == '.')
-    return false;
-  for (const char *q = h; *q; q++) {
-    bool atext = (*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') ||
-                 (*q >= '0' && *q <= '9') || strchr("!#$%&'*+-/=?^_`{|}~", *q);
-    if (*q == '.' ? q[1] == '.' || q[1] == '\0' : !atext)
-      return false;
-  }
-  return true;
-}
-
-/* Message-ID: <UTCTIME.RANDOM@HOST>, 128 random bits from the kernel. */
 static void add_msgid_header(struct send *s, time_t now) {
-  unsigned char rnd[16];
-  char hex[2 * sizeof rnd + 1], stamp[32], buf[400];
-  struct tm tm;
-  if (getrandom_all(rnd, sizeof rnd) != 0) {
+  char buf[400];
+  size_t n = send_format_msgid(buf, sizeof buf, now, s->host);
+  if (n == 0)
     set_fail(s, EX_OSERR, "%s: no random bytes for the Message-ID: %s",
              s->o.prog, strerror(errno));
-    return;
-  }
-  for (size_t i = 0; i < sizeof rnd; i++)
-    snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
-  if (!gmtime_r(&now, &tm) ||
-      strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm) == 0)
-    snprintf(stamp, sizeof stamp, "%lld", (long long)now);
-  int n = snprintf(buf, sizeof buf, "Message-ID: <%s.%s@%s>\r\n", stamp,
-                   hex, dot_atom(s->host) ? s->host : "localhost");
-  if (n > 0 && (size_t)n < sizeof buf)
-    spool_write(s, buf, (size_t)n);
+  spool_write(s, buf, n);
 }
 
 /*
@@ -555,22 +318,22 @@ static void flush_header(struct send *s, bool body_follows) {
     size_t vlen = (size_t)(f + flen - val);
     bool drop = false;
 
-    if (field_named(f, flen, "From"))
+    if (send_field_named(f, flen, "From"))
       s->has_from = true;
-    else if (field_named(f, flen, "Date"))
+    else if (send_field_named(f, flen, "Date"))
       s->has_date = true;
-    else if (field_named(f, flen, "Message-ID"))
+    else if (send_field_named(f, flen, "Message-ID"))
       s->has_msgid = true;
     if (s->o.extract) {
-      if (field_named(f, flen, "To") || field_named(f, flen, "Cc") ||
-          field_named(f, flen, "Bcc"))
-        parse_addr_list(val, vlen, &s->hdr_rcpt);
-      else if (field_named(f, flen, "Resent-To") ||
-               field_named(f, flen, "Resent-Cc") ||
-               field_named(f, flen, "Resent-Bcc"))
-        parse_addr_list(val, vlen, &s->resent_rcpt);
-      drop = field_named(f, flen, "Bcc") ||
-             field_named(f, flen, "Resent-Bcc");
+      if (send_field_named(f, flen, "To") || send_field_named(f, flen, "Cc") ||
+          send_field_named(f, flen, "Bcc"))
+        send_parse_addr_list(val, vlen, &s->hdr_rcpt);
+      else if (send_field_named(f, flen, "Resent-To") ||
+               send_field_named(f, flen, "Resent-Cc") ||
+               send_field_named(f, flen, "Resent-Bcc"))
+        send_parse_addr_list(val, vlen, &s->resent_rcpt);
+      drop = send_field_named(f, flen, "Bcc") ||
+             send_field_named(f, flen, "Resent-Bcc");
     }
     if (!drop)
       spool_write(s, f, flen);
@@ -643,7 +406,7 @@ static bool on_piece(struct send *s, const char *p, size_t n, bool first,
       return true;
     }
     if (!first || (n > 0 && (p[0] == ' ' || p[0] == '\t') && s->hlen) ||
-        is_field_start(p, n)) {
+        send_field_start(p, n)) {
       hdr_append(s, p, n);
       if (eol)
         hdr_append(s, "\r\n", 2);
@@ -661,7 +424,7 @@ static bool on_piece(struct send *s, const char *p, size_t n, bool first,
 
 /* Read stdin to the end (or a lone "."), line by line, into the spool. */
 static int spool_stdin(struct send *s) {
-  char *rb = xmalloc(READ_CHUNK), *lb = xmalloc(LINE_CAP);
+  char *rb = send_xmalloc(READ_CHUNK), *lb = send_xmalloc(LINE_CAP);
   size_t ll = 0;
   bool first = true, go = true;
 
@@ -882,7 +645,7 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
         cli_format_reply(r, buf, sizeof buf);
         s->rcode[index] = r->code;
         free(s->rtext[index]);
-        s->rtext[index] = xstrndup(buf, strlen(buf));
+        s->rtext[index] = send_xstrndup(buf, strlen(buf));
       } else if (r->code >= 200 && r->code < 300) {
         s->acc_map[s->nacc++] = index;
       }
@@ -898,7 +661,7 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
         char buf[600];
         cli_format_reply(r, buf, sizeof buf);
         s->rcode[k] = r->code;
-        s->rtext[k] = xstrndup(buf, strlen(buf));
+        s->rtext[k] = send_xstrndup(buf, strlen(buf));
       }
     }
     record_failure(s, cmd, r);
@@ -1386,7 +1149,7 @@ static int parse_args(struct send *s, int argc, char **argv) {
         fprintf(stderr, "%s: '-' is not a recipient\n", o->prog);
         return EX_USAGE;
       }
-      parse_addr_list(a, strlen(a), &s->arg_rcpt);
+      send_parse_addr_list(a, strlen(a), &s->arg_rcpt);
       continue;
     }
     if (!strcmp(a, "--")) {
@@ -1572,7 +1335,7 @@ static int read_password(struct send *s) {
   }
   fclose(f);
   buf[strcspn(buf, "\r\n")] = '\0';
-  s->password = xstrndup(buf, strlen(buf));
+  s->password = send_xstrndup(buf, strlen(buf));
   explicit_bzero(buf, sizeof buf);
   return 0;
 }
@@ -1616,16 +1379,16 @@ int tern_cli_send(int argc, char **argv, bool as_sendmail) {
     const char *why = NULL;
     if (s->o.sender) {
       struct strvec v = {0};
-      parse_addr_list(s->o.sender, strlen(s->o.sender), &v);
+      send_parse_addr_list(s->o.sender, strlen(s->o.sender), &v);
       if (v.n > 1) {
         fprintf(stderr, "%s: more than one sender address in '%s'\n",
                 s->o.prog, s->o.sender);
-        sv_free(&v);
+        send_sv_free(&v);
         ex = EX_USAGE;
         goto out;
       }
-      s->from = v.n ? finish_addr(s, v.v[0], &why) : xstrndup("", 0);
-      sv_free(&v);
+      s->from = v.n ? finish_addr(s, v.v[0], &why) : send_xstrndup("", 0);
+      send_sv_free(&v);
     } else {
       struct passwd *pw = getpwuid(getuid());
       const char *login = getenv("LOGNAME");
@@ -1668,7 +1431,7 @@ int tern_cli_send(int argc, char **argv, bool as_sendmail) {
           ex = k == 0 ? EX_USAGE : EX_DATAERR;
           goto out;
         }
-        sv_push(&s->rcpt, a);
+        send_sv_push(&s->rcpt, a);
       }
   }
   if (s->rcpt.n == 0) {
@@ -1716,10 +1479,10 @@ out:
   free(s->trcpt);
   free(s->acc_map);
   free(s->from);
-  sv_free(&s->arg_rcpt);
-  sv_free(&s->hdr_rcpt);
-  sv_free(&s->resent_rcpt);
-  sv_free(&s->rcpt);
+  send_sv_free(&s->arg_rcpt);
+  send_sv_free(&s->hdr_rcpt);
+  send_sv_free(&s->resent_rcpt);
+  send_sv_free(&s->rcpt);
   free(s);
   return ex;
 }
