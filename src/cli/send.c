@@ -747,7 +747,7 @@ static void on_error(struct tern_client_session *c, int err,
                "%s: STARTTLS refused by %s: %s", s->o.prog, s->endpoint,
                buf);
     else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS) &&
-             s->creds_need_tls && !s->o.starttls)
+             s->creds_need_tls && s->opportunistic)
       set_fail(s, EX_CONFIG, "%s: not sending credentials to %s without "
                "TLS: the server does not offer STARTTLS (--insecure-auth "
                "allows it)", s->o.prog, s->endpoint);
