@@ -173,6 +173,7 @@ struct send {
   int fail_exit;             /* first failure recorded */
   char fail_msg[800];
   bool verify_failed;
+  bool session_ended;        /* the server closed it, 421, or a timeout */
   /* -v: which commands the trace has shown (see trace_command) */
   bool tr_helo, tr_mail, tr_data;
   size_t tr_rcpt;
@@ -639,6 +640,8 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
   case TERN_CMD_RCPT:
     if (s->cmd_code && s->cmd_failed == TERN_CMD_MAIL)
       break; /* pipelined after a refused MAIL: a consequence */
+    if (r->code == 421)
+      break; /* RFC 5321 §4.2.3: the service closes, not this recipient */
     if (index < s->msg.nrcpts) {
       if (r->code >= 400) {
         char buf[600];
@@ -740,6 +743,8 @@ static void on_error(struct tern_client_session *c, int err,
   char buf[600] = "";
   if (r)
     cli_format_reply(r, buf, sizeof buf);
+  if (err == TERN_ECLOSED)
+    s->session_ended = true;
   switch (err) {
   case TERN_ETLS:
     if (r)
@@ -921,6 +926,12 @@ static int conclude(struct send *s) {
       if (s->rcode[i])
         fprintf(stderr, "%s: <%s> refused: %s\n", s->o.prog,
                 s->trcpt[i].address, s->rtext[i]);
+  /* The session ended before anyone got the message (a 421, the server
+   * hanging up, a timeout): that is what failed, for every recipient. */
+  if (s->session_ended && s->fail_exit && !delivered && o->delivered == 0) {
+    fprintf(stderr, "%s\n", s->fail_msg);
+    return s->fail_exit;
+  }
   if (rcpt_level)
     return temp ? EX_TEMPFAIL : EX_NOUSER;
   if (delivered)

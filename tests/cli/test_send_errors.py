@@ -70,6 +70,19 @@ def test_data_refused_after_recipients():
                 "5.3.0 no thanks\n" % p.port, "stderr: %r" % err)
 
 
+def test_rcpt_421_is_the_session():
+    """421 to a RCPT closes the service (RFC 5321 §4.2.3): reported as
+    the session's end, not as that recipient's refusal."""
+    for caps in (["PIPELINING"], []):
+        with Peer(caps=caps,
+                  replies={"RCPT": b"421 4.3.2 shutting down\r\n"}) as p:
+            rc, _, err = send(["--server", p.url, "--timeout", "10"] +
+                              RCPTS, stdin=MSG)
+            expect_rc(rc, err, 75, "RCPT 421 %r" % caps)
+            h.check(err == "tern send: 127.0.0.1:%d closed the session: "
+                    "421 4.3.2 shutting down\n" % p.port, "stderr: %r" % err)
+
+
 def silent_case(verb, what):
     with Peer(replies={verb: None}) as p:
         rc, _, err = send(["--server", p.url, "--timeout", "1"] + RCPTS,
@@ -110,6 +123,6 @@ if __name__ == "__main__":
     h.main([test_pipelined_sender_refused_5xx,
             test_pipelined_sender_refused_4xx,
             test_pipelined_all_recipients_refused,
-            test_data_refused_after_recipients,
+            test_data_refused_after_recipients, test_rcpt_421_is_the_session,
             test_silent_after_mail, test_silent_after_end_of_data,
             test_silent_after_ehlo, test_closed_is_closed])
