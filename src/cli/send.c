@@ -494,7 +494,7 @@ out:
 
 /* ---- the SMTP side ---------------------------------------------------------- */
 
-/* ---- -v: the dialogue, both directions ---------------------------------------- */
+/* ---- -v: the dialogue, both directions ----------------------------------- */
 
 static void trace_out(struct send *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -1,15 +1,16 @@
 """A scripted SMTP server for the `tern send` tests (stdlib only).
 
-    with Peer(caps=["PIPELINING"], replies={"MAIL": b"554 5.7.1 no\\r\\n"}) as p:
+    with Peer(replies={"MAIL": b"554 5.7.1 no\\r\\n"}) as p:
         ... run tern send against p.url ...
         p.commands()   # every command line the client sent, in order
 
 It answers one reply per command line, in order, so a pipelining client
 works. `replies` maps a verb (or "greeting", "END" for the end of data)
 to the reply bytes; a verb mapped to None is never answered (the server
-goes silent and only reads), to CLOSE it hangs up. With `tls=(cert, key)` it offers STARTTLS and
-records the commands sent after it with the prefix "TLS "; with
-`implicit=True` as well it speaks TLS from the start (smtps://). AUTH is
+goes silent and only reads), one mapped to CLOSE hangs up. With
+`tls=(cert, key)` it offers STARTTLS and records the commands sent after
+it with the prefix "TLS "; with `implicit=True` as well it speaks TLS
+from the start (smtps://). AUTH is
 answered 235 at once (the payload is recorded: the tests check that a
 password never arrived where it must not).
 """
