@@ -15,7 +15,6 @@ answered 235 at once (the payload is recorded: the tests check that a
 password never arrived where it must not).
 """
 
-import socket
 import socketserver
 import ssl
 import threading
@@ -160,8 +159,10 @@ class Peer:
         with self.srv.lock:
             return b"".join(self.srv.data)
 
-    def went_silent(self):
-        return self.srv.went_silent.is_set()
+    def went_silent(self, timeout=10):
+        """Whether the peer stopped answering (waits a bounded time: the
+        client may give up before the peer's thread has run)."""
+        return self.srv.went_silent.wait(timeout)
 
 
 def cert_pair(name):
