@@ -53,7 +53,9 @@
  *   EX_NOHOST 68    the server's host name cannot be resolved
  *   EX_UNAVAILABLE 69  other 5xx: greeting, sender, DATA or the message
  *                   refused; SIZE over the server's limit; SMTPUTF8 needed
- *                   but not offered
+ *                   but not offered; credentials withheld because the
+ *                   channel is not verified TLS (msmtp's code for the same
+ *                   refusal: retrying cannot help)
  *   EX_SOFTWARE 70  internal error
  *   EX_TEMPFAIL 75  any 4xx (a refused recipient with 4xx wins over 5xx
  *                   ones), connection refused/reset/closed, timeouts,
@@ -61,9 +63,7 @@
  *   EX_PROTOCOL 76  malformed replies, TLS handshake failures
  *   EX_NOPERM 77    AUTH refused (5xx) or not possible
  *   EX_CONFIG 78    TLS policy not met: certificate verification failed,
- *                   or STARTTLS required but not offered, or credentials
- *                   withheld because the channel is not verified TLS
- *                   (retrying cannot help: 78, not 75)
+ *                   or STARTTLS required but not offered
  * There is no queue: when some recipients were refused and others
  * accepted, the message is delivered to the accepted ones, each refused
  * one is printed with the server's reply, and the exit code says
@@ -79,7 +79,7 @@
  * Credentials (--user) go only over TLS whose certificate verified: with
  * --user, STARTTLS becomes required on smtp:// and an unverified
  * certificate ends the connection before anything is sent over it (no
- * AUTH, no message), exit 78. Explicit consent lifts it: --no-verify
+ * AUTH, no message), exit 69. Explicit consent lifts it: --no-verify
  * (TLS without verification; plaintext still refused) or --insecure-auth
  * (any channel, PLAIN/LOGIN in the clear too). A unix socket
  * (lmtp:///PATH) is a local channel and needs neither. msmtp and
@@ -753,9 +753,10 @@ static void on_error(struct tern_client_session *c, int err,
                buf);
     else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS) &&
              s->creds_need_tls && s->opportunistic)
-      set_fail(s, EX_CONFIG, "%s: not sending credentials to %s without "
-               "TLS: the server does not offer STARTTLS (--insecure-auth "
-               "allows it)", s->o.prog, s->endpoint);
+      set_fail(s, EX_UNAVAILABLE,
+               "%s: not sending credentials to %s without TLS: the server "
+               "does not offer STARTTLS (--insecure-auth allows it)",
+               s->o.prog, s->endpoint);
     else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS))
       set_fail(s, EX_CONFIG, "%s: server does not offer STARTTLS",
                s->o.prog);
@@ -805,8 +806,10 @@ static bool on_verify(struct tern_client *cl, bool ok, const char *why,
   if (ok)
     return true;
   /* Nothing has been sent over TLS yet (the runtime asks before the
-   * second EHLO): refusing here means the credentials never leave. */
-  if (s->creds_need_tls && !s->o.no_verify) {
+   * second EHLO): refusing here means the credentials never leave. Where
+   * verification is required anyway (--starttls, smtps://) its failure
+   * is reported as such below. */
+  if (s->creds_need_tls && s->opportunistic && !s->o.no_verify) {
     s->creds_withheld = true;
     snprintf(s->verify_why, sizeof s->verify_why, "%s",
              why && *why ? why : "unknown reason");
@@ -863,7 +866,7 @@ static void on_connect(struct tern_client *cl, int status, void *ud) {
     break;
   case TERN_ETLS:
     if (s->creds_withheld)
-      set_fail(s, EX_CONFIG, "%s: not sending credentials to %s: its TLS "
+      set_fail(s, EX_UNAVAILABLE, "%s: not sending credentials to %s: its TLS "
                "certificate is not verified (%s); trust its CA with "
                "--ca-file, or allow it with --no-verify or --insecure-auth",
                s->o.prog, s->endpoint, s->verify_why);
@@ -1103,7 +1106,7 @@ static void usage(FILE *f, const char *prog) {
     "  --ca-file F   trust the CA certificates in F (PEM)\n"
     "  --user U --password-file F   AUTH (password: first line of F);\n"
     "                only over TLS with a verified certificate, else exit "
-    "78\n"
+    "69\n"
     "  --insecure-auth   consent to send credentials over any channel:\n"
     "                unverified TLS or plaintext (PLAIN/LOGIN included)\n"
     "  --helo NAME   EHLO name (default localhost)\n"

@@ -3,10 +3,15 @@
 (issue 8, item 10).
 
 Without explicit consent, a password never goes over plaintext or over
-TLS whose certificate did not verify: exit 78 (EX_CONFIG, the TLS policy
-is not met), and the server never sees an AUTH command. --insecure-auth
+TLS whose certificate did not verify, and the server never sees an AUTH
+command. --insecure-auth
 (any channel) and --no-verify (TLS without verification) are the explicit
-consent; --ca-file with the test CA verifies and sends."""
+consent; --ca-file with the test CA verifies and sends.
+
+Exit codes: 69 (EX_UNAVAILABLE, as msmtp's for the same refusal) when
+the credentials are withheld on a channel tern send would otherwise use
+(opportunistic smtp://); 78 (EX_CONFIG) where verified TLS was required
+anyway (--starttls, smtps://) and the certificate failed."""
 
 import os
 
@@ -55,7 +60,7 @@ def test_starttls_unverified_refused():
     """The reproducer: smtp:// (opportunistic) to a self-signed server."""
     with Peer(tls=cert_pair("self"), auth=True) as p:
         rc, _, err = run(p, [])
-        expect_rc(rc, err, 78, "unverified STARTTLS with --user")
+        expect_rc(rc, err, 69, "unverified STARTTLS with --user")
         h.check(err == "tern send: not sending credentials to 127.0.0.1:%d: "
                 "its TLS certificate is not verified (self-signed "
                 "certificate); trust its CA with --ca-file, or allow it "
@@ -67,6 +72,8 @@ def test_starttls_unverified_refused():
     with Peer(tls=cert_pair("self"), auth=True) as p:
         rc, _, err = run(p, ["--starttls"])
         expect_rc(rc, err, 78, "--starttls, unverified, --user")
+        h.check(err == "tern send: TLS certificate verification failed: "
+                "self-signed certificate\n", "stderr: %r" % err)
         no_auth_seen(p, "--starttls")
 
 
@@ -90,7 +97,7 @@ def test_plaintext_refused():
     """No STARTTLS offered, AUTH offered in the clear."""
     with Peer(auth=True) as p:
         rc, _, err = run(p, [])
-        expect_rc(rc, err, 78, "plaintext AUTH")
+        expect_rc(rc, err, 69, "plaintext AUTH")
         h.check(err == "tern send: not sending credentials to 127.0.0.1:%d "
                 "without TLS: the server does not offer STARTTLS "
                 "(--insecure-auth allows it)\n" % p.port, "stderr: %r" % err)
@@ -98,7 +105,7 @@ def test_plaintext_refused():
     # --no-verify is about certificates: it does not allow plaintext
     with Peer(auth=True) as p:
         rc, _, err = run(p, ["--no-verify"])
-        expect_rc(rc, err, 78, "plaintext AUTH with --no-verify")
+        expect_rc(rc, err, 69, "plaintext AUTH with --no-verify")
         no_auth_seen(p, "plaintext --no-verify")
     with Peer(auth=True) as p:
         rc, _, err = run(p, ["--insecure-auth"])
@@ -110,7 +117,8 @@ def test_smtps():
     with Peer(tls=cert_pair("self"), auth=True, implicit=True) as p:
         rc, _, err = run(p, [])
         expect_rc(rc, err, 78, "smtps unverified")
-        h.check("not sending credentials" in err, "stderr: %r" % err)
+        h.check(err == "tern send: TLS certificate verification failed: "
+                "self-signed certificate\n", "stderr: %r" % err)
         h.check(p.commands() == [], "commands reached the server: %r"
                 % p.commands())
     with Peer(tls=cert_pair("self"), auth=True, implicit=True) as p:
