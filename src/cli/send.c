@@ -302,6 +302,7 @@ static void add_msgid_header(struct send *s, time_t now) {
  */
 static void flush_header(struct send *s, bool body_follows) {
   size_t i = 0;
+  bool open_line = false; /* the last field sent lacks its line end */
   s->in_header = false;
   while (i < s->hlen) {
     /* a field: its first line, then continuation lines (WSP first) */
@@ -336,12 +337,17 @@ static void flush_header(struct send *s, bool body_follows) {
       drop = send_field_named(f, flen, "Bcc") ||
              send_field_named(f, flen, "Resent-Bcc");
     }
-    if (!drop)
+    if (!drop) {
       spool_write(s, f, flen);
+      open_line = flen > 0 && f[flen - 1] != '\n';
+    }
   }
   uint64_t before = s->size;
   time_t now = time(NULL);
-  if (!s->has_from && s->o.fullname)
+  bool add_from = !s->has_from && s->o.fullname;
+  if (open_line && (add_from || !s->has_date || !s->has_msgid))
+    spool_write(s, "\r\n", 2); /* input ended inside the last field */
+  if (add_from)
     add_from_header(s);
   if (!s->has_date)
     add_date_header(s, now);

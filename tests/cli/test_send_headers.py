@@ -105,6 +105,14 @@ def test_no_header_block():
     h.check(len(lines) == 2 and DATE_RE.fullmatch(lines[0]) and
             MSGID_RE.fullmatch(lines[1]), "header %r" % head)
     h.check(body == b"just a body line\r\nand another\r\n", repr(body))
+    # input that ends inside its only header field, without a newline
+    with h.CaptureServer(["--listen", "smtp://127.0.0.1:0"]) as srv:
+        one(srv, [], b"Subject: no newline")
+        (m,) = srv.wait_messages(1)
+    lines = m.eml.split(b"\r\n")
+    h.check(len(lines) == 4 and lines[0] == b"Subject: no newline" and
+            DATE_RE.fullmatch(lines[1]) and MSGID_RE.fullmatch(lines[2])
+            and lines[3] == b"", "stored %r" % m.eml)
 
 
 PATCH = (b"From 2f1c0ffee0ddba11 Mon Sep 17 00:00:00 2001\n"
