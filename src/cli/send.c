@@ -36,6 +36,9 @@
  *   added fields stay in the header.
  *   A first line "From ..." (an mbox envelope line, as git format-patch
  *   writes) is dropped, as Postfix's sendmail does.
+ *   -v prints the dialogue on stderr: MAIL, RCPT and DATA exactly as
+ *   queued, the commands the session sends by itself rebuilt, every
+ *   reply; AUTH lines are never shown. --version prints the version.
  *   -B, -N, -R, -V map to BODY=, NOTIFY=, RET=, ENVID=. Harmless
  *   sendmail options (-odX, -oeX, -om, -n, -U, -G, -h N, -L, -C, -X,
  *   -p, -O, -M, -d, other -oX) are accepted and ignored (a warning for
