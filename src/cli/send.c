@@ -27,9 +27,18 @@
  *         only when the message has no From: header.
  *   Addresses without "@" get "@HOSTNAME" (gethostname()), as Postfix
  *   appends $myorigin. Exact duplicate recipients are sent once.
- *   No other header is added: no Date:, no Message-ID: (Postfix's
- *   sendmail leaves those to the MTA too; the receiving server adds them
- *   if its policy wants them).
+ *   Date: and Message-ID: are added at the end of the header block when
+ *   the message has none (as msmtp does and Postfix's cleanup does for
+ *   local submissions): Date in RFC 5322 §3.3 form with the local
+ *   offset, Message-ID "<UTCTIME.RANDOM@HOSTNAME>" with 128 random bits.
+ *   Header fields that exist are never changed. When fields are added
+ *   and the body started without an empty line, one is inserted so the
+ *   added fields stay in the header.
+ *   A first line "From ..." (an mbox envelope line, as git format-patch
+ *   writes) is dropped, as Postfix's sendmail does.
+ *   -v prints the dialogue on stderr: MAIL, RCPT and DATA exactly as
+ *   queued, the commands the session sends by itself rebuilt, every
+ *   reply; AUTH lines are never shown. --version prints the version.
  *   -B, -N, -R, -V map to BODY=, NOTIFY=, RET=, ENVID=. Harmless
  *   sendmail options (-odX, -oeX, -om, -n, -U, -G, -h N, -L, -C, -X,
  *   -p, -O, -M, -d, other -oX) are accepted and ignored (a warning for
@@ -47,7 +56,9 @@
  *   EX_NOHOST 68    the server's host name cannot be resolved
  *   EX_UNAVAILABLE 69  other 5xx: greeting, sender, DATA or the message
  *                   refused; SIZE over the server's limit; SMTPUTF8 needed
- *                   but not offered
+ *                   but not offered; credentials withheld because the
+ *                   channel is not verified TLS (msmtp's code for the same
+ *                   refusal: retrying cannot help)
  *   EX_SOFTWARE 70  internal error
  *   EX_TEMPFAIL 75  any 4xx (a refused recipient with 4xx wins over 5xx
  *                   ones), connection refused/reset/closed, timeouts,
@@ -67,6 +78,15 @@
  * local MTA with a snake-oil certificate still works). --starttls (or
  * "smtp+starttls://") requires STARTTLS and a verified certificate, as
  * does "smtps://"; --no-verify turns verification off.
+ *
+ * Credentials (--user) go only over TLS whose certificate verified: with
+ * --user, STARTTLS becomes required on smtp:// and an unverified
+ * certificate ends the connection before anything is sent over it (no
+ * AUTH, no message), exit 69. Explicit consent lifts it: --no-verify
+ * (TLS without verification; plaintext still refused) or --insecure-auth
+ * (any channel, PLAIN/LOGIN in the clear too). A unix socket
+ * (lmtp:///PATH) is a local channel and needs neither. msmtp and
+ * Postfix (smtp_tls_security_level = secure for SASL) behave alike.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -77,18 +97,15 @@
 #include <string.h>
 #include <strings.h>
 #include <sysexits.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "send_msg.h"
 
 #define HDR_MAX (1024u * 1024u) /* header block buffered for -t / -F */
 #define LINE_CAP 65536u         /* longest piece of a line handled at once */
 #define READ_CHUNK 65536u
-
-struct strvec {
-  char **v;
-  size_t n, cap;
-};
 
 struct sopts {
   const char *prog;          /* "tern send" or "sendmail" */
@@ -124,7 +141,9 @@ struct send {
   bool in_header;
   char *hdr;
   size_t hlen, hcap;
-  bool has_from;
+  bool has_from, has_date, has_msgid;
+  bool seen_line;            /* the first input line was looked at */
+  bool skip_line;            /* dropping the rest of a long "From " line */
   int data_err;              /* EX_DATAERR found while spooling */
   char data_msg[512];
 
@@ -147,58 +166,27 @@ struct send {
   size_t nacc;
   bool started, done, fd_pending;
   struct tern_client_outcome outcome;
-  char cmd_reply[600];       /* failing MAIL/DATA/end-of-data reply */
+  /* The first MAIL/DATA/end-of-data reply that failed: what really
+   * failed. With PIPELINING a refused MAIL is followed by the replies to
+   * the RCPTs and DATA of the same group ("503 need MAIL"): those are
+   * its consequences and are never reported in its place. */
+  char cmd_reply[600];
+  int cmd_code;              /* its code, 0 = none failed */
   enum tern_client_cmd cmd_failed;
   int fail_exit;             /* first failure recorded */
   char fail_msg[800];
   bool verify_failed;
+  bool session_ended;        /* the server closed it, 421, or a timeout */
+  /* -v: which commands the trace has shown (see trace_command) */
+  bool tr_helo, tr_mail, tr_data;
+  size_t tr_rcpt;
+  unsigned tr_auth;
+  bool creds_withheld;       /* --user over an unverified channel: refused */
+  bool creds_need_tls;       /* --user: verified TLS required (item 10) */
   char verify_why[300];
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
-
-static void *xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
-  if (!p) {
-    fprintf(stderr, "tern send: out of memory\n");
-    exit(EX_OSERR);
-  }
-  return p;
-}
-
-static char *xstrndup(const char *p, size_t n) {
-  char *s = xmalloc(n + 1);
-  memcpy(s, p, n);
-  s[n] = '\0';
-  return s;
-}
-
-static void sv_push(struct strvec *v, char *s) {
-  for (size_t i = 0; i < v->n; i++)
-    if (!strcmp(v->v[i], s)) { /* exact duplicates are sent once */
-      free(s);
-      return;
-    }
-  if (v->n == v->cap) {
-    size_t cap = v->cap ? v->cap * 2 : 8;
-    char **n = realloc(v->v, cap * sizeof *n);
-    if (!n) {
-      fprintf(stderr, "tern send: out of memory\n");
-      exit(EX_OSERR);
-    }
-    v->v = n;
-    v->cap = cap;
-  }
-  v->v[v->n++] = s;
-}
-
-static void sv_free(struct strvec *v) {
-  for (size_t i = 0; i < v->n; i++)
-    free(v->v[i]);
-  free(v->v);
-  v->v = NULL;
-  v->n = v->cap = 0;
-}
 
 /* Record the first failure: its exit code and its one line. */
 static void set_fail(struct send *s, int ex, const char *fmt, ...)
@@ -219,116 +207,6 @@ static int class_exit(int code, int ex5) {
 
 /* ---- addresses ---------------------------------------------------------------- */
 
-/*
- * Parse an RFC 5322 address list (a header value, or a command-line
- * argument) into bare addr-specs: "Name <a@b>, c@d (comment),
- * Group: e@f, g@h;" gives a@b, c@d, e@f, g@h. Comments are dropped,
- * quoted strings kept (local parts may be quoted), display names and
- * group names dropped, source routes in <...> dropped, folding white
- * space ignored. Empty elements ("undisclosed-recipients:;") give none.
- */
-static void parse_addr_list(const char *p, size_t n, struct strvec *out) {
-  char *plain = xmalloc(n + 1), *angle = xmalloc(n + 1);
-  size_t pl = 0, al = 0;
-  bool in_angle = false, had_angle = false;
-  size_t i = 0;
-
-  for (;;) {
-    char c = i < n ? p[i] : ',';
-    bool end = i >= n;
-    if (c == '"') { /* quoted string: copied with its quotes */
-      char *dst = in_angle ? angle : plain;
-      size_t *dl = in_angle ? &al : &pl;
-      dst[(*dl)++] = c;
-      for (i++; i < n && p[i] != '"'; i++) {
-        if (p[i] == '\\' && i + 1 < n)
-          dst[(*dl)++] = p[i++];
-        if (p[i] != '\r' && p[i] != '\n')
-          dst[(*dl)++] = p[i];
-      }
-      if (i < n)
-        dst[(*dl)++] = '"';
-      i++;
-      continue;
-    }
-    if (c == '[') { /* domain literal, e.g. [IPv6:::1]: copied whole */
-      char *dst = in_angle ? angle : plain;
-      size_t *dl = in_angle ? &al : &pl;
-      for (; i < n && p[i] != ']'; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
-          dst[(*dl)++] = p[i];
-      if (i < n)
-        dst[(*dl)++] = ']';
-      i++;
-      continue;
-    }
-    if (c == '(') { /* comment, nested, dropped */
-      int depth = 0;
-      for (; i < n; i++) {
-        if (p[i] == '\\' && i + 1 < n) {
-          i++;
-          continue;
-        }
-        if (p[i] == '(')
-          depth++;
-        else if (p[i] == ')' && --depth == 0)
-          break;
-      }
-      i++;
-      continue;
-    }
-    if (in_angle) {
-      if (c == '>' || end) {
-        in_angle = false;
-        had_angle = true;
-      } else if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
-        angle[al++] = c;
-      }
-      if (end)
-        c = ',';
-      else {
-        i++;
-        continue;
-      }
-    }
-    if (c == '<') {
-      in_angle = true;
-      al = 0; /* a second <...> in one element: the last wins */
-      i++;
-      continue;
-    }
-    if (c == ':' && !had_angle) { /* group name: drop what came before */
-      pl = 0;
-      i++;
-      continue;
-    }
-    if (c == ',' || c == ';') {
-      const char *a = had_angle ? angle : plain;
-      size_t len = had_angle ? al : pl;
-      if (had_angle && len && a[0] == '@') { /* source route */
-        const char *colon = memchr(a, ':', len);
-        if (colon) {
-          len -= (size_t)(colon + 1 - a);
-          a = colon + 1;
-        }
-      }
-      if (len)
-        sv_push(out, xstrndup(a, len));
-      pl = al = 0;
-      had_angle = false;
-      if (end)
-        break;
-      i++;
-      continue;
-    }
-    if (c != ' ' && c != '\t' && c != '\r' && c != '\n')
-      plain[pl++] = c;
-    i++;
-  }
-  free(plain);
-  free(angle);
-}
-
 /* Append "@host" to an address without a domain; check the result is a
  * mailbox an SMTP path can carry. Returns the address (owned) or NULL. */
 static char *finish_addr(struct send *s, const char *a, const char **why) {
@@ -342,13 +220,13 @@ static char *finish_addr(struct send *s, const char *a, const char **why) {
       has_at = true;
   }
   size_t n = strlen(a) + (has_at ? 0 : strlen(s->host) + 1);
-  char *r = xmalloc(n + 1);
+  char *r = send_xmalloc(n + 1);
   if (has_at)
     memcpy(r, a, n + 1);
   else
     snprintf(r, n + 1, "%s@%s", a, s->host);
 
-  char *path = xmalloc(n + 3);
+  char *path = send_xmalloc(n + 3);
   snprintf(path, n + 3, "<%s>", r);
   struct tern_path tp;
   size_t used = 0;
@@ -378,26 +256,6 @@ static void spool_write(struct send *s, const void *p, size_t n) {
   s->size += n;
 }
 
-static bool field_named(const char *f, size_t flen, const char *name) {
-  size_t n = strlen(name);
-  if (flen < n || strncasecmp(f, name, n) != 0)
-    return false;
-  size_t i = n;
-  while (i < flen && (f[i] == ' ' || f[i] == '\t')) /* obsolete "To :" */
-    i++;
-  return i < flen && f[i] == ':';
-}
-
-/* A header field starts with ftext (printable ASCII but ':') then ':'. */
-static bool is_field_start(const char *p, size_t n) {
-  size_t i = 0;
-  while (i < n && p[i] > 32 && p[i] < 127 && p[i] != ':')
-    i++;
-  while (i > 0 && i < n && (p[i] == ' ' || p[i] == '\t'))
-    i++; /* obsolete white space before the colon */
-  return i > 0 && i < n && p[i] == ':';
-}
-
 static void add_from_header(struct send *s) {
   /* quote the display name unless it is plain atext words */
   const char *f = s->o.fullname;
@@ -424,9 +282,30 @@ static void add_from_header(struct send *s) {
   spool_write(s, ">\r\n", 3);
 }
 
-/* The header block is complete: extract, filter and spool it. */
-static void flush_header(struct send *s) {
+static void add_date_header(struct send *s, time_t now) {
+  char buf[80];
+  size_t n = send_format_date(buf, sizeof buf, now);
+  spool_write(s, buf, n);
+}
+
+static void add_msgid_header(struct send *s, time_t now) {
+  char buf[400];
+  size_t n = send_format_msgid(buf, sizeof buf, now, s->host);
+  if (n == 0)
+    set_fail(s, EX_OSERR, "%s: no random bytes for the Message-ID: %s",
+             s->o.prog, strerror(errno));
+  spool_write(s, buf, n);
+}
+
+/*
+ * The header block is complete: extract, filter and spool it, then add
+ * the fields it lacks. `body_follows`: the block ended at a line that is
+ * not a header field (no empty line): if a field was added, an empty line
+ * goes in before that body line.
+ */
+static void flush_header(struct send *s, bool body_follows) {
   size_t i = 0;
+  bool open_line = false; /* the last field sent lacks its line end */
   s->in_header = false;
   while (i < s->hlen) {
     /* a field: its first line, then continuation lines (WSP first) */
@@ -444,24 +323,41 @@ static void flush_header(struct send *s) {
     size_t vlen = (size_t)(f + flen - val);
     bool drop = false;
 
-    if (field_named(f, flen, "From"))
+    if (send_field_named(f, flen, "From"))
       s->has_from = true;
+    else if (send_field_named(f, flen, "Date"))
+      s->has_date = true;
+    else if (send_field_named(f, flen, "Message-ID"))
+      s->has_msgid = true;
     if (s->o.extract) {
-      if (field_named(f, flen, "To") || field_named(f, flen, "Cc") ||
-          field_named(f, flen, "Bcc"))
-        parse_addr_list(val, vlen, &s->hdr_rcpt);
-      else if (field_named(f, flen, "Resent-To") ||
-               field_named(f, flen, "Resent-Cc") ||
-               field_named(f, flen, "Resent-Bcc"))
-        parse_addr_list(val, vlen, &s->resent_rcpt);
-      drop = field_named(f, flen, "Bcc") ||
-             field_named(f, flen, "Resent-Bcc");
+      if (send_field_named(f, flen, "To") || send_field_named(f, flen, "Cc") ||
+          send_field_named(f, flen, "Bcc"))
+        send_parse_addr_list(val, vlen, &s->hdr_rcpt);
+      else if (send_field_named(f, flen, "Resent-To") ||
+               send_field_named(f, flen, "Resent-Cc") ||
+               send_field_named(f, flen, "Resent-Bcc"))
+        send_parse_addr_list(val, vlen, &s->resent_rcpt);
+      drop = send_field_named(f, flen, "Bcc") ||
+             send_field_named(f, flen, "Resent-Bcc");
     }
-    if (!drop)
+    if (!drop) {
       spool_write(s, f, flen);
+      open_line = flen > 0 && f[flen - 1] != '\n';
+    }
   }
-  if (!s->has_from && s->o.fullname)
+  uint64_t before = s->size;
+  time_t now = time(NULL);
+  bool add_from = !s->has_from && s->o.fullname;
+  if (open_line && (add_from || !s->has_date || !s->has_msgid))
+    spool_write(s, "\r\n", 2); /* input ended inside the last field */
+  if (add_from)
     add_from_header(s);
+  if (!s->has_date)
+    add_date_header(s, now);
+  if (!s->has_msgid)
+    add_msgid_header(s, now);
+  if (body_follows && s->size != before)
+    spool_write(s, "\r\n", 2);
   s->hlen = 0;
 }
 
@@ -499,23 +395,34 @@ static void hdr_append(struct send *s, const char *p, size_t n) {
  */
 static bool on_piece(struct send *s, const char *p, size_t n, bool first,
                      bool eol) {
+  if (s->skip_line) { /* the rest of a long "From " line */
+    s->skip_line = !eol;
+    return true;
+  }
+  if (!s->seen_line) {
+    s->seen_line = true;
+    if (first && n >= 5 && !memcmp(p, "From ", 5)) { /* mbox envelope */
+      s->skip_line = !eol;
+      return true;
+    }
+  }
   for (size_t i = 0; i < n && !s->eightbit; i++)
     if ((unsigned char)p[i] >= 0x80)
       s->eightbit = true;
   if (s->in_header) {
     if (first && eol && n == 0) { /* the empty line ends the header */
-      flush_header(s);
+      flush_header(s, false);
       spool_write(s, "\r\n", 2);
       return true;
     }
     if (!first || (n > 0 && (p[0] == ' ' || p[0] == '\t') && s->hlen) ||
-        is_field_start(p, n)) {
+        send_field_start(p, n)) {
       hdr_append(s, p, n);
       if (eol)
         hdr_append(s, "\r\n", 2);
       return true;
     }
-    flush_header(s); /* not a header line: the body starts here */
+    flush_header(s, true); /* not a header line: the body starts here */
   }
   if (first && n == 1 && p[0] == '.' && !s->o.ignore_dots)
     return false; /* classic sendmail: a lone "." ends the input */
@@ -527,7 +434,7 @@ static bool on_piece(struct send *s, const char *p, size_t n, bool first,
 
 /* Read stdin to the end (or a lone "."), line by line, into the spool. */
 static int spool_stdin(struct send *s) {
-  char *rb = xmalloc(READ_CHUNK), *lb = xmalloc(LINE_CAP);
+  char *rb = send_xmalloc(READ_CHUNK), *lb = send_xmalloc(LINE_CAP);
   size_t ll = 0;
   bool first = true, go = true;
 
@@ -580,7 +487,7 @@ static int spool_stdin(struct send *s) {
   if (go && (ll || !first)) /* a last line without a newline */
     on_piece(s, lb, ll, first, false);
   if (s->in_header)
-    flush_header(s);
+    flush_header(s, false);
   if (fflush(s->spool) != 0 || ferror(s->spool))
     set_fail(s, EX_TEMPFAIL, "%s: cannot write the spool file: %s",
              s->o.prog, strerror(errno));
@@ -595,6 +502,112 @@ out:
 }
 
 /* ---- the SMTP side ---------------------------------------------------------- */
+
+/* ---- -v: the dialogue, both directions ----------------------------------- */
+
+static void trace_out(struct send *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void trace_out(struct send *s, const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "%s: >>> ", s->o.prog);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+/*
+ * Show the command queued in the session's output, exactly as it will
+ * be written: called right after tern_client_session_send(), inside a
+ * callback, so the runtime has not written it yet. With PIPELINING that
+ * is MAIL, every RCPT and DATA (RFC 2920 §3.1); else MAIL alone.
+ */
+static void trace_queued(struct send *s, struct tern_client_session *c) {
+  const char *d;
+  size_t n = tern_client_session_output(c, &d);
+  char line[1100];
+  while (n > 0) {
+    const char *nl = memchr(d, '\n', n);
+    size_t len = nl ? (size_t)(nl - d) + 1 : n;
+    size_t text = len;
+    while (text > 0 && (d[text - 1] == '\n' || d[text - 1] == '\r'))
+      text--;
+    cli_escape(d, text, line, sizeof line);
+    trace_out(s, "%s", line);
+    if (!strncmp(d, "MAIL ", 5))
+      s->tr_mail = true;
+    else if (!strncmp(d, "RCPT ", 5))
+      s->tr_rcpt++;
+    else if (text == 4 && !strncmp(d, "DATA", 4))
+      s->tr_data = true;
+    d += len;
+    n -= len;
+  }
+}
+
+/*
+ * The command a reply answers, when the trace has not shown it yet: the
+ * runtime writes the session's commands itself, so those the session
+ * sends on its own (EHLO, STARTTLS, AUTH, RCPT and DATA without
+ * PIPELINING, QUIT) are shown here, rebuilt from what tern send asked
+ * for. AUTH lines are never shown: they carry credentials.
+ */
+static void trace_command(struct send *s, enum tern_client_cmd cmd,
+                          unsigned index, const struct tern_client_reply *r) {
+  const char *helo = s->o.helo ? s->o.helo : "localhost";
+  switch (cmd) {
+  case TERN_CMD_EHLO:
+    trace_out(s, "%s %s", s->lmtp ? "LHLO" : s->tr_helo ? "HELO" : "EHLO",
+              helo);
+    /* RFC 5321 §3.2: the session falls back to HELO after EHLO's 5xx */
+    s->tr_helo = r->code >= 500 && !s->lmtp && !s->tr_helo;
+    break;
+  case TERN_CMD_STARTTLS:
+    trace_out(s, "STARTTLS");
+    break;
+  case TERN_CMD_AUTH:
+    trace_out(s, s->tr_auth++ ? "(AUTH response, not shown)"
+                              : "AUTH (mechanism and credentials not shown)");
+    break;
+  case TERN_CMD_MAIL:
+    if (!s->tr_mail)
+      trace_out(s, "MAIL FROM:<%s>", s->from);
+    s->tr_mail = true;
+    break;
+  case TERN_CMD_RCPT:
+    if (index >= s->tr_rcpt && index < s->msg.nrcpts) {
+      trace_out(s, "RCPT TO:<%s>", s->trcpt[index].address);
+      s->tr_rcpt = index + 1;
+    }
+    break;
+  case TERN_CMD_DATA:
+    if (!s->tr_data)
+      trace_out(s, "DATA");
+    s->tr_data = true;
+    break;
+  case TERN_CMD_BDAT:
+    trace_out(s, "BDAT (a chunk of the message)");
+    break;
+  case TERN_CMD_DATA_END:
+    if (index == 0) {
+      trace_out(s, "(the message, %llu octets before dot-stuffing)",
+                (unsigned long long)s->size);
+      trace_out(s, ".");
+    }
+    break;
+  case TERN_CMD_RSET:
+    trace_out(s, "RSET");
+    break;
+  case TERN_CMD_NOOP:
+    trace_out(s, "NOOP");
+    break;
+  case TERN_CMD_QUIT:
+    trace_out(s, "QUIT");
+    break;
+  default:
+    break;
+  }
+}
 
 static void print_reply_trace(struct send *s, enum tern_client_cmd cmd,
                               unsigned index,
@@ -612,22 +625,39 @@ static void print_reply_trace(struct send *s, enum tern_client_cmd cmd,
   }
 }
 
+/* Keep the first failing MAIL/DATA/BDAT/end-of-data reply: in a
+ * pipelined group the later ones only follow from it. */
+static void record_failure(struct send *s, enum tern_client_cmd cmd,
+                           const struct tern_client_reply *r) {
+  if (s->cmd_code)
+    return;
+  s->cmd_failed = cmd;
+  s->cmd_code = r->code;
+  cli_format_reply(r, s->cmd_reply, sizeof s->cmd_reply);
+}
+
 static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
                      unsigned index, const struct tern_client_reply *r,
                      void *ud) {
   struct send *s = ud;
   (void)c;
-  if (s->o.verbose)
+  if (s->o.verbose) {
+    trace_command(s, cmd, index, r);
     print_reply_trace(s, cmd, index, r);
+  }
   switch (cmd) {
   case TERN_CMD_RCPT:
+    if (s->cmd_code && s->cmd_failed == TERN_CMD_MAIL)
+      break; /* pipelined after a refused MAIL: a consequence */
+    if (r->code == 421)
+      break; /* RFC 5321 §4.2.3: the service closes, not this recipient */
     if (index < s->msg.nrcpts) {
       if (r->code >= 400) {
         char buf[600];
         cli_format_reply(r, buf, sizeof buf);
         s->rcode[index] = r->code;
         free(s->rtext[index]);
-        s->rtext[index] = xstrndup(buf, strlen(buf));
+        s->rtext[index] = send_xstrndup(buf, strlen(buf));
       } else if (r->code >= 200 && r->code < 300) {
         s->acc_map[s->nacc++] = index;
       }
@@ -636,24 +666,23 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
   case TERN_CMD_DATA_END:
     if (r->code < 400)
       break;
-    s->cmd_failed = cmd;
-    cli_format_reply(r, s->cmd_reply, sizeof s->cmd_reply);
     /* LMTP: one reply per accepted recipient (RFC 2033 §4.2) */
     if (s->lmtp && index < s->nacc) {
       size_t k = s->acc_map[index];
       if (!s->rcode[k]) {
+        char buf[600];
+        cli_format_reply(r, buf, sizeof buf);
         s->rcode[k] = r->code;
-        s->rtext[k] = xstrndup(s->cmd_reply, strlen(s->cmd_reply));
+        s->rtext[k] = send_xstrndup(buf, strlen(buf));
       }
     }
+    record_failure(s, cmd, r);
     break;
   case TERN_CMD_MAIL:
   case TERN_CMD_DATA:
   case TERN_CMD_BDAT:
-    if (r->code >= 400) {
-      s->cmd_failed = cmd;
-      cli_format_reply(r, s->cmd_reply, sizeof s->cmd_reply);
-    }
+    if (r->code >= 400)
+      record_failure(s, cmd, r);
     if (cmd == TERN_CMD_DATA && r->code == 354 && s->fd_pending) {
       if (tern_client_send_fd(s->cl, fileno(s->spool)) == 0)
         s->fd_pending = false;
@@ -669,6 +698,8 @@ static void start_message(struct send *s, struct tern_client_session *c) {
   int rc = tern_client_session_send(c, &s->msg);
   if (s->done) /* decided locally inside send(): SIZE over the limit */
     return;
+  if (rc == 0 && s->o.verbose)
+    trace_queued(s, c);
   if (rc == TERN_ENOTSUP) {
     if (s->msg.smtputf8 &&
         !(tern_client_session_caps(c) & TERN_CAP_SMTPUTF8))
@@ -721,12 +752,20 @@ static void on_error(struct tern_client_session *c, int err,
   char buf[600] = "";
   if (r)
     cli_format_reply(r, buf, sizeof buf);
+  if (err == TERN_ECLOSED)
+    s->session_ended = true;
   switch (err) {
   case TERN_ETLS:
     if (r)
       set_fail(s, class_exit(r->code, EX_UNAVAILABLE),
                "%s: STARTTLS refused by %s: %s", s->o.prog, s->endpoint,
                buf);
+    else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS) &&
+             s->creds_need_tls && s->opportunistic)
+      set_fail(s, EX_UNAVAILABLE,
+               "%s: not sending credentials to %s without TLS: the server "
+               "does not offer STARTTLS (--insecure-auth allows it)",
+               s->o.prog, s->endpoint);
     else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS))
       set_fail(s, EX_CONFIG, "%s: server does not offer STARTTLS",
                s->o.prog);
@@ -743,12 +782,15 @@ static void on_error(struct tern_client_session *c, int err,
                s->o.prog, tern_client_last_error(s->cl));
     break;
   case TERN_ECLOSED:
+    /* Without a reply the session only knows the connection ended; the
+     * runtime knows why (a timeout, a reset, the server hanging up) and
+     * says it in tern_client_last_error(). */
     if (r)
       set_fail(s, class_exit(r->code, EX_UNAVAILABLE),
                "%s: %s closed the session: %s", s->o.prog, s->endpoint, buf);
     else
-      set_fail(s, EX_TEMPFAIL, "%s: connection closed by %s", s->o.prog,
-               s->endpoint);
+      set_fail(s, EX_TEMPFAIL, "%s: %s", s->o.prog,
+               tern_client_last_error(s->cl));
     break;
   default:
     if (r && r->code >= 400)
@@ -772,6 +814,16 @@ static bool on_verify(struct tern_client *cl, bool ok, const char *why,
   (void)cl;
   if (ok)
     return true;
+  /* Nothing has been sent over TLS yet (the runtime asks before the
+   * second EHLO): refusing here means the credentials never leave. Where
+   * verification is required anyway (--starttls, smtps://) its failure
+   * is reported as such below. */
+  if (s->creds_need_tls && s->opportunistic && !s->o.no_verify) {
+    s->creds_withheld = true;
+    snprintf(s->verify_why, sizeof s->verify_why, "%s",
+             why && *why ? why : "unknown reason");
+    return false;
+  }
   if (s->opportunistic || s->o.no_verify) {
     if (s->o.verbose)
       fprintf(stderr, "%s: certificate not verified (%s): going on "
@@ -822,7 +874,12 @@ static void on_connect(struct tern_client *cl, int status, void *ud) {
              s->endpoint, e);
     break;
   case TERN_ETLS:
-    if (s->verify_failed)
+    if (s->creds_withheld)
+      set_fail(s, EX_UNAVAILABLE, "%s: not sending credentials to %s: its TLS "
+               "certificate is not verified (%s); trust its CA with "
+               "--ca-file, or allow it with --no-verify or --insecure-auth",
+               s->o.prog, s->endpoint, s->verify_why);
+    else if (s->verify_failed)
       set_fail(s, EX_CONFIG, "%s: TLS certificate verification failed: %s",
                s->o.prog, s->verify_why);
     else
@@ -869,17 +926,24 @@ static int conclude(struct send *s) {
   }
 
   const struct tern_client_outcome *o = &s->outcome;
+  bool mail_failed = s->cmd_code && s->cmd_failed == TERN_CMD_MAIL;
   bool delivered = o->code >= 200 && o->code < 300;
   bool rcpt_level =
       refused > 0 &&
       (delivered || o->delivered > 0 ||
-       (o->accepted == 0 && s->cmd_failed != TERN_CMD_MAIL) ||
+       (o->accepted == 0 && !mail_failed) ||
        (s->lmtp && refused == s->msg.nrcpts));
-  if (refused > 0 && s->cmd_failed != TERN_CMD_MAIL)
+  if (refused > 0 && !mail_failed)
     for (size_t i = 0; i < s->msg.nrcpts; i++)
       if (s->rcode[i])
         fprintf(stderr, "%s: <%s> refused: %s\n", s->o.prog,
                 s->trcpt[i].address, s->rtext[i]);
+  /* The session ended before anyone got the message (a 421, the server
+   * hanging up, a timeout): that is what failed, for every recipient. */
+  if (s->session_ended && s->fail_exit && !delivered && o->delivered == 0) {
+    fprintf(stderr, "%s\n", s->fail_msg);
+    return s->fail_exit;
+  }
   if (rcpt_level)
     return temp ? EX_TEMPFAIL : EX_NOUSER;
   if (delivered)
@@ -903,13 +967,13 @@ static int conclude(struct send *s) {
               o->code, s->cl ? tern_client_last_error(s->cl) : "?");
     return class_exit(o->code, EX_UNAVAILABLE);
   }
-  if (s->cmd_failed == TERN_CMD_MAIL)
+  if (s->cmd_code && s->cmd_failed == TERN_CMD_MAIL)
     fprintf(stderr, "%s: sender <%s> refused: %s\n", s->o.prog, s->from,
             s->cmd_reply);
   else
     fprintf(stderr, "%s: message refused by %s: %s\n", s->o.prog,
             s->endpoint, s->cmd_reply[0] ? s->cmd_reply : "(no reply)");
-  return class_exit(o->code, EX_UNAVAILABLE);
+  return class_exit(s->cmd_code ? s->cmd_code : o->code, EX_UNAVAILABLE);
 }
 
 static int deliver(struct send *s) {
@@ -938,12 +1002,23 @@ static int deliver(struct send *s) {
     co.session.ehlo_name = s->o.helo;
   if (s->o.starttls)
     co.session.starttls = TERN_STARTTLS_REQUIRED;
-  co.tls_verify = !s->o.no_verify && !s->opportunistic;
+  /* Credentials (item 10 of issue 8) go only over TLS whose certificate
+   * verified, unless the user consented explicitly: --insecure-auth (any
+   * channel, plaintext too) or --no-verify (TLS without verification).
+   * A unix socket is a local channel, as for tern serve. So --user
+   * makes STARTTLS required and on_verify refuses an unverified
+   * certificate before anything is sent over it. The certificate is
+   * always checked (tls_verify); on_verify decides whether to go on. */
+  bool unix_sock = strstr(s->url, ":///") != NULL;
+  s->creds_need_tls = s->o.user && !s->o.insecure_auth && !unix_sock;
+  if (s->creds_need_tls)
+    co.session.starttls = TERN_STARTTLS_REQUIRED;
+  co.tls_verify = true;
   co.verify = on_verify;
   co.ca_file = s->o.ca_file;
   co.auth_user = s->o.user;
   co.auth_password = s->password;
-  co.auth_insecure_ok = s->o.insecure_auth;
+  co.auth_insecure_ok = s->o.insecure_auth || unix_sock;
   if (s->o.user)
     co.session.auth_required = true;
   co.connect_timeout_ms = s->o.timeout_ms;
@@ -1026,17 +1101,23 @@ static void usage(FILE *f, const char *prog) {
     "  -i, -oi       a line with a lone \".\" does not end the message\n"
     "  -f, -r ADDR   envelope sender (default LOGIN@HOSTNAME)\n"
     "  -F NAME       full name for a From: header added when none exists\n"
-    "  -v            print the server's replies on stderr\n"
+    "  -v            print the dialogue on stderr: commands (>>>, AUTH never\n"
+    "                shown) and the server's replies (<<<)\n"
+    "  --version     print the version and exit\n"
     "  -B 7BIT|8BITMIME, -N never|success,failure,delay, -R full|hdrs, "
     "-V ENVID\n"
     "  --server URL  smtp://HOST[:PORT] (default smtp://127.0.0.1:25, env "
     "TERN_SERVER),\n"
     "                smtp+starttls://, smtps://, lmtp://, lmtp:///PATH\n"
     "  --starttls    require STARTTLS with a verified certificate\n"
-    "  --no-verify   do not verify the server's certificate\n"
+    "  --no-verify   do not verify the server's certificate (with --user:\n"
+    "                consent to send credentials over unverified TLS)\n"
     "  --ca-file F   trust the CA certificates in F (PEM)\n"
-    "  --user U --password-file F   AUTH (password: first line of F)\n"
-    "  --insecure-auth   allow PLAIN/LOGIN without TLS\n"
+    "  --user U --password-file F   AUTH (password: first line of F);\n"
+    "                only over TLS with a verified certificate, else exit "
+    "69\n"
+    "  --insecure-auth   consent to send credentials over any channel:\n"
+    "                unverified TLS or plaintext (PLAIN/LOGIN included)\n"
     "  --helo NAME   EHLO name (default localhost)\n"
     "  --timeout S   connect and reply timeout in seconds\n"
     "Exit codes: sysexits(3); see the top of src/cli/send.c.\n",
@@ -1091,7 +1172,7 @@ static int parse_args(struct send *s, int argc, char **argv) {
         fprintf(stderr, "%s: '-' is not a recipient\n", o->prog);
         return EX_USAGE;
       }
-      parse_addr_list(a, strlen(a), &s->arg_rcpt);
+      send_parse_addr_list(a, strlen(a), &s->arg_rcpt);
       continue;
     }
     if (!strcmp(a, "--")) {
@@ -1148,7 +1229,11 @@ static int parse_args(struct send *s, int argc, char **argv) {
         o->insecure_auth = true;
       else if (IS("verbose"))
         o->verbose++;
-      else if (IS("help")) {
+      else if (IS("version")) {
+        printf("tern %s (library %s)\n", TERN_VERSION_STRING,
+               tern_version_string());
+        return -1;
+      } else if (IS("help")) {
         usage(stdout, o->prog);
         return -1;
       } else {
@@ -1273,7 +1358,7 @@ static int read_password(struct send *s) {
   }
   fclose(f);
   buf[strcspn(buf, "\r\n")] = '\0';
-  s->password = xstrndup(buf, strlen(buf));
+  s->password = send_xstrndup(buf, strlen(buf));
   explicit_bzero(buf, sizeof buf);
   return 0;
 }
@@ -1317,16 +1402,16 @@ int tern_cli_send(int argc, char **argv, bool as_sendmail) {
     const char *why = NULL;
     if (s->o.sender) {
       struct strvec v = {0};
-      parse_addr_list(s->o.sender, strlen(s->o.sender), &v);
+      send_parse_addr_list(s->o.sender, strlen(s->o.sender), &v);
       if (v.n > 1) {
         fprintf(stderr, "%s: more than one sender address in '%s'\n",
                 s->o.prog, s->o.sender);
-        sv_free(&v);
+        send_sv_free(&v);
         ex = EX_USAGE;
         goto out;
       }
-      s->from = v.n ? finish_addr(s, v.v[0], &why) : xstrndup("", 0);
-      sv_free(&v);
+      s->from = v.n ? finish_addr(s, v.v[0], &why) : send_xstrndup("", 0);
+      send_sv_free(&v);
     } else {
       struct passwd *pw = getpwuid(getuid());
       const char *login = getenv("LOGNAME");
@@ -1369,7 +1454,7 @@ int tern_cli_send(int argc, char **argv, bool as_sendmail) {
           ex = k == 0 ? EX_USAGE : EX_DATAERR;
           goto out;
         }
-        sv_push(&s->rcpt, a);
+        send_sv_push(&s->rcpt, a);
       }
   }
   if (s->rcpt.n == 0) {
@@ -1417,10 +1502,10 @@ out:
   free(s->trcpt);
   free(s->acc_map);
   free(s->from);
-  sv_free(&s->arg_rcpt);
-  sv_free(&s->hdr_rcpt);
-  sv_free(&s->resent_rcpt);
-  sv_free(&s->rcpt);
+  send_sv_free(&s->arg_rcpt);
+  send_sv_free(&s->hdr_rcpt);
+  send_sv_free(&s->resent_rcpt);
+  send_sv_free(&s->rcpt);
   free(s);
   return ex;
 }
