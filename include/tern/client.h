@@ -16,6 +16,14 @@
  *   tern_client_session_body_end()  the end of the message
  *   tern_client_session_quit()      QUIT and close
  *
+ * Or, one command at a time (an "incremental" transaction, for a proxy
+ * that answers its own client with the server's replies):
+ *
+ *   tern_client_session_mail()      MAIL FROM, with its own reply callback
+ *   tern_client_session_rcpt()      one RCPT TO, with its own callback
+ *   tern_client_session_data()      DATA, with its own callback (354)
+ *   then _body() and _body_end() as above; on_message_done ends it.
+ *
  * Every reply the server sends is delivered to on_reply as
  * {code, enhanced code, lines}. Outgoing bodies are CRLF-normalised and
  * dot-stuffed (DATA): a bare CR or LF becomes CRLF, a line starting with
@@ -27,7 +35,7 @@
  * Threading: like server sessions, one thread at a time; callbacks run
  * on the calling thread. From a callback the application may call
  * _send(), _body(), _body_end(), _rset(), _noop(), _vrfy(), _quit() and
- * the getters; not _free().
+ * the getters, and _mail(), _rcpt(), _data(); not _free().
  */
 #ifndef TERN_CLIENT_H
 #define TERN_CLIENT_H
@@ -284,6 +292,82 @@ tern_client_session_auth_mechs(const struct tern_client_session *c);
  */
 TERN_EXTERN int tern_client_session_send(struct tern_client_session *c,
                                          const struct tern_client_message *m);
+
+/*
+ * ---- Incremental transactions ------------------------------------------
+ *
+ * The envelope one command at a time, each with its own reply callback,
+ * like smtp-protocol's client from()/to()/data(): a forwarding proxy
+ * sends each recipient on when its own client sends it and answers that
+ * client with the server's own reply, so that no recipient is told more
+ * or less than the server said.
+ *
+ * The callback is called exactly once for every call that returned 0:
+ * with the server's reply to that command (local false), or, when the
+ * session fails, is closed (_quit(), _eof()) or the message ends before
+ * the command could be answered, with a reply made here (local true:
+ * 421 4.4.2 when the connection was lost, else 451 4.4.2 or the code
+ * that ended the message). It runs on the thread that fed the reply (or
+ * that called the function that ended the session), before the reply is
+ * applied to the session and before on_message_done; on_reply sees the
+ * same reply first. From it the application may call _rcpt(), _data(),
+ * _body(), _body_end(), _quit() and the getters. `r` and its strings
+ * live until it returns.
+ *
+ * Commands go out at once when the server offers PIPELINING (RFC 2920),
+ * else each waits for the previous reply; the session holds them until
+ * then (at most 32 commands and 8 KiB: TERN_ENOSPACE past that, which a
+ * proxy answering each command before taking the next never meets).
+ * A MAIL the server refuses ends the message (on_message_done with its
+ * code, after the callback); refused recipients do not: add others, or
+ * call _data() once at least one was accepted. After _data() the message
+ * goes on as with _send(): its 354 comes to the data() callback, the
+ * body goes through _body() / _body_end(), and on_message_done reports
+ * the end (per-recipient data replies in LMTP through on_reply,
+ * TERN_CMD_DATA_END, index = accepted recipient number).
+ */
+typedef void (*tern_client_reply_fn)(struct tern_client_session *c,
+                                     const struct tern_client_reply *r,
+                                     bool local, void *arg);
+
+/*
+ * Start an incremental transaction with MAIL FROM (only when READY).
+ * m->from and the MAIL parameters (size, body, smtputf8, requiretls,
+ * ret, envid) are used as by _send() and copied: m need not outlive the
+ * call; m->rcpts and m->nrcpts are ignored. A BINARYMIME message goes
+ * in BDAT (RFC 3030 §3); every other one in DATA, whatever
+ * config.chunking says. Returns 0, TERN_EINVAL (NULL, a bad address or
+ * parameter), TERN_ESTATE (not ready), TERN_ENOTSUP (SMTPUTF8,
+ * BINARYMIME (with CHUNKING) or REQUIRETLS (over TLS) asked but not
+ * offered), TERN_ERANGE (SIZE over the server's announced limit, RFC
+ * 1870 §6), TERN_ENOMEM. Nothing is sent and `fn` is never called on
+ * error.
+ */
+TERN_EXTERN int tern_client_session_mail(struct tern_client_session *c,
+                                         const struct tern_client_message *m,
+                                         tern_client_reply_fn fn, void *arg);
+/*
+ * Add one recipient (RCPT TO, with NOTIFY/ORCPT when the server offers
+ * DSN). `r` is copied. Returns 0, TERN_EINVAL (bad address or
+ * parameter, UTF-8 without smtputf8 in _mail()), TERN_ESTATE (no
+ * incremental transaction open, _data() called already, or the message
+ * ended: MAIL refused, session failed), TERN_ERANGE (more than
+ * config.max_recipients), TERN_ENOSPACE (too many commands waiting for
+ * replies: call again from a reply callback).
+ */
+TERN_EXTERN int tern_client_session_rcpt(struct tern_client_session *c,
+                                         const struct tern_client_rcpt *r,
+                                         tern_client_reply_fn fn, void *arg);
+/*
+ * End the envelope: DATA. `fn` gets the server's 354 (then _body() takes
+ * bytes; on_body_ready fires) or its refusal (the message then ends).
+ * With BDAT (BINARYMIME) there is no such reply: `fn` gets a local 354
+ * once every envelope reply is in and a recipient was accepted. If no
+ * recipient was accepted the message ends with the refusal. Returns 0,
+ * TERN_EINVAL, TERN_ESTATE (as _rcpt()), TERN_ENOSPACE.
+ */
+TERN_EXTERN int tern_client_session_data(struct tern_client_session *c,
+                                         tern_client_reply_fn fn, void *arg);
 
 /*
  * Message bytes, any chunking; normalised and stuffed as they go (raw in

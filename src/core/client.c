@@ -29,6 +29,11 @@
 #define CHUNK_MAX 65536 /* BDAT chunks are coalesced up to this */
 #define BDAT_INFLIGHT 4 /* unanswered BDAT chunks while pipelining */
 #define EXPECT_MAX 16
+/* Incremental transactions (tern_client_session_mail/rcpt/data): how
+ * many commands may wait for their reply, and how many octets of them
+ * may wait unwritten (a server without PIPELINING takes one at a time). */
+#define INC_MAX 32
+#define HELD_MAX (4 * CMD_MAX)
 
 enum state {
   ST_GREETING = 0, /* waiting for the 220 */
@@ -74,6 +79,21 @@ struct txn {
   /* Parameters decided by send() from the server's capabilities. */
   bool p_size, p_utf8, p_requiretls, p_dsn;
   const char *p_body; /* BODY= value or NULL */
+  /* Incremental transaction: commands come one call at a time. */
+  bool inc, data_asked;
+  size_t inc_rcpts;              /* rcpt() calls taken */
+  tern_client_reply_fn bdat_fn;  /* data() with BDAT: no server reply */
+  void *bdat_arg;
+};
+
+/* One command of an incremental transaction, in order: written (waiting
+ * for its reply) or still held (its line is in `held`). */
+struct inc_slot {
+  tern_client_reply_fn fn;
+  void *arg;
+  unsigned char cmd;
+  unsigned index;
+  size_t len;
 };
 
 struct tern_client_session {
@@ -106,6 +126,11 @@ struct tern_client_session {
   size_t q_head, q_n;
 
   struct txn t;
+
+  struct inc_slot inc[INC_MAX];
+  size_t inc_head, inc_n, inc_unwritten;
+  char *held; /* HELD_MAX, made by the first mail() */
+  size_t held_len;
 };
 
 /* ---- output ---------------------------------------------------------------- */
@@ -256,6 +281,9 @@ static void write_quit(struct tern_client_session *c) {
  * on_error, then the session wants close. With `quit` a QUIT goes out
  * first when the connection is still usable (RFC 5321 §4.1.1.10).
  */
+static void inc_drain(struct tern_client_session *c, int code,
+                      const char *enh, const char *text);
+
 static void die(struct tern_client_session *c, int err,
                 const struct tern_client_reply *r, bool quit) {
   if (c->state == ST_CLOSED)
@@ -265,6 +293,10 @@ static void die(struct tern_client_session *c, int err,
     write_quit(c);
   c->state = ST_CLOSED;
   c->q_n = 0;
+  if (err == TERN_ECLOSED)
+    inc_drain(c, 421, "4.4.2", "connection to the server lost");
+  else
+    inc_drain(c, 451, "4.4.2", "session with the server failed");
   if (msg)
     msg_done(c, err == TERN_ECLOSED ? 421 : 451, true);
   if (c->cb.on_error)
@@ -478,9 +510,8 @@ static size_t cat_xtext(char *buf, size_t cap, size_t n, const char *s) {
 
 /* RFC 5321 §4.1.1.2 MAIL, with the parameters send() chose. */
 static size_t format_mail(const struct tern_client_session *c, char *b,
-                          size_t cap) {
+                          size_t cap, const struct tern_client_message *m) {
   const struct txn *t = &c->t;
-  const struct tern_client_message *m = t->m;
   size_t n = cats(b, cap, 0, "MAIL FROM:<");
   n = cats(b, cap, n, m->from);
   n = cat(b, cap, n, ">", 1);
@@ -525,6 +556,8 @@ static size_t format_rcpt(const struct tern_client_session *c, char *b,
 /* Is there an envelope command left to write? */
 static bool more_envelope(const struct tern_client_session *c) {
   const struct txn *t = &c->t;
+  if (t->inc)
+    return c->inc_unwritten > 0;
   if (!t->mail_written)
     return true;
   if (t->mail_replied && !t->mail_ok)
@@ -549,7 +582,25 @@ static void write_envelope(struct tern_client_session *c) {
   bool pipe = pipelining(c);
   char line[CMD_MAX];
 
-  while (more_envelope(c)) {
+  while (t->inc && c->inc_unwritten) {
+    if ((!pipe && c->q_n) || c->q_n == EXPECT_MAX ||
+        out_room(c) < CMD_MAX + KEEP || !below_high_water(c))
+      return;
+    struct inc_slot *s =
+        &c->inc[(c->inc_head + c->inc_n - c->inc_unwritten) % INC_MAX];
+    out_put(c, c->held, s->len);
+    memmove(c->held, c->held + s->len, c->held_len - s->len);
+    c->held_len -= s->len;
+    c->inc_unwritten--;
+    expect(c, (enum tern_client_cmd)s->cmd, s->index, 1);
+    if (s->cmd == TERN_CMD_MAIL)
+      t->mail_written = true;
+    else if (s->cmd == TERN_CMD_RCPT)
+      t->next_rcpt++;
+    else
+      t->data_written = true;
+  }
+  while (!t->inc && more_envelope(c)) {
     if (!pipe && c->q_n)
       return;
     if (c->q_n == EXPECT_MAX || out_room(c) < CMD_MAX + KEEP ||
@@ -557,7 +608,7 @@ static void write_envelope(struct tern_client_session *c) {
       return;
     size_t n;
     if (!t->mail_written) {
-      n = format_mail(c, line, sizeof line);
+      n = format_mail(c, line, sizeof line, t->m);
       t->mail_written = true;
       expect(c, TERN_CMD_MAIL, 0, 1);
     } else if (t->next_rcpt < t->m->nrcpts) {
@@ -577,6 +628,7 @@ static void write_envelope(struct tern_client_session *c) {
  * outstanding reply is in (RFC 5321 §4.1.1.5). */
 static void fail_msg(struct tern_client_session *c, int code) {
   c->t.phase = PH_CLEANUP;
+  inc_drain(c, code, "", "message failed");
   msg_done(c, code, false);
 }
 
@@ -653,6 +705,10 @@ static void txn_step(struct tern_client_session *c) {
     write_envelope(c);
     if (more_envelope(c) || c->q_n)
       return;
+    /* Incremental: a refused MAIL ends the message at once; otherwise
+     * the application adds recipients until it asks for data(). */
+    if (t->inc && !t->data_asked && (!t->mail_replied || t->mail_ok))
+      return;
     if (!t->mail_ok)
       fail_msg(c, t->mail_code);
     else if (!t->accepted)
@@ -663,6 +719,16 @@ static void txn_step(struct tern_client_session *c) {
       fail_msg(c, t->data_code);
     if (c->state != ST_TXN)
       return;
+    if (t->phase == PH_BODY && t->bdat_fn) {
+      /* BDAT has no go-ahead from the server: say so locally. */
+      tern_client_reply_fn fn = t->bdat_fn;
+      t->bdat_fn = NULL;
+      struct tern_str l = {"go ahead with BDAT", 18};
+      struct tern_client_reply r = {354, "", &l, 1};
+      fn(c, &r, true, t->bdat_arg);
+      if (c->state != ST_TXN)
+        return;
+    }
   }
   if (t->phase == PH_BODY) {
     if (t->bdat && !t->end_requested && c->chunk_cap - t->chunk_len < 16)
@@ -769,6 +835,18 @@ static void on_server_reply(struct tern_client_session *c) {
   if (c->cb.on_reply) {
     c->in_reply = true;
     c->cb.on_reply(c, cmd, e.index, &r, c->ud);
+    c->in_reply = false;
+  }
+  if (c->state == ST_TXN && c->t.inc && c->inc_n &&
+      c->inc_n > c->inc_unwritten &&
+      (cmd == TERN_CMD_MAIL || cmd == TERN_CMD_RCPT || cmd == TERN_CMD_DATA)) {
+    /* The oldest written command of an incremental transaction: its own
+     * callback, before the reply is applied (as on_reply). */
+    struct inc_slot sl = c->inc[c->inc_head];
+    c->inc_head = (c->inc_head + 1) % INC_MAX;
+    c->inc_n--;
+    c->in_reply = true;
+    sl.fn(c, &r, false, sl.arg);
     c->in_reply = false;
   }
   if (c->state == ST_CLOSED)
@@ -942,6 +1020,7 @@ void tern_client_session_free(struct tern_client_session *c) {
     return;
   struct tern_mem mem = c->mem;
   tern__free(&mem, c->chunk);
+  tern__free(&mem, c->held);
   tern__free(&mem, c);
 }
 
@@ -1132,27 +1211,35 @@ static bool dsn_text_ok(const char *s, size_t max) {
   return n > 0;
 }
 
-static int check_message(const struct tern_client_session *c,
-                         const struct tern_client_message *m) {
+/* The sender and MAIL parameters (syntax only). */
+static int check_sender(const struct tern_client_session *c,
+                        const struct tern_client_message *m) {
   unsigned u = m->smtputf8 ? TERN_PATH_ALLOW_UTF8 : 0;
-  if (!m->from || !m->rcpts || !m->nrcpts ||
-      m->nrcpts > c->cfg.max_recipients ||
-      (unsigned)m->body > TERN_BODY_BINARYMIME ||
+  (void)c;
+  if (!m->from || (unsigned)m->body > TERN_BODY_BINARYMIME ||
       (unsigned)m->ret > TERN_RET_HDRS ||
       check_path(m->from, TERN_PATH_ALLOW_NULL | u) != 0 ||
       (m->envid && !dsn_text_ok(m->envid, 100)))
     return TERN_EINVAL;
-  for (size_t i = 0; i < m->nrcpts; i++) {
-    const struct tern_client_rcpt *r = &m->rcpts[i];
-    unsigned all = TERN_NOTIFY_NEVER | TERN_NOTIFY_SUCCESS |
-                   TERN_NOTIFY_FAILURE | TERN_NOTIFY_DELAY;
-    if (check_path(r->address, TERN_PATH_ALLOW_POSTMASTER | u) != 0 ||
-        (r->notify & ~all) ||
-        /* RFC 3461 §4.1: NEVER stands alone */
-        ((r->notify & TERN_NOTIFY_NEVER) && r->notify != TERN_NOTIFY_NEVER) ||
-        (r->orcpt && !dsn_text_ok(r->orcpt, 500)))
-      return TERN_EINVAL;
-  }
+  return 0;
+}
+
+static int check_rcpt(const struct tern_client_rcpt *r, bool utf8) {
+  unsigned u = utf8 ? TERN_PATH_ALLOW_UTF8 : 0;
+  unsigned all = TERN_NOTIFY_NEVER | TERN_NOTIFY_SUCCESS |
+                 TERN_NOTIFY_FAILURE | TERN_NOTIFY_DELAY;
+  if (!r || check_path(r->address, TERN_PATH_ALLOW_POSTMASTER | u) != 0 ||
+      (r->notify & ~all) ||
+      /* RFC 3461 §4.1: NEVER stands alone */
+      ((r->notify & TERN_NOTIFY_NEVER) && r->notify != TERN_NOTIFY_NEVER) ||
+      (r->orcpt && !dsn_text_ok(r->orcpt, 500)))
+    return TERN_EINVAL;
+  return 0;
+}
+
+/* What the server must offer for this message. */
+static int check_caps(const struct tern_client_session *c,
+                      const struct tern_client_message *m) {
   unsigned caps = c->caps.caps;
   if ((m->smtputf8 && !(caps & TERN_CAP_SMTPUTF8)) ||
       (m->body == TERN_BODY_BINARYMIME &&
@@ -1161,6 +1248,61 @@ static int check_message(const struct tern_client_session *c,
       (m->requiretls && (!(caps & TERN_CAP_REQUIRETLS) || !c->tls)))
     return TERN_ENOTSUP;
   return 0;
+}
+
+static int check_message(const struct tern_client_session *c,
+                         const struct tern_client_message *m) {
+  if (check_sender(c, m) != 0 || !m->rcpts || !m->nrcpts ||
+      m->nrcpts > c->cfg.max_recipients)
+    return TERN_EINVAL;
+  for (size_t i = 0; i < m->nrcpts; i++)
+    if (check_rcpt(&m->rcpts[i], m->smtputf8) != 0)
+      return TERN_EINVAL;
+  return check_caps(c, m);
+}
+
+/* Make the BDAT chunk buffer when this message needs it. */
+static int need_chunk(struct tern_client_session *c, bool bdat) {
+  if (bdat && !c->chunk) {
+    size_t cap = c->cfg.output_high_water;
+    cap = cap < 4096 ? 4096 : cap > CHUNK_MAX ? CHUNK_MAX : cap;
+    c->chunk = tern__malloc(&c->mem, cap);
+    if (!c->chunk)
+      return TERN_ENOMEM;
+    c->chunk_cap = cap;
+  }
+  return 0;
+}
+
+/* Start the transaction state for m: BDAT or DATA, the MAIL parameters
+ * the server's capabilities allow. Returns false when SIZE is over the
+ * server's limit (RFC 1870 §6: a client SHOULD NOT send it). */
+static bool txn_begin(struct tern_client_session *c,
+                      const struct tern_client_message *m, bool bdat) {
+  unsigned caps = c->caps.caps;
+  memset(&c->t, 0, sizeof c->t);
+  struct txn *t = &c->t;
+  t->m = m;
+  t->bdat = bdat;
+  t->binary = m->body == TERN_BODY_BINARYMIME;
+  if ((caps & TERN_CAP_SIZE) && m->size) {
+    if (c->caps.max_size && m->size > c->caps.max_size)
+      return false;
+    t->p_size = true;
+  }
+  /* BODY= belongs to 8BITMIME (RFC 6152) and BINARYMIME (RFC 3030).
+   * Without 8BITMIME an 8-bit body goes without BODY=: converting it to
+   * 7 bits (RFC 6152 §3) is the application's business, not ours. */
+  if (t->binary)
+    t->p_body = "BINARYMIME";
+  else if (m->body && (caps & TERN_CAP_8BITMIME))
+    t->p_body = m->body == TERN_BODY_7BIT ? "7BIT" : "8BITMIME";
+  t->p_utf8 = m->smtputf8;
+  t->p_requiretls = m->requiretls;
+  /* RFC 3461 §5.2: DSN parameters are not sent to a server that does
+   * not offer DSN (the server itself then handles notifications). */
+  t->p_dsn = (caps & TERN_CAP_DSN) != 0;
+  return true;
 }
 
 int tern_client_session_send(struct tern_client_session *c,
@@ -1172,47 +1314,156 @@ int tern_client_session_send(struct tern_client_session *c,
   int rc = check_message(c, m);
   if (rc)
     return rc;
-  unsigned caps = c->caps.caps;
   bool binary = m->body == TERN_BODY_BINARYMIME;
-  bool bdat = binary || (c->cfg.chunking && (caps & TERN_CAP_CHUNKING));
-  if (bdat && !c->chunk) {
-    size_t cap = c->cfg.output_high_water;
-    cap = cap < 4096 ? 4096 : cap > CHUNK_MAX ? CHUNK_MAX : cap;
-    c->chunk = tern__malloc(&c->mem, cap);
-    if (!c->chunk)
-      return TERN_ENOMEM;
-    c->chunk_cap = cap;
+  bool bdat = binary ||
+              (c->cfg.chunking && (c->caps.caps & TERN_CAP_CHUNKING));
+  if ((rc = need_chunk(c, bdat)) != 0)
+    return rc;
+  if (!txn_begin(c, m, bdat)) {
+    /* SIZE over the server's limit: reported as a local 552. */
+    msg_done(c, 552, true);
+    fire_ready(c);
+    notify(c);
+    return 0;
   }
-
-  memset(&c->t, 0, sizeof c->t);
-  struct txn *t = &c->t;
-  t->m = m;
-  t->bdat = bdat;
-  t->binary = binary;
-  /* RFC 1870 §6: a client SHOULD NOT send a message larger than the
-   * server's fixed limit; it fails here, reported as a local 552. */
-  if ((caps & TERN_CAP_SIZE) && m->size) {
-    if (c->caps.max_size && m->size > c->caps.max_size) {
-      msg_done(c, 552, true);
-      fire_ready(c);
-      notify(c);
-      return 0;
-    }
-    t->p_size = true;
-  }
-  /* BODY= belongs to 8BITMIME (RFC 6152) and BINARYMIME (RFC 3030).
-   * Without 8BITMIME an 8-bit body goes without BODY=: converting it to
-   * 7 bits (RFC 6152 §3) is the application's business, not ours. */
-  if (binary)
-    t->p_body = "BINARYMIME";
-  else if (m->body && (caps & TERN_CAP_8BITMIME))
-    t->p_body = m->body == TERN_BODY_7BIT ? "7BIT" : "8BITMIME";
-  t->p_utf8 = m->smtputf8;
-  t->p_requiretls = m->requiretls;
-  /* RFC 3461 §5.2: DSN parameters are not sent to a server that does
-   * not offer DSN (the server itself then handles notifications). */
-  t->p_dsn = (caps & TERN_CAP_DSN) != 0;
   c->state = ST_TXN;
+  txn_step(c);
+  notify(c);
+  return 0;
+}
+
+/* ---- public API: incremental transactions ------------------------------------ */
+
+/* Queue one command line of an incremental transaction with its
+ * callback. The line waits in `held` until write_envelope() may send it. */
+static int inc_push(struct tern_client_session *c, enum tern_client_cmd cmd,
+                    unsigned index, tern_client_reply_fn fn, void *arg,
+                    const char *line, size_t n) {
+  if (c->inc_n == INC_MAX || HELD_MAX - c->held_len < n)
+    return TERN_ENOSPACE;
+  memcpy(c->held + c->held_len, line, n);
+  c->held_len += n;
+  struct inc_slot *s = &c->inc[(c->inc_head + c->inc_n) % INC_MAX];
+  s->fn = fn;
+  s->arg = arg;
+  s->cmd = (unsigned char)cmd;
+  s->index = index;
+  s->len = n;
+  c->inc_n++;
+  c->inc_unwritten++;
+  return 0;
+}
+
+/* Every incremental callback still owed gets a local reply (the session
+ * failed, or the message ended before the command could be answered). */
+static void inc_drain(struct tern_client_session *c, int code,
+                      const char *enh, const char *text) {
+  struct tern_str l = {text, strlen(text)};
+  struct tern_client_reply r = {code, enh, &l, 1};
+  while (c->inc_n) {
+    struct inc_slot sl = c->inc[c->inc_head];
+    c->inc_head = (c->inc_head + 1) % INC_MAX;
+    c->inc_n--;
+    if (c->inc_unwritten > c->inc_n)
+      c->inc_unwritten = c->inc_n;
+    sl.fn(c, &r, true, sl.arg);
+  }
+  c->inc_unwritten = 0;
+  c->held_len = 0;
+  if (c->t.bdat_fn) {
+    tern_client_reply_fn fn = c->t.bdat_fn;
+    c->t.bdat_fn = NULL;
+    fn(c, &r, true, c->t.bdat_arg);
+  }
+}
+
+/*
+ * tern_client_session_mail() — see client.h. The MAIL line is formatted
+ * now (the parameters depend only on the message and the capabilities),
+ * so nothing of `m` is kept.
+ */
+int tern_client_session_mail(struct tern_client_session *c,
+                             const struct tern_client_message *m,
+                             tern_client_reply_fn fn, void *arg) {
+  if (!c || !m || !fn)
+    return TERN_EINVAL;
+  if (c->state != ST_READY)
+    return TERN_ESTATE;
+  int rc = check_sender(c, m);
+  if (!rc)
+    rc = check_caps(c, m);
+  if (rc)
+    return rc;
+  /* Incremental transactions use BDAT only for BINARYMIME, which needs
+   * it (RFC 3030 §3); DATA gives the application a real go-ahead. */
+  bool bdat = m->body == TERN_BODY_BINARYMIME;
+  if ((rc = need_chunk(c, bdat)) != 0)
+    return rc;
+  if (!c->held && !(c->held = tern__malloc(&c->mem, HELD_MAX)))
+    return TERN_ENOMEM;
+  c->inc_head = c->inc_n = c->inc_unwritten = c->held_len = 0;
+  if (!txn_begin(c, m, bdat)) {
+    memset(&c->t, 0, sizeof c->t);
+    return TERN_ERANGE;
+  }
+  struct txn *t = &c->t;
+  t->m = NULL; /* nothing of m is kept */
+  t->inc = true;
+  char line[CMD_MAX];
+  size_t n = format_mail(c, line, sizeof line, m);
+  inc_push(c, TERN_CMD_MAIL, 0, fn, arg, line, n);
+  c->state = ST_TXN;
+  txn_step(c);
+  notify(c);
+  return 0;
+}
+
+/* May the application still add to this incremental envelope? */
+static bool inc_open(const struct tern_client_session *c) {
+  const struct txn *t = &c->t;
+  return c->state == ST_TXN && t->inc && !t->data_asked && !t->done_fired;
+}
+
+int tern_client_session_rcpt(struct tern_client_session *c,
+                             const struct tern_client_rcpt *r,
+                             tern_client_reply_fn fn, void *arg) {
+  if (!c || !r || !fn)
+    return TERN_EINVAL;
+  if (!inc_open(c))
+    return TERN_ESTATE;
+  struct txn *t = &c->t;
+  if (check_rcpt(r, t->p_utf8) != 0)
+    return TERN_EINVAL;
+  if (t->inc_rcpts >= c->cfg.max_recipients)
+    return TERN_ERANGE;
+  char line[CMD_MAX];
+  size_t n = format_rcpt(c, line, sizeof line, r);
+  int rc = inc_push(c, TERN_CMD_RCPT, (unsigned)t->inc_rcpts, fn, arg, line,
+                    n);
+  if (rc)
+    return rc;
+  t->inc_rcpts++;
+  txn_step(c);
+  notify(c);
+  return 0;
+}
+
+int tern_client_session_data(struct tern_client_session *c,
+                             tern_client_reply_fn fn, void *arg) {
+  if (!c || !fn)
+    return TERN_EINVAL;
+  if (!inc_open(c))
+    return TERN_ESTATE;
+  struct txn *t = &c->t;
+  if (t->bdat) {
+    t->bdat_fn = fn;
+    t->bdat_arg = arg;
+  } else {
+    int rc = inc_push(c, TERN_CMD_DATA, 0, fn, arg, "DATA\r\n", 6);
+    if (rc)
+      return rc;
+  }
+  t->data_asked = true;
   txn_step(c);
   notify(c);
   return 0;
@@ -1321,6 +1572,7 @@ int tern_client_session_quit(struct tern_client_session *c) {
     expect(c, TERN_CMD_QUIT, 0, 1);
     c->state = ST_QUIT;
   }
+  inc_drain(c, 421, "4.4.2", "session ended by the client");
   if (msg)
     msg_done(c, 421, true);
   notify(c);

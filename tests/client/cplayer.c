@@ -25,6 +25,11 @@
  *         [smtputf8] [requiretls] [ret=FULL|HDRS] [envid=X]
  *         [notify=SUCCESS,FAILURE,DELAY|NEVER] [orcpt=X]
  *                       tern_client_session_send(); "from=" empty is <>
+ *   @mail from=A [MAIL parameters as @send]   tern_client_session_mail()
+ *   @rcpt rcpt=B [notify=...] [orcpt=X]       tern_client_session_rcpt()
+ *   @data                                     tern_client_session_data()
+ *                       incremental steps; each one's own callback shows
+ *                       as "got CMD CODE [ENH] TEXT local=0|1"
  *   @body TEXT          tern_client_session_body() (escapes; no CRLF added)
  *   @end  @tls  @quit  @rset  @noop  @vrfy ARG  @eof
  *
@@ -426,8 +431,18 @@ static void api_rc(struct run *r, const char *what, long rc) {
     event(r, "%s %s", what, tern_err_name((int)rc));
 }
 
-/* "@send from=... rcpt=a,b ..." */
-static void do_send(struct run *r, char *args) {
+static void on_step(struct tern_client_session *c,
+                    const struct tern_client_reply *rp, bool local,
+                    void *arg) {
+  struct run *r = tern_client_session_userdata(c);
+  const char *what = arg;
+  event(r, "got %s %d%s%s %.*s local=%d", what, rp->code,
+        rp->enhanced[0] ? " " : "", rp->enhanced, (int)rp->lines[0].len,
+        rp->lines[0].ptr, local);
+}
+
+/* "@send from=... rcpt=a,b ...", or @mail / @rcpt (what = 1 / 2) */
+static void do_send(struct run *r, char *args, int what) {
   size_t k = r->nmsgs++ % 64;
   struct tern_client_message *m = &r->msgs[k];
   char *st = r->strs[k];
@@ -506,12 +521,24 @@ static void do_send(struct run *r, char *args) {
   }
   m->rcpts = r->rcpts[k];
   m->nrcpts = n;
-  api_rc(r, "send", tern_client_session_send(r->s, m));
+  if (what == 1)
+    api_rc(r, "mail", tern_client_session_mail(r->s, m, on_step, "MAIL"));
+  else if (what == 2)
+    api_rc(r, "rcpt", tern_client_session_rcpt(r->s, &m->rcpts[0], on_step,
+                                               "RCPT"));
+  else
+    api_rc(r, "send", tern_client_session_send(r->s, m));
 }
 
 static void act(struct run *r, char *a) {
   if (!strncmp(a, "send", 4)) {
-    do_send(r, a + 4);
+    do_send(r, a + 4, 0);
+  } else if (!strncmp(a, "mail", 4)) {
+    do_send(r, a + 4, 1);
+  } else if (!strncmp(a, "rcpt", 4)) {
+    do_send(r, a + 4, 2);
+  } else if (!strcmp(a, "data")) {
+    api_rc(r, "data", tern_client_session_data(r->s, on_step, "DATA"));
   } else if (!strncmp(a, "body ", 5) || !strcmp(a, "body")) {
     struct buf b = {0};
     unescape(&b, a[4] ? a + 5 : "");
