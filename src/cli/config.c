@@ -416,6 +416,12 @@ void cfg_free(struct cfg *c) {
   free(c->recipient_check);
   free(c->forward_url);
   free(c->forward_ca_file);
+  free(c->forward_auth_user);
+  free(c->forward_auth_password_file);
+  if (c->forward_auth_password) {
+    explicit_bzero(c->forward_auth_password, strlen(c->forward_auth_password));
+    free(c->forward_auth_password);
+  }
   free(c->path);
   memset(c, 0, sizeof *c);
 }
@@ -882,6 +888,11 @@ static const struct key keys[] = {
      E_DUR " (100ms to 10m)"},
     {SEC_DELIVERY, "ca_file", p_string, CO(forward_ca_file), 0, 0,
      "a file name"},
+    {SEC_DELIVERY, "auth_user", p_string, CO(forward_auth_user), 0, 0,
+     "a user name for the next hop's AUTH"},
+    {SEC_DELIVERY, "auth_password_file", p_string,
+     CO(forward_auth_password_file), 0, 0,
+     "a file whose first line is the next hop's AUTH password"},
 };
 
 _Static_assert(sizeof keys / sizeof keys[0] <= 64, "seen bits are 64");
@@ -1174,6 +1185,40 @@ int cfg_load(struct cfg *c, const char *path, char *err, size_t cap) {
              ? "expected lmtp://host[:port] or lmtp:///path"
              : "expected smtp://, smtp+starttls:// or smtps://");
     return -1;
+  }
+  if (c->forward_auth_user || c->forward_auth_password_file) {
+    /* Next-hop credentials go only over TLS whose certificate was
+     * verified: never over smtp:// (opportunistic, unverified). */
+    if (!c->forward_auth_user || !c->forward_auth_password_file) {
+      fail(&st, tl, "[delivery] auth_user and auth_password_file go "
+                    "together");
+      return -1;
+    }
+    if (c->target != CFG_SMTP || !c->forward_url ||
+        !(has_prefix(c->forward_url, "smtp+starttls://") ||
+          has_prefix(c->forward_url, "smtps://")) ||
+        !c->forward_verify) {
+      fail(&st, tl, "[delivery] auth_user needs a verified TLS channel: "
+                    "url = smtp+starttls:// or smtps:// with verify = yes");
+      return -1;
+    }
+    FILE *f = fopen(c->forward_auth_password_file, "r");
+    char pw[1024];
+    if (!f) {
+      fail(&st, tl, "auth_password_file = %s: %s",
+           c->forward_auth_password_file, strerror(errno));
+      return -1;
+    }
+    bool got = fgets(pw, sizeof pw, f) != NULL;
+    fclose(f);
+    pw[strcspn(pw, "\r\n")] = '\0';
+    if (!got || !pw[0]) {
+      fail(&st, tl, "auth_password_file = %s: no password on its first line",
+           c->forward_auth_password_file);
+      return -1;
+    }
+    set_str(&c->forward_auth_password, pw);
+    explicit_bzero(pw, sizeof pw);
   }
   return 0;
 }

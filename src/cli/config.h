@@ -74,6 +74,9 @@ struct cfg {
   char *forward_url;           /* lmtp/smtp target */
   bool forward_verify;         /* verify the next hop's certificate */
   char *forward_ca_file;
+  char *forward_auth_user;     /* next-hop AUTH (needs verified TLS) */
+  char *forward_auth_password_file;
+  char *forward_auth_password; /* read from the file by cfg_load */
   /* where the file came from, for reload and messages */
   char *path;                  /* NULL for the embedded default */
 };

@@ -159,38 +159,70 @@ void pipe_group_abort(struct pipe_group *g);
 struct forward_opts {
   const char *url;     /* lmtp:///path, lmtp://host:24, smtp://host:25 */
   const char *ehlo;    /* our name */
-  bool verify;         /* verify the next hop's certificate */
+  bool verify;         /* verify the certificate when TLS is required
+                          (smtp+starttls://, smtps://); smtp:// is
+                          opportunistic and never verified */
   const char *ca_file; /* or NULL for the system store */
+  const char *auth_user;     /* next-hop AUTH, or NULL */
+  const char *auth_password;
+  unsigned timeout_ms; /* connect, each reply, the final reply */
 };
+
+/* The inbound MAIL, as the next hop gets it (strings copied). */
+struct forward_mail {
+  const char *from;    /* "" for <> */
+  uint64_t size;       /* SIZE=, 0 = none */
+  enum tern_body body;
+  bool smtputf8, requiretls;
+  enum tern_dsn_ret ret;
+  const char *envid;   /* decoded, or NULL */
+};
+
+enum forward_step { FWD_MAIL = 0, FWD_RCPT, FWD_DATA };
 
 struct forward_delivery;
 
 /*
- * Connect to the next hop and send MAIL and every RCPT. `started(arg,
- * reply)` runs once: 354 when the next hop takes the body (answer the
- * inbound DATA with it), or the refusal (the next hop's, or 451 4.4.1
- * when it cannot be reached), never from inside this call: a connection
- * that fails at once makes it return -EHOSTUNREACH instead. `header`
- * must live until commit. Returns 0 or -errno.
+ * Connect to the next hop and send MAIL. `cb(arg, reply, text)` runs
+ * once, never from inside this call: the next hop's answer to MAIL, or
+ * a refusal made here (what the next hop does not offer: 554 5.6.1
+ * BINARYMIME, 553 5.6.7 SMTPUTF8, 550 5.6.3 8BITMIME, 550 5.7.30
+ * REQUIRETLS, 552 5.3.4 SIZE; 451 4.4.x when it cannot be reached or
+ * fails). A connection that fails at once makes it return -EHOSTUNREACH
+ * instead. Returns 0 or -errno.
  */
-int forward_begin(uv_loop_t *loop, const struct forward_opts *o,
-                  const char *from, char *const *rcpts, size_t n,
-                  const char *header, size_t hlen, deliver_done_fn started,
-                  void *arg, struct forward_delivery **out);
+int forward_open(uv_loop_t *loop, const struct forward_opts *o,
+                 const struct forward_mail *m, deliver_done_fn cb,
+                 void *arg, struct forward_delivery **out);
+/* One recipient: `cb` gets the next hop's answer to its RCPT (or 451
+ * 4.4.2 when the next hop failed first). One step at a time: -EBUSY
+ * while one is waiting; -EINVAL (address not sendable), -EIO. */
+int forward_rcpt(struct forward_delivery *d, const char *addr,
+                 unsigned notify, const char *orcpt, deliver_done_fn cb,
+                 void *arg);
+/* DATA: `cb` gets the next hop's 354 or refusal. `header` (our
+ * Received line) goes first and must live until commit. */
+int forward_data(struct forward_delivery *d, const char *header, size_t hlen,
+                 deliver_done_fn cb, void *arg);
 /* Body bytes (copied). Returns 1 when all were taken at once, 0 when
  * cb(arg, 0) will run once they are, or -errno. */
 int forward_write(struct forward_delivery *d, const char *buf, size_t len,
                   void (*cb)(void *arg, int status), void *arg);
-/* End the body; `done` gets the next hop's verdict for the whole message
- * (250 only when every recipient was accepted), never from inside this
- * call. When the outcome is already known (the next hop failed during
- * the body) it is written to *now and 1 is returned instead (done is not
- * called); else 0. */
+/* End the body; `done` gets the next hop's verdict (an SMTP next hop:
+ * its one reply; LMTP: the first recipient's, the others through
+ * forward_result()), or 451 4.4.2 with detail "unknown" when the next
+ * hop failed or fell silent after the end of data. Never from inside
+ * this call. When the outcome is known already (the next hop failed
+ * during the body) it is written to *now and 1 is returned instead. */
 int forward_commit(struct forward_delivery *d, deliver_done_fn done,
                    void *arg, struct tern_reply *now);
-/* Recipient i's own outcome (for an inbound LMTP session). */
+/* Accepted recipient i's own outcome after commit (i counts the
+ * recipients the next hop accepted, in order). */
 void forward_result(const struct forward_delivery *d, size_t i,
                     struct tern_reply *r);
+/* Does the next hop speak LMTP? How many recipients has it accepted? */
+bool forward_is_lmtp(const struct forward_delivery *d);
+size_t forward_accepted(const struct forward_delivery *d);
 /* The caller is done with it (after done, or to abort). */
 void forward_release(struct forward_delivery *d);
 

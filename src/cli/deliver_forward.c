@@ -1,17 +1,19 @@
 /*
  * The lmtp and smtp delivery targets: forward each message to the next
- * hop within the same transaction, through the client library. There is
- * no queue, so nothing can be lost in between: the sender gets its 354
- * only once the next hop said 354, and its 250 only once the next hop
- * accepted the message.
+ * hop within the same transaction, through the client library's
+ * incremental API (tern_client_session_mail/rcpt/data). There is no
+ * queue, so every reply to the inbound client is the next hop's own:
  *
- * Recipients are sent to the next hop when the message starts (at DATA),
- * in one pipelined group. With an inbound LMTP session every recipient
- * gets the next hop's own answer. An inbound SMTP session has a single
- * end-of-data reply: it is 250 only when the next hop accepted every
- * recipient; otherwise it is the next hop's first refusal, so the sender
- * retries or bounces the whole message (a recipient the next hop did
- * accept may then see it twice; none is ever silently dropped).
+ *   inbound MAIL  -> connect, MAIL to the next hop; its answer (or why it
+ *                    cannot take this envelope: SMTPUTF8, BINARYMIME,
+ *                    8BITMIME, SIZE, REQUIRETLS) is the MAIL reply
+ *   inbound RCPT  -> RCPT to the next hop; its answer is the RCPT reply
+ *   inbound DATA  -> DATA; the next hop's 354 (or refusal)
+ *   end of data   -> the next hop's verdict; LMTP next hop: one per
+ *                    recipient, handed out by forward_result()
+ *
+ * so the DATA reply is true for every recipient the inbound client was
+ * told 250 (docs/decisions/0007-forwarding-without-a-queue.md).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,36 +28,38 @@
 struct status {
   int code;
   char enh[16];
-  char text[200];
+  char text[240];
 };
 
 struct forward_delivery {
   struct tern_client *cl;
-  struct tern_client_message m;
-  struct tern_client_rcpt *rcpts;
-  char *from;
-  size_t n;
-  struct status *rcpt;      /* per recipient: RCPT reply */
-  struct status *data;      /* per recipient: end-of-data reply */
-  struct status first_fail; /* what SMTP inbound answers on failure */
-  const char *header;       /* written first (Return-Path, Received) */
+  struct tern_client_message m; /* the MAIL envelope (strings below) */
+  char *from, *envid;
+  /* The one step waiting for the next hop (the inbound session takes no
+   * input while its decision is pending, so there is never more). */
+  deliver_done_fn step;
+  void *step_arg;
+  enum forward_step kind;
+  struct status st;          /* the answer handed to step/done */
+  struct status *data;       /* per accepted recipient: data reply */
+  size_t naccepted, dcap;
+  const char *header;        /* written first (Received) */
   size_t hlen, hsent;
-  char *pend;               /* bytes body() has not taken yet */
+  char *pend;                /* bytes body() has not taken yet */
   size_t pend_len, pend_off;
   void (*write_cb)(void *arg, int status);
   void *write_arg;
-  deliver_done_fn started, done;
-  void *arg;
-  bool lmtp_out;            /* the next hop speaks LMTP */
-  bool in_push, push_again; /* push() reentrancy */
-  bool in_begin;            /* inside forward_begin() */
-  struct status early;      /* a failure while in_begin */
-  bool sent;                /* the message was handed to the session */
-  bool body_open;           /* the next hop takes body bytes */
-  bool finished;            /* on_message_done came */
-  bool released;            /* the caller is done with us */
-  bool closed;              /* the client is closed */
-  unsigned accepted_seen;   /* LMTP data replies seen */
+  deliver_done_fn done;
+  void *done_arg;
+  bool lmtp_out;             /* the next hop speaks LMTP */
+  bool in_push, push_again;  /* push() reentrancy */
+  bool in_open;              /* inside forward_open() */
+  bool failed_early;         /* the connection failed inside it */
+  bool mail_sent;            /* MAIL handed to the session */
+  bool body_open;            /* the next hop takes body bytes */
+  bool finished;             /* on_message_done came */
+  bool released;             /* the caller is done with us */
+  bool closed;               /* the client is closed */
 };
 
 static void push_once(struct forward_delivery *d);
@@ -78,33 +82,41 @@ static void maybe_free(struct forward_delivery *d) {
   if (!d->released || !d->closed)
     return;
   tern_client_free(d->cl);
-  for (size_t i = 0; d->rcpts && i < d->n; i++)
-    free((char *)d->rcpts[i].address);
-  free(d->rcpts);
-  free(d->rcpt);
   free(d->data);
   free(d->from);
+  free(d->envid);
   free(d->pend);
   free(d);
 }
 
-/* The message cannot start: tell the caller once, as its DATA reply. */
-static void start_failed(struct forward_delivery *d, int code,
-                         const char *enh, const char *text) {
-  if (!d->started)
+/* Answer the waiting step (once). */
+static void answer(struct forward_delivery *d, int code, const char *enh,
+                   const char *text) {
+  if (!d->step)
     return;
-  if (d->in_begin) { /* the caller is still in forward_begin(): tell it */
-    d->started = NULL;
-    set_status(&d->early, code, enh, text);
-    return;
-  }
-  deliver_done_fn cb = d->started;
-  d->started = NULL;
-  struct status st;
-  set_status(&st, code, enh, text);
+  deliver_done_fn cb = d->step;
+  d->step = NULL;
+  set_status(&d->st, code, enh, text);
   struct tern_reply r;
-  reply_of(&st, &r);
-  cb(d->arg, &r, text);
+  reply_of(&d->st, &r);
+  cb(d->step_arg, &r, d->st.text);
+}
+
+/* The next hop failed (no connection, lost, timed out): whatever waits
+ * gets a 451, the end of data too (the outcome is then unknown). */
+static void hop_failed(struct forward_delivery *d, const char *enh) {
+  char t[220];
+  snprintf(t, sizeof t, "Error: next hop: %s", tern_client_last_error(d->cl));
+  if (d->step)
+    answer(d, 451, enh, t);
+  if (d->done) {
+    deliver_done_fn cb = d->done;
+    d->done = NULL;
+    set_status(&d->st, 451, "4.4.2", t);
+    struct tern_reply r;
+    reply_of(&d->st, &r);
+    cb(d->done_arg, &r, "unknown");
+  }
 }
 
 /* Push what is pending into the session body. body() may call back into
@@ -134,7 +146,12 @@ static void push_once(struct forward_delivery *d) {
   while (d->body_open && d->hsent < d->hlen) {
     long n = tern_client_session_body(c, d->header + d->hsent,
                                       d->hlen - d->hsent);
-    if (n <= 0)
+    if (n < 0) {
+      d->hsent = d->hlen;
+      d->pend_off = d->pend_len;
+      return;
+    }
+    if (n == 0)
       return;
     d->hsent += (size_t)n;
   }
@@ -154,60 +171,126 @@ static void push_once(struct forward_delivery *d) {
 static void on_body_ready(struct tern_client_session *c, void *ud) {
   struct forward_delivery *d = ud;
   (void)c;
-  if (!d->body_open) {
-    d->body_open = true;
-    if (d->started) { /* the next hop said 354: so may we */
-      deliver_done_fn cb = d->started;
-      d->started = NULL;
-      struct tern_reply r = {354, NULL, "End data with <CR><LF>.<CR><LF>"};
-      cb(d->arg, &r, NULL);
-      return;
-    }
-  }
-  push(d);
+  if (d->body_open)
+    push(d);
 }
 
+static void first_line(const struct tern_client_reply *r, char *t,
+                       size_t cap) {
+  const char *text = r->nlines ? r->lines[0].ptr : "";
+  size_t tl = r->nlines ? r->lines[0].len : 0;
+  snprintf(t, cap, "%.*s", (int)(tl < cap ? tl : cap - 1), text);
+}
+
+/* The next hop's answer to MAIL, RCPT or DATA (or a local one when the
+ * connection ended first). */
+static void on_step(struct tern_client_session *c,
+                    const struct tern_client_reply *r, bool local,
+                    void *arg) {
+  struct forward_delivery *d = arg;
+  (void)c;
+  if (local) { /* never sent, or never answered */
+    hop_failed(d, "4.4.2");
+    return;
+  }
+  char t[240];
+  first_line(r, t, sizeof t);
+  if (d->kind == FWD_RCPT && r->code / 100 == 2) {
+    if (d->naccepted == d->dcap) {
+      size_t cap = d->dcap ? 2 * d->dcap : 8;
+      struct status *n = realloc(d->data, cap * sizeof *n);
+      if (!n) {
+        answer(d, 451, "4.3.0", "Error: out of memory");
+        return;
+      }
+      d->data = n;
+      d->dcap = cap;
+    }
+    memset(&d->data[d->naccepted++], 0, sizeof *d->data);
+  }
+  if (d->kind == FWD_DATA && r->code == 354)
+    d->body_open = true;
+  answer(d, r->code, r->enhanced, t);
+  if (d->body_open)
+    push(d);
+}
+
+/* Per-recipient data replies: an LMTP next hop answers each accepted
+ * recipient (index counts them in RCPT order); an SMTP one once. */
 static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
                      unsigned index, const struct tern_client_reply *r,
                      void *ud) {
   struct forward_delivery *d = ud;
   (void)c;
-  const char *text = r->nlines ? r->lines[0].ptr : "";
-  size_t tl = r->nlines ? r->lines[0].len : 0;
-  char t[200];
-  snprintf(t, sizeof t, "%.*s", (int)(tl < sizeof t ? tl : sizeof t - 1),
-           text);
-  if (cmd == TERN_CMD_RCPT && index < d->n) {
-    set_status(&d->rcpt[index], r->code, r->enhanced, t);
-    if (r->code / 100 != 2 && !d->first_fail.code)
-      set_status(&d->first_fail, r->code, r->enhanced, t);
-  } else if (cmd == TERN_CMD_DATA_END) {
-    /* An LMTP next hop answers each accepted recipient (index counts them
-     * in RCPT order); an SMTP one answers once for all of them. */
-    size_t k = 0;
-    for (size_t j = 0; j < d->n; j++) {
-      if (d->rcpt[j].code / 100 != 2)
-        continue;
-      if (!d->lmtp_out || k == index)
-        set_status(&d->data[j], r->code, r->enhanced, t);
-      k++;
-    }
-    if (r->code / 100 != 2 && !d->first_fail.code)
-      set_status(&d->first_fail, r->code, r->enhanced, t);
-  } else if ((cmd == TERN_CMD_MAIL || cmd == TERN_CMD_DATA ||
-              cmd == TERN_CMD_BDAT) &&
-             r->code / 100 != 2 && r->code != 354 && !d->first_fail.code) {
-    set_status(&d->first_fail, r->code, r->enhanced, t);
+  if (cmd != TERN_CMD_DATA_END || !d->body_open)
+    return;
+  char t[240];
+  first_line(r, t, sizeof t);
+  for (size_t j = 0; j < d->naccepted; j++)
+    if (!d->lmtp_out || j == index)
+      set_status(&d->data[j], r->code, r->enhanced, t);
+}
+
+/* What the next hop cannot take, refused at MAIL time with the code the
+ * RFCs give (docs/decisions/0007). Returns true when refused. */
+static bool refuse_envelope(struct forward_delivery *d, unsigned caps,
+                            uint64_t max_size) {
+  const struct tern_client_message *m = &d->m;
+  if (m->body == TERN_BODY_BINARYMIME &&
+      (caps & (TERN_CAP_BINARYMIME | TERN_CAP_CHUNKING)) !=
+          (TERN_CAP_BINARYMIME | TERN_CAP_CHUNKING)) {
+    /* RFC 3030 §3: BINARYMIME goes only to a server that offers it with
+     * CHUNKING; DATA would alter it. RFC 3463 5.6.1 media not supported. */
+    answer(d, 554, "5.6.1",
+           "Error: next hop does not accept BINARYMIME; not forwarded");
+    return true;
   }
+  if (m->smtputf8 && !(caps & TERN_CAP_SMTPUTF8)) {
+    /* RFC 6531 §3.2/§3.7: no SMTPUTF8 message to a server without it. */
+    answer(d, 553, "5.6.7",
+           "Error: next hop does not accept SMTPUTF8; not forwarded");
+    return true;
+  }
+  if (m->body == TERN_BODY_8BITMIME && !(caps & TERN_CAP_8BITMIME)) {
+    /* RFC 6152 §3: an 8-bit message goes to a 7-bit server only
+     * converted, which a streaming proxy does not do. 5.6.3: conversion
+     * required but not supported. */
+    answer(d, 550, "5.6.3",
+           "Error: next hop does not accept 8BITMIME; not forwarded");
+    return true;
+  }
+  if (m->requiretls &&
+      (!(caps & TERN_CAP_REQUIRETLS) || !tern_client_tls_version(d->cl))) {
+    answer(d, 550, "5.7.30", "Error: REQUIRETLS not supported by next hop");
+    return true;
+  }
+  if ((caps & TERN_CAP_SIZE) && max_size && m->size > max_size) {
+    /* RFC 1870 §6 */
+    answer(d, 552, "5.3.4",
+           "Error: message size exceeds the next hop's fixed maximum");
+    return true;
+  }
+  return false;
 }
 
 static void on_ready(struct tern_client_session *c, void *ud) {
   struct forward_delivery *d = ud;
-  if (d->sent)
+  if (d->mail_sent)
     return;
-  d->sent = true;
-  if (tern_client_session_send(c, &d->m) != 0)
-    start_failed(d, 451, "4.3.0", "Error: cannot forward this message");
+  d->mail_sent = true;
+  if (refuse_envelope(d, tern_client_session_caps(c),
+                      tern_client_session_max_size(c))) {
+    tern_client_close(d->cl);
+    return;
+  }
+  int rc = tern_client_session_mail(c, &d->m, on_step, d);
+  if (rc) {
+    answer(d, rc == TERN_EINVAL ? 501 : 451,
+           rc == TERN_EINVAL ? "5.5.4" : "4.3.0",
+           rc == TERN_EINVAL ? "Error: envelope cannot be forwarded"
+                             : "Error: cannot forward this message");
+    tern_client_close(d->cl);
+  }
 }
 
 static void on_message_done(struct tern_client_session *c,
@@ -215,145 +298,161 @@ static void on_message_done(struct tern_client_session *c,
   struct forward_delivery *d = ud;
   (void)c;
   d->finished = true;
-  if (d->started) { /* it failed before the body: that is our DATA reply */
-    if (!d->first_fail.code)
-      set_status(&d->first_fail, o->code ? o->code : 451, NULL,
-                 "Error: next hop refused the message");
-    struct status f = d->first_fail;
-    start_failed(d, f.code, f.enh, f.text);
-  } else if (d->done) {
+  if (d->done) {
     deliver_done_fn cb = d->done;
     d->done = NULL;
     struct tern_reply r;
-    bool all = o->delivered == d->n && !d->first_fail.code;
-    if (all)
-      reply_of(&d->data[0], &r);
-    else
-      reply_of(&d->first_fail, &r);
-    if (!r.code) {
-      r.code = 451;
-      r.enhanced = "4.4.2";
-      r.text = "Error: next hop gave no answer";
+    if (o->local) {
+      char t[220];
+      snprintf(t, sizeof t, "Error: next hop: %s",
+               tern_client_last_error(d->cl));
+      set_status(&d->st, 451, "4.4.2", t);
+    } else if (!d->lmtp_out && d->naccepted) {
+      d->st = d->data[0];
+    } else if (d->lmtp_out) {
+      /* the caller takes each recipient's own from forward_result() */
+      d->st = d->naccepted ? d->data[0] : d->st;
     }
-    cb(d->arg, &r, all ? "forwarded" : "refused by the next hop");
+    if (!d->st.code)
+      set_status(&d->st, 451, "4.4.2", "Error: next hop gave no answer");
+    reply_of(&d->st, &r);
+    cb(d->done_arg, &r, o->local ? "unknown" : "forwarded");
   }
   tern_client_close(d->cl);
 }
 
-static void on_error(struct tern_client_session *c, int err,
-                     const struct tern_client_reply *r, void *ud) {
-  struct forward_delivery *d = ud;
-  (void)c, (void)err, (void)r;
-  char t[200];
-  snprintf(t, sizeof t, "Error: next hop: %s", tern_client_last_error(d->cl));
-  start_failed(d, 451, "4.4.1", t);
-  if (d->done && !d->finished) {
-    deliver_done_fn cb = d->done;
-    d->done = NULL;
-    struct tern_reply rr = {451, "4.4.2", t};
-    cb(d->arg, &rr, t);
-  }
-}
-
 static void on_connect(struct tern_client *cl, int status, void *ud) {
   struct forward_delivery *d = ud;
+  (void)cl;
   if (status == 0)
     return;
-  char t[200];
+  if (d->in_open) {
+    d->failed_early = true;
+    return;
+  }
   /* RFC 3463 4.4.1: no answer from host */
-  snprintf(t, sizeof t, "Error: next hop unavailable: %s",
-           tern_client_last_error(cl));
-  start_failed(d, 451, "4.4.1", t);
+  hop_failed(d, "4.4.1");
 }
 
 static void on_close(struct tern_client *cl, void *ud) {
   struct forward_delivery *d = ud;
   (void)cl;
   d->closed = true;
-  if (d->started)
-    start_failed(d, 451, "4.4.1", "Error: next hop closed the connection");
-  if (d->done) {
-    deliver_done_fn cb = d->done;
-    d->done = NULL;
-    struct tern_reply r = {451, "4.4.2",
-                           "Error: next hop closed the connection"};
-    cb(d->arg, &r, "closed");
-  }
+  if (!d->in_open)
+    hop_failed(d, "4.4.2");
   maybe_free(d);
 }
 
-int forward_begin(uv_loop_t *loop, const struct forward_opts *o,
-                  const char *from, char *const *rcpts, size_t n,
-                  const char *header, size_t hlen, deliver_done_fn started,
-                  void *arg, struct forward_delivery **out) {
+int forward_open(uv_loop_t *loop, const struct forward_opts *o,
+                 const struct forward_mail *fm, deliver_done_fn cb,
+                 void *arg, struct forward_delivery **out) {
   struct forward_delivery *d = calloc(1, sizeof *d);
-  static struct tern_client_callbacks cb;
+  static struct tern_client_callbacks ccb;
   if (!d)
     return -ENOMEM;
-  tern_client_callbacks_init(&cb);
-  cb.on_reply = on_reply;
-  cb.on_ready = on_ready;
-  cb.on_message_done = on_message_done;
-  cb.on_error = on_error;
-  cb.on_body_ready = on_body_ready;
+  tern_client_callbacks_init(&ccb);
+  ccb.on_reply = on_reply;
+  ccb.on_ready = on_ready;
+  ccb.on_message_done = on_message_done;
+  ccb.on_body_ready = on_body_ready;
 
-  d->n = n;
-  d->from = strdup(from);
-  d->rcpts = calloc(n, sizeof *d->rcpts);
-  d->rcpt = calloc(n, sizeof *d->rcpt);
-  d->data = calloc(n, sizeof *d->data);
+  d->from = strdup(fm->from);
+  d->envid = fm->envid ? strdup(fm->envid) : NULL;
   d->pend = malloc(65536);
-  d->header = header;
-  d->hlen = hlen;
-  d->started = started;
-  d->arg = arg;
-  if (!d->from || !d->rcpts || !d->rcpt || !d->data || !d->pend)
-    goto oom;
-  for (size_t i = 0; i < n; i++)
-    if (!(d->rcpts[i].address = strdup(rcpts[i])))
-      goto oom;
-  d->lmtp_out = !strncmp(o->url, "lmtp:", 5);
+  if (!d->from || !d->pend || (fm->envid && !d->envid)) {
+    d->closed = d->released = true;
+    maybe_free(d);
+    return -ENOMEM;
+  }
   d->m.from = d->from;
-  d->m.rcpts = d->rcpts;
-  d->m.nrcpts = n;
+  d->m.size = fm->size;
+  d->m.body = fm->body;
+  d->m.smtputf8 = fm->smtputf8;
+  d->m.requiretls = fm->requiretls;
+  d->m.ret = fm->ret;
+  d->m.envid = d->envid;
+  d->lmtp_out = !strncmp(o->url, "lmtp:", 5);
+  d->step = cb;
+  d->step_arg = arg;
+  d->kind = FWD_MAIL;
 
   struct tern_client_options co;
   tern_client_options_init(&co);
   co.url = o->url;
   co.session.ehlo_name = o->ehlo;
-  co.callbacks = &cb;
+  co.callbacks = &ccb;
   co.ud = d;
-  co.tls_verify = o->verify;
+  /* smtp:// is opportunistic TLS, never verified (Postfix's "may");
+   * smtp+starttls:// and smtps:// require TLS, verified unless
+   * verify = no (config.c refuses AUTH then). */
+  co.tls_verify = o->verify && strncmp(o->url, "smtp://", 7) != 0;
   co.ca_file = o->ca_file;
+  co.auth_user = o->auth_user;
+  co.auth_password = o->auth_password;
+  co.connect_timeout_ms = o->timeout_ms;
+  co.command_timeout_ms = o->timeout_ms;
+  co.data_timeout_ms = o->timeout_ms;
   co.on_connect = on_connect;
   co.on_close = on_close;
   int r = tern_client_new(&d->cl, loop, &co);
   if (r) {
-    d->closed = true;
-    d->released = true;
+    d->closed = d->released = true;
     maybe_free(d);
     return r == TERN_ENOMEM ? -ENOMEM : -EINVAL;
   }
   /* A connect that fails at once reports through on_connect before
    * tern_client_connect() returns: catch it here, not as a callback. */
-  d->in_begin = true;
+  d->in_open = true;
   r = tern_client_connect(d->cl);
-  d->in_begin = false;
-  if (r || d->early.code) {
+  d->in_open = false;
+  if (r || d->failed_early) {
+    d->step = NULL;
     forward_release(d);
     return -EHOSTUNREACH;
   }
   *out = d;
   return 0;
-oom:
-  d->closed = d->released = true;
-  maybe_free(d);
-  return -ENOMEM;
+}
+
+int forward_rcpt(struct forward_delivery *d, const char *addr,
+                 unsigned notify, const char *orcpt, deliver_done_fn cb,
+                 void *arg) {
+  if (d->step || d->closed)
+    return -EBUSY;
+  struct tern_client_rcpt r = {addr, notify, orcpt};
+  d->step = cb;
+  d->step_arg = arg;
+  d->kind = FWD_RCPT;
+  int rc = tern_client_session_rcpt(tern_client_get_session(d->cl), &r,
+                                    on_step, d);
+  if (rc) {
+    d->step = NULL;
+    return rc == TERN_EINVAL ? -EINVAL : -EIO;
+  }
+  return 0;
+}
+
+int forward_data(struct forward_delivery *d, const char *header, size_t hlen,
+                 deliver_done_fn cb, void *arg) {
+  if (d->step || d->closed)
+    return -EBUSY;
+  d->header = header;
+  d->hlen = hlen;
+  d->step = cb;
+  d->step_arg = arg;
+  d->kind = FWD_DATA;
+  int rc = tern_client_session_data(tern_client_get_session(d->cl), on_step,
+                                    d);
+  if (rc) {
+    d->step = NULL;
+    return -EIO;
+  }
+  return 0;
 }
 
 int forward_write(struct forward_delivery *d, const char *buf, size_t len,
                   void (*cb)(void *arg, int status), void *arg) {
-  if (d->finished || len > 65536)
+  if (d->finished || d->closed || len > 65536)
     return -EIO;
   memcpy(d->pend, buf, len);
   d->pend_len = len;
@@ -371,14 +470,16 @@ int forward_write(struct forward_delivery *d, const char *buf, size_t len,
 
 int forward_commit(struct forward_delivery *d, deliver_done_fn done,
                    void *arg, struct tern_reply *now) {
-  if (d->finished) { /* ended already (the next hop failed mid-body) */
-    if (!d->first_fail.code)
-      set_status(&d->first_fail, 451, "4.4.2", "Error: next hop failed");
-    reply_of(&d->first_fail, now);
+  if (d->finished || d->closed) { /* ended already (failed mid-body) */
+    char t[220];
+    snprintf(t, sizeof t, "Error: next hop: %s",
+             tern_client_last_error(d->cl));
+    set_status(&d->st, 451, "4.4.2", t);
+    reply_of(&d->st, now);
     return 1;
   }
   d->done = done;
-  d->arg = arg;
+  d->done_arg = arg;
   push(d);
   tern_client_session_body_end(tern_client_get_session(d->cl));
   return 0;
@@ -386,20 +487,24 @@ int forward_commit(struct forward_delivery *d, deliver_done_fn done,
 
 void forward_result(const struct forward_delivery *d, size_t i,
                     struct tern_reply *r) {
-  if (i >= d->n) {
-    *r = (struct tern_reply){451, "4.3.0", "Error: no such recipient"};
+  if (i >= d->naccepted || !d->data[i].code) {
+    *r = (struct tern_reply){451, "4.4.2", "Error: next hop gave no answer"};
     return;
   }
-  reply_of(d->rcpt[i].code / 100 == 2 ? &d->data[i] : &d->rcpt[i], r);
-  if (!r->code)
-    *r = (struct tern_reply){451, "4.4.2", "Error: next hop gave no answer"};
+  reply_of(&d->data[i], r);
+}
+
+bool forward_is_lmtp(const struct forward_delivery *d) { return d->lmtp_out; }
+
+size_t forward_accepted(const struct forward_delivery *d) {
+  return d->naccepted;
 }
 
 void forward_release(struct forward_delivery *d) {
   if (!d)
     return;
   d->released = true;
-  d->started = NULL;
+  d->step = NULL;
   d->done = NULL;
   d->write_cb = NULL;
   if (!d->closed)

@@ -170,6 +170,7 @@ struct sess {
   long pwait;                 /* pipe: on_data_end waiting for this one */
   struct rcheck *rcheck;      /* [delivery] recipient_check running */
   struct forward_delivery *fd;
+  char *fwd_rcpt;             /* the RCPT waiting for the next hop */
   char hdr[2048];             /* trace header, lives until the commit */
   size_t hlen;
   bool done;                  /* delivery outcome known */
@@ -191,6 +192,8 @@ static void txn_clear(struct sess *x) {
   x->fd = NULL;
   free(x->pres);
   x->pres = NULL;
+  free(x->fwd_rcpt);
+  x->fwd_rcpt = NULL;
   free(x->from);
   x->from = NULL;
   for (size_t i = 0; i < x->nrcpts; i++)
@@ -230,18 +233,142 @@ static int on_helo(struct tern_server_session *s, enum tern_helo_verb verb,
   return TERN_REPLY_NOW;
 }
 
+/* ---- forwarding (lmtp / smtp targets): each step is the next hop's ------------ */
+
+static bool is_forward(const struct cfg *c) {
+  return c->target == CFG_LMTP || c->target == CFG_SMTP;
+}
+
+static void log_forward(struct sess *x, const char *step,
+                        const struct tern_reply *r, const char *what) {
+  char t[300], w[300];
+  const char *text = r->text ? r->text : "";
+  logf_("session=%s event=forward step=%s hop=%s%s%s result=%d enh=%s "
+        "text=\"%s\"",
+        x->info->id, step, x->pol->cfg.forward_url, what ? " rcpt=" : "",
+        what ? esc(what, strlen(what), w, sizeof w) : "", r->code,
+        r->enhanced ? r->enhanced : "-", esc(text, strlen(text), t, sizeof t));
+}
+
+/* The next hop's timeouts stay well inside the inbound session's, so the
+ * client hears 451 4.4.x from us before its own session times out. */
+static unsigned forward_timeout(const struct cfg *c) {
+  unsigned t = c->timeout_command_ms < c->timeout_data_ms
+                   ? c->timeout_command_ms
+                   : c->timeout_data_ms;
+  t = t / 3 * 2;
+  return t < 500 ? 500 : t;
+}
+
+static void fwd_mail_done(void *arg, const struct tern_reply *r,
+                          const char *detail) {
+  struct sess *x = arg;
+  (void)detail;
+  log_forward(x, "mail", r, NULL);
+  if (r->code / 100 != 2) {
+    forward_release(x->fd);
+    x->fd = NULL;
+  }
+  tern_server_session_reply(x->s, r);
+}
+
+static void fwd_rcpt_done(void *arg, const struct tern_reply *r,
+                          const char *detail) {
+  struct sess *x = arg;
+  (void)detail;
+  char *a = x->fwd_rcpt;
+  x->fwd_rcpt = NULL;
+  log_forward(x, "rcpt", r, a);
+  if (r->code / 100 == 2 && a)
+    x->rcpts[x->nrcpts++] = a; /* room was made before RCPT went out */
+  else
+    free(a);
+  tern_server_session_reply(x->s, r);
+}
+
+static int forward_mail(struct sess *x, const struct tern_path *from,
+                        const struct tern_mail_params *p,
+                        struct tern_reply *r) {
+  const struct cfg *c = &x->pol->cfg;
+  char envid[128];
+  struct forward_mail fm = {x->from, p->has_size ? p->size : 0, p->body,
+                            p->smtputf8, p->requiretls, p->ret, NULL};
+  (void)from;
+  if (p->envid.len) {
+    snprintf(envid, sizeof envid, "%.*s", (int)p->envid.len, p->envid.ptr);
+    fm.envid = envid;
+  }
+  struct forward_opts fo = {c->forward_url,       c->hostname,
+                            c->forward_verify,    c->forward_ca_file,
+                            c->forward_auth_user, c->forward_auth_password,
+                            forward_timeout(c)};
+  int rc = forward_open(tern_session_loop(x->s), &fo, &fm, fwd_mail_done, x,
+                        &x->fd);
+  if (!rc)
+    return TERN_PENDING; /* the next hop's answer to MAIL */
+  r->code = 451;
+  r->enhanced = rc == -EHOSTUNREACH ? "4.4.1" : "4.3.0";
+  r->text = rc == -EHOSTUNREACH ? "Error: next hop unavailable"
+                                : "Error: cannot forward";
+  log_forward(x, "mail", r, NULL);
+  return TERN_REPLY_NOW;
+}
+
+static int forward_rcpt_step(struct sess *x, const struct tern_path *to,
+                             const struct tern_rcpt_params *p,
+                             struct tern_reply *r) {
+  /* An LMTP next hop answers each recipient after the data, which an
+   * SMTP listener's one reply cannot pass on: one recipient per
+   * transaction (RFC 5321 §3.3: the client sends the rest again). */
+  if (x->fd && forward_is_lmtp(x->fd) && x->nrcpts > 0 &&
+      strncmp(x->info->listener, "lmtp:", 5) != 0) {
+    r->code = 452;
+    r->enhanced = "4.5.3";
+    r->text = "Error: one recipient per transaction with this next hop; "
+              "send the others again";
+    return TERN_REPLY_NOW;
+  }
+  char orcpt[600];
+  const char *o = NULL;
+  if (p->orcpt.len && p->orcpt_type.len == 6 &&
+      !strncasecmp(p->orcpt_type.ptr, "rfc822", 6) &&
+      p->orcpt.len < sizeof orcpt) {
+    snprintf(orcpt, sizeof orcpt, "%.*s", (int)p->orcpt.len, p->orcpt.ptr);
+    o = orcpt;
+  }
+  free(x->fwd_rcpt);
+  x->fwd_rcpt = strndup(to->mailbox.ptr, to->mailbox.len);
+  int rc = x->fwd_rcpt && x->fd
+               ? forward_rcpt(x->fd, x->fwd_rcpt, p->notify, o,
+                              fwd_rcpt_done, x)
+               : -EIO;
+  if (!rc)
+    return TERN_PENDING; /* the next hop's answer to RCPT */
+  free(x->fwd_rcpt);
+  x->fwd_rcpt = NULL;
+  r->code = rc == -EINVAL ? 501 : 451;
+  r->enhanced = rc == -EINVAL ? "5.1.3" : "4.4.2";
+  r->text = rc == -EINVAL ? "Error: address cannot be forwarded"
+                          : "Error: next hop unavailable";
+  log_forward(x, "rcpt", r, NULL);
+  return TERN_REPLY_NOW;
+}
+
 static int on_mail(struct tern_server_session *s, const struct tern_path *from,
                    const struct tern_mail_params *p, struct tern_reply *r,
                    void *ud) {
   struct sess *x = sess_of(s);
-  (void)p, (void)ud;
+  (void)ud;
   txn_clear(x);
   x->from = strndup(from->mailbox.ptr, from->mailbox.len);
   if (!x->from) {
     r->code = 451;
     r->enhanced = "4.3.0";
     r->text = "Error: out of memory";
+    return TERN_REPLY_NOW;
   }
+  if (is_forward(&x->pol->cfg))
+    return forward_mail(x, from, p, r);
   return TERN_REPLY_NOW;
 }
 
@@ -430,7 +557,7 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
                    void *ud) {
   struct sess *x = sess_of(s);
   const struct cfg *c = &x->pol->cfg;
-  (void)p, (void)ud;
+  (void)ud;
   bool ok = c->accept_any || (to->flags & TERN_PATHF_POSTMASTER) ||
             cfg_domain_accepted(c, to->domain.ptr, to->domain.len) ||
             (tern_server_session_is_authenticated(s) &&
@@ -453,6 +580,8 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
     x->rcpts = n;
     x->rcap = cap;
   }
+  if (is_forward(c))
+    return forward_rcpt_step(x, to, p, r);
   x->rcpts[x->nrcpts] = strndup(to->mailbox.ptr, to->mailbox.len);
   if (!x->rcpts[x->nrcpts])
     goto oom;
@@ -501,9 +630,8 @@ static void fwd_started(void *arg, const struct tern_reply *r,
                         const char *detail) {
   struct sess *x = arg;
   (void)detail;
+  log_forward(x, "data", r, NULL);
   if (r->code != 354) {
-    logf_("session=%s event=forward result=%d text=\"%s\"", x->info->id,
-          r->code, r->text ? r->text : "");
     forward_release(x->fd);
     x->fd = NULL;
   }
@@ -610,13 +738,11 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
     rc = maildir_start(x, s);
   else if (c->target == CFG_PIPE)
     rc = pipe_start(x, s);
-  else { /* lmtp / smtp: forward within this transaction */
-    struct forward_opts fo = {c->forward_url, c->hostname, c->forward_verify,
-                              c->forward_ca_file};
-    rc = forward_begin(tern_session_loop(s), &fo, x->from, x->rcpts,
-                       x->nrcpts, hdr, hlen, fwd_started, x, &x->fd);
+  else { /* lmtp / smtp: DATA to the next hop, its 354 is ours */
+    rc = x->fd ? forward_data(x->fd, hdr, hlen, fwd_started, x) : -EIO;
     if (!rc)
-      return TERN_PENDING; /* 354 once the next hop said it */
+      return TERN_PENDING;
+    rc = -EHOSTUNREACH;
   }
   if (rc) {
     logf_("session=%s event=error what=delivery-start error=\"%s\"",
@@ -712,6 +838,9 @@ static void record(struct sess *x, const struct tern_reply *r,
 static void delivered(void *arg, const struct tern_reply *r,
                       const char *detail) {
   struct sess *x = arg;
+  if (x->fd)
+    log_forward(x, detail && !strcmp(detail, "unknown") ? "end-unknown" : "end",
+                r, NULL);
   record(x, r, detail);
   struct tern_reply rr = {x->code, x->enh[0] ? x->enh : NULL, x->text};
   if (x->fd && !strncmp(x->info->listener, "lmtp:", 5))
@@ -786,7 +915,8 @@ static int on_data_end(struct tern_server_session *s, uint64_t size,
     struct tern_reply now;
     if (!forward_commit(x->fd, delivered, x, &now))
       return TERN_PENDING;
-    record(x, &now, "refused by the next hop"); /* known already */
+    log_forward(x, "end", &now, NULL);
+    record(x, &now, "next hop failed"); /* known already */
     r->code = x->code;
     r->enhanced = x->enh[0] ? x->enh : NULL;
     r->text = x->text;

@@ -3,14 +3,17 @@
 serve forwards each message to a next hop within the same transaction.
 
 1. lmtp target into a private Dovecot LMTP (unix socket), inbound SMTP:
-   {known1, known2} is 250 and byte-exact in both Maildirs; a message that
-   includes an unknown user gets Dovecot's refusal (5xx, its enhanced
-   code) and nothing is silently lost.
+   Dovecot's own RCPT replies; one recipient per transaction (452 4.5.3)
+   so that the one end-of-data reply is true; byte-exact in the Maildirs.
 2. Inbound LMTP (tern listener lmtp://127.0.0.1:PORT) to Dovecot: each
-   recipient gets its own answer after DATA: 250, 550, 250.
+   RCPT gets Dovecot's own answer (250, 550, 250), each accepted
+   recipient its own after DATA.
+2b. smtp target into Postfix's real smtpd refusing one of three
+   recipients: Postfix's RCPT replies and its 250, checked against
+   Postfix's Maildirs and log.
 3. smtp target into Postfix smtp-sink (-d dumps): 50 messages, all 250,
    byte-exact in the dumps (smtp-sink writes LF line ends).
-4. Next hop down: 451 4.4.1 at DATA; the daemon stays up and forwards
+4. Next hop down: 451 4.4.1 at MAIL; the daemon stays up and forwards
    once the next hop is there.
 5. 5 MiB forwarded (smtp target) to a second tern serve with a Maildir:
    byte-exact, the forwarding daemon's VmRSS grows < 20 MiB (streamed).
@@ -182,7 +185,7 @@ class Dovecot(Proc):
         return open(p, errors="replace").read()[-3000:] if os.path.exists(p) else ""
 
 
-TRACE_NAMES = (b"return-path", b"received", b"delivered-to")
+TRACE_NAMES = (b"return-path", b"received", b"delivered-to", b"x-original-to")
 
 
 def strip_trace(data, what):
@@ -218,6 +221,12 @@ def check_dovecot_copy(dc, user, msg, count=1):
 # ---- 1. lmtp target, inbound SMTP ------------------------------------------------
 
 def test_lmtp_target_smtp_inbound():
+    """Dovecot LMTP behind an SMTP listener, three recipients, Dovecot
+    refusing one: each RCPT is answered with Dovecot's own RCPT reply;
+    a second accepted recipient gets 452 4.5.3 (one recipient per
+    transaction: one end-of-data reply cannot tell LMTP's per-recipient
+    outcomes), the client sends it again in its own transaction. Every
+    reply matches the Maildirs on Dovecot's side."""
     rng = random.Random(101)
     with Dovecot() as dc:
         d = h.tmpdir("tern-e2e-fwd1-")
@@ -227,51 +236,38 @@ def test_lmtp_target_smtp_inbound():
             with smtplib.SMTP(HOST, srv.port, timeout=20) as c:
                 c.ehlo("client.example")
                 h.check(c.mail("sender@example.net")[0] == 250, "MAIL")
-                for u in KNOWN:
-                    code, msg = c.rcpt(u + "@example.org")
-                    h.check(code == 250, "RCPT %s: %d %r" % (u, code, msg))
+                replies = [c.rcpt(r) for r in ("nobody@example.org",
+                                                "alice@example.org",
+                                                "bob@example.org")]
+                print("  RCPT replies: %r" % replies)
+                h.check(replies[1][0] == 250, "alice: %r" % (replies[1],))
+                h.check(replies[0][0] == 550 and
+                        replies[0][1].startswith(b"5.1.1"),
+                        "nobody: expected Dovecot's 550 5.1.1 at RCPT, got %r"
+                        % (replies[0],))
+                h.check(replies[2][0] == 452 and
+                        replies[2][1].startswith(b"4.5.3"),
+                        "bob: expected 452 4.5.3 (one recipient per "
+                        "transaction), got %r" % (replies[2],))
                 code, msg = c.data(m1)
-                h.check(code == 250, "DATA to {alice, bob}: %d %r%s"
+                h.check(code == 250, "DATA for alice: %d %r%s"
                         % (code, msg, dc.log()))
-            for u in KNOWN:
+                # the client sends the deferred recipient again
+                h.check(c.mail("sender@example.net")[0] == 250, "MAIL 2")
+                code, msg = c.rcpt("bob@example.org")
+                h.check(code == 250, "bob again: %d %r" % (code, msg))
+                code, msg = c.data(m1)
+                h.check(code == 250, "DATA for bob: %d %r" % (code, msg))
+            for u in KNOWN:  # each exactly once, byte-exact
                 check_dovecot_copy(dc, u, m1)
-            srv.wait_log("event=message", count=1)
-
-            # the same with an unknown recipient in the middle
-            m2 = h.make_message("fwd1-b@e2e", 20000, rng)
-            with smtplib.SMTP(HOST, srv.port, timeout=20) as c:
-                c.ehlo("client.example")
-                c.mail("sender@example.net")
-                for r in ("alice@example.org", "nobody@example.org",
-                          "bob@example.org"):
-                    code, msg = c.rcpt(r)  # decided at DATA, not RCPT
-                    h.check(code == 250, "RCPT %s: %d %r" % (r, code, msg))
-                code, msg = c.data(m2)
-            print("  message with an unknown recipient: %d %r" % (code, msg))
-            h.check(code // 100 == 5,
-                    "expected the next hop's 5xx refusal, got %d %r"
-                    % (code, msg))
-            h.check(msg.startswith(b"5.1.1"),
-                    "expected Dovecot's enhanced code 5.1.1, got %r" % msg)
-            h.check(b"nobody" in msg or b"User doesn't exist" in msg
-                    or b"not exist" in msg.lower(),
-                    "expected Dovecot's text, got %r" % msg)
-            # Nothing silently lost: each recipient was either delivered
-            # or refused. The sender was told 5xx for the whole message
-            # (the documented SMTP-inbound behaviour), so it bounces for
-            # every recipient; alice and bob may hold a copy as well.
-            for u in KNOWN:
-                files = dc.files(u)
-                got = [strip_trace(h.read(p), p)[1] for p in files]
-                print("  %s holds %d file(s) after the refused message"
-                      % (u, len(files)))
-                h.check(m1 in got, "%s lost the first message" % u)
-                for g in got:
-                    h.check(g in (m1, m2), "%s: unexpected file content" % u)
-            (line,) = [ln for ln in srv.wait_log("event=message", count=2)
-                       if "nobody@example.org" in ln]
-            h.check("status=550" in line or "status=5" in line,
-                    "log line: %r" % line)
+            h.check(not glob.glob(os.path.join(dc.d, "mail", "nobody*")),
+                    "a Maildir for the refused recipient exists")
+            lines = srv.wait_log("event=message", count=2)
+            h.check(all("status=250" in ln for ln in lines), "log: %r" % lines)
+            fw = srv.grep("event=forward step=rcpt")
+            h.check(len(fw) == 3 and any("result=550" in ln for ln in fw),
+                    "expected the three forwarded RCPT outcomes logged: %r"
+                    % fw)
 
 
 # ---- 2. inbound LMTP -------------------------------------------------------------
@@ -291,26 +287,181 @@ def test_lmtp_inbound_per_recipient():
                 h.check(code == 220, "greeting %r" % lines)
                 r.cmd("LHLO client.example", 250)
                 r.cmd("MAIL FROM:<sender@example.net>", 250)
-                rcpts = ["alice@example.org", "nobody@example.org",
-                         "bob@example.org"]
-                for t in rcpts:
-                    r.cmd("RCPT TO:<%s>" % t, 250)
+                rr = [r.cmd("RCPT TO:<%s>" % t) for t in
+                      ("alice@example.org", "nobody@example.org",
+                       "bob@example.org")]
+                print("  RCPT replies: %r" % rr)
+                h.check([c for c, _ in rr] == [250, 550, 250],
+                        "expected RCPT replies 250, 550 (Dovecot's), 250: %r"
+                        % rr)
+                h.check(rr[1][1][0].startswith("550 5.1.1"),
+                        "nobody@: expected Dovecot's 550 5.1.1, got %r"
+                        % (rr[1],))
                 r.cmd("DATA", 354)
                 r.send(h.dot_stuff(m) + b".\r\n")
-                replies = [r.reply() for _ in rcpts]
+                replies = [r.reply() for _ in range(2)]
                 r.cmd("QUIT", 221)
             finally:
                 r.close()
-            print("  per-recipient replies: %r" % replies)
-            codes = [c for c, _ in replies]
-            h.check(codes[1] == 550 and replies[1][1][0].startswith("550 5.1.1"),
-                    "nobody@: expected Dovecot's 550 5.1.1, got %r" % (replies[1],))
+            print("  per-recipient data replies: %r" % replies)
+            h.check([c for c, _ in replies] == [250, 250],
+                    "expected a 250 for alice and bob, got %r" % replies)
             for u in KNOWN:
                 check_dovecot_copy(dc, u, m)
-            h.check(codes == [250, 550, 250],
-                    "expected per-recipient replies 250, 550, 250 (alice and "
-                    "bob were both delivered, see their Maildirs), got %r"
-                    % replies)
+
+
+# ---- 2b. smtp target: Postfix's real smtpd as the next hop -----------------------
+
+POSTFIX_MAIN = """\
+compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+mail_owner = postfix
+myhostname = hop.e2e.example
+mydomain = e2e.example
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+maillog_file_prefixes = {d}
+maillog_file = {d}/maillog
+virtual_mailbox_domains = example.org
+virtual_mailbox_base = {d}/mail
+virtual_mailbox_maps = texthash:{d}/conf/vmailbox
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+virtual_transport = virtual
+smtpd_recipient_restrictions = reject_unlisted_recipient,
+  permit_mynetworks, reject_unauth_destination
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+"""
+
+POSTFIX_MASTER = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n -  0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n -  - trivial-rewrite
+bounce    unix  - - n -  0 bounce
+defer     unix  - - n -  0 bounce
+trace     unix  - - n -  0 bounce
+verify    unix  - - n -  1 verify
+proxymap  unix  - - n -  - proxymap
+smtp      unix  - - n -  - smtp
+relay     unix  - - n -  - smtp
+error     unix  - - n -  - error
+retry     unix  - - n -  - error
+discard   unix  - - n -  - discard
+virtual   unix  - n n -  - virtual
+anvil     unix  - - n -  1 anvil
+scache    unix  - - n -  1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+class Postfix:
+    """A private Postfix instance (its own config, queue and log
+    directories) whose smtpd listens on a loopback port and delivers
+    alice@ and bob@example.org to Maildirs; any other recipient is
+    refused at RCPT time (reject_unlisted_recipient)."""
+
+    def __init__(self):
+        self.postfix = h.require_tool("postfix", paths=["/usr/sbin/postfix"])
+        h.check(os.path.exists("/usr/lib/postfix/sbin/smtpd"),
+                "Postfix's smtpd is not installed (Debian: postfix)")
+        h.check(os.getuid() == 0, "a private Postfix instance needs root")
+        d = self.d = h.tmpdir("tern-e2e-fwd-postfix-")
+        os.chmod(d, 0o755)
+        (self.port,) = h.free_ports(1)
+        nobody = pwd.getpwnam("nobody")
+        for sub in ("conf", "queue", "data", "mail"):
+            os.makedirs(os.path.join(d, sub))
+        pf = pwd.getpwnam("postfix")
+        os.chown(os.path.join(d, "data"), pf.pw_uid, pf.pw_gid)
+        os.chown(os.path.join(d, "mail"), nobody.pw_uid, nobody.pw_gid)
+        h.write(os.path.join(d, "conf", "main.cf"), POSTFIX_MAIN.format(
+            d=d, uid=nobody.pw_uid, gid=nobody.pw_gid))
+        h.write(os.path.join(d, "conf", "master.cf"),
+                POSTFIX_MASTER.format(port=self.port))
+        h.write(os.path.join(d, "conf", "vmailbox"),
+                "alice@example.org example.org/alice/\n"
+                "bob@example.org example.org/bob/\n")
+        self.conf = os.path.join(d, "conf")
+
+    def __enter__(self):
+        r = subprocess.run([self.postfix, "-c", self.conf, "start"],
+                           capture_output=True, timeout=60)
+        h.check(r.returncode == 0, "postfix start: %r %r%s" % (
+            r.stdout, r.stderr, self.log()))
+        try:
+            h.wait_for(lambda: port_open(self.port), 20, "Postfix's smtpd")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        subprocess.run([self.postfix, "-c", self.conf, "stop"],
+                       capture_output=True, timeout=60)
+
+    def __exit__(self, *a):
+        self.stop()
+        return False
+
+    def files(self, user):
+        return sorted(glob.glob(os.path.join(self.d, "mail", "example.org",
+                                             user, "new", "*")))
+
+    def log(self):
+        p = os.path.join(self.d, "maillog")
+        return open(p, errors="replace").read() if os.path.exists(p) else ""
+
+
+def test_smtp_target_postfix():
+    """Postfix's smtpd as the SMTP next hop, three recipients, Postfix
+    refusing one at RCPT: the inbound client gets Postfix's own RCPT
+    replies (250, 550 5.1.1, 250) and Postfix's own 250 for the data,
+    and exactly alice and bob hold the message on Postfix's side."""
+    rng = random.Random(106)
+    with Postfix() as pf:
+        d = h.tmpdir("tern-e2e-fwd6-")
+        conf = fwd_conf(d, "smtp", "smtp://127.0.0.1:%d" % pf.port)
+        with h.Serve(["-c", conf], name="fwd-postfix") as srv:
+            m = h.make_message("fwd6@e2e", 30000, rng)
+            with smtplib.SMTP(HOST, srv.port, timeout=30) as c:
+                c.ehlo("client.example")
+                h.check(c.mail("sender@example.net")[0] == 250, "MAIL")
+                rr = [c.rcpt(r) for r in ("alice@example.org",
+                                           "nobody@example.org",
+                                           "bob@example.org")]
+                print("  RCPT replies: %r" % rr)
+                h.check([x for x, _ in rr] == [250, 550, 250],
+                        "expected 250, 550, 250: %r" % rr)
+                h.check(rr[1][1].startswith(b"5.1.1") and
+                        b"User unknown" in rr[1][1],
+                        "nobody: expected Postfix's own refusal: %r"
+                        % (rr[1],))
+                code, msg = c.data(m)
+                print("  DATA: %d %r" % (code, msg))
+                h.check(code == 250 and b"queued as" in msg,
+                        "expected Postfix's 250 ... queued as, got %d %r"
+                        % (code, msg))
+            for u in KNOWN:
+                files = h.wait_for(lambda: pf.files(u), 20,
+                                   "Postfix to deliver to %s" % u)
+                h.check(len(files) == 1, "%s: %r" % (u, files))
+                # Postfix's virtual(8) stores LF line ends
+                _, rest = strip_trace(h.crlf(h.read(files[0])), files[0])
+                h.assert_bytes_equal(rest, m, "%s's copy at Postfix" % u)
+            log = pf.log()
+            h.check("<nobody@example.org>: Recipient address rejected" in log,
+                    "Postfix's log does not show the refusal:\n" + log[-2000:])
+            h.check(not glob.glob(os.path.join(pf.d, "mail", "example.org",
+                                               "nobody*")),
+                    "the refused recipient got mail")
 
 
 # ---- 3. smtp target into smtp-sink ----------------------------------------------
@@ -392,12 +543,11 @@ def test_next_hop_down():
         try:
             r.reply()
             r.cmd("EHLO client.example", 250)
-            r.cmd("MAIL FROM:<sender@example.net>", 250)
-            r.cmd("RCPT TO:<rcpt@example.org>", 250)
-            code, lines = r.cmd("DATA")
+            code, lines = r.cmd("MAIL FROM:<sender@example.net>")
             h.check(code == 451 and lines[0].startswith("451 4.4.1"),
-                    "DATA with the next hop down: expected 451 4.4.1, got %r"
+                    "MAIL with the next hop down: expected 451 4.4.1, got %r"
                     % lines)
+            srv.wait_log("event=forward step=mail")
             # the session goes on: a new transaction on the same connection
             r.cmd("RSET", 250)
             r.cmd("NOOP", 250)
@@ -496,6 +646,7 @@ if __name__ == "__main__":
     h.main([
         test_lmtp_target_smtp_inbound,
         test_lmtp_inbound_per_recipient,
+        test_smtp_target_postfix,
         test_smtp_target_smtp_sink,
         test_next_hop_down,
         test_big_message_streamed,
