@@ -195,15 +195,18 @@ int forward_open(uv_loop_t *loop, const struct forward_opts *o,
                  const struct forward_mail *m, deliver_done_fn cb,
                  void *arg, struct forward_delivery **out);
 /* One recipient: `cb` gets the next hop's answer to its RCPT (or 451
- * 4.4.2 when the next hop failed first). One step at a time: -EBUSY
- * while one is waiting; -EINVAL (address not sendable), -EIO. */
+ * 4.4.2 when the next hop failed first). When the answer is known
+ * inside the call it is written to *now and 1 is returned (cb is not
+ * called); else 0. One step at a time: -EBUSY while one is waiting;
+ * -EINVAL (address not sendable), -EIO. */
 int forward_rcpt(struct forward_delivery *d, const char *addr,
                  unsigned notify, const char *orcpt, deliver_done_fn cb,
-                 void *arg);
-/* DATA: `cb` gets the next hop's 354 or refusal. `header` (our
- * Received line) goes first and must live until commit. */
+                 void *arg, struct tern_reply *now);
+/* DATA: `cb` gets the next hop's 354 or refusal (with BDAT, a local
+ * go-ahead: then 1 and *now, as forward_rcpt). `header` (our Received
+ * line) goes first and must live until commit. */
 int forward_data(struct forward_delivery *d, const char *header, size_t hlen,
-                 deliver_done_fn cb, void *arg);
+                 deliver_done_fn cb, void *arg, struct tern_reply *now);
 /* Body bytes (copied). Returns 1 when all were taken at once, 0 when
  * cb(arg, 0) will run once they are, or -errno. */
 int forward_write(struct forward_delivery *d, const char *buf, size_t len,

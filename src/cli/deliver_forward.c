@@ -54,6 +54,8 @@ struct forward_delivery {
   bool lmtp_out;             /* the next hop speaks LMTP */
   bool in_push, push_again;  /* push() reentrancy */
   bool in_open;              /* inside forward_open() */
+  bool in_call;              /* inside forward_rcpt()/forward_data() */
+  bool answered_now;         /* the step was answered inside it */
   bool failed_early;         /* the connection failed inside it */
   bool mail_sent;            /* MAIL handed to the session */
   bool body_open;            /* the next hop takes body bytes */
@@ -97,6 +99,10 @@ static void answer(struct forward_delivery *d, int code, const char *enh,
   deliver_done_fn cb = d->step;
   d->step = NULL;
   set_status(&d->st, code, enh, text);
+  if (d->in_call) { /* the caller takes it as the call's result */
+    d->answered_now = true;
+    return;
+  }
   struct tern_reply r;
   reply_of(&d->st, &r);
   cb(d->step_arg, &r, d->st.text);
@@ -189,7 +195,9 @@ static void on_step(struct tern_client_session *c,
                     void *arg) {
   struct forward_delivery *d = arg;
   (void)c;
-  if (local) { /* never sent, or never answered */
+  /* A local reply: never sent or never answered (the next hop failed),
+   * except BDAT's go-ahead, which no server sends (client.h). */
+  if (local && !(d->kind == FWD_DATA && r->code == 354)) {
     hop_failed(d, "4.4.2");
     return;
   }
@@ -414,40 +422,47 @@ int forward_open(uv_loop_t *loop, const struct forward_opts *o,
   return 0;
 }
 
-int forward_rcpt(struct forward_delivery *d, const char *addr,
-                 unsigned notify, const char *orcpt, deliver_done_fn cb,
-                 void *arg) {
-  if (d->step || d->closed)
-    return -EBUSY;
-  struct tern_client_rcpt r = {addr, notify, orcpt};
+/* Run one step's client call; an answer that comes inside it (BDAT's
+ * local go-ahead, a failure) is handed back in *now (returns 1). */
+static int step_call(struct forward_delivery *d, enum forward_step kind,
+                     const struct tern_client_rcpt *rc, deliver_done_fn cb,
+                     void *arg, struct tern_reply *now) {
+  struct tern_client_session *c = tern_client_get_session(d->cl);
   d->step = cb;
   d->step_arg = arg;
-  d->kind = FWD_RCPT;
-  int rc = tern_client_session_rcpt(tern_client_get_session(d->cl), &r,
-                                    on_step, d);
-  if (rc) {
+  d->kind = kind;
+  d->in_call = true;
+  d->answered_now = false;
+  int r = kind == FWD_RCPT ? tern_client_session_rcpt(c, rc, on_step, d)
+                           : tern_client_session_data(c, on_step, d);
+  d->in_call = false;
+  if (r) {
     d->step = NULL;
-    return rc == TERN_EINVAL ? -EINVAL : -EIO;
+    return r == TERN_EINVAL ? -EINVAL : -EIO;
+  }
+  if (d->answered_now) {
+    reply_of(&d->st, now);
+    return 1;
   }
   return 0;
 }
 
+int forward_rcpt(struct forward_delivery *d, const char *addr,
+                 unsigned notify, const char *orcpt, deliver_done_fn cb,
+                 void *arg, struct tern_reply *now) {
+  if (d->step || d->closed)
+    return -EBUSY;
+  struct tern_client_rcpt r = {addr, notify, orcpt};
+  return step_call(d, FWD_RCPT, &r, cb, arg, now);
+}
+
 int forward_data(struct forward_delivery *d, const char *header, size_t hlen,
-                 deliver_done_fn cb, void *arg) {
+                 deliver_done_fn cb, void *arg, struct tern_reply *now) {
   if (d->step || d->closed)
     return -EBUSY;
   d->header = header;
   d->hlen = hlen;
-  d->step = cb;
-  d->step_arg = arg;
-  d->kind = FWD_DATA;
-  int rc = tern_client_session_data(tern_client_get_session(d->cl), on_step,
-                                    d);
-  if (rc) {
-    d->step = NULL;
-    return -EIO;
-  }
-  return 0;
+  return step_call(d, FWD_DATA, NULL, cb, arg, now);
 }
 
 int forward_write(struct forward_delivery *d, const char *buf, size_t len,

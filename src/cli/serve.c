@@ -338,12 +338,20 @@ static int forward_rcpt_step(struct sess *x, const struct tern_path *to,
   }
   free(x->fwd_rcpt);
   x->fwd_rcpt = strndup(to->mailbox.ptr, to->mailbox.len);
+  struct tern_reply now;
   int rc = x->fwd_rcpt && x->fd
                ? forward_rcpt(x->fd, x->fwd_rcpt, p->notify, o,
-                              fwd_rcpt_done, x)
+                              fwd_rcpt_done, x, &now)
                : -EIO;
   if (!rc)
     return TERN_PENDING; /* the next hop's answer to RCPT */
+  if (rc == 1) { /* known at once (the next hop failed) */
+    free(x->fwd_rcpt);
+    x->fwd_rcpt = NULL;
+    log_forward(x, "rcpt", &now, NULL);
+    *r = now;
+    return TERN_REPLY_NOW;
+  }
   free(x->fwd_rcpt);
   x->fwd_rcpt = NULL;
   r->code = rc == -EINVAL ? 501 : 451;
@@ -739,9 +747,21 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
   else if (c->target == CFG_PIPE)
     rc = pipe_start(x, s);
   else { /* lmtp / smtp: DATA to the next hop, its 354 is ours */
-    rc = x->fd ? forward_data(x->fd, hdr, hlen, fwd_started, x) : -EIO;
+    struct tern_reply now;
+    rc = x->fd ? forward_data(x->fd, hdr, hlen, fwd_started, x, &now) : -EIO;
     if (!rc)
       return TERN_PENDING;
+    if (rc == 1) { /* BDAT's go-ahead, or a failure known at once */
+      log_forward(x, "data", &now, NULL);
+      if (now.code / 100 == 2 || now.code == 354) {
+        r->code = 250; /* BDAT: the chunk's reply comes later */
+        r->enhanced = "2.0.0";
+        r->text = "Ok";
+        return TERN_REPLY_NOW;
+      }
+      *r = now;
+      return TERN_REPLY_NOW;
+    }
     rc = -EHOSTUNREACH;
   }
   if (rc) {
