@@ -54,6 +54,12 @@ struct forward_delivery {
   bool lmtp_out;             /* the next hop speaks LMTP */
   bool in_push, push_again;  /* push() reentrancy */
   bool in_open;              /* inside forward_open() */
+  /* Each step's deadline (open to MAIL reply, RCPT, DATA, end of data):
+   * the runtime's timeouts bound each exchange, this the whole step,
+   * so the inbound client always hears from us first. */
+  uv_timer_t timer;
+  unsigned timeout_ms;
+  bool timer_init, timer_closing, timer_closed;
   bool in_call;              /* inside forward_rcpt()/forward_data() */
   bool answered_now;         /* the step was answered inside it */
   bool failed_early;         /* the connection failed inside it */
@@ -80,15 +86,42 @@ static void reply_of(const struct status *st, struct tern_reply *r) {
   r->text = st->text;
 }
 
+static void on_timer_closed(uv_handle_t *h);
+
 static void maybe_free(struct forward_delivery *d) {
   if (!d->released || !d->closed)
     return;
+  if (d->timer_init && !d->timer_closed) {
+    if (!d->timer_closing) {
+      d->timer_closing = true;
+      uv_close((uv_handle_t *)&d->timer, on_timer_closed);
+    }
+    return;
+  }
   tern_client_free(d->cl);
   free(d->data);
   free(d->from);
   free(d->envid);
   free(d->pend);
   free(d);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  struct forward_delivery *d = h->data;
+  d->timer_closed = true;
+  maybe_free(d);
+}
+
+static void on_deadline(uv_timer_t *t);
+
+static void arm(struct forward_delivery *d) {
+  if (d->timer_init && !d->timer_closing)
+    uv_timer_start(&d->timer, on_deadline, d->timeout_ms, 0);
+}
+
+static void disarm(struct forward_delivery *d) {
+  if (d->timer_init && !d->timer_closing)
+    uv_timer_stop(&d->timer);
 }
 
 /* Answer the waiting step (once). */
@@ -98,6 +131,7 @@ static void answer(struct forward_delivery *d, int code, const char *enh,
     return;
   deliver_done_fn cb = d->step;
   d->step = NULL;
+  disarm(d);
   set_status(&d->st, code, enh, text);
   if (d->in_call) { /* the caller takes it as the call's result */
     d->answered_now = true;
@@ -110,9 +144,9 @@ static void answer(struct forward_delivery *d, int code, const char *enh,
 
 /* The next hop failed (no connection, lost, timed out): whatever waits
  * gets a 451, the end of data too (the outcome is then unknown). */
-static void hop_failed(struct forward_delivery *d, const char *enh) {
-  char t[220];
-  snprintf(t, sizeof t, "Error: next hop: %s", tern_client_last_error(d->cl));
+static void hop_failed_text(struct forward_delivery *d, const char *enh,
+                            const char *t) {
+  disarm(d);
   if (d->step)
     answer(d, 451, enh, t);
   if (d->done) {
@@ -123,6 +157,22 @@ static void hop_failed(struct forward_delivery *d, const char *enh) {
     reply_of(&d->st, &r);
     cb(d->done_arg, &r, "unknown");
   }
+}
+
+static void hop_failed(struct forward_delivery *d, const char *enh) {
+  char t[220];
+  snprintf(t, sizeof t, "Error: next hop: %s", tern_client_last_error(d->cl));
+  hop_failed_text(d, enh, t);
+}
+
+/* A step took too long as a whole: give up on the next hop. */
+static void on_deadline(uv_timer_t *tm) {
+  struct forward_delivery *d = tm->data;
+  char t[220];
+  snprintf(t, sizeof t, "Error: next hop: timed out: no answer within %u ms",
+           d->timeout_ms);
+  hop_failed_text(d, d->mail_sent ? "4.4.2" : "4.4.1", t);
+  tern_client_close(d->cl);
 }
 
 /* Push what is pending into the session body. body() may call back into
@@ -306,6 +356,7 @@ static void on_message_done(struct tern_client_session *c,
   struct forward_delivery *d = ud;
   (void)c;
   d->finished = true;
+  disarm(d);
   if (d->done) {
     deliver_done_fn cb = d->done;
     d->done = NULL;
@@ -408,6 +459,11 @@ int forward_open(uv_loop_t *loop, const struct forward_opts *o,
     maybe_free(d);
     return r == TERN_ENOMEM ? -ENOMEM : -EINVAL;
   }
+  d->timeout_ms = o->timeout_ms ? o->timeout_ms : 60000;
+  uv_timer_init(loop, &d->timer);
+  d->timer.data = d;
+  d->timer_init = true;
+  arm(d);
   /* A connect that fails at once reports through on_connect before
    * tern_client_connect() returns: catch it here, not as a callback. */
   d->in_open = true;
@@ -431,6 +487,7 @@ static int step_call(struct forward_delivery *d, enum forward_step kind,
   d->step = cb;
   d->step_arg = arg;
   d->kind = kind;
+  arm(d);
   d->in_call = true;
   d->answered_now = false;
   int r = kind == FWD_RCPT ? tern_client_session_rcpt(c, rc, on_step, d)
@@ -438,6 +495,7 @@ static int step_call(struct forward_delivery *d, enum forward_step kind,
   d->in_call = false;
   if (r) {
     d->step = NULL;
+    disarm(d);
     return r == TERN_EINVAL ? -EINVAL : -EIO;
   }
   if (d->answered_now) {
@@ -495,6 +553,7 @@ int forward_commit(struct forward_delivery *d, deliver_done_fn done,
   }
   d->done = done;
   d->done_arg = arg;
+  arm(d);
   push(d);
   tern_client_session_body_end(tern_client_get_session(d->cl));
   return 0;
@@ -522,6 +581,7 @@ void forward_release(struct forward_delivery *d) {
   d->step = NULL;
   d->done = NULL;
   d->write_cb = NULL;
+  disarm(d);
   if (!d->closed)
     tern_client_close(d->cl);
   maybe_free(d);

@@ -11,7 +11,9 @@ hop: what the next hop is told and what the inbound client hears.
 3. BINARYMIME to a next hop offering CHUNKING+BINARYMIME goes in BDAT,
    byte-exact (bare LF, bare CR, NUL unchanged).
 4. A next hop silent after RCPT: the client gets 451 4.4.2 before its
-   own session's timeout, and an event=forward line says so.
+   own session's timeout, and an event=forward line says so; a slow one
+   whose every reply comes in time but whose connect-to-MAIL step as a
+   whole would outlast the inbound timeout gets 451 4.4.x in time too.
 5. A next hop silent after the final dot: the outcome is unknown; the
    client gets 451 4.4.2 (a possible duplicate rather than a loss) and
    the log says step=end-unknown.
@@ -58,8 +60,8 @@ class Hop:
     answers the end of data). Records every command line and every
     message body (DATA: unstuffed; BDAT: raw)."""
 
-    def __init__(self, caps, silent=None):
-        self.caps, self.silent = caps, silent
+    def __init__(self, caps, silent=None, delay=0.0):
+        self.caps, self.silent, self.delay = caps, silent, delay
         self.cmds, self.bodies = [], []
         self.ls = socket.socket()
         self.ls.bind((HOST, 0))
@@ -89,6 +91,7 @@ class Hop:
     def session(self, c):
         f = c.makefile("rb")
         try:
+            time.sleep(self.delay)
             c.sendall(b"220 hop.example ESMTP\r\n")
             while True:
                 ln = f.readline()
@@ -97,6 +100,7 @@ class Hop:
                 line = ln.rstrip(b"\r\n").decode("utf-8", "replace")
                 self.cmds.append(line)
                 verb = line.split(" ")[0].upper()
+                time.sleep(self.delay)
                 if verb == "EHLO":
                     ks = ["hop.example"] + self.caps
                     out = "".join("250%s%s\r\n" % ("-" if i < len(ks) - 1
@@ -272,6 +276,33 @@ def test_silent_after_rcpt():
             h.check("result=451" in ln and "timed" in ln, "log: %r" % ln)
 
 
+def test_slow_hop_whole_step():
+    """A next hop that answers each command just inside the per-reply
+    timeout, so that greeting + EHLO + MAIL take longer than the inbound
+    session's own timeout: the whole step has a deadline too."""
+    with Hop(["PIPELINING", "ENHANCEDSTATUSCODES"], delay=1.2) as hop:
+        d = h.tmpdir("tern-e2e-hop4b-")
+        conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port, tc="3s")
+        with h.Serve(["-c", conf], name="fwd-slow") as srv:
+            r = h.Raw(HOST, srv.port, timeout=20)
+            try:
+                r.reply()
+                r.cmd("EHLO client.example", 250)
+                t0 = time.monotonic()
+                code, lines = r.cmd("MAIL FROM:<s@example.net>")
+                took = time.monotonic() - t0
+                print("  MAIL through a slow next hop: %r after %.1f s"
+                      % (lines, took))
+                h.check(lines[0].startswith("451 4.4."),
+                        "expected 451 4.4.x, got %r" % lines)
+                h.check(took < 3.0, "answered after %.1f s, not before the "
+                        "inbound 3 s timeout" % took)
+            finally:
+                r.close()
+            (ln,) = srv.wait_log("event=forward step=mail")
+            h.check("result=451" in ln, "log: %r" % ln)
+
+
 def test_silent_after_dot():
     with Hop(["PIPELINING", "ENHANCEDSTATUSCODES"], silent="dot") as hop:
         d = h.tmpdir("tern-e2e-hop5-")
@@ -397,6 +428,7 @@ if __name__ == "__main__":
         test_refused_at_mail,
         test_binarymime_bdat,
         test_silent_after_rcpt,
+        test_slow_hop_whole_step,
         test_silent_after_dot,
         test_tls_policy_and_auth,
     ])
