@@ -253,9 +253,9 @@ TERN_EXTERN uv_loop_t *tern_session_loop(const struct tern_server_session *s);
  * certificate and host-name verification, AUTH through GNU SASL, and
  * timeouts (RFC 5321 §4.5.3.2: 5 min greeting and commands, 3 min data
  * blocks, 10 min final reply). Messages go through the session:
- * tern_client_session_send()/_body()/_body_end() on
- * tern_client_get_session(cl) once on_ready has been called; writes are
- * flushed by the runtime.
+ * tern_client_session_send()/_body()/_body_end() (or, a command at a
+ * time, _mail()/_rcpt()/_data()) on tern_client_get_session(cl) once
+ * on_ready has been called; writes are flushed by the runtime.
  *
  * Endpoints: "smtp://host[:25]" (STARTTLS when offered), "smtp+starttls://
  * host[:587]" (STARTTLS required), "smtps://host[:465]" (implicit TLS),
