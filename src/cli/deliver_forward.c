@@ -159,6 +159,17 @@ static void hop_failed_text(struct forward_delivery *d, const char *enh,
   }
 }
 
+/* The next hop is gone with body bytes still waiting: let the caller's
+ * paused inbound session go on (it reads the rest; commit says why). */
+static void release_writer(struct forward_delivery *d) {
+  if (!d->write_cb)
+    return;
+  void (*cb)(void *, int) = d->write_cb;
+  d->write_cb = NULL;
+  d->pend_len = d->pend_off = 0;
+  cb(d->write_arg, -EIO);
+}
+
 static void hop_failed(struct forward_delivery *d, const char *enh) {
   char t[220];
   snprintf(t, sizeof t, "Error: next hop: %s", tern_client_last_error(d->cl));
@@ -357,6 +368,7 @@ static void on_message_done(struct tern_client_session *c,
   (void)c;
   d->finished = true;
   disarm(d);
+  release_writer(d);
   if (d->done) {
     deliver_done_fn cb = d->done;
     d->done = NULL;
@@ -399,6 +411,8 @@ static void on_close(struct tern_client *cl, void *ud) {
   d->closed = true;
   if (!d->in_open)
     hop_failed(d, "4.4.2");
+  if (!d->released)
+    release_writer(d);
   maybe_free(d);
 }
 

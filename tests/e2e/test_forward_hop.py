@@ -111,6 +111,10 @@ class Hop:
                     continue
                 elif verb in ("MAIL", "RCPT", "RSET", "NOOP"):
                     c.sendall(b"250 2.0.0 Ok\r\n")
+                elif verb == "DATA" and self.silent == "body":
+                    c.sendall(b"354 go\r\n")
+                    time.sleep(30)  # never reads the body
+                    return
                 elif verb == "DATA":
                     c.sendall(b"354 go\r\n")
                     body = b""
@@ -303,6 +307,36 @@ def test_slow_hop_whole_step():
             h.check("result=451" in ln, "log: %r" % ln)
 
 
+def test_hop_stops_reading():
+    """A next hop that stops reading in the middle of the body: the
+    forwarder gives up within its timeout, reads the rest of the message
+    and answers 451 4.4.2 at its end (the inbound session is not left
+    paused until it times out)."""
+    with Hop(["PIPELINING", "ENHANCEDSTATUSCODES"], silent="body") as hop:
+        d = h.tmpdir("tern-e2e-hop4c-")
+        conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port, tc="3s")
+        with h.Serve(["-c", conf], name="fwd-stall") as srv:
+            r = h.Raw(HOST, srv.port, timeout=20)
+            try:
+                r.reply()
+                r.cmd("EHLO client.example", 250)
+                r.cmd("MAIL FROM:<s@example.net>", 250)
+                r.cmd("RCPT TO:<r@example.org>", 250)
+                r.cmd("DATA", 354)
+                line = b"x" * 78 + b"\r\n"
+                r.send(b"Subject: big\r\n\r\n" + line * (12 * 1024 * 1024
+                                                          // len(line)))
+                r.send(b".\r\n")
+                code, lines = r.reply()
+                print("  end of data, next hop stopped reading: %r" % lines)
+                h.check(lines[0].startswith("451 4.4.2"),
+                        "expected 451 4.4.2, got %r" % lines)
+                r.cmd("NOOP", 250)
+            finally:
+                r.close()
+            srv.wait_log("event=message")
+
+
 def test_silent_after_dot():
     with Hop(["PIPELINING", "ENHANCEDSTATUSCODES"], silent="dot") as hop:
         d = h.tmpdir("tern-e2e-hop5-")
@@ -429,6 +463,7 @@ if __name__ == "__main__":
         test_binarymime_bdat,
         test_silent_after_rcpt,
         test_slow_hop_whole_step,
+        test_hop_stops_reading,
         test_silent_after_dot,
         test_tls_policy_and_auth,
     ])
