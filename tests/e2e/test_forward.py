@@ -456,12 +456,39 @@ def test_smtp_target_postfix():
                 # Postfix's virtual(8) stores LF line ends
                 _, rest = strip_trace(h.crlf(h.read(files[0])), files[0])
                 h.assert_bytes_equal(rest, m, "%s's copy at Postfix" % u)
-            log = pf.log()
-            h.check("<nobody@example.org>: Recipient address rejected" in log,
-                    "Postfix's log does not show the refusal:\n" + log[-2000:])
-            h.check(not glob.glob(os.path.join(pf.d, "mail", "example.org",
-                                               "nobody*")),
-                    "the refused recipient got mail")
+        # An LMTP listener in front of the same Postfix: the one reply
+        # Postfix gives after the data is each accepted recipient's.
+        (lp,) = h.free_ports(1)
+        conf2 = fwd_conf(d, "smtp", "smtp://127.0.0.1:%d" % pf.port,
+                         listen="lmtp://127.0.0.1:%d" % lp, name="fwd-lmtp")
+        m2 = h.make_message("fwd6-lmtp@e2e", 5000, rng)
+        with h.Serve(["-c", conf2], name="fwd-postfix-lmtp") as srv:
+            r = h.Raw(HOST, srv.port, timeout=20)
+            try:
+                r.reply()
+                r.cmd("LHLO client.example", 250)
+                r.cmd("MAIL FROM:<sender@example.net>", 250)
+                rr = [r.cmd("RCPT TO:<%s>" % t)[0] for t in
+                      ("alice@example.org", "nobody@example.org",
+                       "bob@example.org")]
+                h.check(rr == [250, 550, 250], "LMTP RCPT replies %r" % rr)
+                r.cmd("DATA", 354)
+                r.send(h.dot_stuff(m2) + b".\r\n")
+                replies = [r.reply() for _ in range(2)]
+            finally:
+                r.close()
+            print("  LMTP listener, Postfix next hop: %r" % replies)
+            h.check(all(c == 250 and "queued as" in ls[0]
+                        for c, ls in replies), "data replies %r" % replies)
+            for u in KNOWN:
+                h.wait_for(lambda: len(pf.files(u)) == 2, 20,
+                           "Postfix to deliver the second message to %s" % u)
+        log = pf.log()
+        h.check("<nobody@example.org>: Recipient address rejected" in log,
+                "Postfix's log does not show the refusal:\n" + log[-2000:])
+        h.check(not glob.glob(os.path.join(pf.d, "mail", "example.org",
+                                           "nobody*")),
+                "the refused recipient got mail")
 
 
 # ---- 3. smtp target into smtp-sink ----------------------------------------------
