@@ -286,14 +286,12 @@ static void fwd_rcpt_done(void *arg, const struct tern_reply *r,
   tern_server_session_reply(x->s, r);
 }
 
-static int forward_mail(struct sess *x, const struct tern_path *from,
-                        const struct tern_mail_params *p,
+static int forward_mail(struct sess *x, const struct tern_mail_params *p,
                         struct tern_reply *r) {
   const struct cfg *c = &x->pol->cfg;
   char envid[128];
   struct forward_mail fm = {x->from, p->has_size ? p->size : 0, p->body,
                             p->smtputf8, p->requiretls, p->ret, NULL};
-  (void)from;
   if (p->envid.len) {
     snprintf(envid, sizeof envid, "%.*s", (int)p->envid.len, p->envid.ptr);
     fm.envid = envid;
@@ -376,7 +374,7 @@ static int on_mail(struct tern_server_session *s, const struct tern_path *from,
     return TERN_REPLY_NOW;
   }
   if (is_forward(&x->pol->cfg))
-    return forward_mail(x, from, p, r);
+    return forward_mail(x, p, r);
   return TERN_REPLY_NOW;
 }
 
