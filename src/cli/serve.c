@@ -39,6 +39,7 @@
 #include "cli.h"
 #include "config.h"
 #include "deliver.h"
+#include "log.h"
 #include "recipients.h"
 #include "users.h"
 
@@ -75,32 +76,9 @@ static void policy_put(struct policy *p) {
   }
 }
 
-/* ---- logging ------------------------------------------------------------------ */
-
-/* One line: "2026-11-24T01:02:03Z key=value ..." on stderr, or syslog.
- * Values from the peer are escaped by the callers (esc()). */
-static void logf_(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
-static void logf_(const char *fmt, ...) {
-  char line[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
-  va_end(ap);
-  if (g_syslog) {
-    syslog(LOG_MAIL | LOG_INFO, "%s", line);
-    return;
-  }
-  char ts[32];
-  time_t now = time(NULL);
-  struct tm tm;
-  gmtime_r(&now, &tm);
-  strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  fprintf(stderr, "%s %s\n", ts, line);
-}
-
-/* Peer text for a log value: printable ASCII kept, the rest \xHH, spaces
- * and quotes escaped, at most 200 octets (STYLE 16). */
+/* Peer text for a header field: printable ASCII kept, the rest \xHH,
+ * spaces and quotes escaped, at most 200 octets. (Log values go through
+ * log.h instead.) */
 static const char *esc(const char *p, size_t n, char *buf, size_t cap) {
   size_t o = 0;
   if (n > 200)
@@ -215,8 +193,9 @@ static int on_connect(struct tern_server_session *s, struct tern_reply *r,
   x->pol = policy_get();
   x->info = tern_session_info(s);
   tern_server_session_set_userdata(s, x);
-  logf_("session=%s event=connect client=%s port=%u listener=%s", x->info->id,
-        x->info->peer_addr, x->info->peer_port, x->info->listener);
+  log_kv("session", x->info->id, "event", "connect", "client",
+         x->info->peer_addr, "port", LOG_U(x->info->peer_port), "listener",
+         x->info->listener, NULL);
   return TERN_REPLY_NOW;
 }
 
@@ -502,8 +481,8 @@ static void fwd_started(void *arg, const struct tern_reply *r,
   struct sess *x = arg;
   (void)detail;
   if (r->code != 354) {
-    logf_("session=%s event=forward result=%d text=\"%s\"", x->info->id,
-          r->code, r->text ? r->text : "");
+    log_kv("session", x->info->id, "event", "forward", "result",
+           LOG_U(r->code), "text", r->text ? r->text : "", NULL);
     forward_release(x->fd);
     x->fd = NULL;
   }
@@ -619,8 +598,8 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
       return TERN_PENDING; /* 354 once the next hop said it */
   }
   if (rc) {
-    logf_("session=%s event=error what=delivery-start error=\"%s\"",
-          x->info->id, strerror(-rc));
+    log_kv("session", x->info->id, "event", "error", "what",
+           "delivery-start", "error", strerror(-rc), NULL);
     r->code = 451;
     r->enhanced = rc == -EHOSTUNREACH ? "4.4.1" : "4.3.0";
     r->text = rc == -EHOSTUNREACH ? "Error: next hop unavailable"
@@ -676,23 +655,24 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
 }
 
 static void log_message(struct sess *x) {
-  char to[1024];
-  size_t o = 0;
-  for (size_t i = 0; i < x->nrcpts && o + 8 < sizeof to; i++) {
-    char e[300];
-    o += (size_t)snprintf(to + o, sizeof to - o, "%s<%s>", i ? "," : "",
-                          esc(x->rcpts[i], strlen(x->rcpts[i]), e, sizeof e));
-  }
-  char f[300];
   const struct cfg *c = &x->pol->cfg;
   bool fixed = c->target == CFG_MAILDIR && !strchr(c->maildir, '%');
-  logf_("session=%s event=message from=<%s> to=%s size=%llu status=%d "
-        "enh=%s detail=\"%s\" file=%s%s%s",
-        x->info->id,
-        esc(x->from ? x->from : "", x->from ? strlen(x->from) : 0, f, sizeof f),
-        to, (unsigned long long)x->size, x->code, x->enh[0] ? x->enh : "-",
-        x->text, fixed && x->file[0] ? c->maildir : "",
-        fixed && x->file[0] ? "/new/" : "", x->file[0] ? x->file : "-");
+  char from[1024], file[1200];
+  snprintf(from, sizeof from, "<%s>", x->from ? x->from : "");
+  snprintf(file, sizeof file, "%s%s%s", fixed && x->file[0] ? c->maildir : "",
+           fixed && x->file[0] ? "/new/" : "", x->file[0] ? x->file : "-");
+  struct log_line l;
+  log_line_init(&l);
+  log_line_kv(&l, "session", x->info->id);
+  log_line_kv(&l, "event", "message");
+  log_line_kv(&l, "from", from);
+  log_line_list(&l, "to", (const char *const *)x->rcpts, x->nrcpts);
+  log_line_kv(&l, "size", LOG_U(x->size));
+  log_line_kv(&l, "status", LOG_U(x->code));
+  log_line_kv(&l, "enh", x->enh[0] ? x->enh : "-");
+  log_line_kv(&l, "detail", x->text);
+  log_line_kv(&l, "file", file);
+  log_line_emit(&l);
 }
 
 /* Note a delivery's outcome (and log it); the caller answers. */
@@ -807,8 +787,8 @@ static void on_data_abort(struct tern_server_session *s, const char *why,
   if (!x)
     return;
   if (x->md || x->pd || x->fd)
-    logf_("session=%s event=abort why=%s size=%llu", x->info->id, why,
-          (unsigned long long)x->size);
+    log_kv("session", x->info->id, "event", "abort", "why", why, "size",
+           LOG_U(x->size), NULL);
   if (x->md)
     maildir_abort(x->md);
   pipe_group_abort(x->pd);
@@ -829,11 +809,11 @@ static void on_close(struct tern_server_session *s, void *ud) {
   if (!x)
     return;
   const struct tern_session_info *i = x->info;
-  logf_("session=%s event=close client=%s helo=%s tls=%s auth=%s "
-        "messages=%u",
-        i->id, i->peer_addr, x->helo[0] ? x->helo : "-",
-        i->tls_version ? i->tls_version : "no",
-        i->auth_user ? i->auth_user : "-", x->messages);
+  log_kv("session", i->id, "event", "close", "client", i->peer_addr, "helo",
+         x->helo[0] ? x->helo : "-", "tls",
+         i->tls_version ? i->tls_version : "no", "auth",
+         i->auth_user ? i->auth_user : "-", "messages", LOG_U(x->messages),
+         NULL);
   rcheck_cancel(x);
   txn_clear(x);
   free(x->rcpts);
@@ -926,12 +906,13 @@ static void on_down(struct tern_server *srv, void *arg) {
   uv_close((uv_handle_t *)&d->sigterm, NULL);
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
-  logf_("event=stopped");
+  log_kv("event", "stopped", NULL);
 }
 
 static void on_stop(uv_signal_t *h, int sig) {
   struct daemon *d = h->data;
-  logf_("event=stopping signal=%s", sig == SIGTERM ? "TERM" : "INT");
+  log_kv("event", "stopping", "signal", sig == SIGTERM ? "TERM" : "INT",
+         NULL);
   uv_signal_stop(&d->sigterm);
   uv_signal_stop(&d->sigint);
   tern_server_shutdown(d->srv, on_down, d);
@@ -946,11 +927,12 @@ static void on_hup(uv_signal_t *h, int sig) {
   struct policy *p;
   (void)sig;
   if (!d->path) {
-    logf_("event=reload result=skipped why=\"no configuration file\"");
+    log_kv("event", "reload", "result", "skipped", "why",
+           "no configuration file", NULL);
     return;
   }
   if (load_policy(d->path, NULL, &p, err, sizeof err) != 0) {
-    logf_("event=reload result=failed error=\"%s\"", err);
+    log_kv("event", "reload", "result", "failed", "error", err, NULL);
     return;
   }
   /* --hostname and --maildir still override the file */
@@ -960,7 +942,7 @@ static void on_hup(uv_signal_t *h, int sig) {
                               sizeof err) != 0 ||
                       cfg_set(&p->cfg, "delivery", "maildir", d->maildir, err,
                               sizeof err) != 0))) {
-    logf_("event=reload result=failed error=\"%s\"", err);
+    log_kv("event", "reload", "result", "failed", "error", err, NULL);
     policy_put(p);
     return;
   }
@@ -970,9 +952,11 @@ static void on_hup(uv_signal_t *h, int sig) {
   uv_mutex_unlock(&g_lock);
   policy_put(old);
   int r = tern_server_reload_tls(d->srv);
-  logf_("event=reload result=ok tls=%s", r == 0 ? "reloaded"
-                                         : r == TERN_EINVAL ? "none"
-                                                            : tern_server_last_error(d->srv));
+  log_kv("event", "reload", "result", "ok", "tls",
+         r == 0              ? "reloaded"
+         : r == TERN_EINVAL ? "none"
+                            : tern_server_last_error(d->srv),
+         NULL);
 }
 
 /* ---- start-up ----------------------------------------------------------------- */
@@ -1103,8 +1087,10 @@ int tern_cli_serve(int argc, char **argv) {
   g_policy = pol;
   g_fsync = c->fsync;
   g_syslog = c->log && !strcmp(c->log, "syslog");
-  if (g_syslog)
+  if (g_syslog) {
     openlog("tern", LOG_PID | LOG_NDELAY, LOG_MAIL);
+    log_use_syslog(true);
+  }
   signal(SIGPIPE, SIG_IGN);
 
   struct tern_server_callbacks cb;
@@ -1216,13 +1202,18 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     return EX_SOFTWARE;
   }
-  for (size_t i = 0; i < c->nlisteners; i++)
-    logf_("event=listening url=%s port=%d", c->listeners[i].url,
-          tern_server_listener_port(d.srv, i));
-  logf_("event=ready hostname=%s delivery=%s", c->hostname,
-        c->target == CFG_MAILDIR ? c->maildir
-        : c->target == CFG_PIPE  ? c->command
-                                 : c->forward_url);
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    int port = tern_server_listener_port(d.srv, i);
+    char pt[16];
+    snprintf(pt, sizeof pt, "%d", port);
+    log_kv("event", "listening", "url", c->listeners[i].url, "port", pt,
+           NULL);
+  }
+  log_kv("event", "ready", "hostname", c->hostname, "delivery",
+         c->target == CFG_MAILDIR ? c->maildir
+         : c->target == CFG_PIPE  ? c->command
+                                  : c->forward_url,
+         NULL);
 
   uv_signal_init(d.loop, &d.sigterm);
   uv_signal_init(d.loop, &d.sigint);
