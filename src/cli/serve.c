@@ -157,6 +157,8 @@ struct sess {
   char file[512];             /* where it went (log) */
   uint64_t size;
   unsigned messages;          /* per session, for the log */
+  unsigned txns;              /* DATA/BDAT started: numbers message ids */
+  char msgid[48];             /* this message's id (message_id()) */
 };
 
 static void txn_clear(struct sess *x) {
@@ -444,6 +446,34 @@ oom:
   return TERN_REPLY_NOW;
 }
 
+/* A new id for the message about to be received: the session's id and
+ * the number of the message within the session, so two messages of one
+ * session never share one (issue 8, item 23). Only letters, digits and
+ * '-': an Atom in "with ESMTP id" (RFC 5321 §4.4) and a bare log value.
+ * It goes into the Received field, the final reply (final_text()) and
+ * the log line of the message. */
+static void message_id(struct sess *x) {
+  snprintf(x->msgid, sizeof x->msgid, "%s-%u", x->info->id, ++x->txns);
+}
+
+/* The text of a 2xx end-of-data reply, with the message id: what
+ * happened, in the words of the target ("delivered" for maildir and pipe,
+ * where this is the final delivery; "forwarded" for a next hop, whose own
+ * words follow). Other replies keep their text. */
+static void final_text(const struct sess *x, const struct tern_reply *r,
+                       char *buf, size_t cap) {
+  const char *t = r->text ? r->text : "";
+  if (r->code < 200 || r->code > 299)
+    snprintf(buf, cap, "%s", t);
+  else if (x->pol->cfg.target == CFG_MAILDIR ||
+           x->pol->cfg.target == CFG_PIPE)
+    snprintf(buf, cap, "Ok: delivered as %s", x->msgid);
+  else if (*t)
+    snprintf(buf, cap, "Ok: forwarded as %s (next hop: %s)", x->msgid, t);
+  else
+    snprintf(buf, cap, "Ok: forwarded as %s", x->msgid);
+}
+
 /* Return-Path and Received, as an MTA adds them (RFC 5321 §4.4). */
 static size_t trace_header(struct sess *x, char *buf, size_t cap) {
   const struct tern_session_info *i = x->info;
@@ -469,7 +499,7 @@ static size_t trace_header(struct sess *x, char *buf, size_t cap) {
                    final ? (x->from ? x->from : "") : "",
                    final ? ">\r\n" : "", helo[0] ? helo : "unknown",
                    i->peer_addr, i->peer_addr, x->pol->cfg.hostname, with,
-                   i->id, x->nrcpts == 1 ? "\r\n\tfor <" : "",
+                   x->msgid, x->nrcpts == 1 ? "\r\n\tfor <" : "",
                    x->nrcpts == 1 ? x->rcpts[0] : "",
                    x->nrcpts == 1 ? ">" : "", date);
   return n > 0 && (size_t)n < cap ? (size_t)n : 0;
@@ -481,7 +511,8 @@ static void fwd_started(void *arg, const struct tern_reply *r,
   struct sess *x = arg;
   (void)detail;
   if (r->code != 354) {
-    log_kv("session", x->info->id, "event", "forward", "result",
+    log_kv("session", x->info->id, "id", x->msgid, "event", "forward",
+           "result",
            LOG_U(r->code), "text", r->text ? r->text : "", NULL);
     forward_release(x->fd);
     x->fd = NULL;
@@ -584,6 +615,7 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
 
   x->done = false;
   x->size = 0;
+  message_id(x);
   size_t hlen = x->hlen = trace_header(x, x->hdr, sizeof x->hdr);
   if (c->target == CFG_MAILDIR)
     rc = maildir_start(x, s);
@@ -664,6 +696,7 @@ static void log_message(struct sess *x) {
   struct log_line l;
   log_line_init(&l);
   log_line_kv(&l, "session", x->info->id);
+  log_line_kv(&l, "id", x->msgid);
   log_line_kv(&l, "event", "message");
   log_line_kv(&l, "from", from);
   log_line_list(&l, "to", (const char *const *)x->rcpts, x->nrcpts);
@@ -683,7 +716,7 @@ static void record(struct sess *x, const struct tern_reply *r,
   x->done = true;
   x->code = r->code;
   snprintf(x->enh, sizeof x->enh, "%s", r->enhanced ? r->enhanced : "");
-  snprintf(x->text, sizeof x->text, "%s", r->text ? r->text : "");
+  final_text(x, r, x->text, sizeof x->text);
   snprintf(x->file, sizeof x->file, "%s", detail ? detail : "");
   x->messages++;
   log_message(x);
@@ -705,20 +738,18 @@ static void pipe_each(void *arg, size_t i, const struct tern_reply *r,
                       const char *detail) {
   struct sess *x = arg;
   struct pipe_result *p = &x->pres[i];
-  char f[300], t[300], d[300];
+  char from[1024], to[1024];
 
   p->known = true;
   p->code = r->code;
   snprintf(p->enh, sizeof p->enh, "%s", r->enhanced ? r->enhanced : "");
-  snprintf(p->text, sizeof p->text, "%s", r->text ? r->text : "");
-  logf_("session=%s event=message from=<%s> to=<%s> size=%llu status=%d "
-        "enh=%s detail=\"%s\" command=\"%s\"",
-        x->info->id,
-        esc(x->from ? x->from : "", x->from ? strlen(x->from) : 0, f, sizeof f),
-        esc(x->rcpts[i], strlen(x->rcpts[i]), t, sizeof t),
-        (unsigned long long)x->size, p->code, p->enh[0] ? p->enh : "-",
-        p->text, esc(detail ? detail : "", detail ? strlen(detail) : 0, d,
-                     sizeof d));
+  final_text(x, r, p->text, sizeof p->text);
+  snprintf(from, sizeof from, "<%s>", x->from ? x->from : "");
+  snprintf(to, sizeof to, "<%s>", x->rcpts[i]);
+  log_kv("session", x->info->id, "id", x->msgid, "event", "message", "from",
+         from, "to", to, "size", LOG_U(x->size), "status", LOG_U(p->code),
+         "enh", p->enh[0] ? p->enh : "-", "detail", p->text, "command",
+         detail ? detail : "", NULL);
   if (++x->pknown == x->nrcpts) {
     x->pd = NULL; /* the group frees itself after this returns */
     x->done = true;
@@ -787,8 +818,8 @@ static void on_data_abort(struct tern_server_session *s, const char *why,
   if (!x)
     return;
   if (x->md || x->pd || x->fd)
-    log_kv("session", x->info->id, "event", "abort", "why", why, "size",
-           LOG_U(x->size), NULL);
+    log_kv("session", x->info->id, "id", x->msgid, "event", "abort", "why",
+           why, "size", LOG_U(x->size), NULL);
   if (x->md)
     maildir_abort(x->md);
   pipe_group_abort(x->pd);
