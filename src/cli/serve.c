@@ -11,7 +11,8 @@
  * fsynced, renamed into new/, directory fsynced) or accepted by the pipe
  * command. One key=value log line per session and per message. SIGTERM and
  * SIGINT drain gracefully; SIGHUP reloads the configuration (users,
- * domains, delivery, certificates; listeners need a restart). systemd
+ * domains, delivery, certificates, hostname, sizes, limits, timeouts;
+ * what needs a restart is logged by key: on_hup()). systemd
  * socket activation (LISTEN_FDS) is honoured; privileges are dropped to
  * [server] user/group after binding.
  */
@@ -908,6 +909,29 @@ static int drop_privileges(const struct cfg *c, char *err, size_t cap) {
   return 0;
 }
 
+/* SIGHUP re-reads the configuration file, the users file and the
+ * certificates as the user the daemon now is (issue 8, item 21): no
+ * descriptor is kept open across the drop, because a kept descriptor
+ * would not see a file replaced by a new one (certbot, tern passwd >
+ * new && mv). Say at start-up which of them that user cannot read, so
+ * the operator learns it now rather than from a failed reload. access()
+ * checks with the real uid, which is the dropped one. */
+static void check_reloadable(const char *path, const struct cfg *c) {
+  const char *files[2 + 2 * CFG_MAX_CERTS];
+  size_t n = 0;
+  files[n++] = path;
+  files[n++] = c->users_file;
+  for (size_t i = 0; i < c->ncerts; i++) {
+    files[n++] = c->certs[i].cert_file;
+    files[n++] = c->certs[i].key_file;
+  }
+  for (size_t i = 0; i < n; i++)
+    if (files[i] && access(files[i], R_OK) != 0)
+      log_kv("event", "warning", "what", "reload-unreadable", "file",
+             files[i], "user", c->user, "error", strerror(errno), "effect",
+             "SIGHUP will fail until this user can read the file", NULL);
+}
+
 /* systemd socket activation: fds 3.. when LISTEN_PID is us. Returns the
  * number of fds (0 when not activated). */
 static int listen_fds(void) {
@@ -928,6 +952,8 @@ struct daemon {
   uv_signal_t sigterm, sigint, sighup;
   const char *path; /* config file, for reload */
   const char *maildir, *hostname; /* command-line overrides, kept on reload */
+  bool cli_listeners;               /* --listen: the file's are not used */
+  struct policy *boot;              /* what the server was started with */
   int exit_code;
 };
 
@@ -952,9 +978,47 @@ static void on_stop(uv_signal_t *h, int sig) {
 static int load_policy(const char *path, const struct cfg *base,
                        struct policy **out, char *err, size_t cap);
 
+/* The server's options from the configuration, for start-up and for
+ * reload alike (tern_server_update() takes the session template, limits
+ * and certificates from them and ignores the rest), so a key set here
+ * never reverts to its default on SIGHUP. Every [server] setting that
+ * reaches the runtime belongs here. */
+static void server_options(const struct cfg *c, struct tern_server_options *o) {
+  o->session.hostname = c->hostname;
+  o->session.max_message_size = c->max_message_size;
+  o->session.max_recipients = c->max_recipients;
+  o->session.timeout_command_ms = c->timeout_command_ms;
+  o->session.timeout_data_ms = c->timeout_data_ms;
+  o->session.max_line_length = c->max_line_length;
+  o->session.max_junk_commands = c->max_junk_commands;
+  o->max_connections = c->max_connections;
+  o->max_per_ip = c->max_per_ip;
+  o->greeting_delay_ms = c->greeting_delay_ms;
+  o->shutdown_timeout_ms = c->shutdown_timeout_ms;
+  o->tls_certs = c->certs;
+  o->tls_cert_count = c->ncerts;
+  o->workers = c->workers;
+  o->xclient_networks = c->xclient_networks;
+}
+
+static void reload_failed(const struct daemon *d, const char *err) {
+  const struct cfg *b = &d->boot->cfg;
+  /* after dropping privileges, say as whom the files were read */
+  log_kv("event", "reload", "result", "failed", "error", err, "user",
+         b->user ? b->user : NULL, NULL);
+}
+
+/*
+ * SIGHUP: read the file again and apply what a running server can take
+ * (issue 8, item 24). All or nothing: a file that does not load, a users
+ * file or certificate that cannot be read keeps the current settings
+ * (result=failed, naming the file). What needs a restart (listeners,
+ * workers, user, ...: cfg_restart_keys()) is logged by key with
+ * result=partial; the rest applies to sessions that start from now on.
+ */
 static void on_hup(uv_signal_t *h, int sig) {
   struct daemon *d = h->data;
-  char err[512];
+  char err[512], keys[512];
   struct policy *p;
   (void)sig;
   if (!d->path) {
@@ -963,7 +1027,7 @@ static void on_hup(uv_signal_t *h, int sig) {
     return;
   }
   if (load_policy(d->path, NULL, &p, err, sizeof err) != 0) {
-    log_kv("event", "reload", "result", "failed", "error", err, NULL);
+    reload_failed(d, err);
     return;
   }
   /* --hostname and --maildir still override the file */
@@ -973,7 +1037,22 @@ static void on_hup(uv_signal_t *h, int sig) {
                               sizeof err) != 0 ||
                       cfg_set(&p->cfg, "delivery", "maildir", d->maildir, err,
                               sizeof err) != 0))) {
-    log_kv("event", "reload", "result", "failed", "error", err, NULL);
+    reload_failed(d, err);
+    policy_put(p);
+    return;
+  }
+  size_t nkeys = cfg_restart_keys(&d->boot->cfg, &p->cfg, d->cli_listeners,
+                                  keys, sizeof keys);
+  struct tern_server_options o;
+  tern_server_options_init(&o);
+  server_options(&p->cfg, &o);
+  if (d->boot->cfg.ncerts == 0 || p->cfg.ncerts == 0) {
+    o.tls_certs = d->boot->cfg.certs; /* none <-> some: at restart */
+    o.tls_cert_count = d->boot->cfg.ncerts;
+  }
+  int r = tern_server_update(d->srv, &o);
+  if (r) {
+    reload_failed(d, tern_server_last_error(d->srv));
     policy_put(p);
     return;
   }
@@ -982,12 +1061,11 @@ static void on_hup(uv_signal_t *h, int sig) {
   g_policy = p;
   uv_mutex_unlock(&g_lock);
   policy_put(old);
-  int r = tern_server_reload_tls(d->srv);
-  log_kv("event", "reload", "result", "ok", "tls",
-         r == 0              ? "reloaded"
-         : r == TERN_EINVAL ? "none"
-                            : tern_server_last_error(d->srv),
-         NULL);
+  if (nkeys)
+    log_kv("event", "reload", "result", "partial", "restart_needed", keys,
+           NULL);
+  else
+    log_kv("event", "reload", "result", "ok", NULL);
 }
 
 /* ---- start-up ----------------------------------------------------------------- */
@@ -1111,6 +1189,21 @@ int tern_cli_serve(int argc, char **argv) {
     c->nlisteners = nlisten;
   }
   if (check) {
+    /* the certificates load as at start-up (the users file has already,
+     * in load_policy); nothing is bound */
+    struct tern_server_options co;
+    struct tern_server *cs = NULL;
+    tern_server_options_init(&co);
+    server_options(c, &co);
+    int cr = tern_server_new(&cs, uv_default_loop(), &co);
+    if (cr) {
+      fprintf(stderr, "tern serve: %s\n",
+              cs ? tern_server_last_error(cs) : tern_strerror(cr));
+      tern_server_free(cs);
+      policy_put(pol);
+      return EX_CONFIG;
+    }
+    tern_server_free(cs);
     printf("tern serve: %s: configuration OK\n", path ? path : "(default)");
     policy_put(pol);
     return 0;
@@ -1144,21 +1237,7 @@ int tern_cli_serve(int argc, char **argv) {
   struct tern_server_options o;
   tern_server_options_init(&o);
   o.callbacks = &cb;
-  o.session.hostname = c->hostname;
-  o.session.max_message_size = c->max_message_size;
-  o.session.max_recipients = c->max_recipients;
-  o.session.timeout_command_ms = c->timeout_command_ms;
-  o.session.timeout_data_ms = c->timeout_data_ms;
-  o.session.max_line_length = c->max_line_length;
-  o.session.max_junk_commands = c->max_junk_commands;
-  o.workers = c->workers;
-  o.max_connections = c->max_connections;
-  o.max_per_ip = c->max_per_ip;
-  o.greeting_delay_ms = c->greeting_delay_ms;
-  o.shutdown_timeout_ms = c->shutdown_timeout_ms;
-  o.tls_certs = c->certs;
-  o.tls_cert_count = c->ncerts;
-  o.xclient_networks = c->xclient_networks;
+  server_options(c, &o);
   if (pol->users) {
     o.auth = &auth;
     o.auth_mechanisms = c->auth_mechanisms ? c->auth_mechanisms : "PLAIN LOGIN";
@@ -1169,6 +1248,9 @@ int tern_cli_serve(int argc, char **argv) {
   d.path = path;
   d.maildir = maildir;
   d.hostname = hostname;
+  d.cli_listeners = nlisten > 0;
+  d.boot = pol;
+  atomic_fetch_add(&pol->refs, 1);
   int r = tern_server_new(&d.srv, d.loop, &o);
   if (r) {
     fprintf(stderr, "tern serve: %s\n",
@@ -1208,6 +1290,8 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     return EX_NOPERM;
   }
+  if (c->user)
+    check_reloadable(path, c);
   /* A fixed Maildir: create it (as the user we now are) and drop what a
    * crash left in tmp/. */
   /* A template: its spool (recipients.h), likewise; the maildirs
@@ -1259,6 +1343,7 @@ int tern_cli_serve(int argc, char **argv) {
   for (size_t i = 0; i < g_nloops; i++)
     maildir_ctx_free(g_loops[i].md);
   policy_put(g_policy);
+  policy_put(d.boot);
   uv_loop_close(d.loop);
   return d.exit_code;
 }
