@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`tern passwd`, `tern bench`, `tern version` / `help` and the dispatch."""
+"""`tern passwd`, `tern bench`, `tern version` / `help` and the dispatch;
+which packages each make target installs."""
 
 import ctypes
 import ctypes.util
@@ -117,5 +118,57 @@ def test_bench():
     h.check(rc == 64, "bad --sessions: %d" % rc)
 
 
+SRC = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+PEERS = {"postfix", "haproxy", "dovecot-lmtpd", "swaks", "msmtp",
+         "python3-aiosmtpd"}
+
+
+def deps_line(target):
+    """The scripts/install-deps command `make -n TARGET` would run."""
+    env = dict(os.environ)
+    env.pop("SKIP_DEPS", None)
+    p = h.run(["make", "-n", "-C", SRC, target], env=env, timeout=60)
+    lines = [ln for ln in p.stdout.decode().splitlines()
+             if "scripts/install-deps" in ln]
+    h.check(len(lines) == 1, "make -n %s: install-deps lines %r"
+            % (target, lines))
+    return lines[0].split()
+
+
+def test_install_deps_sets():
+    """make, make run, make install and make fuzz install the build
+    dependencies only; the test peers (postfix replaces any other MTA)
+    come with make test / make asan and .ci/run (issue 8, item 31)."""
+    script = os.path.join(SRC, "scripts", "install-deps")
+
+    def listed(*sets):
+        p = h.run(["bash", script] + list(sets) + ["--list"], timeout=30)
+        return set(p.stdout.decode().split())
+    build, test = listed("--build"), listed("--test")
+    h.check(build and not (build & PEERS),
+            "build set holds test peers: %r" % (build & PEERS))
+    h.check(PEERS <= test, "test set lacks %r" % (PEERS - test))
+    h.check("libsystemd-dev" in build, "libsystemd-dev not a build dep")
+    h.check(listed() == build | test, "the default is not both sets")
+    for target in ("build", "run", "install", "fuzz", "bench"):
+        args = deps_line(target)
+        h.check("--build" in args and "--test" not in args,
+                "make %s installs %r" % (target, args))
+    for target in ("test", "asan"):
+        args = deps_line(target)
+        h.check("--build" in args and "--test" in args,
+                "make %s installs %r" % (target, args))
+    with open(os.path.join(SRC, ".ci", "run")) as f:
+        ci = [ln for ln in f if "install-deps" in ln and
+              not ln.lstrip().startswith("#")]
+    h.check(ci and all("--build" in ln and "--test" in ln for ln in ci),
+            ".ci/run: %r" % ci)
+    with open(os.path.join(SRC, "README.md")) as f:
+        readme = f.read()
+    h.check("--build" in readme and "test peers" in readme,
+            "the README does not say which make target installs what")
+
+
 if __name__ == "__main__":
-    h.main([test_passwd, test_dispatch, test_bench])
+    h.main([test_passwd, test_dispatch, test_bench, test_install_deps_sets])
