@@ -1103,8 +1103,29 @@ fail:
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: tern serve [-c FILE] [--check] [--listen URL]... "
-             "[--maildir DIR] [--hostname NAME]\n");
+  fprintf(f,
+          "usage: tern serve [-c FILE] [--check] [--listen URL]... "
+          "[--maildir DIR] [--hostname NAME]\n"
+          "  -c, --config FILE   the configuration file (tern.ini(5)); "
+          "without one:\n"
+          "                      127.0.0.1:2525 and [::1]:2525, any "
+          "recipient, Maildir ./mail\n"
+          "  --check             load and check the configuration (users "
+          "file and\n"
+          "                      certificates included), print OK, exit\n"
+          "  --listen URL        listen here instead of the file's "
+          "listeners (repeatable):\n"
+          "                      smtp://HOST:PORT, smtps://HOST:PORT, "
+          "lmtp://HOST:PORT,\n"
+          "                      smtp:///PATH, lmtp:///PATH (port 0: any "
+          "free port)\n"
+          "  --maildir DIR       deliver into this Maildir (overrides "
+          "[delivery])\n"
+          "  --hostname NAME     our name in the greeting and Received "
+          "fields\n"
+          "  -h, --help          this text\n"
+          "Signals: TERM/INT drain and stop, HUP reloads the file. "
+          "See tern(1).\n");
 }
 
 int tern_cli_serve(int argc, char **argv) {

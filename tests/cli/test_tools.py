@@ -170,5 +170,71 @@ def test_install_deps_sets():
             "the README does not say which make target installs what")
 
 
+MAN = os.path.join(SRC, "docs", "man")
+
+
+def man_text(path):
+    """The words of a man page source, roff escapes undone enough to
+    find option names: \\- is -, font changes dropped."""
+    with open(path) as f:
+        t = f.read()
+    t = re.sub(r"\\f[BIRP]", "", t).replace("\\-", "-").replace("\\&", "")
+    return t
+
+
+def build_dir():
+    d = os.path.dirname(os.path.abspath(tern()))
+    while d != "/" and not os.path.exists(os.path.join(d, "CMakeCache.txt")):
+        d = os.path.dirname(d)
+    h.check(d != "/", "no build directory above %s" % tern())
+    return d
+
+
+def test_man_pages():
+    """tern(1) exists, renders without a warning (groff, as man(1) does),
+    describes every flag each command's --help prints, and is installed
+    with tern.ini(5); tern.ini(5) refers only to pages that exist; the
+    README's curl example makes its message.txt (issue 8, item 32)."""
+    groff = h.require_tool("groff")
+    pages = [os.path.join(MAN, "tern.1"), os.path.join(MAN, "tern.ini.5")]
+    for page in pages:
+        h.check(os.path.exists(page), "%s is missing" % page)
+        p = h.run([groff, "-man", "-Tutf8", "-ww", "-z", page], timeout=30,
+                  check_rc=False)
+        h.check(p.returncode == 0 and not p.stderr,
+                "groff warns on %s: %r" % (page, p.stderr.decode()))
+    text = man_text(pages[0])
+    flag_re = re.compile(r"(?:^|[\s,(\[])(--?[A-Za-z][A-Za-z0-9-]*)")
+    for cmd in ("serve", "send", "bench", "passwd"):
+        rc, out, err = run([cmd, "--help"])
+        h.check(rc == 0, "tern %s --help: %d %r" % (cmd, rc, err))
+        flags = set(flag_re.findall(out))
+        h.check(len(flags) >= 2 or cmd == "passwd",
+                "tern %s --help lists no flags: %r" % (cmd, out))
+        missing = sorted(f for f in flags
+                         if not re.search(r"(?<![\w-])" + re.escape(f)
+                                          + r"(?![\w-])", text))
+        h.check(not missing, "tern.1 does not describe tern %s %s"
+                % (cmd, " ".join(missing)))
+    for page in pages:
+        for name, sec in re.findall(r"^\.BR (tern[\w.]*) \((\d)\)",
+                                    man_text(page), re.M):
+            h.check(os.path.exists(os.path.join(MAN, "%s.%s" % (name, sec))),
+                    "%s refers to %s(%s), which does not exist"
+                    % (page, name, sec))
+    with open(os.path.join(SRC, "README.md")) as f:
+        readme = f.read()
+    use = readme.find("-T message.txt")
+    h.check(use > 0 and "> message.txt" in readme[:use],
+            "the README's curl example uses a message.txt it never makes")
+    dest = h.tmpdir(prefix="tern-install-")
+    h.run(["cmake", "--install", build_dir(), "--prefix", "/usr/local"],
+          env=dict(os.environ, DESTDIR=dest), timeout=120)
+    for rel in ("share/man/man1/tern.1", "share/man/man5/tern.ini.5"):
+        h.check(os.path.exists(os.path.join(dest, "usr/local", rel)),
+                "make install did not install %s" % rel)
+
+
 if __name__ == "__main__":
-    h.main([test_passwd, test_dispatch, test_bench, test_install_deps_sets])
+    h.main([test_passwd, test_dispatch, test_bench, test_install_deps_sets,
+            test_man_pages])
