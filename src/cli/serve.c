@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
 #include <tern/net.h>
 #include <tern/tern.h>
 
@@ -896,6 +897,11 @@ static int drop_privileges(const struct cfg *c, char *err, size_t cap) {
     }
     gid = gr->gr_gid;
   }
+  /* Started as that user already (systemd User=, packaging/systemd):
+   * nothing to drop, and setgroups() would fail without privileges. */
+  if (getuid() == pw->pw_uid && geteuid() == pw->pw_uid &&
+      getgid() == gid && getegid() == gid && pw->pw_uid != 0)
+    return 0;
   if (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0 ||
       setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) != 0) {
     snprintf(err, cap, "cannot drop privileges to %s: %s", c->user,
@@ -970,6 +976,7 @@ static void on_stop(uv_signal_t *h, int sig) {
   struct daemon *d = h->data;
   log_kv("event", "stopping", "signal", sig == SIGTERM ? "TERM" : "INT",
          NULL);
+  sd_notify(0, "STOPPING=1");
   uv_signal_stop(&d->sigterm);
   uv_signal_stop(&d->sigint);
   tern_server_shutdown(d->srv, on_down, d);
@@ -1016,11 +1023,9 @@ static void reload_failed(const struct daemon *d, const char *err) {
  * workers, user, ...: cfg_restart_keys()) is logged by key with
  * result=partial; the rest applies to sessions that start from now on.
  */
-static void on_hup(uv_signal_t *h, int sig) {
-  struct daemon *d = h->data;
+static void reload(struct daemon *d) {
   char err[512], keys[512];
   struct policy *p;
-  (void)sig;
   if (!d->path) {
     log_kv("event", "reload", "result", "skipped", "why",
            "no configuration file", NULL);
@@ -1066,6 +1071,20 @@ static void on_hup(uv_signal_t *h, int sig) {
            NULL);
   else
     log_kv("event", "reload", "result", "ok", NULL);
+}
+
+/* systemd (Type=notify): RELOADING=1 with the time, the reload, READY=1
+ * again whatever its outcome (the old settings are still serving). */
+static void on_hup(uv_signal_t *h, int sig) {
+  struct daemon *d = h->data;
+  struct timespec ts;
+  (void)sig;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL +
+                 (unsigned long long)ts.tv_nsec / 1000);
+  reload(d);
+  sd_notify(0, "READY=1");
 }
 
 /* ---- start-up ----------------------------------------------------------------- */
@@ -1338,6 +1357,15 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     return EX_SOFTWARE;
   }
+  /* signals before "ready": a SIGHUP or SIGTERM sent once we said ready
+   * must find its handler, not the default action */
+  uv_signal_init(d.loop, &d.sigterm);
+  uv_signal_init(d.loop, &d.sigint);
+  uv_signal_init(d.loop, &d.sighup);
+  d.sigterm.data = d.sigint.data = d.sighup.data = &d;
+  uv_signal_start(&d.sigterm, on_stop, SIGTERM);
+  uv_signal_start(&d.sigint, on_stop, SIGINT);
+  uv_signal_start(&d.sighup, on_hup, SIGHUP);
   for (size_t i = 0; i < c->nlisteners; i++) {
     int port = tern_server_listener_port(d.srv, i);
     char pt[16];
@@ -1350,14 +1378,10 @@ int tern_cli_serve(int argc, char **argv) {
          : c->target == CFG_PIPE  ? c->command
                                   : c->forward_url,
          NULL);
+  /* every listener is bound and listening: systemd may start what
+   * depends on us (Type=notify); a no-op without NOTIFY_SOCKET */
+  sd_notify(0, "READY=1");
 
-  uv_signal_init(d.loop, &d.sigterm);
-  uv_signal_init(d.loop, &d.sigint);
-  uv_signal_init(d.loop, &d.sighup);
-  d.sigterm.data = d.sigint.data = d.sighup.data = &d;
-  uv_signal_start(&d.sigterm, on_stop, SIGTERM);
-  uv_signal_start(&d.sigint, on_stop, SIGINT);
-  uv_signal_start(&d.sighup, on_hup, SIGHUP);
   uv_run(d.loop, UV_RUN_DEFAULT);
 
   tern_server_free(d.srv);

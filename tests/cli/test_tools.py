@@ -235,6 +235,38 @@ def test_man_pages():
                 "make install did not install %s" % rel)
 
 
+def test_systemd_unit():
+    """packaging/systemd/tern.service: Type=notify, hardened so that
+    `systemd-analyze security` rates it at most 3.0 ("OK"), and installed
+    by make install (TERN_SYSTEMD_UNITDIR, default lib/systemd/system
+    under the prefix) with ExecStart= pointing at the installed tern
+    (issue 8, item 33)."""
+    sa = h.require_tool("systemd-analyze")
+    unit = os.path.join(SRC, "packaging", "systemd", "tern.service")
+    with open(unit) as f:
+        text = f.read()
+    h.check(re.search(r"^Type=notify$", text, re.M), "not Type=notify")
+    p = h.run([sa, "security", "--offline=true", "--no-pager", unit],
+              timeout=60, check_rc=False)
+    out = p.stdout.decode("utf-8", "replace")
+    m = re.search(r"Overall exposure level for tern\.service: ([0-9.]+)", out)
+    h.check(m, "no exposure level from systemd-analyze: %r %r"
+            % (out[-500:], p.stderr))
+    h.check(float(m.group(1)) <= 3.0, "exposure %s > 3.0:\n%s"
+            % (m.group(1), out))
+    dest = h.tmpdir(prefix="tern-install-units-")
+    h.run(["cmake", "--install", build_dir(), "--prefix", "/opt/tern"],
+          env=dict(os.environ, DESTDIR=dest), timeout=120)
+    for u in ("tern.service", "tern.socket"):
+        path = os.path.join(dest, "opt/tern/lib/systemd/system", u)
+        h.check(os.path.exists(path), "make install did not install %s" % u)
+    with open(os.path.join(dest, "opt/tern/lib/systemd/system",
+                           "tern.service")) as f:
+        installed = f.read()
+    h.check("ExecStart=/opt/tern/bin/tern serve" in installed,
+            "ExecStart= does not name the installed tern: %r" % installed)
+
+
 if __name__ == "__main__":
     h.main([test_passwd, test_dispatch, test_bench, test_install_deps_sets,
-            test_man_pages])
+            test_man_pages, test_systemd_unit])

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Operations: privileges dropped after binding (and what that means for
-SIGHUP), and systemd socket activation (LISTEN_FDS)."""
+SIGHUP), systemd readiness (sd_notify) and socket activation
+(LISTEN_FDS)."""
 
 import os
 import pwd
+import re
 import signal
 import smtplib
 import socket
@@ -102,6 +104,62 @@ def test_reload_after_privdrop():
                 % lines[1])
 
 
+def test_sd_notify():
+    """Type=notify (issue 8, item 33): READY=1 reaches NOTIFY_SOCKET once
+    the port listens (a connect right then succeeds), RELOADING=1 with
+    MONOTONIC_USEC and READY=1 frame a SIGHUP, STOPPING=1 comes with
+    SIGTERM."""
+    d = h.tmpdir(prefix="tern-e2e-notify-")
+    ns_path = os.path.join(d, "notify")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(ns_path)
+    ns.settimeout(15)
+    (port,) = h.free_ports(1)
+    cfg = h.write(os.path.join(d, "tern.ini"),
+                  "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+                  "[delivery]\nmaildir = %s\nfsync = no\n"
+                  % (port, os.path.join(d, "mail")))
+
+    def recv(what):
+        try:
+            return ns.recv(4096).decode()
+        except socket.timeout:
+            h.fail("no datagram on NOTIFY_SOCKET while waiting for %s"
+                   % what)
+
+    old = os.environ.get("NOTIFY_SOCKET")
+    os.environ["NOTIFY_SOCKET"] = ns_path
+    srv = h.Serve(["-c", cfg], name="notify", expect_ready=False)
+    try:
+        srv.start()
+    finally:
+        if old is None:
+            del os.environ["NOTIFY_SOCKET"]
+        else:
+            os.environ["NOTIFY_SOCKET"] = old
+    try:
+        msg = recv("READY=1")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            banner = c.recv(512)
+        h.check(msg == "READY=1", "first notification %r" % msg)
+        h.check(banner.startswith(b"220"), "greeting %r" % banner)
+        srv.signal(signal.SIGHUP)
+        msg = recv("RELOADING=1")
+        h.check(msg.split("\n")[0] == "RELOADING=1"
+                and re.search(r"^MONOTONIC_USEC=\d+$", msg, re.M),
+                "reload notification %r" % msg)
+        msg = recv("READY=1 after the reload")
+        h.check(msg == "READY=1", "after the reload: %r" % msg)
+        srv.wait_log("event=reload")
+        srv.signal(signal.SIGTERM)
+        msg = recv("STOPPING=1")
+        h.check(msg == "STOPPING=1", "at SIGTERM: %r" % msg)
+        h.check(srv.wait_exit() == 0, "exit code %r" % srv.returncode)
+    finally:
+        srv.cleanup()
+        ns.close()
+
+
 def test_socket_activation():
     """A listening socket handed over as fd 3 with LISTEN_PID/LISTEN_FDS
     (as systemd does) is used for the first [listener]; tern binds
@@ -156,5 +214,5 @@ def test_socket_activation():
 
 
 if __name__ == "__main__":
-    h.main([test_privdrop, test_reload_after_privdrop,
+    h.main([test_privdrop, test_reload_after_privdrop, test_sd_notify,
             test_socket_activation])
