@@ -8,9 +8,12 @@
 
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,7 +83,8 @@ const char *log_escape(const char *p, size_t n, char *buf, size_t cap) {
   return buf;
 }
 
-/* ---- the line buffer ------------------------------------------------------- */
+/* ---- the line buffer -------------------------------------------------------
+ */
 
 void log_line_init(struct log_line *l) {
   l->buf = NULL;
@@ -128,8 +132,7 @@ static void put_key(struct log_line *l, const char *key) {
 }
 
 /* Escaped value, quoted when needed; `cut` bounds the raw octets taken. */
-static void put_value(struct log_line *l, const char *p, size_t n,
-                      size_t cut) {
+static void put_value(struct log_line *l, const char *p, size_t n, size_t cut) {
   bool more = n > cut;
   if (more)
     n = cut;
@@ -152,6 +155,191 @@ void log_line_kv(struct log_line *l, const char *key, const char *value) {
   if (!value)
     value = "-";
   put_value(l, value, strlen(value), LOG_VALUE_MAX);
+}
+
+/* ---- printf-style formats ------------------------------------------------ */
+
+static bool key_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.';
+}
+
+/* One conversion of a printf format, f at the '%': format it into v
+ * (the value being composed) and return the format past it. The spec is
+ * rebuilt with '*' widths made literal and handed to snprintf with an
+ * argument of the type its length modifier and conversion say. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+static const char *conversion(const char *f, va_list *ap, struct log_line *v) {
+  char spec[48];
+  size_t o = 0;
+  spec[o++] = *f++;
+  if (*f == '%') {
+    put(v, "%", 1);
+    return f + 1;
+  }
+  while (*f && strchr("-+ #0", *f) && o < 8)
+    spec[o++] = *f++;
+  for (int part = 0; part < 2; part++) { /* width, then .precision */
+    if (part == 1) {
+      if (*f != '.')
+        break;
+      spec[o++] = *f++;
+    }
+    if (*f == '*') {
+      o += (size_t)snprintf(spec + o, sizeof spec - o, "%d", va_arg(*ap, int));
+      f++;
+    } else {
+      while (*f >= '0' && *f <= '9' && o < 30)
+        spec[o++] = *f++;
+    }
+  }
+  char len[3] = "";
+  size_t ll = 0;
+  while (*f && strchr("hlLjzt", *f) && ll < 2)
+    len[ll++] = *f, spec[o++] = *f++;
+  char conv = *f ? *f++ : 's';
+  spec[o++] = conv;
+  spec[o] = '\0';
+
+  char small[128], *buf = small;
+  int n = 0;
+#define LOG_CONV(T)                                                            \
+  do {                                                                         \
+    T arg_ = va_arg(*ap, T);                                                   \
+    n = snprintf(small, sizeof small, spec, arg_);                             \
+    if (n >= (int)sizeof small && (buf = malloc((size_t)n + 1)) != NULL)       \
+      snprintf(buf, (size_t)n + 1, spec, arg_);                                \
+  } while (0)
+  bool l1 = ll == 1 && len[0] == 'l', l2 = ll == 2 && len[0] == 'l';
+  bool z = len[0] == 'z', j = len[0] == 'j', t = len[0] == 't';
+  switch (conv) {
+  case 'd':
+  case 'i':
+    if (l2)
+      LOG_CONV(long long);
+    else if (l1)
+      LOG_CONV(long);
+    else if (z)
+      LOG_CONV(ssize_t);
+    else if (j)
+      LOG_CONV(intmax_t);
+    else if (t)
+      LOG_CONV(ptrdiff_t);
+    else
+      LOG_CONV(int);
+    break;
+  case 'u':
+  case 'x':
+  case 'X':
+  case 'o':
+    if (l2)
+      LOG_CONV(unsigned long long);
+    else if (l1)
+      LOG_CONV(unsigned long);
+    else if (z)
+      LOG_CONV(size_t);
+    else if (j)
+      LOG_CONV(uintmax_t);
+    else if (t)
+      LOG_CONV(ptrdiff_t);
+    else
+      LOG_CONV(unsigned);
+    break;
+  case 'c':
+    LOG_CONV(int);
+    break;
+  case 'e':
+  case 'E':
+  case 'f':
+  case 'F':
+  case 'g':
+  case 'G':
+  case 'a':
+  case 'A':
+    if (len[0] == 'L')
+      LOG_CONV(long double);
+    else
+      LOG_CONV(double);
+    break;
+  case 'p':
+    LOG_CONV(void *);
+    break;
+  case 's': {
+    const char *str = va_arg(*ap, const char *);
+    if (!str)
+      str = "(null)";
+    n = snprintf(small, sizeof small, spec, str);
+    if (n >= (int)sizeof small && (buf = malloc((size_t)n + 1)) != NULL)
+      snprintf(buf, (size_t)n + 1, spec, str);
+    break;
+  }
+  case 'n':
+    (void)va_arg(*ap, void *); /* never written through */
+    break;
+  default:
+    break;
+  }
+#undef LOG_CONV
+  if (!buf) {
+    v->oom = true;
+  } else if (n > 0) {
+    size_t k = (size_t)n;
+    if (buf == small && k >= sizeof small)
+      k = sizeof small - 1;
+    put(v, buf, k);
+  }
+  if (buf != small)
+    free(buf);
+  return f;
+}
+#pragma GCC diagnostic pop
+
+void logf_(const char *fmt, ...) {
+  struct log_line l, v;
+  va_list ap;
+  va_start(ap, fmt);
+  log_line_init(&l);
+  const char *f = fmt;
+  while (*f) {
+    while (*f == ' ')
+      f++;
+    if (!*f)
+      break;
+    /* the key: literal text up to '=' */
+    const char *k = f;
+    while (key_char(*f))
+      f++;
+    char key[64] = "badkey";
+    if (f > k && *f == '=' && (size_t)(f - k) < sizeof key) {
+      memcpy(key, k, (size_t)(f - k));
+      key[f - k] = '\0';
+      f++;
+    } else {
+      f = k; /* the whole token is the value */
+    }
+    /* the value: up to a literal space outside literal quotes */
+    log_line_init(&v);
+    bool quoted = false;
+    while (*f && (quoted || *f != ' ')) {
+      if (*f == '"') {
+        quoted = !quoted; /* the format's own quotes: dropped */
+        f++;
+      } else if (*f == '%') {
+        f = conversion(f, &ap, &v);
+      } else {
+        put(&v, f, 1);
+        f++;
+      }
+    }
+    put_key(&l, key);
+    put_value(&l, v.buf ? v.buf : "", v.len, LOG_VALUE_MAX);
+    if (v.oom)
+      l.oom = true;
+    free(v.buf);
+  }
+  va_end(ap);
+  log_line_emit(&l);
 }
 
 void log_line_list(struct log_line *l, const char *key,

@@ -7,8 +7,9 @@
  * a control character or a byte over 0x7e is written in double quotes,
  * with \" \\ \n \r \t and \xHH escapes; anything else is written bare.
  * Keys are literals of the program ([a-z0-9_.]); a key with any other
- * byte is written as "badkey". There is no printf-style entry point on
- * purpose: a format string is how peer text used to end up unescaped.
+ * byte is written as "badkey". The printf-style logf_() below keys its
+ * values by the format's literal text only and escapes every value it
+ * composes the same way: no argument can add a key.
  *
  *   log_kv("session", id, "event", "connect", "client", addr,
  *          "port", LOG_U(port), NULL);
@@ -34,8 +35,7 @@ void log_use_syslog(bool on);
  * value is written as "-". Values are copied and escaped; nothing is
  * kept after the call.
  */
-void log_kv(const char *key, const char *value, ...)
-    __attribute__((sentinel));
+void log_kv(const char *key, const char *value, ...) __attribute__((sentinel));
 
 /* A line built piece by piece (for fields made in a loop). The buffer
  * grows as needed; on out-of-memory the line ends in "truncated=yes". */
@@ -54,6 +54,21 @@ void log_line_list(struct log_line *l, const char *key,
                    const char *const *items, size_t n);
 /* Write the line and free its buffer. */
 void log_line_emit(struct log_line *l);
+
+/*
+ * printf-style lines, for call sites written as
+ *   logf_("session=%s event=message from=<%s> size=%llu", id, from, n);
+ * The format's literal text alone makes the keys: it is cut into
+ * key=value tokens at its own spaces (not at spaces inside literal
+ * quotes), each token's value is composed from its literal text and its
+ * conversions, then escaped as one value by the rules above (literal
+ * quotes around a whole value in the format, as in detail=\"%s\", are
+ * the format's and are dropped first). So an argument can never end a
+ * value or start a key, whatever it holds. A token that does not start
+ * with a literal key is written as badkey=VALUE. Conversions: those of
+ * printf with their flags, width, precision and length (no %n).
+ */
+void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Decimal text of v in buf (for LOG_U). */
 const char *log_u(char buf[24], unsigned long long v);

@@ -514,8 +514,7 @@ static void fwd_started(void *arg, const struct tern_reply *r,
   (void)detail;
   if (r->code != 354) {
     log_kv("session", x->info->id, "id", x->msgid, "event", "forward",
-           "result",
-           LOG_U(r->code), "text", r->text ? r->text : "", NULL);
+           "result", LOG_U(r->code), "text", r->text ? r->text : "", NULL);
     forward_release(x->fd);
     x->fd = NULL;
   }
@@ -1012,7 +1011,7 @@ static void reload_failed(const struct daemon *d, const char *err) {
   const struct cfg *b = &d->boot->cfg;
   /* after dropping privileges, say as whom the files were read */
   log_kv("event", "reload", "result", "failed", "error", err, "user",
-         b->user ? b->user : NULL, NULL);
+         b->user, NULL);
 }
 
 /*
