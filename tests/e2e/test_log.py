@@ -121,7 +121,18 @@ def test_forging():
         u.cmd("AUTH PLAIN " + tok.decode(), 235)
         u.cmd("QUIT")
         u.close()
-        closes = srv.wait_log("event=close", count=2)
+        # a refused identity with CR LF in it: whatever logs it, escaped
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(sock)
+        u = h.Raw(sock=s, timeout=15)
+        u.reply()
+        u.cmd("EHLO auth2.example", 250)
+        tok = base64.b64encode(b"\0x\r\nevent=forged auth=admin\0bad")
+        code, _ = u.cmd("AUTH PLAIN " + tok.decode())
+        h.check(code == 535, "bad AUTH: %d" % code)
+        u.cmd("QUIT")
+        u.close()
+        closes = srv.wait_log("event=close", count=3)
 
     lines = srv.snapshot()
     h.check(len(lines) > 4, "log: %r" % lines)
@@ -143,6 +154,8 @@ def test_forging():
                                                               EVIL_USER))
     h.check(all("injected" not in k for _, d in parsed for k in d),
             "a key was injected: %r" % lines)
+    h.check(not any(d.get("event") == "forged" for _, d in parsed),
+            "an AUTH identity forged an event: %r" % lines)
 
 
 if __name__ == "__main__":
