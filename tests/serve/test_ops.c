@@ -20,6 +20,8 @@
 #include "config.h"
 #include "log.h"
 
+#include <tern/net.h>
+
 static int g_saved = -1;
 static FILE *g_cap;
 
@@ -157,11 +159,69 @@ static void test_restart_keys(void **state) {
   cfg_free(&b);
 }
 
-int main(void) {
+/* tern_server_update(): all or nothing, with the documented codes. */
+static const char *g_certs;
+
+static void test_server_update(void **state) {
+  (void)state;
+  char cert[512], key[512], sni[512], skey[512];
+  snprintf(cert, sizeof cert, "%s/server.pem", g_certs);
+  snprintf(key, sizeof key, "%s/server.key", g_certs);
+  snprintf(sni, sizeof sni, "%s/sni.pem", g_certs);
+  snprintf(skey, sizeof skey, "%s/sni.key", g_certs);
+  struct tern_tls_cert one = {cert, key}, other = {sni, skey};
+  struct tern_tls_cert missing = {sni, "/nonexistent/tern-test.key"};
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+
+  struct tern_server_options o;
+  tern_server_options_init(&o);
+  o.session.hostname = "one.example";
+  o.tls_certs = &one;
+  o.tls_cert_count = 1;
+  struct tern_server *srv;
+  assert_int_equal(tern_server_new(&srv, &loop, &o), 0);
+
+  /* other files, other limits: applied */
+  o.session.hostname = "two.example";
+  o.session.max_message_size = 1234;
+  o.max_connections = 7;
+  o.tls_certs = &other;
+  assert_int_equal(tern_server_update(srv, &o), 0);
+  /* a key that does not load: TERN_ETLS naming the file */
+  o.tls_certs = &missing;
+  assert_int_equal(tern_server_update(srv, &o), TERN_ETLS);
+  assert_non_null(strstr(tern_server_last_error(srv), "tern-test.key"));
+  /* a bad session template */
+  o.tls_certs = &one;
+  o.session.hostname = "bad host\r\n";
+  assert_int_equal(tern_server_update(srv, &o), TERN_EINVAL);
+  /* certificates cannot go away on a running server */
+  o.session.hostname = "three.example";
+  o.tls_cert_count = 0;
+  assert_int_equal(tern_server_update(srv, &o), TERN_ESTATE);
+  assert_int_equal(tern_server_update(NULL, &o), TERN_EINVAL);
+  tern_server_free(srv);
+
+  /* nor be added to one created without */
+  tern_server_options_init(&o);
+  assert_int_equal(tern_server_new(&srv, &loop, &o), 0);
+  o.tls_certs = &one;
+  o.tls_cert_count = 1;
+  assert_int_equal(tern_server_update(srv, &o), TERN_ESTATE);
+  o.tls_cert_count = 0;
+  o.session.hostname = "four.example";
+  assert_int_equal(tern_server_update(srv, &o), 0);
+  tern_server_free(srv);
+  uv_loop_close(&loop);
+}
+
+int main(int argc, char **argv) {
+  g_certs = argc > 1 ? argv[1] : "tests/certs";
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_escape),       cmocka_unit_test(test_kv),
       cmocka_unit_test(test_list),         cmocka_unit_test(test_printf),
-      cmocka_unit_test(test_restart_keys),
+      cmocka_unit_test(test_restart_keys), cmocka_unit_test(test_server_update),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
