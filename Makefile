@@ -1,7 +1,8 @@
 # tern — thin wrapper around CMake/CTest. The real build is CMakeLists.txt.
 #
-#   make / make build   install missing Debian packages, configure, build
-#   make test           build, then run the whole test suite (ctest)
+#   make / make build   install missing build packages, configure, build
+#   make test           also install the test peers (postfix, haproxy,
+#                       dovecot...), build, run the whole suite (ctest)
 #   make asan           ASan+UBSan Debug build of everything, then ctest
 #   make fuzz           clang libFuzzer build; run each target FUZZ_SECONDS
 #   make bench          build and run the benchmark drivers
@@ -12,6 +13,10 @@
 #
 # Extra CMake settings: make test CMAKE_ARGS="-DTERN_WERROR=ON"
 # Skip the package check: make test SKIP_DEPS=1
+# Packages: `make`, `make run`, `make install` and `make fuzz` install
+# only what building needs (scripts/install-deps --build); the test peers,
+# postfix among them (it replaces any other MTA), come only with
+# `make test` and `make asan` (--build --test).
 
 BUILD       ?= build
 ASAN_BUILD  ?= build-asan
@@ -33,23 +38,34 @@ MAKEFLAGS += --no-print-directory
 ASAN_ENV = ASAN_OPTIONS=detect_leaks=1 \
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all build deps test asan fuzz bench run install checksrc clean
+.PHONY: all build deps test-deps test asan fuzz bench run install checksrc \
+        clean
 
 all: build
 
 deps:
 ifeq ($(SKIP_DEPS),)
-	@bash scripts/install-deps
+	@bash scripts/install-deps --build
 endif
 
-build: deps
+test-deps:
+ifeq ($(SKIP_DEPS),)
+	@bash scripts/install-deps --build --test
+endif
+
+define configure_and_build
 	$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
 	$(CMAKE) --build $(BUILD) -j $(JOBS)
+endef
 
-test: build
+build: deps
+	$(configure_and_build)
+
+test: test-deps
+	$(configure_and_build)
 	$(CTEST) --test-dir $(BUILD) --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
-asan: deps
+asan: test-deps
 	$(CMAKE) -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
 	  -DTERN_SANITIZE=address,undefined -DTERN_BUILD_BENCH=OFF $(CMAKE_ARGS)
 	$(CMAKE) --build $(ASAN_BUILD) -j $(JOBS)

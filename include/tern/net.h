@@ -210,6 +210,30 @@ TERN_EXTERN void tern_server_free(struct tern_server *srv);
  * keep theirs. Returns 0 or TERN_ETLS (the old ones stay). */
 TERN_EXTERN int tern_server_reload_tls(struct tern_server *srv);
 
+/*
+ * Change a running server's settings; connections accepted from now on
+ * get them, sessions already open keep theirs. What changes:
+ *   - the session template `o->session` (hostname, banner, extensions,
+ *     limits such as max_message_size and max_recipients, timeouts);
+ *   - max_connections, max_per_ip, greeting_delay_ms, auth_fail_delay_ms,
+ *     shutdown_timeout_ms;
+ *   - the certificates `tls_certs` (the same or other files): all are
+ *     loaded now, and they replace the current ones only if every one
+ *     loads.
+ * Everything else in `o` (callbacks, ud, workers, auth, auth_ud,
+ * auth_mechanisms, xclient_networks) is ignored: those need a new
+ * server. Listeners are not in `o` and cannot change either.
+ * `o` and its strings are copied. Call it on the first loop's thread,
+ * after tern_server_new() (started or not).
+ * Returns 0; TERN_EINVAL (a bad session template: nothing changed);
+ * TERN_ETLS (a certificate or key did not load: nothing changed,
+ * tern_server_last_error() names the file); TERN_ESTATE (certificates
+ * given to a server created without any, or none to a server created
+ * with some: nothing changed); TERN_ENOMEM.
+ */
+TERN_EXTERN int tern_server_update(struct tern_server *srv,
+                                   const struct tern_server_options *o);
+
 /* A human-readable description of the last failure of new/listen/reload
  * (e.g. the OpenSSL error and file name). Never NULL. */
 TERN_EXTERN const char *tern_server_last_error(const struct tern_server *srv);

@@ -426,6 +426,105 @@ void cfg_free(struct cfg *c) {
   memset(c, 0, sizeof *c);
 }
 
+/* ---- reload: what needs a restart --------------------------------------- */
+
+static bool str_differs(const char *a, const char *b) {
+  return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+struct keylist {
+  char *buf;
+  size_t cap, len, n;
+  bool full;
+};
+
+/* Add "a.b.c" to the list; past cap the list ends in "..." (4 octets
+ * are always kept free for it). */
+static void key_add(struct keylist *k, const char *a, const char *b,
+                    const char *c) {
+  char one[256];
+  snprintf(one, sizeof one, "%s%s%s%s%s", a, b ? "." : "", b ? b : "",
+           c ? "." : "", c ? c : "");
+  k->n++;
+  if (k->full || k->cap < 4)
+    return;
+  size_t need = strlen(one) + (k->len ? 1 : 0);
+  if (k->len + need + 4 > k->cap) {
+    k->full = true;
+    snprintf(k->buf + k->len, k->cap - k->len, "...");
+    return;
+  }
+  snprintf(k->buf + k->len, k->cap - k->len, "%s%s", k->len ? "," : "", one);
+  k->len += need;
+}
+
+static const struct cfg_listener *listener_named(const struct cfg *c,
+                                                 const char *name) {
+  for (size_t i = 0; i < c->nlisteners; i++)
+    if (c->listeners[i].name && !strcmp(c->listeners[i].name, name))
+      return &c->listeners[i];
+  return NULL;
+}
+
+size_t cfg_restart_keys(const struct cfg *a, const struct cfg *b,
+                        bool listeners_fixed, char *buf, size_t cap) {
+  struct keylist k = {buf, cap, 0, 0, false};
+  if (cap)
+    buf[0] = '\0';
+  if (a->workers != b->workers)
+    key_add(&k, "server", "workers", NULL);
+  if (str_differs(a->user, b->user))
+    key_add(&k, "server", "user", NULL);
+  if (str_differs(a->group, b->group))
+    key_add(&k, "server", "group", NULL);
+  if (str_differs(a->log, b->log))
+    key_add(&k, "server", "log", NULL);
+  if (str_differs(a->xclient_networks, b->xclient_networks))
+    key_add(&k, "server", "xclient_networks", NULL);
+  /* AUTH is offered or not from start-up on; its users apply live */
+  if ((a->users_file == NULL) != (b->users_file == NULL))
+    key_add(&k, "auth", "users", NULL);
+  if (str_differs(a->auth_mechanisms, b->auth_mechanisms))
+    key_add(&k, "auth", "mechanisms", NULL);
+  /* certificates: other files apply live, none <-> some does not */
+  if ((a->ncerts == 0) != (b->ncerts == 0))
+    key_add(&k, "tls", "cert", NULL);
+  if (a->fsync != b->fsync)
+    key_add(&k, "delivery", "fsync", NULL);
+  if (listeners_fixed)
+    return k.n;
+  for (size_t i = 0; i < b->nlisteners; i++) {
+    const struct cfg_listener *n = &b->listeners[i];
+    const struct cfg_listener *o = listener_named(a, n->name);
+    if (!o) {
+      key_add(&k, "listener", n->name, NULL);
+      continue;
+    }
+    if (str_differs(o->url, n->url))
+      key_add(&k, "listener", n->name, "url");
+    if (o->starttls != n->starttls)
+      key_add(&k, "listener", n->name, "starttls");
+    if (o->proxy != n->proxy)
+      key_add(&k, "listener", n->name, "proxy_protocol");
+    if (o->auth != n->auth)
+      key_add(&k, "listener", n->name, "auth");
+    if (o->insecure_auth != n->insecure_auth)
+      key_add(&k, "listener", n->name, "insecure_auth");
+    if (o->xclient != n->xclient)
+      key_add(&k, "listener", n->name, "xclient");
+  }
+  for (size_t i = 0; i < a->nlisteners; i++)
+    if (!listener_named(b, a->listeners[i].name))
+      key_add(&k, "listener", a->listeners[i].name, NULL);
+  /* the same listeners in another order: fds and ports follow the order */
+  for (size_t i = 0; i < a->nlisteners && i < b->nlisteners; i++)
+    if (str_differs(a->listeners[i].name, b->listeners[i].name)) {
+      key_add(&k, "listener", "order", NULL);
+      break;
+    }
+  return k.n;
+}
+
 /* ---- the parser state
  * -------------------------------------------------------- */
 

@@ -101,6 +101,21 @@ int cfg_check(const struct cfg *c, char *err, size_t cap);
 
 void cfg_free(struct cfg *c);
 
+/*
+ * What a reload (SIGHUP) cannot apply to a running server: the keys whose
+ * value differs between `running` (the configuration the server was
+ * started with) and `next`, written into buf as a comma-separated list
+ * ("server.workers,listener.sub.url,auth.users", "listener.NAME" for a
+ * listener added or removed). With `listeners_fixed` (the listeners came
+ * from --listen) the listener sections are not compared. Everything else
+ * applies live: hostname, sizes, limits, timeouts, domains, users
+ * (contents and path), certificates (contents and paths), delivery.
+ * Returns the number of keys (0: everything applies); a list longer than
+ * cap ends in "...".
+ */
+size_t cfg_restart_keys(const struct cfg *running, const struct cfg *next,
+                        bool listeners_fixed, char *buf, size_t cap);
+
 /* Is `domain` (pointer + length, case-insensitive) accepted? */
 bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
 

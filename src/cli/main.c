@@ -33,8 +33,11 @@ static void usage(FILE *f) {
           "  version  print the version\n"
           "  help     this text\n"
           "\n"
-          "`tern COMMAND --help` describes each command. Installed as "
-          "`sendmail`, tern acts as `tern send`.\n");
+          "`tern COMMAND --help` describes each command; tern(1) and "
+          "tern.ini(5)\n"
+          "(`man tern`, `man tern.ini`) describe them all. Installed as "
+          "`sendmail`,\n"
+          "tern acts as `tern send`.\n");
 }
 
 static const char *base_name(const char *p) {

@@ -11,7 +11,8 @@
  * fsynced, renamed into new/, directory fsynced) or accepted by the pipe
  * command. One key=value log line per session and per message. SIGTERM and
  * SIGINT drain gracefully; SIGHUP reloads the configuration (users,
- * domains, delivery, certificates; listeners need a restart). systemd
+ * domains, delivery, certificates, hostname, sizes, limits, timeouts;
+ * what needs a restart is logged by key: on_hup()). systemd
  * socket activation (LISTEN_FDS) is honoured; privileges are dropped to
  * [server] user/group after binding.
  */
@@ -33,12 +34,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
 #include <tern/net.h>
 #include <tern/tern.h>
 
 #include "cli.h"
 #include "config.h"
 #include "deliver.h"
+#include "log.h"
 #include "recipients.h"
 #include "users.h"
 
@@ -75,32 +78,9 @@ static void policy_put(struct policy *p) {
   }
 }
 
-/* ---- logging ------------------------------------------------------------------ */
-
-/* One line: "2026-11-24T01:02:03Z key=value ..." on stderr, or syslog.
- * Values from the peer are escaped by the callers (esc()). */
-static void logf_(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
-static void logf_(const char *fmt, ...) {
-  char line[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
-  va_end(ap);
-  if (g_syslog) {
-    syslog(LOG_MAIL | LOG_INFO, "%s", line);
-    return;
-  }
-  char ts[32];
-  time_t now = time(NULL);
-  struct tm tm;
-  gmtime_r(&now, &tm);
-  strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  fprintf(stderr, "%s %s\n", ts, line);
-}
-
-/* Peer text for a log value: printable ASCII kept, the rest \xHH, spaces
- * and quotes escaped, at most 200 octets (STYLE 16). */
+/* Peer text for a header field: printable ASCII kept, the rest \xHH,
+ * spaces and quotes escaped, at most 200 octets. (Log values go through
+ * log.h instead.) */
 static const char *esc(const char *p, size_t n, char *buf, size_t cap) {
   size_t o = 0;
   if (n > 200)
@@ -180,6 +160,8 @@ struct sess {
   char file[512];             /* where it went (log) */
   uint64_t size;
   unsigned messages;          /* per session, for the log */
+  unsigned txns;              /* DATA/BDAT started: numbers message ids */
+  char msgid[48];             /* this message's id (message_id()) */
 };
 
 static void txn_clear(struct sess *x) {
@@ -218,8 +200,9 @@ static int on_connect(struct tern_server_session *s, struct tern_reply *r,
   x->pol = policy_get();
   x->info = tern_session_info(s);
   tern_server_session_set_userdata(s, x);
-  logf_("session=%s event=connect client=%s port=%u listener=%s", x->info->id,
-        x->info->peer_addr, x->info->peer_port, x->info->listener);
+  log_kv("session", x->info->id, "event", "connect", "client",
+         x->info->peer_addr, "port", LOG_U(x->info->peer_port), "listener",
+         x->info->listener, NULL);
   return TERN_REPLY_NOW;
 }
 
@@ -241,13 +224,10 @@ static bool is_forward(const struct cfg *c) {
 
 static void log_forward(struct sess *x, const char *step,
                         const struct tern_reply *r, const char *what) {
-  char t[300], w[300];
-  const char *text = r->text ? r->text : "";
-  logf_("session=%s event=forward step=%s hop=%s%s%s result=%d enh=%s "
-        "text=\"%s\"",
-        x->info->id, step, x->pol->cfg.forward_url, what ? " rcpt=" : "",
-        what ? esc(what, strlen(what), w, sizeof w) : "", r->code,
-        r->enhanced ? r->enhanced : "-", esc(text, strlen(text), t, sizeof t));
+  log_kv("session", x->info->id, "id", x->msgid, "event", "forward", "step",
+         step, "hop", x->pol->cfg.forward_url, "rcpt", what, "result",
+         LOG_U(r->code), "enh", r->enhanced ? r->enhanced : NULL, "text",
+         r->text ? r->text : "", NULL);
 }
 
 /* The next hop's timeouts stay well inside the inbound session's, so the
@@ -464,15 +444,13 @@ static void rcheck_end(struct rcheck *k) {
 static void rcheck_finish(struct rcheck *k, const struct tern_reply *r,
                           const char *detail) {
   struct sess *x = k->x;
-  char a[300], d[300];
 
   rcheck_end(k);
   if (!x)
     return;
   x->rcheck = NULL;
   logf_("session=%s event=recipient-check to=<%s> status=%d detail=\"%s\"",
-        x->info->id, esc(k->addr, strlen(k->addr), a, sizeof a), r->code,
-        esc(detail, strlen(detail), d, sizeof d));
+        x->info->id, k->addr, r->code, detail);
   if (r->code / 100 != 2) {
     tern_server_session_reply(x->s, r);
     return;
@@ -600,6 +578,34 @@ oom:
   return TERN_REPLY_NOW;
 }
 
+/* A new id for the message about to be received: the session's id and
+ * the number of the message within the session, so two messages of one
+ * session never share one (issue 8, item 23). Only letters, digits and
+ * '-': an Atom in "with ESMTP id" (RFC 5321 §4.4) and a bare log value.
+ * It goes into the Received field, the final reply (final_text()) and
+ * the log line of the message. */
+static void message_id(struct sess *x) {
+  snprintf(x->msgid, sizeof x->msgid, "%s-%u", x->info->id, ++x->txns);
+}
+
+/* The text of a 2xx end-of-data reply, with the message id: what
+ * happened, in the words of the target ("delivered" for maildir and pipe,
+ * where this is the final delivery; "forwarded" for a next hop, whose own
+ * words follow). Other replies keep their text. */
+static void final_text(const struct sess *x, const struct tern_reply *r,
+                       char *buf, size_t cap) {
+  const char *t = r->text ? r->text : "";
+  if (r->code < 200 || r->code > 299)
+    snprintf(buf, cap, "%s", t);
+  else if (x->pol->cfg.target == CFG_MAILDIR ||
+           x->pol->cfg.target == CFG_PIPE)
+    snprintf(buf, cap, "Ok: delivered as %s", x->msgid);
+  else if (*t)
+    snprintf(buf, cap, "Ok: forwarded as %s (next hop: %s)", x->msgid, t);
+  else
+    snprintf(buf, cap, "Ok: forwarded as %s", x->msgid);
+}
+
 /* Return-Path and Received, as an MTA adds them (RFC 5321 §4.4). */
 static size_t trace_header(struct sess *x, char *buf, size_t cap) {
   const struct tern_session_info *i = x->info;
@@ -625,7 +631,7 @@ static size_t trace_header(struct sess *x, char *buf, size_t cap) {
                    final ? (x->from ? x->from : "") : "",
                    final ? ">\r\n" : "", helo[0] ? helo : "unknown",
                    i->peer_addr, i->peer_addr, x->pol->cfg.hostname, with,
-                   i->id, x->nrcpts == 1 ? "\r\n\tfor <" : "",
+                   x->msgid, x->nrcpts == 1 ? "\r\n\tfor <" : "",
                    x->nrcpts == 1 ? x->rcpts[0] : "",
                    x->nrcpts == 1 ? ">" : "", date);
   return n > 0 && (size_t)n < cap ? (size_t)n : 0;
@@ -739,6 +745,7 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
 
   x->done = false;
   x->size = 0;
+  message_id(x);
   size_t hlen = x->hlen = trace_header(x, x->hdr, sizeof x->hdr);
   if (c->target == CFG_MAILDIR)
     rc = maildir_start(x, s);
@@ -763,8 +770,8 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
     rc = -EHOSTUNREACH;
   }
   if (rc) {
-    logf_("session=%s event=error what=delivery-start error=\"%s\"",
-          x->info->id, strerror(-rc));
+    log_kv("session", x->info->id, "event", "error", "what",
+           "delivery-start", "error", strerror(-rc), NULL);
     r->code = 451;
     r->enhanced = rc == -EHOSTUNREACH ? "4.4.1" : "4.3.0";
     r->text = rc == -EHOSTUNREACH ? "Error: next hop unavailable"
@@ -820,23 +827,25 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
 }
 
 static void log_message(struct sess *x) {
-  char to[1024];
-  size_t o = 0;
-  for (size_t i = 0; i < x->nrcpts && o + 8 < sizeof to; i++) {
-    char e[300];
-    o += (size_t)snprintf(to + o, sizeof to - o, "%s<%s>", i ? "," : "",
-                          esc(x->rcpts[i], strlen(x->rcpts[i]), e, sizeof e));
-  }
-  char f[300];
   const struct cfg *c = &x->pol->cfg;
   bool fixed = c->target == CFG_MAILDIR && !strchr(c->maildir, '%');
-  logf_("session=%s event=message from=<%s> to=%s size=%llu status=%d "
-        "enh=%s detail=\"%s\" file=%s%s%s",
-        x->info->id,
-        esc(x->from ? x->from : "", x->from ? strlen(x->from) : 0, f, sizeof f),
-        to, (unsigned long long)x->size, x->code, x->enh[0] ? x->enh : "-",
-        x->text, fixed && x->file[0] ? c->maildir : "",
-        fixed && x->file[0] ? "/new/" : "", x->file[0] ? x->file : "-");
+  char from[1024], file[1200];
+  snprintf(from, sizeof from, "<%s>", x->from ? x->from : "");
+  snprintf(file, sizeof file, "%s%s%s", fixed && x->file[0] ? c->maildir : "",
+           fixed && x->file[0] ? "/new/" : "", x->file[0] ? x->file : "-");
+  struct log_line l;
+  log_line_init(&l);
+  log_line_kv(&l, "session", x->info->id);
+  log_line_kv(&l, "id", x->msgid);
+  log_line_kv(&l, "event", "message");
+  log_line_kv(&l, "from", from);
+  log_line_list(&l, "to", (const char *const *)x->rcpts, x->nrcpts);
+  log_line_kv(&l, "size", LOG_U(x->size));
+  log_line_kv(&l, "status", LOG_U(x->code));
+  log_line_kv(&l, "enh", x->enh[0] ? x->enh : "-");
+  log_line_kv(&l, "detail", x->text);
+  log_line_kv(&l, "file", file);
+  log_line_emit(&l);
 }
 
 /* Note a delivery's outcome (and log it); the caller answers. */
@@ -847,7 +856,7 @@ static void record(struct sess *x, const struct tern_reply *r,
   x->done = true;
   x->code = r->code;
   snprintf(x->enh, sizeof x->enh, "%s", r->enhanced ? r->enhanced : "");
-  snprintf(x->text, sizeof x->text, "%s", r->text ? r->text : "");
+  final_text(x, r, x->text, sizeof x->text);
   snprintf(x->file, sizeof x->file, "%s", detail ? detail : "");
   x->messages++;
   log_message(x);
@@ -872,20 +881,18 @@ static void pipe_each(void *arg, size_t i, const struct tern_reply *r,
                       const char *detail) {
   struct sess *x = arg;
   struct pipe_result *p = &x->pres[i];
-  char f[300], t[300], d[300];
+  char from[1024], to[1024];
 
   p->known = true;
   p->code = r->code;
   snprintf(p->enh, sizeof p->enh, "%s", r->enhanced ? r->enhanced : "");
-  snprintf(p->text, sizeof p->text, "%s", r->text ? r->text : "");
-  logf_("session=%s event=message from=<%s> to=<%s> size=%llu status=%d "
-        "enh=%s detail=\"%s\" command=\"%s\"",
-        x->info->id,
-        esc(x->from ? x->from : "", x->from ? strlen(x->from) : 0, f, sizeof f),
-        esc(x->rcpts[i], strlen(x->rcpts[i]), t, sizeof t),
-        (unsigned long long)x->size, p->code, p->enh[0] ? p->enh : "-",
-        p->text, esc(detail ? detail : "", detail ? strlen(detail) : 0, d,
-                     sizeof d));
+  final_text(x, r, p->text, sizeof p->text);
+  snprintf(from, sizeof from, "<%s>", x->from ? x->from : "");
+  snprintf(to, sizeof to, "<%s>", x->rcpts[i]);
+  log_kv("session", x->info->id, "id", x->msgid, "event", "message", "from",
+         from, "to", to, "size", LOG_U(x->size), "status", LOG_U(p->code),
+         "enh", p->enh[0] ? p->enh : "-", "detail", p->text, "command",
+         detail ? detail : "", NULL);
   if (++x->pknown == x->nrcpts) {
     x->pd = NULL; /* the group frees itself after this returns */
     x->done = true;
@@ -955,8 +962,8 @@ static void on_data_abort(struct tern_server_session *s, const char *why,
   if (!x)
     return;
   if (x->md || x->pd || x->fd)
-    logf_("session=%s event=abort why=%s size=%llu", x->info->id, why,
-          (unsigned long long)x->size);
+    log_kv("session", x->info->id, "id", x->msgid, "event", "abort", "why",
+           why, "size", LOG_U(x->size), NULL);
   if (x->md)
     maildir_abort(x->md);
   pipe_group_abort(x->pd);
@@ -977,11 +984,11 @@ static void on_close(struct tern_server_session *s, void *ud) {
   if (!x)
     return;
   const struct tern_session_info *i = x->info;
-  logf_("session=%s event=close client=%s helo=%s tls=%s auth=%s "
-        "messages=%u",
-        i->id, i->peer_addr, x->helo[0] ? x->helo : "-",
-        i->tls_version ? i->tls_version : "no",
-        i->auth_user ? i->auth_user : "-", x->messages);
+  log_kv("session", i->id, "event", "close", "client", i->peer_addr, "helo",
+         x->helo[0] ? x->helo : "-", "tls",
+         i->tls_version ? i->tls_version : "no", "auth",
+         i->auth_user ? i->auth_user : "-", "messages", LOG_U(x->messages),
+         NULL);
   rcheck_cancel(x);
   txn_clear(x);
   free(x->rcpts);
@@ -1032,6 +1039,11 @@ static int drop_privileges(const struct cfg *c, char *err, size_t cap) {
     }
     gid = gr->gr_gid;
   }
+  /* Started as that user already (systemd User=, packaging/systemd):
+   * nothing to drop, and setgroups() would fail without privileges. */
+  if (getuid() == pw->pw_uid && geteuid() == pw->pw_uid &&
+      getgid() == gid && getegid() == gid && pw->pw_uid != 0)
+    return 0;
   if (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0 ||
       setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) != 0) {
     snprintf(err, cap, "cannot drop privileges to %s: %s", c->user,
@@ -1043,6 +1055,29 @@ static int drop_privileges(const struct cfg *c, char *err, size_t cap) {
     return -1;
   }
   return 0;
+}
+
+/* SIGHUP re-reads the configuration file, the users file and the
+ * certificates as the user the daemon now is (issue 8, item 21): no
+ * descriptor is kept open across the drop, because a kept descriptor
+ * would not see a file replaced by a new one (certbot, tern passwd >
+ * new && mv). Say at start-up which of them that user cannot read, so
+ * the operator learns it now rather than from a failed reload. access()
+ * checks with the real uid, which is the dropped one. */
+static void check_reloadable(const char *path, const struct cfg *c) {
+  const char *files[2 + 2 * CFG_MAX_CERTS];
+  size_t n = 0;
+  files[n++] = path;
+  files[n++] = c->users_file;
+  for (size_t i = 0; i < c->ncerts; i++) {
+    files[n++] = c->certs[i].cert_file;
+    files[n++] = c->certs[i].key_file;
+  }
+  for (size_t i = 0; i < n; i++)
+    if (files[i] && access(files[i], R_OK) != 0)
+      log_kv("event", "warning", "what", "reload-unreadable", "file",
+             files[i], "user", c->user, "error", strerror(errno), "effect",
+             "SIGHUP will fail until this user can read the file", NULL);
 }
 
 /* systemd socket activation: fds 3.. when LISTEN_PID is us. Returns the
@@ -1065,6 +1100,8 @@ struct daemon {
   uv_signal_t sigterm, sigint, sighup;
   const char *path; /* config file, for reload */
   const char *maildir, *hostname; /* command-line overrides, kept on reload */
+  bool cli_listeners;               /* --listen: the file's are not used */
+  struct policy *boot;              /* what the server was started with */
   int exit_code;
 };
 
@@ -1074,12 +1111,14 @@ static void on_down(struct tern_server *srv, void *arg) {
   uv_close((uv_handle_t *)&d->sigterm, NULL);
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
-  logf_("event=stopped");
+  log_kv("event", "stopped", NULL);
 }
 
 static void on_stop(uv_signal_t *h, int sig) {
   struct daemon *d = h->data;
-  logf_("event=stopping signal=%s", sig == SIGTERM ? "TERM" : "INT");
+  log_kv("event", "stopping", "signal", sig == SIGTERM ? "TERM" : "INT",
+         NULL);
+  sd_notify(0, "STOPPING=1");
   uv_signal_stop(&d->sigterm);
   uv_signal_stop(&d->sigint);
   tern_server_shutdown(d->srv, on_down, d);
@@ -1088,17 +1127,54 @@ static void on_stop(uv_signal_t *h, int sig) {
 static int load_policy(const char *path, const struct cfg *base,
                        struct policy **out, char *err, size_t cap);
 
-static void on_hup(uv_signal_t *h, int sig) {
-  struct daemon *d = h->data;
-  char err[512];
+/* The server's options from the configuration, for start-up and for
+ * reload alike (tern_server_update() takes the session template, limits
+ * and certificates from them and ignores the rest), so a key set here
+ * never reverts to its default on SIGHUP. Every [server] setting that
+ * reaches the runtime belongs here. */
+static void server_options(const struct cfg *c, struct tern_server_options *o) {
+  o->session.hostname = c->hostname;
+  o->session.max_message_size = c->max_message_size;
+  o->session.max_recipients = c->max_recipients;
+  o->session.timeout_command_ms = c->timeout_command_ms;
+  o->session.timeout_data_ms = c->timeout_data_ms;
+  o->session.max_line_length = c->max_line_length;
+  o->session.max_junk_commands = c->max_junk_commands;
+  o->max_connections = c->max_connections;
+  o->max_per_ip = c->max_per_ip;
+  o->greeting_delay_ms = c->greeting_delay_ms;
+  o->shutdown_timeout_ms = c->shutdown_timeout_ms;
+  o->tls_certs = c->certs;
+  o->tls_cert_count = c->ncerts;
+  o->workers = c->workers;
+  o->xclient_networks = c->xclient_networks;
+}
+
+static void reload_failed(const struct daemon *d, const char *err) {
+  const struct cfg *b = &d->boot->cfg;
+  /* after dropping privileges, say as whom the files were read */
+  log_kv("event", "reload", "result", "failed", "error", err, "user",
+         b->user, NULL);
+}
+
+/*
+ * SIGHUP: read the file again and apply what a running server can take
+ * (issue 8, item 24). All or nothing: a file that does not load, a users
+ * file or certificate that cannot be read keeps the current settings
+ * (result=failed, naming the file). What needs a restart (listeners,
+ * workers, user, ...: cfg_restart_keys()) is logged by key with
+ * result=partial; the rest applies to sessions that start from now on.
+ */
+static void reload(struct daemon *d) {
+  char err[512], keys[512];
   struct policy *p;
-  (void)sig;
   if (!d->path) {
-    logf_("event=reload result=skipped why=\"no configuration file\"");
+    log_kv("event", "reload", "result", "skipped", "why",
+           "no configuration file", NULL);
     return;
   }
   if (load_policy(d->path, NULL, &p, err, sizeof err) != 0) {
-    logf_("event=reload result=failed error=\"%s\"", err);
+    reload_failed(d, err);
     return;
   }
   /* --hostname and --maildir still override the file */
@@ -1108,7 +1184,22 @@ static void on_hup(uv_signal_t *h, int sig) {
                               sizeof err) != 0 ||
                       cfg_set(&p->cfg, "delivery", "maildir", d->maildir, err,
                               sizeof err) != 0))) {
-    logf_("event=reload result=failed error=\"%s\"", err);
+    reload_failed(d, err);
+    policy_put(p);
+    return;
+  }
+  size_t nkeys = cfg_restart_keys(&d->boot->cfg, &p->cfg, d->cli_listeners,
+                                  keys, sizeof keys);
+  struct tern_server_options o;
+  tern_server_options_init(&o);
+  server_options(&p->cfg, &o);
+  if (d->boot->cfg.ncerts == 0 || p->cfg.ncerts == 0) {
+    o.tls_certs = d->boot->cfg.certs; /* none <-> some: at restart */
+    o.tls_cert_count = d->boot->cfg.ncerts;
+  }
+  int r = tern_server_update(d->srv, &o);
+  if (r) {
+    reload_failed(d, tern_server_last_error(d->srv));
     policy_put(p);
     return;
   }
@@ -1117,10 +1208,25 @@ static void on_hup(uv_signal_t *h, int sig) {
   g_policy = p;
   uv_mutex_unlock(&g_lock);
   policy_put(old);
-  int r = tern_server_reload_tls(d->srv);
-  logf_("event=reload result=ok tls=%s", r == 0 ? "reloaded"
-                                         : r == TERN_EINVAL ? "none"
-                                                            : tern_server_last_error(d->srv));
+  if (nkeys)
+    log_kv("event", "reload", "result", "partial", "restart_needed", keys,
+           NULL);
+  else
+    log_kv("event", "reload", "result", "ok", NULL);
+}
+
+/* systemd (Type=notify): RELOADING=1 with the time, the reload, READY=1
+ * again whatever its outcome (the old settings are still serving). */
+static void on_hup(uv_signal_t *h, int sig) {
+  struct daemon *d = h->data;
+  struct timespec ts;
+  (void)sig;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL +
+                 (unsigned long long)ts.tv_nsec / 1000);
+  reload(d);
+  sd_notify(0, "READY=1");
 }
 
 /* ---- start-up ----------------------------------------------------------------- */
@@ -1158,8 +1264,29 @@ fail:
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: tern serve [-c FILE] [--check] [--listen URL]... "
-             "[--maildir DIR] [--hostname NAME]\n");
+  fprintf(f,
+          "usage: tern serve [-c FILE] [--check] [--listen URL]... "
+          "[--maildir DIR] [--hostname NAME]\n"
+          "  -c, --config FILE   the configuration file (tern.ini(5)); "
+          "without one:\n"
+          "                      127.0.0.1:2525 and [::1]:2525, any "
+          "recipient, Maildir ./mail\n"
+          "  --check             load and check the configuration (users "
+          "file and\n"
+          "                      certificates included), print OK, exit\n"
+          "  --listen URL        listen here instead of the file's "
+          "listeners (repeatable):\n"
+          "                      smtp://HOST:PORT, smtps://HOST:PORT, "
+          "lmtp://HOST:PORT,\n"
+          "                      smtp:///PATH, lmtp:///PATH (port 0: any "
+          "free port)\n"
+          "  --maildir DIR       deliver into this Maildir (overrides "
+          "[delivery])\n"
+          "  --hostname NAME     our name in the greeting and Received "
+          "fields\n"
+          "  -h, --help          this text\n"
+          "Signals: TERM/INT drain and stop, HUP reloads the file. "
+          "See tern(1).\n");
 }
 
 int tern_cli_serve(int argc, char **argv) {
@@ -1244,6 +1371,21 @@ int tern_cli_serve(int argc, char **argv) {
     c->nlisteners = nlisten;
   }
   if (check) {
+    /* the certificates load as at start-up (the users file has already,
+     * in load_policy); nothing is bound */
+    struct tern_server_options co;
+    struct tern_server *cs = NULL;
+    tern_server_options_init(&co);
+    server_options(c, &co);
+    int cr = tern_server_new(&cs, uv_default_loop(), &co);
+    if (cr) {
+      fprintf(stderr, "tern serve: %s\n",
+              cs ? tern_server_last_error(cs) : tern_strerror(cr));
+      tern_server_free(cs);
+      policy_put(pol);
+      return EX_CONFIG;
+    }
+    tern_server_free(cs);
     printf("tern serve: %s: configuration OK\n", path ? path : "(default)");
     policy_put(pol);
     return 0;
@@ -1251,8 +1393,10 @@ int tern_cli_serve(int argc, char **argv) {
   g_policy = pol;
   g_fsync = c->fsync;
   g_syslog = c->log && !strcmp(c->log, "syslog");
-  if (g_syslog)
+  if (g_syslog) {
     openlog("tern", LOG_PID | LOG_NDELAY, LOG_MAIL);
+    log_use_syslog(true);
+  }
   signal(SIGPIPE, SIG_IGN);
 
   struct tern_server_callbacks cb;
@@ -1275,21 +1419,7 @@ int tern_cli_serve(int argc, char **argv) {
   struct tern_server_options o;
   tern_server_options_init(&o);
   o.callbacks = &cb;
-  o.session.hostname = c->hostname;
-  o.session.max_message_size = c->max_message_size;
-  o.session.max_recipients = c->max_recipients;
-  o.session.timeout_command_ms = c->timeout_command_ms;
-  o.session.timeout_data_ms = c->timeout_data_ms;
-  o.session.max_line_length = c->max_line_length;
-  o.session.max_junk_commands = c->max_junk_commands;
-  o.workers = c->workers;
-  o.max_connections = c->max_connections;
-  o.max_per_ip = c->max_per_ip;
-  o.greeting_delay_ms = c->greeting_delay_ms;
-  o.shutdown_timeout_ms = c->shutdown_timeout_ms;
-  o.tls_certs = c->certs;
-  o.tls_cert_count = c->ncerts;
-  o.xclient_networks = c->xclient_networks;
+  server_options(c, &o);
   if (pol->users) {
     o.auth = &auth;
     o.auth_mechanisms = c->auth_mechanisms ? c->auth_mechanisms : "PLAIN LOGIN";
@@ -1300,6 +1430,9 @@ int tern_cli_serve(int argc, char **argv) {
   d.path = path;
   d.maildir = maildir;
   d.hostname = hostname;
+  d.cli_listeners = nlisten > 0;
+  d.boot = pol;
+  atomic_fetch_add(&pol->refs, 1);
   int r = tern_server_new(&d.srv, d.loop, &o);
   if (r) {
     fprintf(stderr, "tern serve: %s\n",
@@ -1339,6 +1472,8 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     return EX_NOPERM;
   }
+  if (c->user)
+    check_reloadable(path, c);
   /* A fixed Maildir: create it (as the user we now are) and drop what a
    * crash left in tmp/. */
   /* A template: its spool (recipients.h), likewise; the maildirs
@@ -1364,14 +1499,8 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     return EX_SOFTWARE;
   }
-  for (size_t i = 0; i < c->nlisteners; i++)
-    logf_("event=listening url=%s port=%d", c->listeners[i].url,
-          tern_server_listener_port(d.srv, i));
-  logf_("event=ready hostname=%s delivery=%s", c->hostname,
-        c->target == CFG_MAILDIR ? c->maildir
-        : c->target == CFG_PIPE  ? c->command
-                                 : c->forward_url);
-
+  /* signals before "ready": a SIGHUP or SIGTERM sent once we said ready
+   * must find its handler, not the default action */
   uv_signal_init(d.loop, &d.sigterm);
   uv_signal_init(d.loop, &d.sigint);
   uv_signal_init(d.loop, &d.sighup);
@@ -1379,12 +1508,29 @@ int tern_cli_serve(int argc, char **argv) {
   uv_signal_start(&d.sigterm, on_stop, SIGTERM);
   uv_signal_start(&d.sigint, on_stop, SIGINT);
   uv_signal_start(&d.sighup, on_hup, SIGHUP);
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    int port = tern_server_listener_port(d.srv, i);
+    char pt[16];
+    snprintf(pt, sizeof pt, "%d", port);
+    log_kv("event", "listening", "url", c->listeners[i].url, "port", pt,
+           NULL);
+  }
+  log_kv("event", "ready", "hostname", c->hostname, "delivery",
+         c->target == CFG_MAILDIR ? c->maildir
+         : c->target == CFG_PIPE  ? c->command
+                                  : c->forward_url,
+         NULL);
+  /* every listener is bound and listening: systemd may start what
+   * depends on us (Type=notify); a no-op without NOTIFY_SOCKET */
+  sd_notify(0, "READY=1");
+
   uv_run(d.loop, UV_RUN_DEFAULT);
 
   tern_server_free(d.srv);
   for (size_t i = 0; i < g_nloops; i++)
     maildir_ctx_free(g_loops[i].md);
   policy_put(g_policy);
+  policy_put(d.boot);
   uv_loop_close(d.loop);
   return d.exit_code;
 }

@@ -180,7 +180,7 @@ static void refuse(struct tern__conn *c, const char *code_enh,
                    const char *why) {
   char t[512];
   int n = snprintf(t, sizeof t, "%s %s %s\r\n", code_enh,
-                   c->w->srv->opt.session.hostname, why);
+                   TERN__LIVE(c->w->srv->opt.session.hostname), why);
   if (n > 0 && (size_t)n < sizeof t)
     send_raw(c, t, (size_t)n);
   conn_close(c);
@@ -505,7 +505,7 @@ static int auth_result(struct tern__conn *c, int r, struct tern_reply *reply) {
     reply->text = "Error: cannot decode AUTH response";
     return TERN_REPLY_NOW;
   }
-  unsigned delay = c->w->srv->opt.auth_fail_delay_ms;
+  unsigned delay = TERN__LIVE(c->w->srv->opt.auth_fail_delay_ms);
   unsigned shift = c->auth_failures < 3 ? c->auth_failures : 3;
   c->auth_failures++;
   reply->code = 535;
@@ -705,7 +705,8 @@ static void addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap,
 static void start_session(struct tern__conn *c) {
   struct tern_server *srv = c->w->srv;
   struct tern__listener *l = c->l;
-  struct tern_server_config cfg = srv->opt.session;
+  struct tern_server_config cfg;
+  tern__server_template(srv, &cfg);
   struct tern_server_callbacks cb = srv->cb;
   bool trusted = false;
 
@@ -753,10 +754,11 @@ static void start_session(struct tern__conn *c) {
     restart_timer(c);
     return;
   }
-  if (srv->opt.greeting_delay_ms) {
+  unsigned greet = TERN__LIVE(srv->opt.greeting_delay_ms);
+  if (greet) {
     c->phase = PH_GREET_WAIT;
     c->tmode = TM_GREET;
-    uv_timer_start(&c->timer, on_timer, srv->opt.greeting_delay_ms, 0);
+    uv_timer_start(&c->timer, on_timer, greet, 0);
     return;
   }
   c->phase = PH_SMTP;
@@ -989,8 +991,8 @@ void tern__conn_accept(struct tern__lhandle *lh) {
     conn_close(c);
     return;
   }
-  if (srv->opt.max_connections &&
-      atomic_load(&srv->total_conns) > srv->opt.max_connections) {
+  unsigned maxc = TERN__LIVE(srv->opt.max_connections);
+  if (maxc && atomic_load(&srv->total_conns) > maxc) {
     refuse(c, "421 4.7.0", "Error: too many connections");
     return;
   }

@@ -111,7 +111,24 @@ struct tern_server {
   void (*shutdown_cb)(struct tern_server *srv, void *arg);
   void *shutdown_arg;
   char err[512];                       /* tern_server_last_error() */
+  /* tern_server_update(): opt.session is copied under live_lock; the
+   * other settings it changes are read with TERN__LIVE. Replaced
+   * hostname/banner strings are kept until free (a worker may have just
+   * copied the pointer). */
+  uv_mutex_t live_lock;
+  char **retired;
+  size_t nretired;
+  atomic_bool ip_used;                 /* per-IP counting ever happened */
 };
+
+/* Read a setting that tern_server_update() may change from another
+ * thread (max_connections, max_per_ip, greeting_delay_ms,
+ * auth_fail_delay_ms, shutdown_timeout_ms, opt.session.hostname). */
+#define TERN__LIVE(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+/* server.c: a copy of the current session template. */
+void tern__server_template(struct tern_server *srv,
+                           struct tern_server_config *out);
 
 /* server.c, for conn.c */
 bool tern__ip_acquire(struct tern_server *srv, const struct sockaddr *sa);

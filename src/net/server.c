@@ -62,13 +62,15 @@ static unsigned ip_hash(const unsigned char key[17]) {
 bool tern__ip_acquire(struct tern_server *srv, const struct sockaddr *sa) {
   unsigned char key[17];
   bool ok = true;
-  if (!srv->opt.max_per_ip || !ip_key(sa, key))
+  unsigned max = TERN__LIVE(srv->opt.max_per_ip);
+  if (!max || !ip_key(sa, key))
     return true;
+  atomic_store(&srv->ip_used, true);
   uv_mutex_lock(&srv->ip_lock);
   struct tern__ipcount **b = &srv->ip[ip_hash(key)], *e = *b;
   while (e && memcmp(e->key, key, sizeof key))
     e = e->next;
-  if (e && e->count >= srv->opt.max_per_ip) {
+  if (e && e->count >= max) {
     ok = false;
   } else if (e) {
     e->count++;
@@ -86,7 +88,9 @@ bool tern__ip_acquire(struct tern_server *srv, const struct sockaddr *sa) {
 
 void tern__ip_release(struct tern_server *srv, const struct sockaddr *sa) {
   unsigned char key[17];
-  if (!srv->opt.max_per_ip || !ip_key(sa, key))
+  /* max_per_ip may have changed since the acquire (tern_server_update):
+   * look the address up whenever counting ever happened */
+  if (!atomic_load(&srv->ip_used) || !ip_key(sa, key))
     return;
   uv_mutex_lock(&srv->ip_lock);
   struct tern__ipcount **pp = &srv->ip[ip_hash(key)];
@@ -123,6 +127,11 @@ int tern_server_new(struct tern_server **out, uv_loop_t *loop,
                                                   : sizeof srv->cb);
   srv->cb.size = sizeof srv->cb;
   if (uv_mutex_init(&srv->ip_lock) != 0) {
+    free(srv);
+    return TERN_ENOMEM;
+  }
+  if (uv_mutex_init(&srv->live_lock) != 0) {
+    uv_mutex_destroy(&srv->ip_lock);
     free(srv);
     return TERN_ENOMEM;
   }
@@ -213,6 +222,10 @@ void tern_server_free(struct tern_server *srv) {
       free(e);
     }
   uv_mutex_destroy(&srv->ip_lock);
+  uv_mutex_destroy(&srv->live_lock);
+  for (size_t i = 0; i < srv->nretired; i++)
+    free(srv->retired[i]);
+  free(srv->retired);
   tern__tls_ctx_free(srv->tls);
   tern__cidr_free(srv->xclient_nets);
   for (size_t i = 0; srv->certs && i < srv->opt.tls_cert_count; i++) {
@@ -236,6 +249,130 @@ int tern_server_reload_tls(struct tern_server *srv) {
   if (!srv || !srv->tls)
     return TERN_EINVAL;
   return tern__tls_ctx_reload(srv->tls, srv->err, sizeof srv->err);
+}
+
+void tern__server_template(struct tern_server *srv,
+                           struct tern_server_config *out) {
+  uv_mutex_lock(&srv->live_lock);
+  *out = srv->opt.session;
+  uv_mutex_unlock(&srv->live_lock);
+}
+
+/* Keep a replaced string until tern_server_free() (room reserved). */
+static void retire(struct tern_server *srv, const char *p) {
+  if (p)
+    srv->retired[srv->nretired++] = (char *)p;
+}
+
+static struct tern_tls_cert *certs_dup(const struct tern_tls_cert *c,
+                                       size_t n) {
+  struct tern_tls_cert *d = calloc(n, sizeof *d);
+  bool ok = d != NULL;
+  for (size_t i = 0; ok && i < n; i++) {
+    d[i].cert_file = dup_str(c[i].cert_file);
+    d[i].key_file = dup_str(c[i].key_file);
+    ok = d[i].cert_file && (!c[i].key_file || d[i].key_file);
+  }
+  if (!ok && d) {
+    for (size_t i = 0; i < n; i++) {
+      free((char *)d[i].cert_file);
+      free((char *)d[i].key_file);
+    }
+    free(d);
+    d = NULL;
+  }
+  return d;
+}
+
+/* Everything is checked and allocated first; then the changes are made,
+ * none of which can fail, so a failure leaves the server as it was. */
+int tern_server_update(struct tern_server *srv,
+                       const struct tern_server_options *o) {
+  struct tern_server_options n;
+  struct tern__tls_ctx *fresh = NULL;
+  struct tern_tls_cert *certs = NULL;
+  char *host = NULL, *banner = NULL;
+  int r;
+
+  if (!srv || !o || o->size < sizeof(size_t))
+    return TERN_EINVAL;
+  tern_server_options_init(&n);
+  memcpy(&n, o, o->size < sizeof n ? o->size : sizeof n);
+  if ((n.tls_cert_count > 0) != (srv->tls != NULL)) {
+    set_err(srv, srv->tls ? "certificates cannot be removed from a running "
+                            "server"
+                          : "certificates cannot be added to a server "
+                            "created without them",
+            NULL);
+    return TERN_ESTATE;
+  }
+  /* the same check as at creation, so accept cannot fail on it */
+  struct tern_server_session *probe;
+  if (!n.session.hostname)
+    n.session.hostname = "localhost";
+  n.session.auth_mechanisms = NULL;
+  if ((r = tern_server_session_new(&probe, &n.session, NULL, NULL)) != 0) {
+    set_err(srv, "invalid session configuration", NULL);
+    return r;
+  }
+  tern_server_session_free(probe);
+  if (n.tls_cert_count) {
+    r = tern__tls_ctx_new(&fresh, n.tls_certs, n.tls_cert_count, srv->err,
+                          sizeof srv->err);
+    if (r)
+      return r;
+  }
+  host = dup_str(n.session.hostname);
+  banner = dup_str(n.session.banner);
+  if (n.tls_cert_count)
+    certs = certs_dup(n.tls_certs, n.tls_cert_count);
+  char **room = realloc(srv->retired, (srv->nretired + 2) * sizeof *room);
+  if (room)
+    srv->retired = room;
+  if (!host || (n.session.banner && !banner) ||
+      (n.tls_cert_count && !certs) || !room) {
+    free(host);
+    free(banner);
+    tern__tls_ctx_free(fresh);
+    for (size_t i = 0; certs && i < n.tls_cert_count; i++) {
+      free((char *)certs[i].cert_file);
+      free((char *)certs[i].key_file);
+    }
+    free(certs);
+    set_err(srv, "out of memory", NULL);
+    return TERN_ENOMEM;
+  }
+  /* room for two retired strings is reserved: retire() cannot fail now */
+  n.session.hostname = host;
+  n.session.banner = banner;
+  uv_mutex_lock(&srv->live_lock);
+  const char *old_host = srv->opt.session.hostname;
+  const char *old_banner = srv->opt.session.banner;
+  srv->opt.session = n.session;
+  uv_mutex_unlock(&srv->live_lock);
+  retire(srv, old_host);
+  retire(srv, old_banner);
+  __atomic_store_n(&srv->opt.max_connections, n.max_connections,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&srv->opt.max_per_ip, n.max_per_ip, __ATOMIC_RELAXED);
+  __atomic_store_n(&srv->opt.greeting_delay_ms, n.greeting_delay_ms,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&srv->opt.auth_fail_delay_ms, n.auth_fail_delay_ms,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&srv->opt.shutdown_timeout_ms, n.shutdown_timeout_ms,
+                   __ATOMIC_RELAXED);
+  if (fresh) {
+    tern__tls_ctx_take(srv->tls, fresh);
+    for (size_t i = 0; i < srv->opt.tls_cert_count; i++) {
+      free((char *)srv->certs[i].cert_file);
+      free((char *)srv->certs[i].key_file);
+    }
+    free(srv->certs);
+    srv->certs = certs;
+    srv->opt.tls_certs = certs;
+    srv->opt.tls_cert_count = n.tls_cert_count;
+  }
+  return 0;
 }
 
 int tern_server_listener_port(const struct tern_server *srv, size_t i) {
@@ -470,8 +607,8 @@ static void worker_drain(struct tern__worker *w) {
       close_handle(w, &w->lh[i].h.handle);
     }
   w->deadline.data = w;
-  uv_timer_start(&w->deadline, on_deadline, w->srv->opt.shutdown_timeout_ms,
-                 0);
+  uv_timer_start(&w->deadline, on_deadline,
+                 TERN__LIVE(w->srv->opt.shutdown_timeout_ms), 0);
   for (struct tern__conn *c = w->conns, *n; c; c = n) {
     n = tern__conn_next(c);
     tern__conn_drain(c, false);

@@ -331,6 +331,30 @@ int tern__tls_ctx_reload(struct tern__tls_ctx *ctx, char *err, size_t errcap) {
 }
 
 /*
+ * tern__tls_ctx_take(): the set of `from` becomes current under the lock
+ * (as in reload); the file lists are swapped too, so a later reload reads
+ * the new files. `from` leaves with the old set and lists and is freed.
+ */
+void tern__tls_ctx_take(struct tern__tls_ctx *ctx, struct tern__tls_ctx *from) {
+  struct tls_set *old;
+  size_t n;
+  char **cf, **kf;
+
+  if (ctx == NULL || from == NULL)
+    return;
+  pthread_mutex_lock(&ctx->lock);
+  old = ctx->cur;
+  ctx->cur = from->cur;
+  pthread_mutex_unlock(&ctx->lock);
+  from->cur = old;
+  n = ctx->n, cf = ctx->cert_files, kf = ctx->key_files;
+  ctx->n = from->n, ctx->cert_files = from->cert_files;
+  ctx->key_files = from->key_files;
+  from->n = n, from->cert_files = cf, from->key_files = kf;
+  tern__tls_ctx_free(from);
+}
+
+/*
  * tern__tls_ctx_free() releases the certificate set. Connections still
  * alive keep their own reference and stay usable; the SSL_CTXs go away
  * with the last of them. NULL is a no-op. No tern__tls_new() or reload

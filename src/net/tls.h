@@ -30,6 +30,11 @@ int tern__tls_ctx_new(struct tern__tls_ctx **out,
 /* Reload the same files; on failure the old set stays. Thread-safe. */
 int tern__tls_ctx_reload(struct tern__tls_ctx *ctx, char *err, size_t errcap);
 void tern__tls_ctx_free(struct tern__tls_ctx *ctx);
+/* Make the certificates of `from` (its files and loaded set) those of
+ * `ctx`, then free `from` with ctx's old ones: connections created from
+ * now on use the new set, existing ones keep theirs. Same thread rules
+ * as reload (one caller at a time; concurrent tern__tls_new is safe). */
+void tern__tls_ctx_take(struct tern__tls_ctx *ctx, struct tern__tls_ctx *from);
 
 /* One connection's TLS state. Used by one thread at a time. */
 struct tern__tls;

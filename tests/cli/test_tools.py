@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`tern passwd`, `tern bench`, `tern version` / `help` and the dispatch."""
+"""`tern passwd`, `tern bench`, `tern version` / `help` and the dispatch;
+which packages each make target installs."""
 
 import ctypes
 import ctypes.util
@@ -117,5 +118,155 @@ def test_bench():
     h.check(rc == 64, "bad --sessions: %d" % rc)
 
 
+SRC = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+PEERS = {"postfix", "haproxy", "dovecot-lmtpd", "swaks", "msmtp",
+         "python3-aiosmtpd"}
+
+
+def deps_line(target):
+    """The scripts/install-deps command `make -n TARGET` would run."""
+    env = dict(os.environ)
+    env.pop("SKIP_DEPS", None)
+    p = h.run(["make", "-n", "-C", SRC, target], env=env, timeout=60)
+    lines = [ln for ln in p.stdout.decode().splitlines()
+             if "scripts/install-deps" in ln]
+    h.check(len(lines) == 1, "make -n %s: install-deps lines %r"
+            % (target, lines))
+    return lines[0].split()
+
+
+def test_install_deps_sets():
+    """make, make run, make install and make fuzz install the build
+    dependencies only; the test peers (postfix replaces any other MTA)
+    come with make test / make asan and .ci/run (issue 8, item 31)."""
+    script = os.path.join(SRC, "scripts", "install-deps")
+
+    def listed(*sets):
+        p = h.run(["bash", script] + list(sets) + ["--list"], timeout=30)
+        return set(p.stdout.decode().split())
+    build, test = listed("--build"), listed("--test")
+    h.check(build and not (build & PEERS),
+            "build set holds test peers: %r" % (build & PEERS))
+    h.check(PEERS <= test, "test set lacks %r" % (PEERS - test))
+    h.check("libsystemd-dev" in build, "libsystemd-dev not a build dep")
+    h.check(listed() == build | test, "the default is not both sets")
+    for target in ("build", "run", "install", "fuzz", "bench"):
+        args = deps_line(target)
+        h.check("--build" in args and "--test" not in args,
+                "make %s installs %r" % (target, args))
+    for target in ("test", "asan"):
+        args = deps_line(target)
+        h.check("--build" in args and "--test" in args,
+                "make %s installs %r" % (target, args))
+    with open(os.path.join(SRC, ".ci", "run")) as f:
+        ci = [ln for ln in f if "install-deps" in ln and
+              not ln.lstrip().startswith("#")]
+    h.check(ci and all("--build" in ln and "--test" in ln for ln in ci),
+            ".ci/run: %r" % ci)
+    with open(os.path.join(SRC, "README.md")) as f:
+        readme = f.read()
+    h.check("--build" in readme and "test peers" in readme,
+            "the README does not say which make target installs what")
+
+
+MAN = os.path.join(SRC, "docs", "man")
+
+
+def man_text(path):
+    """The words of a man page source, roff escapes undone enough to
+    find option names: \\- is -, font changes dropped."""
+    with open(path) as f:
+        t = f.read()
+    t = re.sub(r"\\f[BIRP]", "", t).replace("\\-", "-").replace("\\&", "")
+    return t
+
+
+def build_dir():
+    d = os.path.dirname(os.path.abspath(tern()))
+    while d != "/" and not os.path.exists(os.path.join(d, "CMakeCache.txt")):
+        d = os.path.dirname(d)
+    h.check(d != "/", "no build directory above %s" % tern())
+    return d
+
+
+def test_man_pages():
+    """tern(1) exists, renders without a warning (groff, as man(1) does),
+    describes every flag each command's --help prints, and is installed
+    with tern.ini(5); tern.ini(5) refers only to pages that exist; the
+    README's curl example makes its message.txt (issue 8, item 32)."""
+    groff = h.require_tool("groff")
+    pages = [os.path.join(MAN, "tern.1"), os.path.join(MAN, "tern.ini.5")]
+    for page in pages:
+        h.check(os.path.exists(page), "%s is missing" % page)
+        p = h.run([groff, "-man", "-Tutf8", "-ww", "-z", page], timeout=30,
+                  check_rc=False)
+        h.check(p.returncode == 0 and not p.stderr,
+                "groff warns on %s: %r" % (page, p.stderr.decode()))
+    text = man_text(pages[0])
+    flag_re = re.compile(r"(?:^|[\s,(\[])(--?[A-Za-z][A-Za-z0-9-]*)")
+    for cmd in ("serve", "send", "bench", "passwd"):
+        rc, out, err = run([cmd, "--help"])
+        h.check(rc == 0, "tern %s --help: %d %r" % (cmd, rc, err))
+        flags = set(flag_re.findall(out))
+        h.check(len(flags) >= 2 or cmd == "passwd",
+                "tern %s --help lists no flags: %r" % (cmd, out))
+        missing = sorted(f for f in flags
+                         if not re.search(r"(?<![\w-])" + re.escape(f)
+                                          + r"(?![\w-])", text))
+        h.check(not missing, "tern.1 does not describe tern %s %s"
+                % (cmd, " ".join(missing)))
+    for page in pages:
+        for name, sec in re.findall(r"^\.BR (tern[\w.]*) \((\d)\)",
+                                    man_text(page), re.M):
+            h.check(os.path.exists(os.path.join(MAN, "%s.%s" % (name, sec))),
+                    "%s refers to %s(%s), which does not exist"
+                    % (page, name, sec))
+    with open(os.path.join(SRC, "README.md")) as f:
+        readme = f.read()
+    use = readme.find("-T message.txt")
+    h.check(use > 0 and "> message.txt" in readme[:use],
+            "the README's curl example uses a message.txt it never makes")
+    dest = h.tmpdir(prefix="tern-install-")
+    h.run(["cmake", "--install", build_dir(), "--prefix", "/usr/local"],
+          env=dict(os.environ, DESTDIR=dest), timeout=120)
+    for rel in ("share/man/man1/tern.1", "share/man/man5/tern.ini.5"):
+        h.check(os.path.exists(os.path.join(dest, "usr/local", rel)),
+                "make install did not install %s" % rel)
+
+
+def test_systemd_unit():
+    """packaging/systemd/tern.service: Type=notify, hardened so that
+    `systemd-analyze security` rates it at most 3.0 ("OK"), and installed
+    by make install (TERN_SYSTEMD_UNITDIR, default lib/systemd/system
+    under the prefix) with ExecStart= pointing at the installed tern
+    (issue 8, item 33)."""
+    sa = h.require_tool("systemd-analyze")
+    unit = os.path.join(SRC, "packaging", "systemd", "tern.service")
+    with open(unit) as f:
+        text = f.read()
+    h.check(re.search(r"^Type=notify$", text, re.M), "not Type=notify")
+    p = h.run([sa, "security", "--offline=true", "--no-pager", unit],
+              timeout=60, check_rc=False)
+    out = p.stdout.decode("utf-8", "replace")
+    m = re.search(r"Overall exposure level for tern\.service: ([0-9.]+)", out)
+    h.check(m, "no exposure level from systemd-analyze: %r %r"
+            % (out[-500:], p.stderr))
+    h.check(float(m.group(1)) <= 3.0, "exposure %s > 3.0:\n%s"
+            % (m.group(1), out))
+    dest = h.tmpdir(prefix="tern-install-units-")
+    h.run(["cmake", "--install", build_dir(), "--prefix", "/opt/tern"],
+          env=dict(os.environ, DESTDIR=dest), timeout=120)
+    for u in ("tern.service", "tern.socket"):
+        path = os.path.join(dest, "opt/tern/lib/systemd/system", u)
+        h.check(os.path.exists(path), "make install did not install %s" % u)
+    with open(os.path.join(dest, "opt/tern/lib/systemd/system",
+                           "tern.service")) as f:
+        installed = f.read()
+    h.check("ExecStart=/opt/tern/bin/tern serve" in installed,
+            "ExecStart= does not name the installed tern: %r" % installed)
+
+
 if __name__ == "__main__":
-    h.main([test_passwd, test_dispatch, test_bench])
+    h.main([test_passwd, test_dispatch, test_bench, test_install_deps_sets,
+            test_man_pages, test_systemd_unit])

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Operations: privileges dropped after binding, and systemd socket
-activation (LISTEN_FDS)."""
+"""Operations: privileges dropped after binding (and what that means for
+SIGHUP), systemd readiness (sd_notify) and socket activation
+(LISTEN_FDS)."""
 
 import os
 import pwd
+import re
+import signal
 import smtplib
 import socket
 import subprocess
@@ -55,6 +58,106 @@ def test_privdrop():
                 "the message file is not owned by nobody")
     finally:
         srv.cleanup()
+
+
+def test_reload_after_privdrop():
+    """SIGHUP re-reads the files as the dropped user (issue 8, item 21):
+    start-up warns about a users file that user cannot read, naming it;
+    the reload then fails naming the file, the reason and the user, and
+    keeps serving; once the file is readable, the reload succeeds."""
+    h.check(os.geteuid() == 0, "this test needs root (it drops to nobody)")
+    nobody = pwd.getpwnam("nobody")
+    d = h.tmpdir(prefix="tern-e2e-priv-reload-")
+    os.chmod(d, 0o755)
+    md = os.path.join(d, "mail")
+    os.mkdir(md)
+    os.chown(md, nobody.pw_uid, nobody.pw_gid)
+    users = h.write(os.path.join(d, "users"),
+                    h.passwd_line("alice", "secret") + "\n", mode=0o600)
+    (port,) = h.free_ports(1)
+    sock = os.path.join(d, "sub.sock")
+    cfg = h.write(os.path.join(d, "tern.ini"),
+                  "[server]\nuser = nobody\ngroup = nogroup\n"
+                  "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+                  "[listener sub]\nurl = smtp://%s\nauth = yes\n"
+                  "[auth]\nusers = %s\n"
+                  "[delivery]\nmaildir = %s\n" % (port, sock, users, md),
+                  mode=0o644)
+    with h.Serve(["-c", cfg], name="privdrop-reload") as srv:
+        (warn,) = srv.wait_log("what=reload-unreadable")
+        h.check("file=" + users in warn and "user=nobody" in warn,
+                "start-up warning: %r" % warn)
+        srv.signal(signal.SIGHUP)
+        (line,) = srv.wait_log("event=reload")
+        h.check("result=failed" in line and users in line
+                and "Permission denied" in line and "user=nobody" in line,
+                "reload of a root-only users file: %r" % line)
+        h.check(srv.alive(), "the daemon exited on a failed reload")
+        s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+        s.sendmail("a@example.org", ["b@example.org"],
+                   "Subject: still\r\n\r\nserving\r\n")
+        s.quit()
+        os.chmod(users, 0o644)
+        srv.signal(signal.SIGHUP)
+        lines = srv.wait_log("event=reload", count=2)
+        h.check("result=ok" in lines[1], "reload once readable: %r"
+                % lines[1])
+
+
+def test_sd_notify():
+    """Type=notify (issue 8, item 33): READY=1 reaches NOTIFY_SOCKET once
+    the port listens (a connect right then succeeds), RELOADING=1 with
+    MONOTONIC_USEC and READY=1 frame a SIGHUP, STOPPING=1 comes with
+    SIGTERM."""
+    d = h.tmpdir(prefix="tern-e2e-notify-")
+    ns_path = os.path.join(d, "notify")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(ns_path)
+    ns.settimeout(15)
+    (port,) = h.free_ports(1)
+    cfg = h.write(os.path.join(d, "tern.ini"),
+                  "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+                  "[delivery]\nmaildir = %s\nfsync = no\n"
+                  % (port, os.path.join(d, "mail")))
+
+    def recv(what):
+        try:
+            return ns.recv(4096).decode()
+        except socket.timeout:
+            h.fail("no datagram on NOTIFY_SOCKET while waiting for %s"
+                   % what)
+
+    old = os.environ.get("NOTIFY_SOCKET")
+    os.environ["NOTIFY_SOCKET"] = ns_path
+    srv = h.Serve(["-c", cfg], name="notify", expect_ready=False)
+    try:
+        srv.start()
+    finally:
+        if old is None:
+            del os.environ["NOTIFY_SOCKET"]
+        else:
+            os.environ["NOTIFY_SOCKET"] = old
+    try:
+        msg = recv("READY=1")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            banner = c.recv(512)
+        h.check(msg == "READY=1", "first notification %r" % msg)
+        h.check(banner.startswith(b"220"), "greeting %r" % banner)
+        srv.signal(signal.SIGHUP)
+        msg = recv("RELOADING=1")
+        h.check(msg.split("\n")[0] == "RELOADING=1"
+                and re.search(r"^MONOTONIC_USEC=\d+$", msg, re.M),
+                "reload notification %r" % msg)
+        msg = recv("READY=1 after the reload")
+        h.check(msg == "READY=1", "after the reload: %r" % msg)
+        srv.wait_log("event=reload")
+        srv.signal(signal.SIGTERM)
+        msg = recv("STOPPING=1")
+        h.check(msg == "STOPPING=1", "at SIGTERM: %r" % msg)
+        h.check(srv.wait_exit() == 0, "exit code %r" % srv.returncode)
+    finally:
+        srv.cleanup()
+        ns.close()
 
 
 def test_socket_activation():
@@ -111,4 +214,5 @@ def test_socket_activation():
 
 
 if __name__ == "__main__":
-    h.main([test_privdrop, test_socket_activation])
+    h.main([test_privdrop, test_reload_after_privdrop, test_sd_notify,
+            test_socket_activation])
