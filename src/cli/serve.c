@@ -179,6 +179,7 @@ struct sess {
   char file[512];             /* where it went (log) */
   uint64_t size;
   unsigned messages;          /* per session, for the log */
+  char cmd[200];              /* last command line (AUTH redacted), raw */
 };
 
 static void txn_clear(struct sess *x) {
@@ -842,6 +843,113 @@ static void on_close(struct tern_server_session *s, void *ud) {
   free(x);
 }
 
+/* ---- rejections, for the log (and fail2ban) ------------------------------ */
+
+/* The last command, as the core shows it (AUTH payloads redacted: the
+ * line is "AUTH <MECH>", continuation lines "*"), for its reply's log. */
+static void on_command(struct tern_server_session *s, struct tern_str line,
+                       void *ud) {
+  struct sess *x = sess_of(s);
+  (void)ud;
+  if (!x)
+    return;
+  size_t n = line.len < sizeof x->cmd - 1 ? line.len : sizeof x->cmd - 1;
+  memcpy(x->cmd, line.ptr, n);
+  x->cmd[n] = '\0';
+}
+
+/* Every 4xx/5xx reply is a rejection: one line with the client, the
+ * listener, the command, the code and the enhanced code. */
+static void log_reject(const struct tern_session_info *i, const char *why,
+                       const char *cmd, unsigned code, const char *enh,
+                       const char *text, size_t text_len) {
+  char c[256], t[256], a[256], codes[8];
+  snprintf(codes, sizeof codes, "%u", code);
+  logf_("session=%s event=reject client=%s port=%u listener=%s why=%s "
+        "cmd=\"%s\" code=%s enhanced=%s text=\"%s\"",
+        i->id, esc(i->peer_addr, strlen(i->peer_addr), a, sizeof a),
+        i->peer_port, i->listener, why,
+        cmd && *cmd ? esc(cmd, strlen(cmd), c, sizeof c) : "-",
+        code ? codes : "-", enh && *enh ? enh : "-",
+        esc(text, text_len, t, sizeof t));
+}
+
+static void on_reply(struct tern_server_session *s, struct tern_str bytes,
+                     void *ud) {
+  struct sess *x = sess_of(s);
+  (void)ud;
+  if (!x || bytes.len < 3 || bytes.ptr[0] < '4' || bytes.ptr[0] > '5')
+    return;
+  /* The last line of a multi-line reply: "NNN[ -]X.Y.Z text\r\n". */
+  const char *p = bytes.ptr, *end = bytes.ptr + bytes.len;
+  while (end > p && (end[-1] == '\r' || end[-1] == '\n'))
+    end--;
+  for (const char *q = end; q > p; q--)
+    if (q[-1] == '\n') {
+      p = q;
+      break;
+    }
+  if (end - p < 3)
+    return;
+  unsigned code = (unsigned)((p[0] - '0') * 100 + (p[1] - '0') * 10 +
+                             (p[2] - '0'));
+  p += 3;
+  if (p < end)
+    p++;
+  char enh[16] = "";
+  size_t e = 0;
+  while (p + e < end && e < sizeof enh - 1 &&
+         ((p[e] >= '0' && p[e] <= '9') || p[e] == '.'))
+    e++;
+  if (e >= 5 && (p + e == end || p[e] == ' ') && p[1] == '.') {
+    memcpy(enh, p, e);
+    enh[e] = '\0';
+    p += e;
+    if (p < end)
+      p++;
+  }
+  log_reject(x->info, "reply", x->cmd, code, enh, p, (size_t)(end - p));
+}
+
+/* What the runtime did on its own (tern_server_options.on_event). */
+static void on_net_event(const struct tern_net_event *ev, void *ud) {
+  static const char *const names[] = {
+      [TERN_NET_CONN_LIMIT] = "conn-limit",
+      [TERN_NET_IP_LIMIT] = "ip-limit",
+      [TERN_NET_PREGREET] = "pregreet",
+      [TERN_NET_TLS_FAILED] = "tls-failed",
+      [TERN_NET_TLS_TIMEOUT] = "tls-handshake",
+      [TERN_NET_PROXY_FAILED] = "proxy-failed",
+      [TERN_NET_PROXY_TIMEOUT] = "proxy",
+      [TERN_NET_LINE_TIMEOUT] = "command-line",
+      [TERN_NET_WRITE_TIMEOUT] = "write"};
+  const struct tern_session_info *i = ev->info;
+  const char *name = (unsigned)ev->type < sizeof names / sizeof names[0] &&
+                             names[ev->type]
+                         ? names[ev->type]
+                         : "other";
+  (void)ud;
+  switch (ev->type) {
+  case TERN_NET_CONN_LIMIT:
+  case TERN_NET_IP_LIMIT:
+  case TERN_NET_PREGREET:
+  case TERN_NET_TLS_FAILED:
+  case TERN_NET_PROXY_FAILED:
+    log_reject(i, name, NULL, ev->code, ev->enhanced, ev->detail,
+               strlen(ev->detail));
+    return;
+  default: {
+    char a[256], t[256];
+    logf_("session=%s event=timeout client=%s port=%u listener=%s what=%s "
+          "text=\"%s\"",
+          i->id, esc(i->peer_addr, strlen(i->peer_addr), a, sizeof a),
+          i->peer_port, i->listener, name,
+          esc(ev->detail, strlen(ev->detail), t, sizeof t));
+    return;
+  }
+  }
+}
+
 /*
  * AUTH: the users file (crypt hashes) through GNU SASL's PLAIN/LOGIN.
  * This runs on libuv's thread pool, off the event loop (a yescrypt hash
@@ -1087,6 +1195,8 @@ int tern_cli_serve(int argc, char **argv) {
     for (size_t i = 0; i < c->nlisteners; i++) {
       free(c->listeners[i].name);
       free(c->listeners[i].url);
+      free(c->listeners[i].socket_user);
+      free(c->listeners[i].socket_group);
     }
     memset(c->listeners, 0, sizeof c->listeners);
     for (size_t i = 0; i < nlisten; i++) {
@@ -1119,6 +1229,8 @@ int tern_cli_serve(int argc, char **argv) {
   cb.on_data_abort = on_data_abort;
   cb.on_reset = on_reset;
   cb.on_close = on_close;
+  cb.on_command = on_command;
+  cb.on_reply = on_reply;
 
   struct tern_auth_callbacks auth;
   tern_auth_callbacks_init(&auth);
@@ -1139,6 +1251,10 @@ int tern_cli_serve(int argc, char **argv) {
   o.max_per_ip = c->max_per_ip;
   o.greeting_delay_ms = c->greeting_delay_ms;
   o.shutdown_timeout_ms = c->shutdown_timeout_ms;
+  o.proxy_timeout_ms = c->timeout_proxy_ms;
+  o.tls_handshake_timeout_ms = c->timeout_tls_handshake_ms;
+  o.write_timeout_ms = c->timeout_write_ms;
+  o.on_event = on_net_event;
   o.tls_certs = c->certs;
   o.tls_cert_count = c->ncerts;
   o.xclient_networks = c->xclient_networks;
