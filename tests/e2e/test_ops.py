@@ -110,5 +110,37 @@ def test_socket_activation():
                 % (proc.returncode, "".join(lines)))
 
 
+def test_port_in_use():
+    """A second `tern serve` on a port the first (with 2 workers) listens
+    on fails at start with "Address already in use" (exit 69,
+    EX_UNAVAILABLE), as net.h promises; the first keeps all the traffic.
+    With SO_REUSEPORT the second used to start and take half of it."""
+    d = h.tmpdir(prefix="tern-e2e-port-")
+    (port,) = h.free_ports(1)
+    cfgs = []
+    for i in range(2):
+        cfg = os.path.join(d, "tern%d.ini" % i)
+        h.write(cfg, "[server]\nworkers = 2\nhostname = first%d.example\n"
+                "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+                "[delivery]\nmaildir = %s\nfsync = no\n"
+                % (i, port, os.path.join(d, "mail%d" % i)))
+        cfgs.append(cfg)
+    with h.Serve(["-c", cfgs[0]], name="first"):
+        rc, out, err = h.run_serve(["-c", cfgs[1]], timeout=20)
+        h.check(rc == 69 and "in use" in err,
+                "the second tern serve on port %d: rc %s, stderr %r "
+                "(want 69 and 'Address already in use')" % (port, rc, err))
+        # every connection is the first's (both of its workers accept)
+        for _ in range(20):
+            r = h.Raw("127.0.0.1", port, timeout=10)
+            try:
+                code, lines = r.reply()
+                h.check(code == 220 and "first0.example" in lines[0],
+                        "greeting %r" % lines)
+                r.cmd("QUIT", 221)
+            finally:
+                r.close()
+
+
 if __name__ == "__main__":
-    h.main([test_privdrop, test_socket_activation])
+    h.main([test_privdrop, test_socket_activation, test_port_in_use])
