@@ -16,6 +16,7 @@
  * [server] user/group after binding.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
@@ -26,8 +27,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sysexits.h>
 #include <syslog.h>
 #include <time.h>
@@ -1005,16 +1008,112 @@ static int drop_privileges(const struct cfg *c, char *err, size_t cap) {
   return 0;
 }
 
-/* systemd socket activation: fds 3.. when LISTEN_PID is us. Returns the
- * number of fds (0 when not activated). */
-static int listen_fds(void) {
+/* systemd socket activation: fds 3.. when LISTEN_PID is us, and their
+ * names (LISTEN_FDNAMES, colon-separated; FileDescriptorName=). Returns
+ * the number of fds (0 when not activated), -1 when there are more than
+ * listeners can take. names[k] point into *names_buf (free it). */
+static int listen_fds(char **names_buf, const char *names[]) {
   const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+  const char *fdnames = getenv("LISTEN_FDNAMES");
+  *names_buf = NULL;
   if (!pid || !fds || strtol(pid, NULL, 10) != getpid())
     return 0;
   long n = strtol(fds, NULL, 10);
+  if (n > CFG_MAX_LISTENERS)
+    return -1;
+  for (long k = 0; k < n; k++)
+    names[k] = NULL;
+  if (fdnames && (*names_buf = strdup(fdnames)) != NULL) {
+    char *p = *names_buf;
+    for (long k = 0; k < n && p; k++) {
+      names[k] = p;
+      if ((p = strchr(p, ':')) != NULL)
+        *p++ = '\0';
+    }
+  }
   unsetenv("LISTEN_PID");
   unsetenv("LISTEN_FDS");
-  return n > 0 && n < CFG_MAX_LISTENERS ? (int)n : 0;
+  unsetenv("LISTEN_FDNAMES");
+  return n > 0 ? (int)n : 0;
+}
+
+/* "127.0.0.1:25", "[::]:25" or the unix path of socket fd. */
+static const char *sock_text(int fd, char *buf, size_t cap) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  char a[INET6_ADDRSTRLEN];
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
+    snprintf(buf, cap, "not a socket");
+  } else if (ss.ss_family == AF_INET) {
+    const struct sockaddr_in *x = (const struct sockaddr_in *)&ss;
+    inet_ntop(AF_INET, &x->sin_addr, a, sizeof a);
+    snprintf(buf, cap, "%s:%u", a, ntohs(x->sin_port));
+  } else if (ss.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&ss;
+    inet_ntop(AF_INET6, &x->sin6_addr, a, sizeof a);
+    snprintf(buf, cap, "[%s]:%u", a, ntohs(x->sin6_port));
+  } else if (ss.ss_family == AF_UNIX) {
+    snprintf(buf, cap, "%.100s", ((const struct sockaddr_un *)&ss)->sun_path);
+  } else {
+    snprintf(buf, cap, "an unknown socket family");
+  }
+  return buf;
+}
+
+/*
+ * Socket activation: give each handed-over socket to its listener, never
+ * by position. A socket whose name (FileDescriptorName=) is a listener's
+ * goes to that listener; any other to the listener whose url it listens
+ * on (tern_listener_matches_fd()). Either way its address must be the
+ * listener's: a socket that matches none, or two for one listener, stops
+ * the start with a message naming both. fd_of[i] is the listener's fd or
+ * -1 (it binds its own). Returns 0 or -1 with err set.
+ */
+static int match_fds(const struct cfg *c, int nfds, const char *names[],
+                     int fd_of[], char *err, size_t cap) {
+  char at[160];
+  for (size_t i = 0; i < c->nlisteners; i++)
+    fd_of[i] = -1;
+  for (int k = 0; k < nfds; k++) {
+    int fd = 3 + k;
+    size_t li = c->nlisteners;
+    for (size_t i = 0; names[k] && i < c->nlisteners; i++)
+      if (!strcmp(c->listeners[i].name, names[k]))
+        li = i;
+    if (li < c->nlisteners) {
+      if (tern_listener_matches_fd(c->listeners[li].url, fd) != 1) {
+        snprintf(err, cap,
+                 "socket activation: the socket named '%s' (fd %d) listens "
+                 "on %s, but [listener %s] has url = %s",
+                 names[k], fd, sock_text(fd, at, sizeof at),
+                 c->listeners[li].name, c->listeners[li].url);
+        return -1;
+      }
+    } else {
+      for (size_t i = 0; i < c->nlisteners && li == c->nlisteners; i++)
+        if (fd_of[i] < 0 &&
+            tern_listener_matches_fd(c->listeners[i].url, fd) == 1)
+          li = i;
+      if (li == c->nlisteners) {
+        snprintf(err, cap,
+                 "socket activation: the socket %s%s%s(fd %d) on %s matches "
+                 "no listener: give it FileDescriptorName= of a [listener "
+                 "NAME], or make a listener's url its address",
+                 names[k] ? "'" : "", names[k] ? names[k] : "",
+                 names[k] ? "' " : "", fd, sock_text(fd, at, sizeof at));
+        return -1;
+      }
+    }
+    if (fd_of[li] >= 0) {
+      snprintf(err, cap,
+               "socket activation: [listener %s] is given two sockets "
+               "(fd %d and fd %d)",
+               c->listeners[li].name, fd_of[li], fd);
+      return -1;
+    }
+    fd_of[li] = fd;
+  }
+  return 0;
 }
 
 /* ---- signals ------------------------------------------------------------------ */
@@ -1275,7 +1374,21 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     return r == TERN_ETLS ? EX_CONFIG : EX_SOFTWARE;
   }
-  int nfds = listen_fds();
+  const char *fdnames[CFG_MAX_LISTENERS];
+  int fd_of[CFG_MAX_LISTENERS];
+  char *fdnames_buf;
+  int nfds = listen_fds(&fdnames_buf, fdnames);
+  if (nfds < 0 ||
+      match_fds(c, nfds, fdnames, fd_of, err, sizeof err) != 0) {
+    if (nfds < 0)
+      snprintf(err, sizeof err, "socket activation: more than %d sockets",
+               CFG_MAX_LISTENERS);
+    fprintf(stderr, "tern serve: %s\n", err);
+    free(fdnames_buf);
+    tern_server_free(d.srv);
+    return EX_CONFIG;
+  }
+  free(fdnames_buf);
   for (size_t i = 0; i < c->nlisteners; i++) {
     const struct cfg_listener *cl = &c->listeners[i];
     struct tern_listener_options lo;
@@ -1286,7 +1399,7 @@ int tern_cli_serve(int argc, char **argv) {
     lo.auth_insecure_ok = cl->insecure_auth;
     lo.xclient = cl->xclient;
     lo.no_auth = cl->auth == CFG_AUTH_OFF;
-    r = (int)i < nfds ? tern_server_listen_fd(d.srv, 3 + (int)i, cl->url, &lo)
+    r = fd_of[i] >= 0 ? tern_server_listen_fd(d.srv, fd_of[i], cl->url, &lo)
                       : tern_server_listen(d.srv, cl->url, &lo);
     if (r == TERN_EADDRINUSE || r == TERN_EIO || r == TERN_EINVAL) {
       /* the default [::1] listener is optional on hosts without IPv6 */
