@@ -1399,6 +1399,28 @@ int tern_cli_serve(int argc, char **argv) {
     lo.auth_insecure_ok = cl->insecure_auth;
     lo.xclient = cl->xclient;
     lo.no_auth = cl->auth == CFG_AUTH_OFF;
+    /* unix sockets: owner and mode, set while we are still root */
+    lo.socket_mode = cl->socket_mode;
+    if (cl->socket_user) {
+      struct passwd *pw = getpwnam(cl->socket_user);
+      if (!pw) {
+        fprintf(stderr, "tern serve: [listener %s]: socket_user '%s' does "
+                "not exist\n", cl->name, cl->socket_user);
+        tern_server_free(d.srv);
+        return EX_CONFIG;
+      }
+      lo.socket_uid = (long)pw->pw_uid;
+    }
+    if (cl->socket_group) {
+      struct group *gr = getgrnam(cl->socket_group);
+      if (!gr) {
+        fprintf(stderr, "tern serve: [listener %s]: socket_group '%s' does "
+                "not exist\n", cl->name, cl->socket_group);
+        tern_server_free(d.srv);
+        return EX_CONFIG;
+      }
+      lo.socket_gid = (long)gr->gr_gid;
+    }
     r = fd_of[i] >= 0 ? tern_server_listen_fd(d.srv, fd_of[i], cl->url, &lo)
                       : tern_server_listen(d.srv, cl->url, &lo);
     if (r == TERN_EADDRINUSE || r == TERN_EIO || r == TERN_EINVAL) {

@@ -298,8 +298,71 @@ def test_socket_activation_name_mismatch():
         a.stop()
 
 
+def test_unix_socket_owner_mode():
+    """[listener] socket_group/socket_mode on an LMTP unix socket: the
+    socket is created 0660, group postfix, before the daemon drops to
+    nobody (who could not chown it any more); Postfix's lmtp client,
+    running as user postfix, can connect (LHLO answered 250), and a user
+    outside the group (nobody) gets Permission denied. It used to be
+    srwxr-xr-x root, and postfix got Permission denied."""
+    import grp
+    import stat
+    h.check(os.geteuid() == 0, "this test needs root (it changes owners)")
+    pf = pwd.getpwnam("postfix")
+    pgid = grp.getgrnam("postfix").gr_gid
+    d = h.tmpdir(prefix="tern-e2e-unix-")
+    os.chmod(d, 0o755)
+    sock = os.path.join(d, "lmtp.sock")
+    md = os.path.join(d, "mail")
+    os.mkdir(md)
+    os.chown(md, pwd.getpwnam("nobody").pw_uid, -1)
+    cfg = os.path.join(d, "tern.ini")
+    h.write(cfg, "[server]\nuser = nobody\ngroup = nogroup\n"
+            "[listener lmtp]\nurl = lmtp://%s\nsocket_group = postfix\n"
+            "socket_mode = 0660\n"
+            "[delivery]\nmaildir = %s\nfsync = no\n" % (sock, md))
+    probe = ("import socket,sys\n"
+             "s=socket.socket(socket.AF_UNIX)\n"
+             "s.settimeout(10)\n"
+             "try:\n"
+             "    s.connect(sys.argv[1])\n"
+             "except PermissionError:\n"
+             "    print('EACCES'); sys.exit(0)\n"
+             "f=s.makefile('rb')\n"
+             "print(f.readline().decode().strip())\n"
+             "s.sendall(b'LHLO pf.test\\r\\n')\n"
+             "while True:\n"
+             "    l=f.readline().decode()\n"
+             "    if l[3:4] != '-': print(l.strip()); break\n")
+    srv = h.Serve(["-c", cfg], name="unix-perm")
+    try:
+        srv.start()
+        st = os.stat(sock)
+        h.check(stat.S_ISSOCK(st.st_mode), "%s is not a socket" % sock)
+        h.check(stat.S_IMODE(st.st_mode) == 0o660,
+                "socket mode %o (want 0660)" % stat.S_IMODE(st.st_mode))
+        h.check(st.st_gid == pgid, "socket group %d (want postfix=%d)"
+                % (st.st_gid, pgid))
+        p = subprocess.run(["python3", "-c", probe, sock], user=pf.pw_uid,
+                           group=pgid, extra_groups=[], capture_output=True,
+                           timeout=20)
+        out = p.stdout.decode().split("\n")
+        h.check(out[0].startswith("220") and out[1].startswith("250"),
+                "as user postfix: %r %r" % (out, p.stderr))
+        p = subprocess.run(["python3", "-c", probe, sock],
+                           user=pwd.getpwnam("nobody").pw_uid,
+                           group=grp.getgrnam("nogroup").gr_gid,
+                           extra_groups=[], capture_output=True, timeout=20)
+        h.check(p.stdout.decode().strip() == "EACCES",
+                "as nobody (not in group postfix): %r %r"
+                % (p.stdout, p.stderr))
+    finally:
+        srv.cleanup()
+
+
 if __name__ == "__main__":
     h.main([test_privdrop, test_socket_activation, test_port_in_use,
             test_socket_activation_by_address, test_socket_activation_by_name,
             test_socket_activation_unknown_socket,
-            test_socket_activation_name_mismatch])
+            test_socket_activation_name_mismatch,
+            test_unix_socket_owner_mode])
