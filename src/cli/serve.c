@@ -1421,6 +1421,12 @@ int tern_cli_serve(int argc, char **argv) {
       }
       lo.socket_gid = (long)gr->gr_gid;
     }
+    if (fd_of[i] >= 0 &&
+        (cl->socket_user || cl->socket_group || cl->socket_mode))
+      fprintf(stderr, "tern serve: [listener %s]: socket_user, socket_group "
+              "and socket_mode do not apply to a socket from systemd (set "
+              "SocketUser=, SocketGroup=, SocketMode= in its unit)\n",
+              cl->name);
     r = fd_of[i] >= 0 ? tern_server_listen_fd(d.srv, fd_of[i], cl->url, &lo)
                       : tern_server_listen(d.srv, cl->url, &lo);
     if (r == TERN_EADDRINUSE || r == TERN_EIO || r == TERN_EINVAL) {
