@@ -248,7 +248,39 @@ def test_tls_handshake_deadline():
             s.close()
 
 
+def test_starttls_handshake_deadline():
+    """The same after STARTTLS: the handshake dripped a byte a second is
+    cut at timeout_tls_handshake (3 s), not kept alive by the 30 s idle
+    timer."""
+    d = h.tmpdir(prefix="tern-e2e-dl-")
+    port = h.free_ports(1)[0]
+    cfg = os.path.join(d, "tern.ini")
+    h.write(cfg, "[server]\ntimeout_command = 30s\n"
+            "timeout_tls_handshake = 3s\n"
+            "[listener mx]\nurl = smtp://127.0.0.1:%d\nstarttls = yes\n"
+            "[tls]\ncert = %s\nkey = %s\n"
+            "[delivery]\nmaildir = %s\nfsync = no\n"
+            % (port, h.cert("server.pem"), h.cert("server.key"),
+               os.path.join(d, "mail")))
+    with h.Serve(["-c", cfg], name="starttls-hs") as srv:
+        r = h.Raw("127.0.0.1", port, timeout=10)
+        try:
+            r.reply()
+            r.cmd("EHLO drip.test", 250)
+            r.cmd("STARTTLS", 220)
+            hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + \
+                b"\x00" * 40
+            took, got = drip(r.s, hello, 1.0, 15)
+            h.check(took is not None, "a dripped STARTTLS handshake stayed "
+                    "open 15 s with timeout_tls_handshake = 3s")
+            h.check(took < 7.0, "closed after %.1f s (want about 3)" % took)
+            srv.wait_log("what=tls-handshake")
+        finally:
+            r.close()
+
+
 if __name__ == "__main__":
     h.main([test_stuck_clients_are_closed, test_sigterm_with_stuck_clients,
             test_command_line_deadline, test_proxy_header_deadline,
-            test_proxy_header_default_deadline, test_tls_handshake_deadline])
+            test_proxy_header_default_deadline, test_tls_handshake_deadline,
+            test_starttls_handshake_deadline])
