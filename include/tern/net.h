@@ -13,9 +13,10 @@
  *
  * Threading. With workers == 1 everything runs on the loop given to
  * tern_server_new(). With workers > 1 the server starts workers - 1 more
- * threads, each with its own uv_loop_t and its own SO_REUSEPORT sockets
- * for every TCP listener (unix-socket listeners stay on the first loop);
- * the kernel spreads connections over them. A session lives on one
+ * threads, each with its own uv_loop_t accepting from the same listening
+ * socket of every TCP listener (bound once, without SO_REUSEPORT, so no
+ * other process can share the port; unix-socket and adopted listeners
+ * stay on the first loop). A session lives on one
  * thread for its whole life and every callback for it runs there, so
  * callbacks need no locks for per-session state; state shared between
  * sessions (the app's `ud`) is touched from several threads at once and
@@ -101,14 +102,57 @@ struct tern_listener_options {
   bool xclient;           /* accept XCLIENT from xclient_networks */
   bool no_auth;           /* never offer AUTH here (e.g. an MX listener
                              next to a submission one) */
+  /* Unix-socket listeners only: the socket file's mode and owner, set
+   * between bind() and listen() (so no client ever sees other rights).
+   * socket_mode 0 keeps what the umask gave; socket_uid/socket_gid -1
+   * keep the creating process's (changing them needs root or, for the
+   * group, membership). A failure fails tern_server_listen(). */
+  unsigned socket_mode;   /* e.g. 0660 */
+  long socket_uid;        /* default -1 */
+  long socket_gid;        /* default -1 */
 };
 
 static inline void
 tern_listener_options_init(struct tern_listener_options *l) {
   struct tern_listener_options d = {0};
   d.size = sizeof d;
+  d.socket_uid = -1;
+  d.socket_gid = -1;
   *l = d;
 }
+
+/*
+ * What the runtime did on its own to a connection, for the application's
+ * log (tern_server_options.on_event): refusals without a session (limits,
+ * early talkers), TLS handshakes that failed, and the deadlines that cut
+ * a connection. Replies the session sent (530, 535, a 421 for an idle
+ * timeout...) are not repeated here: see the on_reply observer.
+ */
+enum tern_net_event_type {
+  TERN_NET_CONN_LIMIT = 1, /* 421 4.7.0: max_connections reached */
+  TERN_NET_IP_LIMIT,       /* 421 4.7.0: max_per_ip reached */
+  TERN_NET_PREGREET,       /* 554 5.5.1: talked before the greeting */
+  TERN_NET_TLS_FAILED,     /* TLS handshake failed (detail: the reason) */
+  TERN_NET_TLS_TIMEOUT,    /* handshake not done by its deadline */
+  TERN_NET_PROXY_FAILED,   /* not a valid PROXY header */
+  TERN_NET_PROXY_TIMEOUT,  /* PROXY header not complete by its deadline */
+  TERN_NET_LINE_TIMEOUT,   /* 421 4.4.2: a command line not complete
+                              within timeout_command of its first byte */
+  TERN_NET_WRITE_TIMEOUT   /* output pending, no progress for
+                              write_timeout_ms: the client stopped
+                              reading; closed without a reply */
+};
+
+struct tern_net_event {
+  size_t size;
+  enum tern_net_event_type type;
+  /* The connection: id, peer_addr/peer_port (PROXY applied once known),
+   * local address, listener. Valid during the call only. */
+  const struct tern_session_info *info;
+  unsigned code;        /* the reply sent, 0 when none was */
+  const char *enhanced; /* its enhanced code ("4.7.0"), NULL when none */
+  const char *detail;   /* short reason in words; never NULL */
+};
 
 /* Server options. */
 struct tern_server_options {
@@ -144,6 +188,20 @@ struct tern_server_options {
   unsigned auth_max_queued;           /* checks waiting for one of those,
                                          per worker; past it AUTH gets
                                          454 4.7.0 at once; default 64 */
+  /* Total deadlines (not idle timers: a byte now and then does not
+   * extend them); 0 means the default. The command line's is
+   * session.timeout_command_ms, counted from its first byte. */
+  unsigned proxy_timeout_ms;          /* whole PROXY header; default 10 s */
+  unsigned tls_handshake_timeout_ms;  /* whole TLS handshake (STARTTLS or
+                                         smtps://); default 30 s */
+  unsigned write_timeout_ms;          /* output pending and no byte of it
+                                         taken by the client for this long:
+                                         the connection is closed, unsent
+                                         output dropped; default 60 s */
+  /* Runtime events (see enum tern_net_event_type), for logging. Called
+   * on the connection's worker thread with `ud` above; must not block
+   * and must not call back into the server. NULL: none. */
+  void (*on_event)(const struct tern_net_event *ev, void *ud);
 };
 
 static inline void
@@ -158,6 +216,9 @@ tern_server_options_init(struct tern_server_options *o) {
   d.auth_fail_delay_ms = 1000;
   d.auth_max_concurrent = 2;
   d.auth_max_queued = 64;
+  d.proxy_timeout_ms = 10000;
+  d.tls_handshake_timeout_ms = 30000;
+  d.write_timeout_ms = 60000;
   *o = d;
 }
 
@@ -182,11 +243,22 @@ TERN_EXTERN int tern_server_listen(struct tern_server *srv, const char *url,
 
 /*
  * Adopt an already-bound listening socket (systemd LISTEN_FDS); `url`
- * says what it is (host and port are informative). Same rules as listen.
+ * says what it is (its scheme picks SMTP, LMTP or implicit TLS; host and
+ * port are informative: see tern_listener_matches_fd() to check them).
+ * TERN_EINVAL when fd is not a listening socket. Same rules as listen.
  */
 TERN_EXTERN int tern_server_listen_fd(struct tern_server *srv, int fd,
                                       const char *url,
                                       const struct tern_listener_options *lo);
+
+/*
+ * Does the socket `fd` listen where the listener URL says? A unix URL
+ * matches a unix socket bound to the same path; a TCP URL one bound to
+ * the same port and address ("*" matches 0.0.0.0 or [::]). Returns 1, 0,
+ * or TERN_EINVAL (bad URL, fd not a socket). For socket activation: a
+ * handed-over socket goes to the listener it matches, never by position.
+ */
+TERN_EXTERN int tern_listener_matches_fd(const char *url, int fd);
 
 /* Start accepting (and start the worker threads). Returns 0 or an error. */
 TERN_EXTERN int tern_server_start(struct tern_server *srv);

@@ -504,6 +504,12 @@ TERN_EXTERN void tern_server_session_set_xclient_trusted(
 TERN_EXTERN bool
 tern_server_session_in_transaction(const struct tern_server_session *s);
 
+/* Is a command line (or an AUTH continuation line) partly received:
+ * bytes fed, its LF not yet? False inside DATA/BDAT. A runtime uses it to
+ * give one command line a total deadline, not only an idle timer. */
+TERN_EXTERN bool
+tern_server_session_line_pending(const struct tern_server_session *s);
+
 /* Session facts. */
 TERN_EXTERN bool tern_server_session_is_tls(const struct tern_server_session *s);
 TERN_EXTERN bool

@@ -19,8 +19,10 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <grp.h>
 #include <ini.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,6 +353,8 @@ static bool domain_ok(const char *s, size_t n) {
 static void listener_reset(struct cfg_listener *l) {
   free(l->name);
   free(l->url);
+  free(l->socket_user);
+  free(l->socket_group);
   memset(l, 0, sizeof *l);
 }
 
@@ -380,6 +384,9 @@ void cfg_defaults(struct cfg *c) {
   c->timeout_data_ms = 5 * 60 * 1000;
   c->max_junk_commands = 100;
   c->recipient_check_timeout_ms = 30000;
+  c->timeout_proxy_ms = 10 * 1000;
+  c->timeout_tls_handshake_ms = 30 * 1000;
+  c->timeout_write_ms = 60 * 1000;
   c->log = xstrdup("stderr");
   add_default_listener(c, "default", "smtp://127.0.0.1:2525");
   add_default_listener(c, "default-ipv6", "smtp://[::1]:2525");
@@ -627,6 +634,24 @@ static int p_uint(struct pstate *st, const struct key *k, const char *v,
   if (parse_u64(v, strlen(v), &n) != 0 || n < k->min || n > k->max)
     return bad(st, k, v);
   *(unsigned *)field = (unsigned)n;
+  return 0;
+}
+
+/* A file mode in octal, like 0660 (at most 0777: no set-id bits). */
+static int p_mode(struct pstate *st, const struct key *k, const char *v,
+                  void *field) {
+  unsigned m = 0;
+  size_t n = strlen(v);
+  if (n == 0 || n > 4)
+    return bad(st, k, v);
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '7')
+      return bad(st, k, v);
+    m = m * 8 + (unsigned)(v[i] - '0');
+  }
+  if (m > 0777 || m == 0)
+    return bad(st, k, v);
+  *(unsigned *)field = m;
   return 0;
 }
 
@@ -937,6 +962,12 @@ static const struct key keys[] = {
      1u << 30, "a number of octets (0 = no limit; RFC 5321 says 1000)"},
     {SEC_SERVER, "max_junk_commands", p_uint, CO(max_junk_commands), 0,
      1000000, "a number from 0 (no limit) to 1000000"},
+    {SEC_SERVER, "timeout_proxy", p_duration, CO(timeout_proxy_ms), 100,
+     DAY_MS, E_DUR " (100ms to 24h)"},
+    {SEC_SERVER, "timeout_tls_handshake", p_duration,
+     CO(timeout_tls_handshake_ms), 100, DAY_MS, E_DUR " (100ms to 24h)"},
+    {SEC_SERVER, "timeout_write", p_duration, CO(timeout_write_ms), 100,
+     DAY_MS, E_DUR " (100ms to 24h)"},
     {SEC_SERVER, "xclient_networks", p_networks, CO(xclient_networks), 0, 0,
      "networks like 127.0.0.0/8 ::1"},
     {SEC_SERVER, "user", p_string, CO(user), 0, 0, "a user name"},
@@ -951,6 +982,12 @@ static const struct key keys[] = {
     {SEC_LISTENER, "auth", p_auth, LO(auth), 0, 0, "no, yes or required"},
     {SEC_LISTENER, "insecure_auth", p_bool, LO(insecure_auth), 0, 0, E_BOOL},
     {SEC_LISTENER, "xclient", p_bool, LO(xclient), 0, 0, E_BOOL},
+    {SEC_LISTENER, "socket_user", p_string, LO(socket_user), 0, 0,
+     "a user name (unix-socket listeners)"},
+    {SEC_LISTENER, "socket_group", p_string, LO(socket_group), 0, 0,
+     "a group name (unix-socket listeners)"},
+    {SEC_LISTENER, "socket_mode", p_mode, LO(socket_mode), 0, 0,
+     "an octal mode like 0660 (unix-socket listeners)"},
     /* [tls] */
     {SEC_TLS, "cert", p_cert, 0, 0, 0, "a certificate file (PEM)"},
     {SEC_TLS, "key", p_key, 0, 0, 0, "a private key file (PEM)"},
@@ -1406,6 +1443,20 @@ int cfg_check(const struct cfg *c, char *err, size_t cap) {
                           "insecure_auth = yes",
                           l->name);
     }
+    if ((l->socket_user || l->socket_group || l->socket_mode) && !unix_sock)
+      return check_fail(c, err, cap,
+                        "[listener %s]: socket_user, socket_group and "
+                        "socket_mode are for unix-socket listeners "
+                        "(lmtp:///path)",
+                        l->name);
+    if (l->socket_user && !getpwnam(l->socket_user))
+      return check_fail(c, err, cap,
+                        "[listener %s]: socket_user '%s' does not exist",
+                        l->name, l->socket_user);
+    if (l->socket_group && !getgrnam(l->socket_group))
+      return check_fail(c, err, cap,
+                        "[listener %s]: socket_group '%s' does not exist",
+                        l->name, l->socket_group);
     if (l->xclient && c->xclient_networks == NULL)
       return check_fail(c, err, cap,
                         "[listener %s]: xclient = yes needs "

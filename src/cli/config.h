@@ -26,6 +26,9 @@ struct cfg_listener {
   enum cfg_auth auth;    /* off / offered / required before MAIL */
   bool insecure_auth;    /* offer AUTH without TLS */
   bool xclient;          /* XCLIENT from [server] xclient_networks */
+  char *socket_user;     /* unix socket owner (name) */
+  char *socket_group;    /* unix socket group (name) */
+  unsigned socket_mode;  /* unix socket mode, 0 = umask's */
 };
 
 enum cfg_target { CFG_MAILDIR = 0, CFG_PIPE, CFG_LMTP, CFG_SMTP };
@@ -44,6 +47,9 @@ struct cfg {
   unsigned timeout_data_ms;    /* default 300000 (RFC 5321 §4.5.3.2.7) */
   unsigned max_line_length;    /* message text line; default 0 = no limit */
   unsigned max_junk_commands;  /* default 100 (Postfix's junk limit) */
+  unsigned timeout_proxy_ms;   /* whole PROXY header; default 10000 */
+  unsigned timeout_tls_handshake_ms; /* whole handshake; default 30000 */
+  unsigned timeout_write_ms;   /* output stuck this long: close; 60000 */
   char *xclient_networks;      /* default NULL */
   char *user, *group;          /* drop privileges to these after binding */
   char *log;                   /* "stderr" (default) or "syslog" */

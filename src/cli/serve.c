@@ -17,6 +17,7 @@
  * [server] user/group after binding.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
@@ -27,8 +28,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sysexits.h>
 #include <syslog.h>
 #include <time.h>
@@ -162,6 +165,7 @@ struct sess {
   unsigned messages;          /* per session, for the log */
   unsigned txns;              /* DATA/BDAT started: numbers message ids */
   char msgid[48];             /* this message's id (message_id()) */
+  char cmd[200];              /* last command line (AUTH redacted), raw */
 };
 
 static void txn_clear(struct sess *x) {
@@ -997,6 +1001,113 @@ static void on_close(struct tern_server_session *s, void *ud) {
   free(x);
 }
 
+/* ---- rejections, for the log (and fail2ban) ------------------------------ */
+
+/* The last command, as the core shows it (AUTH payloads redacted: the
+ * line is "AUTH <MECH>", continuation lines "*"), for its reply's log. */
+static void on_command(struct tern_server_session *s, struct tern_str line,
+                       void *ud) {
+  struct sess *x = sess_of(s);
+  (void)ud;
+  if (!x)
+    return;
+  size_t n = line.len < sizeof x->cmd - 1 ? line.len : sizeof x->cmd - 1;
+  memcpy(x->cmd, line.ptr, n);
+  x->cmd[n] = '\0';
+}
+
+/* Every 4xx/5xx reply is a rejection: one line with the client, the
+ * listener, the command, the code and the enhanced code. */
+static void log_reject(const struct tern_session_info *i, const char *why,
+                       const char *cmd, unsigned code, const char *enh,
+                       const char *text, size_t text_len) {
+  char c[256], t[256], a[256], codes[8];
+  snprintf(codes, sizeof codes, "%u", code);
+  logf_("session=%s event=reject client=%s port=%u listener=%s why=%s "
+        "cmd=\"%s\" code=%s enhanced=%s text=\"%s\"",
+        i->id, esc(i->peer_addr, strlen(i->peer_addr), a, sizeof a),
+        i->peer_port, i->listener, why,
+        cmd && *cmd ? esc(cmd, strlen(cmd), c, sizeof c) : "-",
+        code ? codes : "-", enh && *enh ? enh : "-",
+        esc(text, text_len, t, sizeof t));
+}
+
+static void on_reply(struct tern_server_session *s, struct tern_str bytes,
+                     void *ud) {
+  struct sess *x = sess_of(s);
+  (void)ud;
+  if (!x || bytes.len < 3 || bytes.ptr[0] < '4' || bytes.ptr[0] > '5')
+    return;
+  /* The last line of a multi-line reply: "NNN[ -]X.Y.Z text\r\n". */
+  const char *p = bytes.ptr, *end = bytes.ptr + bytes.len;
+  while (end > p && (end[-1] == '\r' || end[-1] == '\n'))
+    end--;
+  for (const char *q = end; q > p; q--)
+    if (q[-1] == '\n') {
+      p = q;
+      break;
+    }
+  if (end - p < 3)
+    return;
+  unsigned code = (unsigned)((p[0] - '0') * 100 + (p[1] - '0') * 10 +
+                             (p[2] - '0'));
+  p += 3;
+  if (p < end)
+    p++;
+  char enh[16] = "";
+  size_t e = 0;
+  while (p + e < end && e < sizeof enh - 1 &&
+         ((p[e] >= '0' && p[e] <= '9') || p[e] == '.'))
+    e++;
+  if (e >= 5 && (p + e == end || p[e] == ' ') && p[1] == '.') {
+    memcpy(enh, p, e);
+    enh[e] = '\0';
+    p += e;
+    if (p < end)
+      p++;
+  }
+  log_reject(x->info, "reply", x->cmd, code, enh, p, (size_t)(end - p));
+}
+
+/* What the runtime did on its own (tern_server_options.on_event). */
+static void on_net_event(const struct tern_net_event *ev, void *ud) {
+  static const char *const names[] = {
+      [TERN_NET_CONN_LIMIT] = "conn-limit",
+      [TERN_NET_IP_LIMIT] = "ip-limit",
+      [TERN_NET_PREGREET] = "pregreet",
+      [TERN_NET_TLS_FAILED] = "tls-failed",
+      [TERN_NET_TLS_TIMEOUT] = "tls-handshake",
+      [TERN_NET_PROXY_FAILED] = "proxy-failed",
+      [TERN_NET_PROXY_TIMEOUT] = "proxy",
+      [TERN_NET_LINE_TIMEOUT] = "command-line",
+      [TERN_NET_WRITE_TIMEOUT] = "write"};
+  const struct tern_session_info *i = ev->info;
+  const char *name = (unsigned)ev->type < sizeof names / sizeof names[0] &&
+                             names[ev->type]
+                         ? names[ev->type]
+                         : "other";
+  (void)ud;
+  switch (ev->type) {
+  case TERN_NET_CONN_LIMIT:
+  case TERN_NET_IP_LIMIT:
+  case TERN_NET_PREGREET:
+  case TERN_NET_TLS_FAILED:
+  case TERN_NET_PROXY_FAILED:
+    log_reject(i, name, NULL, ev->code, ev->enhanced, ev->detail,
+               strlen(ev->detail));
+    return;
+  default: {
+    char a[256], t[256];
+    logf_("session=%s event=timeout client=%s port=%u listener=%s what=%s "
+          "text=\"%s\"",
+          i->id, esc(i->peer_addr, strlen(i->peer_addr), a, sizeof a),
+          i->peer_port, i->listener, name,
+          esc(ev->detail, strlen(ev->detail), t, sizeof t));
+    return;
+  }
+  }
+}
+
 /*
  * AUTH: the users file (crypt hashes) through GNU SASL's PLAIN/LOGIN.
  * This runs on libuv's thread pool, off the event loop (a yescrypt hash
@@ -1080,16 +1191,112 @@ static void check_reloadable(const char *path, const struct cfg *c) {
              "SIGHUP will fail until this user can read the file", NULL);
 }
 
-/* systemd socket activation: fds 3.. when LISTEN_PID is us. Returns the
- * number of fds (0 when not activated). */
-static int listen_fds(void) {
+/* systemd socket activation: fds 3.. when LISTEN_PID is us, and their
+ * names (LISTEN_FDNAMES, colon-separated; FileDescriptorName=). Returns
+ * the number of fds (0 when not activated), -1 when there are more than
+ * listeners can take. names[k] point into *names_buf (free it). */
+static int listen_fds(char **names_buf, const char *names[]) {
   const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+  const char *fdnames = getenv("LISTEN_FDNAMES");
+  *names_buf = NULL;
   if (!pid || !fds || strtol(pid, NULL, 10) != getpid())
     return 0;
   long n = strtol(fds, NULL, 10);
+  if (n > CFG_MAX_LISTENERS)
+    return -1;
+  for (long k = 0; k < n; k++)
+    names[k] = NULL;
+  if (fdnames && (*names_buf = strdup(fdnames)) != NULL) {
+    char *p = *names_buf;
+    for (long k = 0; k < n && p; k++) {
+      names[k] = p;
+      if ((p = strchr(p, ':')) != NULL)
+        *p++ = '\0';
+    }
+  }
   unsetenv("LISTEN_PID");
   unsetenv("LISTEN_FDS");
-  return n > 0 && n < CFG_MAX_LISTENERS ? (int)n : 0;
+  unsetenv("LISTEN_FDNAMES");
+  return n > 0 ? (int)n : 0;
+}
+
+/* "127.0.0.1:25", "[::]:25" or the unix path of socket fd. */
+static const char *sock_text(int fd, char *buf, size_t cap) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  char a[INET6_ADDRSTRLEN];
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
+    snprintf(buf, cap, "not a socket");
+  } else if (ss.ss_family == AF_INET) {
+    const struct sockaddr_in *x = (const struct sockaddr_in *)&ss;
+    inet_ntop(AF_INET, &x->sin_addr, a, sizeof a);
+    snprintf(buf, cap, "%s:%u", a, ntohs(x->sin_port));
+  } else if (ss.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&ss;
+    inet_ntop(AF_INET6, &x->sin6_addr, a, sizeof a);
+    snprintf(buf, cap, "[%s]:%u", a, ntohs(x->sin6_port));
+  } else if (ss.ss_family == AF_UNIX) {
+    snprintf(buf, cap, "%.100s", ((const struct sockaddr_un *)&ss)->sun_path);
+  } else {
+    snprintf(buf, cap, "an unknown socket family");
+  }
+  return buf;
+}
+
+/*
+ * Socket activation: give each handed-over socket to its listener, never
+ * by position. A socket whose name (FileDescriptorName=) is a listener's
+ * goes to that listener; any other to the listener whose url it listens
+ * on (tern_listener_matches_fd()). Either way its address must be the
+ * listener's: a socket that matches none, or two for one listener, stops
+ * the start with a message naming both. fd_of[i] is the listener's fd or
+ * -1 (it binds its own). Returns 0 or -1 with err set.
+ */
+static int match_fds(const struct cfg *c, int nfds, const char *names[],
+                     int fd_of[], char *err, size_t cap) {
+  char at[160];
+  for (size_t i = 0; i < c->nlisteners; i++)
+    fd_of[i] = -1;
+  for (int k = 0; k < nfds; k++) {
+    int fd = 3 + k;
+    size_t li = c->nlisteners;
+    for (size_t i = 0; names[k] && i < c->nlisteners; i++)
+      if (!strcmp(c->listeners[i].name, names[k]))
+        li = i;
+    if (li < c->nlisteners) {
+      if (tern_listener_matches_fd(c->listeners[li].url, fd) != 1) {
+        snprintf(err, cap,
+                 "socket activation: the socket named '%s' (fd %d) listens "
+                 "on %s, but [listener %s] has url = %s",
+                 names[k], fd, sock_text(fd, at, sizeof at),
+                 c->listeners[li].name, c->listeners[li].url);
+        return -1;
+      }
+    } else {
+      for (size_t i = 0; i < c->nlisteners && li == c->nlisteners; i++)
+        if (fd_of[i] < 0 &&
+            tern_listener_matches_fd(c->listeners[i].url, fd) == 1)
+          li = i;
+      if (li == c->nlisteners) {
+        snprintf(err, cap,
+                 "socket activation: the socket %s%s%s(fd %d) on %s matches "
+                 "no listener: give it FileDescriptorName= of a [listener "
+                 "NAME], or make a listener's url its address",
+                 names[k] ? "'" : "", names[k] ? names[k] : "",
+                 names[k] ? "' " : "", fd, sock_text(fd, at, sizeof at));
+        return -1;
+      }
+    }
+    if (fd_of[li] >= 0) {
+      snprintf(err, cap,
+               "socket activation: [listener %s] is given two sockets "
+               "(fd %d and fd %d)",
+               c->listeners[li].name, fd_of[li], fd);
+      return -1;
+    }
+    fd_of[li] = fd;
+  }
+  return 0;
 }
 
 /* ---- signals ------------------------------------------------------------------ */
@@ -1148,6 +1355,9 @@ static void server_options(const struct cfg *c, struct tern_server_options *o) {
   o->tls_cert_count = c->ncerts;
   o->workers = c->workers;
   o->xclient_networks = c->xclient_networks;
+  o->proxy_timeout_ms = c->timeout_proxy_ms;
+  o->tls_handshake_timeout_ms = c->timeout_tls_handshake_ms;
+  o->write_timeout_ms = c->timeout_write_ms;
 }
 
 static void reload_failed(const struct daemon *d, const char *err) {
@@ -1362,6 +1572,8 @@ int tern_cli_serve(int argc, char **argv) {
     for (size_t i = 0; i < c->nlisteners; i++) {
       free(c->listeners[i].name);
       free(c->listeners[i].url);
+      free(c->listeners[i].socket_user);
+      free(c->listeners[i].socket_group);
     }
     memset(c->listeners, 0, sizeof c->listeners);
     for (size_t i = 0; i < nlisten; i++) {
@@ -1411,6 +1623,8 @@ int tern_cli_serve(int argc, char **argv) {
   cb.on_data_abort = on_data_abort;
   cb.on_reset = on_reset;
   cb.on_close = on_close;
+  cb.on_command = on_command;
+  cb.on_reply = on_reply;
 
   struct tern_auth_callbacks auth;
   tern_auth_callbacks_init(&auth);
@@ -1420,6 +1634,7 @@ int tern_cli_serve(int argc, char **argv) {
   tern_server_options_init(&o);
   o.callbacks = &cb;
   server_options(c, &o);
+  o.on_event = on_net_event;
   if (pol->users) {
     o.auth = &auth;
     o.auth_mechanisms = c->auth_mechanisms ? c->auth_mechanisms : "PLAIN LOGIN";
@@ -1440,7 +1655,21 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     return r == TERN_ETLS ? EX_CONFIG : EX_SOFTWARE;
   }
-  int nfds = listen_fds();
+  const char *fdnames[CFG_MAX_LISTENERS];
+  int fd_of[CFG_MAX_LISTENERS];
+  char *fdnames_buf;
+  int nfds = listen_fds(&fdnames_buf, fdnames);
+  if (nfds < 0 ||
+      match_fds(c, nfds, fdnames, fd_of, err, sizeof err) != 0) {
+    if (nfds < 0)
+      snprintf(err, sizeof err, "socket activation: more than %d sockets",
+               CFG_MAX_LISTENERS);
+    fprintf(stderr, "tern serve: %s\n", err);
+    free(fdnames_buf);
+    tern_server_free(d.srv);
+    return EX_CONFIG;
+  }
+  free(fdnames_buf);
   for (size_t i = 0; i < c->nlisteners; i++) {
     const struct cfg_listener *cl = &c->listeners[i];
     struct tern_listener_options lo;
@@ -1451,7 +1680,35 @@ int tern_cli_serve(int argc, char **argv) {
     lo.auth_insecure_ok = cl->insecure_auth;
     lo.xclient = cl->xclient;
     lo.no_auth = cl->auth == CFG_AUTH_OFF;
-    r = (int)i < nfds ? tern_server_listen_fd(d.srv, 3 + (int)i, cl->url, &lo)
+    /* unix sockets: owner and mode, set while we are still root */
+    lo.socket_mode = cl->socket_mode;
+    if (cl->socket_user) {
+      struct passwd *pw = getpwnam(cl->socket_user);
+      if (!pw) {
+        fprintf(stderr, "tern serve: [listener %s]: socket_user '%s' does "
+                "not exist\n", cl->name, cl->socket_user);
+        tern_server_free(d.srv);
+        return EX_CONFIG;
+      }
+      lo.socket_uid = (long)pw->pw_uid;
+    }
+    if (cl->socket_group) {
+      struct group *gr = getgrnam(cl->socket_group);
+      if (!gr) {
+        fprintf(stderr, "tern serve: [listener %s]: socket_group '%s' does "
+                "not exist\n", cl->name, cl->socket_group);
+        tern_server_free(d.srv);
+        return EX_CONFIG;
+      }
+      lo.socket_gid = (long)gr->gr_gid;
+    }
+    if (fd_of[i] >= 0 &&
+        (cl->socket_user || cl->socket_group || cl->socket_mode))
+      fprintf(stderr, "tern serve: [listener %s]: socket_user, socket_group "
+              "and socket_mode do not apply to a socket from systemd (set "
+              "SocketUser=, SocketGroup=, SocketMode= in its unit)\n",
+              cl->name);
+    r = fd_of[i] >= 0 ? tern_server_listen_fd(d.srv, fd_of[i], cl->url, &lo)
                       : tern_server_listen(d.srv, cl->url, &lo);
     if (r == TERN_EADDRINUSE || r == TERN_EIO || r == TERN_EINVAL) {
       /* the default [::1] listener is optional on hosts without IPv6 */

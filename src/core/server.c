@@ -946,6 +946,11 @@ bool tern_server_session_in_transaction(const struct tern_server_session *s) {
                s->state == ST_DATA_END);
 }
 
+bool tern_server_session_line_pending(const struct tern_server_session *s) {
+  return s && (s->state == ST_CMD || s->state == ST_AUTH) &&
+         (s->line_len || s->line_overflow);
+}
+
 bool tern_server_session_is_tls(const struct tern_server_session *s) {
   return s && s->tls;
 }

@@ -24,23 +24,23 @@
 
 #define HELD_MAX (4 * TERN__READ_SIZE) /* held plaintext ceiling */
 #define WRITE_HIGH (256 * 1024)        /* stop taking output above this */
-#define PROXY_TIMEOUT_MS 10000
 
 enum phase { PH_PROXY, PH_GREET_WAIT, PH_TLS_WAIT, PH_SMTP };
-enum tmode { TM_NONE, TM_TIMEOUT, TM_GREET, TM_AUTH_DELAY, TM_PROXY };
+enum tmode { TM_NONE, TM_TIMEOUT, TM_GREET, TM_AUTH_DELAY };
 
 struct tern__conn {
-  struct tern__worker *w;          /* owner thread */
-  struct tern__listener *l;        /* accepted on */
+  struct tern__worker *w;   /* owner thread */
+  struct tern__listener *l; /* accepted on */
   union {
     uv_tcp_t tcp;
     uv_pipe_t pipe;
     uv_handle_t handle;
     uv_stream_t stream;
   } h;
-  uv_timer_t timer;                /* timeouts, greeting delay, AUTH delay */
-  int handles;                     /* open libuv handles */
-  struct tern__conn *prev, *next;  /* worker's list */
+  uv_timer_t timer;               /* idle timeouts, greeting, AUTH delay */
+  uv_timer_t dl;                  /* total deadlines, below */
+  int handles;                    /* open libuv handles */
+  struct tern__conn *prev, *next; /* worker's list */
 
   struct tern_server_session *s;   /* NULL before the PROXY header */
   struct tern__tls *tls;           /* NULL until TLS starts */
@@ -52,29 +52,36 @@ struct tern__conn {
   char id[32];
   char peer_addr[64];
   char local_addr[64];
-  char *auth_user;                 /* after AUTH, owned */
+  char *auth_user; /* after AUTH, owned */
 
-  char *in;                        /* plaintext the session did not take */
+  char *in; /* plaintext the session did not take */
   size_t in_len, in_cap;
-  char *proxy;                     /* PROXY header so far (PH_PROXY) */
+  char *proxy; /* PROXY header so far (PH_PROXY) */
   size_t proxy_len;
 
-  unsigned char phase;             /* enum phase */
-  unsigned char tmode;             /* enum tmode */
-  bool reading;                    /* uv_read_start active */
-  bool in_pump, again;             /* pump() reentrancy */
-  bool eof;                        /* peer closed its side */
-  bool closing;                    /* conn_close() was called */
-  bool tls_ready;                  /* handshake done */
-  bool tls_closed;                 /* close_notify queued */
-  bool drain;                      /* shutdown: close when idle */
-  unsigned writes;                 /* write requests in flight */
-  size_t writing;                  /* their bytes */
-  unsigned auth_failures;          /* for the growing delay */
-  uv_work_t auth_work;             /* a password check on the pool */
-  bool auth_busy;                  /* auth_work submitted, not done */
-  bool auth_queued;                /* in the worker's auth queue */
-  struct tern__conn *auth_next;    /* that queue */
+  unsigned char phase;          /* enum phase */
+  unsigned char tmode;          /* enum tmode */
+  bool reading;                 /* uv_read_start active */
+  bool in_pump, again;          /* pump() reentrancy */
+  bool eof;                     /* peer closed its side */
+  bool closing;                 /* conn_close() was called */
+  bool tls_ready;               /* handshake done */
+  bool tls_closed;              /* close_notify queued */
+  bool drain;                   /* shutdown: close when idle */
+  unsigned writes;              /* write requests in flight */
+  size_t writing;               /* their bytes */
+  unsigned auth_failures;       /* for the growing delay */
+  uv_work_t auth_work;          /* a password check on the pool */
+  bool auth_busy;               /* auth_work submitted, not done */
+  bool auth_queued;             /* in the worker's auth queue */
+  struct tern__conn *auth_next; /* that queue */
+
+  /* Total deadlines (uv_now() times, 0 = off); `dl` runs to the earliest.
+   * Unlike the idle timer, traffic does not move them. */
+  uint64_t dl_proxy; /* whole PROXY header */
+  uint64_t dl_tls;   /* whole TLS handshake */
+  uint64_t dl_line;  /* one command line, from its first byte */
+  uint64_t dl_write; /* output pending: next progress due */
 };
 
 struct wreq {
@@ -86,14 +93,30 @@ struct wreq {
 
 static void pump(struct tern__conn *c);
 static void conn_close(struct tern__conn *c);
+static void arm_dl(struct tern__conn *c);
+static void write_clock(struct tern__conn *c, bool progress);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
-struct tern__conn *tern__conn_next(struct tern__conn *c) { return c->next; }
+struct tern__conn *tern__conn_next(struct tern__conn *c) {
+  return c->next;
+}
 
 static struct tern__conn *conn_of(const struct tern_server_session *s);
 
-/* ---- writing ------------------------------------------------------------------ */
+/* Tell the application what the runtime did on its own (for its log). */
+static void emit(struct tern__conn *c, enum tern_net_event_type type,
+                 unsigned code, const char *enhanced, const char *detail) {
+  struct tern_server *srv = c->w->srv;
+  if (!srv->opt.on_event)
+    return;
+  struct tern_net_event ev = {sizeof ev, type,     &c->info,
+                              code,      enhanced, detail ? detail : ""};
+  srv->opt.on_event(&ev, srv->opt.ud);
+}
+
+/* ---- writing
+ * ------------------------------------------------------------------ */
 
 static void on_write(uv_write_t *req, int status) {
   struct wreq *r = (struct wreq *)req;
@@ -105,6 +128,7 @@ static void on_write(uv_write_t *req, int status) {
     conn_close(c);
     return;
   }
+  write_clock(c, true); /* the client took bytes: progress */
   pump(c);
 }
 
@@ -142,6 +166,7 @@ static void send_raw(struct tern__conn *c, const char *p, size_t n) {
   }
   c->writes++;
   c->writing += n;
+  write_clock(c, false);
 }
 
 /* Ciphertext the TLS engine produced (handshake or records). */
@@ -175,26 +200,29 @@ static void flush_session(struct tern__conn *c) {
   }
 }
 
-/* A reply without a session (limits, early talkers), then close. */
-static void refuse(struct tern__conn *c, const char *code_enh,
-                   const char *why) {
+/* A reply without a session (limits, early talkers), then close; the
+ * application hears of it through on_event. */
+static void refuse(struct tern__conn *c, enum tern_net_event_type type,
+                   unsigned code, const char *enhanced, const char *why) {
   char t[512];
-  int n = snprintf(t, sizeof t, "%s %s %s\r\n", code_enh,
+  emit(c, type, code, enhanced, why);
+  int n = snprintf(t, sizeof t, "%u %s %s %s\r\n", code, enhanced,
                    TERN__LIVE(c->w->srv->opt.session.hostname), why);
   if (n > 0 && (size_t)n < sizeof t)
     send_raw(c, t, (size_t)n);
   conn_close(c);
 }
 
-/* ---- reading ------------------------------------------------------------------ */
+/* ---- reading
+ * ------------------------------------------------------------------ */
 
 /* Keep bytes the session did not take (reading stops meanwhile). */
 static bool hold(struct tern__conn *c, const char *p, size_t n) {
   if (c->in_len + n > HELD_MAX)
     return false;
   if (c->in_len + n > c->in_cap) {
-    size_t cap = c->in_len + n < TERN__READ_SIZE ? TERN__READ_SIZE
-                                                  : c->in_len + n;
+    size_t cap =
+        c->in_len + n < TERN__READ_SIZE ? TERN__READ_SIZE : c->in_len + n;
     char *b = realloc(c->in, cap);
     if (!b)
       return false;
@@ -206,6 +234,27 @@ static bool hold(struct tern__conn *c, const char *p, size_t n) {
   return true;
 }
 
+/*
+ * One command line gets timeout_command from its first byte, however the
+ * bytes trickle in (the idle timer alone let a byte every few seconds
+ * keep a line open for ever). Called after each feed of p[0..n) with
+ * whether a line was partly received before it: the deadline starts
+ * when a line starts (none before, or a LF ended the old one in these
+ * bytes) and stops when no line is partly received.
+ */
+static void line_clock(struct tern__conn *c, bool partial_before, const char *p,
+                       size_t n) {
+  uint64_t due = c->dl_line;
+  if (!c->s || !tern_server_session_line_pending(c->s))
+    due = 0;
+  else if (!due || !partial_before || memchr(p, '\n', n))
+    due = uv_now(c->w->loop) + tern_server_session_timeout_ms(c->s);
+  if (due != c->dl_line) {
+    c->dl_line = due;
+    arm_dl(c);
+  }
+}
+
 /* Feed p[0..n) while the session takes it; hold the rest. */
 static void input(struct tern__conn *c, const char *p, size_t n) {
   if (c->in_len) { /* keep order behind what is held */
@@ -215,11 +264,13 @@ static void input(struct tern__conn *c, const char *p, size_t n) {
   }
   while (n && c->s && !c->closing &&
          (tern_server_session_want(c->s) & TERN_WANT_READ)) {
+    bool partial = tern_server_session_line_pending(c->s);
     long r = tern_server_session_feed(c->s, p, n);
     if (r < 0) {
       conn_close(c);
       return;
     }
+    line_clock(c, partial, p, (size_t)r);
     p += r;
     n -= (size_t)r;
     flush_session(c);
@@ -236,11 +287,13 @@ static void input(struct tern__conn *c, const char *p, size_t n) {
 static void feed_held(struct tern__conn *c) {
   while (c->in_len && c->s && !c->closing &&
          (tern_server_session_want(c->s) & TERN_WANT_READ)) {
+    bool partial = tern_server_session_line_pending(c->s);
     long r = tern_server_session_feed(c->s, c->in, c->in_len);
     if (r < 0) {
       conn_close(c);
       return;
     }
+    line_clock(c, partial, c->in, (size_t)r);
     memmove(c->in, c->in + r, c->in_len - (size_t)r);
     c->in_len -= (size_t)r;
     flush_session(c);
@@ -269,6 +322,8 @@ static void tls_pull(struct tern__conn *c) {
     long r = tern__tls_read(c->tls, c->w->pbuf, sizeof c->w->pbuf);
     if (!c->tls_ready && tern__tls_handshake_done(c->tls)) {
       c->tls_ready = true;
+      c->dl_tls = 0;
+      arm_dl(c);
       fill_tls_info(c);
       if (c->l->implicit_tls) {
         tern_server_session_start(c->s); /* greeting inside TLS */
@@ -286,6 +341,8 @@ static void tls_pull(struct tern__conn *c) {
     if (r == TERN_ECLOSED) {
       c->eof = true;
     } else if (r < 0) {
+      if (!c->tls_ready)
+        emit(c, TERN_NET_TLS_FAILED, 0, NULL, tern__tls_error(c->tls));
       conn_close(c);
     }
     return;
@@ -323,9 +380,13 @@ static void start_tls(struct tern__conn *c) {
   /* RFC 3207 §4.2: nothing read before the handshake may count. */
   c->in_len = 0;
   c->phase = PH_TLS_WAIT;
+  c->dl_tls =
+      uv_now(c->w->loop) + TERN__LIVE(srv->opt.tls_handshake_timeout_ms);
+  arm_dl(c);
 }
 
-/* ---- the pump ---------------------------------------------------------------- */
+/* ---- the pump
+ * ---------------------------------------------------------------- */
 
 static void update_reading(struct tern__conn *c) {
   bool want = false;
@@ -359,8 +420,8 @@ static void pump(struct tern__conn *c) {
     if (c->closing || !c->s)
       break;
     feed_input(c);
-    bool blocked = c->in_len &&
-                   !(tern_server_session_want(c->s) & TERN_WANT_READ);
+    bool blocked =
+        c->in_len && !(tern_server_session_want(c->s) & TERN_WANT_READ);
     flush_session(c);
     if (c->closing)
       break;
@@ -398,6 +459,7 @@ static void pump(struct tern__conn *c) {
     }
   } while (c->again);
   if (!c->closing) {
+    write_clock(c, false);
     update_reading(c);
     /* Quiet now: give the session's buffers back (idle connections). */
     if (c->s && !c->in_len && !c->writes && c->reading)
@@ -412,14 +474,12 @@ static void on_notify(struct tern_server_session *s, void *arg) {
   pump(arg);
 }
 
-/* ---- timers ------------------------------------------------------------------- */
+/* ---- timers
+ * ------------------------------------------------------------------- */
 
 static void on_timer(uv_timer_t *t) {
   struct tern__conn *c = t->data;
   switch (c->tmode) {
-  case TM_PROXY:
-    conn_close(c);
-    return;
   case TM_GREET:
     c->phase = PH_SMTP;
     c->tmode = TM_TIMEOUT;
@@ -435,6 +495,7 @@ static void on_timer(uv_timer_t *t) {
   }
   case TM_TIMEOUT:
     if (c->tls && !c->tls_ready) { /* no plaintext 421 inside a handshake */
+      emit(c, TERN_NET_TLS_TIMEOUT, 0, NULL, "TLS handshake idle");
       conn_close(c);
       return;
     }
@@ -452,9 +513,6 @@ static void restart_timer(struct tern__conn *c) {
   case TM_TIMEOUT:
     ms = c->s ? tern_server_session_timeout_ms(c->s) : 0;
     break;
-  case TM_PROXY:
-    ms = PROXY_TIMEOUT_MS;
-    break;
   default:
     return; /* greeting and AUTH delays are not restarted by traffic */
   }
@@ -462,6 +520,78 @@ static void restart_timer(struct tern__conn *c) {
     uv_timer_start(&c->timer, on_timer, ms, 0);
   else
     uv_timer_stop(&c->timer);
+}
+
+/* ---- total deadlines
+ * --------------------------------------------------------- */
+
+/* Output is pending: the next progress is due write_timeout_ms after the
+ * last (`progress`: the client just took bytes). Nothing pending: off.
+ * A client that stops reading is closed when it runs out, whatever the
+ * session is doing (in a transaction, closing with a 421 queued...). */
+static void write_clock(struct tern__conn *c, bool progress) {
+  if (c->closing)
+    return;
+  bool pending =
+      c->writes || (c->s && (tern_server_session_want(c->s) & TERN_WANT_WRITE));
+  uint64_t due = 0;
+  if (pending)
+    due = progress || !c->dl_write
+              ? uv_now(c->w->loop) + TERN__LIVE(c->w->srv->opt.write_timeout_ms)
+              : c->dl_write;
+  if (due != c->dl_write) {
+    c->dl_write = due;
+    arm_dl(c);
+  }
+}
+
+static void on_dl(uv_timer_t *t) {
+  struct tern__conn *c = t->data;
+  uint64_t now = uv_now(c->w->loop);
+  if (c->closing)
+    return;
+  if (c->dl_write && now >= c->dl_write) {
+    emit(c, TERN_NET_WRITE_TIMEOUT, 0, NULL, "client stopped reading");
+    conn_close(c); /* unsent output is dropped: nobody reads it */
+    return;
+  }
+  if (c->dl_proxy && now >= c->dl_proxy) {
+    emit(c, TERN_NET_PROXY_TIMEOUT, 0, NULL, "PROXY header not complete");
+    conn_close(c);
+    return;
+  }
+  if (c->dl_tls && now >= c->dl_tls) {
+    emit(c, TERN_NET_TLS_TIMEOUT, 0, NULL, "TLS handshake not complete");
+    conn_close(c); /* no plaintext 421 inside a handshake */
+    return;
+  }
+  if (c->dl_line && now >= c->dl_line) {
+    c->dl_line = 0;
+    emit(c, TERN_NET_LINE_TIMEOUT, 421, "4.4.2",
+         "command line not complete in time");
+    tern_server_session_timeout(c->s); /* 421 4.4.2, then close */
+    pump(c);
+    if (c->closing)
+      return;
+  }
+  arm_dl(c);
+}
+
+/* Run `dl` to the earliest deadline set. */
+static void arm_dl(struct tern__conn *c) {
+  uint64_t d[4] = {c->dl_proxy, c->dl_tls, c->dl_line, c->dl_write};
+  uint64_t first = 0;
+  if (c->closing)
+    return;
+  for (size_t i = 0; i < 4; i++)
+    if (d[i] && (!first || d[i] < first))
+      first = d[i];
+  if (!first) {
+    uv_timer_stop(&c->dl);
+    return;
+  }
+  uint64_t now = uv_now(c->w->loop);
+  uv_timer_start(&c->dl, on_dl, first > now ? first - now : 0, 0);
 }
 
 /* ---- AUTH through GNU SASL ----------------------------------------------- */
@@ -650,8 +780,8 @@ static int on_auth(struct tern_server_session *s, struct tern_str mech,
     tern__sasl_session_free(c->sasl);
     c->sasl = NULL;
   }
-  int r = tern__sasl_step(c->w->sasl, &c->sasl, s, mech.ptr, resp.ptr,
-                          resp.len, has_resp, &challenge);
+  int r = tern__sasl_step(c->w->sasl, &c->sasl, s, mech.ptr, resp.ptr, resp.len,
+                          has_resp, &challenge);
   if (r == TERN__SASL_CONTINUE) {
     reply->code = 334;
     reply->enhanced = NULL;
@@ -679,12 +809,14 @@ static int on_xclient(struct tern_server_session *s,
     for (size_t i = 0; i < x->port.len && x->port.ptr[i] >= '0' &&
                        x->port.ptr[i] <= '9' && i < 5;
          i++)
-      c->info.peer_port = c->info.peer_port * 10 + (unsigned)(x->port.ptr[i] - '0');
+      c->info.peer_port =
+          c->info.peer_port * 10 + (unsigned)(x->port.ptr[i] - '0');
   }
   return rc;
 }
 
-/* ---- session set-up ------------------------------------------------------------- */
+/* ---- session set-up
+ * ------------------------------------------------------------- */
 
 static void addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap,
                       unsigned *port) {
@@ -712,9 +844,8 @@ static void start_session(struct tern__conn *c) {
 
   addr_text(&c->peer, c->peer_addr, sizeof c->peer_addr, &c->info.peer_port);
   c->info.peer_addr = c->peer_addr;
-  c->info.peer = c->peer.ss_family == AF_UNIX
-                     ? NULL
-                     : (const struct sockaddr *)&c->peer;
+  c->info.peer =
+      c->peer.ss_family == AF_UNIX ? NULL : (const struct sockaddr *)&c->peer;
 
   cfg.lmtp = l->lmtp;
   cfg.auth_required = l->lo.auth_required;
@@ -752,6 +883,9 @@ static void start_session(struct tern__conn *c) {
     c->phase = PH_TLS_WAIT;
     c->tmode = TM_TIMEOUT;
     restart_timer(c);
+    c->dl_tls =
+        uv_now(c->w->loop) + TERN__LIVE(srv->opt.tls_handshake_timeout_ms);
+    arm_dl(c);
     return;
   }
   unsigned greet = TERN__LIVE(srv->opt.greeting_delay_ms);
@@ -777,7 +911,10 @@ static void proxy_done(struct tern__conn *c, const struct tern__proxy *p) {
     }
     c->peer = p->src;
     if (!tern__ip_acquire(srv, (struct sockaddr *)&c->peer)) {
-      refuse(c, "421 4.7.0", "Error: too many connections from your address");
+      addr_text(&c->peer, c->peer_addr, sizeof c->peer_addr,
+                &c->info.peer_port);
+      refuse(c, TERN_NET_IP_LIMIT, 421, "4.7.0",
+             "Error: too many connections from your address");
       return;
     }
     c->counted = c->peer;
@@ -786,7 +923,8 @@ static void proxy_done(struct tern__conn *c, const struct tern__proxy *p) {
   start_session(c);
 }
 
-/* ---- reads ------------------------------------------------------------------ */
+/* ---- reads ------------------------------------------------------------------
+ */
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   struct tern__conn *c = h->data;
@@ -814,7 +952,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   }
   if (!n || c->closing)
     return;
-  if (c->tmode == TM_TIMEOUT || c->tmode == TM_PROXY)
+  if (c->tmode == TM_TIMEOUT) /* idle timer; deadlines do not move */
     restart_timer(c);
 
   if (c->phase == PH_PROXY) {
@@ -830,13 +968,14 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     struct tern__proxy px;
     long r = tern__proxy_parse(c->proxy, c->proxy_len, &px);
     if (r < 0 || (r == 0 && c->proxy_len == TERN__PROXY_MAX)) {
+      emit(c, TERN_NET_PROXY_FAILED, 0, NULL, "not a valid PROXY header");
       conn_close(c); /* a PROXY listener speaks only to its proxy */
       return;
     }
     if (r == 0)
       return;
-    c->tmode = TM_NONE;
-    uv_timer_stop(&c->timer);
+    c->dl_proxy = 0;
+    arm_dl(c);
     /* What followed the header (same read) is SMTP (or TLS) input. */
     size_t used_now = take - (c->proxy_len - (size_t)r);
     free(c->proxy);
@@ -852,11 +991,13 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     }
   }
   if (c->phase == PH_GREET_WAIT) { /* spoke before the greeting */
-    refuse(c, "554 5.5.1", "Error: talking too early");
+    refuse(c, TERN_NET_PREGREET, 554, "5.5.1", "Error: talking too early");
     return;
   }
   if (c->tls) {
     if (tern__tls_feed(c->tls, p, n) != 0) {
+      if (!c->tls_ready)
+        emit(c, TERN_NET_TLS_FAILED, 0, NULL, tern__tls_error(c->tls));
       conn_close(c);
       return;
     }
@@ -868,7 +1009,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   pump(c);
 }
 
-/* ---- lifecycle ---------------------------------------------------------------- */
+/* ---- lifecycle
+ * ---------------------------------------------------------------- */
 
 static void on_closed(uv_handle_t *h) {
   struct tern__conn *c = h->data;
@@ -881,16 +1023,12 @@ static void on_closed(uv_handle_t *h) {
  * password check uses it. */
 static void conn_free(struct tern__conn *c) {
   struct tern__worker *w = c->w;
-  struct tern_server *srv = w->srv;
   if (c->s) {
     tern_server_session_set_notify(c->s, NULL, NULL);
     tern_server_session_free(c->s);
   }
   tern__sasl_session_free(c->sasl);
   tern__tls_free(c->tls);
-  if (c->ip_counted)
-    tern__ip_release(srv, (struct sockaddr *)&c->counted);
-  atomic_fetch_sub(&srv->total_conns, 1);
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -908,10 +1046,16 @@ static void conn_free(struct tern__conn *c) {
 /* Close now; the session (if any) sees eof first, so on_close fires and
  * a message in progress is aborted. Memory goes in on_closed(). */
 static void conn_close(struct tern__conn *c) {
+  struct tern_server *srv = c->w->srv;
   if (c->closing)
     return;
   c->closing = true;
   auth_unqueue(c); /* a check not started yet never runs */
+  /* The slot is free once the socket is: a new client may have it now. */
+  if (c->ip_counted)
+    tern__ip_release(srv, (struct sockaddr *)&c->counted);
+  c->ip_counted = false;
+  atomic_fetch_sub(&srv->total_conns, 1);
   if (c->s)
     tern_server_session_eof(c->s);
   if (c->reading)
@@ -919,6 +1063,14 @@ static void conn_close(struct tern__conn *c) {
   c->reading = false;
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->timer, on_closed);
+  uv_close((uv_handle_t *)&c->dl, on_closed);
+  /* Output still queued means the client is not taking it (a write
+   * deadline, a forced shutdown, an error): drop it and reset, so neither
+   * the socket nor the kernel's copy of the output lingers behind a zero
+   * window (a plain close would queue the FIN behind that output). */
+  if (c->writes && !c->l->is_unix &&
+      uv_tcp_close_reset(&c->h.tcp, on_closed) == 0)
+    return;
   uv_close(&c->h.handle, on_closed);
 }
 
@@ -947,9 +1099,11 @@ void tern__conn_accept(struct tern__lhandle *lh) {
     return;
   }
   uv_timer_init(w->loop, &c->timer);
+  uv_timer_init(w->loop, &c->dl);
   c->h.handle.data = c;
   c->timer.data = c;
-  c->handles = 2;
+  c->dl.data = c;
+  c->handles = 3;
   c->next = w->conns;
   if (w->conns)
     w->conns->prev = c;
@@ -981,8 +1135,7 @@ void tern__conn_accept(struct tern__lhandle *lh) {
     uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&c->peer, &len);
     len = sizeof local;
     uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&local, &len);
-    addr_text(&local, c->local_addr, sizeof c->local_addr,
-              &c->info.local_port);
+    addr_text(&local, c->local_addr, sizeof c->local_addr, &c->info.local_port);
     uv_tcp_nodelay(&c->h.tcp, 1);
   }
   addr_text(&c->peer, c->peer_addr, sizeof c->peer_addr, &c->info.peer_port);
@@ -993,12 +1146,13 @@ void tern__conn_accept(struct tern__lhandle *lh) {
   }
   unsigned maxc = TERN__LIVE(srv->opt.max_connections);
   if (maxc && atomic_load(&srv->total_conns) > maxc) {
-    refuse(c, "421 4.7.0", "Error: too many connections");
+    refuse(c, TERN_NET_CONN_LIMIT, 421, "4.7.0", "Error: too many connections");
     return;
   }
   if (!lh->l->is_unix && !lh->l->lo.proxy_protocol) {
     if (!tern__ip_acquire(srv, (struct sockaddr *)&c->peer)) {
-      refuse(c, "421 4.7.0", "Error: too many connections from your address");
+      refuse(c, TERN_NET_IP_LIMIT, 421, "4.7.0",
+             "Error: too many connections from your address");
       return;
     }
     c->counted = c->peer;
@@ -1011,8 +1165,8 @@ void tern__conn_accept(struct tern__lhandle *lh) {
   c->reading = true;
   if (lh->l->lo.proxy_protocol) {
     c->phase = PH_PROXY;
-    c->tmode = TM_PROXY;
-    restart_timer(c);
+    c->dl_proxy = uv_now(w->loop) + TERN__LIVE(srv->opt.proxy_timeout_ms);
+    arm_dl(c);
     return;
   }
   start_session(c);
@@ -1028,8 +1182,13 @@ void tern__conn_drain(struct tern__conn *c, bool force) {
   }
   c->drain = true;
   if (force) {
+    /* The deadline: say 421 if the socket takes it at once, then close
+     * whatever is still unsent (a client that does not read must not
+     * hold the shutdown). */
     struct tern_reply r = {421, "4.3.2", "Service shutting down"};
     tern_server_session_close(c->s, &r); /* notifies: pumps */
+    if (!c->closing)
+      conn_close(c);
     return;
   }
   pump(c);

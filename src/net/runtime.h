@@ -24,9 +24,8 @@
 
 struct tern__conn;
 
-/* One configured listener (the socket for worker 0 is bound at listen
- * time so errors show at once; other workers bind their own with
- * SO_REUSEPORT at start). */
+/* One configured listener: one socket, bound at listen time so errors
+ * show at once; at start every worker gets a duplicate of it. */
 struct tern__listener {
   char *url;                       /* as given */
   bool is_unix;                    /* unix socket (worker 0 only) */
@@ -35,7 +34,7 @@ struct tern__listener {
   struct tern_listener_options lo; /* options */
   struct sockaddr_storage addr;    /* TCP: bound address */
   char *path;                      /* unix: socket path */
-  int fd;                          /* worker 0's listening socket */
+  int fd;                          /* the listening socket (worker 0's) */
   int port;                        /* actual TCP port */
   bool adopted;                    /* from listen_fd(): not ours to unlink */
 };

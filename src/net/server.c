@@ -3,11 +3,11 @@
  * shutdown. Connections themselves are in conn.c.
  *
  * Worker 0 runs on the caller's loop. Workers 1..n-1 are threads with a
- * loop each; every TCP listener has one socket per worker bound with
- * SO_REUSEPORT, so the kernel spreads new connections over the threads
- * and no connection ever moves between threads. All sockets are bound in
- * tern_server_listen()/tern_server_start() on the caller's thread, so
- * every bind error is reported there.
+ * loop each. Every listener is one socket, bound once in
+ * tern_server_listen() without SO_REUSEPORT (so a second process cannot
+ * bind the same port: TERN_EADDRINUSE); each worker watches its own
+ * duplicate of it and accepts from it, so no connection ever moves
+ * between threads (docs/decisions/0012-one-listening-socket.md).
  */
 #include "internal.h"
 
@@ -171,6 +171,12 @@ int tern_server_new(struct tern_server **out, uv_loop_t *loop,
     set_err(srv, "out of memory", NULL);
     return TERN_ENOMEM;
   }
+  if (!srv->opt.proxy_timeout_ms)
+    srv->opt.proxy_timeout_ms = 10000;
+  if (!srv->opt.tls_handshake_timeout_ms)
+    srv->opt.tls_handshake_timeout_ms = 30000;
+  if (!srv->opt.write_timeout_ms)
+    srv->opt.write_timeout_ms = 60000;
   if (srv->opt.workers == 0)
     srv->opt.workers = uv_available_parallelism();
   if (srv->opt.workers > 256)
@@ -361,6 +367,19 @@ int tern_server_update(struct tern_server *srv,
                    __ATOMIC_RELAXED);
   __atomic_store_n(&srv->opt.shutdown_timeout_ms, n.shutdown_timeout_ms,
                    __ATOMIC_RELAXED);
+  /* 0 means the default here as in tern_server_new() */
+  if (!n.proxy_timeout_ms)
+    n.proxy_timeout_ms = 10000;
+  if (!n.tls_handshake_timeout_ms)
+    n.tls_handshake_timeout_ms = 30000;
+  if (!n.write_timeout_ms)
+    n.write_timeout_ms = 60000;
+  __atomic_store_n(&srv->opt.proxy_timeout_ms, n.proxy_timeout_ms,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&srv->opt.tls_handshake_timeout_ms,
+                   n.tls_handshake_timeout_ms, __ATOMIC_RELAXED);
+  __atomic_store_n(&srv->opt.write_timeout_ms, n.write_timeout_ms,
+                   __ATOMIC_RELAXED);
   if (fresh) {
     tern__tls_ctx_take(srv->tls, fresh);
     for (size_t i = 0; i < srv->opt.tls_cert_count; i++) {
@@ -383,7 +402,9 @@ int tern_server_listener_port(const struct tern_server *srv, size_t i) {
 
 /* ---- sockets ------------------------------------------------------------------ */
 
-/* A listening TCP socket on addr (SO_REUSEPORT so workers can share). */
+/* A listening TCP socket on addr. No SO_REUSEPORT: with it, any process
+ * of the same user could bind the port too and take part of the
+ * traffic; the workers share this one socket instead. */
 static int tcp_socket(struct tern_server *srv, const struct sockaddr *addr,
                       const char *url, int *fd_out) {
   int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
@@ -394,7 +415,6 @@ static int tcp_socket(struct tern_server *srv, const struct sockaddr *addr,
     return TERN_EIO;
   }
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   if (addr->sa_family == AF_INET6)
     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
   socklen_t len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
@@ -410,7 +430,8 @@ static int tcp_socket(struct tern_server *srv, const struct sockaddr *addr,
 }
 
 static int unix_socket(struct tern_server *srv, const char *path,
-                       const char *url, int *fd_out) {
+                       const char *url, const struct tern_listener_options *lo,
+                       int *fd_out) {
   struct sockaddr_un sun = {.sun_family = AF_UNIX};
   struct stat st;
   if (strlen(path) >= sizeof sun.sun_path) {
@@ -432,12 +453,29 @@ static int unix_socket(struct tern_server *srv, const char *path,
     if (probe >= 0)
       close(probe);
   }
-  if (bind(fd, (struct sockaddr *)&sun, sizeof sun) != 0 ||
-      listen(fd, 511) != 0) {
+  if (bind(fd, (struct sockaddr *)&sun, sizeof sun) != 0) {
     int e = errno;
     close(fd);
     set_err(srv, url, strerror(e));
     return e == EADDRINUSE ? TERN_EADDRINUSE : TERN_EIO;
+  }
+  /* Owner and mode before listen(): nobody connects with other rights. */
+  const char *what = NULL;
+  if ((lo->socket_uid >= 0 || lo->socket_gid >= 0) &&
+      chown(path, lo->socket_uid >= 0 ? (uid_t)lo->socket_uid : (uid_t)-1,
+            lo->socket_gid >= 0 ? (gid_t)lo->socket_gid : (gid_t)-1) != 0)
+    what = "cannot set the socket's owner";
+  else if (lo->socket_mode && chmod(path, (mode_t)lo->socket_mode) != 0)
+    what = "cannot set the socket's mode";
+  if (what || listen(fd, 511) != 0) {
+    char m[256];
+    int e = errno;
+    snprintf(m, sizeof m, "%s%s%s", what ? what : "", what ? ": " : "",
+             strerror(e));
+    close(fd);
+    unlink(path);
+    set_err(srv, url, m);
+    return TERN_EIO;
   }
   *fd_out = fd;
   return 0;
@@ -500,7 +538,7 @@ int tern_server_listen(struct tern_server *srv, const char *url,
   int r;
   if (u.is_unix) {
     l->path = strdup(u.path);
-    r = l->path ? unix_socket(srv, u.path, url, &l->fd) : TERN_ENOMEM;
+    r = l->path ? unix_socket(srv, u.path, url, &l->lo, &l->fd) : TERN_ENOMEM;
   } else {
     if (resolve_host(&u, &l->addr) != 0) {
       set_err(srv, url, "host must be an IP address, [IPv6], * or localhost");
@@ -532,8 +570,15 @@ int tern_server_listen_fd(struct tern_server *srv, int fd, const char *url,
   socklen_t len = sizeof ss;
   if (!srv || fd < 0 || !url || srv->started)
     return TERN_EINVAL;
+  int listening = 0;
+  socklen_t ll = sizeof listening;
   if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
     set_err(srv, url, strerror(errno));
+    return TERN_EINVAL;
+  }
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) != 0 ||
+      !listening) {
+    set_err(srv, url, "the handed-over socket is not a listening socket");
     return TERN_EINVAL;
   }
   if (tern__url_parse(url, &u) != 0)
@@ -557,6 +602,44 @@ int tern_server_listen_fd(struct tern_server *srv, int fd, const char *url,
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   srv->nlisteners++;
   return 0;
+}
+
+int tern_listener_matches_fd(const char *url, int fd) {
+  struct tern__url u;
+  struct sockaddr_storage ss, want;
+  socklen_t len = sizeof ss;
+  if (!url || fd < 0 || tern__url_parse(url, &u) != 0 ||
+      u.scheme == TERN__SMTP_STARTTLS ||
+      getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+    return TERN_EINVAL;
+  if (u.is_unix) {
+    const struct sockaddr_un *a = (const struct sockaddr_un *)&ss;
+    return ss.ss_family == AF_UNIX &&
+           strncmp(a->sun_path, u.path, sizeof a->sun_path) == 0;
+  }
+  if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)
+    return 0;
+  bool any = !strcmp(u.host, "*");
+  if (!any && resolve_host(&u, &want) != 0)
+    return TERN_EINVAL;
+  if (ss.ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+    const struct sockaddr_in *b = (const struct sockaddr_in *)&want;
+    if (ntohs(a->sin_port) != u.port)
+      return 0;
+    if (any)
+      return a->sin_addr.s_addr == htonl(INADDR_ANY);
+    return want.ss_family == AF_INET &&
+           a->sin_addr.s_addr == b->sin_addr.s_addr;
+  }
+  const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+  const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)&want;
+  if (ntohs(a->sin6_port) != u.port)
+    return 0;
+  if (any) /* systemd's ListenStream=25 is [::]:25 */
+    return IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr);
+  return want.ss_family == AF_INET6 &&
+         !memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr);
 }
 
 /* ---- workers ------------------------------------------------------------------- */
@@ -733,10 +816,9 @@ int tern_server_start(struct tern_server *srv) {
       fds[k] = -1;
       if (i == 0)
         fds[k] = l->fd;
-      else if (!l->is_unix && !l->adopted &&
-               tcp_socket(srv, (struct sockaddr *)&l->addr, l->url,
-                          &fds[k]) != 0)
-        fds[k] = -1; /* this worker just does not listen there */
+      else if (!l->is_unix && !l->adopted)
+        fds[k] = fcntl(l->fd, F_DUPFD_CLOEXEC, 3); /* the same socket; -1:
+                                        this worker just does not accept */
     }
     if (i == 0) {
       w->loop = srv->loop;

@@ -213,6 +213,260 @@ def test_socket_activation():
                 % (proc.returncode, "".join(lines)))
 
 
+def test_port_in_use():
+    """A second `tern serve` on a port the first (with 2 workers) listens
+    on fails at start with "Address already in use" (exit 69,
+    EX_UNAVAILABLE), as net.h promises; the first keeps all the traffic.
+    With SO_REUSEPORT the second used to start and take half of it."""
+    d = h.tmpdir(prefix="tern-e2e-port-")
+    (port,) = h.free_ports(1)
+    cfgs = []
+    for i in range(2):
+        cfg = os.path.join(d, "tern%d.ini" % i)
+        h.write(cfg, "[server]\nworkers = 2\nhostname = first%d.example\n"
+                "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+                "[delivery]\nmaildir = %s\nfsync = no\n"
+                % (i, port, os.path.join(d, "mail%d" % i)))
+        cfgs.append(cfg)
+    with h.Serve(["-c", cfgs[0]], name="first"):
+        rc, out, err = h.run_serve(["-c", cfgs[1]], timeout=20)
+        h.check(rc == 69 and "in use" in err,
+                "the second tern serve on port %d: rc %s, stderr %r "
+                "(want 69 and 'Address already in use')" % (port, rc, err))
+        # every connection is the first's (both of its workers accept)
+        for _ in range(20):
+            r = h.Raw("127.0.0.1", port, timeout=10)
+            try:
+                code, lines = r.reply()
+                h.check(code == 220 and "first0.example" in lines[0],
+                        "greeting %r" % lines)
+                r.cmd("QUIT", 221)
+            finally:
+                r.close()
+
+
+# ---- socket activation: matched by name or address, never by position ----
+
+ACT_CONF = """[listener mx]
+url = smtp://127.0.0.1:{mx}
+auth = no
+[listener sub]
+url = smtp://127.0.0.1:{sub}
+auth = required
+insecure_auth = yes
+[auth]
+users = {users}
+[delivery]
+maildir = {md}
+fsync = no
+"""
+
+
+class Activated:
+    """systemd-socket-activate -l ADDR... [--fdname=...] tern serve -c
+    CFG: systemd's own tool binds the sockets, starts tern serve on the
+    first connection and hands them over (LISTEN_FDS, LISTEN_FDNAMES)."""
+
+    def __init__(self, cfg, listens, fdnames=None):
+        tool = h.require_tool("systemd-socket-activate")
+        cmd = [tool]
+        for a in listens:
+            cmd += ["-l", a]
+        if fdnames:
+            cmd.append("--fdname=" + ":".join(fdnames))
+        cmd += [h.tern_bin(), "serve", "-c", cfg]
+        self.lines = []
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.t = threading.Thread(target=lambda: self.lines.extend(
+            ln.decode("utf-8", "replace") for ln in self.proc.stdout),
+            daemon=True)
+        self.t.start()
+        h.wait_for(lambda: sum("Listening on" in ln for ln in self.lines)
+                   == len(listens) or self.proc.poll() is not None, 10,
+                   "systemd-socket-activate to listen")
+
+    def log(self):
+        return "".join(self.lines)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.t.join(3)
+
+
+def act_setup():
+    d = h.tmpdir(prefix="tern-e2e-act-")
+    users = os.path.join(d, "users")
+    h.write(users, h.passwd_line("alice", "pw") + "\n")
+    mx, sub, other = h.free_ports(3)
+    cfg = os.path.join(d, "tern.ini")
+    h.write(cfg, ACT_CONF.format(mx=mx, sub=sub, users=users,
+                                 md=os.path.join(d, "mail")))
+    return cfg, mx, sub, other
+
+
+def mail_code(port):
+    """The reply to MAIL without AUTH on port: 250 (mx) or 530 (sub)."""
+    r = h.Raw("127.0.0.1", port, timeout=10)
+    try:
+        code, lines = r.reply()
+        h.check(code == 220, "greeting on %d: %r" % (port, lines))
+        r.cmd("EHLO act.test", 250)
+        code, _ = r.cmd("MAIL FROM:<a@example.org>")
+        r.cmd("QUIT", 221)
+        return code
+    finally:
+        r.close()
+
+
+def test_socket_activation_by_address():
+    """Sockets handed over in the other order than the listeners (fd 3 is
+    sub's port, fd 4 mx's): each still gets its own listener's policy
+    (it used to be by position: sub's port got mx's, no AUTH needed)."""
+    cfg, mx, sub, _ = act_setup()
+    a = Activated(cfg, ["127.0.0.1:%d" % sub, "127.0.0.1:%d" % mx])
+    try:
+        h.check(mail_code(sub) == 530, "MAIL without AUTH on the sub "
+                "listener's socket was not refused 530; log:\n" + a.log())
+        h.check(mail_code(mx) == 250, "MAIL on the mx listener's socket "
+                "was not accepted; log:\n" + a.log())
+    finally:
+        a.stop()
+
+
+def test_socket_activation_by_name():
+    """LISTEN_FDNAMES (FileDescriptorName=) name the listeners."""
+    cfg, mx, sub, _ = act_setup()
+    a = Activated(cfg, ["127.0.0.1:%d" % sub, "127.0.0.1:%d" % mx],
+                  fdnames=["sub", "mx"])
+    try:
+        h.check(mail_code(sub) == 530, "sub: log:\n" + a.log())
+        h.check(mail_code(mx) == 250, "mx: log:\n" + a.log())
+    finally:
+        a.stop()
+
+
+def expect_refusal(a, port, words):
+    # the first connection makes systemd-socket-activate start tern
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(5)
+            try:
+                s.recv(100)
+            except OSError:
+                pass
+    except OSError:
+        pass
+    try:
+        rc = a.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        a.stop()
+        h.fail("tern serve started although a socket did not match; log:\n"
+               + a.log())
+    a.t.join(3)
+    h.check(rc == 78, "exit code %s (want 78, EX_CONFIG); log:\n%s"
+            % (rc, a.log()))
+    for w in words:
+        h.check(w in a.log(), "the error does not say %r:\n%s"
+                % (w, a.log()))
+
+
+def test_socket_activation_unknown_socket():
+    """A socket on an address no listener has: refused at start, naming
+    the socket."""
+    cfg, mx, sub, other = act_setup()
+    a = Activated(cfg, ["127.0.0.1:%d" % mx, "127.0.0.1:%d" % other])
+    try:
+        expect_refusal(a, mx, ["127.0.0.1:%d" % other, "matches no listener"])
+    finally:
+        a.stop()
+
+
+def test_socket_activation_name_mismatch():
+    """A socket named after [listener mx] but on sub's port: refused,
+    naming the listener, its url and the socket's address."""
+    cfg, mx, sub, _ = act_setup()
+    a = Activated(cfg, ["127.0.0.1:%d" % sub], fdnames=["mx"])
+    try:
+        expect_refusal(a, sub, ["[listener mx]", "127.0.0.1:%d" % sub,
+                                "smtp://127.0.0.1:%d" % mx])
+    finally:
+        a.stop()
+
+
+def test_unix_socket_owner_mode():
+    """[listener] socket_group/socket_mode on an LMTP unix socket: the
+    socket is created 0660, group postfix, before the daemon drops to
+    nobody (who could not chown it any more); Postfix's lmtp client,
+    running as user postfix, can connect (LHLO answered 250), and a user
+    outside the group (nobody) gets Permission denied. It used to be
+    srwxr-xr-x root, and postfix got Permission denied."""
+    import grp
+    import stat
+    h.check(os.geteuid() == 0, "this test needs root (it changes owners)")
+    pf = pwd.getpwnam("postfix")
+    pgid = grp.getgrnam("postfix").gr_gid
+    d = h.tmpdir(prefix="tern-e2e-unix-")
+    os.chmod(d, 0o755)
+    sock = os.path.join(d, "lmtp.sock")
+    md = os.path.join(d, "mail")
+    os.mkdir(md)
+    os.chown(md, pwd.getpwnam("nobody").pw_uid, -1)
+    cfg = os.path.join(d, "tern.ini")
+    h.write(cfg, "[server]\nuser = nobody\ngroup = nogroup\n"
+            "[listener lmtp]\nurl = lmtp://%s\nsocket_group = postfix\n"
+            "socket_mode = 0660\n"
+            "[delivery]\nmaildir = %s\nfsync = no\n" % (sock, md))
+    probe = ("import socket,sys\n"
+             "s=socket.socket(socket.AF_UNIX)\n"
+             "s.settimeout(10)\n"
+             "try:\n"
+             "    s.connect(sys.argv[1])\n"
+             "except PermissionError:\n"
+             "    print('EACCES'); sys.exit(0)\n"
+             "f=s.makefile('rb')\n"
+             "print(f.readline().decode().strip())\n"
+             "s.sendall(b'LHLO pf.test\\r\\n')\n"
+             "while True:\n"
+             "    l=f.readline().decode()\n"
+             "    if l[3:4] != '-': print(l.strip()); break\n")
+    srv = h.Serve(["-c", cfg], name="unix-perm")
+    try:
+        srv.start()
+        st = os.stat(sock)
+        h.check(stat.S_ISSOCK(st.st_mode), "%s is not a socket" % sock)
+        h.check(stat.S_IMODE(st.st_mode) == 0o660,
+                "socket mode %o (want 0660)" % stat.S_IMODE(st.st_mode))
+        h.check(st.st_gid == pgid, "socket group %d (want postfix=%d)"
+                % (st.st_gid, pgid))
+        p = subprocess.run(["python3", "-c", probe, sock], user=pf.pw_uid,
+                           group=pgid, extra_groups=[], capture_output=True,
+                           timeout=20)
+        out = p.stdout.decode().split("\n")
+        h.check(out[0].startswith("220") and out[1].startswith("250"),
+                "as user postfix: %r %r" % (out, p.stderr))
+        p = subprocess.run(["python3", "-c", probe, sock],
+                           user=pwd.getpwnam("nobody").pw_uid,
+                           group=grp.getgrnam("nogroup").gr_gid,
+                           extra_groups=[], capture_output=True, timeout=20)
+        h.check(p.stdout.decode().strip() == "EACCES",
+                "as nobody (not in group postfix): %r %r"
+                % (p.stdout, p.stderr))
+    finally:
+        srv.cleanup()
+
+
 if __name__ == "__main__":
     h.main([test_privdrop, test_reload_after_privdrop, test_sd_notify,
-            test_socket_activation])
+            test_socket_activation, test_port_in_use,
+            test_socket_activation_by_address, test_socket_activation_by_name,
+            test_socket_activation_unknown_socket,
+            test_socket_activation_name_mismatch,
+            test_unix_socket_owner_mode])

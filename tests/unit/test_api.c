@@ -274,6 +274,31 @@ static void test_output_partial_consume(void **st) {
   tern_server_session_free(s);
 }
 
+/* tern_server_session_line_pending(): true only while a command line is
+ * partly received (the runtime's per-line deadline), never in DATA. */
+static void test_line_pending(void **st) {
+  (void)st;
+  struct tern_server_session *s = make(NULL, NULL, NULL);
+  assert_false(tern_server_session_line_pending(NULL));
+  tern_server_session_start(s);
+  drain(s);
+  assert_false(tern_server_session_line_pending(s));
+  assert_int_equal(feed(s, "NO"), 2);
+  assert_true(tern_server_session_line_pending(s));
+  assert_int_equal(feed(s, "OP\r\n"), 4);
+  assert_false(tern_server_session_line_pending(s));
+  assert_int_equal(feed(s, "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>"
+                           "\r\nDATA\r\npart of a line"),
+                   64);
+  assert_false(tern_server_session_line_pending(s)); /* message content */
+  assert_int_equal(feed(s, "\r\n.\r\n"), 5);
+  assert_false(tern_server_session_line_pending(s));
+  drain(s);
+  assert_int_equal(feed(s, "RS"), 2);
+  assert_true(tern_server_session_line_pending(s));
+  tern_server_session_free(s);
+}
+
 /* A QUIT-closed session ignores later input; timeout after close is a
  * no-op; the XCLIENT switch is honoured. */
 static void test_after_close(void **st) {
@@ -349,6 +374,7 @@ int main(void) {
       cmocka_unit_test(test_output_partial_consume),
       cmocka_unit_test(test_after_close),
       cmocka_unit_test(test_many_messages_one_session),
+      cmocka_unit_test(test_line_pending),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
