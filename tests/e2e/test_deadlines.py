@@ -3,7 +3,8 @@
 
 Item 12: a client that stops reading is disconnected within a bound.
 Five sockets with a tiny receive buffer pipeline thousands of EHLO and
-never read: each is closed once its output made no progress for
+never read (the junk-command limit off, so nothing else closes them
+first): each is closed once its output made no progress for
 timeout_write (after the idle timeout too, which used to log
 event=close but leave the socket ESTABLISHED for minutes), the
 max_connections slots come back, and SIGTERM exits within
@@ -80,7 +81,7 @@ def test_stuck_clients_are_closed():
     timeout_write, and their connection slots come back."""
     d = h.tmpdir(prefix="tern-e2e-dl-")
     cfg, port = config(d, "timeout_command = 2s\ntimeout_write = 3s\n"
-                       "max_connections = 5\n")
+                       "max_connections = 5\nmax_junk_commands = 0\n")
     with h.Serve(["-c", cfg], name="stuck") as srv:
         socks = stuffers(port)
         try:
@@ -114,7 +115,7 @@ def test_sigterm_with_stuck_clients():
     never read (their idle and write timeouts are far away)."""
     d = h.tmpdir(prefix="tern-e2e-dl-")
     cfg, port = config(d, "timeout_command = 5m\ntimeout_write = 5m\n"
-                       "shutdown_timeout = 2s\n")
+                       "shutdown_timeout = 2s\nmax_junk_commands = 0\n")
     srv = h.Serve(["-c", cfg], name="stuck-term")
     try:
         srv.start()
