@@ -1021,15 +1021,13 @@ static void on_command(struct tern_server_session *s, struct tern_str line,
 static void log_reject(const struct tern_session_info *i, const char *why,
                        const char *cmd, unsigned code, const char *enh,
                        const char *text, size_t text_len) {
-  char c[256], t[256], a[256], codes[8];
+  char codes[8];
   snprintf(codes, sizeof codes, "%u", code);
   logf_("session=%s event=reject client=%s port=%u listener=%s why=%s "
-        "cmd=\"%s\" code=%s enhanced=%s text=\"%s\"",
-        i->id, esc(i->peer_addr, strlen(i->peer_addr), a, sizeof a),
-        i->peer_port, i->listener, why,
-        cmd && *cmd ? esc(cmd, strlen(cmd), c, sizeof c) : "-",
-        code ? codes : "-", enh && *enh ? enh : "-",
-        esc(text, text_len, t, sizeof t));
+        "cmd=\"%s\" code=%s enhanced=%s text=\"%.*s\"",
+        i->id, i->peer_addr, i->peer_port, i->listener, why,
+        cmd && *cmd ? cmd : "-", code ? codes : "-", enh && *enh ? enh : "-",
+        (int)(text_len < 512 ? text_len : 512), text);
 }
 
 static void on_reply(struct tern_server_session *s, struct tern_str bytes,
@@ -1097,12 +1095,9 @@ static void on_net_event(const struct tern_net_event *ev, void *ud) {
                strlen(ev->detail));
     return;
   default: {
-    char a[256], t[256];
     logf_("session=%s event=timeout client=%s port=%u listener=%s what=%s "
           "text=\"%s\"",
-          i->id, esc(i->peer_addr, strlen(i->peer_addr), a, sizeof a),
-          i->peer_port, i->listener, name,
-          esc(ev->detail, strlen(ev->detail), t, sizeof t));
+          i->id, i->peer_addr, i->peer_port, i->listener, name, ev->detail);
     return;
   }
   }
