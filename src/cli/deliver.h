@@ -110,6 +110,14 @@ int pipe_write(struct pipe_delivery *d, const char *buf, size_t len,
  * table is in deliver_pipe.c). `done` is never called from inside
  * pipe_commit; the delivery frees itself after `done` returns. */
 void pipe_commit(struct pipe_delivery *d, deliver_done_fn done, void *arg);
+/* The time limit of every pipe command from now on (0: none): a command
+ * that takes none of its input and does not exit for `ms` (at any point:
+ * while it is fed, or after its stdin is closed) is killed with its
+ * whole process group (it runs in a session of its own) and answered
+ * 451 4.3.0 "command time limit exceeded". tern serve sets it below the
+ * inbound data timeout, so the client hears a true answer in time. */
+void pipe_set_time_limit(unsigned ms);
+
 /* Give up, also after commit (a command that never exits): close stdin,
  * SIGTERM the command (SIGKILL 5 s later), no callback is called again;
  * the delivery frees itself once the command is reaped. */

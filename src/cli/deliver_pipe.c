@@ -97,6 +97,7 @@ struct pipe_delivery {
   uv_pipe_t in;  /* the command's stdin */
   uv_pipe_t out; /* its stdout + stderr */
   uv_timer_t timer;
+  uv_timer_t limit; /* no progress for pd_limit_ms: kill (time limit) */
   int handles; /* initialised and not yet closed */
 
   char *header;
@@ -108,7 +109,7 @@ struct pipe_delivery {
   int werr; /* first write error */
 
   bool out_open, in_closing, in_closed, committed, aborted, finished;
-  bool exited, eof, killed;
+  bool exited, eof, killed, timed_out;
   int64_t exit_status;
   int term_signal;
 
@@ -172,7 +173,35 @@ static void pd_teardown(struct pipe_delivery *d) {
   if (d->exited) {
     pd_close((uv_handle_t *)&d->proc);
     pd_close((uv_handle_t *)&d->timer);
+    pd_close((uv_handle_t *)&d->limit);
   }
+}
+
+/* The command runs in its own session (process group), so a signal
+ * reaches what it started too (a shell's `sleep`, a background job). */
+static void pd_kill(struct pipe_delivery *d, int sig) {
+  if (!d->exited && d->proc.pid > 0 && uv_kill(-d->proc.pid, sig) != 0)
+    uv_process_kill(&d->proc, sig);
+}
+
+static _Atomic unsigned pd_limit_ms;
+
+void pipe_set_time_limit(unsigned ms) { pd_limit_ms = ms; }
+
+static void pd_on_limit(uv_timer_t *t) {
+  struct pipe_delivery *d = t->data;
+  if (d->exited || d->aborted)
+    return;
+  d->timed_out = true;
+  pd_kill(d, SIGKILL);
+}
+
+/* The command made progress (took input, or was handed the end of it):
+ * it has pd_limit_ms again. */
+static void pd_progress(struct pipe_delivery *d) {
+  unsigned ms = pd_limit_ms;
+  if (ms && !d->exited && !d->aborted)
+    uv_timer_start(&d->limit, pd_on_limit, ms, 0);
 }
 
 /* ---- outcome ------------------------------------------------------------- */
@@ -205,7 +234,11 @@ static const struct tern_reply *pd_map(struct pipe_delivery *d) {
   char what[64];
 
   pd_output(d, out, sizeof out);
-  if (d->term_signal != 0) {
+  if (d->timed_out) {
+    r = &pd_temp;
+    snprintf(what, sizeof what, "command time limit exceeded (%u ms), killed",
+             (unsigned)pd_limit_ms);
+  } else if (d->term_signal != 0) {
     r = &pd_temp;
     snprintf(what, sizeof what, "command killed by signal %d", d->term_signal);
   } else if (d->exit_status == 0) {
@@ -252,8 +285,7 @@ static void pd_on_timer(uv_timer_t *t) {
   struct pipe_delivery *d = t->data;
 
   if (d->aborted) { /* SIGTERM was not enough */
-    if (!d->exited)
-      uv_process_kill(&d->proc, SIGKILL);
+    pd_kill(d, SIGKILL);
     return;
   }
   /* Exited, but the output pipe stays open (a background grandchild):
@@ -269,6 +301,7 @@ static void pd_on_exit(uv_process_t *p, int64_t status, int sig) {
   d->exited = true;
   d->exit_status = status;
   d->term_signal = sig;
+  uv_timer_stop(&d->limit);
   if (d->aborted) {
     pd_teardown(d);
     return;
@@ -310,6 +343,8 @@ static void pd_on_write(uv_write_t *req, int status) {
   d->writes--;
   if (status < 0 && d->werr == 0 && !d->in_closing)
     d->werr = status;
+  if (status == 0)
+    pd_progress(d);
   if (req == &d->hreq) {
     free(d->header);
     d->header = NULL;
@@ -383,6 +418,9 @@ int pipe_begin(uv_loop_t *loop, char *const *argv, char *const *env,
   uv_timer_init(loop, &d->timer);
   d->timer.data = d;
   d->handles++;
+  uv_timer_init(loop, &d->limit);
+  d->limit.data = d;
+  d->handles++;
 
   uv_stdio_container_t stdio[3];
   stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
@@ -400,6 +438,7 @@ int pipe_begin(uv_loop_t *loop, char *const *argv, char *const *env,
   opt.env = (char **)env;
   opt.stdio_count = 3;
   opt.stdio = stdio;
+  opt.flags = UV_PROCESS_DETACHED; /* its own process group: pd_kill */
 
   r = uv_spawn(loop, &d->proc, &opt);
   /* A failed uv_spawn still initialised the handle: it must be closed. */
@@ -432,7 +471,8 @@ int pipe_begin(uv_loop_t *loop, char *const *argv, char *const *env,
     else
       d->writes++;
   }
-  d->handles--; /* this function's hold: never the last (4 handles) */
+  pd_progress(d);
+  d->handles--; /* this function's hold: never the last (5 handles) */
   *out = d;
   return 0;
 }
@@ -464,6 +504,7 @@ void pipe_commit(struct pipe_delivery *d, deliver_done_fn done, void *arg) {
   d->committed = true;
   d->done = done;
   d->done_arg = arg;
+  pd_progress(d);
   if (d->writes == 0)
     pd_close_stdin(d);
   /* else: the last write callback closes stdin. Exit and EOF arrive in
@@ -476,7 +517,8 @@ void pipe_abort(struct pipe_delivery *d) {
   d->aborted = true;
   pd_teardown(d);
   if (!d->exited) {
-    uv_process_kill(&d->proc, SIGTERM);
+    uv_timer_stop(&d->limit);
+    pd_kill(d, SIGTERM);
     uv_timer_start(&d->timer, pd_on_timer, PD_KILL_AFTER_MS, 0);
   }
 }

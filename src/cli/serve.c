@@ -359,6 +359,14 @@ static int on_mail(struct tern_server_session *s, const struct tern_path *from,
   }
   if (is_forward(&x->pol->cfg))
     return forward_mail(x, p, r);
+  /* %s puts the sender on a command line too (pipe, recipient_check):
+   * no option-like local part there either (Postfix's allow_min_user) */
+  if ((x->pol->cfg.target == CFG_PIPE || x->pol->cfg.recipient_check) &&
+      x->from[0] && !rcpt_pipe_safe(x->from)) {
+    r->code = 553;
+    r->enhanced = "5.1.7";
+    r->text = "Error: a local part may not begin with '-'";
+  }
   return TERN_REPLY_NOW;
 }
 
@@ -396,7 +404,8 @@ static bool local_rcpt_refused(struct sess *x, const struct tern_path *to,
     r->code = 452;
     r->enhanced = "4.5.3";
     r->text = "Error: too many recipients for one message";
-  } else if (c->target == CFG_PIPE && !rcpt_pipe_safe(addr)) {
+  } else if ((c->target == CFG_PIPE || c->recipient_check) &&
+             !rcpt_pipe_safe(addr)) {
     r->code = 553;
     r->enhanced = "5.1.3";
     r->text = "Error: a local part may not begin with '-'";
@@ -710,6 +719,7 @@ static int pipe_start(struct sess *x, struct tern_server_session *s) {
   x->pwait = -1;
   if ((x->pres = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *x->pres)) == NULL)
     return -ENOMEM;
+  pipe_set_time_limit(forward_timeout(c));
   if ((rc = pipe_group_new(&x->pd, x->nrcpts, x->hdr, x->hlen)) != 0)
     return rc;
   for (size_t i = 0; i < x->nrcpts; i++) {

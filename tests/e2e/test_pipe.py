@@ -148,6 +148,8 @@ MULTI_SCRIPT = r"""#!/bin/sh
 out=$1
 rcpt=$2
 case "$rcpt" in slow@*) sleep 1 ;; esac
+case "$rcpt" in hang@*) cat > /dev/null; echo $$ > "$out/hang.pid"
+  sleep 1000 & echo $! > "$out/hang.child"; wait; exit 0 ;; esac
 cat > "$out/$rcpt.$$.eml" || exit 74
 case "$rcpt" in nobody@*) code=67 ;; *) code=0 ;; esac
 echo "$rcpt $code" >> "$out/ran.log"
@@ -156,6 +158,9 @@ exit $code
 
 MULTI_CONF = """[listener {kind}]
 url = {kind}://127.0.0.1:{port}
+
+[server]
+timeout_data = {timeout_data}
 
 [domains]
 accept = example.org
@@ -166,13 +171,14 @@ command = {script} {out} %r
 """
 
 
-def multi_setup(kind):
+def multi_setup(kind, timeout_data="300s"):
     d = h.tmpdir(prefix="tern-e2e-pipe-")
     out = os.path.join(d, "out")
     os.mkdir(out)
     script = h.write(os.path.join(d, "deliver.sh"), MULTI_SCRIPT, 0o755)
     conf = h.write(os.path.join(d, "tern.ini"), MULTI_CONF.format(
-        kind=kind, port=h.free_ports(1)[0], script=script, out=out))
+        kind=kind, port=h.free_ports(1)[0], script=script, out=out,
+        timeout_data=timeout_data))
     return out, conf
 
 
@@ -313,10 +319,79 @@ def test_lmtp_recipient_bound():
     h.check(os.listdir(out) == [], "commands ran: %r" % os.listdir(out))
 
 
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its parent is dead too
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_hung_command_time_limit():
+    """A command that never exits (it waits on a `sleep 1000` it started)
+    is killed with its process group before the inbound data timeout:
+    its recipient gets 451 4.3.0 in time, the others their 250, each
+    outcome is logged, and no grandchild is left behind."""
+    out, conf = multi_setup("lmtp", timeout_data="6s")
+    rng = random.Random(12)
+    rcpts = ["hang@example.org", "ok1@example.org", "ok2@example.org"]
+    m = h.make_message("pipe-hang@e2e", 3000, rng)
+    with h.Serve(["-c", conf], name="pipe-hang") as srv:
+        r = h.Raw("127.0.0.1", srv.port, timeout=30)
+        try:
+            r.reply()
+            r.cmd("LHLO test.example", 250)
+            r.cmd("MAIL FROM:<s@example.net>", 250)
+            for t in rcpts:
+                r.cmd("RCPT TO:<%s>" % t, 250)
+            r.cmd("DATA", 354)
+            r.send(h.dot_stuff(m) + b".\r\n")
+            replies = [r.reply() for _ in rcpts]
+            r.cmd("QUIT", 221)
+        finally:
+            r.close()
+        srv.wait_log("event=message", count=3)
+    codes = {t: (c, l[-1][4:9]) for t, (c, l) in zip(rcpts, replies)}
+    h.check(codes["hang@example.org"] == (451, "4.3.0"),
+            "the hung command's recipient: %r" % (replies[0],))
+    for t in rcpts[1:]:
+        h.check(codes[t] == (250, "2.0.0"), "%s: %r" % (t, codes[t]))
+        h.check(len(stored(out, t)) == 1, "%s not stored" % t)
+    child = int(h.read(os.path.join(out, "hang.child")).decode())
+    h.wait_for(lambda: not alive(child), 10,
+               "the hung command's own child (pid %d) killed" % child)
+
+
+def test_option_like_sender_refused():
+    """%s puts the sender on the command line: MAIL <-oQ/tmp/evil@...>
+    gets 553 5.1.7, and the null sender is still fine."""
+    out, conf = multi_setup("smtp")
+    with h.Serve(["-c", conf], name="pipe-dash-sender") as srv:
+        r = h.Raw("127.0.0.1", srv.port, timeout=10)
+        try:
+            r.reply()
+            r.cmd("EHLO test.example", 250)
+            for f in ("-oQ/tmp/evil@example.net", '"-x"@example.net'):
+                code, lines = r.cmd("MAIL FROM:<%s>" % f)
+                h.check(code == 553 and lines[-1][4:].startswith("5.1.7"),
+                        "MAIL %s: expected 553 5.1.7, got %r" % (f, lines))
+            r.cmd("MAIL FROM:<>", 250)
+            r.cmd("RSET", 250)
+            r.cmd("QUIT", 221)
+        finally:
+            r.close()
+    h.check(ran(out) == {}, "a command ran: %r" % os.listdir(out))
+
+
 if __name__ == "__main__":
     h.main([test_pipe_exit_codes, test_pipe_escapes,
             test_command_that_does_not_read,
             test_lmtp_three_recipients_one_refused,
             test_smtp_one_recipient_per_transaction,
             test_option_like_local_part_refused,
-            test_lmtp_recipient_bound])
+            test_lmtp_recipient_bound, test_hung_command_time_limit,
+            test_option_like_sender_refused])
