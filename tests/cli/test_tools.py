@@ -127,7 +127,10 @@ PEERS = {"postfix", "haproxy", "dovecot-lmtpd", "swaks", "msmtp",
 def deps_line(target):
     """The scripts/install-deps command `make -n TARGET` would run."""
     env = dict(os.environ)
-    env.pop("SKIP_DEPS", None)
+    # a `make test SKIP_DEPS=1` above us passes its variables down in
+    # MAKEFLAGS: this make must see the Makefile's own defaults
+    for k in ("SKIP_DEPS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        env.pop(k, None)
     p = h.run(["make", "-n", "-C", SRC, target], env=env, timeout=60)
     lines = [ln for ln in p.stdout.decode().splitlines()
              if "scripts/install-deps" in ln]
