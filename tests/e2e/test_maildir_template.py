@@ -309,7 +309,8 @@ def test_recipient_check_command():
             r.cmd("MAIL FROM:<s@example.net>", 250)
             got = {}
             for t in ("alice@a.example", "mallory@a.example",
-                      "temp@a.example", "slow@a.example", "bob@b.example"):
+                      "temp@a.example", "slow@a.example", "bob@b.example",
+                      "-oQ/tmp/x@a.example"):
                 code, lines = r.cmd("RCPT TO:<%s>" % t)
                 got[t] = lines[-1][:9]
             r.cmd("DATA", 354)
@@ -335,7 +336,9 @@ def test_recipient_check_command():
                     "mallory@a.example": "550 5.1.1",
                     "temp@a.example": "451 4.3.0",
                     "slow@a.example": "451 4.4.3",
-                    "bob@b.example": "250 2.1.5"},
+                    "bob@b.example": "250 2.1.5",
+                    # never on the check's command line (an option)
+                    "-oQ/tmp/x@a.example": "553 5.1.3"},
             "RCPT replies with a check command: %r" % got)
     asked = h.read(os.path.join(d, "asked")).decode().split()
     h.check(len(asked) == 6, "the command was asked %r" % asked)
