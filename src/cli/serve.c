@@ -165,6 +165,7 @@ struct sess {
   unsigned messages;          /* per session, for the log */
   unsigned txns;              /* DATA/BDAT started: numbers message ids */
   char msgid[48];             /* this message's id (message_id()) */
+  bool msgid_used;            /* a DATA/BDAT of this transaction has it */
   char cmd[200];              /* last command line (AUTH redacted), raw */
 };
 
@@ -344,12 +345,17 @@ static int forward_rcpt_step(struct sess *x, const struct tern_path *to,
   return TERN_REPLY_NOW;
 }
 
+static void message_id(struct sess *x);
+
 static int on_mail(struct tern_server_session *s, const struct tern_path *from,
                    const struct tern_mail_params *p, struct tern_reply *r,
                    void *ud) {
   struct sess *x = sess_of(s);
   (void)ud;
   txn_clear(x);
+  message_id(x); /* at MAIL, so the forward log lines of MAIL and RCPT
+                  * carry the id of the message they belong to */
+  x->msgid_used = false;
   x->from = strndup(from->mailbox.ptr, from->mailbox.len);
   if (!x->from) {
     r->code = 451;
@@ -759,7 +765,9 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
 
   x->done = false;
   x->size = 0;
-  message_id(x);
+  if (x->msgid_used) /* a second DATA in one transaction: a new message */
+    message_id(x);
+  x->msgid_used = true;
   size_t hlen = x->hlen = trace_header(x, x->hdr, sizeof x->hdr);
   if (c->target == CFG_MAILDIR)
     rc = maildir_start(x, s);

@@ -25,6 +25,7 @@ hop: what the next hop is told and what the inbound client hears.
 """
 
 import os
+import re
 import smtplib
 import socket
 import threading
@@ -278,6 +279,9 @@ def test_silent_after_rcpt():
                 r.close()
             (ln,) = srv.wait_log("event=forward step=rcpt")
             h.check("result=451" in ln and "timed" in ln, "log: %r" % ln)
+            # the line names the message it belongs to (made at MAIL)
+            h.check(re.search(r" id=[A-Za-z0-9]+-\d+ ", ln),
+                    "no message id in the rcpt line: %r" % ln)
 
 
 def test_slow_hop_whole_step():
