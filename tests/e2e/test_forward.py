@@ -31,6 +31,7 @@ import threading
 import time
 
 import e2e as h
+from dovecot import Dovecot  # tests/interop/dovecot.py
 
 HOST = "127.0.0.1"
 
@@ -122,67 +123,7 @@ def port_open(port):
         return False
 
 
-DOVECOT_CONF = """\
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-info_log_path = {d}/dovecot.log
-protocols = lmtp
-ssl = no
-first_valid_uid = 0
-auth_username_format = %Ln
-mail_location = maildir:{d}/mail/%n
-mail_save_crlf = yes
-lmtp_save_to_detail_mailbox = no
-passdb {{
-  driver = passwd-file
-  args = {d}/users
-}}
-userdb {{
-  driver = passwd-file
-  args = {d}/users
-}}
-service lmtp {{
-  unix_listener {d}/lmtp.sock {{
-    mode = 0666
-  }}
-}}
-"""
-
 KNOWN = ("alice", "bob")
-
-
-class Dovecot(Proc):
-    """A private Dovecot LMTP server on a unix socket; users alice, bob."""
-
-    def __init__(self):
-        dovecot = h.require_tool("dovecot", paths=["/usr/sbin/dovecot"])
-        h.check(os.path.exists("/usr/lib/dovecot/lmtp"),
-                "dovecot-lmtpd is not installed")
-        d = self.d = h.tmpdir("tern-e2e-fwd-dovecot-")
-        os.chmod(d, 0o755)
-        uid, gid = os.getuid(), os.getgid()
-        if uid == 0:  # Dovecot never delivers as root: use nobody
-            nobody = pwd.getpwnam("nobody")
-            uid, gid = nobody.pw_uid, nobody.pw_gid
-        for sub in ("mail", "home"):
-            os.makedirs(os.path.join(d, sub))
-            os.chown(os.path.join(d, sub), uid, gid)
-        with open(os.path.join(d, "users"), "w") as f:
-            for u in KNOWN:
-                f.write("%s:{PLAIN}x:%d:%d::%s/home/%s::\n" % (u, uid, gid, d, u))
-        conf = h.write(os.path.join(d, "dovecot.conf"),
-                       DOVECOT_CONF.format(d=d))
-        self.sock = os.path.join(d, "lmtp.sock")
-        super().__init__([dovecot, "-F", "-c", conf],
-                         lambda: os.path.exists(self.sock), "dovecot")
-
-    def files(self, user):
-        return sorted(glob.glob(os.path.join(self.d, "mail", user, "new", "*")))
-
-    def log(self):
-        p = os.path.join(self.d, "dovecot.log")
-        return open(p, errors="replace").read()[-3000:] if os.path.exists(p) else ""
 
 
 TRACE_NAMES = (b"return-path", b"received", b"delivered-to", b"x-original-to")
