@@ -1,5 +1,5 @@
 /*
- * player — plays a tern server transcript (a tests/transcripts/ file)
+ * player — plays a tern server transcript (a tests/transcripts/server/ file)
  * against the sans-IO server session, through the public API only.
  *
  *   player [MODE] FILE.smtp

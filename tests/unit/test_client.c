@@ -5,7 +5,7 @@
  * awkward as transcripts (configuration refused at _new(), the notify
  * hook, allocation failure, a byte-exact pipelined group of 1000
  * recipients through a small output buffer). The protocol flows are
- * tested by the transcripts in tests/client/.
+ * tested by the transcripts in tests/transcripts/client/.
  */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,5 +1,5 @@
 /*
- * cplayer — plays a client transcript (tests/client/transcripts/NAME.smtpc)
+ * cplayer — plays a client transcript (tests/transcripts/client/NAME.smtpc)
  * against the sans-IO CLIENT session, through the public API only.
  *
  *   cplayer [--whole|--bytewise|--splits|--nomem|--trace] FILE
