@@ -444,6 +444,179 @@ TERN_EXTERN const char *tern_client_last_error(const struct tern_client *cl);
 TERN_EXTERN const char *tern_client_tls_version(const struct tern_client *cl);
 TERN_EXTERN void *tern_client_userdata(const struct tern_client *cl);
 
+/* ==== one-call send ======================================================== */
+
+/*
+ * Send one message with one call: connect to `url`, say EHLO, do STARTTLS
+ * and AUTH as the URL and the options ask, send MAIL, every RCPT, the
+ * body, QUIT, and tell the outcome to `cb` — the common case of
+ * nodemailer's sendMail(), Python's smtplib.sendmail() and go-smtp's
+ * SendMail(), on a libuv loop. Built on tern_client_new() and the session
+ * API above: use those for several messages on one connection, DSN
+ * parameters or a reply-by-reply view.
+ *
+ *   static void done(const struct tern_send_result *r, void *ud) {
+ *     if (r->error)
+ *       fprintf(stderr, "not sent: %s\n", r->error_text);
+ *     else if (r->delivered < r->nrcpt)
+ *       ...  r->rcpts[i].rcpt.code / .text say who was refused, and why
+ *   }
+ *   const char *to[] = {"bob@example.org"};
+ *   struct tern_send_body b = tern_send_body_mem(msg, msg_len);
+ *   tern_send(loop, "smtp://mx.example.org", "alice@example.net", to, 1,
+ *             &b, NULL, done, NULL);
+ *   uv_run(loop, UV_RUN_DEFAULT);
+ */
+
+/* The message (headers and body, as it is to be stored: lines may end
+ * in LF or CRLF; tern sends CRLF and dot-stuffs). Either in memory, or
+ * read from a file descriptor to its end. */
+struct tern_send_body {
+  const void *data; /* the message in memory (copied by tern_send()), or
+                       NULL: read it from fd */
+  size_t len;       /* bytes at data */
+  int fd;           /* when data is NULL: read from here, from its current
+                       offset to its end, on libuv's thread pool (never
+                       whole in memory). tern_send() duplicates it, so the
+                       caller may close its own at once; a regular file's
+                       offset is left where it was. */
+};
+
+static inline struct tern_send_body tern_send_body_mem(const void *data,
+                                                       size_t len) {
+  struct tern_send_body b = {data ? data : "", len, -1};
+  return b;
+}
+
+static inline struct tern_send_body tern_send_body_fd(int fd) {
+  struct tern_send_body b = {NULL, 0, fd};
+  return b;
+}
+
+/* What tern_send() may change; tern_send_options_init() gives the
+ * defaults below. Strings are copied during the call. */
+struct tern_send_options {
+  size_t size;
+  const char *ehlo_name;        /* default "localhost" */
+  enum tern_starttls starttls;  /* raises the URL's TLS level, never lowers
+                                   it: TERN_STARTTLS_REQUIRED on smtp://
+                                   refuses to go on in the clear. Default
+                                   OFF: what the URL says (smtp:// uses
+                                   STARTTLS when offered) */
+  bool tls_verify;              /* verify the certificate and host name
+                                   (default true); a failure fails the
+                                   send with TERN_ETLS */
+  const char *ca_file;          /* PEM bundle; NULL: the system's */
+  const char *auth_user;        /* NULL: no AUTH. Set: AUTH is required,
+                                   the mechanism chosen from what the
+                                   server offers (SCRAM-SHA-256, CRAM-MD5,
+                                   PLAIN, LOGIN; PLAIN and LOGIN only
+                                   over TLS unless auth_insecure_ok) */
+  const char *auth_password;
+  bool auth_insecure_ok;
+  unsigned timeout_ms;          /* for connecting, for each command and
+                                   for the final reply; 0: the RFC 5321
+                                   §4.5.3.2 defaults (30 s to connect, 5
+                                   min per command, 10 min after data) */
+  enum tern_body body;          /* BODY= (8BITMIME...), sent only when
+                                   the server offers it; default none */
+};
+
+static inline void tern_send_options_init(struct tern_send_options *o) {
+  struct tern_send_options d = {0};
+  d.size = sizeof d;
+  d.tls_verify = true;
+  *o = d;
+}
+
+/* A server reply (or one made here: local). */
+struct tern_send_reply {
+  int code;             /* 200..599; 0: no reply (never asked, or the
+                           connection ended first) */
+  const char *enhanced; /* "2.1.5", or "" when the reply had none */
+  const char *text;     /* the reply's lines without "ddd-", joined by LF;
+                           "" when none */
+  bool local;           /* made here, not sent by the server: the
+                           connection ended, or the message could not be
+                           sent (then text says why) */
+};
+
+/* One recipient's fate, in the order given to tern_send(). */
+struct tern_send_rcpt_result {
+  const char *address;
+  struct tern_send_reply rcpt; /* the reply to RCPT TO (code 0: not
+                                  answered, e.g. MAIL was refused) */
+  struct tern_send_reply data; /* the reply that decided the message for
+                                  this recipient: in LMTP its own reply
+                                  after the data (RFC 2033 §4.2); in SMTP
+                                  the message's (see result.reply). Code 0
+                                  when RCPT was refused or the message
+                                  never got that far */
+  bool delivered;              /* the server took the message for this
+                                  recipient: rcpt and data both 2xx */
+};
+
+/*
+ * The outcome, handed to the callback. It and every string it points
+ * to are the library's, valid until the callback returns: copy what
+ * you keep.
+ */
+struct tern_send_result {
+  int error;              /* 0: the server answered the message (reply
+                             says how: accepted, or refused); else why no
+                             answer came, a negative TERN_E* code:
+                             ERESOLVE, ECONNECT, ETIMEDOUT, ETLS, EAUTH
+                             (credentials refused, or no usable
+                             mechanism), EPROTO (greeting or EHLO refused,
+                             malformed replies), ECLOSED (the connection
+                             ended, or a 421), EIO (reading fd),
+                             EINVAL/ENOTSUP (the server cannot take this
+                             envelope: SMTPUTF8, SIZE), ENOMEM */
+  const char *error_text; /* the error in words, naming the peer; "" when
+                             error is 0 */
+  struct tern_send_reply reply; /* the message's final reply: the one
+                             after the data, or the refusal that ended
+                             it (MAIL, every RCPT, DATA); in LMTP the
+                             first recipient's failure, else a success.
+                             Code 0 when the message never got that far */
+  const struct tern_send_rcpt_result *rcpts;
+  size_t nrcpt;
+  size_t delivered;       /* recipients with delivered true: all of
+                             them (== nrcpt) is complete success */
+  const char *tls_version;/* "TLSv1.3" when the message went over TLS,
+                             else NULL */
+};
+
+typedef void (*tern_send_cb)(const struct tern_send_result *r, void *ud);
+
+/*
+ * Send one message from `from` ("" for the null sender <>) to `rcpts`
+ * (nrcpt addresses without <>, 1..100000) through `url` (the client URLs
+ * above: smtp://, smtp+starttls://, smtps://, lmtp://, lmtp:///path), then
+ * QUIT. Addresses with non-ASCII characters are sent with SMTPUTF8.
+ * `opts` may be NULL (the defaults of tern_send_options_init()).
+ *
+ * Ownership: everything is copied or duplicated during the call (url,
+ * from, rcpts, the options' strings, the body's bytes; the body's fd is
+ * dup()ed): the caller may free or close its own at once. `ud` stays the
+ * caller's and is handed to cb.
+ *
+ * Returns 0, and then `cb` is called exactly once, on the loop's thread,
+ * never from inside tern_send(), after the connection is closed (the loop
+ * must run until then). Or returns a negative code and `cb` is never
+ * called: TERN_EINVAL (NULL loop, url, from, rcpts, body or cb; nrcpt 0;
+ * a bad URL; an address that is not an RFC 5321 mailbox, or an
+ * options struct from a newer tern with fields set that this one does
+ * not know), TERN_ETLS (ca_file
+ * unreadable), TERN_EIO (the fd cannot be duplicated, or the loop's
+ * timer cannot start), TERN_ENOMEM. Call on the loop's thread.
+ */
+TERN_EXTERN int tern_send(uv_loop_t *loop, const char *url, const char *from,
+                          const char *const *rcpts, size_t nrcpt,
+                          const struct tern_send_body *body,
+                          const struct tern_send_options *opts,
+                          tern_send_cb cb, void *ud);
+
 #ifdef __cplusplus
 }
 #endif
