@@ -572,8 +572,9 @@ struct tern_send_result {
                              ended, or a 421), EIO (reading fd),
                              EINVAL/ENOTSUP (the server cannot take this
                              envelope: SMTPUTF8, SIZE), ENOMEM */
-  const char *error_text; /* the error in words, naming the peer; "" when
-                             error is 0 */
+  const char *error_text; /* the error in words (as
+                             tern_client_last_error()); "" when error
+                             is 0 */
   struct tern_send_reply reply; /* the message's final reply: the one
                              after the data, or the refusal that ended
                              it (MAIL, every RCPT, DATA); in LMTP the
