@@ -38,6 +38,7 @@
 
 #include "client.h"
 #include "common.h"
+#include "sasl.h" /* struct tern_auth_callbacks */
 #include "server.h"
 
 #ifdef __cplusplus
@@ -47,12 +48,13 @@ extern "C" {
 struct tern_server;
 
 /*
- * AUTH through GNU SASL. The server offers the mechanisms in
- * tern_server_options.auth_mechanisms for which the callbacks below are
- * set: PLAIN and LOGIN need check_password; CRAM-MD5 and SCRAM-SHA-256
- * need get_password (the mechanism needs the clear secret); XOAUTH2 and
- * OAUTHBEARER need check_token. Return 0 to accept, TERN_EAUTH to
- * refuse, any other negative code for a temporary failure (454 4.7.0).
+ * AUTH through GNU SASL (sasl.h). The server offers the mechanisms in
+ * tern_server_options.auth_mechanisms for which the callbacks of struct
+ * tern_auth_callbacks (sasl.h) are set: PLAIN and LOGIN need
+ * check_password; CRAM-MD5 and SCRAM-SHA-256 need get_password (the
+ * mechanism needs the clear secret); XOAUTH2 and OAUTHBEARER need
+ * check_token. Return 0 to accept, TERN_EAUTH to refuse, any other
+ * negative code for a temporary failure (454 4.7.0).
  *
  * Threads. check_password runs OFF the event loop, on libuv's thread pool
  * (uv_queue_work), because checking a password hash (yescrypt, bcrypt)
@@ -66,22 +68,6 @@ struct tern_server;
  * get_password and check_token run on the session's thread, inside the
  * mechanism's step, and must not block for long (an in-memory table).
  */
-struct tern_auth_callbacks {
-  size_t size;
-  int (*check_password)(struct tern_server_session *s, const char *authzid,
-                        const char *user, const char *password, void *ud);
-  /* Copy user's clear password into buf (NUL-terminated, < cap). */
-  int (*get_password)(struct tern_server_session *s, const char *user,
-                      char *buf, size_t cap, void *ud);
-  int (*check_token)(struct tern_server_session *s, const char *user,
-                     const char *token, void *ud);
-};
-
-static inline void tern_auth_callbacks_init(struct tern_auth_callbacks *a) {
-  struct tern_auth_callbacks d = {0};
-  d.size = sizeof d;
-  *a = d;
-}
 
 /* A certificate and its key (PEM files; the certificate file may hold
  * the chain). SNI picks among several by the names they carry. */

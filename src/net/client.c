@@ -47,7 +47,7 @@
 
 #include "tern/net.h"
 
-#include "sasl.h"
+#include "sasl_internal.h"
 #include "tls.h"
 #include "url.h"
 

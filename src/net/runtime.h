@@ -16,7 +16,7 @@
 #include "tern/net.h"
 
 #include "proxy.h"
-#include "sasl.h"
+#include "sasl_internal.h"
 #include "tls.h"
 
 #define TERN__MAX_LISTENERS 32

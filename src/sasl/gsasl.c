@@ -12,7 +12,7 @@
  * runtime does not hand us; ANONYMOUS, EXTERNAL, GSSAPI, ...) is left out
  * on purpose.
  *
- * Threads. A struct tern__sasl owns one Gsasl context and is used from
+ * Threads. A struct tern_sasl owns one Gsasl context and is used from
  * one thread only: the runtime creates one per worker. Nothing here is
  * global, so several of them on several threads do not interact.
  *
@@ -29,7 +29,7 @@
 #include <string.h>
 
 #include "internal.h"
-#include "sasl.h"
+#include "tern/sasl.h"
 
 /* Longest base64 text accepted from the client (a step's input). */
 #define SASL_B64_MAX 12288
@@ -57,7 +57,7 @@ static const struct mech_info {
 };
 #define MECH_COUNT (sizeof MECHS / sizeof MECHS[0])
 
-struct tern__sasl {
+struct tern_sasl {
   Gsasl *ctx;
   struct tern_auth_callbacks cb; /* the caller's, copied up to its size */
   void *ud;
@@ -65,8 +65,8 @@ struct tern__sasl {
   char *mechs;      /* offered names, in the caller's order */
 };
 
-struct tern__sasl_session {
-  struct tern__sasl *sasl;
+struct tern_sasl_session {
+  struct tern_sasl *sasl;
   struct tern_server_session *s;
   const struct mech_info *mech;
   Gsasl_session *gs;  /* KIND_GSASL only */
@@ -78,7 +78,7 @@ struct tern__sasl_session {
                          must answer with an empty line */
   char *challenge;    /* base64, from gsasl_base64_to() (gsasl_free) */
   char *user;         /* after OK */
-  /* PLAIN/LOGIN: credentials waiting for tern__sasl_verify() (copies,
+  /* PLAIN/LOGIN: credentials waiting for tern_sasl_verify() (copies,
    * wiped when done); authzid NULL means "as myself". */
   bool verify_pending;
   int verify_rc;      /* check_password's answer */
@@ -116,7 +116,7 @@ static void wipe_free(char *p, size_t n) {
   free(p);
 }
 
-static void verify_wipe(struct tern__sasl_session *ss) {
+static void verify_wipe(struct tern_sasl_session *ss) {
   if (ss->v_password)
     wipe_free(ss->v_password, strlen(ss->v_password));
   free(ss->v_user);
@@ -194,7 +194,7 @@ static void property_wipe(Gsasl_session *gs, Gsasl_property p) {
   }
 }
 
-static void secrets_wipe(struct tern__sasl_session *ss) {
+static void secrets_wipe(struct tern_sasl_session *ss) {
   if (ss->gs == NULL)
     return;
   property_wipe(ss->gs, GSASL_PASSWORD);
@@ -211,7 +211,7 @@ static void secrets_wipe(struct tern__sasl_session *ss) {
  * turn any failed password lookup into GSASL_NO_PASSWORD), so it is kept
  * in the session and wins over whatever GNU SASL returns.
  */
-static int note_answer(struct tern__sasl_session *ss, int rc) {
+static int note_answer(struct tern_sasl_session *ss, int rc) {
   if (rc == 0)
     return GSASL_OK;
   if (rc == TERN_EAUTH || rc > 0) {
@@ -226,7 +226,7 @@ static int note_answer(struct tern__sasl_session *ss, int rc) {
 
 static int gs_callback(Gsasl *ctx, Gsasl_session *gs, Gsasl_property prop) {
   (void)ctx;
-  struct tern__sasl_session *ss = gs ? gsasl_session_hook_get(gs) : NULL;
+  struct tern_sasl_session *ss = gs ? gsasl_session_hook_get(gs) : NULL;
   if (ss == NULL)
     return GSASL_NO_CALLBACK;
   const struct tern_auth_callbacks *cb = &ss->sasl->cb;
@@ -247,7 +247,7 @@ static int gs_callback(Gsasl *ctx, Gsasl_session *gs, Gsasl_property prop) {
       authzid = NULL;
     /* The check itself (a password hash: tens of milliseconds) is not
      * done here, on the event loop: the credentials are kept and the
-     * step ends with TERN__SASL_VERIFY; tern__sasl_verify() runs the
+     * step ends with TERN_SASL_VERIFY; tern_sasl_verify() runs the
      * app's check_password on a pool thread. */
     ss->v_user = strdup(authid);
     ss->v_password = strdup(password);
@@ -257,7 +257,7 @@ static int gs_callback(Gsasl *ctx, Gsasl_session *gs, Gsasl_property prop) {
       return GSASL_AUTHENTICATION_ERROR;
     }
     ss->verify_pending = true;
-    ss->verify_rc = TERN_ETEMP; /* until tern__sasl_verify() has run */
+    ss->verify_rc = TERN_ETEMP; /* until tern_sasl_verify() has run */
     return GSASL_OK;
   }
   case GSASL_PASSWORD: { /* CRAM-MD5, SCRAM: the secret of GSASL_AUTHID */
@@ -393,12 +393,12 @@ static size_t gs2_header(char *msg, size_t n, const char **user) {
 static const char OAUTH_ERROR_JSON[] =
     "{\"status\":\"invalid_token\",\"schemes\":\"bearer\"}";
 
-static int set_challenge(struct tern__sasl_session *ss, const char *data,
+static int set_challenge(struct tern_sasl_session *ss, const char *data,
                          size_t len) {
   gsasl_free(ss->challenge);
   ss->challenge = NULL;
   int grc = gsasl_base64_to(data, len, &ss->challenge, NULL);
-  return grc == GSASL_OK ? TERN__SASL_CONTINUE : TERN_ENOMEM;
+  return grc == GSASL_OK ? TERN_SASL_CONTINUE : TERN_ENOMEM;
 }
 
 /*
@@ -406,7 +406,7 @@ static int set_challenge(struct tern__sasl_session *ss, const char *data,
  * XOAUTH2:     "user=" user ^A "auth=Bearer " token ^A ^A
  * OAUTHBEARER: gs2-header ^A *("key=value" ^A) ^A   (RFC 7628 §3.1)
  */
-static int oauth_step(struct tern__sasl_session *ss, char *msg, size_t n) {
+static int oauth_step(struct tern_sasl_session *ss, char *msg, size_t n) {
   const char *user = NULL;
   const char *auth = NULL;
   size_t pos = 0;
@@ -433,7 +433,7 @@ static int oauth_step(struct tern__sasl_session *ss, char *msg, size_t n) {
   int rc = ss->sasl->cb.check_token(ss->s, user, token, ss->sasl->ud);
   if (rc == 0) {
     ss->user = strdup(user);
-    return ss->user ? TERN__SASL_OK : TERN_ENOMEM;
+    return ss->user ? TERN_SASL_OK : TERN_ENOMEM;
   }
   if (rc == TERN_EAUTH || rc > 0) {
     ss->oauth_refused = true;
@@ -455,8 +455,7 @@ static int gsasl_to_tern(int grc) {
   }
 }
 
-static int gs_step(struct tern__sasl_session *ss, const char *in,
-                   size_t inlen) {
+static int gs_step(struct tern_sasl_session *ss, const char *in, size_t inlen) {
   char *out = NULL;
   size_t outlen = 0;
   int grc = gsasl_step(ss->gs, in, inlen, &out, &outlen);
@@ -479,7 +478,7 @@ static int gs_step(struct tern__sasl_session *ss, const char *in,
     } else if ((ss->user = strdup(authid)) == NULL) {
       rc = TERN_ENOMEM;
     } else if (ss->verify_pending) {
-      rc = TERN__SASL_VERIFY; /* PLAIN/LOGIN: the password is checked next */
+      rc = TERN_SASL_VERIFY; /* PLAIN/LOGIN: the password is checked next */
     } else if (outlen > 0) {
       /* SCRAM's server-final message is "additional data with success",
        * which AUTH cannot carry in 235: it goes out as a challenge and
@@ -488,7 +487,7 @@ static int gs_step(struct tern__sasl_session *ss, const char *in,
       ss->ok_pending = true;
       rc = set_challenge(ss, out, outlen);
     } else {
-      rc = TERN__SASL_OK;
+      rc = TERN_SASL_OK;
     }
   } else {
     rc = gsasl_to_tern(grc);
@@ -500,13 +499,13 @@ static int gs_step(struct tern__sasl_session *ss, const char *in,
   return rc;
 }
 
-static int session_start(struct tern__sasl *sasl,
-                         struct tern__sasl_session **sess,
+static int session_start(struct tern_sasl *sasl,
+                         struct tern_sasl_session **sess,
                          struct tern_server_session *s, const char *mech) {
   const struct mech_info *mi = mech ? mech_find(mech, strlen(mech)) : NULL;
   if (mi == NULL || !(sasl->offered & (1u << (mi - MECHS))))
     return TERN_ENOTSUP;
-  struct tern__sasl_session *ss = calloc(1, sizeof *ss);
+  struct tern_sasl_session *ss = calloc(1, sizeof *ss);
   if (ss == NULL)
     return TERN_ENOMEM;
   ss->sasl = sasl;
@@ -534,14 +533,15 @@ static int session_start(struct tern__sasl *sasl,
  * GNU SASL can serve it and its callback is set. Unknown names are
  * skipped. Returns 0, TERN_EINVAL (a NULL argument, cb->size 0, a mech
  * name longer than 20 characters), TERN_ENOMEM, or TERN_EIO when GNU SASL
- * cannot start. On failure *out is untouched.
+ * cannot start. On failure *out is NULL.
  */
-int tern__sasl_new(struct tern__sasl **out,
-                   const struct tern_auth_callbacks *cb, void *ud,
-                   const char *mechs) {
+int tern_sasl_new(struct tern_sasl **out, const struct tern_auth_callbacks *cb,
+                  void *ud, const char *mechs) {
+  if (out != NULL)
+    *out = NULL;
   if (out == NULL || cb == NULL || mechs == NULL || cb->size == 0)
     return TERN_EINVAL;
-  struct tern__sasl *sasl = calloc(1, sizeof *sasl);
+  struct tern_sasl *sasl = calloc(1, sizeof *sasl);
   if (sasl == NULL)
     return TERN_ENOMEM;
   size_t n = cb->size < sizeof sasl->cb ? cb->size : sizeof sasl->cb;
@@ -598,13 +598,13 @@ int tern__sasl_new(struct tern__sasl **out,
   return 0;
 
 fail:
-  tern__sasl_free(sasl);
+  tern_sasl_free(sasl);
   return rc;
 }
 
 /* Free a provider and its GNU SASL context. Every session made from it
  * must be freed first. NULL is allowed. */
-void tern__sasl_free(struct tern__sasl *sasl) {
+void tern_sasl_free(struct tern_sasl *sasl) {
   if (sasl == NULL)
     return;
   if (sasl->ctx != NULL)
@@ -615,7 +615,7 @@ void tern__sasl_free(struct tern__sasl *sasl) {
 
 /* The offered mechanisms, space-separated, upper case; "" if none.
  * Owned by the provider. */
-const char *tern__sasl_mechanisms(const struct tern__sasl *sasl) {
+const char *tern_sasl_mechanisms(const struct tern_sasl *sasl) {
   return sasl->mechs;
 }
 
@@ -625,10 +625,10 @@ const char *tern__sasl_mechanisms(const struct tern__sasl *sasl) {
  * at free. A client's "*" (cancel, RFC 4954 §4) is not base64 and comes
  * back as TERN_ESYNTAX (501), which is the reply RFC 4954 asks for.
  */
-int tern__sasl_step(struct tern__sasl *sasl, struct tern__sasl_session **sess,
-                    struct tern_server_session *s, const char *mech,
-                    const char *b64, size_t len, bool has_response,
-                    const char **challenge) {
+int tern_sasl_step(struct tern_sasl *sasl, struct tern_sasl_session **sess,
+                   struct tern_server_session *s, const char *mech,
+                   const char *b64, size_t len, bool has_response,
+                   const char **challenge) {
   if (sasl == NULL || sess == NULL || challenge == NULL ||
       (has_response && b64 == NULL && len > 0))
     return TERN_EINVAL;
@@ -639,7 +639,7 @@ int tern__sasl_step(struct tern__sasl *sasl, struct tern__sasl_session **sess,
     if (rc != 0)
       return rc;
   }
-  struct tern__sasl_session *ss = *sess;
+  struct tern_sasl_session *ss = *sess;
   ss->s = s;
   bool first = ss->steps == 0;
   ss->steps++;
@@ -669,7 +669,7 @@ int tern__sasl_step(struct tern__sasl *sasl, struct tern__sasl_session **sess,
 
   if (ss->ok_pending) {
     ss->ok_pending = false;
-    rc = inlen == 0 ? TERN__SASL_OK : TERN_EAUTH;
+    rc = inlen == 0 ? TERN_SASL_OK : TERN_EAUTH;
   } else if (ss->oauth_refused) {
     rc = TERN_EAUTH;
   } else if (ss->mech->kind != KIND_GSASL) {
@@ -681,7 +681,7 @@ int tern__sasl_step(struct tern__sasl *sasl, struct tern__sasl_session **sess,
      * on its first step; an initial response (the user name, as many
      * clients send it) is fed to the second step instead. */
     rc = gs_step(ss, NULL, 0);
-    if (rc == TERN__SASL_CONTINUE)
+    if (rc == TERN_SASL_CONTINUE)
       rc = gs_step(ss, in, inlen);
   } else {
     rc = gs_step(ss, in, inlen);
@@ -690,15 +690,15 @@ int tern__sasl_step(struct tern__sasl *sasl, struct tern__sasl_session **sess,
 done:
   wipe_free(in, inlen);
   /* GNU SASL needs no secret once it said OK (ok_pending) */
-  if (rc != TERN__SASL_CONTINUE || ss->ok_pending)
+  if (rc != TERN_SASL_CONTINUE || ss->ok_pending)
     secrets_wipe(ss);
-  if (rc != TERN__SASL_VERIFY && ss->verify_pending) {
+  if (rc != TERN_SASL_VERIFY && ss->verify_pending) {
     ss->verify_pending = false; /* the step failed after all */
     verify_wipe(ss);
   }
-  if (rc == TERN__SASL_CONTINUE) {
+  if (rc == TERN_SASL_CONTINUE) {
     *challenge = ss->challenge;
-  } else if (rc != TERN__SASL_OK && rc != TERN__SASL_VERIFY) {
+  } else if (rc != TERN_SASL_OK && rc != TERN_SASL_VERIFY) {
     free(ss->user);
     ss->user = NULL;
     ss->ok_pending = false;
@@ -707,21 +707,21 @@ done:
 }
 
 /* The authenticated user after OK, else NULL. Owned by the session. */
-const char *tern__sasl_user(const struct tern__sasl_session *sess) {
+const char *tern_sasl_user(const struct tern_sasl_session *sess) {
   return sess != NULL && !sess->ok_pending && !sess->verify_pending
              ? sess->user
              : NULL;
 }
 
 /*
- * The password check of a step that returned TERN__SASL_VERIFY: calls
+ * The password check of a step that returned TERN_SASL_VERIFY: calls
  * the app's check_password with the kept credentials and keeps its
- * answer for tern__sasl_verify_done(). Touches only `sess` and the
- * provider's callbacks (read-only after tern__sasl_new), so it may run on
+ * answer for tern_sasl_verify_done(). Touches only `sess` and the
+ * provider's callbacks (read-only after tern_sasl_new), so it may run on
  * any thread while nothing else uses `sess`. Returns the callback's
  * answer, or TERN_ESTATE when nothing waits for a check.
  */
-int tern__sasl_verify(struct tern__sasl_session *sess) {
+int tern_sasl_verify(struct tern_sasl_session *sess) {
   if (sess == NULL || !sess->verify_pending || sess->v_user == NULL)
     return TERN_ESTATE;
   const struct tern_auth_callbacks *cb = &sess->sasl->cb;
@@ -733,28 +733,28 @@ int tern__sasl_verify(struct tern__sasl_session *sess) {
 }
 
 /*
- * Finish a TERN__SASL_VERIFY step on the session's thread, after
- * tern__sasl_verify(): wipes the kept credentials and gives the
- * exchange's result, TERN__SASL_OK (tern__sasl_user() is set now),
+ * Finish a TERN_SASL_VERIFY step on the session's thread, after
+ * tern_sasl_verify(): wipes the kept credentials and gives the
+ * exchange's result, TERN_SASL_OK (tern_sasl_user() is set now),
  * TERN_EAUTH (refused, or a positive answer outside the contract) or
  * TERN_ETEMP (any other negative answer). TERN_ESTATE when no check was
  * waiting. The exchange is over either way.
  */
-int tern__sasl_verify_done(struct tern__sasl_session *sess) {
+int tern_sasl_verify_done(struct tern_sasl_session *sess) {
   if (sess == NULL || !sess->verify_pending)
     return TERN_ESTATE;
   sess->verify_pending = false;
   verify_wipe(sess);
   int rc = sess->verify_rc;
   if (rc == 0)
-    return TERN__SASL_OK;
+    return TERN_SASL_OK;
   free(sess->user);
   sess->user = NULL;
   return rc == TERN_EAUTH || rc > 0 ? TERN_EAUTH : TERN_ETEMP;
 }
 
 /* Free a session (wiping what GNU SASL kept). NULL is allowed. */
-void tern__sasl_session_free(struct tern__sasl_session *sess) {
+void tern_sasl_session_free(struct tern_sasl_session *sess) {
   if (sess == NULL)
     return;
   verify_wipe(sess);

@@ -15,7 +15,7 @@
  * servers that take "AUTH LOGIN <user>" are the norm); CRAM-MD5 is
  * server-first, so the first step answers TERN_CLIENT_AUTH_NO_IR.
  *
- * Policy (tern__sasl_client_choose): PLAIN and LOGIN carry the password
+ * Policy (tern_sasl_client_choose): PLAIN and LOGIN carry the password
  * itself, so they are chosen only over TLS unless the caller allows them
  * in the clear; XOAUTH2/OAUTHBEARER only with a token.
  *
@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "internal.h"
-#include "sasl.h"
+#include "tern/sasl.h"
 
 #define STEPS_MAX 8
 #define CHALLENGE_MAX 12288 /* base64 from the server */
@@ -52,7 +52,7 @@ static const struct cmech {
 };
 #define CMECH_COUNT (sizeof CMECHS / sizeof CMECHS[0])
 
-struct tern__sasl_client {
+struct tern_sasl_client {
   const struct cmech *mech;
   Gsasl *ctx;        /* CK_GSASL */
   Gsasl_session *gs; /* CK_GSASL */
@@ -70,7 +70,7 @@ static const struct cmech *cmech_find(const char *name, size_t len) {
 static bool has(const char *s) { return s != NULL && s[0] != '\0'; }
 
 static bool usable(const struct cmech *m,
-                   const struct tern__sasl_client_params *p) {
+                   const struct tern_sasl_client_params *p) {
   if (!has(p->user))
     return false;
   if (m->need == CN_TOKEN)
@@ -101,13 +101,15 @@ static bool in_list(const char *list, const char *name, size_t len) {
   return false;
 }
 
-const char *tern__sasl_client_choose(const char *offered, const char *prefs,
-                                     const struct tern__sasl_client_params *p) {
-  if (offered == NULL || p == NULL)
+const char *tern_sasl_client_choose(const char *offered, const char *prefs,
+                                    const struct tern_sasl_client_params *pp) {
+  struct tern_sasl_client_params params, *p = &params;
+  tern_sasl_client_params_init(p);
+  if (offered == NULL || pp == NULL || tern__copy_sized(p, sizeof *p, pp))
     return NULL;
   if (prefs == NULL)
-    prefs = has(p->token) ? "XOAUTH2 " TERN__SASL_CLIENT_PREFS
-                          : TERN__SASL_CLIENT_PREFS;
+    prefs = has(p->token) ? "XOAUTH2 " TERN_SASL_CLIENT_PREFS
+                          : TERN_SASL_CLIENT_PREFS;
   const char *q = prefs;
   while (*q) {
     while (*q == ' ')
@@ -145,7 +147,7 @@ static char *dup_opt(const char *s, bool *oom) {
   return d;
 }
 
-void tern__sasl_client_free(struct tern__sasl_client *c) {
+void tern_sasl_client_free(struct tern_sasl_client *c) {
   if (c == NULL)
     return;
   if (c->gs != NULL) {
@@ -163,12 +165,17 @@ void tern__sasl_client_free(struct tern__sasl_client *c) {
   free(c);
 }
 
-int tern__sasl_client_new(struct tern__sasl_client **out, const char *mech,
-                          const struct tern__sasl_client_params *p) {
-  struct tern__sasl_client *c;
+int tern_sasl_client_new(struct tern_sasl_client **out, const char *mech,
+                         const struct tern_sasl_client_params *pp) {
+  struct tern_sasl_client *c;
+  struct tern_sasl_client_params params, *p = &params;
   bool oom = false;
 
-  if (out == NULL || mech == NULL || p == NULL)
+  if (out != NULL)
+    *out = NULL;
+  tern_sasl_client_params_init(p);
+  if (out == NULL || mech == NULL || pp == NULL ||
+      tern__copy_sized(p, sizeof *p, pp))
     return TERN_EINVAL;
   const struct cmech *m = cmech_find(mech, strlen(mech));
   if (m == NULL || !has(p->user) ||
@@ -183,19 +190,19 @@ int tern__sasl_client_new(struct tern__sasl_client **out, const char *mech,
   c->token = dup_opt(p->token, &oom);
   c->authzid = has(p->authzid) ? dup_opt(p->authzid, &oom) : NULL;
   if (oom) {
-    tern__sasl_client_free(c);
+    tern_sasl_client_free(c);
     return TERN_ENOMEM;
   }
   if (m->kind == CK_GSASL) {
     if (gsasl_init(&c->ctx) != GSASL_OK) {
       c->ctx = NULL;
-      tern__sasl_client_free(c);
+      tern_sasl_client_free(c);
       return TERN_EIO;
     }
     int grc = gsasl_client_start(c->ctx, m->name, &c->gs);
     if (grc != GSASL_OK) {
       c->gs = NULL;
-      tern__sasl_client_free(c);
+      tern_sasl_client_free(c);
       return grc == GSASL_MALLOC_ERROR ? TERN_ENOMEM : TERN_ENOTSUP;
     }
     if (gsasl_property_set(c->gs, GSASL_AUTHID, c->user) != GSASL_OK ||
@@ -203,7 +210,7 @@ int tern__sasl_client_new(struct tern__sasl_client **out, const char *mech,
         (c->authzid != NULL &&
          gsasl_property_set(c->gs, GSASL_AUTHZID, c->authzid) != GSASL_OK) ||
         gsasl_property_set(c->gs, GSASL_SERVICE, "smtp") != GSASL_OK) {
-      tern__sasl_client_free(c);
+      tern_sasl_client_free(c);
       return TERN_ENOMEM;
     }
   }
@@ -233,7 +240,7 @@ static long b64_out(const char *data, size_t n, char *out, size_t cap) {
 }
 
 /* The one OAuth message (XOAUTH2 or OAUTHBEARER), base64. */
-static long oauth_message(struct tern__sasl_client *c, char *out, size_t cap) {
+static long oauth_message(struct tern_sasl_client *c, char *out, size_t cap) {
   const char *pre = c->mech->kind == CK_XOAUTH2 ? "user=" : "n,a=";
   const char *mid = c->mech->kind == CK_XOAUTH2 ? "\001" : ",\001";
   size_t n = strlen(pre) + strlen(c->user) + strlen(mid) +
@@ -254,9 +261,9 @@ static long oauth_message(struct tern__sasl_client *c, char *out, size_t cap) {
   return r;
 }
 
-long tern__sasl_client_step(struct tern__sasl_client *c, const char *b64,
-                            size_t len, bool has_challenge, char *out,
-                            size_t cap) {
+long tern_sasl_client_step(struct tern_sasl_client *c, const char *b64,
+                           size_t len, bool has_challenge, char *out,
+                           size_t cap) {
   if (c == NULL || out == NULL || (has_challenge && b64 == NULL && len > 0))
     return TERN_EINVAL;
   if (++c->steps > STEPS_MAX)

@@ -18,6 +18,11 @@ PKG_CONFIG_PATH=$(dirname "$pc")
 export PKG_CONFIG_PATH
 unset LD_LIBRARY_PATH || true
 
+inc=$(pkg-config --variable=includedir tern)
+for h in tern.h net.h sasl.h version.h; do
+  [ -f "$inc/tern/$h" ] || fail "$inc/tern/$h is not installed"
+done
+
 # the documented line, with app.c and app replaced
 line=$(grep -E '^cc app\.c .*rpath' "$src/docs/embedding.md" | head -n 1)
 [ -n "$line" ] || fail "docs/embedding.md has no rpath line"

@@ -2,7 +2,7 @@
  * Shared by the SASL unit tests (test_sasl.c, test_sasl_client.c):
  * tern__sasl_step with a PLAIN/LOGIN password check (TERN__SASL_VERIFY)
  * done at once, as the runtime does on its thread pool. Include after
- * <cmocka.h> and "sasl.h".
+ * <cmocka.h> and "sasl_internal.h".
  */
 #ifndef TERN_TEST_SASL_STEP_H
 #define TERN_TEST_SASL_STEP_H

@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "internal.h"
-#include "sasl.h"
+#include "sasl_internal.h"
 #include "sasl_step.h"
 
 #define ALL_MECHS                                                              \

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "internal.h"
-#include "sasl.h"
+#include "sasl_internal.h"
 #include "sasl_step.h"
 
 #define ALL_MECHS "PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256 SCRAM-SHA-1 XOAUTH2 " \
