@@ -4,7 +4,8 @@
  * accepted; one refused (its own reply in the result); all refused;
  * LMTP's per-recipient data replies; the body from memory (a large one
  * too: backpressure) and from a file descriptor the caller closes at
- * once; connection refused; bad arguments (no callback). Every case
+ * once; connection refused; the server closing mid-envelope (421); bad
+ * arguments (no callback). Every case
  * runs the loop until nothing is left and checks the callback ran
  * exactly once.
  */
@@ -45,7 +46,11 @@ static int srv_rcpt(struct tern_server_session *s, const struct tern_path *to,
   struct srv *v = ud;
   (void)s;
   (void)params;
-  if (has_prefix(to->local, "reject")) {
+  if (has_prefix(to->local, "goodbye")) {
+    reply->code = 421; /* RFC 5321 §3.8: the server closes */
+    reply->enhanced = "4.3.2";
+    reply->text = "going down";
+  } else if (has_prefix(to->local, "reject")) {
     reply->code = 550;
     reply->enhanced = "5.1.1";
     reply->text = "no such user\nhere";
@@ -361,6 +366,28 @@ static void test_connection_refused(void **state) {
   free(run.s.body);
 }
 
+static void test_server_closes(void **state) {
+  (void)state;
+  struct run run;
+  const char *to[] = {"bob@example.org", "goodbye@example.org"};
+  struct tern_send_body b = tern_send_body_mem(MSG, strlen(MSG));
+  run_init(&run, "smtp://127.0.0.1:0");
+  assert_int_equal(send_to(&run, "smtp", to, 2, &b), 0);
+  run_finish(&run);
+  struct got *g = &run.got;
+  /* the message did not get its answer: an error, and the local 421 */
+  assert_int_equal(g->error, TERN_ECLOSED);
+  assert_non_null(strstr(g->error_text, "421 4.3.2 going down"));
+  assert_int_equal(g->reply.code, 421);
+  assert_true(g->reply.local);
+  assert_int_equal(g->rcpt_code[0], 250);
+  assert_int_equal(g->data_code[0], 421); /* accepted, never delivered */
+  assert_int_equal(g->delivered, 0);
+  assert_int_equal(g->rcpt_code[1], 421);
+  assert_int_equal(run.s.messages, 0);
+  free(run.s.body);
+}
+
 static void test_bad_arguments(void **state) {
   (void)state;
   uv_loop_t loop;
@@ -406,6 +433,7 @@ int main(void) {
       cmocka_unit_test(test_big_body_from_memory),
       cmocka_unit_test(test_body_from_fd),
       cmocka_unit_test(test_connection_refused),
+      cmocka_unit_test(test_server_closes),
       cmocka_unit_test(test_bad_arguments),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
