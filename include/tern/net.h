@@ -461,11 +461,13 @@ struct tern_send_body {
   const void *data; /* the message in memory (copied by tern_send()), or
                        NULL: read it from fd */
   size_t len;       /* bytes at data */
-  int fd;           /* when data is NULL: read from here, from its current
+  int fd;           /* when data is NULL: read from here, from its
                        offset to its end, on libuv's thread pool (never
                        whole in memory). tern_send() duplicates it, so the
-                       caller may close its own at once; a regular file's
-                       offset is left where it was. */
+                       caller may close its own at once; the duplicate
+                       shares the offset, so do not read or seek it until
+                       the callback (a regular file's offset is then
+                       where it was: it is read with pread) */
 };
 
 static inline struct tern_send_body tern_send_body_mem(const void *data,
