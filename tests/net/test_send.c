@@ -4,8 +4,9 @@
  * accepted; one refused (its own reply in the result); all refused;
  * LMTP's per-recipient data replies; the body from memory (a large one
  * too: backpressure) and from a file descriptor the caller closes at
- * once; connection refused; the server closing mid-envelope (421); bad
- * arguments (no callback). Every case
+ * once; connection refused; the server closing mid-envelope (421); AUTH
+ * with the options' password, right and wrong; bad arguments (no
+ * callback). Every case
  * runs the loop until nothing is left and checks the callback ran
  * exactly once.
  */
@@ -90,6 +91,16 @@ static int srv_data_end(struct tern_server_session *s, uint64_t size,
   return TERN_REPLY_NOW;
 }
 
+static int srv_check_password(struct tern_server_session *s,
+                              const char *authzid, const char *user,
+                              const char *password, void *ud) {
+  (void)s;
+  (void)authzid;
+  (void)ud;
+  return !strcmp(user, "alice") && !strcmp(password, "secret") ? 0
+                                                                : TERN_EAUTH;
+}
+
 static void srv_reset(struct tern_server_session *s, void *ud) {
   (void)s;
   ((struct srv *)ud)->nrcpt = 0;
@@ -146,7 +157,11 @@ static void on_done(const struct tern_send_result *r, void *ud) {
     tern_server_shutdown(run->srv, on_shutdown, NULL);
 }
 
-static void run_init(struct run *run, const char *listen) {
+/* A server on `listen` (NULL: none); with `auth`, MAIL needs AUTH PLAIN
+ * (offered in the clear: a test on loopback). */
+static void run_init_auth(struct run *run, const char *listen, bool auth) {
+  struct tern_auth_callbacks acb;
+  struct tern_listener_options lo;
   memset(run, 0, sizeof *run);
   assert_int_equal(uv_loop_init(&run->loop), 0);
   if (!listen)
@@ -162,11 +177,25 @@ static void run_init(struct run *run, const char *listen) {
   o.callbacks = &cb;
   o.ud = &run->s;
   o.shutdown_timeout_ms = 1000;
+  tern_auth_callbacks_init(&acb);
+  acb.check_password = srv_check_password;
+  tern_listener_options_init(&lo);
+  if (auth) {
+    o.auth = &acb;
+    o.auth_mechanisms = "PLAIN";
+    o.auth_fail_delay_ms = 1;
+    lo.auth_required = true;
+    lo.auth_insecure_ok = true;
+  }
   assert_int_equal(tern_server_new(&run->srv, &run->loop, &o), 0);
-  assert_int_equal(tern_server_listen(run->srv, listen, NULL), 0);
+  assert_int_equal(tern_server_listen(run->srv, listen, &lo), 0);
   assert_int_equal(tern_server_start(run->srv), 0);
   run->port = tern_server_listener_port(run->srv, 0);
   assert_true(run->port > 0);
+}
+
+static void run_init(struct run *run, const char *listen) {
+  run_init_auth(run, listen, false);
 }
 
 /* Run until every handle is gone, so a second callback would be seen.
@@ -388,6 +417,42 @@ static void test_server_closes(void **state) {
   free(run.s.body);
 }
 
+/* The options reach the client: AUTH with the password given. */
+static void test_auth(void **state) {
+  (void)state;
+  const char *to[] = {"bob@example.org"};
+  const char *pw[] = {"secret", "guess"};
+  struct tern_send_body b = tern_send_body_mem(MSG, strlen(MSG));
+  for (int i = 0; i < 2; i++) {
+    struct run run;
+    struct tern_send_options o;
+    char url[64];
+    tern_send_options_init(&o);
+    o.auth_user = "alice";
+    o.auth_password = pw[i];
+    o.auth_insecure_ok = true;
+    o.ehlo_name = "client.example";
+    o.timeout_ms = 20000;
+    run_init_auth(&run, "smtp://127.0.0.1:0", true);
+    snprintf(url, sizeof url, "smtp://127.0.0.1:%d", run.port);
+    assert_int_equal(tern_send(&run.loop, url, "alice@example.net", to, 1,
+                               &b, &o, on_done, &run),
+                     0);
+    run_finish(&run);
+    if (i == 0) {
+      assert_int_equal(run.got.error, 0);
+      assert_int_equal(run.got.delivered, 1);
+      assert_int_equal(run.s.messages, 1);
+    } else {
+      assert_int_equal(run.got.error, TERN_EAUTH);
+      assert_non_null(strstr(run.got.error_text, "535"));
+      assert_int_equal(run.got.delivered, 0);
+      assert_int_equal(run.s.messages, 0);
+    }
+    free(run.s.body);
+  }
+}
+
 static void test_bad_arguments(void **state) {
   (void)state;
   uv_loop_t loop;
@@ -434,6 +499,7 @@ int main(void) {
       cmocka_unit_test(test_body_from_fd),
       cmocka_unit_test(test_connection_refused),
       cmocka_unit_test(test_server_closes),
+      cmocka_unit_test(test_auth),
       cmocka_unit_test(test_bad_arguments),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
