@@ -470,11 +470,14 @@ struct tern_send_body {
                        where it was: it is read with pread) */
 };
 
+/* The message in memory (NULL: an empty one). */
 static inline struct tern_send_body tern_send_body_mem(const void *data,
                                                        size_t len) {
-  struct tern_send_body b = {data ? data : "", len, -1};
+  struct tern_send_body b = {data ? data : "", data ? len : 0, -1};
   return b;
 }
+
+/* The message read from `fd`. */
 
 static inline struct tern_send_body tern_send_body_fd(int fd) {
   struct tern_send_body b = {NULL, 0, fd};
