@@ -478,7 +478,6 @@ static inline struct tern_send_body tern_send_body_mem(const void *data,
 }
 
 /* The message read from `fd`. */
-
 static inline struct tern_send_body tern_send_body_fd(int fd) {
   struct tern_send_body b = {NULL, 0, fd};
   return b;
