@@ -32,6 +32,10 @@
  *                              decision callback (FIFO per event, wherever
  *                              the line stands in the file)
  *   C: text                    client sends text + CRLF
+ *   @ehlo [NAME]               "C: EHLO NAME" (client.example), its helo
+ *                              event and the default EHLO reply (the
+ *                              lines of ehlo_default_reply); only with a
+ *                              @config that leaves that reply as it is
  *   @tls @eof @timeout @close [CODE ENH TEXT...]
  *                              runtime actions at this point of the input
  *   S: line                    expected reply line (no CRLF)
@@ -422,6 +426,133 @@ static void add_expect(struct script *sc, const char *text, int line) {
   sc->expect_line[sc->nexpect++] = line;
 }
 
+/* The default EHLO reply, written out once: what a session made from
+ * tern_server_config_init() must answer to EHLO, line for line. "@ehlo"
+ * stands for exactly these lines, so they are still checked byte for byte
+ * against what the session sends. */
+static const char *const ehlo_default_reply[] = {
+    "250-localhost",           "250-PIPELINING",
+    "250-SIZE 31457280",       "250-ENHANCEDSTATUSCODES",
+    "250-8BITMIME",            "250-BINARYMIME",
+    "250-CHUNKING",            "250-DSN",
+    "250-SMTPUTF8",            "250-LIMITS RCPTMAX=1000",
+    "250 HELP"};
+
+/* NULL when the file's @config leaves the EHLO reply (and the events
+ * around it) as the defaults make them, else what it changes. */
+static const char *ehlo_config_changed(const struct script *sc) {
+  struct tern_server_config d;
+  tern_server_config_init(&d);
+  const struct tern_server_config *c = &sc->cfg;
+  if (strcmp(c->hostname, d.hostname) != 0) return "hostname";
+  if (c->extensions != d.extensions) return "ext";
+  if (c->max_message_size != d.max_message_size) return "max_message_size";
+  if (c->max_recipients != d.max_recipients) return "max_recipients";
+  if (c->max_transactions != d.max_transactions) return "max_transactions";
+  if (c->lmtp != d.lmtp) return "lmtp";
+  if (sc->trace_commands) return "trace_commands";
+  return NULL;
+}
+
+static int script_line(struct script *sc, int lineno, const char *l,
+                       bool *seen_input);
+
+/* Takes the line HEAD TAIL as if the file had it at lineno. */
+static int ehlo_line(struct script *sc, int lineno, bool *seen_input,
+                     const char *head, const char *tail) {
+  struct buf b = {0};
+  buf_adds(&b, head);
+  buf_adds(&b, tail);
+  int rc = script_line(sc, lineno, b.p, seen_input);
+  buf_free(&b);
+  return rc;
+}
+
+/* "@ehlo [NAME]": the client's "EHLO NAME" (NAME defaults to
+ * client.example), the helo event and the default reply, as if those
+ * lines were written out here. */
+static int parse_ehlo(struct script *sc, int lineno, const char *l,
+                      bool *seen_input) {
+  if (l[5] != '\0' && l[5] != ' ')
+    return script_err(sc->path, lineno, "unknown directive", l);
+  const char *name = l[5] ? l + 6 : "client.example";
+  if (*name == '\0' || strpbrk(name, " \\") != NULL)
+    return script_err(sc->path, lineno, "@ehlo takes one plain name", l);
+  const char *changed = ehlo_config_changed(sc);
+  if (changed != NULL)
+    return script_err(sc->path, lineno,
+                      "@ehlo stands for the default reply, but @config "
+                      "changes it; write the lines out",
+                      changed);
+  int rc = ehlo_line(sc, lineno, seen_input, "C: EHLO ", name);
+  if (rc == 0) rc = ehlo_line(sc, lineno, seen_input, "E: helo EHLO ", name);
+  size_t n = sizeof ehlo_default_reply / sizeof ehlo_default_reply[0];
+  for (size_t i = 0; rc == 0 && i < n; i++)
+    rc = ehlo_line(sc, lineno, seen_input, "S: ", ehlo_default_reply[i]);
+  return rc;
+}
+
+/* One line of the file (without its line end). */
+static int script_line(struct script *sc, int lineno, const char *l,
+                       bool *seen_input) {
+  const char *path = sc->path;
+  int rc = 0;
+  if (l[0] == '\0' || l[0] == '#') {
+    /* comment */
+  } else if (strncmp(l, "C:", 2) == 0) {
+    const char *t = l + 2;
+    if (*t == ' ') t++;
+    bool no_crlf;
+    struct action *last = sc->nact ? &sc->act[sc->nact - 1] : NULL;
+    size_t off = sc->input.len;
+    if (!unescape(&sc->input, t, strlen(t), &no_crlf))
+      rc = script_err(path, lineno, "bad escape in C: line", l);
+    if (!no_crlf) buf_adds(&sc->input, "\r\n");
+    if (last && last->kind == A_INPUT) {
+      last->len = sc->input.len - last->off;
+    } else {
+      struct action a = {A_INPUT, off, sc->input.len - off, false, {0}, lineno};
+      add_action(sc, a);
+    }
+    *seen_input = true;
+  } else if (strncmp(l, "S:", 2) == 0 || strncmp(l, "E:", 2) == 0) {
+    const char *t = l + 2;
+    if (*t == ' ') t++;
+    char *x = xmalloc(strlen(t) + 4);
+    snprintf(x, strlen(t) + 4, "%c: %s", l[0], t);
+    add_expect(sc, x, lineno);
+    free(x);
+  } else if (strncmp(l, "@config ", 8) == 0) {
+    if (*seen_input)
+      rc = script_err(path, lineno, "@config after the first C: line", l);
+    else
+      rc = parse_config(sc, lineno, l + 8);
+  } else if (strncmp(l, "@decide ", 8) == 0) {
+    rc = parse_decide(sc, lineno, l + 8);
+  } else if (strncmp(l, "@ehlo", 5) == 0) {
+    rc = parse_ehlo(sc, lineno, l, seen_input);
+  } else if (strcmp(l, "@tls") == 0 || strcmp(l, "@eof") == 0 ||
+             strcmp(l, "@timeout") == 0 || strncmp(l, "@close", 6) == 0) {
+    struct action a = {A_TLS, 0, 0, false, {0}, lineno};
+    if (l[1] == 'e') a.kind = A_EOF;
+    else if (l[1] == 't' && l[2] == 'i') a.kind = A_TIMEOUT;
+    else if (l[1] == 'c') {
+      a.kind = A_CLOSE;
+      if (l[6] != '\0' && l[6] != ' ') {
+        rc = script_err(path, lineno, "unknown directive", l);
+      } else {
+        int r = parse_reply(l + 6, &a.reply);
+        if (r < 0) rc = script_err(path, lineno, "bad reply in @close", l);
+        a.has_reply = r == 1;
+      }
+    }
+    add_action(sc, a);
+  } else {
+    rc = script_err(path, lineno, "unknown line", l);
+  }
+  return rc;
+}
+
 static int script_load(struct script *sc, const char *path) {
   memset(sc, 0, sizeof *sc);
   sc->path = path;
@@ -448,58 +579,7 @@ static int script_load(struct script *sc, const char *path) {
     char *l = xstrndup(p, len);
     p = nl ? nl + 1 : end;
     lineno++;
-    int rc = 0;
-    if (l[0] == '\0' || l[0] == '#') {
-      /* comment */
-    } else if (strncmp(l, "C:", 2) == 0) {
-      const char *t = l + 2;
-      if (*t == ' ') t++;
-      bool no_crlf;
-      struct action *last = sc->nact ? &sc->act[sc->nact - 1] : NULL;
-      size_t off = sc->input.len;
-      if (!unescape(&sc->input, t, strlen(t), &no_crlf))
-        rc = script_err(path, lineno, "bad escape in C: line", l);
-      if (!no_crlf) buf_adds(&sc->input, "\r\n");
-      if (last && last->kind == A_INPUT) {
-        last->len = sc->input.len - last->off;
-      } else {
-        struct action a = {A_INPUT, off, sc->input.len - off, false, {0}, lineno};
-        add_action(sc, a);
-      }
-      seen_input = true;
-    } else if (strncmp(l, "S:", 2) == 0 || strncmp(l, "E:", 2) == 0) {
-      const char *t = l + 2;
-      if (*t == ' ') t++;
-      char *x = xmalloc(strlen(t) + 4);
-      snprintf(x, strlen(t) + 4, "%c: %s", l[0], t);
-      add_expect(sc, x, lineno);
-      free(x);
-    } else if (strncmp(l, "@config ", 8) == 0) {
-      if (seen_input)
-        rc = script_err(path, lineno, "@config after the first C: line", l);
-      else
-        rc = parse_config(sc, lineno, l + 8);
-    } else if (strncmp(l, "@decide ", 8) == 0) {
-      rc = parse_decide(sc, lineno, l + 8);
-    } else if (strcmp(l, "@tls") == 0 || strcmp(l, "@eof") == 0 ||
-               strcmp(l, "@timeout") == 0 || strncmp(l, "@close", 6) == 0) {
-      struct action a = {A_TLS, 0, 0, false, {0}, lineno};
-      if (l[1] == 'e') a.kind = A_EOF;
-      else if (l[1] == 't' && l[2] == 'i') a.kind = A_TIMEOUT;
-      else if (l[1] == 'c') {
-        a.kind = A_CLOSE;
-        if (l[6] != '\0' && l[6] != ' ') {
-          rc = script_err(path, lineno, "unknown directive", l);
-        } else {
-          int r = parse_reply(l + 6, &a.reply);
-          if (r < 0) rc = script_err(path, lineno, "bad reply in @close", l);
-          a.has_reply = r == 1;
-        }
-      }
-      add_action(sc, a);
-    } else {
-      rc = script_err(path, lineno, "unknown line", l);
-    }
+    int rc = script_line(sc, lineno, l, &seen_input);
     free(l);
     if (rc) {
       buf_free(&file);
