@@ -10,6 +10,7 @@ Environment (set by CTest, tests/e2e/CMakeLists.txt):
     TERN_TEST_CERTS  directory made by tests/data/make-certs.sh
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ import time
 from harness import (TestFailure, fail, check, wait_for, tmpdir,  # noqa
                      assert_bytes_equal, require_tool, run, Raw, sha256,
                      main, crlf, certs_dir, cert, env_path, transaction,
-                     dot_stuff, Child)
+                     dot_stuff, Child, listening)
 
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
@@ -264,6 +265,34 @@ def write(path, text, mode=None):
     if mode is not None:
         os.chmod(path, mode)
     return path
+
+
+@contextlib.contextmanager
+def session(port, hello="EHLO client.example", timeout=20,
+            host="127.0.0.1", source=None):
+    """A Raw connection to port (from the address `source`, if given),
+    greeted (220 checked) and past `hello` (250 checked); closed on
+    leaving the block, however it is left."""
+    r = Raw(host, port, timeout=timeout, source=source)
+    try:
+        code, lines = r.reply()
+        check(code == 220, "greeting: %r" % lines)
+        r.cmd(hello, 250)
+        yield r
+    finally:
+        r.close()
+
+
+def lmtp_send(r, frm, rcpts, body):
+    """On an LMTP session past LHLO: MAIL, RCPT... (each 250), DATA with
+    the dot-stuffed body; returns the end-of-data replies, one per
+    recipient, as (code, lines)."""
+    r.cmd("MAIL FROM:<%s>" % frm, 250)
+    for t in rcpts:
+        r.cmd("RCPT TO:<%s>" % t, 250)
+    r.cmd("DATA", 354)
+    r.send(dot_stuff(body) + b".\r\n")
+    return [r.reply() for _ in rcpts]
 
 
 def free_ports(n, host="127.0.0.1"):

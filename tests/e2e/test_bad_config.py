@@ -38,14 +38,6 @@ BAD = {
 }
 
 
-def listening(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def test_bad_files():
     d = h.tmpdir(prefix="tern-e2e-badcfg-")
     h.write(os.path.join(d, "users-md5"),

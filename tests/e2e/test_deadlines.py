@@ -264,10 +264,7 @@ def test_starttls_handshake_deadline():
             % (port, h.cert("server.pem"), h.cert("server.key"),
                os.path.join(d, "mail")))
     with h.Serve(["-c", cfg], name="starttls-hs") as srv:
-        r = h.Raw("127.0.0.1", port, timeout=10)
-        try:
-            r.reply()
-            r.cmd("EHLO drip.test", 250)
+        with h.session(port, "EHLO drip.test", timeout=10) as r:
             r.cmd("STARTTLS", 220)
             hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + \
                 b"\x00" * 40
@@ -276,8 +273,6 @@ def test_starttls_handshake_deadline():
                     "open 15 s with timeout_tls_handshake = 3s")
             h.check(took < 7.0, "closed after %.1f s (want about 3)" % took)
             srv.wait_log("what=tls-handshake")
-        finally:
-            r.close()
 
 
 if __name__ == "__main__":

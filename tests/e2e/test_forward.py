@@ -25,7 +25,6 @@ import pwd
 import random
 import re
 import smtplib
-import socket
 import subprocess
 import threading
 import time
@@ -112,14 +111,6 @@ class Proc:
 
     def __exit__(self, *a):
         self.stop()
-        return False
-
-
-def port_open(port):
-    try:
-        socket.create_connection((HOST, port), timeout=1).close()
-        return True
-    except OSError:
         return False
 
 
@@ -222,11 +213,7 @@ def test_lmtp_inbound_per_recipient():
                         listen="lmtp://127.0.0.1:%d" % p)
         with h.Serve(["-c", conf], name="fwd-lmtp-in") as srv:
             m = h.make_message("fwd2@e2e", 30000, rng)
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                code, lines = r.reply()
-                h.check(code == 220, "greeting %r" % lines)
-                r.cmd("LHLO client.example", 250)
+            with h.session(srv.port, "LHLO client.example") as r:
                 r.cmd("MAIL FROM:<sender@example.net>", 250)
                 rr = [r.cmd("RCPT TO:<%s>" % t) for t in
                       ("alice@example.org", "nobody@example.org",
@@ -242,8 +229,6 @@ def test_lmtp_inbound_per_recipient():
                 r.send(h.dot_stuff(m) + b".\r\n")
                 replies = [r.reply() for _ in range(2)]
                 r.cmd("QUIT", 221)
-            finally:
-                r.close()
             print("  per-recipient data replies: %r" % replies)
             h.check([c for c, _ in replies] == [250, 250],
                     "expected a 250 for alice and bob, got %r" % replies)
@@ -338,7 +323,7 @@ class Postfix:
         h.check(r.returncode == 0, "postfix start: %r %r%s" % (
             r.stdout, r.stderr, self.log()))
         try:
-            h.wait_for(lambda: port_open(self.port), 20, "Postfix's smtpd")
+            h.wait_for(lambda: h.listening(self.port), 20, "Postfix's smtpd")
         except BaseException:
             self.stop()
             raise
@@ -404,10 +389,7 @@ def test_smtp_target_postfix():
                          listen="lmtp://127.0.0.1:%d" % lp, name="fwd-lmtp")
         m2 = h.make_message("fwd6-lmtp@e2e", 5000, rng)
         with h.Serve(["-c", conf2], name="fwd-postfix-lmtp") as srv:
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                r.reply()
-                r.cmd("LHLO client.example", 250)
+            with h.session(srv.port, "LHLO client.example") as r:
                 r.cmd("MAIL FROM:<sender@example.net>", 250)
                 rr = [r.cmd("RCPT TO:<%s>" % t)[0] for t in
                       ("alice@example.org", "nobody@example.org",
@@ -416,8 +398,6 @@ def test_smtp_target_postfix():
                 r.cmd("DATA", 354)
                 r.send(h.dot_stuff(m2) + b".\r\n")
                 replies = [r.reply() for _ in range(2)]
-            finally:
-                r.close()
             print("  LMTP listener, Postfix next hop: %r" % replies)
             h.check(all(c == 250 and "queued as" in ls[0]
                         for c, ls in replies), "data replies %r" % replies)
@@ -459,7 +439,7 @@ def test_smtp_target_smtp_sink():
     dump = os.path.join(d, "dump")
     os.makedirs(dump)
     (sp,) = h.free_ports(1)
-    with Proc(sink_cmd(sp, dump), lambda: port_open(sp), "smtp-sink"):
+    with Proc(sink_cmd(sp, dump), lambda: h.listening(sp), "smtp-sink"):
         conf = fwd_conf(d, "smtp", "smtp://127.0.0.1:%d" % sp)
         with h.Serve(["-c", conf], name="fwd-smtp") as srv:
             sent = {}
@@ -507,10 +487,7 @@ def test_next_hop_down():
     conf = fwd_conf(d, "smtp", "smtp://127.0.0.1:%d" % sp)
     with h.Serve(["-c", conf], name="fwd-down") as srv:
         m = h.make_message("fwd4@e2e", 5000, rng)
-        r = h.Raw(HOST, srv.port, timeout=20)
-        try:
-            r.reply()
-            r.cmd("EHLO client.example", 250)
+        with h.session(srv.port) as r:
             code, lines = r.cmd("MAIL FROM:<sender@example.net>")
             h.check(code == 451 and lines[0].startswith("451 4.4.1"),
                     "MAIL with the next hop down: expected 451 4.4.1, got %r"
@@ -519,10 +496,8 @@ def test_next_hop_down():
             # the session goes on: a new transaction on the same connection
             r.cmd("RSET", 250)
             r.cmd("NOOP", 250)
-        finally:
-            r.close()
         h.check(srv.alive(), "tern serve died: %s" % srv.log())
-        with Proc(sink_cmd(sp, dump), lambda: port_open(sp), "smtp-sink"):
+        with Proc(sink_cmd(sp, dump), lambda: h.listening(sp), "smtp-sink"):
             with smtplib.SMTP(HOST, srv.port, timeout=20) as c:
                 c.ehlo("client.example")
                 c.mail("sender@example.net")

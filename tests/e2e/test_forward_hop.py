@@ -165,10 +165,7 @@ def test_parameters_carried():
         d = h.tmpdir("tern-e2e-hop1-")
         conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port)
         with h.Serve(["-c", conf], name="fwd-params") as srv:
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                r.reply()
-                r.cmd("EHLO client.example", 250)
+            with h.session(srv.port) as r:
                 r.cmd("MAIL FROM:<s@example.net> SIZE=1234 BODY=8BITMIME "
                       "RET=HDRS ENVID=abc+2Bdef SMTPUTF8", 250)
                 r.cmd("RCPT TO:<r@example.org> NOTIFY=SUCCESS,FAILURE "
@@ -177,8 +174,6 @@ def test_parameters_carried():
                 r.send(b"Subject: x\r\n\r\n\xc3\xa9t\xc3\xa9\r\n.\r\n")
                 code, lines = r.reply()
                 h.check(code == 250, "end of data: %r" % lines)
-            finally:
-                r.close()
         (mail,) = hop.verbs("MAIL")
         (rcpt,) = hop.verbs("RCPT")
         print("  next hop got: %s / %s" % (mail, rcpt))
@@ -199,10 +194,7 @@ def test_refused_at_mail():
         d = h.tmpdir("tern-e2e-hop2-")
         conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port)
         with h.Serve(["-c", conf], name="fwd-refuse") as srv:
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                r.reply()
-                r.cmd("EHLO client.example", 250)
+            with h.session(srv.port) as r:
                 for args, want in (
                         ("SMTPUTF8", "553 5.6.7"),
                         ("BODY=8BITMIME", "550 5.6.3"),
@@ -220,8 +212,6 @@ def test_refused_at_mail():
                 r.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
                 code, lines = r.reply()
                 h.check(code == 250, "end of data: %r" % lines)
-            finally:
-                r.close()
         mails = hop.verbs("MAIL")
         h.check(len(mails) == 1 and "SIZE=500" in mails[0],
                 "the refused envelopes reached the next hop: %r" % mails)
@@ -235,22 +225,30 @@ def test_binarymime_bdat():
         conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port)
         body = b"Subject: bin\r\n\r\nbare\nLF bare\rCR nul\x00 .\r\n.\r\nend"
         with h.Serve(["-c", conf], name="fwd-bin") as srv:
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                r.reply()
-                r.cmd("EHLO client.example", 250)
+            with h.session(srv.port) as r:
                 r.cmd("MAIL FROM:<s@example.net> BODY=BINARYMIME", 250)
                 r.cmd("RCPT TO:<r@example.org>", 250)
                 r.send(b"BDAT %d LAST\r\n" % len(body) + body)
                 code, lines = r.reply()
                 h.check(code == 250, "BDAT LAST: %r" % lines)
-            finally:
-                r.close()
         (mail,) = hop.verbs("MAIL")
         h.check("BODY=BINARYMIME" in mail, "MAIL: %r" % mail)
         h.check(not hop.verbs("DATA"), "DATA was used for BINARYMIME")
         h.check(len(hop.bodies) == 1 and hop.bodies[0].endswith(body),
                 "not byte-exact: %r" % hop.bodies)
+
+
+def before_inbound_timeout(r, data, want, what):
+    """Sends data: the reply must start with want and come before the
+    inbound session's 3 s timeout (tc="3s")."""
+    t0 = time.monotonic()
+    r.send(data)
+    _, lines = r.reply()
+    took = time.monotonic() - t0
+    print("  %s: %r after %.1f s" % (what, lines, took))
+    h.check(lines[0].startswith(want), "expected %s, got %r" % (want, lines))
+    h.check(took < 3.0, "answered after %.1f s, not before the inbound 3 s "
+            "timeout" % took)
 
 
 def test_silent_after_rcpt():
@@ -260,23 +258,12 @@ def test_silent_after_rcpt():
         # must run out first
         conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port, tc="3s")
         with h.Serve(["-c", conf], name="fwd-silent") as srv:
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                r.reply()
-                r.cmd("EHLO client.example", 250)
+            with h.session(srv.port) as r:
                 r.cmd("MAIL FROM:<s@example.net>", 250)
-                t0 = time.monotonic()
-                code, lines = r.cmd("RCPT TO:<r@example.org>")
-                took = time.monotonic() - t0
-                print("  RCPT to a silent next hop: %r after %.1f s"
-                      % (lines, took))
-                h.check(lines[0].startswith("451 4.4.2"),
-                        "expected 451 4.4.2, got %r" % lines)
-                h.check(took < 3.0, "answered after %.1f s, not before the "
-                        "inbound 3 s timeout" % took)
+                before_inbound_timeout(r, "RCPT TO:<r@example.org>\r\n",
+                                       "451 4.4.2",
+                                       "RCPT to a silent next hop")
                 r.cmd("RSET", 250)
-            finally:
-                r.close()
             (ln,) = srv.wait_log("event=forward step=rcpt")
             h.check("result=451" in ln and "timed" in ln, "log: %r" % ln)
             # the line names the message it belongs to (made at MAIL)
@@ -292,21 +279,10 @@ def test_slow_hop_whole_step():
         d = h.tmpdir("tern-e2e-hop4b-")
         conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port, tc="3s")
         with h.Serve(["-c", conf], name="fwd-slow") as srv:
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                r.reply()
-                r.cmd("EHLO client.example", 250)
-                t0 = time.monotonic()
-                code, lines = r.cmd("MAIL FROM:<s@example.net>")
-                took = time.monotonic() - t0
-                print("  MAIL through a slow next hop: %r after %.1f s"
-                      % (lines, took))
-                h.check(lines[0].startswith("451 4.4."),
-                        "expected 451 4.4.x, got %r" % lines)
-                h.check(took < 3.0, "answered after %.1f s, not before the "
-                        "inbound 3 s timeout" % took)
-            finally:
-                r.close()
+            with h.session(srv.port) as r:
+                before_inbound_timeout(r, "MAIL FROM:<s@example.net>\r\n",
+                                       "451 4.4.",
+                                       "MAIL through a slow next hop")
             (ln,) = srv.wait_log("event=forward step=mail")
             h.check("result=451" in ln, "log: %r" % ln)
 
@@ -320,10 +296,7 @@ def test_hop_stops_reading():
         d = h.tmpdir("tern-e2e-hop4c-")
         conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port, tc="3s")
         with h.Serve(["-c", conf], name="fwd-stall") as srv:
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                r.reply()
-                r.cmd("EHLO client.example", 250)
+            with h.session(srv.port) as r:
                 r.cmd("MAIL FROM:<s@example.net>", 250)
                 r.cmd("RCPT TO:<r@example.org>", 250)
                 r.cmd("DATA", 354)
@@ -336,8 +309,6 @@ def test_hop_stops_reading():
                 h.check(lines[0].startswith("451 4.4.2"),
                         "expected 451 4.4.2, got %r" % lines)
                 r.cmd("NOOP", 250)
-            finally:
-                r.close()
             srv.wait_log("event=message")
 
 
@@ -346,24 +317,13 @@ def test_silent_after_dot():
         d = h.tmpdir("tern-e2e-hop5-")
         conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port, tc="3s")
         with h.Serve(["-c", conf], name="fwd-silent-dot") as srv:
-            r = h.Raw(HOST, srv.port, timeout=20)
-            try:
-                r.reply()
-                r.cmd("EHLO client.example", 250)
+            with h.session(srv.port) as r:
                 r.cmd("MAIL FROM:<s@example.net>", 250)
                 r.cmd("RCPT TO:<r@example.org>", 250)
                 r.cmd("DATA", 354)
-                t0 = time.monotonic()
-                r.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
-                code, lines = r.reply()
-                took = time.monotonic() - t0
-                print("  end of data to a silent next hop: %r after %.1f s"
-                      % (lines, took))
-                h.check(lines[0].startswith("451 4.4.2"),
-                        "expected 451 4.4.2, got %r" % lines)
-                h.check(took < 3.0, "answered after %.1f s" % took)
-            finally:
-                r.close()
+                before_inbound_timeout(r, b"Subject: x\r\n\r\nhi\r\n.\r\n",
+                                       "451 4.4.2",
+                                       "end of data to a silent next hop")
             srv.wait_log("event=forward step=end-unknown")
             (ln,) = srv.wait_log("event=message")
             h.check("status=451" in ln, "log: %r" % ln)

@@ -24,11 +24,18 @@ maildir = {base}/%d/%u
 """
 
 
-def test_two_domains():
+def setup():
+    """A fresh directory with a CONF tern.ini: (directory, Maildir base,
+    tern.ini path)."""
     d = h.tmpdir(prefix="tern-e2e-tpl-")
     base = os.path.join(d, "store")
     conf = h.write(os.path.join(d, "tern.ini"),
                    CONF.format(port=h.free_ports(1)[0], base=base))
+    return d, base, conf
+
+
+def test_two_domains():
+    d, base, conf = setup()
     rng = random.Random(7)
     with h.Serve(["-c", conf], name="template") as srv:
         m = h.make_message("tpl@e2e", 7000, rng)
@@ -56,10 +63,7 @@ def test_two_domains():
 
 
 def test_no_escape_from_base():
-    d = h.tmpdir(prefix="tern-e2e-tpl-")
-    base = os.path.join(d, "store")
-    conf = h.write(os.path.join(d, "tern.ini"),
-                   CONF.format(port=h.free_ports(1)[0], base=base))
+    d, base, conf = setup()
     rng = random.Random(8)
     with h.Serve(["-c", conf], name="template-escape") as srv:
         r = h.Raw("127.0.0.1", srv.port, timeout=10)
@@ -87,10 +91,7 @@ def test_no_escape_from_base():
 
 def deliver_raw(port, rcpts, m, frm="s@example.net"):
     """One transaction with Raw: ([(rcpt, code)], data code or None)."""
-    r = h.Raw("127.0.0.1", port, timeout=10)
-    try:
-        r.reply()
-        r.cmd("EHLO test.example", 250)
+    with h.session(port, "EHLO test.example", timeout=10) as r:
         r.cmd("MAIL FROM:<%s>" % frm, 250)
         got = [(t, r.cmd("RCPT TO:<%s>" % t)[0]) for t in rcpts]
         code = None
@@ -100,17 +101,12 @@ def deliver_raw(port, rcpts, m, frm="s@example.net"):
             code, _ = r.reply()
         r.cmd("QUIT", 221)
         return got, code
-    finally:
-        r.close()
 
 
 def test_quoted_and_unsafe_local_parts():
     """"alice"@x and alice@x are one mailbox; "a/b", "a_b", "a%2Fb" and
     ".hidden" are four different ones, none a dot file or a path."""
-    d = h.tmpdir(prefix="tern-e2e-tpl-")
-    base = os.path.join(d, "store")
-    conf = h.write(os.path.join(d, "tern.ini"),
-                   CONF.format(port=h.free_ports(1)[0], base=base))
+    d, base, conf = setup()
     rng = random.Random(20)
     names = ['"a/b"', "a_b", '"a%2Fb"', '".hidden"']
     with h.Serve(["-c", conf], name="template-names") as srv:
@@ -143,10 +139,7 @@ def test_quoted_and_unsafe_local_parts():
 
 def test_no_for_with_several_recipients():
     """Received names the recipient only when there is exactly one."""
-    d = h.tmpdir(prefix="tern-e2e-tpl-")
-    base = os.path.join(d, "store")
-    conf = h.write(os.path.join(d, "tern.ini"),
-                   CONF.format(port=h.free_ports(1)[0], base=base))
+    d, base, conf = setup()
     rng = random.Random(21)
     with h.Serve(["-c", conf], name="template-bcc") as srv:
         m = h.make_message("bcc@e2e", 500, rng)
@@ -202,21 +195,13 @@ def test_no_directory_for_aborted_message():
     """A recipient whose message is aborted mid-DATA gets no Maildir:
     nothing is created before the message is accepted (and nothing on
     the event loop)."""
-    d = h.tmpdir(prefix="tern-e2e-tpl-")
-    base = os.path.join(d, "store")
-    conf = h.write(os.path.join(d, "tern.ini"),
-                   CONF.format(port=h.free_ports(1)[0], base=base))
+    d, base, conf = setup()
     with h.Serve(["-c", conf], name="template-abort") as srv:
-        r = h.Raw("127.0.0.1", srv.port, timeout=10)
-        try:
-            r.reply()
-            r.cmd("EHLO test.example", 250)
+        with h.session(srv.port, "EHLO test.example", timeout=10) as r:
             r.cmd("MAIL FROM:<s@example.net>", 250)
             r.cmd("RCPT TO:<carol@a.example>", 250)
             r.cmd("DATA", 354)
             r.send(b"Subject: cut short\r\n\r\npartial")
-        finally:
-            r.close()
         srv.wait_log("event=abort")
         h.check(not os.path.exists(os.path.join(base, "a.example/carol")),
                 "a Maildir was made for a recipient whose message was "
@@ -242,10 +227,7 @@ def test_maildir_cannot_be_created():
     srv.start()
     try:
         for i in range(20):
-            r = h.Raw("127.0.0.1", srv.port, timeout=10)
-            try:
-                r.reply()
-                r.cmd("EHLO test.example", 250)
+            with h.session(srv.port, "EHLO test.example", timeout=10) as r:
                 r.cmd("MAIL FROM:<s@example.net>", 250)
                 r.cmd("RCPT TO:<u%d@a.example>" % i, 250)
                 code, lines = r.cmd("DATA")
@@ -257,8 +239,6 @@ def test_maildir_cannot_be_created():
                 else:
                     replies.append(("at DATA", lines[-1]))
                 r.cmd("QUIT", 221)
-            finally:
-                r.close()
         got, ok_code = deliver_raw(srv.port, ["u@b.example"],
                                    h.make_message("ok@e2e", 300, rng))
     finally:
@@ -302,10 +282,7 @@ def test_recipient_check_command():
     m = h.make_message("check@e2e", 600, rng)
     with h.Serve(["-c", conf], name="template-check") as srv:
         t0 = time.monotonic()
-        r = h.Raw("127.0.0.1", srv.port, timeout=20)
-        try:
-            r.reply()
-            r.cmd("EHLO test.example", 250)
+        with h.session(srv.port, "EHLO test.example") as r:
             r.cmd("MAIL FROM:<s@example.net>", 250)
             got = {}
             for t in ("alice@a.example", "mallory@a.example",
@@ -318,8 +295,6 @@ def test_recipient_check_command():
             code, lines = r.reply()
             h.check(code == 250, "DATA: %r" % lines)
             r.cmd("QUIT", 221)
-        finally:
-            r.close()
         h.check(time.monotonic() - t0 < 10, "the slow check was not cut")
         # a client that leaves while its check runs: the check is
         # stopped, the daemon goes on (and stops cleanly, below)

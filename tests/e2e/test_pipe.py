@@ -50,18 +50,26 @@ CASES = [  # local part, expected code, expected enhanced code prefix
 ]
 
 
+def setup(script_text, conf_text, **fields):
+    """A fresh directory with the script (executable), an empty out/ and
+    a tern.ini from conf_text (with port, script, out and fields filled
+    in): (out, tern.ini path)."""
+    d = h.tmpdir(prefix="tern-e2e-pipe-")
+    out = os.path.join(d, "out")
+    os.mkdir(out)
+    script = h.write(os.path.join(d, "deliver.sh"), script_text, 0o755)
+    conf = h.write(os.path.join(d, "tern.ini"), conf_text.format(
+        port=h.free_ports(1)[0], script=script, out=out, **fields))
+    return out, conf
+
+
 def find_eml(out, local):
     return [os.path.join(out, f) for f in os.listdir(out)
             if f.startswith(local + ".") and f.endswith(".eml")]
 
 
 def test_pipe_exit_codes():
-    d = h.tmpdir(prefix="tern-e2e-pipe-")
-    out = os.path.join(d, "out")
-    os.mkdir(out)
-    script = h.write(os.path.join(d, "deliver.sh"), SCRIPT, 0o755)
-    conf = h.write(os.path.join(d, "tern.ini"), CONF.format(
-        port=h.free_ports(1)[0], script=script, out=out))
+    out, conf = setup(SCRIPT, CONF)
     rng = random.Random(9)
     with h.Serve(["-c", conf], name="pipe") as srv:
         with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as c:
@@ -92,12 +100,7 @@ def test_pipe_exit_codes():
 
 def test_pipe_escapes():
     """command = script OUT %s %u %d %r %a (docs/configuration.md)."""
-    d = h.tmpdir(prefix="tern-e2e-pipe-")
-    out = os.path.join(d, "out")
-    os.mkdir(out)
-    script = h.write(os.path.join(d, "deliver.sh"), SCRIPT, 0o755)
-    conf = h.write(os.path.join(d, "tern.ini"), CONF.format(
-        port=h.free_ports(1)[0], script=script, out=out))
+    out, conf = setup(SCRIPT, CONF)
     with h.Serve(["-c", conf], name="pipe-escapes") as srv:
         with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as c:
             c.sendmail("s@example.net", ["someone@example.org"],
@@ -117,12 +120,7 @@ def test_command_that_does_not_read():
     """A command that exits 67 without reading a 1 MiB message: the
     client gets the mapped 550 5.1.1 (not a generic error), and the
     daemon goes on serving."""
-    d = h.tmpdir(prefix="tern-e2e-pipe-")
-    out = os.path.join(d, "out")
-    os.mkdir(out)
-    script = h.write(os.path.join(d, "deliver.sh"), SCRIPT, 0o755)
-    conf = h.write(os.path.join(d, "tern.ini"), CONF.format(
-        port=h.free_ports(1)[0], script=script, out=out))
+    out, conf = setup(SCRIPT, CONF)
     rng = random.Random(10)
     with h.Serve(["-c", conf], name="pipe-noread") as srv:
         with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as c:
@@ -172,14 +170,8 @@ command = {script} {out} %r
 
 
 def multi_setup(kind, timeout_data="300s"):
-    d = h.tmpdir(prefix="tern-e2e-pipe-")
-    out = os.path.join(d, "out")
-    os.mkdir(out)
-    script = h.write(os.path.join(d, "deliver.sh"), MULTI_SCRIPT, 0o755)
-    conf = h.write(os.path.join(d, "tern.ini"), MULTI_CONF.format(
-        kind=kind, port=h.free_ports(1)[0], script=script, out=out,
-        timeout_data=timeout_data))
-    return out, conf
+    return setup(MULTI_SCRIPT, MULTI_CONF, kind=kind,
+                 timeout_data=timeout_data)
 
 
 def ran(out):
@@ -208,19 +200,9 @@ def test_lmtp_three_recipients_one_refused():
     rcpts = ["slow@example.org", "nobody@example.org", "carol@example.org"]
     m = h.make_message("lmtp-multi@e2e", 5000, rng)
     with h.Serve(["-c", conf], name="pipe-lmtp") as srv:
-        r = h.Raw("127.0.0.1", srv.port, timeout=20)
-        try:
-            r.reply()
-            r.cmd("LHLO test.example", 250)
-            r.cmd("MAIL FROM:<s@example.net>", 250)
-            for t in rcpts:
-                r.cmd("RCPT TO:<%s>" % t, 250)
-            r.cmd("DATA", 354)
-            r.send(h.dot_stuff(m) + b".\r\n")
-            replies = [r.reply() for _ in rcpts]
+        with h.session(srv.port, "LHLO test.example") as r:
+            replies = h.lmtp_send(r, "s@example.net", rcpts, m)
             r.cmd("QUIT", 221)
-        finally:
-            r.close()
         srv.wait_log("event=message", count=3)
     did = ran(out)
     for t, (code, lines) in zip(rcpts, replies):
@@ -278,10 +260,7 @@ def test_option_like_local_part_refused():
     line: 553 5.1.3 at RCPT time, and no command runs."""
     out, conf = multi_setup("smtp")
     with h.Serve(["-c", conf], name="pipe-dash") as srv:
-        r = h.Raw("127.0.0.1", srv.port, timeout=10)
-        try:
-            r.reply()
-            r.cmd("EHLO test.example", 250)
+        with h.session(srv.port, "EHLO test.example", timeout=10) as r:
             for t in ("-oQ/tmp/evil@example.org", '"-x"@example.org'):
                 r.cmd("MAIL FROM:<s@example.net>", 250)
                 code, lines = r.cmd("RCPT TO:<%s>" % t)
@@ -289,8 +268,6 @@ def test_option_like_local_part_refused():
                         "RCPT %s: expected 553 5.1.3, got %r" % (t, lines))
                 r.cmd("RSET", 250)
             r.cmd("QUIT", 221)
-        finally:
-            r.close()
     h.check(ran(out) == {} and os.listdir(out) == [],
             "a command ran for an option-like recipient: %r"
             % os.listdir(out))
@@ -302,10 +279,7 @@ def test_lmtp_recipient_bound():
     transaction that is reset."""
     out, conf = multi_setup("lmtp")
     with h.Serve(["-c", conf], name="pipe-lmtp-bound") as srv:
-        r = h.Raw("127.0.0.1", srv.port, timeout=10)
-        try:
-            r.reply()
-            r.cmd("LHLO test.example", 250)
+        with h.session(srv.port, "LHLO test.example", timeout=10) as r:
             r.cmd("MAIL FROM:<s@example.net>", 250)
             for i in range(50):
                 r.cmd("RCPT TO:<u%d@example.org>" % i, 250)
@@ -314,8 +288,6 @@ def test_lmtp_recipient_bound():
                     "51st RCPT: %r" % lines)
             r.cmd("RSET", 250)
             r.cmd("QUIT", 221)
-        finally:
-            r.close()
     h.check(os.listdir(out) == [], "commands ran: %r" % os.listdir(out))
 
 
@@ -341,19 +313,9 @@ def test_hung_command_time_limit():
     rcpts = ["hang@example.org", "ok1@example.org", "ok2@example.org"]
     m = h.make_message("pipe-hang@e2e", 3000, rng)
     with h.Serve(["-c", conf], name="pipe-hang") as srv:
-        r = h.Raw("127.0.0.1", srv.port, timeout=30)
-        try:
-            r.reply()
-            r.cmd("LHLO test.example", 250)
-            r.cmd("MAIL FROM:<s@example.net>", 250)
-            for t in rcpts:
-                r.cmd("RCPT TO:<%s>" % t, 250)
-            r.cmd("DATA", 354)
-            r.send(h.dot_stuff(m) + b".\r\n")
-            replies = [r.reply() for _ in rcpts]
+        with h.session(srv.port, "LHLO test.example", timeout=30) as r:
+            replies = h.lmtp_send(r, "s@example.net", rcpts, m)
             r.cmd("QUIT", 221)
-        finally:
-            r.close()
         srv.wait_log("event=message", count=3)
     codes = {t: (c, l[-1][4:9]) for t, (c, l) in zip(rcpts, replies)}
     h.check(codes["hang@example.org"] == (451, "4.3.0"),
@@ -371,10 +333,7 @@ def test_option_like_sender_refused():
     gets 553 5.1.7, and the null sender is still fine."""
     out, conf = multi_setup("smtp")
     with h.Serve(["-c", conf], name="pipe-dash-sender") as srv:
-        r = h.Raw("127.0.0.1", srv.port, timeout=10)
-        try:
-            r.reply()
-            r.cmd("EHLO test.example", 250)
+        with h.session(srv.port, "EHLO test.example", timeout=10) as r:
             for f in ("-oQ/tmp/evil@example.net", '"-x"@example.net'):
                 code, lines = r.cmd("MAIL FROM:<%s>" % f)
                 h.check(code == 553 and lines[-1][4:].startswith("5.1.7"),
@@ -382,8 +341,6 @@ def test_option_like_sender_refused():
             r.cmd("MAIL FROM:<>", 250)
             r.cmd("RSET", 250)
             r.cmd("QUIT", 221)
-        finally:
-            r.close()
     h.check(ran(out) == {}, "a command ran: %r" % os.listdir(out))
 
 

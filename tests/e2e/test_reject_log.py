@@ -30,6 +30,10 @@ def raw(port, src, timeout=10):
     return h.Raw("127.0.0.1", port, timeout=timeout, source=(src, 0))
 
 
+def session(port, src, hello):
+    return h.session(port, hello, timeout=10, source=(src, 0))
+
+
 def test_rejections_logged_and_filtered():
     f2b = h.require_tool("fail2ban-regex")
     d = h.tmpdir(prefix="tern-e2e-rej-")
@@ -59,28 +63,19 @@ def test_rejections_logged_and_filtered():
         r.cmd("QUIT", 221)
         r.close()
         # relay denied
-        r = raw(mx, "127.0.0.11")
-        r.reply()
-        r.cmd("EHLO relay.test", 250)
-        r.cmd("MAIL FROM:<a@example.net>", 250)
-        r.cmd("RCPT TO:<victim@elsewhere.test>", 554)
-        r.cmd("QUIT", 221)
-        r.close()
+        with session(mx, "127.0.0.11", "EHLO relay.test") as r:
+            r.cmd("MAIL FROM:<a@example.net>", 250)
+            r.cmd("RCPT TO:<victim@elsewhere.test>", 554)
+            r.cmd("QUIT", 221)
         # MAIL without the AUTH the listener requires
-        r = raw(sub, "127.0.0.12")
-        r.reply()
-        r.cmd("EHLO noauth.test", 250)
-        r.cmd("MAIL FROM:<a@example.net>", 530)
-        r.cmd("QUIT", 221)
-        r.close()
+        with session(sub, "127.0.0.12", "EHLO noauth.test") as r:
+            r.cmd("MAIL FROM:<a@example.net>", 530)
+            r.cmd("QUIT", 221)
         # a wrong password
-        r = raw(sub, "127.0.0.13")
-        r.reply()
-        r.cmd("EHLO guess.test", 250)
-        tok = base64.b64encode(b"\0alice\0" + PASSWORD.encode()).decode()
-        r.cmd("AUTH PLAIN " + tok, 535)
-        r.cmd("QUIT", 221)
-        r.close()
+        with session(sub, "127.0.0.13", "EHLO guess.test") as r:
+            tok = base64.b64encode(b"\0alice\0" + PASSWORD.encode()).decode()
+            r.cmd("AUTH PLAIN " + tok, 535)
+            r.cmd("QUIT", 221)
         # talking before the greeting (greeting_delay = 300ms)
         r = raw(mx, "127.0.0.14")
         r.send("EHLO early.test\r\n")

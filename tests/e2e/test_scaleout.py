@@ -15,7 +15,6 @@ messages take about 13 s here, well inside the time limit."""
 import os
 import re
 import smtplib
-import socket
 import subprocess
 import time
 
@@ -55,14 +54,6 @@ backend be
 """
 
 
-def listening(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def test_haproxy_two_instances():
     haproxy = h.require_tool("haproxy", ["/usr/sbin/haproxy"])
     source = h.require_tool("smtp-source", ["/usr/sbin/smtp-source"])
@@ -84,7 +75,7 @@ def test_haproxy_two_instances():
             s.start()
         hap = h.Child([haproxy, "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL).__enter__()
-        h.wait_for(lambda: listening(fport) or hap.proc.poll() is not None,
+        h.wait_for(lambda: h.listening(fport) or hap.proc.poll() is not None,
                    10, "haproxy to listen on %d" % fport)
         h.check(hap.proc.poll() is None, "haproxy exited: %s"
                 % hap.proc.returncode)

@@ -21,10 +21,7 @@ def test_sigterm_mid_data():
                   name="sigterm")
     try:
         srv.start()
-        r = h.Raw("127.0.0.1", srv.port, timeout=15)
-        try:
-            r.reply()
-            r.cmd("EHLO term.client", 250)
+        with h.session(srv.port, "EHLO term.client", timeout=15) as r:
             r.cmd("MAIL FROM:<s@example.net>", 250)
             r.cmd("RCPT TO:<r@example.org>", 250)
             r.cmd("DATA", 354)
@@ -59,8 +56,6 @@ def test_sigterm_mid_data():
                 h.check(code in (221, 421), "QUIT: %d %r" % (code, lines))
             except (OSError, h.TestFailure):
                 pass  # the server may close after the reply
-        finally:
-            r.close()
         rc = srv.wait_exit(timeout=30)
         h.check(rc == 0, "exit code %d after SIGTERM (expected 0); log:\n%s"
                 % (rc, srv.log()))
@@ -79,15 +74,10 @@ def test_sigterm_idle():
                    os.path.join(d, "mail")], name="sigterm-idle")
     try:
         srv.start()
-        r = h.Raw("127.0.0.1", srv.port, timeout=15)
-        try:
-            r.reply()
-            r.cmd("EHLO idle.client", 250)
+        with h.session(srv.port, "EHLO idle.client", timeout=15) as r:
             srv.signal(signal.SIGTERM)
             rc = srv.wait_exit(timeout=40)
             h.check(rc == 0, "exit code %d" % rc)
-        finally:
-            r.close()
     finally:
         srv.cleanup()
 
@@ -108,10 +98,7 @@ def test_forced_shutdown_mid_delivery():
         srv = h.Serve(["-c", cfg], name="term0-" + when)
         try:
             srv.start()
-            r = h.Raw("127.0.0.1", port, timeout=15)
-            try:
-                r.reply()
-                r.cmd("EHLO t", 250)
+            with h.session(port, "EHLO t", timeout=15) as r:
                 r.cmd("MAIL FROM:<s@example.net>", 250)
                 r.cmd("RCPT TO:<r@example.org>", 250)
                 r.cmd("DATA", 354)
@@ -123,8 +110,6 @@ def test_forced_shutdown_mid_delivery():
                 rc = srv.wait_exit(timeout=30)
                 h.check(rc == 0, "%s: exit code %d; log:\n%s"
                         % (when, rc, srv.log()))
-            finally:
-                r.close()
         finally:
             srv.cleanup()
 

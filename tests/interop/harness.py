@@ -142,6 +142,15 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def listening(port, host="127.0.0.1"):
+    """True when something accepts a TCP connection on host:port now."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 class Message:
     def __init__(self, num, eml, env):
         self.num = num

@@ -6,7 +6,6 @@ a message through HAProxy and the stored envelope must name 127.0.0.2
 
 import os
 import smtplib
-import socket
 import subprocess
 
 import harness as h
@@ -26,14 +25,6 @@ backend be
 """
 
 
-def listening(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def through_haproxy(send):
     exe = h.require_tool("haproxy", ["/usr/sbin/haproxy"])
     with h.CaptureServer(["--listen", "smtp://127.0.0.1:0", "--proxy"]) as srv:
@@ -45,7 +36,7 @@ def through_haproxy(send):
         h.run([exe, "-c", "-f", cfg], timeout=20)
         with h.Child([exe, "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL) as hap:
-            h.wait_for(lambda: listening(fport) or hap.proc.poll() is not None,
+            h.wait_for(lambda: h.listening(fport) or hap.proc.poll() is not None,
                        10, "haproxy to listen on %d" % fport)
             h.check(hap.proc.poll() is None, "haproxy exited: %s"
                     % hap.proc.returncode)
