@@ -26,16 +26,23 @@ def uid_gid(pid):
     return uids, gids
 
 
-def test_privdrop():
-    """user/group in [server]: every uid and gid of the process is the
-    unprivileged one once it is ready, and it still delivers."""
-    h.check(os.geteuid() == 0, "this test needs root (it checks the drop)")
+def nobody_maildir(prefix):
+    """A fresh directory (mode 0755) holding mail/, a directory that
+    belongs to nobody: (nobody's passwd entry, directory, mail/)."""
     nobody = pwd.getpwnam("nobody")
-    d = h.tmpdir(prefix="tern-e2e-priv-")
+    d = h.tmpdir(prefix=prefix)
     os.chmod(d, 0o755)
     md = os.path.join(d, "mail")
     os.mkdir(md)
     os.chown(md, nobody.pw_uid, nobody.pw_gid)
+    return nobody, d, md
+
+
+def test_privdrop():
+    """user/group in [server]: every uid and gid of the process is the
+    unprivileged one once it is ready, and it still delivers."""
+    h.check(os.geteuid() == 0, "this test needs root (it checks the drop)")
+    nobody, d, md = nobody_maildir("tern-e2e-priv-")
     (port,) = h.free_ports(1)
     cfg = os.path.join(d, "tern.ini")
     h.write(cfg, "[server]\nuser = nobody\ngroup = nogroup\n"
@@ -66,12 +73,7 @@ def test_reload_after_privdrop():
     the reload then fails naming the file, the reason and the user, and
     keeps serving; once the file is readable, the reload succeeds."""
     h.check(os.geteuid() == 0, "this test needs root (it drops to nobody)")
-    nobody = pwd.getpwnam("nobody")
-    d = h.tmpdir(prefix="tern-e2e-priv-reload-")
-    os.chmod(d, 0o755)
-    md = os.path.join(d, "mail")
-    os.mkdir(md)
-    os.chown(md, nobody.pw_uid, nobody.pw_gid)
+    _, d, md = nobody_maildir("tern-e2e-priv-reload-")
     users = h.write(os.path.join(d, "users"),
                     h.passwd_line("alice", "secret") + "\n", mode=0o600)
     (port,) = h.free_ports(1)
