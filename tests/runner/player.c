@@ -1445,7 +1445,10 @@ int main(int argc, char **argv) {
                : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
   }
   struct script sc;
-  if (script_load(&sc, file) != 0) return 2;
+  if (script_load(&sc, file) != 0) {
+    script_free(&sc);
+    return 2;
+  }
 
   if (mode && strcmp(mode, "--trace") == 0) {
     struct run r;
