@@ -5,11 +5,12 @@
 
 #include <crypt.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "fileerr.h"
 
 struct user_entry {
   char *name;
@@ -24,25 +25,6 @@ struct users {
    * (same method and cost as the others), or a fresh yescrypt setting */
   char *dummy;
 };
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 5, 6)))
-#endif
-static int
-load_fail(char *err, size_t cap, const char *path, int line, const char *fmt,
-          ...) {
-  if (err == NULL || cap == 0)
-    return -1;
-  int n = line > 0 ? snprintf(err, cap, "%s:%d: ", path, line)
-                   : snprintf(err, cap, "%s: ", path);
-  if (n < 0 || (size_t)n >= cap)
-    return -1;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err + n, cap - (size_t)n, fmt, ap);
-  va_end(ap);
-  return -1;
-}
 
 static bool is_space(int ch) {
   return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '\v' ||
@@ -120,14 +102,14 @@ int users_load(const char *path, struct users **out, char *err, size_t cap) {
     err[0] = '\0';
   FILE *f = fopen(path, "r");
   if (f == NULL)
-    return load_fail(err, cap, path, 0, "cannot open: %s", strerror(errno));
+    return file_error(err, cap, path, 0, "cannot open: %s", strerror(errno));
   struct users *u = calloc(1, sizeof *u);
   char *buf = NULL;
   size_t bufcap = 0, vcap = 0;
   int line = 0, rc = 0;
   ssize_t got;
   if (u == NULL) {
-    rc = load_fail(err, cap, path, 0, "out of memory");
+    rc = file_error(err, cap, path, 0, "out of memory");
     goto done;
   }
   errno = 0;
@@ -135,7 +117,7 @@ int users_load(const char *path, struct users **out, char *err, size_t cap) {
     line++;
     size_t n = (size_t)got;
     if (strlen(buf) != n) {
-      rc = load_fail(err, cap, path, line, "NUL byte in the file");
+      rc = file_error(err, cap, path, line, "NUL byte in the file");
       goto done;
     }
     while (n > 0 && is_space((unsigned char)buf[n - 1]))
@@ -147,21 +129,21 @@ int users_load(const char *path, struct users **out, char *err, size_t cap) {
       continue;
     char *colon = strchr(p, ':');
     if (colon == NULL) {
-      rc = load_fail(err, cap, path, line,
+      rc = file_error(err, cap, path, line,
                      "expected 'user:hash' (make one with tern passwd)");
       goto done;
     }
     *colon = '\0';
     const char *hash = colon + 1;
     if (!name_ok(p)) {
-      rc = load_fail(err, cap, path, line,
+      rc = file_error(err, cap, path, line,
                      "bad user name '%s': 1 to 255 characters, no spaces "
                      "or control characters",
                      p);
       goto done;
     }
     if (!hash_ok(hash)) {
-      rc = load_fail(err, cap, path, line,
+      rc = file_error(err, cap, path, line,
                      "bad hash for user '%s': expected a crypt(3) hash "
                      "like $y$... (yescrypt), $6$, $5$ or $2b$ (make one "
                      "with tern passwd)",
@@ -172,7 +154,7 @@ int users_load(const char *path, struct users **out, char *err, size_t cap) {
       size_t ncap = vcap ? vcap * 2 : 16;
       struct user_entry *nv = realloc(u->v, ncap * sizeof *nv);
       if (nv == NULL) {
-        rc = load_fail(err, cap, path, 0, "out of memory");
+        rc = file_error(err, cap, path, 0, "out of memory");
         goto done;
       }
       u->v = nv;
@@ -184,13 +166,13 @@ int users_load(const char *path, struct users **out, char *err, size_t cap) {
     e->line = line;
     u->n++;
     if (e->name == NULL || e->hash == NULL) {
-      rc = load_fail(err, cap, path, 0, "out of memory");
+      rc = file_error(err, cap, path, 0, "out of memory");
       goto done;
     }
     errno = 0;
   }
   if (ferror(f)) {
-    rc = load_fail(err, cap, path, 0, "cannot read: %s",
+    rc = file_error(err, cap, path, 0, "cannot read: %s",
                    strerror(errno ? errno : EIO));
     goto done;
   }
@@ -198,7 +180,7 @@ int users_load(const char *path, struct users **out, char *err, size_t cap) {
     qsort(u->v, u->n, sizeof *u->v, by_name);
   for (size_t i = 1; i < u->n; i++) {
     if (strcmp(u->v[i - 1].name, u->v[i].name) == 0) {
-      rc = load_fail(err, cap, path, u->v[i].line,
+      rc = file_error(err, cap, path, u->v[i].line,
                      "user '%s' given twice (first on line %d)", u->v[i].name,
                      u->v[i - 1].line);
       goto done;
@@ -213,7 +195,7 @@ int users_load(const char *path, struct users **out, char *err, size_t cap) {
     u->dummy = strdup(s ? s : "$6$tern.dummy.salt");
   }
   if (u->dummy == NULL)
-    rc = load_fail(err, cap, path, 0, "out of memory");
+    rc = file_error(err, cap, path, 0, "out of memory");
 
 done:
   free(buf);
