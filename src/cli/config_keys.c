@@ -545,45 +545,38 @@ static int p_accept(struct cfg_parser *st, const struct cfg_key *k,
 
 /* ---- [tls]: cert and key lines in pairs ---- */
 
-static int p_cert(struct cfg_parser *st, const struct cfg_key *k,
-                  const char *v, void *field) {
+/* "cert = FILE" opens a pair, "key = FILE" closes it: a cert is always
+ * followed by its key before the next cert. */
+static int p_tls_pair(struct cfg_parser *st, const struct cfg_key *k,
+                      const char *v, void *field) {
   struct cfg *c = st->c;
+  bool cert = strcmp(k->name, "cert") == 0;
   (void)field;
   if (!v_text(v))
     return bad(st, k, v);
-  if (st->cert_line != 0) {
+  if (cert && st->cert_line != 0)
     cfg_fail(st, st->line,
              "cert without a key (the cert on line %d needs a "
              "key line before the next cert)",
              st->cert_line);
-    return -1;
-  }
-  if (c->ncerts == CFG_MAX_CERTS) {
+  else if (cert && c->ncerts == CFG_MAX_CERTS)
     cfg_fail(st, st->line, "too many certificates (at most %d)",
              CFG_MAX_CERTS);
-    return -1;
-  }
-  c->certs[c->ncerts].cert_file = xstrdup(v);
-  c->certs[c->ncerts].key_file = NULL;
-  c->ncerts++;
-  st->cert_line = st->line;
-  return 0;
-}
-
-static int p_key(struct cfg_parser *st, const struct cfg_key *k,
-                 const char *v, void *field) {
-  struct cfg *c = st->c;
-  (void)field;
-  if (!v_text(v))
-    return bad(st, k, v);
-  if (st->cert_line == 0) {
+  else if (!cert && st->cert_line == 0)
     cfg_fail(st, st->line,
              "key without a cert: write cert = FILE, then key = "
              "FILE");
+  if (st->failed) /* one of the above (nothing had failed before) */
     return -1;
+  if (cert) {
+    c->certs[c->ncerts].cert_file = xstrdup(v);
+    c->certs[c->ncerts].key_file = NULL;
+    c->ncerts++;
+    st->cert_line = st->line;
+  } else {
+    c->certs[c->ncerts - 1].key_file = xstrdup(v);
+    st->cert_line = 0;
   }
-  c->certs[c->ncerts - 1].key_file = xstrdup(v);
-  st->cert_line = 0;
   return 0;
 }
 
@@ -671,8 +664,8 @@ static const struct cfg_key keys[] = {
     {K(SEC_LISTENER, "socket_mode", p_mode, LO(socket_mode), 0, 0,
        "an octal mode like 0660 (unix-socket listeners)")},
     /* [tls] */
-    {K(SEC_TLS, "cert", p_cert, 0, 0, 0, "a certificate file (PEM)")},
-    {K(SEC_TLS, "key", p_key, 0, 0, 0, "a private key file (PEM)")},
+    {K(SEC_TLS, "cert", p_tls_pair, 0, 0, 0, "a certificate file (PEM)")},
+    {K(SEC_TLS, "key", p_tls_pair, 0, 0, 0, "a private key file (PEM)")},
     /* [auth] */
     {K(SEC_AUTH, "users", p_text, CO(users_file), 0, 0, "a file name"),
      .valid = v_text},
