@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -460,9 +461,93 @@ static int parse_size(const char *v, unsigned long long *out) {
   return 0;
 }
 
+enum bench_kind {
+  B_FLAG,     /* no value: sets a bool */
+  B_HELP,     /* no value */
+  B_STRING,   /* kept as it is */
+  B_SESSIONS, /* 1 to 100000, an unsigned */
+  B_COUNT,    /* 1 to 2^40 */
+  B_SIZE,     /* parse_size */
+  B_ONOFF,    /* on or off */
+  B_SECONDS,  /* cli_parse_seconds_ms */
+};
+
+#define BO(f) offsetof(struct bopts, f)
+
+static const struct bench_opt {
+  const char *name;
+  enum bench_kind kind;
+  size_t off; /* the field in struct bopts */
+} bench_opts[] = {
+    {"--chunking", B_FLAG, BO(chunking)},
+    {"--tls", B_FLAG, BO(tls)},
+    {"--no-verify", B_FLAG, BO(no_verify)},
+    {"--quiet", B_FLAG, BO(quiet)},
+    {"--help", B_HELP, 0},
+    {"--server", B_STRING, BO(server)},
+    {"--sessions", B_SESSIONS, BO(sessions)},
+    {"--messages", B_COUNT, BO(messages)},
+    {"--size", B_SIZE, BO(size)},
+    {"--per-connection", B_COUNT, BO(per_conn)},
+    {"--pipelining", B_ONOFF, BO(pipelining)},
+    {"--high-water", B_SIZE, BO(high_water)},
+    {"--ca-file", B_STRING, BO(ca_file)},
+    {"--duration", B_SECONDS, BO(duration_ms)},
+    {"--timeout", B_SECONDS, BO(timeout_ms)},
+    {"--from", B_STRING, BO(from)},
+    {"--to", B_STRING, BO(to)},
+    {"--helo", B_STRING, BO(helo)},
+};
+
+static const struct bench_opt *bench_opt(const char *name) {
+  for (size_t k = 0; k < sizeof bench_opts / sizeof *bench_opts; k++)
+    if (!strcmp(name, bench_opts[k].name))
+      return &bench_opts[k];
+  return NULL;
+}
+
+/* Store v (NULL for B_FLAG and B_HELP) in the option's field. Returns
+ * 0, -1 when done (--help), or -2 for a bad value. */
+static int apply_opt(struct bopts *o, const struct bench_opt *bo,
+                     const char *v) {
+  char *field = (char *)o + bo->off;
+  unsigned long long x;
+  switch (bo->kind) {
+  case B_FLAG:
+    *(bool *)field = true;
+    return 0;
+  case B_HELP:
+    usage(stdout);
+    return -1;
+  case B_STRING:
+    *(const char **)field = v;
+    return 0;
+  case B_SESSIONS:
+    if (cli_parse_u64(v, 1, 100000, &x) != 0)
+      return -2;
+    *(unsigned *)field = (unsigned)x;
+    return 0;
+  case B_COUNT:
+    return cli_parse_u64(v, 1, 1ull << 40, (unsigned long long *)field) != 0
+               ? -2
+               : 0;
+  case B_SIZE:
+    return parse_size(v, (unsigned long long *)field) != 0 ? -2 : 0;
+  case B_ONOFF:
+    if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+      return -2;
+    *(bool *)field = !strcmp(v, "on");
+    return 0;
+  case B_SECONDS:
+    return cli_parse_seconds_ms(v, (unsigned *)field) != 0 ? -2 : 0;
+  }
+  return 0;
+}
+
+/* "--name VALUE" or "--name=VALUE", each in bench_opts. Returns 0, -1
+ * when done (--help), or EX_USAGE after printing why. */
 static int parse_args(struct bench *b, int argc, char **argv) {
   struct bopts *o = &b->o;
-  bool have_messages = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = NULL;
     char name[64];
@@ -474,13 +559,8 @@ static int parse_args(struct bench *b, int argc, char **argv) {
     }
     memcpy(name, a, nl);
     name[nl] = '\0';
-    static const char *const flags[] = {"--chunking", "--tls", "--no-verify",
-                                        "--quiet", "--help"};
-    bool flag = false;
-    for (size_t k = 0; k < sizeof flags / sizeof *flags; k++)
-      if (!strcmp(name, flags[k]))
-        flag = true;
-    if (!flag) {
+    const struct bench_opt *bo = bench_opt(name);
+    if (!bo || (bo->kind != B_FLAG && bo->kind != B_HELP)) {
       if (eq)
         v = eq + 1;
       else if (i + 1 < argc)
@@ -490,80 +570,29 @@ static int parse_args(struct bench *b, int argc, char **argv) {
         return EX_USAGE;
       }
     }
-    unsigned long long x;
-    if (!strcmp(name, "--help")) {
-      usage(stdout);
-      return -1;
-    } else if (!strcmp(name, "--chunking")) {
-      o->chunking = true;
-    } else if (!strcmp(name, "--tls")) {
-      o->tls = true;
-    } else if (!strcmp(name, "--no-verify")) {
-      o->no_verify = true;
-    } else if (!strcmp(name, "--quiet")) {
-      o->quiet = true;
-    } else if (!strcmp(name, "--server")) {
-      o->server = v;
-    } else if (!strcmp(name, "--sessions")) {
-      if (cli_parse_u64(v, 1, 100000, &x) != 0)
-        goto bad;
-      o->sessions = (unsigned)x;
-    } else if (!strcmp(name, "--messages")) {
-      if (cli_parse_u64(v, 1, 1ull << 40, &o->messages) != 0)
-        goto bad;
-      have_messages = true;
-    } else if (!strcmp(name, "--size")) {
-      if (parse_size(v, &o->size) != 0)
-        goto bad;
-    } else if (!strcmp(name, "--per-connection")) {
-      if (cli_parse_u64(v, 1, 1ull << 40, &o->per_conn) != 0)
-        goto bad;
-    } else if (!strcmp(name, "--pipelining")) {
-      if (!strcmp(v, "on"))
-        o->pipelining = true;
-      else if (!strcmp(v, "off"))
-        o->pipelining = false;
-      else
-        goto bad;
-    } else if (!strcmp(name, "--high-water")) {
-      if (parse_size(v, &o->high_water) != 0)
-        goto bad;
-    } else if (!strcmp(name, "--ca-file")) {
-      o->ca_file = v;
-    } else if (!strcmp(name, "--duration")) {
-      if (cli_parse_seconds_ms(v, &o->duration_ms) != 0)
-        goto bad;
-    } else if (!strcmp(name, "--timeout")) {
-      if (cli_parse_seconds_ms(v, &o->timeout_ms) != 0)
-        goto bad;
-    } else if (!strcmp(name, "--from")) {
-      o->from = v;
-    } else if (!strcmp(name, "--to")) {
-      o->to = v;
-    } else if (!strcmp(name, "--helo")) {
-      o->helo = v;
-    } else {
+    if (!bo) {
       fprintf(stderr, "tern bench: unknown option '%s'\n", name);
       usage(stderr);
       return EX_USAGE;
     }
-    continue;
-  bad:
-    fprintf(stderr, "tern bench: bad value for %s: '%s'\n", name, v);
-    return EX_USAGE;
+    int rc = apply_opt(o, bo, v);
+    if (rc == -2) {
+      fprintf(stderr, "tern bench: bad value for %s: '%s'\n", name, v);
+      return EX_USAGE;
+    }
+    if (rc != 0)
+      return rc;
   }
-  if (!have_messages)
+  if (!o->messages) /* --messages is at least 1 */
     o->messages = o->duration_ms ? 0 : 1000;
   return 0;
 }
 
-int tern_cli_bench(int argc, char **argv) {
+/* Everything a run gets before it reads the options. */
+static struct bench *bench_new(void) {
   struct bench *b = calloc(1, sizeof *b);
-  int ex = 0;
-  if (!b) {
-    fprintf(stderr, "tern bench: out of memory\n");
-    return EX_OSERR;
-  }
+  if (!b)
+    return NULL;
   b->o.server = getenv("TERN_SERVER");
   if (!b->o.server || !*b->o.server)
     b->o.server = "smtp://127.0.0.1:25";
@@ -572,24 +601,22 @@ int tern_cli_bench(int argc, char **argv) {
   b->o.pipelining = true;
   b->o.from = "bench@example.org";
   b->o.to = "sink@example.org";
+  return b;
+}
 
-  ex = parse_args(b, argc, argv);
-  if (ex) {
-    ex = ex < 0 ? 0 : ex;
-    goto out;
-  }
-  {
-    char tmp[1024];
-    const char *u = cli_url_starttls(b->o.server, b->o.tls, tmp, sizeof tmp);
-    snprintf(b->url, sizeof b->url, "%s", u);
-  }
+/* The endpoint, the message, the callbacks, the connection slots, the
+ * loop and the --duration timer. Returns 0 or an exit status (after
+ * printing why). */
+static int setup(struct bench *b) {
+  char tmp[1024];
+  const char *u = cli_url_starttls(b->o.server, b->o.tls, tmp, sizeof tmp);
+  snprintf(b->url, sizeof b->url, "%s", u);
   b->opportunistic = cli_url_opportunistic(b->url) && !b->o.tls;
   cli_url_endpoint(b->url, b->endpoint, sizeof b->endpoint);
   if (make_body(b) != 0) {
     fprintf(stderr, "tern bench: out of memory for a %llu-byte message\n",
             b->o.size);
-    ex = EX_OSERR;
-    goto out;
+    return EX_OSERR;
   }
   b->rcpt.address = b->o.to;
   b->msg.from = b->o.from;
@@ -605,15 +632,19 @@ int tern_cli_bench(int argc, char **argv) {
   b->conns = calloc(b->o.sessions, sizeof *b->conns);
   if (!b->conns || uv_loop_init(&b->loop) != 0) {
     fprintf(stderr, "tern bench: cannot set up (out of memory?)\n");
-    ex = EX_OSERR;
-    goto out;
+    return EX_OSERR;
   }
   uv_timer_init(&b->loop, &b->timer);
   b->timer.data = b;
   if (b->o.duration_ms)
     uv_timer_start(&b->timer, on_timer, b->o.duration_ms, 0);
   uv_unref((uv_handle_t *)&b->timer);
+  return 0;
+}
 
+/* Every connection at once, until the last has closed. Returns the end
+ * time (uv_hrtime); *user and *sys: the CPU seconds the run took. */
+static uint64_t run_load(struct bench *b, double *user, double *sys) {
   if (!b->o.quiet)
     fprintf(stderr, "tern bench: %s, %u sessions, %s%llu messages of %llu "
             "bytes, pipelining %s%s%s\n",
@@ -636,12 +667,16 @@ int tern_cli_bench(int argc, char **argv) {
   uv_close((uv_handle_t *)&b->timer, NULL);
   uv_run(&b->loop, UV_RUN_DEFAULT);
   uv_loop_close(&b->loop);
+  *user = tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime);
+  *sys = tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime);
+  return t_end;
+}
 
+static void print_figures(struct bench *b, uint64_t t_end, double user,
+                          double sys) {
   double wall = (double)(b->t_last - b->t0) / 1e9;
   if (wall <= 0)
     wall = (double)(t_end - b->t0) / 1e9;
-  double user = tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime);
-  double sys = tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime);
   if (b->nlat)
     qsort(b->lat, b->nlat, sizeof *b->lat, cmp_double);
   unsigned long long done = b->ok + b->failed;
@@ -667,13 +702,30 @@ int tern_cli_bench(int argc, char **argv) {
   if (b->first_error[0])
     printf("errors:      %llu, first: %s\n", b->nerrors, b->first_error);
   fflush(stdout);
+}
 
+/* 0: every message accepted; 1: some failed; EX_TEMPFAIL: none went. */
+static int run(struct bench *b, int argc, char **argv) {
+  int ex = parse_args(b, argc, argv);
+  if (ex)
+    return ex < 0 ? 0 : ex;
+  if ((ex = setup(b)) != 0)
+    return ex;
+  double user, sys;
+  uint64_t t_end = run_load(b, &user, &sys);
+  print_figures(b, t_end, user, sys);
   if (b->ok == 0)
-    ex = EX_TEMPFAIL;
-  else if (b->failed || b->started != b->ok)
-    ex = 1;
+    return EX_TEMPFAIL;
+  return b->failed || b->started != b->ok ? 1 : 0;
+}
 
-out:
+int tern_cli_bench(int argc, char **argv) {
+  struct bench *b = bench_new();
+  if (!b) {
+    fprintf(stderr, "tern bench: out of memory\n");
+    return EX_OSERR;
+  }
+  int ex = run(b, argc, argv);
   free(b->conns);
   free(b->body);
   free(b->lat);

@@ -164,91 +164,94 @@ static bool key_char(char c) {
          c == '.';
 }
 
-/* One conversion of a printf format, f at the '%': format it into v
- * (the value being composed) and return the format past it. The spec is
- * rebuilt with '*' widths made literal and handed to snprintf with an
- * argument of the type its length modifier and conversion say. */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-static const char *conversion(const char *f, va_list *ap, struct log_line *v) {
-  char spec[48];
+/* The C type of a conversion's argument. */
+enum arg_type {
+  A_NONE, /* no argument (an unknown conversion) */
+  A_INT,
+  A_LONG,
+  A_LLONG,
+  A_SSIZE,
+  A_INTMAX,
+  A_PTRDIFF,
+  A_UINT,
+  A_ULONG,
+  A_ULLONG,
+  A_SIZE,
+  A_UINTMAX,
+  A_DOUBLE,
+  A_LDOUBLE,
+  A_PTR,
+  A_STR,
+  A_N, /* %n: its pointer is taken, never written through */
+};
+
+/* One conversion spec of a printf format, rebuilt with '*' widths and
+ * precisions made literal. */
+struct spec {
+  char text[48]; /* "%-*.3lld" as "%-12.3lld" */
+  char len[3];   /* the length modifier: "", "l", "ll", "z", ... */
+  size_t ll;     /* its length */
+  char conv;     /* 'd', 's', ... */
+};
+
+/* Read the spec at f (its '%'; not "%%"): flags, width, precision,
+ * length, conversion. A '*' takes its int from ap. Returns the format
+ * past the spec. */
+static const char *spec_read(const char *f, va_list *ap, struct spec *s) {
   size_t o = 0;
-  spec[o++] = *f++;
-  if (*f == '%') {
-    put(v, "%", 1);
-    return f + 1;
-  }
+  s->text[o++] = *f++;
   while (*f && strchr("-+ #0", *f) && o < 8)
-    spec[o++] = *f++;
+    s->text[o++] = *f++;
   for (int part = 0; part < 2; part++) { /* width, then .precision */
     if (part == 1) {
       if (*f != '.')
         break;
-      spec[o++] = *f++;
+      s->text[o++] = *f++;
     }
     if (*f == '*') {
-      o += (size_t)snprintf(spec + o, sizeof spec - o, "%d", va_arg(*ap, int));
+      o += (size_t)snprintf(s->text + o, sizeof s->text - o, "%d",
+                            va_arg(*ap, int));
       f++;
     } else {
       while (*f >= '0' && *f <= '9' && o < 30)
-        spec[o++] = *f++;
+        s->text[o++] = *f++;
     }
   }
-  char len[3] = "";
-  size_t ll = 0;
-  while (*f && strchr("hlLjzt", *f) && ll < 2)
-    len[ll++] = *f, spec[o++] = *f++;
-  char conv = *f ? *f++ : 's';
-  spec[o++] = conv;
-  spec[o] = '\0';
+  memset(s->len, 0, sizeof s->len);
+  s->ll = 0;
+  while (*f && strchr("hlLjzt", *f) && s->ll < 2)
+    s->len[s->ll++] = *f, s->text[o++] = *f++;
+  s->conv = *f ? *f++ : 's';
+  s->text[o++] = s->conv;
+  s->text[o] = '\0';
+  return f;
+}
 
-  char small[128], *buf = small;
-  int n = 0;
-#define LOG_CONV(T)                                                            \
-  do {                                                                         \
-    T arg_ = va_arg(*ap, T);                                                   \
-    n = snprintf(small, sizeof small, spec, arg_);                             \
-    if (n >= (int)sizeof small && (buf = malloc((size_t)n + 1)) != NULL)       \
-      snprintf(buf, (size_t)n + 1, spec, arg_);                                \
-  } while (0)
-  bool l1 = ll == 1 && len[0] == 'l', l2 = ll == 2 && len[0] == 'l';
-  bool z = len[0] == 'z', j = len[0] == 'j', t = len[0] == 't';
-  switch (conv) {
+/* The argument type the spec's length modifier and conversion say. */
+static enum arg_type spec_type(const struct spec *s) {
+  bool l1 = s->ll == 1 && s->len[0] == 'l', l2 = s->ll == 2 && s->len[0] == 'l';
+  char m = s->len[0];
+  switch (s->conv) {
   case 'd':
   case 'i':
-    if (l2)
-      LOG_CONV(long long);
-    else if (l1)
-      LOG_CONV(long);
-    else if (z)
-      LOG_CONV(ssize_t);
-    else if (j)
-      LOG_CONV(intmax_t);
-    else if (t)
-      LOG_CONV(ptrdiff_t);
-    else
-      LOG_CONV(int);
-    break;
+    return l2         ? A_LLONG
+           : l1       ? A_LONG
+           : m == 'z' ? A_SSIZE
+           : m == 'j' ? A_INTMAX
+           : m == 't' ? A_PTRDIFF
+                      : A_INT;
   case 'u':
   case 'x':
   case 'X':
   case 'o':
-    if (l2)
-      LOG_CONV(unsigned long long);
-    else if (l1)
-      LOG_CONV(unsigned long);
-    else if (z)
-      LOG_CONV(size_t);
-    else if (j)
-      LOG_CONV(uintmax_t);
-    else if (t)
-      LOG_CONV(ptrdiff_t);
-    else
-      LOG_CONV(unsigned);
-    break;
+    return l2         ? A_ULLONG
+           : l1       ? A_ULONG
+           : m == 'z' ? A_SIZE
+           : m == 'j' ? A_UINTMAX
+           : m == 't' ? A_PTRDIFF
+                      : A_UINT;
   case 'c':
-    LOG_CONV(int);
-    break;
+    return A_INT;
   case 'e':
   case 'E':
   case 'f':
@@ -257,30 +260,86 @@ static const char *conversion(const char *f, va_list *ap, struct log_line *v) {
   case 'G':
   case 'a':
   case 'A':
-    if (len[0] == 'L')
-      LOG_CONV(long double);
-    else
-      LOG_CONV(double);
-    break;
+    return m == 'L' ? A_LDOUBLE : A_DOUBLE;
   case 'p':
-    LOG_CONV(void *);
-    break;
-  case 's': {
-    const char *str = va_arg(*ap, const char *);
-    if (!str)
-      str = "(null)";
-    n = snprintf(small, sizeof small, spec, str);
-    if (n >= (int)sizeof small && (buf = malloc((size_t)n + 1)) != NULL)
-      snprintf(buf, (size_t)n + 1, spec, str);
-    break;
-  }
+    return A_PTR;
+  case 's':
+    return A_STR;
   case 'n':
-    (void)va_arg(*ap, void *); /* never written through */
-    break;
+    return A_N;
   default:
-    break;
+    return A_NONE;
   }
-#undef LOG_CONV
+}
+
+/* snprintf of the next argument, of type t, with the spec's text; ap
+ * moves past it. Returns snprintf's count (0 when nothing is printed). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+static int format_arg(char *out, size_t cap, const char *spec,
+                      enum arg_type t, va_list *ap) {
+  switch (t) {
+  case A_INT:
+    return snprintf(out, cap, spec, va_arg(*ap, int));
+  case A_LONG:
+    return snprintf(out, cap, spec, va_arg(*ap, long));
+  case A_LLONG:
+    return snprintf(out, cap, spec, va_arg(*ap, long long));
+  case A_SSIZE:
+    return snprintf(out, cap, spec, va_arg(*ap, ssize_t));
+  case A_INTMAX:
+    return snprintf(out, cap, spec, va_arg(*ap, intmax_t));
+  case A_PTRDIFF:
+    return snprintf(out, cap, spec, va_arg(*ap, ptrdiff_t));
+  case A_UINT:
+    return snprintf(out, cap, spec, va_arg(*ap, unsigned));
+  case A_ULONG:
+    return snprintf(out, cap, spec, va_arg(*ap, unsigned long));
+  case A_ULLONG:
+    return snprintf(out, cap, spec, va_arg(*ap, unsigned long long));
+  case A_SIZE:
+    return snprintf(out, cap, spec, va_arg(*ap, size_t));
+  case A_UINTMAX:
+    return snprintf(out, cap, spec, va_arg(*ap, uintmax_t));
+  case A_DOUBLE:
+    return snprintf(out, cap, spec, va_arg(*ap, double));
+  case A_LDOUBLE:
+    return snprintf(out, cap, spec, va_arg(*ap, long double));
+  case A_PTR:
+    return snprintf(out, cap, spec, va_arg(*ap, void *));
+  case A_STR: {
+    const char *str = va_arg(*ap, const char *);
+    return snprintf(out, cap, spec, str ? str : "(null)");
+  }
+  case A_N:
+    (void)va_arg(*ap, void *);
+    return 0;
+  case A_NONE:
+    return 0;
+  }
+  return 0;
+}
+#pragma GCC diagnostic pop
+
+/* One conversion of a printf format, f at the '%': format it into v
+ * (the value being composed) and return the format past it. A result
+ * longer than the stack buffer is formatted again, from a copy of ap,
+ * into one of its size. */
+static const char *conversion(const char *f, va_list *ap, struct log_line *v) {
+  if (f[1] == '%') {
+    put(v, "%", 1);
+    return f + 2;
+  }
+  struct spec s;
+  f = spec_read(f, ap, &s);
+  enum arg_type t = spec_type(&s);
+  char small[128], *buf = small;
+  va_list again;
+  va_copy(again, *ap);
+  int n = format_arg(small, sizeof small, s.text, t, ap);
+  if (n >= (int)sizeof small && (buf = malloc((size_t)n + 1)) != NULL)
+    format_arg(buf, (size_t)n + 1, s.text, t, &again);
+  va_end(again);
   if (!buf) {
     v->oom = true;
   } else if (n > 0) {
@@ -293,7 +352,6 @@ static const char *conversion(const char *f, va_list *ap, struct log_line *v) {
     free(buf);
   return f;
 }
-#pragma GCC diagnostic pop
 
 void logf_(const char *fmt, ...) {
   struct log_line l, v;

@@ -94,115 +94,131 @@ static void usage(FILE *f) {
              "  else prompted for twice without echo.\n");
 }
 
-int tern_cli_passwd(int argc, char **argv) {
-  const char *prefix = "$y$";
-  const char *user = NULL;
-  int rc = EX_SOFTWARE;
-  char pw[PW_MAX], again[PW_MAX];
-  struct crypt_data *cd = NULL;
-
+/* The options and USER. Returns 0 to go on, -1 when done (--help), or
+ * EX_USAGE after printing why. */
+static int parse_args(int argc, char **argv, const char **prefix,
+                      const char **user) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--sha512")) {
-      prefix = "$6$";
+      *prefix = "$6$";
     } else if (!strcmp(a, "--yescrypt")) {
-      prefix = "$y$";
+      *prefix = "$y$";
     } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
-      return 0;
+      return -1;
     } else if (a[0] == '-' && a[1] != '\0') {
       fprintf(stderr, "tern passwd: unknown option '%s'\n", a);
       usage(stderr);
       return EX_USAGE;
-    } else if (!user) {
-      user = a;
+    } else if (!*user) {
+      *user = a;
     } else {
       fprintf(stderr, "tern passwd: more than one user name\n");
       return EX_USAGE;
     }
   }
-  if (!user) {
+  return 0;
+}
+
+/* USER, or the login name; one that cannot stand in a users file is
+ * refused. */
+static int check_user(const char **user) {
+  if (!*user) {
     struct passwd *p = getpwuid(getuid());
     if (!p || !p->pw_name) {
       fprintf(stderr, "tern passwd: no user name given and none known\n");
       return EX_USAGE;
     }
-    user = p->pw_name;
+    *user = p->pw_name;
   }
-  if (!user[0] || strpbrk(user, ":\r\n") ||
-      strspn(user, " \t") == strlen(user)) {
+  const char *u = *user;
+  if (!u[0] || strpbrk(u, ":\r\n") || strspn(u, " \t") == strlen(u)) {
     fprintf(stderr, "tern passwd: invalid user name '%s' (empty, or "
-                    "contains ':' or a line break)\n", user);
+                    "contains ':' or a line break)\n", u);
     return EX_USAGE;
   }
+  return 0;
+}
 
+/* The password into pw: prompted for twice on a terminal, else the
+ * first line of stdin. Returns 0 or an exit status (after printing
+ * why). `again` holds the second answer. */
+static int read_password(char *pw, char *again, size_t cap) {
   long n;
   if (isatty(STDIN_FILENO)) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGHUP, on_signal);
-    n = prompt("Password: ", pw, sizeof pw);
+    n = prompt("Password: ", pw, cap);
     if (n >= 0) {
-      long m = prompt("Retype password: ", again, sizeof again);
+      long m = prompt("Retype password: ", again, cap);
       if (m < 0 || m != n || memcmp(pw, again, (size_t)n) != 0) {
         fprintf(stderr, "tern passwd: the passwords do not match\n");
-        rc = EX_DATAERR;
-        goto out;
+        return EX_DATAERR;
       }
     }
   } else {
-    n = read_line(stdin, pw, sizeof pw);
+    n = read_line(stdin, pw, cap);
   }
   if (n == -2) {
     fprintf(stderr, "tern passwd: password longer than %d bytes\n",
             PW_MAX - 1);
-    rc = EX_DATAERR;
-    goto out;
+    return EX_DATAERR;
   }
   if (n < 0) {
     fprintf(stderr, "tern passwd: no password read\n");
-    rc = EX_NOINPUT;
-    goto out;
+    return EX_NOINPUT;
   }
   if (n == 0) {
     fprintf(stderr, "tern passwd: empty password refused\n");
-    rc = EX_DATAERR;
-    goto out;
+    return EX_DATAERR;
   }
+  return 0;
+}
 
+/* Hash pw with a fresh salt of the method `prefix` names and print
+ * "USER:HASH". Returns 0 or an exit status (after printing why). */
+static int print_hash(const char *prefix, const char *user, const char *pw) {
   char salt[CRYPT_GENSALT_OUTPUT_SIZE];
   if (!crypt_gensalt_rn(prefix, 0, NULL, 0, salt, (int)sizeof salt)) {
     fprintf(stderr, "tern passwd: cannot make a %s salt: %s\n", prefix,
             strerror(errno));
-    rc = errno == EINVAL ? EX_UNAVAILABLE : EX_OSERR;
-    goto out;
+    return errno == EINVAL ? EX_UNAVAILABLE : EX_OSERR;
   }
-  cd = calloc(1, sizeof *cd); /* ~32 KiB: not on the stack */
+  struct crypt_data *cd = calloc(1, sizeof *cd); /* ~32 KiB: not on the stack */
   if (!cd) {
     fprintf(stderr, "tern passwd: out of memory\n");
-    rc = EX_OSERR;
-    goto out;
+    return EX_OSERR;
   }
+  int rc = 0;
   const char *h = crypt_rn(pw, salt, cd, (int)sizeof *cd);
   if (!h || h[0] == '*') {
     fprintf(stderr, "tern passwd: hashing failed: %s\n",
             errno ? strerror(errno) : "unknown error");
     rc = EX_SOFTWARE;
-    goto out;
-  }
-  if (printf("%s:%s\n", user, h) < 0 || fflush(stdout) != 0) {
+  } else if (printf("%s:%s\n", user, h) < 0 || fflush(stdout) != 0) {
     fprintf(stderr, "tern passwd: cannot write the result\n");
     rc = EX_IOERR;
-    goto out;
   }
-  rc = 0;
+  explicit_bzero(cd, sizeof *cd);
+  free(cd);
+  return rc;
+}
 
-out:
+int tern_cli_passwd(int argc, char **argv) {
+  const char *prefix = "$y$";
+  const char *user = NULL;
+  char pw[PW_MAX], again[PW_MAX];
+  int rc = parse_args(argc, argv, &prefix, &user);
+  if (rc != 0)
+    return rc < 0 ? 0 : rc;
+  if ((rc = check_user(&user)) != 0)
+    return rc;
+  rc = read_password(pw, again, sizeof pw);
+  if (rc == 0)
+    rc = print_hash(prefix, user, pw);
   explicit_bzero(pw, sizeof pw);
   explicit_bzero(again, sizeof again);
-  if (cd) {
-    explicit_bzero(cd, sizeof *cd);
-    free(cd);
-  }
   return rc;
 }

@@ -61,107 +61,137 @@ void send_sv_free(struct strvec *v) {
 /* ---- addresses
  * ---------------------------------------------------------------- */
 
+/* One element of an address list being collected: the text outside
+ * <...> and the text inside (the address when there is one). */
+struct addr_acc {
+  char *plain, *angle;
+  size_t pl, al;
+  bool in_angle, had_angle;
+};
+
+static bool is_fws(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Add c to the part being read: inside <...> or outside. */
+static void acc_put(struct addr_acc *a, char c) {
+  if (a->in_angle)
+    a->angle[a->al++] = c;
+  else
+    a->plain[a->pl++] = c;
+}
+
+/* A quoted string at p[i], copied with its quotes and escapes, line
+ * breaks dropped. Returns the index past it. */
+static size_t copy_quoted(const char *p, size_t n, size_t i,
+                          struct addr_acc *a) {
+  acc_put(a, '"');
+  for (i++; i < n && p[i] != '"'; i++) {
+    if (p[i] == '\\' && i + 1 < n)
+      acc_put(a, p[i++]);
+    if (p[i] != '\r' && p[i] != '\n')
+      acc_put(a, p[i]);
+  }
+  if (i < n)
+    acc_put(a, '"');
+  return i + 1;
+}
+
+/* A domain literal at p[i], e.g. [IPv6:::1], copied whole without white
+ * space. Returns the index past it. */
+static size_t copy_literal(const char *p, size_t n, size_t i,
+                           struct addr_acc *a) {
+  for (; i < n && p[i] != ']'; i++)
+    if (!is_fws(p[i]))
+      acc_put(a, p[i]);
+  if (i < n)
+    acc_put(a, ']');
+  return i + 1;
+}
+
+/* A comment at p[i], nested, dropped. Returns the index past it. */
+static size_t skip_comment(const char *p, size_t n, size_t i) {
+  int depth = 0;
+  for (; i < n; i++) {
+    if (p[i] == '\\' && i + 1 < n) {
+      i++;
+      continue;
+    }
+    if (p[i] == '(')
+      depth++;
+    else if (p[i] == ')' && --depth == 0)
+      break;
+  }
+  return i + 1;
+}
+
+/* The element ends (',' or ';'): its address, the <...> one if any
+ * (without a source route "@a,@b:"), goes to out. */
+static void end_element(struct addr_acc *a, struct strvec *out) {
+  const char *s = a->had_angle ? a->angle : a->plain;
+  size_t len = a->had_angle ? a->al : a->pl;
+  if (a->had_angle && len && s[0] == '@') { /* source route */
+    const char *colon = memchr(s, ':', len);
+    if (colon) {
+      len -= (size_t)(colon + 1 - s);
+      s = colon + 1;
+    }
+  }
+  if (len)
+    send_sv_push(out, send_xstrndup(s, len));
+  a->pl = a->al = 0;
+  a->had_angle = false;
+}
+
 /* See send_msg.h. */
 void send_parse_addr_list(const char *p, size_t n, struct strvec *out) {
-  char *plain = send_xmalloc(n + 1), *angle = send_xmalloc(n + 1);
-  size_t pl = 0, al = 0;
-  bool in_angle = false, had_angle = false;
+  struct addr_acc a = {send_xmalloc(n + 1), send_xmalloc(n + 1), 0, 0,
+                       false, false};
   size_t i = 0;
-
   for (;;) {
     char c = i < n ? p[i] : ',';
     bool end = i >= n;
-    if (c == '"') { /* quoted string: copied with its quotes */
-      char *dst = in_angle ? angle : plain;
-      size_t *dl = in_angle ? &al : &pl;
-      dst[(*dl)++] = c;
-      for (i++; i < n && p[i] != '"'; i++) {
-        if (p[i] == '\\' && i + 1 < n)
-          dst[(*dl)++] = p[i++];
-        if (p[i] != '\r' && p[i] != '\n')
-          dst[(*dl)++] = p[i];
-      }
-      if (i < n)
-        dst[(*dl)++] = '"';
-      i++;
+    if (c == '"') {
+      i = copy_quoted(p, n, i, &a);
       continue;
     }
-    if (c == '[') { /* domain literal, e.g. [IPv6:::1]: copied whole */
-      char *dst = in_angle ? angle : plain;
-      size_t *dl = in_angle ? &al : &pl;
-      for (; i < n && p[i] != ']'; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
-          dst[(*dl)++] = p[i];
-      if (i < n)
-        dst[(*dl)++] = ']';
-      i++;
+    if (c == '[') {
+      i = copy_literal(p, n, i, &a);
       continue;
     }
-    if (c == '(') { /* comment, nested, dropped */
-      int depth = 0;
-      for (; i < n; i++) {
-        if (p[i] == '\\' && i + 1 < n) {
-          i++;
-          continue;
-        }
-        if (p[i] == '(')
-          depth++;
-        else if (p[i] == ')' && --depth == 0)
-          break;
-      }
-      i++;
+    if (c == '(') {
+      i = skip_comment(p, n, i);
       continue;
     }
-    if (in_angle) {
+    if (a.in_angle) {
       if (c == '>' || end) {
-        in_angle = false;
-        had_angle = true;
-      } else if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
-        angle[al++] = c;
+        a.in_angle = false;
+        a.had_angle = true;
+      } else if (!is_fws(c)) {
+        a.angle[a.al++] = c;
       }
-      if (end)
-        c = ',';
-      else {
+      if (!end) {
         i++;
         continue;
       }
+      c = ',';
     }
     if (c == '<') {
-      in_angle = true;
-      al = 0; /* a second <...> in one element: the last wins */
-      i++;
-      continue;
-    }
-    if (c == ':' && !had_angle) { /* group name: drop what came before */
-      pl = 0;
-      i++;
-      continue;
-    }
-    if (c == ',' || c == ';') {
-      const char *a = had_angle ? angle : plain;
-      size_t len = had_angle ? al : pl;
-      if (had_angle && len && a[0] == '@') { /* source route */
-        const char *colon = memchr(a, ':', len);
-        if (colon) {
-          len -= (size_t)(colon + 1 - a);
-          a = colon + 1;
-        }
-      }
-      if (len)
-        send_sv_push(out, send_xstrndup(a, len));
-      pl = al = 0;
-      had_angle = false;
+      a.in_angle = true;
+      a.al = 0; /* a second <...> in one element: the last wins */
+    } else if (c == ':' && !a.had_angle) {
+      a.pl = 0; /* group name: drop what came before */
+    } else if (c == ',' || c == ';') {
+      end_element(&a, out);
       if (end)
         break;
-      i++;
-      continue;
+    } else if (!is_fws(c)) {
+      a.plain[a.pl++] = c;
     }
-    if (c != ' ' && c != '\t' && c != '\r' && c != '\n')
-      plain[pl++] = c;
     i++;
   }
-  free(plain);
-  free(angle);
+  free(a.plain);
+  free(a.angle);
 }
 
 /* ---- header fields

@@ -5,11 +5,12 @@
 
 #include <crypt.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "fileerr.h"
 
 struct user_entry {
   char *name;
@@ -24,25 +25,6 @@ struct users {
    * (same method and cost as the others), or a fresh yescrypt setting */
   char *dummy;
 };
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 5, 6)))
-#endif
-static int
-load_fail(char *err, size_t cap, const char *path, int line, const char *fmt,
-          ...) {
-  if (err == NULL || cap == 0)
-    return -1;
-  int n = line > 0 ? snprintf(err, cap, "%s:%d: ", path, line)
-                   : snprintf(err, cap, "%s: ", path);
-  if (n < 0 || (size_t)n >= cap)
-    return -1;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err + n, cap - (size_t)n, fmt, ap);
-  va_end(ap);
-  return -1;
-}
 
 static bool is_space(int ch) {
   return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '\v' ||
@@ -114,96 +96,103 @@ void users_free(struct users *u) {
 
 size_t users_count(const struct users *u) { return u ? u->n : 0; }
 
-int users_load(const char *path, struct users **out, char *err, size_t cap) {
-  *out = NULL;
-  if (err != NULL && cap > 0)
-    err[0] = '\0';
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return load_fail(err, cap, path, 0, "cannot open: %s", strerror(errno));
-  struct users *u = calloc(1, sizeof *u);
-  char *buf = NULL;
+/*
+ * One line of the file, trimmed, into name and hash (NUL-terminated in
+ * place). Returns 1 for a user line, 0 for a blank line or a comment,
+ * -1 with the message in err.
+ */
+static int parse_line(char *buf, size_t n, const char *path, int line,
+                      char **name, const char **hash, char *err, size_t cap) {
+  if (strlen(buf) != n)
+    return file_error(err, cap, path, line, "NUL byte in the file");
+  while (n > 0 && is_space((unsigned char)buf[n - 1]))
+    buf[--n] = '\0';
+  char *p = buf;
+  while (is_space((unsigned char)*p))
+    p++;
+  if (*p == '\0' || *p == '#')
+    return 0;
+  char *colon = strchr(p, ':');
+  if (colon == NULL)
+    return file_error(err, cap, path, line,
+                      "expected 'user:hash' (make one with tern passwd)");
+  *colon = '\0';
+  if (!name_ok(p))
+    return file_error(err, cap, path, line,
+                      "bad user name '%s': 1 to 255 characters, no spaces "
+                      "or control characters",
+                      p);
+  if (!hash_ok(colon + 1))
+    return file_error(err, cap, path, line,
+                      "bad hash for user '%s': expected a crypt(3) hash "
+                      "like $y$... (yescrypt), $6$, $5$ or $2b$ (make one "
+                      "with tern passwd)",
+                      p);
+  *name = p;
+  *hash = colon + 1;
+  return 1;
+}
+
+/* Append a copy of the entry. Returns 0, or -1 when memory runs out. */
+static int add_entry(struct users *u, size_t *vcap, const char *name,
+                     const char *hash, int line) {
+  if (u->n == *vcap) {
+    size_t ncap = *vcap ? *vcap * 2 : 16;
+    struct user_entry *nv = realloc(u->v, ncap * sizeof *nv);
+    if (nv == NULL)
+      return -1;
+    u->v = nv;
+    *vcap = ncap;
+  }
+  struct user_entry *e = &u->v[u->n];
+  e->name = strdup(name);
+  e->hash = strdup(hash);
+  e->line = line;
+  u->n++;
+  return e->name == NULL || e->hash == NULL ? -1 : 0;
+}
+
+/* Every line of f into u. Returns 0 or -1 with the message in err. */
+static int read_entries(FILE *f, const char *path, struct users *u, char *err,
+                        size_t cap) {
+  char *buf = NULL, *name = NULL;
+  const char *hash = NULL;
   size_t bufcap = 0, vcap = 0;
   int line = 0, rc = 0;
   ssize_t got;
-  if (u == NULL) {
-    rc = load_fail(err, cap, path, 0, "out of memory");
-    goto done;
-  }
   errno = 0;
-  while ((got = getline(&buf, &bufcap, f)) >= 0) {
+  while (rc == 0 && (got = getline(&buf, &bufcap, f)) >= 0) {
     line++;
-    size_t n = (size_t)got;
-    if (strlen(buf) != n) {
-      rc = load_fail(err, cap, path, line, "NUL byte in the file");
-      goto done;
-    }
-    while (n > 0 && is_space((unsigned char)buf[n - 1]))
-      buf[--n] = '\0';
-    char *p = buf;
-    while (is_space((unsigned char)*p))
-      p++;
-    if (*p == '\0' || *p == '#')
-      continue;
-    char *colon = strchr(p, ':');
-    if (colon == NULL) {
-      rc = load_fail(err, cap, path, line,
-                     "expected 'user:hash' (make one with tern passwd)");
-      goto done;
-    }
-    *colon = '\0';
-    const char *hash = colon + 1;
-    if (!name_ok(p)) {
-      rc = load_fail(err, cap, path, line,
-                     "bad user name '%s': 1 to 255 characters, no spaces "
-                     "or control characters",
-                     p);
-      goto done;
-    }
-    if (!hash_ok(hash)) {
-      rc = load_fail(err, cap, path, line,
-                     "bad hash for user '%s': expected a crypt(3) hash "
-                     "like $y$... (yescrypt), $6$, $5$ or $2b$ (make one "
-                     "with tern passwd)",
-                     p);
-      goto done;
-    }
-    if (u->n == vcap) {
-      size_t ncap = vcap ? vcap * 2 : 16;
-      struct user_entry *nv = realloc(u->v, ncap * sizeof *nv);
-      if (nv == NULL) {
-        rc = load_fail(err, cap, path, 0, "out of memory");
-        goto done;
-      }
-      u->v = nv;
-      vcap = ncap;
-    }
-    struct user_entry *e = &u->v[u->n];
-    e->name = strdup(p);
-    e->hash = strdup(hash);
-    e->line = line;
-    u->n++;
-    if (e->name == NULL || e->hash == NULL) {
-      rc = load_fail(err, cap, path, 0, "out of memory");
-      goto done;
-    }
+    int r = parse_line(buf, (size_t)got, path, line, &name, &hash, err, cap);
+    if (r < 0)
+      rc = -1;
+    else if (r > 0 && add_entry(u, &vcap, name, hash, line) != 0)
+      rc = file_error(err, cap, path, 0, "out of memory");
     errno = 0;
   }
-  if (ferror(f)) {
-    rc = load_fail(err, cap, path, 0, "cannot read: %s",
-                   strerror(errno ? errno : EIO));
-    goto done;
-  }
+  free(buf);
+  if (rc == 0 && ferror(f))
+    rc = file_error(err, cap, path, 0, "cannot read: %s",
+                    strerror(errno ? errno : EIO));
+  return rc;
+}
+
+/* Sorted by name for find(); a name given twice is an error. */
+static int sort_entries(struct users *u, const char *path, char *err,
+                        size_t cap) {
   if (u->n > 1)
     qsort(u->v, u->n, sizeof *u->v, by_name);
-  for (size_t i = 1; i < u->n; i++) {
-    if (strcmp(u->v[i - 1].name, u->v[i].name) == 0) {
-      rc = load_fail(err, cap, path, u->v[i].line,
-                     "user '%s' given twice (first on line %d)", u->v[i].name,
-                     u->v[i - 1].line);
-      goto done;
-    }
-  }
+  for (size_t i = 1; i < u->n; i++)
+    if (strcmp(u->v[i - 1].name, u->v[i].name) == 0)
+      return file_error(err, cap, path, u->v[i].line,
+                        "user '%s' given twice (first on line %d)",
+                        u->v[i].name, u->v[i - 1].line);
+  return 0;
+}
+
+/* What an unknown user's password is hashed with, so that the answer
+ * takes as long as for a known one. */
+static int make_dummy(struct users *u) {
   if (u->n > 0) {
     u->dummy = strdup(u->v[0].hash);
   } else {
@@ -212,11 +201,23 @@ int users_load(const char *path, struct users **out, char *err, size_t cap) {
         crypt_gensalt_rn("$y$", 0, NULL, 0, setting, (int)sizeof setting);
     u->dummy = strdup(s ? s : "$6$tern.dummy.salt");
   }
-  if (u->dummy == NULL)
-    rc = load_fail(err, cap, path, 0, "out of memory");
+  return u->dummy == NULL ? -1 : 0;
+}
 
-done:
-  free(buf);
+int users_load(const char *path, struct users **out, char *err, size_t cap) {
+  *out = NULL;
+  if (err != NULL && cap > 0)
+    err[0] = '\0';
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return file_error(err, cap, path, 0, "cannot open: %s", strerror(errno));
+  struct users *u = calloc(1, sizeof *u);
+  int rc;
+  if (u == NULL)
+    rc = file_error(err, cap, path, 0, "out of memory");
+  else if ((rc = read_entries(f, path, u, err, cap)) == 0 &&
+           (rc = sort_entries(u, path, err, cap)) == 0 && make_dummy(u) != 0)
+    rc = file_error(err, cap, path, 0, "out of memory");
   fclose(f);
   if (rc != 0) {
     users_free(u);

@@ -396,6 +396,28 @@ static void test_set(void **state) {
   cfg_free(&c);
 }
 
+/* cfg_check on a configuration built in memory: the template checks
+ * that the file's own key checks make unreachable from a file. */
+static void test_check_templates(void **state) {
+  struct cfg c;
+  char err[ERR_CAP];
+  (void)state;
+  cfg_defaults(&c);
+  free(c.maildir);
+  c.maildir = strdup("/m/%x");
+  assert_int_equal(cfg_check(&c, err, sizeof err), -1);
+  assert_string_equal(err, "tern serve: maildir = /m/%x: unknown %-escape "
+                           "(known: %u %d %a %%)");
+  c.target = CFG_PIPE;
+  assert_int_equal(cfg_check(&c, err, sizeof err), -1);
+  assert_string_equal(err, "tern serve: target = pipe needs a command");
+  c.command = strdup("/bin/deliver %q");
+  assert_int_equal(cfg_check(&c, err, sizeof err), -1);
+  assert_string_equal(err, "tern serve: command = /bin/deliver %q: unknown "
+                           "%-escape (known: %s %r %a %u %d %%)");
+  cfg_free(&c);
+}
+
 /* ---- users ------------------------------------------------------------------
  */
 
@@ -537,6 +559,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_missing_file),
       cmocka_unit_test(test_values),
       cmocka_unit_test(test_set),
+      cmocka_unit_test(test_check_templates),
       cmocka_unit_test(test_users_good),
       cmocka_unit_test(test_users_missing),
       cmocka_unit_test(test_users_yescrypt_reload),

@@ -1,0 +1,733 @@
+/*
+ * `tern serve` configuration: every key of the INI file, with its value
+ * syntax, its limits and where it is stored (the table `keys`), and the
+ * value syntaxes command-line flags share (cfg_parse_*). config.c reads
+ * the file and calls cfg_key_apply for each "key = value" line.
+ */
+#include <arpa/inet.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config_keys.h"
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static bool is_digit(int ch) { return ch >= '0' && ch <= '9'; }
+
+static int lower(int ch) {
+  return (ch >= 'A' && ch <= 'Z') ? ch - 'A' + 'a' : ch;
+}
+
+/* Any control character or DEL? (Values are one line of text.) */
+static bool has_ctl(const char *s) {
+  for (; *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f)
+      return true;
+  return false;
+}
+
+/* Decimal digits only, no sign, no overflow past UINT64_MAX. */
+static int parse_u64(const char *s, size_t n, uint64_t *out) {
+  uint64_t v = 0;
+  if (n == 0)
+    return -1;
+  for (size_t i = 0; i < n; i++) {
+    if (!is_digit((unsigned char)s[i]))
+      return -1;
+    unsigned d = (unsigned)(s[i] - '0');
+    if (v > (UINT64_MAX - d) / 10)
+      return -1;
+    v = v * 10 + d;
+  }
+  *out = v;
+  return 0;
+}
+
+/* ---- value syntaxes (also used by cfg_parse_*) ----------------------------
+ */
+
+int cfg_parse_bool(const char *s, bool *out) {
+  static const char *const yes[] = {"yes", "true", "on", "1"};
+  static const char *const no[] = {"no", "false", "off", "0"};
+  for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+    if (strcasecmp(s, yes[i]) == 0) {
+      *out = true;
+      return 0;
+    }
+    if (strcasecmp(s, no[i]) == 0) {
+      *out = false;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+int cfg_parse_size(const char *s, uint64_t *out) {
+  size_t n = strlen(s);
+  uint64_t mul = 1, v;
+  if (n > 0) {
+    switch (s[n - 1]) {
+    case 'k':
+    case 'K':
+      mul = 1024;
+      n--;
+      break;
+    case 'm':
+    case 'M':
+      mul = 1024 * 1024;
+      n--;
+      break;
+    case 'g':
+    case 'G':
+      mul = 1024ull * 1024 * 1024;
+      n--;
+      break;
+    default:
+      break;
+    }
+  }
+  if (parse_u64(s, n, &v) != 0 || (v != 0 && v > UINT64_MAX / mul))
+    return -1;
+  *out = v * mul;
+  return 0;
+}
+
+int cfg_parse_duration_ms(const char *s, uint64_t *out) {
+  size_t n = strlen(s);
+  uint64_t mul = 1000, v;
+  if (n >= 2 && strcmp(s + n - 2, "ms") == 0) {
+    mul = 1;
+    n -= 2;
+  } else if (n >= 1 &&
+             (s[n - 1] == 's' || s[n - 1] == 'm' || s[n - 1] == 'h')) {
+    mul = s[n - 1] == 's' ? 1000 : s[n - 1] == 'm' ? 60000 : 3600000;
+    n--;
+  }
+  if (parse_u64(s, n, &v) != 0 || (v != 0 && v > UINT64_MAX / mul))
+    return -1;
+  *out = v * mul;
+  return 0;
+}
+
+/* See config_keys.h. */
+bool cfg_listener_url_ok(const char *u) {
+  const char *rest;
+  bool tls = false;
+  if (has_prefix(u, "smtp://"))
+    rest = u + 7;
+  else if (has_prefix(u, "lmtp://"))
+    rest = u + 7;
+  else if (has_prefix(u, "smtps://"))
+    rest = u + 8, tls = true;
+  else
+    return false;
+  if (rest[0] == '/')
+    return !tls && rest[1] != '\0';
+  const char *colon;
+  char host[64];
+  if (rest[0] == '[') {
+    const char *end = strchr(rest, ']');
+    if (end == NULL || end[1] != ':' || (size_t)(end - rest - 1) >= sizeof host)
+      return false;
+    memcpy(host, rest + 1, (size_t)(end - rest - 1));
+    host[end - rest - 1] = '\0';
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, host, &a6) != 1)
+      return false;
+    colon = end + 1;
+  } else {
+    colon = strchr(rest, ':');
+    if (colon == NULL || (size_t)(colon - rest) >= sizeof host)
+      return false;
+    memcpy(host, rest, (size_t)(colon - rest));
+    host[colon - rest] = '\0';
+    struct in_addr a4;
+    if (strcmp(host, "*") != 0 && inet_pton(AF_INET, host, &a4) != 1)
+      return false;
+  }
+  uint64_t port;
+  if (parse_u64(colon + 1, strlen(colon + 1), &port) != 0 || port == 0 ||
+      port > 65535)
+    return false;
+  return true;
+}
+
+
+/* A host name or an address: letters, digits, '-', '.', ':', '[', ']',
+ * '_' (some internal names have one). */
+static bool host_ok(const char *s, size_t n) {
+  if (n == 0 || n > 255)
+    return false;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (!is_alnum(ch) && ch != '-' && ch != '.' && ch != ':' && ch != '[' &&
+        ch != ']' && ch != '_')
+      return false;
+  }
+  return true;
+}
+
+/* See config_keys.h. */
+bool cfg_forward_url_ok(const char *u, enum cfg_target target) {
+  const char *rest;
+  if (target == CFG_LMTP) {
+    if (!has_prefix(u, "lmtp://"))
+      return false;
+    rest = u + 7;
+  } else if (has_prefix(u, "smtp://")) {
+    rest = u + 7;
+  } else if (has_prefix(u, "smtp+starttls://")) {
+    rest = u + 16;
+  } else if (has_prefix(u, "smtps://")) {
+    rest = u + 8;
+  } else {
+    return false;
+  }
+  if (rest[0] == '/')
+    return target == CFG_LMTP && rest[1] != '\0';
+  const char *port = NULL;
+  size_t hl;
+  if (rest[0] == '[') {
+    const char *end = strchr(rest, ']');
+    if (end == NULL)
+      return false;
+    hl = (size_t)(end - rest) + 1;
+    if (end[1] == ':')
+      port = end + 2;
+    else if (end[1] != '\0')
+      return false;
+  } else {
+    const char *colon = strchr(rest, ':');
+    hl = colon ? (size_t)(colon - rest) : strlen(rest);
+    if (colon)
+      port = colon + 1;
+  }
+  if (!host_ok(rest, hl))
+    return false;
+  if (port != NULL) {
+    uint64_t p;
+    if (parse_u64(port, strlen(port), &p) != 0 || p == 0 || p > 65535)
+      return false;
+  }
+  return true;
+}
+
+/* See config_keys.h. */
+bool cfg_template_ok(const char *t, const char *allowed) {
+  for (const char *p = t; *p; p++) {
+    if (*p != '%')
+      continue;
+    p++;
+    if (*p == '%')
+      continue;
+    if (*p == '\0' || strchr(allowed, *p) == NULL)
+      return false;
+  }
+  return true;
+}
+
+
+/* One network: an IPv4 or IPv6 address, optionally "/PREFIX". */
+static bool network_ok(const char *s, size_t n) {
+  char buf[64];
+  if (n == 0 || n >= sizeof buf)
+    return false;
+  memcpy(buf, s, n);
+  buf[n] = '\0';
+  char *slash = strchr(buf, '/');
+  uint64_t plen = 0;
+  if (slash != NULL) {
+    *slash = '\0';
+    if (parse_u64(slash + 1, strlen(slash + 1), &plen) != 0)
+      return false;
+  }
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (inet_pton(AF_INET, buf, &a4) == 1)
+    return plen <= 32;
+  if (inet_pton(AF_INET6, buf, &a6) == 1)
+    return plen <= 128;
+  return false;
+}
+
+/* A domain: labels of letters, digits and '-', not starting or ending
+ * with '-', separated by single dots; one trailing dot is dropped. */
+static bool domain_ok(const char *s, size_t n) {
+  if (n > 0 && s[n - 1] == '.')
+    n--;
+  if (n == 0 || n > 253)
+    return false;
+  size_t lab = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '.') {
+      if (lab == 0 || s[i - 1] == '-')
+        return false;
+      lab = 0;
+      continue;
+    }
+    if (!is_alnum(ch) && ch != '-' && ch != '_')
+      return false;
+    if (ch == '-' && lab == 0)
+      return false;
+    if (++lab > 63)
+      return false;
+  }
+  return s[n - 1] != '-';
+}
+
+/* ---- the keys ------------------------------------------------------------ */
+
+struct cfg_key;
+
+/* Check v and store it in field (inside struct cfg or struct
+ * cfg_listener); a bad value goes to cfg_fail. Returns 0 or -1. */
+typedef int (*parse_fn)(struct cfg_parser *st, const struct cfg_key *k,
+                        const char *v, void *field);
+
+struct cfg_key {
+  enum cfg_section sec;
+  const char *name;
+  parse_fn parse;
+  size_t off;         /* into struct cfg, or struct cfg_listener */
+  uint64_t min, max;  /* numbers, durations (ms), sizes */
+  const char *expect; /* "expected ..." for messages */
+  /* p_text: what a good value looks like */
+  bool (*valid)(const char *v);
+  /* p_number: how the number is written, and whether it is stored in
+   * a uint64_t (else an unsigned) */
+  int (*number)(const char *v, uint64_t *out);
+  bool wide;
+};
+
+static int bad(struct cfg_parser *st, const struct cfg_key *k,
+               const char *v) {
+  cfg_fail(st, st->line, "bad value '%s' for %s: expected %s", v, k->name,
+           k->expect);
+  return -1;
+}
+
+/* The next item of a list separated by white space and/or commas:
+ * its start (*len octets), or NULL at the end. *p moves past it. */
+static const char *next_item(const char **p, size_t *len) {
+  const char *q = *p;
+  while (is_space((unsigned char)*q) || *q == ',')
+    q++;
+  if (*q == '\0')
+    return NULL;
+  const char *s = q;
+  while (*q && !is_space((unsigned char)*q) && *q != ',')
+    q++;
+  *len = (size_t)(q - s);
+  *p = q;
+  return s;
+}
+
+/* ---- numbers ---- */
+
+static int decimal(const char *v, uint64_t *out) {
+  return parse_u64(v, strlen(v), out);
+}
+
+/* A number read by k->number, from k->min to k->max, stored as an
+ * unsigned (uint64_t with k->wide). */
+static int p_number(struct cfg_parser *st, const struct cfg_key *k,
+                    const char *v, void *field) {
+  uint64_t n;
+  if (k->number(v, &n) != 0 || n < k->min || n > k->max)
+    return bad(st, k, v);
+  if (k->wide)
+    *(uint64_t *)field = n;
+  else
+    *(unsigned *)field = (unsigned)n;
+  return 0;
+}
+
+/* A file mode in octal, like 0660 (at most 0777: no set-id bits). */
+static int p_mode(struct cfg_parser *st, const struct cfg_key *k,
+                  const char *v, void *field) {
+  unsigned m = 0;
+  size_t n = strlen(v);
+  if (n == 0 || n > 4)
+    return bad(st, k, v);
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '7')
+      return bad(st, k, v);
+    m = m * 8 + (unsigned)(v[i] - '0');
+  }
+  if (m > 0777 || m == 0)
+    return bad(st, k, v);
+  *(unsigned *)field = m;
+  return 0;
+}
+
+/* ---- words ---- */
+
+static int p_bool(struct cfg_parser *st, const struct cfg_key *k,
+                  const char *v, void *field) {
+  if (cfg_parse_bool(v, (bool *)field) != 0)
+    return bad(st, k, v);
+  return 0;
+}
+
+static int p_auth(struct cfg_parser *st, const struct cfg_key *k,
+                  const char *v, void *field) {
+  bool b;
+  enum cfg_auth *a = field;
+  if (strcasecmp(v, "required") == 0)
+    *a = CFG_AUTH_REQUIRED;
+  else if (cfg_parse_bool(v, &b) == 0)
+    *a = b ? CFG_AUTH_ON : CFG_AUTH_OFF;
+  else
+    return bad(st, k, v);
+  return 0;
+}
+
+static int p_target(struct cfg_parser *st, const struct cfg_key *k,
+                    const char *v, void *field) {
+  static const char *const names[] = {[CFG_MAILDIR] = "maildir",
+                                      [CFG_PIPE] = "pipe",
+                                      [CFG_LMTP] = "lmtp",
+                                      [CFG_SMTP] = "smtp"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    if (strcmp(v, names[i]) == 0) {
+      *(enum cfg_target *)field = (enum cfg_target)i;
+      st->target_line = st->line;
+      return 0;
+    }
+  }
+  return bad(st, k, v);
+}
+
+/* ---- strings: checked by k->valid, then kept ---- */
+
+static int p_text(struct cfg_parser *st, const struct cfg_key *k,
+                  const char *v, void *field) {
+  if (!k->valid(v))
+    return bad(st, k, v);
+  set_str((char **)field, v);
+  return 0;
+}
+
+/* A non-empty string without control characters (paths, names). */
+static bool v_text(const char *v) { return v[0] != '\0' && !has_ctl(v); }
+
+static bool v_hostname(const char *v) { return host_ok(v, strlen(v)); }
+
+static bool v_log(const char *v) {
+  return strcmp(v, "stderr") == 0 || strcmp(v, "syslog") == 0;
+}
+
+static bool v_maildir(const char *v) {
+  return v_text(v) && cfg_template_ok(v, CFG_MAILDIR_ESCAPES);
+}
+
+static bool v_command(const char *v) {
+  return v_text(v) && cfg_template_ok(v, CFG_COMMAND_ESCAPES);
+}
+
+/* The scheme is checked against the target once the whole file is read. */
+static bool v_forward_url(const char *v) {
+  return cfg_forward_url_ok(v, CFG_SMTP) || cfg_forward_url_ok(v, CFG_LMTP);
+}
+
+/* ---- lists ---- */
+
+static int p_networks(struct cfg_parser *st, const struct cfg_key *k,
+                      const char *v, void *field) {
+  const char *p = v, *s;
+  size_t len;
+  bool any = false;
+  while ((s = next_item(&p, &len)) != NULL) {
+    if (!network_ok(s, len)) {
+      cfg_fail(st, st->line,
+               "bad value '%.*s' for %s: expected networks like "
+               "127.0.0.0/8 ::1",
+               (int)len, s, k->name);
+      return -1;
+    }
+    any = true;
+  }
+  if (!any)
+    return bad(st, k, v);
+  set_str((char **)field, v);
+  return 0;
+}
+
+static int p_mechanisms(struct cfg_parser *st, const struct cfg_key *k,
+                        const char *v, void *field) {
+  char out[64] = "";
+  size_t n = 0, len;
+  const char *p = v, *s;
+  bool any = false;
+  while ((s = next_item(&p, &len)) != NULL) {
+    const char *m = NULL;
+    if (len == 5 && strncasecmp(s, "PLAIN", 5) == 0)
+      m = "PLAIN";
+    else if (len == 5 && strncasecmp(s, "LOGIN", 5) == 0)
+      m = "LOGIN";
+    if (m == NULL) {
+      cfg_fail(st, st->line,
+               "bad value '%.*s' for %s: expected PLAIN and/or LOGIN (the "
+               "users file holds crypt hashes, which other mechanisms "
+               "cannot use)",
+               (int)len, s, k->name);
+      return -1;
+    }
+    if (strstr(out, m) != NULL)
+      continue; /* said twice */
+    n += (size_t)snprintf(out + n, sizeof out - n, "%s%s", n ? " " : "", m);
+    any = true;
+  }
+  if (!any)
+    return bad(st, k, v);
+  set_str((char **)field, out);
+  return 0;
+}
+
+static void clear_domains(struct cfg *c) {
+  for (size_t i = 0; i < c->ndomains; i++)
+    free(c->domains[i]);
+  c->ndomains = 0;
+}
+
+/* One domain of `accept` (not "*"): checked, lower-cased, kept once. */
+static int add_domain(struct cfg_parser *st, const struct cfg_key *k,
+                      const char *s, size_t len) {
+  struct cfg *c = st->c;
+  if (!domain_ok(s, len)) {
+    cfg_fail(st, st->line,
+             "bad value '%.*s' for %s: expected domains like example.org "
+             "(or * for any)",
+             (int)len, s, k->name);
+    return -1;
+  }
+  if (s[len - 1] == '.')
+    len--;
+  if (cfg_domain_accepted(c, s, len))
+    return 0; /* listed twice */
+  if (c->ndomains == CFG_MAX_DOMAINS) {
+    cfg_fail(st, st->line, "too many domains for accept (at most %d)",
+             CFG_MAX_DOMAINS);
+    return -1;
+  }
+  char *d = xstrndup(s, len);
+  for (char *q = d; *q; q++)
+    *q = (char)lower((unsigned char)*q);
+  c->domains[c->ndomains++] = d;
+  return 0;
+}
+
+static int p_accept(struct cfg_parser *st, const struct cfg_key *k,
+                    const char *v, void *field) {
+  struct cfg *c = st->c;
+  const char *p = v, *s;
+  size_t len;
+  bool any = false, star = false;
+  (void)field;
+  clear_domains(c);
+  c->accept_any = false; /* so cfg_domain_accepted finds repeats */
+  while ((s = next_item(&p, &len)) != NULL) {
+    any = true;
+    if (len == 1 && s[0] == '*')
+      star = true;
+    else if (add_domain(st, k, s, len) != 0)
+      return -1;
+  }
+  if (!any)
+    return bad(st, k, v);
+  c->accept_any = star;
+  st->accept_given = true;
+  return 0;
+}
+
+/* ---- [tls]: cert and key lines in pairs ---- */
+
+/* "cert = FILE" opens a pair, "key = FILE" closes it: a cert is always
+ * followed by its key before the next cert. */
+static int p_tls_pair(struct cfg_parser *st, const struct cfg_key *k,
+                      const char *v, void *field) {
+  struct cfg *c = st->c;
+  bool cert = strcmp(k->name, "cert") == 0;
+  (void)field;
+  if (!v_text(v))
+    return bad(st, k, v);
+  if (cert && st->cert_line != 0)
+    cfg_fail(st, st->line,
+             "cert without a key (the cert on line %d needs a "
+             "key line before the next cert)",
+             st->cert_line);
+  else if (cert && c->ncerts == CFG_MAX_CERTS)
+    cfg_fail(st, st->line, "too many certificates (at most %d)",
+             CFG_MAX_CERTS);
+  else if (!cert && st->cert_line == 0)
+    cfg_fail(st, st->line,
+             "key without a cert: write cert = FILE, then key = "
+             "FILE");
+  if (st->failed) /* one of the above (nothing had failed before) */
+    return -1;
+  if (cert) {
+    c->certs[c->ncerts].cert_file = xstrdup(v);
+    c->certs[c->ncerts].key_file = NULL;
+    c->ncerts++;
+    st->cert_line = st->line;
+  } else {
+    c->certs[c->ncerts - 1].key_file = xstrdup(v);
+    st->cert_line = 0;
+  }
+  return 0;
+}
+
+/* The fields every key has; `valid` or `number` follow where used. */
+#define K(s, n, fn, o, lo, hi, e)                                            \
+  .sec = s, .name = n, .parse = fn, .off = o, .min = lo, .max = hi,          \
+  .expect = e
+#define CO(f) offsetof(struct cfg, f)
+#define LO(f) offsetof(struct cfg_listener, f)
+#define DAY_MS (24ull * 3600 * 1000)
+#define E_DUR "a duration like 30s, 500ms or 5m"
+#define E_BOOL "yes or no"
+
+static const struct cfg_key keys[] = {
+    /* [server] */
+    {K(SEC_SERVER, "hostname", p_text, CO(hostname), 0, 0,
+       "a host name like mx.example.org"),
+     .valid = v_hostname},
+    {K(SEC_SERVER, "workers", p_number, CO(workers), 0, 1024,
+       "a number from 0 (one per core) to 1024"),
+     .number = decimal},
+    {K(SEC_SERVER, "max_connections", p_number, CO(max_connections), 1, 1000000,
+       "a number from 1 to 1000000"),
+     .number = decimal},
+    {K(SEC_SERVER, "max_per_ip", p_number, CO(max_per_ip), 0, 1000000,
+       "a number from 0 (no limit) to 1000000"),
+     .number = decimal},
+    {K(SEC_SERVER, "greeting_delay", p_number, CO(greeting_delay_ms), 0,
+       5 * 60 * 1000, "a duration like 5s or 500ms (at most 5m)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_SERVER, "shutdown_timeout", p_number, CO(shutdown_timeout_ms), 0,
+       DAY_MS, E_DUR " (at most 24h)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_SERVER, "max_message_size", p_number, CO(max_message_size), 0,
+       1ull << 40, "a size like 30M (0 = no limit)"),
+     .number = cfg_parse_size, .wide = true},
+    {K(SEC_SERVER, "max_recipients", p_number, CO(max_recipients), 1, 1000000,
+       "a number from 1 to 1000000"),
+     .number = decimal},
+    {K(SEC_SERVER, "timeout_command", p_number, CO(timeout_command_ms), 1000,
+       DAY_MS, E_DUR " (1s to 24h)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_SERVER, "timeout_data", p_number, CO(timeout_data_ms), 1000, DAY_MS,
+       E_DUR " (1s to 24h)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_SERVER, "max_line_length", p_number, CO(max_line_length), 0,
+       1u << 30, "a number of octets (0 = no limit; RFC 5321 says 1000)"),
+     .number = decimal},
+    {K(SEC_SERVER, "max_junk_commands", p_number, CO(max_junk_commands), 0,
+       1000000, "a number from 0 (no limit) to 1000000"),
+     .number = decimal},
+    {K(SEC_SERVER, "timeout_proxy", p_number, CO(timeout_proxy_ms), 100, DAY_MS,
+       E_DUR " (100ms to 24h)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_SERVER, "timeout_tls_handshake", p_number,
+       CO(timeout_tls_handshake_ms), 100, DAY_MS, E_DUR " (100ms to 24h)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_SERVER, "timeout_write", p_number, CO(timeout_write_ms), 100, DAY_MS,
+       E_DUR " (100ms to 24h)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_SERVER, "xclient_networks", p_networks, CO(xclient_networks), 0, 0,
+       "networks like 127.0.0.0/8 ::1")},
+    {K(SEC_SERVER, "user", p_text, CO(user), 0, 0, "a user name"),
+     .valid = v_text},
+    {K(SEC_SERVER, "group", p_text, CO(group), 0, 0, "a group name"),
+     .valid = v_text},
+    {K(SEC_SERVER, "log", p_text, CO(log), 0, 0, "stderr or syslog"),
+     .valid = v_log},
+    /* [listener NAME] */
+    {K(SEC_LISTENER, "url", p_text, LO(url), 0, 0,
+       "a listener URL like smtp://0.0.0.0:25, smtp://[::]:587, "
+       "smtps://*:465 or lmtp:///run/tern/lmtp"),
+     .valid = cfg_listener_url_ok},
+    {K(SEC_LISTENER, "starttls", p_bool, LO(starttls), 0, 0, E_BOOL)},
+    {K(SEC_LISTENER, "proxy_protocol", p_bool, LO(proxy), 0, 0, E_BOOL)},
+    {K(SEC_LISTENER, "auth", p_auth, LO(auth), 0, 0, "no, yes or required")},
+    {K(SEC_LISTENER, "insecure_auth", p_bool, LO(insecure_auth), 0, 0, E_BOOL)},
+    {K(SEC_LISTENER, "xclient", p_bool, LO(xclient), 0, 0, E_BOOL)},
+    {K(SEC_LISTENER, "socket_user", p_text, LO(socket_user), 0, 0,
+       "a user name (unix-socket listeners)"),
+     .valid = v_text},
+    {K(SEC_LISTENER, "socket_group", p_text, LO(socket_group), 0, 0,
+       "a group name (unix-socket listeners)"),
+     .valid = v_text},
+    {K(SEC_LISTENER, "socket_mode", p_mode, LO(socket_mode), 0, 0,
+       "an octal mode like 0660 (unix-socket listeners)")},
+    /* [tls] */
+    {K(SEC_TLS, "cert", p_tls_pair, 0, 0, 0, "a certificate file (PEM)")},
+    {K(SEC_TLS, "key", p_tls_pair, 0, 0, 0, "a private key file (PEM)")},
+    /* [auth] */
+    {K(SEC_AUTH, "users", p_text, CO(users_file), 0, 0, "a file name"),
+     .valid = v_text},
+    {K(SEC_AUTH, "mechanisms", p_mechanisms, CO(auth_mechanisms), 0, 0,
+       "PLAIN and/or LOGIN")},
+    /* [domains] */
+    {K(SEC_DOMAINS, "accept", p_accept, 0, 0, 0,
+       "domains like example.org example.net")},
+    {K(SEC_DOMAINS, "relay_authenticated", p_bool, CO(relay_authenticated), 0,
+       0, E_BOOL)},
+    /* [delivery] */
+    {K(SEC_DELIVERY, "target", p_target, CO(target), 0, 0,
+       "maildir, pipe, lmtp or smtp")},
+    {K(SEC_DELIVERY, "maildir", p_text, CO(maildir), 0, 0,
+       "a directory, or a template with %u (local part), %d (domain), "
+       "%a (address), %%"),
+     .valid = v_maildir},
+    {K(SEC_DELIVERY, "fsync", p_bool, CO(fsync), 0, 0, E_BOOL)},
+    {K(SEC_DELIVERY, "command", p_text, CO(command), 0, 0,
+       "a command line; escapes %s (sender), %r or %a (recipient), "
+       "%u (local part), %d (domain), %%"),
+     .valid = v_command},
+    {K(SEC_DELIVERY, "url", p_text, CO(forward_url), 0, 0,
+       "a URL like lmtp:///run/dovecot/lmtp, lmtp://host:24, "
+       "smtp://host:25, smtp+starttls://host:587 or smtps://host:465"),
+     .valid = v_forward_url},
+    {K(SEC_DELIVERY, "verify", p_bool, CO(forward_verify), 0, 0, E_BOOL)},
+    {K(SEC_DELIVERY, "recipients", p_text, CO(recipients_file), 0, 0,
+       "a file name"),
+     .valid = v_text},
+    {K(SEC_DELIVERY, "recipient_check", p_text, CO(recipient_check), 0, 0,
+       "a command line; escapes %s (sender), %r or %a (recipient), "
+       "%u (local part), %d (domain), %%"),
+     .valid = v_command},
+    {K(SEC_DELIVERY, "recipient_check_timeout", p_number,
+       CO(recipient_check_timeout_ms), 100, 10 * 60 * 1000,
+       E_DUR " (100ms to 10m)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_DELIVERY, "ca_file", p_text, CO(forward_ca_file), 0, 0,
+       "a file name"),
+     .valid = v_text},
+    {K(SEC_DELIVERY, "auth_user", p_text, CO(forward_auth_user), 0, 0,
+       "a user name for the next hop's AUTH"),
+     .valid = v_text},
+    {K(SEC_DELIVERY, "auth_password_file", p_text,
+       CO(forward_auth_password_file), 0, 0,
+       "a file whose first line is the next hop's AUTH password"),
+     .valid = v_text},
+};
+
+_Static_assert(sizeof keys / sizeof keys[0] <= 64, "seen bits are 64");
+
+int cfg_key_index(enum cfg_section sec, const char *name) {
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+    if (keys[i].sec == sec && strcmp(keys[i].name, name) == 0)
+      return (int)i;
+  return -1;
+}
+
+void cfg_key_apply(struct cfg_parser *st, int index, const char *v) {
+  const struct cfg_key *k = &keys[index];
+  void *base = st->sec == SEC_LISTENER ? (void *)&st->c->listeners[st->cur]
+                                       : (void *)st->c;
+  k->parse(st, k, v, (char *)base + k->off);
+}
