@@ -119,11 +119,11 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
   return 0;
 }
 
-static int on_data_end(struct tern_server_session *s, uint64_t size,
-                       unsigned idx, struct tern_reply *r, void *ud) {
+static int on_data_end(struct tern_server_session *s,
+                       const struct tern_envelope *env,
+                       struct tern_reply *r, void *ud) {
   (void)s;
-  (void)size;
-  (void)idx;
+  (void)env;
   (void)r;
   ((struct app *)ud)->ends++;
   return TERN_REPLY_NOW;

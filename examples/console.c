@@ -31,10 +31,13 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
   return 0;
 }
 
-static int on_data_end(struct tern_server_session *s, uint64_t size,
-                       unsigned rcpt, struct tern_reply *r, void *ud) {
-  (void)s, (void)rcpt, (void)r, (void)ud;
-  printf("EOT (%llu octets)\n", (unsigned long long)size);
+static int on_data_end(struct tern_server_session *s,
+                       const struct tern_envelope *env,
+                       struct tern_reply *r, void *ud) {
+  (void)s, (void)r, (void)ud;
+  printf("EOT (%llu octets, %zu recipient%s)\n",
+         (unsigned long long)env->size, env->nrcpts,
+         env->nrcpts == 1 ? "" : "s");
   fflush(stdout);
   return TERN_REPLY_NOW;
 }

@@ -327,11 +327,12 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
   return 0;
 }
 
-static int on_data_end(struct tern_server_session *s, uint64_t size,
-                       unsigned idx, struct tern_reply *r, void *ud) {
+static int on_data_end(struct tern_server_session *s,
+                       const struct tern_envelope *env,
+                       struct tern_reply *r, void *ud) {
   struct h *h = ud;
+  size_t idx = env->rcpt_index;
   (void)s;
-  (void)size;
   alive(h);
   if (h->paused)
     CHECK(KNOWN_BUG_BDAT_END_WHILE_PAUSED && !h->msg_data);

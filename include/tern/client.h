@@ -71,25 +71,10 @@ enum tern_client_cmd {
 /* A server reply. Strings live until the callback returns. */
 struct tern_client_reply {
   int code;                    /* 200..599 */
-  const char *enhanced;        /* "2.1.5", or "" when the reply had none */
+  const char *enhanced;        /* "2.1.5", or NULL when the reply had
+                                  none (NULL = none, as in tern_reply) */
   const struct tern_str *lines;/* text of each line, without "ddd-" */
   size_t nlines;               /* ≥ 1 */
-};
-
-/* Server capabilities from the EHLO/LHLO reply. */
-enum tern_cap {
-  TERN_CAP_PIPELINING = 1u << 0,
-  TERN_CAP_SIZE = 1u << 1,
-  TERN_CAP_8BITMIME = 1u << 2,
-  TERN_CAP_SMTPUTF8 = 1u << 3,
-  TERN_CAP_ENHANCEDSTATUSCODES = 1u << 4,
-  TERN_CAP_CHUNKING = 1u << 5,
-  TERN_CAP_BINARYMIME = 1u << 6,
-  TERN_CAP_DSN = 1u << 7,
-  TERN_CAP_STARTTLS = 1u << 8,
-  TERN_CAP_AUTH = 1u << 9,
-  TERN_CAP_REQUIRETLS = 1u << 10,
-  TERN_CAP_LIMITS = 1u << 11
 };
 
 /* STARTTLS policy. */
@@ -179,7 +164,7 @@ struct tern_client_callbacks {
    * server's base64 text (has_challenge false for the first step, before
    * any 334). Write the base64 response into out[0..cap) and return its
    * length (0 = empty response), or a negative code to cancel ("*").
-   * [Added for the client runtime:] on the first step only, returning
+   * On the first step only, returning
    * TERN_CLIENT_AUTH_NO_IR sends "AUTH <mech>" without an initial
    * response (server-first mechanisms such as CRAM-MD5, RFC 4954 §4:
    * "=" would be an empty initial response, which they do not allow);
@@ -201,8 +186,7 @@ struct tern_client_callbacks {
   void (*on_error)(struct tern_client_session *c, int err,
                    const struct tern_client_reply *r, void *ud);
   /*
-   * [Added for the client runtime, src/net/client.c.] Choose the AUTH
-   * mechanism once it can be chosen: called after the (last) EHLO reply
+   * Choose the AUTH mechanism once it can be chosen: called after the (last) EHLO reply
    * has been parsed — i.e. after STARTTLS when TLS is started — and
    * before AUTH would be sent, with the mechanisms the server offered
    * (space-separated, as tern_client_session_auth_mechs(); "" when AUTH
@@ -274,7 +258,9 @@ TERN_EXTERN unsigned tern_client_session_want(const struct tern_client_session *
  * 3207 §4.2), EHLO is sent again. Returns 0 or TERN_ESTATE. */
 TERN_EXTERN int tern_client_session_tls_started(struct tern_client_session *c);
 
-/* Capabilities (valid once ready). */
+/* What the server offered in its EHLO/LHLO reply, as TERN_EXT_* bits
+ * (common.h), the same bits a server session's config uses; valid once
+ * ready, 0 after HELO. */
 TERN_EXTERN unsigned tern_client_session_caps(const struct tern_client_session *c);
 TERN_EXTERN uint64_t tern_client_session_max_size(const struct tern_client_session *c);
 /* AUTH mechanisms the server offered, space-separated, or "". */

@@ -63,6 +63,29 @@ enum tern_err {
 };
 
 /*
+ * ESMTP extensions, one bit each, the same bits on both sides: a server
+ * session's config says which it offers (tern_server_config.extensions),
+ * a client session reports which the server offered
+ * (tern_client_session_caps(); XCLIENT and HELP are never reported).
+ */
+enum tern_ext {
+  TERN_EXT_PIPELINING = 1u << 0,    /* RFC 2920 */
+  TERN_EXT_SIZE = 1u << 1,          /* RFC 1870 */
+  TERN_EXT_8BITMIME = 1u << 2,      /* RFC 6152 */
+  TERN_EXT_SMTPUTF8 = 1u << 3,      /* RFC 6531 */
+  TERN_EXT_ENHANCEDSTATUSCODES = 1u << 4, /* RFC 2034 / 3463 */
+  TERN_EXT_CHUNKING = 1u << 5,      /* RFC 3030 BDAT */
+  TERN_EXT_BINARYMIME = 1u << 6,    /* RFC 3030, needs CHUNKING */
+  TERN_EXT_DSN = 1u << 7,           /* RFC 3461 */
+  TERN_EXT_STARTTLS = 1u << 8,      /* RFC 3207; the runtime does TLS */
+  TERN_EXT_AUTH = 1u << 9,          /* RFC 4954; mechanisms via on_auth */
+  TERN_EXT_REQUIRETLS = 1u << 10,   /* RFC 8689; advertised over TLS only */
+  TERN_EXT_LIMITS = 1u << 11,       /* RFC 9422 */
+  TERN_EXT_XCLIENT = 1u << 12,      /* Postfix XCLIENT; trusted peers only */
+  TERN_EXT_HELP = 1u << 13          /* answer HELP (RFC 5321 §4.1.1.8) */
+};
+
+/*
  * tern_strerror() returns a static English message for an error code,
  * tern_err_name() its symbolic name ("TERN_ENOMEM"). Both return a string
  * for unknown codes too ("unknown error"/"TERN_E?"), never NULL.

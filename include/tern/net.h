@@ -300,7 +300,8 @@ TERN_EXTERN const char *tern_server_last_error(const struct tern_server *srv);
 TERN_EXTERN int tern_server_listener_port(const struct tern_server *srv,
                                           size_t i);
 
-/* Facts about a runtime session. */
+/* Facts about a runtime session. Owned by the runtime and read-only;
+ * new fields are only ever added at the end. */
 struct tern_session_info {
   const char *id;              /* unique per process, for logs */
   const char *peer_addr;       /* client address text (PROXY/XCLIENT
@@ -316,6 +317,7 @@ struct tern_session_info {
   const char *tls_sni;         /* server name the client asked for */
   const char *auth_user;       /* NULL until AUTH succeeds */
   unsigned worker;             /* 0-based worker thread index */
+  bool lmtp;                   /* accepted on an LMTP listener */
 };
 
 /* The info of a session created by a tern_server; NULL for a session the

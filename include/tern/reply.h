@@ -17,8 +17,11 @@ extern "C" {
 /*
  * code:     a three-digit reply code, 200..599 (RFC 5321 §4.2).
  * enhanced: an RFC 3463 enhanced status code "c.s.d" whose class digit c
- *           equals the first digit of `code` (2, 4 or 5), or NULL to let
- *           the library pick the generic "c.0.0". Ignored for codes that
+ *           equals the first digit of `code` (2, 4 or 5), or NULL for
+ *           none: the library then sends the generic "c.0.0". NULL is the
+ *           one way to say "none", here and in the replies a client
+ *           session reports (tern_client_reply); "" is not a valid code
+ *           (tern_reply_check() refuses it). Ignored for codes that
  *           never carry one (the 220 greeting, 334, 354, and the HELO/EHLO
  *           answer; RFC 2034 §3) and when the
  *           session has ENHANCEDSTATUSCODES switched off.

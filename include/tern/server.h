@@ -41,24 +41,6 @@ extern "C" {
 
 struct tern_server_session;
 
-/* ESMTP extensions; each can be switched on or off in the config. */
-enum tern_ext {
-  TERN_EXT_PIPELINING = 1u << 0,    /* RFC 2920 */
-  TERN_EXT_SIZE = 1u << 1,          /* RFC 1870 */
-  TERN_EXT_8BITMIME = 1u << 2,      /* RFC 6152 */
-  TERN_EXT_SMTPUTF8 = 1u << 3,      /* RFC 6531 */
-  TERN_EXT_ENHANCEDSTATUSCODES = 1u << 4, /* RFC 2034 / 3463 */
-  TERN_EXT_CHUNKING = 1u << 5,      /* RFC 3030 BDAT */
-  TERN_EXT_BINARYMIME = 1u << 6,    /* RFC 3030, needs CHUNKING */
-  TERN_EXT_DSN = 1u << 7,           /* RFC 3461 */
-  TERN_EXT_STARTTLS = 1u << 8,      /* RFC 3207; the runtime does TLS */
-  TERN_EXT_AUTH = 1u << 9,          /* RFC 4954; mechanisms via on_auth */
-  TERN_EXT_REQUIRETLS = 1u << 10,   /* RFC 8689; advertised over TLS only */
-  TERN_EXT_LIMITS = 1u << 11,       /* RFC 9422 */
-  TERN_EXT_XCLIENT = 1u << 12,      /* Postfix XCLIENT; trusted peers only */
-  TERN_EXT_HELP = 1u << 13          /* answer HELP (RFC 5321 §4.1.1.8) */
-};
-
 /* Extensions on by default: everything the core can do by itself. */
 #define TERN_EXT_DEFAULT                                                   \
   (TERN_EXT_PIPELINING | TERN_EXT_SIZE | TERN_EXT_8BITMIME |               \
@@ -206,6 +188,64 @@ struct tern_xclient {
   struct tern_str name, addr, port, proto, helo, login, destaddr, destport;
 };
 
+/* Longest message id tern_server_session_set_message_id() takes. */
+#define TERN_MESSAGE_ID_MAX 64
+
+/* One accepted recipient of an envelope (tern_envelope_rcpt()). */
+struct tern_envelope_rcpt {
+  struct tern_path to;            /* as on_rcpt saw it */
+  struct tern_rcpt_params params; /* NOTIFY, ORCPT */
+};
+
+/*
+ * The envelope of the message being ended, handed to on_data_end: what
+ * go-smtp, smtp-server and aiosmtpd applications look for first. The
+ * session owns it and its strings: they are valid until on_data_end
+ * returns or, when it returned TERN_PENDING, until
+ * tern_server_session_reply() answers it. Read-only: never allocate,
+ * copy or change one; later versions add fields at the end only.
+ *
+ * Strings are the session's copies, made at MAIL and RCPT, each also
+ * NUL-terminated (a decoded ENVID or ORCPT may hold a NUL of its own:
+ * use .len). Absent parameters are empty, as in on_mail/on_rcpt.
+ *
+ * Recipients: tern_envelope_rcpt(env, i) for i in 0..nrcpts-1, the
+ * accepted ones in RCPT order. In LMTP mode on_data_end is called once
+ * per accepted recipient and rcpt_index says which one this call answers
+ * for (its reply is that recipient's, RFC 2033 §4.2); in SMTP mode it is
+ * called once, for all of them, and rcpt_index is 0.
+ *
+ * Memory: the session keeps the sender, each accepted recipient and
+ * their parameters: about 100 octets per recipient plus its address and
+ * ORCPT, so at most max_recipients * (100 + max_line) octets.
+ */
+struct tern_envelope {
+  /* The message id the application gave with
+   * tern_server_session_set_message_id(), or NULL: the library makes
+   * none (it has no clock and no randomness; see that function). */
+  const char *id;
+  struct tern_path from;         /* MAIL FROM; TERN_PATHF_NULL for <> */
+  struct tern_mail_params mail;  /* SIZE, BODY, SMTPUTF8, REQUIRETLS, RET,
+                                    ENVID, AUTH */
+  size_t nrcpts;                 /* accepted recipients, >= 1 */
+  size_t rcpt_index;             /* LMTP: this call's recipient; SMTP: 0 */
+  uint64_t size;                 /* octets passed to on_data */
+  /* The session: the peer's address, the TLS details and the AUTH
+   * identity belong to the runtime (tern_session_info() in net.h). */
+  enum tern_helo_verb helo_verb; /* the accepted HELO, EHLO or LHLO */
+  struct tern_str helo;          /* its argument as sent; empty when over
+                                    255 octets (no domain or address
+                                    literal is that long) */
+  bool lmtp;                     /* the session speaks LMTP */
+  bool tls;                      /* TLS is active */
+  bool authenticated;            /* AUTH succeeded */
+};
+
+/* Recipient i (0..env->nrcpts-1) of an envelope, or NULL when i is out
+ * of range or env is NULL. Valid as long as the envelope. */
+TERN_EXTERN const struct tern_envelope_rcpt *
+tern_envelope_rcpt(const struct tern_envelope *env, size_t i);
+
 /* Which decision is waiting for tern_server_session_reply(). */
 enum tern_server_event {
   TERN_EV_NONE = 0,
@@ -296,14 +336,16 @@ struct tern_server_callbacks {
   int (*on_data)(struct tern_server_session *s, const char *buf, size_t len,
                  void *ud);
   /*
-   * End of message; default 250 2.0.0. `size` counts the octets passed to
-   * on_data. In LMTP mode this is called once per accepted recipient
-   * (rcpt_index counts them from 0, in RCPT order) and each answer is
-   * that recipient's reply (RFC 2033 §4.2); in SMTP mode rcpt_index is
-   * always 0 and it is called once.
+   * End of message; default 250 2.0.0. `env` is the whole envelope:
+   * sender, recipients, their parameters, the size (octets passed to
+   * on_data) and the message id (see struct tern_envelope for its
+   * lifetime). In LMTP mode this is called once per accepted recipient,
+   * env->rcpt_index naming it, and each answer is that recipient's reply
+   * (RFC 2033 §4.2); in SMTP mode it is called once.
    */
-  int (*on_data_end)(struct tern_server_session *s, uint64_t size,
-                     unsigned rcpt_index, struct tern_reply *reply, void *ud);
+  int (*on_data_end)(struct tern_server_session *s,
+                     const struct tern_envelope *env,
+                     struct tern_reply *reply, void *ud);
   /*
    * The message will not be delivered: too big, bad bare LF/CR, a text
    * line too long, on_data failed, or the connection ended mid-message.
@@ -353,10 +395,12 @@ static inline void tern_server_callbacks_init(struct tern_server_callbacks *cb) 
  * `ud` is handed to every callback. All buffers are allocated here, with
  * fixed ceilings (see docs/security.md); an ordinary transaction
  * allocates nothing more (unless tern_server_session_trim() gave them
- * back). Returns 0 and sets *out, or TERN_EINVAL (bad
- * config: NULL out, hostname with spaces or controls, max_line < 512,
- * a size field larger than this library knows with non-zero extra bytes)
- * or TERN_ENOMEM.
+ * back, or it has more recipients than the envelope store held so far).
+ * Returns 0 and sets *out, or TERN_EINVAL (bad config: NULL out,
+ * hostname with spaces or controls, max_line < 512, a size field larger
+ * than this library knows with non-zero extra bytes) or TERN_ENOMEM.
+ * On failure *out is NULL (when out is not NULL) and nothing needs
+ * freeing: nothing stays allocated and no callback has fired.
  */
 TERN_EXTERN int tern_server_session_new(struct tern_server_session **out,
                                         const struct tern_server_config *cfg,
@@ -426,10 +470,11 @@ TERN_EXTERN int tern_server_session_reply(struct tern_server_session *s,
 
 /*
  * Hand back the session's I/O buffers (command line and output queue,
- * about 6.5 KiB with the defaults) while it is idle: no partial line, no
- * unsent output, no pending decision. They are allocated again by the
- * next feed() or reply, which is then the only allocation an ordinary
- * transaction makes. A runtime calls this when a connection goes quiet,
+ * about 6.5 KiB with the defaults, and the envelope store when no
+ * transaction is open) while it is idle: no partial line, no unsent
+ * output, no pending decision. They are allocated again by the next
+ * feed() or reply and the next MAIL, which are then the only
+ * allocations an ordinary transaction makes. A runtime calls this when a connection goes quiet,
  * so idle connections cost only the session's own state. Returns 1 when
  * the buffers were freed, 0 when the session was busy (nothing done),
  * TERN_EINVAL for NULL. After a trim, feed() may fail with TERN_ENOMEM.
@@ -494,6 +539,22 @@ TERN_EXTERN void tern_server_session_set_notify(struct tern_server_session *s,
 /* The `arg` given to tern_server_session_set_notify(), or NULL. */
 TERN_EXTERN void *
 tern_server_session_notify_arg(const struct tern_server_session *s);
+
+/*
+ * Give the current message an id, for the application's own use: it is
+ * copied and handed back as tern_envelope.id to on_data_end. The library
+ * makes none itself (a sans-IO core has no clock and no randomness to
+ * make one unique); the `tern` program sets "<session id>-<n>" from
+ * on_mail. Call it from on_mail or any later callback of the
+ * transaction (on_data_start, for instance, to give a second DATA of one
+ * transaction its own id); every MAIL forgets the previous id. `id` is
+ * 1..TERN_MESSAGE_ID_MAX printable ASCII octets without spaces, or NULL
+ * to forget it. Returns 0, TERN_EINVAL (bad id, NULL session) or
+ * TERN_ENOMEM (the envelope store could not be made after a trim).
+ */
+TERN_EXTERN int
+tern_server_session_set_message_id(struct tern_server_session *s,
+                                   const char *id);
 
 /* Let this peer use XCLIENT (the runtime knows which peers are trusted). */
 TERN_EXTERN void tern_server_session_set_xclient_trusted(

@@ -306,21 +306,21 @@ static bool refuse_envelope(struct forward_delivery *d, unsigned caps,
                             uint64_t max_size) {
   const struct tern_client_message *m = &d->m;
   if (m->body == TERN_BODY_BINARYMIME &&
-      (caps & (TERN_CAP_BINARYMIME | TERN_CAP_CHUNKING)) !=
-          (TERN_CAP_BINARYMIME | TERN_CAP_CHUNKING)) {
+      (caps & (TERN_EXT_BINARYMIME | TERN_EXT_CHUNKING)) !=
+          (TERN_EXT_BINARYMIME | TERN_EXT_CHUNKING)) {
     /* RFC 3030 §3: BINARYMIME goes only to a server that offers it with
      * CHUNKING; DATA would alter it. RFC 3463 5.6.1 media not supported. */
     answer(d, 554, "5.6.1",
            "Error: next hop does not accept BINARYMIME; not forwarded");
     return true;
   }
-  if (m->smtputf8 && !(caps & TERN_CAP_SMTPUTF8)) {
+  if (m->smtputf8 && !(caps & TERN_EXT_SMTPUTF8)) {
     /* RFC 6531 §3.2/§3.7: no SMTPUTF8 message to a server without it. */
     answer(d, 553, "5.6.7",
            "Error: next hop does not accept SMTPUTF8; not forwarded");
     return true;
   }
-  if (m->body == TERN_BODY_8BITMIME && !(caps & TERN_CAP_8BITMIME)) {
+  if (m->body == TERN_BODY_8BITMIME && !(caps & TERN_EXT_8BITMIME)) {
     /* RFC 6152 §3: an 8-bit message goes to a 7-bit server only
      * converted, which a streaming proxy does not do. 5.6.3: conversion
      * required but not supported. */
@@ -329,11 +329,11 @@ static bool refuse_envelope(struct forward_delivery *d, unsigned caps,
     return true;
   }
   if (m->requiretls &&
-      (!(caps & TERN_CAP_REQUIRETLS) || !tern_client_tls_version(d->cl))) {
+      (!(caps & TERN_EXT_REQUIRETLS) || !tern_client_tls_version(d->cl))) {
     answer(d, 550, "5.7.30", "Error: REQUIRETLS not supported by next hop");
     return true;
   }
-  if ((caps & TERN_CAP_SIZE) && max_size && m->size > max_size) {
+  if ((caps & TERN_EXT_SIZE) && max_size && m->size > max_size) {
     /* RFC 1870 §6 */
     answer(d, 552, "5.3.4",
            "Error: message size exceeds the next hop's fixed maximum");

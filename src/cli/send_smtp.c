@@ -224,7 +224,7 @@ static void start_message(struct send *s, struct tern_client_session *c) {
     trace_queued(s, c);
   if (rc == TERN_ENOTSUP) {
     if (s->msg.smtputf8 &&
-        !(tern_client_session_caps(c) & TERN_CAP_SMTPUTF8))
+        !(tern_client_session_caps(c) & TERN_EXT_SMTPUTF8))
       send_set_fail(s, EX_UNAVAILABLE,
                     "%s: the server does not offer SMTPUTF8, needed for a "
                     "non-ASCII address",
@@ -285,13 +285,13 @@ static void on_error(struct tern_client_session *c, int err,
       send_set_fail(s, class_exit(r->code, EX_UNAVAILABLE),
                     "%s: STARTTLS refused by %s: %s", s->o.prog, s->endpoint,
                     buf);
-    else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS) &&
+    else if (!(tern_client_session_caps(c) & TERN_EXT_STARTTLS) &&
              s->creds_need_tls && s->opportunistic)
       send_set_fail(s, EX_UNAVAILABLE,
                     "%s: not sending credentials to %s without TLS: the server "
                     "does not offer STARTTLS (--insecure-auth allows it)",
                     s->o.prog, s->endpoint);
-    else if (!(tern_client_session_caps(c) & TERN_CAP_STARTTLS))
+    else if (!(tern_client_session_caps(c) & TERN_EXT_STARTTLS))
       send_set_fail(s, EX_CONFIG, "%s: server does not offer STARTTLS",
                     s->o.prog);
     else

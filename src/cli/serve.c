@@ -605,6 +605,7 @@ oom:
  * the log line of the message. */
 static void message_id(struct sess *x) {
   snprintf(x->msgid, sizeof x->msgid, "%s-%u", x->info->id, ++x->txns);
+  tern_server_session_set_message_id(x->s, x->msgid);
 }
 
 /* The text of a 2xx end-of-data reply, with the message id: what
@@ -942,10 +943,12 @@ static int pipe_data_end(struct sess *x, unsigned i, struct tern_reply *r) {
   return TERN_REPLY_NOW;
 }
 
-static int on_data_end(struct tern_server_session *s, uint64_t size,
-                       unsigned rcpt, struct tern_reply *r, void *ud) {
+static int on_data_end(struct tern_server_session *s,
+                       const struct tern_envelope *env, struct tern_reply *r,
+                       void *ud) {
   struct sess *x = sess_of(s);
-  (void)size, (void)ud;
+  unsigned rcpt = (unsigned)env->rcpt_index;
+  (void)ud;
   if (x->pres) /* pipe: each recipient its own command's answer */
     return pipe_data_end(x, rcpt, r);
   if (x->fd && (x->done || rcpt > 0)) { /* LMTP: each its own answer */

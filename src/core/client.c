@@ -368,7 +368,7 @@ static void start_auth(struct tern_client_session *c) {
   if (c->state == ST_CLOSED || c->state == ST_QUIT)
     return;
   size_t ml = mech ? strlen(mech) : 0;
-  if (!mech || !(c->caps.caps & TERN_CAP_AUTH) ||
+  if (!mech || !(c->caps.caps & TERN_EXT_AUTH) ||
       !tern__mech_listed(c->caps.mechs, mech, ml)) {
     /* Not offered (or none chosen): go on without AUTH unless it is
      * required. A configured mechanism alone does not require it. */
@@ -420,7 +420,7 @@ static void start_auth(struct tern_client_session *c) {
 static void after_hello(struct tern_client_session *c) {
   /* RFC 3207 §4: STARTTLS when offered (and wanted), never twice. */
   if (!c->tls && c->cfg.starttls != TERN_STARTTLS_OFF) {
-    if (c->caps.caps & TERN_CAP_STARTTLS) {
+    if (c->caps.caps & TERN_EXT_STARTTLS) {
       out_put(c, "STARTTLS\r\n", 10);
       expect(c, TERN_CMD_STARTTLS, 0, 1);
       c->state = ST_STARTTLS;
@@ -479,7 +479,7 @@ static void on_auth_reply(struct tern_client_session *c,
 /* ---- the message ----------------------------------------------------------- */
 
 static bool pipelining(const struct tern_client_session *c) {
-  return c->cfg.pipelining && (c->caps.caps & TERN_CAP_PIPELINING);
+  return c->cfg.pipelining && (c->caps.caps & TERN_EXT_PIPELINING);
 }
 
 static size_t notify_list(char *buf, size_t cap, size_t n, unsigned v) {
@@ -628,7 +628,7 @@ static void write_envelope(struct tern_client_session *c) {
  * outstanding reply is in (RFC 5321 §4.1.1.5). */
 static void fail_msg(struct tern_client_session *c, int code) {
   c->t.phase = PH_CLEANUP;
-  inc_drain(c, code, "", "message failed");
+  inc_drain(c, code, NULL, "message failed");
   msg_done(c, code, false);
 }
 
@@ -724,7 +724,7 @@ static void txn_step(struct tern_client_session *c) {
       tern_client_reply_fn fn = t->bdat_fn;
       t->bdat_fn = NULL;
       struct tern_str l = {"go ahead with BDAT", 18};
-      struct tern_client_reply r = {354, "", &l, 1};
+      struct tern_client_reply r = {354, NULL, &l, 1};
       fn(c, &r, true, t->bdat_arg);
       if (c->state != ST_TXN)
         return;
@@ -1241,11 +1241,11 @@ static int check_rcpt(const struct tern_client_rcpt *r, bool utf8) {
 static int check_caps(const struct tern_client_session *c,
                       const struct tern_client_message *m) {
   unsigned caps = c->caps.caps;
-  if ((m->smtputf8 && !(caps & TERN_CAP_SMTPUTF8)) ||
+  if ((m->smtputf8 && !(caps & TERN_EXT_SMTPUTF8)) ||
       (m->body == TERN_BODY_BINARYMIME &&
-       (caps & (TERN_CAP_BINARYMIME | TERN_CAP_CHUNKING)) !=
-           (TERN_CAP_BINARYMIME | TERN_CAP_CHUNKING)) ||
-      (m->requiretls && (!(caps & TERN_CAP_REQUIRETLS) || !c->tls)))
+       (caps & (TERN_EXT_BINARYMIME | TERN_EXT_CHUNKING)) !=
+           (TERN_EXT_BINARYMIME | TERN_EXT_CHUNKING)) ||
+      (m->requiretls && (!(caps & TERN_EXT_REQUIRETLS) || !c->tls)))
     return TERN_ENOTSUP;
   return 0;
 }
@@ -1285,7 +1285,7 @@ static bool txn_begin(struct tern_client_session *c,
   t->m = m;
   t->bdat = bdat;
   t->binary = m->body == TERN_BODY_BINARYMIME;
-  if ((caps & TERN_CAP_SIZE) && m->size) {
+  if ((caps & TERN_EXT_SIZE) && m->size) {
     if (c->caps.max_size && m->size > c->caps.max_size)
       return false;
     t->p_size = true;
@@ -1295,13 +1295,13 @@ static bool txn_begin(struct tern_client_session *c,
    * 7 bits (RFC 6152 §3) is the application's business, not ours. */
   if (t->binary)
     t->p_body = "BINARYMIME";
-  else if (m->body && (caps & TERN_CAP_8BITMIME))
+  else if (m->body && (caps & TERN_EXT_8BITMIME))
     t->p_body = m->body == TERN_BODY_7BIT ? "7BIT" : "8BITMIME";
   t->p_utf8 = m->smtputf8;
   t->p_requiretls = m->requiretls;
   /* RFC 3461 §5.2: DSN parameters are not sent to a server that does
    * not offer DSN (the server itself then handles notifications). */
-  t->p_dsn = (caps & TERN_CAP_DSN) != 0;
+  t->p_dsn = (caps & TERN_EXT_DSN) != 0;
   return true;
 }
 
@@ -1316,7 +1316,7 @@ int tern_client_session_send(struct tern_client_session *c,
     return rc;
   bool binary = m->body == TERN_BODY_BINARYMIME;
   bool bdat = binary ||
-              (c->cfg.chunking && (c->caps.caps & TERN_CAP_CHUNKING));
+              (c->cfg.chunking && (c->caps.caps & TERN_EXT_CHUNKING));
   if ((rc = need_chunk(c, bdat)) != 0)
     return rc;
   if (!txn_begin(c, m, bdat)) {

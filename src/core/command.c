@@ -118,6 +118,7 @@ static void helo(struct tern_server_session *s, enum tern_helo_verb verb,
   tern__txn_reset(s, true);
   s->helo_seen = s->esmtp = false;
   s->pend_verb = verb;
+  tern__env_helo(s, verb, args, len);
 
   struct tern_reply r = {250, NULL, s->cfg.hostname};
   struct tern_str dom = {args, len};
@@ -190,6 +191,12 @@ static void path_fail(struct tern_server_session *s, int err, bool sender) {
   }
 }
 
+/* The envelope store could not grow (RFC 5321 §4.2.2: 452). */
+static void no_storage(struct tern_server_session *s) {
+  tern__emit(s, 452, "4.3.1", "Error: insufficient system storage");
+  tern__junk(s);
+}
+
 /* After the path: nothing, or SP and parameters. */
 static bool split_params(char *args, size_t len, size_t at, char **p,
                          size_t *plen) {
@@ -258,6 +265,10 @@ static void cmd_mail(struct tern_server_session *s, char *args, size_t len) {
     tern__junk(s);
     return;
   }
+  if (tern__env_mail(s, &path, &mp)) {
+    no_storage(s);
+    return;
+  }
   s->pend_utf8 = mp.smtputf8;
   s->pend_binary = mp.body == TERN_BODY_BINARYMIME;
 
@@ -311,6 +322,10 @@ static void cmd_rcpt(struct tern_server_session *s, char *args, size_t len) {
   /* RFC 5321 §4.5.3.1.10: 452 for too many recipients, not an error. */
   if (s->rcpt_count >= s->cfg.max_recipients) {
     tern__emit(s, 452, "4.5.3", "Error: too many recipients");
+    return;
+  }
+  if (tern__env_rcpt(s, &path, &rp)) {
+    no_storage(s);
     return;
   }
   struct tern_reply r = {250, "2.1.5", "Ok"};

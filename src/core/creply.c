@@ -125,7 +125,7 @@ long tern__creply_feed(struct tern__creply *p, const char *buf, size_t len,
 void tern__creply_get(const struct tern__creply *p,
                       struct tern_client_reply *r) {
   r->code = p->code;
-  r->enhanced = p->enhanced;
+  r->enhanced = p->enhanced[0] ? p->enhanced : NULL;
   r->lines = p->lines;
   r->nlines = p->nlines;
 }
@@ -210,15 +210,15 @@ void tern__ehlo_caps(const struct tern_client_reply *r,
     const char *kw;
     unsigned bit;
   } simple[] = {
-      {"PIPELINING", TERN_CAP_PIPELINING},   /* RFC 2920 */
-      {"8BITMIME", TERN_CAP_8BITMIME},       /* RFC 6152 */
-      {"SMTPUTF8", TERN_CAP_SMTPUTF8},       /* RFC 6531 */
-      {"ENHANCEDSTATUSCODES", TERN_CAP_ENHANCEDSTATUSCODES}, /* RFC 2034 */
-      {"CHUNKING", TERN_CAP_CHUNKING},       /* RFC 3030 */
-      {"BINARYMIME", TERN_CAP_BINARYMIME},   /* RFC 3030 */
-      {"DSN", TERN_CAP_DSN},                 /* RFC 3461 */
-      {"STARTTLS", TERN_CAP_STARTTLS},       /* RFC 3207 */
-      {"REQUIRETLS", TERN_CAP_REQUIRETLS},   /* RFC 8689 */
+      {"PIPELINING", TERN_EXT_PIPELINING},   /* RFC 2920 */
+      {"8BITMIME", TERN_EXT_8BITMIME},       /* RFC 6152 */
+      {"SMTPUTF8", TERN_EXT_SMTPUTF8},       /* RFC 6531 */
+      {"ENHANCEDSTATUSCODES", TERN_EXT_ENHANCEDSTATUSCODES}, /* RFC 2034 */
+      {"CHUNKING", TERN_EXT_CHUNKING},       /* RFC 3030 */
+      {"BINARYMIME", TERN_EXT_BINARYMIME},   /* RFC 3030 */
+      {"DSN", TERN_EXT_DSN},                 /* RFC 3461 */
+      {"STARTTLS", TERN_EXT_STARTTLS},       /* RFC 3207 */
+      {"REQUIRETLS", TERN_EXT_REQUIRETLS},   /* RFC 8689 */
   };
 
   memset(out, 0, sizeof *out);
@@ -244,7 +244,7 @@ void tern__ehlo_caps(const struct tern_client_reply *r,
       continue;
     if (tern__str_ieq(t, k, "SIZE")) { /* RFC 1870 §4: SIZE [number] */
       uint64_t v;
-      out->caps |= TERN_CAP_SIZE;
+      out->caps |= TERN_EXT_SIZE;
       while (an && *a == ' ') {
         a++;
         an--;
@@ -252,10 +252,10 @@ void tern__ehlo_caps(const struct tern_client_reply *r,
       if (an && tern__parse_u64(a, an, UINT64_MAX, &v) == 0)
         out->max_size = v;
     } else if (tern__str_ieq(t, k, "AUTH")) { /* RFC 4954 §3 */
-      out->caps |= TERN_CAP_AUTH;
+      out->caps |= TERN_EXT_AUTH;
       add_mechs(out, a, an);
     } else if (tern__str_ieq(t, k, "LIMITS")) {
-      out->caps |= TERN_CAP_LIMITS;
+      out->caps |= TERN_EXT_LIMITS;
       parse_limits(out, a, an);
     }
   }

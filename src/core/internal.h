@@ -162,7 +162,7 @@ void tern__creply_get(const struct tern__creply *p,
 
 /* What an EHLO/LHLO reply offers. */
 struct tern__caps {
-  unsigned caps;     /* TERN_CAP_* */
+  unsigned caps;     /* TERN_EXT_* */
   uint64_t max_size; /* SIZE n; 0 = none announced */
   unsigned rcptmax;  /* LIMITS RCPTMAX=n; 0 = none */
   char mechs[TERN__MECHS_MAX]; /* AUTH mechanisms, space-separated */

@@ -371,7 +371,7 @@ static void advance(struct tern_server_session *s) {
     int rc = TERN_REPLY_NOW;
     s->pend_default = r;
     if (s->cb.on_data_end)
-      rc = s->cb.on_data_end(s, s->msg_size, s->end_next, &r, s->ud);
+      rc = s->cb.on_data_end(s, tern__env_view(s, s->end_next), &r, s->ud);
     tern__decide(s, TERN_EV_DATA_END, rc, &r);
   }
 }
@@ -706,7 +706,8 @@ int tern_server_session_new(struct tern_server_session **out,
   s->cb = cb;
   s->mem = mem;
   s->ud = ud;
-  if (!io_alloc(s)) {
+  if (!io_alloc(s) || tern__env_reserve(s)) {
+    tern__free(&mem, s->io);
     tern__free(&mem, s);
     return TERN_ENOMEM;
   }
@@ -723,6 +724,7 @@ void tern_server_session_free(struct tern_server_session *s) {
   struct tern_mem mem = s->mem;
   tern__free(&mem, s->auth_line);
   tern__free(&mem, s->io);
+  tern__env_free(s);
   tern__free(&mem, s);
 }
 
@@ -803,6 +805,7 @@ int tern_server_session_trim(struct tern_server_session *s) {
   tern__free(&s->mem, s->auth_line);
   s->io = s->small_line = s->line = s->out = s->auth_line = NULL;
   s->out_off = s->out_len = s->out_cap = s->line_cap = 0;
+  tern__env_trim(s);
   return 1;
 }
 

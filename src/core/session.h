@@ -99,6 +99,12 @@ struct tern_server_session {
   bool msg_accepted;     /* the message being ended was accepted */
   uint64_t bdat_line;    /* octets of the current BDAT text line */
   unsigned transactions; /* messages ended (delivered or not) */
+
+  /* envelope (envelope.c) */
+  struct tern__env *env;     /* sender and recipients, or NULL (trimmed) */
+  char helo[TERN_DOMAIN_MAX + 1]; /* last HELO/EHLO/LHLO argument */
+  unsigned short helo_len; /* 0 also when it was too long to keep */
+  unsigned char helo_verb; /* enum tern_helo_verb */
 };
 
 /* server.c, for command.c */
@@ -117,6 +123,19 @@ bool tern__auth_offered(const struct tern_server_session *s);
 unsigned tern__ext(const struct tern_server_session *s);
 size_t tern__cat(char *buf, size_t cap, size_t n, const char *str, size_t len);
 size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v);
+
+/* envelope.c: the envelope kept for on_data_end */
+int tern__env_reserve(struct tern_server_session *s);
+void tern__env_free(struct tern_server_session *s);
+void tern__env_trim(struct tern_server_session *s);
+void tern__env_helo(struct tern_server_session *s, enum tern_helo_verb verb,
+                    const char *arg, size_t len);
+int tern__env_mail(struct tern_server_session *s, const struct tern_path *from,
+                   const struct tern_mail_params *mp);
+int tern__env_rcpt(struct tern_server_session *s, const struct tern_path *to,
+                   const struct tern_rcpt_params *rp);
+const struct tern_envelope *tern__env_view(struct tern_server_session *s,
+                                           unsigned rcpt_index);
 
 /* command.c, for server.c */
 void tern__command(struct tern_server_session *s, char *line, size_t len);

@@ -1119,6 +1119,7 @@ void tern__conn_accept(struct tern__lhandle *lh) {
   c->info.id = c->id;
   c->info.listener = lh->l->url;
   c->info.worker = w->index;
+  c->info.lmtp = lh->l->lmtp;
   c->info.local_addr = c->local_addr;
   c->info.peer_addr = c->peer_addr;
 

@@ -189,7 +189,7 @@ static void on_ready(struct tern_client_session *c, void *ud) {
     snprintf(t, sizeof t, "the server cannot take this message: %s%s",
              tern_strerror(rc),
              op->msg.smtputf8 && rc == TERN_ENOTSUP &&
-                     !(tern_client_session_caps(c) & TERN_CAP_SMTPUTF8)
+                     !(tern_client_session_caps(c) & TERN_EXT_SMTPUTF8)
                  ? " (SMTPUTF8, needed for a non-ASCII address)"
                  : "");
     note_error(op, rc, t);

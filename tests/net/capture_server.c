@@ -282,9 +282,12 @@ static int store(struct tern_server_session *s, struct sess *x,
   return rename(tmp, path);
 }
 
-static int on_data_end(struct tern_server_session *s, uint64_t size,
-                       unsigned rcpt, struct tern_reply *r, void *ud) {
+static int on_data_end(struct tern_server_session *s,
+                       const struct tern_envelope *env,
+                       struct tern_reply *r, void *ud) {
   struct sess *x = sess_of(s);
+  uint64_t size = env->size;
+  size_t rcpt = env->rcpt_index;
   (void)ud;
   if (rcpt == 0) {
     if (size != x->size)

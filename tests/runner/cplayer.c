@@ -287,7 +287,7 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
   struct buf b = {0};
   (void)c;
   bprintf(&b, "reply %s#%u %d", cmd_name(cmd), index, rp->code);
-  if (rp->enhanced[0])
+  if (rp->enhanced)
     bprintf(&b, " %s", rp->enhanced);
   bputs(&b, " ");
   for (size_t i = 0; i < rp->nlines; i++) {
@@ -437,7 +437,8 @@ static void on_step(struct tern_client_session *c,
   struct run *r = tern_client_session_userdata(c);
   const char *what = arg;
   event(r, "got %s %d%s%s %.*s local=%d", what, rp->code,
-        rp->enhanced[0] ? " " : "", rp->enhanced, (int)rp->lines[0].len,
+        rp->enhanced ? " " : "", rp->enhanced ? rp->enhanced : "",
+        (int)rp->lines[0].len,
         rp->lines[0].ptr, local);
 }
 

@@ -247,6 +247,7 @@ struct script {
   const char *path;
   struct tern_server_config cfg;
   bool trace_commands;
+  bool trace_envelope; /* @config trace_envelope=1: on_data_end's envelope */
   bool install[EV_COUNT]; /* @config install=auth: callback without @decide */
   struct decision *dec[EV_COUNT];
   size_t ndec[EV_COUNT];
@@ -305,12 +306,14 @@ static int parse_config(struct script *sc, int line, const char *kv) {
   else if (strcmp(key, "lmtp") == 0 || strcmp(key, "auth_required") == 0 ||
            strcmp(key, "auth_insecure_ok") == 0 ||
            strcmp(key, "xclient_trusted") == 0 ||
-           strcmp(key, "trace_commands") == 0) {
+           strcmp(key, "trace_commands") == 0 ||
+           strcmp(key, "trace_envelope") == 0) {
     if (!isnum || n > 1) rc = -1;
     else if (key[0] == 'l') c->lmtp = n;
     else if (strcmp(key, "auth_required") == 0) c->auth_required = n;
     else if (strcmp(key, "auth_insecure_ok") == 0) c->auth_insecure_ok = n;
     else if (strcmp(key, "xclient_trusted") == 0) c->xclient_trusted = n;
+    else if (strcmp(key, "trace_envelope") == 0) sc->trace_envelope = n;
     else sc->trace_commands = n;
   } else if (strcmp(key, "ext") == 0) {
     rc = -1;
@@ -669,6 +672,7 @@ struct run {
   int pending_ev;
   bool answering;
   bool paused;
+  unsigned mails; /* MAIL commands seen (the trace_envelope ids) */
   /* trace */
   char **trace;
   size_t ntrace;
@@ -794,40 +798,49 @@ static void path_field(struct buf *b, const struct tern_path *p) {
   buf_adds(b, ">");
 }
 
+/* The sender and MAIL parameters, as on_mail and the envelope show them. */
+static void mail_fields(struct buf *b, const struct tern_path *from,
+                        const struct tern_mail_params *mp) {
+  path_field(b, from);
+  if (mp->has_size) buf_printf(b, " size=%llu", (unsigned long long)mp->size);
+  if (mp->body == TERN_BODY_7BIT) buf_adds(b, " body=7BIT");
+  else if (mp->body == TERN_BODY_8BITMIME) buf_adds(b, " body=8BITMIME");
+  else if (mp->body == TERN_BODY_BINARYMIME) buf_adds(b, " body=BINARYMIME");
+  if (mp->smtputf8) buf_adds(b, " smtputf8");
+  if (mp->requiretls) buf_adds(b, " requiretls");
+  if (mp->ret == TERN_RET_FULL) buf_adds(b, " ret=FULL");
+  else if (mp->ret == TERN_RET_HDRS) buf_adds(b, " ret=HDRS");
+  if (mp->envid.len) {
+    buf_adds(b, " envid=");
+    esc_field(b, mp->envid.ptr, mp->envid.len);
+  }
+  if (mp->auth.len) {
+    buf_adds(b, " auth=");
+    esc_field(b, mp->auth.ptr, mp->auth.len);
+  }
+}
+
 static int cb_mail(struct tern_server_session *s, const struct tern_path *from,
                    const struct tern_mail_params *mp, struct tern_reply *reply,
                    void *ud) {
-  (void)s;
+  struct run *r = RUN(ud);
   struct buf b = {0};
   buf_adds(&b, "E: mail ");
-  path_field(&b, from);
-  if (mp->has_size) buf_printf(&b, " size=%llu", (unsigned long long)mp->size);
-  if (mp->body == TERN_BODY_7BIT) buf_adds(&b, " body=7BIT");
-  else if (mp->body == TERN_BODY_8BITMIME) buf_adds(&b, " body=8BITMIME");
-  else if (mp->body == TERN_BODY_BINARYMIME) buf_adds(&b, " body=BINARYMIME");
-  if (mp->smtputf8) buf_adds(&b, " smtputf8");
-  if (mp->requiretls) buf_adds(&b, " requiretls");
-  if (mp->ret == TERN_RET_FULL) buf_adds(&b, " ret=FULL");
-  else if (mp->ret == TERN_RET_HDRS) buf_adds(&b, " ret=HDRS");
-  if (mp->envid.len) {
-    buf_adds(&b, " envid=");
-    esc_field(&b, mp->envid.ptr, mp->envid.len);
+  mail_fields(&b, from, mp);
+  trace_buf(r, &b);
+  if (r->sc->trace_envelope) { /* the envelope then shows this id */
+    char id[32];
+    snprintf(id, sizeof id, "msg-%u", ++r->mails);
+    if (tern_server_session_set_message_id(s, id) != 0)
+      fail(r, "set_message_id() failed");
   }
-  if (mp->auth.len) {
-    buf_adds(&b, " auth=");
-    esc_field(&b, mp->auth.ptr, mp->auth.len);
-  }
-  trace_buf(RUN(ud), &b);
-  return decide(RUN(ud), EV_MAIL, reply);
+  return decide(r, EV_MAIL, reply);
 }
 
-static int cb_rcpt(struct tern_server_session *s, const struct tern_path *to,
-                   const struct tern_rcpt_params *rp, struct tern_reply *reply,
-                   void *ud) {
-  (void)s;
-  struct buf b = {0};
-  buf_adds(&b, "E: rcpt ");
-  path_field(&b, to);
+/* A recipient and its parameters, as on_rcpt and the envelope show them. */
+static void rcpt_fields(struct buf *b, const struct tern_path *to,
+                        const struct tern_rcpt_params *rp) {
+  path_field(b, to);
   if (rp->notify) {
     const char *sep = " notify=";
     static const struct {
@@ -839,17 +852,26 @@ static int cb_rcpt(struct tern_server_session *s, const struct tern_path *to,
               {TERN_NOTIFY_DELAY, "DELAY"}};
     for (size_t i = 0; i < 4; i++) {
       if (rp->notify & nb[i].bit) {
-        buf_printf(&b, "%s%s", sep, nb[i].name);
+        buf_printf(b, "%s%s", sep, nb[i].name);
         sep = ",";
       }
     }
   }
   if (rp->orcpt_type.len || rp->orcpt.len) {
-    buf_adds(&b, " orcpt=");
-    esc_field(&b, rp->orcpt_type.ptr, rp->orcpt_type.len);
-    buf_adds(&b, ";");
-    esc_field(&b, rp->orcpt.ptr, rp->orcpt.len);
+    buf_adds(b, " orcpt=");
+    esc_field(b, rp->orcpt_type.ptr, rp->orcpt_type.len);
+    buf_adds(b, ";");
+    esc_field(b, rp->orcpt.ptr, rp->orcpt.len);
   }
+}
+
+static int cb_rcpt(struct tern_server_session *s, const struct tern_path *to,
+                   const struct tern_rcpt_params *rp, struct tern_reply *reply,
+                   void *ud) {
+  (void)s;
+  struct buf b = {0};
+  buf_adds(&b, "E: rcpt ");
+  rcpt_fields(&b, to, rp);
   trace_buf(RUN(ud), &b);
   return decide(RUN(ud), EV_RCPT, reply);
 }
@@ -891,14 +913,54 @@ static int cb_data(struct tern_server_session *s, const char *buf, size_t len,
   return 0;
 }
 
-static int cb_data_end(struct tern_server_session *s, uint64_t size,
-                       unsigned idx, struct tern_reply *reply, void *ud) {
+/*
+ * With trace_envelope: the whole envelope on the first end-of-data call
+ * of a message, and in LMTP the recipient each call answers for:
+ *   E: envelope id=ID helo=VERB:NAME tls=0 auth=0 lmtp=0 rcpts=N
+ *   E: envelope mail <from> PARAMS      (as "E: mail")
+ *   E: envelope rcpt <to> PARAMS        (as "E: rcpt"), N of them
+ *   E: envelope for <to>                (LMTP only)
+ */
+static void trace_envelope(struct run *r, const struct tern_envelope *env) {
+  static const char *const verbs[] = {"HELO", "EHLO", "LHLO"};
+  struct buf b = {0};
+  if (env->rcpt_index == 0) {
+    buf_printf(&b, "E: envelope id=%s helo=%s:", env->id ? env->id : "-",
+               verbs[env->helo_verb]);
+    esc_field(&b, env->helo.ptr, env->helo.len);
+    buf_printf(&b, " tls=%d auth=%d lmtp=%d rcpts=%zu", env->tls,
+               env->authenticated, env->lmtp, env->nrcpts);
+    trace_buf(r, &b);
+    buf_adds(&b, "E: envelope mail ");
+    mail_fields(&b, &env->from, &env->mail);
+    trace_buf(r, &b);
+    for (size_t i = 0; i < env->nrcpts; i++) {
+      const struct tern_envelope_rcpt *rc = tern_envelope_rcpt(env, i);
+      buf_adds(&b, "E: envelope rcpt ");
+      rcpt_fields(&b, &rc->to, &rc->params);
+      trace_buf(r, &b);
+    }
+    if (tern_envelope_rcpt(env, env->nrcpts) != NULL)
+      fail(r, "tern_envelope_rcpt() past the end is not NULL");
+  }
+  if (env->lmtp) {
+    buf_adds(&b, "E: envelope for ");
+    path_field(&b, &tern_envelope_rcpt(env, env->rcpt_index)->to);
+    trace_buf(r, &b);
+  }
+}
+
+static int cb_data_end(struct tern_server_session *s,
+                       const struct tern_envelope *env,
+                       struct tern_reply *reply, void *ud) {
   (void)s;
   struct run *r = RUN(ud);
   flush_msg(r);
   struct buf b = {0};
-  buf_printf(&b, "E: data_end size=%llu rcpt=%u", (unsigned long long)size, idx);
+  buf_printf(&b, "E: data_end size=%llu rcpt=%zu",
+             (unsigned long long)env->size, env->rcpt_index);
   trace_buf(r, &b);
+  if (r->sc->trace_envelope) trace_envelope(r, env);
   return decide(r, EV_DATA_END, reply);
 }
 

@@ -106,13 +106,13 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
   return 0;
 }
 
-static int on_data_end(struct tern_server_session *s, uint64_t size,
-                       unsigned idx, struct tern_reply *r, void *ud) {
+static int on_data_end(struct tern_server_session *s,
+                       const struct tern_envelope *env,
+                       struct tern_reply *r, void *ud) {
   struct app *a = ud;
   (void)s;
-  (void)idx;
   (void)r;
-  a->end_size = size;
+  a->end_size = env->size;
   a->ends++;
   return TERN_REPLY_NOW;
 }
@@ -298,7 +298,8 @@ static void run_transaction(const char *in, size_t len, size_t step,
   assert_non_null(s);
   unsigned long allocs = a.c.allocs, calls = a.c.calls;
   size_t live = a.c.live;
-  assert_int_equal(allocs, 2); /* its state, its I/O buffers (server.h) */
+  /* its state, its I/O buffers, its envelope store (server.h) */
+  assert_int_equal(allocs, 3);
 
   assert_int_equal(tern_server_session_start(s), 0);
   drain(s, &a);
@@ -323,7 +324,8 @@ static void run_transaction(const char *in, size_t len, size_t step,
 }
 
 /* After tern_server_session_trim() an idle session holds only its state;
- * the next transaction makes the buffers again, once. */
+ * the next command makes the I/O buffers again, the next MAIL the
+ * envelope store, once each. */
 static void test_trim(void **state) {
   static struct app a;
   (void)state;
@@ -341,7 +343,14 @@ static void test_trim(void **state) {
   static const char in[] = "EHLO client.example\r\n";
   feed(s, &a, in, sizeof in - 1, sizeof in - 1);
   assert_int_equal(a.c.allocs, allocs + 1);
+  assert_true(a.c.live < full);
+  static const char mail[] = "MAIL FROM:<a@example.org>\r\n";
+  feed(s, &a, mail, sizeof mail - 1, sizeof mail - 1);
+  assert_int_equal(a.c.allocs, allocs + 2);
   assert_int_equal(a.c.live, full);
+  drain(s, &a);
+  assert_int_equal(tern_server_session_trim(s), 1);
+  assert_true(a.c.live > 1024); /* the open transaction keeps its store */
   tern_server_session_free(s);
   assert_int_equal(a.c.live, 0);
 }

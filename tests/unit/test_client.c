@@ -62,7 +62,7 @@ static void test_reply_good(void **state) {
     assert_int_equal(parse(&p, "354\r\n", b), 1);
     tern__creply_get(&p, &r);
     assert_int_equal(r.code, 354);
-    assert_string_equal(r.enhanced, "");
+    assert_null(r.enhanced);
     assert_int_equal(r.lines[0].len, 0);
 
     /* a bare LF ends a line too */
@@ -70,10 +70,10 @@ static void test_reply_good(void **state) {
     /* class must match the code; 3.x.x is no enhanced code */
     assert_int_equal(parse(&p, "550 2.1.1 text\r\n", b), 1);
     tern__creply_get(&p, &r);
-    assert_string_equal(r.enhanced, "");
+    assert_null(r.enhanced);
     assert_int_equal(parse(&p, "334 3.1.1\r\n", b), 1);
     tern__creply_get(&p, &r);
-    assert_string_equal(r.enhanced, "");
+    assert_null(r.enhanced);
     assert_int_equal(parse(&p, "451 4.3.0\r\n", b), 1);
     tern__creply_get(&p, &r);
     assert_string_equal(r.enhanced, "4.3.0");
@@ -81,7 +81,7 @@ static void test_reply_good(void **state) {
     /* "5.1.10x" is not a code */
     assert_int_equal(parse(&p, "550 5.1.10x no\r\n", b), 1);
     tern__creply_get(&p, &r);
-    assert_string_equal(r.enhanced, "");
+    assert_null(r.enhanced);
     /* incomplete */
     assert_int_equal(parse(&p, "250-a\r\n250 b", b), 0);
     /* stops after the reply */
@@ -177,11 +177,11 @@ static void test_caps(void **state) {
   tern__creply_get(&p, &r);
   tern__ehlo_caps(&r, &c);
   assert_int_equal(c.caps,
-                   TERN_CAP_PIPELINING | TERN_CAP_SIZE | TERN_CAP_8BITMIME |
-                       TERN_CAP_AUTH | TERN_CAP_STARTTLS |
-                       TERN_CAP_ENHANCEDSTATUSCODES | TERN_CAP_CHUNKING |
-                       TERN_CAP_BINARYMIME | TERN_CAP_DSN | TERN_CAP_SMTPUTF8 |
-                       TERN_CAP_REQUIRETLS | TERN_CAP_LIMITS);
+                   TERN_EXT_PIPELINING | TERN_EXT_SIZE | TERN_EXT_8BITMIME |
+                       TERN_EXT_AUTH | TERN_EXT_STARTTLS |
+                       TERN_EXT_ENHANCEDSTATUSCODES | TERN_EXT_CHUNKING |
+                       TERN_EXT_BINARYMIME | TERN_EXT_DSN | TERN_EXT_SMTPUTF8 |
+                       TERN_EXT_REQUIRETLS | TERN_EXT_LIMITS);
   assert_int_equal(c.max_size, 35882577);
   assert_int_equal(c.rcptmax, 42);
   assert_string_equal(c.mechs, "LOGIN PLAIN XOAUTH2");
@@ -192,7 +192,7 @@ static void test_caps(void **state) {
   assert_int_equal(parse(&p, "250-PIPELINING\r\n250 SIZE\r\n", false), 1);
   tern__creply_get(&p, &r);
   tern__ehlo_caps(&r, &c);
-  assert_int_equal(c.caps, TERN_CAP_SIZE);
+  assert_int_equal(c.caps, TERN_EXT_SIZE);
   assert_int_equal(c.max_size, 0);
   assert_string_equal(c.mechs, "");
 }
@@ -455,7 +455,7 @@ static void test_notify_and_getters(void **state) {
   feed(s, "220 mx\r\n");
   feed(s, "250-mx\r\n250-SIZE 100\r\n250 AUTH PLAIN LOGIN\r\n");
   assert_int_equal(tern_client_session_caps(s),
-                   TERN_CAP_SIZE | TERN_CAP_AUTH);
+                   TERN_EXT_SIZE | TERN_EXT_AUTH);
   assert_int_equal(tern_client_session_max_size(s), 100);
   assert_string_equal(tern_client_session_auth_mechs(s), "PLAIN LOGIN");
   x.notified = 0;
