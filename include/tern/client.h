@@ -218,9 +218,11 @@ tern_client_callbacks_init(struct tern_client_callbacks *cb) {
 /* Create a session that waits for the server's greeting. cfg and cb are
  * copied (strings too; cfg NULL = defaults, cb NULL = no callbacks); `ud`
  * is handed to every callback and owned by the caller. Sets *out and
- * returns 0, or TERN_EINVAL (bad EHLO name, mechanism name syntax, a
- * size field larger than this library knows with non-zero extra bytes)
- * or TERN_ENOMEM (*out is NULL then). */
+ * returns 0, or TERN_EINVAL (NULL out, bad EHLO name, mechanism name
+ * syntax, max_recipients 0, a size field larger than this library knows
+ * with non-zero extra bytes) or TERN_ENOMEM. On failure *out is NULL
+ * (when out is not NULL) and nothing needs freeing: nothing stays
+ * allocated and no callback has fired. */
 TERN_EXTERN int tern_client_session_new(struct tern_client_session **out,
                                         const struct tern_client_config *cfg,
                                         const struct tern_client_callbacks *cb,
