@@ -35,9 +35,12 @@ static int on_data_end(struct tern_server_session *s,
                        const struct tern_envelope *env,
                        struct tern_reply *r, void *ud) {
   (void)s, (void)r, (void)ud;
-  printf("EOT (%llu octets, %zu recipient%s)\n",
-         (unsigned long long)env->size, env->nrcpts,
-         env->nrcpts == 1 ? "" : "s");
+  /* The envelope has the whole transaction; the strings are copies the
+   * session keeps until this returns. */
+  printf("EOT (%llu octets for", (unsigned long long)env->size);
+  for (size_t i = 0; i < env->nrcpts; i++)
+    printf(" <%s>", tern_envelope_rcpt(env, i)->to.mailbox.ptr);
+  printf(")\n");
   fflush(stdout);
   return TERN_REPLY_NOW;
 }

@@ -59,9 +59,7 @@ static int on_data_end(struct tern_server_session *s,
                        const struct tern_envelope *env,
                        struct tern_reply *r, void *ud) {
   (void)s, (void)r, (void)ud;
-  printf("EOT (%llu octets, %zu recipient%s)\n",
-         (unsigned long long)env->size, env->nrcpts,
-         env->nrcpts == 1 ? "" : "s");
+  printf("EOT (%llu octets)\n", (unsigned long long)env->size);
   fflush(stdout);
   return TERN_REPLY_NOW;
 }
