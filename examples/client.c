@@ -31,8 +31,9 @@ static void on_sent(const struct tern_send_result *r, void *ud) {
     const struct tern_send_reply *why =
         x->rcpt.code / 100 != 2 ? &x->rcpt : &x->data;
     if (!x->delivered)
-      fprintf(stderr, "client: <%s> refused: %d %s %s\n", x->address,
-              why->code, why->enhanced, why->text);
+      fprintf(stderr, "client: <%s> refused: %d%s%s %s\n", x->address,
+              why->code, why->enhanced ? " " : "",
+              why->enhanced ? why->enhanced : "", why->text);
   }
   if (r->delivered == r->nrcpt) {
     printf("sent to %zu recipient%s: %d %s\n", r->nrcpt,

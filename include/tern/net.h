@@ -525,7 +525,7 @@ static inline void tern_send_options_init(struct tern_send_options *o) {
 struct tern_send_reply {
   int code;             /* 200..599; 0: no reply (never asked, or the
                            connection ended first) */
-  const char *enhanced; /* "2.1.5", or "" when the reply had none */
+  const char *enhanced; /* "2.1.5", or NULL when the reply had none */
   const char *text;     /* the reply's lines without "ddd-", joined by LF;
                            "" when none */
   bool local;           /* made here, not sent by the server: the

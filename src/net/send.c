@@ -272,7 +272,7 @@ static const struct kept_reply *deciding_reply(const struct send_op *op) {
 
 static void to_public(const struct kept_reply *k, struct tern_send_reply *o) {
   o->code = k->code;
-  o->enhanced = k->enhanced;
+  o->enhanced = k->enhanced[0] ? k->enhanced : NULL; /* NULL = none */
   o->text = k->text ? k->text : "";
   o->local = k->local;
 }

@@ -76,11 +76,12 @@ static int srv_data(struct tern_server_session *s, const char *buf, size_t len,
   return 0;
 }
 
-static int srv_data_end(struct tern_server_session *s, uint64_t size,
-                        unsigned i, struct tern_reply *reply, void *ud) {
+static int srv_data_end(struct tern_server_session *s,
+                        const struct tern_envelope *env,
+                        struct tern_reply *reply, void *ud) {
   struct srv *v = ud;
+  size_t i = env->rcpt_index;
   (void)s;
-  (void)size;
   if (i < v->nrcpt && !strncmp(v->rcpt[i], "fail-data", 9)) {
     reply->code = 550;
     reply->enhanced = "5.2.1";
@@ -141,7 +142,8 @@ static void on_done(const struct tern_send_result *r, void *ud) {
   snprintf(g->error_text, sizeof g->error_text, "%s", r->error_text);
   g->reply = r->reply; /* its strings are copied below */
   snprintf(g->reply_text, sizeof g->reply_text, "%s", r->reply.text);
-  snprintf(g->reply_enh, sizeof g->reply_enh, "%s", r->reply.enhanced);
+  snprintf(g->reply_enh, sizeof g->reply_enh, "%s",
+           r->reply.enhanced ? r->reply.enhanced : "");
   g->delivered = r->delivered;
   g->nrcpt = r->nrcpt;
   for (size_t i = 0; i < r->nrcpt && i < 8; i++) {
@@ -149,7 +151,8 @@ static void on_done(const struct tern_send_result *r, void *ud) {
     g->rcpt_code[i] = x->rcpt.code;
     g->data_code[i] = x->data.code;
     g->delivered_i[i] = x->delivered;
-    snprintf(g->rcpt_enh[i], sizeof g->rcpt_enh[i], "%s", x->rcpt.enhanced);
+    snprintf(g->rcpt_enh[i], sizeof g->rcpt_enh[i], "%s",
+             x->rcpt.enhanced ? x->rcpt.enhanced : "");
     snprintf(g->rcpt_text[i], sizeof g->rcpt_text[i], "%s", x->rcpt.text);
     snprintf(g->addr[i], sizeof g->addr[i], "%s", x->address);
   }
