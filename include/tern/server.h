@@ -22,7 +22,8 @@
  *
  * Reentrancy: from inside a callback the application may call only
  * tern_server_session_{reply(its own pending decision), userdata,
- * set_userdata, is_tls, is_authenticated, pending, close}. Freeing the
+ * set_userdata, set_message_id, is_tls, is_authenticated, pending, close}
+ * and tern_envelope_rcpt(). Freeing the
  * session from a callback is not allowed; call tern_server_session_close()
  * and free it after the callback returns.
  */

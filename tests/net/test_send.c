@@ -35,6 +35,7 @@ struct srv {
   unsigned messages;
   char rcpt[8][64]; /* accepted recipients of the current message */
   unsigned nrcpt;
+  bool lmtp; /* tern_session_info().lmtp at the last end of data */
 };
 
 static bool has_prefix(struct tern_str s, const char *p) {
@@ -81,7 +82,9 @@ static int srv_data_end(struct tern_server_session *s,
                         struct tern_reply *reply, void *ud) {
   struct srv *v = ud;
   size_t i = env->rcpt_index;
-  (void)s;
+  /* the runtime's info and the envelope agree on the protocol */
+  v->lmtp = tern_session_info(s)->lmtp;
+  assert_int_equal(v->lmtp, env->lmtp);
   if (i < v->nrcpt && !strncmp(v->rcpt[i], "fail-data", 9)) {
     reply->code = 550;
     reply->enhanced = "5.2.1";
@@ -308,6 +311,7 @@ static void test_lmtp_per_recipient(void **state) {
   assert_int_equal(g->reply.code, 550); /* the first failure */
   assert_string_equal(g->reply_enh, "5.2.1");
   assert_int_equal(g->delivered, 2);
+  assert_true(run.s.lmtp); /* an lmtp:// listener's session says so */
   assert_int_equal(g->data_code[0], 250);
   assert_int_equal(g->data_code[1], 550);
   assert_int_equal(g->rcpt_code[2], 550);
