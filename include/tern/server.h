@@ -199,8 +199,7 @@ struct tern_envelope_rcpt {
 };
 
 /*
- * The envelope of the message being ended, handed to on_data_end: what
- * go-smtp, smtp-server and aiosmtpd applications look for first. The
+ * The envelope of the message being ended, handed to on_data_end. The
  * session owns it and its strings: they are valid until on_data_end
  * returns or, when it returned TERN_PENDING, until
  * tern_server_session_reply() answers it. Read-only: never allocate,
