@@ -5,13 +5,13 @@
  *   socket --read--> [TLS decrypt] --> [PROXY header] --> feed(session)
  *   session output --> [TLS encrypt] --> try_write / uv_write --> socket
  *
+ * The transport (handle, TLS, held input, writes) is a tern__stream
+ * (stream.c) that reaches the session through the adapter below; this
+ * file keeps accept, the PROXY header, timers, deadlines and limits.
  * pump() is the single place that moves things along: it feeds held
  * input, flushes output, starts TLS, closes, and turns reading on or off
  * (backpressure: a session that does not want input is not read for).
- * Memory: a connection holds no buffer while idle; reads land in the
- * worker's scratch buffer and only what the session could not take yet
- * is copied into a per-connection buffer (at most one read's worth,
- * because reading stops while anything is held).
+ * AUTH and XCLIENT are auth.c's.
  */
 #include "internal.h"
 
@@ -20,89 +20,21 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "runtime.h"
+#include "conn.h"
 
-#define HELD_MAX (4 * TERN__READ_SIZE) /* held plaintext ceiling */
-#define WRITE_HIGH (256 * 1024)        /* stop taking output above this */
-
-enum phase { PH_PROXY, PH_GREET_WAIT, PH_TLS_WAIT, PH_SMTP };
 enum tmode { TM_NONE, TM_TIMEOUT, TM_GREET, TM_AUTH_DELAY };
-
-struct tern__conn {
-  struct tern__worker *w;   /* owner thread */
-  struct tern__listener *l; /* accepted on */
-  union {
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-    uv_handle_t handle;
-    uv_stream_t stream;
-  } h;
-  uv_timer_t timer;               /* idle timeouts, greeting, AUTH delay */
-  uv_timer_t dl;                  /* total deadlines, below */
-  int handles;                    /* open libuv handles */
-  struct tern__conn *prev, *next; /* worker's list */
-
-  struct tern_server_session *s;   /* NULL before the PROXY header */
-  struct tern__tls *tls;           /* NULL until TLS starts */
-  struct tern__sasl_session *sasl; /* an AUTH exchange in progress */
-  struct tern_session_info info;   /* tern_session_info() */
-  struct sockaddr_storage peer;    /* client (after PROXY) */
-  struct sockaddr_storage counted; /* address counted for max_per_ip */
-  bool ip_counted;
-  char id[32];
-  char peer_addr[64];
-  char local_addr[64];
-  char *auth_user; /* after AUTH, owned */
-
-  char *in; /* plaintext the session did not take */
-  size_t in_len, in_cap;
-  char *proxy; /* PROXY header so far (PH_PROXY) */
-  size_t proxy_len;
-
-  unsigned char phase;          /* enum phase */
-  unsigned char tmode;          /* enum tmode */
-  bool reading;                 /* uv_read_start active */
-  bool in_pump, again;          /* pump() reentrancy */
-  bool eof;                     /* peer closed its side */
-  bool closing;                 /* conn_close() was called */
-  bool tls_ready;               /* handshake done */
-  bool tls_closed;              /* close_notify queued */
-  bool drain;                   /* shutdown: close when idle */
-  unsigned writes;              /* write requests in flight */
-  size_t writing;               /* their bytes */
-  unsigned auth_failures;       /* for the growing delay */
-  uv_work_t auth_work;          /* a password check on the pool */
-  bool auth_busy;               /* auth_work submitted, not done */
-  bool auth_queued;             /* in the worker's auth queue */
-  struct tern__conn *auth_next; /* that queue */
-
-  /* Total deadlines (uv_now() times, 0 = off); `dl` runs to the earliest.
-   * Unlike the idle timer, traffic does not move them. */
-  uint64_t dl_proxy; /* whole PROXY header */
-  uint64_t dl_tls;   /* whole TLS handshake */
-  uint64_t dl_line;  /* one command line, from its first byte */
-  uint64_t dl_write; /* output pending: next progress due */
-};
-
-struct wreq {
-  uv_write_t req;
-  struct tern__conn *c;
-  size_t len;
-  char data[];
-};
 
 static void pump(struct tern__conn *c);
 static void conn_close(struct tern__conn *c);
 static void arm_dl(struct tern__conn *c);
 static void write_clock(struct tern__conn *c, bool progress);
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+static void on_read(void *arg, ssize_t nread, const char *p);
+static void on_timer(uv_timer_t *t);
+static void restart_timer(struct tern__conn *c);
 
 struct tern__conn *tern__conn_next(struct tern__conn *c) {
   return c->next;
 }
-
-static struct tern__conn *conn_of(const struct tern_server_session *s);
 
 /* Tell the application what the runtime did on its own (for its log). */
 static void emit(struct tern__conn *c, enum tern_net_event_type type,
@@ -115,124 +47,8 @@ static void emit(struct tern__conn *c, enum tern_net_event_type type,
   srv->opt.on_event(&ev, srv->opt.ud);
 }
 
-/* ---- writing
- * ------------------------------------------------------------------ */
-
-static void on_write(uv_write_t *req, int status) {
-  struct wreq *r = (struct wreq *)req;
-  struct tern__conn *c = r->c;
-  c->writes--;
-  c->writing -= r->len;
-  free(r);
-  if (status < 0) {
-    conn_close(c);
-    return;
-  }
-  write_clock(c, true); /* the client took bytes: progress */
-  pump(c);
-}
-
-/* Send bytes in order: try a direct write when nothing is queued, queue a
- * copy of the rest. */
-static void send_raw(struct tern__conn *c, const char *p, size_t n) {
-  if (c->closing || !n)
-    return;
-  if (!c->writes) {
-    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-    int r = uv_try_write(&c->h.stream, &b, 1);
-    if (r == (int)n)
-      return;
-    if (r > 0) {
-      p += r;
-      n -= (size_t)r;
-    } else if (r != UV_EAGAIN) {
-      conn_close(c);
-      return;
-    }
-  }
-  struct wreq *q = malloc(sizeof *q + n);
-  if (!q) {
-    conn_close(c);
-    return;
-  }
-  q->c = c;
-  q->len = n;
-  memcpy(q->data, p, n);
-  uv_buf_t b = uv_buf_init(q->data, (unsigned)n);
-  if (uv_write(&q->req, &c->h.stream, &b, 1, on_write) != 0) {
-    free(q);
-    conn_close(c);
-    return;
-  }
-  c->writes++;
-  c->writing += n;
-  write_clock(c, false);
-}
-
-/* Ciphertext the TLS engine produced (handshake or records). */
-static void tls_flush(struct tern__conn *c) {
-  size_t n;
-  while (c->tls && !c->closing &&
-         (n = tern__tls_output(c->tls, c->w->wbuf, sizeof c->w->wbuf)) > 0)
-    send_raw(c, c->w->wbuf, n);
-}
-
-/* Move the session's output to the socket (through TLS when on). */
-static void flush_session(struct tern__conn *c) {
-  const char *p;
-  size_t n;
-  while (c->s && !c->closing && c->writing < WRITE_HIGH &&
-         (n = tern_server_session_output(c->s, &p)) > 0) {
-    if (c->tls && c->tls_ready) {
-      long t = tern__tls_write(c->tls, p, n);
-      if (t < 0) {
-        conn_close(c);
-        return;
-      }
-      tern_server_session_consume(c->s, (size_t)t);
-      tls_flush(c);
-      if (!t)
-        break;
-    } else {
-      send_raw(c, p, n);
-      tern_server_session_consume(c->s, n);
-    }
-  }
-}
-
-/* A reply without a session (limits, early talkers), then close; the
- * application hears of it through on_event. */
-static void refuse(struct tern__conn *c, enum tern_net_event_type type,
-                   unsigned code, const char *enhanced, const char *why) {
-  char t[512];
-  emit(c, type, code, enhanced, why);
-  int n = snprintf(t, sizeof t, "%u %s %s %s\r\n", code, enhanced,
-                   TERN__LIVE(c->w->srv->opt.session.hostname), why);
-  if (n > 0 && (size_t)n < sizeof t)
-    send_raw(c, t, (size_t)n);
-  conn_close(c);
-}
-
-/* ---- reading
- * ------------------------------------------------------------------ */
-
-/* Keep bytes the session did not take (reading stops meanwhile). */
-static bool hold(struct tern__conn *c, const char *p, size_t n) {
-  if (c->in_len + n > HELD_MAX)
-    return false;
-  if (c->in_len + n > c->in_cap) {
-    size_t cap =
-        c->in_len + n < TERN__READ_SIZE ? TERN__READ_SIZE : c->in_len + n;
-    char *b = realloc(c->in, cap);
-    if (!b)
-      return false;
-    c->in = b;
-    c->in_cap = cap;
-  }
-  memmove(c->in + c->in_len, p, n);
-  c->in_len += n;
-  return true;
-}
+/* ---- the stream's adapter
+ * ----------------------------------------------------------- */
 
 /*
  * One command line gets timeout_command from its first byte, however the
@@ -255,130 +71,98 @@ static void line_clock(struct tern__conn *c, bool partial_before, const char *p,
   }
 }
 
-/* Feed p[0..n) while the session takes it; hold the rest. */
-static void input(struct tern__conn *c, const char *p, size_t n) {
-  if (c->in_len) { /* keep order behind what is held */
-    if (!hold(c, p, n))
-      conn_close(c);
-    return;
-  }
-  while (n && c->s && !c->closing &&
-         (tern_server_session_want(c->s) & TERN_WANT_READ)) {
-    bool partial = tern_server_session_line_pending(c->s);
-    long r = tern_server_session_feed(c->s, p, n);
-    if (r < 0) {
-      conn_close(c);
-      return;
-    }
+static long s_feed(void *arg, const char *p, size_t n) {
+  struct tern__conn *c = arg;
+  bool partial = tern_server_session_line_pending(c->s);
+  long r = tern_server_session_feed(c->s, p, n);
+  if (r >= 0)
     line_clock(c, partial, p, (size_t)r);
-    p += r;
-    n -= (size_t)r;
-    flush_session(c);
-    if (!r)
-      break;
-  }
-  if (c->s && (tern_server_session_want(c->s) & TERN_WANT_TLS))
-    return; /* the session discards until TLS; nothing to hold */
-  if (n && !c->closing && !hold(c, p, n))
-    conn_close(c);
+  return r;
 }
 
-/* Feed what was held back, now that the session may want it. */
-static void feed_held(struct tern__conn *c) {
-  while (c->in_len && c->s && !c->closing &&
-         (tern_server_session_want(c->s) & TERN_WANT_READ)) {
-    bool partial = tern_server_session_line_pending(c->s);
-    long r = tern_server_session_feed(c->s, c->in, c->in_len);
-    if (r < 0) {
-      conn_close(c);
-      return;
-    }
-    line_clock(c, partial, c->in, (size_t)r);
-    memmove(c->in, c->in + r, c->in_len - (size_t)r);
-    c->in_len -= (size_t)r;
-    flush_session(c);
-    if (!r)
-      break;
-  }
-  if (!c->in_len && c->in) { /* idle connections hold no buffer */
-    free(c->in);
-    c->in = NULL;
-    c->in_cap = 0;
-  }
+static size_t s_output(void *arg, const char **p) {
+  struct tern__conn *c = arg;
+  return c->s ? tern_server_session_output(c->s, p) : 0;
 }
 
-static void fill_tls_info(struct tern__conn *c) {
+static void s_consume(void *arg, size_t n) {
+  tern_server_session_consume(((struct tern__conn *)arg)->s, n);
+}
+
+static unsigned s_want(void *arg) {
+  struct tern__conn *c = arg;
+  if (!c->s)
+    return 0;
+  unsigned w = tern_server_session_want(c->s), r = 0;
+  if (w & TERN_WANT_READ)
+    r |= TERN__SW_FEED | TERN__SW_READ;
+  if (w & TERN_WANT_WRITE)
+    r |= TERN__SW_WRITE;
+  if (w & TERN_WANT_TLS)
+    r |= TERN__SW_TLS;
+  if (w & TERN_WANT_CLOSE)
+    r |= TERN__SW_CLOSE;
+  return r;
+}
+
+static void s_tls_ready(void *arg) {
+  struct tern__conn *c = arg;
+  c->dl_tls = 0;
+  arm_dl(c);
   c->info.tls = true;
-  c->info.tls_version = tern__tls_version(c->tls);
-  c->info.tls_cipher = tern__tls_cipher(c->tls);
-  c->info.tls_sni = tern__tls_sni(c->tls);
+  c->info.tls_version = tern__tls_version(c->st.tls);
+  c->info.tls_cipher = tern__tls_cipher(c->st.tls);
+  c->info.tls_sni = tern__tls_sni(c->st.tls);
+  if (c->l->implicit_tls)
+    tern_server_session_start(c->s); /* greeting inside TLS */
+  else
+    tern_server_session_tls_started(c->s);
+  c->phase = PH_SMTP;
 }
 
-static void restart_timer(struct tern__conn *c);
-
-/* Decrypt what the TLS engine can give while the session wants it. */
-static void tls_pull(struct tern__conn *c) {
-  while (c->tls && !c->closing && !c->in_len) {
-    long r = tern__tls_read(c->tls, c->w->pbuf, sizeof c->w->pbuf);
-    if (!c->tls_ready && tern__tls_handshake_done(c->tls)) {
-      c->tls_ready = true;
-      c->dl_tls = 0;
-      arm_dl(c);
-      fill_tls_info(c);
-      if (c->l->implicit_tls) {
-        tern_server_session_start(c->s); /* greeting inside TLS */
-      } else {
-        tern_server_session_tls_started(c->s);
-      }
-      c->phase = PH_SMTP;
-      flush_session(c);
-    }
-    tls_flush(c);
-    if (r > 0) {
-      input(c, c->w->pbuf, (size_t)r);
-      continue;
-    }
-    if (r == TERN_ECLOSED) {
-      c->eof = true;
-    } else if (r < 0) {
-      if (!c->tls_ready)
-        emit(c, TERN_NET_TLS_FAILED, 0, NULL, tern__tls_error(c->tls));
-      conn_close(c);
-    }
+static void s_written(void *arg, int status) {
+  struct tern__conn *c = arg;
+  if (status < 0) {
+    conn_close(c);
     return;
   }
+  write_clock(c, true); /* the client took bytes: progress */
+  pump(c);
 }
 
-/*
- * Feed everything already received before the socket is read again: what
- * was held back first (order), then what the TLS engine holds. The engine
- * is the trap: records it has buffered raise no read event of their own,
- * so a session that wants input while they sit there waits for bytes that
- * arrived long ago (a client that sent its whole message and waits for
- * the reply never sends more). Invariant on return: either the session
- * does not want input, or nothing is held and the engine has no complete
- * record left, so waiting for the socket is right.
- */
-static void feed_input(struct tern__conn *c) {
-  for (;;) {
-    feed_held(c);
-    if (c->in_len || c->closing || !c->s || !c->tls || !c->tls_ready)
-      return;
-    tls_pull(c); /* to the session, holding what it does not take */
-    if (!c->in_len || c->closing || !c->s ||
-        !(tern_server_session_want(c->s) & TERN_WANT_READ))
-      return; /* drained, or paused: a reply or resume pumps again */
-  }
+static void s_fail(void *arg, enum tern__stream_err why, long code) {
+  struct tern__conn *c = arg;
+  (void)code;
+  if (why == TERN__SE_TLS && !c->st.tls_ready)
+    emit(c, TERN_NET_TLS_FAILED, 0, NULL, tern__tls_error(c->st.tls));
+  conn_close(c);
+}
+
+static const struct tern__stream_ops conn_ops = {
+    s_feed, s_output, s_consume, s_want, on_read, s_tls_ready, s_written,
+    s_fail};
+
+/* A reply without a session (limits, early talkers), then close; the
+ * application hears of it through on_event. */
+static void refuse(struct tern__conn *c, enum tern_net_event_type type,
+                   unsigned code, const char *enhanced, const char *why) {
+  char t[512];
+  emit(c, type, code, enhanced, why);
+  int n = snprintf(t, sizeof t, "%u %s %s %s\r\n", code, enhanced,
+                   TERN__LIVE(c->w->srv->opt.session.hostname), why);
+  if (n > 0 && (size_t)n < sizeof t)
+    tern__stream_send(&c->st, t, (size_t)n);
+  conn_close(c);
 }
 
 static void start_tls(struct tern__conn *c) {
   struct tern_server *srv = c->w->srv;
-  if (!srv->tls || tern__tls_new(&c->tls, srv->tls) != 0) {
+  struct tern__tls *t;
+  if (!srv->tls || tern__tls_new(&t, srv->tls) != 0) {
     conn_close(c);
     return;
   }
-  /* RFC 3207 §4.2: nothing read before the handshake may count. */
-  c->in_len = 0;
+  tern__stream_tls_begin(&c->st, t, false);
   c->phase = PH_TLS_WAIT;
   c->dl_tls =
       uv_now(c->w->loop) + TERN__LIVE(srv->opt.tls_handshake_timeout_ms);
@@ -390,23 +174,18 @@ static void start_tls(struct tern__conn *c) {
 
 static void update_reading(struct tern__conn *c) {
   bool want = false;
-  if (!c->closing && !c->eof) {
+  if (!c->closing && !c->st.eof) {
     if (c->phase != PH_SMTP)
       want = true; /* PROXY header, early talkers, TLS handshake */
-    else if (!c->in_len && c->s)
-      want = (tern_server_session_want(c->s) & TERN_WANT_READ) != 0;
+    else if (c->s)
+      want = tern__stream_wants_read(&c->st);
     /* A password check waiting in the AUTH queue: read on (input is
      * held, bounded) so that a client that has gone is noticed and its
      * check never runs, instead of holding a queue slot. */
     if (c->auth_queued)
       want = true;
   }
-  if (want && !c->reading) {
-    c->reading = uv_read_start(&c->h.stream, on_alloc, on_read) == 0;
-  } else if (!want && c->reading) {
-    uv_read_stop(&c->h.stream);
-    c->reading = false;
-  }
+  tern__stream_set_reading(&c->st, want);
 }
 
 static void pump(struct tern__conn *c) {
@@ -419,20 +198,14 @@ static void pump(struct tern__conn *c) {
     c->again = false;
     if (c->closing || !c->s)
       break;
-    feed_input(c);
-    bool blocked =
-        c->in_len && !(tern_server_session_want(c->s) & TERN_WANT_READ);
-    flush_session(c);
-    if (c->closing)
-      break;
-    unsigned want = tern_server_session_want(c->s);
-    if (blocked && (want & TERN_WANT_READ)) {
-      /* Flushing took the session's output below its high-water mark:
-       * it takes input again, and consume() does not notify. */
+    if (tern__stream_step(&c->st)) {
       c->again = true;
       continue;
     }
-    if ((want & TERN_WANT_TLS) && !c->tls && !(want & TERN_WANT_WRITE))
+    if (c->closing)
+      break;
+    unsigned want = tern_server_session_want(c->s);
+    if ((want & TERN_WANT_TLS) && !c->st.tls && !(want & TERN_WANT_WRITE))
       start_tls(c);
     if (c->drain && !(want & TERN_WANT_CLOSE) &&
         !tern_server_session_in_transaction(c->s) &&
@@ -442,27 +215,20 @@ static void pump(struct tern__conn *c) {
       c->again = true;
       continue;
     }
-    if (c->eof && !(want & TERN_WANT_CLOSE))
+    if (c->st.eof && !(want & TERN_WANT_CLOSE))
       tern_server_session_eof(c->s);
     want = tern_server_session_want(c->s);
-    if ((want & TERN_WANT_CLOSE) && !(want & TERN_WANT_WRITE)) {
-      /* RFC 8446 §6.1: say close_notify, then close once it is out. */
-      if (c->tls && c->tls_ready && !c->tls_closed) {
-        c->tls_closed = true;
-        tern__tls_shutdown(c->tls);
-        tls_flush(c);
-      }
-      if (!c->writes) {
-        conn_close(c);
-        break;
-      }
+    if ((want & TERN_WANT_CLOSE) && !(want & TERN_WANT_WRITE) &&
+        tern__stream_close_ready(&c->st)) {
+      conn_close(c);
+      break;
     }
   } while (c->again);
   if (!c->closing) {
     write_clock(c, false);
     update_reading(c);
     /* Quiet now: give the session's buffers back (idle connections). */
-    if (c->s && !c->in_len && !c->writes && c->reading)
+    if (c->s && !c->st.in_len && !c->st.writes && c->st.reading)
       tern_server_session_trim(c->s);
   }
   c->in_pump = false;
@@ -494,7 +260,7 @@ static void on_timer(uv_timer_t *t) {
     return;
   }
   case TM_TIMEOUT:
-    if (c->tls && !c->tls_ready) { /* no plaintext 421 inside a handshake */
+    if (c->st.tls && !c->st.tls_ready) { /* no 421 inside a handshake */
       emit(c, TERN_NET_TLS_TIMEOUT, 0, NULL, "TLS handshake idle");
       conn_close(c);
       return;
@@ -522,6 +288,11 @@ static void restart_timer(struct tern__conn *c) {
     uv_timer_stop(&c->timer);
 }
 
+void tern__conn_auth_delay(struct tern__conn *c, uint64_t ms) {
+  c->tmode = TM_AUTH_DELAY;
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
 /* ---- total deadlines
  * --------------------------------------------------------- */
 
@@ -533,7 +304,8 @@ static void write_clock(struct tern__conn *c, bool progress) {
   if (c->closing)
     return;
   bool pending =
-      c->writes || (c->s && (tern_server_session_want(c->s) & TERN_WANT_WRITE));
+      c->st.writes ||
+      (c->s && (tern_server_session_want(c->s) & TERN_WANT_WRITE));
   uint64_t due = 0;
   if (pending)
     due = progress || !c->dl_write
@@ -594,227 +366,6 @@ static void arm_dl(struct tern__conn *c) {
   uv_timer_start(&c->dl, on_dl, first > now ? first - now : 0, 0);
 }
 
-/* ---- AUTH through GNU SASL ----------------------------------------------- */
-
-/*
- * The reply for an exchange that is over (any result but CONTINUE and
- * VERIFY); frees the SASL session. A failed password waits, longer each
- * time (guessing gets slow): then the timer answers and this returns
- * TERN_PENDING.
- */
-static int auth_result(struct tern__conn *c, int r, struct tern_reply *reply) {
-  if (r == TERN__SASL_OK) {
-    const char *user = tern__sasl_user(c->sasl);
-    free(c->auth_user);
-    c->auth_user = user ? strdup(user) : NULL;
-    c->info.auth_user = c->auth_user;
-    c->auth_failures = 0;
-    reply->code = 235;
-    reply->enhanced = "2.7.0";
-    reply->text = "Authentication successful";
-  }
-  tern__sasl_session_free(c->sasl);
-  c->sasl = NULL;
-  if (r == TERN__SASL_OK)
-    return TERN_REPLY_NOW;
-  if (r == TERN_ETEMP || r == TERN_ENOMEM) {
-    reply->code = 454;
-    reply->enhanced = "4.7.0";
-    reply->text = "Temporary authentication failure";
-    return TERN_REPLY_NOW;
-  }
-  if (r == TERN_ENOTSUP) {
-    reply->code = 504;
-    reply->enhanced = "5.5.4";
-    reply->text = "Unrecognized authentication type";
-    return TERN_REPLY_NOW;
-  }
-  if (r == TERN_ESYNTAX) {
-    reply->code = 501;
-    reply->enhanced = "5.5.2";
-    reply->text = "Error: cannot decode AUTH response";
-    return TERN_REPLY_NOW;
-  }
-  unsigned delay = TERN__LIVE(c->w->srv->opt.auth_fail_delay_ms);
-  unsigned shift = c->auth_failures < 3 ? c->auth_failures : 3;
-  c->auth_failures++;
-  reply->code = 535;
-  reply->enhanced = "5.7.8";
-  reply->text = "Error: authentication failed";
-  if (!delay)
-    return TERN_REPLY_NOW;
-  c->tmode = TM_AUTH_DELAY;
-  uv_timer_start(&c->timer, on_timer, (uint64_t)delay << shift, 0);
-  return TERN_PENDING;
-}
-
-/*
- * Password checks (issue 8 item 13). check_password hashes (yescrypt:
- * tens of milliseconds), so it runs on libuv's thread pool while the
- * session's AUTH decision is pending; the loop goes on serving everyone
- * else. At most auth_max_concurrent checks of a worker run at once (the
- * pool's four threads also do the file I/O of deliveries); up to
- * auth_max_queued more wait in FIFO order; past that AUTH gets 454 4.7.0
- * at once. A connection with a check on the pool counts it as a handle,
- * so it is freed only after the check is done.
- */
-static void auth_work_cb(uv_work_t *req) {
-  struct tern__conn *c = req->data;
-  tern__sasl_verify(c->sasl); /* only c->sasl is touched off the loop */
-}
-
-static void auth_after_cb(uv_work_t *req, int status);
-
-static unsigned auth_max_running(const struct tern__conn *c) {
-  unsigned n = c->w->srv->opt.auth_max_concurrent;
-  return n ? n : 1;
-}
-
-static int auth_submit(struct tern__conn *c) {
-  c->auth_work.data = c;
-  if (uv_queue_work(c->w->loop, &c->auth_work, auth_work_cb, auth_after_cb))
-    return -1;
-  c->w->auth_running++;
-  c->auth_busy = true;
-  c->handles++;
-  return 0;
-}
-
-/* End a check that cannot run: 454, the session goes on. */
-static void auth_cannot_run(struct tern__conn *c) {
-  struct tern_reply r;
-  tern__sasl_verify_done(c->sasl); /* wipes the credentials */
-  auth_result(c, TERN_ETEMP, &r);
-  tern_server_session_reply(c->s, &r);
-}
-
-/* Start waiting checks while there is room. */
-static void auth_start_waiting(struct tern__worker *w) {
-  while (w->auth_head && w->auth_running < auth_max_running(w->auth_head)) {
-    struct tern__conn *c = w->auth_head;
-    w->auth_head = c->auth_next;
-    if (!w->auth_head)
-      w->auth_tail = NULL;
-    c->auth_next = NULL;
-    c->auth_queued = false;
-    w->auth_waiting--;
-    if (auth_submit(c) != 0)
-      auth_cannot_run(c);
-  }
-}
-
-static void auth_unqueue(struct tern__conn *c) {
-  struct tern__worker *w = c->w;
-  struct tern__conn **pp = &w->auth_head, *prev = NULL;
-  if (!c->auth_queued)
-    return;
-  while (*pp && *pp != c) {
-    prev = *pp;
-    pp = &(*pp)->auth_next;
-  }
-  if (*pp) {
-    *pp = c->auth_next;
-    if (w->auth_tail == c)
-      w->auth_tail = prev;
-    w->auth_waiting--;
-  }
-  c->auth_next = NULL;
-  c->auth_queued = false;
-}
-
-/* The step read the credentials: check them off the loop. */
-static int auth_verify_start(struct tern__conn *c, struct tern_reply *reply) {
-  struct tern__worker *w = c->w;
-  if (w->auth_running < auth_max_running(c)) {
-    if (auth_submit(c) == 0)
-      return TERN_PENDING;
-  } else if (w->auth_waiting < w->srv->opt.auth_max_queued) {
-    c->auth_queued = true;
-    c->auth_next = NULL;
-    if (w->auth_tail)
-      w->auth_tail->auth_next = c;
-    else
-      w->auth_head = c;
-    w->auth_tail = c;
-    w->auth_waiting++;
-    return TERN_PENDING;
-  }
-  /* Too many checks waiting: a temporary failure, the client retries. */
-  tern__sasl_verify_done(c->sasl);
-  return auth_result(c, TERN_ETEMP, reply);
-}
-
-static void conn_free(struct tern__conn *c);
-
-static void auth_after_cb(uv_work_t *req, int status) {
-  struct tern__conn *c = req->data;
-  struct tern__worker *w = c->w;
-  int r = tern__sasl_verify_done(c->sasl); /* wipes the credentials */
-  if (status != 0)
-    r = TERN_ETEMP; /* the check did not run */
-  w->auth_running--;
-  c->auth_busy = false;
-  bool gone = c->closing || !c->s;
-  if (--c->handles == 0) { /* closed meanwhile; its handles are gone */
-    auth_start_waiting(w);
-    conn_free(c);
-    return;
-  }
-  auth_start_waiting(w);
-  if (gone)
-    return;
-  struct tern_reply rep;
-  if (auth_result(c, r, &rep) == TERN_REPLY_NOW)
-    tern_server_session_reply(c->s, &rep); /* notifies: pumps */
-}
-
-static int on_auth(struct tern_server_session *s, struct tern_str mech,
-                   struct tern_str resp, bool has_resp, unsigned step,
-                   struct tern_reply *reply, void *ud) {
-  struct tern__conn *c = conn_of(s);
-  const char *challenge = NULL;
-  (void)ud;
-  if (!c)
-    return TERN_EINVAL;
-  if (step == 0 && c->sasl) {
-    tern__sasl_session_free(c->sasl);
-    c->sasl = NULL;
-  }
-  int r = tern__sasl_step(c->w->sasl, &c->sasl, s, mech.ptr, resp.ptr, resp.len,
-                          has_resp, &challenge);
-  if (r == TERN__SASL_CONTINUE) {
-    reply->code = 334;
-    reply->enhanced = NULL;
-    reply->text = challenge;
-    return TERN_REPLY_NOW; /* the core copies the text at once */
-  }
-  if (r == TERN__SASL_VERIFY)
-    return auth_verify_start(c, reply);
-  return auth_result(c, r, reply);
-}
-
-/* XCLIENT from a trusted peer: the session now speaks for ADDR/PORT. */
-static int on_xclient(struct tern_server_session *s,
-                      const struct tern_xclient *x, struct tern_reply *reply,
-                      void *ud) {
-  struct tern__conn *c = conn_of(s);
-  int rc = TERN_REPLY_NOW;
-  if (c && c->w->srv->cb.on_xclient)
-    rc = c->w->srv->cb.on_xclient(s, x, reply, ud);
-  if (c && rc == TERN_REPLY_NOW && reply->code / 100 == 2 && x->addr.len &&
-      x->addr.len < sizeof c->peer_addr) {
-    memcpy(c->peer_addr, x->addr.ptr, x->addr.len);
-    c->peer_addr[x->addr.len] = '\0';
-    c->info.peer_port = 0;
-    for (size_t i = 0; i < x->port.len && x->port.ptr[i] >= '0' &&
-                       x->port.ptr[i] <= '9' && i < 5;
-         i++)
-      c->info.peer_port =
-          c->info.peer_port * 10 + (unsigned)(x->port.ptr[i] - '0');
-  }
-  return rc;
-}
-
 /* ---- session set-up
  * ------------------------------------------------------------- */
 
@@ -840,7 +391,6 @@ static void start_session(struct tern__conn *c) {
   struct tern_server_config cfg;
   tern__server_template(srv, &cfg);
   struct tern_server_callbacks cb = srv->cb;
-  bool trusted = false;
 
   addr_text(&c->peer, c->peer_addr, sizeof c->peer_addr, &c->info.peer_port);
   c->info.peer_addr = c->peer_addr;
@@ -853,21 +403,7 @@ static void start_session(struct tern__conn *c) {
   cfg.extensions &= ~(unsigned)(TERN_EXT_STARTTLS | TERN_EXT_XCLIENT);
   if (l->lo.starttls && srv->tls && !l->implicit_tls)
     cfg.extensions |= TERN_EXT_STARTTLS;
-  if (srv->opt.auth && c->w->sasl && !l->lo.no_auth &&
-      tern__sasl_mechanisms(c->w->sasl)[0]) {
-    cfg.extensions |= TERN_EXT_AUTH;
-    cfg.auth_mechanisms = tern__sasl_mechanisms(c->w->sasl);
-    cb.on_auth = on_auth;
-  }
-  if (l->lo.xclient && srv->xclient_nets && c->info.peer &&
-      tern__cidr_match(srv->xclient_nets, c->info.peer)) {
-    cfg.extensions |= TERN_EXT_XCLIENT;
-    trusted = true;
-    cb.on_xclient = on_xclient;
-  }
-  if (l->lo.no_auth)
-    cfg.extensions &= ~(unsigned)TERN_EXT_AUTH;
-  cfg.xclient_trusted = trusted;
+  tern__auth_setup(c, &cfg, &cb);
   if (tern_server_session_new(&c->s, &cfg, &cb, srv->opt.ud) != 0) {
     conn_close(c);
     return;
@@ -876,10 +412,12 @@ static void start_session(struct tern__conn *c) {
 
   if (l->implicit_tls) {
     tern_server_session_tls_started(c->s); /* TLS from the first byte */
-    if (!srv->tls || tern__tls_new(&c->tls, srv->tls) != 0) {
+    struct tern__tls *t;
+    if (!srv->tls || tern__tls_new(&t, srv->tls) != 0) {
       conn_close(c);
       return;
     }
+    tern__stream_tls_begin(&c->st, t, false);
     c->phase = PH_TLS_WAIT;
     c->tmode = TM_TIMEOUT;
     restart_timer(c);
@@ -926,27 +464,19 @@ static void proxy_done(struct tern__conn *c, const struct tern__proxy *p) {
 /* ---- reads ------------------------------------------------------------------
  */
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  struct tern__conn *c = h->data;
-  (void)hint;
-  *buf = uv_buf_init(c->w->rbuf, sizeof c->w->rbuf);
-}
-
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
-  struct tern__conn *c = st->data;
-  const char *p = buf->base;
+static void on_read(void *arg, ssize_t nread, const char *p) {
+  struct tern__conn *c = arg;
   size_t n = nread > 0 ? (size_t)nread : 0;
 
   if (nread < 0) {
-    c->eof = true;
+    c->st.eof = true;
     if (c->s)
       tern_server_session_eof(c->s); /* aborts a message in progress */
     if (!c->s || nread != UV_EOF) {
       conn_close(c);
       return;
     }
-    uv_read_stop(st);
-    c->reading = false;
+    tern__stream_set_reading(&c->st, false);
     pump(c);
     return;
   }
@@ -994,18 +524,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     refuse(c, TERN_NET_PREGREET, 554, "5.5.1", "Error: talking too early");
     return;
   }
-  if (c->tls) {
-    if (tern__tls_feed(c->tls, p, n) != 0) {
-      if (!c->tls_ready)
-        emit(c, TERN_NET_TLS_FAILED, 0, NULL, tern__tls_error(c->tls));
-      conn_close(c);
-      return;
-    }
-    if (!c->tls_ready)
-      tls_pull(c); /* handshake */
-  } else {
-    input(c, p, n);
-  }
+  tern__stream_received(&c->st, p, n);
   pump(c);
 }
 
@@ -1014,21 +533,28 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
 
 static void on_closed(uv_handle_t *h) {
   struct tern__conn *c = h->data;
-  if (--c->handles) /* the other handle, or a password check (AUTH) */
+  if (--c->handles) /* the other handles, or a password check (AUTH) */
     return;
-  conn_free(c);
+  tern__conn_free(c);
+}
+
+static void on_stream_closed(uv_handle_t *h) {
+  struct tern__conn *c = tern__stream_owner(h);
+  if (--c->handles)
+    return;
+  tern__conn_free(c);
 }
 
 /* Everything a connection owns, once its handles are closed and no
  * password check uses it. */
-static void conn_free(struct tern__conn *c) {
+void tern__conn_free(struct tern__conn *c) {
   struct tern__worker *w = c->w;
   if (c->s) {
     tern_server_session_set_notify(c->s, NULL, NULL);
     tern_server_session_free(c->s);
   }
   tern__sasl_session_free(c->sasl);
-  tern__tls_free(c->tls);
+  tern__stream_free(&c->st);
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -1036,7 +562,6 @@ static void conn_free(struct tern__conn *c) {
   if (c->next)
     c->next->prev = c->prev;
   w->nconns--;
-  free(c->in);
   free(c->proxy);
   free(c->auth_user);
   free(c);
@@ -1050,7 +575,7 @@ static void conn_close(struct tern__conn *c) {
   if (c->closing)
     return;
   c->closing = true;
-  auth_unqueue(c); /* a check not started yet never runs */
+  tern__auth_unqueue(c); /* a check not started yet never runs */
   /* The slot is free once the socket is: a new client may have it now. */
   if (c->ip_counted)
     tern__ip_release(srv, (struct sockaddr *)&c->counted);
@@ -1058,9 +583,7 @@ static void conn_close(struct tern__conn *c) {
   atomic_fetch_sub(&srv->total_conns, 1);
   if (c->s)
     tern_server_session_eof(c->s);
-  if (c->reading)
-    uv_read_stop(&c->h.stream);
-  c->reading = false;
+  tern__stream_stop(&c->st);
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->timer, on_closed);
   uv_close((uv_handle_t *)&c->dl, on_closed);
@@ -1068,13 +591,13 @@ static void conn_close(struct tern__conn *c) {
    * deadline, a forced shutdown, an error): drop it and reset, so neither
    * the socket nor the kernel's copy of the output lingers behind a zero
    * window (a plain close would queue the FIN behind that output). */
-  if (c->writes && !c->l->is_unix &&
-      uv_tcp_close_reset(&c->h.tcp, on_closed) == 0)
+  if (c->st.writes && !c->l->is_unix &&
+      uv_tcp_close_reset(&c->st.h.tcp, on_stream_closed) == 0)
     return;
-  uv_close(&c->h.handle, on_closed);
+  uv_close(&c->st.h.handle, on_stream_closed);
 }
 
-static struct tern__conn *conn_of(const struct tern_server_session *s) {
+struct tern__conn *tern__conn_of(const struct tern_server_session *s) {
   if (tern__server_session_notify_fn(s) != on_notify)
     return NULL;
   return tern_server_session_notify_arg(s);
@@ -1090,17 +613,18 @@ void tern__conn_accept(struct tern__lhandle *lh) {
     return;
   c->w = w;
   c->l = lh->l;
+  tern__stream_init(&c->st, &conn_ops, c, &w->scratch);
   if (lh->l->is_unix)
-    r = uv_pipe_init(w->loop, &c->h.pipe, 0);
+    r = uv_pipe_init(w->loop, &c->st.h.pipe, 0);
   else
-    r = uv_tcp_init(w->loop, &c->h.tcp);
+    r = uv_tcp_init(w->loop, &c->st.h.tcp);
   if (r) {
     free(c);
     return;
   }
   uv_timer_init(w->loop, &c->timer);
   uv_timer_init(w->loop, &c->dl);
-  c->h.handle.data = c;
+  c->st.h.handle.data = &c->st;
   c->timer.data = c;
   c->dl.data = c;
   c->handles = 3;
@@ -1123,7 +647,7 @@ void tern__conn_accept(struct tern__lhandle *lh) {
   c->info.local_addr = c->local_addr;
   c->info.peer_addr = c->peer_addr;
 
-  if (uv_accept(&lh->h.stream, &c->h.stream) != 0) {
+  if (uv_accept(&lh->h.stream, &c->st.h.stream) != 0) {
     conn_close(c);
     return;
   }
@@ -1133,11 +657,11 @@ void tern__conn_accept(struct tern__lhandle *lh) {
   } else {
     int len = sizeof c->peer;
     struct sockaddr_storage local;
-    uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&c->peer, &len);
+    uv_tcp_getpeername(&c->st.h.tcp, (struct sockaddr *)&c->peer, &len);
     len = sizeof local;
-    uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&local, &len);
+    uv_tcp_getsockname(&c->st.h.tcp, (struct sockaddr *)&local, &len);
     addr_text(&local, c->local_addr, sizeof c->local_addr, &c->info.local_port);
-    uv_tcp_nodelay(&c->h.tcp, 1);
+    uv_tcp_nodelay(&c->st.h.tcp, 1);
   }
   addr_text(&c->peer, c->peer_addr, sizeof c->peer_addr, &c->info.peer_port);
 
@@ -1159,11 +683,11 @@ void tern__conn_accept(struct tern__lhandle *lh) {
     c->counted = c->peer;
     c->ip_counted = true;
   }
-  if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
+  tern__stream_set_reading(&c->st, true);
+  if (!c->st.reading) {
     conn_close(c);
     return;
   }
-  c->reading = true;
   if (lh->l->lo.proxy_protocol) {
     c->phase = PH_PROXY;
     c->dl_proxy = uv_now(w->loop) + TERN__LIVE(srv->opt.proxy_timeout_ms);
@@ -1197,11 +721,12 @@ void tern__conn_drain(struct tern__conn *c, bool force) {
 
 const struct tern_session_info *
 tern_session_info(const struct tern_server_session *s) {
-  struct tern__conn *c = conn_of(s);
+  struct tern__conn *c = tern__conn_of(s);
   return c ? &c->info : NULL;
 }
 
 uv_loop_t *tern_session_loop(const struct tern_server_session *s) {
-  struct tern__conn *c = conn_of(s);
+  struct tern__conn *c = tern__conn_of(s);
   return c ? c->w->loop : NULL;
 }
+

@@ -1,7 +1,7 @@
 /*
  * The runtime's internal state: server, workers, listeners, connections.
  * server.c owns the server, its workers and listeners; conn.c owns the
- * connections (read -> TLS -> PROXY -> session -> TLS -> write).
+ * connections (conn.h; their transport is stream.c, AUTH auth.c).
  */
 #ifndef TERN_NET_RUNTIME_H
 #define TERN_NET_RUNTIME_H
@@ -17,10 +17,10 @@
 
 #include "proxy.h"
 #include "sasl_internal.h"
+#include "stream.h"
 #include "tls.h"
 
 #define TERN__MAX_LISTENERS 32
-#define TERN__READ_SIZE 65536 /* one read; the worker's scratch buffer */
 
 struct tern__conn;
 
@@ -72,9 +72,7 @@ struct tern__worker {
   unsigned open_handles;           /* wake, deadline, listeners */
   bool draining;                   /* shutdown started here */
   bool done;                       /* every handle closed */
-  char rbuf[TERN__READ_SIZE];      /* read scratch (reads are serial) */
-  char pbuf[TERN__READ_SIZE];      /* decrypted-plaintext scratch */
-  char wbuf[TERN__READ_SIZE];      /* ciphertext-out scratch */
+  struct tern__scratch scratch;    /* its connections' buffers */
 };
 
 /* Per-IP connection counts (shared by all workers, under a mutex). */
