@@ -28,6 +28,15 @@
  * Ownership. The server owns its sessions: they are freed after
  * on_close returns. Pointers from tern_session_info() live as long as
  * the session.
+ *
+ * Creation. tern_server_new() and tern_client_new() follow one rule: on
+ * success *out is the new object; on any failure *out is NULL and
+ * nothing needs freeing. Every options or callbacks struct starts with
+ * its `size` (set by its _init function) and is copied: a struct from
+ * an older header (smaller) is completed with defaults; one from a
+ * newer header (larger) is accepted only when the fields this library
+ * does not know are all zero, otherwise TERN_EINVAL. Nested configs are
+ * passed by pointer, so each carries its own size.
  */
 #ifndef TERN_NET_H
 #define TERN_NET_H
@@ -143,8 +152,15 @@ struct tern_net_event {
 /* Server options. */
 struct tern_server_options {
   size_t size;
-  struct tern_server_config session;  /* template for every session;
-                                         timeouts here are enforced */
+  /* Template for every session (NULL: tern_server_config_init()'s
+   * defaults); copied. Timeouts here are enforced. Per listener the
+   * runtime sets, whatever the template says: lmtp (lmtp:// listeners),
+   * auth_required and auth_insecure_ok (tern_listener_options; unix
+   * sockets count as secure), the STARTTLS bit (listener's starttls and
+   * certificates), the AUTH bit and auth_mechanisms (from `auth` and
+   * auth_mechanisms below; no_auth clears it), the XCLIENT bit and
+   * xclient_trusted (xclient_networks and the listener's xclient). */
+  const struct tern_server_config *session;
   const struct tern_server_callbacks *callbacks; /* app callbacks; copied */
   void *ud;                           /* first userdata of each session */
   unsigned workers;                   /* event-loop threads; 0 = one per
@@ -188,13 +204,17 @@ struct tern_server_options {
    * on the connection's worker thread with `ud` above; must not block
    * and must not call back into the server. NULL: none. */
   void (*on_event)(const struct tern_net_event *ev, void *ud);
+  /* Where tern_server_new() writes why it failed, in words, with a NUL
+   * (the server, and so tern_server_last_error(), is gone by then).
+   * NULL: nowhere. */
+  char *error;
+  size_t error_size;
 };
 
 static inline void
 tern_server_options_init(struct tern_server_options *o) {
   struct tern_server_options d = {0};
   d.size = sizeof d;
-  tern_server_config_init(&d.session);
   d.workers = 1;
   d.max_connections = 10000;
   d.shutdown_timeout_ms = 30000;
@@ -211,8 +231,10 @@ tern_server_options_init(struct tern_server_options *o) {
 /*
  * Create a server on `loop` (the first worker's loop). Copies the options
  * (strings included) and loads the TLS certificates now, so a bad file
- * fails here. Returns 0, TERN_EINVAL, TERN_ENOMEM, TERN_ETLS (a
- * certificate or key could not be loaded; see tern_server_last_error()).
+ * fails here. Returns 0, TERN_EINVAL (a bad option or session template,
+ * or a size-tagged struct with unknown fields set), TERN_ENOMEM,
+ * TERN_ETLS (a certificate or key could not be loaded). On failure *out
+ * is NULL, nothing needs freeing, and opts->error (when set) says why.
  */
 TERN_EXTERN int tern_server_new(struct tern_server **out, uv_loop_t *loop,
                                 const struct tern_server_options *opts);
@@ -359,7 +381,12 @@ struct tern_client;
 struct tern_client_options {
   size_t size;
   const char *url;                      /* endpoint, see above */
-  struct tern_client_config session;    /* EHLO name, pipelining, ... */
+  /* EHLO name, pipelining, ... (NULL: tern_client_config_init()'s
+   * defaults); copied. The runtime sets, whatever it says: lmtp (from
+   * lmtp:// URLs), starttls (raised to the URL's floor, see above),
+   * tls_active (smtps://), and with auth_user set auth_required (true)
+   * and auth_mechanism (chosen from auth_mechanisms below). */
+  const struct tern_client_config *session;
   const struct tern_client_callbacks *callbacks; /* on_auth is provided
                                            by the runtime when auth_user
                                            is set */
@@ -400,13 +427,14 @@ static inline void
 tern_client_options_init(struct tern_client_options *o) {
   struct tern_client_options d = {0};
   d.size = sizeof d;
-  tern_client_config_init(&d.session);
   d.tls_verify = true;
   *o = d;
 }
 
 /* Create (copies the options and their strings). Returns 0, TERN_EINVAL
- * (bad URL), TERN_ETLS (CA file unreadable), TERN_ENOMEM. */
+ * (bad URL, or a size-tagged struct from a newer header with unknown
+ * fields set), TERN_ETLS (CA file unreadable), TERN_ENOMEM. On failure
+ * *out is NULL. */
 TERN_EXTERN int tern_client_new(struct tern_client **out, uv_loop_t *loop,
                                 const struct tern_client_options *o);
 /* Start resolving and connecting. Returns 0 (outcome via on_connect) or

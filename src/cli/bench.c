@@ -299,17 +299,20 @@ static void conn_open(struct conn *k) {
   int rc;
 
   tern_client_options_init(&co);
+  struct tern_client_config cc;
+  tern_client_config_init(&cc);
+  co.session = &cc;
   co.url = b->url;
   co.callbacks = &b->cb;
   co.ud = k;
-  co.session.pipelining = b->o.pipelining;
-  co.session.chunking = b->o.chunking;
+  cc.pipelining = b->o.pipelining;
+  cc.chunking = b->o.chunking;
   if (b->o.high_water)
-    co.session.output_high_water = (size_t)b->o.high_water;
+    cc.output_high_water = (size_t)b->o.high_water;
   if (b->o.helo)
-    co.session.ehlo_name = b->o.helo;
+    cc.ehlo_name = b->o.helo;
   if (b->o.tls)
-    co.session.starttls = TERN_STARTTLS_REQUIRED;
+    cc.starttls = TERN_STARTTLS_REQUIRED;
   co.tls_verify = !b->o.no_verify && !b->opportunistic;
   co.verify = on_verify;
   co.ca_file = b->o.ca_file;

@@ -451,8 +451,11 @@ int forward_open(uv_loop_t *loop, const struct forward_opts *o,
 
   struct tern_client_options co;
   tern_client_options_init(&co);
+  struct tern_client_config cc;
+  tern_client_config_init(&cc);
+  co.session = &cc;
   co.url = o->url;
-  co.session.ehlo_name = o->ehlo;
+  cc.ehlo_name = o->ehlo;
   co.callbacks = &ccb;
   co.ud = d;
   /* smtp:// is opportunistic TLS, never verified (Postfix's "may");

@@ -509,6 +509,7 @@ static int conclude(struct send *s) {
  * and callbacks. `urlbuf` and `cb` must outlive the client. */
 static void client_options(struct send *s, char *urlbuf, size_t cap,
                            struct tern_client_options *co,
+                           struct tern_client_config *cc,
                            struct tern_client_callbacks *cb) {
   s->url = cli_url_starttls(s->o.server, s->o.starttls, urlbuf, cap);
   s->opportunistic = cli_url_opportunistic(s->url) && !s->o.starttls;
@@ -522,13 +523,15 @@ static void client_options(struct send *s, char *urlbuf, size_t cap,
   cb->on_error = on_error;
 
   tern_client_options_init(co);
+  tern_client_config_init(cc);
+  co->session = cc;
   co->url = s->url;
   co->callbacks = cb;
   co->ud = s;
   if (s->o.helo)
-    co->session.ehlo_name = s->o.helo;
+    cc->ehlo_name = s->o.helo;
   if (s->o.starttls)
-    co->session.starttls = TERN_STARTTLS_REQUIRED;
+    cc->starttls = TERN_STARTTLS_REQUIRED;
   /* Credentials (item 10 of issue 8) go only over TLS whose certificate
    * verified, unless the user consented explicitly: --insecure-auth (any
    * channel, plaintext too) or --no-verify (TLS without verification).
@@ -539,7 +542,7 @@ static void client_options(struct send *s, char *urlbuf, size_t cap,
   bool unix_sock = strstr(s->url, ":///") != NULL;
   s->creds_need_tls = s->o.user && !s->o.insecure_auth && !unix_sock;
   if (s->creds_need_tls)
-    co->session.starttls = TERN_STARTTLS_REQUIRED;
+    cc->starttls = TERN_STARTTLS_REQUIRED;
   co->tls_verify = true;
   co->verify = on_verify;
   co->ca_file = s->o.ca_file;
@@ -547,14 +550,14 @@ static void client_options(struct send *s, char *urlbuf, size_t cap,
   co->auth_password = s->password;
   co->auth_insecure_ok = s->o.insecure_auth || unix_sock;
   if (s->o.user)
-    co->session.auth_required = true;
+    cc->auth_required = true;
   co->connect_timeout_ms = s->o.timeout_ms;
   co->command_timeout_ms = s->o.timeout_ms;
   co->data_timeout_ms = s->o.timeout_ms;
   co->on_connect = on_connect;
   co->on_close = on_close;
-  if (s->msg.nrcpts > co->session.max_recipients)
-    co->session.max_recipients = (unsigned)s->msg.nrcpts;
+  if (s->msg.nrcpts > cc->max_recipients)
+    cc->max_recipients = (unsigned)s->msg.nrcpts;
 }
 
 /* The message as the session sends it: envelope, body type, DSN. */
@@ -602,9 +605,10 @@ static int client_create(struct send *s,
 int send_deliver(struct send *s) {
   char urlbuf[1024];
   struct tern_client_options co;
+  struct tern_client_config cc;
   struct tern_client_callbacks cb;
 
-  client_options(s, urlbuf, sizeof urlbuf, &co, &cb);
+  client_options(s, urlbuf, sizeof urlbuf, &co, &cc, &cb);
   message_envelope(s);
   if (lseek(fileno(s->spool), 0, SEEK_SET) != 0) {
     fprintf(stderr, "%s: cannot rewind the spool file: %s\n", s->o.prog,

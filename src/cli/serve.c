@@ -1355,14 +1355,17 @@ static int load_policy(const char *path, const struct cfg *base,
  * and certificates from them and ignores the rest), so a key set here
  * never reverts to its default on SIGHUP. Every [server] setting that
  * reaches the runtime belongs here. */
-static void server_options(const struct cfg *c, struct tern_server_options *o) {
-  o->session.hostname = c->hostname;
-  o->session.max_message_size = c->max_message_size;
-  o->session.max_recipients = c->max_recipients;
-  o->session.timeout_command_ms = c->timeout_command_ms;
-  o->session.timeout_data_ms = c->timeout_data_ms;
-  o->session.max_line_length = c->max_line_length;
-  o->session.max_junk_commands = c->max_junk_commands;
+static void server_options(const struct cfg *c, struct tern_server_options *o,
+                           struct tern_server_config *sc) {
+  tern_server_config_init(sc);
+  o->session = sc;
+  sc->hostname = c->hostname;
+  sc->max_message_size = c->max_message_size;
+  sc->max_recipients = c->max_recipients;
+  sc->timeout_command_ms = c->timeout_command_ms;
+  sc->timeout_data_ms = c->timeout_data_ms;
+  sc->max_line_length = c->max_line_length;
+  sc->max_junk_commands = c->max_junk_commands;
   o->max_connections = c->max_connections;
   o->max_per_ip = c->max_per_ip;
   o->greeting_delay_ms = c->greeting_delay_ms;
@@ -1418,7 +1421,8 @@ static void reload(struct daemon *d) {
                                   keys, sizeof keys);
   struct tern_server_options o;
   tern_server_options_init(&o);
-  server_options(&p->cfg, &o);
+  struct tern_server_config sc;
+  server_options(&p->cfg, &o, &sc);
   if (d->boot->cfg.ncerts == 0 || p->cfg.ncerts == 0) {
     o.tls_certs = d->boot->cfg.certs; /* none <-> some: at restart */
     o.tls_cert_count = d->boot->cfg.ncerts;
@@ -1604,11 +1608,14 @@ int tern_cli_serve(int argc, char **argv) {
     struct tern_server_options co;
     struct tern_server *cs = NULL;
     tern_server_options_init(&co);
-    server_options(c, &co);
+    struct tern_server_config sc;
+    server_options(c, &co, &sc);
+    char why[512];
+    co.error = why;
+    co.error_size = sizeof why;
     int cr = tern_server_new(&cs, uv_default_loop(), &co);
     if (cr) {
-      fprintf(stderr, "tern serve: %s\n",
-              cs ? tern_server_last_error(cs) : tern_strerror(cr));
+      fprintf(stderr, "tern serve: %s\n", why);
       tern_server_free(cs);
       policy_put(pol);
       return EX_CONFIG;
@@ -1649,7 +1656,11 @@ int tern_cli_serve(int argc, char **argv) {
   struct tern_server_options o;
   tern_server_options_init(&o);
   o.callbacks = &cb;
-  server_options(c, &o);
+  struct tern_server_config sc;
+  server_options(c, &o, &sc);
+  char why[512];
+  o.error = why;
+  o.error_size = sizeof why;
   o.on_event = on_net_event;
   if (pol->users) {
     o.auth = &auth;
@@ -1666,8 +1677,7 @@ int tern_cli_serve(int argc, char **argv) {
   atomic_fetch_add(&pol->refs, 1);
   int r = tern_server_new(&d.srv, d.loop, &o);
   if (r) {
-    fprintf(stderr, "tern serve: %s\n",
-            d.srv ? tern_server_last_error(d.srv) : tern_strerror(r));
+    fprintf(stderr, "tern serve: %s\n", why);
     tern_server_free(d.srv);
     return r == TERN_ETLS ? EX_CONFIG : EX_SOFTWARE;
   }

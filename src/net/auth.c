@@ -1,10 +1,13 @@
 /*
- * The server's AUTH through GNU SASL and XCLIENT, glued to a connection:
- * what a listener offers, the SASL exchange, password checks on libuv's
- * thread pool, the delay after a failure, and the peer an XCLIENT names.
+ * AUTH through GNU SASL for both runtimes (auth.h). The server's side
+ * and XCLIENT are glued to a connection: what a listener offers, the
+ * SASL exchange, password checks on libuv's thread pool, the delay after
+ * a failure, and the peer an XCLIENT names. The client's side chooses a
+ * mechanism from what the server offers and runs it.
  */
 #include "internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -246,4 +249,37 @@ void tern__auth_setup(struct tern__conn *c, struct tern_server_config *cfg,
   if (l->lo.no_auth)
     cfg->extensions &= ~(unsigned)TERN_EXT_AUTH;
   cfg->xclient_trusted = trusted;
+}
+
+/* ---- client ---------------------------------------------------------- */
+
+void tern__client_auth_end(struct tern__client_auth *a) {
+  tern__sasl_client_free(a->sasl);
+  a->sasl = NULL;
+}
+
+const char *tern__client_auth_choose(struct tern__client_auth *a,
+                                     const char *offered, bool tls) {
+  snprintf(a->offered, sizeof a->offered, "%s", offered ? offered : "");
+  a->p.tls = tls;
+  tern__client_auth_end(a);
+  a->mech = tern__sasl_client_choose(a->offered, a->prefs, &a->p);
+  return a->mech;
+}
+
+long tern__client_auth_step(struct tern__client_auth *a, bool tls,
+                            struct tern_str challenge, bool has_challenge,
+                            char *out, size_t cap) {
+  if (!a->mech)
+    return TERN_EAUTH;
+  if (!has_challenge && !a->sasl) {
+    a->p.tls = tls;
+    int rc = tern__sasl_client_new(&a->sasl, a->mech, &a->p);
+    if (rc)
+      return rc;
+  }
+  if (!a->sasl)
+    return TERN_EAUTH;
+  return tern__sasl_client_step(a->sasl, challenge.ptr, challenge.len,
+                                has_challenge, out, cap);
 }

@@ -47,13 +47,11 @@
 
 #include "tern/net.h"
 
-#include "sasl_internal.h"
+#include "auth.h"
+#include "stream.h"
 #include "tls.h"
 #include "url.h"
 
-#define CL_READ_SIZE 65536
-#define CL_HELD_MAX (4 * CL_READ_SIZE)
-#define CL_WRITE_HIGH (256 * 1024)
 #define CL_FILE_CHUNK 65536
 
 #define DEF_CONNECT_MS 30000u
@@ -72,16 +70,10 @@ enum cl_state {
 
 enum cl_timer { TM_NONE, TM_CONNECT, TM_COMMAND, TM_BLOCK, TM_DATA };
 
-/* Scratch buffers for reads, decrypted plaintext and ciphertext out:
- * one set per thread (all calls for a client run on its loop's thread;
- * the data is consumed before the function returns). */
-static _Thread_local char t_rbuf[CL_READ_SIZE];
-static _Thread_local char t_pbuf[CL_READ_SIZE];
-static _Thread_local char t_wbuf[CL_READ_SIZE];
-
 struct tern_client {
   uv_loop_t *loop;
   struct tern_client_options opt; /* copy; strings point into `strs` */
+  struct tern_client_config cfg;  /* opt.session's copy */
   struct tern_client_callbacks app; /* the application's callbacks */
   char *strs[16];                 /* owned copies of the option strings */
   struct tern__url url;
@@ -89,13 +81,9 @@ struct tern_client {
   struct tern__tls_client_ctx *tls_ctx;
   enum tern_starttls starttls;    /* effective policy */
 
-  union {
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-    uv_handle_t handle;
-    uv_stream_t stream;
-  } h;
-  bool h_open;                    /* h initialised and not yet closed */
+  struct tern__stream st;         /* socket, TLS, held input, writes */
+  struct tern__scratch *sc;       /* this loop's scratch buffers */
+  bool h_open;                    /* st.h initialised and not yet closed */
   uv_timer_t timer;
   bool timer_open;
   unsigned char tmode;            /* enum cl_timer */
@@ -108,27 +96,17 @@ struct tern_client {
   char peer[300];                 /* "host:port" of the attempt */
 
   struct tern_client_session *s;
-  struct tern__tls *tls;
-  bool tls_ready, tls_closed;
-  struct tern__sasl_client *sasl;
-  const char *auth_mech;          /* chosen (static name) */
-  bool auth_none;                 /* on_auth_mechanism found none */
-  char offered[256];              /* mechanisms the server offered */
+  struct tern__client_auth auth;  /* AUTH: credentials, exchange */
 
   enum cl_state state;
   bool reported;                  /* on_connect called */
   bool ready;                     /* first on_ready seen */
-  bool reading, in_pump, again, eof;
+  bool in_pump, again;
   bool quit_asked;
   bool in_data;                   /* 354 seen, final reply not yet */
-  unsigned writes;                /* uv_write requests in flight */
-  size_t writing;
-  unsigned pending_cb;            /* writes + fs reads + connect etc. */
+  unsigned pending_cb;            /* fs reads, connect, handles etc. */
   unsigned in_cb;                 /* inside a session callback */
   bool close_pending;             /* cl_close() asked from a callback */
-
-  char *in;                       /* plaintext the session did not take */
-  size_t in_len, in_cap;
 
   /* tern_client_send_fd() */
   bool fd_active;
@@ -146,13 +124,6 @@ struct tern_client {
   char last_reply[300];
   int err_code;
   char err[512];
-};
-
-struct cl_wreq {
-  uv_write_t req;
-  struct tern_client *cl;
-  size_t len;
-  char data[];
 };
 
 static void pump(struct tern_client *cl);
@@ -222,173 +193,45 @@ static struct tern_client *client_of(struct tern_client_session *s) {
   return tern_client_session_notify_arg(s);
 }
 
-/* ---- writing ---------------------------------------------------------------- */
+/* ---- the stream's adapter --------------------------------------------------- */
 
-static void on_write(uv_write_t *req, int status) {
-  struct cl_wreq *r = (struct cl_wreq *)req;
-  struct tern_client *cl = r->cl;
-  cl->writes--;
-  cl->writing -= r->len;
-  cl->pending_cb--;
-  free(r);
-  if (cl->state >= CS_CLOSING) {
-    maybe_done(cl);
-    return;
-  }
-  if (status < 0) {
-    fail(cl, TERN_ECLOSED, "write to %s: %s", cl->peer, uv_strerror(status));
-    return;
-  }
-  if (cl->tmode == TM_BLOCK)
-    restart_timer(cl);
-  pump(cl);
+static long c_feed(void *arg, const char *p, size_t n) {
+  return tern_client_session_feed(((struct tern_client *)arg)->s, p, n);
 }
 
-static void send_raw(struct tern_client *cl, const char *p, size_t n) {
-  if (cl->state != CS_SESSION || n == 0)
-    return;
-  if (!cl->writes) {
-    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-    int r = uv_try_write(&cl->h.stream, &b, 1);
-    if (r == (int)n)
-      return;
-    if (r > 0) {
-      p += r;
-      n -= (size_t)r;
-    } else if (r != UV_EAGAIN) {
-      fail(cl, TERN_ECLOSED, "write to %s: %s", cl->peer, uv_strerror(r));
-      return;
-    }
-  }
-  struct cl_wreq *q = malloc(sizeof *q + n);
-  if (!q) {
-    fail(cl, TERN_ENOMEM, "out of memory");
-    return;
-  }
-  q->cl = cl;
-  q->len = n;
-  memcpy(q->data, p, n);
-  uv_buf_t b = uv_buf_init(q->data, (unsigned)n);
-  if (uv_write(&q->req, &cl->h.stream, &b, 1, on_write) != 0) {
-    free(q);
-    fail(cl, TERN_ECLOSED, "write to %s failed", cl->peer);
-    return;
-  }
-  cl->writes++;
-  cl->writing += n;
-  cl->pending_cb++;
+static size_t c_output(void *arg, const char **p) {
+  struct tern_client *cl = arg;
+  return cl->s ? tern_client_session_output(cl->s, p) : 0;
 }
 
-static void tls_flush(struct tern_client *cl) {
-  size_t n;
-  while (cl->tls && cl->state == CS_SESSION &&
-         (n = tern__tls_output(cl->tls, t_wbuf, sizeof t_wbuf)) > 0)
-    send_raw(cl, t_wbuf, n);
+static void c_consume(void *arg, size_t n) {
+  tern_client_session_consume(((struct tern_client *)arg)->s, n);
 }
 
-static void flush_session(struct tern_client *cl) {
-  const char *p;
-  size_t n;
-  /* Nothing goes out in the clear once TLS is asked for, nor before an
-   * implicit-TLS handshake (and its verification) is done. */
-  if (cl->tls && !cl->tls_ready)
-    return;
-  while (cl->s && cl->state == CS_SESSION && cl->writing < CL_WRITE_HIGH &&
-         (n = tern_client_session_output(cl->s, &p)) > 0) {
-    if (cl->tls) {
-      long t = tern__tls_write(cl->tls, p, n);
-      if (t < 0) {
-        fail(cl, TERN_ETLS, "TLS: %s", tern__tls_error(cl->tls));
-        return;
-      }
-      tern_client_session_consume(cl->s, (size_t)t);
-      tls_flush(cl);
-      if (!t)
-        break;
-    } else {
-      send_raw(cl, p, n);
-      tern_client_session_consume(cl->s, n);
-    }
-  }
-}
-
-/* ---- reading ---------------------------------------------------------------- */
-
-static bool hold(struct tern_client *cl, const char *p, size_t n) {
-  if (cl->in_len + n > CL_HELD_MAX)
-    return false;
-  if (cl->in_len + n > cl->in_cap) {
-    size_t cap = cl->in_len + n < CL_READ_SIZE ? CL_READ_SIZE : cl->in_len + n;
-    char *b = realloc(cl->in, cap);
-    if (!b)
-      return false;
-    cl->in = b;
-    cl->in_cap = cap;
-  }
-  memmove(cl->in + cl->in_len, p, n);
-  cl->in_len += n;
-  return true;
-}
-
-static void feed_err(struct tern_client *cl, long r) {
-  fail(cl, r == TERN_ENOMEM ? TERN_ENOMEM : TERN_EPROTO,
-       "protocol error from %s: %s", cl->peer, tern_strerror((int)r));
-}
-
-static void input(struct tern_client *cl, const char *p, size_t n) {
-  if (cl->in_len) {
-    if (!hold(cl, p, n))
-      fail(cl, TERN_EPROTO, "too much unread input from %s", cl->peer);
-    return;
-  }
-  while (n && cl->s && cl->state == CS_SESSION &&
-         (tern_client_session_want(cl->s) & TERN_CLIENT_WANT_READ)) {
-    long r = tern_client_session_feed(cl->s, p, n);
-    if (r < 0) {
-      feed_err(cl, r);
-      return;
-    }
-    p += r;
-    n -= (size_t)r;
-    flush_session(cl);
-    if (!r)
-      break;
-  }
-  if (cl->s && (tern_client_session_want(cl->s) & TERN_CLIENT_WANT_TLS))
-    return; /* RFC 3207 §4.2: plaintext after the 220 is discarded */
-  if (n && cl->state == CS_SESSION && !hold(cl, p, n))
-    fail(cl, TERN_EPROTO, "too much unread input from %s", cl->peer);
-}
-
-static void feed_held(struct tern_client *cl) {
-  while (cl->in_len && cl->s && cl->state == CS_SESSION &&
-         (tern_client_session_want(cl->s) & TERN_CLIENT_WANT_READ)) {
-    long r = tern_client_session_feed(cl->s, cl->in, cl->in_len);
-    if (r < 0) {
-      feed_err(cl, r);
-      return;
-    }
-    memmove(cl->in, cl->in + r, cl->in_len - (size_t)r);
-    cl->in_len -= (size_t)r;
-    flush_session(cl);
-    if (!r)
-      break;
-  }
-  if (cl->s && (tern_client_session_want(cl->s) & TERN_CLIENT_WANT_TLS))
-    cl->in_len = 0;
-  if (!cl->in_len && cl->in) {
-    free(cl->in);
-    cl->in = NULL;
-    cl->in_cap = 0;
-  }
+static unsigned c_want(void *arg) {
+  struct tern_client *cl = arg;
+  if (!cl->s)
+    return 0;
+  unsigned w = tern_client_session_want(cl->s), r = 0;
+  if (w & TERN_CLIENT_WANT_READ)
+    r |= TERN__SW_FEED | TERN__SW_READ;
+  if (w & TERN_CLIENT_READY)
+    r |= TERN__SW_READ; /* a 421 may come while idle */
+  if (w & TERN_CLIENT_WANT_WRITE)
+    r |= TERN__SW_WRITE;
+  if (w & TERN_CLIENT_WANT_TLS)
+    r |= TERN__SW_TLS;
+  if (w & TERN_CLIENT_WANT_CLOSE)
+    r |= TERN__SW_CLOSE;
+  return r;
 }
 
 /* The handshake is done: the certificate verdict, then SMTP goes on. */
-static void tls_up(struct tern_client *cl) {
+static void c_tls_ready(void *arg) {
+  struct tern_client *cl = arg;
   const char *why = NULL;
-  bool ok = tern__tls_verify_result(cl->tls, &why);
+  bool ok = tern__tls_verify_result(cl->st.tls, &why);
   bool go = true;
-  cl->tls_ready = true;
   if (cl->opt.tls_verify) {
     if (cl->opt.verify)
       go = cl->opt.verify(cl, ok, ok ? NULL : why, cl->opt.ud);
@@ -403,150 +246,76 @@ static void tls_up(struct tern_client *cl) {
     tern_client_session_tls_started(cl->s); /* EHLO again */
 }
 
-static void tls_pull(struct tern_client *cl) {
-  while (cl->tls && cl->state == CS_SESSION && !cl->in_len) {
-    long r = tern__tls_read(cl->tls, t_pbuf, sizeof t_pbuf);
-    tls_flush(cl);
-    if (!cl->tls_ready && tern__tls_handshake_done(cl->tls)) {
-      tls_up(cl);
-      if (cl->state != CS_SESSION)
-        return;
-      flush_session(cl);
-    }
-    if (r > 0) {
-      input(cl, t_pbuf, (size_t)r);
-      continue;
-    }
-    if (r == TERN_ECLOSED) {
-      cl->eof = true;
-    } else if (r < 0) {
-      fail(cl, TERN_ETLS, "TLS: %s", tern__tls_error(cl->tls));
-    }
+static void c_written(void *arg, int status) {
+  struct tern_client *cl = arg;
+  if (cl->state >= CS_CLOSING) {
+    maybe_done(cl);
     return;
   }
-}
-
-/* Everything already received goes to the session before the socket is
- * read again: held input first, then the records the TLS engine holds
- * (they raise no read event of their own; see conn.c feed_input()). */
-static void feed_input(struct tern_client *cl) {
-  for (;;) {
-    feed_held(cl);
-    if (cl->in_len || cl->state != CS_SESSION || !cl->s || !cl->tls ||
-        !cl->tls_ready)
-      return;
-    tls_pull(cl);
-    if (!cl->in_len || cl->state != CS_SESSION || !cl->s ||
-        !(tern_client_session_want(cl->s) & TERN_CLIENT_WANT_READ))
-      return;
+  if (status < 0) {
+    fail(cl, TERN_ECLOSED, "write to %s: %s", cl->peer, uv_strerror(status));
+    return;
   }
+  if (cl->tmode == TM_BLOCK)
+    restart_timer(cl);
+  pump(cl);
 }
 
-/*
- * Client TLS contexts are shared by every connection with the same CA
- * settings: loading the system CA store costs tens of milliseconds, far
- * too much per connection. SSL_CTX is safe to share between threads.
- */
-struct shared_ctx {
-  char *ca_file, *ca_dir;           /* the key (NULL = system store) */
-  struct tern__tls_client_ctx *ctx;
-  unsigned refs;
-  struct shared_ctx *next;
-};
-static uv_once_t ctx_once = UV_ONCE_INIT;
-static uv_mutex_t ctx_lock;
-static struct shared_ctx *ctx_list;
-
-static void ctx_lock_init(void) { uv_mutex_init(&ctx_lock); }
-
-static bool same(const char *a, const char *b) {
-  return a == b || (a && b && !strcmp(a, b));
-}
-
-static int ctx_acquire(const char *ca_file, const char *ca_dir,
-                       struct tern__tls_client_ctx **out, char *err,
-                       size_t cap) {
-  struct shared_ctx *e;
-  int rc = 0;
-  uv_once(&ctx_once, ctx_lock_init);
-  uv_mutex_lock(&ctx_lock);
-  for (e = ctx_list; e; e = e->next)
-    if (same(e->ca_file, ca_file) && same(e->ca_dir, ca_dir))
+static void c_fail(void *arg, enum tern__stream_err why, long code) {
+  struct tern_client *cl = arg;
+  switch (why) {
+  case TERN__SE_WRITE:
+    if (code)
+      fail(cl, TERN_ECLOSED, "write to %s: %s", cl->peer,
+           uv_strerror((int)code));
+    else
+      fail(cl, TERN_ECLOSED, "write to %s failed", cl->peer);
+    break;
+  case TERN__SE_FEED:
+    fail(cl, code == TERN_ENOMEM ? TERN_ENOMEM : TERN_EPROTO,
+         "protocol error from %s: %s", cl->peer, tern_strerror((int)code));
+    break;
+  case TERN__SE_FULL:
+    fail(cl, TERN_EPROTO, "too much unread input from %s", cl->peer);
+    break;
+  case TERN__SE_TLS:
+    if (code == TERN_ETLS) {
+      fail(cl, TERN_ETLS, "TLS: %s", tern__tls_error(cl->st.tls));
       break;
-  if (!e && (e = calloc(1, sizeof *e)) != NULL) {
-    e->ca_file = ca_file ? strdup(ca_file) : NULL;
-    e->ca_dir = ca_dir ? strdup(ca_dir) : NULL;
-    rc = tern__tls_client_ctx_new(&e->ctx, ca_file, ca_dir, err, cap);
-    if (rc || (ca_file && !e->ca_file) || (ca_dir && !e->ca_dir)) {
-      tern__tls_client_ctx_free(e->ctx);
-      free(e->ca_file);
-      free(e->ca_dir);
-      free(e);
-      e = NULL;
-      if (!rc) {
-        snprintf(err, cap, "out of memory");
-        rc = TERN_ENOMEM;
-      }
-    } else {
-      e->next = ctx_list;
-      ctx_list = e;
     }
-  } else if (!e) {
-    snprintf(err, cap, "out of memory");
-    rc = TERN_ENOMEM;
-  }
-  if (e) {
-    e->refs++;
-    *out = e->ctx;
-  }
-  uv_mutex_unlock(&ctx_lock);
-  return rc;
-}
-
-static void ctx_release(struct tern__tls_client_ctx *ctx) {
-  if (!ctx)
-    return;
-  uv_mutex_lock(&ctx_lock);
-  for (struct shared_ctx **pp = &ctx_list; *pp; pp = &(*pp)->next) {
-    struct shared_ctx *e = *pp;
-    if (e->ctx != ctx)
-      continue;
-    if (--e->refs == 0) {
-      *pp = e->next;
-      tern__tls_client_ctx_free(e->ctx);
-      free(e->ca_file);
-      free(e->ca_dir);
-      free(e);
-    }
+    /* fall through */
+  case TERN__SE_NOMEM:
+    fail(cl, TERN_ENOMEM, "out of memory");
     break;
   }
-  uv_mutex_unlock(&ctx_lock);
 }
+
+static void on_read(void *arg, ssize_t nread, const char *p);
+
+static const struct tern__stream_ops client_ops = {
+    c_feed, c_output, c_consume, c_want, on_read, c_tls_ready, c_written,
+    c_fail};
+
+
 
 static int tls_start(struct tern_client *cl) {
   int rc;
   if (!cl->tls_ctx) {
     char e[256];
-    rc = ctx_acquire(cl->opt.ca_file, cl->opt.ca_dir, &cl->tls_ctx, e,
-                     sizeof e);
+    rc = tern__tls_client_ctx_acquire(&cl->tls_ctx, cl->opt.ca_file,
+                                      cl->opt.ca_dir, e, sizeof e);
     if (rc) {
       fail(cl, TERN_ETLS, "TLS: %s", e);
       return rc;
     }
   }
-  rc = tern__tls_client_new(&cl->tls, cl->tls_ctx, cl->server_name);
+  struct tern__tls *t;
+  rc = tern__tls_client_new(&t, cl->tls_ctx, cl->server_name);
   if (rc) {
     fail(cl, TERN_ETLS, "TLS: cannot start (%s)", tern_strerror(rc));
     return rc;
   }
-  cl->in_len = 0; /* RFC 3207 §4.2 */
-  long r = tern__tls_read(cl->tls, t_pbuf, 0); /* ClientHello */
-  if (r < 0) {
-    fail(cl, TERN_ETLS, "TLS: %s", tern__tls_error(cl->tls));
-    return TERN_ETLS;
-  }
-  tls_flush(cl);
-  return 0;
+  return tern__stream_tls_begin(&cl->st, t, true);
 }
 
 /* ---- timers ------------------------------------------------------------------- */
@@ -568,7 +337,7 @@ static void on_timer(uv_timer_t *t) {
       if (cl->h_open) { /* cancels the connect; then the next address */
         cl->h_open = false;
         cl->pending_cb++;
-        uv_close(&cl->h.handle, on_attempt_closed);
+        uv_close(&cl->st.h.handle, on_attempt_closed);
       }
       return;
     }
@@ -581,7 +350,7 @@ static void on_timer(uv_timer_t *t) {
     what = "the reply to the end of data";
     break;
   case TM_COMMAND:
-    what = !cl->ready && cl->last_cmd == TERN_CMD_GREETING && !cl->tls_ready
+    what = !cl->ready && cl->last_cmd == TERN_CMD_GREETING && !cl->st.tls_ready
                ? "the greeting or a reply"
                : "a reply";
     break;
@@ -604,17 +373,17 @@ static void restart_timer(struct tern_client *cl) {
   } else if (cl->state == CS_SESSION && cl->s) {
     unsigned want = tern_client_session_want(cl->s);
     unsigned cmd = ms_or(cl->opt.command_timeout_ms, DEF_COMMAND_MS);
-    if (cl->tls && !cl->tls_ready) {
+    if (cl->st.tls && !cl->st.tls_ready) {
       m = TM_COMMAND;
       ms = cmd;
-    } else if (cl->writes && cl->in_data) {
+    } else if (cl->st.writes && cl->in_data) {
       m = TM_BLOCK;
       ms = cmd < DEF_BLOCK_MS ? cmd : DEF_BLOCK_MS;
     } else if (cl->in_data && !(want & TERN_CLIENT_WANT_BODY) &&
                (want & TERN_CLIENT_WANT_READ)) {
       m = TM_DATA;
       ms = ms_or(cl->opt.data_timeout_ms, DEF_DATA_MS);
-    } else if (cl->writes || ((want & TERN_CLIENT_WANT_READ) &&
+    } else if (cl->st.writes || ((want & TERN_CLIENT_WANT_READ) &&
                               !(want & TERN_CLIENT_WANT_BODY) &&
                               !(want & TERN_CLIENT_READY))) {
       m = TM_COMMAND;
@@ -733,8 +502,6 @@ static void fd_pump(struct tern_client *cl) {
 /* ---- the pump ------------------------------------------------------------------ */
 
 static void update_reading(struct tern_client *cl);
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
 static void pump(struct tern_client *cl) {
   if (cl->in_pump) {
@@ -750,18 +517,14 @@ static void pump(struct tern_client *cl) {
     }
     if (cl->state != CS_SESSION || !cl->s)
       break;
-    feed_input(cl);
-    bool blocked = cl->in_len && !(tern_client_session_want(cl->s) &
-                                   TERN_CLIENT_WANT_READ);
-    flush_session(cl);
-    if (cl->state != CS_SESSION)
-      break;
-    unsigned want = tern_client_session_want(cl->s);
-    if (blocked && (want & TERN_CLIENT_WANT_READ)) {
+    if (tern__stream_step(&cl->st)) {
       cl->again = true; /* flushing made room for the held input */
       continue;
     }
-    if ((want & TERN_CLIENT_WANT_TLS) && !cl->tls &&
+    if (cl->state != CS_SESSION)
+      break;
+    unsigned want = tern_client_session_want(cl->s);
+    if ((want & TERN_CLIENT_WANT_TLS) && !cl->st.tls &&
         !(want & TERN_CLIENT_WANT_WRITE)) {
       if (tls_start(cl) != 0)
         break;
@@ -769,23 +532,17 @@ static void pump(struct tern_client *cl) {
     fd_pump(cl);
     if (cl->state != CS_SESSION)
       break;
-    if (cl->eof && !(want & TERN_CLIENT_WANT_CLOSE))
+    if (cl->st.eof && !(want & TERN_CLIENT_WANT_CLOSE))
       tern_client_session_eof(cl->s);
     want = tern_client_session_want(cl->s);
-    if ((want & TERN_CLIENT_WANT_CLOSE) && !(want & TERN_CLIENT_WANT_WRITE)) {
-      if (cl->tls && cl->tls_ready && !cl->tls_closed) {
-        cl->tls_closed = true;
-        tern__tls_shutdown(cl->tls);
-        tls_flush(cl);
-      }
-      if (!cl->writes) {
-        if (!cl->reported)
-          fail(cl, cl->err_code ? cl->err_code : TERN_ECLOSED, "%s",
-               cl->err[0] ? cl->err : "connection closed");
-        else
-          cl_close(cl);
-        break;
-      }
+    if ((want & TERN_CLIENT_WANT_CLOSE) && !(want & TERN_CLIENT_WANT_WRITE) &&
+        tern__stream_close_ready(&cl->st)) {
+      if (!cl->reported)
+        fail(cl, cl->err_code ? cl->err_code : TERN_ECLOSED, "%s",
+             cl->err[0] ? cl->err : "connection closed");
+      else
+        cl_close(cl);
+      break;
     }
   } while (cl->again);
   if (cl->close_pending && !cl->in_cb) {
@@ -800,20 +557,9 @@ static void pump(struct tern_client *cl) {
 }
 
 static void update_reading(struct tern_client *cl) {
-  bool want = false;
-  if (cl->state == CS_SESSION && !cl->eof && cl->h_open) {
-    if (cl->tls && !cl->tls_ready)
-      want = true;
-    else if (!cl->in_len && cl->s)
-      want = (tern_client_session_want(cl->s) &
-              (TERN_CLIENT_WANT_READ | TERN_CLIENT_READY)) != 0;
-  }
-  if (want && !cl->reading) {
-    cl->reading = uv_read_start(&cl->h.stream, on_alloc, on_read) == 0;
-  } else if (!want && cl->reading) {
-    uv_read_stop(&cl->h.stream);
-    cl->reading = false;
-  }
+  tern__stream_set_reading(&cl->st, cl->state == CS_SESSION && !cl->st.eof &&
+                                        cl->h_open && cl->s &&
+                                        tern__stream_wants_read(&cl->st));
 }
 
 static void on_notify(struct tern_client_session *s, void *arg) {
@@ -821,27 +567,21 @@ static void on_notify(struct tern_client_session *s, void *arg) {
   pump(arg);
 }
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  (void)h;
-  (void)hint;
-  *buf = uv_buf_init(t_rbuf, sizeof t_rbuf);
-}
-
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
-  struct tern_client *cl = st->data;
+static void on_read(void *arg, ssize_t nread, const char *p) {
+  struct tern_client *cl = arg;
   if (cl->state != CS_SESSION)
     return;
   if (nread < 0) {
-    uv_read_stop(st);
-    cl->reading = false;
-    cl->eof = true;
+    tern__stream_set_reading(&cl->st, false);
+    cl->st.eof = true;
     if (nread != UV_EOF) {
       if (!cl->err[0] || cl->reported)
         set_errf(cl, TERN_ECLOSED, "read from %s: %s", cl->peer,
                  uv_strerror((int)nread));
     } else if (!cl->reported && !cl->err[0]) {
       set_errf(cl, TERN_ECLOSED, "%s closed the connection%s%s", cl->peer,
-               cl->tls && !cl->tls_ready ? " during the TLS handshake" : "",
+               cl->st.tls && !cl->st.tls_ready ? " during the TLS handshake"
+                                               : "",
                cl->last_reply[0] ? " after: " : "");
       if (cl->last_reply[0]) {
         size_t used = strlen(cl->err);
@@ -863,16 +603,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0)
     return;
   traffic(cl);
-  if (cl->tls) {
-    if (tern__tls_feed(cl->tls, buf->base, (size_t)nread) != 0) {
-      fail(cl, TERN_ENOMEM, "out of memory");
-      return;
-    }
-    if (!cl->tls_ready)
-      tls_pull(cl);
-  } else {
-    input(cl, buf->base, (size_t)nread);
-  }
+  tern__stream_received(&cl->st, p, (size_t)nread);
   pump(cl);
 }
 
@@ -906,8 +637,7 @@ static void w_on_ready(struct tern_client_session *c, void *ud) {
   if (cl) {
     cl->ready = true;
     cl->in_data = false;
-    tern__sasl_client_free(cl->sasl);
-    cl->sasl = NULL;
+    tern__client_auth_end(&cl->auth);
   }
   if (cl && cl->app.on_ready)
     cl->app.on_ready(c, ud);
@@ -950,17 +680,17 @@ static void w_on_error(struct tern_client_session *c, int err,
         set_errf(cl, err, "server does not offer STARTTLS");
       break;
     case TERN_EAUTH:
-      if (r && cl->auth_mech)
-        set_errf(cl, err, "AUTH %s refused: %s", cl->auth_mech, rt);
+      if (r && cl->auth.mech)
+        set_errf(cl, err, "AUTH %s refused: %s", cl->auth.mech, rt);
       else if (r)
         set_errf(cl, err, "AUTH refused: %s", rt);
-      else if (cl->opt.auth_user && !cl->offered[0])
+      else if (cl->opt.auth_user && !cl->auth.offered[0])
         set_errf(cl, err, "server does not offer AUTH");
-      else if (cl->opt.auth_user && !cl->auth_mech)
+      else if (cl->opt.auth_user && !cl->auth.mech)
         set_errf(cl, err,
                  "no usable AUTH mechanism (server offers \"%s\"%s)",
-                 cl->offered,
-                 cl->tls_ready || cl->opt.auth_insecure_ok
+                 cl->auth.offered,
+                 cl->st.tls_ready || cl->opt.auth_insecure_ok
                      ? ""
                      : "; PLAIN and LOGIN need TLS");
       else
@@ -995,24 +725,9 @@ static long w_on_auth(struct tern_client_session *c, struct tern_str challenge,
                       bool has_challenge, char *out, size_t cap, void *ud) {
   struct tern_client *cl = client_of(c);
   (void)ud;
-  if (!cl || !cl->auth_mech)
+  if (!cl)
     return TERN_EAUTH;
-  if (!has_challenge && !cl->sasl) {
-    struct tern__sasl_client_params p = {
-        .user = cl->opt.auth_user,
-        .password = cl->opt.auth_password,
-        .token = cl->opt.auth_token,
-        .authzid = cl->opt.auth_authzid,
-        .tls = cl->tls_ready,
-        .insecure_ok = cl->opt.auth_insecure_ok,
-    };
-    int rc = tern__sasl_client_new(&cl->sasl, cl->auth_mech, &p);
-    if (rc)
-      return rc;
-  }
-  if (!cl->sasl)
-    return TERN_EAUTH;
-  return tern__sasl_client_step(cl->sasl, challenge.ptr, challenge.len,
+  return tern__client_auth_step(&cl->auth, cl->st.tls_ready, challenge,
                                 has_challenge, out, cap);
 }
 
@@ -1021,28 +736,13 @@ static const char *w_on_auth_mechanism(struct tern_client_session *c,
                                        void *ud) {
   struct tern_client *cl = client_of(c);
   (void)ud;
-  if (!cl)
-    return NULL;
-  snprintf(cl->offered, sizeof cl->offered, "%s", offered ? offered : "");
-  struct tern__sasl_client_params p = {
-      .user = cl->opt.auth_user,
-      .password = cl->opt.auth_password,
-      .token = cl->opt.auth_token,
-      .authzid = cl->opt.auth_authzid,
-      .tls = tls,
-      .insecure_ok = cl->opt.auth_insecure_ok,
-  };
-  tern__sasl_client_free(cl->sasl);
-  cl->sasl = NULL;
-  cl->auth_mech = tern__sasl_client_choose(cl->offered,
-                                           cl->opt.auth_mechanisms, &p);
-  return cl->auth_mech;
+  return cl ? tern__client_auth_choose(&cl->auth, offered, tls) : NULL;
 }
 
 /* ---- connect ------------------------------------------------------------------ */
 
 static void start_session(struct tern_client *cl) {
-  struct tern_client_config cfg = cl->opt.session;
+  struct tern_client_config cfg = cl->cfg;
   struct tern_client_callbacks cb = cl->app;
   cb.size = sizeof cb;
   cb.on_reply = w_on_reply;
@@ -1095,12 +795,12 @@ static void on_tcp_connect(uv_connect_t *req, int status) {
     if (cl->h_open) { /* the next address once the handle is closed */
       cl->h_open = false;
       cl->pending_cb++;
-      uv_close(&cl->h.handle, on_attempt_closed);
+      uv_close(&cl->st.h.handle, on_attempt_closed);
     }
     return;
   }
   if (!cl->url.is_unix)
-    uv_tcp_nodelay(&cl->h.tcp, 1);
+    uv_tcp_nodelay(&cl->st.h.tcp, 1);
   if (cl->ai_list) {
     uv_freeaddrinfo(cl->ai_list);
     cl->ai_list = cl->ai_cur = NULL;
@@ -1113,7 +813,7 @@ static void on_tcp_connect(uv_connect_t *req, int status) {
 
 /* The previous attempt's handle is closed: try the next address. */
 static void on_attempt_closed(uv_handle_t *h) {
-  struct tern_client *cl = h->data;
+  struct tern_client *cl = tern__stream_owner(h);
   cl->pending_cb--;
   if (cl->state >= CS_CLOSING) {
     maybe_done(cl);
@@ -1141,14 +841,14 @@ static void try_next(struct tern_client *cl) {
       cl->ai_cur = ai->ai_next;
       continue;
     }
-    if (uv_tcp_init(cl->loop, &cl->h.tcp) != 0) {
+    if (uv_tcp_init(cl->loop, &cl->st.h.tcp) != 0) {
       fail(cl, TERN_ECONNECT, "connect %s: cannot create a socket", cl->peer);
       return;
     }
-    cl->h.handle.data = cl;
+    cl->st.h.handle.data = &cl->st;
     cl->h_open = true;
     cl->creq.data = cl;
-    int r = uv_tcp_connect(&cl->creq, &cl->h.tcp, ai->ai_addr, on_tcp_connect);
+    int r = uv_tcp_connect(&cl->creq, &cl->st.h.tcp, ai->ai_addr, on_tcp_connect);
     if (r == 0) {
       cl->creq_pending = true;
       cl->pending_cb++;
@@ -1159,7 +859,7 @@ static void try_next(struct tern_client *cl) {
     set_errf(cl, TERN_ECONNECT, "connect %s: %s", cl->peer, uv_strerror(r));
     cl->h_open = false;
     cl->pending_cb++;
-    uv_close(&cl->h.handle, on_attempt_closed);
+    uv_close(&cl->st.h.handle, on_attempt_closed);
     return;
   }
   fail(cl, cl->err_code ? cl->err_code : TERN_ECONNECT, "%s",
@@ -1198,8 +898,14 @@ static void on_handle_closed(uv_handle_t *h) {
   maybe_done(cl);
 }
 
+static void on_stream_closed(uv_handle_t *h) {
+  struct tern_client *cl = tern__stream_owner(h);
+  cl->pending_cb--;
+  maybe_done(cl);
+}
+
 static void maybe_done(struct tern_client *cl) {
-  if (cl->state != CS_CLOSING || cl->pending_cb)
+  if (cl->state != CS_CLOSING || cl->pending_cb || cl->st.writes)
     return;
   cl->state = CS_CLOSED;
   if (cl->opt.on_close)
@@ -1222,9 +928,7 @@ static void cl_close(struct tern_client *cl) {
       !(tern_client_session_want(cl->s) & TERN_CLIENT_WANT_CLOSE))
     tern_client_session_eof(cl->s); /* a message in progress ends */
   cl->state = CS_CLOSING;
-  if (cl->reading)
-    uv_read_stop(&cl->h.stream);
-  cl->reading = false;
+  tern__stream_stop(&cl->st);
   if (cl->gai_pending)
     uv_cancel((uv_req_t *)&cl->gai);
   if (cl->fs_busy)
@@ -1238,7 +942,7 @@ static void cl_close(struct tern_client *cl) {
   if (cl->h_open) {
     cl->h_open = false;
     cl->pending_cb++;
-    uv_close(&cl->h.handle, on_handle_closed);
+    uv_close(&cl->st.h.handle, on_stream_closed);
   }
   maybe_done(cl);
 }
@@ -1260,40 +964,26 @@ static char *dup_opt(struct tern_client *cl, unsigned *k, const char *s,
   return d;
 }
 
-int tern_client_new(struct tern_client **out, uv_loop_t *loop,
-                    const struct tern_client_options *o) {
-  struct tern_client *cl;
+/* Copy the options, their structs and strings into cl; no pointer in
+ * cl is the caller's afterwards (tern_client_free() undoes a failure). */
+static int copy_options(struct tern_client *cl,
+                        const struct tern_client_options *o) {
   bool oom = false;
   unsigned k = 0;
-
-  if (!out || !loop || !o || !o->size || !o->url)
-    return TERN_EINVAL;
-  cl = calloc(1, sizeof *cl);
-  if (!cl)
-    return TERN_ENOMEM;
-  cl->loop = loop;
   tern_client_options_init(&cl->opt);
-  memcpy(&cl->opt, o, o->size < sizeof cl->opt ? o->size : sizeof cl->opt);
-  cl->opt.size = sizeof cl->opt;
-  if (cl->opt.session.size > 0 &&
-      cl->opt.session.size < sizeof cl->opt.session) {
-    struct tern_client_config c;
-    tern_client_config_init(&c);
-    memcpy(&c, &o->session, o->session.size);
-    c.size = sizeof c;
-    cl->opt.session = c;
+  tern_client_config_init(&cl->cfg);
+  tern_client_callbacks_init(&cl->app);
+  if (tern__copy_sized(&cl->opt, sizeof cl->opt, o) != 0 ||
+      (cl->opt.session &&
+       tern__copy_sized(&cl->cfg, sizeof cl->cfg, cl->opt.session) != 0) ||
+      (cl->opt.callbacks &&
+       tern__copy_sized(&cl->app, sizeof cl->app, cl->opt.callbacks) != 0)) {
+    memset(&cl->opt, 0, sizeof cl->opt); /* the caller's strings */
+    return TERN_EINVAL;
   }
-  if (cl->opt.callbacks) {
-    size_t n = cl->opt.callbacks->size;
-    tern_client_callbacks_init(&cl->app);
-    memcpy(&cl->app, cl->opt.callbacks, n < sizeof cl->app ? n : sizeof cl->app);
-    cl->app.size = sizeof cl->app;
-  } else {
-    tern_client_callbacks_init(&cl->app);
-  }
-  cl->opt.callbacks = NULL;
-
-  cl->opt.url = dup_opt(cl, &k, o->url, &oom);
+  cl->opt.session = NULL; /* cl->cfg */
+  cl->opt.callbacks = NULL; /* cl->app */
+  cl->opt.url = dup_opt(cl, &k, cl->opt.url, &oom);
   cl->opt.ca_file = dup_opt(cl, &k, cl->opt.ca_file, &oom);
   cl->opt.ca_dir = dup_opt(cl, &k, cl->opt.ca_dir, &oom);
   cl->opt.tls_server_name = dup_opt(cl, &k, cl->opt.tls_server_name, &oom);
@@ -1302,16 +992,27 @@ int tern_client_new(struct tern_client **out, uv_loop_t *loop,
   cl->opt.auth_token = dup_opt(cl, &k, cl->opt.auth_token, &oom);
   cl->opt.auth_authzid = dup_opt(cl, &k, cl->opt.auth_authzid, &oom);
   cl->opt.auth_mechanisms = dup_opt(cl, &k, cl->opt.auth_mechanisms, &oom);
-  cl->opt.session.ehlo_name = dup_opt(cl, &k, cl->opt.session.ehlo_name, &oom);
-  if (oom) {
-    tern_client_free(cl);
+  cl->cfg.ehlo_name = dup_opt(cl, &k, cl->cfg.ehlo_name, &oom);
+  cl->auth.p.user = cl->opt.auth_user;
+  cl->auth.p.password = cl->opt.auth_password;
+  cl->auth.p.token = cl->opt.auth_token;
+  cl->auth.p.authzid = cl->opt.auth_authzid;
+  cl->auth.p.insecure_ok = cl->opt.auth_insecure_ok;
+  cl->auth.prefs = cl->opt.auth_mechanisms;
+  return oom ? TERN_ENOMEM : 0;
+}
+
+/* Everything tern_client_new() does after allocating. */
+static int client_setup(struct tern_client *cl,
+                        const struct tern_client_options *o) {
+  if (!cl->sc)
     return TERN_ENOMEM;
-  }
-  if (tern__url_parse(cl->opt.url, &cl->url) != 0 ||
-      (!cl->url.is_unix && !strcmp(cl->url.host, "*"))) {
-    tern_client_free(cl);
+  int rc = copy_options(cl, o);
+  if (rc)
+    return rc;
+  if (!cl->opt.url || tern__url_parse(cl->opt.url, &cl->url) != 0 ||
+      (!cl->url.is_unix && !strcmp(cl->url.host, "*")))
     return TERN_EINVAL;
-  }
   snprintf(cl->peer, sizeof cl->peer, "%s", cl->opt.url);
 
   /* the STARTTLS floor from the URL (see the top of the file) */
@@ -1320,8 +1021,7 @@ int tern_client_new(struct tern_client **out, uv_loop_t *loop,
     floor = TERN_STARTTLS_OPPORTUNISTIC;
   else if (cl->url.scheme == TERN__SMTP_STARTTLS)
     floor = TERN_STARTTLS_REQUIRED;
-  cl->starttls = cl->opt.session.starttls > floor ? cl->opt.session.starttls
-                                                  : floor;
+  cl->starttls = cl->cfg.starttls > floor ? cl->cfg.starttls : floor;
 
   if (cl->opt.tls_server_name)
     cl->server_name = cl->opt.tls_server_name;
@@ -1332,18 +1032,29 @@ int tern_client_new(struct tern_client **out, uv_loop_t *loop,
    * system store is loaded (once per process) when TLS first starts. */
   if (cl->opt.ca_file || cl->opt.ca_dir) {
     char e[400];
-    int rc = ctx_acquire(cl->opt.ca_file, cl->opt.ca_dir, &cl->tls_ctx, e,
-                         sizeof e);
-    if (rc) {
-      snprintf(cl->err, sizeof cl->err, "TLS: %s", e);
-      /* keep the text for the caller? the object is gone: print nothing */
-      tern_client_free(cl);
-      return rc;
-    }
+    return tern__tls_client_ctx_acquire(&cl->tls_ctx, cl->opt.ca_file,
+                                        cl->opt.ca_dir, e, sizeof e);
   }
-  snprintf(cl->err, sizeof cl->err, "no error");
-  cl->err_code = 0;
-  cl->err[0] = '\0';
+  return 0;
+}
+
+int tern_client_new(struct tern_client **out, uv_loop_t *loop,
+                    const struct tern_client_options *o) {
+  if (out)
+    *out = NULL;
+  if (!out || !loop || !o)
+    return TERN_EINVAL;
+  struct tern_client *cl = calloc(1, sizeof *cl);
+  if (!cl)
+    return TERN_ENOMEM;
+  cl->loop = loop;
+  cl->sc = tern__scratch_acquire(loop);
+  tern__stream_init(&cl->st, &client_ops, cl, cl->sc);
+  int rc = client_setup(cl, o);
+  if (rc) {
+    tern_client_free(cl);
+    return rc;
+  }
   *out = cl;
   return 0;
 }
@@ -1357,16 +1068,16 @@ int tern_client_connect(struct tern_client *cl) {
   cl->timer_open = true;
   if (cl->url.is_unix) {
     snprintf(cl->peer, sizeof cl->peer, "%s", cl->url.path);
-    if (uv_pipe_init(cl->loop, &cl->h.pipe, 0) != 0) {
+    if (uv_pipe_init(cl->loop, &cl->st.h.pipe, 0) != 0) {
       cl->state = CS_CONNECTING;
       fail(cl, TERN_ECONNECT, "connect %s: cannot create a socket", cl->peer);
       return 0;
     }
-    cl->h.handle.data = cl;
+    cl->st.h.handle.data = &cl->st;
     cl->h_open = true;
     cl->creq.data = cl;
     cl->state = CS_CONNECTING;
-    uv_pipe_connect(&cl->creq, &cl->h.pipe, cl->url.path, on_tcp_connect);
+    uv_pipe_connect(&cl->creq, &cl->st.h.pipe, cl->url.path, on_tcp_connect);
     cl->creq_pending = true;
     cl->pending_cb++;
     restart_timer(cl);
@@ -1447,12 +1158,12 @@ void tern_client_free(struct tern_client *cl) {
     tern_client_session_set_notify(cl->s, NULL, NULL);
     tern_client_session_free(cl->s);
   }
-  tern__sasl_client_free(cl->sasl);
-  tern__tls_free(cl->tls);
-  ctx_release(cl->tls_ctx);
+  tern__client_auth_end(&cl->auth);
+  tern__stream_free(&cl->st);
+  tern__scratch_release(cl->sc);
+  tern__tls_client_ctx_release(cl->tls_ctx);
   if (cl->ai_list)
     uv_freeaddrinfo(cl->ai_list);
-  free(cl->in);
   free(cl->fbuf);
   for (size_t i = 0; i < sizeof cl->strs / sizeof cl->strs[0]; i++) {
     if (cl->strs[i]) {
@@ -1470,7 +1181,8 @@ const char *tern_client_last_error(const struct tern_client *cl) {
 }
 
 const char *tern_client_tls_version(const struct tern_client *cl) {
-  return cl && cl->tls && cl->tls_ready ? tern__tls_version(cl->tls) : NULL;
+  return cl && cl->st.tls && cl->st.tls_ready ? tern__tls_version(cl->st.tls)
+                                              : NULL;
 }
 
 void *tern_client_userdata(const struct tern_client *cl) {

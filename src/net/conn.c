@@ -139,8 +139,8 @@ static void s_fail(void *arg, enum tern__stream_err why, long code) {
 }
 
 static const struct tern__stream_ops conn_ops = {
-    s_feed, s_output, s_consume, s_want, on_read, s_tls_ready, s_written,
-    s_fail};
+    s_feed,  s_output,    s_consume, s_want,
+    on_read, s_tls_ready, s_written, s_fail};
 
 /* A reply without a session (limits, early talkers), then close; the
  * application hears of it through on_event. */
@@ -149,7 +149,7 @@ static void refuse(struct tern__conn *c, enum tern_net_event_type type,
   char t[512];
   emit(c, type, code, enhanced, why);
   int n = snprintf(t, sizeof t, "%u %s %s %s\r\n", code, enhanced,
-                   TERN__LIVE(c->w->srv->opt.session.hostname), why);
+                   TERN__LIVE(c->w->srv->session.hostname), why);
   if (n > 0 && (size_t)n < sizeof t)
     tern__stream_send(&c->st, t, (size_t)n);
   conn_close(c);
@@ -303,9 +303,8 @@ void tern__conn_auth_delay(struct tern__conn *c, uint64_t ms) {
 static void write_clock(struct tern__conn *c, bool progress) {
   if (c->closing)
     return;
-  bool pending =
-      c->st.writes ||
-      (c->s && (tern_server_session_want(c->s) & TERN_WANT_WRITE));
+  bool pending = c->st.writes ||
+                 (c->s && (tern_server_session_want(c->s) & TERN_WANT_WRITE));
   uint64_t due = 0;
   if (pending)
     due = progress || !c->dl_write
@@ -729,4 +728,3 @@ uv_loop_t *tern_session_loop(const struct tern_server_session *s) {
   struct tern__conn *c = tern__conn_of(s);
   return c ? c->w->loop : NULL;
 }
-

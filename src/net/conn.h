@@ -5,6 +5,7 @@
 #ifndef TERN_NET_CONN_H
 #define TERN_NET_CONN_H
 
+#include "auth.h"
 #include "runtime.h"
 #include "stream.h"
 
@@ -58,12 +59,5 @@ struct tern__conn *tern__conn_of(const struct tern_server_session *s);
 void tern__conn_free(struct tern__conn *c);
 /* Answer AUTH's failure (535) after `ms`; traffic does not move it. */
 void tern__conn_auth_delay(struct tern__conn *c, uint64_t ms);
-
-/* auth.c, for conn.c: offer AUTH (GNU SASL) and XCLIENT (to a trusted
- * peer) in a new session's configuration and callbacks. */
-void tern__auth_setup(struct tern__conn *c, struct tern_server_config *cfg,
-                      struct tern_server_callbacks *cb);
-/* A closing connection: a password check queued for it never runs. */
-void tern__auth_unqueue(struct tern__conn *c);
 
 #endif

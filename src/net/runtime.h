@@ -85,7 +85,9 @@ struct tern__ipcount {
 
 struct tern_server {
   uv_loop_t *loop;                     /* worker 0's loop */
-  struct tern_server_options opt;      /* copy; strings below */
+  struct tern_server_options opt;      /* copy; strings below; its
+                                          session is NULL: see below */
+  struct tern_server_config session;   /* the session template, copied */
   struct tern_server_callbacks cb;     /* app callbacks, copy */
   struct tern_tls_cert *certs;         /* copy */
   char *strings;                       /* one block for copied strings */
@@ -108,7 +110,7 @@ struct tern_server {
   void (*shutdown_cb)(struct tern_server *srv, void *arg);
   void *shutdown_arg;
   char err[512];                       /* tern_server_last_error() */
-  /* tern_server_update(): opt.session is copied under live_lock; the
+  /* tern_server_update(): `session` is copied under live_lock; the
    * other settings it changes are read with TERN__LIVE. Replaced
    * hostname/banner strings are kept until free (a worker may have just
    * copied the pointer). */
@@ -120,7 +122,7 @@ struct tern_server {
 
 /* Read a setting that tern_server_update() may change from another
  * thread (max_connections, max_per_ip, greeting_delay_ms,
- * auth_fail_delay_ms, shutdown_timeout_ms, opt.session.hostname). */
+ * auth_fail_delay_ms, shutdown_timeout_ms, session.hostname). */
 #define TERN__LIVE(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
 /* server.c: a copy of the current session template. */

@@ -407,15 +407,18 @@ static int start_client(struct send_op *op, uv_loop_t *loop, const char *url,
   cb.on_message_done = on_message_done;
   cb.on_error = on_error;
   cb.on_body_ready = on_body_ready;
+  struct tern_client_config cc;
   tern_client_options_init(&co);
+  tern_client_config_init(&cc);
+  co.session = &cc;
   co.url = url;
   co.callbacks = &cb;
   co.ud = op;
   if (o->ehlo_name)
-    co.session.ehlo_name = o->ehlo_name;
-  co.session.starttls = o->starttls;
-  if (op->msg.nrcpts > co.session.max_recipients)
-    co.session.max_recipients = (unsigned)op->msg.nrcpts;
+    cc.ehlo_name = o->ehlo_name;
+  cc.starttls = o->starttls;
+  if (op->msg.nrcpts > cc.max_recipients)
+    cc.max_recipients = (unsigned)op->msg.nrcpts;
   co.tls_verify = o->tls_verify;
   co.ca_file = o->ca_file;
   co.auth_user = o->auth_user;

@@ -106,71 +106,87 @@ void tern__ip_release(struct tern_server *srv, const struct sockaddr *sa) {
 
 /* ---- server ------------------------------------------------------------------- */
 
-int tern_server_new(struct tern_server **out, uv_loop_t *loop,
-                    const struct tern_server_options *opts) {
-  struct tern_server *srv;
-  if (!out || !loop || !opts || opts->size < sizeof(size_t))
-    return TERN_EINVAL;
-  *out = NULL;
-  srv = calloc(1, sizeof *srv);
-  if (!srv)
-    return TERN_ENOMEM;
-  srv->loop = loop;
-  tern_server_options_init(&srv->opt);
-  memcpy(&srv->opt, opts,
-         opts->size < sizeof srv->opt ? opts->size : sizeof srv->opt);
-  srv->opt.size = sizeof srv->opt;
-  tern_server_callbacks_init(&srv->cb);
-  if (opts->callbacks)
-    memcpy(&srv->cb, opts->callbacks,
-           opts->callbacks->size < sizeof srv->cb ? opts->callbacks->size
-                                                  : sizeof srv->cb);
-  srv->cb.size = sizeof srv->cb;
-  if (uv_mutex_init(&srv->ip_lock) != 0) {
-    free(srv);
-    return TERN_ENOMEM;
+static struct tern_tls_cert *certs_dup(const struct tern_tls_cert *c,
+                                       size_t n) {
+  struct tern_tls_cert *d = calloc(n, sizeof *d);
+  bool ok = d != NULL;
+  for (size_t i = 0; ok && i < n; i++) {
+    d[i].cert_file = dup_str(c[i].cert_file);
+    d[i].key_file = dup_str(c[i].key_file);
+    ok = d[i].cert_file && (!c[i].key_file || d[i].key_file);
   }
-  if (uv_mutex_init(&srv->live_lock) != 0) {
-    uv_mutex_destroy(&srv->ip_lock);
-    free(srv);
-    return TERN_ENOMEM;
+  if (!ok && d) {
+    for (size_t i = 0; i < n; i++) {
+      free((char *)d[i].cert_file);
+      free((char *)d[i].key_file);
+    }
+    free(d);
+    d = NULL;
   }
-  srv->id_base = (unsigned long)time(NULL);
-  *out = srv; /* from here on tern_server_free() cleans up */
+  return d;
+}
 
-  /* Own copies of every string the options point to. */
-  struct tern_server_config *sc = &srv->opt.session;
+/* Copy the options' structs and strings into srv. No pointer in srv is
+ * the caller's at any point, so tern_server_free() can undo a failure
+ * anywhere. */
+static int copy_options(struct tern_server *srv,
+                        const struct tern_server_options *opts) {
+  struct tern_server_options o;
+  tern_server_options_init(&o);
+  tern_server_config_init(&srv->session);
+  tern_server_callbacks_init(&srv->cb);
+  if (tern__copy_sized(&o, sizeof o, opts) != 0 ||
+      (o.session &&
+       tern__copy_sized(&srv->session, sizeof srv->session, o.session)) ||
+      (o.callbacks && tern__copy_sized(&srv->cb, sizeof srv->cb, o.callbacks))) {
+    set_err(srv, "options from a newer header with unknown fields set", NULL);
+    return TERN_EINVAL;
+  }
+  srv->opt = o;
+  srv->opt.session = NULL;   /* srv->session */
+  srv->opt.callbacks = NULL; /* srv->cb */
+  srv->opt.error = NULL;
+  srv->opt.error_size = 0;
+  struct tern_server_config *sc = &srv->session;
   sc->hostname = dup_str(sc->hostname ? sc->hostname : "localhost");
   sc->banner = dup_str(sc->banner);
   sc->auth_mechanisms = NULL; /* set per connection */
-  srv->opt.auth_mechanisms = dup_str(srv->opt.auth_mechanisms);
-  srv->opt.xclient_networks = dup_str(srv->opt.xclient_networks);
-  srv->opt.callbacks = NULL;
-  if (srv->opt.auth) {
-    struct tern_auth_callbacks *a = calloc(1, sizeof *a);
-    if (a) {
-      tern_auth_callbacks_init(a);
-      memcpy(a, srv->opt.auth,
-             srv->opt.auth->size < sizeof *a ? srv->opt.auth->size : sizeof *a);
-      a->size = sizeof *a;
-    }
-    srv->opt.auth = a;
-  }
-  if (srv->opt.tls_cert_count) {
-    srv->certs = calloc(srv->opt.tls_cert_count, sizeof *srv->certs);
-    if (srv->certs)
-      for (size_t i = 0; i < srv->opt.tls_cert_count; i++) {
-        srv->certs[i].cert_file = dup_str(opts->tls_certs[i].cert_file);
-        srv->certs[i].key_file = dup_str(opts->tls_certs[i].key_file);
-      }
+  srv->opt.auth_mechanisms = dup_str(o.auth_mechanisms);
+  srv->opt.xclient_networks = dup_str(o.xclient_networks);
+  srv->opt.auth = NULL;
+  srv->opt.tls_certs = NULL;
+  srv->opt.tls_cert_count = 0;
+  if (o.tls_cert_count &&
+      (srv->certs = certs_dup(o.tls_certs, o.tls_cert_count)) != NULL) {
     srv->opt.tls_certs = srv->certs;
+    srv->opt.tls_cert_count = o.tls_cert_count;
   }
-  if (!sc->hostname || (opts->session.banner && !sc->banner) ||
-      (opts->auth && !srv->opt.auth) ||
-      (opts->tls_cert_count && !srv->certs)) {
+  struct tern_auth_callbacks *a = NULL;
+  if (o.auth && (a = malloc(sizeof *a)) != NULL) {
+    tern_auth_callbacks_init(a);
+    srv->opt.auth = a;
+    if (tern__copy_sized(a, sizeof *a, o.auth) != 0) {
+      set_err(srv, "auth callbacks from a newer header with unknown fields "
+                   "set", NULL);
+      return TERN_EINVAL;
+    }
+  }
+  if (!sc->hostname || (o.session && o.session->banner && !sc->banner) ||
+      (o.auth && !a) || (o.tls_cert_count && !srv->certs) ||
+      (o.auth_mechanisms && !srv->opt.auth_mechanisms) ||
+      (o.xclient_networks && !srv->opt.xclient_networks)) {
     set_err(srv, "out of memory", NULL);
     return TERN_ENOMEM;
   }
+  return 0;
+}
+
+/* Everything tern_server_new() does after allocating. */
+static int server_setup(struct tern_server *srv,
+                        const struct tern_server_options *opts) {
+  int r = copy_options(srv, opts);
+  if (r)
+    return r;
   if (!srv->opt.proxy_timeout_ms)
     srv->opt.proxy_timeout_ms = 10000;
   if (!srv->opt.tls_handshake_timeout_ms)
@@ -181,10 +197,9 @@ int tern_server_new(struct tern_server **out, uv_loop_t *loop,
     srv->opt.workers = uv_available_parallelism();
   if (srv->opt.workers > 256)
     srv->opt.workers = 256;
-
   if (srv->certs) {
-    int r = tern__tls_ctx_new(&srv->tls, srv->certs, srv->opt.tls_cert_count,
-                              srv->err, sizeof srv->err);
+    r = tern__tls_ctx_new(&srv->tls, srv->certs, srv->opt.tls_cert_count,
+                          srv->err, sizeof srv->err);
     if (r)
       return r;
   }
@@ -199,12 +214,46 @@ int tern_server_new(struct tern_server **out, uv_loop_t *loop,
   }
   /* Check the session template once, so listen/accept cannot fail on it. */
   struct tern_server_session *probe;
-  int r = tern_server_session_new(&probe, sc, NULL, NULL);
+  r = tern_server_session_new(&probe, &srv->session, NULL, NULL);
   if (r) {
     set_err(srv, "invalid session configuration", NULL);
     return r;
   }
   tern_server_session_free(probe);
+  return 0;
+}
+
+int tern_server_new(struct tern_server **out, uv_loop_t *loop,
+                    const struct tern_server_options *opts) {
+  struct tern_server *srv;
+  if (out)
+    *out = NULL;
+  if (!out || !loop || !opts)
+    return TERN_EINVAL;
+  srv = calloc(1, sizeof *srv);
+  if (!srv)
+    return TERN_ENOMEM;
+  srv->loop = loop;
+  srv->id_base = (unsigned long)time(NULL);
+  if (uv_mutex_init(&srv->ip_lock) != 0) {
+    free(srv);
+    return TERN_ENOMEM;
+  }
+  if (uv_mutex_init(&srv->live_lock) != 0) {
+    uv_mutex_destroy(&srv->ip_lock);
+    free(srv);
+    return TERN_ENOMEM;
+  }
+  int r = server_setup(srv, opts);
+  if (r) {
+    /* the size was checked (copy_options), so these fields exist */
+    if (opts->size >= sizeof *opts && opts->error && opts->error_size)
+      snprintf(opts->error, opts->error_size, "%s",
+               srv->err[0] ? srv->err : tern_strerror(r));
+    tern_server_free(srv);
+    return r;
+  }
+  *out = srv;
   return 0;
 }
 
@@ -239,8 +288,8 @@ void tern_server_free(struct tern_server *srv) {
     free((char *)srv->certs[i].key_file);
   }
   free(srv->certs);
-  free((char *)srv->opt.session.hostname);
-  free((char *)srv->opt.session.banner);
+  free((char *)srv->session.hostname);
+  free((char *)srv->session.banner);
   free((char *)srv->opt.auth_mechanisms);
   free((char *)srv->opt.xclient_networks);
   free((void *)srv->opt.auth);
@@ -260,7 +309,7 @@ int tern_server_reload_tls(struct tern_server *srv) {
 void tern__server_template(struct tern_server *srv,
                            struct tern_server_config *out) {
   uv_mutex_lock(&srv->live_lock);
-  *out = srv->opt.session;
+  *out = srv->session;
   uv_mutex_unlock(&srv->live_lock);
 }
 
@@ -268,26 +317,6 @@ void tern__server_template(struct tern_server *srv,
 static void retire(struct tern_server *srv, const char *p) {
   if (p)
     srv->retired[srv->nretired++] = (char *)p;
-}
-
-static struct tern_tls_cert *certs_dup(const struct tern_tls_cert *c,
-                                       size_t n) {
-  struct tern_tls_cert *d = calloc(n, sizeof *d);
-  bool ok = d != NULL;
-  for (size_t i = 0; ok && i < n; i++) {
-    d[i].cert_file = dup_str(c[i].cert_file);
-    d[i].key_file = dup_str(c[i].key_file);
-    ok = d[i].cert_file && (!c[i].key_file || d[i].key_file);
-  }
-  if (!ok && d) {
-    for (size_t i = 0; i < n; i++) {
-      free((char *)d[i].cert_file);
-      free((char *)d[i].key_file);
-    }
-    free(d);
-    d = NULL;
-  }
-  return d;
 }
 
 /* Everything is checked and allocated first; then the changes are made,
@@ -300,10 +329,16 @@ int tern_server_update(struct tern_server *srv,
   char *host = NULL, *banner = NULL;
   int r;
 
-  if (!srv || !o || o->size < sizeof(size_t))
+  struct tern_server_config sc;
+  if (!srv || !o)
     return TERN_EINVAL;
   tern_server_options_init(&n);
-  memcpy(&n, o, o->size < sizeof n ? o->size : sizeof n);
+  tern_server_config_init(&sc);
+  if (tern__copy_sized(&n, sizeof n, o) != 0 ||
+      (n.session && tern__copy_sized(&sc, sizeof sc, n.session) != 0)) {
+    set_err(srv, "options from a newer header with unknown fields set", NULL);
+    return TERN_EINVAL;
+  }
   if ((n.tls_cert_count > 0) != (srv->tls != NULL)) {
     set_err(srv, srv->tls ? "certificates cannot be removed from a running "
                             "server"
@@ -314,10 +349,10 @@ int tern_server_update(struct tern_server *srv,
   }
   /* the same check as at creation, so accept cannot fail on it */
   struct tern_server_session *probe;
-  if (!n.session.hostname)
-    n.session.hostname = "localhost";
-  n.session.auth_mechanisms = NULL;
-  if ((r = tern_server_session_new(&probe, &n.session, NULL, NULL)) != 0) {
+  if (!sc.hostname)
+    sc.hostname = "localhost";
+  sc.auth_mechanisms = NULL;
+  if ((r = tern_server_session_new(&probe, &sc, NULL, NULL)) != 0) {
     set_err(srv, "invalid session configuration", NULL);
     return r;
   }
@@ -328,14 +363,14 @@ int tern_server_update(struct tern_server *srv,
     if (r)
       return r;
   }
-  host = dup_str(n.session.hostname);
-  banner = dup_str(n.session.banner);
+  host = dup_str(sc.hostname);
+  banner = dup_str(sc.banner);
   if (n.tls_cert_count)
     certs = certs_dup(n.tls_certs, n.tls_cert_count);
   char **room = realloc(srv->retired, (srv->nretired + 2) * sizeof *room);
   if (room)
     srv->retired = room;
-  if (!host || (n.session.banner && !banner) ||
+  if (!host || (sc.banner && !banner) ||
       (n.tls_cert_count && !certs) || !room) {
     free(host);
     free(banner);
@@ -349,12 +384,12 @@ int tern_server_update(struct tern_server *srv,
     return TERN_ENOMEM;
   }
   /* room for two retired strings is reserved: retire() cannot fail now */
-  n.session.hostname = host;
-  n.session.banner = banner;
+  sc.hostname = host;
+  sc.banner = banner;
   uv_mutex_lock(&srv->live_lock);
-  const char *old_host = srv->opt.session.hostname;
-  const char *old_banner = srv->opt.session.banner;
-  srv->opt.session = n.session;
+  const char *old_host = srv->session.hostname;
+  const char *old_banner = srv->session.banner;
+  srv->session = sc;
   uv_mutex_unlock(&srv->live_lock);
   retire(srv, old_host);
   retire(srv, old_banner);
@@ -509,9 +544,12 @@ static struct tern__listener *add_listener(struct tern_server *srv,
   if (!l->url)
     return NULL;
   tern_listener_options_init(&l->lo);
-  if (lo)
-    memcpy(&l->lo, lo, lo->size < sizeof l->lo ? lo->size : sizeof l->lo);
-  l->lo.size = sizeof l->lo;
+  if (lo && tern__copy_sized(&l->lo, sizeof l->lo, lo) != 0) {
+    free(l->url);
+    l->url = NULL;
+    set_err(srv, url, "listener options with unknown fields set");
+    return NULL;
+  }
   l->is_unix = u->is_unix;
   l->implicit_tls = u->scheme == TERN__SMTPS;
   l->lmtp = u->scheme == TERN__LMTP;
@@ -532,6 +570,7 @@ int tern_server_listen(struct tern_server *srv, const char *url,
     set_err(srv, url, "not a listener URL");
     return TERN_EINVAL;
   }
+  srv->err[0] = '\0';
   struct tern__listener *l = add_listener(srv, url, &u, lo);
   if (!l)
     return srv->err[0] ? TERN_EINVAL : TERN_ENOMEM;
@@ -584,9 +623,10 @@ int tern_server_listen_fd(struct tern_server *srv, int fd, const char *url,
   if (tern__url_parse(url, &u) != 0)
     u.scheme = TERN__SMTP;
   u.is_unix = ss.ss_family == AF_UNIX;
+  srv->err[0] = '\0';
   struct tern__listener *l = add_listener(srv, url, &u, lo);
   if (!l)
-    return TERN_ENOMEM;
+    return srv->err[0] ? TERN_EINVAL : TERN_ENOMEM;
   l->fd = fd;
   l->adopted = true;
   /* An adopted socket is not replicated: it stays on worker 0. */

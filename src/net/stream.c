@@ -149,8 +149,7 @@ void tern__stream_send(struct tern__stream *st, const char *p, size_t n) {
 static void tls_flush(struct tern__stream *st) {
   size_t n;
   while (st->tls && !st->closed &&
-         (n = tern__tls_output(st->tls, st->sc->wbuf, sizeof st->sc->wbuf)) >
-             0)
+         (n = tern__tls_output(st->tls, st->sc->wbuf, sizeof st->sc->wbuf)) > 0)
     tern__stream_send(st, st->sc->wbuf, n);
 }
 
@@ -244,7 +243,7 @@ static void feed_held(struct tern__stream *st) {
       break;
   }
   if (st->in_len && wants(st, TERN__SW_TLS))
-    st->in_len = 0; /* RFC 3207 §4.2 */
+    st->in_len = 0;            /* RFC 3207 §4.2 */
   if (!st->in_len && st->in) { /* idle streams hold no buffer */
     free(st->in);
     st->in = NULL;
@@ -323,17 +322,18 @@ void tern__stream_received(struct tern__stream *st, const char *p, size_t n) {
     tls_pull(st); /* handshake */
 }
 
-void tern__stream_tls_begin(struct tern__stream *st, struct tern__tls *t,
-                            bool hello) {
+int tern__stream_tls_begin(struct tern__stream *st, struct tern__tls *t,
+                           bool hello) {
   st->tls = t;
   st->in_len = 0; /* RFC 3207 §4.2: nothing read before counts */
   if (!hello)
-    return;
+    return 0;
   if (tern__tls_read(t, st->sc->pbuf, 0) < 0) { /* ClientHello */
     st->ops->fail(st->arg, TERN__SE_TLS, TERN_ETLS);
-    return;
+    return TERN_ETLS;
   }
   tls_flush(st);
+  return 0;
 }
 
 /* ---- the pump's common part ------------------------------------------- */

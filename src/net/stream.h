@@ -21,7 +21,7 @@
 
 #include "tls.h"
 
-#define TERN__READ_SIZE 65536 /* one read; one decrypt; one TLS flush */
+#define TERN__READ_SIZE 65536         /* one read; one decrypt; one TLS flush */
 #define TERN__WRITE_HIGH (256 * 1024) /* take no output above this */
 
 /* Scratch for one event loop: a read, decrypted plaintext, ciphertext
@@ -66,7 +66,7 @@ struct tern__stream_ops {
   void (*consume)(void *arg, size_t n);             /* n output bytes sent */
   unsigned (*want)(void *arg);                      /* TERN__SW_* */
   void (*read)(void *arg, ssize_t nread, const char *buf); /* uv_read_cb */
-  void (*tls_ready)(void *arg);           /* handshake done */
+  void (*tls_ready)(void *arg);                            /* handshake done */
   void (*written)(void *arg, int status); /* a queued write is done */
   void (*fail)(void *arg, enum tern__stream_err why, long code);
 };
@@ -114,9 +114,10 @@ void tern__stream_flush(struct tern__stream *st);
 void tern__stream_received(struct tern__stream *st, const char *p, size_t n);
 /* Start TLS on the stream with engine `t` (the stream owns it now).
  * Input held from before is dropped (RFC 3207 §4.2). `hello`: the
- * client side, which speaks first. */
-void tern__stream_tls_begin(struct tern__stream *st, struct tern__tls *t,
-                            bool hello);
+ * client side, which speaks first; TERN_ETLS (ops->fail told) when its
+ * ClientHello cannot be made. */
+int tern__stream_tls_begin(struct tern__stream *st, struct tern__tls *t,
+                           bool hello);
 
 /* The common part of a pump: feed what was received (held input, then
  * what TLS already decrypted), flush output. True when the flush made

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
@@ -810,4 +811,85 @@ bool tern__tls_verify_result(const struct tern__tls *t, const char **why) {
   if (why != NULL)
     *why = res == X509_V_OK ? "ok" : X509_verify_cert_error_string(res);
   return res == X509_V_OK;
+}
+
+/*
+ * Client contexts are shared by every connection with the same CA
+ * settings: loading the system CA store costs tens of milliseconds, far
+ * too much per connection. SSL_CTX is safe to share between threads.
+ */
+struct shared_client_ctx {
+  char *ca_file, *ca_dir; /* the key (NULL = system store) */
+  struct tern__tls_client_ctx *ctx;
+  unsigned refs;
+  struct shared_client_ctx *next;
+};
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct shared_client_ctx *shared_list;
+
+static bool same_path(const char *a, const char *b) {
+  return a == b || (a && b && !strcmp(a, b));
+}
+
+static void shared_free(struct shared_client_ctx *e) {
+  tern__tls_client_ctx_free(e->ctx);
+  free(e->ca_file);
+  free(e->ca_dir);
+  free(e);
+}
+
+/* A new entry for the list, or NULL with rc set and err written. */
+static struct shared_client_ctx *shared_new(const char *ca_file,
+                                            const char *ca_dir, char *err,
+                                            size_t cap, int *rc) {
+  struct shared_client_ctx *e = calloc(1, sizeof *e);
+  if (e) {
+    e->ca_file = ca_file ? strdup(ca_file) : NULL;
+    e->ca_dir = ca_dir ? strdup(ca_dir) : NULL;
+    *rc = tern__tls_client_ctx_new(&e->ctx, ca_file, ca_dir, err, cap);
+    if (!*rc && (!ca_file || e->ca_file) && (!ca_dir || e->ca_dir))
+      return e;
+    shared_free(e);
+    if (*rc)
+      return NULL;
+  }
+  snprintf(err, cap, "out of memory");
+  *rc = TERN_ENOMEM;
+  return NULL;
+}
+
+int tern__tls_client_ctx_acquire(struct tern__tls_client_ctx **out,
+                                 const char *ca_file, const char *ca_dir,
+                                 char *err, size_t cap) {
+  struct shared_client_ctx *e;
+  int rc = 0;
+  pthread_mutex_lock(&shared_lock);
+  for (e = shared_list; e; e = e->next)
+    if (same_path(e->ca_file, ca_file) && same_path(e->ca_dir, ca_dir))
+      break;
+  if (!e && (e = shared_new(ca_file, ca_dir, err, cap, &rc)) != NULL) {
+    e->next = shared_list;
+    shared_list = e;
+  }
+  if (e) {
+    e->refs++;
+    *out = e->ctx;
+  }
+  pthread_mutex_unlock(&shared_lock);
+  return rc;
+}
+
+void tern__tls_client_ctx_release(struct tern__tls_client_ctx *ctx) {
+  struct shared_client_ctx **pp = &shared_list;
+  if (!ctx)
+    return;
+  pthread_mutex_lock(&shared_lock);
+  while (*pp && (*pp)->ctx != ctx)
+    pp = &(*pp)->next;
+  struct shared_client_ctx *e = *pp;
+  if (e && --e->refs == 0) {
+    *pp = e->next;
+    shared_free(e);
+  }
+  pthread_mutex_unlock(&shared_lock);
 }

@@ -85,6 +85,13 @@ int tern__tls_client_ctx_new(struct tern__tls_client_ctx **out,
                              const char *ca_file, const char *ca_dir,
                              char *err, size_t errcap);
 void tern__tls_client_ctx_free(struct tern__tls_client_ctx *ctx);
+/* The same, shared: one context per (ca_file, ca_dir) in the process,
+ * made on first use and freed when the last holder releases it (the
+ * system store costs tens of milliseconds to load). Thread-safe. */
+int tern__tls_client_ctx_acquire(struct tern__tls_client_ctx **out,
+                                 const char *ca_file, const char *ca_dir,
+                                 char *err, size_t errcap);
+void tern__tls_client_ctx_release(struct tern__tls_client_ctx *ctx);
 
 /* The client side of one connection. `server_name` (NULL = none; "[v6]"
  * brackets allowed) is the name the certificate must carry: a DNS name

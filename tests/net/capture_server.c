@@ -474,6 +474,9 @@ int main(int argc, char **argv) {
 
   signal(SIGPIPE, SIG_IGN);
   tern_server_options_init(&o);
+  struct tern_server_config sc;
+  tern_server_config_init(&sc);
+  o.session = &sc;
   g_app.out = ".";
   g_app.pause_data_ms = -1;
   g_app.pause_every = 1;
@@ -520,14 +523,14 @@ int main(int argc, char **argv) {
       o.greeting_delay_ms = (unsigned)num(argv[++i], a);
     } else if (!strcmp(a, "--timeout-ms") && has) {
       unsigned ms = (unsigned)num(argv[++i], a);
-      o.session.timeout_command_ms = ms;
-      o.session.timeout_data_ms = ms;
+      sc.timeout_command_ms = ms;
+      sc.timeout_data_ms = ms;
     } else if (!strcmp(a, "--shutdown-timeout-ms") && has) {
       o.shutdown_timeout_ms = (unsigned)num(argv[++i], a);
     } else if (!strcmp(a, "--xclient-nets") && has) {
       o.xclient_networks = argv[++i];
     } else if (!strcmp(a, "--max-size") && has) {
-      o.session.max_message_size = num(argv[++i], a);
+      sc.max_message_size = num(argv[++i], a);
     } else if (!strcmp(a, "--pause-data") && has) {
       g_app.pause_data_ms = (long)num(argv[++i], a);
     } else if (!strcmp(a, "--pause-every") && has) {

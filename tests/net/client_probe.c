@@ -174,6 +174,9 @@ int main(int argc, char **argv) {
 
   setvbuf(stdout, NULL, _IOLBF, 0);
   tern_client_options_init(&o);
+  struct tern_client_config cc;
+  tern_client_config_init(&cc);
+  o.session = &cc;
   tern_client_callbacks_init(&cb);
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -208,13 +211,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--insecure-auth"))
       o.auth_insecure_ok = true;
     else if (!strcmp(a, "--starttls-required"))
-      o.session.starttls = TERN_STARTTLS_REQUIRED;
+      cc.starttls = TERN_STARTTLS_REQUIRED;
     else if (!strcmp(a, "--lmtp"))
-      o.session.lmtp = true;
+      cc.lmtp = true;
     else if (ARG("--ehlo"))
-      o.session.ehlo_name = argv[++i];
+      cc.ehlo_name = argv[++i];
     else if (!strcmp(a, "--no-pipelining"))
-      o.session.pipelining = false;
+      cc.pipelining = false;
     else if (!strcmp(a, "--smtputf8"))
       p.opts.smtputf8 = true;
     else if (ARG("--body"))
@@ -239,7 +242,7 @@ int main(int argc, char **argv) {
       for (size_t k = 0; k < MAX_RCPT; k++)
         p.rcpts[k].orcpt = v;
     } else if (!strcmp(a, "--chunking"))
-      o.session.chunking = true;
+      cc.chunking = true;
     else if (ARG("--timeout-ms")) {
       unsigned ms = (unsigned)strtoul(argv[++i], NULL, 10);
       o.connect_timeout_ms = o.command_timeout_ms = o.data_timeout_ms = ms;

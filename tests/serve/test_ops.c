@@ -175,16 +175,19 @@ static void test_server_update(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
 
   struct tern_server_options o;
+  struct tern_server_config sc;
   tern_server_options_init(&o);
-  o.session.hostname = "one.example";
+  tern_server_config_init(&sc);
+  o.session = &sc;
+  sc.hostname = "one.example";
   o.tls_certs = &one;
   o.tls_cert_count = 1;
   struct tern_server *srv;
   assert_int_equal(tern_server_new(&srv, &loop, &o), 0);
 
   /* other files, other limits: applied */
-  o.session.hostname = "two.example";
-  o.session.max_message_size = 1234;
+  sc.hostname = "two.example";
+  sc.max_message_size = 1234;
   o.max_connections = 7;
   o.tls_certs = &other;
   assert_int_equal(tern_server_update(srv, &o), 0);
@@ -194,10 +197,10 @@ static void test_server_update(void **state) {
   assert_non_null(strstr(tern_server_last_error(srv), "tern-test.key"));
   /* a bad session template */
   o.tls_certs = &one;
-  o.session.hostname = "bad host\r\n";
+  sc.hostname = "bad host\r\n";
   assert_int_equal(tern_server_update(srv, &o), TERN_EINVAL);
   /* certificates cannot go away on a running server */
-  o.session.hostname = "three.example";
+  sc.hostname = "three.example";
   o.tls_cert_count = 0;
   assert_int_equal(tern_server_update(srv, &o), TERN_ESTATE);
   assert_int_equal(tern_server_update(NULL, &o), TERN_EINVAL);
@@ -205,12 +208,14 @@ static void test_server_update(void **state) {
 
   /* nor be added to one created without */
   tern_server_options_init(&o);
+  tern_server_config_init(&sc);
+  o.session = &sc;
   assert_int_equal(tern_server_new(&srv, &loop, &o), 0);
   o.tls_certs = &one;
   o.tls_cert_count = 1;
   assert_int_equal(tern_server_update(srv, &o), TERN_ESTATE);
   o.tls_cert_count = 0;
-  o.session.hostname = "four.example";
+  sc.hostname = "four.example";
   assert_int_equal(tern_server_update(srv, &o), 0);
   tern_server_free(srv);
   uv_loop_close(&loop);
