@@ -210,20 +210,7 @@ static void c_consume(void *arg, size_t n) {
 
 static unsigned c_want(void *arg) {
   struct tern_client *cl = arg;
-  if (!cl->s)
-    return 0;
-  unsigned w = tern_client_session_want(cl->s), r = 0;
-  if (w & TERN_CLIENT_WANT_READ)
-    r |= TERN__SW_FEED | TERN__SW_READ;
-  if (w & TERN_CLIENT_READY)
-    r |= TERN__SW_READ; /* a 421 may come while idle */
-  if (w & TERN_CLIENT_WANT_WRITE)
-    r |= TERN__SW_WRITE;
-  if (w & TERN_CLIENT_WANT_TLS)
-    r |= TERN__SW_TLS;
-  if (w & TERN_CLIENT_WANT_CLOSE)
-    r |= TERN__SW_CLOSE;
-  return r;
+  return cl->s ? tern_client_session_want(cl->s) : 0;
 }
 
 /* The handshake is done: the certificate verdict, then SMTP goes on. */
@@ -293,8 +280,17 @@ static void c_fail(void *arg, enum tern__stream_err why, long code) {
 static void on_read(void *arg, ssize_t nread, const char *p);
 
 static const struct tern__stream_ops client_ops = {
-    c_feed, c_output, c_consume, c_want, on_read, c_tls_ready, c_written,
-    c_fail};
+    .feed = c_feed,
+    .output = c_output,
+    .consume = c_consume,
+    .want = c_want,
+    .feed_bits = TERN_CLIENT_WANT_READ,
+    .read_bits = TERN_CLIENT_WANT_READ | TERN_CLIENT_READY, /* a 421 */
+    .tls_bit = TERN_CLIENT_WANT_TLS,
+    .read = on_read,
+    .tls_ready = c_tls_ready,
+    .written = c_written,
+    .fail = c_fail};
 
 
 

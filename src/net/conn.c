@@ -91,18 +91,7 @@ static void s_consume(void *arg, size_t n) {
 
 static unsigned s_want(void *arg) {
   struct tern__conn *c = arg;
-  if (!c->s)
-    return 0;
-  unsigned w = tern_server_session_want(c->s), r = 0;
-  if (w & TERN_WANT_READ)
-    r |= TERN__SW_FEED | TERN__SW_READ;
-  if (w & TERN_WANT_WRITE)
-    r |= TERN__SW_WRITE;
-  if (w & TERN_WANT_TLS)
-    r |= TERN__SW_TLS;
-  if (w & TERN_WANT_CLOSE)
-    r |= TERN__SW_CLOSE;
-  return r;
+  return c->s ? tern_server_session_want(c->s) : 0;
 }
 
 static void s_tls_ready(void *arg) {
@@ -138,9 +127,17 @@ static void s_fail(void *arg, enum tern__stream_err why, long code) {
   conn_close(c);
 }
 
-static const struct tern__stream_ops conn_ops = {
-    s_feed,  s_output,    s_consume, s_want,
-    on_read, s_tls_ready, s_written, s_fail};
+static const struct tern__stream_ops conn_ops = {.feed = s_feed,
+                                                 .output = s_output,
+                                                 .consume = s_consume,
+                                                 .want = s_want,
+                                                 .feed_bits = TERN_WANT_READ,
+                                                 .read_bits = TERN_WANT_READ,
+                                                 .tls_bit = TERN_WANT_TLS,
+                                                 .read = on_read,
+                                                 .tls_ready = s_tls_ready,
+                                                 .written = s_written,
+                                                 .fail = s_fail};
 
 /* A reply without a session (limits, early talkers), then close; the
  * application hears of it through on_event. */
@@ -682,8 +679,7 @@ void tern__conn_accept(struct tern__lhandle *lh) {
     c->counted = c->peer;
     c->ip_counted = true;
   }
-  tern__stream_set_reading(&c->st, true);
-  if (!c->st.reading) {
+  if (!tern__stream_set_reading(&c->st, true)) {
     conn_close(c);
     return;
   }

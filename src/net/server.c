@@ -132,25 +132,25 @@ static struct tern_tls_cert *certs_dup(const struct tern_tls_cert *c,
 static int copy_options(struct tern_server *srv,
                         const struct tern_server_options *opts) {
   struct tern_server_options o;
+  struct tern_server_config sc;
   tern_server_options_init(&o);
-  tern_server_config_init(&srv->session);
+  tern_server_config_init(&sc);
   tern_server_callbacks_init(&srv->cb);
   if (tern__copy_sized(&o, sizeof o, opts) != 0 ||
-      (o.session &&
-       tern__copy_sized(&srv->session, sizeof srv->session, o.session)) ||
+      (o.session && tern__copy_sized(&sc, sizeof sc, o.session)) ||
       (o.callbacks && tern__copy_sized(&srv->cb, sizeof srv->cb, o.callbacks))) {
     set_err(srv, "options from a newer header with unknown fields set", NULL);
     return TERN_EINVAL;
   }
   srv->opt = o;
+  srv->session = sc;
   srv->opt.session = NULL;   /* srv->session */
   srv->opt.callbacks = NULL; /* srv->cb */
   srv->opt.error = NULL;
   srv->opt.error_size = 0;
-  struct tern_server_config *sc = &srv->session;
-  sc->hostname = dup_str(sc->hostname ? sc->hostname : "localhost");
-  sc->banner = dup_str(sc->banner);
-  sc->auth_mechanisms = NULL; /* set per connection */
+  srv->session.hostname = dup_str(sc.hostname ? sc.hostname : "localhost");
+  srv->session.banner = dup_str(sc.banner);
+  srv->session.auth_mechanisms = NULL; /* set per connection */
   srv->opt.auth_mechanisms = dup_str(o.auth_mechanisms);
   srv->opt.xclient_networks = dup_str(o.xclient_networks);
   srv->opt.auth = NULL;
@@ -171,7 +171,7 @@ static int copy_options(struct tern_server *srv,
       return TERN_EINVAL;
     }
   }
-  if (!sc->hostname || (o.session && o.session->banner && !sc->banner) ||
+  if (!srv->session.hostname || (sc.banner && !srv->session.banner) ||
       (o.auth && !a) || (o.tls_cert_count && !srv->certs) ||
       (o.auth_mechanisms && !srv->opt.auth_mechanisms) ||
       (o.xclient_networks && !srv->opt.xclient_networks)) {
@@ -205,8 +205,12 @@ static int server_setup(struct tern_server *srv,
   }
   if (srv->opt.xclient_networks) {
     size_t bad = 0;
-    if (tern__cidr_parse(&srv->xclient_nets, srv->opt.xclient_networks,
-                         &bad) != 0) {
+    r = tern__cidr_parse(&srv->xclient_nets, srv->opt.xclient_networks, &bad);
+    if (r == TERN_ENOMEM) {
+      set_err(srv, "out of memory", NULL);
+      return r;
+    }
+    if (r) {
       set_err(srv, "xclient_networks: bad network at",
               srv->opt.xclient_networks + bad);
       return TERN_EINVAL;

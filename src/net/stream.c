@@ -199,8 +199,8 @@ static bool hold(struct tern__stream *st, const char *p, size_t n) {
   return true;
 }
 
-static bool wants(struct tern__stream *st, unsigned bit) {
-  return (st->ops->want(st->arg) & bit) != 0;
+static bool wants(struct tern__stream *st, unsigned bits) {
+  return (st->ops->want(st->arg) & bits) != 0;
 }
 
 /* Feed p[0..n) while the session takes it; hold the rest. */
@@ -210,7 +210,7 @@ static void input(struct tern__stream *st, const char *p, size_t n) {
       st->ops->fail(st->arg, TERN__SE_FULL, 0);
     return;
   }
-  while (n && !st->closed && wants(st, TERN__SW_FEED)) {
+  while (n && !st->closed && wants(st, st->ops->feed_bits)) {
     long r = st->ops->feed(st->arg, p, n);
     if (r < 0) {
       st->ops->fail(st->arg, TERN__SE_FEED, r);
@@ -222,7 +222,7 @@ static void input(struct tern__stream *st, const char *p, size_t n) {
     if (!r)
       break;
   }
-  if (wants(st, TERN__SW_TLS))
+  if (wants(st, st->ops->tls_bit))
     return; /* RFC 3207 §4.2: plaintext before TLS is discarded */
   if (n && !st->closed && !hold(st, p, n))
     st->ops->fail(st->arg, TERN__SE_FULL, 0);
@@ -230,7 +230,7 @@ static void input(struct tern__stream *st, const char *p, size_t n) {
 
 /* Feed what was held back, now that the session may want it. */
 static void feed_held(struct tern__stream *st) {
-  while (st->in_len && !st->closed && wants(st, TERN__SW_FEED)) {
+  while (st->in_len && !st->closed && wants(st, st->ops->feed_bits)) {
     long r = st->ops->feed(st->arg, st->in, st->in_len);
     if (r < 0) {
       st->ops->fail(st->arg, TERN__SE_FEED, r);
@@ -242,7 +242,7 @@ static void feed_held(struct tern__stream *st) {
     if (!r)
       break;
   }
-  if (st->in_len && wants(st, TERN__SW_TLS))
+  if (st->in_len && wants(st, st->ops->tls_bit))
     st->in_len = 0;            /* RFC 3207 §4.2 */
   if (!st->in_len && st->in) { /* idle streams hold no buffer */
     free(st->in);
@@ -303,7 +303,7 @@ static void feed_input(struct tern__stream *st) {
     if (st->in_len || st->closed || !st->tls || !st->tls_ready)
       return;
     tls_pull(st); /* to the session, holding what it does not take */
-    if (!st->in_len || st->closed || !wants(st, TERN__SW_FEED))
+    if (!st->in_len || st->closed || !wants(st, st->ops->feed_bits))
       return; /* drained, or paused: a reply or resume pumps again */
   }
 }
@@ -340,11 +340,11 @@ int tern__stream_tls_begin(struct tern__stream *st, struct tern__tls *t,
 
 bool tern__stream_step(struct tern__stream *st) {
   feed_input(st);
-  bool blocked = st->in_len && !wants(st, TERN__SW_FEED);
+  bool blocked = st->in_len && !wants(st, st->ops->feed_bits);
   tern__stream_flush(st);
   /* Flushing took the session's output below its high-water mark: it
    * takes input again, and consume() does not notify. */
-  return !st->closed && blocked && wants(st, TERN__SW_FEED);
+  return !st->closed && blocked && wants(st, st->ops->feed_bits);
 }
 
 bool tern__stream_close_ready(struct tern__stream *st) {
@@ -360,7 +360,7 @@ bool tern__stream_close_ready(struct tern__stream *st) {
 bool tern__stream_wants_read(struct tern__stream *st) {
   if (st->tls && !st->tls_ready)
     return true;
-  return !st->in_len && wants(st, TERN__SW_READ);
+  return !st->in_len && wants(st, st->ops->read_bits);
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -374,11 +374,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   st->ops->read(st->arg, nread, buf->base);
 }
 
-void tern__stream_set_reading(struct tern__stream *st, bool on) {
+bool tern__stream_set_reading(struct tern__stream *st, bool on) {
   if (on && !st->reading) {
     st->reading = uv_read_start(&st->h.stream, on_alloc, on_read) == 0;
   } else if (!on && st->reading) {
     uv_read_stop(&st->h.stream);
     st->reading = false;
   }
+  return st->reading;
 }

@@ -40,15 +40,6 @@ struct tern__scratch {
 struct tern__scratch *tern__scratch_acquire(uv_loop_t *loop);
 void tern__scratch_release(struct tern__scratch *sc);
 
-/* What the session wants, in the stream's terms (ops->want). */
-enum {
-  TERN__SW_FEED = 1u << 0,  /* feed() takes input now */
-  TERN__SW_READ = 1u << 1,  /* read the socket when nothing is held */
-  TERN__SW_WRITE = 1u << 2, /* output is queued */
-  TERN__SW_TLS = 1u << 3,   /* discard input; TLS starts after output */
-  TERN__SW_CLOSE = 1u << 4  /* write the output, then close */
-};
-
 /* Why the stream gave up (ops->fail; `code` as noted). */
 enum tern__stream_err {
   TERN__SE_WRITE, /* socket write failed: libuv error, 0 = uv_write */
@@ -59,12 +50,16 @@ enum tern__stream_err {
 };
 
 /* The adapter: the session behind the stream and the owner's hooks.
- * `arg` is the owner (tern__stream.arg). */
+ * `arg` is the owner (tern__stream.arg). want() returns the session's
+ * own want bits; the three masks say which of them mean what. */
 struct tern__stream_ops {
   long (*feed)(void *arg, const char *p, size_t n); /* bytes taken or < 0 */
   size_t (*output)(void *arg, const char **p);      /* queued output */
   void (*consume)(void *arg, size_t n);             /* n output bytes sent */
-  unsigned (*want)(void *arg);                      /* TERN__SW_* */
+  unsigned (*want)(void *arg);                      /* 0 without a session */
+  unsigned feed_bits;                               /* feed() takes input now */
+  unsigned read_bits; /* read the socket when nothing is held */
+  unsigned tls_bit;   /* discard input: TLS starts after the output */
   void (*read)(void *arg, ssize_t nread, const char *buf); /* uv_read_cb */
   void (*tls_ready)(void *arg);                            /* handshake done */
   void (*written)(void *arg, int status); /* a queued write is done */
@@ -129,7 +124,7 @@ bool tern__stream_close_ready(struct tern__stream *st);
 /* Whether the socket should be read, from the stream's side: during a
  * TLS handshake, or when nothing is held and the session reads. */
 bool tern__stream_wants_read(struct tern__stream *st);
-/* Turn reading on or off. */
-void tern__stream_set_reading(struct tern__stream *st, bool on);
+/* Turn reading on or off; returns whether it is on. */
+bool tern__stream_set_reading(struct tern__stream *st, bool on);
 
 #endif
