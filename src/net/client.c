@@ -8,12 +8,15 @@
  *   socket --read--> [TLS decrypt] --> feed(session)
  *   session output --> [TLS encrypt] --> try_write / uv_write --> socket
  *
- * As in conn.c, pump() is the one place that moves things along: feed
- * held input, flush output, start TLS when the session asks, push the
- * body of tern_client_send_fd(), close when the session is done, and
- * turn reading on or off (a session that awaits no reply is not read
- * for). Memory is freed only once every handle is closed and every
- * request (getaddrinfo, connect, file read, write) has called back.
+ * The transport (handle, TLS, held input, writes) is the tern__stream
+ * of stream.c, shared with the server, reached through the adapter
+ * below; its scratch buffers are shared by every client of the loop. As
+ * in conn.c, pump() is the one place that moves things along: feed held
+ * input, flush output, start TLS when the session asks, push the body of
+ * tern_client_send_fd(), close when the session is done, and turn
+ * reading on or off (a session that awaits no reply is not read for).
+ * Memory is freed only once every handle is closed and every request
+ * (getaddrinfo, connect, file read, write) has called back.
  *
  * STARTTLS policy from the URL (docs: "client runtime"). The level the
  * URL asks for is a floor: smtp:// = OPPORTUNISTIC, smtp+starttls:// =

@@ -263,14 +263,16 @@ static void tls_pull(struct tern__stream *st) {
     sc->pbuf_busy = true;
   while (st->tls && !st->closed && !st->in_len) {
     long r = tern__tls_read(st->tls, buf, TERN__READ_SIZE);
-    tls_flush(st);
+    if (st->client)
+      tls_flush(st); /* its Finished goes out before its verdict */
     if (!st->tls_ready && tern__tls_handshake_done(st->tls)) {
       st->tls_ready = true;
       st->ops->tls_ready(st->arg);
       if (st->closed)
         break;
-      tern__stream_flush(st);
+      tern__stream_flush(st); /* with the server's last handshake bytes */
     }
+    tls_flush(st);
     if (r > 0) {
       input(st, buf, (size_t)r);
       continue;
@@ -325,6 +327,7 @@ void tern__stream_received(struct tern__stream *st, const char *p, size_t n) {
 int tern__stream_tls_begin(struct tern__stream *st, struct tern__tls *t,
                            bool hello) {
   st->tls = t;
+  st->client = hello;
   st->in_len = 0; /* RFC 3207 §4.2: nothing read before counts */
   if (!hello)
     return 0;

@@ -86,6 +86,7 @@ struct tern__stream {
   bool closed;     /* the owner closes: nothing more is sent */
   bool tls_ready;  /* handshake done */
   bool tls_closed; /* close_notify queued */
+  bool client;     /* the TLS client side */
 };
 
 void tern__stream_init(struct tern__stream *st,

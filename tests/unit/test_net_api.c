@@ -8,11 +8,11 @@
  * under ASan/LeakSanitizer.
  */
 /* clang-format off: cmocka needs these first */
-#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <cmocka.h>
 /* clang-format on */
 
 #include <stdlib.h>
