@@ -366,7 +366,7 @@ TERN_EXTERN uv_loop_t *tern_session_loop(const struct tern_server_session *s);
  * Endpoints: "smtp://host[:25]" (STARTTLS when offered), "smtp+starttls://
  * host[:587]" (STARTTLS required), "smtps://host[:465]" (implicit TLS),
  * "lmtp://host[:24]", "lmtp:///path/to.sock" (unix socket).
- * The URL's STARTTLS level is a floor: options.session.starttls can
+ * The URL's STARTTLS level is a floor: options.session->starttls can
  * raise it (e.g. REQUIRED on smtp://), never lower it. Certificates are
  * verified the same way for STARTTLS (opportunistic too) and smtps://:
  * with tls_verify a chain or host-name failure fails the connection

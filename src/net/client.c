@@ -21,7 +21,7 @@
  * STARTTLS policy from the URL (docs: "client runtime"). The level the
  * URL asks for is a floor: smtp:// = OPPORTUNISTIC, smtp+starttls:// =
  * REQUIRED, smtps:// = implicit TLS (STARTTLS off, tls_active), lmtp://
- * = OFF; a higher level in options.session.starttls wins (the runtime
+ * = OFF; a higher level in options.session->starttls wins (the runtime
  * never lowers what the application set). Verification is the same in
  * every TLS case: with tls_verify (default) a certificate that does not
  * verify (chain or host name) fails the connection with TERN_ETLS unless

@@ -58,15 +58,44 @@ static int check_password(struct tern_server_session *s, const char *authzid,
   return TERN_EAUTH;
 }
 
+/* The rule: *out NULL on failure, the object on success. */
+static int out_rule(int r, const void *out) {
+  if (r)
+    assert_null(out);
+  else
+    assert_non_null(out);
+  return r;
+}
+
 static int server_new(uv_loop_t *loop, const struct tern_server_options *o,
                       struct tern_server **out) {
   *out = JUNK;
   int r = tern_server_new(out, loop, o);
-  if (r)
-    assert_null(*out);
-  else
-    assert_non_null(*out);
-  return r;
+  return out_rule(r, *out);
+}
+
+static int client_new(uv_loop_t *loop, const struct tern_client_options *o,
+                      struct tern_client **out) {
+  *out = JUNK;
+  int r = tern_client_new(out, loop, o);
+  return out_rule(r, *out);
+}
+
+/* Call make(arg) with allocation n failing, for n = 0, 1, ... until it
+ * succeeds; every failure must be TERN_ENOMEM. Returns how many
+ * allocations it takes. */
+static long each_allocation_failing(int (*make)(void *arg), void *arg) {
+  int r = -1;
+  long n;
+  for (n = 0; n < 1000 && r != 0; n++) {
+    arm(n);
+    r = make(arg);
+    arm(-1);
+    if (r)
+      assert_int_equal(r, TERN_ENOMEM);
+  }
+  assert_int_equal(r, 0);
+  return n;
 }
 
 static void test_server_bad_options(void **st) {
@@ -170,11 +199,21 @@ static void test_server_sizes(void **st) {
   uv_loop_close(&loop);
 }
 
+struct server_try {
+  uv_loop_t *loop;
+  const struct tern_server_options *o;
+  struct tern_server *srv;
+};
+
+static int server_try(void *arg) {
+  struct server_try *t = arg;
+  return server_new(t->loop, t->o, &t->srv);
+}
+
 /* Every allocation of tern_server_new() fails in turn. */
 static void test_server_oom(void **st) {
   (void)st;
   uv_loop_t loop;
-  struct tern_server *srv;
   struct tern_server_options o;
   struct tern_server_config sc;
   struct tern_server_callbacks cb;
@@ -192,33 +231,13 @@ static void test_server_oom(void **st) {
   o.auth = &auth;
   o.auth_mechanisms = "PLAIN LOGIN";
   o.xclient_networks = "127.0.0.0/8 ::1/128";
-  int r = -1;
-  long n;
-  for (n = 0; n < 1000 && r != 0; n++) {
-    arm(n);
-    r = server_new(&loop, &o, &srv);
-    arm(-1);
-    if (r)
-      assert_int_equal(r, TERN_ENOMEM);
-  }
-  assert_int_equal(r, 0);
-  assert_true(n > 5); /* the failures were reached */
-  tern_server_free(srv);
+  struct server_try t = {&loop, &o, NULL};
+  assert_true(each_allocation_failing(server_try, &t) > 5);
+  tern_server_free(t.srv);
   uv_loop_close(&loop);
 }
 
 /* ---- client -------------------------------------------------------------- */
-
-static int client_new(uv_loop_t *loop, const struct tern_client_options *o,
-                      struct tern_client **out) {
-  *out = JUNK;
-  int r = tern_client_new(out, loop, o);
-  if (r)
-    assert_null(*out);
-  else
-    assert_non_null(*out);
-  return r;
-}
 
 static void test_client_bad_options(void **st) {
   (void)st;
@@ -262,10 +281,20 @@ static void test_client_bad_options(void **st) {
   uv_loop_close(&loop);
 }
 
+struct client_try {
+  uv_loop_t *loop;
+  const struct tern_client_options *o;
+  struct tern_client *cl;
+};
+
+static int client_try(void *arg) {
+  struct client_try *t = arg;
+  return client_new(t->loop, t->o, &t->cl);
+}
+
 static void test_client_oom(void **st) {
   (void)st;
   uv_loop_t loop;
-  struct tern_client *cl;
   struct tern_client_options o;
   struct tern_client_config cc;
   assert_int_equal(uv_loop_init(&loop), 0);
@@ -277,18 +306,9 @@ static void test_client_oom(void **st) {
   o.auth_user = "user";
   o.auth_password = "secret";
   o.tls_server_name = "mail.example";
-  int r = -1;
-  long n;
-  for (n = 0; n < 1000 && r != 0; n++) {
-    arm(n);
-    r = client_new(&loop, &o, &cl);
-    arm(-1);
-    if (r)
-      assert_int_equal(r, TERN_ENOMEM);
-  }
-  assert_int_equal(r, 0);
-  assert_true(n > 3);
-  tern_client_free(cl);
+  struct client_try t = {&loop, &o, NULL};
+  assert_true(each_allocation_failing(client_try, &t) > 3);
+  tern_client_free(t.cl);
   uv_loop_close(&loop);
 }
 
