@@ -620,7 +620,6 @@ void tern__conn_accept(struct tern__lhandle *lh) {
   }
   uv_timer_init(w->loop, &c->timer);
   uv_timer_init(w->loop, &c->dl);
-  c->st.h.handle.data = &c->st;
   c->timer.data = c;
   c->dl.data = c;
   c->handles = 3;
