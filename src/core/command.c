@@ -526,55 +526,9 @@ static void cmd_starttls(struct tern_server_session *s, char *args,
 
 /* ---- AUTH ---------------------------------------------------------------------- */
 
-/* ASCII case-insensitive equality of two spans of n octets. */
-static bool span_ieq(const char *a, const char *b, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (tern__upper((unsigned char)a[i]) != tern__upper((unsigned char)b[i]))
-      return false;
-  return true;
-}
-
-/* RFC 4954 §4: a response that is not valid base64 is refused with 501
- * 5.5.2. Checks the alphabet, the length and the padding (RFC 4648 §4);
- * decoding is the SASL layer's job. "=" alone is the empty initial
- * response. */
-static bool base64_ok(const char *p, size_t n) {
-  if (n == 1 && p[0] == '=')
-    return true;
-  if (n % 4)
-    return false;
-  size_t pad = 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)p[i];
-    if (c == '=') {
-      pad++;
-      continue;
-    }
-    if (pad || !(tern__is_alnum(c) || c == '+' || c == '/'))
-      return false;
-  }
-  return pad <= 2;
-}
-
-/* Is `mech` one of the space-separated configured mechanisms? */
-static bool mech_known(const char *list, const char *mech, size_t mlen) {
-  const char *p = list;
-  while (*p) {
-    while (*p == ' ')
-      p++;
-    size_t n = 0;
-    while (p[n] && p[n] != ' ')
-      n++;
-    if (n == mlen && span_ieq(p, mech, n))
-      return true;
-    p += n;
-  }
-  return false;
-}
-
 static void auth_step(struct tern_server_session *s, struct tern_str resp,
                       bool has_resp) {
-  if (has_resp && !base64_ok(resp.ptr, resp.len)) {
+  if (has_resp && !tern__base64_ok(resp.ptr, resp.len)) {
     s->state = ST_CMD;
     tern__fail(s, 501, "5.5.2", "Error: invalid base64 in AUTH response");
     return;
@@ -619,7 +573,7 @@ static void cmd_auth(struct tern_server_session *s, char *args, size_t len) {
     tern__fail(s, 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
     return;
   }
-  if (m >= sizeof s->mech || !mech_known(s->cfg.auth_mechanisms, args, m)) {
+  if (m >= sizeof s->mech || !tern__mech_listed(s->cfg.auth_mechanisms, args, m)) {
     tern__fail(s, 504, "5.5.4", "Unrecognized authentication type");
     return;
   }

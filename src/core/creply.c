@@ -132,40 +132,6 @@ void tern__creply_get(const struct tern__creply *p,
 
 /* ---- capabilities ----------------------------------------------------------- */
 
-/* RFC 4422 §3.1: sasl-mech = 1*20mech-char; mech-char = UPPER-ALPHA /
- * DIGIT / "-" / "_" (lower case accepted and compared without case). */
-static bool mech_ok(const char *m, size_t n) {
-  if (n < 1 || n > 20)
-    return false;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)m[i];
-    if (!tern__is_alnum(ch) && ch != '-' && ch != '_')
-      return false;
-  }
-  return true;
-}
-
-bool tern__mech_listed(const char *list, const char *m, size_t len) {
-  const char *p = list;
-  while (*p) {
-    while (*p == ' ')
-      p++;
-    const char *e = p;
-    while (*e && *e != ' ')
-      e++;
-    if (e > p && (size_t)(e - p) == len) {
-      size_t i = 0;
-      while (i < len && tern__upper((unsigned char)p[i]) ==
-                            tern__upper((unsigned char)m[i]))
-        i++;
-      if (i == len)
-        return true;
-    }
-    p = e;
-  }
-  return false;
-}
-
 /* Add the mechanisms in a[0..n) to the list (no duplicates, no junk). */
 static void add_mechs(struct tern__caps *c, const char *a, size_t n) {
   size_t i = 0, have = strlen(c->mechs);
@@ -175,7 +141,7 @@ static void add_mechs(struct tern__caps *c, const char *a, size_t n) {
     size_t s = i;
     while (i < n && a[i] != ' ')
       i++;
-    if (!mech_ok(a + s, i - s) || tern__mech_listed(c->mechs, a + s, i - s))
+    if (!tern__mech_name_ok(a + s, i - s) || tern__mech_listed(c->mechs, a + s, i - s))
       continue;
     if (have + (have > 0) + (i - s) + 1 > sizeof c->mechs)
       return;

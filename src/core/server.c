@@ -12,28 +12,6 @@
 
 /* ---- small helpers ------------------------------------------------------- */
 
-size_t tern__cat(char *buf, size_t cap, size_t n, const char *str,
-                 size_t len) {
-  if (n >= cap)
-    return n;
-  if (len > cap - 1 - n)
-    len = cap - 1 - n;
-  memcpy(buf + n, str, len);
-  n += len;
-  buf[n] = '\0';
-  return n;
-}
-
-size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v) {
-  char d[24];
-  size_t i = sizeof d;
-  do {
-    d[--i] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  return tern__cat(buf, cap, n, d + i, sizeof d - i);
-}
-
 static size_t out_pending(const struct tern_server_session *s) {
   return s->out_len - s->out_off;
 }

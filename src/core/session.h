@@ -121,8 +121,6 @@ void tern__txn_reset(struct tern_server_session *s, bool notify);
 void tern__bdat_begin(struct tern_server_session *s);
 bool tern__auth_offered(const struct tern_server_session *s);
 unsigned tern__ext(const struct tern_server_session *s);
-size_t tern__cat(char *buf, size_t cap, size_t n, const char *str, size_t len);
-size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v);
 
 /* envelope.c: the envelope kept for on_data_end */
 int tern__env_reserve(struct tern_server_session *s);
