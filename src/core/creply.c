@@ -141,7 +141,8 @@ static void add_mechs(struct tern__caps *c, const char *a, size_t n) {
     size_t s = i;
     while (i < n && a[i] != ' ')
       i++;
-    if (!tern__mech_name_ok(a + s, i - s) || tern__mech_listed(c->mechs, a + s, i - s))
+    if (!tern__mech_name_ok(a + s, i - s) ||
+        tern__mech_listed(c->mechs, a + s, i - s))
       continue;
     if (have + (have > 0) + (i - s) + 1 > sizeof c->mechs)
       return;

@@ -1,6 +1,8 @@
 /*
  * Server session: lifecycle, line framing, output queue, decisions and
- * message data (DATA and BDAT). The command table is in command.c.
+ * message data (DATA and BDAT). The verbs, each with its check and its
+ * apply, are in command.c; they use only the interface in session.h, and
+ * this file reaches them only through tern__command().
  *
  * Memory: one allocation at tern_server_session_new() holds the session,
  * its strings, the command-line buffer (max_line) and the output queue
@@ -61,6 +63,34 @@ static bool io_alloc(struct tern_server_session *s) {
   return true;
 }
 
+/* ---- close ------------------------------------------------------------------ */
+
+static void abort_msg(struct tern_server_session *s, const char *why) {
+  if (!s->msg_open)
+    return;
+  s->msg_open = false;
+  if (s->cb.on_data_abort)
+    s->cb.on_data_abort(s, why, s->ud);
+}
+
+/*
+ * The one close path: every way a session ends (QUIT, a 421, eof, a
+ * timeout, close(), an output buffer that cannot be made, free()) comes
+ * here, so on_close fires exactly once and the application can always
+ * release what it keeps for the session.
+ */
+void tern__close(struct tern_server_session *s, const char *why) {
+  if (s->close_fired)
+    return;
+  abort_msg(s, why);
+  s->state = ST_CLOSED;
+  s->pending = TERN_EV_NONE;
+  s->paused = false;
+  s->close_fired = true;
+  if (s->cb.on_close)
+    s->cb.on_close(s, s->ud);
+}
+
 /* ---- output ---------------------------------------------------------------- */
 
 /*
@@ -75,7 +105,7 @@ void tern__emit(struct tern_server_session *s, int code, const char *enh,
   if (s->state == ST_CLOSED)
     return;
   if (!io_alloc(s)) { /* OutOfMemory after a trim: nothing can be said */
-    s->state = ST_CLOSED;
+    tern__close(s, "closed");
     return;
   }
   if (!(s->cfg.extensions & TERN_EXT_ENHANCEDSTATUSCODES))
@@ -88,7 +118,7 @@ void tern__emit(struct tern_server_session *s, int code, const char *enh,
   long n = tern__reply_format(s->out + s->out_len, s->out_cap - s->out_len,
                               code, enh, text);
   if (n < 0) { /* DefensiveCoding: replies are checked before this */
-    s->state = ST_CLOSED;
+    tern__close(s, "closed");
     return;
   }
   if (s->cb.on_reply) {
@@ -106,16 +136,6 @@ static void notify(struct tern_server_session *s) {
 
 /* ---- transaction and close ----------------------------------------------- */
 
-static void abort_msg(struct tern_server_session *s, const char *why) {
-  if (!s->msg_open)
-    return;
-  s->msg_open = false;
-  if (s->cb.on_data_abort)
-    s->cb.on_data_abort(s, why, s->ud);
-}
-
-/* RFC 5321 §4.1.1.5: the transaction's sender, recipients and data are
- * forgotten; `notify` fires on_reset if there was one. */
 void tern__txn_reset(struct tern_server_session *s, bool notify) {
   bool had = s->in_txn;
   abort_msg(s, "reset");
@@ -127,21 +147,6 @@ void tern__txn_reset(struct tern_server_session *s, bool notify) {
     s->cb.on_reset(s, s->ud);
 }
 
-static void begin_close(struct tern_server_session *s, const char *why) {
-  if (s->state == ST_CLOSED)
-    return;
-  abort_msg(s, why);
-  s->state = ST_CLOSED;
-  s->pending = TERN_EV_NONE;
-  s->paused = false;
-  if (!s->close_fired) {
-    s->close_fired = true;
-    if (s->cb.on_close)
-      s->cb.on_close(s, s->ud);
-  }
-}
-
-/* "421 <enh> <hostname> <why>", then close. */
 void tern__close_421(struct tern_server_session *s, const char *enh,
                      const char *why) {
   char t[TERN__REPLY_LINE_MAX];
@@ -151,7 +156,7 @@ void tern__close_421(struct tern_server_session *s, const char *enh,
   tern__cat(t, sizeof t, n, why, strlen(why));
   abort_msg(s, "closed");
   tern__emit(s, 421, enh, t);
-  begin_close(s, "closed");
+  tern__close(s, "closed");
 }
 
 /*
@@ -172,20 +177,17 @@ bool tern__junk(struct tern_server_session *s) {
   return true;
 }
 
-/* Count an error against max_errors; true when that closed the session. */
-static bool count_error(struct tern_server_session *s) {
+bool tern__count_error(struct tern_server_session *s) {
   if (!s->cfg.max_errors || ++s->errors < s->cfg.max_errors)
     return false;
   tern__close_421(s, "4.7.0", "Error: too many errors");
   return true;
 }
 
-/* A protocol error: reply, then count it against max_errors; it is junk
- * too. */
 void tern__fail(struct tern_server_session *s, int code, const char *enh,
                 const char *text) {
   tern__emit(s, code, enh, text);
-  if (!count_error(s))
+  if (!tern__count_error(s))
     tern__junk(s);
 }
 
@@ -265,7 +267,21 @@ static void bdat_chunk_done(struct tern_server_session *s) {
   }
 }
 
-/* Enter ST_BDAT for the chunk announced by the current BDAT command. */
+void tern__msg_begin(struct tern_server_session *s, bool bdat) {
+  s->msg_open = true;
+  s->msg_size = 0;
+  s->end = END_OK;
+  if (bdat) {
+    s->bdat_used = true;
+    /* the line-length state of the whole message (bdat_lines) */
+    tern__dot_init(&s->dot, s->cfg.max_line_length, true);
+    s->bdat_line = 0;
+  } else {
+    s->state = ST_DATA;
+    tern__dot_init(&s->dot, s->cfg.max_line_length, s->last_line_crlf);
+  }
+}
+
 void tern__bdat_begin(struct tern_server_session *s) {
   s->state = ST_BDAT;
   if (!s->bdat_left)
@@ -315,6 +331,15 @@ static size_t bdat_feed(struct tern_server_session *s, const char *buf,
   return n;
 }
 
+/* One end-of-data verdict (one per recipient in LMTP). */
+static void apply_data_end(struct tern_server_session *s, int code,
+                           const char *enh, const char *text) {
+  tern__emit(s, code, enh, text);
+  if (code / 100 == 2)
+    s->msg_accepted = true;
+  s->end_next++;
+}
+
 /* End-of-data replies, one at a time so each may be pending and the
  * output queue never runs over (LMTP can owe 1000 of them). */
 static void advance(struct tern_server_session *s) {
@@ -350,7 +375,7 @@ static void advance(struct tern_server_session *s) {
     s->pend_default = r;
     if (s->cb.on_data_end)
       rc = s->cb.on_data_end(s, tern__env_view(s, s->end_next), &r, s->ud);
-    tern__decide(s, TERN_EV_DATA_END, rc, &r);
+    tern__decide(s, TERN_EV_DATA_END, apply_data_end, rc, &r);
   }
 }
 
@@ -371,121 +396,31 @@ static const char *app_enh(const struct tern_reply *r,
                             : r->code / 100 == 4 ? generic[1] : generic[2];
 }
 
-/* Apply a verdict: queue its reply and do what it means for the state. */
-static void finish(struct tern_server_session *s, enum tern_server_event ev,
-                   const struct tern_reply *r) {
-  int cls = r->code / 100;
-  const char *enh = app_enh(r, ev);
-  const char *text = r->text ? r->text : "";
-
-  switch (ev) {
-  case TERN_EV_CONNECT:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2) {
-      s->state = ST_CMD;
-    } else if (cls == 5) { /* RFC 5321 §3.1: wait for QUIT, 503 the rest */
-      s->rejected = true;
-      s->state = ST_CMD;
-    } else {
-      begin_close(s, "closed");
-    }
-    break;
-  case TERN_EV_HELO:
-    if (cls == 2) {
-      s->helo_seen = true;
-      s->esmtp = s->pend_verb != TERN_HELO;
-      if (s->esmtp)
-        tern__ehlo_reply(s, text);
-      else
-        tern__emit(s, r->code, NULL, text);
-    } else {
-      tern__emit(s, r->code, enh, text);
-    }
-    break;
-  case TERN_EV_AUTH:
-    tern__emit(s, r->code, enh, text);
-    if (r->code == 334) {
-      s->state = ST_AUTH;
-      s->auth_step++;
-    } else {
-      s->state = ST_CMD;
-      if (cls == 2)
-        s->authenticated = true;
-      else if (cls == 5 && count_error(s)) /* password guessing */
-        return;
-    }
-    break;
-  case TERN_EV_MAIL:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2) {
-      s->in_txn = true;
-      s->txn_utf8 = s->pend_utf8;
-      s->txn_binary = s->pend_binary;
-      s->rcpt_count = 0;
-      s->msg_size = 0;
-      s->end = END_OK;
-    }
-    break;
-  case TERN_EV_RCPT:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2)
-      s->rcpt_count++;
-    break;
-  case TERN_EV_DATA_START:
-    if (s->start_is_bdat) {
-      /* The BDAT reply comes after its chunk; a refusal is sent now and
-       * the chunk is read and dropped (RFC 3030 §2). */
-      s->bdat_discard = !(cls == 2 || cls == 3);
-      if (s->bdat_discard) {
-        tern__emit(s, r->code, enh, text);
-      } else {
-        s->bdat_used = true;
-        s->msg_open = true;
-        s->msg_size = 0;
-        s->end = END_OK;
-        /* the line-length state of the whole message (bdat_lines) */
-        tern__dot_init(&s->dot, s->cfg.max_line_length, true);
-        s->bdat_line = 0;
-      }
-      tern__bdat_begin(s);
-    } else {
-      tern__emit(s, r->code, enh, text);
-      if (cls == 3) {
-        s->state = ST_DATA;
-        s->msg_open = true;
-        s->msg_size = 0;
-        s->end = END_OK;
-        tern__dot_init(&s->dot, s->cfg.max_line_length, s->last_line_crlf);
-      }
-    }
-    break;
-  case TERN_EV_DATA_END:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2)
-      s->msg_accepted = true;
-    s->end_next++;
-    break;
-  case TERN_EV_XCLIENT:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2) { /* the session starts over as if newly connected */
-      tern__txn_reset(s, true);
-      s->helo_seen = s->esmtp = s->authenticated = false;
-    }
-    break;
-  case TERN_EV_UNKNOWN:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 5 && count_error(s))
-      return;
-    break;
-  case TERN_EV_VRFY:
-  case TERN_EV_EXPN:
-  case TERN_EV_NONE:
-    tern__emit(s, r->code, enh, text);
-    break;
+/* The greeting's verdict (RFC 5321 §3.1): 2xx opens the session; 5xx
+ * leaves it open for QUIT only (503 to the rest); anything else ends it. */
+static void apply_connect(struct tern_server_session *s, int code,
+                          const char *enh, const char *text) {
+  tern__emit(s, code, enh, text);
+  if (tern__closed(s))
+    return;
+  if (code / 100 == 2) {
+    s->state = ST_CMD;
+  } else if (code / 100 == 5) {
+    s->rejected = true;
+    s->state = ST_CMD;
+  } else {
+    tern__close(s, "closed");
   }
+}
+
+/* Apply a verdict: its apply, then what any reply means. */
+static void finish(struct tern_server_session *s, enum tern_server_event ev,
+                   tern__apply_fn apply, const struct tern_reply *r) {
+  int cls = r->code / 100;
+  apply(s, r->code, app_enh(r, ev), r->text ? r->text : "");
   /* RFC 5321 §3.8: 421 means the service is closing the channel. */
   if (r->code == 421) {
-    begin_close(s, "closed");
+    tern__close(s, "closed");
     return;
   }
   /* A refused command moved no mail (the end of data is not a command;
@@ -495,24 +430,20 @@ static void finish(struct tern_server_session *s, enum tern_server_event ev,
     tern__junk(s);
 }
 
-/*
- * Take a decision callback's return: pending, an error (451 4.3.0), or a
- * reply to check and apply. `r` must already hold the default in
- * s->pend_default for a later NULL reply().
- */
 void tern__decide(struct tern_server_session *s, enum tern_server_event ev,
-                  int rc, struct tern_reply *r) {
+                  tern__apply_fn apply, int rc, struct tern_reply *r) {
   static const struct tern_reply internal = {451, "4.3.0",
                                              "Error: internal error"};
   if (s->state == ST_CLOSED) /* the callback closed the session */
     return;
   if (rc == TERN_PENDING) {
     s->pending = ev;
+    s->pend_apply = apply;
     return;
   }
   if (rc < 0 || tern_reply_check(r) != 0)
     r = (struct tern_reply *)&internal;
-  finish(s, ev, r);
+  finish(s, ev, apply, r);
 }
 
 /* ---- line framing --------------------------------------------------------- */
@@ -699,6 +630,7 @@ int tern_server_session_new(struct tern_server_session **out,
 void tern_server_session_free(struct tern_server_session *s) {
   if (!s)
     return;
+  tern__close(s, "closed"); /* on_close, if nothing else ended it */
   struct tern_mem mem = s->mem;
   tern__free(&mem, s->auth_line);
   tern__free(&mem, s->io);
@@ -719,7 +651,7 @@ int tern_server_session_start(struct tern_server_session *s) {
   s->pend_default = r;
   if (s->cb.on_connect)
     rc = s->cb.on_connect(s, &r, s->ud);
-  tern__decide(s, TERN_EV_CONNECT, rc, &r);
+  tern__decide(s, TERN_EV_CONNECT, apply_connect, rc, &r);
   return 0;
 }
 
@@ -826,7 +758,7 @@ int tern_server_session_reply(struct tern_server_session *s,
     return TERN_EINVAL;
   enum tern_server_event ev = s->pending;
   s->pending = TERN_EV_NONE;
-  finish(s, ev, r);
+  finish(s, ev, s->pend_apply, r);
   advance(s);
   notify(s);
   return 0;
@@ -869,7 +801,7 @@ int tern_server_session_tls_started(struct tern_server_session *s) {
 
 void tern_server_session_eof(struct tern_server_session *s) {
   if (s)
-    begin_close(s, "disconnect");
+    tern__close(s, "disconnect");
 }
 
 void tern_server_session_timeout(struct tern_server_session *s) {
@@ -895,7 +827,7 @@ void tern_server_session_close(struct tern_server_session *s,
     tern__emit(s, r->code, app_enh(r, TERN_EV_NONE), r->text ? r->text : "");
   else
     tern__close_421(s, "4.3.2", "Service shutting down");
-  begin_close(s, "closed");
+  tern__close(s, "closed");
   notify(s);
 }
 
