@@ -449,20 +449,16 @@ int tern_client_session_new(struct tern_client_session **out,
                             void *ud) {
   struct tern_client_config cfg;
   struct tern_client_callbacks cb;
-  struct tern_mem mem = {0};
+  struct tern_mem mem;
 
   if (!out)
     return TERN_EINVAL;
   *out = NULL;
   tern_client_config_init(&cfg);
   tern_client_callbacks_init(&cb);
-  if (cfg_in && tern__copy_sized(&cfg, sizeof cfg, cfg_in))
+  if (tern__copy_args(&cfg, sizeof cfg, cfg_in, &cb, sizeof cb, cb_in,
+                      &cfg.mem, &mem))
     return TERN_EINVAL;
-  if (cb_in && tern__copy_sized(&cb, sizeof cb, cb_in))
-    return TERN_EINVAL;
-  if (cfg.mem)
-    mem = *cfg.mem;
-  cfg.mem = NULL;
   if (!cfg.ehlo_name)
     cfg.ehlo_name = "localhost";
   if (!ehlo_name_ok(cfg.ehlo_name) ||
@@ -573,11 +569,7 @@ size_t tern_client_session_output(struct tern_client_session *c,
 void tern_client_session_consume(struct tern_client_session *c, size_t n) {
   if (!c)
     return;
-  if (n > out_pending(c))
-    n = out_pending(c);
-  c->out_off += n;
-  if (c->out_off == c->out_len)
-    c->out_off = c->out_len = 0;
+  tern__out_consume(&c->out_off, &c->out_len, n);
   tern__cl_txn_step(c);
   tern__cl_check_body_ready(c);
 }

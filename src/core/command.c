@@ -9,6 +9,69 @@
  */
 #include "session.h"
 
+/* ---- the table's shape (its rows are at the end) ------------------------- */
+
+/* What the dispatcher enforces for a verb before its check runs. */
+enum {
+  /* RFC 5321 §4.1.4: MAIL needs a HELO/EHLO/LHLO first (503 5.5.1). */
+  V_HELO = 1 << 0,
+  /* With auth_required, AUTH first (530 5.7.0; RFC 4954 §6). */
+  V_AUTH = 1 << 1,
+  /* RFC 2033 §4.1: LHLO only in LMTP; HELO and EHLO never in LMTP. */
+  V_LMTP_ONLY = 1 << 2,
+  V_NOT_LMTP = 1 << 3,
+  /* RFC 2920 §3.1: the last command of a pipelined group (its reply
+   * waits for nothing after it: EHLO, DATA, VRFY, EXPN, NOOP, QUIT,
+   * STARTTLS, AUTH, and XCLIENT, which restarts the session). Recorded
+   * for the runtime's and readers' use; the core needs no flag for it. */
+  V_ENDS_GROUP = 1 << 4,
+  /* Moves no mail: counts against max_junk_commands (Postfix's
+   * smtpd_junk_command_limit counts NOOP, VRFY, ETRN and RSET; tern adds
+   * EXPN, HELP and the greetings, which a client needs once per session
+   * or per message, never thousands of times between messages). Any
+   * command answered 4xx/5xx counts too. */
+  V_JUNK = 1 << 5,
+  /* The verb takes no argument (RFC 5321 §4.1.1: DATA, RSET, QUIT;
+   * RFC 3207 §4: STARTTLS): 501 5.5.4 "Syntax: VERB" otherwise. */
+  V_NO_ARGS = 1 << 6,
+  /* Allowed after a 5xx greeting (RFC 5321 §3.1: only QUIT). */
+  V_AFTER_REJECT = 1 << 7,
+  /* Carries a secret: observers (on_command) see the verb and the
+   * mechanism only. */
+  V_SECRET = 1 << 8,
+};
+
+struct cmd;
+
+/*
+ * A verb: `ext` is the configured extension it needs (else 502 5.5.1);
+ * `arg` tells verbs that share a check apart; `check` refuses (false) or
+ * asks the application for the verdict of event `ev` (true, with the
+ * callback's return and reply in the command); `apply` applies that
+ * verdict, now or when the application answers later. Verbs without a
+ * decision answer in `check` and have no `apply`.
+ */
+struct verb {
+  const char *name;
+  unsigned flags;
+  unsigned ext;
+  int arg;
+  enum tern_server_event ev;
+  bool (*check)(struct tern_server_session *s, struct cmd *c);
+  tern__apply_fn apply;
+};
+
+/* One command being run: its row, its arguments (writable: xtext is
+ * decoded in place), and the verdict its check asked for. */
+struct cmd {
+  const struct verb *verb;
+  char *args;
+  size_t len;
+  struct tern_reply r; /* the default, then the callback's reply */
+  int rc;              /* the callback's return */
+};
+
+
 /* ---- helpers --------------------------------------------------------------- */
 
 static size_t skip_sp(const char *p, size_t len, size_t i) {
@@ -105,42 +168,30 @@ static void ehlo_reply(struct tern_server_session *s, const char *first) {
 
 /* ---- HELO / EHLO / LHLO ----------------------------------------------------- */
 
-/* The table's flags keep LHLO to LMTP and HELO/EHLO to SMTP (RFC 2033
- * §4.1). RFC 5321 §4.1.4: a greeting in a transaction is an implicit
- * RSET; the name is forgotten until this one is accepted. */
-static bool helo(struct tern_server_session *s, enum tern_helo_verb verb,
-                 char *args, size_t len, struct tern_reply *r, int *rc) {
+/* HELO, EHLO or LHLO (the row's `arg`); the table's flags keep LHLO to
+ * LMTP and HELO/EHLO to SMTP (RFC 2033 §4.1). RFC 5321 §4.1.4: a
+ * greeting in a transaction is an implicit RSET; the name is forgotten
+ * until this one is accepted. */
+static bool check_hello(struct tern_server_session *s, struct cmd *c) {
   static const char *const usage[] = {"Syntax: HELO hostname",
                                       "Syntax: EHLO hostname",
                                       "Syntax: LHLO hostname"};
-  if (!len)
+  enum tern_helo_verb verb = (enum tern_helo_verb)c->verb->arg;
+  if (!c->len)
     return refuse(s, 501, "5.5.4", usage[verb]);
-  for (size_t i = 0; i < len; i++) {
-    unsigned char c = (unsigned char)args[i];
-    if (c < 0x20 || c > 0x7e)
+  for (size_t i = 0; i < c->len; i++) {
+    unsigned char ch = (unsigned char)c->args[i];
+    if (ch < 0x20 || ch > 0x7e)
       return refuse(s, 501, "5.5.4", usage[verb]);
   }
   tern__txn_reset(s, true);
   s->helo_seen = s->esmtp = false;
-  tern__env_helo(s, verb, args, len);
-  dflt(s, r, 250, NULL, s->cfg.hostname);
-  struct tern_str dom = {args, len};
+  tern__env_helo(s, verb, c->args, c->len);
+  dflt(s, &c->r, 250, NULL, s->cfg.hostname);
+  struct tern_str dom = {c->args, c->len};
   if (s->cb.on_helo)
-    *rc = s->cb.on_helo(s, verb, dom, r, s->ud);
+    c->rc = s->cb.on_helo(s, verb, dom, &c->r, s->ud);
   return true;
-}
-
-static bool check_helo(struct tern_server_session *s, char *a, size_t n,
-                       struct tern_reply *r, int *rc) {
-  return helo(s, TERN_HELO, a, n, r, rc);
-}
-static bool check_ehlo(struct tern_server_session *s, char *a, size_t n,
-                       struct tern_reply *r, int *rc) {
-  return helo(s, TERN_EHLO, a, n, r, rc);
-}
-static bool check_lhlo(struct tern_server_session *s, char *a, size_t n,
-                       struct tern_reply *r, int *rc) {
-  return helo(s, TERN_LHLO, a, n, r, rc);
 }
 
 /* Accepted: the greeting's name is known; EHLO and LHLO list the
@@ -247,8 +298,7 @@ static bool envelope_path(struct tern_server_session *s, char *args,
 
 /* RFC 5321 §4.1.1.2; the table requires HELO and, with auth_required,
  * AUTH first. */
-static bool check_mail(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
+static bool check_mail(struct tern_server_session *s, struct cmd *c) {
   struct tern_path path;
   struct tern_mail_params mp;
   struct tern_str bad = {"", 0};
@@ -266,13 +316,14 @@ static bool check_mail(struct tern_server_session *s, char *args, size_t len,
   unsigned opts = TERN_PATH_ALLOW_NULL;
   if (e & TERN_EXT_SMTPUTF8)
     opts |= TERN_PATH_ALLOW_UTF8;
-  if (!envelope_path(s, args, len, true, opts, &path, &ps, &plen))
+  if (!envelope_path(s, c->args, c->len, true, opts, &path, &ps, &plen))
     return false;
   int err = tern__mail_params_parse(ps, plen, e, &mp, &bad);
   if (err)
     return param_fail(s, err, bad);
   if ((path.flags & TERN_PATHF_UTF8) && !mp.smtputf8)
-    return refuse(s, 553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8");
+    return refuse(s, 553, "5.6.7",
+                  "Error: non-ASCII address requires SMTPUTF8");
   /* RFC 1870 §6.2: a declared size over the fixed limit fails now. */
   if (mp.has_size && s->cfg.max_message_size &&
       mp.size > s->cfg.max_message_size) {
@@ -284,14 +335,14 @@ static bool check_mail(struct tern_server_session *s, char *args, size_t len,
     return no_storage(s);
   s->pend_utf8 = mp.smtputf8;
   s->pend_binary = mp.body == TERN_BODY_BINARYMIME;
-  dflt(s, r, 250, "2.1.0", "Ok");
+  dflt(s, &c->r, 250, "2.1.0", "Ok");
   if (s->cb.on_mail)
-    *rc = s->cb.on_mail(s, &path, &mp, r, s->ud);
+    c->rc = s->cb.on_mail(s, &path, &mp, &c->r, s->ud);
   return true;
 }
 
-/* Accepted: the transaction starts, with what the check saw in MAIL's
- * parameters. */
+/* Accepted: the transaction starts, with what MAIL's check saw in its
+ * parameters (pend_utf8, pend_binary). */
 static void apply_mail(struct tern_server_session *s, int code,
                        const char *enh, const char *text) {
   tern__emit(s, code, enh, text);
@@ -306,8 +357,7 @@ static void apply_mail(struct tern_server_session *s, int code,
 }
 
 /* RFC 5321 §4.1.1.3. */
-static bool check_rcpt(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
+static bool check_rcpt(struct tern_server_session *s, struct cmd *c) {
   struct tern_path path;
   struct tern_rcpt_params rp;
   struct tern_str bad = {"", 0};
@@ -320,7 +370,7 @@ static bool check_rcpt(struct tern_server_session *s, char *args, size_t len,
   unsigned opts = TERN_PATH_ALLOW_POSTMASTER;
   if (s->txn_utf8)
     opts |= TERN_PATH_ALLOW_UTF8;
-  if (!envelope_path(s, args, len, false, opts, &path, &ps, &plen))
+  if (!envelope_path(s, c->args, c->len, false, opts, &path, &ps, &plen))
     return false;
   /* UTF-8 parameter values only in a transaction that declared SMTPUTF8
    * (RFC 6531 §3.4). */
@@ -337,12 +387,13 @@ static bool check_rcpt(struct tern_server_session *s, char *args, size_t len,
   }
   if (tern__env_rcpt(s, &path, &rp))
     return no_storage(s);
-  dflt(s, r, 250, "2.1.5", "Ok");
+  dflt(s, &c->r, 250, "2.1.5", "Ok");
   if (s->cb.on_rcpt)
-    *rc = s->cb.on_rcpt(s, &path, &rp, r, s->ud);
+    c->rc = s->cb.on_rcpt(s, &path, &rp, &c->r, s->ud);
   return true;
 }
 
+/* Accepted: one more recipient. */
 static void apply_rcpt(struct tern_server_session *s, int code,
                        const char *enh, const char *text) {
   tern__emit(s, code, enh, text);
@@ -362,21 +413,17 @@ static bool data_ok(struct tern_server_session *s) {
 }
 
 static void ask_data_start(struct tern_server_session *s, bool bdat,
-                           struct tern_reply *r, int *rc) {
+                           struct cmd *c) {
   if (bdat)
-    dflt(s, r, 250, "2.0.0", "Ok");
+    dflt(s, &c->r, 250, "2.0.0", "Ok");
   else
-    dflt(s, r, 354, NULL, "End data with <CR><LF>.<CR><LF>");
+    dflt(s, &c->r, 354, NULL, "End data with <CR><LF>.<CR><LF>");
   if (s->cb.on_data_start)
-    *rc = s->cb.on_data_start(s, r, s->ud);
+    c->rc = s->cb.on_data_start(s, &c->r, s->ud);
 }
 
 /* RFC 5321 §4.1.1.4. */
-static bool check_data(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
-  (void)args;
-  if (len)
-    return refuse(s, 501, "5.5.4", "Syntax: DATA");
+static bool check_data(struct tern_server_session *s, struct cmd *c) {
   if (!data_ok(s))
     return false;
   /* RFC 3030 §3: DATA may not follow BDAT, nor carry BINARYMIME. */
@@ -384,7 +431,7 @@ static bool check_data(struct tern_server_session *s, char *args, size_t len,
     return refuse(s, 503, "5.5.1", "Error: DATA after BDAT");
   if (s->txn_binary)
     return refuse(s, 503, "5.5.1", "Error: BINARYMIME requires BDAT");
-  ask_data_start(s, false, r, rc);
+  ask_data_start(s, false, c);
   return true;
 }
 
@@ -424,9 +471,8 @@ static bool bdat_args(struct tern_server_session *s, char *args, size_t len) {
  * refusals are sent at once and the chunk is dropped. Only the first
  * chunk of a message asks the application.
  */
-static bool check_bdat(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
-  if (!bdat_args(s, args, len))
+static bool check_bdat(struct tern_server_session *s, struct cmd *c) {
+  if (!bdat_args(s, c->args, c->len))
     return false;
   uint64_t max = s->cfg.max_message_size;
   if (!(s->cfg.extensions & TERN_EXT_CHUNKING)) {
@@ -438,7 +484,7 @@ static bool check_bdat(struct tern_server_session *s, char *args, size_t len,
     tern__txn_reset(s, false);
     tern__emit(s, 552, "5.3.4", "Message size exceeds fixed limit");
   } else if (!s->bdat_used) {
-    ask_data_start(s, true, r, rc);
+    ask_data_start(s, true, c);
     return true;
   } else {
     s->bdat_discard = false;
@@ -463,45 +509,33 @@ static void apply_bdat(struct tern_server_session *s, int code,
 
 /* ---- RSET NOOP QUIT HELP VRFY EXPN -------------------------------------------- */
 
-static bool check_rset(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
-  (void)args, (void)r, (void)rc;
-  if (len)
-    return refuse(s, 501, "5.5.4", "Syntax: RSET");
-  tern__txn_reset(s, true);
-  tern__emit(s, 250, "2.0.0", "Ok");
+/* The verbs answered at once, without a decision (the row's `arg`). */
+enum { NOW_RSET, NOW_NOOP, NOW_QUIT, NOW_HELP };
+
+static bool check_now(struct tern_server_session *s, struct cmd *c) {
+  switch (c->verb->arg) {
+  case NOW_RSET: /* RFC 5321 §4.1.1.5 */
+    tern__txn_reset(s, true);
+    tern__emit(s, 250, "2.0.0", "Ok");
+    break;
+  case NOW_QUIT: /* RFC 5321 §4.1.1.10 */
+    tern__emit(s, 221, "2.0.0", "Bye");
+    tern__close(s, "disconnect");
+    break;
+  case NOW_HELP: /* RFC 5321 §4.1.1.8 */
+    tern__emit(s, 214, "2.0.0", "See RFC 5321");
+    break;
+  default: /* NOOP, RFC 5321 §4.1.1.9: a parameter string is ignored */
+    tern__emit(s, 250, "2.0.0", "Ok");
+    break;
+  }
   return false;
 }
 
-/* RFC 5321 §4.1.1.9: a parameter string is ignored. */
-static bool check_noop(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
-  (void)args, (void)len, (void)r, (void)rc;
-  tern__emit(s, 250, "2.0.0", "Ok");
-  return false;
-}
-
-/* RFC 5321 §4.1.1.10: quit = "QUIT" CRLF. */
-static bool check_quit(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
-  (void)args, (void)r, (void)rc;
-  if (len)
-    return refuse(s, 501, "5.5.4", "Syntax: QUIT");
-  tern__emit(s, 221, "2.0.0", "Bye");
-  tern__close(s, "disconnect");
-  return false;
-}
-
-static bool check_help(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
-  (void)args, (void)len, (void)r, (void)rc;
-  tern__emit(s, 214, "2.0.0", "See RFC 5321");
-  return false;
-}
-
-/* RFC 5321 §3.5: VRFY and EXPN, each only with its callback. */
-static bool verify(struct tern_server_session *s, bool expn, char *args,
-                   size_t len, struct tern_reply *r, int *rc) {
+/* RFC 5321 §3.5: VRFY, or EXPN (the row's `arg`), each only with its
+ * callback. */
+static bool check_verify(struct tern_server_session *s, struct cmd *c) {
+  bool expn = c->verb->arg;
   int (*cb)(struct tern_server_session *, struct tern_str,
             struct tern_reply *, void *) =
       expn ? s->cb.on_expn : s->cb.on_vrfy;
@@ -509,33 +543,21 @@ static bool verify(struct tern_server_session *s, bool expn, char *args,
     return refuse(s, 502, "5.5.1",
                   expn ? "EXPN command is disabled"
                        : "VRFY command is disabled");
-  if (!len)
+  if (!c->len)
     return refuse(s, 501, "5.5.4",
                   expn ? "Syntax: EXPN list" : "Syntax: VRFY address");
-  dflt(s, r, 252, "2.1.5", "Cannot VRFY user, but will accept message");
-  struct tern_str a = {args, len};
-  *rc = cb(s, a, r, s->ud);
+  dflt(s, &c->r, 252, "2.1.5", "Cannot VRFY user, but will accept message");
+  struct tern_str a = {c->args, c->len};
+  c->rc = cb(s, a, &c->r, s->ud);
   return true;
-}
-
-static bool check_vrfy(struct tern_server_session *s, char *a, size_t n,
-                       struct tern_reply *r, int *rc) {
-  return verify(s, false, a, n, r, rc);
-}
-static bool check_expn(struct tern_server_session *s, char *a, size_t n,
-                       struct tern_reply *r, int *rc) {
-  return verify(s, true, a, n, r, rc);
 }
 
 /* ---- STARTTLS ----------------------------------------------------------------- */
 
 /* RFC 3207 §4: forget the transaction and everything else learnt, then
  * wait for the handshake. */
-static bool check_starttls(struct tern_server_session *s, char *args,
-                           size_t len, struct tern_reply *r, int *rc) {
-  (void)args, (void)r, (void)rc;
-  if (len)
-    return refuse(s, 501, "5.5.4", "Syntax: STARTTLS");
+static bool check_starttls(struct tern_server_session *s, struct cmd *c) {
+  (void)c;
   if (s->tls)
     return refuse(s, 503, "5.5.1", "Error: TLS already active");
   tern__txn_reset(s, true);
@@ -554,20 +576,21 @@ static bool check_starttls(struct tern_server_session *s, char *args,
 /* Ask on_auth for one step; `resp` is checked first (RFC 4954 §4: a
  * response that is not base64 is refused with 501 5.5.2). */
 static bool auth_step(struct tern_server_session *s, struct tern_str resp,
-                      bool has_resp, struct tern_reply *r, int *rc) {
+                      bool has_resp, struct cmd *c) {
   if (has_resp && !tern__base64_ok(resp.ptr, resp.len)) {
     s->state = ST_CMD;
     return refuse(s, 501, "5.5.2", "Error: invalid base64 in AUTH response");
   }
   struct tern_str mech = {s->mech, strlen(s->mech)};
-  dflt(s, r, 535, "5.7.8", "Error: authentication failed");
-  *rc = s->cb.on_auth(s, mech, resp, has_resp, s->auth_step, r, s->ud);
+  dflt(s, &c->r, 535, "5.7.8", "Error: authentication failed");
+  c->rc = s->cb.on_auth(s, mech, resp, has_resp, s->auth_step, &c->r, s->ud);
   return true;
 }
 
 /* RFC 4954 §4: AUTH mechanism [initial-response]. */
-static bool check_auth(struct tern_server_session *s, char *args, size_t len,
-                       struct tern_reply *r, int *rc) {
+static bool check_auth(struct tern_server_session *s, struct cmd *c) {
+  char *args = c->args;
+  size_t len = c->len;
   if (!tern__auth_offered(s)) {
     if ((s->cfg.extensions & TERN_EXT_AUTH) && s->cb.on_auth &&
         s->cfg.auth_mechanisms[0] && !s->tls &&
@@ -589,14 +612,15 @@ static bool check_auth(struct tern_server_session *s, char *args, size_t len,
   if (!m || (r0 < len && memchr(args + r0, ' ', len - r0)) ||
       (m < len && r0 == len))
     return refuse(s, 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
-  if (m >= sizeof s->mech || !tern__mech_listed(s->cfg.auth_mechanisms, args, m))
+  if (m >= sizeof s->mech ||
+      !tern__mech_listed(s->cfg.auth_mechanisms, args, m))
     return refuse(s, 504, "5.5.4", "Unrecognized authentication type");
   for (size_t i = 0; i < m; i++)
     s->mech[i] = (char)tern__upper((unsigned char)args[i]);
   s->mech[m] = '\0';
   s->auth_step = 0;
   struct tern_str resp = {args + r0, len - r0};
-  return auth_step(s, resp, r0 < len, r, rc);
+  return auth_step(s, resp, r0 < len, c);
 }
 
 /* 334: the next line is a response; 2xx: authenticated; 5xx counts
@@ -621,8 +645,7 @@ static void apply_auth(struct tern_server_session *s, int code,
 /* A line in the middle of an AUTH exchange (RFC 4954 §4). */
 static void auth_continue(struct tern_server_session *s, char *line,
                           size_t len) {
-  struct tern_reply r;
-  int rc = TERN_REPLY_NOW;
+  struct cmd c = {NULL, line, len, {0, NULL, NULL}, TERN_REPLY_NOW};
   if (s->cb.on_command) {
     struct tern_str red = {"*", 1};
     s->cb.on_command(s, red, s->ud);
@@ -633,8 +656,8 @@ static void auth_continue(struct tern_server_session *s, char *line,
     return;
   }
   struct tern_str resp = {line, len};
-  if (auth_step(s, resp, true, &r, &rc))
-    tern__decide(s, TERN_EV_AUTH, apply_auth, rc, &r);
+  if (auth_step(s, resp, true, &c))
+    tern__decide(s, TERN_EV_AUTH, apply_auth, c.rc, &c.r);
 }
 
 /* ---- XCLIENT (Postfix XCLIENT_README) ------------------------------------------ */
@@ -694,8 +717,7 @@ static bool xclient_value_ok(enum xc_kind kind, const char *v, size_t n,
   return false;
 }
 
-static bool check_xclient(struct tern_server_session *s, char *args,
-                          size_t len, struct tern_reply *r, int *rc) {
+static bool check_xclient(struct tern_server_session *s, struct cmd *c) {
   static const char *const names[] = {"NAME",  "ADDR",  "PORT",
                                       "PROTO", "HELO",  "LOGIN",
                                       "DESTADDR", "DESTPORT"};
@@ -705,6 +727,8 @@ static bool check_xclient(struct tern_server_session *s, char *args,
   struct tern_xclient x;
   struct tern_str *slot[] = {&x.name,  &x.addr,  &x.port,     &x.proto,
                              &x.helo,  &x.login, &x.destaddr, &x.destport};
+  char *args = c->args;
+  size_t len = c->len;
 
   if (!s->xclient_trusted)
     return refuse(s, 550, "5.7.0", "Error: insufficient authorization");
@@ -740,9 +764,9 @@ static bool check_xclient(struct tern_server_session *s, char *args,
     slot[k]->len = (size_t)vlen - skip;
     i = skip_sp(args, len, i);
   }
-  dflt(s, r, 220, NULL, s->greeting);
+  dflt(s, &c->r, 220, NULL, s->greeting);
   if (s->cb.on_xclient)
-    *rc = s->cb.on_xclient(s, &x, r, s->ud);
+    c->rc = s->cb.on_xclient(s, &x, &c->r, s->ud);
   return true;
 }
 
@@ -758,71 +782,34 @@ static void apply_xclient(struct tern_server_session *s, int code,
 
 /* ---- the table ------------------------------------------------------------------ */
 
-/* What the dispatcher enforces for a verb before its check runs. */
-enum {
-  /* RFC 5321 §4.1.4: MAIL needs a HELO/EHLO/LHLO first (503 5.5.1). */
-  V_HELO = 1 << 0,
-  /* With auth_required, AUTH first (530 5.7.0; RFC 4954 §6). */
-  V_AUTH = 1 << 1,
-  /* RFC 2033 §4.1: LHLO only in LMTP; HELO and EHLO never in LMTP. */
-  V_LMTP_ONLY = 1 << 2,
-  V_NOT_LMTP = 1 << 3,
-  /* RFC 2920 §3.1: the last command of a pipelined group (its reply
-   * waits for nothing after it: EHLO, DATA, VRFY, EXPN, NOOP, QUIT,
-   * STARTTLS, AUTH, and XCLIENT, which restarts the session). Recorded
-   * for the runtime's and readers' use; the core needs no flag for it. */
-  V_ENDS_GROUP = 1 << 4,
-  /* Moves no mail: counts against max_junk_commands (Postfix's
-   * smtpd_junk_command_limit counts NOOP, VRFY, ETRN and RSET; tern adds
-   * EXPN, HELP and the greetings, which a client needs once per session
-   * or per message, never thousands of times between messages). Any
-   * command answered 4xx/5xx counts too. */
-  V_JUNK = 1 << 5,
-  /* Allowed after a 5xx greeting (RFC 5321 §3.1: only QUIT). */
-  V_AFTER_REJECT = 1 << 6,
-  /* Carries a secret: observers (on_command) see the verb and the
-   * mechanism only. */
-  V_SECRET = 1 << 7,
-};
-
-/*
- * A verb: `ext` is the configured extension it needs (else 502 5.5.1);
- * `check` refuses (false) or asks the application for the verdict of
- * event `ev` (true, *rc the callback's return, *r its reply); `apply`
- * applies that verdict, now or when the application answers later.
- * Verbs without a decision answer in `check` and have no `apply`.
- */
-struct verb {
-  const char *name;
-  unsigned flags;
-  unsigned ext;
-  enum tern_server_event ev;
-  bool (*check)(struct tern_server_session *s, char *args, size_t len,
-                struct tern_reply *r, int *rc);
-  tern__apply_fn apply;
-};
-
+/* The rows: name, flags, extension, arg, event, check, apply. */
 static const struct verb verbs[] = {
-    {"HELO", V_JUNK | V_NOT_LMTP, 0, TERN_EV_HELO, check_helo, apply_helo},
-    {"EHLO", V_JUNK | V_NOT_LMTP | V_ENDS_GROUP, 0, TERN_EV_HELO, check_ehlo,
-     apply_ehlo},
-    {"LHLO", V_JUNK | V_LMTP_ONLY | V_ENDS_GROUP, 0, TERN_EV_HELO, check_lhlo,
-     apply_ehlo},
-    {"MAIL", V_HELO | V_AUTH, 0, TERN_EV_MAIL, check_mail, apply_mail},
-    {"RCPT", 0, 0, TERN_EV_RCPT, check_rcpt, apply_rcpt},
-    {"DATA", V_ENDS_GROUP, 0, TERN_EV_DATA_START, check_data, apply_data},
-    {"BDAT", 0, 0, TERN_EV_DATA_START, check_bdat, apply_bdat},
-    {"RSET", V_JUNK, 0, TERN_EV_NONE, check_rset, NULL},
-    {"NOOP", V_JUNK | V_ENDS_GROUP, 0, TERN_EV_NONE, check_noop, NULL},
-    {"QUIT", V_ENDS_GROUP | V_AFTER_REJECT, 0, TERN_EV_NONE, check_quit, NULL},
-    {"HELP", V_JUNK, TERN_EXT_HELP, TERN_EV_NONE, check_help, NULL},
-    {"VRFY", V_JUNK | V_ENDS_GROUP, 0, TERN_EV_VRFY, check_vrfy, apply_reply},
-    {"EXPN", V_JUNK | V_ENDS_GROUP, 0, TERN_EV_EXPN, check_expn, apply_reply},
-    {"STARTTLS", V_ENDS_GROUP, TERN_EXT_STARTTLS, TERN_EV_NONE, check_starttls,
+    {"HELO", V_JUNK | V_NOT_LMTP, 0, TERN_HELO, TERN_EV_HELO, check_hello,
+     apply_helo},
+    {"EHLO", V_JUNK | V_NOT_LMTP | V_ENDS_GROUP, 0, TERN_EHLO, TERN_EV_HELO,
+     check_hello, apply_ehlo},
+    {"LHLO", V_JUNK | V_LMTP_ONLY | V_ENDS_GROUP, 0, TERN_LHLO, TERN_EV_HELO,
+     check_hello, apply_ehlo},
+    {"MAIL", V_HELO | V_AUTH, 0, 0, TERN_EV_MAIL, check_mail, apply_mail},
+    {"RCPT", 0, 0, 0, TERN_EV_RCPT, check_rcpt, apply_rcpt},
+    {"DATA", V_ENDS_GROUP | V_NO_ARGS, 0, 0, TERN_EV_DATA_START, check_data, apply_data},
+    {"BDAT", 0, 0, 0, TERN_EV_DATA_START, check_bdat, apply_bdat},
+    {"RSET", V_JUNK | V_NO_ARGS, 0, NOW_RSET, TERN_EV_NONE, check_now, NULL},
+    {"NOOP", V_JUNK | V_ENDS_GROUP, 0, NOW_NOOP, TERN_EV_NONE, check_now,
      NULL},
-    {"AUTH", V_ENDS_GROUP | V_SECRET, 0, TERN_EV_AUTH, check_auth, apply_auth},
-    {"XCLIENT", V_ENDS_GROUP, TERN_EXT_XCLIENT, TERN_EV_XCLIENT, check_xclient,
-     apply_xclient},
+    {"QUIT", V_ENDS_GROUP | V_NO_ARGS | V_AFTER_REJECT, 0, NOW_QUIT,
+     TERN_EV_NONE, check_now, NULL},
+    {"HELP", V_JUNK, TERN_EXT_HELP, NOW_HELP, TERN_EV_NONE, check_now, NULL},
+    {"VRFY", V_JUNK | V_ENDS_GROUP, 0, false, TERN_EV_VRFY, check_verify,
+     apply_reply},
+    {"EXPN", V_JUNK | V_ENDS_GROUP, 0, true, TERN_EV_EXPN, check_verify,
+     apply_reply},
+    {"STARTTLS", V_ENDS_GROUP | V_NO_ARGS, TERN_EXT_STARTTLS, 0, TERN_EV_NONE,
+     check_starttls, NULL},
+    {"AUTH", V_ENDS_GROUP | V_SECRET, 0, 0, TERN_EV_AUTH, check_auth,
+     apply_auth},
+    {"XCLIENT", V_ENDS_GROUP, TERN_EXT_XCLIENT, 0, TERN_EV_XCLIENT,
+     check_xclient, apply_xclient},
 };
 
 /* ---- dispatch ---------------------------------------------------------------- */
@@ -854,7 +841,8 @@ static void observe(struct tern_server_session *s, const char *line,
 }
 
 /* The table's flags, for every verb alike; true when the verb may run. */
-static bool allowed(struct tern_server_session *s, const struct verb *v) {
+static bool allowed(struct tern_server_session *s, const struct verb *v,
+                    size_t len) {
   unsigned f = v->flags;
   if ((f & V_NOT_LMTP) && s->cfg.lmtp)
     return refuse(s, 500, "5.5.1", "Error: use LHLO in LMTP");
@@ -862,6 +850,11 @@ static bool allowed(struct tern_server_session *s, const struct verb *v) {
     return refuse(s, 500, "5.5.1", "Error: LHLO is for LMTP only");
   if (v->ext && !(s->cfg.extensions & v->ext))
     return refuse(s, 502, "5.5.1", "Error: command not implemented");
+  if ((f & V_NO_ARGS) && len) {
+    char t[32];
+    tern__cats(t, sizeof t, tern__cats(t, sizeof t, 0, "Syntax: "), v->name);
+    return refuse(s, 501, "5.5.4", t);
+  }
   if ((f & V_HELO) && !s->helo_seen)
     return refuse(s, 503, "5.5.1",
                   s->cfg.lmtp ? "Error: send LHLO first"
@@ -881,16 +874,15 @@ static void apply_unknown(struct tern_server_session *s, int code,
 
 /* A verb not in the table: on_unknown decides, else 500 5.5.2. */
 static void unknown(struct tern_server_session *s, char *verb, size_t vlen,
-                    char *args, size_t alen) {
+                    struct cmd *c) {
   if (!s->cb.on_unknown) {
     tern__fail(s, 500, "5.5.2", "Error: command not recognized");
     return;
   }
-  struct tern_reply r;
-  struct tern_str v = {verb, vlen}, rest = {args, alen};
-  dflt(s, &r, 500, "5.5.2", "Error: command not recognized");
-  int rc = s->cb.on_unknown(s, v, rest, &r, s->ud);
-  tern__decide(s, TERN_EV_UNKNOWN, apply_unknown, rc, &r);
+  struct tern_str v = {verb, vlen}, rest = {c->args, c->len};
+  dflt(s, &c->r, 500, "5.5.2", "Error: command not recognized");
+  int rc = s->cb.on_unknown(s, v, rest, &c->r, s->ud);
+  tern__decide(s, TERN_EV_UNKNOWN, apply_unknown, rc, &c->r);
 }
 
 void tern__command(struct tern_server_session *s, char *line, size_t len) {
@@ -916,17 +908,14 @@ void tern__command(struct tern_server_session *s, char *line, size_t len) {
     tern__fail(s, 503, "5.5.1", "Error: connection rejected, send QUIT");
     return;
   }
-  char *args = line + (vlen < len ? vlen + 1 : len);
-  size_t alen = vlen < len ? len - vlen - 1 : 0;
+  struct cmd c = {v, line + (vlen < len ? vlen + 1 : len),
+                  vlen < len ? len - vlen - 1 : 0, {0, NULL, NULL},
+                  TERN_REPLY_NOW};
   /* Past the junk limit the command is not run: 421 instead. */
   if ((!v || (v->flags & V_JUNK)) && tern__junk(s))
     return;
-  if (!v) {
-    unknown(s, line, vlen, args, alen);
-    return;
-  }
-  struct tern_reply r;
-  int rc = TERN_REPLY_NOW;
-  if (allowed(s, v) && v->check(s, args, alen, &r, &rc))
-    tern__decide(s, v->ev, v->apply, rc, &r);
+  if (!v)
+    unknown(s, line, vlen, &c);
+  else if (allowed(s, v, c.len) && v->check(s, &c))
+    tern__decide(s, v->ev, v->apply, c.rc, &c.r);
 }

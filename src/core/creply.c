@@ -132,24 +132,32 @@ void tern__creply_get(const struct tern__creply *p,
 
 /* ---- capabilities ----------------------------------------------------------- */
 
+/* The next space-separated word of a[0..n) from *i into *w; false when
+ * there is none. */
+static bool next_word(const char *a, size_t n, size_t *i, struct tern_str *w) {
+  while (*i < n && a[*i] == ' ')
+    (*i)++;
+  w->ptr = a + *i;
+  while (*i < n && a[*i] != ' ')
+    (*i)++;
+  w->len = (size_t)(a + *i - w->ptr);
+  return w->len > 0;
+}
+
 /* Add the mechanisms in a[0..n) to the list (no duplicates, no junk). */
 static void add_mechs(struct tern__caps *c, const char *a, size_t n) {
   size_t i = 0, have = strlen(c->mechs);
-  while (i < n) {
-    while (i < n && a[i] == ' ')
-      i++;
-    size_t s = i;
-    while (i < n && a[i] != ' ')
-      i++;
-    if (!tern__mech_name_ok(a + s, i - s) ||
-        tern__mech_listed(c->mechs, a + s, i - s))
+  struct tern_str w;
+  while (next_word(a, n, &i, &w)) {
+    if (!tern__mech_name_ok(w.ptr, w.len) ||
+        tern__mech_listed(c->mechs, w.ptr, w.len))
       continue;
-    if (have + (have > 0) + (i - s) + 1 > sizeof c->mechs)
+    if (have + (have > 0) + w.len + 1 > sizeof c->mechs)
       return;
     if (have)
       c->mechs[have++] = ' ';
-    memcpy(c->mechs + have, a + s, i - s);
-    have += i - s;
+    memcpy(c->mechs + have, w.ptr, w.len);
+    have += w.len;
     c->mechs[have] = '\0';
   }
 }
@@ -158,15 +166,11 @@ static void add_mechs(struct tern__caps *c, const char *a, size_t n) {
  * used by this client. */
 static void parse_limits(struct tern__caps *c, const char *a, size_t n) {
   size_t i = 0;
-  while (i < n) {
-    while (i < n && a[i] == ' ')
-      i++;
-    size_t s = i;
-    while (i < n && a[i] != ' ')
-      i++;
+  struct tern_str w;
+  while (next_word(a, n, &i, &w)) {
     uint64_t v;
-    if (i - s > 8 && tern__str_ieq(a + s, 8, "RCPTMAX=") &&
-        tern__parse_u64(a + s + 8, i - s - 8, UINT32_MAX, &v) == 0)
+    if (w.len > 8 && tern__str_ieq(w.ptr, 8, "RCPTMAX=") &&
+        tern__parse_u64(w.ptr + 8, w.len - 8, UINT32_MAX, &v) == 0)
       c->rcptmax = (unsigned)v;
   }
 }

@@ -27,6 +27,14 @@ void *tern__calloc_array(const struct tern_mem *m, size_t n, size_t size);
  * shorter is fine, longer only with zero unknown fields. 0/TERN_EINVAL. */
 int tern__copy_sized(void *dst, size_t dst_size, const void *src);
 
+/* A constructor's config and callbacks copied over the defaults in cfg
+ * and cb (tern__copy_sized; NULL keeps the defaults), and the config's
+ * allocator hooks (*hooks, its `mem` field) moved into *mem. 0 or
+ * TERN_EINVAL. */
+int tern__copy_args(void *cfg, size_t cfg_size, const void *cfg_in, void *cb,
+                    size_t cb_size, const void *cb_in,
+                    const struct tern_mem **hooks, struct tern_mem *mem);
+
 /* ---- ASCII helpers (str.c), locale-free ----------------------------------- */
 
 static inline bool tern__is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
@@ -66,7 +74,17 @@ size_t tern__cat(char *buf, size_t cap, size_t n, const char *str, size_t len);
 size_t tern__cats(char *buf, size_t cap, size_t n, const char *str);
 size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v);
 
-/* ---- SASL texts (str.c), one rule for server and client -------------------- */
+/* An output queue's octets [*off, *len) of which n (at most all) went
+ * out; an empty queue starts over at 0. Server and client sessions. */
+static inline void tern__out_consume(size_t *off, size_t *len, size_t n) {
+  if (n > *len - *off)
+    n = *len - *off;
+  *off += n;
+  if (*off == *len)
+    *off = *len = 0;
+}
+
+/* ---- SASL texts (str.c), one rule for server and client ---------------- */
 
 /* RFC 4422 §3.1: sasl-mech = 1*20mech-char; mech-char = UPPER-ALPHA /
  * DIGIT / "-" / "_" (lower case accepted: names compare without case). */

@@ -555,73 +555,97 @@ static bool printable(const char *p, bool allow_space) {
   return true;
 }
 
+/* What tern_server_session_new() takes from its caller. */
+struct args {
+  struct tern_server_config cfg; /* its strings are still the caller's */
+  struct tern_server_callbacks cb;
+  struct tern_mem mem;
+};
+
+/* Copy the caller's config and callbacks over the defaults, fill in the
+ * banner and mechanisms, and check the limits server.h lists. */
+static int take_args(struct args *a, const struct tern_server_config *cfg_in,
+                     const struct tern_server_callbacks *cb_in) {
+  struct tern_server_config *cfg = &a->cfg;
+  tern_server_config_init(cfg);
+  tern_server_callbacks_init(&a->cb);
+  if (tern__copy_args(cfg, sizeof *cfg, cfg_in, &a->cb, sizeof a->cb, cb_in,
+                      &cfg->mem, &a->mem))
+    return TERN_EINVAL;
+  if (!cfg->banner)
+    cfg->banner = cfg->lmtp ? "LMTP tern" : "ESMTP tern";
+  if (!cfg->auth_mechanisms)
+    cfg->auth_mechanisms = "";
+  if (!cfg->hostname || !cfg->hostname[0] ||
+      !printable(cfg->hostname, false) ||
+      strlen(cfg->hostname) > TERN_DOMAIN_MAX ||
+      !printable(cfg->banner, true) || strlen(cfg->banner) > 200 ||
+      !printable(cfg->auth_mechanisms, true) ||
+      strlen(cfg->auth_mechanisms) > 400 || cfg->max_line < 512 ||
+      cfg->max_line > 65536 || cfg->max_auth_line > 65536 ||
+      cfg->output_high_water > (1u << 20))
+    return TERN_EINVAL;
+  if (cfg->max_auth_line < cfg->max_line)
+    cfg->max_auth_line = cfg->max_line;
+  return 0;
+}
+
+/*
+ * The session and its strings in one block: the hostname, the greeting
+ * ("<hostname> <banner>", the banner pointing into it) and the
+ * mechanisms; cfg's string fields are pointed at the copies.
+ */
+static struct tern_server_session *
+session_alloc(struct tern_server_config *cfg, const struct tern_mem *mem) {
+  size_t hlen = strlen(cfg->hostname), blen = strlen(cfg->banner),
+         mlen = strlen(cfg->auth_mechanisms);
+  size_t total = sizeof(struct tern_server_session) + (hlen + 1) +
+                 (hlen + 1 + blen + 1) + (mlen + 1);
+  struct tern_server_session *s = tern__malloc(mem, total);
+  if (!s)
+    return NULL;
+  memset(s, 0, sizeof *s);
+
+  char *p = (char *)(s + 1);
+  memcpy(p, cfg->hostname, hlen + 1);
+  cfg->hostname = p;
+  p += hlen + 1;
+  memcpy(p, cfg->hostname, hlen);
+  p[hlen] = ' ';
+  memcpy(p + hlen + 1, cfg->banner, blen + 1);
+  s->greeting = p;
+  cfg->banner = p + hlen + 1;
+  p += hlen + 1 + blen + 1;
+  memcpy(p, cfg->auth_mechanisms, mlen + 1);
+  cfg->auth_mechanisms = p;
+  return s;
+}
+
 int tern_server_session_new(struct tern_server_session **out,
                             const struct tern_server_config *cfg_in,
                             const struct tern_server_callbacks *cb_in,
                             void *ud) {
-  struct tern_server_config cfg;
-  struct tern_server_callbacks cb;
-  struct tern_mem mem = {0};
-
+  struct args a;
   if (!out)
     return TERN_EINVAL;
   *out = NULL;
-  tern_server_config_init(&cfg);
-  tern_server_callbacks_init(&cb);
-  if (cfg_in && tern__copy_sized(&cfg, sizeof cfg, cfg_in))
-    return TERN_EINVAL;
-  if (cb_in && tern__copy_sized(&cb, sizeof cb, cb_in))
-    return TERN_EINVAL;
-  if (cfg.mem)
-    mem = *cfg.mem;
-  cfg.mem = NULL;
-
-  const char *banner = cfg.banner ? cfg.banner
-                       : cfg.lmtp ? "LMTP tern"
-                                  : "ESMTP tern";
-  const char *mechs = cfg.auth_mechanisms ? cfg.auth_mechanisms : "";
-  if (!cfg.hostname || !cfg.hostname[0] || !printable(cfg.hostname, false) ||
-      strlen(cfg.hostname) > TERN_DOMAIN_MAX || !printable(banner, true) ||
-      strlen(banner) > 200 || !printable(mechs, true) || strlen(mechs) > 400 ||
-      cfg.max_line < 512 || cfg.max_line > 65536 ||
-      cfg.max_auth_line > 65536 || cfg.output_high_water > (1u << 20))
-    return TERN_EINVAL;
-  if (cfg.max_auth_line < cfg.max_line)
-    cfg.max_auth_line = cfg.max_line;
-
-  size_t hlen = strlen(cfg.hostname), blen = strlen(banner),
-         mlen = strlen(mechs);
-  size_t total = sizeof(struct tern_server_session) + (hlen + 1) +
-                 (hlen + 1 + blen + 1) + (mlen + 1);
-  struct tern_server_session *s = tern__malloc(&mem, total);
+  int rc = take_args(&a, cfg_in, cb_in);
+  if (rc)
+    return rc;
+  struct tern_server_session *s = session_alloc(&a.cfg, &a.mem);
   if (!s)
     return TERN_ENOMEM;
-  memset(s, 0, sizeof *s);
-
-  char *p = (char *)(s + 1);
-  memcpy(p, cfg.hostname, hlen + 1);
-  cfg.hostname = p;
-  p += hlen + 1;
-  memcpy(p, cfg.hostname, hlen);
-  p[hlen] = ' ';
-  memcpy(p + hlen + 1, banner, blen + 1);
-  s->greeting = p;
-  cfg.banner = p + hlen + 1;
-  p += hlen + 1 + blen + 1;
-  memcpy(p, mechs, mlen + 1);
-  cfg.auth_mechanisms = p;
-
-  s->cfg = cfg;
-  s->cb = cb;
-  s->mem = mem;
+  s->cfg = a.cfg;
+  s->cb = a.cb;
+  s->mem = a.mem;
   s->ud = ud;
   if (!io_alloc(s) || tern__env_reserve(s)) {
-    tern__free(&mem, s->io);
-    tern__free(&mem, s);
+    tern__free(&a.mem, s->io);
+    tern__free(&a.mem, s);
     return TERN_ENOMEM;
   }
   s->state = ST_NEW;
-  s->xclient_trusted = cfg.xclient_trusted;
+  s->xclient_trusted = a.cfg.xclient_trusted;
   s->last_line_crlf = true;
   *out = s;
   return 0;
@@ -658,8 +682,6 @@ int tern_server_session_start(struct tern_server_session *s) {
 long tern_server_session_feed(struct tern_server_session *s, const void *in,
                               size_t len) {
   const char *buf = in;
-  size_t pos = 0;
-
   if (!s || (!buf && len))
     return TERN_EINVAL;
   if (!s->started)
@@ -667,6 +689,7 @@ long tern_server_session_feed(struct tern_server_session *s, const void *in,
   if (len && !io_alloc(s))
     return TERN_ENOMEM;
   advance(s);
+  size_t pos = 0;
   while (pos < len) {
     if (s->state == ST_CLOSED || s->state == ST_TLS_WAIT) {
       /* RFC 3207 §4.2 / CVE-2011-0411: nothing sent before the TLS
@@ -694,14 +717,9 @@ long tern_server_session_feed(struct tern_server_session *s, const void *in,
 
 size_t tern_server_session_output(struct tern_server_session *s,
                                   const char **data) {
-  if (!s) {
-    if (data)
-      *data = NULL;
-    return 0;
-  }
-  if (data)
-    *data = s->out ? s->out + s->out_off : "";
-  return out_pending(s);
+  if (data) /* "" while the buffers are trimmed away */
+    *data = !s ? NULL : s->out ? s->out + s->out_off : "";
+  return s ? out_pending(s) : 0;
 }
 
 int tern_server_session_trim(struct tern_server_session *s) {
@@ -722,20 +740,14 @@ int tern_server_session_trim(struct tern_server_session *s) {
 void tern_server_session_consume(struct tern_server_session *s, size_t n) {
   if (!s)
     return;
-  if (n > out_pending(s))
-    n = out_pending(s);
-  s->out_off += n;
-  if (s->out_off == s->out_len)
-    s->out_off = s->out_len = 0;
+  tern__out_consume(&s->out_off, &s->out_len, n);
   advance(s);
 }
 
 unsigned tern_server_session_want(const struct tern_server_session *s) {
-  unsigned w = 0;
   if (!s)
     return 0;
-  if (out_pending(s))
-    w |= TERN_WANT_WRITE;
+  unsigned w = out_pending(s) ? TERN_WANT_WRITE : 0;
   if (s->state == ST_CLOSED)
     w |= TERN_WANT_CLOSE;
   else if (s->state == ST_TLS_WAIT)
@@ -833,10 +845,10 @@ void tern_server_session_close(struct tern_server_session *s,
 
 void tern_server_session_set_notify(struct tern_server_session *s,
                                     tern_server_notify_fn fn, void *arg) {
-  if (!s)
-    return;
-  s->notify = fn;
-  s->notify_arg = fn ? arg : NULL;
+  if (s) {
+    s->notify = fn;
+    s->notify_arg = fn ? arg : NULL;
+  }
 }
 
 void *tern_server_session_notify_arg(const struct tern_server_session *s) {

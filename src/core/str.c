@@ -131,7 +131,7 @@ size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v) {
   return tern__cat(buf, cap, n, d + i, sizeof d - i);
 }
 
-/* ---- SASL (RFC 4422, RFC 4954), shared by server and client --------------- */
+/* ---- SASL (RFC 4422, RFC 4954), shared by server and client ------------- */
 
 bool tern__mech_name_ok(const char *m, size_t n) {
   if (n < 1 || n > 20)
