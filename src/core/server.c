@@ -147,8 +147,9 @@ void tern__txn_reset(struct tern_server_session *s, bool notify) {
     s->cb.on_reset(s, s->ud);
 }
 
-void tern__close_421(struct tern_server_session *s, const char *enh,
-                     const char *why) {
+/* "421 <enh> <hostname> <why>", then close. */
+static void close_421(struct tern_server_session *s, const char *enh,
+                      const char *why) {
   char t[TERN__REPLY_LINE_MAX];
   size_t n = tern__cat(t, sizeof t, 0, s->cfg.hostname,
                        strlen(s->cfg.hostname));
@@ -173,14 +174,14 @@ bool tern__junk(struct tern_server_session *s) {
   s->cmd_junk = true;
   if (!s->cfg.max_junk_commands || ++s->junk <= s->cfg.max_junk_commands)
     return false;
-  tern__close_421(s, "4.7.0", "Error: too many junk commands");
+  close_421(s, "4.7.0", "Error: too many junk commands");
   return true;
 }
 
 bool tern__count_error(struct tern_server_session *s) {
   if (!s->cfg.max_errors || ++s->errors < s->cfg.max_errors)
     return false;
-  tern__close_421(s, "4.7.0", "Error: too many errors");
+  close_421(s, "4.7.0", "Error: too many errors");
   return true;
 }
 
@@ -820,7 +821,7 @@ void tern_server_session_timeout(struct tern_server_session *s) {
   if (!s || s->state == ST_CLOSED)
     return;
   abort_msg(s, "timeout");
-  tern__close_421(s, "4.4.2", "Error: timeout exceeded");
+  close_421(s, "4.4.2", "Error: timeout exceeded");
 }
 
 unsigned tern_server_session_timeout_ms(const struct tern_server_session *s) {
@@ -838,7 +839,7 @@ void tern_server_session_close(struct tern_server_session *s,
   if (r && tern_reply_check(r) == 0)
     tern__emit(s, r->code, app_enh(r, TERN_EV_NONE), r->text ? r->text : "");
   else
-    tern__close_421(s, "4.3.2", "Service shutting down");
+    close_421(s, "4.3.2", "Service shutting down");
   tern__close(s, "closed");
   notify(s);
 }

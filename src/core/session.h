@@ -150,10 +150,6 @@ bool tern__junk(struct tern_server_session *s);
 /* Count an error against max_errors; true when that closed the session. */
 bool tern__count_error(struct tern_server_session *s);
 
-/* "421 <enh> <hostname> <why>", then close. */
-void tern__close_421(struct tern_server_session *s, const char *enh,
-                     const char *why);
-
 /* End the session: abort a message in progress (on_data_abort with
  * `why`), then on_close, exactly once whatever calls it how often. */
 void tern__close(struct tern_server_session *s, const char *why);
