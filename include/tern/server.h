@@ -379,7 +379,9 @@ struct tern_server_callbacks {
   /* Observer: every reply, formatted, CRLFs included, as queued. */
   void (*on_reply)(struct tern_server_session *s, struct tern_str bytes,
                    void *ud);
-  /* The session is over (QUIT, 421, fatal error, or _eof()). Called once. */
+  /* The session is over (QUIT, 421, fatal error, out of memory, _eof(),
+   * _close(), or at the latest _free()). Called exactly once for every
+   * session, so per-session state can always be released here. */
   void (*on_close)(struct tern_server_session *s, void *ud);
 };
 
@@ -407,8 +409,10 @@ TERN_EXTERN int tern_server_session_new(struct tern_server_session **out,
                                         const struct tern_server_callbacks *cb,
                                         void *ud);
 
-/* Free a session and everything it owns. Fires no callback. NULL is a
- * no-op. Not from inside one of its callbacks. */
+/* Free a session and everything it owns. If nothing ended the session
+ * before, it ends now: a message in progress is aborted (on_data_abort)
+ * and on_close fires; no other callback. NULL is a no-op. Not from inside
+ * one of its callbacks. */
 TERN_EXTERN void tern_server_session_free(struct tern_server_session *s);
 
 /*

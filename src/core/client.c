@@ -182,15 +182,6 @@ static void send_hello(struct tern_client_session *c, const char *verb,
   c->state = st;
 }
 
-static bool base64_ok(const char *p, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)p[i];
-    if (!tern__is_alnum(ch) && ch != '+' && ch != '/' && ch != '=')
-      return false;
-  }
-  return true;
-}
-
 /* Send one AUTH response line from the AUTH buffer (RFC 4954 §4). */
 static void auth_response(struct tern_client_session *c, size_t len) {
   char *d = tern__cl_out_reserve(c, len + 2);
@@ -212,7 +203,7 @@ static long auth_step(struct tern_client_session *c, struct tern_str ch,
   if (!has && n == TERN_CLIENT_AUTH_NO_IR)
     return n;
   if (n < 0 || (size_t)n > AUTH_LINE_MAX - 2 ||
-      !base64_ok(c->auth, (size_t)n))
+      !tern__base64_ok(c->auth, (size_t)n))
     return -1;
   return n;
 }
@@ -447,18 +438,6 @@ static bool ehlo_name_ok(const char *s) {
   return label && s[n - 1] != '-';
 }
 
-static bool mech_name_ok(const char *m) {
-  size_t n = strlen(m);
-  if (n < 1 || n > 20)
-    return false;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)m[i];
-    if (!tern__is_alnum(ch) && ch != '-' && ch != '_')
-      return false;
-  }
-  return true;
-}
-
 /*
  * tern_client_session_new() — see client.h. Checks the configuration
  * (EHLO name syntax, mechanism name per RFC 4422 §3.1, limits), then
@@ -470,24 +449,21 @@ int tern_client_session_new(struct tern_client_session **out,
                             void *ud) {
   struct tern_client_config cfg;
   struct tern_client_callbacks cb;
-  struct tern_mem mem = {0};
+  struct tern_mem mem;
 
   if (!out)
     return TERN_EINVAL;
   *out = NULL;
   tern_client_config_init(&cfg);
   tern_client_callbacks_init(&cb);
-  if (cfg_in && tern__copy_sized(&cfg, sizeof cfg, cfg_in))
+  if (tern__copy_args(&cfg, sizeof cfg, cfg_in, &cb, sizeof cb, cb_in,
+                      &cfg.mem, &mem))
     return TERN_EINVAL;
-  if (cb_in && tern__copy_sized(&cb, sizeof cb, cb_in))
-    return TERN_EINVAL;
-  if (cfg.mem)
-    mem = *cfg.mem;
-  cfg.mem = NULL;
   if (!cfg.ehlo_name)
     cfg.ehlo_name = "localhost";
   if (!ehlo_name_ok(cfg.ehlo_name) ||
-      (cfg.auth_mechanism && !mech_name_ok(cfg.auth_mechanism)) ||
+      (cfg.auth_mechanism && !tern__mech_name_ok(cfg.auth_mechanism,
+                                               strlen(cfg.auth_mechanism))) ||
       (unsigned)cfg.starttls > TERN_STARTTLS_REQUIRED ||
       cfg.max_recipients == 0 || cfg.output_high_water > (1u << 24))
     return TERN_EINVAL;
@@ -593,11 +569,7 @@ size_t tern_client_session_output(struct tern_client_session *c,
 void tern_client_session_consume(struct tern_client_session *c, size_t n) {
   if (!c)
     return;
-  if (n > out_pending(c))
-    n = out_pending(c);
-  c->out_off += n;
-  if (c->out_off == c->out_len)
-    c->out_off = c->out_len = 0;
+  tern__out_consume(&c->out_off, &c->out_len, n);
   tern__cl_txn_step(c);
   tern__cl_check_body_ready(c);
 }

@@ -132,57 +132,32 @@ void tern__creply_get(const struct tern__creply *p,
 
 /* ---- capabilities ----------------------------------------------------------- */
 
-/* RFC 4422 §3.1: sasl-mech = 1*20mech-char; mech-char = UPPER-ALPHA /
- * DIGIT / "-" / "_" (lower case accepted and compared without case). */
-static bool mech_ok(const char *m, size_t n) {
-  if (n < 1 || n > 20)
-    return false;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)m[i];
-    if (!tern__is_alnum(ch) && ch != '-' && ch != '_')
-      return false;
-  }
-  return true;
-}
-
-bool tern__mech_listed(const char *list, const char *m, size_t len) {
-  const char *p = list;
-  while (*p) {
-    while (*p == ' ')
-      p++;
-    const char *e = p;
-    while (*e && *e != ' ')
-      e++;
-    if (e > p && (size_t)(e - p) == len) {
-      size_t i = 0;
-      while (i < len && tern__upper((unsigned char)p[i]) ==
-                            tern__upper((unsigned char)m[i]))
-        i++;
-      if (i == len)
-        return true;
-    }
-    p = e;
-  }
-  return false;
+/* The next space-separated word of a[0..n) from *i into *w; false when
+ * there is none. */
+static bool next_word(const char *a, size_t n, size_t *i, struct tern_str *w) {
+  while (*i < n && a[*i] == ' ')
+    (*i)++;
+  w->ptr = a + *i;
+  while (*i < n && a[*i] != ' ')
+    (*i)++;
+  w->len = (size_t)(a + *i - w->ptr);
+  return w->len > 0;
 }
 
 /* Add the mechanisms in a[0..n) to the list (no duplicates, no junk). */
 static void add_mechs(struct tern__caps *c, const char *a, size_t n) {
   size_t i = 0, have = strlen(c->mechs);
-  while (i < n) {
-    while (i < n && a[i] == ' ')
-      i++;
-    size_t s = i;
-    while (i < n && a[i] != ' ')
-      i++;
-    if (!mech_ok(a + s, i - s) || tern__mech_listed(c->mechs, a + s, i - s))
+  struct tern_str w;
+  while (next_word(a, n, &i, &w)) {
+    if (!tern__mech_name_ok(w.ptr, w.len) ||
+        tern__mech_listed(c->mechs, w.ptr, w.len))
       continue;
-    if (have + (have > 0) + (i - s) + 1 > sizeof c->mechs)
+    if (have + (have > 0) + w.len + 1 > sizeof c->mechs)
       return;
     if (have)
       c->mechs[have++] = ' ';
-    memcpy(c->mechs + have, a + s, i - s);
-    have += i - s;
+    memcpy(c->mechs + have, w.ptr, w.len);
+    have += w.len;
     c->mechs[have] = '\0';
   }
 }
@@ -191,15 +166,11 @@ static void add_mechs(struct tern__caps *c, const char *a, size_t n) {
  * used by this client. */
 static void parse_limits(struct tern__caps *c, const char *a, size_t n) {
   size_t i = 0;
-  while (i < n) {
-    while (i < n && a[i] == ' ')
-      i++;
-    size_t s = i;
-    while (i < n && a[i] != ' ')
-      i++;
+  struct tern_str w;
+  while (next_word(a, n, &i, &w)) {
     uint64_t v;
-    if (i - s > 8 && tern__str_ieq(a + s, 8, "RCPTMAX=") &&
-        tern__parse_u64(a + s + 8, i - s - 8, UINT32_MAX, &v) == 0)
+    if (w.len > 8 && tern__str_ieq(w.ptr, 8, "RCPTMAX=") &&
+        tern__parse_u64(w.ptr + 8, w.len - 8, UINT32_MAX, &v) == 0)
       c->rcptmax = (unsigned)v;
   }
 }

@@ -127,30 +127,19 @@ struct tern_client_session {
 
 /* ---- string building (commands are formatted into fixed buffers) ----- */
 
-/* Append str[0..len) to buf[0..cap) at n; truncates (callers size their
- * buffers so that it never happens). */
+/* The core's one bounded string builder (str.c, internal.h), by the
+ * short names the client's formatting code uses. */
 static inline size_t cat(char *buf, size_t cap, size_t n, const char *str,
-                  size_t len) {
-  if (n >= cap)
-    return n;
-  if (len > cap - n)
-    len = cap - n;
-  memcpy(buf + n, str, len);
-  return n + len;
+                         size_t len) {
+  return tern__cat(buf, cap, n, str, len);
 }
 
 static inline size_t cats(char *buf, size_t cap, size_t n, const char *str) {
-  return cat(buf, cap, n, str, strlen(str));
+  return tern__cats(buf, cap, n, str);
 }
 
 static inline size_t cat_u64(char *buf, size_t cap, size_t n, uint64_t v) {
-  char d[24];
-  size_t i = sizeof d;
-  do {
-    d[--i] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  return cat(buf, cap, n, d + i, sizeof d - i);
+  return tern__cat_u64(buf, cap, n, v);
 }
 
 /* strlen(s), looking at no more than max + 1 octets (then max + 1). */

@@ -27,6 +27,14 @@ void *tern__calloc_array(const struct tern_mem *m, size_t n, size_t size);
  * shorter is fine, longer only with zero unknown fields. 0/TERN_EINVAL. */
 int tern__copy_sized(void *dst, size_t dst_size, const void *src);
 
+/* A constructor's config and callbacks copied over the defaults in cfg
+ * and cb (tern__copy_sized; NULL keeps the defaults), and the config's
+ * allocator hooks (*hooks, its `mem` field) moved into *mem. 0 or
+ * TERN_EINVAL. */
+int tern__copy_args(void *cfg, size_t cfg_size, const void *cfg_in, void *cb,
+                    size_t cb_size, const void *cb_in,
+                    const struct tern_mem **hooks, struct tern_mem *mem);
+
 /* ---- ASCII helpers (str.c), locale-free ----------------------------------- */
 
 static inline bool tern__is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
@@ -54,6 +62,49 @@ int tern__parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out);
 
 /* Valid UTF-8 (RFC 3629: no overlongs, no surrogates, ≤ U+10FFFF)? */
 bool tern__utf8_valid(const unsigned char *s, size_t len);
+
+/*
+ * Bounded string building: append str[0..len) to buf[0..cap) at offset
+ * n and NUL-terminate; what does not fit (cap - 1 octets at most) is cut
+ * off. Returns the new length, or n unchanged when n >= cap. Callers size
+ * their buffers so that nothing is ever cut. _cats() appends a C string,
+ * _cat_u64() a number in decimal.
+ */
+size_t tern__cat(char *buf, size_t cap, size_t n, const char *str, size_t len);
+size_t tern__cats(char *buf, size_t cap, size_t n, const char *str);
+size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v);
+
+/* An output queue's octets [*off, *len) of which n (at most all) went
+ * out; an empty queue starts over at 0. Server and client sessions. */
+static inline void tern__out_consume(size_t *off, size_t *len, size_t n) {
+  if (n > *len - *off)
+    n = *len - *off;
+  *off += n;
+  if (*off == *len)
+    *off = *len = 0;
+}
+
+/* ---- SASL texts (str.c), one rule for server and client ---------------- */
+
+/* RFC 4422 §3.1: sasl-mech = 1*20mech-char; mech-char = UPPER-ALPHA /
+ * DIGIT / "-" / "_" (lower case accepted: names compare without case). */
+bool tern__mech_name_ok(const char *m, size_t n);
+
+/* Is mechanism m[0..len) in the space-separated list (ASCII case
+ * insensitive)? */
+bool tern__mech_listed(const char *list, const char *m, size_t len);
+
+/*
+ * Is p[0..n) an AUTH response line (RFC 4954 §4) that may go on the wire?
+ * The one rule, for what the server accepts and what the client sends:
+ * RFC 4648 §4 base64 — the alphabet A-Z a-z 0-9 + /, a length that is a
+ * multiple of 4, at most two "=" and only at the end (padding required,
+ * no spaces, no line breaks) — plus the two empty responses of RFC 4954
+ * §4: "" (an empty continuation line) and "=" (an empty initial
+ * response). It checks the form only; decoding is the SASL layer's job.
+ * "*" (cancel) is not base64 and is handled before this.
+ */
+bool tern__base64_ok(const char *p, size_t n);
 
 /* ---- ESMTP parameters (params.c) ------------------------------------------ */
 
@@ -172,10 +223,6 @@ struct tern__caps {
  * keywords are ignored; keywords are case-insensitive (RFC 5321 §2.4). */
 void tern__ehlo_caps(const struct tern_client_reply *r,
                      struct tern__caps *out);
-
-/* Is mechanism m[0..len) in the space-separated list (ASCII case
- * insensitive)? */
-bool tern__mech_listed(const char *list, const char *m, size_t len);
 
 /*
  * The body encoder behind tern_dot_stuff(): CRLF-normalise src[0..len)

@@ -83,3 +83,24 @@ int tern__copy_sized(void *dst, size_t dst_size, const void *src) {
   memcpy(dst, &dst_size, sizeof dst_size);
   return 0;
 }
+
+/*
+ * The first step of a session constructor: copy the caller's config and
+ * callbacks (each may be NULL: the defaults stay) over the defaults in
+ * cfg and cb with tern__copy_sized(), then take the allocator hooks the
+ * config points to (*hooks, a field of cfg) into *mem (zeroed: libc when
+ * there are none) and clear the field, so that the session's copy of the
+ * config points to nothing of the caller's. Returns 0 or TERN_EINVAL.
+ */
+int tern__copy_args(void *cfg, size_t cfg_size, const void *cfg_in, void *cb,
+                    size_t cb_size, const void *cb_in,
+                    const struct tern_mem **hooks, struct tern_mem *mem) {
+  if ((cfg_in && tern__copy_sized(cfg, cfg_size, cfg_in)) ||
+      (cb_in && tern__copy_sized(cb, cb_size, cb_in)))
+    return TERN_EINVAL;
+  memset(mem, 0, sizeof *mem);
+  if (*hooks)
+    *mem = **hooks;
+  *hooks = NULL;
+  return 0;
+}

@@ -24,23 +24,6 @@ struct param {
   size_t vallen;
 };
 
-/* Seen-bits for duplicate detection (RFC 5321 §4.1.2 does not allow a
- * parameter twice; every extension defines each keyword once). */
-enum {
-  SEEN_SIZE = 1u << 0,
-  SEEN_BODY = 1u << 1,
-  SEEN_SMTPUTF8 = 1u << 2,
-  SEEN_REQUIRETLS = 1u << 3,
-  SEEN_RET = 1u << 4,
-  SEEN_ENVID = 1u << 5,
-  SEEN_AUTH = 1u << 6,
-  SEEN_NOTIFY = 1u << 7,
-  SEEN_ORCPT = 1u << 8
-};
-
-/* RFC 3461 §4.4: "ENVID ... MUST NOT contain more than 100 characters";
- * §4.2: the original recipient address at most 500 characters. Both
- * measured after xtext decoding. */
 #define ENVID_MAX 100
 #define ORCPT_MAX 500
 
@@ -186,13 +169,6 @@ static bool val_is(const struct param *p, const char *lit) {
   return tern__str_ieq(p->val, p->vallen, lit);
 }
 
-static int claim(unsigned *seen, unsigned bit) {
-  if (*seen & bit)
-    return TERN_EDUPLICATE;
-  *seen |= bit;
-  return 0;
-}
-
 /*
  * Check, then decode in place, an xtext value of at most `max` decoded
  * octets (0 = no limit) that must be printable ASCII once decoded.
@@ -210,109 +186,75 @@ static int xtext_value(char *val, size_t vallen, size_t max,
   return 0;
 }
 
-/* One MAIL FROM parameter. */
-static int mail_param(const struct param *p, unsigned ext,
-                      struct tern_mail_params *out, unsigned *seen) {
-  int r;
+/* ---- the keywords: each takes its checked value into the output ---------- */
 
-  if (key_is(p, "SIZE")) {
-    /* RFC 1870 §3: size-param = "SIZE=" 1*20DIGIT */
-    if (!(ext & TERN_EXT_SIZE))
-      return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_SIZE)) != 0)
-      return r;
-    if (p->val == NULL)
-      return TERN_ESYNTAX;
-    if ((r = tern__parse_u64(p->val, p->vallen, UINT64_MAX, &out->size)) != 0)
-      return r;
-    out->has_size = true;
-    return 0;
-  }
-  if (key_is(p, "BODY")) {
-    /* RFC 6152 §2: BODY=7BIT / 8BITMIME; RFC 3030 §3: BINARYMIME,
-     * which needs CHUNKING too. */
-    bool bin = (ext & TERN_EXT_BINARYMIME) && (ext & TERN_EXT_CHUNKING);
-    if (!(ext & TERN_EXT_8BITMIME) && !bin)
-      return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_BODY)) != 0)
-      return r;
-    if (p->val == NULL)
-      return TERN_ESYNTAX;
-    if (val_is(p, "7BIT")) {
-      out->body = TERN_BODY_7BIT;
-    } else if (val_is(p, "8BITMIME")) {
-      if (!(ext & TERN_EXT_8BITMIME))
-        return TERN_EUNKNOWN;
-      out->body = TERN_BODY_8BITMIME;
-    } else if (val_is(p, "BINARYMIME")) {
-      if (!bin)
-        return TERN_EUNKNOWN;
-      out->body = TERN_BODY_BINARYMIME;
-    } else {
-      return TERN_ESYNTAX;
-    }
-    return 0;
-  }
-  if (key_is(p, "SMTPUTF8")) {
-    /* RFC 6531 §3.4: the parameter has no value. */
-    if (!(ext & TERN_EXT_SMTPUTF8))
-      return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_SMTPUTF8)) != 0)
-      return r;
-    if (p->val != NULL)
-      return TERN_ESYNTAX;
-    out->smtputf8 = true;
-    return 0;
-  }
-  if (key_is(p, "REQUIRETLS")) {
-    /* RFC 8689 §4.1: REQUIRETLS has no value. */
-    if (!(ext & TERN_EXT_REQUIRETLS))
-      return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_REQUIRETLS)) != 0)
-      return r;
-    if (p->val != NULL)
-      return TERN_ESYNTAX;
-    out->requiretls = true;
-    return 0;
-  }
-  if (key_is(p, "RET")) {
-    /* RFC 3461 §4.3: ret-value = "FULL" / "HDRS" */
-    if (!(ext & TERN_EXT_DSN))
-      return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_RET)) != 0)
-      return r;
-    if (p->val == NULL)
-      return TERN_ESYNTAX;
-    if (val_is(p, "FULL"))
-      out->ret = TERN_RET_FULL;
-    else if (val_is(p, "HDRS"))
-      out->ret = TERN_RET_HDRS;
-    else
-      return TERN_ESYNTAX;
-    return 0;
-  }
-  if (key_is(p, "ENVID")) {
-    /* RFC 3461 §4.4: envid-parameter = "ENVID=" xtext */
-    if (!(ext & TERN_EXT_DSN))
-      return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_ENVID)) != 0)
-      return r;
-    if (p->val == NULL)
-      return TERN_ESYNTAX;
-    return xtext_value(p->val, p->vallen, ENVID_MAX, &out->envid);
-  }
-  if (key_is(p, "AUTH")) {
-    /* RFC 4954 §5: auth-param = "AUTH=" xtext; "<>" for an unknown
-     * identity (both are xchars, so it needs no special case). */
-    if (!(ext & TERN_EXT_AUTH))
-      return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_AUTH)) != 0)
-      return r;
-    if (p->val == NULL)
-      return TERN_ESYNTAX;
-    return xtext_value(p->val, p->vallen, 0, &out->auth);
-  }
-  return TERN_EUNKNOWN;
+/* RFC 1870 §3: size-param = "SIZE=" 1*20DIGIT */
+static int take_size(const struct param *p, unsigned ext, void *out) {
+  struct tern_mail_params *mp = out;
+  (void)ext;
+  int r = tern__parse_u64(p->val, p->vallen, UINT64_MAX, &mp->size);
+  mp->has_size = r == 0;
+  return r;
+}
+
+/* RFC 6152 §2: BODY=7BIT / 8BITMIME; RFC 3030 §3: BINARYMIME. A value of
+ * an extension that is off is unknown, as the keyword would be. */
+static int take_body(const struct param *p, unsigned ext, void *out) {
+  struct tern_mail_params *mp = out;
+  if (val_is(p, "7BIT"))
+    mp->body = TERN_BODY_7BIT;
+  else if (val_is(p, "8BITMIME"))
+    mp->body = TERN_BODY_8BITMIME;
+  else if (val_is(p, "BINARYMIME"))
+    mp->body = TERN_BODY_BINARYMIME;
+  else
+    return TERN_ESYNTAX;
+  if ((mp->body == TERN_BODY_8BITMIME && !(ext & TERN_EXT_8BITMIME)) ||
+      (mp->body == TERN_BODY_BINARYMIME && !(ext & TERN_EXT_BINARYMIME)))
+    return TERN_EUNKNOWN;
+  return 0;
+}
+
+/* RFC 6531 §3.4: SMTPUTF8 has no value. */
+static int take_smtputf8(const struct param *p, unsigned ext, void *out) {
+  (void)p, (void)ext;
+  ((struct tern_mail_params *)out)->smtputf8 = true;
+  return 0;
+}
+
+/* RFC 8689 §4.1: REQUIRETLS has no value. */
+static int take_requiretls(const struct param *p, unsigned ext, void *out) {
+  (void)p, (void)ext;
+  ((struct tern_mail_params *)out)->requiretls = true;
+  return 0;
+}
+
+/* RFC 3461 §4.3: ret-value = "FULL" / "HDRS" */
+static int take_ret(const struct param *p, unsigned ext, void *out) {
+  struct tern_mail_params *mp = out;
+  (void)ext;
+  if (val_is(p, "FULL"))
+    mp->ret = TERN_RET_FULL;
+  else if (val_is(p, "HDRS"))
+    mp->ret = TERN_RET_HDRS;
+  else
+    return TERN_ESYNTAX;
+  return 0;
+}
+
+/* RFC 3461 §4.4: envid-parameter = "ENVID=" xtext */
+static int take_envid(const struct param *p, unsigned ext, void *out) {
+  (void)ext;
+  return xtext_value(p->val, p->vallen, ENVID_MAX,
+                     &((struct tern_mail_params *)out)->envid);
+}
+
+/* RFC 4954 §5: auth-param = "AUTH=" xtext; "<>" for an unknown identity
+ * (both are xchars, so it needs no special case). */
+static int take_auth(const struct param *p, unsigned ext, void *out) {
+  (void)ext;
+  return xtext_value(p->val, p->vallen, 0,
+                     &((struct tern_mail_params *)out)->auth);
 }
 
 /* RFC 3461 §4.1: NOTIFY=NEVER, or a comma list of SUCCESS, FAILURE and
@@ -356,61 +298,107 @@ static bool is_atext(unsigned char ch) {
          (ch != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL);
 }
 
-/* One RCPT TO parameter. */
-static int rcpt_param(const struct param *p, unsigned ext,
-                      struct tern_rcpt_params *out, unsigned *seen) {
-  int r;
+/* RFC 3461 §4.1 */
+static int take_notify(const struct param *p, unsigned ext, void *out) {
+  (void)ext;
+  return notify_value(p->val, p->vallen,
+                      &((struct tern_rcpt_params *)out)->notify);
+}
 
-  if (key_is(p, "NOTIFY")) {
-    if (!(ext & TERN_EXT_DSN))
-      return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_NOTIFY)) != 0)
-      return r;
-    if (p->val == NULL)
+/* RFC 3461 §4.2: orcpt-parameter = "ORCPT=" original-recipient-address;
+ * original-recipient-address = addr-type ";" xtext; addr-type = atom */
+static int take_orcpt(const struct param *p, unsigned ext, void *out) {
+  struct tern_rcpt_params *rp = out;
+  size_t semi;
+  (void)ext;
+  for (semi = 0; semi < p->vallen && p->val[semi] != ';'; semi++)
+    if (!is_atext((unsigned char)p->val[semi]))
       return TERN_ESYNTAX;
-    return notify_value(p->val, p->vallen, &out->notify);
+  if (semi == 0 || semi == p->vallen)
+    return TERN_ESYNTAX;
+  int r = xtext_value(p->val + semi + 1, p->vallen - semi - 1, ORCPT_MAX,
+                      &rp->orcpt);
+  if (r == 0) {
+    rp->orcpt_type.ptr = p->val;
+    rp->orcpt_type.len = semi;
   }
-  if (key_is(p, "ORCPT")) {
-    /* RFC 3461 §4.2: orcpt-parameter = "ORCPT=" original-recipient-address
-     * original-recipient-address = addr-type ";" xtext; addr-type = atom */
-    size_t semi;
-    if (!(ext & TERN_EXT_DSN))
+  return r;
+}
+
+/*
+ * A parameter keyword: offered only with one of the `ext` bits (else it
+ * is unknown, RFC 5321 §4.1.1.11); KEY=VALUE or, without `value`, the
+ * keyword alone; at most once per command (RFC 5321 §4.1.2 does not
+ * allow a parameter twice; every extension defines each keyword once).
+ */
+struct keyword {
+  const char *key;
+  unsigned ext;
+  bool value;
+  int (*take)(const struct param *p, unsigned ext, void *out);
+};
+
+static const struct keyword mail_keys[] = {
+    {"SIZE", TERN_EXT_SIZE, true, take_size},
+    {"BODY", TERN_EXT_8BITMIME | TERN_EXT_BINARYMIME, true, take_body},
+    {"SMTPUTF8", TERN_EXT_SMTPUTF8, false, take_smtputf8},
+    {"REQUIRETLS", TERN_EXT_REQUIRETLS, false, take_requiretls},
+    {"RET", TERN_EXT_DSN, true, take_ret},
+    {"ENVID", TERN_EXT_DSN, true, take_envid},
+    {"AUTH", TERN_EXT_AUTH, true, take_auth},
+};
+
+static const struct keyword rcpt_keys[] = {
+    {"NOTIFY", TERN_EXT_DSN, true, take_notify},
+    {"ORCPT", TERN_EXT_DSN, true, take_orcpt},
+};
+
+/* One parameter; `seen` has a bit per keyword of the table. */
+static int one_param(const struct param *p, unsigned ext, bool mail,
+                     void *out, unsigned *seen) {
+  const struct keyword *keys = mail ? mail_keys : rcpt_keys;
+  size_t n = mail ? sizeof mail_keys / sizeof mail_keys[0]
+                  : sizeof rcpt_keys / sizeof rcpt_keys[0];
+  for (size_t k = 0; k < n; k++) {
+    if (!key_is(p, keys[k].key))
+      continue;
+    if (!(ext & keys[k].ext))
       return TERN_EUNKNOWN;
-    if ((r = claim(seen, SEEN_ORCPT)) != 0)
-      return r;
-    if (p->val == NULL)
+    if (*seen & (1u << k))
+      return TERN_EDUPLICATE;
+    *seen |= 1u << k;
+    if ((p->val != NULL) != keys[k].value)
       return TERN_ESYNTAX;
-    for (semi = 0; semi < p->vallen && p->val[semi] != ';'; semi++)
-      if (!is_atext((unsigned char)p->val[semi]))
-        return TERN_ESYNTAX;
-    if (semi == 0 || semi == p->vallen)
-      return TERN_ESYNTAX;
-    if ((r = xtext_value(p->val + semi + 1, p->vallen - semi - 1, ORCPT_MAX,
-                         &out->orcpt)) != 0)
-      return r;
-    out->orcpt_type.ptr = p->val;
-    out->orcpt_type.len = semi;
-    return 0;
+    return keys[k].take(p, ext, out);
   }
   return TERN_EUNKNOWN;
 }
 
-/* The shared loop of both parsers; `mail` selects the keyword table. */
+/* Both parsers; `mail` selects the keyword table, `out` is zeroed first. */
 static int parse_all(char *args, size_t len, unsigned ext, bool mail,
-                     void *out, struct tern_str *bad) {
+                     void *out, size_t out_size, struct tern_str *bad) {
   unsigned seen = 0;
   size_t pos = 0;
   bool utf8 = (ext & TERN_EXT_SMTPUTF8) != 0;
   struct param p;
   int r;
 
+  if (bad != NULL) {
+    bad->ptr = NULL;
+    bad->len = 0;
+  }
+  if (out == NULL || (args == NULL && len > 0))
+    return TERN_EINVAL;
+  memset(out, 0, out_size);
+  /* RFC 3030 §3: BINARYMIME needs CHUNKING. */
+  if (!(ext & TERN_EXT_CHUNKING))
+    ext &= ~(unsigned)TERN_EXT_BINARYMIME;
   for (;;) {
     r = next_param(args, len, &pos, utf8, &p);
     if (r == 0)
       return 0;
     if (r > 0)
-      r = mail ? mail_param(&p, ext, out, &seen)
-               : rcpt_param(&p, ext, out, &seen);
+      r = one_param(&p, ext, mail, out, &seen);
     if (r != 0) {
       if (bad != NULL) {
         bad->ptr = p.tok;
@@ -435,14 +423,7 @@ static int parse_all(char *args, size_t len, unsigned ext, bool mail,
 int tern__mail_params_parse(char *args, size_t len, unsigned ext,
                             struct tern_mail_params *out,
                             struct tern_str *bad) {
-  if (bad != NULL) {
-    bad->ptr = NULL;
-    bad->len = 0;
-  }
-  if (out == NULL || (args == NULL && len > 0))
-    return TERN_EINVAL;
-  memset(out, 0, sizeof *out);
-  return parse_all(args, len, ext, true, out, bad);
+  return parse_all(args, len, ext, true, out, sizeof *out, bad);
 }
 
 /*
@@ -456,14 +437,7 @@ int tern__mail_params_parse(char *args, size_t len, unsigned ext,
 int tern__rcpt_params_parse(char *args, size_t len, unsigned ext,
                             struct tern_rcpt_params *out,
                             struct tern_str *bad) {
-  if (bad != NULL) {
-    bad->ptr = NULL;
-    bad->len = 0;
-  }
-  if (out == NULL || (args == NULL && len > 0))
-    return TERN_EINVAL;
-  memset(out, 0, sizeof *out);
-  return parse_all(args, len, ext, false, out, bad);
+  return parse_all(args, len, ext, false, out, sizeof *out, bad);
 }
 
 /*

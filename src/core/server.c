@@ -1,6 +1,8 @@
 /*
  * Server session: lifecycle, line framing, output queue, decisions and
- * message data (DATA and BDAT). The command table is in command.c.
+ * message data (DATA and BDAT). The verbs, each with its check and its
+ * apply, are in command.c; they use only the interface in session.h, and
+ * this file reaches them only through tern__command().
  *
  * Memory: one allocation at tern_server_session_new() holds the session,
  * its strings, the command-line buffer (max_line) and the output queue
@@ -11,28 +13,6 @@
 #include "session.h"
 
 /* ---- small helpers ------------------------------------------------------- */
-
-size_t tern__cat(char *buf, size_t cap, size_t n, const char *str,
-                 size_t len) {
-  if (n >= cap)
-    return n;
-  if (len > cap - 1 - n)
-    len = cap - 1 - n;
-  memcpy(buf + n, str, len);
-  n += len;
-  buf[n] = '\0';
-  return n;
-}
-
-size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v) {
-  char d[24];
-  size_t i = sizeof d;
-  do {
-    d[--i] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  return tern__cat(buf, cap, n, d + i, sizeof d - i);
-}
 
 static size_t out_pending(const struct tern_server_session *s) {
   return s->out_len - s->out_off;
@@ -83,6 +63,34 @@ static bool io_alloc(struct tern_server_session *s) {
   return true;
 }
 
+/* ---- close ------------------------------------------------------------------ */
+
+static void abort_msg(struct tern_server_session *s, const char *why) {
+  if (!s->msg_open)
+    return;
+  s->msg_open = false;
+  if (s->cb.on_data_abort)
+    s->cb.on_data_abort(s, why, s->ud);
+}
+
+/*
+ * The one close path: every way a session ends (QUIT, a 421, eof, a
+ * timeout, close(), an output buffer that cannot be made, free()) comes
+ * here, so on_close fires exactly once and the application can always
+ * release what it keeps for the session.
+ */
+void tern__close(struct tern_server_session *s, const char *why) {
+  if (s->close_fired)
+    return;
+  abort_msg(s, why);
+  s->state = ST_CLOSED;
+  s->pending = TERN_EV_NONE;
+  s->paused = false;
+  s->close_fired = true;
+  if (s->cb.on_close)
+    s->cb.on_close(s, s->ud);
+}
+
 /* ---- output ---------------------------------------------------------------- */
 
 /*
@@ -97,7 +105,7 @@ void tern__emit(struct tern_server_session *s, int code, const char *enh,
   if (s->state == ST_CLOSED)
     return;
   if (!io_alloc(s)) { /* OutOfMemory after a trim: nothing can be said */
-    s->state = ST_CLOSED;
+    tern__close(s, "closed");
     return;
   }
   if (!(s->cfg.extensions & TERN_EXT_ENHANCEDSTATUSCODES))
@@ -110,7 +118,7 @@ void tern__emit(struct tern_server_session *s, int code, const char *enh,
   long n = tern__reply_format(s->out + s->out_len, s->out_cap - s->out_len,
                               code, enh, text);
   if (n < 0) { /* DefensiveCoding: replies are checked before this */
-    s->state = ST_CLOSED;
+    tern__close(s, "closed");
     return;
   }
   if (s->cb.on_reply) {
@@ -128,16 +136,6 @@ static void notify(struct tern_server_session *s) {
 
 /* ---- transaction and close ----------------------------------------------- */
 
-static void abort_msg(struct tern_server_session *s, const char *why) {
-  if (!s->msg_open)
-    return;
-  s->msg_open = false;
-  if (s->cb.on_data_abort)
-    s->cb.on_data_abort(s, why, s->ud);
-}
-
-/* RFC 5321 §4.1.1.5: the transaction's sender, recipients and data are
- * forgotten; `notify` fires on_reset if there was one. */
 void tern__txn_reset(struct tern_server_session *s, bool notify) {
   bool had = s->in_txn;
   abort_msg(s, "reset");
@@ -149,23 +147,9 @@ void tern__txn_reset(struct tern_server_session *s, bool notify) {
     s->cb.on_reset(s, s->ud);
 }
 
-static void begin_close(struct tern_server_session *s, const char *why) {
-  if (s->state == ST_CLOSED)
-    return;
-  abort_msg(s, why);
-  s->state = ST_CLOSED;
-  s->pending = TERN_EV_NONE;
-  s->paused = false;
-  if (!s->close_fired) {
-    s->close_fired = true;
-    if (s->cb.on_close)
-      s->cb.on_close(s, s->ud);
-  }
-}
-
 /* "421 <enh> <hostname> <why>", then close. */
-void tern__close_421(struct tern_server_session *s, const char *enh,
-                     const char *why) {
+static void close_421(struct tern_server_session *s, const char *enh,
+                      const char *why) {
   char t[TERN__REPLY_LINE_MAX];
   size_t n = tern__cat(t, sizeof t, 0, s->cfg.hostname,
                        strlen(s->cfg.hostname));
@@ -173,7 +157,7 @@ void tern__close_421(struct tern_server_session *s, const char *enh,
   tern__cat(t, sizeof t, n, why, strlen(why));
   abort_msg(s, "closed");
   tern__emit(s, 421, enh, t);
-  begin_close(s, "closed");
+  tern__close(s, "closed");
 }
 
 /*
@@ -190,24 +174,21 @@ bool tern__junk(struct tern_server_session *s) {
   s->cmd_junk = true;
   if (!s->cfg.max_junk_commands || ++s->junk <= s->cfg.max_junk_commands)
     return false;
-  tern__close_421(s, "4.7.0", "Error: too many junk commands");
+  close_421(s, "4.7.0", "Error: too many junk commands");
   return true;
 }
 
-/* Count an error against max_errors; true when that closed the session. */
-static bool count_error(struct tern_server_session *s) {
+bool tern__count_error(struct tern_server_session *s) {
   if (!s->cfg.max_errors || ++s->errors < s->cfg.max_errors)
     return false;
-  tern__close_421(s, "4.7.0", "Error: too many errors");
+  close_421(s, "4.7.0", "Error: too many errors");
   return true;
 }
 
-/* A protocol error: reply, then count it against max_errors; it is junk
- * too. */
 void tern__fail(struct tern_server_session *s, int code, const char *enh,
                 const char *text) {
   tern__emit(s, code, enh, text);
-  if (!count_error(s))
+  if (!tern__count_error(s))
     tern__junk(s);
 }
 
@@ -287,7 +268,21 @@ static void bdat_chunk_done(struct tern_server_session *s) {
   }
 }
 
-/* Enter ST_BDAT for the chunk announced by the current BDAT command. */
+void tern__msg_begin(struct tern_server_session *s, bool bdat) {
+  s->msg_open = true;
+  s->msg_size = 0;
+  s->end = END_OK;
+  if (bdat) {
+    s->bdat_used = true;
+    /* the line-length state of the whole message (bdat_lines) */
+    tern__dot_init(&s->dot, s->cfg.max_line_length, true);
+    s->bdat_line = 0;
+  } else {
+    s->state = ST_DATA;
+    tern__dot_init(&s->dot, s->cfg.max_line_length, s->last_line_crlf);
+  }
+}
+
 void tern__bdat_begin(struct tern_server_session *s) {
   s->state = ST_BDAT;
   if (!s->bdat_left)
@@ -337,6 +332,15 @@ static size_t bdat_feed(struct tern_server_session *s, const char *buf,
   return n;
 }
 
+/* One end-of-data verdict (one per recipient in LMTP). */
+static void apply_data_end(struct tern_server_session *s, int code,
+                           const char *enh, const char *text) {
+  tern__emit(s, code, enh, text);
+  if (code / 100 == 2)
+    s->msg_accepted = true;
+  s->end_next++;
+}
+
 /* End-of-data replies, one at a time so each may be pending and the
  * output queue never runs over (LMTP can owe 1000 of them). */
 static void advance(struct tern_server_session *s) {
@@ -372,7 +376,7 @@ static void advance(struct tern_server_session *s) {
     s->pend_default = r;
     if (s->cb.on_data_end)
       rc = s->cb.on_data_end(s, tern__env_view(s, s->end_next), &r, s->ud);
-    tern__decide(s, TERN_EV_DATA_END, rc, &r);
+    tern__decide(s, TERN_EV_DATA_END, apply_data_end, rc, &r);
   }
 }
 
@@ -393,121 +397,31 @@ static const char *app_enh(const struct tern_reply *r,
                             : r->code / 100 == 4 ? generic[1] : generic[2];
 }
 
-/* Apply a verdict: queue its reply and do what it means for the state. */
-static void finish(struct tern_server_session *s, enum tern_server_event ev,
-                   const struct tern_reply *r) {
-  int cls = r->code / 100;
-  const char *enh = app_enh(r, ev);
-  const char *text = r->text ? r->text : "";
-
-  switch (ev) {
-  case TERN_EV_CONNECT:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2) {
-      s->state = ST_CMD;
-    } else if (cls == 5) { /* RFC 5321 §3.1: wait for QUIT, 503 the rest */
-      s->rejected = true;
-      s->state = ST_CMD;
-    } else {
-      begin_close(s, "closed");
-    }
-    break;
-  case TERN_EV_HELO:
-    if (cls == 2) {
-      s->helo_seen = true;
-      s->esmtp = s->pend_verb != TERN_HELO;
-      if (s->esmtp)
-        tern__ehlo_reply(s, text);
-      else
-        tern__emit(s, r->code, NULL, text);
-    } else {
-      tern__emit(s, r->code, enh, text);
-    }
-    break;
-  case TERN_EV_AUTH:
-    tern__emit(s, r->code, enh, text);
-    if (r->code == 334) {
-      s->state = ST_AUTH;
-      s->auth_step++;
-    } else {
-      s->state = ST_CMD;
-      if (cls == 2)
-        s->authenticated = true;
-      else if (cls == 5 && count_error(s)) /* password guessing */
-        return;
-    }
-    break;
-  case TERN_EV_MAIL:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2) {
-      s->in_txn = true;
-      s->txn_utf8 = s->pend_utf8;
-      s->txn_binary = s->pend_binary;
-      s->rcpt_count = 0;
-      s->msg_size = 0;
-      s->end = END_OK;
-    }
-    break;
-  case TERN_EV_RCPT:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2)
-      s->rcpt_count++;
-    break;
-  case TERN_EV_DATA_START:
-    if (s->start_is_bdat) {
-      /* The BDAT reply comes after its chunk; a refusal is sent now and
-       * the chunk is read and dropped (RFC 3030 §2). */
-      s->bdat_discard = !(cls == 2 || cls == 3);
-      if (s->bdat_discard) {
-        tern__emit(s, r->code, enh, text);
-      } else {
-        s->bdat_used = true;
-        s->msg_open = true;
-        s->msg_size = 0;
-        s->end = END_OK;
-        /* the line-length state of the whole message (bdat_lines) */
-        tern__dot_init(&s->dot, s->cfg.max_line_length, true);
-        s->bdat_line = 0;
-      }
-      tern__bdat_begin(s);
-    } else {
-      tern__emit(s, r->code, enh, text);
-      if (cls == 3) {
-        s->state = ST_DATA;
-        s->msg_open = true;
-        s->msg_size = 0;
-        s->end = END_OK;
-        tern__dot_init(&s->dot, s->cfg.max_line_length, s->last_line_crlf);
-      }
-    }
-    break;
-  case TERN_EV_DATA_END:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2)
-      s->msg_accepted = true;
-    s->end_next++;
-    break;
-  case TERN_EV_XCLIENT:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 2) { /* the session starts over as if newly connected */
-      tern__txn_reset(s, true);
-      s->helo_seen = s->esmtp = s->authenticated = false;
-    }
-    break;
-  case TERN_EV_UNKNOWN:
-    tern__emit(s, r->code, enh, text);
-    if (cls == 5 && count_error(s))
-      return;
-    break;
-  case TERN_EV_VRFY:
-  case TERN_EV_EXPN:
-  case TERN_EV_NONE:
-    tern__emit(s, r->code, enh, text);
-    break;
+/* The greeting's verdict (RFC 5321 §3.1): 2xx opens the session; 5xx
+ * leaves it open for QUIT only (503 to the rest); anything else ends it. */
+static void apply_connect(struct tern_server_session *s, int code,
+                          const char *enh, const char *text) {
+  tern__emit(s, code, enh, text);
+  if (tern__closed(s))
+    return;
+  if (code / 100 == 2) {
+    s->state = ST_CMD;
+  } else if (code / 100 == 5) {
+    s->rejected = true;
+    s->state = ST_CMD;
+  } else {
+    tern__close(s, "closed");
   }
+}
+
+/* Apply a verdict: its apply, then what any reply means. */
+static void finish(struct tern_server_session *s, enum tern_server_event ev,
+                   tern__apply_fn apply, const struct tern_reply *r) {
+  int cls = r->code / 100;
+  apply(s, r->code, app_enh(r, ev), r->text ? r->text : "");
   /* RFC 5321 §3.8: 421 means the service is closing the channel. */
   if (r->code == 421) {
-    begin_close(s, "closed");
+    tern__close(s, "closed");
     return;
   }
   /* A refused command moved no mail (the end of data is not a command;
@@ -517,24 +431,20 @@ static void finish(struct tern_server_session *s, enum tern_server_event ev,
     tern__junk(s);
 }
 
-/*
- * Take a decision callback's return: pending, an error (451 4.3.0), or a
- * reply to check and apply. `r` must already hold the default in
- * s->pend_default for a later NULL reply().
- */
 void tern__decide(struct tern_server_session *s, enum tern_server_event ev,
-                  int rc, struct tern_reply *r) {
+                  tern__apply_fn apply, int rc, struct tern_reply *r) {
   static const struct tern_reply internal = {451, "4.3.0",
                                              "Error: internal error"};
   if (s->state == ST_CLOSED) /* the callback closed the session */
     return;
   if (rc == TERN_PENDING) {
     s->pending = ev;
+    s->pend_apply = apply;
     return;
   }
   if (rc < 0 || tern_reply_check(r) != 0)
     r = (struct tern_reply *)&internal;
-  finish(s, ev, r);
+  finish(s, ev, apply, r);
 }
 
 /* ---- line framing --------------------------------------------------------- */
@@ -646,73 +556,97 @@ static bool printable(const char *p, bool allow_space) {
   return true;
 }
 
+/* What tern_server_session_new() takes from its caller. */
+struct args {
+  struct tern_server_config cfg; /* its strings are still the caller's */
+  struct tern_server_callbacks cb;
+  struct tern_mem mem;
+};
+
+/* Copy the caller's config and callbacks over the defaults, fill in the
+ * banner and mechanisms, and check the limits server.h lists. */
+static int take_args(struct args *a, const struct tern_server_config *cfg_in,
+                     const struct tern_server_callbacks *cb_in) {
+  struct tern_server_config *cfg = &a->cfg;
+  tern_server_config_init(cfg);
+  tern_server_callbacks_init(&a->cb);
+  if (tern__copy_args(cfg, sizeof *cfg, cfg_in, &a->cb, sizeof a->cb, cb_in,
+                      &cfg->mem, &a->mem))
+    return TERN_EINVAL;
+  if (!cfg->banner)
+    cfg->banner = cfg->lmtp ? "LMTP tern" : "ESMTP tern";
+  if (!cfg->auth_mechanisms)
+    cfg->auth_mechanisms = "";
+  if (!cfg->hostname || !cfg->hostname[0] ||
+      !printable(cfg->hostname, false) ||
+      strlen(cfg->hostname) > TERN_DOMAIN_MAX ||
+      !printable(cfg->banner, true) || strlen(cfg->banner) > 200 ||
+      !printable(cfg->auth_mechanisms, true) ||
+      strlen(cfg->auth_mechanisms) > 400 || cfg->max_line < 512 ||
+      cfg->max_line > 65536 || cfg->max_auth_line > 65536 ||
+      cfg->output_high_water > (1u << 20))
+    return TERN_EINVAL;
+  if (cfg->max_auth_line < cfg->max_line)
+    cfg->max_auth_line = cfg->max_line;
+  return 0;
+}
+
+/*
+ * The session and its strings in one block: the hostname, the greeting
+ * ("<hostname> <banner>", the banner pointing into it) and the
+ * mechanisms; cfg's string fields are pointed at the copies.
+ */
+static struct tern_server_session *
+session_alloc(struct tern_server_config *cfg, const struct tern_mem *mem) {
+  size_t hlen = strlen(cfg->hostname), blen = strlen(cfg->banner),
+         mlen = strlen(cfg->auth_mechanisms);
+  size_t total = sizeof(struct tern_server_session) + (hlen + 1) +
+                 (hlen + 1 + blen + 1) + (mlen + 1);
+  struct tern_server_session *s = tern__malloc(mem, total);
+  if (!s)
+    return NULL;
+  memset(s, 0, sizeof *s);
+
+  char *p = (char *)(s + 1);
+  memcpy(p, cfg->hostname, hlen + 1);
+  cfg->hostname = p;
+  p += hlen + 1;
+  memcpy(p, cfg->hostname, hlen);
+  p[hlen] = ' ';
+  memcpy(p + hlen + 1, cfg->banner, blen + 1);
+  s->greeting = p;
+  cfg->banner = p + hlen + 1;
+  p += hlen + 1 + blen + 1;
+  memcpy(p, cfg->auth_mechanisms, mlen + 1);
+  cfg->auth_mechanisms = p;
+  return s;
+}
+
 int tern_server_session_new(struct tern_server_session **out,
                             const struct tern_server_config *cfg_in,
                             const struct tern_server_callbacks *cb_in,
                             void *ud) {
-  struct tern_server_config cfg;
-  struct tern_server_callbacks cb;
-  struct tern_mem mem = {0};
-
+  struct args a;
   if (!out)
     return TERN_EINVAL;
   *out = NULL;
-  tern_server_config_init(&cfg);
-  tern_server_callbacks_init(&cb);
-  if (cfg_in && tern__copy_sized(&cfg, sizeof cfg, cfg_in))
-    return TERN_EINVAL;
-  if (cb_in && tern__copy_sized(&cb, sizeof cb, cb_in))
-    return TERN_EINVAL;
-  if (cfg.mem)
-    mem = *cfg.mem;
-  cfg.mem = NULL;
-
-  const char *banner = cfg.banner ? cfg.banner
-                       : cfg.lmtp ? "LMTP tern"
-                                  : "ESMTP tern";
-  const char *mechs = cfg.auth_mechanisms ? cfg.auth_mechanisms : "";
-  if (!cfg.hostname || !cfg.hostname[0] || !printable(cfg.hostname, false) ||
-      strlen(cfg.hostname) > TERN_DOMAIN_MAX || !printable(banner, true) ||
-      strlen(banner) > 200 || !printable(mechs, true) || strlen(mechs) > 400 ||
-      cfg.max_line < 512 || cfg.max_line > 65536 ||
-      cfg.max_auth_line > 65536 || cfg.output_high_water > (1u << 20))
-    return TERN_EINVAL;
-  if (cfg.max_auth_line < cfg.max_line)
-    cfg.max_auth_line = cfg.max_line;
-
-  size_t hlen = strlen(cfg.hostname), blen = strlen(banner),
-         mlen = strlen(mechs);
-  size_t total = sizeof(struct tern_server_session) + (hlen + 1) +
-                 (hlen + 1 + blen + 1) + (mlen + 1);
-  struct tern_server_session *s = tern__malloc(&mem, total);
+  int rc = take_args(&a, cfg_in, cb_in);
+  if (rc)
+    return rc;
+  struct tern_server_session *s = session_alloc(&a.cfg, &a.mem);
   if (!s)
     return TERN_ENOMEM;
-  memset(s, 0, sizeof *s);
-
-  char *p = (char *)(s + 1);
-  memcpy(p, cfg.hostname, hlen + 1);
-  cfg.hostname = p;
-  p += hlen + 1;
-  memcpy(p, cfg.hostname, hlen);
-  p[hlen] = ' ';
-  memcpy(p + hlen + 1, banner, blen + 1);
-  s->greeting = p;
-  cfg.banner = p + hlen + 1;
-  p += hlen + 1 + blen + 1;
-  memcpy(p, mechs, mlen + 1);
-  cfg.auth_mechanisms = p;
-
-  s->cfg = cfg;
-  s->cb = cb;
-  s->mem = mem;
+  s->cfg = a.cfg;
+  s->cb = a.cb;
+  s->mem = a.mem;
   s->ud = ud;
   if (!io_alloc(s) || tern__env_reserve(s)) {
-    tern__free(&mem, s->io);
-    tern__free(&mem, s);
+    tern__free(&a.mem, s->io);
+    tern__free(&a.mem, s);
     return TERN_ENOMEM;
   }
   s->state = ST_NEW;
-  s->xclient_trusted = cfg.xclient_trusted;
+  s->xclient_trusted = a.cfg.xclient_trusted;
   s->last_line_crlf = true;
   *out = s;
   return 0;
@@ -721,6 +655,7 @@ int tern_server_session_new(struct tern_server_session **out,
 void tern_server_session_free(struct tern_server_session *s) {
   if (!s)
     return;
+  tern__close(s, "closed"); /* on_close, if nothing else ended it */
   struct tern_mem mem = s->mem;
   tern__free(&mem, s->auth_line);
   tern__free(&mem, s->io);
@@ -741,15 +676,13 @@ int tern_server_session_start(struct tern_server_session *s) {
   s->pend_default = r;
   if (s->cb.on_connect)
     rc = s->cb.on_connect(s, &r, s->ud);
-  tern__decide(s, TERN_EV_CONNECT, rc, &r);
+  tern__decide(s, TERN_EV_CONNECT, apply_connect, rc, &r);
   return 0;
 }
 
 long tern_server_session_feed(struct tern_server_session *s, const void *in,
                               size_t len) {
   const char *buf = in;
-  size_t pos = 0;
-
   if (!s || (!buf && len))
     return TERN_EINVAL;
   if (!s->started)
@@ -757,6 +690,7 @@ long tern_server_session_feed(struct tern_server_session *s, const void *in,
   if (len && !io_alloc(s))
     return TERN_ENOMEM;
   advance(s);
+  size_t pos = 0;
   while (pos < len) {
     if (s->state == ST_CLOSED || s->state == ST_TLS_WAIT) {
       /* RFC 3207 §4.2 / CVE-2011-0411: nothing sent before the TLS
@@ -784,14 +718,9 @@ long tern_server_session_feed(struct tern_server_session *s, const void *in,
 
 size_t tern_server_session_output(struct tern_server_session *s,
                                   const char **data) {
-  if (!s) {
-    if (data)
-      *data = NULL;
-    return 0;
-  }
-  if (data)
-    *data = s->out ? s->out + s->out_off : "";
-  return out_pending(s);
+  if (data) /* "" while the buffers are trimmed away */
+    *data = !s ? NULL : s->out ? s->out + s->out_off : "";
+  return s ? out_pending(s) : 0;
 }
 
 int tern_server_session_trim(struct tern_server_session *s) {
@@ -812,20 +741,14 @@ int tern_server_session_trim(struct tern_server_session *s) {
 void tern_server_session_consume(struct tern_server_session *s, size_t n) {
   if (!s)
     return;
-  if (n > out_pending(s))
-    n = out_pending(s);
-  s->out_off += n;
-  if (s->out_off == s->out_len)
-    s->out_off = s->out_len = 0;
+  tern__out_consume(&s->out_off, &s->out_len, n);
   advance(s);
 }
 
 unsigned tern_server_session_want(const struct tern_server_session *s) {
-  unsigned w = 0;
   if (!s)
     return 0;
-  if (out_pending(s))
-    w |= TERN_WANT_WRITE;
+  unsigned w = out_pending(s) ? TERN_WANT_WRITE : 0;
   if (s->state == ST_CLOSED)
     w |= TERN_WANT_CLOSE;
   else if (s->state == ST_TLS_WAIT)
@@ -848,7 +771,7 @@ int tern_server_session_reply(struct tern_server_session *s,
     return TERN_EINVAL;
   enum tern_server_event ev = s->pending;
   s->pending = TERN_EV_NONE;
-  finish(s, ev, r);
+  finish(s, ev, s->pend_apply, r);
   advance(s);
   notify(s);
   return 0;
@@ -891,14 +814,14 @@ int tern_server_session_tls_started(struct tern_server_session *s) {
 
 void tern_server_session_eof(struct tern_server_session *s) {
   if (s)
-    begin_close(s, "disconnect");
+    tern__close(s, "disconnect");
 }
 
 void tern_server_session_timeout(struct tern_server_session *s) {
   if (!s || s->state == ST_CLOSED)
     return;
   abort_msg(s, "timeout");
-  tern__close_421(s, "4.4.2", "Error: timeout exceeded");
+  close_421(s, "4.4.2", "Error: timeout exceeded");
 }
 
 unsigned tern_server_session_timeout_ms(const struct tern_server_session *s) {
@@ -916,17 +839,17 @@ void tern_server_session_close(struct tern_server_session *s,
   if (r && tern_reply_check(r) == 0)
     tern__emit(s, r->code, app_enh(r, TERN_EV_NONE), r->text ? r->text : "");
   else
-    tern__close_421(s, "4.3.2", "Service shutting down");
-  begin_close(s, "closed");
+    close_421(s, "4.3.2", "Service shutting down");
+  tern__close(s, "closed");
   notify(s);
 }
 
 void tern_server_session_set_notify(struct tern_server_session *s,
                                     tern_server_notify_fn fn, void *arg) {
-  if (!s)
-    return;
-  s->notify = fn;
-  s->notify_arg = fn ? arg : NULL;
+  if (s) {
+    s->notify = fn;
+    s->notify_arg = fn ? arg : NULL;
+  }
 }
 
 void *tern_server_session_notify_arg(const struct tern_server_session *s) {

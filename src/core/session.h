@@ -1,6 +1,8 @@
 /*
  * The server session's state, shared by server.c (lifecycle, framing,
- * decisions, message data) and command.c (the command table).
+ * output, decisions, message data) and command.c (the command table:
+ * each verb's check and apply), and the small interface server.c gives
+ * the verbs.
  */
 #ifndef TERN_CORE_SESSION_H
 #define TERN_CORE_SESSION_H
@@ -85,8 +87,9 @@ struct tern_server_session {
   unsigned end_count;   /* 1, or the recipients in LMTP */
 
   /* pending-decision context */
-  enum tern_helo_verb pend_verb; /* HELO/EHLO/LHLO awaiting a verdict */
-  bool pend_utf8, pend_binary;   /* MAIL params awaiting a verdict */
+  void (*pend_apply)(struct tern_server_session *, int, const char *,
+                     const char *); /* tern__apply_fn of the decision */
+  bool pend_utf8, pend_binary;   /* MAIL's check, for MAIL's apply */
 
   /* AUTH */
   char mech[24];        /* current mechanism, upper case */
@@ -107,24 +110,80 @@ struct tern_server_session {
   unsigned char helo_verb; /* enum tern_helo_verb */
 };
 
-/* server.c, for command.c */
+/*
+ * How a decision's verdict is applied: queue the reply (code, enhanced
+ * code already chosen, text) and change the state it means. Each verb's
+ * apply is in command.c next to its check; the greeting's and the end of
+ * data's are in server.c.
+ */
+typedef void (*tern__apply_fn)(struct tern_server_session *s, int code,
+                               const char *enh, const char *text);
+
+/*
+ * ---- The session's interface for the verbs (server.c) --------------------
+ *
+ * Dependencies go one way: command.c uses only these; server.c calls
+ * command.c only through tern__command(), the table's dispatcher.
+ */
+
+/* Has the session ended (on_close fired or firing)? Nothing more is said
+ * or changed then; an apply checks it after each reply it queues. */
+static inline bool tern__closed(const struct tern_server_session *s) {
+  return s->state == ST_CLOSED;
+}
+
+/* Queue one reply ("enh" NULL: none; with ENHANCEDSTATUSCODES off never).
+ * Should the output buffer be missing and not come back (out of memory)
+ * the session closes (on_close fires) instead. */
 void tern__emit(struct tern_server_session *s, int code, const char *enh,
                 const char *text);
+
+/* A protocol error: tern__emit(), then count it against max_errors and as
+ * junk; either limit may close the session with a 421. */
 void tern__fail(struct tern_server_session *s, int code, const char *enh,
                 const char *text);
-bool tern__junk(struct tern_server_session *s);
-void tern__close_421(struct tern_server_session *s, const char *enh,
-                     const char *why);
-void tern__decide(struct tern_server_session *s, enum tern_server_event ev,
-                  int rc, struct tern_reply *r);
-void tern__txn_reset(struct tern_server_session *s, bool notify);
-void tern__bdat_begin(struct tern_server_session *s);
-bool tern__auth_offered(const struct tern_server_session *s);
-unsigned tern__ext(const struct tern_server_session *s);
-size_t tern__cat(char *buf, size_t cap, size_t n, const char *str, size_t len);
-size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v);
 
-/* envelope.c: the envelope kept for on_data_end */
+/* Count the current command as junk (once per command); true when the
+ * limit closed the session with a 421. */
+bool tern__junk(struct tern_server_session *s);
+
+/* Count an error against max_errors; true when that closed the session. */
+bool tern__count_error(struct tern_server_session *s);
+
+/* End the session: abort a message in progress (on_data_abort with
+ * `why`), then on_close, exactly once whatever calls it how often. */
+void tern__close(struct tern_server_session *s, const char *why);
+
+/*
+ * Take a decision callback's return for event `ev`: TERN_PENDING (the
+ * application answers later; `apply` waits in the session), an error
+ * (451 4.3.0) or a reply, checked, then applied by `apply`. A 421 then
+ * closes; any other refusal of a command counts as junk. The default
+ * reply for a later NULL reply() must already be in s->pend_default.
+ */
+void tern__decide(struct tern_server_session *s, enum tern_server_event ev,
+                  tern__apply_fn apply, int rc, struct tern_reply *r);
+
+/* RFC 5321 §4.1.1.5: forget the transaction; `notify` fires on_reset if
+ * there was one. */
+void tern__txn_reset(struct tern_server_session *s, bool notify);
+
+/* The message's content starts: DATA (after the 354) or the first
+ * accepted BDAT chunk. */
+void tern__msg_begin(struct tern_server_session *s, bool bdat);
+
+/* Read the chunk the current BDAT command announced (s->bdat_*). */
+void tern__bdat_begin(struct tern_server_session *s);
+
+/* Is AUTH offered now (configured, a callback, and TLS or insecure_ok)? */
+bool tern__auth_offered(const struct tern_server_session *s);
+
+/* The extensions in effect now (TERN_EXT_*): the configured ones less
+ * those the session's state rules out. */
+unsigned tern__ext(const struct tern_server_session *s);
+
+/* ---- The envelope kept for on_data_end (envelope.c) ------------------------ */
+
 int tern__env_reserve(struct tern_server_session *s);
 void tern__env_free(struct tern_server_session *s);
 void tern__env_trim(struct tern_server_session *s);
@@ -137,8 +196,9 @@ int tern__env_rcpt(struct tern_server_session *s, const struct tern_path *to,
 const struct tern_envelope *tern__env_view(struct tern_server_session *s,
                                            unsigned rcpt_index);
 
-/* command.c, for server.c */
+/* ---- The command table (command.c), for server.c --------------------------- */
+
+/* One complete command line (CRLF removed) in ST_CMD or ST_AUTH. */
 void tern__command(struct tern_server_session *s, char *line, size_t len);
-void tern__ehlo_reply(struct tern_server_session *s, const char *first);
 
 #endif

@@ -102,3 +102,83 @@ bool tern__utf8_valid(const unsigned char *s, size_t len) {
   }
   return true;
 }
+
+/* ---- bounded string building, shared by server and client ---------------- */
+
+size_t tern__cat(char *buf, size_t cap, size_t n, const char *str,
+                 size_t len) {
+  if (n >= cap)
+    return n;
+  if (len > cap - 1 - n)
+    len = cap - 1 - n;
+  memcpy(buf + n, str, len);
+  n += len;
+  buf[n] = '\0';
+  return n;
+}
+
+size_t tern__cats(char *buf, size_t cap, size_t n, const char *str) {
+  return tern__cat(buf, cap, n, str, strlen(str));
+}
+
+size_t tern__cat_u64(char *buf, size_t cap, size_t n, uint64_t v) {
+  char d[24];
+  size_t i = sizeof d;
+  do {
+    d[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return tern__cat(buf, cap, n, d + i, sizeof d - i);
+}
+
+/* ---- SASL (RFC 4422, RFC 4954), shared by server and client ------------- */
+
+bool tern__mech_name_ok(const char *m, size_t n) {
+  if (n < 1 || n > 20)
+    return false;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)m[i];
+    if (!tern__is_alnum(ch) && ch != '-' && ch != '_')
+      return false;
+  }
+  return true;
+}
+
+bool tern__mech_listed(const char *list, const char *m, size_t len) {
+  const char *p = list;
+  while (*p) {
+    while (*p == ' ')
+      p++;
+    size_t n = 0;
+    while (p[n] && p[n] != ' ')
+      n++;
+    if (n && n == len) {
+      size_t i = 0;
+      while (i < n && tern__upper((unsigned char)p[i]) ==
+                          tern__upper((unsigned char)m[i]))
+        i++;
+      if (i == n)
+        return true;
+    }
+    p += n;
+  }
+  return false;
+}
+
+bool tern__base64_ok(const char *p, size_t n) {
+  if (n == 1 && p[0] == '=')
+    return true;
+  if (n % 4)
+    return false;
+  size_t pad = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c == '=') {
+      pad++;
+      continue;
+    }
+    if (pad || !(tern__is_alnum(c) || c == '+' || c == '/'))
+      return false;
+  }
+  return pad <= 2;
+}

@@ -681,7 +681,8 @@ struct run {
   /* message */
   bool msg_open;
   struct buf msg;
-  int closes;
+  int closes;          /* on_close calls: exactly 1 per session */
+  bool freeing;        /* inside tern_server_session_free() */
   bool closed_feeding;
   /* failure */
   struct buf err;
@@ -700,6 +701,8 @@ static void fail(struct run *r, const char *fmt, ...) {
 }
 
 static void trace_add(struct run *r, const char *s) {
+  if (r->freeing) /* what free() fires is the harness's, not the file's */
+    return;
   r->trace = xrealloc(r->trace, (r->ntrace + 1) * sizeof(char *));
   r->trace[r->ntrace++] = xstrndup(s, strlen(s));
 }
@@ -1090,12 +1093,18 @@ static void cb_close(struct tern_server_session *s, void *ud) {
   trace_add(r, "E: close");
 }
 
-/* Take all queued output, as a runtime writing it would. */
+/* Take all queued output, as a runtime writing it would. Under --nomem an
+ * idle session also gives its buffers back, as the runtime's does, so
+ * that the allocations that remake them fail in turn too. */
 static void drain(struct run *r) {
   for (int guard = 0; guard < 1000; guard++) {
     const char *data = NULL;
     size_t n = tern_server_session_output(r->s, &data);
-    if (n == 0) return;
+    if (n == 0) {
+      if (r->mode == M_NOMEM)
+        tern_server_session_trim(r->s);
+      return;
+    }
     if (data == NULL) {
       fail(r, "output() returned %zu bytes with a NULL pointer", n);
       return;
@@ -1318,8 +1327,14 @@ static int play(struct run *r, const struct tern_mem *mem) {
                sc->dec[e][r->next_dec[e]].line);
     }
   }
+  /* One close path: on_close fires exactly once for every session,
+   * whatever ended it (here, at the latest, free()). */
+  r->freeing = true;
   tern_server_session_free(r->s);
+  r->freeing = false;
   r->s = NULL;
+  if (r->closes != 1)
+    fail(r, "on_close fired %d times for the session", r->closes);
   return 0;
 }
 
@@ -1468,6 +1483,11 @@ static int run_nomem(const struct script *sc) {
     if (fm.live != 0) {
       fprintf(stderr, "%s: FAIL [--nomem]: allocation %ld failed, %ld leaked\n",
               sc->path, k, fm.live);
+      rc = 1;
+    }
+    if (nrc == 0 && r.closes != 1) {
+      fprintf(stderr, "%s: FAIL [--nomem]: allocation %ld failed, on_close "
+                      "fired %d times\n", sc->path, k, r.closes);
       rc = 1;
     }
     run_free(&r);

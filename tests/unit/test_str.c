@@ -1,5 +1,6 @@
 /*
- * Unit tests for the locale-free helpers (src/core/str.c), the allocator
+ * Unit tests for the locale-free helpers (src/core/str.c: ASCII, numbers,
+ * UTF-8, bounded string building, SASL texts), the allocator
  * wrappers (src/core/mem.c) and the error tables (src/core/errors.c).
  */
 #include <setjmp.h>
@@ -345,6 +346,82 @@ static void test_mem_libc(void **state) {
   assert_null(tern__calloc_array(NULL, SIZE_MAX, 2));
 }
 
+/* ---- bounded string building --------------------------------------------- */
+
+static void test_cat(void **state) {
+  (void)state;
+  char b[8];
+  size_t n = tern__cats(b, sizeof b, 0, "ab");
+  assert_int_equal(n, 2);
+  assert_string_equal(b, "ab");
+  n = tern__cat_u64(b, sizeof b, n, 0);
+  assert_string_equal(b, "ab0");
+  n = tern__cat(b, sizeof b, n, "xyz!", 3);
+  assert_int_equal(n, 6);
+  assert_string_equal(b, "ab0xyz");
+  /* cut at cap - 1, always NUL-terminated */
+  n = tern__cats(b, sizeof b, n, "123");
+  assert_int_equal(n, 7);
+  assert_string_equal(b, "ab0xyz1");
+  assert_int_equal(tern__cats(b, sizeof b, n, "more"), 7);
+  assert_int_equal(tern__cats(b, sizeof b, 9, "x"), 9); /* n >= cap */
+  char u[24];
+  tern__cat_u64(u, sizeof u, 0, UINT64_MAX);
+  assert_string_equal(u, "18446744073709551615");
+}
+
+/* ---- SASL texts ------------------------------------------------------------- */
+
+static void test_mech_name(void **state) {
+  (void)state;
+  assert_true(tern__mech_name_ok("PLAIN", 5));
+  assert_true(tern__mech_name_ok("scram-sha-256", 13));
+  assert_true(tern__mech_name_ok("X_Y", 3));
+  assert_true(tern__mech_name_ok("ABCDEFGHIJKLMNOPQRST", 20));
+  assert_false(tern__mech_name_ok("ABCDEFGHIJKLMNOPQRSTU", 21));
+  assert_false(tern__mech_name_ok("", 0));
+  assert_false(tern__mech_name_ok("BAD!MECH", 8));
+  assert_false(tern__mech_name_ok("A B", 3));
+}
+
+static void test_mech_listed(void **state) {
+  (void)state;
+  const char *l = "  PLAIN  LOGIN CRAM-MD5 ";
+  assert_true(tern__mech_listed(l, "plain", 5));
+  assert_true(tern__mech_listed(l, "CRAM-MD5", 8));
+  assert_true(tern__mech_listed(l, "LOGINX", 5)); /* m[0..len) only */
+  assert_false(tern__mech_listed(l, "LOG", 3));
+  assert_false(tern__mech_listed(l, "CRAM-MD5X", 9));
+  assert_false(tern__mech_listed(l, "", 0));
+  assert_false(tern__mech_listed("", "PLAIN", 5));
+}
+
+static bool b64(const char *s) { return tern__base64_ok(s, strlen(s)); }
+
+/* One rule for both sides: RFC 4648 §4 with padding required, plus the
+ * empty responses of RFC 4954 §4 ("" and "="). */
+static void test_base64(void **state) {
+  (void)state;
+  assert_true(b64(""));  /* empty continuation response */
+  assert_true(b64("=")); /* empty initial response */
+  assert_true(b64("AGFsaWNlAHNlY3JldA=="));
+  assert_true(b64("YWxpY2U="));
+  assert_true(b64("c2VjcmV0"));
+  assert_true(b64("+/+/"));
+  assert_false(b64("YWxpY2U"));   /* padding missing */
+  assert_false(b64("YQ"));        /* padding missing */
+  assert_false(b64("Y==="));      /* three pad characters */
+  assert_false(b64("===="));
+  assert_false(b64("=="));
+  assert_false(b64("YQ==YQ=="));  /* padding in the middle */
+  assert_false(b64("YW=j"));
+  assert_false(b64("YWxp Y2U=")); /* space */
+  assert_false(b64("YWxp\r\n"));
+  assert_false(b64("YW-_"));      /* base64url is another alphabet */
+  assert_false(b64("*"));         /* cancel is not a response */
+  assert_false(tern__base64_ok("YQ\0=", 4));
+}
+
 /* ---- errors.c ------------------------------------------------------ */
 
 static void test_errors(void **state) {
@@ -381,6 +458,10 @@ int main(void) {
       cmocka_unit_test(test_mem_hooks),
       cmocka_unit_test(test_mem_libc),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_cat),
+      cmocka_unit_test(test_mech_name),
+      cmocka_unit_test(test_mech_listed),
+      cmocka_unit_test(test_base64),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
