@@ -158,9 +158,15 @@ static void write_envelope(struct tern_client_session *c) {
 /* The message failed: tell the application now; RSET follows once every
  * outstanding reply is in (RFC 5321 §4.1.1.5). */
 static void fail_msg(struct tern_client_session *c, int code) {
+  /* Only a refusal ends a message; a 2xx or 3xx here (250 to DATA, say)
+   * is the server breaking the protocol: nothing was sent, so the
+   * message fails with a local 451, never with the server's "success". */
+  bool local = code < 400;
+  if (local)
+    code = 451;
   c->t.phase = PH_CLEANUP;
   tern__cl_inc_drain(c, code, NULL, "message failed");
-  tern__cl_msg_done(c, code, false);
+  tern__cl_msg_done(c, code, local);
 }
 
 static unsigned data_replies(const struct tern_client_session *c) {
