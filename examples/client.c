@@ -10,6 +10,8 @@
  * Exit status: 0 when every recipient got the message; 1 when any did
  * not (a line on stderr says who and why); 2 for a usage error.
  */
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -51,6 +53,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s URL FROM RCPT... < message\n", argv[0]);
     return 2;
   }
+  /* A closed standard input would be taken by the loop's own first
+   * descriptor and sent as the message: refuse it before. */
+  if (fcntl(0, F_GETFD) < 0) {
+    fprintf(stderr, "client: no standard input to read the message from\n");
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN); /* a server that goes away is an error, not a
+                               signal that ends the program */
   uv_loop_t *loop = uv_default_loop();
   struct tern_send_body body = tern_send_body_fd(0); /* standard input */
   int rc = tern_send(loop, argv[1], argv[2], (const char *const *)argv + 3,

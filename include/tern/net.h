@@ -37,6 +37,12 @@
  * newer header (larger) is accepted only when the fields this library
  * does not know are all zero, otherwise TERN_EINVAL. Nested configs are
  * passed by pointer, so each carries its own size.
+ *
+ * Signals. Sockets are written with write(2), as libuv does: writing to
+ * a peer that has gone raises SIGPIPE, whose default action ends the
+ * process. The library never changes a signal's disposition; a program
+ * that uses the runtime ignores SIGPIPE first (signal(SIGPIPE, SIG_IGN))
+ * and then sees the failed write as an error of that one connection.
  */
 #ifndef TERN_NET_H
 #define TERN_NET_H
@@ -409,8 +415,12 @@ struct tern_client_options {
   const char *auth_mechanisms;          /* preference order; default
                                            "SCRAM-SHA-256 CRAM-MD5 PLAIN
                                            LOGIN" (+ XOAUTH2 with a token);
-                                           PLAIN and LOGIN only over TLS */
-  bool auth_insecure_ok;                /* allow PLAIN/LOGIN in the clear */
+                                           PLAIN and LOGIN only over TLS
+                                           whose certificate verified:
+                                           with tls_verify, ok or accepted
+                                           by verify() */
+  bool auth_insecure_ok;                /* allow PLAIN/LOGIN in the clear
+                                           or over unverified TLS */
   /* timeouts (ms); 0 = the RFC 5321 §4.5.3.2 default */
   unsigned connect_timeout_ms;          /* default 30 s */
   unsigned command_timeout_ms;          /* default 5 min */
@@ -531,7 +541,8 @@ struct tern_send_options {
                                    the mechanism chosen from what the
                                    server offers (SCRAM-SHA-256, CRAM-MD5,
                                    PLAIN, LOGIN; PLAIN and LOGIN only
-                                   over TLS unless auth_insecure_ok) */
+                                   over TLS with tls_verify on, unless
+                                   auth_insecure_ok) */
   const char *auth_password;
   bool auth_insecure_ok;
   unsigned timeout_ms;          /* for connecting, for each command and

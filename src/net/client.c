@@ -78,6 +78,8 @@ struct tern_client {
   struct tern_client_options opt; /* copy; strings point into `strs` */
   struct tern_client_config cfg;  /* opt.session's copy */
   struct tern_client_callbacks app; /* the application's callbacks */
+  bool tls_trusted; /* TLS up and its certificate verified (or the verify
+                     * hook accepted it): credentials may go over it */
   char *strs[16];                 /* owned copies of the option strings */
   struct tern__url url;
   const char *server_name;        /* for SNI / verification, or NULL */
@@ -232,6 +234,7 @@ static void c_tls_ready(void *arg) {
     fail(cl, TERN_ETLS, "TLS: certificate verify failed: %s", why);
     return;
   }
+  cl->tls_trusted = cl->opt.tls_verify;
   if (cl->url.scheme != TERN__SMTPS)
     tern_client_session_tls_started(cl->s); /* EHLO again */
 }
@@ -689,7 +692,7 @@ static void w_on_error(struct tern_client_session *c, int err,
         set_errf(cl, err,
                  "no usable AUTH mechanism (server offers \"%s\"%s)",
                  cl->auth.offered,
-                 cl->st.tls_ready || cl->opt.auth_insecure_ok
+                 cl->tls_trusted || cl->opt.auth_insecure_ok
                      ? ""
                      : "; PLAIN and LOGIN need TLS");
       else
@@ -726,7 +729,7 @@ static long w_on_auth(struct tern_client_session *c, struct tern_str challenge,
   (void)ud;
   if (!cl)
     return TERN_EAUTH;
-  return tern__client_auth_step(&cl->auth, cl->st.tls_ready, challenge,
+  return tern__client_auth_step(&cl->auth, cl->tls_trusted, challenge,
                                 has_challenge, out, cap);
 }
 
@@ -735,7 +738,11 @@ static const char *w_on_auth_mechanism(struct tern_client_session *c,
                                        void *ud) {
   struct tern_client *cl = client_of(c);
   (void)ud;
-  return cl ? tern__client_auth_choose(&cl->auth, offered, tls) : NULL;
+  /* TLS whose certificate nobody checked is no safer than plaintext for
+   * a password: it counts only when verified (tls_trusted). */
+  return cl ? tern__client_auth_choose(&cl->auth, offered,
+                                       tls && cl->tls_trusted)
+            : NULL;
 }
 
 /* ---- connect ------------------------------------------------------------------ */

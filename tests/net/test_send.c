@@ -12,6 +12,7 @@
  */
 #include <fcntl.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -95,12 +96,15 @@ static int srv_data_end(struct tern_server_session *s,
   return TERN_REPLY_NOW;
 }
 
+static unsigned g_auth_checks; /* passwords the servers were asked for */
+
 static int srv_check_password(struct tern_server_session *s,
                               const char *authzid, const char *user,
                               const char *password, void *ud) {
   (void)s;
   (void)authzid;
   (void)ud;
+  g_auth_checks++;
   return !strcmp(user, "alice") && !strcmp(password, "secret") ? 0
                                                                 : TERN_EAUTH;
 }
@@ -460,6 +464,69 @@ static void test_auth(void **state) {
   }
 }
 
+/* A password goes only over TLS whose certificate was checked: with
+ * tls_verify off, STARTTLS comes up but AUTH PLAIN is never sent. */
+static void test_auth_unverified_tls(void **state) {
+  (void)state;
+  const char *certs = getenv("TERN_TEST_CERTS");
+  char cert[512], key[512], url[64];
+  assert_non_null(certs);
+  snprintf(cert, sizeof cert, "%s/self.pem", certs);
+  snprintf(key, sizeof key, "%s/self.key", certs);
+  const char *to[] = {"bob@example.org"};
+  struct tern_send_body b = tern_send_body_mem(MSG, strlen(MSG));
+  struct run run;
+  memset(&run, 0, sizeof run);
+  g_auth_checks = 0;
+  assert_int_equal(uv_loop_init(&run.loop), 0);
+  struct tern_server_callbacks cb;
+  struct tern_server_options so;
+  struct tern_auth_callbacks acb;
+  struct tern_listener_options lo;
+  struct tern_tls_cert tc = {cert, key};
+  tern_server_callbacks_init(&cb);
+  cb.on_rcpt = srv_rcpt;
+  cb.on_data = srv_data;
+  cb.on_data_end = srv_data_end;
+  cb.on_reset = srv_reset;
+  tern_server_options_init(&so);
+  so.callbacks = &cb;
+  so.ud = &run.s;
+  so.shutdown_timeout_ms = 1000;
+  so.tls_certs = &tc;
+  so.tls_cert_count = 1;
+  tern_auth_callbacks_init(&acb);
+  acb.check_password = srv_check_password;
+  so.auth = &acb;
+  so.auth_mechanisms = "PLAIN";
+  so.auth_fail_delay_ms = 1;
+  tern_listener_options_init(&lo);
+  lo.auth_required = true;
+  lo.starttls = true;
+  assert_int_equal(tern_server_new(&run.srv, &run.loop, &so), 0);
+  assert_int_equal(tern_server_listen(run.srv, "smtp://127.0.0.1:0", &lo), 0);
+  assert_int_equal(tern_server_start(run.srv), 0);
+  run.port = tern_server_listener_port(run.srv, 0);
+
+  struct tern_send_options o;
+  tern_send_options_init(&o);
+  o.tls_verify = false;
+  o.starttls = TERN_STARTTLS_REQUIRED;
+  o.auth_user = "alice";
+  o.auth_password = "secret";
+  o.timeout_ms = 20000;
+  snprintf(url, sizeof url, "smtp://127.0.0.1:%d", run.port);
+  assert_int_equal(tern_send(&run.loop, url, "alice@example.net", to, 1, &b,
+                             &o, on_done, &run),
+                   0);
+  run_finish(&run);
+  assert_int_equal(run.got.error, TERN_EAUTH);
+  assert_non_null(strstr(run.got.error_text, "PLAIN and LOGIN need TLS"));
+  assert_int_equal(g_auth_checks, 0); /* no password left the client */
+  assert_int_equal(run.s.messages, 0);
+  free(run.s.body);
+}
+
 static void test_bad_arguments(void **state) {
   (void)state;
   uv_loop_t loop;
@@ -497,6 +564,7 @@ static void test_bad_arguments(void **state) {
 }
 
 int main(void) {
+  signal(SIGPIPE, SIG_IGN); /* as net.h asks of every program */
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_all_accepted),
       cmocka_unit_test(test_one_refused),
@@ -507,6 +575,7 @@ int main(void) {
       cmocka_unit_test(test_connection_refused),
       cmocka_unit_test(test_server_closes),
       cmocka_unit_test(test_auth),
+      cmocka_unit_test(test_auth_unverified_tls),
       cmocka_unit_test(test_bad_arguments),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
