@@ -160,8 +160,9 @@ tern_sasl_user(const struct tern_sasl_session *sess);
  * thread, tern_sasl_verify_done() wipes the credentials and returns
  * TERN_SASL_OK, TERN_EAUTH or TERN_ETEMP: the exchange is over. Both
  * return TERN_ESTATE when no check is waiting (verify: the check's
- * answer otherwise). Freeing the exchange without them wipes the
- * credentials too.
+ * answer otherwise; a second verify for the same step is ESTATE too).
+ * verify_done without verify is TERN_EAUTH: no login without a check.
+ * Freeing the exchange without them wipes the credentials too.
  */
 TERN_EXTERN int tern_sasl_verify(struct tern_sasl_session *sess);
 TERN_EXTERN int tern_sasl_verify_done(struct tern_sasl_session *sess);

@@ -81,6 +81,8 @@ struct tern_sasl_session {
   /* PLAIN/LOGIN: credentials waiting for tern_sasl_verify() (copies,
    * wiped when done); authzid NULL means "as myself". */
   bool verify_pending;
+  bool verified;      /* tern_sasl_verify() ran for the pending check */
+  bool over;          /* the exchange ended: every further step ESTATE */
   int verify_rc;      /* check_password's answer */
   char *v_authzid, *v_user, *v_password;
 };
@@ -640,6 +642,8 @@ int tern_sasl_step(struct tern_sasl *sasl, struct tern_sasl_session **sess,
       return rc;
   }
   struct tern_sasl_session *ss = *sess;
+  if (ss->over)
+    return TERN_ESTATE; /* a failed or finished exchange takes nothing more */
   ss->s = s;
   bool first = ss->steps == 0;
   ss->steps++;
@@ -703,6 +707,10 @@ done:
     ss->user = NULL;
     ss->ok_pending = false;
   }
+  if (rc != TERN_SASL_CONTINUE && rc != TERN_SASL_VERIFY)
+    ss->over = true;
+  if (rc == TERN_SASL_VERIFY)
+    ss->verified = false;
   return rc;
 }
 
@@ -722,8 +730,10 @@ const char *tern_sasl_user(const struct tern_sasl_session *sess) {
  * answer, or TERN_ESTATE when nothing waits for a check.
  */
 int tern_sasl_verify(struct tern_sasl_session *sess) {
-  if (sess == NULL || !sess->verify_pending || sess->v_user == NULL)
-    return TERN_ESTATE;
+  if (sess == NULL || !sess->verify_pending || sess->verified ||
+      sess->v_user == NULL)
+    return TERN_ESTATE; /* nothing waits, or the check already ran */
+  sess->verified = true;
   const struct tern_auth_callbacks *cb = &sess->sasl->cb;
   int rc = cb->check_password(sess->s, sess->v_authzid, sess->v_user,
                               sess->v_password, sess->sasl->ud);
@@ -744,8 +754,9 @@ int tern_sasl_verify_done(struct tern_sasl_session *sess) {
   if (sess == NULL || !sess->verify_pending)
     return TERN_ESTATE;
   sess->verify_pending = false;
+  sess->over = true;
   verify_wipe(sess);
-  int rc = sess->verify_rc;
+  int rc = sess->verified ? sess->verify_rc : TERN_EAUTH; /* never checked */
   if (rc == 0)
     return TERN_SASL_OK;
   free(sess->user);

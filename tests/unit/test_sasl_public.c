@@ -234,6 +234,56 @@ static void test_wrong_password(void **state) {
   assert_int_equal(login("SCRAM-SHA-256", "guess", &a), TERN_EAUTH);
 }
 
+/* base64 of "\0alice\0" + password */
+static const char *plain(const char *password) {
+  return !strcmp(password, "guess") ? "AGFsaWNlAGd1ZXNz" : "AGFsaWNlAHNlY3JldA==";
+}
+
+/* An exchange that ended takes no more steps: a refused PLAIN cannot be
+ * followed by a good password on the same exchange, the check runs once,
+ * and verify_done without a check is a refusal, never a login. */
+static void test_exchange_over(void **state) {
+  (void)state;
+  struct tern_auth_callbacks acb;
+  struct tern_sasl *sasl;
+  struct tern_sasl_session *ex = NULL;
+  const char *chal;
+  tern_auth_callbacks_init(&acb);
+  acb.check_password = check_password;
+  assert_int_equal(tern_sasl_new(&sasl, &acb, NULL, "PLAIN"), 0);
+
+  const char *bad = plain("guess"), *good = plain("secret");
+  assert_int_equal(tern_sasl_step(sasl, &ex, NULL, "PLAIN", bad, strlen(bad),
+                                  true, &chal),
+                   TERN_SASL_VERIFY);
+  assert_int_equal(tern_sasl_verify(ex), TERN_EAUTH);
+  assert_int_equal(tern_sasl_verify(ex), TERN_ESTATE); /* checked once */
+  assert_int_equal(tern_sasl_verify_done(ex), TERN_EAUTH);
+  assert_int_equal(tern_sasl_step(sasl, &ex, NULL, "PLAIN", good,
+                                  strlen(good), true, &chal),
+                   TERN_ESTATE);
+  assert_null(tern_sasl_user(ex));
+  tern_sasl_session_free(ex);
+
+  ex = NULL; /* a good password, but verify_done without verify */
+  assert_int_equal(tern_sasl_step(sasl, &ex, NULL, "PLAIN", good,
+                                  strlen(good), true, &chal),
+                   TERN_SASL_VERIFY);
+  assert_int_equal(tern_sasl_verify_done(ex), TERN_EAUTH);
+  assert_null(tern_sasl_user(ex));
+  tern_sasl_session_free(ex);
+
+  ex = NULL; /* a syntax error ends the exchange too */
+  assert_int_equal(tern_sasl_step(sasl, &ex, NULL, "PLAIN", "!!", 2, true,
+                                  &chal),
+                   TERN_ESYNTAX);
+  assert_int_equal(tern_sasl_step(sasl, &ex, NULL, "PLAIN", good,
+                                  strlen(good), true, &chal),
+                   TERN_ESTATE);
+  tern_sasl_session_free(ex);
+  tern_sasl_free(sasl);
+}
+
 static void test_out_null_on_failure(void **state) {
   (void)state;
   struct tern_auth_callbacks acb;
@@ -265,6 +315,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_mechanisms),
       cmocka_unit_test(test_wrong_password),
+      cmocka_unit_test(test_exchange_over),
       cmocka_unit_test(test_out_null_on_failure),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
