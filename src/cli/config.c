@@ -402,6 +402,11 @@ static char *reader(char *str, int num, void *stream) {
   }
   while (n > 0 && (p[n - 1] == '\n' || p[n - 1] == '\r'))
     p[--n] = '\0';
+  if (memchr(p, '\r', n)) { /* CR-only line ends: the rest would be lost */
+    cfg_fail(st, st->line, "a carriage return inside the line (lines must "
+             "end in LF or CRLF)");
+    return NULL;
+  }
   if (st->line == 1 && n >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
     p += 3, n -= 3; /* UTF-8 byte-order mark */
   while (n > 0 && is_space((unsigned char)*p))
@@ -409,6 +414,13 @@ static char *reader(char *str, int num, void *stream) {
 
   if (p[0] == '[') {
     const char *end = strchr(p, ']');
+    const char *after = end ? end + 1 : "";
+    while (is_space((unsigned char)*after))
+      after++;
+    if (*after != '\0' && *after != ';' && *after != '#') {
+      cfg_fail(st, st->line, "text after the section's ']': \"%.40s\"", after);
+      return NULL;
+    }
     if (end != NULL)
       section_begin(st, p + 1, (size_t)(end - p - 1));
     /* else inih reports the syntax error on this line */
@@ -549,14 +561,21 @@ static int load_forward_auth(struct cfg_parser *st) {
     return -1;
   }
   FILE *f = fopen(c->forward_auth_password_file, "r");
-  char pw[1024];
+  char pw[1024] = "";
   if (!f) {
     cfg_fail(st, tl, "auth_password_file = %s: %s",
              c->forward_auth_password_file, strerror(errno));
     return -1;
   }
   bool got = fgets(pw, sizeof pw, f) != NULL;
+  bool whole = !got || strchr(pw, '\n') || feof(f);
   fclose(f);
+  if (!whole) { /* never cut a password short without a word */
+    explicit_bzero(pw, sizeof pw);
+    cfg_fail(st, tl, "auth_password_file = %s: the password is longer than "
+             "%zu octets", c->forward_auth_password_file, sizeof pw - 2);
+    return -1;
+  }
   pw[strcspn(pw, "\r\n")] = '\0';
   if (!got || !pw[0]) {
     cfg_fail(st, tl, "auth_password_file = %s: no password on its first line",

@@ -32,6 +32,15 @@ BAD = {
                            "users = {dir}/no-such-users\n", None,
                            "no-such-users"),
     "pipe-without-command": ("[delivery]\ntarget = pipe\n", None, "command"),
+    "text-after-section": ("[server]\nworkers = 1\n[server] workers = 99\n",
+                           3, "workers = 99"),
+    "cr-line-ends": ("[server]\rworkers = 1\rhostname = a b\r", 1,
+                     "carriage return"),
+    "password-too-long": ("[delivery]\ntarget = smtp\n"
+                          "url = smtps://relay.example.net:465\n"
+                          "verify = yes\nauth_user = bob\n"
+                          "auth_password_file = {dir}/long-password\n",
+                          None, "longer than"),
     "bad-users-line": ("[listener sub]\nurl = smtp://127.0.0.1:{port}\n"
                        "auth = yes\ninsecure_auth = yes\n[auth]\n"
                        "users = {dir}/users-md5\n", None, "users-md5"),
@@ -42,6 +51,7 @@ def test_bad_files():
     d = h.tmpdir(prefix="tern-e2e-badcfg-")
     h.write(os.path.join(d, "users-md5"),
             "alice:$1$abcdefgh$Cq7NnTEPm7UaY2bo1pT2v/\n")
+    h.write(os.path.join(d, "long-password"), "p" * 3000 + "\n", 0o600)
     port = h.free_ports(1)[0]
     problems = []
     for name, (text, line, word) in sorted(BAD.items()):
