@@ -638,14 +638,9 @@ static int fwo_begin(const struct deliver_target *t,
   return 0;
 }
 
-static void fwo_written(void *arg, int status) {
-  struct forward_delivery *d = arg;
-  d->ocb->written(d->oarg, status);
-}
-
 static int fwo_write(struct delivery *dv, const char *buf, size_t len) {
   struct forward_delivery *d = (struct forward_delivery *)dv;
-  int r = forward_write(d, buf, len, fwo_written, d);
+  int r = forward_write(d, buf, len, d->ocb->written, d->oarg);
   /* forward_write: 1 all taken, 0 cb comes */
   return r == 1 ? 0 : r == 0 ? DELIVER_LATER : r;
 }

@@ -1022,14 +1022,9 @@ static int mdo_begin(const struct deliver_target *t,
   return 0;
 }
 
-static void mdo_written(void *arg, int status) {
-  struct maildir_delivery *d = arg;
-  d->ocb->written(d->oarg, status);
-}
-
 static int mdo_write(struct delivery *dv, const char *buf, size_t len) {
   struct maildir_delivery *d = (struct maildir_delivery *)dv;
-  int r = maildir_write(d, buf, len, mdo_written, d);
+  int r = maildir_write(d, buf, len, d->ocb->written, d->oarg);
   /* maildir_write: 1 buffered, 0 a block is being written */
   return r == 1 ? 0 : r == 0 ? DELIVER_LATER : r;
 }

@@ -769,14 +769,9 @@ static int pgo_begin(const struct deliver_target *t,
   return 0;
 }
 
-static void pgo_written(void *arg, int status) {
-  struct pipe_group *g = arg;
-  g->ocb->written(g->oarg, status);
-}
-
 static int pgo_write(struct delivery *dv, const char *buf, size_t len) {
   struct pipe_group *g = (struct pipe_group *)dv;
-  int r = pipe_group_write(g, buf, len, pgo_written, g);
+  int r = pipe_group_write(g, buf, len, g->ocb->written, g->oarg);
   /* pipe_group_write: 0 cb comes, 1 no command takes input any more */
   return r == 0 ? DELIVER_LATER : r == 1 ? 0 : r;
 }

@@ -12,11 +12,10 @@
  * tern server on the same loop (loopback, port 0).
  */
 #define _GNU_SOURCE
+#include "check.h"
 #include "deliver.h"
 
 #include <dirent.h>
-#include <ftw.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,14 +23,6 @@
 #include <unistd.h>
 
 #include <tern/net.h>
-
-#define CHECK(c)                                                               \
-  do {                                                                         \
-    if (!(c)) {                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);    \
-      exit(1);                                                                 \
-    }                                                                          \
-  } while (0)
 
 #define CHUNK (200 * 1024) /* > 64 KiB, > Maildir's 128 KiB block */
 #define BODY (3 * CHUNK + 4321)
@@ -44,25 +35,9 @@ static const char *const rcpts[] = {"alice@example.org", "bob@example.org"};
 
 /* ---- helpers ------------------------------------------------------------- */
 
-__attribute__((format(printf, 3, 4))) static void pathf(char *buf, size_t cap,
-                                                        const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(buf, cap, fmt, ap);
-  va_end(ap);
-  CHECK(n > 0 && (size_t)n < cap);
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag,
-                  struct FTW *f) {
-  (void)st, (void)flag, (void)f;
-  remove(p);
-  return 0;
-}
-
 static void cleanup(void) {
   if (base[0] != '\0')
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    rm_tree(base);
   free(body);
 }
 
@@ -77,21 +52,6 @@ static void make_body(void) {
   }
   body[BODY - 2] = '\r';
   body[BODY - 1] = '\n';
-}
-
-static char *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  CHECK(f != NULL);
-  CHECK(fseek(f, 0, SEEK_END) == 0);
-  long n = ftell(f);
-  CHECK(n >= 0);
-  rewind(f);
-  char *p = malloc((size_t)n + 1);
-  CHECK(p != NULL);
-  CHECK(fread(p, 1, (size_t)n, f) == (size_t)n);
-  fclose(f);
-  *len = (size_t)n;
-  return p;
 }
 
 /* header + body, exactly */
@@ -455,39 +415,21 @@ static void t_forward_abort(void) {
   CHECK(!j.over);
 }
 
-static const struct {
-  const char *name;
-  void (*fn)(void);
-} tests[] = {
+static const struct check_case tests[] = {
     {"maildir", t_maildir},         {"maildir_abort", t_maildir_abort},
     {"pipe", t_pipe},               {"pipe_abort", t_pipe_abort},
     {"forward", t_forward},         {"forward_abort", t_forward_abort},
 };
 
-int main(int argc, char **argv) {
-  const char *want = argc > 1 ? argv[1] : "all";
-  const char *tmp = getenv("TMPDIR");
-  int ran = 0;
-
-  pathf(base, sizeof base, "%s/tern-deliver-ops-XXXXXX",
-        tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
-  CHECK(mkdtemp(base) != NULL);
+static void setup(void) {
   atexit(cleanup);
   make_body();
   loop = uv_default_loop();
-  for (size_t i = 0; i < sizeof tests / sizeof *tests; i++) {
-    if (strcmp(want, "all") != 0 && strcmp(want, tests[i].name) != 0)
-      continue;
-    printf("== %s\n", tests[i].name);
-    fflush(stdout);
-    tests[i].fn();
-    ran++;
-  }
-  if (ran == 0) {
-    fprintf(stderr, "no test named %s\n", want);
-    return 1;
-  }
-  CHECK(uv_loop_close(loop) == 0);
-  printf("ok (%d)\n", ran);
-  return 0;
+}
+
+static void teardown(void) { CHECK(uv_loop_close(loop) == 0); }
+
+int main(int argc, char **argv) {
+  return check_main(argc, argv, base, sizeof base, "tern-deliver-ops", tests,
+                    sizeof tests / sizeof *tests, setup, teardown);
 }
