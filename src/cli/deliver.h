@@ -30,6 +30,8 @@ typedef void (*deliver_done_fn)(void *arg, const struct tern_reply *r,
  * last result. Every callback runs on the loop of deliver_msg.loop,
  * never from inside the call that asked for it (write, commit), and
  * never after abort returns. A call that fails calls no callback for it.
+ * The caller may abort from inside a callback (its session ended while
+ * it answered a recipient): the delivery then reports nothing more.
  *
  * Ownership: begin copies what it keeps of deliver_msg (strings, header);
  * the caller may free it when begin returns. write() is finished with

@@ -428,13 +428,15 @@ static void outcome_one(struct sess *x, size_t i, const struct tern_reply *r,
   size_t known = 0;
   for (size_t k = 0; k < x->nrcpts; k++)
     known += x->res[k].known;
-  if (known == x->nrcpts) { /* the last one: the delivery ends now */
-    x->dlv = NULL;
+  if (known == x->nrcpts) { /* the last one (DELIVER_ALL follows) */
     x->done = true;
     x->messages++;
   }
 }
 
+/* The delivery's news. A reply may end the session (a pipelined QUIT):
+ * on_close then aborts the delivery, which therefore stays in x->dlv
+ * until DELIVER_ALL, so that no callback comes for a freed session. */
 static void on_result(void *arg, size_t i, const struct tern_reply *r,
                       const char *detail) {
   struct sess *x = arg;
