@@ -105,9 +105,10 @@ struct deliver_ops {
    * Return-Path is added, the reply says "delivered"). */
   bool final;
   /* Start a delivery: 0 (write the body now; *refusal untouched), or
-   * -errno with *refusal set to the reply to give (nothing to abort). Never waits: what must
-   * be opened is opened in the background, and a failure there is
-   * reported by commit. `cb` must live until the delivery ends. */
+   * -errno with *refusal set to the reply to give (nothing to abort).
+   * Never waits: what must be opened is opened in the background, and a
+   * failure there is reported by commit. `cb` must live until the
+   * delivery ends. */
   int (*begin)(const struct deliver_target *t, const struct deliver_msg *m,
                const struct deliver_cbs *cb, void *arg, struct delivery **out,
                struct tern_reply *refusal);
