@@ -1,8 +1,10 @@
 /*
- * Delivery targets for `tern serve`. Each delivery is one message on its
- * way out; the session's on_data/on_data_end drive it, and the answer
- * ("250 only once durable") comes back through a callback on the same
- * loop, which then answers the pending on_data_end decision.
+ * Delivery targets for `tern serve`, and the one interface every target
+ * implements (struct deliver_ops). A delivery is one message on its way
+ * out: the session begins it at DATA, writes the body to it, commits it
+ * at the end of data and answers each recipient with the outcome the
+ * delivery reports, on the same loop. Maildir, pipe and the forwarding
+ * targets implement it below; a durable queue is one more implementation.
  */
 #ifndef TERN_CLI_DELIVER_H
 #define TERN_CLI_DELIVER_H
@@ -17,6 +19,113 @@
  * owned by the delivery until it is freed). */
 typedef void (*deliver_done_fn)(void *arg, const struct tern_reply *r,
                                 const char *detail);
+
+/* ---- the delivery interface ---------------------------------------------- */
+
+/*
+ * The contract, as a target (and Step 7's queue) implements it.
+ *
+ * Life of a delivery: begin, then any number of writes (one at a time),
+ * then commit or abort; after commit, abort is still allowed until the
+ * last result. Every callback runs on the loop of deliver_msg.loop,
+ * never from inside the call that asked for it (write, commit), and
+ * never after abort returns. A call that fails calls no callback for it.
+ * The caller may abort from inside a callback (its session ended while
+ * it answered a recipient): the delivery then reports nothing more.
+ *
+ * Ownership: begin copies what it keeps of deliver_msg (strings, header);
+ * the caller may free it when begin returns. write() is finished with
+ * `buf` when it returns: a target that needs the bytes later copies them,
+ * so the caller may reuse its buffer at once (the runtime's read buffer
+ * is reused after on_data returns). Chunks may be of any size.
+ *
+ * When a recipient may be answered 250: only from a result that says
+ * 2xx for it, and a target says 2xx only when the message is as safe as
+ * it will ever be on our side: Maildir once it is fsynced, renamed into
+ * new/ and the directory fsynced; pipe once the command exited 0; a
+ * forwarding target once the next hop said 2xx; a queue once the
+ * message and its envelope are fsynced in the queue. An error before
+ * commit (ENOSPC...) is remembered and becomes the commit's result.
+ *
+ * Abort means: nobody will be told the outcome. Before commit, nothing
+ * of the message is left behind (temporary files removed, commands
+ * stopped, the next hop's transaction dropped); after commit it only
+ * detaches the caller (what is in flight may still land: its sender was
+ * never told 250, so at worst the message comes again). The delivery
+ * frees itself, at once or when what it has in flight ends.
+ */
+
+/* What begin gets: the message as the session knows it at DATA. */
+struct deliver_msg {
+  uv_loop_t *loop;
+  const char *from;                /* the sender, "" for <> */
+  const char *const *rcpts;        /* accepted recipients, RCPT order */
+  size_t nrcpts;                   /* at least 1 */
+  const char *header;              /* trace fields, written before the body */
+  size_t hlen;
+  /* A target that answers the envelope itself (forwarding: the next hop
+   * answered MAIL and RCPT) hands over here what it opened then; it
+   * belongs to the delivery once begin is called, whatever it returns. */
+  void *envelope;
+};
+
+/* Where the session wants the delivery's news. `arg` is given to each. */
+struct deliver_cbs {
+  /* A write that returned DELIVER_LATER is done: the next one may come.
+   * status 0 or -errno (remembered; commit reports it). */
+  void (*written)(void *arg, int status);
+  /*
+   * After commit: recipient `rcpt`'s outcome (index into deliver_msg's
+   * rcpts), or with rcpt == DELIVER_ALL the outcome of every recipient
+   * not reported on its own. DELIVER_ALL comes once and last (r NULL when
+   * every recipient had its own); the delivery frees itself after it
+   * returns. `detail` is for the log (a file name, a command's output).
+   */
+  void (*result)(void *arg, size_t rcpt, const struct tern_reply *r,
+                 const char *detail);
+};
+
+#define DELIVER_ALL ((size_t)-1)
+#define DELIVER_LATER 1 /* write: cb->written will say when */
+
+/* One delivery in flight (each target's own type behind it). */
+struct delivery;
+
+/* A configured target: its operations and what they deliver to. */
+struct deliver_target {
+  const struct deliver_ops *ops;
+  const char *spec;         /* maildir: path or template (%u %d %a);
+                               pipe: command line (%s %r %u %d %a) */
+  struct maildir_ctx *md;   /* maildir: the context of this loop */
+  unsigned time_limit_ms;   /* pipe: pipe_set_time_limit(); 0 none */
+};
+
+struct deliver_ops {
+  /* True when the target is the final delivery (RFC 5321 §4.4:
+   * Return-Path is added, the reply says "delivered"). */
+  bool final;
+  /* Start a delivery: 0 (write the body now; *refusal untouched), or
+   * -errno with *refusal set to the reply to give (nothing to abort).
+   * Never waits: what must be opened is opened in the background, and a
+   * failure there is reported by commit. `cb` must live until the
+   * delivery ends. */
+  int (*begin)(const struct deliver_target *t, const struct deliver_msg *m,
+               const struct deliver_cbs *cb, void *arg, struct delivery **out,
+               struct tern_reply *refusal);
+  /* Body bytes. Returns 0 (taken: write the next), DELIVER_LATER
+   * (cb->written tells when the next may come), or -errno (the delivery
+   * failed and keeps the error for commit: drop the rest, then commit). */
+  int (*write)(struct delivery *d, const char *buf, size_t len);
+  /* The body is complete: make it durable (or hand it on) and report
+   * through cb->result. Call it with no write outstanding. */
+  void (*commit)(struct delivery *d);
+  /* Give up (see "Abort means" above). */
+  void (*abort)(struct delivery *d);
+};
+
+extern const struct deliver_ops maildir_ops;
+extern const struct deliver_ops pipe_ops;
+extern const struct deliver_ops forward_ops;
 
 /* ---- maildir ------------------------------------------------------------- */
 
@@ -212,11 +321,11 @@ int forward_rcpt(struct forward_delivery *d, const char *addr,
                  void *arg, struct tern_reply *now);
 /* DATA: `cb` gets the next hop's 354 or refusal (with BDAT, a local
  * go-ahead: then 1 and *now, as forward_rcpt). `header` (our Received
- * line) goes first and must live until commit. */
+ * line; copied) goes first. */
 int forward_data(struct forward_delivery *d, const char *header, size_t hlen,
                  deliver_done_fn cb, void *arg, struct tern_reply *now);
-/* Body bytes (copied). Returns 1 when all were taken at once, 0 when
- * cb(arg, 0) will run once they are, or -errno. */
+/* Body bytes (copied; any length). Returns 1 when all were taken at
+ * once, 0 when cb(arg, 0) will run once they are, or -errno. */
 int forward_write(struct forward_delivery *d, const char *buf, size_t len,
                   void (*cb)(void *arg, int status), void *arg);
 /* End the body; `done` gets the next hop's verdict (an SMTP next hop:

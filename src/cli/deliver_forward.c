@@ -43,10 +43,12 @@ struct forward_delivery {
   struct status st;          /* the answer handed to step/done */
   struct status *data;       /* per accepted recipient: data reply */
   size_t naccepted, dcap;
-  const char *header;        /* written first (Received) */
+  char *header;              /* written first (Received; a copy) */
   size_t hlen, hsent;
-  char *pend;                /* bytes body() has not taken yet */
-  size_t pend_len, pend_off;
+  char *pend;                /* bytes body() has not taken yet (a copy) */
+  size_t pend_len, pend_off, pend_cap;
+  const struct deliver_cbs *ocb; /* behind deliver_ops: the session's */
+  void *oarg;
   void (*write_cb)(void *arg, int status);
   void *write_arg;
   deliver_done_fn done;
@@ -103,6 +105,7 @@ static void maybe_free(struct forward_delivery *d) {
   free(d->from);
   free(d->envid);
   free(d->pend);
+  free(d->header);
   free(d);
 }
 
@@ -431,8 +434,7 @@ int forward_open(uv_loop_t *loop, const struct forward_opts *o,
 
   d->from = strdup(fm->from);
   d->envid = fm->envid ? strdup(fm->envid) : NULL;
-  d->pend = malloc(65536);
-  if (!d->from || !d->pend || (fm->envid && !d->envid)) {
+  if (!d->from || (fm->envid && !d->envid)) {
     d->closed = d->released = true;
     maybe_free(d);
     return -ENOMEM;
@@ -535,16 +537,28 @@ int forward_data(struct forward_delivery *d, const char *header, size_t hlen,
                  deliver_done_fn cb, void *arg, struct tern_reply *now) {
   if (d->step || d->closed)
     return -EBUSY;
-  d->header = header;
+  free(d->header);
+  d->hlen = d->hsent = 0;
+  if ((d->header = malloc(hlen ? hlen : 1)) == NULL)
+    return -EIO;
+  memcpy(d->header, header, hlen);
   d->hlen = hlen;
   return step_call(d, FWD_DATA, NULL, cb, arg, now);
 }
 
 int forward_write(struct forward_delivery *d, const char *buf, size_t len,
                   void (*cb)(void *arg, int status), void *arg) {
-  if (d->finished || d->closed || len > 65536)
+  if (d->finished || d->closed)
     return -EIO;
-  memcpy(d->pend, buf, len);
+  if (len > d->pend_cap) { /* the chunk as the runtime read it, any size */
+    char *n = realloc(d->pend, len);
+    if (!n)
+      return -ENOMEM;
+    d->pend = n;
+    d->pend_cap = len;
+  }
+  if (len)
+    memcpy(d->pend, buf, len);
   d->pend_len = len;
   d->pend_off = 0;
   d->write_cb = NULL;
@@ -603,3 +617,74 @@ void forward_release(struct forward_delivery *d) {
     tern_client_close(d->cl);
   maybe_free(d);
 }
+
+/* ---- the delivery interface (deliver_ops) ------------------------------- */
+
+/* The delivery is the forward_delivery that answered MAIL, RCPT and DATA
+ * (forward_open, forward_rcpt, forward_data): begin only takes it over. */
+static int fwo_begin(const struct deliver_target *t,
+                     const struct deliver_msg *m, const struct deliver_cbs *cb,
+                     void *arg, struct delivery **out,
+                     struct tern_reply *refusal) {
+  struct forward_delivery *d = m->envelope;
+  (void)t;
+  if (!d) {
+    *refusal = (struct tern_reply){451, "4.4.1", "Error: next hop unavailable"};
+    return -EHOSTUNREACH;
+  }
+  d->ocb = cb;
+  d->oarg = arg;
+  *out = (struct delivery *)d;
+  return 0;
+}
+
+static int fwo_write(struct delivery *dv, const char *buf, size_t len) {
+  struct forward_delivery *d = (struct forward_delivery *)dv;
+  int r = forward_write(d, buf, len, d->ocb->written, d->oarg);
+  /* forward_write: 1 all taken, 0 cb comes */
+  return r == 1 ? 0 : r == 0 ? DELIVER_LATER : r;
+}
+
+/* The outcome: each recipient the next hop accepted (LMTP: its own
+ * reply; SMTP: the one reply), then the message's, then the end. */
+static void fwo_report(struct forward_delivery *d, const struct tern_reply *r,
+                       const char *detail) {
+  for (size_t i = 0; i < d->naccepted && !d->released; i++) {
+    struct tern_reply ri;
+    forward_result(d, i, &ri);
+    d->ocb->result(d->oarg, i, &ri, detail);
+  }
+  if (d->released)
+    return;
+  d->ocb->result(d->oarg, DELIVER_ALL, r, detail);
+  forward_release(d);
+}
+
+static void fwo_done(void *arg, const struct tern_reply *r,
+                     const char *detail) {
+  fwo_report(arg, r, detail);
+}
+
+/* An outcome known at commit (the next hop failed during the body),
+ * reported from the loop as every other. */
+static void fwo_known(uv_timer_t *t) {
+  struct forward_delivery *d = t->data;
+  struct tern_reply r;
+  reply_of(&d->st, &r);
+  fwo_report(d, &r, "next hop failed");
+}
+
+static void fwo_commit(struct delivery *dv) {
+  struct forward_delivery *d = (struct forward_delivery *)dv;
+  struct tern_reply now;
+  if (forward_commit(d, fwo_done, d, &now) == 1 && d->timer_init &&
+      !d->timer_closing)
+    uv_timer_start(&d->timer, fwo_known, 0, 0);
+}
+
+static void fwo_abort(struct delivery *dv) {
+  forward_release((struct forward_delivery *)dv);
+}
+
+const struct deliver_ops forward_ops = {false, fwo_begin, fwo_write,
+                                        fwo_commit, fwo_abort};

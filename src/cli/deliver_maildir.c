@@ -40,6 +40,7 @@
  * and leave nothing in any new/.
  */
 #include "deliver.h"
+#include "recipients.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -137,6 +138,8 @@ struct maildir_delivery {
 
   deliver_done_fn done;
   void *done_arg;
+  const struct deliver_cbs *ocb; /* behind deliver_ops: the session's */
+  void *oarg;
   size_t syncs_left;
   int sync_err;
   struct md_waiter *waiters; /* one per directory */
@@ -957,3 +960,89 @@ void maildir_abort(struct maildir_delivery *d) {
     md_discard(d);
   /* else: the request in flight discards when it ends */
 }
+
+/* ---- the delivery interface (deliver_ops) ------------------------------- */
+
+/*
+ * The directories of a message: one per distinct expansion of the
+ * template (recipients.h spells each name), and with a template the
+ * spool its file waits in until the message is accepted, so that a
+ * recipient whose message is not accepted gets no directory. Nothing is
+ * created here: maildir_begin opens the file and makes missing maildirs
+ * in the thread pool.
+ */
+static int md_dirs_of(const char *tpl, const struct deliver_msg *m,
+                      char **dirs, size_t *nd, char *spool, size_t scap) {
+  char path[PATH_MAX];
+
+  *nd = 0;
+  for (size_t i = 0; i < m->nrcpts; i++) {
+    bool seen = false;
+    if (rcpt_expand_maildir(tpl, m->rcpts[i], path, sizeof path) != 0)
+      return -ENAMETOOLONG; /* the session refused it at RCPT */
+    for (size_t k = 0; k < *nd && !seen; k++)
+      seen = strcmp(dirs[k], path) == 0;
+    if (seen)
+      continue;
+    if ((dirs[*nd] = md_strdup(path)) == NULL)
+      return -ENOMEM;
+    (*nd)++;
+  }
+  if (strchr(tpl, '%') != NULL &&
+      rcpt_template_spool(tpl, spool, scap) != 0)
+    return -ENAMETOOLONG;
+  return 0;
+}
+
+static int mdo_begin(const struct deliver_target *t,
+                     const struct deliver_msg *m, const struct deliver_cbs *cb,
+                     void *arg, struct delivery **out,
+                     struct tern_reply *refusal) {
+  char spool[PATH_MAX] = "";
+  size_t nd = 0;
+  char **dirs = calloc(m->nrcpts ? m->nrcpts : 1, sizeof *dirs);
+  struct maildir_delivery *d = NULL;
+  int r = dirs && t->md ? md_dirs_of(t->spec, m, dirs, &nd, spool,
+                                     sizeof spool)
+                        : -ENOMEM;
+
+  if (r == 0)
+    r = maildir_begin(t->md, spool[0] ? spool : NULL,
+                      (const char *const *)dirs, nd, m->header, m->hlen, &d);
+  for (size_t k = 0; k < nd; k++)
+    free(dirs[k]);
+  free(dirs);
+  if (r != 0) {
+    *refusal = md_failed;
+    return r;
+  }
+  d->ocb = cb;
+  d->oarg = arg;
+  *out = (struct delivery *)d;
+  return 0;
+}
+
+static int mdo_write(struct delivery *dv, const char *buf, size_t len) {
+  struct maildir_delivery *d = (struct maildir_delivery *)dv;
+  int r = maildir_write(d, buf, len, d->ocb->written, d->oarg);
+  /* maildir_write: 1 buffered, 0 a block is being written */
+  return r == 1 ? 0 : r == 0 ? DELIVER_LATER : r;
+}
+
+static void mdo_done(void *arg, const struct tern_reply *r,
+                     const char *detail) {
+  struct maildir_delivery *d = arg;
+  d->ocb->result(d->oarg, DELIVER_ALL, r, detail);
+}
+
+static void mdo_commit(struct delivery *dv) {
+  struct maildir_delivery *d = (struct maildir_delivery *)dv;
+  maildir_commit(d, mdo_done, d);
+}
+
+static void mdo_abort(struct delivery *dv) {
+  maildir_abort((struct maildir_delivery *)dv);
+}
+
+const struct deliver_ops maildir_ops = {true, mdo_begin, mdo_write,
+                                        mdo_commit, mdo_abort};

@@ -17,6 +17,7 @@
  * with exit 0 is a temporary failure.
  */
 #include "deliver.h"
+#include "recipients.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -556,6 +557,9 @@ struct pipe_group {
   void *warg;
   pipe_each_fn each;
   void *each_arg;
+  const struct deliver_cbs *ocb; /* behind deliver_ops: the session's */
+  void *oarg;
+  size_t nreported;
   struct pipe_member m[];
 };
 
@@ -710,3 +714,84 @@ void pipe_group_abort(struct pipe_group *g) {
   if (g->in_cb == 0)
     pg_free(g);
 }
+
+/* ---- the delivery interface (deliver_ops) ------------------------------- */
+
+/* Start recipient i's command: its own argv (%s %r %u %d %a expanded)
+ * and environment. */
+static int pgo_start(struct pipe_group *g, const struct deliver_target *t,
+                     const struct deliver_msg *m, size_t i) {
+  char words[4096], *argv[64], envs[4][600];
+  char *env[] = {envs[0], envs[1], envs[2], envs[3], NULL};
+  const char *rcpt = m->rcpts[i];
+  bool fits = rcpt_pipe_argv(t->spec, m->from, rcpt, words, sizeof words,
+                             argv, 64) > 0;
+
+  snprintf(envs[0], sizeof envs[0], "SENDER=%s", m->from);
+  snprintf(envs[1], sizeof envs[1], "RECIPIENT=%s", rcpt);
+  snprintf(envs[2], sizeof envs[2], "ORIGINAL_RECIPIENT=%s", rcpt);
+  snprintf(envs[3], sizeof envs[3], "PATH=/usr/local/bin:/usr/bin:/bin");
+  return pipe_group_start(g, m->loop, i, fits ? argv : NULL, env);
+}
+
+/* One command per recipient (pipe_group), each with its own exit
+ * status. Fails only when no command could be started. */
+static int pgo_begin(const struct deliver_target *t,
+                     const struct deliver_msg *m, const struct deliver_cbs *cb,
+                     void *arg, struct delivery **out,
+                     struct tern_reply *refusal) {
+  struct pipe_group *g;
+  size_t started = 0;
+  int r;
+
+  pipe_set_time_limit(t->time_limit_ms);
+  if ((r = pipe_group_new(&g, m->nrcpts, m->header, m->hlen)) != 0) {
+    *refusal = pg_nostart;
+    return r;
+  }
+  for (size_t i = 0; i < m->nrcpts; i++) {
+    int ri = pgo_start(g, t, m, i);
+    if (ri == 0)
+      started++;
+    else
+      r = ri;
+  }
+  if (started == 0) {
+    pipe_group_abort(g);
+    *refusal = pg_nostart;
+    return r ? r : -EINVAL;
+  }
+  g->header = NULL; /* pipe_begin copied it; the caller's may go */
+  g->hlen = 0;
+  g->ocb = cb;
+  g->oarg = arg;
+  *out = (struct delivery *)g;
+  return 0;
+}
+
+static int pgo_write(struct delivery *dv, const char *buf, size_t len) {
+  struct pipe_group *g = (struct pipe_group *)dv;
+  int r = pipe_group_write(g, buf, len, g->ocb->written, g->oarg);
+  /* pipe_group_write: 0 cb comes, 1 no command takes input any more */
+  return r == 0 ? DELIVER_LATER : r == 1 ? 0 : r;
+}
+
+static void pgo_each(void *arg, size_t i, const struct tern_reply *r,
+                     const char *detail) {
+  struct pipe_group *g = arg;
+  g->ocb->result(g->oarg, i, r, detail);
+  if (!g->aborted && ++g->nreported == g->n)
+    g->ocb->result(g->oarg, DELIVER_ALL, NULL, NULL);
+}
+
+static void pgo_commit(struct delivery *dv) {
+  struct pipe_group *g = (struct pipe_group *)dv;
+  pipe_group_commit(g, pgo_each, g);
+}
+
+static void pgo_abort(struct delivery *dv) {
+  pipe_group_abort((struct pipe_group *)dv);
+}
+
+const struct deliver_ops pipe_ops = {true, pgo_begin, pgo_write, pgo_commit,
+                                     pgo_abort};

@@ -7,6 +7,7 @@
  * root (CAP_SYS_ADMIN). They do not skip: without it they fail and say so.
  */
 #define _GNU_SOURCE
+#include "check.h"
 #include "deliver.h"
 
 #include <dirent.h>
@@ -21,14 +22,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#define CHECK(c)                                                               \
-  do {                                                                         \
-    if (!(c)) {                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);    \
-      exit(1);                                                                 \
-    }                                                                          \
-  } while (0)
 
 #define CHECK_REPLY(j, code_, enh_)                                            \
   do {                                                                         \
@@ -48,29 +41,11 @@ static int nmounted;
 
 /* ---- helpers ------------------------------------------------------------- */
 
-__attribute__((format(printf, 3, 4))) static void pathf(char *buf, size_t cap,
-                                                        const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(buf, cap, fmt, ap);
-  va_end(ap);
-  CHECK(n > 0 && (size_t)n < cap);
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag,
-                  struct FTW *f) {
-  (void)st;
-  (void)flag;
-  (void)f;
-  remove(p);
-  return 0;
-}
-
 static void cleanup(void) {
   while (nmounted > 0)
     umount2(mounted[--nmounted], MNT_DETACH);
   if (base[0] != '\0')
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    rm_tree(base);
 }
 
 /* A tmpfs of `size` bytes at path (created). Fails the test without root. */
@@ -96,21 +71,6 @@ static char *random_bytes(size_t n, unsigned seed) {
     seed = seed * 1103515245u + 12345u;
     p[i] = (char)(seed >> 16);
   }
-  return p;
-}
-
-static char *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  CHECK(f != NULL);
-  CHECK(fseek(f, 0, SEEK_END) == 0);
-  long n = ftell(f);
-  CHECK(n >= 0);
-  rewind(f);
-  char *p = malloc((size_t)n + 1);
-  CHECK(p != NULL);
-  CHECK(fread(p, 1, (size_t)n, f) == (size_t)n);
-  fclose(f);
-  *len = (size_t)n;
   return p;
 }
 
@@ -870,10 +830,7 @@ static void t_pipe_group(void) {
 
 /* ---- main ---------------------------------------------------------------- */
 
-static const struct {
-  const char *name;
-  void (*fn)(void);
-} tests[] = {
+static const struct check_case tests[] = {
     {"maildir_happy", t_maildir_happy},
     {"maildir_multi", t_maildir_multi},
     {"maildir_exdev", t_maildir_exdev},
@@ -890,30 +847,14 @@ static const struct {
     {"pipe_group", t_pipe_group},
 };
 
-int main(int argc, char **argv) {
-  const char *want = argc > 1 ? argv[1] : "all";
-  const char *tmp = getenv("TMPDIR");
-  int ran = 0;
-
-  pathf(base, sizeof base, "%s/tern-deliver-XXXXXX",
-        tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
-  CHECK(mkdtemp(base) != NULL);
+static void setup(void) {
   atexit(cleanup);
   loop = uv_default_loop();
+}
 
-  for (size_t i = 0; i < sizeof tests / sizeof *tests; i++) {
-    if (strcmp(want, "all") != 0 && strcmp(want, tests[i].name) != 0)
-      continue;
-    printf("== %s\n", tests[i].name);
-    fflush(stdout);
-    tests[i].fn();
-    ran++;
-  }
-  if (ran == 0) {
-    fprintf(stderr, "no test named %s\n", want);
-    return 1;
-  }
-  CHECK(uv_loop_close(loop) == 0);
-  printf("ok (%d)\n", ran);
-  return 0;
+static void teardown(void) { CHECK(uv_loop_close(loop) == 0); }
+
+int main(int argc, char **argv) {
+  return check_main(argc, argv, base, sizeof base, "tern-deliver", tests,
+                    sizeof tests / sizeof *tests, setup, teardown);
 }

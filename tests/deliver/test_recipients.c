@@ -5,6 +5,7 @@
  * option-like local part check. `test_recipients` runs them all.
  */
 #define _GNU_SOURCE
+#include "check.h"
 #include "recipients.h"
 
 #include <fcntl.h>
@@ -12,14 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define CHECK(c)                                                               \
-  do {                                                                         \
-    if (!(c)) {                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);    \
-      exit(1);                                                                 \
-    }                                                                          \
-  } while (0)
 
 static void expect_local(const char *addr, const char *want) {
   char out[128];

@@ -222,6 +222,43 @@ def test_lmtp_three_recipients_one_refused():
                 "leak): %r" % trace)
 
 
+def test_lmtp_quit_pipelined_after_data():
+    """QUIT sent with the end of data behind LMTP: the last recipient's
+    reply lets the session read QUIT and close inside that reply, while
+    its pipe commands report their outcomes: every recipient is answered,
+    then 221, and the server lives on (no callback for a freed session;
+    an ASan build catches one)."""
+    out, conf = multi_setup("lmtp")
+    rng = random.Random(12)
+    rcpts = ["alice@example.org", "bob@example.org"]
+    m = h.make_message("lmtp-quit@e2e", 3000, rng)
+    with h.Serve(["-c", conf], name="pipe-lmtp-quit") as srv:
+        for _ in range(3):
+            r = h.Raw("127.0.0.1", srv.port, timeout=20)
+            try:
+                r.reply()
+                r.cmd("LHLO test.example", 250)
+                r.cmd("MAIL FROM:<s@example.net>", 250)
+                for t in rcpts:
+                    r.cmd("RCPT TO:<%s>" % t, 250)
+                r.cmd("DATA", 354)
+                r.send(h.dot_stuff(m) + b".\r\nQUIT\r\n")
+                for t in rcpts:
+                    code, lines = r.reply()
+                    h.check(code == 250, "%s: %r" % (t, lines))
+                code, lines = r.reply()
+                h.check(code == 221, "QUIT: %r" % lines)
+            finally:
+                r.close()
+        srv.wait_log("event=message", count=6)
+        r = h.Raw("127.0.0.1", srv.port, timeout=20)
+        try:
+            r.reply()
+            r.cmd("QUIT", 221)
+        finally:
+            r.close()
+
+
 def test_smtp_one_recipient_per_transaction():
     """Behind an SMTP listener a pipe takes one recipient per message:
     the second RCPT gets 452 4.5.3 and the client sends it again in its
@@ -348,6 +385,7 @@ if __name__ == "__main__":
     h.main([test_pipe_exit_codes, test_pipe_escapes,
             test_command_that_does_not_read,
             test_lmtp_three_recipients_one_refused,
+            test_lmtp_quit_pipelined_after_data,
             test_smtp_one_recipient_per_transaction,
             test_option_like_local_part_refused,
             test_lmtp_recipient_bound, test_hung_command_time_limit,

@@ -1,0 +1,606 @@
+/*
+ * tern serve — the mail-receiving daemon, on the public API only.
+ *
+ *   tern serve                       embedded default: 127.0.0.1:2525 and
+ *                                    [::1]:2525, any recipient, ./mail
+ *   tern serve -c tern.ini           a configuration file (docs/configuration.md)
+ *   tern serve --listen URL --maildir DIR --hostname NAME
+ *   tern serve --check -c tern.ini   check the configuration and exit
+ *
+ * Every message is answered 250 only once it is durable (Maildir: written,
+ * fsynced, renamed into new/, directory fsynced) or accepted by the pipe
+ * command. One key=value log line per session and per message. SIGTERM and
+ * SIGINT drain gracefully; SIGHUP reloads the configuration (users,
+ * domains, delivery, certificates, hostname, sizes, limits, timeouts;
+ * what needs a restart is logged by key: on_hup()). systemd
+ * socket activation (LISTEN_FDS) is honoured; privileges are dropped to
+ * [server] user/group after binding.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+#include <tern/net.h>
+#include <tern/tern.h>
+
+#include "cli.h"
+#include "config.h"
+#include "deliver.h"
+#include "log.h"
+#include "recipients.h"
+#include "serve.h"
+#include "users.h"
+
+/* ---- the policy: what a reload replaces ----------------------------------- */
+
+static uv_mutex_t g_lock;       /* g_policy swaps */
+static struct policy *g_policy; /* current */
+
+struct policy *policy_get(void) {
+  uv_mutex_lock(&g_lock);
+  struct policy *p = g_policy;
+  atomic_fetch_add(&p->refs, 1);
+  uv_mutex_unlock(&g_lock);
+  return p;
+}
+
+void policy_put(struct policy *p) {
+  if (p && atomic_fetch_sub(&p->refs, 1) == 1) {
+    cfg_free(&p->cfg);
+    if (p->users)
+      users_free(p->users);
+    rcptset_free(p->known);
+    free(p);
+  }
+}
+
+/* Make p the current policy (its reference moves there). */
+static void policy_set(struct policy *p) {
+  uv_mutex_lock(&g_lock);
+  struct policy *old = g_policy;
+  g_policy = p;
+  uv_mutex_unlock(&g_lock);
+  policy_put(old);
+}
+
+static int load_policy(const char *path, const struct cfg *base,
+                       struct policy **out, char *err, size_t cap) {
+  struct policy *p = calloc(1, sizeof *p);
+  if (!p) {
+    snprintf(err, cap, "out of memory");
+    return -1;
+  }
+  atomic_init(&p->refs, 1);
+  if (base)
+    p->cfg = *base;
+  else
+    cfg_defaults(&p->cfg);
+  if (path && cfg_load(&p->cfg, path, err, cap) != 0)
+    goto fail;
+  if (cfg_check(&p->cfg, err, cap) != 0)
+    goto fail;
+  if (p->cfg.users_file &&
+      users_load(p->cfg.users_file, &p->users, err, cap) != 0)
+    goto fail;
+  if (p->cfg.recipients_file &&
+      rcptset_load(p->cfg.recipients_file, &p->known, err, cap) != 0)
+    goto fail;
+  *out = p;
+  return 0;
+fail:
+  if (p->users)
+    users_free(p->users);
+  cfg_free(&p->cfg);
+  free(p);
+  return -1;
+}
+
+/* --hostname and --maildir override the file, with the file's checks,
+ * at start-up and on every reload. Returns 0 or -1 with err set. */
+static int apply_flags(struct cfg *c, const char *hostname,
+                       const char *maildir, char *err, size_t cap) {
+  if (hostname && cfg_set(c, "server", "hostname", hostname, err, cap) != 0)
+    return -1;
+  if (maildir && (cfg_set(c, "delivery", "target", "maildir", err, cap) != 0 ||
+                  cfg_set(c, "delivery", "maildir", maildir, err, cap) != 0))
+    return -1;
+  return 0;
+}
+
+/* ---- signals ------------------------------------------------------------------ */
+
+struct daemon {
+  uv_loop_t *loop;
+  struct tern_server *srv;
+  struct tern_server_callbacks cb; /* the server keeps pointers to these */
+  struct tern_auth_callbacks auth;
+  uv_signal_t sigterm, sigint, sighup;
+  const char *path; /* config file, for reload */
+  const char *maildir, *hostname; /* command-line overrides, kept on reload */
+  bool cli_listeners;               /* --listen: the file's are not used */
+  struct policy *boot;              /* what the server was started with */
+  int exit_code;
+};
+
+static void on_down(struct tern_server *srv, void *arg) {
+  struct daemon *d = arg;
+  (void)srv;
+  uv_close((uv_handle_t *)&d->sigterm, NULL);
+  uv_close((uv_handle_t *)&d->sigint, NULL);
+  uv_close((uv_handle_t *)&d->sighup, NULL);
+  log_kv("event", "stopped", NULL);
+}
+
+static void on_stop(uv_signal_t *h, int sig) {
+  struct daemon *d = h->data;
+  log_kv("event", "stopping", "signal", sig == SIGTERM ? "TERM" : "INT",
+         NULL);
+  sd_notify(0, "STOPPING=1");
+  uv_signal_stop(&d->sigterm);
+  uv_signal_stop(&d->sigint);
+  tern_server_shutdown(d->srv, on_down, d);
+}
+
+/* The server's options from the configuration, for start-up and for
+ * reload alike (tern_server_update() takes the session template, limits
+ * and certificates from them and ignores the rest), so a key set here
+ * never reverts to its default on SIGHUP. Every [server] setting that
+ * reaches the runtime belongs here. */
+static void server_options(const struct cfg *c, struct tern_server_options *o,
+                           struct tern_server_config *sc) {
+  tern_server_config_init(sc);
+  o->session = sc;
+  sc->hostname = c->hostname;
+  sc->max_message_size = c->max_message_size;
+  sc->max_recipients = c->max_recipients;
+  sc->timeout_command_ms = c->timeout_command_ms;
+  sc->timeout_data_ms = c->timeout_data_ms;
+  sc->max_line_length = c->max_line_length;
+  sc->max_junk_commands = c->max_junk_commands;
+  o->max_connections = c->max_connections;
+  o->max_per_ip = c->max_per_ip;
+  o->greeting_delay_ms = c->greeting_delay_ms;
+  o->shutdown_timeout_ms = c->shutdown_timeout_ms;
+  o->tls_certs = c->certs;
+  o->tls_cert_count = c->ncerts;
+  o->workers = c->workers;
+  o->xclient_networks = c->xclient_networks;
+  o->proxy_timeout_ms = c->timeout_proxy_ms;
+  o->tls_handshake_timeout_ms = c->timeout_tls_handshake_ms;
+  o->write_timeout_ms = c->timeout_write_ms;
+}
+
+static void reload_failed(const struct daemon *d, const char *err) {
+  const struct cfg *b = &d->boot->cfg;
+  /* after dropping privileges, say as whom the files were read */
+  log_kv("event", "reload", "result", "failed", "error", err, "user",
+         b->user, NULL);
+}
+
+/*
+ * SIGHUP: read the file again and apply what a running server can take
+ * (issue 8, item 24). All or nothing: a file that does not load, a users
+ * file or certificate that cannot be read keeps the current settings
+ * (result=failed, naming the file). What needs a restart (listeners,
+ * workers, user, ...: cfg_restart_keys()) is logged by key with
+ * result=partial; the rest applies to sessions that start from now on.
+ */
+static void reload(struct daemon *d) {
+  char err[512], keys[512];
+  struct policy *p;
+  if (!d->path) {
+    log_kv("event", "reload", "result", "skipped", "why",
+           "no configuration file", NULL);
+    return;
+  }
+  if (load_policy(d->path, NULL, &p, err, sizeof err) != 0) {
+    reload_failed(d, err);
+    return;
+  }
+  /* --hostname and --maildir still override the file */
+  if (apply_flags(&p->cfg, d->hostname, d->maildir, err, sizeof err) != 0) {
+    reload_failed(d, err);
+    policy_put(p);
+    return;
+  }
+  size_t nkeys = cfg_restart_keys(&d->boot->cfg, &p->cfg, d->cli_listeners,
+                                  keys, sizeof keys);
+  struct tern_server_options o;
+  tern_server_options_init(&o);
+  struct tern_server_config sc;
+  server_options(&p->cfg, &o, &sc);
+  if (d->boot->cfg.ncerts == 0 || p->cfg.ncerts == 0) {
+    o.tls_certs = d->boot->cfg.certs; /* none <-> some: at restart */
+    o.tls_cert_count = d->boot->cfg.ncerts;
+  }
+  int r = tern_server_update(d->srv, &o);
+  if (r) {
+    reload_failed(d, tern_server_last_error(d->srv));
+    policy_put(p);
+    return;
+  }
+  policy_set(p);
+  if (nkeys)
+    log_kv("event", "reload", "result", "partial", "restart_needed", keys,
+           NULL);
+  else
+    log_kv("event", "reload", "result", "ok", NULL);
+}
+
+/* systemd (Type=notify): RELOADING=1 with the time, the reload, READY=1
+ * again whatever its outcome (the old settings are still serving). */
+static void on_hup(uv_signal_t *h, int sig) {
+  struct daemon *d = h->data;
+  struct timespec ts;
+  (void)sig;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL +
+                 (unsigned long long)ts.tv_nsec / 1000);
+  reload(d);
+  sd_notify(0, "READY=1");
+}
+
+/* ---- start-up ----------------------------------------------------------------- */
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: tern serve [-c FILE] [--check] [--listen URL]... "
+          "[--maildir DIR] [--hostname NAME]\n"
+          "  -c, --config FILE   the configuration file (tern.ini(5)); "
+          "without one:\n"
+          "                      127.0.0.1:2525 and [::1]:2525, any "
+          "recipient, Maildir ./mail\n"
+          "  --check             load and check the configuration (users "
+          "file and\n"
+          "                      certificates included), print OK, exit\n"
+          "  --listen URL        listen here instead of the file's "
+          "listeners (repeatable):\n"
+          "                      smtp://HOST:PORT, smtps://HOST:PORT, "
+          "lmtp://HOST:PORT,\n"
+          "                      smtp:///PATH, lmtp:///PATH (port 0: any "
+          "free port)\n"
+          "  --maildir DIR       deliver into this Maildir (overrides "
+          "[delivery])\n"
+          "  --hostname NAME     our name in the greeting and Received "
+          "fields\n"
+          "  -h, --help          this text\n"
+          "Signals: TERM/INT drain and stop, HUP reloads the file. "
+          "See tern(1).\n");
+}
+
+
+/* The command line: exit status to return at once, or -1 to go on. */
+struct args {
+  const char *path, *maildir, *hostname;
+  const char *listen[CFG_MAX_LISTENERS];
+  size_t nlisten;
+  bool check;
+};
+
+static int parse_args(int argc, char **argv, struct args *a) {
+  static const struct option longopts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"check", no_argument, NULL, 'k'},
+      {"listen", required_argument, NULL, 'l'},
+      {"maildir", required_argument, NULL, 'm'},
+      {"hostname", required_argument, NULL, 'H'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  int ch;
+
+  optind = 1;
+  while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+    switch (ch) {
+    case 'c':
+      a->path = optarg;
+      break;
+    case 'k':
+      a->check = true;
+      break;
+    case 'l':
+      if (a->nlisten == CFG_MAX_LISTENERS) {
+        fprintf(stderr, "tern serve: too many --listen\n");
+        return EX_USAGE;
+      }
+      a->listen[a->nlisten++] = optarg;
+      break;
+    case 'm':
+      a->maildir = optarg;
+      break;
+    case 'H':
+      a->hostname = optarg;
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return EX_USAGE;
+    }
+  }
+  if (optind < argc) {
+    usage(stderr);
+    return EX_USAGE;
+  }
+  return -1;
+}
+
+/* --listen replaces the file's listeners. */
+static void use_cli_listeners(struct cfg *c, const struct args *a) {
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    free(c->listeners[i].name);
+    free(c->listeners[i].url);
+    free(c->listeners[i].socket_user);
+    free(c->listeners[i].socket_group);
+  }
+  memset(c->listeners, 0, sizeof c->listeners);
+  for (size_t i = 0; i < a->nlisten; i++) {
+    c->listeners[i].name = strdup("cli");
+    c->listeners[i].url = strdup(a->listen[i]);
+  }
+  c->nlisteners = a->nlisten;
+}
+
+/* --check: the certificates load as at start-up (the users file has
+ * already, in load_policy); nothing is bound. */
+static int check_only(const struct args *a, struct policy *pol) {
+  struct tern_server_options co;
+  struct tern_server_config sc;
+  struct tern_server *cs = NULL;
+  char why[512];
+  tern_server_options_init(&co);
+  server_options(&pol->cfg, &co, &sc);
+  co.error = why;
+  co.error_size = sizeof why;
+  int cr = tern_server_new(&cs, uv_default_loop(), &co);
+  if (cr)
+    fprintf(stderr, "tern serve: %s\n", why);
+  else
+    printf("tern serve: %s: configuration OK\n",
+           a->path ? a->path : "(default)");
+  tern_server_free(cs);
+  policy_put(pol);
+  return cr ? EX_CONFIG : 0;
+}
+
+/* Listener i's options; unix sockets get their owner and mode while we
+ * are still root. Returns 0 or an exit status (said on stderr). */
+static int listener_options(const struct cfg_listener *cl, bool activated,
+                            struct tern_listener_options *lo) {
+  tern_listener_options_init(lo);
+  lo->starttls = cl->starttls;
+  lo->proxy_protocol = cl->proxy;
+  lo->auth_required = cl->auth == CFG_AUTH_REQUIRED;
+  lo->auth_insecure_ok = cl->insecure_auth;
+  lo->xclient = cl->xclient;
+  lo->no_auth = cl->auth == CFG_AUTH_OFF;
+  lo->socket_mode = cl->socket_mode;
+  if (cl->socket_user) {
+    struct passwd *pw = getpwnam(cl->socket_user);
+    if (!pw) {
+      fprintf(stderr, "tern serve: [listener %s]: socket_user '%s' does "
+              "not exist\n", cl->name, cl->socket_user);
+      return EX_CONFIG;
+    }
+    lo->socket_uid = (long)pw->pw_uid;
+  }
+  if (cl->socket_group) {
+    struct group *gr = getgrnam(cl->socket_group);
+    if (!gr) {
+      fprintf(stderr, "tern serve: [listener %s]: socket_group '%s' does "
+              "not exist\n", cl->name, cl->socket_group);
+      return EX_CONFIG;
+    }
+    lo->socket_gid = (long)gr->gr_gid;
+  }
+  if (activated && (cl->socket_user || cl->socket_group || cl->socket_mode))
+    fprintf(stderr, "tern serve: [listener %s]: socket_user, socket_group "
+            "and socket_mode do not apply to a socket from systemd (set "
+            "SocketUser=, SocketGroup=, SocketMode= in its unit)\n",
+            cl->name);
+  return 0;
+}
+
+/* Bind every listener (or take its socket from systemd). Returns 0 or
+ * an exit status (said on stderr). */
+static int open_listeners(struct daemon *d, const struct cfg *c,
+                          bool defaults) {
+  int fd_of[CFG_MAX_LISTENERS];
+  char err[1024];
+  if (activation_fds(c, fd_of, err, sizeof err) != 0) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    return EX_CONFIG;
+  }
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    const struct cfg_listener *cl = &c->listeners[i];
+    struct tern_listener_options lo;
+    int r = listener_options(cl, fd_of[i] >= 0, &lo);
+    if (r)
+      return r;
+    r = fd_of[i] >= 0 ? tern_server_listen_fd(d->srv, fd_of[i], cl->url, &lo)
+                      : tern_server_listen(d->srv, cl->url, &lo);
+    if (r == TERN_EADDRINUSE || r == TERN_EIO || r == TERN_EINVAL) {
+      /* the default [::1] listener is optional on hosts without IPv6 */
+      if (defaults && strstr(cl->url, "[::1]") && r != TERN_EADDRINUSE)
+        continue;
+      fprintf(stderr, "tern serve: %s\n", tern_server_last_error(d->srv));
+      return r == TERN_EADDRINUSE ? EX_UNAVAILABLE : EX_CONFIG;
+    }
+    if (r) {
+      fprintf(stderr, "tern serve: %s: %s\n", cl->url, tern_strerror(r));
+      return EX_SOFTWARE;
+    }
+  }
+  return 0;
+}
+
+/* A fixed Maildir: create it (as the user we now are) and drop what a
+ * crash left in tmp/. A template: its spool (recipients.h), likewise;
+ * the maildirs themselves are made when a message for them is accepted.
+ * Returns 0 or an exit status. */
+static int prepare_maildir(const struct cfg *c) {
+  char spool[4096];
+  const char *fixed = c->target != CFG_MAILDIR ? NULL
+                      : !strchr(c->maildir, '%') ? c->maildir
+                      : rcpt_template_spool(c->maildir, spool,
+                                            sizeof spool) == 0 ? spool
+                                                               : NULL;
+  int mr = fixed ? maildir_prepare(fixed, true) : 0;
+  if (mr) {
+    fprintf(stderr, "tern serve: maildir %s: %s\n", fixed, strerror(-mr));
+    return EX_CANTCREAT;
+  }
+  return 0;
+}
+
+/* The server with our callbacks. Returns 0 or an exit status. */
+static int server_new(struct daemon *d, const struct policy *pol) {
+  const struct cfg *c = &pol->cfg;
+  struct tern_server_options o;
+  struct tern_server_config sc;
+  char why[512];
+  serve_callbacks(&d->cb, &d->auth);
+  tern_server_options_init(&o);
+  o.callbacks = &d->cb;
+  server_options(c, &o, &sc);
+  o.error = why;
+  o.error_size = sizeof why;
+  o.on_event = serve_on_net_event;
+  if (pol->users) {
+    o.auth = &d->auth;
+    o.auth_mechanisms = c->auth_mechanisms ? c->auth_mechanisms : "PLAIN LOGIN";
+  }
+  int r = tern_server_new(&d->srv, d->loop, &o);
+  if (r) {
+    fprintf(stderr, "tern serve: %s\n", why);
+    return r == TERN_ETLS ? EX_CONFIG : EX_SOFTWARE;
+  }
+  return 0;
+}
+
+/* Signals before "ready": a SIGHUP or SIGTERM sent once we said ready
+ * must find its handler, not the default action. Then say where we
+ * listen and that we are ready: systemd may start what depends on us
+ * (Type=notify; a no-op without NOTIFY_SOCKET). */
+static void announce(struct daemon *d, const struct cfg *c) {
+  uv_signal_init(d->loop, &d->sigterm);
+  uv_signal_init(d->loop, &d->sigint);
+  uv_signal_init(d->loop, &d->sighup);
+  d->sigterm.data = d->sigint.data = d->sighup.data = d;
+  uv_signal_start(&d->sigterm, on_stop, SIGTERM);
+  uv_signal_start(&d->sigint, on_stop, SIGINT);
+  uv_signal_start(&d->sighup, on_hup, SIGHUP);
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    char pt[16];
+    snprintf(pt, sizeof pt, "%d", tern_server_listener_port(d->srv, i));
+    log_kv("event", "listening", "url", c->listeners[i].url, "port", pt,
+           NULL);
+  }
+  log_kv("event", "ready", "hostname", c->hostname, "delivery",
+         c->target == CFG_MAILDIR ? c->maildir
+         : c->target == CFG_PIPE  ? c->command
+                                  : c->forward_url,
+         NULL);
+  sd_notify(0, "READY=1");
+}
+
+/* Server, listeners, privileges dropped, maildir ready, started. Returns
+ * 0 or an exit status. */
+static int daemon_start(struct daemon *d, const struct args *a) {
+  const struct cfg *c = &d->boot->cfg;
+  char err[1024];
+  int r = server_new(d, d->boot);
+  if (!r)
+    r = open_listeners(d, c, !a->path && !a->nlisten);
+  if (!r && drop_privileges(c, err, sizeof err) != 0) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    r = EX_NOPERM;
+  }
+  if (!r && c->user)
+    check_reloadable(a->path, c);
+  if (!r)
+    r = prepare_maildir(c);
+  int sr = r ? 0 : tern_server_start(d->srv);
+  if (sr) {
+    fprintf(stderr, "tern serve: start: %s\n", tern_strerror(sr));
+    r = EX_SOFTWARE;
+  }
+  if (!r)
+    announce(d, c);
+  return r;
+}
+
+/* The configuration as the command line makes it: the file (or the
+ * embedded default), then the flags. Returns 0 or an exit status. */
+static int configure(const struct args *a, struct policy **out) {
+  char err[1024];
+  struct policy *pol;
+  if (load_policy(a->path, NULL, &pol, err, sizeof err) != 0) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    return EX_CONFIG;
+  }
+  if (apply_flags(&pol->cfg, a->hostname, a->maildir, err, sizeof err) != 0) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    policy_put(pol);
+    return EX_USAGE;
+  }
+  if (a->nlisten)
+    use_cli_listeners(&pol->cfg, a);
+  *out = pol;
+  return 0;
+}
+
+int tern_cli_serve(int argc, char **argv) {
+  struct args a = {0};
+  struct policy *pol;
+  int r = parse_args(argc, argv, &a);
+  if (r >= 0)
+    return r;
+  uv_mutex_init(&g_lock);
+  if ((r = configure(&a, &pol)) != 0)
+    return r;
+  if (a.check)
+    return check_only(&a, pol);
+  const struct cfg *c = &pol->cfg;
+  g_policy = pol;
+  serve_loops_init(c->fsync);
+  if (c->log && !strcmp(c->log, "syslog")) {
+    openlog("tern", LOG_PID | LOG_NDELAY, LOG_MAIL);
+    log_use_syslog(true);
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  struct daemon d = {0};
+  d.loop = uv_default_loop();
+  d.path = a.path;
+  d.maildir = a.maildir;
+  d.hostname = a.hostname;
+  d.cli_listeners = a.nlisten > 0;
+  d.boot = pol;
+  atomic_fetch_add(&pol->refs, 1);
+  if ((r = daemon_start(&d, &a)) != 0) {
+    tern_server_free(d.srv);
+    return r;
+  }
+  uv_run(d.loop, UV_RUN_DEFAULT);
+
+  tern_server_free(d.srv);
+  serve_loops_free();
+  policy_put(g_policy);
+  policy_put(d.boot);
+  uv_loop_close(d.loop);
+  return d.exit_code;
+}

@@ -1,0 +1,110 @@
+/*
+ * tern serve: one log line for every rejection (a 4xx/5xx reply, or what
+ * the runtime refused on its own) and every runtime timeout, with the
+ * client, the listener and the command: what fail2ban reads.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "serve.h"
+
+/* The last command, as the core shows it (AUTH payloads redacted: the
+ * line is "AUTH <MECH>", continuation lines "*"), for its reply's log. */
+void serve_on_command(struct tern_server_session *s, struct tern_str line,
+                      void *ud) {
+  struct sess *x = tern_server_session_userdata(s);
+  (void)ud;
+  if (!x)
+    return;
+  size_t n = line.len < sizeof x->cmd - 1 ? line.len : sizeof x->cmd - 1;
+  memcpy(x->cmd, line.ptr, n);
+  x->cmd[n] = '\0';
+}
+
+/* Every 4xx/5xx reply is a rejection: one line with the client, the
+ * listener, the command, the code and the enhanced code. */
+static void log_reject(const struct tern_session_info *i, const char *why,
+                       const char *cmd, unsigned code, const char *enh,
+                       const char *text, size_t text_len) {
+  char codes[8];
+  snprintf(codes, sizeof codes, "%u", code);
+  logf_("session=%s event=reject client=%s port=%u listener=%s why=%s "
+        "cmd=\"%s\" code=%s enhanced=%s text=\"%.*s\"",
+        i->id, i->peer_addr, i->peer_port, i->listener, why,
+        cmd && *cmd ? cmd : "-", code ? codes : "-", enh && *enh ? enh : "-",
+        (int)(text_len < 512 ? text_len : 512), text);
+}
+
+void serve_on_reply(struct tern_server_session *s, struct tern_str bytes,
+                    void *ud) {
+  struct sess *x = tern_server_session_userdata(s);
+  (void)ud;
+  if (!x || bytes.len < 3 || bytes.ptr[0] < '4' || bytes.ptr[0] > '5')
+    return;
+  /* The last line of a multi-line reply: "NNN[ -]X.Y.Z text\r\n". */
+  const char *p = bytes.ptr, *end = bytes.ptr + bytes.len;
+  while (end > p && (end[-1] == '\r' || end[-1] == '\n'))
+    end--;
+  for (const char *q = end; q > p; q--)
+    if (q[-1] == '\n') {
+      p = q;
+      break;
+    }
+  if (end - p < 3)
+    return;
+  unsigned code = (unsigned)((p[0] - '0') * 100 + (p[1] - '0') * 10 +
+                             (p[2] - '0'));
+  p += 3;
+  if (p < end)
+    p++;
+  char enh[16] = "";
+  size_t e = 0;
+  while (p + e < end && e < sizeof enh - 1 &&
+         ((p[e] >= '0' && p[e] <= '9') || p[e] == '.'))
+    e++;
+  if (e >= 5 && (p + e == end || p[e] == ' ') && p[1] == '.') {
+    memcpy(enh, p, e);
+    enh[e] = '\0';
+    p += e;
+    if (p < end)
+      p++;
+  }
+  log_reject(x->info, "reply", x->cmd, code, enh, p, (size_t)(end - p));
+}
+
+/* What the runtime did on its own (tern_server_options.on_event). */
+void serve_on_net_event(const struct tern_net_event *ev, void *ud) {
+  static const char *const names[] = {
+      [TERN_NET_CONN_LIMIT] = "conn-limit",
+      [TERN_NET_IP_LIMIT] = "ip-limit",
+      [TERN_NET_PREGREET] = "pregreet",
+      [TERN_NET_TLS_FAILED] = "tls-failed",
+      [TERN_NET_TLS_TIMEOUT] = "tls-handshake",
+      [TERN_NET_PROXY_FAILED] = "proxy-failed",
+      [TERN_NET_PROXY_TIMEOUT] = "proxy",
+      [TERN_NET_LINE_TIMEOUT] = "command-line",
+      [TERN_NET_WRITE_TIMEOUT] = "write"};
+  const struct tern_session_info *i = ev->info;
+  const char *name = (unsigned)ev->type < sizeof names / sizeof names[0] &&
+                             names[ev->type]
+                         ? names[ev->type]
+                         : "other";
+  (void)ud;
+  switch (ev->type) {
+  case TERN_NET_CONN_LIMIT:
+  case TERN_NET_IP_LIMIT:
+  case TERN_NET_PREGREET:
+  case TERN_NET_TLS_FAILED:
+  case TERN_NET_PROXY_FAILED:
+    log_reject(i, name, NULL, ev->code, ev->enhanced, ev->detail,
+               strlen(ev->detail));
+    return;
+  default: {
+    logf_("session=%s event=timeout client=%s port=%u listener=%s what=%s "
+          "text=\"%s\"",
+          i->id, i->peer_addr, i->peer_port, i->listener, name, ev->detail);
+    return;
+  }
+  }
+}
