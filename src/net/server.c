@@ -106,6 +106,14 @@ void tern__ip_release(struct tern_server *srv, const struct sockaddr *sa) {
 
 /* ---- server ------------------------------------------------------------------- */
 
+static void certs_free(struct tern_tls_cert *certs, size_t n) {
+  for (size_t i = 0; certs && i < n; i++) {
+    free((char *)certs[i].cert_file);
+    free((char *)certs[i].key_file);
+  }
+  free(certs);
+}
+
 static struct tern_tls_cert *certs_dup(const struct tern_tls_cert *c,
                                        size_t n) {
   struct tern_tls_cert *d = calloc(n, sizeof *d);
@@ -115,12 +123,8 @@ static struct tern_tls_cert *certs_dup(const struct tern_tls_cert *c,
     d[i].key_file = dup_str(c[i].key_file);
     ok = d[i].cert_file && (!c[i].key_file || d[i].key_file);
   }
-  if (!ok && d) {
-    for (size_t i = 0; i < n; i++) {
-      free((char *)d[i].cert_file);
-      free((char *)d[i].key_file);
-    }
-    free(d);
+  if (!ok) {
+    certs_free(d, n);
     d = NULL;
   }
   return d;
@@ -287,11 +291,7 @@ void tern_server_free(struct tern_server *srv) {
   free(srv->retired);
   tern__tls_ctx_free(srv->tls);
   tern__cidr_free(srv->xclient_nets);
-  for (size_t i = 0; srv->certs && i < srv->opt.tls_cert_count; i++) {
-    free((char *)srv->certs[i].cert_file);
-    free((char *)srv->certs[i].key_file);
-  }
-  free(srv->certs);
+  certs_free(srv->certs, srv->opt.tls_cert_count);
   free((char *)srv->session.hostname);
   free((char *)srv->session.banner);
   free((char *)srv->opt.auth_mechanisms);
@@ -325,25 +325,21 @@ static void retire(struct tern_server *srv, const char *p) {
 
 /* Everything is checked and allocated first; then the changes are made,
  * none of which can fail, so a failure leaves the server as it was. */
-int tern_server_update(struct tern_server *srv,
-                       const struct tern_server_options *o) {
-  struct tern_server_options n;
-  struct tern__tls_ctx *fresh = NULL;
-  struct tern_tls_cert *certs = NULL;
-  char *host = NULL, *banner = NULL;
-  int r;
-
-  struct tern_server_config sc;
-  if (!srv || !o)
-    return TERN_EINVAL;
-  tern_server_options_init(&n);
-  tern_server_config_init(&sc);
-  if (tern__copy_sized(&n, sizeof n, o) != 0 ||
-      (n.session && tern__copy_sized(&sc, sizeof sc, n.session) != 0)) {
+/* tern_server_update()'s checks: the options copied into `n` and `sc`,
+ * the same session check as at creation (so accept cannot fail on it)
+ * and no change in whether the server has certificates. */
+static int update_check(struct tern_server *srv,
+                        const struct tern_server_options *o,
+                        struct tern_server_options *n,
+                        struct tern_server_config *sc) {
+  tern_server_options_init(n);
+  tern_server_config_init(sc);
+  if (tern__copy_sized(n, sizeof *n, o) != 0 ||
+      (n->session && tern__copy_sized(sc, sizeof *sc, n->session) != 0)) {
     set_err(srv, "options from a newer header with unknown fields set", NULL);
     return TERN_EINVAL;
   }
-  if ((n.tls_cert_count > 0) != (srv->tls != NULL)) {
+  if ((n->tls_cert_count > 0) != (srv->tls != NULL)) {
     set_err(srv, srv->tls ? "certificates cannot be removed from a running "
                             "server"
                           : "certificates cannot be added to a server "
@@ -351,24 +347,67 @@ int tern_server_update(struct tern_server *srv,
             NULL);
     return TERN_ESTATE;
   }
-  /* the same check as at creation, so accept cannot fail on it */
   struct tern_server_session *probe;
-  if (!sc.hostname)
-    sc.hostname = "localhost";
-  sc.auth_mechanisms = NULL;
-  if ((r = tern_server_session_new(&probe, &sc, NULL, NULL)) != 0) {
+  if (!sc->hostname)
+    sc->hostname = "localhost";
+  sc->auth_mechanisms = NULL;
+  int r = tern_server_session_new(&probe, sc, NULL, NULL);
+  if (r != 0) {
     set_err(srv, "invalid session configuration", NULL);
     return r;
   }
   tern_server_session_free(probe);
+  return 0;
+}
+
+/* The limits and timeouts every worker reads live (relaxed atomics). */
+static void update_limits(struct tern_server *srv,
+                          struct tern_server_options *n) {
+  /* 0 means the default here as in tern_server_new() */
+  if (!n->proxy_timeout_ms)
+    n->proxy_timeout_ms = 10000;
+  if (!n->tls_handshake_timeout_ms)
+    n->tls_handshake_timeout_ms = 30000;
+  if (!n->write_timeout_ms)
+    n->write_timeout_ms = 60000;
+  struct tern_server_options *live = &srv->opt;
+  __atomic_store_n(&live->max_connections, n->max_connections,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&live->max_per_ip, n->max_per_ip, __ATOMIC_RELAXED);
+  __atomic_store_n(&live->greeting_delay_ms, n->greeting_delay_ms,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&live->auth_fail_delay_ms, n->auth_fail_delay_ms,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&live->shutdown_timeout_ms, n->shutdown_timeout_ms,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&live->proxy_timeout_ms, n->proxy_timeout_ms,
+                   __ATOMIC_RELAXED);
+  __atomic_store_n(&live->tls_handshake_timeout_ms,
+                   n->tls_handshake_timeout_ms, __ATOMIC_RELAXED);
+  __atomic_store_n(&live->write_timeout_ms, n->write_timeout_ms,
+                   __ATOMIC_RELAXED);
+}
+
+int tern_server_update(struct tern_server *srv,
+                       const struct tern_server_options *o) {
+  struct tern_server_options n;
+  struct tern_server_config sc;
+  struct tern__tls_ctx *fresh = NULL;
+  struct tern_tls_cert *certs = NULL;
+  int r;
+
+  if (!srv || !o)
+    return TERN_EINVAL;
+  if ((r = update_check(srv, o, &n, &sc)) != 0)
+    return r;
   if (n.tls_cert_count) {
     r = tern__tls_ctx_new(&fresh, n.tls_certs, n.tls_cert_count, srv->err,
                           sizeof srv->err);
     if (r)
       return r;
   }
-  host = dup_str(sc.hostname);
-  banner = dup_str(sc.banner);
+  char *host = dup_str(sc.hostname);
+  char *banner = dup_str(sc.banner);
   if (n.tls_cert_count)
     certs = certs_dup(n.tls_certs, n.tls_cert_count);
   char **room = realloc(srv->retired, (srv->nretired + 2) * sizeof *room);
@@ -379,11 +418,7 @@ int tern_server_update(struct tern_server *srv,
     free(host);
     free(banner);
     tern__tls_ctx_free(fresh);
-    for (size_t i = 0; certs && i < n.tls_cert_count; i++) {
-      free((char *)certs[i].cert_file);
-      free((char *)certs[i].key_file);
-    }
-    free(certs);
+    certs_free(certs, n.tls_cert_count);
     set_err(srv, "out of memory", NULL);
     return TERN_ENOMEM;
   }
@@ -397,35 +432,10 @@ int tern_server_update(struct tern_server *srv,
   uv_mutex_unlock(&srv->live_lock);
   retire(srv, old_host);
   retire(srv, old_banner);
-  __atomic_store_n(&srv->opt.max_connections, n.max_connections,
-                   __ATOMIC_RELAXED);
-  __atomic_store_n(&srv->opt.max_per_ip, n.max_per_ip, __ATOMIC_RELAXED);
-  __atomic_store_n(&srv->opt.greeting_delay_ms, n.greeting_delay_ms,
-                   __ATOMIC_RELAXED);
-  __atomic_store_n(&srv->opt.auth_fail_delay_ms, n.auth_fail_delay_ms,
-                   __ATOMIC_RELAXED);
-  __atomic_store_n(&srv->opt.shutdown_timeout_ms, n.shutdown_timeout_ms,
-                   __ATOMIC_RELAXED);
-  /* 0 means the default here as in tern_server_new() */
-  if (!n.proxy_timeout_ms)
-    n.proxy_timeout_ms = 10000;
-  if (!n.tls_handshake_timeout_ms)
-    n.tls_handshake_timeout_ms = 30000;
-  if (!n.write_timeout_ms)
-    n.write_timeout_ms = 60000;
-  __atomic_store_n(&srv->opt.proxy_timeout_ms, n.proxy_timeout_ms,
-                   __ATOMIC_RELAXED);
-  __atomic_store_n(&srv->opt.tls_handshake_timeout_ms,
-                   n.tls_handshake_timeout_ms, __ATOMIC_RELAXED);
-  __atomic_store_n(&srv->opt.write_timeout_ms, n.write_timeout_ms,
-                   __ATOMIC_RELAXED);
+  update_limits(srv, &n);
   if (fresh) {
     tern__tls_ctx_take(srv->tls, fresh);
-    for (size_t i = 0; i < srv->opt.tls_cert_count; i++) {
-      free((char *)srv->certs[i].cert_file);
-      free((char *)srv->certs[i].key_file);
-    }
-    free(srv->certs);
+    certs_free(srv->certs, srv->opt.tls_cert_count);
     srv->certs = certs;
     srv->opt.tls_certs = certs;
     srv->opt.tls_cert_count = n.tls_cert_count;
