@@ -270,6 +270,17 @@ static bool no_storage(struct tern_server_session *s) {
   return false;
 }
 
+/* MAIL's or RCPT's checks passed: `stored` says whether the path joined
+ * the envelope (452 when it could not); the reply is "250 enh Ok" unless
+ * the application says otherwise. */
+static bool kept(struct tern_server_session *s, struct cmd *c, int stored,
+                 const char *enh) {
+  if (stored)
+    return no_storage(s);
+  dflt(s, &c->r, 250, enh, "Ok");
+  return true;
+}
+
 /*
  * "FROM:<path> [params]" / "TO:<path> [params]": the path into *path, the
  * text after it (nothing, or SP and parameters) into *ps and *plen; false
@@ -331,11 +342,10 @@ static bool check_mail(struct tern_server_session *s, struct cmd *c) {
     tern__junk(s);
     return false;
   }
-  if (tern__env_mail(s, &path, &mp))
-    return no_storage(s);
   s->pend_utf8 = mp.smtputf8;
   s->pend_binary = mp.body == TERN_BODY_BINARYMIME;
-  dflt(s, &c->r, 250, "2.1.0", "Ok");
+  if (!kept(s, c, tern__env_mail(s, &path, &mp), "2.1.0"))
+    return false;
   if (s->cb.on_mail)
     c->rc = s->cb.on_mail(s, &path, &mp, &c->r, s->ud);
   return true;
@@ -385,9 +395,8 @@ static bool check_rcpt(struct tern_server_session *s, struct cmd *c) {
     tern__emit(s, 452, "4.5.3", "Error: too many recipients");
     return false;
   }
-  if (tern__env_rcpt(s, &path, &rp))
-    return no_storage(s);
-  dflt(s, &c->r, 250, "2.1.5", "Ok");
+  if (!kept(s, c, tern__env_rcpt(s, &path, &rp), "2.1.5"))
+    return false;
   if (s->cb.on_rcpt)
     c->rc = s->cb.on_rcpt(s, &path, &rp, &c->r, s->ud);
   return true;

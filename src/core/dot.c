@@ -37,6 +37,16 @@ static void end_line(struct tern__dot *d) {
   d->line_len = 0;
 }
 
+/* A line ended by a bare CR or LF (or "." so ended): normalised to
+ * `eol` (CRLF, or ".CRLF"), and the next byte starts a soft BOL. */
+static bool bare_eol(struct tern__dot *d, tern__dot_emit_fn emit, void *ctx,
+                     const char *eol, size_t n) {
+  d->bare = true;
+  end_line(d);
+  d->state = D_BOL_S;
+  return emit(ctx, eol, n);
+}
+
 /* First CR or LF in p[0..n), or NULL. Two memchr calls are cheaper than a
  * byte loop: lines are short and memchr is vectorised. */
 static const char *find_crlf(const char *p, size_t n) {
@@ -79,10 +89,7 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
       if (*p == '\r') {
         d->state = D_CR; /* held: is a LF next, in the next buffer? */
       } else { /* bare LF: normalise */
-        d->bare = true;
-        end_line(d);
-        go = emit(ctx, crlf, 2);
-        d->state = D_BOL_S;
+        go = bare_eol(d, emit, ctx, crlf, 2);
       }
       run = ++i;
       break;
@@ -94,10 +101,7 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
         d->state = D_BOL_R;
         run = ++i;
       } else { /* bare CR: normalise; reprocess c at a soft BOL */
-        d->bare = true;
-        end_line(d);
-        go = emit(ctx, crlf, 2);
-        d->state = D_BOL_S;
+        go = bare_eol(d, emit, ctx, crlf, 2);
         run = i;
       }
       break;
@@ -120,11 +124,8 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
         d->state = d->state == D_DOT_R ? D_DOTCR_R : D_DOTCR_S;
         run = ++i;
       } else if (c == '\n') { /* ".\n": a line "." ended by a bare LF */
-        d->bare = true;
         d->line_len = 1; /* the dot stays: it was content, not stuffing */
-        end_line(d);
-        go = emit(ctx, dotcrlf, 3);
-        d->state = D_BOL_S;
+        go = bare_eol(d, emit, ctx, dotcrlf, 3);
         run = ++i;
       } else { /* the leading dot was stuffing: drop it (RFC 5321 §4.5.2) */
         d->state = D_MID;
@@ -138,11 +139,8 @@ size_t tern__dot_feed(struct tern__dot *d, const char *buf, size_t len,
         return i + 1;
       }
       /* ".\r" + other: a line "." ended by a bare CR */
-      d->bare = true;
       d->line_len = 1;
-      end_line(d);
-      go = emit(ctx, dotcrlf, 3);
-      d->state = D_BOL_S;
+      go = bare_eol(d, emit, ctx, dotcrlf, 3);
       run = i;
       break;
     case D_DOTCR_S:

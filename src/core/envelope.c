@@ -155,6 +155,15 @@ static void put_path(struct tern__env *st, struct tern_path *p) {
     put(st, &p->domain);
 }
 
+/* A path and its two strings of parameters (ENVID and AUTH, or ORCPT's
+ * type and address), copied into the store. */
+static void put_all(struct tern__env *st, struct tern_path *p,
+                    struct tern_str *a, struct tern_str *b) {
+  put_path(st, p);
+  put(st, a);
+  put(st, b);
+}
+
 static size_t path_need(const struct tern_path *p) {
   return p->mailbox.len + p->local.len + p->domain.len + 3;
 }
@@ -173,9 +182,7 @@ int tern__env_mail(struct tern_server_session *s, const struct tern_path *from,
   st = s->env;
   st->pub.from = *from;
   st->pub.mail = *mp;
-  put_path(st, &st->pub.from);
-  put(st, &st->pub.mail.envid);
-  put(st, &st->pub.mail.auth);
+  put_all(st, &st->pub.from, &st->pub.mail.envid, &st->pub.mail.auth);
   st->mail_end = st->slen;
   return 0;
 }
@@ -193,9 +200,7 @@ int tern__env_rcpt(struct tern_server_session *s, const struct tern_path *to,
   struct rec *r = &st->rec[i];
   r->pub.to = *to;
   r->pub.params = *rp;
-  put_path(st, &r->pub.to);
-  put(st, &r->pub.params.orcpt_type);
-  put(st, &r->pub.params.orcpt);
+  put_all(st, &r->pub.to, &r->pub.params.orcpt_type, &r->pub.params.orcpt);
   r->end = st->slen;
   return 0;
 }

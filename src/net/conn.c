@@ -408,18 +408,9 @@ static void start_session(struct tern__conn *c) {
 
   if (l->implicit_tls) {
     tern_server_session_tls_started(c->s); /* TLS from the first byte */
-    struct tern__tls *t;
-    if (!srv->tls || tern__tls_new(&t, srv->tls) != 0) {
-      conn_close(c);
-      return;
-    }
-    tern__stream_tls_begin(&c->st, t, false);
-    c->phase = PH_TLS_WAIT;
     c->tmode = TM_TIMEOUT;
     restart_timer(c);
-    c->dl_tls =
-        uv_now(c->w->loop) + TERN__LIVE(srv->opt.tls_handshake_timeout_ms);
-    arm_dl(c);
+    start_tls(c);
     return;
   }
   unsigned greet = TERN__LIVE(srv->opt.greeting_delay_ms);
