@@ -208,6 +208,8 @@ static bool sink(void *ctx, const char *p, size_t n) {
   if (!s->cb.on_data)
     return true;
   int rc = s->cb.on_data(s, p, n, s->ud);
+  if (s->state == ST_CLOSED) /* on_data closed the session: stop here */
+    return false;
   if (rc == TERN_PENDING) {
     s->paused = true;
     return false;
@@ -224,6 +226,8 @@ static void advance(struct tern_server_session *s);
 static void data_done(struct tern_server_session *s, bool was_data) {
   static const char *const why[] = {"", "size", "error", "line-length",
                                     "bare-lf"};
+  if (s->state == ST_CLOSED) /* closed from on_data: nothing comes after */
+    return;
   /* A last BDAT line without its CRLF counts as if it had one. */
   if (!was_data && s->cfg.max_line_length && !s->txn_binary &&
       s->bdat_line && s->bdat_line + 2 > s->cfg.max_line_length)
@@ -255,6 +259,8 @@ static size_t data_feed(struct tern_server_session *s, const char *buf,
 }
 
 static void bdat_chunk_done(struct tern_server_session *s) {
+  if (s->state == ST_CLOSED)
+    return;
   if (s->bdat_discard) {
     s->state = ST_CMD;
   } else if (s->bdat_last) {

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* memmem */
 /*
  * The server session's public API at its edges: argument checks, state
  * errors, struct-size compatibility, the runtime hook, reply validation,
@@ -299,6 +300,81 @@ static void test_line_pending(void **st) {
   tern_server_session_free(s);
 }
 
+/* Counts for test_close_from_on_data. */
+struct closer {
+  int closes, data_ends, mails, after_close;
+};
+
+static int cl_data(struct tern_server_session *s, const char *b, size_t n,
+                   void *ud) {
+  struct closer *k = ud;
+  if (k->closes)
+    k->after_close++;
+  if (memmem(b, n, "XCLOSE", 6))
+    tern_server_session_close(s, NULL);
+  return 0;
+}
+
+static int cl_data_end(struct tern_server_session *s,
+                       const struct tern_envelope *env,
+                       struct tern_reply *r, void *ud) {
+  struct closer *k = ud;
+  (void)s, (void)env, (void)r;
+  k->data_ends++;
+  k->after_close += k->closes;
+  return 0;
+}
+
+static int cl_mail(struct tern_server_session *s, const struct tern_path *from,
+                   const struct tern_mail_params *p, struct tern_reply *r,
+                   void *ud) {
+  struct closer *k = ud;
+  (void)s, (void)from, (void)p, (void)r;
+  k->mails++;
+  k->after_close += k->closes;
+  return 0;
+}
+
+static void cl_close(struct tern_server_session *s, void *ud) {
+  (void)s;
+  ((struct closer *)ud)->closes++;
+}
+
+/* tern_server_session_close() from inside on_data ends the session there:
+ * on_close once, and nothing after it (no on_data_end for the message,
+ * no command pipelined behind the dot), for DATA and for BDAT. */
+static void test_close_from_on_data(void **st) {
+  (void)st;
+  static const char *const tail[] = {
+      "DATA\r\nXCLOSE\r\n.\r\nMAIL FROM:<e@f>\r\n",
+      "BDAT 8 LAST\r\nXCLOSE\r\nMAIL FROM:<e@f>\r\n",
+      "BDAT 8\r\nXCLOSE\r\nBDAT 0 LAST\r\nMAIL FROM:<e@f>\r\n",
+  };
+  for (size_t i = 0; i < sizeof tail / sizeof *tail; i++) {
+    struct tern_server_config c;
+    struct tern_server_callbacks cb;
+    struct closer k = {0};
+    tern_server_config_init(&c);
+    tern_server_callbacks_init(&cb);
+    cb.on_data = cl_data;
+    cb.on_data_end = cl_data_end;
+    cb.on_mail = cl_mail;
+    cb.on_close = cl_close;
+    struct tern_server_session *s = make(&c, &cb, &k);
+    tern_server_session_start(s);
+    feed(s, "EHLO c.example\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+    assert_int_equal(k.mails, 1);
+    feed(s, tail[i]);
+    assert_int_equal(k.closes, 1);
+    assert_int_equal(k.data_ends, 0);
+    assert_int_equal(k.mails, 1);
+    assert_int_equal(k.after_close, 0);
+    assert_true(tern_server_session_want(s) & TERN_WANT_CLOSE);
+    tern_server_session_free(s);
+    assert_int_equal(k.closes, 1); /* free does not fire it again */
+  }
+}
+
 /* A QUIT-closed session ignores later input; timeout after close is a
  * no-op; the XCLIENT switch is honoured. */
 static void test_after_close(void **st) {
@@ -373,6 +449,7 @@ int main(void) {
       cmocka_unit_test(test_notify_and_facts),
       cmocka_unit_test(test_output_partial_consume),
       cmocka_unit_test(test_after_close),
+      cmocka_unit_test(test_close_from_on_data),
       cmocka_unit_test(test_many_messages_one_session),
       cmocka_unit_test(test_line_pending),
   };
