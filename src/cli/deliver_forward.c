@@ -62,6 +62,8 @@ struct forward_delivery {
   uv_timer_t timer;
   unsigned timeout_ms;
   bool timer_init, timer_closing, timer_closed;
+  bool known_pending; /* the timer reports an outcome known at commit:
+                       * nothing may stop or re-arm it (fwo_known) */
   bool in_call;              /* inside forward_rcpt()/forward_data() */
   bool answered_now;         /* the step was answered inside it */
   bool failed_early;         /* the connection failed inside it */
@@ -118,12 +120,12 @@ static void on_timer_closed(uv_handle_t *h) {
 static void on_deadline(uv_timer_t *t);
 
 static void arm(struct forward_delivery *d) {
-  if (d->timer_init && !d->timer_closing)
+  if (d->timer_init && !d->timer_closing && !d->known_pending)
     uv_timer_start(&d->timer, on_deadline, d->timeout_ms, 0);
 }
 
 static void disarm(struct forward_delivery *d) {
-  if (d->timer_init && !d->timer_closing)
+  if (d->timer_init && !d->timer_closing && !d->known_pending)
     uv_timer_stop(&d->timer);
 }
 
@@ -669,6 +671,7 @@ static void fwo_done(void *arg, const struct tern_reply *r,
  * reported from the loop as every other. */
 static void fwo_known(uv_timer_t *t) {
   struct forward_delivery *d = t->data;
+  d->known_pending = false;
   struct tern_reply r;
   reply_of(&d->st, &r);
   fwo_report(d, &r, "next hop failed");
@@ -678,8 +681,10 @@ static void fwo_commit(struct delivery *dv) {
   struct forward_delivery *d = (struct forward_delivery *)dv;
   struct tern_reply now;
   if (forward_commit(d, fwo_done, d, &now) == 1 && d->timer_init &&
-      !d->timer_closing)
+      !d->timer_closing) {
+    d->known_pending = true; /* the hop's later on_close must not stop it */
     uv_timer_start(&d->timer, fwo_known, 0, 0);
+  }
 }
 
 static void fwo_abort(struct delivery *dv) {

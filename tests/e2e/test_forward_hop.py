@@ -69,6 +69,7 @@ class Hop:
         self.ls.listen(8)
         self.port = self.ls.getsockname()[1]
         self.stop = False
+        self.died = threading.Event()  # silent="die": the reset is sent
         self.t = threading.Thread(target=self.run, daemon=True)
 
     def __enter__(self):
@@ -112,6 +113,14 @@ class Hop:
                     continue
                 elif verb in ("MAIL", "RCPT", "RSET", "NOOP"):
                     c.sendall(b"250 2.0.0 Ok\r\n")
+                elif verb == "DATA" and self.silent == "die":
+                    c.sendall(b"354 go\r\n")
+                    n = 0  # part of the body, then a close with the
+                    while n <= 20000:  # rest unread: the peer sees a reset
+                        n += len(f.readline())
+                    c.close()
+                    self.died.set()
+                    return
                 elif verb == "DATA" and self.silent == "body":
                     c.sendall(b"354 go\r\n")
                     time.sleep(30)  # never reads the body
@@ -312,6 +321,33 @@ def test_hop_stops_reading():
             srv.wait_log("event=message")
 
 
+def test_hop_dies_mid_body():
+    """A next hop that closes in the middle of the body with the rest
+    unread (a reset): a later write of the forwarder fails inside the
+    body, before the end of data is committed. The client hears 451 4.4.2
+    at its dot, not the inbound timeout's 421 (the outcome known at commit
+    used to be lost when the hop's close stopped the timer reporting it).
+    Three messages, as the failure's timing varies."""
+    with Hop(["PIPELINING", "8BITMIME"], silent="die") as hop:
+        d = h.tmpdir("tern-e2e-hop4e-")
+        conf = fwd_conf(d, "smtp://127.0.0.1:%d" % hop.port, tc="3s")
+        with h.Serve(["-c", conf], name="fwd-die") as srv:
+            line = b"y" * 998 + b"\r\n"
+            for _ in range(3):
+                with h.session(srv.port) as r:
+                    r.send("MAIL FROM:<s@example.net>\r\n"
+                           "RCPT TO:<r@example.org>\r\nDATA\r\n")
+                    for want in (250, 250, 354):
+                        code, lines = r.reply()
+                        h.check(code == want, "expected %d: %r" % (want, lines))
+                    before_inbound_timeout(
+                        r, b"Subject: dies\r\n\r\n" + line * 100 +
+                        b".\r\nQUIT\r\n", "451 4.4.2",
+                        "a next hop reset mid-body")
+                    r.reply()  # 221 for the QUIT behind the dot
+            h.check(hop.died.is_set(), "the next hop never closed")
+
+
 def test_silent_after_dot():
     with Hop(["PIPELINING", "ENHANCEDSTATUSCODES"], silent="dot") as hop:
         d = h.tmpdir("tern-e2e-hop5-")
@@ -428,6 +464,7 @@ if __name__ == "__main__":
         test_silent_after_rcpt,
         test_slow_hop_whole_step,
         test_hop_stops_reading,
+        test_hop_dies_mid_body,
         test_silent_after_dot,
         test_tls_policy_and_auth,
     ])
