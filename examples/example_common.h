@@ -74,16 +74,19 @@ static inline int example_run(const struct example_args *a,
   uv_signal_t sigint, sigterm;
   int r;
 
+  char why[256] = "";
+  signal(SIGPIPE, SIG_IGN); /* net.h: a peer that goes away is an error of
+                               its connection, not the end of the program */
   if (a->cert) {
     o->tls_certs = &cert;
     o->tls_cert_count = 1;
   }
   o->workers = a->workers;
+  o->error = why;
+  o->error_size = sizeof why;
   r = tern_server_new(&srv, loop, o);
-  if (r) {
-    fprintf(stderr, "tern_server_new: %s (%s)\n", tern_strerror(r),
-            srv ? tern_server_last_error(srv) : "");
-    tern_server_free(srv);
+  if (r) { /* srv is NULL: nothing to free */
+    fprintf(stderr, "tern_server_new: %s (%s)\n", tern_strerror(r), why);
     return 1;
   }
   tern_listener_options_init(&lo);
