@@ -14,6 +14,11 @@
  * so a refused one is overwritten by the next RCPT. The first block
  * holds a MAIL line's strings and RCPT_INIT recipients; more recipients
  * grow it (a new block, pointers moved over), bounded by max_recipients.
+ *
+ * The last HELO/EHLO/LHLO argument lives in the store too, so that an
+ * ordinary session allocates nothing after _new(). While a trim has the
+ * store away, it waits in a block of its own size (helo_spare): an idle
+ * session keeps a few bytes for it, not TERN_DOMAIN_MAX.
  */
 #include "session.h"
 
@@ -30,6 +35,7 @@ struct rec {
 struct tern__env {
   struct tern_envelope pub; /* handed to on_data_end */
   char id[TERN_MESSAGE_ID_MAX + 1];
+  char helo[TERN_DOMAIN_MAX + 1]; /* helo_len octets of it count */
   struct rec *rec;
   size_t rcap;
   char *str;
@@ -58,17 +64,33 @@ int tern__env_reserve(struct tern_server_session *s) {
   if (s->env)
     return 0;
   s->env = store_make(&s->mem, RCPT_INIT, s->cfg.max_line + 512);
-  return s->env ? 0 : TERN_ENOMEM;
+  if (!s->env)
+    return TERN_ENOMEM;
+  if (s->helo_spare) /* back from a trim: the HELO moves home */
+    memcpy(s->env->helo, s->helo_spare, s->helo_len);
+  tern__free(&s->mem, s->helo_spare);
+  s->helo_spare = NULL;
+  return 0;
 }
 
 void tern__env_free(struct tern_server_session *s) {
   tern__free(&s->mem, s->env);
   s->env = NULL;
+  tern__free(&s->mem, s->helo_spare);
+  s->helo_spare = NULL;
 }
 
 void tern__env_trim(struct tern_server_session *s) {
-  if (!s->in_txn)
-    tern__env_free(s);
+  if (s->in_txn || !s->env)
+    return;
+  if (s->helo_len) { /* keep the HELO in a block of its own size */
+    s->helo_spare = tern__malloc(&s->mem, s->helo_len);
+    if (!s->helo_spare)
+      return; /* then the store stays: trim is best effort */
+    memcpy(s->helo_spare, s->env->helo, s->helo_len);
+  }
+  tern__free(&s->mem, s->env);
+  s->env = NULL;
 }
 
 /* Point a string that was in the old strings at the same octets in the
@@ -102,6 +124,7 @@ static int grow(struct tern_server_session *s, size_t i, size_t need) {
     return TERN_ENOMEM;
   ns->pub = st->pub;
   memcpy(ns->id, st->id, sizeof ns->id);
+  memcpy(ns->helo, st->helo, sizeof ns->helo);
   if (st->pub.id)
     ns->pub.id = ns->id;
   memcpy(ns->rec, st->rec, st->rcap * sizeof *st->rec);
@@ -208,9 +231,17 @@ int tern__env_rcpt(struct tern_server_session *s, const struct tern_path *to,
 void tern__env_helo(struct tern_server_session *s, enum tern_helo_verb verb,
                     const char *arg, size_t len) {
   s->helo_verb = (unsigned char)verb;
-  s->helo_len = len < sizeof s->helo ? (unsigned short)len : 0;
-  memcpy(s->helo, arg, s->helo_len);
-  s->helo[s->helo_len] = '\0';
+  s->helo_len = 0;
+  tern__free(&s->mem, s->helo_spare);
+  s->helo_spare = NULL;
+  if (len > TERN_DOMAIN_MAX)
+    return; /* the envelope shows it empty, as documented */
+  char *to = s->env ? s->env->helo : (s->helo_spare = tern__malloc(&s->mem,
+                                                                 len + 1));
+  if (!to)
+    return; /* after a trim, no memory: empty too */
+  memcpy(to, arg, len);
+  s->helo_len = (unsigned short)len;
 }
 
 const struct tern_envelope *tern__env_view(struct tern_server_session *s,
@@ -223,7 +254,8 @@ const struct tern_envelope *tern__env_view(struct tern_server_session *s,
   e->rcpt_index = rcpt_index;
   e->size = s->msg_size;
   e->helo_verb = (enum tern_helo_verb)s->helo_verb;
-  e->helo = (struct tern_str){s->helo, s->helo_len};
+  e->helo = (struct tern_str){s->env->helo, s->helo_len};
+  s->env->helo[s->helo_len] = '\0'; /* also a C string, as documented */
   e->lmtp = s->cfg.lmtp;
   e->tls = s->tls;
   e->authenticated = s->authenticated;

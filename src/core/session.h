@@ -105,7 +105,8 @@ struct tern_server_session {
 
   /* envelope (envelope.c) */
   struct tern__env *env;     /* sender and recipients, or NULL (trimmed) */
-  char helo[TERN_DOMAIN_MAX + 1]; /* last HELO/EHLO/LHLO argument */
+  char *helo_spare;        /* the HELO argument while the store is
+                            * trimmed away (a block of its own size) */
   unsigned short helo_len; /* 0 also when it was too long to keep */
   unsigned char helo_verb; /* enum tern_helo_verb */
 };

@@ -323,9 +323,10 @@ static void run_transaction(const char *in, size_t len, size_t step,
   assert_int_equal(a.c.live, 0);
 }
 
-/* After tern_server_session_trim() an idle session holds only its state;
- * the next command makes the I/O buffers again, the next MAIL the
- * envelope store, once each. */
+/* After tern_server_session_trim() an idle session holds only its state
+ * (and its HELO argument, in a block of that size); the next command
+ * makes the I/O buffers again, the next MAIL the envelope store, once
+ * each, and the HELO moves back into the store. */
 static void test_trim(void **state) {
   static struct app a;
   (void)state;
@@ -342,12 +343,16 @@ static void test_trim(void **state) {
   unsigned long allocs = a.c.allocs;
   static const char in[] = "EHLO client.example\r\n";
   feed(s, &a, in, sizeof in - 1, sizeof in - 1);
-  assert_int_equal(a.c.allocs, allocs + 1);
+  assert_int_equal(a.c.allocs, allocs + 2); /* I/O buffers, the HELO */
   assert_true(a.c.live < full);
+  drain(s, &a);
+  assert_int_equal(tern_server_session_trim(s), 1);
+  assert_true(a.c.live < 1024); /* still small, the HELO kept */
+  allocs = a.c.allocs;
   static const char mail[] = "MAIL FROM:<a@example.org>\r\n";
   feed(s, &a, mail, sizeof mail - 1, sizeof mail - 1);
-  assert_int_equal(a.c.allocs, allocs + 2);
-  assert_int_equal(a.c.live, full);
+  assert_int_equal(a.c.allocs, allocs + 2); /* I/O buffers, the store */
+  assert_int_equal(a.c.live, full);         /* the HELO's block is gone */
   drain(s, &a);
   assert_int_equal(tern_server_session_trim(s), 1);
   assert_true(a.c.live > 1024); /* the open transaction keeps its store */

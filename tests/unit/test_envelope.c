@@ -26,6 +26,7 @@ struct app {
   bool pend;             /* on_data_end answers later */
   const struct tern_envelope *env; /* the last one seen */
   char from[300];
+  char helo[300];
   char to[1000][40];
   size_t nto;
   uint64_t size;
@@ -64,6 +65,8 @@ static int on_data_end(struct tern_server_session *s,
   a->ends++;
   a->size = env->size;
   snprintf(a->from, sizeof a->from, "%s", env->from.mailbox.ptr);
+  assert_int_equal(strlen(env->helo.ptr), env->helo.len);
+  snprintf(a->helo, sizeof a->helo, "%s", env->helo.ptr);
   a->nto = env->nrcpts;
   for (size_t i = 0; i < env->nrcpts && i < 1000; i++) {
     const struct tern_envelope_rcpt *rc = tern_envelope_rcpt(env, i);
@@ -117,6 +120,32 @@ static const char *talk(struct tern_server_session *s, const char *text) {
   }
   out[n] = '\0';
   return out;
+}
+
+/* The HELO argument survives a trim (kept aside in a small block while
+ * the store is away) and a second EHLO replaces it, trimmed or not. */
+static void test_helo_across_trim(void **st) {
+  (void)st;
+  static struct app a;
+  memset(&a, 0, sizeof a);
+  struct tern_server_session *s = make(&a, false);
+  static const char msg[] = "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>"
+                            "\r\nDATA\r\nhi\r\n.\r\n";
+  talk(s, "EHLO first.example\r\n");
+  assert_int_equal(tern_server_session_trim(s), 1);
+  talk(s, msg);
+  assert_int_equal(a.ends, 1);
+  assert_string_equal(a.helo, "first.example");
+  assert_int_equal(tern_server_session_trim(s), 1);
+  talk(s, "EHLO second.example\r\n"); /* while the store is away */
+  assert_int_equal(tern_server_session_trim(s), 1);
+  talk(s, msg);
+  assert_int_equal(a.ends, 2);
+  assert_string_equal(a.helo, "second.example");
+  talk(s, "EHLO third.example\r\n"); /* with the store there */
+  talk(s, msg);
+  assert_string_equal(a.helo, "third.example");
+  tern_server_session_free(s);
 }
 
 static void test_message_id(void **st) {
@@ -319,6 +348,7 @@ static void test_client_enhanced_null(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_message_id),
+      cmocka_unit_test(test_helo_across_trim),
       cmocka_unit_test(test_pending),
       cmocka_unit_test(test_thousand),
       cmocka_unit_test(test_store_full),
