@@ -5,7 +5,10 @@
  *   ./client smtp://127.0.0.1:2525 alice@example.net bob@example.org < msg
  *
  * URL: smtp://HOST[:PORT] (STARTTLS when offered), smtp+starttls://,
- * smtps://, lmtp://HOST[:PORT] or lmtp:///path/to.sock. The message is
+ * smtps://, lmtp://HOST[:PORT] or lmtp:///path/to.sock. Whenever TLS
+ * is used its certificate must verify (tern_send_options' tls_verify is
+ * on by default; unlike Postfix's "may", a bad certificate fails the
+ * send rather than falling back to plain text). The message is
  * read from standard input as it is sent (LF or CRLF line ends).
  * Exit status: 0 when every recipient got the message; 1 when any did
  * not (a line on stderr says who and why); 2 for a usage error.

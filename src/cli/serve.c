@@ -161,6 +161,7 @@ static int on_mail(struct tern_server_session *s, const struct tern_path *from,
   message_id(x); /* at MAIL, so the forward log lines of MAIL and RCPT
                   * carry the id of the message they belong to */
   x->msgid_used = false;
+  x->utf8 = p->smtputf8;
   x->from = strndup(from->mailbox.ptr, from->mailbox.len);
   if (!x->from) {
     r->code = 451;
@@ -310,8 +311,13 @@ static size_t trace_header(struct sess *x, char *buf, size_t cap) {
   localtime_r(&now, &tm);
   strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
   esc(x->helo, strlen(x->helo), helo, sizeof helo);
-  const char *with = i->tls ? (i->auth_user ? "ESMTPSA" : "ESMTPS")
-                            : (i->auth_user ? "ESMTPA" : "ESMTP");
+  /* The "with" protocol names of RFC 3848 and RFC 6531 §4.3: UTF8 for
+   * an SMTPUTF8 transaction, LMTP or ESMTP, then S (TLS) and A (AUTH). */
+  char with[16];
+  snprintf(with, sizeof with, "%s%s%s%s", x->utf8 ? "UTF8" : "",
+           x->utf8 ? (i->lmtp ? "LMTP" : "SMTP")
+                   : (i->lmtp ? "LMTP" : "ESMTP"),
+           i->tls ? "S" : "", i->auth_user ? "A" : "");
   /* RFC 5321 §4.4: Return-Path is added at final delivery only. "for"
    * names the recipient only when there is exactly one: every copy of a
    * message to several would show the first (a Bcc leak; Postfix does

@@ -54,6 +54,7 @@ struct sess {
   const struct tern_session_info *info;
   char helo[256];
   char *from;                 /* current sender ("" for <>) */
+  bool utf8;                  /* MAIL said SMTPUTF8 (the Received "with") */
   char **rcpts;               /* accepted recipients */
   size_t nrcpts, rcap;
   struct rcheck *rcheck;      /* [delivery] recipient_check running */

@@ -143,7 +143,8 @@ def check_dovecot_copy(dc, user, msg, count=1):
             % (user, count, files))
     got = h.read(files[-1])
     trace, rest = strip_trace(got, "%s's Maildir file" % user)
-    h.check(b"(tern) with ESMTP" in trace,
+    # RFC 3848: "with LMTP" when the inbound listener spoke LMTP
+    h.check(b"(tern) with ESMTP" in trace or b"(tern) with LMTP" in trace,
             "%s: tern's Received line missing in trace %r" % (user, trace))
     h.check(b"Dovecot" in trace or b"LMTP" in trace,
             "%s: Dovecot's Received line missing in trace %r" % (user, trace))

@@ -10,7 +10,7 @@ import re
 import e2e as h
 from test_log import logfmt, one_each
 
-RECEIVED_ID = re.compile(rb"\bwith ESMTPS?A? id ([A-Za-z0-9-]+)")
+RECEIVED_ID = re.compile(rb"\bwith (ESMTP|UTF8SMTP)S?A? id ([A-Za-z0-9-]+)")
 REPLY_ID = re.compile(r"^250 2\.0\.0 Ok: delivered as ([A-Za-z0-9-]+)$")
 
 
@@ -36,18 +36,31 @@ def test_ids():
             m = REPLY_ID.match(lines[-1])
             h.check(m, "the 250 reply carries no id: %r" % lines)
             ids.append(m.group(1))
+        # RFC 6531 section 4.3: an SMTPUTF8 transaction is "with UTF8SMTP"
+        r.cmd("MAIL FROM:<s@example.net> SMTPUTF8", 250)
+        r.cmd("RCPT TO:<%s>" % rcpts[0], 250)
+        r.cmd("DATA", 354)
+        r.send(b"Subject: utf8\r\n\r\nbody\r\n.\r\n")
+        code, lines = r.reply()
+        m = REPLY_ID.match(lines[-1])
+        h.check(code == 250 and m, "SMTPUTF8 DATA: %r" % lines)
+        ids.append(m.group(1))
         r.cmd("QUIT")
         r.close()
         h.check(ids[0] != ids[1], "two messages of one session share the "
                 "id %s" % ids[0])
-        msgs = srv.wait_log("event=message", count=2)
+        msgs = srv.wait_log("event=message", count=3)
 
     stored = {}
     for p in h.maildir_files(md):
         trace, rest = h.split_trace(h.read(p), p)
         m = RECEIVED_ID.search(trace)
         h.check(m, "no 'with ESMTP id' in %r" % trace)
-        stored.setdefault(m.group(1).decode(), []).append(rest)
+        mid = m.group(2).decode()
+        want = b"UTF8SMTP" if mid == ids[2] else b"ESMTP"
+        h.check(m.group(1) == want, "message %s: 'with %s', expected %s"
+                % (mid, m.group(1).decode(), want.decode()))
+        stored.setdefault(mid, []).append(rest)
     h.check(set(stored) == set(ids), "ids in Received %r, in replies %r"
             % (sorted(stored), ids))
     logged = [one_each(logfmt(ln), ln) for ln in msgs]
