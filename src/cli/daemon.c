@@ -264,8 +264,10 @@ static void usage(FILE *f) {
           "                      127.0.0.1:2525 and [::1]:2525, any "
           "recipient, Maildir ./mail\n"
           "  --check             load and check the configuration (users "
-          "file and\n"
-          "                      certificates included), print OK, exit\n"
+          "file,\n"
+          "                      certificates, [server] user and group "
+          "included),\n"
+          "                      print OK, exit\n"
           "  --listen URL        listen here instead of the file's "
           "listeners (repeatable):\n"
           "                      smtp://HOST:PORT, smtps://HOST:PORT, "
@@ -366,9 +368,18 @@ static int check_only(const struct args *a, struct policy *pol) {
   co.error = why;
   co.error_size = sizeof why;
   int cr = tern_server_new(&cs, uv_default_loop(), &co);
-  if (cr)
+  if (cr) {
     fprintf(stderr, "tern serve: %s\n", why);
-  else
+  } else if (pol->cfg.user && !getpwnam(pol->cfg.user)) {
+    /* as the privilege drop at start-up would find (exit 77 there) */
+    fprintf(stderr, "tern serve: %s: [server] user '%s' does not exist\n",
+            a->path ? a->path : "(default)", pol->cfg.user);
+    cr = -1;
+  } else if (pol->cfg.group && !getgrnam(pol->cfg.group)) {
+    fprintf(stderr, "tern serve: %s: [server] group '%s' does not exist\n",
+            a->path ? a->path : "(default)", pol->cfg.group);
+    cr = -1;
+  } else
     printf("tern serve: %s: configuration OK\n",
            a->path ? a->path : "(default)");
   tern_server_free(cs);

@@ -83,6 +83,19 @@ def test_bad_files():
         h.fail("%d problem(s):\n  %s" % (len(problems), "\n  ".join(problems)))
 
 
+def test_unknown_user_check():
+    """--check answers for the privilege drop too: a [server] user that
+    does not exist is EX_CONFIG there, naming the file and the user."""
+    d = h.tmpdir(prefix="tern-e2e-badcfg-user-")
+    (port,) = h.free_ports(1)
+    path = h.write(os.path.join(d, "u.ini"),
+                   "[server]\nuser = tern-no-such-user\n[listener mx]\n"
+                   "url = smtp://127.0.0.1:%d\n" % port)
+    rc, out, err = h.run_serve(["-c", path, "--check"], cwd=d, timeout=20)
+    h.check(rc == EX_CONFIG, "exit %d, expected %d: %r" % (rc, EX_CONFIG, err))
+    h.check(path in err and "tern-no-such-user" in err, "stderr: %r" % err)
+
+
 def test_good_file_check():
     d = h.tmpdir(prefix="tern-e2e-goodcfg-")
     path = h.write(os.path.join(d, "ok.ini"),
@@ -124,4 +137,5 @@ def test_port_in_use():
 
 
 if __name__ == "__main__":
-    h.main([test_bad_files, test_good_file_check, test_port_in_use])
+    h.main([test_bad_files, test_unknown_user_check, test_good_file_check,
+            test_port_in_use])
