@@ -30,8 +30,12 @@ case $line in
   "cc app.c "*" -o app") ;;
   *) fail "unexpected shape of the documented line: $line" ;;
 esac
+# A sanitizer build installs an instrumented libtern: its consumer is
+# built with the same -fsanitize (TERN_TEST_SANITIZE, from CMake), or the
+# ASan runtime would not come first. Nothing else changes.
+san=${TERN_TEST_SANITIZE:+-fsanitize=$TERN_TEST_SANITIZE}
 cmd=$(printf '%s\n' "$line" |
-      sed -e "s|cc app.c |cc \"$src/examples/client.c\" |" \
+      sed -e "s|cc app.c |cc $san \"$src/examples/client.c\" |" \
           -e "s|-o app\$|-o \"$tmp/client\"|")
 echo "+ $cmd"
 (cd "$tmp" && eval "$cmd") || fail "the documented line does not build"
