@@ -402,12 +402,12 @@ static bool check_rcpt(struct tern_server_session *s, struct cmd *c) {
   return true;
 }
 
-/* Accepted: one more recipient. */
+/* Accepted: one more recipient (counted before its reply goes out). */
 static void apply_rcpt(struct tern_server_session *s, int code,
                        const char *enh, const char *text) {
-  tern__emit(s, code, enh, text);
   if (code / 100 == 2)
     s->rcpt_count++;
+  tern__emit(s, code, enh, text);
 }
 
 /* ---- DATA / BDAT ----------------------------------------------------------- */

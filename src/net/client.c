@@ -106,7 +106,6 @@ struct tern_client {
   enum cl_state state;
   bool reported;                  /* on_connect called */
   bool ready;                     /* first on_ready seen */
-  bool in_pump, again;
   bool quit_asked;
   bool in_data;                   /* 354 seen, final reply not yet */
   unsigned pending_cb;            /* fs reads, connect, handles etc. */
@@ -200,22 +199,12 @@ static struct tern_client *client_of(struct tern_client_session *s) {
 
 /* ---- the stream's adapter --------------------------------------------------- */
 
+static void *c_session(void *arg) {
+  return ((struct tern_client *)arg)->s;
+}
+
 static long c_feed(void *arg, const char *p, size_t n) {
   return tern_client_session_feed(((struct tern_client *)arg)->s, p, n);
-}
-
-static size_t c_output(void *arg, const char **p) {
-  struct tern_client *cl = arg;
-  return cl->s ? tern_client_session_output(cl->s, p) : 0;
-}
-
-static void c_consume(void *arg, size_t n) {
-  tern_client_session_consume(((struct tern_client *)arg)->s, n);
-}
-
-static unsigned c_want(void *arg) {
-  struct tern_client *cl = arg;
-  return cl->s ? tern_client_session_want(cl->s) : 0;
 }
 
 /* The handshake is done: the certificate verdict, then SMTP goes on. */
@@ -286,13 +275,14 @@ static void c_fail(void *arg, enum tern__stream_err why, long code) {
 static void on_read(void *arg, ssize_t nread, const char *p);
 
 static const struct tern__stream_ops client_ops = {
+    .client = true,
+    .session = c_session,
     .feed = c_feed,
-    .output = c_output,
-    .consume = c_consume,
-    .want = c_want,
     .feed_bits = TERN_CLIENT_WANT_READ,
     .read_bits = TERN_CLIENT_WANT_READ | TERN_CLIENT_READY, /* a 421 */
     .tls_bit = TERN_CLIENT_WANT_TLS,
+    .close_bit = TERN_CLIENT_WANT_CLOSE,
+    .write_bit = TERN_CLIENT_WANT_WRITE,
     .read = on_read,
     .tls_ready = c_tls_ready,
     .written = c_written,
@@ -506,13 +496,9 @@ static void fd_pump(struct tern_client *cl) {
 static void update_reading(struct tern_client *cl);
 
 static void pump(struct tern_client *cl) {
-  if (cl->in_pump) {
-    cl->again = true;
+  if (!tern__stream_pump_begin(&cl->st))
     return;
-  }
-  cl->in_pump = true;
-  do {
-    cl->again = false;
+  while (tern__stream_pump_turn(&cl->st)) {
     if (cl->close_pending && !cl->in_cb) {
       cl->close_pending = false;
       cl_close(cl);
@@ -520,7 +506,7 @@ static void pump(struct tern_client *cl) {
     if (cl->state != CS_SESSION || !cl->s)
       break;
     if (tern__stream_step(&cl->st)) {
-      cl->again = true; /* flushing made room for the held input */
+      tern__stream_pump_more(&cl->st); /* flushing made room for input */
       continue;
     }
     if (cl->state != CS_SESSION)
@@ -534,11 +520,7 @@ static void pump(struct tern_client *cl) {
     fd_pump(cl);
     if (cl->state != CS_SESSION)
       break;
-    if (cl->st.eof && !(want & TERN_CLIENT_WANT_CLOSE))
-      tern_client_session_eof(cl->s);
-    want = tern_client_session_want(cl->s);
-    if ((want & TERN_CLIENT_WANT_CLOSE) && !(want & TERN_CLIENT_WANT_WRITE) &&
-        tern__stream_close_ready(&cl->st)) {
+    if (tern__stream_session_over(&cl->st)) {
       if (!cl->reported)
         fail(cl, cl->err_code ? cl->err_code : TERN_ECLOSED, "%s",
              cl->err[0] ? cl->err : "connection closed");
@@ -546,7 +528,7 @@ static void pump(struct tern_client *cl) {
         cl_close(cl);
       break;
     }
-  } while (cl->again);
+  }
   if (cl->close_pending && !cl->in_cb) {
     cl->close_pending = false;
     cl_close(cl);
@@ -555,7 +537,7 @@ static void pump(struct tern_client *cl) {
     update_reading(cl);
     restart_timer(cl);
   }
-  cl->in_pump = false;
+  tern__stream_pump_end(&cl->st);
 }
 
 static void update_reading(struct tern_client *cl) {
@@ -923,7 +905,7 @@ static void cl_close(struct tern_client *cl) {
     return;
   if (cl->in_cb) { /* not from inside the session: pump() does it */
     cl->close_pending = true;
-    cl->again = true;
+    tern__stream_pump_more(&cl->st);
     return;
   }
   if (cl->state == CS_NEW) {

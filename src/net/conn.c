@@ -80,18 +80,8 @@ static long s_feed(void *arg, const char *p, size_t n) {
   return r;
 }
 
-static size_t s_output(void *arg, const char **p) {
-  struct tern__conn *c = arg;
-  return c->s ? tern_server_session_output(c->s, p) : 0;
-}
-
-static void s_consume(void *arg, size_t n) {
-  tern_server_session_consume(((struct tern__conn *)arg)->s, n);
-}
-
-static unsigned s_want(void *arg) {
-  struct tern__conn *c = arg;
-  return c->s ? tern_server_session_want(c->s) : 0;
+static void *s_session(void *arg) {
+  return ((struct tern__conn *)arg)->s;
 }
 
 static void s_tls_ready(void *arg) {
@@ -127,13 +117,14 @@ static void s_fail(void *arg, enum tern__stream_err why, long code) {
   conn_close(c);
 }
 
-static const struct tern__stream_ops conn_ops = {.feed = s_feed,
-                                                 .output = s_output,
-                                                 .consume = s_consume,
-                                                 .want = s_want,
+static const struct tern__stream_ops conn_ops = {.client = false,
+                                                 .session = s_session,
+                                                 .feed = s_feed,
                                                  .feed_bits = TERN_WANT_READ,
                                                  .read_bits = TERN_WANT_READ,
                                                  .tls_bit = TERN_WANT_TLS,
+                                                 .close_bit = TERN_WANT_CLOSE,
+                                                 .write_bit = TERN_WANT_WRITE,
                                                  .read = on_read,
                                                  .tls_ready = s_tls_ready,
                                                  .written = s_written,
@@ -186,17 +177,13 @@ static void update_reading(struct tern__conn *c) {
 }
 
 static void pump(struct tern__conn *c) {
-  if (c->in_pump) {
-    c->again = true;
+  if (!tern__stream_pump_begin(&c->st))
     return;
-  }
-  c->in_pump = true;
-  do {
-    c->again = false;
+  while (tern__stream_pump_turn(&c->st)) {
     if (c->closing || !c->s)
       break;
     if (tern__stream_step(&c->st)) {
-      c->again = true;
+      tern__stream_pump_more(&c->st);
       continue;
     }
     if (c->closing)
@@ -209,18 +196,14 @@ static void pump(struct tern__conn *c) {
         tern_server_session_pending(c->s) == TERN_EV_NONE) {
       struct tern_reply r = {421, "4.3.2", "Service shutting down"};
       tern_server_session_close(c->s, &r);
-      c->again = true;
+      tern__stream_pump_more(&c->st);
       continue;
     }
-    if (c->st.eof && !(want & TERN_WANT_CLOSE))
-      tern_server_session_eof(c->s);
-    want = tern_server_session_want(c->s);
-    if ((want & TERN_WANT_CLOSE) && !(want & TERN_WANT_WRITE) &&
-        tern__stream_close_ready(&c->st)) {
+    if (tern__stream_session_over(&c->st)) {
       conn_close(c);
       break;
     }
-  } while (c->again);
+  }
   if (!c->closing) {
     write_clock(c, false);
     update_reading(c);
@@ -228,7 +211,7 @@ static void pump(struct tern__conn *c) {
     if (c->s && !c->st.in_len && !c->st.writes && c->st.reading)
       tern_server_session_trim(c->s);
   }
-  c->in_pump = false;
+  tern__stream_pump_end(&c->st);
 }
 
 /* The session's runtime hook: reply(), resume() or close() was called. */

@@ -36,7 +36,6 @@ struct tern__conn {
 
   unsigned char phase;          /* enum tern__phase */
   unsigned char tmode;          /* conn.c's timer mode */
-  bool in_pump, again;          /* pump() reentrancy */
   bool closing;                 /* conn_close() was called */
   bool drain;                   /* shutdown: close when idle */
   unsigned auth_failures;       /* for the growing delay */

@@ -12,6 +12,9 @@
 
 #include "stream.h"
 
+#include <tern/client.h>
+#include <tern/server.h>
+
 #define HELD_MAX (4 * TERN__READ_SIZE) /* held plaintext ceiling */
 
 /* ---- scratch per loop ---------------------------------------------------- */
@@ -153,6 +156,32 @@ static void tls_flush(struct tern__stream *st) {
     tern__stream_send(st, st->sc->wbuf, n);
 }
 
+/* ---- the session behind the stream ---------------------------------------- */
+
+static size_t sess_output(struct tern__stream *st, const char **p) {
+  void *s = st->ops->session(st->arg);
+  if (!s)
+    return 0;
+  return st->ops->client ? tern_client_session_output(s, p)
+                         : tern_server_session_output(s, p);
+}
+
+static void sess_consume(struct tern__stream *st, size_t n) {
+  void *s = st->ops->session(st->arg);
+  if (s && st->ops->client)
+    tern_client_session_consume(s, n);
+  else if (s)
+    tern_server_session_consume(s, n);
+}
+
+static unsigned sess_want(struct tern__stream *st) {
+  void *s = st->ops->session(st->arg);
+  if (!s)
+    return 0;
+  return st->ops->client ? tern_client_session_want(s)
+                         : tern_server_session_want(s);
+}
+
 void tern__stream_flush(struct tern__stream *st) {
   const char *p;
   size_t n;
@@ -161,10 +190,10 @@ void tern__stream_flush(struct tern__stream *st) {
   if (st->tls && !st->tls_ready)
     return;
   while (!st->closed && st->writing < TERN__WRITE_HIGH &&
-         (n = st->ops->output(st->arg, &p)) > 0) {
+         (n = sess_output(st, &p)) > 0) {
     if (!st->tls) {
       tern__stream_send(st, p, n);
-      st->ops->consume(st->arg, n);
+      sess_consume(st, n);
       continue;
     }
     long t = tern__tls_write(st->tls, p, n);
@@ -172,7 +201,7 @@ void tern__stream_flush(struct tern__stream *st) {
       st->ops->fail(st->arg, TERN__SE_TLS, TERN_ETLS);
       return;
     }
-    st->ops->consume(st->arg, (size_t)t);
+    sess_consume(st, (size_t)t);
     tls_flush(st);
     if (!t)
       break;
@@ -200,7 +229,7 @@ static bool hold(struct tern__stream *st, const char *p, size_t n) {
 }
 
 static bool wants(struct tern__stream *st, unsigned bits) {
-  return (st->ops->want(st->arg) & bits) != 0;
+  return (sess_want(st) & bits) != 0;
 }
 
 /* Feed p[0..n) while the session takes it; hold the rest. */
@@ -358,6 +387,22 @@ bool tern__stream_close_ready(struct tern__stream *st) {
     tls_flush(st);
   }
   return !st->writes;
+}
+
+bool tern__stream_session_over(struct tern__stream *st) {
+  void *s = st->ops->session(st->arg);
+  if (!s)
+    return false;
+  unsigned want = sess_want(st);
+  if (st->eof && !(want & st->ops->close_bit)) {
+    if (st->ops->client)
+      tern_client_session_eof(s);
+    else
+      tern_server_session_eof(s);
+    want = sess_want(st);
+  }
+  return (want & st->ops->close_bit) && !(want & st->ops->write_bit) &&
+         tern__stream_close_ready(st);
 }
 
 bool tern__stream_wants_read(struct tern__stream *st) {

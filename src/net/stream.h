@@ -50,16 +50,20 @@ enum tern__stream_err {
 };
 
 /* The adapter: the session behind the stream and the owner's hooks.
- * `arg` is the owner (tern__stream.arg). want() returns the session's
- * own want bits; the three masks say which of them mean what. */
+ * `arg` is the owner (tern__stream.arg). session() gives the protocol
+ * session (a client's when `client`, else a server's; NULL while there
+ * is none): the stream takes its output and asks what it wants itself.
+ * Its want bits are the session's own; the three masks say which of
+ * them mean what. */
 struct tern__stream_ops {
+  bool client;                                      /* the session's kind */
+  void *(*session)(void *arg);                      /* or NULL */
   long (*feed)(void *arg, const char *p, size_t n); /* bytes taken or < 0 */
-  size_t (*output)(void *arg, const char **p);      /* queued output */
-  void (*consume)(void *arg, size_t n);             /* n output bytes sent */
-  unsigned (*want)(void *arg);                      /* 0 without a session */
   unsigned feed_bits;                               /* feed() takes input now */
   unsigned read_bits; /* read the socket when nothing is held */
   unsigned tls_bit;   /* discard input: TLS starts after the output */
+  unsigned close_bit; /* the session is over once its output is sent */
+  unsigned write_bit; /* it has output to send */
   void (*read)(void *arg, ssize_t nread, const char *buf); /* uv_read_cb */
   void (*tls_ready)(void *arg);                            /* handshake done */
   void (*written)(void *arg, int status); /* a queued write is done */
@@ -87,7 +91,41 @@ struct tern__stream {
   bool tls_ready;  /* handshake done */
   bool tls_closed; /* close_notify queued */
   bool client;     /* the TLS client side */
+  bool in_pump;    /* the owner's pump runs */
+  bool again;      /* it takes one more turn */
 };
+
+/*
+ * The owner's pump is never nested: a callback that pumps from inside it
+ * asks the running one for one more turn instead. The shape:
+ *
+ *   if (!tern__stream_pump_begin(st)) return;
+ *   while (tern__stream_pump_turn(st)) { ... tern__stream_pump_more(st) ... }
+ *   ...; tern__stream_pump_end(st);
+ */
+static inline bool tern__stream_pump_begin(struct tern__stream *st) {
+  if (st->in_pump) {
+    st->again = true;
+    return false;
+  }
+  st->in_pump = st->again = true;
+  return true;
+}
+
+/* True for the first turn and for each one asked since the last. */
+static inline bool tern__stream_pump_turn(struct tern__stream *st) {
+  bool turn = st->again;
+  st->again = false;
+  return turn;
+}
+
+static inline void tern__stream_pump_more(struct tern__stream *st) {
+  st->again = true;
+}
+
+static inline void tern__stream_pump_end(struct tern__stream *st) {
+  st->in_pump = false;
+}
 
 void tern__stream_init(struct tern__stream *st,
                        const struct tern__stream_ops *ops, void *arg,
@@ -122,6 +160,11 @@ bool tern__stream_step(struct tern__stream *st);
 /* The session wants to close with its output written: send close_notify
  * (once); true when nothing is left in flight, so the owner may close. */
 bool tern__stream_close_ready(struct tern__stream *st);
+/* The end of a pump's turn: the peer's EOF reaches the session (once
+ * it does not want to close already); then true when the session is
+ * over (close_bit, nothing left to write) and tern__stream_close_ready():
+ * the owner closes now. */
+bool tern__stream_session_over(struct tern__stream *st);
 /* Whether the socket should be read, from the stream's side: during a
  * TLS handshake, or when nothing is held and the session reads. */
 bool tern__stream_wants_read(struct tern__stream *st);
