@@ -378,5 +378,17 @@ int send_parse_args(struct send *s, int argc, char **argv) {
     if (rc != 0)
       return rc;
   }
+  /* The EHLO name goes on a command line: a CR, LF, space or control
+   * octet there is a usage error now, not a failed session later. */
+  for (const char *p = o->helo; p && *p; p++)
+    if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f) {
+      fprintf(stderr, "%s: --helo: not a host name or address literal\n",
+              o->prog);
+      return EX_USAGE;
+    }
+  if (o->helo && !*o->helo) {
+    fprintf(stderr, "%s: --helo: empty\n", o->prog);
+    return EX_USAGE;
+  }
   return 0;
 }

@@ -120,10 +120,21 @@ def test_closed_is_closed():
                 err.count("\n") == 1, "stderr: %r" % err)
 
 
+def test_bad_helo_is_usage():
+    """A --helo with CR/LF, a space or nothing is a usage error (64)
+    before any connection, not a temporary failure of the session."""
+    for bad in ["a\r\nRSET", "a b", ""]:
+        rc, _, err = send(["--server", "smtp://127.0.0.1:1", "--helo", bad,
+                           "bob@example.org"], stdin=MSG)
+        expect_rc(rc, err, 64, "--helo %r" % bad)
+        h.check("--helo" in err, "stderr does not name --helo: %r" % err)
+
+
 if __name__ == "__main__":
     h.main([test_pipelined_sender_refused_5xx,
             test_pipelined_sender_refused_4xx,
             test_pipelined_all_recipients_refused,
             test_data_refused_after_recipients, test_rcpt_421_is_the_session,
             test_silent_after_mail, test_silent_after_end_of_data,
-            test_silent_after_ehlo, test_closed_is_closed])
+            test_silent_after_ehlo, test_closed_is_closed,
+            test_bad_helo_is_usage])
