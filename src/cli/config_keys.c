@@ -112,7 +112,7 @@ int cfg_parse_duration_ms(const char *s, uint64_t *out) {
 }
 
 /* See config_keys.h. */
-bool cfg_listener_url_ok(const char *u) {
+static bool listener_url_ok(const char *u, bool port0) {
   const char *rest;
   bool tls = false;
   if (has_prefix(u, "smtp://"))
@@ -148,10 +148,18 @@ bool cfg_listener_url_ok(const char *u) {
       return false;
   }
   uint64_t port;
-  if (parse_u64(colon + 1, strlen(colon + 1), &port) != 0 || port == 0 ||
-      port > 65535)
+  if (parse_u64(colon + 1, strlen(colon + 1), &port) != 0 ||
+      (port == 0 && !port0) || port > 65535)
     return false;
   return true;
+}
+
+bool cfg_listener_url_ok(const char *u) {
+  return listener_url_ok(u, false);
+}
+
+bool cfg_listener_url_cli_ok(const char *u) {
+  return listener_url_ok(u, true);
 }
 
 

@@ -69,6 +69,8 @@ void cfg_key_apply(struct cfg_parser *st, int index, const char *v);
 /* "smtp://HOST:PORT", "smtps://HOST:PORT", "lmtp://HOST:PORT" (HOST an
  * IPv4 address, [IPv6] or *), "smtp:///path", "lmtp:///path". */
 bool cfg_listener_url_ok(const char *u);
+/* The same for --listen, which also takes port 0 (any free port). */
+bool cfg_listener_url_cli_ok(const char *u);
 
 /* Forwarding endpoints that fit `target`: smtp://, smtp+starttls://,
  * smtps://host[:port] for CFG_SMTP; lmtp://host[:port] and

@@ -37,6 +37,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "config_keys.h"
 #include "deliver.h"
 #include "log.h"
 #include "recipients.h"
@@ -315,6 +316,14 @@ static int parse_args(int argc, char **argv, struct args *a) {
     case 'l':
       if (a->nlisten == CFG_MAX_LISTENERS) {
         fprintf(stderr, "tern serve: too many --listen\n");
+        return EX_USAGE;
+      }
+      if (!cfg_listener_url_cli_ok(optarg)) { /* as url = in a file */
+        fprintf(stderr,
+                "tern serve: --listen %s: expected a listener URL like "
+                "smtp://0.0.0.0:25, smtp://[::]:587, smtps://*:465 or "
+                "lmtp:///run/tern/lmtp (addresses, not host names)\n",
+                optarg);
         return EX_USAGE;
       }
       a->listen[a->nlisten++] = optarg;

@@ -96,6 +96,19 @@ def test_unknown_user_check():
     h.check(path in err and "tern-no-such-user" in err, "stderr: %r" % err)
 
 
+def test_listen_host_name():
+    """--listen takes what url = takes (addresses, not host names; and
+    port 0): a host name is a usage error (64) naming the URL."""
+    d = h.tmpdir(prefix="tern-e2e-badcfg-listen-")
+    rc, out, err = h.run_serve(["--listen", "smtp://localhost:25999",
+                                "--check"], cwd=d, timeout=20)
+    h.check(rc == 64, "exit %d, expected 64: %r" % (rc, err))
+    h.check("smtp://localhost:25999" in err, "stderr: %r" % err)
+    rc, out, err = h.run_serve(["--listen", "smtp://127.0.0.1:0", "--check"],
+                               cwd=d, timeout=20)
+    h.check(rc == 0, "port 0 with --listen: exit %d: %r" % (rc, err))
+
+
 def test_good_file_check():
     d = h.tmpdir(prefix="tern-e2e-goodcfg-")
     path = h.write(os.path.join(d, "ok.ini"),
@@ -137,5 +150,5 @@ def test_port_in_use():
 
 
 if __name__ == "__main__":
-    h.main([test_bad_files, test_unknown_user_check, test_good_file_check,
-            test_port_in_use])
+    h.main([test_bad_files, test_unknown_user_check, test_listen_host_name,
+            test_good_file_check, test_port_in_use])
