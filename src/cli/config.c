@@ -309,6 +309,7 @@ static void section_begin(struct cfg_parser *st, const char *name, size_t n) {
     struct cfg_listener *l = &c->listeners[st->cur];
     memset(l, 0, sizeof *l);
     l->name = xstrndup(ln, lnn);
+    l->line = st->line;
     st->listener_line[st->cur] = st->line;
     st->listener_seen[st->cur] = 0;
     st->sec = SEC_LISTENER;
@@ -639,17 +640,21 @@ int cfg_set(struct cfg *c, const char *section, const char *key,
  */
 
 /* "FILE: what" about the configuration as a whole. Returns -1. */
-static int check_fail(const struct cfg *c, char *err, size_t cap,
-                      const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int check_fail(const struct cfg *c, char *err, size_t cap,
-                      const char *fmt, ...) {
+/* A whole-configuration check failed: "FILE[:LINE]: what" (LINE 0: the
+ * problem has no one line, or the listener came from --listen). */
+static int check_fail_at(const struct cfg *c, int line, char *err,
+                         size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int check_fail_at(const struct cfg *c, int line, char *err,
+                         size_t cap, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  file_verror(err, cap, c->path ? c->path : "tern serve", 0, fmt, ap);
+  file_verror(err, cap, c->path ? c->path : "tern serve", line, fmt, ap);
   va_end(ap);
   return -1;
 }
+
+#define check_fail(c, err, cap, ...) check_fail_at(c, 0, err, cap, __VA_ARGS__)
 
 static bool is_unix_url(const char *u) {
   const char *p = strstr(u, "://");
@@ -663,47 +668,47 @@ static int check_listener(const struct cfg *c, const struct cfg_listener *l,
   bool smtps = l->url != NULL && has_prefix(l->url, "smtps://");
   bool unix_sock = l->url != NULL && is_unix_url(l->url);
   if (l->url == NULL || !cfg_listener_url_ok(l->url))
-    return check_fail(c, err, cap, "[listener %s]: %s url", l->name,
+    return check_fail_at(c, l->line, err, cap, "[listener %s]: %s url", l->name,
                       l->url ? "bad" : "no");
   if ((l->starttls || smtps) && c->ncerts == 0)
-    return check_fail(c, err, cap,
+    return check_fail_at(c, l->line, err, cap,
                       "[listener %s]: %s needs a certificate: add cert "
                       "and key to [tls]",
                       l->name, smtps ? "smtps://" : "starttls");
   if (l->starttls && smtps)
-    return check_fail(c, err, cap,
+    return check_fail_at(c, l->line, err, cap,
                       "[listener %s]: starttls with smtps:// (TLS from "
                       "the start); use one or the other",
                       l->name);
   if (l->auth != CFG_AUTH_OFF && c->users_file == NULL)
-    return check_fail(c, err, cap,
+    return check_fail_at(c, l->line, err, cap,
                       "[listener %s]: auth = %s needs a users file: "
                       "add users = FILE to [auth]",
                       l->name,
                       l->auth == CFG_AUTH_REQUIRED ? "required" : "yes");
   if (l->auth != CFG_AUTH_OFF && !l->starttls && !smtps && !unix_sock &&
       !l->insecure_auth)
-    return check_fail(c, err, cap,
+    return check_fail_at(c, l->line, err, cap,
                       "[listener %s]: auth is offered only over TLS: "
                       "set starttls = yes, use smtps://, or set "
                       "insecure_auth = yes",
                       l->name);
   if ((l->socket_user || l->socket_group || l->socket_mode) && !unix_sock)
-    return check_fail(c, err, cap,
+    return check_fail_at(c, l->line, err, cap,
                       "[listener %s]: socket_user, socket_group and "
                       "socket_mode are for unix-socket listeners "
                       "(lmtp:///path)",
                       l->name);
   if (l->socket_user && !getpwnam(l->socket_user))
-    return check_fail(c, err, cap,
+    return check_fail_at(c, l->line, err, cap,
                       "[listener %s]: socket_user '%s' does not exist",
                       l->name, l->socket_user);
   if (l->socket_group && !getgrnam(l->socket_group))
-    return check_fail(c, err, cap,
+    return check_fail_at(c, l->line, err, cap,
                       "[listener %s]: socket_group '%s' does not exist",
                       l->name, l->socket_group);
   if (l->xclient && c->xclient_networks == NULL)
-    return check_fail(c, err, cap,
+    return check_fail_at(c, l->line, err, cap,
                       "[listener %s]: xclient = yes needs "
                       "xclient_networks in [server]",
                       l->name);

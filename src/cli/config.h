@@ -20,6 +20,7 @@ enum cfg_auth { CFG_AUTH_OFF = 0, CFG_AUTH_ON, CFG_AUTH_REQUIRED };
 
 struct cfg_listener {
   char *name;            /* [listener NAME] */
+  int line;              /* its [listener] line in the file; 0: none */
   char *url;             /* smtp://..., smtps://..., lmtp:///path */
   bool starttls;         /* offer STARTTLS (needs [tls] certificates) */
   bool proxy;            /* expect a PROXY v1/v2 header */

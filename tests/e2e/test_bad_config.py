@@ -25,8 +25,10 @@ BAD = {
                            "[server]\nworkers = 2\n", 6, "workers"),
     "unknown-section": ("[server]\nworkers = 1\n[mail]\nx = 1\n", 3, "mail"),
     "syntax": ("[server]\nthis is not ini\n", 2, None),
-    "starttls-without-certs": ("[listener mx]\nurl = smtp://127.0.0.1:{port}\n"
-                               "starttls = yes\n", None, "starttls"),
+    # a whole-listener check names the listener's [listener] line
+    "starttls-without-certs": ("[server]\nworkers = 1\n[listener mx]\n"
+                               "url = smtp://127.0.0.1:{port}\n"
+                               "starttls = yes\n", 3, "starttls"),
     "missing-users-file": ("[listener sub]\nurl = smtp://127.0.0.1:{port}\n"
                            "auth = yes\ninsecure_auth = yes\n[auth]\n"
                            "users = {dir}/no-such-users\n", None,

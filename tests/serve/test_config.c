@@ -8,6 +8,8 @@
  *                                 a message containing TEXT;
  *       "; expect-check: TEXT"   cfg_load succeeds, cfg_check fails with
  *                                 "FILE: " and TEXT;
+ *       "; expect-check: LINE: TEXT"  the same for a listener's check,
+ *                                 which names its [listener] line;
  *   - every users-bad-* likewise with "# expect: LINE: TEXT";
  *   - good-*.ini are loaded and compared field by field.
  */
@@ -51,8 +53,16 @@ static void read_expectation(const char *file, char marker,
   snprintf(load, sizeof load, "%c expect: ", marker);
   snprintf(check, sizeof check, "%c expect-check: ", marker);
   if (strncmp(buf, check, strlen(check)) == 0) {
+    /* "expect-check: [LINE: ]text": a listener's check names its line */
+    const char *t = buf + strlen(check);
+    char *end;
+    long line = strtol(t, &end, 10);
     e->check = true;
-    snprintf(e->text, sizeof e->text, "%s", buf + strlen(check));
+    if (end != t && end[0] == ':' && end[1] == ' ') {
+      e->line = (int)line;
+      t = end + 2;
+    }
+    snprintf(e->text, sizeof e->text, "%s", t);
     return;
   }
   if (strncmp(buf, load, strlen(load)) != 0)
@@ -67,7 +77,7 @@ static void read_expectation(const char *file, char marker,
 static void expect_message(const char *file, const char *err,
                            const struct expectation *e) {
   char prefix[600];
-  if (e->check)
+  if (e->check && !e->line)
     snprintf(prefix, sizeof prefix, "%s: ", file);
   else
     snprintf(prefix, sizeof prefix, "%s:%d: ", file, e->line);
