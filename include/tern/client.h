@@ -391,6 +391,10 @@ typedef void (*tern_client_notify_fn)(struct tern_client_session *c,
 TERN_EXTERN void tern_client_session_set_notify(struct tern_client_session *c,
                                                 tern_client_notify_fn fn,
                                                 void *arg);
+/* The `arg` last given to tern_client_session_set_notify() (NULL before
+ * it, or for a NULL session): how a runtime finds its own object from
+ * inside a session callback. Like every session call, from the thread
+ * that uses the session. */
 TERN_EXTERN void *
 tern_client_session_notify_arg(const struct tern_client_session *c);
 
