@@ -53,6 +53,9 @@ extern "C" {
   X(ERESOLVE, -20, "host name could not be resolved")                      \
   X(ECONNECT, -21, "connection failed")                                    \
   X(ETIMEDOUT, -22, "timed out")                                           \
+  X(ENOENT, -23, "no such item")                                           \
+  X(EBUSY, -24, "busy: one operation at a time")                           \
+  X(ENOSPC, -25, "no space left on the storage")                           \
   X(ECLOSED, -100, "session is closed")
 
 enum tern_err {

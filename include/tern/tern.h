@@ -7,6 +7,7 @@
 #include "address.h"
 #include "client.h"
 #include "common.h"
+#include "dsn.h"
 #include "reply.h"
 #include "sasl.h"
 #include "server.h"

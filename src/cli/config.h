@@ -84,6 +84,19 @@ struct cfg {
   char *forward_auth_user;     /* next-hop AUTH (needs verified TLS) */
   char *forward_auth_password_file;
   char *forward_auth_password; /* read from the file by cfg_load */
+  int queue;                   /* [delivery] queue = yes/no; -1: the
+                                  default (cfg_uses_queue) */
+  /* [queue] (docs/configuration.md "[queue]") */
+  char *queue_dir;             /* default "./queue" (embedded) */
+  unsigned queue_lifetime_s;   /* default 5 days */
+  unsigned queue_retry_min_s;  /* default 300 */
+  unsigned queue_retry_max_s;  /* default 3600 */
+  unsigned queue_delay_warning_s; /* default 0 (no warnings) */
+  unsigned queue_concurrency;  /* jobs per destination; default 20 */
+  unsigned queue_max_active;   /* jobs in all; default 200 */
+  bool queue_fsync;            /* default yes */
+  char *queue_postmaster;      /* double bounces go here; NULL: kept held */
+  char *queue_control;         /* control socket; default DIR/control */
   /* where the file came from, for reload and messages */
   char *path;                  /* NULL for the embedded default */
 };
@@ -122,6 +135,11 @@ void cfg_free(struct cfg *c);
  */
 size_t cfg_restart_keys(const struct cfg *running, const struct cfg *next,
                         bool listeners_fixed, char *buf, size_t cap);
+
+/* Does delivery go through the queue? [delivery] queue when set; else
+ * yes for the relaying targets (lmtp, smtp), no for maildir and pipe
+ * (answered in the transaction, durable as they are). */
+bool cfg_uses_queue(const struct cfg *c);
 
 /* Is `domain` (pointer + length, case-insensitive) accepted? */
 bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
