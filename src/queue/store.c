@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -77,6 +78,7 @@ struct op {
   void *data; /* chunk, commit's last chunk, read result */
   size_t len;
   int status;
+  bool refused; /* failed before the transaction (disk full mode) */
   qstore_done_fn cb;
   void *arg;
   void (*read_cb)(void *arg, int status, const char *data, size_t len);
@@ -153,6 +155,8 @@ struct qstore {
   struct worker writer, reader;
   struct idnode *lost;    /* writer only */
   struct idnode *cleanup; /* writer only */
+  char *reserve_path;     /* DIR/reserve */
+  bool full;              /* writer only: refusing new data */
 
   pthread_mutex_t idmu;
   uint64_t id_last;
@@ -798,6 +802,8 @@ static int apply_update(struct qstore *s, struct op *o)
 
 static int apply(struct qstore *s, struct op *o)
 {
+  if (o->refused)
+    return SQLITE_OK;
   switch (o->type) {
   case OP_CHUNK:
     return apply_chunk(s, o);
@@ -830,8 +836,106 @@ static void rollback(struct qstore *s)
     run(s->w.rollback);
 }
 
+/*
+ * Disk full. SQLite cannot free anything at a full disk: a DELETE
+ * appends to the WAL, a checkpoint may grow queue.db. So the spool keeps
+ * a reserve, DIR/reserve (RESERVE_BYTES allocated), and when a group
+ * fails with ENOSPC the writer removes it and enters "full" mode: new
+ * messages (chunks, commits) are refused with TERN_ENOSPC before they
+ * reach SQLite, while state changes, removals and DSNs go on in the room
+ * the reserve left. After every group in that mode the pages freed by
+ * removals are given back to the file system (incremental vacuum, WAL
+ * truncated); once the reserve can be allocated again with as much room
+ * again left beside it, new messages are accepted again (the margin
+ * keeps the queue from flapping at the edge). The reserve covers a
+ * checkpoint's growth of queue.db (the WAL is checkpointed every
+ * WAL_PAGES pages) twice over.
+ */
+#define PAGE_SIZE 8192
+#define WAL_PAGES 512
+#define RESERVE_BYTES ((off_t)2 * WAL_PAGES * PAGE_SIZE)
+
+/* Allocate the reserve. 0 or an errno value. */
+static int reserve_make(struct qstore *s)
+{
+  int fd = open(s->reserve_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return errno;
+  int e = posix_fallocate(fd, 0, RESERVE_BYTES);
+  if (e == 0 && s->fsync && fsync(fd) != 0)
+    e = errno;
+  close(fd);
+  if (e)
+    unlink(s->reserve_path);
+  return e;
+}
+
+/* Room for the reserve and as much again: then full mode may end. */
+static bool full_can_leave(struct qstore *s)
+{
+  struct statvfs sv;
+  if (fstatvfs(s->lockfd, &sv) != 0)
+    return false;
+  uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+  /* a reserve still there (a restart) counts as free room here */
+  struct stat sb;
+  if (stat(s->reserve_path, &sb) == 0 && sb.st_blocks > 0)
+    avail += (uint64_t)sb.st_blocks * 512;
+  if (avail < 2 * (uint64_t)RESERVE_BYTES)
+    return false;
+  return reserve_make(s) == 0;
+}
+
+static void full_enter(struct qstore *s)
+{
+  s->full = true;
+  unlink(s->reserve_path);
+}
+
+/* Give freed pages back to the file system and try to take the reserve
+ * again; leave full mode if it can be had. */
+static void full_try_leave(struct qstore *s)
+{
+  sqlite3_exec(s->wdb, "PRAGMA incremental_vacuum", NULL, NULL, NULL);
+  sqlite3_exec(s->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+  if (full_can_leave(s))
+    s->full = false;
+}
+
+/* In full mode, new data fails before the transaction. */
+static void refuse_data(struct qstore *s, struct op *list)
+{
+  for (struct op *o = list; o; o = o->next) {
+    if (o->type == OP_CHUNK) {
+      o->refused = true;
+      o->status = TERN_ENOSPC;
+      idlist_add(&s->lost, o->id, TERN_ENOSPC);
+    } else if (o->type == OP_COMMIT) {
+      o->refused = true;
+      o->status = TERN_ENOSPC;
+      idlist_remove(&s->lost, o->id);
+      idlist_add(&s->cleanup, o->id, 0);
+    }
+  }
+}
+
+static bool has_data(const struct op *list)
+{
+  for (; list; list = list->next)
+    if (list->type == OP_CHUNK || list->type == OP_COMMIT)
+      return true;
+  return false;
+}
+
 static void writer_group(struct qstore *s, struct op *list)
 {
+  if (s->full && has_data(list)) {
+    /* space may have been freed by someone else meanwhile */
+    if (full_can_leave(s))
+      s->full = false;
+    else
+      refuse_data(s, list);
+  }
   int rc = run(s->w.begin);
   if (rc == SQLITE_OK)
     rc = delete_cleanup(s);
@@ -845,6 +949,8 @@ static void writer_group(struct qstore *s, struct op *list)
   } else {
     int st = map_rc(s->wdb, rc);
     rollback(s);
+    if (st == TERN_ENOSPC)
+      full_enter(s);
     for (struct op *o = list; o; o = o->next) {
       if (o->type == OP_READ || o->type == OP_HOME)
         continue;
@@ -868,6 +974,8 @@ static void writer_group(struct qstore *s, struct op *list)
         rollback(s);
     }
   }
+  if (s->full)
+    full_try_leave(s);
   while (list) {
     struct op *o = list;
     list = o->next;
@@ -1566,6 +1674,14 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
     return TERN_ENOMEM;
   }
   snprintf(s->path, plen, "%s/queue.db", dir);
+  s->reserve_path = malloc(plen);
+  if (!s->reserve_path) {
+    free(s->dir);
+    free(s->path);
+    free(s);
+    return TERN_ENOMEM;
+  }
+  snprintf(s->reserve_path, plen, "%s/reserve", dir);
   pthread_mutex_init(&s->lmu, NULL);
   pthread_mutex_init(&s->idmu, NULL);
   worker_init(&s->writer);
@@ -1603,11 +1719,19 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
     goto fail;
   /* page_size only matters for a new database (before the first table);
    * WAL mode is persistent in the file. */
-  e = exec(s, s->wdb, "PRAGMA page_size=8192", err, cap);
+  char sql[64];
+  snprintf(sql, sizeof sql, "PRAGMA page_size=%d", PAGE_SIZE);
+  e = exec(s, s->wdb, sql, err, cap);
+  /* Incremental: free pages can be given back to the file system when
+   * the disk is full (see full_enter). Like page_size, only effective
+   * before the first table. */
+  if (!e)
+    e = exec(s, s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err, cap);
   if (!e)
     e = exec(s, s->wdb, "PRAGMA journal_mode=WAL", err, cap);
+  snprintf(sql, sizeof sql, "PRAGMA wal_autocheckpoint=%d", WAL_PAGES);
   if (!e)
-    e = exec(s, s->wdb, "PRAGMA wal_autocheckpoint=1000", err, cap);
+    e = exec(s, s->wdb, sql, err, cap);
   if (!e)
     e = check_schema(s, s->wdb, false, err, cap);
   /* Chunks without a message: one still coming in when we stopped. */
@@ -1627,6 +1751,11 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
   if (e)
     goto fail;
   seed_ids(s);
+  /* Without room for the reserve we start as after a full disk. */
+  if (!full_can_leave(s)) {
+    s->full = true;
+    unlink(s->reserve_path);
+  }
   e = start_thread(&s->writer, writer_main, s);
   if (!e)
     e = start_thread(&s->reader, reader_main, s);
@@ -1664,5 +1793,6 @@ void qstore_close(struct qstore *s)
   pthread_mutex_destroy(&s->idmu);
   free(s->dir);
   free(s->path);
+  free(s->reserve_path);
   free(s);
 }

@@ -869,20 +869,22 @@ static void test_ids(void **state)
   fx_close(&f, false);
 }
 
-/* ---- disk full (run by enospc.sh on a 2 MiB tmpfs) ----------------------- */
+/* ---- disk full (run by enospc.sh on a 48 MiB tmpfs) ---------------------- */
+
+#define ENOSPC_MAX 2000
 
 static int run_enospc(const char *dir)
 {
   struct fx f;
   fx_open(&f, dir);
-  char ids[200][TERN_QUEUE_ID_MAX];
+  static char ids[ENOSPC_MAX][TERN_QUEUE_ID_MAX];
   int ok = 0, st = 0;
   /* a message in progress when the disk fills up */
   struct done dp = {0};
   qstore_chunk(f.k, "PARTIAL", 0, fill(1000, 9), 1000, done_cb, &dp);
   run_until(&f.loop, &dp.n, 1);
   assert_int_equal(dp.status[0], 0);
-  for (int i = 0; i < 200; i++) {
+  for (int i = 0; i < ENOSPC_MAX; i++) {
     qstore_new_id(f.s, ids[i]);
     struct done d = {0};
     submit(f.k, ids[i], 64 * 1024, 65536, (unsigned)i, &d, NULL);
@@ -895,6 +897,9 @@ static int run_enospc(const char *dir)
   print_message("enospc: %d messages of 64 KiB committed, then %d\n", ok,
                 st);
   assert_int_equal(st, TERN_ENOSPC);
+  /* the reserve is gone: removals have room */
+  assert_false(file_exists(dir, "reserve"));
+
   /* a chunk of the message in progress fails too: the disk is full */
   struct done d = {0};
   qstore_chunk(f.k, "PARTIAL", 1, fill(60000, 9), 60000, done_cb, &d);
@@ -911,31 +916,37 @@ static int run_enospc(const char *dir)
   assert_int_equal(st, TERN_ENOENT);
   free(b.p);
 
-  /* free some space: delete two messages */
-  for (int i = 0; i < 2; i++) {
-    struct qstore_update u = {.id = ids[i], .held = -1, .warned = -1,
+  /* state changes still work at a full disk */
+  struct qstore_rcpt_update ru = {.idx = 0, .state = QS_DEFERRED,
+                                  .attempts = 1, .last_code = 451,
+                                  .last_reply = "451 4.3.0 later"};
+  struct qstore_update uu = {.id = ids[ok - 1], .rcpts = &ru, .nrcpts = 1,
+                             .held = -1, .warned = -1};
+  assert_int_equal(update_wait(&f, &uu), 0);
+
+  /* remove messages until a new one is accepted: serving resumes once
+   * the reserve (8 MiB) and as much again are free */
+  char id[TERN_QUEUE_ID_MAX];
+  unsigned char *want = NULL;
+  int removed = 0;
+  for (; removed < ok; removed++) {
+    struct qstore_update u = {.id = ids[removed], .held = -1, .warned = -1,
                               .remove = true};
     assert_int_equal(update_wait(&f, &u), 0);
+    qstore_new_id(f.s, id);
+    memset(&d, 0, sizeof d);
+    free(want);
+    submit(f.k, id, 64 * 1024, 65536, 77, &d, &want);
+    run_until(&f.loop, &d.n, 2);
+    if (d.status[1] == 0)
+      break;
+    assert_int_equal(d.status[1], TERN_ENOSPC);
+    assert_int_equal(list_all(f.s, id, &l), TERN_ENOENT);
   }
-  /* the message whose chunk 1 was lost cannot be committed now */
-  memset(&d, 0, sizeof d);
-  struct qstore_msg m;
-  mk_msg(&m, "PARTIAL", 1100, 3, 1);
-  qstore_commit(f.k, &m, fill(100, 9), 100, done_cb, &d, NULL, NULL, NULL);
-  qstore_msg_clear(&m);
-  run_until(&f.loop, &d.n, 1);
-  assert_int_equal(d.status[0], TERN_ENOSPC);
-  assert_int_equal(list_all(f.s, "PARTIAL", &l), TERN_ENOENT);
-
-  /* serving resumes */
-  char id[TERN_QUEUE_ID_MAX];
-  qstore_new_id(f.s, id);
-  memset(&d, 0, sizeof d);
-  unsigned char *want;
-  submit(f.k, id, 64 * 1024, 65536, 77, &d, &want);
-  run_until(&f.loop, &d.n, 2);
+  print_message("enospc: accepting again after %d removals\n", removed + 1);
+  assert_true(removed < ok);
   assert_int_equal(d.status[0], 0);
-  assert_int_equal(d.status[1], 0);
+  assert_true(file_exists(dir, "reserve"));
   b = body_of(f.s, id, &st);
   assert_int_equal(st, 0);
   assert_int_equal(b.len, 64 * 1024);
@@ -943,18 +954,34 @@ static int run_enospc(const char *dir)
   free(b.p);
   free(want);
   assert_int_equal(list_all(f.s, NULL, &l), 0);
-  assert_int_equal(l.n, ok - 2 + 1);
+  assert_int_equal(l.n, ok - (removed + 1) + 1);
   listed_clear(&l);
+
+  /* the message whose chunk 1 was lost cannot be committed, even now */
+  memset(&d, 0, sizeof d);
+  qstore_chunk(f.k, "PARTIAL", 2, fill(100, 9), 100, done_cb, &d);
+  struct qstore_msg m;
+  mk_msg(&m, "PARTIAL", 1200, 4, 1);
+  qstore_commit(f.k, &m, fill(100, 9), 100, done_cb, &d, NULL, NULL, NULL);
+  qstore_msg_clear(&m);
+  run_until(&f.loop, &d.n, 2);
+  assert_int_equal(d.status[0], TERN_ENOSPC);
+  assert_int_equal(d.status[1], TERN_ENOSPC);
+  assert_int_equal(list_all(f.s, "PARTIAL", &l), TERN_ENOENT);
   fx_close(&f, true);
   free(f.dir);
 
-  /* the failed message left no chunk behind */
+  /* the failed messages left no chunk behind */
   char sql[128];
   snprintf(sql, sizeof sql, "SELECT count(*) FROM chunk WHERE msg = '%.23s'",
            ids[ok]);
   assert_int_equal(count_sql(dir, sql), 0);
   assert_int_equal(
       count_sql(dir, "SELECT count(*) FROM chunk WHERE msg = 'PARTIAL'"), 0);
+  assert_int_equal(
+      count_sql(dir, "SELECT count(*) FROM chunk WHERE msg NOT IN "
+                     "(SELECT id FROM msg)"),
+      0);
   return 0;
 }
 
