@@ -428,6 +428,7 @@ static void test_commit_hole(void **state)
   struct qstore_msg m;
   mk_msg(&m, "HOLE", 300, 4, 1);
   qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
+  qstore_msg_clear(&m);
   /* the same id twice: the second commit is refused */
   mk_msg(&m, "TWICE", 10, 1, 1);
   qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
