@@ -1,7 +1,8 @@
 /*
  * bench_queue_store — the queue store's cost per message (src/queue/store.c).
  *
- *   bench_queue_store [-n MESSAGES] [-s SIZE] [-c CONCURRENCY]... [-F] [DIR]
+ *   bench_queue_store [-n MESSAGES] [-s SIZE] [-c CONCURRENCY]... [-F] [-l]
+ *                     [DIR]
  *
  * For each concurrency C (default: 1 and 20), C committers on one loop
  * each queue a message (one chunk of SIZE bytes, default 1024, two
@@ -9,6 +10,8 @@
  * until MESSAGES (default 2000) are committed. Prints messages/s, the
  * process's CPU time (every thread: user + system) per message, and the
  * messages per group transaction. -F: fsync off (synchronous=OFF).
+ * -l: then also time closing, reopening (a restart) and listing the
+ * whole queue (qstore_list, every message and recipient).
  * DIR (default: a fresh directory under /tmp) should be on the disk the
  * queue will use: fsync cost is the point.
  */
@@ -74,7 +77,32 @@ static double cpu_s(void)
          (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
-static int run(const char *dir, bool fsync, int total, size_t size, int conc)
+static int count_fn(const struct qstore_msg *m, void *arg)
+{
+  *(size_t *)arg += m->nrcpts;
+  return 0;
+}
+
+static void time_restart(struct qstore **s, const char *dir, bool fsync)
+{
+  char err[256];
+  double t0 = now_s();
+  qstore_close(*s);
+  double t1 = now_s();
+  if (qstore_open(s, dir, fsync, false, err, sizeof err) != 0) {
+    fprintf(stderr, "bench_queue_store: %s\n", err);
+    exit(1);
+  }
+  double t2 = now_s();
+  size_t n = 0;
+  qstore_list(*s, NULL, count_fn, &n);
+  double t3 = now_s();
+  printf("  close %.0f ms, open %.0f ms, list (%zu recipients) %.0f ms\n",
+         (t1 - t0) * 1e3, (t2 - t1) * 1e3, n, (t3 - t2) * 1e3);
+}
+
+static int run(const char *dir, bool fsync, int total, size_t size, int conc,
+               bool list)
 {
   char err[256];
   uv_loop_t loop;
@@ -100,6 +128,8 @@ static int run(const char *dir, bool fsync, int total, size_t size, int conc)
          groups ? (double)total / (double)groups : 0.0, b.failed);
   qstore_sink_free(b.k);
   uv_run(&loop, UV_RUN_NOWAIT);
+  if (list)
+    time_restart(&b.s, dir, fsync);
   qstore_close(b.s);
   uv_loop_close(&loop);
   return b.failed != 0;
@@ -109,9 +139,9 @@ int main(int argc, char **argv)
 {
   int total = 2000, nconc = 0, conc[16];
   size_t size = 1024;
-  bool fsync = true;
+  bool fsync = true, list = false;
   int opt;
-  while ((opt = getopt(argc, argv, "n:s:c:F")) != -1) {
+  while ((opt = getopt(argc, argv, "n:s:c:Fl")) != -1) {
     switch (opt) {
     case 'n':
       total = atoi(optarg);
@@ -126,9 +156,12 @@ int main(int argc, char **argv)
     case 'F':
       fsync = false;
       break;
+    case 'l':
+      list = true;
+      break;
     default:
       fprintf(stderr, "usage: bench_queue_store [-n N] [-s SIZE] [-c C]... "
-                      "[-F] [DIR]\n");
+                      "[-F] [-l] [DIR]\n");
       return 64;
     }
   }
@@ -146,7 +179,7 @@ int main(int argc, char **argv)
   for (int i = 0; i < nconc; i++) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/spool-%d", base, i);
-    rc |= run(dir, fsync, total, size, conc[i]);
+    rc |= run(dir, fsync, total, size, conc[i], list);
   }
   if (optind >= argc) {
     char cmd[600];

@@ -1741,8 +1741,10 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
   /* Chunks without a message: one still coming in when we stopped. */
   if (!e)
     e = exec(s, s->wdb,
-             "DELETE FROM chunk WHERE msg NOT IN (SELECT id FROM msg)", err,
-             cap);
+             /* through the (msg, seq) index, not the blobs */
+             "DELETE FROM chunk WHERE msg IN (SELECT DISTINCT msg FROM chunk"
+             " WHERE msg NOT IN (SELECT id FROM msg))",
+             err, cap);
   if (!e)
     e = prepare_writer(s, err, cap);
   if (!e)
