@@ -157,6 +157,7 @@ struct qstore {
   struct idnode *cleanup; /* writer only */
   char *reserve_path;     /* DIR/reserve */
   bool full;              /* writer only: refusing new data */
+  int wal_frames;         /* writer only: in the WAL after the last commit */
 
   pthread_mutex_t idmu;
   uint64_t id_last;
@@ -978,8 +979,6 @@ static void writer_group(struct qstore *s, struct op *list)
         rollback(s);
     }
   }
-  if (s->full)
-    full_try_leave(s);
   while (list) {
     struct op *o = list;
     list = o->next;
@@ -999,6 +998,17 @@ static void writer_group(struct qstore *s, struct op *list)
       }
     }
     sink_post(o->k, o);
+  }
+  /* Checkpoints after the answers, not inside COMMIT as SQLite's own
+   * autocheckpoint would: the messages of this group do not wait for
+   * queue.db's fsync, and what arrives meanwhile makes the next group
+   * bigger. */
+  if (s->full) {
+    full_try_leave(s);
+  } else if (s->wal_frames >= WAL_PAGES) {
+    sqlite3_wal_checkpoint_v2(s->wdb, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
+                              NULL);
+    s->wal_frames = 0;
   }
 }
 
@@ -1460,6 +1470,15 @@ static int prep(struct qstore *s, sqlite3 *db, sqlite3_stmt **st,
   return 0;
 }
 
+/* After every commit on the writer's connection: how big the WAL is. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+  (void)db;
+  (void)name;
+  ((struct qstore *)arg)->wal_frames = frames;
+  return SQLITE_OK;
+}
+
 static int prepare_writer(struct qstore *s, char *err, size_t cap)
 {
   struct {
@@ -1733,9 +1752,8 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
     e = exec(s, s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err, cap);
   if (!e)
     e = exec(s, s->wdb, "PRAGMA journal_mode=WAL", err, cap);
-  snprintf(sql, sizeof sql, "PRAGMA wal_autocheckpoint=%d", WAL_PAGES);
   if (!e)
-    e = exec(s, s->wdb, sql, err, cap);
+    sqlite3_wal_hook(s->wdb, wal_hook, s); /* replaces autocheckpoint */
   if (!e)
     e = check_schema(s, s->wdb, false, err, cap);
   /* Chunks without a message: one still coming in when we stopped. */
