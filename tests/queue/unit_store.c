@@ -625,6 +625,75 @@ static void test_update(void **state)
   free(f.dir);
 }
 
+/* qstore_drop forgets chunks, never a committed message; a read past
+ * the end or of nothing is TERN_ENOENT. */
+static void test_drop(void **state)
+{
+  (void)state;
+  struct fx f;
+  fx_open(&f, NULL);
+  static const char *const body[] = {"a\r\n", "b\r\n"};
+  commit_one(&f, "KEEP", 2, body, 1);
+  struct done d = {0};
+  qstore_chunk(f.k, "GONE", 0, fill(10, 1), 10, done_cb, &d);
+  qstore_chunk(f.k, "GONE", 1, fill(10, 1), 10, done_cb, &d);
+  qstore_drop(f.k, "GONE", done_cb, &d);
+  qstore_drop(f.k, "KEEP", done_cb, &d);
+  qstore_drop(f.k, "KEEP", NULL, NULL);
+  run_until(&f.loop, &d.n, 4);
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(d.status[i], 0);
+  int st;
+  struct buf b = body_of(f.s, "KEEP", &st);
+  assert_int_equal(st, 0);
+  assert_int_equal(b.len, 6);
+  free(b.p);
+  struct rd r = {.k = f.k};
+  snprintf(r.id, sizeof r.id, "GONE");
+  qstore_read(f.k, "GONE", 0, read_cb, &r);
+  run_until(&f.loop, &r.finished, 1);
+  assert_int_equal(r.end_status, TERN_ENOENT);
+  assert_int_equal(r.b.len, 0);
+  /* a second sink that never asked for anything is freed at once */
+  struct qstore_sink *k2;
+  assert_int_equal(qstore_sink_new(f.s, &f.loop, &k2), 0);
+  free_sink(&f.loop, k2);
+  fx_close(&f, true);
+  assert_int_equal(
+      count_sql(f.dir, "SELECT count(*) FROM chunk WHERE msg = 'GONE'"), 0);
+  assert_int_equal(
+      count_sql(f.dir, "SELECT count(*) FROM chunk WHERE msg = 'KEEP'"), 2);
+  rmtree(f.dir);
+  free(f.dir);
+}
+
+/* fsync off (synchronous=OFF) works the same */
+static void test_nosync(void **state)
+{
+  (void)state;
+  char err[256];
+  char *dir = tmpdir();
+  struct qstore *s;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  assert_int_equal(qstore_open(&s, dir, false, false, err, sizeof err), 0);
+  struct qstore_sink *k;
+  assert_int_equal(qstore_sink_new(s, &loop, &k), 0);
+  struct done d = {0};
+  submit(k, "NOSYNC", 5000, 4096, 1, &d, NULL);
+  run_until(&loop, &d.n, 2);
+  assert_int_equal(d.status[1], 0);
+  struct listed l;
+  assert_int_equal(list_all(s, "NOSYNC", &l), 0);
+  assert_int_equal(l.first.nchunks, 2);
+  listed_clear(&l);
+  qstore_close(s);
+  free_sink(&loop, k);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  rmtree(dir);
+  free(dir);
+}
+
 /* ---- DSNs ---------------------------------------------------------------- */
 
 static void dsn_case(struct fx *f, const char *orig, const char *dsn_id,
@@ -1004,6 +1073,8 @@ int main(int argc, char **argv)
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrip),
       cmocka_unit_test(test_commit_hole),
+      cmocka_unit_test(test_drop),
+      cmocka_unit_test(test_nosync),
       cmocka_unit_test(test_group_commit),
       cmocka_unit_test(test_update),
       cmocka_unit_test(test_dsn),
