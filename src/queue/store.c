@@ -4,13 +4,15 @@
  * third connection for the synchronous list/body calls.
  *
  * Why group commit: with synchronous=FULL every COMMIT costs an fsync of
- * the WAL (~90 µs of CPU per message when each message is its own
- * transaction, ~12-15 µs when ~20 share one). The writer therefore takes
+ * the WAL. bench_queue_store (1 KiB messages) measured ~140-220 µs of CPU
+ * per message when each is its own transaction, ~30-40 µs with 20
+ * committers (groups of ~10), ~19 µs with 100 (groups of ~48): most of
+ * a group's cost is per group, not per message. The writer therefore takes
  * every operation waiting when it wakes up, applies them in one
  * transaction and answers them all after the one COMMIT; whatever arrives
  * during that COMMIT waits for the next round.
  */
-#include "store.h"
+#include "store_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,50 +54,6 @@ static const char schema_sql[] =
     " msg TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,"
     " PRIMARY KEY (msg, seq));";
 
-/* ---- operations ---------------------------------------------------------- */
-
-enum op_type { OP_CHUNK, OP_COMMIT, OP_DROP, OP_UPDATE, OP_READ, OP_HOME };
-
-/* A deep copy of a qstore_update. */
-struct upd {
-  struct qstore_rcpt_update *rcpts;
-  size_t nrcpts;
-  int held, warned;
-  bool remove;
-  bool has_dsn;
-  struct qstore_msg dsn;
-  void *head, *tail;
-  size_t head_len, tail_len;
-  enum qstore_copy copy;
-};
-
-struct op {
-  struct op *next;
-  enum op_type type;
-  struct qstore_sink *k;
-  char id[TERN_QUEUE_ID_MAX];
-  uint32_t seq;
-  void *data; /* chunk, commit's last chunk, read result */
-  size_t len;
-  int status;
-  bool refused; /* failed before the transaction (disk full mode) */
-  qstore_done_fn cb;
-  void *arg;
-  void (*read_cb)(void *arg, int status, const char *data, size_t len);
-  /* commit */
-  struct qstore_msg m;
-  struct qstore_sink *home;
-  void (*home_cb)(void *arg, struct qstore_msg *m);
-  void *home_arg;
-  struct qstore_msg *home_msg; /* OP_HOME: handed to home_cb */
-  /* update */
-  struct upd u;
-};
-
-struct opq {
-  struct op *head, *tail;
-};
-
 static void opq_push(struct opq *q, struct op *o)
 {
   o->next = NULL;
@@ -105,66 +63,6 @@ static void opq_push(struct opq *q, struct op *o)
     q->head = o;
   q->tail = o;
 }
-
-struct qstore_sink {
-  struct qstore *s;
-  uv_async_t async;
-  pthread_mutex_t mu;
-  struct opq done;
-};
-
-/* An id whose chunks went down with a failed group (or must be deleted
- * once the disk lets us): the writer's own bookkeeping. */
-struct idnode {
-  struct idnode *next;
-  char id[TERN_QUEUE_ID_MAX];
-  int status;
-};
-
-struct wstmts {
-  sqlite3_stmt *begin, *commit, *rollback;
-  sqlite3_stmt *sp, *sp_rollback, *sp_release;
-  sqlite3_stmt *ins_chunk, *ins_msg, *ins_rcpt;
-  sqlite3_stmt *count_chunks, *del_chunks, *del_all_chunks, *del_msg, *del_rcpts;
-  sqlite3_stmt *get_msg, *upd_rcpt, *upd_held, *upd_warned;
-  sqlite3_stmt *copy_chunks, *sel_chunks;
-};
-
-struct worker {
-  pthread_t thr;
-  bool started;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  struct opq q;
-  bool stop;
-};
-
-struct qstore {
-  char *dir;
-  char *path;
-  bool readonly, fsync;
-  int lockfd;
-
-  sqlite3 *wdb; /* writer thread */
-  sqlite3 *rdb; /* reader thread */
-  sqlite3 *ldb; /* qstore_list/qstore_body, under lmu */
-  pthread_mutex_t lmu;
-  struct wstmts w;
-  sqlite3_stmt *rd_chunk;
-
-  struct worker writer, reader;
-  struct idnode *lost;    /* writer only */
-  struct idnode *cleanup; /* writer only */
-  char *reserve_path;     /* DIR/reserve */
-  bool full;              /* writer only: refusing new data */
-  int wal_frames;         /* writer only: in the WAL after the last commit */
-
-  pthread_mutex_t idmu;
-  uint64_t id_last;
-  atomic_uint id_counter;
-
-  atomic_ulong commits;
-};
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -183,60 +81,6 @@ static void set_err(char *err, size_t cap, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(err, cap, fmt, ap);
   va_end(ap);
-}
-
-/* The TERN_E* code for an SQLite failure on db: a full disk or quota is
- * TERN_ENOSPC (SQLite says SQLITE_FULL, or an I/O error whose errno is
- * ENOSPC/EDQUOT), anything else TERN_EIO. */
-static int map_rc(sqlite3 *db, int rc)
-{
-  if ((rc & 0xff) == SQLITE_FULL)
-    return TERN_ENOSPC;
-  if ((rc & 0xff) == SQLITE_IOERR) {
-    int e = sqlite3_system_errno(db);
-    if (e == ENOSPC || e == EDQUOT)
-      return TERN_ENOSPC;
-  }
-  if (rc == SQLITE_NOMEM)
-    return TERN_ENOMEM;
-  return TERN_EIO;
-}
-
-/* Failures that concern one operation only (a duplicate id, a chunk sent
- * twice): the statement was undone by SQLite, the transaction stands. */
-static bool op_only_error(int rc)
-{
-  switch (rc & 0xff) {
-  case SQLITE_CONSTRAINT:
-  case SQLITE_TOOBIG:
-  case SQLITE_MISMATCH:
-  case SQLITE_RANGE:
-    return true;
-  default:
-    return false;
-  }
-}
-
-/* Step a statement that returns no row (or whose rows we ignore) and
- * reset it. Returns SQLITE_OK or the error. */
-static int run(sqlite3_stmt *st)
-{
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-    ;
-  int rc2 = sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  if (rc == SQLITE_DONE)
-    return SQLITE_OK;
-  return rc2 != SQLITE_OK ? rc2 : rc;
-}
-
-static void bind_text(sqlite3_stmt *st, int i, const char *s)
-{
-  if (s)
-    sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
-  else
-    sqlite3_bind_null(st, i);
 }
 
 static char *col_text(sqlite3_stmt *st, int i)
@@ -299,13 +143,6 @@ static int msg_copy(struct qstore_msg *dst, const struct qstore_msg *src)
     return -1;
   }
   return 0;
-}
-
-static void set_id(char dst[TERN_QUEUE_ID_MAX], const char *id)
-{
-  size_t n = id ? strnlen(id, TERN_QUEUE_ID_MAX - 1) : 0;
-  memcpy(dst, id, n);
-  dst[n] = '\0';
 }
 
 static void upd_clear(struct upd *u)
@@ -481,360 +318,14 @@ static struct op *op_new(struct qstore_sink *k, enum op_type t,
     return NULL;
   o->type = t;
   o->k = k;
-  set_id(o->id, id);
+  qstore__set_id(o->id, id);
   return o;
-}
-
-/* ---- the writer ------------------------------------------------------------ */
-
-static struct idnode *idlist_find(struct idnode *l, const char *id)
-{
-  for (; l; l = l->next)
-    if (strcmp(l->id, id) == 0)
-      return l;
-  return NULL;
-}
-
-static void idlist_add(struct idnode **l, const char *id, int status)
-{
-  struct idnode *n = idlist_find(*l, id);
-  if (n) {
-    n->status = status;
-    return;
-  }
-  n = calloc(1, sizeof *n);
-  if (!n)
-    return; /* then a later commit is refused by the chunk count */
-  set_id(n->id, id);
-  n->status = status;
-  n->next = *l;
-  *l = n;
-}
-
-static void idlist_remove(struct idnode **l, const char *id)
-{
-  for (struct idnode **p = l; *p; p = &(*p)->next)
-    if (strcmp((*p)->id, id) == 0) {
-      struct idnode *n = *p;
-      *p = n->next;
-      free(n);
-      return;
-    }
-}
-
-static void idlist_free(struct idnode **l)
-{
-  while (*l) {
-    struct idnode *n = *l;
-    *l = n->next;
-    free(n);
-  }
-}
-
-static int del_chunks(struct qstore *s, const char *id)
-{
-  sqlite3_bind_text(s->w.del_chunks, 1, id, -1, SQLITE_STATIC);
-  return run(s->w.del_chunks);
-}
-
-static int ins_chunk(struct qstore *s, const char *id, int64_t seq,
-                     const void *data, size_t len)
-{
-  sqlite3_stmt *st = s->w.ins_chunk;
-  sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, seq);
-  sqlite3_bind_blob64(st, 3, data ? data : "", len, SQLITE_STATIC);
-  return run(st);
-}
-
-/* Insert a message's envelope (msg and rcpt rows) with nchunks. */
-static int ins_envelope(struct qstore *s, const struct qstore_msg *m,
-                        uint32_t nchunks)
-{
-  sqlite3_stmt *st = s->w.ins_msg;
-  sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, m->arrival);
-  sqlite3_bind_text(st, 3, m->from ? m->from : "", -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 4, (sqlite3_int64)m->size);
-  sqlite3_bind_int(st, 5, m->body);
-  sqlite3_bind_int(st, 6, m->smtputf8);
-  sqlite3_bind_int(st, 7, m->requiretls);
-  sqlite3_bind_int(st, 8, m->ret);
-  bind_text(st, 9, m->envid);
-  bind_text(st, 10, m->client);
-  sqlite3_bind_int(st, 11, m->held);
-  sqlite3_bind_int(st, 12, m->is_bounce);
-  sqlite3_bind_int(st, 13, m->warned);
-  sqlite3_bind_int64(st, 14, nchunks);
-  int rc = run(st);
-  for (size_t i = 0; rc == SQLITE_OK && i < m->nrcpts; i++) {
-    const struct qstore_rcpt *r = &m->rcpts[i];
-    st = s->w.ins_rcpt;
-    sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, r->idx);
-    sqlite3_bind_text(st, 3, r->addr ? r->addr : "", -1, SQLITE_STATIC);
-    bind_text(st, 4, r->orcpt);
-    sqlite3_bind_int64(st, 5, r->notify);
-    sqlite3_bind_text(st, 6, r->dest ? r->dest : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 7, r->state);
-    sqlite3_bind_int64(st, 8, r->attempts);
-    sqlite3_bind_int64(st, 9, r->next_try);
-    sqlite3_bind_int(st, 10, r->last_code);
-    bind_text(st, 11, r->last_reply);
-    bind_text(st, 12, r->remote_mta);
-    rc = run(st);
-  }
-  return rc;
-}
-
-/* Outcome of applying one operation inside the group transaction: 0 and
- * o->status set (the operation's own result, possibly a failure undone by
- * its savepoint), or an SQLite code that fails the whole group. */
-static int sp_undo(struct qstore *s)
-{
-  int rc = run(s->w.sp_rollback);
-  if (rc == SQLITE_OK)
-    rc = run(s->w.sp_release);
-  return rc;
-}
-
-static int apply_chunk(struct qstore *s, struct op *o)
-{
-  struct idnode *lost = idlist_find(s->lost, o->id);
-  if (lost) {
-    o->status = lost->status;
-    return SQLITE_OK;
-  }
-  int rc = ins_chunk(s, o->id, o->seq, o->data, o->len);
-  if (rc != SQLITE_OK && op_only_error(rc)) {
-    o->status = TERN_EIO;
-    return SQLITE_OK;
-  }
-  return rc;
-}
-
-static int apply_commit(struct qstore *s, struct op *o)
-{
-  struct idnode *lost = idlist_find(s->lost, o->id);
-  if (lost) {
-    /* An earlier chunk went down with a failed group: committing would
-     * leave a hole in the body. */
-    o->status = lost->status;
-    idlist_remove(&s->lost, o->id);
-    return del_chunks(s, o->id);
-  }
-  uint32_t n = o->m.nchunks;
-  int rc = run(s->w.sp);
-  if (rc != SQLITE_OK)
-    return rc;
-  bool bad = n < 1;
-  if (!bad)
-    rc = ins_chunk(s, o->id, (int64_t)n - 1, o->data, o->len);
-  if (!bad && rc == SQLITE_OK) {
-    sqlite3_stmt *st = s->w.count_chunks;
-    sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-      bad = (uint64_t)sqlite3_column_int64(st, 0) != n ||
-            sqlite3_column_int64(st, 1) != (int64_t)n - 1;
-      rc = SQLITE_OK;
-    }
-    int rc2 = sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (rc == SQLITE_DONE)
-      rc = SQLITE_OK;
-    if (rc == SQLITE_OK)
-      rc = rc2;
-  }
-  if (!bad && rc == SQLITE_OK)
-    rc = ins_envelope(s, &o->m, n);
-  if (rc != SQLITE_OK && !op_only_error(rc))
-    return rc;
-  if (bad || rc != SQLITE_OK) {
-    /* Refused: nothing of the message stays, not even its chunks. */
-    o->status = TERN_EIO;
-    rc = sp_undo(s);
-    if (rc == SQLITE_OK)
-      rc = del_chunks(s, o->id);
-    return rc;
-  }
-  o->status = 0;
-  return run(s->w.sp_release);
-}
-
-static int apply_drop(struct qstore *s, struct op *o)
-{
-  idlist_remove(&s->lost, o->id);
-  o->status = 0;
-  return del_chunks(s, o->id);
-}
-
-/* The original's header section (up to and including the first empty
- * line, CRLF CRLF or LF LF, wherever the chunks split it), stored as
- * chunks of the DSN from seq on. *count gets how many. */
-static int copy_headers(struct qstore *s, const char *dsn_id,
-                        const char *orig, int64_t seq, int64_t *count)
-{
-  sqlite3_stmt *st = s->w.sel_chunks;
-  sqlite3_bind_text(st, 1, orig, -1, SQLITE_STATIC);
-  /* 1: at a line's start; 2: there and after a CR; 0: inside a line */
-  int state = 1;
-  bool done = false;
-  int rc;
-  *count = 0;
-  while (!done && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-    const unsigned char *p = sqlite3_column_blob(st, 0);
-    size_t n = (size_t)sqlite3_column_bytes(st, 0), i;
-    for (i = 0; i < n && !done; i++) {
-      unsigned char c = p[i];
-      if (c == '\n') {
-        if (state != 0)
-          done = true;
-        state = 1;
-      } else if (c == '\r') {
-        state = state == 1 ? 2 : 0;
-      } else {
-        state = 0;
-      }
-    }
-    /* ins_chunk binds SQLITE_STATIC: p stays valid while st is on this
-     * row, and the insert is a different statement. */
-    int rc2 = ins_chunk(s, dsn_id, seq + *count, p, i);
-    if (rc2 != SQLITE_OK) {
-      sqlite3_reset(st);
-      sqlite3_clear_bindings(st);
-      return rc2;
-    }
-    (*count)++;
-  }
-  if (done)
-    rc = SQLITE_DONE;
-  int rc2 = sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  return rc == SQLITE_DONE ? rc2 : rc;
-}
-
-static int apply_dsn(struct qstore *s, struct op *o, bool have_orig)
-{
-  struct upd *u = &o->u;
-  const char *id = u->dsn.id;
-  int rc = ins_chunk(s, id, 0, u->head, u->head_len);
-  int64_t copied = 0;
-  if (rc == SQLITE_OK && have_orig && u->copy == QSC_FULL) {
-    sqlite3_stmt *st = s->w.copy_chunks;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, o->id, -1, SQLITE_STATIC);
-    rc = run(st);
-    copied = sqlite3_changes(s->wdb);
-  } else if (rc == SQLITE_OK && have_orig && u->copy == QSC_HEADERS) {
-    rc = copy_headers(s, id, o->id, 1, &copied);
-  }
-  if (rc == SQLITE_OK)
-    rc = ins_chunk(s, id, 1 + copied, u->tail, u->tail_len);
-  if (rc == SQLITE_OK)
-    rc = ins_envelope(s, &u->dsn, (uint32_t)(copied + 2));
-  return rc;
-}
-
-static int apply_update(struct qstore *s, struct op *o)
-{
-  struct upd *u = &o->u;
-  int rc = run(s->w.sp);
-  if (rc != SQLITE_OK)
-    return rc;
-  sqlite3_stmt *st = s->w.get_msg;
-  sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
-  rc = sqlite3_step(st);
-  bool have = rc == SQLITE_ROW;
-  int rc2 = sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    return rc;
-  if (rc2 != SQLITE_OK)
-    return rc2;
-  rc = SQLITE_OK;
-  for (size_t i = 0; have && rc == SQLITE_OK && i < u->nrcpts; i++) {
-    const struct qstore_rcpt_update *r = &u->rcpts[i];
-    st = s->w.upd_rcpt;
-    sqlite3_bind_int(st, 1, r->state);
-    sqlite3_bind_int64(st, 2, r->attempts);
-    sqlite3_bind_int64(st, 3, r->next_try);
-    sqlite3_bind_int(st, 4, r->last_code);
-    bind_text(st, 5, r->last_reply);
-    bind_text(st, 6, r->remote_mta);
-    sqlite3_bind_text(st, 7, o->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 8, r->idx);
-    rc = run(st);
-  }
-  if (have && rc == SQLITE_OK && u->held >= 0) {
-    sqlite3_bind_int(s->w.upd_held, 1, u->held);
-    sqlite3_bind_text(s->w.upd_held, 2, o->id, -1, SQLITE_STATIC);
-    rc = run(s->w.upd_held);
-  }
-  if (have && rc == SQLITE_OK && u->warned >= 0) {
-    sqlite3_bind_int(s->w.upd_warned, 1, u->warned);
-    sqlite3_bind_text(s->w.upd_warned, 2, o->id, -1, SQLITE_STATIC);
-    rc = run(s->w.upd_warned);
-  }
-  /* The DSN before the removal: it copies from the original. */
-  if (rc == SQLITE_OK && u->has_dsn)
-    rc = apply_dsn(s, o, have);
-  if (have && rc == SQLITE_OK && u->remove) {
-    sqlite3_bind_text(s->w.del_msg, 1, o->id, -1, SQLITE_STATIC);
-    rc = run(s->w.del_msg);
-    if (rc == SQLITE_OK) {
-      sqlite3_bind_text(s->w.del_rcpts, 1, o->id, -1, SQLITE_STATIC);
-      rc = run(s->w.del_rcpts);
-    }
-    if (rc == SQLITE_OK) {
-      sqlite3_bind_text(s->w.del_all_chunks, 1, o->id, -1, SQLITE_STATIC);
-      rc = run(s->w.del_all_chunks);
-    }
-  }
-  if (rc != SQLITE_OK && !op_only_error(rc))
-    return rc;
-  if (rc != SQLITE_OK) {
-    o->status = TERN_EIO;
-    return sp_undo(s);
-  }
-  o->status = have ? 0 : TERN_ENOENT;
-  return run(s->w.sp_release);
-}
-
-static int apply(struct qstore *s, struct op *o)
-{
-  if (o->refused)
-    return SQLITE_OK;
-  switch (o->type) {
-  case OP_CHUNK:
-    return apply_chunk(s, o);
-  case OP_COMMIT:
-    return apply_commit(s, o);
-  case OP_DROP:
-    return apply_drop(s, o);
-  case OP_UPDATE:
-    return apply_update(s, o);
-  default:
-    o->status = TERN_EINVAL;
-    return SQLITE_OK;
-  }
-}
-
-/* Chunks of failed commits and drops are deleted in a transaction of
- * their own right after the failure; if that fails too (the disk is still
- * full), at the start of every later group until one commits. */
-static int delete_cleanup(struct qstore *s)
-{
-  int rc = SQLITE_OK;
-  for (struct idnode *n = s->cleanup; n && rc == SQLITE_OK; n = n->next)
-    rc = del_chunks(s, n->id);
-  return rc;
 }
 
 static void rollback(struct qstore *s)
 {
   if (!sqlite3_get_autocommit(s->wdb))
-    run(s->w.rollback);
+    qstore__run(s->w.rollback);
 }
 
 /*
@@ -914,12 +405,12 @@ static void refuse_data(struct qstore *s, struct op *list)
     if (o->type == OP_CHUNK) {
       o->refused = true;
       o->status = TERN_ENOSPC;
-      idlist_add(&s->lost, o->id, TERN_ENOSPC);
+      qstore__idlist_add(&s->lost, o->id, TERN_ENOSPC);
     } else if (o->type == OP_COMMIT) {
       o->refused = true;
       o->status = TERN_ENOSPC;
-      idlist_remove(&s->lost, o->id);
-      idlist_add(&s->cleanup, o->id, 0);
+      qstore__idlist_remove(&s->lost, o->id);
+      qstore__idlist_add(&s->cleanup, o->id, 0);
     }
   }
 }
@@ -941,18 +432,18 @@ static void writer_group(struct qstore *s, struct op *list)
     else
       refuse_data(s, list);
   }
-  int rc = run(s->w.begin);
+  int rc = qstore__run(s->w.begin);
   if (rc == SQLITE_OK)
-    rc = delete_cleanup(s);
+    rc = qstore__delete_cleanup(s);
   for (struct op *o = list; o && rc == SQLITE_OK; o = o->next)
-    rc = apply(s, o);
+    rc = qstore__apply(s, o);
   if (rc == SQLITE_OK)
-    rc = run(s->w.commit);
+    rc = qstore__run(s->w.commit);
   if (rc == SQLITE_OK) {
     atomic_fetch_add(&s->commits, 1);
-    idlist_free(&s->cleanup);
+    qstore__idlist_free(&s->cleanup);
   } else {
-    int st = map_rc(s->wdb, rc);
+    int st = qstore__map_rc(s->wdb, rc);
     rollback(s);
     if (st == TERN_ENOSPC)
       full_enter(s);
@@ -961,20 +452,20 @@ static void writer_group(struct qstore *s, struct op *list)
         continue;
       o->status = st;
       if (o->type == OP_CHUNK) {
-        idlist_add(&s->lost, o->id, st);
+        qstore__idlist_add(&s->lost, o->id, st);
       } else if (o->type == OP_COMMIT || o->type == OP_DROP) {
-        idlist_remove(&s->lost, o->id);
-        idlist_add(&s->cleanup, o->id, 0);
+        qstore__idlist_remove(&s->lost, o->id);
+        qstore__idlist_add(&s->cleanup, o->id, 0);
       }
     }
     if (s->cleanup) {
-      rc = run(s->w.begin);
+      rc = qstore__run(s->w.begin);
       if (rc == SQLITE_OK)
-        rc = delete_cleanup(s);
+        rc = qstore__delete_cleanup(s);
       if (rc == SQLITE_OK)
-        rc = run(s->w.commit);
+        rc = qstore__run(s->w.commit);
       if (rc == SQLITE_OK)
-        idlist_free(&s->cleanup);
+        qstore__idlist_free(&s->cleanup);
       else
         rollback(s);
     }
@@ -1044,7 +535,7 @@ static void reader_one(struct qstore *s, struct op *o)
   } else if (rc == SQLITE_DONE) {
     o->status = TERN_ENOENT;
   } else {
-    o->status = map_rc(s->rdb, rc);
+    o->status = qstore__map_rc(s->rdb, rc);
   }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
@@ -1113,7 +604,7 @@ void qstore_commit(struct qstore_sink *k, const struct qstore_msg *m,
     sink_post(k, o);
     return;
   }
-  set_id(o->m.id, m->id);
+  qstore__set_id(o->m.id, m->id);
   worker_push(&k->s->writer, o);
 }
 
@@ -1151,7 +642,7 @@ static int upd_copy(struct upd *d, const struct qstore_update *u)
   if (u->dsn) {
     if (msg_copy(&d->dsn, u->dsn) != 0)
       return -1;
-    set_id(d->dsn.id, u->dsn->id);
+    qstore__set_id(d->dsn.id, u->dsn->id);
     d->has_dsn = true;
   }
   return 0;
@@ -1266,7 +757,7 @@ static int read_msg(sqlite3 *db, sqlite3_stmt *st, sqlite3_stmt *rs,
 {
   memset(m, 0, sizeof *m);
   const unsigned char *id = sqlite3_column_text(st, 0);
-  set_id(m->id, id ? (const char *)id : "");
+  qstore__set_id(m->id, id ? (const char *)id : "");
   m->arrival = sqlite3_column_int64(st, 1);
   m->from = col_text(st, 2);
   m->size = (uint64_t)sqlite3_column_int64(st, 3);
@@ -1316,7 +807,7 @@ static int read_msg(sqlite3 *db, sqlite3_stmt *st, sqlite3_stmt *rs,
     }
   }
   if (!ret && rc != SQLITE_DONE)
-    ret = map_rc(db, rc);
+    ret = qstore__map_rc(db, rc);
   sqlite3_reset(rs);
   sqlite3_clear_bindings(rs);
   return ret;
@@ -1332,7 +823,7 @@ int qstore_list(struct qstore *s, const char *id,
   /* One read transaction: a consistent snapshot of the whole queue. */
   rc = sqlite3_exec(s->ldb, "BEGIN", NULL, NULL, NULL);
   if (rc != SQLITE_OK) {
-    ret = map_rc(s->ldb, rc);
+    ret = qstore__map_rc(s->ldb, rc);
     goto out;
   }
   rc = sqlite3_prepare_v2(
@@ -1348,7 +839,7 @@ int qstore_list(struct qstore *s, const char *id,
         " ORDER BY idx",
         -1, &rs, NULL);
   if (rc != SQLITE_OK) {
-    ret = map_rc(s->ldb, rc);
+    ret = qstore__map_rc(s->ldb, rc);
     goto out;
   }
   if (id)
@@ -1363,7 +854,7 @@ int qstore_list(struct qstore *s, const char *id,
       break;
   }
   if (!ret && rc != SQLITE_ROW && rc != SQLITE_DONE)
-    ret = map_rc(s->ldb, rc);
+    ret = qstore__map_rc(s->ldb, rc);
   if (!ret && id && !found)
     ret = TERN_ENOENT;
 out:
@@ -1387,13 +878,13 @@ int qstore_body(struct qstore *s, const char *id,
     rc = sqlite3_prepare_v2(s->ldb, "SELECT nchunks FROM msg WHERE id = ?",
                             -1, &st, NULL);
   if (rc != SQLITE_OK) {
-    ret = map_rc(s->ldb, rc);
+    ret = qstore__map_rc(s->ldb, rc);
     goto out;
   }
   sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
   rc = sqlite3_step(st);
   if (rc != SQLITE_ROW) {
-    ret = rc == SQLITE_DONE ? TERN_ENOENT : map_rc(s->ldb, rc);
+    ret = rc == SQLITE_DONE ? TERN_ENOENT : qstore__map_rc(s->ldb, rc);
     goto out;
   }
   sqlite3_finalize(st);
@@ -1402,7 +893,7 @@ int qstore_body(struct qstore *s, const char *id,
       s->ldb, "SELECT data FROM chunk WHERE msg = ? ORDER BY seq", -1, &st,
       NULL);
   if (rc != SQLITE_OK) {
-    ret = map_rc(s->ldb, rc);
+    ret = qstore__map_rc(s->ldb, rc);
     goto out;
   }
   sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -1413,7 +904,7 @@ int qstore_body(struct qstore *s, const char *id,
       break;
   }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    ret = map_rc(s->ldb, rc);
+    ret = qstore__map_rc(s->ldb, rc);
 out:
   sqlite3_finalize(st);
   if (!sqlite3_get_autocommit(s->ldb))
@@ -1440,7 +931,7 @@ static int open_db(struct qstore *s, sqlite3 **db, bool readonly, char *err,
   if (rc != SQLITE_OK) {
     set_err(err, cap, "%s: %s", s->path,
             *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
-    int e = *db ? map_rc(*db, rc) : TERN_EIO;
+    int e = *db ? qstore__map_rc(*db, rc) : TERN_EIO;
     sqlite3_close(*db);
     *db = NULL;
     return e;
@@ -1453,7 +944,7 @@ static int open_db(struct qstore *s, sqlite3 **db, bool readonly, char *err,
   rc = sqlite3_exec(*db, sql, NULL, NULL, NULL);
   if (rc != SQLITE_OK) {
     set_err(err, cap, "%s: %s", s->path, sqlite3_errmsg(*db));
-    return map_rc(*db, rc);
+    return qstore__map_rc(*db, rc);
   }
   return 0;
 }
@@ -1465,7 +956,7 @@ static int prep(struct qstore *s, sqlite3 *db, sqlite3_stmt **st,
                               NULL);
   if (rc != SQLITE_OK) {
     set_err(err, cap, "%s: %s: %s", s->path, sql, sqlite3_errmsg(db));
-    return map_rc(db, rc);
+    return qstore__map_rc(db, rc);
   }
   return 0;
 }
@@ -1544,7 +1035,7 @@ static int exec(struct qstore *s, sqlite3 *db, const char *sql, char *err,
   int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
   if (rc != SQLITE_OK) {
     set_err(err, cap, "%s: %s", s->path, sqlite3_errmsg(db));
-    return map_rc(db, rc);
+    return qstore__map_rc(db, rc);
   }
   return 0;
 }
@@ -1572,7 +1063,7 @@ static int check_schema(struct qstore *s, sqlite3 *db, bool readonly,
   int rc = get_int(db, "PRAGMA user_version", &v);
   if (rc != SQLITE_OK) {
     set_err(err, cap, "%s: %s", s->path, sqlite3_errmsg(db));
-    return map_rc(db, rc);
+    return qstore__map_rc(db, rc);
   }
   if (v > SCHEMA_VERSION) {
     set_err(err, cap,
@@ -1614,7 +1105,7 @@ static int check_schema(struct qstore *s, sqlite3 *db, bool readonly,
   if (rc != SQLITE_OK) {
     set_err(err, cap, "%s: creating the schema: %s", s->path,
             sqlite3_errmsg(db));
-    e = map_rc(db, rc);
+    e = qstore__map_rc(db, rc);
     sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
     return e;
   }
@@ -1809,8 +1300,8 @@ void qstore_close(struct qstore *s)
   /* The writer's connection last: closing the last connection
    * checkpoints the WAL into queue.db and removes the -wal and -shm. */
   sqlite3_close(s->wdb);
-  idlist_free(&s->lost);
-  idlist_free(&s->cleanup);
+  qstore__idlist_free(&s->lost);
+  qstore__idlist_free(&s->cleanup);
   if (s->lockfd >= 0)
     close(s->lockfd);
   pthread_mutex_destroy(&s->lmu);
