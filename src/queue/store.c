@@ -308,8 +308,7 @@ static void worker_destroy(struct worker *w)
   pthread_mutex_destroy(&w->mu);
 }
 
-/* An operation that could not even be copied fails at once (still
- * through the sink: callbacks never run inside the call). */
+/* A new operation for sink k, or NULL (out of memory). */
 static struct op *op_new(struct qstore_sink *k, enum op_type t,
                          const char *id)
 {
@@ -1112,6 +1111,35 @@ static int check_schema(struct qstore *s, sqlite3 *db, bool readonly,
   return 0;
 }
 
+/* WAL mode (persistent in the file). SQLite answers with the mode it is
+ * in: a file system without shared memory for the -shm would leave the
+ * database in another mode, which group commit and concurrent readers
+ * rely on not being. */
+static int set_wal(struct qstore *s, char *err, size_t cap)
+{
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->wdb, "PRAGMA journal_mode=WAL", -1, &st,
+                              NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    set_err(err, cap, "%s: journal_mode=WAL: %s", s->path,
+            sqlite3_errmsg(s->wdb));
+    int e = qstore__map_rc(s->wdb, rc);
+    sqlite3_finalize(st);
+    return e;
+  }
+  const char *mode = (const char *)sqlite3_column_text(st, 0);
+  int e = 0;
+  if (!mode || strcmp(mode, "wal") != 0) {
+    set_err(err, cap, "%s: cannot use WAL mode here (journal_mode is %s)",
+            s->path, mode ? mode : "unknown");
+    e = TERN_ENOTSUP;
+  }
+  sqlite3_finalize(st);
+  return e;
+}
+
 static int take_lock(struct qstore *s, char *err, size_t cap)
 {
   size_t n = strlen(s->dir) + sizeof "/lock";
@@ -1242,18 +1270,23 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
   if (!e)
     e = exec(s, s->wdb, "PRAGMA auto_vacuum=INCREMENTAL", err, cap);
   if (!e)
-    e = exec(s, s->wdb, "PRAGMA journal_mode=WAL", err, cap);
+    e = set_wal(s, err, cap);
   if (!e)
     sqlite3_wal_hook(s->wdb, wal_hook, s); /* replaces autocheckpoint */
   if (!e)
     e = check_schema(s, s->wdb, false, err, cap);
-  /* Chunks without a message: one still coming in when we stopped. */
-  if (!e)
+  /* Chunks without a message: one still coming in when we stopped.
+   * Through the (msg, seq) index, not the blobs. At a full disk they
+   * stay until the next start rather than keep the queue from
+   * starting. */
+  if (!e) {
     e = exec(s, s->wdb,
-             /* through the (msg, seq) index, not the blobs */
              "DELETE FROM chunk WHERE msg IN (SELECT DISTINCT msg FROM chunk"
              " WHERE msg NOT IN (SELECT id FROM msg))",
              err, cap);
+    if (e == TERN_ENOSPC)
+      e = 0;
+  }
   if (!e)
     e = prepare_writer(s, err, cap);
   if (!e)

@@ -61,6 +61,7 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s)
   else
     sqlite3_bind_null(st, i);
 }
+
 /* ---- the writer ------------------------------------------------------------ */
 
 struct idnode *qstore__idlist_find(struct idnode *l, const char *id)

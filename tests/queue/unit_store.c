@@ -1038,6 +1038,33 @@ static int run_enospc(const char *dir)
   assert_int_equal(d.status[0], TERN_ENOSPC);
   assert_int_equal(d.status[1], TERN_ENOSPC);
   assert_int_equal(list_all(f.s, "PARTIAL", &l), TERN_ENOENT);
+
+  /* full again, then a restart: the queue opens (refusing new messages)
+   * and state changes still work */
+  int more = 0;
+  for (; more < ENOSPC_MAX; more++) {
+    qstore_new_id(f.s, id);
+    memset(&d, 0, sizeof d);
+    submit(f.k, id, 64 * 1024, 65536, 5, &d, NULL);
+    run_until(&f.loop, &d.n, 2);
+    if (d.status[1] != 0)
+      break;
+  }
+  assert_int_equal(d.status[1], TERN_ENOSPC);
+  char *keep = f.dir;
+  fx_close(&f, true);
+  fx_open(&f, keep);
+  free(keep);
+  qstore_new_id(f.s, id);
+  memset(&d, 0, sizeof d);
+  submit(f.k, id, 1024, 65536, 6, &d, NULL);
+  run_until(&f.loop, &d.n, 1);
+  assert_int_equal(d.status[0], TERN_ENOSPC);
+  struct qstore_update u2 = {.id = ids[ok - 1], .held = 1, .warned = -1};
+  assert_int_equal(update_wait(&f, &u2), 0);
+  assert_int_equal(list_all(f.s, ids[ok - 1], &l), 0);
+  assert_true(l.first.held);
+  listed_clear(&l);
   fx_close(&f, true);
   free(f.dir);
 
