@@ -12,6 +12,7 @@
  * transaction and answers them all after the one COMMIT; whatever arrives
  * during that COMMIT waits for the next round.
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "store_int.h"
 
 #include <errno.h>
@@ -505,6 +506,7 @@ static void writer_group(struct qstore *s, struct op *list)
 static void *writer_main(void *arg)
 {
   struct qstore *s = arg;
+  pthread_setname_np(pthread_self(), "tern-qwriter"); /* for top -H */
   struct op *list;
   while ((list = worker_take(&s->writer)) != NULL)
     writer_group(s, list);
@@ -543,6 +545,7 @@ static void reader_one(struct qstore *s, struct op *o)
 static void *reader_main(void *arg)
 {
   struct qstore *s = arg;
+  pthread_setname_np(pthread_self(), "tern-qreader");
   struct op *list;
   while ((list = worker_take(&s->reader)) != NULL) {
     while (list) {
