@@ -205,7 +205,8 @@ void qstore_update(struct qstore_sink *k, const struct qstore_update *u,
 
 /* Read chunk `seq` of a committed message in the reader thread:
  * cb(arg, status, data, len) on the sink's loop (data valid during the
- * call, freed after it; status TERN_ENOENT past the last chunk). */
+ * call, freed after it; status TERN_ENOENT past the last chunk, or when
+ * the message was removed meanwhile). */
 void qstore_read(struct qstore_sink *k, const char *id, uint32_t seq,
                  void (*cb)(void *arg, int status, const char *data,
                             size_t len),
