@@ -187,6 +187,21 @@ static bool orcpt_ok(const char *s, bool utf8) {
   return s[t] != '\0';
 }
 
+/* One line of a text that may hold line breaks: its length without the
+ * break (LF, or CRLF: a CR only counts as part of the break when an LF
+ * follows it), and in *next where the next line starts, or NULL when
+ * this was the last. */
+static size_t line_len(const char *line, const char **next) {
+  const char *e = strchr(line, '\n');
+  if (!e) {
+    *next = NULL;
+    return strlen(line);
+  }
+  *next = e + 1;
+  return e > line && e[-1] == '\r' ? (size_t)(e - line) - 1
+                                   : (size_t)(e - line);
+}
+
 /* The diagnostic: lines split on LF (an LF may have a CR before it; a
  * CR anywhere else is refused), each line text, at least one not
  * empty. */
@@ -194,17 +209,15 @@ static bool diagnostic_ok(const char *s, bool utf8) {
   bool any = false;
   if (!s)
     return true;
-  for (const char *line = s; *line;) {
-    const char *e = strchr(line, '\n');
-    size_t n = e ? (size_t)(e - line) : strlen(line);
-    if (n && line[n - 1] == '\r')
-      n--;
+  for (const char *line = s; line;) {
+    const char *next;
+    size_t n = line_len(line, &next);
     if (!text_ok(line, n, utf8))
       return false;
     for (size_t i = 0; i < n; i++)
       if (!is_wsp((unsigned char)line[i]))
         any = true;
-    line += e ? (size_t)(e - line) + 1 : n;
+    line = next;
   }
   return any;
 }
@@ -218,12 +231,9 @@ static bool is_delim(const char *p, size_t n, const char *b) {
 /* The caller's human text: lines as for the diagnostic, and none that
  * the reader would take for a boundary delimiter (RFC 2046 §5.1.1). */
 static bool human_ok(const char *s, const char *b, bool utf8) {
-  if (!s)
-    return true;
-  for (const char *line = s;;) {
-    const char *e = strchr(line, '\n');
-    size_t n = e ? (size_t)(e - line) : strlen(line);
-    size_t t = n && line[n - 1] == '\r' ? n - 1 : n;
+  for (const char *line = s; line;) {
+    const char *next;
+    size_t t = line_len(line, &next);
     if (!text_ok(line, t, utf8))
       return false;
     /* caller_human() cuts lines longer than LINE_HARD: each piece
@@ -231,10 +241,9 @@ static bool human_ok(const char *s, const char *b, bool utf8) {
     for (size_t k = 0; k < t || k == 0; k += LINE_HARD)
       if (is_delim(line + k, t - k, b))
         return false;
-    if (!e)
-      return true;
-    line = e + 1;
+    line = next;
   }
+  return true;
 }
 
 static int check(const struct tern_dsn *d) {
@@ -352,10 +361,9 @@ static void field2(struct out *o, struct out *tmp, const char *name,
  * into tmp after its current contents. */
 static void join_lines(struct out *tmp, const char *s) {
   bool first = true;
-  for (const char *line = s; *line;) {
-    const char *e = strchr(line, '\n');
-    size_t n = e ? (size_t)(e - line) : strlen(line);
-    size_t t = n && line[n - 1] == '\r' ? n - 1 : n;
+  for (const char *line = s; line;) {
+    const char *next;
+    size_t t = line_len(line, &next);
     while (t && is_wsp((unsigned char)line[t - 1]))
       t--;
     size_t b = 0;
@@ -367,7 +375,7 @@ static void join_lines(struct out *tmp, const char *s) {
       put(tmp, line + b, t - b);
       first = false;
     }
-    line += e ? n + 1 : n;
+    line = next;
   }
 }
 
@@ -477,11 +485,10 @@ static void default_human(struct out *o, struct out *tmp,
 
 /* The caller's text, one output line per input line, CRLF. */
 static void caller_human(struct out *o, const char *s) {
-  for (const char *line = s;;) {
-    const char *e = strchr(line, '\n');
-    size_t n = e ? (size_t)(e - line) : strlen(line);
-    size_t t = n && line[n - 1] == '\r' ? n - 1 : n;
-    if (!e && t == 0)
+  for (const char *line = s; line;) {
+    const char *next;
+    size_t t = line_len(line, &next);
+    if (!next && t == 0)
       return; /* text ended with a line break */
     /* Only lines longer than allowed are cut; the caller's layout stays
      * as it is otherwise. */
@@ -492,9 +499,7 @@ static void caller_human(struct out *o, const char *s) {
       i += k;
       crlf(o);
     } while (i < t);
-    if (!e)
-      return;
-    line = e + 1;
+    line = next;
   }
 }
 

@@ -410,6 +410,8 @@ static void test_human(void **state) {
   assert_int_equal(head_rc(&f.d), 0);
   f.d.human = "bare\rCR";
   assert_int_equal(head_rc(&f.d), TERN_EINVAL);
+  f.d.human = "CR at the end\r";
+  assert_int_equal(head_rc(&f.d), TERN_EINVAL);
   free(big);
 }
 
@@ -502,6 +504,12 @@ static void test_line_breaks(void **state) {
   f.r[0].diagnostic = "\r\n \r\n";
   assert_int_equal(head_rc(&f.d), TERN_EINVAL);
   f.r[0].diagnostic = "550 \x01";
+  assert_int_equal(head_rc(&f.d), TERN_EINVAL);
+  /* a CR counts as a line break only before an LF (found by fuzz_dsn:
+   * a CR at the very end used to loop forever) */
+  f.r[0].diagnostic = "550 no such user\r";
+  assert_int_equal(head_rc(&f.d), TERN_EINVAL);
+  f.r[0].diagnostic = "550-a\r\r\n550 b";
   assert_int_equal(head_rc(&f.d), TERN_EINVAL);
   f.r[0].diagnostic = "550-a\n550 b";
   assert_int_equal(head_rc(&f.d), 0);
