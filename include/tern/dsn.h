@@ -100,7 +100,7 @@ static inline void tern_dsn_init(struct tern_dsn *d) {
  * part (its part header and blank line written), or to its end when
  * nothing is included. *out is malloc()ed (the caller frees it), CRLF
  * lines. Returns 0, TERN_EINVAL (a required field missing, a field with
- * CR, LF or NUL, a bad boundary or status, a non-ASCII address without
+ * CR, LF or NUL, a bad boundary, status or action, non-ASCII text without
  * utf8), TERN_ENOMEM. On failure *out is NULL.
  */
 TERN_EXTERN int tern_dsn_head(const struct tern_dsn *d, char **out,

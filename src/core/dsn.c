@@ -421,9 +421,9 @@ static void default_human(struct out *o, struct out *tmp,
   }
   if (any_action(d, "delivered") || any_action(d, "relayed") ||
       any_action(d, "expanded")) {
-    para(o, "Your message was delivered to, or passed on for, the "
-            "recipients listed below as delivered, relayed or expanded, "
-            "as you asked.");
+    para(o, "Your message was delivered to the recipients listed below "
+            "as delivered, or passed on for them (relayed, expanded), as "
+            "you asked.");
     crlf(o);
   }
   if (d->include == TERN_RET_FULL)
