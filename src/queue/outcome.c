@@ -30,42 +30,6 @@
 
 #include "queue_int.h"
 
-/* What the update's completion needs to know. */
-struct upd_ctx {
-  struct tern_queue *q;
-  char id[TERN_QUEUE_ID_MAX];
-  char dsn_id[TERN_QUEUE_ID_MAX];
-  bool remove, failed_dsn, delayed_dsn;
-  char detail[96];
-};
-
-static void on_updated(void *arg, int status) {
-  struct upd_ctx *c = arg;
-  struct tern_queue *q = c->q;
-  q->pending--;
-  if (status != 0) {
-    char d[160];
-    snprintf(d, sizeof d, "store update failed (%s): redone after restart",
-             tern_err_name(status));
-    q_event(q, TERN_QEV_ERROR, c->id, NULL, NULL, NULL, NULL, 0, d);
-  } else {
-    if (c->dsn_id[0]) {
-      q_load_one(q, c->dsn_id);
-      if (c->failed_dsn || !c->delayed_dsn)
-        q_event(q, TERN_QEV_BOUNCE, c->id, NULL, NULL, NULL, c->dsn_id, 0,
-                c->detail);
-      if (c->delayed_dsn)
-        q_event(q, TERN_QEV_DELAYED, c->id, NULL, NULL, NULL, c->dsn_id, 0,
-                "delay warning queued");
-    }
-    if (c->remove)
-      q_event(q, TERN_QEV_REMOVED, c->id, NULL, NULL, NULL, NULL, 0,
-              "every recipient done");
-  }
-  free(c);
-  q_close_step(q);
-}
-
 /* retry_min doubling per attempt up to retry_max, plus up to 10% so
  * that messages deferred together do not come back together. */
 static int64_t backoff(struct tern_queue *q, unsigned attempts) {
@@ -113,8 +77,10 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
   struct qstore_rcpt_update *ups = calloc(j->n, sizeof *ups);
   char **strs = calloc(j->n, sizeof *strs);
   struct qb_rcpt *bs = calloc(j->n, sizeof *bs);
-  struct upd_ctx *c = calloc(1, sizeof *c);
-  if (!ups || !strs || !bs || !c) {
+  struct q_upd_events ev;
+  memset(&ev, 0, sizeof ev);
+  struct q_upd_events *c = &ev;
+  if (!ups || !strs || !bs) {
     /* Nothing recorded: the recipients stay as stored and are tried
      * again (at worst a duplicate, never a loss). */
     q_event(q, TERN_QEV_ERROR, m->id, NULL, NULL, NULL, NULL, 0,
@@ -123,7 +89,7 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
       struct qrcpt *rc = &m->rcpts[j->idx[i]];
       rc->next_try = now + (int64_t)q->o.retry_min_s;
     }
-    free(ups), free(strs), free(bs), free(c);
+    free(ups), free(strs), free(bs);
     return;
   }
   size_t nb = 0;
@@ -212,7 +178,7 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
       memcpy(c->dsn_id, dsn.id, sizeof c->dsn_id);
       c->failed_dsn = any_failed;
       c->delayed_dsn = any_delayed;
-      snprintf(c->detail, sizeof c->detail, "%s to %s",
+      snprintf(c->bounce_detail, sizeof c->bounce_detail, "%s to %s",
                any_failed ? (m->from[0] ? "bounce" : "double bounce")
                           : "success notice",
                m->from[0] ? "sender" : "postmaster");
@@ -234,14 +200,14 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
       m->held = true;
     } else {
       u.remove = true;
-      c->remove = true;
+      c->type = TERN_QEV_REMOVED;
+      c->detail = "every recipient done";
     }
   }
 
-  c->q = q;
-  memcpy(c->id, m->id, sizeof c->id);
-  q->pending++;
-  qstore_update(q->home, &u, on_updated, c);
+  if (q_update(q, &u, c) != 0)
+    q_event(q, TERN_QEV_ERROR, m->id, NULL, NULL, NULL, NULL, 0,
+            "out of memory: results not recorded");
   free(dsn_strs);
   for (size_t i = 0; i < j->n; i++)
     free(strs[i]);

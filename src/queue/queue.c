@@ -165,8 +165,9 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
   uv_timer_init(loop, &q->timer);
   uv_timer_init(loop, &q->close_timer);
   uv_idle_init(loop, &q->kick);
-  q->timer.data = q->close_timer.data = q->kick.data = q;
-  q->handles_open = 3;
+  uv_timer_init(loop, &q->redo_timer);
+  q->timer.data = q->close_timer.data = q->kick.data = q->redo_timer.data = q;
+  q->handles_open = 4;
   /* The timer is armed as messages load, but fires only once the loop
    * runs: delivery never starts inside this call. */
   struct load_ctx c = {q, 0, 0};
@@ -230,6 +231,8 @@ static void on_close_timer(uv_timer_t *t) {
     q->home = NULL;
     uv_close((uv_handle_t *)&q->timer, on_handle_closed);
     uv_close((uv_handle_t *)&q->kick, on_handle_closed);
+    q_redo_free(q);
+    uv_close((uv_handle_t *)&q->redo_timer, on_handle_closed);
     uv_close((uv_handle_t *)&q->close_timer, on_handle_closed);
   }
 }
@@ -368,41 +371,14 @@ int tern_queue_scan_body(const char *dir, const char *id,
 
 /* ---- steering ------------------------------------------------------------ */
 
-struct ctl_ctx {
-  struct tern_queue *q;
-  char id[TERN_QUEUE_ID_MAX];
-  enum tern_queue_event_type type;
-  const char *detail;
-};
-
-static void on_ctl(void *arg, int status) {
-  struct ctl_ctx *c = arg;
-  struct tern_queue *q = c->q;
-  q->pending--;
-  if (status != 0) {
-    char d[128];
-    snprintf(d, sizeof d, "store update failed (%s)", tern_err_name(status));
-    q_event(q, TERN_QEV_ERROR, c->id, NULL, NULL, NULL, NULL, 0, d);
-  } else if (c->detail) {
-    q_event(q, c->type, c->id, NULL, NULL, NULL, NULL, 0, c->detail);
-  }
-  free(c);
-  q_close_step(q);
-}
-
 /* Send a control update; the event (if detail) once it is durable. */
 static int ctl_update(struct tern_queue *q, const struct qstore_update *u,
                       enum tern_queue_event_type type, const char *detail) {
-  struct ctl_ctx *c = calloc(1, sizeof *c);
-  if (!c)
-    return TERN_ENOMEM;
-  c->q = q;
-  snprintf(c->id, sizeof c->id, "%s", u->id);
-  c->type = type;
-  c->detail = detail;
-  q->pending++;
-  qstore_update(q->home, u, on_ctl, c);
-  return 0;
+  struct q_upd_events ev;
+  memset(&ev, 0, sizeof ev);
+  ev.type = type;
+  ev.detail = detail;
+  return q_update(q, u, &ev);
 }
 
 static bool has_pending(const struct qmsg *m) {

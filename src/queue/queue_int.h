@@ -62,6 +62,8 @@ struct qmsg {
 #define Q_NOHEAP SIZE_MAX
 
 /* A destination: its ready jobs and how many run. */
+struct q_upd;
+
 struct qdest {
   char *name;
   struct tern_queue_job *head, *tail; /* ready FIFO */
@@ -123,7 +125,10 @@ struct tern_queue {
   struct tern_queue_job *cancelled;  /* cancelled, not done yet */
   bool pumping;
 
-  unsigned pending; /* store operations on the home sink not answered */
+  unsigned pending;   /* store operations on the home sink not answered */
+  struct q_upd *redo; /* failed removals waiting to be sent again */
+  uv_timer_t redo_timer;
+  uint64_t redo_at;
   /* Commits from ports whose home callback has not run yet (any thread
    * adds, the home loop or the port's failed commit takes away): the
    * home sink is not freed before they have come. */
@@ -176,6 +181,27 @@ int64_t q_now_s(void);
 /* Load one message from the store by id into the model (after a DSN was
  * queued). */
 void q_load_one(struct tern_queue *q, const char *id);
+
+/* ---- update.c ------------------------------------------------------------ */
+
+/* What to say once an update is durable. */
+struct q_upd_events {
+  char dsn_id[TERN_QUEUE_ID_MAX]; /* a DSN queued with it, or "" */
+  bool failed_dsn, delayed_dsn;
+  char bounce_detail[96];
+  enum tern_queue_event_type type; /* then this event, when detail */
+  const char *detail;              /* a static string, or NULL */
+};
+
+/*
+ * Send u to the store (u->head/u->tail are taken, whatever happens). A
+ * removal that fails is sent again later (update.c says why); events
+ * follow once it is durable. 0 or TERN_ENOMEM (nothing sent).
+ */
+int q_update(struct tern_queue *q, const struct qstore_update *u,
+             const struct q_upd_events *ev);
+/* Drop the removals still waiting (closing). */
+void q_redo_free(struct tern_queue *q);
 
 /* ---- outcome.c / queue.c ----------------------------------------------- */
 

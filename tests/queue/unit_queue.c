@@ -4,8 +4,10 @@
  *   "defer..."  451 4.4.1 (until f->defer_ok), "fail..." 550 5.1.1,
  *   anything else 250; in hold mode jobs are kept open for the test.
  *
- *   unit_queue           every case
- *   unit_queue load N    time tern_queue_open over N queued messages
+ *   unit_queue            every case but the full disk
+ *   unit_queue enospc DIR a full disk: 452 4.3.1, nothing partial, serving
+ *                         resumes (DIR on a small tmpfs: enospc.sh)
+ *   unit_queue load N     time tern_queue_open over N queued messages
  *
  * Every wait runs the loop under a deadline: a lost event fails the test
  * instead of hanging it. Waits for something *not* to happen run the loop
@@ -30,7 +32,7 @@
 
 /* ---- fixture ------------------------------------------------------------- */
 
-#define MAXJOBS 64
+#define MAXJOBS 256
 
 struct jobrec {
   char id[TERN_QUEUE_ID_MAX];
@@ -69,6 +71,7 @@ struct fx {
   int ev[16];
   char last_bounce[TERN_QUEUE_ID_MAX];
   char last_detail[128];
+  char last_error[128];
   time_t last_retry;
   /* submission */
   int done;
@@ -92,6 +95,8 @@ static void on_event(const struct tern_queue_event *ev, void *ud) {
     snprintf(f->last_bounce, sizeof f->last_bounce, "%s", ev->bounce_id);
   if (ev->type == TERN_QEV_DEFERRED)
     f->last_retry = ev->retry_at;
+  if (ev->type == TERN_QEV_ERROR)
+    snprintf(f->last_error, sizeof f->last_error, "%s", ev->detail);
   if (ev->type == TERN_QEV_NO_BOUNCE || ev->type == TERN_QEV_FAILED)
     snprintf(f->last_detail, sizeof f->last_detail, "%s", ev->detail);
 }
@@ -1002,6 +1007,112 @@ static void test_other_loop(void **state) {
   fx_free(f);
 }
 
+/* ---- a full disk (unit_queue enospc DIR, DIR on a small tmpfs) ----------- */
+
+struct raw {
+  int written, wstatus, done, code;
+  char enhanced[16], text[128];
+};
+
+static void raw_written(void *arg, int status) {
+  struct raw *r = arg;
+  r->written++;
+  if (status)
+    r->wstatus = status;
+}
+
+static void raw_done(void *arg, const struct tern_reply *rep) {
+  struct raw *r = arg;
+  r->code = rep->code;
+  snprintf(r->enhanced, sizeof r->enhanced, "%s",
+           rep->enhanced ? rep->enhanced : "");
+  snprintf(r->text, sizeof r->text, "%s", rep->text ? rep->text : "");
+  r->done++;
+}
+
+/* Submit a body whatever happens; the reply's code comes back in r. */
+static void submit_raw(struct fx *f, const char *body, size_t len,
+                       struct raw *r) {
+  struct tern_queue_rcpt rc = {"defer@example.net", NULL, 0, "local"};
+  struct tern_queue_envelope e = {
+      .from = "s@example.org", .rcpts = &rc, .nrcpts = 1};
+  struct tern_queue_msg *m;
+  memset(r, 0, sizeof *r);
+  assert_int_equal(tern_queue_msg_begin(f->port, &e, &m), 0);
+  for (size_t off = 0; off < len; off += 65536) {
+    size_t n = len - off < 65536 ? len - off : 65536;
+    int rc2 = tern_queue_msg_write(m, body + off, n, raw_written, r);
+    if (rc2 < 0)
+      break; /* the commit says why */
+    if (rc2 == 1) {
+      int want = r->written + 1;
+      assert_true(run_until(f, &r->written, want, 20000));
+      if (r->wstatus)
+        break;
+    }
+  }
+  tern_queue_msg_commit(m, raw_done, r);
+  assert_true(run_until(f, &r->done, 1, 20000));
+}
+
+static int count_fn(const struct tern_queue_list_msg *m, void *arg) {
+  (void)m;
+  (*(int *)arg)++;
+  return 0;
+}
+
+static int run_enospc(const char *dir) {
+  struct fx *f = fx_new();
+  f->o.dir = dir;
+  f->o.retry_min_s = 3600;
+  f->o.retry_max_s = 3600;
+  fx_open(f);
+  size_t len = 1u << 20;
+  char *body = malloc(len);
+  assert_non_null(body);
+  for (size_t i = 0; i < len; i++)
+    body[i] = (char)('a' + i % 26);
+  struct raw r;
+  int ok = 0;
+  for (int i = 0; i < 400; i++) {
+    submit_raw(f, body, len, &r);
+    if (r.code != 250)
+      break;
+    ok++;
+  }
+  print_message("%d messages of 1 MiB queued, then %d %s %s\n", ok, r.code,
+                r.enhanced, r.text);
+  assert_true(ok > 0);
+  assert_int_equal(r.code, 452);
+  assert_string_equal(r.enhanced, "4.3.1");
+  assert_string_equal(r.text, "Insufficient system storage");
+  /* nothing partial: the refused message is not listed */
+  int n = 0;
+  assert_int_equal(tern_queue_list(f->q, NULL, count_fn, &n), 0);
+  assert_int_equal(n, ok);
+  /* the next hop takes them: space comes back, serving resumes */
+  f->defer_ok = true;
+  assert_int_equal(tern_queue_flush(f->q, NULL), 0);
+  bool gone = run_until(f, &f->ev[TERN_QEV_REMOVED], ok, 60000);
+  if (!gone)
+    print_message("jobs %d delivered %d removed %d errors %d (%s)\n", f->njobs,
+                  f->ev[TERN_QEV_DELIVERED], f->ev[TERN_QEV_REMOVED],
+                  f->ev[TERN_QEV_ERROR], f->last_error);
+  assert_true(gone);
+  submit_raw(f, body, len, &r);
+  assert_int_equal(r.code, 250);
+  free(body);
+  fx_free(f);
+  return 0;
+}
+
+static const char *enospc_dir;
+
+static void test_enospc(void **state) {
+  (void)state;
+  run_enospc(enospc_dir);
+}
+
 /* ---- many messages: restart time ----------------------------------------- */
 
 struct bulk {
@@ -1079,6 +1190,11 @@ static void test_many(void **state) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "enospc") == 0) {
+    enospc_dir = argv[2];
+    const struct CMUnitTest one[] = {cmocka_unit_test(test_enospc)};
+    return cmocka_run_group_tests(one, NULL, NULL);
+  }
   if (argc == 3 && strcmp(argv[1], "load") == 0) {
     long n = strtol(argv[2], NULL, 10);
     load_case(n > 0 && n < 10000000 ? (int)n : 100000);
