@@ -183,11 +183,14 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
                           : "success notice",
                m->from[0] ? "sender" : "postmaster");
     } else {
+      /* A failure nobody is told of is kept for an operator; a lost
+       * delay warning or success notice is only logged. */
+      bool keep = any_failed && all_done;
       char d[128];
-      snprintf(d, sizeof d, "DSN not composed (%s): message kept on hold",
-               tern_err_name(rc));
+      snprintf(d, sizeof d, "DSN not composed (%s)%s", tern_err_name(rc),
+               keep ? ": message kept on hold" : "");
       q_event(q, TERN_QEV_ERROR, m->id, NULL, NULL, NULL, NULL, 0, d);
-      if (any_failed && all_done) {
+      if (keep) {
         u.held = 1;
         m->held = true;
         all_done = false;
