@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1129,6 +1130,9 @@ static void bulk_done(void *arg, const struct tern_reply *r) {
 
 /* Queue n messages (next hop "down": every job is held open, one at a
  * time), close, and time the reopening. Returns seconds. */
+/* Heap bytes in use (glibc): what the queue holds for n messages. */
+static long heap_kib(void) { return (long)(mallinfo2().uordblks / 1024); }
+
 static double load_case(int n) {
   struct fx *f = fx_new();
   f->hold = true;
@@ -1157,9 +1161,11 @@ static double load_case(int n) {
   for (int i = 0; i < f->nheld; i++)
     free(f->held[i]);
   f->nheld = 0;
+  long heap0 = heap_kib();
   double t1 = secs();
   fx_open(f);
   double topen = secs() - t1;
+  long heap1 = heap_kib();
   /* every message is due: the first tick makes them all ready jobs */
   int jobs = f->njobs + 1;
   assert_true(run_until(f, &f->njobs, jobs, 20000));
@@ -1171,9 +1177,9 @@ static double load_case(int n) {
   assert_int_equal(rc, 0);
   assert_int_equal(l.n, n);
   print_message("queued %d messages in %.2f s; tern_queue_open over them: "
-                "%.3f s, first delivery after %.3f s; tern_queue_list: "
-                "%.3f s\n",
-                n, tq, topen, tfirst, tlist);
+                "%.3f s (+%ld KiB heap), first delivery after %.3f s; "
+                "tern_queue_list: %.3f s\n",
+                n, tq, topen, heap1 - heap0, tfirst, tlist);
   fx_close(f, 0);
   for (int i = 0; i < f->nheld; i++)
     free(f->held[i]);
