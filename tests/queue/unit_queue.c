@@ -781,6 +781,34 @@ static void test_cancel_at_close(void **state) {
   fx_free(f);
 }
 
+static void test_finish_while_closing(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  f->hold = true;
+  fx_open(f);
+  submit(f, "s@example.org", "a@example.net", 0);
+  assert_true(run_until(f, &f->nheld, 1, 10000));
+  struct live *x = f->held[--f->nheld];
+  tern_queue_port_free(f->port);
+  f->port = NULL;
+  f->closed = 0;
+  tern_queue_close(f->q, 20000, on_closed, f);
+  run_for(f, 100);
+  assert_int_equal(f->closed, 0); /* waits for the job */
+  assert_false(tern_queue_job_cancelled(x->job));
+  finish(x); /* in time: recorded */
+  assert_true(run_until(f, &f->closed, 1, 10000));
+  assert_int_equal(count_ev(f, TERN_QEV_REMOVED), 1);
+  tern_queue_free(f->q);
+  f->q = NULL;
+  f->hold = false;
+  int jobs = f->njobs;
+  fx_open(f);
+  run_for(f, 300);
+  assert_int_equal(f->njobs, jobs); /* nothing left to deliver */
+  fx_free(f);
+}
+
 static void test_big_body(void **state) {
   (void)state;
   struct fx *f = fx_new();
@@ -1219,6 +1247,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_hold_release_delete),
       cmocka_unit_test(test_concurrency),
       cmocka_unit_test(test_cancel_at_close),
+      cmocka_unit_test(test_finish_while_closing),
       cmocka_unit_test(test_big_body),
       cmocka_unit_test(test_delay_warning),
       cmocka_unit_test(test_scan_abort_options),
