@@ -120,6 +120,12 @@ struct tern_queue_options {
   /* Where tern_queue_open() writes why it failed, with a NUL. */
   char *error;
   size_t error_size;
+  /* The destination of a DSN the queue makes (its one recipient is
+   * `addr`: the original sender, or the postmaster), as the application
+   * names destinations (tern_queue_rcpt.dest); called on the home loop
+   * with opts.ud. The string must stay valid until the call returns.
+   * NULL, or a NULL or "" answer: "local". */
+  const char *(*route)(const char *addr, void *ud);
 };
 
 static inline void
@@ -154,14 +160,18 @@ TERN_EXTERN int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
  * (their results are committed), then they are cancelled (abort() of the
  * application's delivery is its business: a cancelled job's recipients
  * stay queued and are delivered again after a restart). `done` runs on
- * the home loop when everything is committed and closed; then
- * tern_queue_free(). Ports must be freed before. */
+ * the home loop when everything is committed and closed, never inside
+ * this call; then tern_queue_free() (inside `done` too). Ports must be
+ * freed before. */
 TERN_EXTERN void tern_queue_close(struct tern_queue *q, unsigned timeout_ms,
                                   void (*done)(void *arg), void *arg);
 TERN_EXTERN void tern_queue_free(struct tern_queue *q);
 
 /* Is the job cancelled (tern_queue_close timed out)? Its results will
- * not be recorded; the application should abort its delivery. */
+ * not be recorded; the application should abort its delivery and still
+ * end the job with tern_queue_job_done(), before tern_queue_free() (which
+ * frees what is left of such jobs: the handle and its info). A read in
+ * flight at cancellation ends with status TERN_ECLOSED. */
 TERN_EXTERN bool tern_queue_job_cancelled(const struct tern_queue_job *job);
 
 /* ---- submitting (any loop, through a port) ----------------------------- */
