@@ -40,6 +40,8 @@ struct conn {
   int handles;          /* open handles (pipe, timer) */
   bool closing;
   bool answered;        /* the status line is out */
+  bool shut;            /* ... and written (our side shut down) */
+  bool peer_eof;        /* the client closed its side */
   bool failed;          /* a write failed: stop formatting */
   struct block *cur;
   char req[CONTROL_MAX_REQUEST];
@@ -173,9 +175,21 @@ static int data_line(void *arg, const char *line, size_t len) {
   return emit(arg, ' ', line, len);
 }
 
+/* How long a client may keep its side open after the answer. */
+#define LINGER_MS 5000
+
+static void on_linger(uv_timer_t *t) { conn_close(t->data); }
+
+/* The answer is written. Close once the client has closed too (closing
+ * with its unread bytes would reset the connection, and the client
+ * could lose the answer), or after LINGER_MS. */
 static void on_shutdown(uv_shutdown_t *req, int status) {
-  (void)status;
-  conn_close(req->data);
+  struct conn *c = req->data;
+  c->shut = true;
+  if (status < 0 || c->peer_eof || c->closing)
+    conn_close(c);
+  else
+    uv_timer_start(&c->timer, on_linger, LINGER_MS, 0);
 }
 
 /* The status line, then close once it is written. */
@@ -192,8 +206,8 @@ static void answer(struct conn *c, const char *fmt, ...) {
   if ((size_t)n >= sizeof buf)
     n = sizeof buf - 1;
   c->answered = true;
+  c->reqlen = 0; /* room to read (and drop) what else the client sends */
   uv_timer_stop(&c->timer);
-  uv_read_stop((uv_stream_t *)&c->pipe);
   if (emit(c, 0, buf, (size_t)n) == 0)
     submit(c);
   c->shutdown.data = c;
@@ -288,8 +302,18 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   struct conn *c = s->data;
   (void)buf;
-  if (c->answered || c->closing)
+  if (c->closing)
     return;
+  if (c->answered) { /* what follows the request is read and dropped */
+    c->reqlen = 0;
+    if (nread < 0) { /* EOF, or an error: done with the client either way */
+      c->peer_eof = true;
+      uv_read_stop(s);
+      if (c->shut)
+        conn_close(c);
+    }
+    return;
+  }
   if (nread < 0) { /* EOF or error before a whole line: nothing to say */
     conn_close(c);
     return;
@@ -351,6 +375,12 @@ static void on_connection(uv_stream_t *server, int status) {
     conn_close(c);
     return;
   }
+  /* Read from the start, even from a client that is refused: its EOF
+   * tells when the answer has been read. */
+  if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) != 0) {
+    conn_close(c);
+    return;
+  }
   uid_t uid;
   if (!peer_allowed(c, &uid)) {
     answer(c, "ERR PERM uid %ld may not use this socket (root or uid %ld "
@@ -362,9 +392,8 @@ static void on_connection(uv_stream_t *server, int status) {
     answer(c, "ERR BUSY too many control clients; try again");
     return;
   }
-  if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) != 0 ||
-      uv_timer_start(&c->timer, on_timeout, CONTROL_REQUEST_TIMEOUT_MS, 0) !=
-          0)
+  if (uv_timer_start(&c->timer, on_timeout, CONTROL_REQUEST_TIMEOUT_MS, 0) !=
+      0)
     conn_close(c);
 }
 

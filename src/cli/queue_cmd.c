@@ -205,7 +205,10 @@ static int daemon_error(const struct ctx *x, const char *line) {
   text = text ? text + 1 : "";
   fflush(stdout);
   if (cl == 5 && !strncmp(code, "NOENT", 5)) {
-    fprintf(stderr, "tern queue: no such message: %s\n", x->id);
+    if (x->id != NULL)
+      fprintf(stderr, "tern queue: no such message: %s\n", x->id);
+    else
+      fprintf(stderr, "tern queue: the daemon says: %s\n", text);
     return EXIT_NO_SUCH;
   }
   fprintf(stderr, "tern queue: the daemon says: %s\n", text);
