@@ -189,7 +189,7 @@ def test_not_running():
 
 # ---- with the daemon --------------------------------------------------------
 
-def check_listing(out, ids, held=()):
+def check_listing(out, ids, held=(), attempts=1):
     msgs = parse_text(out)
     h.check(sorted(msgs) == sorted(ids), "ids %r, expected %r\n%s"
             % (sorted(msgs), sorted(ids), out))
@@ -201,9 +201,9 @@ def check_listing(out, ids, held=()):
         h.check(len(rcpts) == 4, "%s: %r" % (mid, rcpts))
         for addr, (r, reply) in zip(("a@example.net", "b@example.net"),
                                     (rcpts[0:2], rcpts[2:4])):
-            h.check(re.match(r"^  %s  deferred  attempts 1  next \d{4}-"
+            h.check(re.match(r"^  %s  deferred  attempts %d  next \d{4}-"
                              r"\d\d-\d\d \d\d:\d\d:\d\d  via relay$"
-                             % re.escape(addr), r), r)
+                             % (re.escape(addr), attempts), r), r)
             h.check(reply == "    (%s)" % REPLY, reply)
     n = len(ids)
     last = out.splitlines()[-1]
@@ -212,7 +212,7 @@ def check_listing(out, ids, held=()):
                      if n else "Queue is empty"), last)
 
 
-def check_json(out, ids, held=()):
+def check_json(out, ids, held=(), attempts=1):
     now = time.time()
     objs = [json.loads(line) for line in out.splitlines()]
     h.check(sorted(o["id"] for o in objs) == sorted(ids), out)
@@ -230,7 +230,7 @@ def check_json(out, ids, held=()):
             h.check(set(r) == {"addr", "dest", "state", "attempts",
                                "next_try", "last_code", "last_reply"}, r)
             h.check(r["dest"] == "relay" and r["state"] == "deferred"
-                    and r["attempts"] == 1 and r["last_code"] == 451
+                    and r["attempts"] == attempts and r["last_code"] == 451
                     and r["last_reply"] == REPLY, r)
             h.check(r["next_try"] > now + 1800, r)
 
@@ -274,9 +274,21 @@ def test_daemon():
         o, _ = expect(["-d", qdir, "list"], 0)
         check_listing(o, ids)
 
-        # flush one, flush all: 0 (deliveries are deferred again)
+        # flush one: it is tried again at once (and deferred again)
         expect(["-d", qdir, "flush", ids[2]], 0, out="")
+
+        def attempts():
+            o = run(["-d", qdir, "list", "--json"])[1]
+            return {m["id"]: [r["attempts"] for r in m["rcpts"]]
+                    for m in map(json.loads, o.splitlines())}
+        h.wait_for(lambda: attempts()[ids[2]] == [2, 2], 10,
+                   "the flushed message's second attempt")
+        h.check(attempts()[ids[0]] == [1, 1], "flush ID retried others")
+        # flush all: every message again
         expect(["-d", qdir, "flush"], 0, out="")
+        h.wait_for(lambda: attempts() == {ids[0]: [2, 2], ids[1]: [2, 2],
+                                          ids[2]: [3, 3]}, 10,
+                   "every message's next attempt")
 
         # delete: gone; a second time, or an unknown id: 1
         expect(["-d", qdir, "delete", ids[2]], 0, out="")
@@ -342,7 +354,7 @@ def test_daemon():
     try:
         h.check(srv.wait_ready() is None, "stale socket: %r" % srv.err)
         o, _ = expect(["-d", qdir, "list"], 0)
-        check_listing(o, ids)
+        check_listing(o, ids, attempts=2)
     finally:
         srv.stop()
     # a file that is not a socket is left alone
