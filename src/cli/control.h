@@ -68,6 +68,9 @@
  * Listen on `path` on `loop`, which must be the home loop of `q` (the
  * queue's control calls run there). `q` must stay open until
  * control_stop's `done` has run. One control socket per process.
+ * Call it after dropping privileges ([server] user): the socket file is
+ * made by, and so belongs to, the user the daemon runs as, which is the
+ * user `tern queue` must run as (or root), and who removes it at stop.
  * Returns 0, or -1 with why in err[0..cap) ("control socket PATH: ...":
  * the path is too long for a unix socket, a daemon answers there
  * already, it is not a socket, bind/listen failed, or one is running).

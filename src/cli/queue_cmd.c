@@ -149,12 +149,23 @@ static int offline(const struct ctx *x) {
             x->control);
     return EX_TEMPFAIL;
   }
+  /* No spool there (queue.db, include/tern/queue.h): 66, not an I/O
+   * error. */
   struct stat st;
-  if (stat(x->dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+  char db[sizeof x->dir + 16];
+  snprintf(db, sizeof db, "%s/queue.db", x->dir);
+  int e = 0;
+  if (stat(x->dir, &st) != 0)
+    e = errno;
+  else if (!S_ISDIR(st.st_mode))
+    e = ENOTDIR;
+  else if (stat(db, &st) != 0)
+    e = errno;
+  if (e != 0) {
     fprintf(stderr, "tern queue: no queue at %s: %s\n", x->dir,
-            S_ISDIR(st.st_mode) || errno != 0 ? strerror(errno)
-                                              : "not a directory");
-    return EX_NOINPUT;
+            e == ENOENT || e == ENOTDIR ? "no such spool (queue.db)"
+                                        : strerror(e));
+    return e == ENOENT || e == ENOTDIR ? EX_NOINPUT : EX_IOERR;
   }
   struct scan s = {.json = x->json};
   char err[512] = "";
@@ -415,7 +426,7 @@ int tern_cli_queue(int argc, char **argv) {
   int fd = connect_control(x.control);
   if (fd >= 0)
     return online(&x, fd);
-  if (errno == ENOENT || errno == ECONNREFUSED)
+  if (errno == ENOENT || errno == ECONNREFUSED || errno == ENOTDIR)
     return offline(&x);
   int e = errno;
   fprintf(stderr, "tern queue: cannot use the control socket %s: %s%s\n",
