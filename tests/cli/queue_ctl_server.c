@@ -8,7 +8,8 @@
  * messages (from sender@example.org to a@example.net and b@example.net,
  * body "Subject: test I\r\n\r\nmessage I\r\n"), whose every delivery is
  * deferred with "451 4.4.1 test: next hop down" (retries an hour
- * apart, so they stay put). Then it listens on CONTROL (src/cli/
+ * apart, so they stay put; "ready" waits until the queue lists every
+ * recipient deferred). Then it listens on CONTROL (src/cli/
  * control.c), prints "ready" and runs until SIGTERM or SIGINT, when it
  * stops the socket and the queue and exits 0. With "exit" it closes
  * the queue once the messages are committed and deferred, for the
@@ -75,10 +76,24 @@ static void on_signal(uv_signal_t *s, int sig) {
   control_stop(control_stopped, NULL);
 }
 
-/* Every message committed and its recipients deferred: serve, or stop. */
+/* Counts recipients not yet recorded as deferred. */
+static int unsettled(const struct tern_queue_list_msg *m, void *arg) {
+  size_t *n = arg;
+  for (size_t i = 0; i < m->nrcpts; i++)
+    if (m->rcpts[i].state != TERN_QRS_DEFERRED)
+      (*n)++;
+  return 0;
+}
+
+/* Every message committed and its recipients' deferrals recorded (the
+ * results are committed in the background after tern_queue_job_done):
+ * serve, or stop. */
 static void on_tick(uv_timer_t *t) {
   char err[512];
+  size_t n = 0;
   if (g_committed < g_n || g_deferred < 2 * g_n)
+    return;
+  if (tern_queue_list(g_q, NULL, unsettled, &n) != 0 || n > 0)
     return;
   uv_timer_stop(t);
   if (g_exit_after) {

@@ -319,6 +319,23 @@ def test_daemon():
         h.check(9 <= took < 20, "the idle client was dropped after %.1f s"
                 % took)
 
+        # at most 16 clients at once: the 17th is told to come back (75)
+        idle = []
+        try:
+            for _ in range(16):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.settimeout(10)
+                c.connect(ctl)
+                idle.append(c)
+            a = raw_request(ctl, b"LIST\n")
+            h.check(a.startswith("ERR BUSY"), a)
+            expect(["-d", qdir, "list"], 75, err_has="too many control")
+        finally:
+            for c in idle:
+                c.close()
+        h.wait_for(lambda: run(["-d", qdir, "list"])[0] == 0, 10,
+                   "the control socket to serve again")
+
         # a second daemon on the same socket: refused, the first unharmed
         other = QServer(os.path.join(d, "q2"), ctl, 0)
         rc = other.wait_ready()
@@ -422,5 +439,34 @@ def test_offline_spool():
     expect(["-d", empty, "list", "--json"], 0, out="")
 
 
+def test_large_listing():
+    """3,000 messages (about 1 MB of listing: many 64 KiB blocks written
+    while the list is made): the daemon's list equals the spool's, and
+    the client gets all of it."""
+    d = h.tmpdir(prefix="tern-queue-large-")
+    qdir = os.path.join(d, "q")
+    srv = QServer(qdir, os.path.join(qdir, "control"), 3000)
+    try:
+        h.check(srv.wait_ready(timeout=60) is None, "%r" % srv.err)
+        t0 = time.monotonic()
+        online = run(["-d", qdir, "list"])
+        took = time.monotonic() - t0
+        online_json = run(["-d", qdir, "list", "--json"])
+    finally:
+        srv.stop()
+    h.check(online[0] == 0 and online_json[0] == 0, "%r %r"
+            % (online[2], online_json[2]))
+    print("list of 3000 messages through the socket: %.2f s, %d octets"
+          % (took, len(online[1])))
+    h.check(online[1].endswith("-- 3000 messages, 6000 recipients\n"),
+            online[1][-200:])
+    h.check(len(online_json[1].splitlines()) == 3000, "json lines")
+    offline = run(["-d", qdir, "list"])
+    h.check(offline == online, "offline and online listings differ")
+    h.check(run(["-d", qdir, "list", "--json"]) == online_json,
+            "offline and online --json differ")
+
+
 if __name__ == "__main__":
-    h.main([test_usage, test_not_running, test_daemon, test_offline_spool])
+    h.main([test_usage, test_not_running, test_daemon, test_offline_spool,
+            test_large_listing])
