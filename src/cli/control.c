@@ -358,7 +358,8 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   struct conn *c = calloc(1, sizeof *c);
   if (c == NULL)
-    return; /* the connection waits in the backlog; retried next time */
+    return; /* libuv pauses the listener until an accept: out of memory
+               leaves the control socket deaf, the daemon unharmed */
   if (uv_pipe_init(g.loop, &c->pipe, 0) != 0) {
     free(c);
     return;
