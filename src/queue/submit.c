@@ -126,7 +126,7 @@ int tern_queue_msg_begin(struct tern_queue_port *p,
   bool ok = true;
   struct qstore_msg *e = &m->env;
   qstore_new_id(p->q->store, e->id);
-  e->arrival = (int64_t)time(NULL);
+  e->arrival = q_now_s();
   e->from = sdup(env->from, &ok);
   e->body = env->body;
   e->smtputf8 = env->smtputf8;

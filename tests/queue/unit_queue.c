@@ -142,6 +142,9 @@ static void on_body(void *arg, const char *buf, size_t len, int status) {
 static void deliver(struct tern_queue_job *job,
                     const struct tern_queue_job_info *info, void *ud) {
   struct fx *f = ud;
+  if (getenv("QDBG"))
+    fprintf(stderr, "%ld job %s %s attempt %u bounce %d\n", (long)time(NULL),
+            info->id, info->rcpts[0].addr, info->attempt, info->is_bounce);
   assert_true(f->njobs < MAXJOBS);
   struct jobrec *r = &f->jobs[f->njobs++];
   memset(r, 0, sizeof *r);
@@ -748,6 +751,132 @@ static void test_big_body(void **state) {
   fx_free(f);
 }
 
+static void test_delay_warning(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  f->o.delay_warning_s = 1;
+  f->o.retry_min_s = 1;
+  f->o.retry_max_s = 1;
+  f->o.lifetime_s = 60;
+  fx_open(f);
+  submit(f, "sender@example.org", "defer@example.net", 0);
+  submit(f, "sender@example.org", "defer2@example.net", TERN_NOTIFY_FAILURE);
+  assert_true(run_until(f, &f->ev[TERN_QEV_DELAYED], 1, 10000));
+  int b = find_job(f, true);
+  if (b < 0) { /* the warning is queued: wait for its delivery */
+    int want = f->njobs + 1;
+    assert_true(run_until(f, &f->njobs, want, 10000));
+    b = find_job(f, true);
+  }
+  assert_true(b >= 0);
+  assert_string_equal(f->jobs[b].rcpt0, "sender@example.org");
+  const char *s = f->jobs[b].body;
+  assert_non_null(strstr(s, "Final-Recipient: rfc822; defer@example.net\r\n"));
+  assert_null(strstr(s, "defer2@"));
+  assert_non_null(strstr(s, "Action: delayed\r\n"));
+  assert_non_null(strstr(s, "Status: 4.4.1\r\n"));
+  assert_non_null(strstr(s, "Will-Retry-Until: "));
+  assert_non_null(strstr(s, "text/rfc822-headers"));
+  assert_null(strstr(s, "Hello there."));
+  /* once per message: more deferrals, no second warning */
+  int d = count_ev(f, TERN_QEV_DEFERRED);
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], d + 4, 10000));
+  assert_int_equal(count_ev(f, TERN_QEV_DELAYED), 1);
+  f->defer_ok = true;
+  assert_int_equal(tern_queue_flush(f->q, NULL), 0);
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 3, 10000));
+  fx_free(f);
+}
+
+static int scan_fn(const struct tern_queue_list_msg *m, void *arg) {
+  struct listed *l = arg;
+  l->n++;
+  l->state[0] = m->rcpts[0].state;
+  assert_string_equal(m->from, "s@example.org");
+  assert_int_equal(m->size, sizeof body1 - 1);
+  return 0;
+}
+
+struct collected {
+  char *p;
+  size_t len;
+};
+
+static int body_fn(void *arg, const char *buf, size_t len) {
+  struct collected *c = arg;
+  c->p = realloc(c->p, c->len + len);
+  assert_non_null(c->p);
+  memcpy(c->p + c->len, buf, len);
+  c->len += len;
+  return 0;
+}
+
+static void test_scan_abort_options(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  /* options: a missing callback, a struct from a newer caller */
+  struct tern_queue *q = (struct tern_queue *)1;
+  char err[128] = "";
+  struct tern_queue_options o = f->o;
+  o.deliver = NULL;
+  o.error = err;
+  o.error_size = sizeof err;
+  assert_int_equal(tern_queue_open(&q, &f->loop, &o), TERN_EINVAL);
+  assert_null(q);
+  assert_string_equal(err, "no deliver callback");
+  struct {
+    struct tern_queue_options o;
+    uint64_t newer;
+  } big;
+  memset(&big, 0, sizeof big);
+  big.o = f->o;
+  big.o.size = sizeof big;
+  big.newer = 1; /* a field this library does not know, set */
+  assert_int_equal(tern_queue_open(&q, &f->loop, &big.o), TERN_EINVAL);
+
+  fx_open(f);
+  char id[TERN_QUEUE_ID_MAX];
+  snprintf(id, sizeof id, "%s", submit(f, "s@example.org", "defer@example.net", 0));
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 1, 10000));
+  /* offline reading while the queue runs */
+  struct listed l;
+  memset(&l, 0, sizeof l);
+  assert_int_equal(tern_queue_scan(f->dir, NULL, scan_fn, &l, err, sizeof err), 0);
+  assert_int_equal(l.n, 1);
+  struct collected c = {NULL, 0};
+  assert_int_equal(tern_queue_scan_body(f->dir, id, body_fn, &c, err, sizeof err), 0);
+  assert_int_equal(c.len, sizeof body1 - 1);
+  assert_memory_equal(c.p, body1, c.len);
+  free(c.p);
+  assert_int_equal(tern_queue_scan(f->dir, "NOSUCH", scan_fn, &l, err, sizeof err),
+                   TERN_ENOENT);
+
+  /* abort before commit, after chunks went to the store: nothing is
+   * queued, no callback comes */
+  struct tern_queue_rcpt r = {"a@example.net", NULL, 0, "local"};
+  struct tern_queue_envelope e = {.from = "s@example.org", .rcpts = &r,
+                                  .nrcpts = 1};
+  struct tern_queue_msg *m;
+  assert_int_equal(tern_queue_msg_begin(f->port, &e, &m), 0);
+  char *big_body = calloc(1, 200000);
+  assert_non_null(big_body);
+  int rc = tern_queue_msg_write(m, big_body, 200000, on_written, f);
+  assert_true(rc == 0 || rc == 1);
+  free(big_body);
+  tern_queue_msg_abort(m);
+  int done = f->done;
+  run_for(f, 300);
+  assert_int_equal(f->done, done);
+  memset(&l, 0, sizeof l);
+  assert_int_equal(tern_queue_list(f->q, NULL, scan_fn, &l), 0);
+  assert_int_equal(l.n, 1);
+  /* a bad envelope */
+  e.nrcpts = 0;
+  assert_int_equal(tern_queue_msg_begin(f->port, &e, &m), TERN_EINVAL);
+  assert_null(m);
+  fx_free(f);
+}
+
 /* ---- many messages: restart time ----------------------------------------- */
 
 struct bulk {
@@ -811,7 +940,7 @@ static double load_case(int n) {
 static void test_many(void **state) {
   (void)state;
   double t = load_case(20000);
-  assert_true(t < 2.0);
+  assert_true(t < 3.0); /* 0.07-0.3 s measured; ASan about 0.8 s */
 }
 
 int main(int argc, char **argv) {
@@ -833,6 +962,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_concurrency),
       cmocka_unit_test(test_cancel_at_close),
       cmocka_unit_test(test_big_body),
+      cmocka_unit_test(test_delay_warning),
+      cmocka_unit_test(test_scan_abort_options),
       cmocka_unit_test(test_many),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
