@@ -104,7 +104,7 @@ static bool keeps_for_postmaster(const struct tern_queue *q,
 void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
                const struct tern_reply *r) {
   struct qmsg *m = j->msg;
-  int64_t now = (int64_t)time(NULL);
+  int64_t now = q_now_s();
   struct qres dflt = {true, 451, (char *)"4.4.0",
                       (char *)"delivery not finished", NULL};
   if (r && r->code >= 200 && r->code <= 599)

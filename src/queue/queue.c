@@ -27,6 +27,10 @@ struct load_ctx {
   size_t n;
 };
 
+static int ctl_update(struct tern_queue *q, const struct qstore_update *u,
+                      enum tern_queue_event_type type, const char *detail);
+static bool has_pending(const struct qmsg *m);
+
 static int load_cb(const struct qstore_msg *sm, void *arg) {
   struct load_ctx *c = arg;
   struct qmsg *m = q_msg_from_store(sm);
@@ -35,6 +39,16 @@ static int load_cb(const struct qstore_msg *sm, void *arg) {
     return 1;
   }
   if (q_msg_find(c->q, m->id)) { /* already known */
+    free(m);
+    return 0;
+  }
+  if (!m->held && !has_pending(m)) {
+    /* Every recipient done, not held, yet still there: no update of
+     * ours leaves that (removal is in the same transaction), but an
+     * operator's repair with sqlite3 may. Nothing to deliver: it goes. */
+    struct qstore_update u = {.id = m->id, .held = -1, .warned = -1,
+                              .remove = true};
+    ctl_update(c->q, &u, TERN_QEV_REMOVED, "nothing left to deliver");
     free(m);
     return 0;
   }

@@ -163,6 +163,8 @@ void q_event(struct tern_queue *q, enum tern_queue_event_type type,
              const char *remote, const char *bounce_id, time_t retry_at,
              const char *detail);
 uint64_t q_rand(struct tern_queue *q);
+/* Unix seconds, from the clock the timer compares with. */
+int64_t q_now_s(void);
 /* Load one message from the store by id into the model (after a DSN was
  * queued). */
 void q_load_one(struct tern_queue *q, const char *id);

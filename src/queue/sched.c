@@ -19,6 +19,11 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Wall-clock seconds from the same clock as now_ms(): time() reads a
+ * coarse clock that can lag a few milliseconds behind, and a retry due
+ * "at X+1" computed from it could look due already to the timer. */
+int64_t q_now_s(void) { return now_ms() / 1000; }
+
 /* xorshift64*: jitter and MIME boundaries need spread, not secrecy. */
 uint64_t q_rand(struct tern_queue *q) {
   uint64_t x = q->rng;
@@ -529,8 +534,9 @@ void q_cancel_running(struct tern_queue *q) {
     if (q->cancelled)
       q->cancelled->rprev = j;
     q->cancelled = j;
-    q_event(q, TERN_QEV_ERROR, j->msg->id, NULL, NULL, NULL, NULL, 0,
-            "delivery cancelled at shutdown; redelivered after restart");
+    for (size_t i = 0; i < j->n; i++)
+      q_event(q, TERN_QEV_DEFERRED, j->msg->id, j->jr[i].addr, NULL, NULL,
+              NULL, 0, "cancelled at shutdown: delivered again after restart");
   }
 }
 
