@@ -157,6 +157,44 @@ static void test_restart_keys(void **state) {
   assert_string_equal(keys, "server.workers...");
   cfg_free(&a);
   cfg_free(&b);
+
+  /* [queue]: not compared without a queue (the embedded default
+   * delivers to a Maildir in the transaction) */
+  cfg_defaults(&a);
+  cfg_defaults(&b);
+  static const char *const qkeys[][2] = {
+      {"directory", "/var/spool/tern"}, {"control", "/run/tern/ctl"},
+      {"lifetime", "1d"},      {"retry_min", "1m"},
+      {"retry_max", "30m"},    {"delay_warning", "4h"},
+      {"concurrency", "5"},    {"max_active", "10"},
+      {"fsync", "no"},         {"postmaster", "pm@example.org"}};
+  for (size_t i = 0; i < sizeof qkeys / sizeof qkeys[0]; i++)
+    assert_int_equal(
+        cfg_set(&b, "queue", qkeys[i][0], qkeys[i][1], err, sizeof err), 0);
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 0);
+  /* with the queue in use on both sides, every one of them needs a
+   * restart: the open queue keeps the options it was opened with */
+  a.queue = 1;
+  b.queue = 1;
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 10);
+  assert_string_equal(keys, "queue.directory,queue.control,queue.lifetime,"
+                            "queue.retry_min,queue.retry_max,"
+                            "queue.delay_warning,queue.concurrency,"
+                            "queue.max_active,queue.fsync,queue.postmaster");
+  /* starting or stopping to queue: that one key */
+  b.queue = 0;
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 1);
+  assert_string_equal(keys, "delivery.queue");
+  /* queue = yes where the target queues anyway changes nothing */
+  cfg_free(&a);
+  cfg_defaults(&a);
+  cfg_free(&b);
+  cfg_defaults(&b);
+  a.target = b.target = CFG_SMTP;
+  b.queue = 1;
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 0);
+  cfg_free(&a);
+  cfg_free(&b);
 }
 
 /* tern_server_update(): all or nothing, with the documented codes. */
