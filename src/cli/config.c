@@ -83,6 +83,30 @@ void cfg_defaults(struct cfg *c) {
   c->maildir = xstrdup("./mail");
   c->fsync = true;
   c->forward_verify = true;
+  c->queue = -1;
+  c->queue_dir = xstrdup("./queue");
+  c->queue_lifetime_s = 5u * 24 * 3600;
+  c->queue_retry_min_s = 300;
+  c->queue_retry_max_s = 3600;
+  c->queue_delay_warning_s = 0;
+  c->queue_concurrency = 20;
+  c->queue_max_active = 200;
+  c->queue_fsync = true;
+}
+
+int cfg_queue_control_path(const struct cfg *c, char *buf, size_t cap) {
+  int n;
+  if (c->queue_control != NULL)
+    n = snprintf(buf, cap, "%s", c->queue_control);
+  else
+    n = snprintf(buf, cap, "%s/control", c->queue_dir ? c->queue_dir : ".");
+  return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+bool cfg_uses_queue(const struct cfg *c) {
+  if (c->queue >= 0)
+    return c->queue != 0;
+  return c->target == CFG_LMTP || c->target == CFG_SMTP;
 }
 
 void cfg_free(struct cfg *c) {
@@ -115,6 +139,9 @@ void cfg_free(struct cfg *c) {
     explicit_bzero(c->forward_auth_password, strlen(c->forward_auth_password));
     free(c->forward_auth_password);
   }
+  free(c->queue_dir);
+  free(c->queue_postmaster);
+  free(c->queue_control);
   free(c->path);
   memset(c, 0, sizeof *c);
 }
@@ -184,6 +211,16 @@ size_t cfg_restart_keys(const struct cfg *a, const struct cfg *b,
     key_add(&k, "tls", "cert", NULL);
   if (a->fsync != b->fsync)
     key_add(&k, "delivery", "fsync", NULL);
+  if (cfg_uses_queue(a) != cfg_uses_queue(b))
+    key_add(&k, "delivery", "queue", NULL);
+  /* the spool, its control socket and its fsync mode are set when the
+   * queue is opened; the schedule, limits and postmaster apply live */
+  if (str_differs(a->queue_dir, b->queue_dir))
+    key_add(&k, "queue", "directory", NULL);
+  if (str_differs(a->queue_control, b->queue_control))
+    key_add(&k, "queue", "control", NULL);
+  if (a->queue_fsync != b->queue_fsync)
+    key_add(&k, "queue", "fsync", NULL);
   if (listeners_fixed)
     return k.n;
   for (size_t i = 0; i < b->nlisteners; i++) {
@@ -229,6 +266,7 @@ const char *const cfg_section_names[] = {
     [SEC_AUTH] = "auth",
     [SEC_DOMAINS] = "domains",
     [SEC_DELIVERY] = "delivery",
+    [SEC_QUEUE] = "queue",
 };
 
 /* Marks a value kept aside by the reader (the line was too long). */
@@ -256,7 +294,7 @@ static void section_begin(struct cfg_parser *st, const char *name, size_t n) {
     name++, n--;
   while (n > 0 && is_space((unsigned char)name[n - 1]))
     n--;
-  for (int s = SEC_SERVER; s <= SEC_DELIVERY; s++) {
+  for (int s = SEC_SERVER; s <= SEC_LAST; s++) {
     if (s == SEC_LISTENER)
       continue;
     if (strlen(cfg_section_names[s]) == n &&
@@ -347,6 +385,8 @@ static void key_value(struct cfg_parser *st, const char *name, const char *v) {
     return;
   }
   *seen |= bit;
+  if (!in_listener)
+    st->key_line[i] = st->line;
   cfg_key_apply(st, i, v);
 }
 
@@ -588,6 +628,38 @@ static int load_forward_auth(struct cfg_parser *st) {
   return 0;
 }
 
+/* The line a key was given on (0: not in the file). */
+static int line_of(const struct cfg_parser *st, enum cfg_section sec,
+                   const char *name) {
+  int i = cfg_key_index(sec, name);
+  return i < 0 ? 0 : st->key_line[i];
+}
+
+static int later(int a, int b) { return a > b ? a : b; }
+
+/* [queue] as a whole: a retry schedule that makes sense. Reported on
+ * the later of the two keys that disagree (a default has no line). */
+static int check_queue(struct cfg_parser *st) {
+  struct cfg *c = st->c;
+  int lmin = line_of(st, SEC_QUEUE, "retry_min");
+  int lmax = line_of(st, SEC_QUEUE, "retry_max");
+  int llife = line_of(st, SEC_QUEUE, "lifetime");
+  if (c->queue_retry_min_s > c->queue_retry_max_s) {
+    cfg_fail(st, later(lmin, lmax),
+             "[queue] retry_min (%us) is longer than retry_max (%us)",
+             c->queue_retry_min_s, c->queue_retry_max_s);
+    return -1;
+  }
+  if (c->queue_lifetime_s < c->queue_retry_min_s) {
+    cfg_fail(st, later(llife, lmin),
+             "[queue] lifetime (%us) is shorter than retry_min (%us): "
+             "a deferred message would expire before its first retry",
+             c->queue_lifetime_s, c->queue_retry_min_s);
+    return -1;
+  }
+  return 0;
+}
+
 int cfg_load(struct cfg *c, const char *path, char *err, size_t cap) {
   struct cfg_parser st;
   memset(&st, 0, sizeof st);
@@ -608,7 +680,7 @@ int cfg_load(struct cfg *c, const char *path, char *err, size_t cap) {
   free(st.buf);
   free(st.longval);
   if (st.failed || check_tls_listeners(&st) != 0 || check_target(&st) != 0 ||
-      load_forward_auth(&st) != 0)
+      check_queue(&st) != 0 || load_forward_auth(&st) != 0)
     return -1;
   return 0;
 }
@@ -621,14 +693,14 @@ int cfg_set(struct cfg *c, const char *section, const char *key,
   st.path = "command line";
   st.err = err;
   st.cap = cap;
-  for (int s = SEC_SERVER; s <= SEC_DELIVERY; s++)
+  for (int s = SEC_SERVER; s <= SEC_LAST; s++)
     if (s != SEC_LISTENER && s != SEC_TLS &&
         strcmp(section, cfg_section_names[s]) == 0)
       st.sec = (enum cfg_section)s;
   if (st.sec == SEC_NONE) {
     cfg_fail(&st, 0,
              "unknown section [%s] (only [server], [auth], [domains], "
-             "[delivery] can be set this way)",
+             "[delivery], [queue] can be set this way)",
              section);
     return -1;
   }

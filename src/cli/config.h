@@ -129,7 +129,11 @@ void cfg_free(struct cfg *c);
  * listener added or removed). With `listeners_fixed` (the listeners came
  * from --listen) the listener sections are not compared. Everything else
  * applies live: hostname, sizes, limits, timeouts, domains, users
- * (contents and path), certificates (contents and paths), delivery.
+ * (contents and path), certificates (contents and paths), delivery, and
+ * [queue] but for directory, control and fsync (the spool and its
+ * socket are opened once; queue.fsync is fixed at tern_queue_open),
+ * and [delivery] queue (queueing or not changes what a 250 means while
+ * sessions run: restart).
  * Returns the number of keys (0: everything applies); a list longer than
  * cap ends in "...".
  */
@@ -141,13 +145,17 @@ size_t cfg_restart_keys(const struct cfg *running, const struct cfg *next,
  * (answered in the transaction, durable as they are). */
 bool cfg_uses_queue(const struct cfg *c);
 
+/* The control socket's path: [queue] control, else DIRECTORY/control.
+ * Returns 0, or -1 when it does not fit in buf[cap]. */
+int cfg_queue_control_path(const struct cfg *c, char *buf, size_t cap);
+
 /* Is `domain` (pointer + length, case-insensitive) accepted? */
 bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
 
 /*
  * Set one key as if it were in the file, for command-line flags
- * (`section` "server", "auth", "domains" or "delivery"; not listeners
- * or [tls]). Same checks and messages, with "command line" for FILE.
+ * (`section` "server", "auth", "domains", "delivery" or "queue"; not
+ * listeners or [tls]). Same checks and messages, with "command line" for FILE.
  * Returns 0 or -1.
  */
 int cfg_set(struct cfg *c, const char *section, const char *key,
@@ -156,9 +164,11 @@ int cfg_set(struct cfg *c, const char *section, const char *key,
 /* The value syntaxes of the file, for flags that take them.
  * Booleans: yes/no, true/false, on/off, 1/0 (any case). Sizes: bytes
  * or a number with K, M, G (×1024). Durations: a number with ms, s, m
- * or h; no unit means seconds. Return 0 or -1. */
+ * or h; no unit means seconds. cfg_parse_duration_days_ms also takes
+ * d (days), for the long durations of [queue]. Return 0 or -1. */
 int cfg_parse_bool(const char *s, bool *out);
 int cfg_parse_size(const char *s, uint64_t *out);
 int cfg_parse_duration_ms(const char *s, uint64_t *out);
+int cfg_parse_duration_days_ms(const char *s, uint64_t *out);
 
 #endif

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <tern/address.h>
+
 #include "config_keys.h"
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -94,20 +96,44 @@ int cfg_parse_size(const char *s, uint64_t *out) {
   return 0;
 }
 
-int cfg_parse_duration_ms(const char *s, uint64_t *out) {
+/* A duration: ms, s, m, h, and d (days) when `days`; no unit means
+ * seconds. */
+static int parse_duration(const char *s, uint64_t *out, bool days) {
   size_t n = strlen(s);
   uint64_t mul = 1000, v;
   if (n >= 2 && strcmp(s + n - 2, "ms") == 0) {
     mul = 1;
     n -= 2;
   } else if (n >= 1 &&
-             (s[n - 1] == 's' || s[n - 1] == 'm' || s[n - 1] == 'h')) {
-    mul = s[n - 1] == 's' ? 1000 : s[n - 1] == 'm' ? 60000 : 3600000;
+             (s[n - 1] == 's' || s[n - 1] == 'm' || s[n - 1] == 'h' ||
+              (days && s[n - 1] == 'd'))) {
+    mul = s[n - 1] == 's'   ? 1000
+          : s[n - 1] == 'm' ? 60000
+          : s[n - 1] == 'h' ? 3600000
+                            : 86400000;
     n--;
   }
   if (parse_u64(s, n, &v) != 0 || (v != 0 && v > UINT64_MAX / mul))
     return -1;
   *out = v * mul;
+  return 0;
+}
+
+int cfg_parse_duration_ms(const char *s, uint64_t *out) {
+  return parse_duration(s, out, false);
+}
+
+int cfg_parse_duration_days_ms(const char *s, uint64_t *out) {
+  return parse_duration(s, out, true);
+}
+
+/* [queue] durations are kept in whole seconds: "1500ms" is refused
+ * rather than rounded. */
+static int duration_s(const char *s, uint64_t *out) {
+  uint64_t ms;
+  if (parse_duration(s, &ms, true) != 0 || ms % 1000 != 0)
+    return -1;
+  *out = ms / 1000;
   return 0;
 }
 
@@ -380,6 +406,16 @@ static int p_bool(struct cfg_parser *st, const struct cfg_key *k,
   return 0;
 }
 
+/* yes or no into an int (1 or 0) whose -1 means "not given". */
+static int p_tristate(struct cfg_parser *st, const struct cfg_key *k,
+                      const char *v, void *field) {
+  bool b;
+  if (cfg_parse_bool(v, &b) != 0)
+    return bad(st, k, v);
+  *(int *)field = b ? 1 : 0;
+  return 0;
+}
+
 static int p_auth(struct cfg_parser *st, const struct cfg_key *k,
                   const char *v, void *field) {
   bool b;
@@ -439,6 +475,31 @@ static bool v_command(const char *v) {
 /* The scheme is checked against the target once the whole file is read. */
 static bool v_forward_url(const char *v) {
   return cfg_forward_url_ok(v, CFG_SMTP) || cfg_forward_url_ok(v, CFG_LMTP);
+}
+
+/* An address for double bounces, "postmaster@example.org" (or in
+ * <>), read by the library's path parser as a RCPT TO would be; empty:
+ * none (double bounces are kept on hold). The mailbox is kept. */
+static int p_address(struct cfg_parser *st, const struct cfg_key *k,
+                     const char *v, void *field) {
+  struct tern_path path;
+  size_t used = 0, n = strlen(v);
+  char **slot = field;
+  if (n == 0) {
+    free(*slot);
+    *slot = NULL;
+    return 0;
+  }
+  if (has_ctl(v) ||
+      tern_path_parse(v, n, TERN_PATH_ALLOW_NO_BRACKETS | TERN_PATH_ALLOW_UTF8,
+                      &path, &used) != 0 ||
+      used != n || (path.flags & (TERN_PATHF_NULL | TERN_PATHF_ROUTE)) ||
+      path.domain.len == 0)
+    return bad(st, k, v);
+  char *m = xstrndup(path.mailbox.ptr, path.mailbox.len);
+  free(*slot);
+  *slot = m;
+  return 0;
 }
 
 /* ---- lists ---- */
@@ -597,6 +658,8 @@ static int p_tls_pair(struct cfg_parser *st, const struct cfg_key *k,
 #define DAY_MS (24ull * 3600 * 1000)
 #define E_DUR "a duration like 30s, 500ms or 5m"
 #define E_BOOL "yes or no"
+#define DAY_S (24u * 3600)
+#define E_QDUR "a duration in whole seconds like 30s, 5m, 1h or 5d"
 
 static const struct cfg_key keys[] = {
     /* [server] */
@@ -721,6 +784,35 @@ static const struct cfg_key keys[] = {
     {K(SEC_DELIVERY, "auth_password_file", p_text,
        CO(forward_auth_password_file), 0, 0,
        "a file whose first line is the next hop's AUTH password"),
+     .valid = v_text},
+    {K(SEC_DELIVERY, "queue", p_tristate, CO(queue), 0, 0, E_BOOL)},
+    /* [queue] */
+    {K(SEC_QUEUE, "directory", p_text, CO(queue_dir), 0, 0, "a directory"),
+     .valid = v_text},
+    {K(SEC_QUEUE, "lifetime", p_number, CO(queue_lifetime_s), 1, 365 * DAY_S,
+       E_QDUR " (1s to 365d)"),
+     .number = duration_s},
+    {K(SEC_QUEUE, "retry_min", p_number, CO(queue_retry_min_s), 1,
+       30 * DAY_S, E_QDUR " (1s to 30d)"),
+     .number = duration_s},
+    {K(SEC_QUEUE, "retry_max", p_number, CO(queue_retry_max_s), 1,
+       30 * DAY_S, E_QDUR " (1s to 30d)"),
+     .number = duration_s},
+    {K(SEC_QUEUE, "delay_warning", p_number, CO(queue_delay_warning_s), 0,
+       365 * DAY_S, E_QDUR " (0 = no warnings, at most 365d)"),
+     .number = duration_s},
+    {K(SEC_QUEUE, "concurrency", p_number, CO(queue_concurrency), 1, 10000,
+       "a number from 1 to 10000"),
+     .number = decimal},
+    {K(SEC_QUEUE, "max_active", p_number, CO(queue_max_active), 1, 100000,
+       "a number from 1 to 100000"),
+     .number = decimal},
+    {K(SEC_QUEUE, "fsync", p_bool, CO(queue_fsync), 0, 0, E_BOOL)},
+    {K(SEC_QUEUE, "postmaster", p_address, CO(queue_postmaster), 0, 0,
+       "an address like postmaster@example.org (or nothing: keep double "
+       "bounces on hold)")},
+    {K(SEC_QUEUE, "control", p_text, CO(queue_control), 0, 0,
+       "a socket path"),
      .valid = v_text},
 };
 

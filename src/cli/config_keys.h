@@ -22,7 +22,11 @@ enum cfg_section {
   SEC_AUTH,
   SEC_DOMAINS,
   SEC_DELIVERY,
+  SEC_QUEUE,
 };
+
+/* The last section of enum cfg_section. */
+#define SEC_LAST SEC_QUEUE
 
 /* "server", "listener", ... by enum cfg_section ("" for SEC_NONE). */
 extern const char *const cfg_section_names[];
@@ -42,6 +46,7 @@ struct cfg_parser {
   int listener_line[CFG_MAX_LISTENERS];
   uint64_t listener_seen[CFG_MAX_LISTENERS];
   uint64_t seen; /* keys of the other sections, by table index */
+  int key_line[64]; /* where each of those was given (0: not given) */
   int cert_line; /* a cert waiting for its key, else 0 */
   int target_line;
   bool accept_given;

@@ -176,6 +176,24 @@ static void test_defaults(void **state) {
   assert_true(c.forward_verify);
   assert_null(c.forward_ca_file);
   assert_null(c.path);
+  /* [queue]: the embedded default delivers to ./mail in the
+   * transaction; the queue, when asked for, is ./queue */
+  assert_int_equal(c.queue, -1);
+  assert_false(cfg_uses_queue(&c));
+  assert_string_equal(c.queue_dir, "./queue");
+  assert_int_equal(c.queue_lifetime_s, 5 * 24 * 3600);
+  assert_int_equal(c.queue_retry_min_s, 300);
+  assert_int_equal(c.queue_retry_max_s, 3600);
+  assert_int_equal(c.queue_delay_warning_s, 0);
+  assert_int_equal(c.queue_concurrency, 20);
+  assert_int_equal(c.queue_max_active, 200);
+  assert_true(c.queue_fsync);
+  assert_null(c.queue_postmaster);
+  assert_null(c.queue_control);
+  char ctl[64];
+  assert_int_equal(cfg_queue_control_path(&c, ctl, sizeof ctl), 0);
+  assert_string_equal(ctl, "./queue/control");
+  assert_int_equal(cfg_queue_control_path(&c, ctl, 8), -1);
   assert_true(cfg_domain_accepted(&c, "anything.example", 16));
   assert_int_equal(cfg_check(&c, err, sizeof err), 0);
   cfg_free(&c);
@@ -298,6 +316,74 @@ static void test_good_limits(void **state) {
   cfg_free(&c);
 }
 
+/* Step 7: every [queue] key, and [delivery] queue. */
+static void test_good_queue(void **state) {
+  struct cfg c;
+  char ctl[64];
+  (void)state;
+  load_good("good-queue.ini", &c);
+  assert_int_equal(c.target, CFG_SMTP);
+  assert_int_equal(c.queue, 1);
+  assert_true(cfg_uses_queue(&c));
+  assert_string_equal(c.queue_dir, "/var/spool/tern");
+  assert_int_equal(c.queue_lifetime_s, 3 * 24 * 3600);
+  assert_int_equal(c.queue_retry_min_s, 60);
+  assert_int_equal(c.queue_retry_max_s, 7200);
+  assert_int_equal(c.queue_delay_warning_s, 4 * 3600);
+  assert_int_equal(c.queue_concurrency, 10);
+  assert_int_equal(c.queue_max_active, 50);
+  assert_false(c.queue_fsync);
+  assert_string_equal(c.queue_postmaster, "postmaster@example.org");
+  assert_string_equal(c.queue_control, "/run/tern/control");
+  assert_int_equal(cfg_queue_control_path(&c, ctl, sizeof ctl), 0);
+  assert_string_equal(ctl, "/run/tern/control");
+  cfg_free(&c);
+
+  load_good("good-queue-off.ini", &c);
+  assert_int_equal(c.target, CFG_LMTP);
+  assert_int_equal(c.queue, 0);
+  assert_false(cfg_uses_queue(&c));
+  assert_null(c.queue_postmaster);
+  assert_int_equal(c.queue_lifetime_s, 86400);
+  cfg_free(&c);
+}
+
+/* Which targets queue by default; [delivery] queue overrides. */
+static void test_uses_queue(void **state) {
+  struct cfg c;
+  char err[ERR_CAP];
+  (void)state;
+  cfg_defaults(&c);
+  static const struct {
+    enum cfg_target t;
+    bool queued;
+  } def[] = {{CFG_MAILDIR, false},
+             {CFG_PIPE, false},
+             {CFG_LMTP, true},
+             {CFG_SMTP, true}};
+  for (size_t i = 0; i < 4; i++) {
+    c.target = def[i].t;
+    c.queue = -1;
+    assert_int_equal(cfg_uses_queue(&c), def[i].queued);
+    c.queue = 1;
+    assert_true(cfg_uses_queue(&c));
+    c.queue = 0;
+    assert_false(cfg_uses_queue(&c));
+  }
+  assert_int_equal(cfg_set(&c, "queue", "postmaster",
+                           "<pm@example.org>", err, sizeof err), 0);
+  assert_string_equal(c.queue_postmaster, "pm@example.org");
+  assert_int_equal(cfg_set(&c, "queue", "lifetime", "2d", err, sizeof err),
+                   0);
+  assert_int_equal(c.queue_lifetime_s, 2 * 86400);
+  assert_int_equal(cfg_set(&c, "queue", "postmaster", "<>", err, sizeof err),
+                   -1);
+  assert_int_equal(
+      cfg_set(&c, "queue", "postmaster", "@a,@b:x@c.org", err, sizeof err),
+      -1);
+  cfg_free(&c);
+}
+
 static void test_good_haproxy(void **state) {
   struct cfg c;
   (void)state;
@@ -371,6 +457,17 @@ static void test_values(void **state) {
   assert_int_equal(cfg_parse_duration_ms("ms", &v), -1);
   assert_int_equal(cfg_parse_duration_ms("5 s", &v), -1);
   assert_int_equal(cfg_parse_duration_ms("5d", &v), -1);
+  /* the [queue] variant takes days, and the rest as above */
+  assert_int_equal(cfg_parse_duration_days_ms("5d", &v), 0);
+  assert_true(v == 5ull * 86400000);
+  assert_int_equal(cfg_parse_duration_days_ms("90m", &v), 0);
+  assert_true(v == 5400000);
+  assert_int_equal(cfg_parse_duration_days_ms("250ms", &v), 0);
+  assert_true(v == 250);
+  assert_int_equal(cfg_parse_duration_days_ms("d", &v), -1);
+  assert_int_equal(cfg_parse_duration_days_ms("1w", &v), -1);
+  assert_int_equal(cfg_parse_duration_days_ms("-1d", &v), -1);
+  assert_int_equal(cfg_parse_duration_days_ms("99999999999999999d", &v), -1);
   const char *yes[] = {"yes", "true", "on", "1", "YES", "True"};
   const char *no[] = {"no", "false", "off", "0", "No", "OFF"};
   for (size_t i = 0; i < 6; i++) {
@@ -565,6 +662,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_good_lmtp),
       cmocka_unit_test(test_good_limits),
       cmocka_unit_test(test_good_haproxy),
+      cmocka_unit_test(test_good_queue),
+      cmocka_unit_test(test_uses_queue),
       cmocka_unit_test(test_good_long_line),
       cmocka_unit_test(test_missing_file),
       cmocka_unit_test(test_values),

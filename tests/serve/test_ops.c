@@ -157,6 +157,41 @@ static void test_restart_keys(void **state) {
   assert_string_equal(keys, "server.workers...");
   cfg_free(&a);
   cfg_free(&b);
+
+  /* [queue]: the spool, its socket and fsync need a restart; the
+   * schedule, limits and postmaster apply live */
+  cfg_defaults(&a);
+  cfg_defaults(&b);
+  static const char *const live[][2] = {
+      {"lifetime", "1d"},      {"retry_min", "1m"},
+      {"retry_max", "30m"},    {"delay_warning", "4h"},
+      {"concurrency", "5"},    {"max_active", "10"},
+      {"postmaster", "pm@example.org"}};
+  for (size_t i = 0; i < sizeof live / sizeof live[0]; i++)
+    assert_int_equal(
+        cfg_set(&b, "queue", live[i][0], live[i][1], err, sizeof err), 0);
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 0);
+  assert_int_equal(
+      cfg_set(&b, "queue", "directory", "/var/spool/tern", err, sizeof err),
+      0);
+  assert_int_equal(
+      cfg_set(&b, "queue", "control", "/run/tern/ctl", err, sizeof err), 0);
+  assert_int_equal(cfg_set(&b, "queue", "fsync", "no", err, sizeof err), 0);
+  assert_int_equal(cfg_set(&b, "delivery", "queue", "yes", err, sizeof err),
+                   0);
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 4);
+  assert_string_equal(keys, "delivery.queue,queue.directory,queue.control,"
+                            "queue.fsync");
+  /* queue = yes where the target queues anyway changes nothing */
+  cfg_free(&a);
+  cfg_defaults(&a);
+  cfg_free(&b);
+  cfg_defaults(&b);
+  a.target = b.target = CFG_SMTP;
+  b.queue = 1;
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 0);
+  cfg_free(&a);
+  cfg_free(&b);
 }
 
 /* tern_server_update(): all or nothing, with the documented codes. */
