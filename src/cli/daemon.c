@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <syslog.h>
 #include <time.h>
@@ -33,6 +34,7 @@
 
 #include <systemd/sd-daemon.h>
 #include <tern/net.h>
+#include <tern/queue.h>
 #include <tern/tern.h>
 
 #include "cli.h"
@@ -132,8 +134,35 @@ struct daemon {
   const char *maildir, *hostname; /* command-line overrides, kept on reload */
   bool cli_listeners;               /* --listen: the file's are not used */
   struct policy *boot;              /* what the server was started with */
+  struct tern_queue *q;             /* the queue, or NULL (direct) */
+  struct qdeliver *qd;              /* its deliverer */
+  uint64_t stop_ms;                 /* when SIGTERM came (uv_now) */
   int exit_code;
 };
+
+/* The queue is closed (its jobs ended or were cancelled): end our
+ * deliveries of cancelled jobs, free it. The loop then runs out. */
+static void on_queue_closed(void *arg) {
+  struct daemon *d = arg;
+  qdeliver_free(d->qd);
+  d->qd = NULL;
+  tern_queue_free(d->q);
+  d->q = NULL;
+  log_kv("event", "queue-closed", NULL);
+}
+
+/* After the server: the queue gets what is left of shutdown_timeout to
+ * let deliveries in flight end (their results are recorded); the rest
+ * are cancelled and delivered again after a restart. */
+static void close_queue(struct daemon *d) {
+  if (!d->q)
+    return;
+  serve_set_queue(NULL); /* every session is gone */
+  unsigned limit = d->boot->cfg.shutdown_timeout_ms;
+  uint64_t spent = uv_now(d->loop) - d->stop_ms;
+  unsigned left = spent >= limit ? 0 : (unsigned)(limit - spent);
+  tern_queue_close(d->q, left, on_queue_closed, d);
+}
 
 static void on_down(struct tern_server *srv, void *arg) {
   struct daemon *d = arg;
@@ -142,6 +171,7 @@ static void on_down(struct tern_server *srv, void *arg) {
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
   log_kv("event", "stopped", NULL);
+  close_queue(d);
 }
 
 static void on_stop(uv_signal_t *h, int sig) {
@@ -149,6 +179,7 @@ static void on_stop(uv_signal_t *h, int sig) {
   log_kv("event", "stopping", "signal", sig == SIGTERM ? "TERM" : "INT",
          NULL);
   sd_notify(0, "STOPPING=1");
+  d->stop_ms = uv_now(d->loop);
   uv_signal_stop(&d->sigterm);
   uv_signal_stop(&d->sigint);
   tern_server_shutdown(d->srv, on_down, d);
@@ -232,7 +263,27 @@ static void reload(struct daemon *d) {
     policy_put(p);
     return;
   }
+  /* The open queue keeps the [queue] settings it was opened with (the
+   * queue takes its options once): say which changed ones wait for a
+   * restart. What the deliveries use ([delivery]: target, forward URL,
+   * AUTH, maildir, command) applies to the next attempt. */
+  const struct cfg *oc = &d->boot->cfg, *nc = &p->cfg;
+  bool qchanged =
+      d->q && (oc->queue_lifetime_s != nc->queue_lifetime_s ||
+               oc->queue_retry_min_s != nc->queue_retry_min_s ||
+               oc->queue_retry_max_s != nc->queue_retry_max_s ||
+               oc->queue_delay_warning_s != nc->queue_delay_warning_s ||
+               oc->queue_concurrency != nc->queue_concurrency ||
+               oc->queue_max_active != nc->queue_max_active ||
+               (!oc->queue_postmaster) != (!nc->queue_postmaster) ||
+               (oc->queue_postmaster && nc->queue_postmaster &&
+                strcmp(oc->queue_postmaster, nc->queue_postmaster)));
   policy_set(p);
+  if (qchanged)
+    log_kv("event", "reload", "what", "queue", "result", "restart_needed",
+           "detail", "the open queue keeps its lifetime, retry, "
+           "delay_warning, concurrency, max_active and postmaster",
+           NULL);
   if (nkeys)
     log_kv("event", "reload", "result", "partial", "restart_needed", keys,
            NULL);
@@ -486,6 +537,86 @@ static int prepare_maildir(const struct cfg *c) {
   return 0;
 }
 
+/* The spool directory, made by root for the [server] user before the
+ * privileges are dropped (its parent may be root's, as /var/spool is);
+ * the queue itself is opened after the drop, so that every file it
+ * makes belongs to the user that will write it. An existing directory
+ * is left as it is. Returns 0 or an exit status. */
+static int prepare_queue_dir(const struct cfg *c) {
+  if (!cfg_uses_queue(c) || geteuid() != 0 || !c->user)
+    return 0;
+  struct passwd *pw = getpwnam(c->user);
+  if (!pw)
+    return 0; /* drop_privileges says so */
+  if (mkdir(c->queue_dir, 0700) != 0) {
+    if (errno == EEXIST)
+      return 0;
+    fprintf(stderr, "tern serve: queue directory %s: %s\n", c->queue_dir,
+            strerror(errno));
+    return EX_CANTCREAT;
+  }
+  gid_t gid = pw->pw_gid;
+  if (c->group) {
+    struct group *gr = getgrnam(c->group);
+    if (gr)
+      gid = gr->gr_gid;
+  }
+  if (chown(c->queue_dir, pw->pw_uid, gid) != 0) {
+    fprintf(stderr, "tern serve: queue directory %s: chown: %s\n",
+            c->queue_dir, strerror(errno));
+    return EX_CANTCREAT;
+  }
+  return 0;
+}
+
+static int count_msg(const struct tern_queue_list_msg *m, void *arg) {
+  (void)m;
+  ++*(unsigned long *)arg;
+  return 0;
+}
+
+/* Open the queue ([queue] settings; delivery through qdeliver on this
+ * loop, the queue's home). Returns 0 or an exit status. */
+static int open_queue(struct daemon *d, const struct cfg *c) {
+  char err[512] = "";
+  struct tern_queue_options o;
+  if (qdeliver_new(&d->qd, d->loop, c->queue_concurrency) != 0) {
+    fprintf(stderr, "tern serve: queue: out of memory\n");
+    return EX_OSERR;
+  }
+  tern_queue_options_init(&o);
+  o.dir = c->queue_dir;
+  o.hostname = c->hostname;
+  o.lifetime_s = c->queue_lifetime_s;
+  o.retry_min_s = c->queue_retry_min_s;
+  o.retry_max_s = c->queue_retry_max_s;
+  o.delay_warning_s = c->queue_delay_warning_s;
+  o.concurrency = c->queue_concurrency;
+  o.max_active = c->queue_max_active;
+  o.fsync = c->queue_fsync;
+  o.postmaster = c->queue_postmaster;
+  o.deliver = qdeliver_job;
+  o.on_event = serve_queue_event;
+  o.ud = d->qd;
+  o.error = err;
+  o.error_size = sizeof err;
+  int r = tern_queue_open(&d->q, d->loop, &o);
+  if (r) {
+    fprintf(stderr, "tern serve: queue %s: %s\n", c->queue_dir,
+            err[0] ? err : tern_strerror(r));
+    qdeliver_free(d->qd);
+    d->qd = NULL;
+    d->q = NULL;
+    return r == TERN_EBUSY ? EX_TEMPFAIL : EX_CANTCREAT;
+  }
+  unsigned long n = 0;
+  tern_queue_list(d->q, NULL, count_msg, &n);
+  log_kv("event", "queue-open", "dir", c->queue_dir, "messages", LOG_U(n),
+         NULL);
+  serve_set_queue(d->q);
+  return 0;
+}
+
 /* The server with our callbacks. Returns 0 or an exit status. */
 static int server_new(struct daemon *d, const struct policy *pol) {
   const struct cfg *c = &pol->cfg;
@@ -533,7 +664,7 @@ static void announce(struct daemon *d, const struct cfg *c) {
          c->target == CFG_MAILDIR ? c->maildir
          : c->target == CFG_PIPE  ? c->command
                                   : c->forward_url,
-         NULL);
+         "queue", d->q ? c->queue_dir : "no", NULL);
   sd_notify(0, "READY=1");
 }
 
@@ -545,6 +676,8 @@ static int daemon_start(struct daemon *d, const struct args *a) {
   int r = server_new(d, d->boot);
   if (!r)
     r = open_listeners(d, c, !a->path && !a->nlisten);
+  if (!r)
+    r = prepare_queue_dir(c);
   if (!r && drop_privileges(c, err, sizeof err) != 0) {
     fprintf(stderr, "tern serve: %s\n", err);
     r = EX_NOPERM;
@@ -553,6 +686,8 @@ static int daemon_start(struct daemon *d, const struct args *a) {
     check_reloadable(a->path, c);
   if (!r)
     r = prepare_maildir(c);
+  if (!r && cfg_uses_queue(c))
+    r = open_queue(d, c);
   int sr = r ? 0 : tern_server_start(d->srv);
   if (sr) {
     fprintf(stderr, "tern serve: start: %s\n", tern_strerror(sr));
@@ -613,6 +748,11 @@ int tern_cli_serve(int argc, char **argv) {
   atomic_fetch_add(&pol->refs, 1);
   if ((r = daemon_start(&d, &a)) != 0) {
     tern_server_free(d.srv);
+    if (d.q) { /* opened, then something else failed */
+      serve_set_queue(NULL);
+      tern_queue_close(d.q, 0, on_queue_closed, &d);
+      uv_run(d.loop, UV_RUN_DEFAULT);
+    }
     return r;
   }
   uv_run(d.loop, UV_RUN_DEFAULT);

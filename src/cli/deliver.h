@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 #include <uv.h>
 
 #include <tern/tern.h>
@@ -404,5 +405,9 @@ void qdeliver_job(struct tern_queue_job *job,
  * closed). The qdeliver frees itself when its last connection is
  * closed. */
 void qdeliver_free(struct qdeliver *qd);
+/* The arrival of message `id` while its job's results are being handed
+ * to the queue (the queue's recipient events come from inside that
+ * call), else 0. For the delay= of the log lines. */
+time_t qdeliver_arrival(const char *id);
 
 #endif

@@ -77,10 +77,6 @@ static void qd_free(struct qdelivery *d) {
 static void qd_written(void *arg, int status) {
   struct qdelivery *d = arg;
   d->busy = false;
-  if (d->aborted) { /* abort came while the queue held our bytes */
-    qd_free(d);
-    return;
-  }
   if (status && !d->err)
     d->err = status;
   if (d->held) { /* the chunk that came during the header */
@@ -186,10 +182,8 @@ static void qo_abort(struct delivery *dv) {
   if (d->m)
     tern_queue_msg_abort(d->m);
   d->m = NULL;
-  /* after commit, qo_done never comes now; before it, a write the queue
-   * holds may still call back (qd_written frees then) */
-  if (d->committed || !d->busy)
-    qd_free(d);
+  /* after an abort the queue calls neither `written` nor `done` */
+  qd_free(d);
 }
 
 const struct deliver_ops queue_ops = {false, qo_begin, qo_write, qo_commit,

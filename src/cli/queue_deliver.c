@@ -56,6 +56,7 @@ struct qjob {
   struct tern_queue_job *job;     /* NULL once handed back (or orphaned) */
   struct policy *pol;
   char id[TERN_QUEUE_ID_MAX];
+  time_t arrival;
   char *from;
   char **rcpts;
   struct tern_client_rcpt *crcpts;
@@ -117,6 +118,16 @@ static void rj_pump(struct qjob *j);
 static void rconn_close(struct rconn *c);
 static void qj_free(struct qjob *j);
 
+/* The job being handed back: the queue reports its recipients' events
+ * from inside tern_queue_job_done, and their log lines want the
+ * message's arrival (delay=), which events do not carry. Home loop. */
+static const char *g_cur_id;
+static time_t g_cur_arrival;
+
+time_t qdeliver_arrival(const char *id) {
+  return g_cur_id && id && !strcmp(g_cur_id, id) ? g_cur_arrival : 0;
+}
+
 /* ---- jobs ------------------------------------------------------------------ */
 
 static void set_st(struct rstatus *s, int code, const char *enh,
@@ -141,6 +152,8 @@ static void qj_end(struct qjob *j) {
   if (j->reading || j->in_pump)
     return;
   if (j->job) {
+    g_cur_id = j->id;
+    g_cur_arrival = j->arrival;
     const char *remote = j->conn || j->remote[0] ? j->remote : NULL;
     if (j->read_error) {
       static const struct tern_reply rr = {451, "4.3.0",
@@ -157,6 +170,7 @@ static void qj_end(struct qjob *j) {
       tern_queue_job_done(j->job, NULL);
     }
     j->job = NULL;
+    g_cur_id = NULL;
   }
   qj_free(j);
 }
@@ -206,6 +220,7 @@ static struct qjob *qj_new(struct qdeliver *qd, struct tern_queue_job *job,
   j->nrcpts = info->nrcpts;
   j->size = info->size;
   snprintf(j->id, sizeof j->id, "%s", info->id);
+  j->arrival = info->arrival;
   j->from = strdup(info->from);
   j->rcpts = calloc(info->nrcpts ? info->nrcpts : 1, sizeof *j->rcpts);
   j->corcpt = calloc(info->nrcpts ? info->nrcpts : 1, sizeof *j->corcpt);
@@ -851,18 +866,22 @@ void qdeliver_job(struct tern_queue_job *job,
 void qdeliver_free(struct qdeliver *qd) {
   if (!qd)
     return;
-  /* the queue is closed: no job may be touched again */
+  /* The queue is closed: a job still running was cancelled (its results
+   * are not recorded, it is delivered again after a restart). Stop its
+   * delivery and end it, as tern_queue_free wants. */
   for (struct qjob *j = qd->jobs, *n; j; j = n) {
     n = j->next;
+    if (j->job)
+      tern_queue_job_done(j->job, NULL);
     j->job = NULL;
+    j->finished = true;
     if (j->dlv) {
       j->ops->abort(j->dlv);
       j->dlv = NULL;
     }
-    if (!j->conn && !j->reading)
+    if (!j->conn && !j->reading && !j->in_pump)
       qj_free(j);
-    else
-      j->finished = true;
+    /* else: the connection's on_close or the read's callback frees it */
   }
   qd->closing = true; /* the last job or connection to go frees qd */
   for (struct rconn *c = qd->conns; c; c = c->next)

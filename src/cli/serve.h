@@ -146,6 +146,8 @@ void serve_on_command(struct tern_server_session *s, struct tern_str line,
 void serve_on_reply(struct tern_server_session *s, struct tern_str bytes,
                     void *ud);
 void serve_on_net_event(const struct tern_net_event *ev, void *ud);
+/* The queue's events as log lines (tern_queue_options.on_event). */
+void serve_queue_event(const struct tern_queue_event *ev, void *ud);
 
 /* ---- privileges and socket activation (privdrop.c) --------------------- */
 
