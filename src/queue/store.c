@@ -1,4 +1,1668 @@
 /*
- * The queue's store (store.h). Placeholder until the Step 7
- * implementation lands.
+ * The queue's store (store.h): one SQLite database in WAL mode, one
+ * writer thread doing group commits, one reader thread for bodies, and a
+ * third connection for the synchronous list/body calls.
+ *
+ * Why group commit: with synchronous=FULL every COMMIT costs an fsync of
+ * the WAL (~90 µs of CPU per message when each message is its own
+ * transaction, ~12-15 µs when ~20 share one). The writer therefore takes
+ * every operation waiting when it wakes up, applies them in one
+ * transaction and answers them all after the one COMMIT; whatever arrives
+ * during that COMMIT waits for the next round.
  */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+/* PRAGMA user_version of the schema this code writes. A newer database is
+ * refused rather than misread. */
+#define SCHEMA_VERSION 1
+
+static const char schema_sql[] =
+    "CREATE TABLE msg("
+    " id TEXT PRIMARY KEY, arrival INTEGER NOT NULL, sender TEXT NOT NULL,"
+    " size INTEGER NOT NULL, body INTEGER NOT NULL,"
+    " smtputf8 INTEGER NOT NULL, requiretls INTEGER NOT NULL,"
+    " ret INTEGER NOT NULL, envid TEXT, client TEXT,"
+    " held INTEGER NOT NULL DEFAULT 0, is_bounce INTEGER NOT NULL DEFAULT 0,"
+    " warned INTEGER NOT NULL DEFAULT 0, nchunks INTEGER NOT NULL);"
+    /* list: oldest first without a sort */
+    "CREATE INDEX msg_arrival ON msg(arrival, id);"
+    "CREATE TABLE rcpt("
+    " msg TEXT NOT NULL, idx INTEGER NOT NULL, addr TEXT NOT NULL,"
+    " orcpt TEXT, notify INTEGER NOT NULL, dest TEXT NOT NULL,"
+    " state INTEGER NOT NULL, attempts INTEGER NOT NULL,"
+    " next_try INTEGER NOT NULL, last_code INTEGER NOT NULL,"
+    " last_reply TEXT, remote_mta TEXT, PRIMARY KEY (msg, idx));"
+    "CREATE TABLE chunk("
+    " msg TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,"
+    " PRIMARY KEY (msg, seq));";
+
+/* ---- operations ---------------------------------------------------------- */
+
+enum op_type { OP_CHUNK, OP_COMMIT, OP_DROP, OP_UPDATE, OP_READ, OP_HOME };
+
+/* A deep copy of a qstore_update. */
+struct upd {
+  struct qstore_rcpt_update *rcpts;
+  size_t nrcpts;
+  int held, warned;
+  bool remove;
+  bool has_dsn;
+  struct qstore_msg dsn;
+  void *head, *tail;
+  size_t head_len, tail_len;
+  enum qstore_copy copy;
+};
+
+struct op {
+  struct op *next;
+  enum op_type type;
+  struct qstore_sink *k;
+  char id[TERN_QUEUE_ID_MAX];
+  uint32_t seq;
+  void *data; /* chunk, commit's last chunk, read result */
+  size_t len;
+  int status;
+  qstore_done_fn cb;
+  void *arg;
+  void (*read_cb)(void *arg, int status, const char *data, size_t len);
+  /* commit */
+  struct qstore_msg m;
+  struct qstore_sink *home;
+  void (*home_cb)(void *arg, struct qstore_msg *m);
+  void *home_arg;
+  struct qstore_msg *home_msg; /* OP_HOME: handed to home_cb */
+  /* update */
+  struct upd u;
+};
+
+struct opq {
+  struct op *head, *tail;
+};
+
+static void opq_push(struct opq *q, struct op *o)
+{
+  o->next = NULL;
+  if (q->tail)
+    q->tail->next = o;
+  else
+    q->head = o;
+  q->tail = o;
+}
+
+struct qstore_sink {
+  struct qstore *s;
+  uv_async_t async;
+  pthread_mutex_t mu;
+  struct opq done;
+};
+
+/* An id whose chunks went down with a failed group (or must be deleted
+ * once the disk lets us): the writer's own bookkeeping. */
+struct idnode {
+  struct idnode *next;
+  char id[TERN_QUEUE_ID_MAX];
+  int status;
+};
+
+struct wstmts {
+  sqlite3_stmt *begin, *commit, *rollback;
+  sqlite3_stmt *sp, *sp_rollback, *sp_release;
+  sqlite3_stmt *ins_chunk, *ins_msg, *ins_rcpt;
+  sqlite3_stmt *count_chunks, *del_chunks, *del_all_chunks, *del_msg, *del_rcpts;
+  sqlite3_stmt *get_msg, *upd_rcpt, *upd_held, *upd_warned;
+  sqlite3_stmt *copy_chunks, *sel_chunks;
+};
+
+struct worker {
+  pthread_t thr;
+  bool started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct opq q;
+  bool stop;
+};
+
+struct qstore {
+  char *dir;
+  char *path;
+  bool readonly, fsync;
+  int lockfd;
+
+  sqlite3 *wdb; /* writer thread */
+  sqlite3 *rdb; /* reader thread */
+  sqlite3 *ldb; /* qstore_list/qstore_body, under lmu */
+  pthread_mutex_t lmu;
+  struct wstmts w;
+  sqlite3_stmt *rd_chunk;
+
+  struct worker writer, reader;
+  struct idnode *lost;    /* writer only */
+  struct idnode *cleanup; /* writer only */
+
+  pthread_mutex_t idmu;
+  uint64_t id_last;
+  atomic_uint id_counter;
+
+  atomic_ulong commits;
+};
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static char *xstrdup(const char *s)
+{
+  return s ? strdup(s) : NULL;
+}
+
+static void set_err(char *err, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t cap, const char *fmt, ...)
+{
+  if (!err || !cap)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, cap, fmt, ap);
+  va_end(ap);
+}
+
+/* The TERN_E* code for an SQLite failure on db: a full disk or quota is
+ * TERN_ENOSPC (SQLite says SQLITE_FULL, or an I/O error whose errno is
+ * ENOSPC/EDQUOT), anything else TERN_EIO. */
+static int map_rc(sqlite3 *db, int rc)
+{
+  if ((rc & 0xff) == SQLITE_FULL)
+    return TERN_ENOSPC;
+  if ((rc & 0xff) == SQLITE_IOERR) {
+    int e = sqlite3_system_errno(db);
+    if (e == ENOSPC || e == EDQUOT)
+      return TERN_ENOSPC;
+  }
+  if (rc == SQLITE_NOMEM)
+    return TERN_ENOMEM;
+  return TERN_EIO;
+}
+
+/* Failures that concern one operation only (a duplicate id, a chunk sent
+ * twice): the statement was undone by SQLite, the transaction stands. */
+static bool op_only_error(int rc)
+{
+  switch (rc & 0xff) {
+  case SQLITE_CONSTRAINT:
+  case SQLITE_TOOBIG:
+  case SQLITE_MISMATCH:
+  case SQLITE_RANGE:
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* Step a statement that returns no row (or whose rows we ignore) and
+ * reset it. Returns SQLITE_OK or the error. */
+static int run(sqlite3_stmt *st)
+{
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+    ;
+  int rc2 = sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (rc == SQLITE_DONE)
+    return SQLITE_OK;
+  return rc2 != SQLITE_OK ? rc2 : rc;
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+  if (s)
+    sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, i);
+}
+
+static char *col_text(sqlite3_stmt *st, int i)
+{
+  const unsigned char *t = sqlite3_column_text(st, i);
+  return t ? strdup((const char *)t) : NULL;
+}
+
+void qstore_msg_clear(struct qstore_msg *m)
+{
+  if (!m)
+    return;
+  free(m->from);
+  free(m->envid);
+  free(m->client);
+  for (size_t i = 0; i < m->nrcpts; i++) {
+    struct qstore_rcpt *r = &m->rcpts[i];
+    free(r->addr);
+    free(r->orcpt);
+    free(r->dest);
+    free(r->last_reply);
+    free(r->remote_mta);
+  }
+  free(m->rcpts);
+  memset(m, 0, sizeof *m);
+}
+
+/* Deep copy; on allocation failure dst is cleared and -1 returned. */
+static int msg_copy(struct qstore_msg *dst, const struct qstore_msg *src)
+{
+  *dst = *src;
+  dst->from = xstrdup(src->from ? src->from : "");
+  dst->envid = xstrdup(src->envid);
+  dst->client = xstrdup(src->client);
+  dst->rcpts = NULL;
+  dst->nrcpts = 0;
+  bool ok = dst->from && (!src->envid || dst->envid) &&
+            (!src->client || dst->client);
+  if (ok && src->nrcpts) {
+    dst->rcpts = calloc(src->nrcpts, sizeof *dst->rcpts);
+    ok = dst->rcpts != NULL;
+    if (ok)
+      dst->nrcpts = src->nrcpts;
+    for (size_t i = 0; ok && i < src->nrcpts; i++) {
+      const struct qstore_rcpt *a = &src->rcpts[i];
+      struct qstore_rcpt *b = &dst->rcpts[i];
+      *b = *a;
+      b->addr = xstrdup(a->addr ? a->addr : "");
+      b->orcpt = xstrdup(a->orcpt);
+      b->dest = xstrdup(a->dest ? a->dest : "");
+      b->last_reply = xstrdup(a->last_reply);
+      b->remote_mta = xstrdup(a->remote_mta);
+      ok = b->addr && b->dest && (!a->orcpt || b->orcpt) &&
+           (!a->last_reply || b->last_reply) &&
+           (!a->remote_mta || b->remote_mta);
+    }
+  }
+  if (!ok) {
+    qstore_msg_clear(dst);
+    return -1;
+  }
+  return 0;
+}
+
+static void set_id(char dst[TERN_QUEUE_ID_MAX], const char *id)
+{
+  size_t n = id ? strnlen(id, TERN_QUEUE_ID_MAX - 1) : 0;
+  memcpy(dst, id, n);
+  dst[n] = '\0';
+}
+
+static void upd_clear(struct upd *u)
+{
+  for (size_t i = 0; i < u->nrcpts; i++) {
+    free((char *)u->rcpts[i].last_reply);
+    free((char *)u->rcpts[i].remote_mta);
+  }
+  free(u->rcpts);
+  qstore_msg_clear(&u->dsn);
+  free(u->head);
+  free(u->tail);
+  memset(u, 0, sizeof *u);
+}
+
+static void op_free(struct op *o)
+{
+  free(o->data);
+  qstore_msg_clear(&o->m);
+  if (o->home_msg) {
+    qstore_msg_clear(o->home_msg);
+    free(o->home_msg);
+  }
+  upd_clear(&o->u);
+  free(o);
+}
+
+/* ---- sinks ----------------------------------------------------------------- */
+
+static void sink_async_cb(uv_async_t *a)
+{
+  struct qstore_sink *k = a->data;
+  pthread_mutex_lock(&k->mu);
+  struct op *o = k->done.head;
+  k->done.head = k->done.tail = NULL;
+  pthread_mutex_unlock(&k->mu);
+  while (o) {
+    struct op *next = o->next;
+    switch (o->type) {
+    case OP_READ:
+      o->read_cb(o->arg, o->status, o->data, o->len);
+      break;
+    case OP_HOME: {
+      struct qstore_msg *m = o->home_msg;
+      o->home_msg = NULL; /* the callee's now */
+      o->home_cb(o->home_arg, m);
+      break;
+    }
+    default:
+      if (o->cb)
+        o->cb(o->arg, o->status);
+      break;
+    }
+    op_free(o);
+    o = next;
+  }
+}
+
+/* Hand o to its sink's loop. uv_async_send runs under the sink's mutex:
+ * the loop cannot drain (and the owner cannot then free the sink) until
+ * this thread is done with it. */
+static void sink_post(struct qstore_sink *k, struct op *o)
+{
+  pthread_mutex_lock(&k->mu);
+  opq_push(&k->done, o);
+  uv_async_send(&k->async);
+  pthread_mutex_unlock(&k->mu);
+}
+
+int qstore_sink_new(struct qstore *s, uv_loop_t *loop,
+                    struct qstore_sink **out)
+{
+  *out = NULL;
+  struct qstore_sink *k = calloc(1, sizeof *k);
+  if (!k)
+    return TERN_ENOMEM;
+  k->s = s;
+  if (pthread_mutex_init(&k->mu, NULL) != 0) {
+    free(k);
+    return TERN_ENOMEM;
+  }
+  if (uv_async_init(loop, &k->async, sink_async_cb) != 0) {
+    pthread_mutex_destroy(&k->mu);
+    free(k);
+    return TERN_EIO;
+  }
+  k->async.data = k;
+  *out = k;
+  return 0;
+}
+
+static void sink_closed(uv_handle_t *h)
+{
+  struct qstore_sink *k = h->data;
+  /* Completions that never ran (the owner broke the rule) are dropped
+   * without their callbacks, but not leaked. */
+  struct op *o = k->done.head;
+  while (o) {
+    struct op *next = o->next;
+    op_free(o);
+    o = next;
+  }
+  pthread_mutex_destroy(&k->mu);
+  free(k);
+}
+
+void qstore_sink_free(struct qstore_sink *k)
+{
+  if (!k)
+    return;
+  uv_close((uv_handle_t *)&k->async, sink_closed);
+}
+
+/* ---- workers ----------------------------------------------------------------- */
+
+static int worker_init(struct worker *w)
+{
+  memset(w, 0, sizeof *w);
+  if (pthread_mutex_init(&w->mu, NULL) != 0)
+    return -1;
+  if (pthread_cond_init(&w->cv, NULL) != 0) {
+    pthread_mutex_destroy(&w->mu);
+    return -1;
+  }
+  return 0;
+}
+
+static void worker_push(struct worker *w, struct op *o)
+{
+  pthread_mutex_lock(&w->mu);
+  opq_push(&w->q, o);
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Everything waiting, or NULL once stopped and drained. */
+static struct op *worker_take(struct worker *w)
+{
+  pthread_mutex_lock(&w->mu);
+  while (!w->q.head && !w->stop)
+    pthread_cond_wait(&w->cv, &w->mu);
+  struct op *o = w->q.head;
+  w->q.head = w->q.tail = NULL;
+  pthread_mutex_unlock(&w->mu);
+  return o;
+}
+
+static void worker_stop(struct worker *w)
+{
+  if (!w->started)
+    return;
+  pthread_mutex_lock(&w->mu);
+  w->stop = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->thr, NULL);
+  w->started = false;
+}
+
+static void worker_destroy(struct worker *w)
+{
+  pthread_cond_destroy(&w->cv);
+  pthread_mutex_destroy(&w->mu);
+}
+
+/* An operation that could not even be copied fails at once (still
+ * through the sink: callbacks never run inside the call). */
+static struct op *op_new(struct qstore_sink *k, enum op_type t,
+                         const char *id)
+{
+  struct op *o = calloc(1, sizeof *o);
+  if (!o)
+    return NULL;
+  o->type = t;
+  o->k = k;
+  set_id(o->id, id);
+  return o;
+}
+
+/* ---- the writer ------------------------------------------------------------ */
+
+static struct idnode *idlist_find(struct idnode *l, const char *id)
+{
+  for (; l; l = l->next)
+    if (strcmp(l->id, id) == 0)
+      return l;
+  return NULL;
+}
+
+static void idlist_add(struct idnode **l, const char *id, int status)
+{
+  struct idnode *n = idlist_find(*l, id);
+  if (n) {
+    n->status = status;
+    return;
+  }
+  n = calloc(1, sizeof *n);
+  if (!n)
+    return; /* then a later commit is refused by the chunk count */
+  set_id(n->id, id);
+  n->status = status;
+  n->next = *l;
+  *l = n;
+}
+
+static void idlist_remove(struct idnode **l, const char *id)
+{
+  for (struct idnode **p = l; *p; p = &(*p)->next)
+    if (strcmp((*p)->id, id) == 0) {
+      struct idnode *n = *p;
+      *p = n->next;
+      free(n);
+      return;
+    }
+}
+
+static void idlist_free(struct idnode **l)
+{
+  while (*l) {
+    struct idnode *n = *l;
+    *l = n->next;
+    free(n);
+  }
+}
+
+static int del_chunks(struct qstore *s, const char *id)
+{
+  sqlite3_bind_text(s->w.del_chunks, 1, id, -1, SQLITE_STATIC);
+  return run(s->w.del_chunks);
+}
+
+static int ins_chunk(struct qstore *s, const char *id, int64_t seq,
+                     const void *data, size_t len)
+{
+  sqlite3_stmt *st = s->w.ins_chunk;
+  sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, seq);
+  sqlite3_bind_blob64(st, 3, data ? data : "", len, SQLITE_STATIC);
+  return run(st);
+}
+
+/* Insert a message's envelope (msg and rcpt rows) with nchunks. */
+static int ins_envelope(struct qstore *s, const struct qstore_msg *m,
+                        uint32_t nchunks)
+{
+  sqlite3_stmt *st = s->w.ins_msg;
+  sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, m->arrival);
+  sqlite3_bind_text(st, 3, m->from ? m->from : "", -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, (sqlite3_int64)m->size);
+  sqlite3_bind_int(st, 5, m->body);
+  sqlite3_bind_int(st, 6, m->smtputf8);
+  sqlite3_bind_int(st, 7, m->requiretls);
+  sqlite3_bind_int(st, 8, m->ret);
+  bind_text(st, 9, m->envid);
+  bind_text(st, 10, m->client);
+  sqlite3_bind_int(st, 11, m->held);
+  sqlite3_bind_int(st, 12, m->is_bounce);
+  sqlite3_bind_int(st, 13, m->warned);
+  sqlite3_bind_int64(st, 14, nchunks);
+  int rc = run(st);
+  for (size_t i = 0; rc == SQLITE_OK && i < m->nrcpts; i++) {
+    const struct qstore_rcpt *r = &m->rcpts[i];
+    st = s->w.ins_rcpt;
+    sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, r->idx);
+    sqlite3_bind_text(st, 3, r->addr ? r->addr : "", -1, SQLITE_STATIC);
+    bind_text(st, 4, r->orcpt);
+    sqlite3_bind_int64(st, 5, r->notify);
+    sqlite3_bind_text(st, 6, r->dest ? r->dest : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 7, r->state);
+    sqlite3_bind_int64(st, 8, r->attempts);
+    sqlite3_bind_int64(st, 9, r->next_try);
+    sqlite3_bind_int(st, 10, r->last_code);
+    bind_text(st, 11, r->last_reply);
+    bind_text(st, 12, r->remote_mta);
+    rc = run(st);
+  }
+  return rc;
+}
+
+/* Outcome of applying one operation inside the group transaction: 0 and
+ * o->status set (the operation's own result, possibly a failure undone by
+ * its savepoint), or an SQLite code that fails the whole group. */
+static int sp_undo(struct qstore *s)
+{
+  int rc = run(s->w.sp_rollback);
+  if (rc == SQLITE_OK)
+    rc = run(s->w.sp_release);
+  return rc;
+}
+
+static int apply_chunk(struct qstore *s, struct op *o)
+{
+  struct idnode *lost = idlist_find(s->lost, o->id);
+  if (lost) {
+    o->status = lost->status;
+    return SQLITE_OK;
+  }
+  int rc = ins_chunk(s, o->id, o->seq, o->data, o->len);
+  if (rc != SQLITE_OK && op_only_error(rc)) {
+    o->status = TERN_EIO;
+    return SQLITE_OK;
+  }
+  return rc;
+}
+
+static int apply_commit(struct qstore *s, struct op *o)
+{
+  struct idnode *lost = idlist_find(s->lost, o->id);
+  if (lost) {
+    /* An earlier chunk went down with a failed group: committing would
+     * leave a hole in the body. */
+    o->status = lost->status;
+    idlist_remove(&s->lost, o->id);
+    return del_chunks(s, o->id);
+  }
+  uint32_t n = o->m.nchunks;
+  int rc = run(s->w.sp);
+  if (rc != SQLITE_OK)
+    return rc;
+  bool bad = n < 1;
+  if (!bad)
+    rc = ins_chunk(s, o->id, (int64_t)n - 1, o->data, o->len);
+  if (!bad && rc == SQLITE_OK) {
+    sqlite3_stmt *st = s->w.count_chunks;
+    sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      bad = (uint64_t)sqlite3_column_int64(st, 0) != n ||
+            sqlite3_column_int64(st, 1) != (int64_t)n - 1;
+      rc = SQLITE_OK;
+    }
+    int rc2 = sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc == SQLITE_DONE)
+      rc = SQLITE_OK;
+    if (rc == SQLITE_OK)
+      rc = rc2;
+  }
+  if (!bad && rc == SQLITE_OK)
+    rc = ins_envelope(s, &o->m, n);
+  if (rc != SQLITE_OK && !op_only_error(rc))
+    return rc;
+  if (bad || rc != SQLITE_OK) {
+    /* Refused: nothing of the message stays, not even its chunks. */
+    o->status = TERN_EIO;
+    rc = sp_undo(s);
+    if (rc == SQLITE_OK)
+      rc = del_chunks(s, o->id);
+    return rc;
+  }
+  o->status = 0;
+  return run(s->w.sp_release);
+}
+
+static int apply_drop(struct qstore *s, struct op *o)
+{
+  idlist_remove(&s->lost, o->id);
+  o->status = 0;
+  return del_chunks(s, o->id);
+}
+
+/* The original's header section (up to and including the first empty
+ * line, CRLF CRLF or LF LF, wherever the chunks split it), stored as
+ * chunks of the DSN from seq on. *count gets how many. */
+static int copy_headers(struct qstore *s, const char *dsn_id,
+                        const char *orig, int64_t seq, int64_t *count)
+{
+  sqlite3_stmt *st = s->w.sel_chunks;
+  sqlite3_bind_text(st, 1, orig, -1, SQLITE_STATIC);
+  /* 1: at a line's start; 2: there and after a CR; 0: inside a line */
+  int state = 1;
+  bool done = false;
+  int rc;
+  *count = 0;
+  while (!done && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const unsigned char *p = sqlite3_column_blob(st, 0);
+    size_t n = (size_t)sqlite3_column_bytes(st, 0), i;
+    for (i = 0; i < n && !done; i++) {
+      unsigned char c = p[i];
+      if (c == '\n') {
+        if (state != 0)
+          done = true;
+        state = 1;
+      } else if (c == '\r') {
+        state = state == 1 ? 2 : 0;
+      } else {
+        state = 0;
+      }
+    }
+    /* ins_chunk binds SQLITE_STATIC: p stays valid while st is on this
+     * row, and the insert is a different statement. */
+    int rc2 = ins_chunk(s, dsn_id, seq + *count, p, i);
+    if (rc2 != SQLITE_OK) {
+      sqlite3_reset(st);
+      sqlite3_clear_bindings(st);
+      return rc2;
+    }
+    (*count)++;
+  }
+  if (done)
+    rc = SQLITE_DONE;
+  int rc2 = sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return rc == SQLITE_DONE ? rc2 : rc;
+}
+
+static int apply_dsn(struct qstore *s, struct op *o, bool have_orig)
+{
+  struct upd *u = &o->u;
+  const char *id = u->dsn.id;
+  int rc = ins_chunk(s, id, 0, u->head, u->head_len);
+  int64_t copied = 0;
+  if (rc == SQLITE_OK && have_orig && u->copy == QSC_FULL) {
+    sqlite3_stmt *st = s->w.copy_chunks;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, o->id, -1, SQLITE_STATIC);
+    rc = run(st);
+    copied = sqlite3_changes(s->wdb);
+  } else if (rc == SQLITE_OK && have_orig && u->copy == QSC_HEADERS) {
+    rc = copy_headers(s, id, o->id, 1, &copied);
+  }
+  if (rc == SQLITE_OK)
+    rc = ins_chunk(s, id, 1 + copied, u->tail, u->tail_len);
+  if (rc == SQLITE_OK)
+    rc = ins_envelope(s, &u->dsn, (uint32_t)(copied + 2));
+  return rc;
+}
+
+static int apply_update(struct qstore *s, struct op *o)
+{
+  struct upd *u = &o->u;
+  int rc = run(s->w.sp);
+  if (rc != SQLITE_OK)
+    return rc;
+  sqlite3_stmt *st = s->w.get_msg;
+  sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  bool have = rc == SQLITE_ROW;
+  int rc2 = sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return rc;
+  if (rc2 != SQLITE_OK)
+    return rc2;
+  rc = SQLITE_OK;
+  for (size_t i = 0; have && rc == SQLITE_OK && i < u->nrcpts; i++) {
+    const struct qstore_rcpt_update *r = &u->rcpts[i];
+    st = s->w.upd_rcpt;
+    sqlite3_bind_int(st, 1, r->state);
+    sqlite3_bind_int64(st, 2, r->attempts);
+    sqlite3_bind_int64(st, 3, r->next_try);
+    sqlite3_bind_int(st, 4, r->last_code);
+    bind_text(st, 5, r->last_reply);
+    bind_text(st, 6, r->remote_mta);
+    sqlite3_bind_text(st, 7, o->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 8, r->idx);
+    rc = run(st);
+  }
+  if (have && rc == SQLITE_OK && u->held >= 0) {
+    sqlite3_bind_int(s->w.upd_held, 1, u->held);
+    sqlite3_bind_text(s->w.upd_held, 2, o->id, -1, SQLITE_STATIC);
+    rc = run(s->w.upd_held);
+  }
+  if (have && rc == SQLITE_OK && u->warned >= 0) {
+    sqlite3_bind_int(s->w.upd_warned, 1, u->warned);
+    sqlite3_bind_text(s->w.upd_warned, 2, o->id, -1, SQLITE_STATIC);
+    rc = run(s->w.upd_warned);
+  }
+  /* The DSN before the removal: it copies from the original. */
+  if (rc == SQLITE_OK && u->has_dsn)
+    rc = apply_dsn(s, o, have);
+  if (have && rc == SQLITE_OK && u->remove) {
+    sqlite3_bind_text(s->w.del_msg, 1, o->id, -1, SQLITE_STATIC);
+    rc = run(s->w.del_msg);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_text(s->w.del_rcpts, 1, o->id, -1, SQLITE_STATIC);
+      rc = run(s->w.del_rcpts);
+    }
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_text(s->w.del_all_chunks, 1, o->id, -1, SQLITE_STATIC);
+      rc = run(s->w.del_all_chunks);
+    }
+  }
+  if (rc != SQLITE_OK && !op_only_error(rc))
+    return rc;
+  if (rc != SQLITE_OK) {
+    o->status = TERN_EIO;
+    return sp_undo(s);
+  }
+  o->status = have ? 0 : TERN_ENOENT;
+  return run(s->w.sp_release);
+}
+
+static int apply(struct qstore *s, struct op *o)
+{
+  switch (o->type) {
+  case OP_CHUNK:
+    return apply_chunk(s, o);
+  case OP_COMMIT:
+    return apply_commit(s, o);
+  case OP_DROP:
+    return apply_drop(s, o);
+  case OP_UPDATE:
+    return apply_update(s, o);
+  default:
+    o->status = TERN_EINVAL;
+    return SQLITE_OK;
+  }
+}
+
+/* Chunks of failed commits and drops are deleted in a transaction of
+ * their own right after the failure; if that fails too (the disk is still
+ * full), at the start of every later group until one commits. */
+static int delete_cleanup(struct qstore *s)
+{
+  int rc = SQLITE_OK;
+  for (struct idnode *n = s->cleanup; n && rc == SQLITE_OK; n = n->next)
+    rc = del_chunks(s, n->id);
+  return rc;
+}
+
+static void rollback(struct qstore *s)
+{
+  if (!sqlite3_get_autocommit(s->wdb))
+    run(s->w.rollback);
+}
+
+static void writer_group(struct qstore *s, struct op *list)
+{
+  int rc = run(s->w.begin);
+  if (rc == SQLITE_OK)
+    rc = delete_cleanup(s);
+  for (struct op *o = list; o && rc == SQLITE_OK; o = o->next)
+    rc = apply(s, o);
+  if (rc == SQLITE_OK)
+    rc = run(s->w.commit);
+  if (rc == SQLITE_OK) {
+    atomic_fetch_add(&s->commits, 1);
+    idlist_free(&s->cleanup);
+  } else {
+    int st = map_rc(s->wdb, rc);
+    rollback(s);
+    for (struct op *o = list; o; o = o->next) {
+      if (o->type == OP_READ || o->type == OP_HOME)
+        continue;
+      o->status = st;
+      if (o->type == OP_CHUNK) {
+        idlist_add(&s->lost, o->id, st);
+      } else if (o->type == OP_COMMIT || o->type == OP_DROP) {
+        idlist_remove(&s->lost, o->id);
+        idlist_add(&s->cleanup, o->id, 0);
+      }
+    }
+    if (s->cleanup) {
+      rc = run(s->w.begin);
+      if (rc == SQLITE_OK)
+        rc = delete_cleanup(s);
+      if (rc == SQLITE_OK)
+        rc = run(s->w.commit);
+      if (rc == SQLITE_OK)
+        idlist_free(&s->cleanup);
+      else
+        rollback(s);
+    }
+  }
+  while (list) {
+    struct op *o = list;
+    list = o->next;
+    if (o->type == OP_COMMIT && o->status == 0 && o->home) {
+      struct op *h = op_new(o->home, OP_HOME, o->id);
+      struct qstore_msg *m = malloc(sizeof *m);
+      if (h && m) {
+        *m = o->m;
+        memset(&o->m, 0, sizeof o->m);
+        h->home_msg = m;
+        h->home_cb = o->home_cb;
+        h->home_arg = o->home_arg;
+        sink_post(o->home, h);
+      } else {
+        free(h);
+        free(m);
+      }
+    }
+    sink_post(o->k, o);
+  }
+}
+
+static void *writer_main(void *arg)
+{
+  struct qstore *s = arg;
+  struct op *list;
+  while ((list = worker_take(&s->writer)) != NULL)
+    writer_group(s, list);
+  return NULL;
+}
+
+/* ---- the reader ------------------------------------------------------------ */
+
+static void reader_one(struct qstore *s, struct op *o)
+{
+  sqlite3_stmt *st = s->rd_chunk;
+  sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, o->seq);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    const void *p = sqlite3_column_blob(st, 0);
+    o->data = malloc(n ? n : 1);
+    if (o->data) {
+      if (n)
+        memcpy(o->data, p, n);
+      o->len = n;
+      o->status = 0;
+    } else {
+      o->status = TERN_ENOMEM;
+    }
+  } else if (rc == SQLITE_DONE) {
+    o->status = TERN_ENOENT;
+  } else {
+    o->status = map_rc(s->rdb, rc);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+}
+
+static void *reader_main(void *arg)
+{
+  struct qstore *s = arg;
+  struct op *list;
+  while ((list = worker_take(&s->reader)) != NULL) {
+    while (list) {
+      struct op *o = list;
+      list = o->next;
+      reader_one(s, o);
+      sink_post(o->k, o);
+    }
+  }
+  return NULL;
+}
+
+/* ---- submitting ------------------------------------------------------------ */
+
+/* An operation we could not allocate cannot be reported either: fail
+ * loudly in the only way left, by not calling back. The caller's
+ * allocation failure handling (a stuck session) then shows it; this only
+ * happens when malloc of ~300 bytes fails. */
+
+void qstore_chunk(struct qstore_sink *k, const char *id, uint32_t seq,
+                  void *data, size_t len, qstore_done_fn cb, void *arg)
+{
+  struct op *o = op_new(k, OP_CHUNK, id);
+  if (!o) {
+    free(data);
+    return;
+  }
+  o->seq = seq;
+  o->data = data;
+  o->len = len;
+  o->cb = cb;
+  o->arg = arg;
+  worker_push(&k->s->writer, o);
+}
+
+void qstore_commit(struct qstore_sink *k, const struct qstore_msg *m,
+                   void *last, size_t len, qstore_done_fn cb, void *arg,
+                   struct qstore_sink *home,
+                   void (*home_cb)(void *arg, struct qstore_msg *m),
+                   void *home_arg)
+{
+  struct op *o = op_new(k, OP_COMMIT, m->id);
+  if (!o) {
+    free(last);
+    return;
+  }
+  o->data = last;
+  o->len = len;
+  o->cb = cb;
+  o->arg = arg;
+  if (home_cb) {
+    o->home = home;
+    o->home_cb = home_cb;
+    o->home_arg = home_arg;
+  }
+  if (msg_copy(&o->m, m) != 0) {
+    o->status = TERN_ENOMEM;
+    sink_post(k, o);
+    return;
+  }
+  set_id(o->m.id, m->id);
+  worker_push(&k->s->writer, o);
+}
+
+void qstore_drop(struct qstore_sink *k, const char *id, qstore_done_fn cb,
+                 void *arg)
+{
+  struct op *o = op_new(k, OP_DROP, id);
+  if (!o)
+    return;
+  o->cb = cb;
+  o->arg = arg;
+  worker_push(&k->s->writer, o);
+}
+
+static int upd_copy(struct upd *d, const struct qstore_update *u)
+{
+  d->held = u->held;
+  d->warned = u->warned;
+  d->remove = u->remove;
+  d->copy = u->copy;
+  if (u->nrcpts) {
+    d->rcpts = calloc(u->nrcpts, sizeof *d->rcpts);
+    if (!d->rcpts)
+      return -1;
+    d->nrcpts = u->nrcpts;
+    for (size_t i = 0; i < u->nrcpts; i++) {
+      d->rcpts[i] = u->rcpts[i];
+      d->rcpts[i].last_reply = xstrdup(u->rcpts[i].last_reply);
+      d->rcpts[i].remote_mta = xstrdup(u->rcpts[i].remote_mta);
+      if ((u->rcpts[i].last_reply && !d->rcpts[i].last_reply) ||
+          (u->rcpts[i].remote_mta && !d->rcpts[i].remote_mta))
+        return -1;
+    }
+  }
+  if (u->dsn) {
+    if (msg_copy(&d->dsn, u->dsn) != 0)
+      return -1;
+    set_id(d->dsn.id, u->dsn->id);
+    d->has_dsn = true;
+  }
+  return 0;
+}
+
+void qstore_update(struct qstore_sink *k, const struct qstore_update *u,
+                   qstore_done_fn cb, void *arg)
+{
+  struct op *o = op_new(k, OP_UPDATE, u->id);
+  if (!o) {
+    free(u->head);
+    free(u->tail);
+    return;
+  }
+  o->cb = cb;
+  o->arg = arg;
+  /* head and tail are ours from here, whatever happens */
+  if (u->dsn) {
+    o->u.head = u->head;
+    o->u.head_len = u->head_len;
+    o->u.tail = u->tail;
+    o->u.tail_len = u->tail_len;
+  } else {
+    free(u->head);
+    free(u->tail);
+  }
+  if (upd_copy(&o->u, u) != 0) {
+    o->status = TERN_ENOMEM;
+    sink_post(k, o);
+    return;
+  }
+  worker_push(&k->s->writer, o);
+}
+
+void qstore_read(struct qstore_sink *k, const char *id, uint32_t seq,
+                 void (*cb)(void *arg, int status, const char *data,
+                            size_t len),
+                 void *arg)
+{
+  struct op *o = op_new(k, OP_READ, id);
+  if (!o)
+    return;
+  o->seq = seq;
+  o->read_cb = cb;
+  o->arg = arg;
+  worker_push(&k->s->reader, o);
+}
+
+/* ---- ids ------------------------------------------------------------------- */
+
+static void b36(char *out, uint64_t v, int width)
+{
+  static const char digits[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+  for (int i = width - 1; i >= 0; i--) {
+    out[i] = digits[v % 36];
+    v /= 36;
+  }
+}
+
+static uint64_t b36_decode(const char *s, int width, bool *ok)
+{
+  uint64_t v = 0;
+  *ok = true;
+  for (int i = 0; i < width; i++) {
+    char c = s[i];
+    int d;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'A' && c <= 'Z')
+      d = c - 'A' + 10;
+    else {
+      *ok = false;
+      return 0;
+    }
+    v = v * 36 + (uint64_t)d;
+  }
+  return v;
+}
+
+/* 11 base-36 digits of microseconds cover the years until ~6100; fixed
+ * width so that ids sort by time as strings. */
+#define ID_TIME_DIGITS 11
+#define ID_COUNT_DIGITS 3
+
+void qstore_new_id(struct qstore *s, char out[TERN_QUEUE_ID_MAX])
+{
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  uint64_t now = (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+  /* Strictly increasing even if the clock steps back: never the same
+   * time part twice in this spool (id_last is seeded from the newest id
+   * stored at open). */
+  pthread_mutex_lock(&s->idmu);
+  if (now <= s->id_last)
+    now = s->id_last + 1;
+  s->id_last = now;
+  pthread_mutex_unlock(&s->idmu);
+  unsigned c = atomic_fetch_add(&s->id_counter, 1) % (36 * 36 * 36);
+  b36(out, now, ID_TIME_DIGITS);
+  b36(out + ID_TIME_DIGITS, c, ID_COUNT_DIGITS);
+  out[ID_TIME_DIGITS + ID_COUNT_DIGITS] = '\0';
+}
+
+/* ---- list and body --------------------------------------------------------- */
+
+#define MSG_COLS                                                            \
+  "id, arrival, sender, size, body, smtputf8, requiretls, ret, envid, "     \
+  "client, held, is_bounce, warned, nchunks"
+
+static int read_msg(sqlite3 *db, sqlite3_stmt *st, sqlite3_stmt *rs,
+                    struct qstore_msg *m)
+{
+  memset(m, 0, sizeof *m);
+  const unsigned char *id = sqlite3_column_text(st, 0);
+  set_id(m->id, id ? (const char *)id : "");
+  m->arrival = sqlite3_column_int64(st, 1);
+  m->from = col_text(st, 2);
+  m->size = (uint64_t)sqlite3_column_int64(st, 3);
+  m->body = sqlite3_column_int(st, 4);
+  m->smtputf8 = sqlite3_column_int(st, 5) != 0;
+  m->requiretls = sqlite3_column_int(st, 6) != 0;
+  m->ret = sqlite3_column_int(st, 7);
+  m->envid = col_text(st, 8);
+  m->client = col_text(st, 9);
+  m->held = sqlite3_column_int(st, 10) != 0;
+  m->is_bounce = sqlite3_column_int(st, 11) != 0;
+  m->warned = sqlite3_column_int(st, 12) != 0;
+  m->nchunks = (uint32_t)sqlite3_column_int64(st, 13);
+  if (!m->from)
+    return TERN_ENOMEM;
+
+  sqlite3_bind_text(rs, 1, m->id, -1, SQLITE_STATIC);
+  size_t cap = 0;
+  int rc, ret = 0;
+  while ((rc = sqlite3_step(rs)) == SQLITE_ROW) {
+    if (m->nrcpts == cap) {
+      size_t ncap = cap ? cap * 2 : 4;
+      struct qstore_rcpt *nr = realloc(m->rcpts, ncap * sizeof *nr);
+      if (!nr) {
+        ret = TERN_ENOMEM;
+        break;
+      }
+      m->rcpts = nr;
+      cap = ncap;
+    }
+    struct qstore_rcpt *r = &m->rcpts[m->nrcpts++];
+    memset(r, 0, sizeof *r);
+    r->idx = (uint32_t)sqlite3_column_int64(rs, 0);
+    r->addr = col_text(rs, 1);
+    r->orcpt = col_text(rs, 2);
+    r->notify = (unsigned)sqlite3_column_int64(rs, 3);
+    r->dest = col_text(rs, 4);
+    r->state = sqlite3_column_int(rs, 5);
+    r->attempts = (unsigned)sqlite3_column_int64(rs, 6);
+    r->next_try = sqlite3_column_int64(rs, 7);
+    r->last_code = sqlite3_column_int(rs, 8);
+    r->last_reply = col_text(rs, 9);
+    r->remote_mta = col_text(rs, 10);
+    if (!r->addr || !r->dest) {
+      ret = TERN_ENOMEM;
+      break;
+    }
+  }
+  if (!ret && rc != SQLITE_DONE)
+    ret = map_rc(db, rc);
+  sqlite3_reset(rs);
+  sqlite3_clear_bindings(rs);
+  return ret;
+}
+
+int qstore_list(struct qstore *s, const char *id,
+                int (*fn)(const struct qstore_msg *m, void *arg), void *arg)
+{
+  pthread_mutex_lock(&s->lmu);
+  sqlite3_stmt *st = NULL, *rs = NULL;
+  int ret = 0, rc;
+  bool found = false;
+  /* One read transaction: a consistent snapshot of the whole queue. */
+  rc = sqlite3_exec(s->ldb, "BEGIN", NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    ret = map_rc(s->ldb, rc);
+    goto out;
+  }
+  rc = sqlite3_prepare_v2(
+      s->ldb,
+      id ? "SELECT " MSG_COLS " FROM msg WHERE id = ?"
+         : "SELECT " MSG_COLS " FROM msg ORDER BY arrival, id",
+      -1, &st, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(
+        s->ldb,
+        "SELECT idx, addr, orcpt, notify, dest, state, attempts, next_try,"
+        " last_code, last_reply, remote_mta FROM rcpt WHERE msg = ?"
+        " ORDER BY idx",
+        -1, &rs, NULL);
+  if (rc != SQLITE_OK) {
+    ret = map_rc(s->ldb, rc);
+    goto out;
+  }
+  if (id)
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct qstore_msg m;
+    found = true;
+    ret = read_msg(s->ldb, st, rs, &m);
+    int stop = ret ? 0 : fn(&m, arg);
+    qstore_msg_clear(&m);
+    if (ret || stop)
+      break;
+  }
+  if (!ret && rc != SQLITE_ROW && rc != SQLITE_DONE)
+    ret = map_rc(s->ldb, rc);
+  if (!ret && id && !found)
+    ret = TERN_ENOENT;
+out:
+  sqlite3_finalize(st);
+  sqlite3_finalize(rs);
+  if (!sqlite3_get_autocommit(s->ldb))
+    sqlite3_exec(s->ldb, "COMMIT", NULL, NULL, NULL);
+  pthread_mutex_unlock(&s->lmu);
+  return ret;
+}
+
+int qstore_body(struct qstore *s, const char *id,
+                int (*fn)(void *arg, const char *data, size_t len),
+                void *arg)
+{
+  pthread_mutex_lock(&s->lmu);
+  sqlite3_stmt *st = NULL;
+  int ret = 0, rc;
+  rc = sqlite3_exec(s->ldb, "BEGIN", NULL, NULL, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(s->ldb, "SELECT nchunks FROM msg WHERE id = ?",
+                            -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    ret = map_rc(s->ldb, rc);
+    goto out;
+  }
+  sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    ret = rc == SQLITE_DONE ? TERN_ENOENT : map_rc(s->ldb, rc);
+    goto out;
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  rc = sqlite3_prepare_v2(
+      s->ldb, "SELECT data FROM chunk WHERE msg = ? ORDER BY seq", -1, &st,
+      NULL);
+  if (rc != SQLITE_OK) {
+    ret = map_rc(s->ldb, rc);
+    goto out;
+  }
+  sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *p = sqlite3_column_blob(st, 0);
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    if (fn(arg, p ? p : "", n) != 0)
+      break;
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    ret = map_rc(s->ldb, rc);
+out:
+  sqlite3_finalize(st);
+  if (!sqlite3_get_autocommit(s->ldb))
+    sqlite3_exec(s->ldb, "COMMIT", NULL, NULL, NULL);
+  pthread_mutex_unlock(&s->lmu);
+  return ret;
+}
+
+unsigned long qstore_test_commits(const struct qstore *s)
+{
+  return atomic_load(&((struct qstore *)s)->commits);
+}
+
+/* ---- open and close --------------------------------------------------------- */
+
+static int open_db(struct qstore *s, sqlite3 **db, bool readonly, char *err,
+                   size_t cap)
+{
+  int flags = readonly ? SQLITE_OPEN_READONLY
+                       : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+  /* Each connection is used by one thread at a time (ldb under lmu). */
+  flags |= SQLITE_OPEN_NOMUTEX;
+  int rc = sqlite3_open_v2(s->path, db, flags, NULL);
+  if (rc != SQLITE_OK) {
+    set_err(err, cap, "%s: %s", s->path,
+            *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
+    int e = *db ? map_rc(*db, rc) : TERN_EIO;
+    sqlite3_close(*db);
+    *db = NULL;
+    return e;
+  }
+  sqlite3_extended_result_codes(*db, 1);
+  sqlite3_busy_timeout(*db, 10000);
+  char sql[128];
+  snprintf(sql, sizeof sql, "PRAGMA synchronous=%s",
+           s->fsync ? "FULL" : "OFF");
+  rc = sqlite3_exec(*db, sql, NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    set_err(err, cap, "%s: %s", s->path, sqlite3_errmsg(*db));
+    return map_rc(*db, rc);
+  }
+  return 0;
+}
+
+static int prep(struct qstore *s, sqlite3 *db, sqlite3_stmt **st,
+                const char *sql, char *err, size_t cap)
+{
+  int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st,
+                              NULL);
+  if (rc != SQLITE_OK) {
+    set_err(err, cap, "%s: %s: %s", s->path, sql, sqlite3_errmsg(db));
+    return map_rc(db, rc);
+  }
+  return 0;
+}
+
+static int prepare_writer(struct qstore *s, char *err, size_t cap)
+{
+  struct {
+    sqlite3_stmt **st;
+    const char *sql;
+  } t[] = {
+      {&s->w.begin, "BEGIN IMMEDIATE"},
+      {&s->w.commit, "COMMIT"},
+      {&s->w.rollback, "ROLLBACK"},
+      {&s->w.sp, "SAVEPOINT op"},
+      {&s->w.sp_rollback, "ROLLBACK TO op"},
+      {&s->w.sp_release, "RELEASE op"},
+      {&s->w.ins_chunk, "INSERT INTO chunk(msg, seq, data) VALUES (?, ?, ?)"},
+      {&s->w.ins_msg,
+       "INSERT INTO msg(" MSG_COLS ") VALUES "
+       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"},
+      {&s->w.ins_rcpt,
+       "INSERT INTO rcpt(msg, idx, addr, orcpt, notify, dest, state, "
+       "attempts, next_try, last_code, last_reply, remote_mta) VALUES "
+       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"},
+      {&s->w.count_chunks,
+       "SELECT count(*), max(seq) FROM chunk WHERE msg = ?"},
+      /* never a committed message's: a refused second commit of the
+       * same id, a drop of the wrong id */
+      {&s->w.del_chunks,
+       "DELETE FROM chunk WHERE msg = ?1 AND NOT EXISTS "
+       "(SELECT 1 FROM msg WHERE id = ?1)"},
+      {&s->w.del_all_chunks, "DELETE FROM chunk WHERE msg = ?"},
+      {&s->w.del_msg, "DELETE FROM msg WHERE id = ?"},
+      {&s->w.del_rcpts, "DELETE FROM rcpt WHERE msg = ?"},
+      {&s->w.get_msg, "SELECT nchunks FROM msg WHERE id = ?"},
+      {&s->w.upd_rcpt,
+       "UPDATE rcpt SET state = ?, attempts = ?, next_try = ?, "
+       "last_code = ?, last_reply = ?, remote_mta = ? "
+       "WHERE msg = ? AND idx = ?"},
+      {&s->w.upd_held, "UPDATE msg SET held = ? WHERE id = ?"},
+      {&s->w.upd_warned, "UPDATE msg SET warned = ? WHERE id = ?"},
+      {&s->w.copy_chunks,
+       "INSERT INTO chunk(msg, seq, data) "
+       "SELECT ?1, seq + 1, data FROM chunk WHERE msg = ?2 ORDER BY seq"},
+      {&s->w.sel_chunks, "SELECT data FROM chunk WHERE msg = ? ORDER BY seq"},
+  };
+  for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+    int e = prep(s, s->wdb, t[i].st, t[i].sql, err, cap);
+    if (e)
+      return e;
+  }
+  return 0;
+}
+
+static void finalize_writer(struct qstore *s)
+{
+  sqlite3_stmt **p = (sqlite3_stmt **)&s->w;
+  for (size_t i = 0; i < sizeof s->w / sizeof *p; i++) {
+    sqlite3_finalize(p[i]);
+    p[i] = NULL;
+  }
+}
+
+static int exec(struct qstore *s, sqlite3 *db, const char *sql, char *err,
+                size_t cap)
+{
+  int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    set_err(err, cap, "%s: %s", s->path, sqlite3_errmsg(db));
+    return map_rc(db, rc);
+  }
+  return 0;
+}
+
+static int get_int(sqlite3 *db, const char *sql, int64_t *v)
+{
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return rc;
+  rc = sqlite3_step(st);
+  *v = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+    rc = SQLITE_OK;
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Create the schema in a new database, or check an existing one's
+ * version. */
+static int check_schema(struct qstore *s, sqlite3 *db, bool readonly,
+                        char *err, size_t cap)
+{
+  int64_t v;
+  int rc = get_int(db, "PRAGMA user_version", &v);
+  if (rc != SQLITE_OK) {
+    set_err(err, cap, "%s: %s", s->path, sqlite3_errmsg(db));
+    return map_rc(db, rc);
+  }
+  if (v > SCHEMA_VERSION) {
+    set_err(err, cap,
+            "%s: schema version %lld is newer than this program's (%d): "
+            "use the tern that wrote it",
+            s->path, (long long)v, SCHEMA_VERSION);
+    return TERN_ENOTSUP;
+  }
+  if (v == SCHEMA_VERSION)
+    return 0;
+  if (readonly) {
+    set_err(err, cap, "%s: not a queue (no schema)", s->path);
+    return TERN_ENOENT;
+  }
+  /* BEGIN IMMEDIATE, then look again: two processes never both create. */
+  int e = exec(s, db, "BEGIN IMMEDIATE", err, cap);
+  if (e)
+    return e;
+  rc = get_int(db, "PRAGMA user_version", &v);
+  if (rc == SQLITE_OK && v == 0) {
+    int64_t ntab = 0;
+    rc = get_int(db, "SELECT count(*) FROM sqlite_schema", &ntab);
+    if (rc == SQLITE_OK && ntab != 0) {
+      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      set_err(err, cap, "%s: not a queue database (tables without a "
+                        "schema version)", s->path);
+      return TERN_EIO;
+    }
+    if (rc == SQLITE_OK)
+      rc = sqlite3_exec(db, schema_sql, NULL, NULL, NULL);
+    if (rc == SQLITE_OK) {
+      char sql[64];
+      snprintf(sql, sizeof sql, "PRAGMA user_version=%d", SCHEMA_VERSION);
+      rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    }
+  }
+  if (rc == SQLITE_OK)
+    rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    set_err(err, cap, "%s: creating the schema: %s", s->path,
+            sqlite3_errmsg(db));
+    e = map_rc(db, rc);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return e;
+  }
+  return 0;
+}
+
+static int take_lock(struct qstore *s, char *err, size_t cap)
+{
+  size_t n = strlen(s->dir) + sizeof "/lock";
+  char *p = malloc(n);
+  if (!p)
+    return TERN_ENOMEM;
+  snprintf(p, n, "%s/lock", s->dir);
+  s->lockfd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (s->lockfd < 0) {
+    int e = errno;
+    set_err(err, cap, "%s: %s", p, strerror(e));
+    free(p);
+    return e == ENOSPC || e == EDQUOT ? TERN_ENOSPC : TERN_EIO;
+  }
+  free(p);
+  if (flock(s->lockfd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    if (e == EWOULDBLOCK) {
+      set_err(err, cap, "%s: in use by another process", s->dir);
+      return TERN_EBUSY;
+    }
+    set_err(err, cap, "%s/lock: %s", s->dir, strerror(e));
+    return TERN_EIO;
+  }
+  return 0;
+}
+
+/* The newest id stored, so that qstore_new_id never goes back even if
+ * the clock did while we were stopped. */
+static void seed_ids(struct qstore *s)
+{
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(s->ldb, "SELECT max(id) FROM msg", -1, &st, NULL) !=
+      SQLITE_OK)
+    return;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    const char *id = (const char *)sqlite3_column_text(st, 0);
+    bool ok;
+    if (id && strlen(id) >= ID_TIME_DIGITS) {
+      uint64_t t = b36_decode(id, ID_TIME_DIGITS, &ok);
+      if (ok && t > s->id_last)
+        s->id_last = t;
+    }
+  }
+  sqlite3_finalize(st);
+}
+
+static int start_thread(struct worker *w, void *(*fn)(void *), void *arg)
+{
+  if (pthread_create(&w->thr, NULL, fn, arg) != 0)
+    return TERN_ENOMEM;
+  w->started = true;
+  return 0;
+}
+
+int qstore_open(struct qstore **out, const char *dir, bool fsync,
+                bool readonly, char *err, size_t cap)
+{
+  *out = NULL;
+  set_err(err, cap, "%s", "");
+  struct qstore *s = calloc(1, sizeof *s);
+  if (!s)
+    return TERN_ENOMEM;
+  s->lockfd = -1;
+  s->fsync = fsync;
+  s->readonly = readonly;
+  s->dir = strdup(dir);
+  size_t plen = strlen(dir) + sizeof "/queue.db";
+  s->path = malloc(plen);
+  if (!s->dir || !s->path) {
+    free(s->dir);
+    free(s->path);
+    free(s);
+    return TERN_ENOMEM;
+  }
+  snprintf(s->path, plen, "%s/queue.db", dir);
+  pthread_mutex_init(&s->lmu, NULL);
+  pthread_mutex_init(&s->idmu, NULL);
+  worker_init(&s->writer);
+  worker_init(&s->reader);
+
+  int e = 0;
+  if (readonly) {
+    struct stat sb;
+    if (stat(s->path, &sb) != 0) {
+      int en = errno;
+      set_err(err, cap, "%s: %s", s->path, strerror(en));
+      e = en == ENOENT ? TERN_ENOENT : TERN_EIO;
+      goto fail;
+    }
+    e = open_db(s, &s->ldb, true, err, cap);
+    if (!e)
+      e = check_schema(s, s->ldb, true, err, cap);
+    if (e)
+      goto fail;
+    *out = s;
+    return 0;
+  }
+
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    int en = errno;
+    set_err(err, cap, "%s: %s", dir, strerror(en));
+    e = en == ENOSPC || en == EDQUOT ? TERN_ENOSPC : TERN_EIO;
+    goto fail;
+  }
+  e = take_lock(s, err, cap);
+  if (e)
+    goto fail;
+  e = open_db(s, &s->wdb, false, err, cap);
+  if (e)
+    goto fail;
+  /* page_size only matters for a new database (before the first table);
+   * WAL mode is persistent in the file. */
+  e = exec(s, s->wdb, "PRAGMA page_size=8192", err, cap);
+  if (!e)
+    e = exec(s, s->wdb, "PRAGMA journal_mode=WAL", err, cap);
+  if (!e)
+    e = exec(s, s->wdb, "PRAGMA wal_autocheckpoint=1000", err, cap);
+  if (!e)
+    e = check_schema(s, s->wdb, false, err, cap);
+  /* Chunks without a message: one still coming in when we stopped. */
+  if (!e)
+    e = exec(s, s->wdb,
+             "DELETE FROM chunk WHERE msg NOT IN (SELECT id FROM msg)", err,
+             cap);
+  if (!e)
+    e = prepare_writer(s, err, cap);
+  if (!e)
+    e = open_db(s, &s->rdb, false, err, cap);
+  if (!e)
+    e = prep(s, s->rdb, &s->rd_chunk,
+             "SELECT data FROM chunk WHERE msg = ? AND seq = ?", err, cap);
+  if (!e)
+    e = open_db(s, &s->ldb, false, err, cap);
+  if (e)
+    goto fail;
+  seed_ids(s);
+  e = start_thread(&s->writer, writer_main, s);
+  if (!e)
+    e = start_thread(&s->reader, reader_main, s);
+  if (e) {
+    set_err(err, cap, "%s: cannot start a thread", s->path);
+    goto fail;
+  }
+  *out = s;
+  return 0;
+fail:
+  qstore_close(s);
+  return e;
+}
+
+void qstore_close(struct qstore *s)
+{
+  if (!s)
+    return;
+  worker_stop(&s->writer);
+  worker_stop(&s->reader);
+  worker_destroy(&s->writer);
+  worker_destroy(&s->reader);
+  finalize_writer(s);
+  sqlite3_finalize(s->rd_chunk);
+  sqlite3_close(s->rdb);
+  sqlite3_close(s->ldb);
+  /* The writer's connection last: closing the last connection
+   * checkpoints the WAL into queue.db and removes the -wal and -shm. */
+  sqlite3_close(s->wdb);
+  idlist_free(&s->lost);
+  idlist_free(&s->cleanup);
+  if (s->lockfd >= 0)
+    close(s->lockfd);
+  pthread_mutex_destroy(&s->lmu);
+  pthread_mutex_destroy(&s->idmu);
+  free(s->dir);
+  free(s->path);
+  free(s);
+}
