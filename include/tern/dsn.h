@@ -37,10 +37,14 @@ struct tern_dsn_rcpt {
   const char *status;        /* "5.1.1" (RFC 3463); required */
   const char *remote_mta;    /* "mx.example.org" → "dns; mx.example.org" */
   const char *diagnostic;    /* the reply as received, "550 5.1.1 ..." →
-                                "smtp; 550 5.1.1 ..." (multi-line replies
-                                folded) */
+                                "smtp; 550 5.1.1 ..."; the only field that
+                                may hold line breaks (CRLF or LF): the
+                                lines of a multi-line reply are joined
+                                with spaces, then folded */
   const char *last_attempt;  /* RFC 5322 date */
-  const char *will_retry_until; /* RFC 5322 date (delayed only) */
+  const char *will_retry_until; /* RFC 5322 date; written for "delayed"
+                                   only (RFC 3464 §2.3.9), left out for
+                                   the other actions */
 };
 
 struct tern_dsn {
@@ -55,7 +59,9 @@ struct tern_dsn {
   const char *subject;         /* NULL: from the actions ("Undelivered
                                   Mail Returned to Sender", "Delayed
                                   Mail (still being retried)", ...) */
-  const char *human;           /* NULL: a default explanation */
+  const char *human;           /* NULL: a default explanation; may hold
+                                  line breaks (CRLF or LF); no line may
+                                  start with "--" and the boundary */
   const char *envid;           /* Original-Envelope-Id, or NULL */
   const char *received_from_mta; /* "dns; name" or NULL */
   const char *arrival_date;    /* RFC 5322 date, or NULL */
@@ -66,7 +72,14 @@ struct tern_dsn {
    * header (text/rfc822-headers, or message/global-headers when utf8),
    * TERN_RET_UNSPECIFIED nothing (no third part). */
   enum tern_dsn_ret include;
-  bool utf8;                   /* RFC 6533 types (message/global-*) */
+  bool utf8;                   /* RFC 6533 types (message/global-*,
+                                  report-type=global-delivery-status as
+                                  RFC 6522 §3 names the second part's
+                                  subtype); fields may then be UTF-8 */
+  bool eight_bit;              /* the original has 8-bit octets
+                                  (BODY=8BITMIME): the report and its
+                                  third part say Content-Transfer-Encoding:
+                                  8bit (implied by utf8) */
 };
 
 static inline void tern_dsn_init(struct tern_dsn *d) {
@@ -77,11 +90,17 @@ static inline void tern_dsn_init(struct tern_dsn *d) {
 }
 
 /*
+ * Every text field must be ASCII without control characters (HTAB
+ * allowed); with utf8 it may be UTF-8 (well formed). Header fields are
+ * folded at spaces (RFC 5322 §2.2.3) to lines of 78 octets where the
+ * words allow; a word that would make a line longer than 998 octets is
+ * cut, and the cut shows as a space when the field is unfolded.
+ *
  * The report from its first header field to the start of the third
  * part (its part header and blank line written), or to its end when
  * nothing is included. *out is malloc()ed (the caller frees it), CRLF
  * lines. Returns 0, TERN_EINVAL (a required field missing, a field with
- * CR, LF or NUL, a bad boundary or status, a non-ASCII address without
+ * CR, LF or NUL, a bad boundary, status or action, non-ASCII text without
  * utf8), TERN_ENOMEM. On failure *out is NULL.
  */
 TERN_EXTERN int tern_dsn_head(const struct tern_dsn *d, char **out,

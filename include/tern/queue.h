@@ -120,6 +120,12 @@ struct tern_queue_options {
   /* Where tern_queue_open() writes why it failed, with a NUL. */
   char *error;
   size_t error_size;
+  /* The destination of a DSN the queue makes (its one recipient is
+   * `addr`: the original sender, or the postmaster), as the application
+   * names destinations (tern_queue_rcpt.dest); called on the home loop
+   * with opts.ud. The string must stay valid until the call returns.
+   * NULL, or a NULL or "" answer: "local". */
+  const char *(*route)(const char *addr, void *ud);
 };
 
 static inline void
@@ -161,7 +167,10 @@ TERN_EXTERN void tern_queue_close(struct tern_queue *q, unsigned timeout_ms,
 TERN_EXTERN void tern_queue_free(struct tern_queue *q);
 
 /* Is the job cancelled (tern_queue_close timed out)? Its results will
- * not be recorded; the application should abort its delivery. */
+ * not be recorded; the application should abort its delivery and still
+ * end the job with tern_queue_job_done(), before tern_queue_free() (which
+ * frees what is left of such jobs: the handle and its info). A read in
+ * flight at cancellation ends with status TERN_ECLOSED. */
 TERN_EXTERN bool tern_queue_job_cancelled(const struct tern_queue_job *job);
 
 /* ---- submitting (any loop, through a port) ----------------------------- */

@@ -1,0 +1,252 @@
+/*
+ * What a finished job means (tern_queue_job_done): each recipient's new
+ * state (delivered, deferred with its next try, failed), the delay
+ * warning, the DSN to the sender (or the postmaster, or none), and
+ * whether the message is done — all sent to the store as one
+ * qstore_update, so a crash keeps either all of it or none.
+ *
+ * Choices, after Postfix where RFC 3461 leaves room:
+ * - A failed recipient is reported when its NOTIFY has FAILURE or NOTIFY
+ *   was not given (RFC 3461 §4.1: absent means FAILURE,DELAY at the
+ *   MTA's discretion).
+ * - A delay warning goes (once per message) when delay_warning_s is set,
+ *   the message has waited that long, and the recipient's NOTIFY has
+ *   DELAY or was not given — Postfix's delay_warning_time does the same.
+ *   It is checked when an attempt ends, so it comes with the first
+ *   deferral after the threshold.
+ * - A success notice (action delivered) goes for NOTIFY=SUCCESS when the
+ *   delivery was final here (remote_mta NULL); a relay passes the
+ *   request on instead.
+ * - Expiry keeps the last reply's status (4.x.x) with action failed, as
+ *   Postfix does: the reader sees why it never got through.
+ * - A message from <> (a bounce) is never bounced: its failure goes to
+ *   opts.postmaster if set, else the message stays on hold in the queue
+ *   for an operator, with its failed recipients marked failed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "queue_int.h"
+
+/* What the update's completion needs to know. */
+struct upd_ctx {
+  struct tern_queue *q;
+  char id[TERN_QUEUE_ID_MAX];
+  char dsn_id[TERN_QUEUE_ID_MAX];
+  bool remove, failed_dsn, delayed_dsn;
+  char detail[96];
+};
+
+static void on_updated(void *arg, int status) {
+  struct upd_ctx *c = arg;
+  struct tern_queue *q = c->q;
+  q->pending--;
+  if (status != 0) {
+    char d[160];
+    snprintf(d, sizeof d, "store update failed (%s): redone after restart",
+             tern_err_name(status));
+    q_event(q, TERN_QEV_ERROR, c->id, NULL, NULL, NULL, NULL, 0, d);
+  } else {
+    if (c->dsn_id[0]) {
+      q_load_one(q, c->dsn_id);
+      if (c->failed_dsn || !c->delayed_dsn)
+        q_event(q, TERN_QEV_BOUNCE, c->id, NULL, NULL, NULL, c->dsn_id, 0,
+                c->detail);
+      if (c->delayed_dsn)
+        q_event(q, TERN_QEV_DELAYED, c->id, NULL, NULL, NULL, c->dsn_id, 0,
+                "delay warning queued");
+    }
+    if (c->remove)
+      q_event(q, TERN_QEV_REMOVED, c->id, NULL, NULL, NULL, NULL, 0,
+              "every recipient done");
+  }
+  free(c);
+  q_close_step(q);
+}
+
+/* retry_min doubling per attempt up to retry_max, plus up to 10% so
+ * that messages deferred together do not come back together. */
+static int64_t backoff(struct tern_queue *q, unsigned attempts) {
+  uint64_t d = q->o.retry_min_s;
+  for (unsigned i = 1; i < attempts && d < q->o.retry_max_s; i++)
+    d *= 2;
+  if (d > q->o.retry_max_s)
+    d = q->o.retry_max_s;
+  uint64_t j = d / 10;
+  if (j)
+    d += q_rand(q) % (j + 1);
+  return (int64_t)d;
+}
+
+static void rcpt_event(struct tern_queue *q, enum tern_queue_event_type t,
+                       const struct qmsg *m, const struct qrcpt *r,
+                       const struct qres *x, time_t at, const char *detail) {
+  struct tern_reply rep = {x->code, x->enhanced, x->text};
+  q_event(q, t, m->id, r->addr, &rep, x->remote, NULL, at, detail);
+}
+
+/* A null-sender message with a failure that should have been reported
+ * and no postmaster: it is kept on hold when done. */
+static bool keeps_for_postmaster(const struct tern_queue *q,
+                                 const struct qmsg *m) {
+  if (m->from[0] || q->postmaster)
+    return false;
+  for (size_t i = 0; i < m->nrcpts; i++)
+    if (m->rcpts[i].state == QS_FAILED &&
+        (m->rcpts[i].notify == 0 ||
+         (m->rcpts[i].notify & TERN_NOTIFY_FAILURE)))
+      return true;
+  return false;
+}
+
+void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
+               const struct tern_reply *r) {
+  struct qmsg *m = j->msg;
+  int64_t now = (int64_t)time(NULL);
+  struct qres dflt = {true, 451, (char *)"4.4.0",
+                      (char *)"delivery not finished", NULL};
+  if (r && r->code >= 200 && r->code <= 599)
+    dflt = (struct qres){true, r->code, (char *)r->enhanced,
+                         (char *)(r->text ? r->text : ""), NULL};
+
+  struct qstore_rcpt_update *ups = calloc(j->n, sizeof *ups);
+  char **strs = calloc(j->n, sizeof *strs);
+  struct qb_rcpt *bs = calloc(j->n, sizeof *bs);
+  struct upd_ctx *c = calloc(1, sizeof *c);
+  if (!ups || !strs || !bs || !c) {
+    /* Nothing recorded: the recipients stay as stored and are tried
+     * again (at worst a duplicate, never a loss). */
+    q_event(q, TERN_QEV_ERROR, m->id, NULL, NULL, NULL, NULL, 0,
+            "out of memory: results not recorded");
+    for (size_t i = 0; i < j->n; i++) {
+      struct qrcpt *rc = &m->rcpts[j->idx[i]];
+      rc->next_try = now + (int64_t)q->o.retry_min_s;
+    }
+    free(ups), free(strs), free(bs), free(c);
+    return;
+  }
+  size_t nb = 0;
+  bool any_failed = false, any_delayed = false;
+  bool warn = q->o.delay_warning_s && !m->warned && m->from[0] &&
+              now - m->arrival >= (int64_t)q->o.delay_warning_s;
+  bool expired = now >= m->arrival + (int64_t)q->o.lifetime_s;
+
+  for (size_t i = 0; i < j->n; i++) {
+    struct qrcpt *rc = &m->rcpts[j->idx[i]];
+    const struct qres *x = j->res[i].set ? &j->res[i] : &dflt;
+    struct qstore_rcpt_update *u = &ups[i];
+    strs[i] = q_reply_string(x->code, x->enhanced, x->text);
+    u->idx = rc->idx;
+    u->attempts = rc->attempts + 1;
+    u->next_try = 0;
+    u->last_code = x->code;
+    u->last_reply = strs[i];
+    u->remote_mta = x->remote;
+    int cls = x->code / 100;
+    const char *action = NULL;
+    if (cls == 2) {
+      u->state = QS_DELIVERED;
+      rcpt_event(q, TERN_QEV_DELIVERED, m, rc, x, 0, "delivered");
+      if ((rc->notify & TERN_NOTIFY_SUCCESS) && !x->remote && m->from[0])
+        action = "delivered";
+    } else if (cls == 4 && !expired) {
+      u->state = QS_DEFERRED;
+      u->next_try = now + backoff(q, u->attempts);
+      rcpt_event(q, TERN_QEV_DEFERRED, m, rc, x, (time_t)u->next_try,
+                 "deferred");
+      if (warn && (rc->notify == 0 || (rc->notify & TERN_NOTIFY_DELAY))) {
+        action = "delayed";
+        any_delayed = true;
+      }
+    } else {
+      u->state = QS_FAILED;
+      rcpt_event(q, TERN_QEV_FAILED, m, rc, x, 0,
+                 cls == 4 ? "expired: queue lifetime ended" : "failed");
+      if (rc->notify != 0 && !(rc->notify & TERN_NOTIFY_FAILURE)) {
+        rcpt_event(q, TERN_QEV_NO_BOUNCE, m, rc, x, 0,
+                   (rc->notify & TERN_NOTIFY_NEVER) ? "NOTIFY=NEVER"
+                                                    : "NOTIFY without FAILURE");
+      } else if (!m->from[0] && !q->postmaster) {
+        rcpt_event(q, TERN_QEV_NO_BOUNCE, m, rc, x, 0,
+                   "null sender and no postmaster: message kept on hold");
+      } else {
+        action = "failed";
+        any_failed = true;
+      }
+    }
+    rc->state = (uint8_t)u->state;
+    rc->attempts = u->attempts;
+    rc->next_try = u->next_try;
+    if (action) {
+      bs[nb++] = (struct qb_rcpt){rc->addr, rc->orcpt, action, x->code,
+                                  x->enhanced, x->text, x->remote};
+    }
+  }
+
+  bool all_done = true;
+  for (size_t i = 0; i < m->nrcpts; i++)
+    if (m->rcpts[i].state != QS_DELIVERED && m->rcpts[i].state != QS_FAILED)
+      all_done = false;
+
+  struct qstore_update u = {
+      .id = m->id, .rcpts = ups, .nrcpts = j->n, .held = -1, .warned = -1};
+  if (any_delayed) {
+    u.warned = 1;
+    m->warned = true;
+  }
+
+  struct qstore_msg dsn;
+  struct qstore_rcpt dr;
+  char *dsn_strs = NULL;
+  if (nb) {
+    /* A bounce's own failure goes to the postmaster (only failures were
+     * collected for it above: its sender is <>). */
+    const char *to = m->from[0] ? m->from : q->postmaster;
+    enum qstore_copy copy = QSC_HEADERS;
+    if (any_failed)
+      copy = m->ret == TERN_RET_HDRS ? QSC_HEADERS : QSC_FULL;
+    int rc = q_bounce_build(q, m, to, bs, nb, copy, now, &dsn, &dr, &u,
+                            &dsn_strs);
+    if (rc == 0) {
+      memcpy(c->dsn_id, dsn.id, sizeof c->dsn_id);
+      c->failed_dsn = any_failed;
+      c->delayed_dsn = any_delayed;
+      snprintf(c->detail, sizeof c->detail, "%s to %s",
+               any_failed ? (m->from[0] ? "bounce" : "double bounce")
+                          : "success notice",
+               m->from[0] ? "sender" : "postmaster");
+    } else {
+      char d[128];
+      snprintf(d, sizeof d, "DSN not composed (%s): message kept on hold",
+               tern_err_name(rc));
+      q_event(q, TERN_QEV_ERROR, m->id, NULL, NULL, NULL, NULL, 0, d);
+      if (any_failed && all_done) {
+        u.held = 1;
+        m->held = true;
+        all_done = false;
+      }
+    }
+  }
+  if (all_done) {
+    if (keeps_for_postmaster(q, m)) {
+      u.held = 1;
+      m->held = true;
+    } else {
+      u.remove = true;
+      c->remove = true;
+    }
+  }
+
+  c->q = q;
+  memcpy(c->id, m->id, sizeof c->id);
+  q->pending++;
+  qstore_update(q->home, &u, on_updated, c);
+  free(dsn_strs);
+  for (size_t i = 0; i < j->n; i++)
+    free(strs[i]);
+  free(strs), free(ups), free(bs);
+  if (u.remove)
+    q_msg_forget(q, m);
+}

@@ -1,0 +1,208 @@
+/*
+ * The queue's insides, shared by queue.c (open, close, control), submit.c
+ * (ports and messages), sched.c (the in-memory model, the scheduler,
+ * jobs and their outcomes) and bounce.c (DSN composition). Nothing here
+ * is public; names are q_* / static.
+ *
+ * The model. Every committed message not removed lives in memory as a
+ * struct qmsg: its envelope and, per recipient, the state the scheduler
+ * needs (state, attempts, next_try). Last replies are not kept: they are
+ * in the store, and `tern queue list` reads them from there. A message
+ * with a recipient waiting sits in a min-heap keyed by its earliest
+ * next_try; one uv_timer fires at the heap's top. A due message becomes
+ * jobs (its due recipients grouped by destination), appended to their
+ * destination's FIFO; the pump starts jobs while the destination and the
+ * whole queue are under their limits.
+ */
+#ifndef TERN_QUEUE_INT_H
+#define TERN_QUEUE_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include <tern/queue.h>
+
+#include "store.h"
+
+/* Where a recipient is in the scheduler (not stored). */
+enum { QB_IDLE = 0, QB_READY, QB_RUNNING };
+
+struct qrcpt {
+  const char *addr, *orcpt, *dest; /* in the message's string block */
+  unsigned notify;
+  uint32_t idx;
+  uint8_t state;                   /* QS_* */
+  uint8_t busy;                    /* QB_* */
+  unsigned attempts;
+  int64_t next_try;
+};
+
+struct qmsg {
+  char id[TERN_QUEUE_ID_MAX];
+  int64_t arrival;
+  const char *from, *envid, *client;
+  uint64_t size;
+  int body, ret;
+  bool smtputf8, requiretls, held, is_bounce, warned;
+  bool gone;          /* removed or deleted: out of the table and heap,
+                         freed when the last job referring to it ends */
+  uint32_t nchunks;
+  unsigned njobs;     /* jobs (ready or running) that point here */
+  size_t heap_i;      /* place in the heap, or Q_NOHEAP */
+  int64_t due;        /* the heap's key */
+  struct qmsg *hnext; /* the id table's chain */
+  size_t nrcpts;
+  struct qrcpt *rcpts; /* follows the struct, then the strings */
+};
+
+#define Q_NOHEAP SIZE_MAX
+
+/* A destination: its ready jobs and how many run. */
+struct qdest {
+  char *name;
+  struct tern_queue_job *head, *tail; /* ready FIFO */
+  unsigned active;
+  bool runnable;                      /* in q->run ring */
+  struct qdest *run_next;
+  struct qdest *next;                 /* all destinations */
+};
+
+struct qres {
+  bool set;
+  int code;
+  char *enhanced, *text, *remote;
+};
+
+struct tern_queue_job {
+  struct tern_queue *q;
+  struct qmsg *msg;
+  struct qdest *dest;
+  struct tern_queue_job *next;          /* ready FIFO */
+  struct tern_queue_job *rprev, *rnext; /* running or cancelled list */
+  bool running, cancelled, finished;
+  bool reading;
+  uint32_t seq;
+  void (*read_cb)(void *arg, const char *buf, size_t len, int status);
+  void *read_arg;
+  struct tern_queue_job_info info;
+  size_t n;
+  uint32_t *idx;                        /* the message's recipients */
+  struct tern_queue_job_rcpt *jr;
+  struct qres *res;
+};
+
+struct tern_queue {
+  uv_loop_t *loop;
+  struct tern_queue_options o;
+  char *dir, *hostname, *postmaster;
+  struct qstore *store;
+  struct qstore_sink *home;
+  atomic_bool closing;
+
+  /* id → message */
+  struct qmsg **table;
+  size_t table_size, nmsgs;
+
+  /* min-heap on due */
+  struct qmsg **heap;
+  size_t heap_len, heap_cap;
+  uv_timer_t timer;
+  bool timer_armed;
+  int64_t timer_at;
+
+  struct qdest *dests;
+  struct qdest *run_head, *run_tail;   /* destinations that can start */
+  unsigned active;                     /* running jobs */
+  size_t ready;                        /* jobs waiting in FIFOs */
+  struct tern_queue_job *running;      /* list of running jobs */
+  struct tern_queue_job *cancelled;    /* cancelled, not done yet */
+  bool pumping;
+
+  unsigned pending; /* store operations on the home sink not answered */
+  uint64_t rng;
+
+  /* closing */
+  uv_timer_t close_timer;
+  unsigned close_timeout_ms;
+  int close_phase; /* 0 open, 1 waiting jobs, 2 waiting store, 3 handles */
+  unsigned handles_open;
+  void (*close_done)(void *arg);
+  void *close_arg;
+  bool free_when_closed;
+};
+
+/* ---- sched.c ------------------------------------------------------------- */
+
+/* Copy a stored message into memory (one allocation). NULL: no memory. */
+struct qmsg *q_msg_from_store(const struct qstore_msg *m);
+/* Take a message into the model (table, heap) and schedule it. */
+void q_msg_add(struct tern_queue *q, struct qmsg *m);
+struct qmsg *q_msg_find(const struct tern_queue *q, const char *id);
+/* Take a message out of the table and the heap; freed now or when its
+ * last job ends. */
+void q_msg_forget(struct tern_queue *q, struct qmsg *m);
+/* Recompute the message's due time and its place in the heap; rearm. */
+void q_msg_resched(struct tern_queue *q, struct qmsg *m);
+/* Start what may start. */
+void q_pump(struct tern_queue *q);
+/* Arm the timer for the heap's top (or stop it). */
+void q_timer_arm(struct tern_queue *q);
+/* Free every job (ready, running, cancelled) and message. */
+void q_sched_free(struct tern_queue *q);
+/* The running jobs become cancelled (tern_queue_close timed out). */
+void q_cancel_running(struct tern_queue *q);
+/* Close progress check (queue.c): a job ended or a completion came. */
+void q_close_step(struct tern_queue *q);
+/* Event helper: detail never NULL. */
+void q_event(struct tern_queue *q, enum tern_queue_event_type type,
+             const char *id, const char *rcpt, const struct tern_reply *r,
+             const char *remote, const char *bounce_id, time_t retry_at,
+             const char *detail);
+uint64_t q_rand(struct tern_queue *q);
+/* Load one message from the store by id into the model (after a DSN was
+ * queued). */
+void q_load_one(struct tern_queue *q, const char *id);
+
+/* ---- outcome.c / queue.c ----------------------------------------------- */
+
+/* Record a finished job's results (states, retries, DSN, removal) in
+ * memory and in one store update. */
+void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
+               const struct tern_reply *r);
+/* qstore_commit's home callback: a committed message joins the model. */
+void q_on_home(void *arg, struct qstore_msg *m);
+
+/* ---- bounce.c ------------------------------------------------------------ */
+
+/* One recipient of a DSN being composed. */
+struct qb_rcpt {
+  const char *addr, *orcpt;
+  const char *action;       /* "failed", "delayed", "delivered" */
+  int code;                 /* the reply: code, enhanced (or NULL), text */
+  const char *enhanced, *text;
+  const char *remote;
+};
+
+/*
+ * Compose a DSN about message m for `to` with recipients rs, into u
+ * (u->dsn = *dsn with *dr its one recipient; head/tail malloc()ed; copy
+ * as chosen). Strings of *dsn live in `strs` (freed by the caller with
+ * free()). Returns 0 or TERN_E* (nothing to free then).
+ */
+int q_bounce_build(struct tern_queue *q, const struct qmsg *m, const char *to,
+                   const struct qb_rcpt *rs, size_t n, enum qstore_copy copy,
+                   int64_t now, struct qstore_msg *dsn, struct qstore_rcpt *dr,
+                   struct qstore_update *u, char **strs);
+
+/* "550 5.1.1 text" (enhanced left out when NULL) into a malloc()ed
+ * string; NULL on no memory. */
+char *q_reply_string(int code, const char *enhanced, const char *text);
+
+/* RFC 5322 date of t (UTC) into buf (at least 40 bytes). */
+void q_date(int64_t t, char *buf, size_t cap);
+
+#endif /* TERN_QUEUE_INT_H */
