@@ -569,6 +569,18 @@ static int prepare_queue_dir(const struct cfg *c) {
   return 0;
 }
 
+/* Where a DSN the queue makes goes: the target as it is now, so a
+ * relaying target sends bounces on to the relay too, a maildir or pipe
+ * target delivers them locally (the queue's destination names). */
+static const char *dsn_route(const char *addr, void *ud) {
+  (void)addr;
+  (void)ud;
+  struct policy *p = policy_get();
+  bool relay = is_forward(&p->cfg);
+  policy_put(p);
+  return relay ? "relay" : "local";
+}
+
 static int count_msg(const struct tern_queue_list_msg *m, void *arg) {
   (void)m;
   ++*(unsigned long *)arg;
@@ -597,6 +609,7 @@ static int open_queue(struct daemon *d, const struct cfg *c) {
   o.postmaster = c->queue_postmaster;
   o.deliver = qdeliver_job;
   o.on_event = serve_queue_event;
+  o.route = dsn_route;
   o.ud = d->qd;
   o.error = err;
   o.error_size = sizeof err;

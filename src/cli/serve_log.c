@@ -156,10 +156,19 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
                (long long)(ev->retry_at > now ? ev->retry_at - now : 0));
     reply_words(ev->reply, reply, sizeof reply);
     snprintf(rcpt, sizeof rcpt, "<%s>", ev->rcpt ? ev->rcpt : "");
-    log_kv("id", ev->id, "event", "delivery", "rcpt", rcpt, "relay",
-           ev->remote_mta ? ev->remote_mta : "local", "delay",
-           delay[0] ? delay : NULL, "status", status, "reply", reply,
-           "retry", retry[0] ? retry : NULL, NULL);
+    struct log_line l;
+    log_line_init(&l);
+    log_line_kv(&l, "id", ev->id);
+    log_line_kv(&l, "event", "delivery");
+    log_line_kv(&l, "rcpt", rcpt);
+    log_line_kv(&l, "relay", ev->remote_mta ? ev->remote_mta : "local");
+    if (delay[0])
+      log_line_kv(&l, "delay", delay);
+    log_line_kv(&l, "status", status);
+    log_line_kv(&l, "reply", reply);
+    if (retry[0])
+      log_line_kv(&l, "retry", retry);
+    log_line_emit(&l);
     return;
   }
   switch (ev->type) {
