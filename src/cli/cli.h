@@ -22,6 +22,8 @@ int tern_cli_send(int argc, char **argv, bool as_sendmail);
 int tern_cli_bench(int argc, char **argv);
 int tern_cli_passwd(int argc, char **argv);
 int tern_cli_serve(int argc, char **argv);
+/* `tern queue` (queue_cmd.c): list, show, flush, delete, hold, release. */
+int tern_cli_queue(int argc, char **argv);
 
 /* ---- helpers shared by send and bench (util.c) ---------------------------- */
 

@@ -213,14 +213,31 @@ size_t cfg_restart_keys(const struct cfg *a, const struct cfg *b,
     key_add(&k, "delivery", "fsync", NULL);
   if (cfg_uses_queue(a) != cfg_uses_queue(b))
     key_add(&k, "delivery", "queue", NULL);
-  /* the spool, its control socket and its fsync mode are set when the
-   * queue is opened; the schedule, limits and postmaster apply live */
-  if (str_differs(a->queue_dir, b->queue_dir))
-    key_add(&k, "queue", "directory", NULL);
-  if (str_differs(a->queue_control, b->queue_control))
-    key_add(&k, "queue", "control", NULL);
-  if (a->queue_fsync != b->queue_fsync)
-    key_add(&k, "queue", "fsync", NULL);
+  /* A running queue keeps the options it was opened with (tern_queue_open
+   * takes them once; there is no call to change them), so every [queue]
+   * key needs a restart -- when there is a queue to restart. */
+  if (cfg_uses_queue(a) && cfg_uses_queue(b)) {
+    if (str_differs(a->queue_dir, b->queue_dir))
+      key_add(&k, "queue", "directory", NULL);
+    if (str_differs(a->queue_control, b->queue_control))
+      key_add(&k, "queue", "control", NULL);
+    if (a->queue_lifetime_s != b->queue_lifetime_s)
+      key_add(&k, "queue", "lifetime", NULL);
+    if (a->queue_retry_min_s != b->queue_retry_min_s)
+      key_add(&k, "queue", "retry_min", NULL);
+    if (a->queue_retry_max_s != b->queue_retry_max_s)
+      key_add(&k, "queue", "retry_max", NULL);
+    if (a->queue_delay_warning_s != b->queue_delay_warning_s)
+      key_add(&k, "queue", "delay_warning", NULL);
+    if (a->queue_concurrency != b->queue_concurrency)
+      key_add(&k, "queue", "concurrency", NULL);
+    if (a->queue_max_active != b->queue_max_active)
+      key_add(&k, "queue", "max_active", NULL);
+    if (a->queue_fsync != b->queue_fsync)
+      key_add(&k, "queue", "fsync", NULL);
+    if (str_differs(a->queue_postmaster, b->queue_postmaster))
+      key_add(&k, "queue", "postmaster", NULL);
+  }
   if (listeners_fixed)
     return k.n;
   for (size_t i = 0; i < b->nlisteners; i++) {

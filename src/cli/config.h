@@ -129,11 +129,12 @@ void cfg_free(struct cfg *c);
  * listener added or removed). With `listeners_fixed` (the listeners came
  * from --listen) the listener sections are not compared. Everything else
  * applies live: hostname, sizes, limits, timeouts, domains, users
- * (contents and path), certificates (contents and paths), delivery, and
- * [queue] but for directory, control and fsync (the spool and its
- * socket are opened once; queue.fsync is fixed at tern_queue_open),
- * and [delivery] queue (queueing or not changes what a 250 means while
- * sessions run: restart).
+ * (contents and path), certificates (contents and paths), delivery.
+ * [delivery] queue needs a restart when it changes whether the queue is
+ * used (what a 250 means changes under running sessions), and so does
+ * every [queue] key while the queue is used: the open queue keeps the
+ * options it was opened with (the queue API takes them once). [queue]
+ * keys are not compared when either side runs without the queue.
  * Returns the number of keys (0: everything applies); a list longer than
  * cap ends in "...".
  */

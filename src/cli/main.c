@@ -5,6 +5,7 @@
  *   tern bench [options]
  *   tern passwd [--sha512] [USER]
  *   tern serve [options]
+ *   tern queue [-c FILE | -d DIR] list|show|flush|delete|hold|release
  *   tern version | tern help
  *
  * When the program is invoked under the name "sendmail" (a symlink, as
@@ -30,14 +31,16 @@ static void usage(FILE *f) {
           "  bench    SMTP load generator (messages/s, latency)\n"
           "  passwd   make a users-file line with a yescrypt hash\n"
           "  serve    the SMTP/LMTP daemon\n"
+          "  queue    list, show, flush, delete, hold, release queued "
+          "messages\n"
           "  version  print the version\n"
           "  help     this text\n"
           "\n"
           "`tern COMMAND --help` describes each command; tern(1) and "
           "tern.ini(5)\n"
-          "(`man tern`, `man tern.ini`) describe them all. Installed as "
-          "`sendmail`,\n"
-          "tern acts as `tern send`.\n");
+          "(`man tern`, `man tern.ini`) describe them all; tern-queue(1) "
+          "the queue.\n"
+          "Installed as `sendmail`, tern acts as `tern send`.\n");
 }
 
 static const char *base_name(const char *p) {
@@ -64,6 +67,8 @@ int main(int argc, char **argv) {
     return tern_cli_passwd(argc - 1, argv + 1);
   if (!strcmp(cmd, "serve"))
     return tern_cli_serve(argc - 1, argv + 1);
+  if (!strcmp(cmd, "queue"))
+    return tern_cli_queue(argc - 1, argv + 1);
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
     printf("tern %s (library %s)\n", TERN_VERSION_STRING,
            tern_version_string());

@@ -199,7 +199,8 @@ def test_man_pages():
     with tern.ini(5); tern.ini(5) refers only to pages that exist; the
     README's curl example makes its message.txt (issue 8, item 32)."""
     groff = h.require_tool("groff")
-    pages = [os.path.join(MAN, "tern.1"), os.path.join(MAN, "tern.ini.5")]
+    pages = [os.path.join(MAN, "tern.1"), os.path.join(MAN, "tern.ini.5"),
+             os.path.join(MAN, "tern-queue.1")]
     for page in pages:
         h.check(os.path.exists(page), "%s is missing" % page)
         p = h.run([groff, "-man", "-Tutf8", "-ww", "-z", page], timeout=30,
@@ -219,8 +220,22 @@ def test_man_pages():
                                           + r"(?![\w-])", text))
         h.check(not missing, "tern.1 does not describe tern %s %s"
                 % (cmd, " ".join(missing)))
+    # tern queue has a page of its own
+    rc, out, err = run(["queue", "--help"])
+    h.check(rc == 0, "tern queue --help: %d %r" % (rc, err))
+    qtext = man_text(os.path.join(MAN, "tern-queue.1"))
+    flags = set(flag_re.findall(out))
+    h.check(len(flags) >= 3, "tern queue --help lists no flags: %r" % out)
+    missing = sorted(f for f in flags
+                     if not re.search(r"(?<![\w-])" + re.escape(f)
+                                      + r"(?![\w-])", qtext))
+    h.check(not missing, "tern-queue.1 does not describe %s"
+            % " ".join(missing))
+    for word in ("list", "show", "flush", "delete", "hold", "release"):
+        h.check(re.search(r"^\.B[IR]? %s\b" % word, qtext, re.M),
+                "tern-queue.1 does not describe %s" % word)
     for page in pages:
-        for name, sec in re.findall(r"^\.BR (tern[\w.]*) \((\d)\)",
+        for name, sec in re.findall(r"^\.BR (tern[\w.-]*) \((\d)\)",
                                     man_text(page), re.M):
             h.check(os.path.exists(os.path.join(MAN, "%s.%s" % (name, sec))),
                     "%s refers to %s(%s), which does not exist"
@@ -233,7 +248,8 @@ def test_man_pages():
     dest = h.tmpdir(prefix="tern-install-")
     h.run(["cmake", "--install", build_dir(), "--prefix", "/usr/local"],
           env=dict(os.environ, DESTDIR=dest), timeout=120)
-    for rel in ("share/man/man1/tern.1", "share/man/man5/tern.ini.5"):
+    for rel in ("share/man/man1/tern.1", "share/man/man1/tern-queue.1",
+                "share/man/man5/tern.ini.5"):
         h.check(os.path.exists(os.path.join(dest, "usr/local", rel)),
                 "make install did not install %s" % rel)
 

@@ -36,6 +36,17 @@ BAD = {
     "pipe-without-command": ("[delivery]\ntarget = pipe\n", None, "command"),
     "text-after-section": ("[server]\nworkers = 1\n[server] workers = 99\n",
                            3, "workers = 99"),
+    # [queue] (Step 7): the schedule checked as a whole, on the later
+    # line; the postmaster an address; days only in [queue]
+    "queue-retry-order": ("[queue]\nretry_max = 10m\nretry_min = 2h\n", 3,
+                          "retry_min"),
+    "queue-lifetime": ("[queue]\nlifetime = 1m\nretry_min = 2m\n", 3,
+                       "lifetime"),
+    "queue-postmaster": ("[queue]\npostmaster = nobody\n", 2, "postmaster"),
+    "queue-concurrency": ("[queue]\n\nconcurrency = 0\n", 3, "concurrency"),
+    "days-outside-queue": ("[server]\ntimeout_command = 1d\n", 2, "1d"),
+    "delivery-queue": ("[delivery]\ntarget = maildir\nqueue = maybe\n", 3,
+                       "maybe"),
     "cr-line-ends": ("[server]\rworkers = 1\rhostname = a b\r", 1,
                      "carriage return"),
     "password-too-long": ("[delivery]\ntarget = smtp\n"
