@@ -40,6 +40,7 @@
 #include "cli.h"
 #include "config.h"
 #include "config_keys.h"
+#include "control.h"
 #include "deliver.h"
 #include "log.h"
 #include "recipients.h"
@@ -151,6 +152,10 @@ static void on_queue_closed(void *arg) {
   log_kv("event", "queue-closed", NULL);
 }
 
+static void close_queue(struct daemon *d);
+
+static void on_control_stopped(void *arg) { close_queue(arg); }
+
 /* After the server: the queue gets what is left of shutdown_timeout to
  * let deliveries in flight end (their results are recorded); the rest
  * are cancelled and delivered again after a restart. */
@@ -171,7 +176,10 @@ static void on_down(struct tern_server *srv, void *arg) {
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
   log_kv("event", "stopped", NULL);
-  close_queue(d);
+  /* `tern queue` works while sessions drain; then the control socket
+   * goes (the queue must outlive it), then the queue */
+  if (d->q)
+    control_stop(on_control_stopped, d);
 }
 
 static void on_stop(uv_signal_t *h, int sig) {
@@ -263,27 +271,7 @@ static void reload(struct daemon *d) {
     policy_put(p);
     return;
   }
-  /* The open queue keeps the [queue] settings it was opened with (the
-   * queue takes its options once): say which changed ones wait for a
-   * restart. What the deliveries use ([delivery]: target, forward URL,
-   * AUTH, maildir, command) applies to the next attempt. */
-  const struct cfg *oc = &d->boot->cfg, *nc = &p->cfg;
-  bool qchanged =
-      d->q && (oc->queue_lifetime_s != nc->queue_lifetime_s ||
-               oc->queue_retry_min_s != nc->queue_retry_min_s ||
-               oc->queue_retry_max_s != nc->queue_retry_max_s ||
-               oc->queue_delay_warning_s != nc->queue_delay_warning_s ||
-               oc->queue_concurrency != nc->queue_concurrency ||
-               oc->queue_max_active != nc->queue_max_active ||
-               (!oc->queue_postmaster) != (!nc->queue_postmaster) ||
-               (oc->queue_postmaster && nc->queue_postmaster &&
-                strcmp(oc->queue_postmaster, nc->queue_postmaster)));
   policy_set(p);
-  if (qchanged)
-    log_kv("event", "reload", "what", "queue", "result", "restart_needed",
-           "detail", "the open queue keeps its lifetime, retry, "
-           "delay_warning, concurrency, max_active and postmaster",
-           NULL);
   if (nkeys)
     log_kv("event", "reload", "result", "partial", "restart_needed", keys,
            NULL);
@@ -624,8 +612,17 @@ static int open_queue(struct daemon *d, const struct cfg *c) {
   }
   unsigned long n = 0;
   tern_queue_list(d->q, NULL, count_msg, &n);
+  char ctl[4096];
+  if (cfg_queue_control_path(c, ctl, sizeof ctl) != 0) {
+    fprintf(stderr, "tern serve: [queue] control: path too long\n");
+    return EX_CONFIG;
+  }
+  if (control_start(d->loop, d->q, ctl, err, sizeof err) != 0) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    return EX_UNAVAILABLE;
+  }
   log_kv("event", "queue-open", "dir", c->queue_dir, "messages", LOG_U(n),
-         NULL);
+         "control", ctl, NULL);
   serve_set_queue(d->q);
   return 0;
 }
@@ -763,6 +760,7 @@ int tern_cli_serve(int argc, char **argv) {
     tern_server_free(d.srv);
     if (d.q) { /* opened, then something else failed */
       serve_set_queue(NULL);
+      control_stop(NULL, NULL);
       tern_queue_close(d.q, 0, on_queue_closed, &d);
       uv_run(d.loop, UV_RUN_DEFAULT);
     }
