@@ -137,6 +137,7 @@ struct daemon {
   struct policy *boot;              /* what the server was started with */
   struct tern_queue *q;             /* the queue, or NULL (direct) */
   struct qdeliver *qd;              /* its deliverer */
+  bool q_closed;                    /* tern_queue_close is done */
   uint64_t stop_ms;                 /* when SIGTERM came (uv_now) */
   int exit_code;
 };
@@ -147,9 +148,16 @@ static void on_queue_closed(void *arg) {
   struct daemon *d = arg;
   qdeliver_free(d->qd);
   d->qd = NULL;
-  tern_queue_free(d->q);
-  d->q = NULL;
+  d->q_closed = true;
+  /* tern_queue_free once the loop has run out, not from inside this
+   * callback (the queue still reads itself after calling it) */
   log_kv("event", "queue-closed", NULL);
+}
+
+static void free_queue(struct daemon *d) {
+  if (d->q && d->q_closed)
+    tern_queue_free(d->q);
+  d->q = NULL;
 }
 
 static void close_queue(struct daemon *d);
@@ -763,11 +771,13 @@ int tern_cli_serve(int argc, char **argv) {
       control_stop(NULL, NULL);
       tern_queue_close(d.q, 0, on_queue_closed, &d);
       uv_run(d.loop, UV_RUN_DEFAULT);
+      free_queue(&d);
     }
     return r;
   }
   uv_run(d.loop, UV_RUN_DEFAULT);
 
+  free_queue(&d);
   tern_server_free(d.srv);
   serve_loops_free();
   policy_put(g_policy);
