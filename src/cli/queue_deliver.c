@@ -686,8 +686,7 @@ static void rc_on_close(struct tern_client *cl, void *ud) {
     fill(j, 451, c->connected ? "4.4.2" : "4.4.1", t);
     qj_end(j);
   }
-  if (!c->job && c->timer_open)
-    uv_timer_stop(&c->idle);
+  uv_timer_stop(&c->idle);
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -700,11 +699,32 @@ static void rc_on_close(struct tern_client *cl, void *ud) {
   uv_close((uv_handle_t *)&c->idle, rc_timer_closed);
 }
 
+/* Gone for good: the runtime's second close drops the connection at
+ * once (its first asks QUIT and waits for the answer). */
+static void rconn_abort(uv_timer_t *t) {
+  struct rconn *c = t->data;
+  if (!c->closed)
+    tern_client_close(c->cl);
+}
+
+/* Close: an idle connection says QUIT (and is dropped if the answer
+ * takes over a second); one that carries a message is dropped at once
+ * (a QUIT would wait behind the message's replies, and nothing must
+ * end the message as if it were whole). */
 static void rconn_close(struct rconn *c) {
-  if (c->closing || c->closed)
+  if (c->closed)
     return;
-  c->closing = true;
-  tern_client_close(c->cl);
+  bool busy = c->job != NULL;
+  if (!c->closing) {
+    c->closing = true;
+    tern_client_close(c->cl);
+  }
+  if (c->closed)
+    return;
+  if (busy)
+    tern_client_close(c->cl);
+  else
+    uv_timer_start(&c->idle, rconn_abort, 1000, 0);
 }
 
 static void rc_idle_timeout(uv_timer_t *t) {
