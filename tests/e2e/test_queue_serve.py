@@ -18,6 +18,9 @@ through each target (src/cli/deliver_queue.c, src/cli/queue_deliver.c).
    per recipient; an exit 67 recipient is status=bounced, the others sent.
 5. lmtp target via the queue into a second tern serve (LMTP listener,
    pipe target answering per recipient): per-recipient results.
+6. A kept connection the next hop drops when the next MAIL comes (no
+   reply): the message goes over a fresh connection at once, delivered
+   once, never deferred.
 
 Peers: /usr/bin/python3 with aiosmtpd (python3-aiosmtpd); missing, the
 test fails.
@@ -26,8 +29,10 @@ test fails.
 import os
 import re
 import smtplib
+import socket
 import subprocess
 import sys
+import threading
 
 import e2e as h
 
@@ -432,9 +437,104 @@ def test_lmtp_via_queue():
                        "the final's command for %s" % r)
 
 
+class DroppingHop:
+    """A scripted next hop (no PIPELINING): each connection takes one
+    message; at the next MAIL on it, it closes without a word (a kept
+    connection found dead only when used)."""
+
+    def __init__(self):
+        self.ls = socket.socket()
+        self.ls.bind((HOST, 0))
+        self.ls.listen(8)
+        self.port = self.ls.getsockname()[1]
+        self.conns = 0
+        self.messages = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns += 1
+            threading.Thread(target=self.serve, args=(c,),
+                             daemon=True).start()
+
+    def serve(self, c):
+        f = c.makefile("rb")
+        done = 0
+        try:
+            c.sendall(b"220 hop ESMTP\r\n")
+            while True:
+                ln = f.readline()
+                if not ln:
+                    return
+                verb = ln[:4].upper()
+                if verb == b"EHLO":
+                    c.sendall(b"250-hop\r\n250 8BITMIME\r\n")
+                elif verb == b"MAIL" and done:
+                    return  # dead, without a reply
+                elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                    c.sendall(b"250 ok\r\n")
+                elif verb == b"DATA":
+                    c.sendall(b"354 go\r\n")
+                    data = b""
+                    while True:
+                        ln = f.readline()
+                        if ln in (b".\r\n", b""):
+                            break
+                        data += ln[1:] if ln.startswith(b".") else ln
+                    with self.lock:
+                        self.messages.append(data)
+                    done += 1
+                    c.sendall(b"250 2.0.0 hop took it\r\n")
+                elif verb == b"QUIT":
+                    c.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    c.sendall(b"502 no\r\n")
+        finally:
+            c.close()
+
+    def close(self):
+        self.ls.close()
+
+
+def test_dead_kept_connection_replaced_once():
+    d = h.tmpdir()
+    (port,) = h.free_ports(1)
+    hop = DroppingHop()
+    try:
+        conf = h.write(os.path.join(d, "q.ini"), SMTP_CONF.format(
+            port=port, sink=hop.port, queue=os.path.join(d, "queue")))
+        with h.Serve(["-c", conf], name="queue-dead-kept") as srv:
+            ids = []
+            for i in range(2):
+                body = ("Subject: kept %d\r\n\r\nbody %d\r\n"
+                        % (i, i)).encode()
+                qid = send(srv.port, "s@example.net", ["r@example.org"], body)
+                ids.append(qid)
+                srv.wait_log("id=%s event=removed" % qid)
+            for qid in ids:
+                lines = srv.grep("id=%s event=delivery" % qid)
+                h.check(len(lines) == 1 and "status=sent" in lines[0],
+                        "%s: %r" % (qid, lines))
+            with hop.lock:
+                h.check(hop.conns == 2, "hop saw %d connections, want 2 "
+                        "(the kept one, dead, then a fresh one)" % hop.conns)
+                h.check(len(hop.messages) == 2,
+                        "hop got %d messages" % len(hop.messages))
+    finally:
+        hop.close()
+
+
 if __name__ == "__main__":
     h.main([test_smtp_queue_byte_exact_and_reuse,
             test_smtp_next_hop_down_then_back,
             test_maildir_via_queue,
             test_pipe_via_queue_once_per_recipient,
-            test_lmtp_via_queue])
+            test_lmtp_via_queue,
+            test_dead_kept_connection_replaced_once])
