@@ -8,8 +8,10 @@
  *   tern serve --check -c tern.ini   check the configuration and exit
  *
  * Every message is answered 250 only once it is durable (Maildir: written,
- * fsynced, renamed into new/, directory fsynced) or accepted by the pipe
- * command. One key=value log line per session and per message. SIGTERM and
+ * fsynced, renamed into new/, directory fsynced), accepted by the pipe
+ * command or the next hop, or, with [delivery] queue, fsynced in the
+ * queue, which then delivers it (queue_deliver.c; the control socket of
+ * `tern queue` is control.c; docs/decisions/0018). One key=value log line per session and per message. SIGTERM and
  * SIGINT drain gracefully; SIGHUP reloads the configuration (users,
  * domains, delivery, certificates, hostname, sizes, limits, timeouts;
  * what needs a restart is logged by key: on_hup()). systemd

@@ -5,7 +5,9 @@
  *
  * Every message is answered 250 only once its target says so: durable
  * (Maildir: written, fsynced, renamed into new/, directory fsynced),
- * accepted by the pipe command, or accepted by the next hop. One
+ * accepted by the pipe command, or accepted by the next hop; with the
+ * queue, once it is fsynced in the queue (queue_ops: "queued as ID",
+ * the queue id being the message id; docs/decisions/0018). One
  * key=value log line per session and per message.
  */
 #define _GNU_SOURCE
