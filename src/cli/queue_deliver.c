@@ -587,9 +587,10 @@ static void rc_on_reply(struct tern_client_session *s,
     else
       set_st(&j->res[index], r->code, r->enhanced, t);
     break;
+  case TERN_CMD_BDAT: /* a chunk refused ends the message (BINARYMIME) */
   case TERN_CMD_DATA:
     j->got_reply = true;
-    if (r->code != 354)
+    if (r->code != 354 && r->code / 100 != 2)
       for (size_t k = 0; k < j->nacc; k++)
         if (!j->res[j->acc[k]].set)
           set_st(&j->res[j->acc[k]], r->code, r->enhanced, t);
