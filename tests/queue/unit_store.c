@@ -21,7 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -428,6 +431,7 @@ static void test_commit_hole(void **state)
   struct qstore_msg m;
   mk_msg(&m, "HOLE", 300, 4, 1);
   qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
+  qstore_msg_clear(&m);
   /* the same id twice: the second commit is refused */
   mk_msg(&m, "TWICE", 10, 1, 1);
   qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
@@ -622,6 +626,75 @@ static void test_update(void **state)
       count_sql(f.dir, "SELECT count(*) FROM chunk WHERE msg = 'UPD1'"), 0);
   rmtree(f.dir);
   free(f.dir);
+}
+
+/* qstore_drop forgets chunks, never a committed message; a read past
+ * the end or of nothing is TERN_ENOENT. */
+static void test_drop(void **state)
+{
+  (void)state;
+  struct fx f;
+  fx_open(&f, NULL);
+  static const char *const body[] = {"a\r\n", "b\r\n"};
+  commit_one(&f, "KEEP", 2, body, 1);
+  struct done d = {0};
+  qstore_chunk(f.k, "GONE", 0, fill(10, 1), 10, done_cb, &d);
+  qstore_chunk(f.k, "GONE", 1, fill(10, 1), 10, done_cb, &d);
+  qstore_drop(f.k, "GONE", done_cb, &d);
+  qstore_drop(f.k, "KEEP", done_cb, &d);
+  qstore_drop(f.k, "KEEP", NULL, NULL);
+  run_until(&f.loop, &d.n, 4);
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(d.status[i], 0);
+  int st;
+  struct buf b = body_of(f.s, "KEEP", &st);
+  assert_int_equal(st, 0);
+  assert_int_equal(b.len, 6);
+  free(b.p);
+  struct rd r = {.k = f.k};
+  snprintf(r.id, sizeof r.id, "GONE");
+  qstore_read(f.k, "GONE", 0, read_cb, &r);
+  run_until(&f.loop, &r.finished, 1);
+  assert_int_equal(r.end_status, TERN_ENOENT);
+  assert_int_equal(r.b.len, 0);
+  /* a second sink that never asked for anything is freed at once */
+  struct qstore_sink *k2;
+  assert_int_equal(qstore_sink_new(f.s, &f.loop, &k2), 0);
+  free_sink(&f.loop, k2);
+  fx_close(&f, true);
+  assert_int_equal(
+      count_sql(f.dir, "SELECT count(*) FROM chunk WHERE msg = 'GONE'"), 0);
+  assert_int_equal(
+      count_sql(f.dir, "SELECT count(*) FROM chunk WHERE msg = 'KEEP'"), 2);
+  rmtree(f.dir);
+  free(f.dir);
+}
+
+/* fsync off (synchronous=OFF) works the same */
+static void test_nosync(void **state)
+{
+  (void)state;
+  char err[256];
+  char *dir = tmpdir();
+  struct qstore *s;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  assert_int_equal(qstore_open(&s, dir, false, false, err, sizeof err), 0);
+  struct qstore_sink *k;
+  assert_int_equal(qstore_sink_new(s, &loop, &k), 0);
+  struct done d = {0};
+  submit(k, "NOSYNC", 5000, 4096, 1, &d, NULL);
+  run_until(&loop, &d.n, 2);
+  assert_int_equal(d.status[1], 0);
+  struct listed l;
+  assert_int_equal(list_all(s, "NOSYNC", &l), 0);
+  assert_int_equal(l.first.nchunks, 2);
+  listed_clear(&l);
+  qstore_close(s);
+  free_sink(&loop, k);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  rmtree(dir);
+  free(dir);
 }
 
 /* ---- DSNs ---------------------------------------------------------------- */
@@ -869,20 +942,199 @@ static void test_ids(void **state)
   fx_close(&f, false);
 }
 
-/* ---- disk full (run by enospc.sh on a 2 MiB tmpfs) ----------------------- */
+/* ---- kill -9 while committing -------------------------------------------- */
+
+static unsigned id_hash(const char *id)
+{
+  unsigned h = 2166136261u;
+  for (; *id; id++)
+    h = (h ^ (unsigned char)*id) * 16777619u;
+  return h;
+}
+
+struct crash_child {
+  struct qstore *s;
+  struct qstore_sink *k;
+  int fd;
+};
+
+static void crash_next(struct crash_child *c);
+
+struct crash_msg {
+  struct crash_child *c;
+  char id[TERN_QUEUE_ID_MAX];
+  int left;
+};
+
+static void crash_done(void *arg, int status)
+{
+  struct crash_msg *m = arg;
+  if (--m->left > 0)
+    return;
+  if (status != 0)
+    _exit(3);
+  /* acknowledged: the parent may now expect it after any crash */
+  char line[TERN_QUEUE_ID_MAX + 1];
+  size_t n = strlen(m->id);
+  memcpy(line, m->id, n);
+  line[n] = '\n';
+  if (write(m->c->fd, line, n + 1) != (ssize_t)(n + 1))
+    _exit(4);
+  struct crash_child *c = m->c;
+  free(m);
+  crash_next(c);
+}
+
+static void crash_next(struct crash_child *c)
+{
+  struct crash_msg *m = calloc(1, sizeof *m);
+  m->c = c;
+  qstore_new_id(c->s, m->id);
+  unsigned h = id_hash(m->id);
+  size_t len = 500 + h % 150000;
+  uint32_t n = (uint32_t)(len / 65536 + 1);
+  m->left = (int)n; /* chunks and the commit */
+  unsigned char *all = fill(len, h);
+  for (uint32_t i = 0; i + 1 < n; i++) {
+    void *p = malloc(65536);
+    memcpy(p, all + (size_t)i * 65536, 65536);
+    qstore_chunk(c->k, m->id, i, p, 65536, crash_done, m);
+  }
+  size_t rest = len - (size_t)(n - 1) * 65536;
+  void *last = malloc(rest ? rest : 1);
+  memcpy(last, all + (size_t)(n - 1) * 65536, rest);
+  free(all);
+  struct qstore_msg qm;
+  mk_msg(&qm, m->id, len, n, 2);
+  qstore_commit(c->k, &qm, last, rest, crash_done, m, NULL, NULL, NULL);
+  qstore_msg_clear(&qm);
+}
+
+static void crash_child_main(const char *dir, int fd)
+{
+  char err[256];
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  struct crash_child c = {.fd = fd};
+  if (qstore_open(&c.s, dir, true, false, err, sizeof err) != 0)
+    _exit(2);
+  qstore_sink_new(c.s, &loop, &c.k);
+  for (int i = 0; i < 20; i++)
+    crash_next(&c);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  _exit(5);
+}
+
+/* Every message acknowledged before a kill -9 is there afterwards, byte
+ * for byte, and nothing else is left of the rest. */
+static void test_crash(void **state)
+{
+  (void)state;
+  char *dir = tmpdir();
+  char **acked = NULL;
+  size_t nacked = 0, cap = 0;
+  srand((unsigned)time(NULL));
+  for (int round = 0; round < 4; round++) {
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      close(pfd[0]);
+      crash_child_main(dir, pfd[1]);
+    }
+    close(pfd[1]);
+    /* wait for some acknowledgements, then kill at a random moment */
+    char buf[4096];
+    size_t have = 0;
+    char line[64];
+    size_t ll = 0;
+    int want = 20 + rand() % 200;
+    int got = 0;
+    bool killed = false;
+    ssize_t r;
+    while ((r = read(pfd[0], buf, sizeof buf)) > 0) {
+      for (ssize_t i = 0; i < r; i++) {
+        if (buf[i] != '\n') {
+          if (ll < sizeof line - 1)
+            line[ll++] = buf[i];
+          continue;
+        }
+        line[ll] = '\0';
+        ll = 0;
+        if (nacked == cap) {
+          cap = cap ? cap * 2 : 256;
+          acked = realloc(acked, cap * sizeof *acked);
+        }
+        acked[nacked++] = strdup(line);
+        got++;
+      }
+      have += (size_t)r;
+      if (!killed && got >= want) {
+        usleep((useconds_t)(rand() % 20000));
+        kill(pid, SIGKILL);
+        killed = true;
+      }
+    }
+    close(pfd[0]);
+    int ws;
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL);
+
+    /* reopen: every acknowledged message, byte-exact */
+    struct fx f;
+    fx_open(&f, dir);
+    for (size_t i = 0; i < nacked; i++) {
+      unsigned h = id_hash(acked[i]);
+      size_t len = 500 + h % 150000;
+      int st;
+      struct buf b = body_of(f.s, acked[i], &st);
+      if (st != 0)
+        fail_msg("round %d: acknowledged %s is missing (%d)", round,
+                 acked[i], st);
+      unsigned char *want_body = fill(len, h);
+      assert_int_equal(b.len, len);
+      assert_memory_equal(b.p, want_body, len);
+      free(want_body);
+      free(b.p);
+    }
+    struct listed l;
+    assert_int_equal(list_all(f.s, NULL, &l), 0);
+    listed_clear(&l);
+    print_message("crash round %d: %zu acknowledged in all, %d listed\n",
+                  round, nacked, l.n);
+    assert_true((size_t)l.n >= nacked);
+    fx_close(&f, true);
+    free(f.dir);
+    /* what was not committed is gone (open removed it) */
+    assert_int_equal(count_sql(dir, "SELECT count(*) FROM chunk WHERE msg "
+                                    "NOT IN (SELECT id FROM msg)"),
+                     0);
+    (void)have;
+  }
+  for (size_t i = 0; i < nacked; i++)
+    free(acked[i]);
+  free(acked);
+  rmtree(dir);
+  free(dir);
+}
+
+/* ---- disk full (run by enospc.sh on a 48 MiB tmpfs) ---------------------- */
+
+#define ENOSPC_MAX 2000
 
 static int run_enospc(const char *dir)
 {
   struct fx f;
   fx_open(&f, dir);
-  char ids[200][TERN_QUEUE_ID_MAX];
+  static char ids[ENOSPC_MAX][TERN_QUEUE_ID_MAX];
   int ok = 0, st = 0;
   /* a message in progress when the disk fills up */
   struct done dp = {0};
   qstore_chunk(f.k, "PARTIAL", 0, fill(1000, 9), 1000, done_cb, &dp);
   run_until(&f.loop, &dp.n, 1);
   assert_int_equal(dp.status[0], 0);
-  for (int i = 0; i < 200; i++) {
+  for (int i = 0; i < ENOSPC_MAX; i++) {
     qstore_new_id(f.s, ids[i]);
     struct done d = {0};
     submit(f.k, ids[i], 64 * 1024, 65536, (unsigned)i, &d, NULL);
@@ -895,6 +1147,9 @@ static int run_enospc(const char *dir)
   print_message("enospc: %d messages of 64 KiB committed, then %d\n", ok,
                 st);
   assert_int_equal(st, TERN_ENOSPC);
+  /* the reserve is gone: removals have room */
+  assert_false(file_exists(dir, "reserve"));
+
   /* a chunk of the message in progress fails too: the disk is full */
   struct done d = {0};
   qstore_chunk(f.k, "PARTIAL", 1, fill(60000, 9), 60000, done_cb, &d);
@@ -911,31 +1166,37 @@ static int run_enospc(const char *dir)
   assert_int_equal(st, TERN_ENOENT);
   free(b.p);
 
-  /* free some space: delete two messages */
-  for (int i = 0; i < 2; i++) {
-    struct qstore_update u = {.id = ids[i], .held = -1, .warned = -1,
+  /* state changes still work at a full disk */
+  struct qstore_rcpt_update ru = {.idx = 0, .state = QS_DEFERRED,
+                                  .attempts = 1, .last_code = 451,
+                                  .last_reply = "451 4.3.0 later"};
+  struct qstore_update uu = {.id = ids[ok - 1], .rcpts = &ru, .nrcpts = 1,
+                             .held = -1, .warned = -1};
+  assert_int_equal(update_wait(&f, &uu), 0);
+
+  /* remove messages until a new one is accepted: serving resumes once
+   * the reserve (8 MiB) and as much again are free */
+  char id[TERN_QUEUE_ID_MAX];
+  unsigned char *want = NULL;
+  int removed = 0;
+  for (; removed < ok; removed++) {
+    struct qstore_update u = {.id = ids[removed], .held = -1, .warned = -1,
                               .remove = true};
     assert_int_equal(update_wait(&f, &u), 0);
+    qstore_new_id(f.s, id);
+    memset(&d, 0, sizeof d);
+    free(want);
+    submit(f.k, id, 64 * 1024, 65536, 77, &d, &want);
+    run_until(&f.loop, &d.n, 2);
+    if (d.status[1] == 0)
+      break;
+    assert_int_equal(d.status[1], TERN_ENOSPC);
+    assert_int_equal(list_all(f.s, id, &l), TERN_ENOENT);
   }
-  /* the message whose chunk 1 was lost cannot be committed now */
-  memset(&d, 0, sizeof d);
-  struct qstore_msg m;
-  mk_msg(&m, "PARTIAL", 1100, 3, 1);
-  qstore_commit(f.k, &m, fill(100, 9), 100, done_cb, &d, NULL, NULL, NULL);
-  qstore_msg_clear(&m);
-  run_until(&f.loop, &d.n, 1);
-  assert_int_equal(d.status[0], TERN_ENOSPC);
-  assert_int_equal(list_all(f.s, "PARTIAL", &l), TERN_ENOENT);
-
-  /* serving resumes */
-  char id[TERN_QUEUE_ID_MAX];
-  qstore_new_id(f.s, id);
-  memset(&d, 0, sizeof d);
-  unsigned char *want;
-  submit(f.k, id, 64 * 1024, 65536, 77, &d, &want);
-  run_until(&f.loop, &d.n, 2);
+  print_message("enospc: accepting again after %d removals\n", removed + 1);
+  assert_true(removed < ok);
   assert_int_equal(d.status[0], 0);
-  assert_int_equal(d.status[1], 0);
+  assert_true(file_exists(dir, "reserve"));
   b = body_of(f.s, id, &st);
   assert_int_equal(st, 0);
   assert_int_equal(b.len, 64 * 1024);
@@ -943,18 +1204,61 @@ static int run_enospc(const char *dir)
   free(b.p);
   free(want);
   assert_int_equal(list_all(f.s, NULL, &l), 0);
-  assert_int_equal(l.n, ok - 2 + 1);
+  assert_int_equal(l.n, ok - (removed + 1) + 1);
+  listed_clear(&l);
+
+  /* the message whose chunk 1 was lost cannot be committed, even now */
+  memset(&d, 0, sizeof d);
+  qstore_chunk(f.k, "PARTIAL", 2, fill(100, 9), 100, done_cb, &d);
+  struct qstore_msg m;
+  mk_msg(&m, "PARTIAL", 1200, 4, 1);
+  qstore_commit(f.k, &m, fill(100, 9), 100, done_cb, &d, NULL, NULL, NULL);
+  qstore_msg_clear(&m);
+  run_until(&f.loop, &d.n, 2);
+  assert_int_equal(d.status[0], TERN_ENOSPC);
+  assert_int_equal(d.status[1], TERN_ENOSPC);
+  assert_int_equal(list_all(f.s, "PARTIAL", &l), TERN_ENOENT);
+
+  /* full again, then a restart: the queue opens (refusing new messages)
+   * and state changes still work */
+  int more = 0;
+  for (; more < ENOSPC_MAX; more++) {
+    qstore_new_id(f.s, id);
+    memset(&d, 0, sizeof d);
+    submit(f.k, id, 64 * 1024, 65536, 5, &d, NULL);
+    run_until(&f.loop, &d.n, 2);
+    if (d.status[1] != 0)
+      break;
+  }
+  assert_int_equal(d.status[1], TERN_ENOSPC);
+  char *keep = f.dir;
+  fx_close(&f, true);
+  fx_open(&f, keep);
+  free(keep);
+  qstore_new_id(f.s, id);
+  memset(&d, 0, sizeof d);
+  submit(f.k, id, 1024, 65536, 6, &d, NULL);
+  run_until(&f.loop, &d.n, 1);
+  assert_int_equal(d.status[0], TERN_ENOSPC);
+  struct qstore_update u2 = {.id = ids[ok - 1], .held = 1, .warned = -1};
+  assert_int_equal(update_wait(&f, &u2), 0);
+  assert_int_equal(list_all(f.s, ids[ok - 1], &l), 0);
+  assert_true(l.first.held);
   listed_clear(&l);
   fx_close(&f, true);
   free(f.dir);
 
-  /* the failed message left no chunk behind */
+  /* the failed messages left no chunk behind */
   char sql[128];
   snprintf(sql, sizeof sql, "SELECT count(*) FROM chunk WHERE msg = '%.23s'",
            ids[ok]);
   assert_int_equal(count_sql(dir, sql), 0);
   assert_int_equal(
       count_sql(dir, "SELECT count(*) FROM chunk WHERE msg = 'PARTIAL'"), 0);
+  assert_int_equal(
+      count_sql(dir, "SELECT count(*) FROM chunk WHERE msg NOT IN "
+                     "(SELECT id FROM msg)"),
+      0);
   return 0;
 }
 
@@ -976,6 +1280,8 @@ int main(int argc, char **argv)
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrip),
       cmocka_unit_test(test_commit_hole),
+      cmocka_unit_test(test_drop),
+      cmocka_unit_test(test_nosync),
       cmocka_unit_test(test_group_commit),
       cmocka_unit_test(test_update),
       cmocka_unit_test(test_dsn),
@@ -984,6 +1290,7 @@ int main(int argc, char **argv)
       cmocka_unit_test(test_busy),
       cmocka_unit_test(test_schema_version),
       cmocka_unit_test(test_ids),
+      cmocka_unit_test(test_crash),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
