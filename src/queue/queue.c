@@ -157,8 +157,9 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
   }
   uv_timer_init(loop, &q->timer);
   uv_timer_init(loop, &q->close_timer);
-  q->timer.data = q->close_timer.data = q;
-  q->handles_open = 2;
+  uv_idle_init(loop, &q->kick);
+  q->timer.data = q->close_timer.data = q->kick.data = q;
+  q->handles_open = 3;
   /* The timer is armed as messages load, but fires only once the loop
    * runs: delivery never starts inside this call. */
   struct load_ctx c = {q, 0, 0};
@@ -212,6 +213,7 @@ static void on_close_timer(uv_timer_t *t) {
     qstore_sink_free(q->home);
     q->home = NULL;
     uv_close((uv_handle_t *)&q->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&q->kick, on_handle_closed);
     uv_close((uv_handle_t *)&q->close_timer, on_handle_closed);
   }
 }

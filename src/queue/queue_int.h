@@ -111,6 +111,7 @@ struct tern_queue {
   struct qmsg **heap;
   size_t heap_len, heap_cap;
   uv_timer_t timer;
+  uv_idle_t kick;   /* a pump soon, outside the caller's stack */
   bool timer_armed;
   int64_t timer_at;
 
@@ -147,8 +148,11 @@ struct qmsg *q_msg_find(const struct tern_queue *q, const char *id);
 void q_msg_forget(struct tern_queue *q, struct qmsg *m);
 /* Recompute the message's due time and its place in the heap; rearm. */
 void q_msg_resched(struct tern_queue *q, struct qmsg *m);
-/* Start what may start. */
+/* Start what may start. Calls deliver: only from the loop (the timer,
+ * the kick), never inside a call of the application's. */
 void q_pump(struct tern_queue *q);
+/* Pump on the next loop iteration. */
+void q_kick(struct tern_queue *q);
 /* Arm the timer for the heap's top (or stop it). */
 void q_timer_arm(struct tern_queue *q);
 /* Free every job (ready, running, cancelled) and message. */

@@ -481,6 +481,17 @@ static void job_start(struct tern_queue *q, struct tern_queue_job *j) {
   q->active++;
 }
 
+static void on_kick(uv_idle_t *h) {
+  struct tern_queue *q = h->data;
+  uv_idle_stop(h);
+  q_pump(q);
+}
+
+void q_kick(struct tern_queue *q) {
+  if (!q->close_phase && q->run_head)
+    uv_idle_start(&q->kick, on_kick);
+}
+
 void q_pump(struct tern_queue *q) {
   if (q->pumping || q->close_phase)
     return;
@@ -698,6 +709,7 @@ void tern_queue_job_done(struct tern_queue_job *job,
   run_push(q, job->dest);
   if (!job->reading)
     job_free(job);
-  q_pump(q);
+  /* Not q_pump(): deliver must not run inside the application's call. */
+  q_kick(q);
   q_close_step(q);
 }

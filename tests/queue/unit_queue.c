@@ -76,6 +76,7 @@ struct fx {
   char text[128];
   int written;
   int closed;
+  bool in_call; /* inside tern_queue_job_done: deliver must not come */
 };
 
 static int count_ev(struct fx *f, enum tern_queue_event_type t) {
@@ -113,7 +114,9 @@ static void finish(struct live *l) {
   else
     f->inflight_local--;
   l->ended = true;
+  f->in_call = true;
   tern_queue_job_done(l->job, NULL);
+  f->in_call = false;
   free(l);
 }
 
@@ -143,6 +146,7 @@ static void on_body(void *arg, const char *buf, size_t len, int status) {
 static void deliver(struct tern_queue_job *job,
                     const struct tern_queue_job_info *info, void *ud) {
   struct fx *f = ud;
+  assert_false(f->in_call);
   if (getenv("QDBG"))
     fprintf(stderr, "%ld job %s %s attempt %u bounce %d\n", (long)time(NULL),
             info->id, info->rcpts[0].addr, info->attempt, info->is_bounce);
@@ -1011,7 +1015,8 @@ static double load_case(int n) {
 static void test_many(void **state) {
   (void)state;
   double t = load_case(20000);
-  assert_true(t < 3.0); /* 0.07-0.3 s measured; ASan about 0.8 s */
+  /* 0.04-0.3 s measured; 0.15-2 s under ASan on a busy machine */
+  assert_true(t < 5.0);
 }
 
 int main(int argc, char **argv) {
