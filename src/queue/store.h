@@ -11,13 +11,32 @@
  *   rcpt(msg, idx, addr, orcpt, notify, dest, state, attempts, next_try,
  *        last_code, last_reply, remote_mta; PRIMARY KEY (msg, idx))
  *   chunk(msg, seq, data BLOB; PRIMARY KEY (msg, seq))
- * A msg row exists only for a committed message: chunks without one are
- * a message still coming in (or left by a crash: removed at open).
+ * (msg and rcpt are WITHOUT ROWID tables; PRAGMA user_version is the
+ * schema's version, 1.) A msg row exists only for a committed message:
+ * chunks without one are a message still coming in (or left by a crash:
+ * removed at open).
+ *
+ * Files in the directory: queue.db (with -wal and -shm while open), lock
+ * (flock()ed by the one writer), reserve (8 MiB kept allocated for a full
+ * disk, see below).
+ *
+ * Disk full. SQLite needs room even to delete. When a group transaction
+ * fails with ENOSPC the store removes DIR/reserve and refuses new
+ * messages (qstore_chunk and qstore_commit complete with TERN_ENOSPC
+ * without touching the database) while updates, removals and DSNs go on
+ * in the room the reserve left; it accepts new messages again once the
+ * reserve and as much again are free (removed messages' pages are given
+ * back to the file system meanwhile). A message any of whose chunks
+ * failed can no longer be committed: its qstore_commit gets that
+ * failure (a body with a hole is never committed).
  *
  * Completions. Every asynchronous call names a sink: a loop's mailbox
  * (a uv_async). Its callback runs on that loop, never inside the call
  * that asked. Buffers handed in are owned by the store from the call on
- * (it frees them), whatever the outcome.
+ * (it frees them), whatever the outcome. Operations of one sink complete
+ * in the order they were asked within their thread (writer or reader).
+ * If the few hundred bytes an operation needs cannot be allocated, it
+ * is dropped and its callback never runs (the only such case).
  *
  * Status values are 0 or a TERN_E* code: TERN_ENOSPC (disk full, quota:
  * SQLITE_FULL, ENOSPC, EDQUOT), TERN_EIO (any other failure), TERN_ENOENT.
@@ -77,9 +96,16 @@ void qstore_msg_clear(struct qstore_msg *m);
 /*
  * Open the store in `dir` (created 0700 unless readonly), create the
  * schema if new, and, unless readonly, take the spool's lock (a second
- * writer gets TERN_EBUSY), remove chunks without a message, start the
- * writer and reader threads. Synchronous. Returns 0 or TERN_E* with
- * err set ("DIR/queue.db: what").
+ * writer gets TERN_EBUSY, "DIR: in use by another process"), remove
+ * chunks without a message, start the writer and reader threads.
+ * Synchronous. Returns 0 or TERN_E* with err set ("DIR/queue.db: what"):
+ * TERN_ENOTSUP for a database of a newer schema version, TERN_ENOENT
+ * (readonly) when there is no queue.db. On failure *out is NULL.
+ *
+ * readonly (the offline `tern queue list`): no lock, no threads, only
+ * qstore_list, qstore_body, qstore_close may be called. It works while a
+ * writer has the store open and when none has (SQLite may then leave an
+ * empty queue.db-wal and -shm behind, which the next writer uses).
  */
 int qstore_open(struct qstore **out, const char *dir, bool fsync,
                 bool readonly, char *err, size_t cap);
@@ -88,12 +114,19 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
  * first), stop the threads, close. Synchronous. */
 void qstore_close(struct qstore *s);
 
-/* A fresh queue id, unique in this spool even across restarts (time in
- * microseconds and a counter, [0-9A-Z]). Thread-safe. */
+/* A fresh queue id, unique in this spool even across restarts: 11
+ * base-36 digits of the time in microseconds (strictly increasing, even
+ * if the clock steps back, and above the newest id stored at open) and 3
+ * of a counter, 14 characters [0-9A-Z] that sort by time. Thread-safe. */
 void qstore_new_id(struct qstore *s, char out[TERN_QUEUE_ID_MAX]);
 
 /* A mailbox on `loop` (that loop's thread). Free it on that thread when
- * no operation of it is pending; its uv_async is closed then. */
+ * no operation of it is pending (every callback of it has run; a sink
+ * that never asked for anything may be freed at once). Its uv_async is
+ * closed then, and the memory freed in the close callback: run the loop
+ * once more. Freeing it with operations still pending is a bug: their
+ * completions would be posted to freed memory. Returns 0, TERN_ENOMEM or
+ * TERN_EIO (uv_async_init failed). */
 int qstore_sink_new(struct qstore *s, uv_loop_t *loop,
                     struct qstore_sink **out);
 void qstore_sink_free(struct qstore_sink *k);
@@ -121,11 +154,14 @@ void qstore_commit(struct qstore_sink *k, const struct qstore_msg *m,
                    void (*home_cb)(void *arg, struct qstore_msg *m),
                    void *home_arg);
 
-/* Forget a message not committed (its chunks). cb may be NULL. */
+/* Forget a message not committed (its chunks; a committed message of that
+ * id is never touched). cb may be NULL. */
 void qstore_drop(struct qstore_sink *k, const char *id, qstore_done_fn cb,
                  void *arg);
 
-/* A state change of one committed message, applied atomically. */
+/* A state change of one committed message, applied atomically. Each
+ * listed recipient's fields are all replaced (last_reply and remote_mta
+ * NULL store NULL). */
 struct qstore_rcpt_update {
   uint32_t idx;
   int state;             /* QS_* */
@@ -160,13 +196,16 @@ struct qstore_update {
   size_t tail_len;
 };
 
-/* Apply u (copied) in the next group transaction. cb may be NULL. */
+/* Apply u (copied) in the next group transaction. cb may be NULL. Status
+ * 0; TERN_ENOENT when message u->id does not exist: nothing of it
+ * changes, but u->dsn, if any, IS queued (head and tail only); or
+ * TERN_ENOSPC/TERN_EIO: nothing of u happened. */
 void qstore_update(struct qstore_sink *k, const struct qstore_update *u,
                    qstore_done_fn cb, void *arg);
 
 /* Read chunk `seq` of a committed message in the reader thread:
  * cb(arg, status, data, len) on the sink's loop (data valid during the
- * call; status TERN_ENOENT past the last chunk). */
+ * call, freed after it; status TERN_ENOENT past the last chunk). */
 void qstore_read(struct qstore_sink *k, const char *id, uint32_t seq,
                  void (*cb)(void *arg, int status, const char *data,
                             size_t len),
@@ -175,12 +214,16 @@ void qstore_read(struct qstore_sink *k, const char *id, uint32_t seq,
 /* Every committed message (id NULL) or one, oldest first, with all its
  * recipients, read synchronously on the caller's thread (its own read
  * connection, serialized with other such calls). fn returns non-zero to
- * stop. m is valid during the call. Returns 0, TERN_ENOENT (id given,
- * not found), TERN_EIO. */
+ * stop. m is valid during the call; fn must not call qstore_list or
+ * qstore_body (they share a mutex). The whole list is one snapshot (one
+ * read transaction). Returns 0, TERN_ENOENT (id given, not found),
+ * TERN_EIO, TERN_ENOMEM. */
 int qstore_list(struct qstore *s, const char *id,
                 int (*fn)(const struct qstore_msg *m, void *arg), void *arg);
 
-/* The chunks of one committed message, in order, synchronously. */
+/* The chunks of one committed message, in order, synchronously; fn
+ * returns non-zero to stop. Returns 0, TERN_ENOENT (no such committed
+ * message), TERN_EIO. */
 int qstore_body(struct qstore *s, const char *id,
                 int (*fn)(void *arg, const char *data, size_t len),
                 void *arg);

@@ -428,6 +428,7 @@ static void test_commit_hole(void **state)
   struct qstore_msg m;
   mk_msg(&m, "HOLE", 300, 4, 1);
   qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
+  qstore_msg_clear(&m);
   /* the same id twice: the second commit is refused */
   mk_msg(&m, "TWICE", 10, 1, 1);
   qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
@@ -622,6 +623,75 @@ static void test_update(void **state)
       count_sql(f.dir, "SELECT count(*) FROM chunk WHERE msg = 'UPD1'"), 0);
   rmtree(f.dir);
   free(f.dir);
+}
+
+/* qstore_drop forgets chunks, never a committed message; a read past
+ * the end or of nothing is TERN_ENOENT. */
+static void test_drop(void **state)
+{
+  (void)state;
+  struct fx f;
+  fx_open(&f, NULL);
+  static const char *const body[] = {"a\r\n", "b\r\n"};
+  commit_one(&f, "KEEP", 2, body, 1);
+  struct done d = {0};
+  qstore_chunk(f.k, "GONE", 0, fill(10, 1), 10, done_cb, &d);
+  qstore_chunk(f.k, "GONE", 1, fill(10, 1), 10, done_cb, &d);
+  qstore_drop(f.k, "GONE", done_cb, &d);
+  qstore_drop(f.k, "KEEP", done_cb, &d);
+  qstore_drop(f.k, "KEEP", NULL, NULL);
+  run_until(&f.loop, &d.n, 4);
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(d.status[i], 0);
+  int st;
+  struct buf b = body_of(f.s, "KEEP", &st);
+  assert_int_equal(st, 0);
+  assert_int_equal(b.len, 6);
+  free(b.p);
+  struct rd r = {.k = f.k};
+  snprintf(r.id, sizeof r.id, "GONE");
+  qstore_read(f.k, "GONE", 0, read_cb, &r);
+  run_until(&f.loop, &r.finished, 1);
+  assert_int_equal(r.end_status, TERN_ENOENT);
+  assert_int_equal(r.b.len, 0);
+  /* a second sink that never asked for anything is freed at once */
+  struct qstore_sink *k2;
+  assert_int_equal(qstore_sink_new(f.s, &f.loop, &k2), 0);
+  free_sink(&f.loop, k2);
+  fx_close(&f, true);
+  assert_int_equal(
+      count_sql(f.dir, "SELECT count(*) FROM chunk WHERE msg = 'GONE'"), 0);
+  assert_int_equal(
+      count_sql(f.dir, "SELECT count(*) FROM chunk WHERE msg = 'KEEP'"), 2);
+  rmtree(f.dir);
+  free(f.dir);
+}
+
+/* fsync off (synchronous=OFF) works the same */
+static void test_nosync(void **state)
+{
+  (void)state;
+  char err[256];
+  char *dir = tmpdir();
+  struct qstore *s;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  assert_int_equal(qstore_open(&s, dir, false, false, err, sizeof err), 0);
+  struct qstore_sink *k;
+  assert_int_equal(qstore_sink_new(s, &loop, &k), 0);
+  struct done d = {0};
+  submit(k, "NOSYNC", 5000, 4096, 1, &d, NULL);
+  run_until(&loop, &d.n, 2);
+  assert_int_equal(d.status[1], 0);
+  struct listed l;
+  assert_int_equal(list_all(s, "NOSYNC", &l), 0);
+  assert_int_equal(l.first.nchunks, 2);
+  listed_clear(&l);
+  qstore_close(s);
+  free_sink(&loop, k);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  rmtree(dir);
+  free(dir);
 }
 
 /* ---- DSNs ---------------------------------------------------------------- */
@@ -869,20 +939,22 @@ static void test_ids(void **state)
   fx_close(&f, false);
 }
 
-/* ---- disk full (run by enospc.sh on a 2 MiB tmpfs) ----------------------- */
+/* ---- disk full (run by enospc.sh on a 48 MiB tmpfs) ---------------------- */
+
+#define ENOSPC_MAX 2000
 
 static int run_enospc(const char *dir)
 {
   struct fx f;
   fx_open(&f, dir);
-  char ids[200][TERN_QUEUE_ID_MAX];
+  static char ids[ENOSPC_MAX][TERN_QUEUE_ID_MAX];
   int ok = 0, st = 0;
   /* a message in progress when the disk fills up */
   struct done dp = {0};
   qstore_chunk(f.k, "PARTIAL", 0, fill(1000, 9), 1000, done_cb, &dp);
   run_until(&f.loop, &dp.n, 1);
   assert_int_equal(dp.status[0], 0);
-  for (int i = 0; i < 200; i++) {
+  for (int i = 0; i < ENOSPC_MAX; i++) {
     qstore_new_id(f.s, ids[i]);
     struct done d = {0};
     submit(f.k, ids[i], 64 * 1024, 65536, (unsigned)i, &d, NULL);
@@ -895,6 +967,9 @@ static int run_enospc(const char *dir)
   print_message("enospc: %d messages of 64 KiB committed, then %d\n", ok,
                 st);
   assert_int_equal(st, TERN_ENOSPC);
+  /* the reserve is gone: removals have room */
+  assert_false(file_exists(dir, "reserve"));
+
   /* a chunk of the message in progress fails too: the disk is full */
   struct done d = {0};
   qstore_chunk(f.k, "PARTIAL", 1, fill(60000, 9), 60000, done_cb, &d);
@@ -911,31 +986,37 @@ static int run_enospc(const char *dir)
   assert_int_equal(st, TERN_ENOENT);
   free(b.p);
 
-  /* free some space: delete two messages */
-  for (int i = 0; i < 2; i++) {
-    struct qstore_update u = {.id = ids[i], .held = -1, .warned = -1,
+  /* state changes still work at a full disk */
+  struct qstore_rcpt_update ru = {.idx = 0, .state = QS_DEFERRED,
+                                  .attempts = 1, .last_code = 451,
+                                  .last_reply = "451 4.3.0 later"};
+  struct qstore_update uu = {.id = ids[ok - 1], .rcpts = &ru, .nrcpts = 1,
+                             .held = -1, .warned = -1};
+  assert_int_equal(update_wait(&f, &uu), 0);
+
+  /* remove messages until a new one is accepted: serving resumes once
+   * the reserve (8 MiB) and as much again are free */
+  char id[TERN_QUEUE_ID_MAX];
+  unsigned char *want = NULL;
+  int removed = 0;
+  for (; removed < ok; removed++) {
+    struct qstore_update u = {.id = ids[removed], .held = -1, .warned = -1,
                               .remove = true};
     assert_int_equal(update_wait(&f, &u), 0);
+    qstore_new_id(f.s, id);
+    memset(&d, 0, sizeof d);
+    free(want);
+    submit(f.k, id, 64 * 1024, 65536, 77, &d, &want);
+    run_until(&f.loop, &d.n, 2);
+    if (d.status[1] == 0)
+      break;
+    assert_int_equal(d.status[1], TERN_ENOSPC);
+    assert_int_equal(list_all(f.s, id, &l), TERN_ENOENT);
   }
-  /* the message whose chunk 1 was lost cannot be committed now */
-  memset(&d, 0, sizeof d);
-  struct qstore_msg m;
-  mk_msg(&m, "PARTIAL", 1100, 3, 1);
-  qstore_commit(f.k, &m, fill(100, 9), 100, done_cb, &d, NULL, NULL, NULL);
-  qstore_msg_clear(&m);
-  run_until(&f.loop, &d.n, 1);
-  assert_int_equal(d.status[0], TERN_ENOSPC);
-  assert_int_equal(list_all(f.s, "PARTIAL", &l), TERN_ENOENT);
-
-  /* serving resumes */
-  char id[TERN_QUEUE_ID_MAX];
-  qstore_new_id(f.s, id);
-  memset(&d, 0, sizeof d);
-  unsigned char *want;
-  submit(f.k, id, 64 * 1024, 65536, 77, &d, &want);
-  run_until(&f.loop, &d.n, 2);
+  print_message("enospc: accepting again after %d removals\n", removed + 1);
+  assert_true(removed < ok);
   assert_int_equal(d.status[0], 0);
-  assert_int_equal(d.status[1], 0);
+  assert_true(file_exists(dir, "reserve"));
   b = body_of(f.s, id, &st);
   assert_int_equal(st, 0);
   assert_int_equal(b.len, 64 * 1024);
@@ -943,18 +1024,61 @@ static int run_enospc(const char *dir)
   free(b.p);
   free(want);
   assert_int_equal(list_all(f.s, NULL, &l), 0);
-  assert_int_equal(l.n, ok - 2 + 1);
+  assert_int_equal(l.n, ok - (removed + 1) + 1);
+  listed_clear(&l);
+
+  /* the message whose chunk 1 was lost cannot be committed, even now */
+  memset(&d, 0, sizeof d);
+  qstore_chunk(f.k, "PARTIAL", 2, fill(100, 9), 100, done_cb, &d);
+  struct qstore_msg m;
+  mk_msg(&m, "PARTIAL", 1200, 4, 1);
+  qstore_commit(f.k, &m, fill(100, 9), 100, done_cb, &d, NULL, NULL, NULL);
+  qstore_msg_clear(&m);
+  run_until(&f.loop, &d.n, 2);
+  assert_int_equal(d.status[0], TERN_ENOSPC);
+  assert_int_equal(d.status[1], TERN_ENOSPC);
+  assert_int_equal(list_all(f.s, "PARTIAL", &l), TERN_ENOENT);
+
+  /* full again, then a restart: the queue opens (refusing new messages)
+   * and state changes still work */
+  int more = 0;
+  for (; more < ENOSPC_MAX; more++) {
+    qstore_new_id(f.s, id);
+    memset(&d, 0, sizeof d);
+    submit(f.k, id, 64 * 1024, 65536, 5, &d, NULL);
+    run_until(&f.loop, &d.n, 2);
+    if (d.status[1] != 0)
+      break;
+  }
+  assert_int_equal(d.status[1], TERN_ENOSPC);
+  char *keep = f.dir;
+  fx_close(&f, true);
+  fx_open(&f, keep);
+  free(keep);
+  qstore_new_id(f.s, id);
+  memset(&d, 0, sizeof d);
+  submit(f.k, id, 1024, 65536, 6, &d, NULL);
+  run_until(&f.loop, &d.n, 1);
+  assert_int_equal(d.status[0], TERN_ENOSPC);
+  struct qstore_update u2 = {.id = ids[ok - 1], .held = 1, .warned = -1};
+  assert_int_equal(update_wait(&f, &u2), 0);
+  assert_int_equal(list_all(f.s, ids[ok - 1], &l), 0);
+  assert_true(l.first.held);
   listed_clear(&l);
   fx_close(&f, true);
   free(f.dir);
 
-  /* the failed message left no chunk behind */
+  /* the failed messages left no chunk behind */
   char sql[128];
   snprintf(sql, sizeof sql, "SELECT count(*) FROM chunk WHERE msg = '%.23s'",
            ids[ok]);
   assert_int_equal(count_sql(dir, sql), 0);
   assert_int_equal(
       count_sql(dir, "SELECT count(*) FROM chunk WHERE msg = 'PARTIAL'"), 0);
+  assert_int_equal(
+      count_sql(dir, "SELECT count(*) FROM chunk WHERE msg NOT IN "
+                     "(SELECT id FROM msg)"),
+      0);
   return 0;
 }
 
@@ -976,6 +1100,8 @@ int main(int argc, char **argv)
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrip),
       cmocka_unit_test(test_commit_hole),
+      cmocka_unit_test(test_drop),
+      cmocka_unit_test(test_nosync),
       cmocka_unit_test(test_group_commit),
       cmocka_unit_test(test_update),
       cmocka_unit_test(test_dsn),
