@@ -147,7 +147,8 @@ void qstore_chunk(struct qstore_sink *k, const char *id, uint32_t seq,
  * or TERN_EIO when not (then nothing of the message is left). When
  * `home` is not NULL, home_cb(home_arg, m) also runs on home's loop
  * after a successful commit, with a copy the callee owns (free it with
- * qstore_msg_clear + free). */
+ * qstore_msg_clear + free); until it has run, that operation is pending
+ * on home too (home must not be freed). */
 void qstore_commit(struct qstore_sink *k, const struct qstore_msg *m,
                    void *last, size_t len, qstore_done_fn cb, void *arg,
                    struct qstore_sink *home,
@@ -205,7 +206,8 @@ void qstore_update(struct qstore_sink *k, const struct qstore_update *u,
 
 /* Read chunk `seq` of a committed message in the reader thread:
  * cb(arg, status, data, len) on the sink's loop (data valid during the
- * call, freed after it; status TERN_ENOENT past the last chunk). */
+ * call, freed after it; status TERN_ENOENT past the last chunk, or when
+ * the message was removed meanwhile). */
 void qstore_read(struct qstore_sink *k, const char *id, uint32_t seq,
                  void (*cb)(void *arg, int status, const char *data,
                             size_t len),

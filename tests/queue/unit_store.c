@@ -21,7 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -939,6 +942,183 @@ static void test_ids(void **state)
   fx_close(&f, false);
 }
 
+/* ---- kill -9 while committing -------------------------------------------- */
+
+static unsigned id_hash(const char *id)
+{
+  unsigned h = 2166136261u;
+  for (; *id; id++)
+    h = (h ^ (unsigned char)*id) * 16777619u;
+  return h;
+}
+
+struct crash_child {
+  struct qstore *s;
+  struct qstore_sink *k;
+  int fd;
+};
+
+static void crash_next(struct crash_child *c);
+
+struct crash_msg {
+  struct crash_child *c;
+  char id[TERN_QUEUE_ID_MAX];
+  int left;
+};
+
+static void crash_done(void *arg, int status)
+{
+  struct crash_msg *m = arg;
+  if (--m->left > 0)
+    return;
+  if (status != 0)
+    _exit(3);
+  /* acknowledged: the parent may now expect it after any crash */
+  char line[TERN_QUEUE_ID_MAX + 1];
+  size_t n = strlen(m->id);
+  memcpy(line, m->id, n);
+  line[n] = '\n';
+  if (write(m->c->fd, line, n + 1) != (ssize_t)(n + 1))
+    _exit(4);
+  struct crash_child *c = m->c;
+  free(m);
+  crash_next(c);
+}
+
+static void crash_next(struct crash_child *c)
+{
+  struct crash_msg *m = calloc(1, sizeof *m);
+  m->c = c;
+  qstore_new_id(c->s, m->id);
+  unsigned h = id_hash(m->id);
+  size_t len = 500 + h % 150000;
+  uint32_t n = (uint32_t)(len / 65536 + 1);
+  m->left = (int)n; /* chunks and the commit */
+  unsigned char *all = fill(len, h);
+  for (uint32_t i = 0; i + 1 < n; i++) {
+    void *p = malloc(65536);
+    memcpy(p, all + (size_t)i * 65536, 65536);
+    qstore_chunk(c->k, m->id, i, p, 65536, crash_done, m);
+  }
+  size_t rest = len - (size_t)(n - 1) * 65536;
+  void *last = malloc(rest ? rest : 1);
+  memcpy(last, all + (size_t)(n - 1) * 65536, rest);
+  free(all);
+  struct qstore_msg qm;
+  mk_msg(&qm, m->id, len, n, 2);
+  qstore_commit(c->k, &qm, last, rest, crash_done, m, NULL, NULL, NULL);
+  qstore_msg_clear(&qm);
+}
+
+static void crash_child_main(const char *dir, int fd)
+{
+  char err[256];
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  struct crash_child c = {.fd = fd};
+  if (qstore_open(&c.s, dir, true, false, err, sizeof err) != 0)
+    _exit(2);
+  qstore_sink_new(c.s, &loop, &c.k);
+  for (int i = 0; i < 20; i++)
+    crash_next(&c);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  _exit(5);
+}
+
+/* Every message acknowledged before a kill -9 is there afterwards, byte
+ * for byte, and nothing else is left of the rest. */
+static void test_crash(void **state)
+{
+  (void)state;
+  char *dir = tmpdir();
+  char **acked = NULL;
+  size_t nacked = 0, cap = 0;
+  srand((unsigned)time(NULL));
+  for (int round = 0; round < 4; round++) {
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      close(pfd[0]);
+      crash_child_main(dir, pfd[1]);
+    }
+    close(pfd[1]);
+    /* wait for some acknowledgements, then kill at a random moment */
+    char buf[4096];
+    size_t have = 0;
+    char line[64];
+    size_t ll = 0;
+    int want = 20 + rand() % 200;
+    int got = 0;
+    bool killed = false;
+    ssize_t r;
+    while ((r = read(pfd[0], buf, sizeof buf)) > 0) {
+      for (ssize_t i = 0; i < r; i++) {
+        if (buf[i] != '\n') {
+          if (ll < sizeof line - 1)
+            line[ll++] = buf[i];
+          continue;
+        }
+        line[ll] = '\0';
+        ll = 0;
+        if (nacked == cap) {
+          cap = cap ? cap * 2 : 256;
+          acked = realloc(acked, cap * sizeof *acked);
+        }
+        acked[nacked++] = strdup(line);
+        got++;
+      }
+      have += (size_t)r;
+      if (!killed && got >= want) {
+        usleep((useconds_t)(rand() % 20000));
+        kill(pid, SIGKILL);
+        killed = true;
+      }
+    }
+    close(pfd[0]);
+    int ws;
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL);
+
+    /* reopen: every acknowledged message, byte-exact */
+    struct fx f;
+    fx_open(&f, dir);
+    for (size_t i = 0; i < nacked; i++) {
+      unsigned h = id_hash(acked[i]);
+      size_t len = 500 + h % 150000;
+      int st;
+      struct buf b = body_of(f.s, acked[i], &st);
+      if (st != 0)
+        fail_msg("round %d: acknowledged %s is missing (%d)", round,
+                 acked[i], st);
+      unsigned char *want_body = fill(len, h);
+      assert_int_equal(b.len, len);
+      assert_memory_equal(b.p, want_body, len);
+      free(want_body);
+      free(b.p);
+    }
+    struct listed l;
+    assert_int_equal(list_all(f.s, NULL, &l), 0);
+    listed_clear(&l);
+    print_message("crash round %d: %zu acknowledged in all, %d listed\n",
+                  round, nacked, l.n);
+    assert_true((size_t)l.n >= nacked);
+    fx_close(&f, true);
+    free(f.dir);
+    /* what was not committed is gone (open removed it) */
+    assert_int_equal(count_sql(dir, "SELECT count(*) FROM chunk WHERE msg "
+                                    "NOT IN (SELECT id FROM msg)"),
+                     0);
+    (void)have;
+  }
+  for (size_t i = 0; i < nacked; i++)
+    free(acked[i]);
+  free(acked);
+  rmtree(dir);
+  free(dir);
+}
+
 /* ---- disk full (run by enospc.sh on a 48 MiB tmpfs) ---------------------- */
 
 #define ENOSPC_MAX 2000
@@ -1110,6 +1290,7 @@ int main(int argc, char **argv)
       cmocka_unit_test(test_busy),
       cmocka_unit_test(test_schema_version),
       cmocka_unit_test(test_ids),
+      cmocka_unit_test(test_crash),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
