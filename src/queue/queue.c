@@ -72,6 +72,9 @@ void q_load_one(struct tern_queue *q, const char *id) {
 
 void q_on_home(void *arg, struct qstore_msg *sm) {
   struct tern_queue *q = arg;
+  atomic_fetch_sub(&q->homing, 1);
+  if (q->close_phase)
+    q_close_step(q);
   struct qmsg *m = q_msg_from_store(sm);
   char id[TERN_QUEUE_ID_MAX];
   memcpy(id, sm->id, sizeof id);
@@ -124,6 +127,8 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
     return TERN_ENOMEM;
   q->loop = loop;
   q->o = o;
+  atomic_init(&q->closing, false);
+  atomic_init(&q->homing, 0u);
   char host[256];
   if (!o.hostname || !o.hostname[0]) {
     if (gethostname(host, sizeof host) != 0 || !host[0])
@@ -187,6 +192,11 @@ fail:
   return rc;
 }
 
+/* Nothing of the store's is on its way to the home sink. */
+static bool idle(struct tern_queue *q) {
+  return q->pending == 0 && atomic_load(&q->homing) == 0;
+}
+
 static void on_handle_closed(uv_handle_t *h) {
   struct tern_queue *q = h->data;
   if (--q->handles_open > 0)
@@ -194,10 +204,13 @@ static void on_handle_closed(uv_handle_t *h) {
   qstore_close(q->store);
   q->store = NULL;
   q->close_phase = 4;
+  if (q->free_when_closed) { /* freed early, or a failed open: no done */
+    tern_queue_free(q);
+    return;
+  }
+  /* done may free the queue: nothing of q is touched after it */
   if (q->close_done)
     q->close_done(q->close_arg);
-  if (q->free_when_closed)
-    tern_queue_free(q);
 }
 
 /* Phase 3 runs from the queue's own timer, never from inside a store
@@ -208,7 +221,7 @@ static void on_close_timer(uv_timer_t *t) {
     q_cancel_running(q);
     q->close_phase = 2;
   }
-  if (q->close_phase == 2 && q->pending == 0) {
+  if (q->close_phase == 2 && idle(q)) {
     q->close_phase = 3;
     qstore_sink_free(q->home);
     q->home = NULL;
@@ -221,7 +234,7 @@ static void on_close_timer(uv_timer_t *t) {
 void q_close_step(struct tern_queue *q) {
   if (q->close_phase == 1 && q->active == 0)
     q->close_phase = 2;
-  if (q->close_phase == 2 && q->pending == 0)
+  if (q->close_phase == 2 && idle(q))
     uv_timer_start(&q->close_timer, on_close_timer, 0, 0);
 }
 

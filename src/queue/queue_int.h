@@ -124,6 +124,10 @@ struct tern_queue {
   bool pumping;
 
   unsigned pending; /* store operations on the home sink not answered */
+  /* Commits from ports whose home callback has not run yet (any thread
+   * adds, the home loop or the port's failed commit takes away): the
+   * home sink is not freed before they have come. */
+  atomic_uint homing;
   uint64_t rng;
 
   /* closing */

@@ -263,6 +263,8 @@ int tern_queue_msg_write(struct tern_queue_msg *m, const char *buf, size_t len,
 static void on_committed(void *arg, int status) {
   struct tern_queue_msg *m = arg;
   m->p->pending--;
+  if (status != 0) /* no home callback comes */
+    atomic_fetch_sub(&m->p->q->homing, 1);
   if (!m->aborted && m->done) {
     struct tern_reply r = {250, "2.0.0", m->text};
     if (status == 0)
@@ -290,6 +292,7 @@ static void do_commit(struct tern_queue_msg *m) {
   m->len = m->cap = 0;
   m->commit_sent = true;
   m->p->pending++;
+  atomic_fetch_add(&m->p->q->homing, 1);
   qstore_commit(m->p->sink, &m->env, last, len, on_committed, m, m->p->q->home,
                 q_on_home, m->p->q);
 }
