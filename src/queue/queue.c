@@ -46,8 +46,8 @@ static int load_cb(const struct qstore_msg *sm, void *arg) {
     /* Every recipient done, not held, yet still there: no update of
      * ours leaves that (removal is in the same transaction), but an
      * operator's repair with sqlite3 may. Nothing to deliver: it goes. */
-    struct qstore_update u = {.id = m->id, .held = -1, .warned = -1,
-                              .remove = true};
+    struct qstore_update u = {
+        .id = m->id, .held = -1, .warned = -1, .remove = true};
     ctl_update(c->q, &u, TERN_QEV_REMOVED, "nothing left to deliver");
     free(m);
     return 0;
@@ -64,7 +64,8 @@ void q_load_one(struct tern_queue *q, const char *id) {
     rc = c.err;
   if (rc != 0) {
     char d[128];
-    snprintf(d, sizeof d, "cannot load the message (%s): scheduled after restart",
+    snprintf(d, sizeof d,
+             "cannot load the message (%s): scheduled after restart",
              tern_err_name(rc));
     q_event(q, TERN_QEV_ERROR, id, NULL, NULL, NULL, NULL, 0, d);
   }
@@ -148,7 +149,8 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
   if (!q->rng)
     q->rng = 1;
   int rc = TERN_ENOMEM;
-  if (!q->dir || !q->hostname || (o.postmaster && o.postmaster[0] && !q->postmaster)) {
+  if (!q->dir || !q->hostname ||
+      (o.postmaster && o.postmaster[0] && !q->postmaster)) {
     seterr(err, cap, "out of memory");
     goto fail;
   }
@@ -172,8 +174,9 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
   if (rc == 0)
     rc = c.err;
   if (rc != 0) {
-    seterr(err, cap, rc == TERN_ENOMEM ? "out of memory loading the queue"
-                                       : "cannot read the queue");
+    seterr(err, cap,
+           rc == TERN_ENOMEM ? "out of memory loading the queue"
+                             : "cannot read the queue");
     /* The handles are closed the normal way; `done` is left empty. */
     q_sched_free(q);
     tern_queue_close(q, 0, NULL, NULL);
@@ -449,8 +452,8 @@ int tern_queue_delete(struct tern_queue *q, const char *id) {
   struct qmsg *m = ctl_find(q, id);
   if (!m)
     return TERN_ENOENT;
-  struct qstore_update u = {.id = m->id, .held = -1, .warned = -1,
-                            .remove = true};
+  struct qstore_update u = {
+      .id = m->id, .held = -1, .warned = -1, .remove = true};
   int rc = ctl_update(q, &u, TERN_QEV_DELETED, "deleted by request");
   if (rc == 0)
     q_msg_forget(q, m); /* jobs in flight end unrecorded */

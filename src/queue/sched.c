@@ -70,13 +70,12 @@ static const char *put(char **p, const char *s) {
 /* One allocation per message (struct, recipients, strings): 100,000
  * messages load in well under a second and free in one call each. */
 struct qmsg *q_msg_from_store(const struct qstore_msg *s) {
-  size_t strs = slen(s->from ? s->from : "") + slen(s->envid) +
-                slen(s->client);
+  size_t strs = slen(s->from ? s->from : "") + slen(s->envid) + slen(s->client);
   for (size_t i = 0; i < s->nrcpts; i++)
     strs += slen(s->rcpts[i].addr) + slen(s->rcpts[i].orcpt) +
             slen(s->rcpts[i].dest ? s->rcpts[i].dest : "local");
-  if (s->nrcpts > (SIZE_MAX - sizeof(struct qmsg) - strs) /
-                      sizeof(struct qrcpt))
+  if (s->nrcpts >
+      (SIZE_MAX - sizeof(struct qmsg) - strs) / sizeof(struct qrcpt))
     return NULL;
   struct qmsg *m = malloc(sizeof *m + s->nrcpts * sizeof(struct qrcpt) + strs);
   if (!m)
@@ -546,8 +545,8 @@ void q_cancel_running(struct tern_queue *q) {
       q->cancelled->rprev = j;
     q->cancelled = j;
     for (size_t i = 0; i < j->n; i++)
-      q_event(q, TERN_QEV_DEFERRED, j->msg->id, j->jr[i].addr, NULL, NULL,
-              NULL, 0, "cancelled at shutdown: delivered again after restart");
+      q_event(q, TERN_QEV_DEFERRED, j->msg->id, j->jr[i].addr, NULL, NULL, NULL,
+              0, "cancelled at shutdown: delivered again after restart");
   }
 }
 

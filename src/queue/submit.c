@@ -32,13 +32,13 @@ struct tern_queue_msg {
   struct tern_queue_port *p;
   struct qstore_msg env;
   char *buf;
-  size_t len, cap;    /* cap grows from 4 KiB to Q_CHUNK */
-  uint32_t seq;       /* chunks sent */
+  size_t len, cap; /* cap grows from 4 KiB to Q_CHUNK */
+  uint32_t seq;    /* chunks sent */
   uint64_t size;
-  unsigned inflight;  /* chunks not answered */
-  int err;            /* the first failure */
-  bool committing;    /* commit called */
-  bool commit_sent;   /* qstore_commit or the failure's drop sent */
+  unsigned inflight; /* chunks not answered */
+  int err;           /* the first failure */
+  bool committing;   /* commit called */
+  bool commit_sent;  /* qstore_commit or the failure's drop sent */
   bool aborted;
   bool wait_written;
   void (*written)(void *arg, int status);

@@ -105,9 +105,9 @@ static void finish(struct live *l) {
       r = (struct tern_reply){451, "4.4.1", "try again later"};
     else if (strncmp(a, "fail", 4) == 0)
       r = (struct tern_reply){550, "5.1.1", "<fail> user unknown"};
-    tern_queue_job_result(l->job, i, &r,
-                          strcmp(l->info->dest, "relay") == 0 ? "mx.test [192.0.2.1]"
-                                                              : NULL);
+    tern_queue_job_result(
+        l->job, i, &r,
+        strcmp(l->info->dest, "relay") == 0 ? "mx.test [192.0.2.1]" : NULL);
   }
   if (strcmp(l->info->dest, "relay") == 0)
     f->inflight_relay--;
@@ -319,7 +319,9 @@ static const char body1[] = "From: s@example.org\r\nTo: a@example.net\r\n"
 static const char *submit(struct fx *f, const char *from, const char *rcpt,
                           unsigned notify) {
   struct tern_queue_rcpt r = {rcpt, NULL, notify, route(rcpt, NULL)};
-  struct tern_queue_envelope e = {.from = from, .rcpts = &r, .nrcpts = 1,
+  struct tern_queue_envelope e = {.from = from,
+                                  .rcpts = &r,
+                                  .nrcpts = 1,
                                   .client = "client.test (192.0.2.9)"};
   return submit_env(f, &e, body1, sizeof body1 - 1, sizeof body1, NULL);
 }
@@ -402,7 +404,8 @@ static void test_defer_flush(void **state) {
   struct fx *f = fx_new();
   fx_open(f);
   char id[TERN_QUEUE_ID_MAX];
-  snprintf(id, sizeof id, "%s", submit(f, "s@example.org", "defer@example.net", 0));
+  snprintf(id, sizeof id, "%s",
+           submit(f, "s@example.org", "defer@example.net", 0));
   assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 1, 10000));
   time_t now = time(NULL);
   /* The update is committed in the background: list once it is. */
@@ -508,8 +511,10 @@ static void test_bounce(void **state) {
   struct tern_queue_rcpt r[2] = {
       {"ok@example.net", NULL, 0, "local"},
       {"fail@example.net", "rfc822;Fail@example.net", 0, "local"}};
-  struct tern_queue_envelope e = {.from = "sender@example.org", .rcpts = r,
-                                  .nrcpts = 2, .envid = "ENV1",
+  struct tern_queue_envelope e = {.from = "sender@example.org",
+                                  .rcpts = r,
+                                  .nrcpts = 2,
+                                  .envid = "ENV1",
                                   .client = "client.test (192.0.2.9)"};
   char id[TERN_QUEUE_ID_MAX];
   snprintf(id, sizeof id, "%s",
@@ -530,7 +535,8 @@ static void test_bounce(void **state) {
   assert_non_null(strstr(f->jobs[b].body, "Content-Type: message/rfc822\r\n"));
   assert_non_null(strstr(f->jobs[b].body, "Hello there.\r\n"));
   assert_non_null(strstr(f->jobs[b].body, "Original-Envelope-Id: ENV1\r\n"));
-  assert_non_null(strstr(f->jobs[b].body, "Original-Recipient: rfc822;Fail@example.net"));
+  assert_non_null(
+      strstr(f->jobs[b].body, "Original-Recipient: rfc822;Fail@example.net"));
   assert_non_null(strstr(f->jobs[b].body, "fail@example.net"));
   assert_null(strstr(f->jobs[b].body, "Final-Recipient: rfc822; ok@"));
   fx_free(f);
@@ -542,8 +548,10 @@ static void test_ret_hdrs(void **state) {
   fx_open(f);
   struct tern_queue_rcpt r = {"fail@example.net", NULL, TERN_NOTIFY_FAILURE,
                               "local"};
-  struct tern_queue_envelope e = {.from = "sender@example.org", .rcpts = &r,
-                                  .nrcpts = 1, .ret = TERN_RET_HDRS};
+  struct tern_queue_envelope e = {.from = "sender@example.org",
+                                  .rcpts = &r,
+                                  .nrcpts = 1,
+                                  .ret = TERN_RET_HDRS};
   submit_env(f, &e, body1, sizeof body1 - 1, 5, NULL);
   assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 2, 10000));
   int b = find_job(f, true);
@@ -651,7 +659,8 @@ static void test_restart(void **state) {
   f->o.retry_max_s = 1;
   fx_open(f);
   char id[TERN_QUEUE_ID_MAX];
-  snprintf(id, sizeof id, "%s", submit(f, "s@example.org", "defer@example.net", 0));
+  snprintf(id, sizeof id, "%s",
+           submit(f, "s@example.org", "defer@example.net", 0));
   assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 1, 10000));
   fx_close(f, 1000);
   int before = f->njobs;
@@ -671,7 +680,8 @@ static void test_hold_release_delete(void **state) {
   f->o.retry_max_s = 1;
   fx_open(f);
   char id[TERN_QUEUE_ID_MAX], id2[TERN_QUEUE_ID_MAX];
-  snprintf(id, sizeof id, "%s", submit(f, "s@example.org", "defer@example.net", 0));
+  snprintf(id, sizeof id, "%s",
+           submit(f, "s@example.org", "defer@example.net", 0));
   assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 1, 10000));
   assert_int_equal(tern_queue_hold(f->q, id, true), 0);
   assert_int_equal(tern_queue_hold(f->q, "NOSUCH", true), TERN_ENOENT);
@@ -689,7 +699,8 @@ static void test_hold_release_delete(void **state) {
   assert_int_equal(f->njobs, jobs + 1);
 
   f->defer_ok = false;
-  snprintf(id2, sizeof id2, "%s", submit(f, "s@example.org", "defer@example.net", 0));
+  snprintf(id2, sizeof id2, "%s",
+           submit(f, "s@example.org", "defer@example.net", 0));
   assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 2, 10000));
   assert_int_equal(tern_queue_delete(f->q, id2), 0);
   assert_int_equal(tern_queue_delete(f->q, id2), TERN_ENOENT);
@@ -777,8 +788,10 @@ static void test_big_body(void **state) {
     body[i] = (char)(x >> 16);
   }
   struct tern_queue_rcpt r = {"a@example.net", NULL, 0, "local"};
-  struct tern_queue_envelope e = {.from = "s@example.org", .rcpts = &r,
-                                  .nrcpts = 1, .body = TERN_BODY_BINARYMIME};
+  struct tern_queue_envelope e = {.from = "s@example.org",
+                                  .rcpts = &r,
+                                  .nrcpts = 1,
+                                  .body = TERN_BODY_BINARYMIME};
   int waits = 0;
   submit_env(f, &e, body, len, 10000, &waits);
   assert_true(waits > 0); /* the writer was held back: bounded memory */
@@ -872,26 +885,30 @@ static void test_scan_abort_options(void **state) {
 
   fx_open(f);
   char id[TERN_QUEUE_ID_MAX];
-  snprintf(id, sizeof id, "%s", submit(f, "s@example.org", "defer@example.net", 0));
+  snprintf(id, sizeof id, "%s",
+           submit(f, "s@example.org", "defer@example.net", 0));
   assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 1, 10000));
   /* offline reading while the queue runs */
   struct listed l;
   memset(&l, 0, sizeof l);
-  assert_int_equal(tern_queue_scan(f->dir, NULL, scan_fn, &l, err, sizeof err), 0);
+  assert_int_equal(tern_queue_scan(f->dir, NULL, scan_fn, &l, err, sizeof err),
+                   0);
   assert_int_equal(l.n, 1);
   struct collected c = {NULL, 0};
-  assert_int_equal(tern_queue_scan_body(f->dir, id, body_fn, &c, err, sizeof err), 0);
+  assert_int_equal(
+      tern_queue_scan_body(f->dir, id, body_fn, &c, err, sizeof err), 0);
   assert_int_equal(c.len, sizeof body1 - 1);
   assert_memory_equal(c.p, body1, c.len);
   free(c.p);
-  assert_int_equal(tern_queue_scan(f->dir, "NOSUCH", scan_fn, &l, err, sizeof err),
-                   TERN_ENOENT);
+  assert_int_equal(
+      tern_queue_scan(f->dir, "NOSUCH", scan_fn, &l, err, sizeof err),
+      TERN_ENOENT);
 
   /* abort before commit, after chunks went to the store: nothing is
    * queued, no callback comes */
   struct tern_queue_rcpt r = {"a@example.net", NULL, 0, "local"};
-  struct tern_queue_envelope e = {.from = "s@example.org", .rcpts = &r,
-                                  .nrcpts = 1};
+  struct tern_queue_envelope e = {
+      .from = "s@example.org", .rcpts = &r, .nrcpts = 1};
   struct tern_queue_msg *m;
   assert_int_equal(tern_queue_msg_begin(f->port, &e, &m), 0);
   char *big_body = calloc(1, 200000);
@@ -938,8 +955,8 @@ static void worker_main(void *arg) {
     return;
   }
   struct tern_queue_rcpt r = {"a@example.net", NULL, 0, "local"};
-  struct tern_queue_envelope e = {.from = "s@example.org", .rcpts = &r,
-                                  .nrcpts = 1};
+  struct tern_queue_envelope e = {
+      .from = "s@example.org", .rcpts = &r, .nrcpts = 1};
   for (int i = 0; i < w->n; i++) {
     struct tern_queue_msg *m;
     if (tern_queue_msg_begin(p, &e, &m) != 0 ||
@@ -1008,14 +1025,15 @@ static double load_case(int n) {
   fx_open(f);
   struct bulk b = {f, n, 0, 0};
   struct tern_queue_rcpt r = {"relay@example.net", NULL, 0, "relay"};
-  struct tern_queue_envelope e = {.from = "s@example.org", .rcpts = &r,
-                                  .nrcpts = 1};
+  struct tern_queue_envelope e = {
+      .from = "s@example.org", .rcpts = &r, .nrcpts = 1};
   double t0 = secs();
   while (b.ok < n) {
     while (b.left > 0 && b.inflight < 500) {
       struct tern_queue_msg *m;
       assert_int_equal(tern_queue_msg_begin(f->port, &e, &m), 0);
-      assert_int_equal(tern_queue_msg_write(m, body1, sizeof body1 - 1, NULL, NULL), 0);
+      assert_int_equal(
+          tern_queue_msg_write(m, body1, sizeof body1 - 1, NULL, NULL), 0);
       tern_queue_msg_commit(m, bulk_done, &b);
       b.left--;
       b.inflight++;
@@ -1043,7 +1061,8 @@ static double load_case(int n) {
   assert_int_equal(l.n, n);
   print_message("queued %d messages in %.2f s; tern_queue_open over them: "
                 "%.3f s, first delivery after %.3f s; tern_queue_list: "
-                "%.3f s\n", n, tq, topen, tfirst, tlist);
+                "%.3f s\n",
+                n, tq, topen, tfirst, tlist);
   fx_close(f, 0);
   for (int i = 0; i < f->nheld; i++)
     free(f->held[i]);
