@@ -160,8 +160,9 @@ TERN_EXTERN int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
  * (their results are committed), then they are cancelled (abort() of the
  * application's delivery is its business: a cancelled job's recipients
  * stay queued and are delivered again after a restart). `done` runs on
- * the home loop when everything is committed and closed; then
- * tern_queue_free(). Ports must be freed before. */
+ * the home loop when everything is committed and closed, never inside
+ * this call; then tern_queue_free() (inside `done` too). Ports must be
+ * freed before. */
 TERN_EXTERN void tern_queue_close(struct tern_queue *q, unsigned timeout_ms,
                                   void (*done)(void *arg), void *arg);
 TERN_EXTERN void tern_queue_free(struct tern_queue *q);

@@ -75,7 +75,7 @@ int q_bounce_build(struct tern_queue *q, const struct qmsg *m, const char *to,
   char *boundary = malloc(TERN_QUEUE_ID_MAX + 32);
   char *rcvd = NULL;
   struct tern_dsn_rcpt *dr_rep = calloc(n, sizeof *dr_rep);
-  char (*status)[16] = calloc(n, sizeof *status);
+  char(*status)[16] = calloc(n, sizeof *status);
   char **diag = calloc(n, sizeof *diag);
   char *head = NULL, *tail = NULL;
   size_t head_len = 0, tail_len = 0;

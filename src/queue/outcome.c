@@ -95,8 +95,7 @@ static bool keeps_for_postmaster(const struct tern_queue *q,
     return false;
   for (size_t i = 0; i < m->nrcpts; i++)
     if (m->rcpts[i].state == QS_FAILED &&
-        (m->rcpts[i].notify == 0 ||
-         (m->rcpts[i].notify & TERN_NOTIFY_FAILURE)))
+        (m->rcpts[i].notify == 0 || (m->rcpts[i].notify & TERN_NOTIFY_FAILURE)))
       return true;
   return false;
 }
@@ -104,7 +103,7 @@ static bool keeps_for_postmaster(const struct tern_queue *q,
 void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
                const struct tern_reply *r) {
   struct qmsg *m = j->msg;
-  int64_t now = (int64_t)time(NULL);
+  int64_t now = q_now_s();
   struct qres dflt = {true, 451, (char *)"4.4.0",
                       (char *)"delivery not finished", NULL};
   if (r && r->code >= 200 && r->code <= 599)
@@ -180,8 +179,8 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
     rc->attempts = u->attempts;
     rc->next_try = u->next_try;
     if (action) {
-      bs[nb++] = (struct qb_rcpt){rc->addr, rc->orcpt, action, x->code,
-                                  x->enhanced, x->text, x->remote};
+      bs[nb++] = (struct qb_rcpt){rc->addr,    rc->orcpt, action,   x->code,
+                                  x->enhanced, x->text,   x->remote};
     }
   }
 
@@ -207,8 +206,8 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
     enum qstore_copy copy = QSC_HEADERS;
     if (any_failed)
       copy = m->ret == TERN_RET_HDRS ? QSC_HEADERS : QSC_FULL;
-    int rc = q_bounce_build(q, m, to, bs, nb, copy, now, &dsn, &dr, &u,
-                            &dsn_strs);
+    int rc =
+        q_bounce_build(q, m, to, bs, nb, copy, now, &dsn, &dr, &u, &dsn_strs);
     if (rc == 0) {
       memcpy(c->dsn_id, dsn.id, sizeof c->dsn_id);
       c->failed_dsn = any_failed;

@@ -27,6 +27,10 @@ struct load_ctx {
   size_t n;
 };
 
+static int ctl_update(struct tern_queue *q, const struct qstore_update *u,
+                      enum tern_queue_event_type type, const char *detail);
+static bool has_pending(const struct qmsg *m);
+
 static int load_cb(const struct qstore_msg *sm, void *arg) {
   struct load_ctx *c = arg;
   struct qmsg *m = q_msg_from_store(sm);
@@ -35,6 +39,16 @@ static int load_cb(const struct qstore_msg *sm, void *arg) {
     return 1;
   }
   if (q_msg_find(c->q, m->id)) { /* already known */
+    free(m);
+    return 0;
+  }
+  if (!m->held && !has_pending(m)) {
+    /* Every recipient done, not held, yet still there: no update of
+     * ours leaves that (removal is in the same transaction), but an
+     * operator's repair with sqlite3 may. Nothing to deliver: it goes. */
+    struct qstore_update u = {
+        .id = m->id, .held = -1, .warned = -1, .remove = true};
+    ctl_update(c->q, &u, TERN_QEV_REMOVED, "nothing left to deliver");
     free(m);
     return 0;
   }
@@ -50,7 +64,8 @@ void q_load_one(struct tern_queue *q, const char *id) {
     rc = c.err;
   if (rc != 0) {
     char d[128];
-    snprintf(d, sizeof d, "cannot load the message (%s): scheduled after restart",
+    snprintf(d, sizeof d,
+             "cannot load the message (%s): scheduled after restart",
              tern_err_name(rc));
     q_event(q, TERN_QEV_ERROR, id, NULL, NULL, NULL, NULL, 0, d);
   }
@@ -58,6 +73,9 @@ void q_load_one(struct tern_queue *q, const char *id) {
 
 void q_on_home(void *arg, struct qstore_msg *sm) {
   struct tern_queue *q = arg;
+  atomic_fetch_sub(&q->homing, 1);
+  if (q->close_phase)
+    q_close_step(q);
   struct qmsg *m = q_msg_from_store(sm);
   char id[TERN_QUEUE_ID_MAX];
   memcpy(id, sm->id, sizeof id);
@@ -110,6 +128,8 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
     return TERN_ENOMEM;
   q->loop = loop;
   q->o = o;
+  atomic_init(&q->closing, false);
+  atomic_init(&q->homing, 0u);
   char host[256];
   if (!o.hostname || !o.hostname[0]) {
     if (gethostname(host, sizeof host) != 0 || !host[0])
@@ -129,7 +149,8 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
   if (!q->rng)
     q->rng = 1;
   int rc = TERN_ENOMEM;
-  if (!q->dir || !q->hostname || (o.postmaster && o.postmaster[0] && !q->postmaster)) {
+  if (!q->dir || !q->hostname ||
+      (o.postmaster && o.postmaster[0] && !q->postmaster)) {
     seterr(err, cap, "out of memory");
     goto fail;
   }
@@ -143,8 +164,9 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
   }
   uv_timer_init(loop, &q->timer);
   uv_timer_init(loop, &q->close_timer);
-  q->timer.data = q->close_timer.data = q;
-  q->handles_open = 2;
+  uv_idle_init(loop, &q->kick);
+  q->timer.data = q->close_timer.data = q->kick.data = q;
+  q->handles_open = 3;
   /* The timer is armed as messages load, but fires only once the loop
    * runs: delivery never starts inside this call. */
   struct load_ctx c = {q, 0, 0};
@@ -152,8 +174,9 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
   if (rc == 0)
     rc = c.err;
   if (rc != 0) {
-    seterr(err, cap, rc == TERN_ENOMEM ? "out of memory loading the queue"
-                                       : "cannot read the queue");
+    seterr(err, cap,
+           rc == TERN_ENOMEM ? "out of memory loading the queue"
+                             : "cannot read the queue");
     /* The handles are closed the normal way; `done` is left empty. */
     q_sched_free(q);
     tern_queue_close(q, 0, NULL, NULL);
@@ -172,6 +195,11 @@ fail:
   return rc;
 }
 
+/* Nothing of the store's is on its way to the home sink. */
+static bool idle(struct tern_queue *q) {
+  return q->pending == 0 && atomic_load(&q->homing) == 0;
+}
+
 static void on_handle_closed(uv_handle_t *h) {
   struct tern_queue *q = h->data;
   if (--q->handles_open > 0)
@@ -179,10 +207,13 @@ static void on_handle_closed(uv_handle_t *h) {
   qstore_close(q->store);
   q->store = NULL;
   q->close_phase = 4;
+  if (q->free_when_closed) { /* freed early, or a failed open: no done */
+    tern_queue_free(q);
+    return;
+  }
+  /* done may free the queue: nothing of q is touched after it */
   if (q->close_done)
     q->close_done(q->close_arg);
-  if (q->free_when_closed)
-    tern_queue_free(q);
 }
 
 /* Phase 3 runs from the queue's own timer, never from inside a store
@@ -193,11 +224,12 @@ static void on_close_timer(uv_timer_t *t) {
     q_cancel_running(q);
     q->close_phase = 2;
   }
-  if (q->close_phase == 2 && q->pending == 0) {
+  if (q->close_phase == 2 && idle(q)) {
     q->close_phase = 3;
     qstore_sink_free(q->home);
     q->home = NULL;
     uv_close((uv_handle_t *)&q->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&q->kick, on_handle_closed);
     uv_close((uv_handle_t *)&q->close_timer, on_handle_closed);
   }
 }
@@ -205,7 +237,7 @@ static void on_close_timer(uv_timer_t *t) {
 void q_close_step(struct tern_queue *q) {
   if (q->close_phase == 1 && q->active == 0)
     q->close_phase = 2;
-  if (q->close_phase == 2 && q->pending == 0)
+  if (q->close_phase == 2 && idle(q))
     uv_timer_start(&q->close_timer, on_close_timer, 0, 0);
 }
 
@@ -420,8 +452,8 @@ int tern_queue_delete(struct tern_queue *q, const char *id) {
   struct qmsg *m = ctl_find(q, id);
   if (!m)
     return TERN_ENOENT;
-  struct qstore_update u = {.id = m->id, .held = -1, .warned = -1,
-                            .remove = true};
+  struct qstore_update u = {
+      .id = m->id, .held = -1, .warned = -1, .remove = true};
   int rc = ctl_update(q, &u, TERN_QEV_DELETED, "deleted by request");
   if (rc == 0)
     q_msg_forget(q, m); /* jobs in flight end unrecorded */

@@ -35,8 +35,8 @@ struct qrcpt {
   const char *addr, *orcpt, *dest; /* in the message's string block */
   unsigned notify;
   uint32_t idx;
-  uint8_t state;                   /* QS_* */
-  uint8_t busy;                    /* QB_* */
+  uint8_t state; /* QS_* */
+  uint8_t busy;  /* QB_* */
   unsigned attempts;
   int64_t next_try;
 };
@@ -48,8 +48,8 @@ struct qmsg {
   uint64_t size;
   int body, ret;
   bool smtputf8, requiretls, held, is_bounce, warned;
-  bool gone;          /* removed or deleted: out of the table and heap,
-                         freed when the last job referring to it ends */
+  bool gone; /* removed or deleted: out of the table and heap,
+                freed when the last job referring to it ends */
   uint32_t nchunks;
   unsigned njobs;     /* jobs (ready or running) that point here */
   size_t heap_i;      /* place in the heap, or Q_NOHEAP */
@@ -66,9 +66,9 @@ struct qdest {
   char *name;
   struct tern_queue_job *head, *tail; /* ready FIFO */
   unsigned active;
-  bool runnable;                      /* in q->run ring */
+  bool runnable; /* in q->run ring */
   struct qdest *run_next;
-  struct qdest *next;                 /* all destinations */
+  struct qdest *next; /* all destinations */
 };
 
 struct qres {
@@ -90,7 +90,7 @@ struct tern_queue_job {
   void *read_arg;
   struct tern_queue_job_info info;
   size_t n;
-  uint32_t *idx;                        /* the message's recipients */
+  uint32_t *idx; /* the message's recipients */
   struct tern_queue_job_rcpt *jr;
   struct qres *res;
 };
@@ -111,18 +111,23 @@ struct tern_queue {
   struct qmsg **heap;
   size_t heap_len, heap_cap;
   uv_timer_t timer;
+  uv_idle_t kick; /* a pump soon, outside the caller's stack */
   bool timer_armed;
   int64_t timer_at;
 
   struct qdest *dests;
-  struct qdest *run_head, *run_tail;   /* destinations that can start */
-  unsigned active;                     /* running jobs */
-  size_t ready;                        /* jobs waiting in FIFOs */
-  struct tern_queue_job *running;      /* list of running jobs */
-  struct tern_queue_job *cancelled;    /* cancelled, not done yet */
+  struct qdest *run_head, *run_tail; /* destinations that can start */
+  unsigned active;                   /* running jobs */
+  size_t ready;                      /* jobs waiting in FIFOs */
+  struct tern_queue_job *running;    /* list of running jobs */
+  struct tern_queue_job *cancelled;  /* cancelled, not done yet */
   bool pumping;
 
   unsigned pending; /* store operations on the home sink not answered */
+  /* Commits from ports whose home callback has not run yet (any thread
+   * adds, the home loop or the port's failed commit takes away): the
+   * home sink is not freed before they have come. */
+  atomic_uint homing;
   uint64_t rng;
 
   /* closing */
@@ -147,8 +152,11 @@ struct qmsg *q_msg_find(const struct tern_queue *q, const char *id);
 void q_msg_forget(struct tern_queue *q, struct qmsg *m);
 /* Recompute the message's due time and its place in the heap; rearm. */
 void q_msg_resched(struct tern_queue *q, struct qmsg *m);
-/* Start what may start. */
+/* Start what may start. Calls deliver: only from the loop (the timer,
+ * the kick), never inside a call of the application's. */
 void q_pump(struct tern_queue *q);
+/* Pump on the next loop iteration. */
+void q_kick(struct tern_queue *q);
 /* Arm the timer for the heap's top (or stop it). */
 void q_timer_arm(struct tern_queue *q);
 /* Free every job (ready, running, cancelled) and message. */
@@ -163,6 +171,8 @@ void q_event(struct tern_queue *q, enum tern_queue_event_type type,
              const char *remote, const char *bounce_id, time_t retry_at,
              const char *detail);
 uint64_t q_rand(struct tern_queue *q);
+/* Unix seconds, from the clock the timer compares with. */
+int64_t q_now_s(void);
 /* Load one message from the store by id into the model (after a DSN was
  * queued). */
 void q_load_one(struct tern_queue *q, const char *id);
@@ -181,8 +191,8 @@ void q_on_home(void *arg, struct qstore_msg *m);
 /* One recipient of a DSN being composed. */
 struct qb_rcpt {
   const char *addr, *orcpt;
-  const char *action;       /* "failed", "delayed", "delivered" */
-  int code;                 /* the reply: code, enhanced (or NULL), text */
+  const char *action; /* "failed", "delayed", "delivered" */
+  int code;           /* the reply: code, enhanced (or NULL), text */
   const char *enhanced, *text;
   const char *remote;
 };

@@ -19,6 +19,11 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Wall-clock seconds from the same clock as now_ms(): time() reads a
+ * coarse clock that can lag a few milliseconds behind, and a retry due
+ * "at X+1" computed from it could look due already to the timer. */
+int64_t q_now_s(void) { return now_ms() / 1000; }
+
 /* xorshift64*: jitter and MIME boundaries need spread, not secrecy. */
 uint64_t q_rand(struct tern_queue *q) {
   uint64_t x = q->rng;
@@ -65,13 +70,12 @@ static const char *put(char **p, const char *s) {
 /* One allocation per message (struct, recipients, strings): 100,000
  * messages load in well under a second and free in one call each. */
 struct qmsg *q_msg_from_store(const struct qstore_msg *s) {
-  size_t strs = slen(s->from ? s->from : "") + slen(s->envid) +
-                slen(s->client);
+  size_t strs = slen(s->from ? s->from : "") + slen(s->envid) + slen(s->client);
   for (size_t i = 0; i < s->nrcpts; i++)
     strs += slen(s->rcpts[i].addr) + slen(s->rcpts[i].orcpt) +
             slen(s->rcpts[i].dest ? s->rcpts[i].dest : "local");
-  if (s->nrcpts > (SIZE_MAX - sizeof(struct qmsg) - strs) /
-                      sizeof(struct qrcpt))
+  if (s->nrcpts >
+      (SIZE_MAX - sizeof(struct qmsg) - strs) / sizeof(struct qrcpt))
     return NULL;
   struct qmsg *m = malloc(sizeof *m + s->nrcpts * sizeof(struct qrcpt) + strs);
   if (!m)
@@ -476,6 +480,17 @@ static void job_start(struct tern_queue *q, struct tern_queue_job *j) {
   q->active++;
 }
 
+static void on_kick(uv_idle_t *h) {
+  struct tern_queue *q = h->data;
+  uv_idle_stop(h);
+  q_pump(q);
+}
+
+void q_kick(struct tern_queue *q) {
+  if (!q->close_phase && q->run_head)
+    uv_idle_start(&q->kick, on_kick);
+}
+
 void q_pump(struct tern_queue *q) {
   if (q->pumping || q->close_phase)
     return;
@@ -529,8 +544,9 @@ void q_cancel_running(struct tern_queue *q) {
     if (q->cancelled)
       q->cancelled->rprev = j;
     q->cancelled = j;
-    q_event(q, TERN_QEV_ERROR, j->msg->id, NULL, NULL, NULL, NULL, 0,
-            "delivery cancelled at shutdown; redelivered after restart");
+    for (size_t i = 0; i < j->n; i++)
+      q_event(q, TERN_QEV_DEFERRED, j->msg->id, j->jr[i].addr, NULL, NULL, NULL,
+              0, "cancelled at shutdown: delivered again after restart");
   }
 }
 
@@ -692,6 +708,7 @@ void tern_queue_job_done(struct tern_queue_job *job,
   run_push(q, job->dest);
   if (!job->reading)
     job_free(job);
-  q_pump(q);
+  /* Not q_pump(): deliver must not run inside the application's call. */
+  q_kick(q);
   q_close_step(q);
 }

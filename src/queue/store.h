@@ -184,7 +184,8 @@ struct qstore_update {
   bool remove;           /* delete the message (every recipient done, or
                             tern_queue_delete) */
   /* A DSN queued in the same transaction, or dsn NULL: its envelope
-   * (dsn->id from qstore_new_id; nchunks ignored), then its body: head,
+   * (dsn->id from qstore_new_id; nchunks ignored; size 0: the store sets
+   * it to the octets it writes), then its body: head,
    * the original's header (up to and including the first empty line) or
    * whole body as `copy` says, tail. head and tail (malloc()ed) are the
    * store's. */

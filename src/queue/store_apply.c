@@ -307,6 +307,21 @@ static int apply_dsn(struct qstore *s, struct op *o, bool have_orig)
   }
   if (rc == SQLITE_OK)
     rc = ins_chunk(s, id, 1 + copied, u->tail, u->tail_len);
+  if (rc == SQLITE_OK && u->dsn.size == 0) {
+    /* The size is what was just written: the queue cannot know how long
+     * a copied header is. DSNs are rare: an unprepared statement will do. */
+    sqlite3_stmt *sz;
+    rc = sqlite3_prepare_v2(s->wdb,
+                            "SELECT coalesce(sum(length(data)), 0) FROM chunk"
+                            " WHERE msg = ?1",
+                            -1, &sz, NULL);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_text(sz, 1, id, -1, SQLITE_STATIC);
+      if (sqlite3_step(sz) == SQLITE_ROW)
+        u->dsn.size = (uint64_t)sqlite3_column_int64(sz, 0);
+      rc = sqlite3_finalize(sz);
+    }
+  }
   if (rc == SQLITE_OK)
     rc = ins_envelope(s, &u->dsn, (uint32_t)(copied + 2));
   return rc;

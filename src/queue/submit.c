@@ -32,13 +32,13 @@ struct tern_queue_msg {
   struct tern_queue_port *p;
   struct qstore_msg env;
   char *buf;
-  size_t len;
-  uint32_t seq;       /* chunks sent */
+  size_t len, cap; /* cap grows from 4 KiB to Q_CHUNK */
+  uint32_t seq;    /* chunks sent */
   uint64_t size;
-  unsigned inflight;  /* chunks not answered */
-  int err;            /* the first failure */
-  bool committing;    /* commit called */
-  bool commit_sent;   /* qstore_commit or the failure's drop sent */
+  unsigned inflight; /* chunks not answered */
+  int err;           /* the first failure */
+  bool committing;   /* commit called */
+  bool commit_sent;  /* qstore_commit or the failure's drop sent */
   bool aborted;
   bool wait_written;
   void (*written)(void *arg, int status);
@@ -126,7 +126,7 @@ int tern_queue_msg_begin(struct tern_queue_port *p,
   bool ok = true;
   struct qstore_msg *e = &m->env;
   qstore_new_id(p->q->store, e->id);
-  e->arrival = (int64_t)time(NULL);
+  e->arrival = q_now_s();
   e->from = sdup(env->from, &ok);
   e->body = env->body;
   e->smtputf8 = env->smtputf8;
@@ -170,7 +170,7 @@ static void send_chunk(struct tern_queue_msg *m) {
   void *b = m->buf;
   size_t n = m->len;
   m->buf = NULL;
-  m->len = 0;
+  m->len = m->cap = 0;
   m->inflight++;
   p->pending++;
   qstore_chunk(p->sink, m->env.id, m->seq++, b, n, on_chunk, m);
@@ -226,15 +226,21 @@ int tern_queue_msg_write(struct tern_queue_msg *m, const char *buf, size_t len,
   if (m->err)
     return m->err;
   while (len) {
-    if (!m->buf) {
-      m->buf = malloc(Q_CHUNK);
-      if (!m->buf) {
+    if (m->cap - m->len < len && m->cap < Q_CHUNK) {
+      /* Grow towards one chunk: most messages are a few KiB, and a
+       * server may hold hundreds open at once. */
+      size_t cap = m->cap ? m->cap : 4096;
+      while (cap - m->len < len && cap < Q_CHUNK)
+        cap *= 2;
+      char *b = realloc(m->buf, cap);
+      if (!b) {
         m->err = TERN_ENOMEM;
         return m->err;
       }
-      m->len = 0;
+      m->buf = b;
+      m->cap = cap;
     }
-    size_t n = Q_CHUNK - m->len;
+    size_t n = m->cap - m->len;
     if (n > len)
       n = len;
     memcpy(m->buf + m->len, buf, n);
@@ -257,6 +263,8 @@ int tern_queue_msg_write(struct tern_queue_msg *m, const char *buf, size_t len,
 static void on_committed(void *arg, int status) {
   struct tern_queue_msg *m = arg;
   m->p->pending--;
+  if (status != 0) /* no home callback comes */
+    atomic_fetch_sub(&m->p->q->homing, 1);
   if (!m->aborted && m->done) {
     struct tern_reply r = {250, "2.0.0", m->text};
     if (status == 0)
@@ -281,9 +289,10 @@ static void do_commit(struct tern_queue_msg *m) {
   void *last = m->buf;
   size_t len = m->len;
   m->buf = NULL;
-  m->len = 0;
+  m->len = m->cap = 0;
   m->commit_sent = true;
   m->p->pending++;
+  atomic_fetch_add(&m->p->q->homing, 1);
   qstore_commit(m->p->sink, &m->env, last, len, on_committed, m, m->p->q->home,
                 q_on_home, m->p->q);
 }
@@ -310,6 +319,7 @@ void tern_queue_msg_abort(struct tern_queue_msg *m) {
     return; /* freed when the store answers */
   free(m->buf);
   m->buf = NULL;
+  m->len = m->cap = 0;
   if (m->seq == 0)
     msg_free(m); /* nothing of it reached the store */
   else
