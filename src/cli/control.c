@@ -37,12 +37,12 @@ struct conn {
   uv_pipe_t pipe;
   uv_timer_t timer;
   uv_shutdown_t shutdown;
-  int handles;          /* open handles (pipe, timer) */
+  int handles; /* open handles (pipe, timer) */
   bool closing;
-  bool answered;        /* the status line is out */
-  bool shut;            /* ... and written (our side shut down) */
-  bool peer_eof;        /* the client closed its side */
-  bool failed;          /* a write failed: stop formatting */
+  bool answered; /* the status line is out */
+  bool shut;     /* ... and written (our side shut down) */
+  bool peer_eof; /* the client closed its side */
+  bool failed;   /* a write failed: stop formatting */
   struct block *cur;
   char req[CONTROL_MAX_REQUEST];
   size_t reqlen;
@@ -295,8 +295,7 @@ static void handle(struct conn *c, char *line) {
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   struct conn *c = h->data;
   (void)hint;
-  *buf = uv_buf_init(c->req + c->reqlen,
-                     (unsigned)(sizeof c->req - c->reqlen));
+  *buf = uv_buf_init(c->req + c->reqlen, (unsigned)(sizeof c->req - c->reqlen));
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -384,8 +383,9 @@ static void on_connection(uv_stream_t *server, int status) {
   }
   uid_t uid;
   if (!peer_allowed(c, &uid)) {
-    answer(c, "ERR PERM uid %ld may not use this socket (root or uid %ld "
-              "only)",
+    answer(c,
+           "ERR PERM uid %ld may not use this socket (root or uid %ld "
+           "only)",
            (long)(int)uid, (long)geteuid());
     return;
   }
@@ -393,8 +393,7 @@ static void on_connection(uv_stream_t *server, int status) {
     answer(c, "ERR BUSY too many control clients; try again");
     return;
   }
-  if (uv_timer_start(&c->timer, on_timeout, CONTROL_REQUEST_TIMEOUT_MS, 0) !=
-      0)
+  if (uv_timer_start(&c->timer, on_timeout, CONTROL_REQUEST_TIMEOUT_MS, 0) != 0)
     conn_close(c);
 }
 
@@ -428,8 +427,10 @@ static int clear_stale(const char *path, char *err, size_t cap) {
   if (e != ECONNREFUSED)
     return fail(err, cap, "control socket %s: %s", path, strerror(e));
   if (unlink(path) != 0 && errno != ENOENT)
-    return fail(err, cap, "control socket %s: cannot remove the stale "
-                "socket: %s", path, strerror(errno));
+    return fail(err, cap,
+                "control socket %s: cannot remove the stale "
+                "socket: %s",
+                path, strerror(errno));
   return 0;
 }
 
@@ -477,8 +478,8 @@ static int make_socket(const char *path, char *err, size_t cap) {
   if (mkdtemp(tmpdir) == NULL) {
     int e = errno;
     close(fd);
-    return fail(err, cap, "control socket %s: cannot make %s: %s", path,
-                tmpdir, strerror(e));
+    return fail(err, cap, "control socket %s: cannot make %s: %s", path, tmpdir,
+                strerror(e));
   }
   snprintf(tmp, sizeof tmp, "%s/s", tmpdir);
   int rc = bind_0600(fd, tmp);

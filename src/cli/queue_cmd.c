@@ -50,30 +50,31 @@
 #define ANSWER_TIMEOUT_S 120
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: tern queue [-c FILE | -d DIR] COMMAND [ARGS]\n"
-          "\n"
-          "commands:\n"
-          "  list [--json]   every message: id ('!' when held), size, arrival,\n"
-          "                  sender; each recipient with its state, attempts,\n"
-          "                  next try and last reply (--json: one object a line)\n"
-          "  show ID         one message: its envelope, a blank line, its body\n"
-          "  flush [ID]      retry now (every message, or ID)\n"
-          "  delete ID       remove a message, no bounce\n"
-          "  hold ID         no delivery (and no expiry) until released\n"
-          "  release ID      deliver again\n"
-          "\n"
-          "options:\n"
-          "  -c, --config FILE  the tern serve configuration: its [queue]\n"
-          "                     directory and control socket\n"
-          "  -d, --dir DIR      the spool directory (control socket "
-          "DIR/control);\n"
-          "                     default ./queue\n"
-          "  --json             list: JSON, one message per line\n"
-          "  -h, --help         this text\n"
-          "\n"
-          "list and show read the spool when the daemon is not running.\n"
-          "See tern-queue(1).\n");
+  fprintf(
+      f,
+      "usage: tern queue [-c FILE | -d DIR] COMMAND [ARGS]\n"
+      "\n"
+      "commands:\n"
+      "  list [--json]   every message: id ('!' when held), size, arrival,\n"
+      "                  sender; each recipient with its state, attempts,\n"
+      "                  next try and last reply (--json: one object a line)\n"
+      "  show ID         one message: its envelope, a blank line, its body\n"
+      "  flush [ID]      retry now (every message, or ID)\n"
+      "  delete ID       remove a message, no bounce\n"
+      "  hold ID         no delivery (and no expiry) until released\n"
+      "  release ID      deliver again\n"
+      "\n"
+      "options:\n"
+      "  -c, --config FILE  the tern serve configuration: its [queue]\n"
+      "                     directory and control socket\n"
+      "  -d, --dir DIR      the spool directory (control socket "
+      "DIR/control);\n"
+      "                     default ./queue\n"
+      "  --json             list: JSON, one message per line\n"
+      "  -h, --help         this text\n"
+      "\n"
+      "list and show read the spool when the daemon is not running.\n"
+      "See tern-queue(1).\n");
 }
 
 struct ctx {
@@ -126,8 +127,8 @@ static int print_body(const struct ctx *x) {
   char err[512] = "";
   if (putchar('\n') == EOF)
     return finish_output(EX_IOERR);
-  int rc = tern_queue_scan_body(x->dir, x->id, body_chunk, NULL, err,
-                                sizeof err);
+  int rc =
+      tern_queue_scan_body(x->dir, x->id, body_chunk, NULL, err, sizeof err);
   if (rc == TERN_ENOENT) { /* delivered or deleted since the envelope */
     fflush(stdout);
     fprintf(stderr, "tern queue: no such message: %s\n", x->id);
@@ -145,8 +146,7 @@ static int print_body(const struct ctx *x) {
 static int offline(const struct ctx *x) {
   bool list = !strcmp(x->cmd, "list");
   if (!list && strcmp(x->cmd, "show") != 0) {
-    fprintf(stderr, "tern queue: the daemon is not running (%s)\n",
-            x->control);
+    fprintf(stderr, "tern queue: the daemon is not running (%s)\n", x->control);
     return EX_TEMPFAIL;
   }
   /* No spool there (queue.db, include/tern/queue.h): 66, not an I/O
@@ -236,12 +236,12 @@ static int daemon_error(const struct ctx *x, const char *line) {
 
 static int online(const struct ctx *x, int fd) {
   char req[CONTROL_MAX_REQUEST];
-  const char *verb = !strcmp(x->cmd, "list")      ? "LIST"
-                     : !strcmp(x->cmd, "show")    ? "SHOW"
-                     : !strcmp(x->cmd, "flush")   ? "FLUSH"
-                     : !strcmp(x->cmd, "delete")  ? "DELETE"
-                     : !strcmp(x->cmd, "hold")    ? "HOLD"
-                                                  : "RELEASE";
+  const char *verb = !strcmp(x->cmd, "list")     ? "LIST"
+                     : !strcmp(x->cmd, "show")   ? "SHOW"
+                     : !strcmp(x->cmd, "flush")  ? "FLUSH"
+                     : !strcmp(x->cmd, "delete") ? "DELETE"
+                     : !strcmp(x->cmd, "hold")   ? "HOLD"
+                                                 : "RELEASE";
   int n;
   if (!strcmp(x->cmd, "list"))
     n = snprintf(req, sizeof req, "LIST%s\n", x->json ? " JSON" : "");
@@ -302,7 +302,8 @@ static int online(const struct ctx *x, int fd) {
   return finish_output(0);
 }
 
-/* ---- arguments ------------------------------------------------------------ */
+/* ---- arguments ------------------------------------------------------------
+ */
 
 /* The command and its arguments, checked. Returns 0 or EX_USAGE. */
 static int parse(int argc, char **argv, struct ctx *x, bool *help) {
@@ -390,8 +391,10 @@ static int parse(int argc, char **argv, struct ctx *x, bool *help) {
     int r2 = cfg_queue_control_path(&c, x->control, sizeof x->control);
     cfg_free(&c);
     if (r1 < 0 || (size_t)r1 >= sizeof x->dir || r2 != 0) {
-      fprintf(stderr, "tern queue: %s: the queue's directory or control "
-                      "socket path is too long\n", config);
+      fprintf(stderr,
+              "tern queue: %s: the queue's directory or control "
+              "socket path is too long\n",
+              config);
       return EX_CONFIG;
     }
     return 0;

@@ -231,16 +231,17 @@ int qfmt_json(const struct tern_queue_list_msg *m, struct qfmt_totals *t,
   putf(&l, ",\"arrival\":%lld,\"size\":%" PRIu64 ",\"from\":",
        (long long)m->arrival, m->size);
   put_json(&l, m->from);
-  putf(&l, ",\"held\":%s,\"bounce\":%s,\"rcpts\":[",
-       m->held ? "true" : "false", m->is_bounce ? "true" : "false");
+  putf(&l, ",\"held\":%s,\"bounce\":%s,\"rcpts\":[", m->held ? "true" : "false",
+       m->is_bounce ? "true" : "false");
   for (size_t i = 0; i < m->nrcpts; i++) {
     const struct tern_queue_list_rcpt *r = &m->rcpts[i];
     puts_(&l, i ? ",{\"addr\":" : "{\"addr\":");
     put_json(&l, r->addr);
     puts_(&l, ",\"dest\":");
     put_json(&l, r->dest);
-    putf(&l, ",\"state\":\"%s\",\"attempts\":%u,\"next_try\":%lld,"
-             "\"last_code\":%d,\"last_reply\":",
+    putf(&l,
+         ",\"state\":\"%s\",\"attempts\":%u,\"next_try\":%lld,"
+         "\"last_code\":%d,\"last_reply\":",
          qfmt_state_name(r->state), r->attempts, (long long)r->next_try,
          r->last_code);
     put_json(&l, r->last_reply);
