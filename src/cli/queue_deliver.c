@@ -198,7 +198,7 @@ static void qj_free(struct qjob *j) {
   free(j->pend);
   policy_put(j->pol);
   free(j);
-  if (qd->closing && !qd->conns && !qd->jobs)
+  if (qd->closing && qd->nconns == 0 && !qd->jobs)
     free(qd);
 }
 
@@ -667,7 +667,9 @@ static void rc_timer_closed(uv_handle_t *h) {
   struct qdeliver *qd = c->qd;
   free(c->key);
   free(c);
-  if (qd->closing && !qd->conns && !qd->jobs)
+  /* nconns counts connections until their memory is gone (a closed
+   * one's timer may still be closing after it left qd->conns) */
+  if (--qd->nconns == 0 && qd->closing && !qd->jobs)
     free(qd);
 }
 
@@ -694,7 +696,6 @@ static void rc_on_close(struct tern_client *cl, void *ud) {
     qd->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
-  qd->nconns--;
   tern_client_free(cl);
   c->cl = NULL;
   uv_close((uv_handle_t *)&c->idle, rc_timer_closed);
@@ -907,6 +908,6 @@ void qdeliver_free(struct qdeliver *qd) {
   qd->closing = true; /* the last job or connection to go frees qd */
   for (struct rconn *c = qd->conns; c; c = c->next)
     rconn_close(c);
-  if (!qd->conns && !qd->jobs)
+  if (qd->nconns == 0 && !qd->jobs)
     free(qd);
 }
