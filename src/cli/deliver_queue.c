@@ -49,8 +49,9 @@ int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
   if (rc == 0)
     return 0;
   *out = NULL;
-  return rc == TERN_ENOMEM ? -ENOMEM : rc == TERN_ECLOSED ? -ESHUTDOWN
-                                                          : -EINVAL;
+  return rc == TERN_ENOMEM    ? -ENOMEM
+         : rc == TERN_ECLOSED ? -ESHUTDOWN
+                              : -EINVAL;
 }
 
 struct qdelivery {
@@ -61,10 +62,10 @@ struct qdelivery {
    * header is written in begin, where the session cannot wait, so a
    * chunk that comes while it is still being taken is held here. */
   bool busy;
-  bool tell;       /* the session waits for cb->written */
+  bool tell; /* the session waits for cb->written */
   char *held;
   size_t held_len;
-  int err;         /* the first write error (commit reports the queue's) */
+  int err; /* the first write error (commit reports the queue's) */
   bool committed;
   bool aborted;
 };
@@ -98,10 +99,9 @@ static void qd_written(void *arg, int status) {
   }
 }
 
-static int qo_begin(const struct deliver_target *t,
-                    const struct deliver_msg *m, const struct deliver_cbs *cb,
-                    void *arg, struct delivery **out,
-                    struct tern_reply *refusal) {
+static int qo_begin(const struct deliver_target *t, const struct deliver_msg *m,
+                    const struct deliver_cbs *cb, void *arg,
+                    struct delivery **out, struct tern_reply *refusal) {
   struct tern_queue_msg *qm = m->envelope;
   (void)t;
   if (!qm) {

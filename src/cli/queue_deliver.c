@@ -52,38 +52,38 @@ struct rstatus {
 
 struct qjob {
   struct qdeliver *qd;
-  struct qjob *prev, *next;       /* qd->jobs */
-  struct tern_queue_job *job;     /* NULL once handed back (or orphaned) */
+  struct qjob *prev, *next;   /* qd->jobs */
+  struct tern_queue_job *job; /* NULL once handed back (or orphaned) */
   struct policy *pol;
   char id[TERN_QUEUE_ID_MAX];
   time_t arrival;
   char *from;
   char **rcpts;
   struct tern_client_rcpt *crcpts;
-  char **corcpt;                  /* ORCPT addresses for the client */
+  char **corcpt; /* ORCPT addresses for the client */
   size_t nrcpts;
   struct rstatus *res;
   uint64_t size;
   struct tern_client_message msg;
   char *envid;
-  bool reading;                   /* a tern_queue_job_read is out */
+  bool reading; /* a tern_queue_job_read is out */
   bool eof;
-  bool read_error;                /* the store failed: report nothing */
-  bool finished;                  /* the outcome is known: hand back */
+  bool read_error; /* the store failed: report nothing */
+  bool finished;   /* the outcome is known: hand back */
   /* local targets */
   const struct deliver_ops *ops;
   struct delivery *dlv;
-  bool dlv_waiting;               /* a write returned DELIVER_LATER */
+  bool dlv_waiting; /* a write returned DELIVER_LATER */
   bool committed;
   char hdr[1100];
   /* relay */
   struct rconn *conn;
-  char remote[300];               /* the next hop's host, for results */
-  size_t *acc;                    /* accepted recipient k -> its index */
+  char remote[300]; /* the next hop's host, for results */
+  size_t *acc;      /* accepted recipient k -> its index */
   size_t nacc;
-  bool sent;                      /* the envelope went to the session */
-  bool got_reply;                 /* the next hop answered this message */
-  bool retried;                   /* a dead kept connection was replaced */
+  bool sent;      /* the envelope went to the session */
+  bool got_reply; /* the next hop answered this message */
+  bool retried;   /* a dead kept connection was replaced */
   bool body_open, body_ended;
   bool in_pump, pump_again;
   char *pend;
@@ -92,17 +92,17 @@ struct qjob {
 
 struct rconn {
   struct qdeliver *qd;
-  struct rconn *prev, *next;      /* qd->conns */
+  struct rconn *prev, *next; /* qd->conns */
   struct tern_client *cl;
-  char *key;                      /* the URL (and user) it was opened for */
-  struct qjob *job;               /* the job it carries, or NULL: idle */
+  char *key;        /* the URL (and user) it was opened for */
+  struct qjob *job; /* the job it carries, or NULL: idle */
   uv_timer_t idle;
   bool timer_open;
-  bool connected;                 /* on_connect said 0 */
-  bool used;                      /* a message ended on it already */
+  bool connected; /* on_connect said 0 */
+  bool used;      /* a message ended on it already */
   bool closing, closed;
   bool lmtp;
-  char err[300];                  /* why the connection failed */
+  char err[300]; /* why the connection failed */
 };
 
 struct qdeliver {
@@ -128,7 +128,8 @@ time_t qdeliver_arrival(const char *id) {
   return g_cur_id && id && !strcmp(g_cur_id, id) ? g_cur_arrival : 0;
 }
 
-/* ---- jobs ------------------------------------------------------------------ */
+/* ---- jobs ------------------------------------------------------------------
+ */
 
 static void set_st(struct rstatus *s, int code, const char *enh,
                    const char *text) {
@@ -232,8 +233,8 @@ static struct qjob *qj_new(struct qdeliver *qd, struct tern_queue_job *job,
   if (qd->jobs)
     qd->jobs->prev = j;
   qd->jobs = j;
-  bool ok = j->from && j->rcpts && j->corcpt && j->crcpts && j->res &&
-            j->acc && (!info->envid || j->envid);
+  bool ok = j->from && j->rcpts && j->corcpt && j->crcpts && j->res && j->acc &&
+            (!info->envid || j->envid);
   for (size_t i = 0; ok && i < info->nrcpts; i++) {
     const struct tern_queue_job_rcpt *r = &info->rcpts[i];
     ok = (j->rcpts[i] = strdup(r->addr)) != NULL;
@@ -261,7 +262,8 @@ static struct qjob *qj_new(struct qdeliver *qd, struct tern_queue_job *job,
   return j;
 }
 
-/* ---- local targets: maildir, pipe (deliver_ops) ----------------------------- */
+/* ---- local targets: maildir, pipe (deliver_ops) -----------------------------
+ */
 
 static void lj_read(struct qjob *j);
 
@@ -352,16 +354,11 @@ static void local_start(struct qjob *j) {
   /* RFC 5321 §4.4: the final delivery adds Return-Path; the Received
    * field is already the first line of the stored body */
   int n = snprintf(j->hdr, sizeof j->hdr, "Return-Path: <%s>\r\n", j->from);
-  struct deliver_msg m = {loop,
-                          j->from,
-                          (const char *const *)j->rcpts,
-                          j->nrcpts,
-                          j->hdr,
-                          n > 0 && (size_t)n < sizeof j->hdr ? (size_t)n : 0,
-                          NULL,
-                          NULL,
-                          NULL,
-                          NULL};
+  struct deliver_msg m = {
+      loop,      j->from, (const char *const *)j->rcpts,
+      j->nrcpts, j->hdr,  n > 0 && (size_t)n < sizeof j->hdr ? (size_t)n : 0,
+      NULL,      NULL,    NULL,
+      NULL};
   struct tern_reply refusal = {451, "4.3.0", "Error: delivery failed"};
   j->ops = t.ops;
   if (t.ops->begin(&t, &m, &lj_cbs, j, &j->dlv, &refusal) != 0) {
@@ -373,7 +370,8 @@ static void local_start(struct qjob *j) {
   lj_read(j);
 }
 
-/* ---- relay targets: lmtp, smtp over kept connections ------------------------ */
+/* ---- relay targets: lmtp, smtp over kept connections ------------------------
+ */
 
 /* The next hop's host from the URL, as results name it. */
 static void url_host(const char *url, char *out, size_t cap) {
@@ -394,8 +392,7 @@ static void url_host(const char *url, char *out, size_t cap) {
   snprintf(out, cap, "%.*s", (int)n, p);
 }
 
-static void first_line(const struct tern_client_reply *r, char *t,
-                       size_t cap) {
+static void first_line(const struct tern_client_reply *r, char *t, size_t cap) {
   size_t n = r->nlines ? r->lines[0].len : 0;
   snprintf(t, cap, "%.*s", (int)(n < cap ? n : cap - 1),
            r->nlines ? r->lines[0].ptr : "");
@@ -508,8 +505,8 @@ static bool rj_refuse(struct qjob *j, struct rconn *c) {
     fill(j, 553, "5.6.7", "Error: next hop does not accept SMTPUTF8");
   else if (m->body == TERN_BODY_8BITMIME && !(caps & TERN_EXT_8BITMIME))
     fill(j, 550, "5.6.3", "Error: next hop does not accept 8BITMIME");
-  else if (m->requiretls && (!(caps & TERN_EXT_REQUIRETLS) ||
-                             !tern_client_tls_version(c->cl)))
+  else if (m->requiretls &&
+           (!(caps & TERN_EXT_REQUIRETLS) || !tern_client_tls_version(c->cl)))
     fill(j, 550, "5.7.30", "Error: REQUIRETLS not supported by next hop");
   else if ((caps & TERN_EXT_SIZE) && max && m->size > max)
     fill(j, 552, "5.3.4",
@@ -541,8 +538,9 @@ static void rj_send(struct rconn *c) {
     return; /* replies: rc_on_reply; the end: rc_on_message_done */
   }
   if (rc == TERN_ENOTSUP)
-    fill(j, 550, "5.5.1", "Error: next hop does not offer what this "
-                          "message needs (SMTPUTF8, BINARYMIME, REQUIRETLS)");
+    fill(j, 550, "5.5.1",
+         "Error: next hop does not offer what this "
+         "message needs (SMTPUTF8, BINARYMIME, REQUIRETLS)");
   else if (rc == TERN_EINVAL)
     fill(j, 553, "5.1.3", "Error: address cannot be sent");
   else
@@ -562,9 +560,9 @@ static void rc_on_ready(struct tern_client_session *s, void *ud) {
 /* Every reply of the next hop, as it comes: a refused RCPT is that
  * recipient's result; the reply after the data is the accepted ones'
  * (LMTP: each its own). */
-static void rc_on_reply(struct tern_client_session *s,
-                        enum tern_client_cmd cmd, unsigned index,
-                        const struct tern_client_reply *r, void *ud) {
+static void rc_on_reply(struct tern_client_session *s, enum tern_client_cmd cmd,
+                        unsigned index, const struct tern_client_reply *r,
+                        void *ud) {
   struct rconn *c = ud;
   struct qjob *j = c->job;
   char t[240];
@@ -621,8 +619,7 @@ static void relay_start(struct qjob *j, bool fresh);
  * hop said a word about this message is replaced once (nothing of it
  * can have been delivered); otherwise every recipient has its result. */
 static void rc_on_message_done(struct tern_client_session *s,
-                               const struct tern_client_outcome *o,
-                               void *ud) {
+                               const struct tern_client_outcome *o, void *ud) {
   struct rconn *c = ud;
   struct qjob *j = c->job;
   (void)s;
@@ -632,9 +629,8 @@ static void rc_on_message_done(struct tern_client_session *s,
   j->conn = NULL;
   bool reused = c->used;
   c->used = true;
-  if (o->local && !j->got_reply && !j->retried && reused &&
-      !j->reading && j->pend_len == 0 && !j->read_error &&
-      o->code / 100 == 4) {
+  if (o->local && !j->got_reply && !j->retried && reused && !j->reading &&
+      j->pend_len == 0 && !j->read_error && o->code / 100 == 4) {
     rconn_close(c); /* dead: the next hop closed it while it was kept */
     j->retried = true;
     j->sent = j->body_open = false;
@@ -643,8 +639,7 @@ static void rc_on_message_done(struct tern_client_session *s,
   }
   if (o->local) {
     char t[240];
-    snprintf(t, sizeof t, "Error: next hop: %s",
-             tern_client_last_error(c->cl));
+    snprintf(t, sizeof t, "Error: next hop: %s", tern_client_last_error(c->cl));
     fill(j, o->code / 100 == 5 ? o->code : 451,
          o->code / 100 == 5 ? "5.3.0" : "4.4.2", t);
   }
@@ -855,10 +850,10 @@ static void relay_start(struct qjob *j, bool fresh) {
     rconn_close(c);
 }
 
-/* ---- the queue's deliver callback ------------------------------------------ */
+/* ---- the queue's deliver callback ------------------------------------------
+ */
 
-int qdeliver_new(struct qdeliver **out, uv_loop_t *loop,
-                 unsigned concurrency) {
+int qdeliver_new(struct qdeliver **out, uv_loop_t *loop, unsigned concurrency) {
   struct qdeliver *qd = calloc(1, sizeof *qd);
   if (!qd)
     return -ENOMEM;
@@ -873,8 +868,7 @@ void qdeliver_job(struct tern_queue_job *job,
   struct qdeliver *qd = ud;
   struct qjob *j = qd->closing ? NULL : qj_new(qd, job, info);
   if (!j) {
-    static const struct tern_reply oom = {451, "4.3.0",
-                                          "Error: out of memory"};
+    static const struct tern_reply oom = {451, "4.3.0", "Error: out of memory"};
     tern_queue_job_done(job, &oom);
     return;
   }
