@@ -8,8 +8,10 @@
  *   tern serve --check -c tern.ini   check the configuration and exit
  *
  * Every message is answered 250 only once it is durable (Maildir: written,
- * fsynced, renamed into new/, directory fsynced) or accepted by the pipe
- * command. One key=value log line per session and per message. SIGTERM and
+ * fsynced, renamed into new/, directory fsynced), accepted by the pipe
+ * command or the next hop, or, with [delivery] queue, fsynced in the
+ * queue, which then delivers it (queue_deliver.c; the control socket of
+ * `tern queue` is control.c; docs/decisions/0018). One key=value log line per session and per message. SIGTERM and
  * SIGINT drain gracefully; SIGHUP reloads the configuration (users,
  * domains, delivery, certificates, hostname, sizes, limits, timeouts;
  * what needs a restart is logged by key: on_hup()). systemd
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <syslog.h>
 #include <time.h>
@@ -33,11 +36,13 @@
 
 #include <systemd/sd-daemon.h>
 #include <tern/net.h>
+#include <tern/queue.h>
 #include <tern/tern.h>
 
 #include "cli.h"
 #include "config.h"
 #include "config_keys.h"
+#include "control.h"
 #include "deliver.h"
 #include "log.h"
 #include "recipients.h"
@@ -132,8 +137,47 @@ struct daemon {
   const char *maildir, *hostname; /* command-line overrides, kept on reload */
   bool cli_listeners;               /* --listen: the file's are not used */
   struct policy *boot;              /* what the server was started with */
+  struct tern_queue *q;             /* the queue, or NULL (direct) */
+  struct qdeliver *qd;              /* its deliverer */
+  bool q_closed;                    /* tern_queue_close is done */
+  uint64_t stop_ms;                 /* when SIGTERM came (uv_now) */
   int exit_code;
 };
+
+/* The queue is closed (its jobs ended or were cancelled): end our
+ * deliveries of cancelled jobs, free it. The loop then runs out. */
+static void on_queue_closed(void *arg) {
+  struct daemon *d = arg;
+  qdeliver_free(d->qd);
+  d->qd = NULL;
+  d->q_closed = true;
+  /* tern_queue_free once the loop has run out, not from inside this
+   * callback (the queue still reads itself after calling it) */
+  log_kv("event", "queue-closed", NULL);
+}
+
+static void free_queue(struct daemon *d) {
+  if (d->q && d->q_closed)
+    tern_queue_free(d->q);
+  d->q = NULL;
+}
+
+static void close_queue(struct daemon *d);
+
+static void on_control_stopped(void *arg) { close_queue(arg); }
+
+/* After the server: the queue gets what is left of shutdown_timeout to
+ * let deliveries in flight end (their results are recorded); the rest
+ * are cancelled and delivered again after a restart. */
+static void close_queue(struct daemon *d) {
+  if (!d->q)
+    return;
+  serve_set_queue(NULL); /* every session is gone */
+  unsigned limit = d->boot->cfg.shutdown_timeout_ms;
+  uint64_t spent = uv_now(d->loop) - d->stop_ms;
+  unsigned left = spent >= limit ? 0 : (unsigned)(limit - spent);
+  tern_queue_close(d->q, left, on_queue_closed, d);
+}
 
 static void on_down(struct tern_server *srv, void *arg) {
   struct daemon *d = arg;
@@ -142,6 +186,10 @@ static void on_down(struct tern_server *srv, void *arg) {
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
   log_kv("event", "stopped", NULL);
+  /* `tern queue` works while sessions drain; then the control socket
+   * goes (the queue must outlive it), then the queue */
+  if (d->q)
+    control_stop(on_control_stopped, d);
 }
 
 static void on_stop(uv_signal_t *h, int sig) {
@@ -149,6 +197,7 @@ static void on_stop(uv_signal_t *h, int sig) {
   log_kv("event", "stopping", "signal", sig == SIGTERM ? "TERM" : "INT",
          NULL);
   sd_notify(0, "STOPPING=1");
+  d->stop_ms = uv_now(d->loop);
   uv_signal_stop(&d->sigterm);
   uv_signal_stop(&d->sigint);
   tern_server_shutdown(d->srv, on_down, d);
@@ -486,6 +535,108 @@ static int prepare_maildir(const struct cfg *c) {
   return 0;
 }
 
+/* The spool directory, made by root for the [server] user before the
+ * privileges are dropped (its parent may be root's, as /var/spool is);
+ * the queue itself is opened after the drop, so that every file it
+ * makes belongs to the user that will write it. An existing directory
+ * is left as it is. Returns 0 or an exit status. */
+static int prepare_queue_dir(const struct cfg *c) {
+  if (!cfg_uses_queue(c) || geteuid() != 0 || !c->user)
+    return 0;
+  struct passwd *pw = getpwnam(c->user);
+  if (!pw)
+    return 0; /* drop_privileges says so */
+  if (mkdir(c->queue_dir, 0700) != 0) {
+    if (errno == EEXIST)
+      return 0;
+    fprintf(stderr, "tern serve: queue directory %s: %s\n", c->queue_dir,
+            strerror(errno));
+    return EX_CANTCREAT;
+  }
+  gid_t gid = pw->pw_gid;
+  if (c->group) {
+    struct group *gr = getgrnam(c->group);
+    if (gr)
+      gid = gr->gr_gid;
+  }
+  if (chown(c->queue_dir, pw->pw_uid, gid) != 0) {
+    fprintf(stderr, "tern serve: queue directory %s: chown: %s\n",
+            c->queue_dir, strerror(errno));
+    return EX_CANTCREAT;
+  }
+  return 0;
+}
+
+/* Where a DSN the queue makes goes: the target as it is now, so a
+ * relaying target sends bounces on to the relay too, a maildir or pipe
+ * target delivers them locally (the queue's destination names). */
+static const char *dsn_route(const char *addr, void *ud) {
+  (void)addr;
+  (void)ud;
+  struct policy *p = policy_get();
+  bool relay = is_forward(&p->cfg);
+  policy_put(p);
+  return relay ? "relay" : "local";
+}
+
+static int count_msg(const struct tern_queue_list_msg *m, void *arg) {
+  (void)m;
+  ++*(unsigned long *)arg;
+  return 0;
+}
+
+/* Open the queue ([queue] settings; delivery through qdeliver on this
+ * loop, the queue's home). Returns 0 or an exit status. */
+static int open_queue(struct daemon *d, const struct cfg *c) {
+  char err[512] = "";
+  struct tern_queue_options o;
+  if (qdeliver_new(&d->qd, d->loop, c->queue_concurrency) != 0) {
+    fprintf(stderr, "tern serve: queue: out of memory\n");
+    return EX_OSERR;
+  }
+  tern_queue_options_init(&o);
+  o.dir = c->queue_dir;
+  o.hostname = c->hostname;
+  o.lifetime_s = c->queue_lifetime_s;
+  o.retry_min_s = c->queue_retry_min_s;
+  o.retry_max_s = c->queue_retry_max_s;
+  o.delay_warning_s = c->queue_delay_warning_s;
+  o.concurrency = c->queue_concurrency;
+  o.max_active = c->queue_max_active;
+  o.fsync = c->queue_fsync;
+  o.postmaster = c->queue_postmaster;
+  o.deliver = qdeliver_job;
+  o.on_event = serve_queue_event;
+  o.route = dsn_route;
+  o.ud = d->qd;
+  o.error = err;
+  o.error_size = sizeof err;
+  int r = tern_queue_open(&d->q, d->loop, &o);
+  if (r) {
+    fprintf(stderr, "tern serve: queue %s: %s\n", c->queue_dir,
+            err[0] ? err : tern_strerror(r));
+    qdeliver_free(d->qd);
+    d->qd = NULL;
+    d->q = NULL;
+    return r == TERN_EBUSY ? EX_TEMPFAIL : EX_CANTCREAT;
+  }
+  unsigned long n = 0;
+  tern_queue_list(d->q, NULL, count_msg, &n);
+  char ctl[4096];
+  if (cfg_queue_control_path(c, ctl, sizeof ctl) != 0) {
+    fprintf(stderr, "tern serve: [queue] control: path too long\n");
+    return EX_CONFIG;
+  }
+  if (control_start(d->loop, d->q, ctl, err, sizeof err) != 0) {
+    fprintf(stderr, "tern serve: %s\n", err);
+    return EX_UNAVAILABLE;
+  }
+  log_kv("event", "queue-open", "dir", c->queue_dir, "messages", LOG_U(n),
+         "control", ctl, NULL);
+  serve_set_queue(d->q);
+  return 0;
+}
+
 /* The server with our callbacks. Returns 0 or an exit status. */
 static int server_new(struct daemon *d, const struct policy *pol) {
   const struct cfg *c = &pol->cfg;
@@ -533,7 +684,7 @@ static void announce(struct daemon *d, const struct cfg *c) {
          c->target == CFG_MAILDIR ? c->maildir
          : c->target == CFG_PIPE  ? c->command
                                   : c->forward_url,
-         NULL);
+         "queue", d->q ? c->queue_dir : "no", NULL);
   sd_notify(0, "READY=1");
 }
 
@@ -545,6 +696,8 @@ static int daemon_start(struct daemon *d, const struct args *a) {
   int r = server_new(d, d->boot);
   if (!r)
     r = open_listeners(d, c, !a->path && !a->nlisten);
+  if (!r)
+    r = prepare_queue_dir(c);
   if (!r && drop_privileges(c, err, sizeof err) != 0) {
     fprintf(stderr, "tern serve: %s\n", err);
     r = EX_NOPERM;
@@ -553,6 +706,8 @@ static int daemon_start(struct daemon *d, const struct args *a) {
     check_reloadable(a->path, c);
   if (!r)
     r = prepare_maildir(c);
+  if (!r && cfg_uses_queue(c))
+    r = open_queue(d, c);
   int sr = r ? 0 : tern_server_start(d->srv);
   if (sr) {
     fprintf(stderr, "tern serve: start: %s\n", tern_strerror(sr));
@@ -613,10 +768,18 @@ int tern_cli_serve(int argc, char **argv) {
   atomic_fetch_add(&pol->refs, 1);
   if ((r = daemon_start(&d, &a)) != 0) {
     tern_server_free(d.srv);
+    if (d.q) { /* opened, then something else failed */
+      serve_set_queue(NULL);
+      control_stop(NULL, NULL);
+      tern_queue_close(d.q, 0, on_queue_closed, &d);
+      uv_run(d.loop, UV_RUN_DEFAULT);
+      free_queue(&d);
+    }
     return r;
   }
   uv_run(d.loop, UV_RUN_DEFAULT);
 
+  free_queue(&d);
   tern_server_free(d.srv);
   serve_loops_free();
   policy_put(g_policy);

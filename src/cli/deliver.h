@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 #include <uv.h>
 
 #include <tern/tern.h>
@@ -64,9 +65,24 @@ struct deliver_msg {
   const char *header;              /* trace fields, written before the body */
   size_t hlen;
   /* A target that answers the envelope itself (forwarding: the next hop
-   * answered MAIL and RCPT) hands over here what it opened then; it
-   * belongs to the delivery once begin is called, whatever it returns. */
+   * answered MAIL and RCPT; the queue: the message queue_msg_open()
+   * opened) hands over here what it opened then; it belongs to the
+   * delivery once begin is called, whatever it returns. */
   void *envelope;
+  /* The rest of the envelope, for a target that keeps it (the queue;
+   * the others ignore it). NULL arrays: no NOTIFY / ORCPT given. */
+  const unsigned *notify;          /* per recipient: TERN_NOTIFY_* bits */
+  const char *const *orcpt;        /* per recipient: "type;addr" or NULL */
+  const struct deliver_mail *mail; /* the MAIL parameters, or NULL */
+};
+
+/* MAIL's parameters (and who sent it), as the queue keeps them. */
+struct deliver_mail {
+  enum tern_body body;
+  bool smtputf8, requiretls;
+  enum tern_dsn_ret ret;
+  const char *envid;               /* decoded, or NULL */
+  const char *client;              /* "dns; helo (addr)" or NULL */
 };
 
 /* Where the session wants the delivery's news. `arg` is given to each. */
@@ -126,6 +142,7 @@ struct deliver_ops {
 extern const struct deliver_ops maildir_ops;
 extern const struct deliver_ops pipe_ops;
 extern const struct deliver_ops forward_ops;
+extern const struct deliver_ops queue_ops;
 
 /* ---- maildir ------------------------------------------------------------- */
 
@@ -345,5 +362,52 @@ bool forward_is_lmtp(const struct forward_delivery *d);
 size_t forward_accepted(const struct forward_delivery *d);
 /* The caller is done with it (after done, or to abort). */
 void forward_release(struct forward_delivery *d);
+
+/* ---- the queue: submission (deliver_queue.c) ------------------------------ */
+
+struct tern_queue_port;
+struct tern_queue_msg;
+
+/*
+ * Open a queued message for `m` (sender, recipients with their NOTIFY
+ * and ORCPT, MAIL parameters; m->header is not used) on port `p` (of
+ * m->loop), every recipient to destination `dest` ("local", "relay").
+ * Its queue id is known at once (tern_queue_msg_id) so that the trace
+ * header can name it; hand the message to queue_ops.begin through
+ * m->envelope (begin writes m->header first), or tern_queue_msg_abort
+ * it. Returns 0 or -errno (-ESHUTDOWN: the queue is closing).
+ */
+int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
+                   const char *dest, struct tern_queue_msg **out);
+
+/* ---- the queue: delivery of its jobs (queue_deliver.c) --------------------- */
+
+struct tern_queue;
+struct tern_queue_job;
+struct tern_queue_job_info;
+struct qdeliver;
+
+/*
+ * The queue's deliverer: runs each job through the configured target
+ * (policy_get() at each job, so a reload's [delivery] applies to the
+ * next attempt): maildir and pipe through their deliver_ops with a
+ * Return-Path header; lmtp and smtp over client connections to the
+ * forward URL that are kept open and reused (at most `concurrency`
+ * idle ones, closed after 10 s unused). All on the queue's home loop.
+ */
+int qdeliver_new(struct qdeliver **out, uv_loop_t *loop,
+                 unsigned concurrency);
+/* The tern_queue_options.deliver callback (ud = the qdeliver). */
+void qdeliver_job(struct tern_queue_job *job,
+                  const struct tern_queue_job_info *info, void *ud);
+/* Shutting down: close idle connections now; a delivery still running
+ * is aborted (its job is not touched again: call this once the queue is
+ * closed). The qdeliver frees itself when its last connection is
+ * closed. */
+void qdeliver_free(struct qdeliver *qd);
+/* The arrival of message `id` while its job's results are being handed
+ * to the queue (the queue's recipient events come from inside that
+ * call), else 0. For the delay= of the log lines. */
+time_t qdeliver_arrival(const char *id);
 
 #endif

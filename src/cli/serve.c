@@ -5,7 +5,9 @@
  *
  * Every message is answered 250 only once its target says so: durable
  * (Maildir: written, fsynced, renamed into new/, directory fsynced),
- * accepted by the pipe command, or accepted by the next hop. One
+ * accepted by the pipe command, or accepted by the next hop; with the
+ * queue, once it is fsynced in the queue (queue_ops: "queued as ID",
+ * the queue id being the message id; docs/decisions/0018). One
  * key=value log line per session and per message.
  */
 #define _GNU_SOURCE
@@ -66,7 +68,7 @@ void serve_loops_free(void) {
 }
 
 /* The maildir context of this session's loop (group commit is per loop). */
-static struct maildir_ctx *maildir_for(uv_loop_t *loop) {
+struct maildir_ctx *serve_maildir_ctx(uv_loop_t *loop) {
   struct maildir_ctx *md = NULL;
   uv_mutex_lock(&g_loops_lock);
   for (size_t i = 0; i < g_nloops; i++)
@@ -79,6 +81,20 @@ static struct maildir_ctx *maildir_for(uv_loop_t *loop) {
   }
   uv_mutex_unlock(&g_loops_lock);
   return md;
+}
+
+/* ---- the queue ---------------------------------------------------------------- */
+
+/* Set before the server starts and cleared after it is down: sessions
+ * on every loop only read it. */
+static struct tern_queue *g_queue;
+
+void serve_set_queue(struct tern_queue *q) { g_queue = q; }
+
+/* [delivery] queue cannot change on reload (cfg_restart_keys), so a
+ * queue opened at start-up serves every policy of this run. */
+bool sess_uses_queue(const struct sess *x) {
+  return g_queue && cfg_uses_queue(&x->pol->cfg);
 }
 
 /* ---- sessions ---------------------------------------------------------------- */
@@ -100,8 +116,23 @@ int sess_rcpt_room(struct sess *x) {
   if (!n)
     return -1;
   x->rcpts = n;
+  unsigned *nt = realloc(x->notify, cap * sizeof *nt);
+  if (!nt)
+    return -1;
+  x->notify = nt;
+  char **o = realloc(x->orcpt, cap * sizeof *o);
+  if (!o)
+    return -1;
+  x->orcpt = o;
   x->rcap = cap;
   return 0;
+}
+
+void sess_push_rcpt(struct sess *x, char *addr) {
+  x->notify[x->nrcpts] = x->cur_notify;
+  x->orcpt[x->nrcpts] = x->cur_orcpt; /* taken over */
+  x->cur_orcpt = NULL;
+  x->rcpts[x->nrcpts++] = addr;
 }
 
 static void txn_clear(struct sess *x) {
@@ -112,9 +143,15 @@ static void txn_clear(struct sess *x) {
   x->fwd_rcpt = NULL;
   free(x->from);
   x->from = NULL;
-  for (size_t i = 0; i < x->nrcpts; i++)
+  for (size_t i = 0; i < x->nrcpts; i++) {
     free(x->rcpts[i]);
+    free(x->orcpt[i]);
+  }
   x->nrcpts = 0;
+  free(x->cur_orcpt);
+  x->cur_orcpt = NULL;
+  free((char *)x->mail.envid);
+  memset(&x->mail, 0, sizeof x->mail);
   x->done = false;
   x->file[0] = '\0';
 }
@@ -163,13 +200,20 @@ static int on_mail(struct tern_server_session *s, const struct tern_path *from,
   x->msgid_used = false;
   x->utf8 = p->smtputf8;
   x->from = strndup(from->mailbox.ptr, from->mailbox.len);
-  if (!x->from) {
+  x->mail.body = p->body;
+  x->mail.smtputf8 = p->smtputf8;
+  x->mail.requiretls = p->requiretls;
+  x->mail.ret = p->ret;
+  x->mail.envid = p->envid.len ? strndup(p->envid.ptr, p->envid.len) : NULL;
+  if (!x->from || (p->envid.len && !x->mail.envid)) {
     r->code = 451;
     r->enhanced = "4.3.0";
     r->text = "Error: out of memory";
     return TERN_REPLY_NOW;
   }
-  if (is_forward(&x->pol->cfg))
+  /* With the queue the next hop is not asked during the transaction:
+   * the local policy answers MAIL and RCPT, the queue DATA. */
+  if (is_forward(&x->pol->cfg) && !sess_uses_queue(x))
     return forward_mail_step(x, p, r);
   /* %s puts the sender on a command line too (pipe, recipient_check):
    * no option-like local part there either (Postfix's allow_min_user) */
@@ -208,11 +252,17 @@ static bool local_rcpt_refused(struct sess *x, const struct tern_path *to,
                                                : sizeof addr - 1;
   memcpy(addr, to->mailbox.ptr, n);
   addr[n] = '\0';
-  if (c->target == CFG_PIPE && x->nrcpts >= 1 && !lmtp_listener(x)) {
+  /* Queued, a pipe message is one 250 for all: the queue runs each
+   * recipient's command later, so the one-recipient rules below (one
+   * outcome per SMTP reply, commands at once behind LMTP) are moot. */
+  bool direct = !sess_uses_queue(x);
+  if (direct && c->target == CFG_PIPE && x->nrcpts >= 1 &&
+      !lmtp_listener(x)) {
     r->code = 452;
     r->enhanced = "4.5.3";
     r->text = "Error: too many recipients, one per message here";
-  } else if (c->target == CFG_PIPE && x->nrcpts >= PIPE_MAX_RCPTS) {
+  } else if (direct && c->target == CFG_PIPE &&
+             x->nrcpts >= PIPE_MAX_RCPTS) {
     r->code = 452;
     r->enhanced = "4.5.3";
     r->text = "Error: too many recipients for one message";
@@ -255,16 +305,27 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
   }
   if (local_rcpt_refused(x, to, r))
     return TERN_REPLY_NOW;
+  /* NOTIFY and ORCPT go with the recipient once it is accepted (here,
+   * after the recipient check, or after the next hop's answer) */
+  free(x->cur_orcpt);
+  x->cur_orcpt = NULL;
+  x->cur_notify = p->notify;
+  if (p->orcpt_type.len && p->orcpt.len &&
+      asprintf(&x->cur_orcpt, "%.*s;%.*s", (int)p->orcpt_type.len,
+               p->orcpt_type.ptr, (int)p->orcpt.len, p->orcpt.ptr) < 0) {
+    x->cur_orcpt = NULL;
+    goto oom;
+  }
   if (x->pol->cfg.recipient_check) /* maildir, pipe (cfg_check) */
     return rcheck_start(x, to, r);
   if (sess_rcpt_room(x) != 0)
     goto oom;
-  if (is_forward(c))
+  if (is_forward(c) && !sess_uses_queue(x))
     return forward_rcpt_step(x, to, p, r);
-  x->rcpts[x->nrcpts] = strndup(to->mailbox.ptr, to->mailbox.len);
-  if (!x->rcpts[x->nrcpts])
+  char *a = strndup(to->mailbox.ptr, to->mailbox.len);
+  if (!a)
     goto oom;
-  x->nrcpts++;
+  sess_push_rcpt(x, a);
   return TERN_REPLY_NOW;
 oom:
   r->code = 451;
@@ -293,6 +354,8 @@ static void final_text(const struct sess *x, const struct tern_reply *r,
   const char *t = r->text ? r->text : "";
   if (r->code < 200 || r->code > 299)
     snprintf(buf, cap, "%s", t);
+  else if (x->queued)
+    snprintf(buf, cap, "Ok: queued as %s", x->msgid);
   else if (x->pol->cfg.target == CFG_MAILDIR ||
            x->pol->cfg.target == CFG_PIPE)
     snprintf(buf, cap, "Ok: delivered as %s", x->msgid);
@@ -322,8 +385,8 @@ static size_t trace_header(struct sess *x, char *buf, size_t cap) {
    * names the recipient only when there is exactly one: every copy of a
    * message to several would show the first (a Bcc leak; Postfix does
    * the same). */
-  bool final = x->pol->cfg.target == CFG_MAILDIR ||
-               x->pol->cfg.target == CFG_PIPE;
+  bool final = !x->queued && (x->pol->cfg.target == CFG_MAILDIR ||
+                              x->pol->cfg.target == CFG_PIPE);
   int n = snprintf(buf, cap,
                    "%s%s%s"
                    "Received: from %s (%s [%s])\r\n"
@@ -376,14 +439,17 @@ static void log_message(struct sess *x) {
   log_line_init(&l);
   log_line_kv(&l, "session", x->info->id);
   log_line_kv(&l, "id", x->msgid);
-  log_line_kv(&l, "event", "message");
+  /* queued: the deliveries have their own lines (queue events) */
+  log_line_kv(&l, "event", x->queued && x->code / 100 == 2 ? "queued"
+                                                           : "message");
   log_line_kv(&l, "from", from);
   log_line_list(&l, "to", (const char *const *)x->rcpts, x->nrcpts);
   log_line_kv(&l, "size", LOG_U(x->size));
   log_line_kv(&l, "status", LOG_U(x->code));
   log_line_kv(&l, "enh", x->enh[0] ? x->enh : "-");
   log_line_kv(&l, "detail", x->text);
-  log_line_kv(&l, "file", file);
+  if (!x->queued)
+    log_line_kv(&l, "file", file);
   log_line_emit(&l);
 }
 
@@ -393,7 +459,7 @@ static void outcome_all(struct sess *x, const struct tern_reply *r,
                         const char *detail) {
   x->dlv = NULL;
   x->fd = NULL;
-  if (!x->ops->final)
+  if (!x->ops->final && !x->queued)
     log_forward(x, detail && !strcmp(detail, "unknown") ? "end-unknown"
                                                         : "end",
                 r, NULL);
@@ -458,6 +524,35 @@ static void on_result(void *arg, size_t i, const struct tern_reply *r,
 
 static const struct deliver_cbs sess_cbs = {on_written, on_result};
 
+static void queue_msg_of(struct sess *x, struct deliver_msg *m);
+
+/* Begin the queued message (qm: queue_open). TERN_REPLY_NOW: *r is the
+ * go-ahead (the core's 354) or the refusal. */
+static int delivery_begin_queue(struct sess *x, struct tern_queue_msg *qm,
+                                struct tern_reply *r) {
+  struct deliver_target t = {&queue_ops, NULL, NULL, 0};
+  struct deliver_msg m;
+  queue_msg_of(x, &m);
+  m.header = x->hdr;
+  m.hlen = x->hlen;
+  m.envelope = qm;
+  free(x->res);
+  x->res = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *x->res);
+  x->ops = t.ops;
+  x->dlv = NULL;
+  if (!x->res) {
+    tern_queue_msg_abort(qm);
+    *r = (struct tern_reply){451, "4.3.0", "Error: out of memory"};
+    return TERN_REPLY_NOW;
+  }
+  if (t.ops->begin(&t, &m, &sess_cbs, x, &x->dlv, r) != 0) {
+    x->dlv = NULL; /* qm belonged to it */
+    log_kv("session", x->info->id, "id", x->msgid, "event", "error", "what",
+           "queue", NULL);
+  }
+  return TERN_REPLY_NOW;
+}
+
 /* Begin the message with the configured target. Returns 0, or -errno
  * with *r set to the refusal. */
 static int delivery_begin(struct sess *x, struct tern_reply *r) {
@@ -465,13 +560,16 @@ static int delivery_begin(struct sess *x, struct tern_reply *r) {
   uv_loop_t *loop = tern_session_loop(x->s);
   struct deliver_target t = {&forward_ops, NULL, NULL, forward_timeout(c)};
   if (c->target == CFG_MAILDIR)
-    t = (struct deliver_target){&maildir_ops, c->maildir, maildir_for(loop),
+    t = (struct deliver_target){&maildir_ops, c->maildir,
+                                serve_maildir_ctx(loop),
                                 0};
   else if (c->target == CFG_PIPE)
     t.ops = &pipe_ops, t.spec = c->command;
   struct deliver_msg m = {loop,    x->from ? x->from : "",
                           (const char *const *)x->rcpts,
-                          x->nrcpts, x->hdr, x->hlen, x->fd};
+                          x->nrcpts, x->hdr, x->hlen, x->fd,
+                          x->notify, (const char *const *)x->orcpt,
+                          &x->mail};
   free(x->res);
   x->res = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *x->res);
   x->ops = t.ops;
@@ -488,17 +586,75 @@ static int delivery_begin(struct sess *x, struct tern_reply *r) {
   return rc;
 }
 
+/* The session's message as the queue takes it. */
+static void queue_msg_of(struct sess *x, struct deliver_msg *m) {
+  char helo[300];
+  esc(x->helo, strlen(x->helo), helo, sizeof helo);
+  snprintf(x->client, sizeof x->client, "dns; %s (%s)",
+           helo[0] ? helo : "unknown", x->info->peer_addr);
+  x->mail.client = x->client;
+  *m = (struct deliver_msg){tern_session_loop(x->s),
+                            x->from ? x->from : "",
+                            (const char *const *)x->rcpts,
+                            x->nrcpts,
+                            NULL,
+                            0,
+                            NULL,
+                            x->notify,
+                            (const char *const *)x->orcpt,
+                            &x->mail};
+}
+
+/* Open the queued message: its queue id becomes the message id (the
+ * Received field, the reply, every log line). Returns 0 or -errno with
+ * *r set. */
+static int queue_open(struct sess *x, struct tern_queue_msg **qm,
+                      struct tern_reply *r) {
+  const struct cfg *c = &x->pol->cfg;
+  struct deliver_msg m;
+  int rc = 0;
+  if (!x->port)
+    rc = tern_queue_port_new(g_queue, tern_session_loop(x->s), &x->port);
+  if (rc) {
+    x->port = NULL;
+    rc = -EIO;
+  } else {
+    queue_msg_of(x, &m);
+    rc = queue_msg_open(x->port, &m, is_forward(c) ? "relay" : "local", qm);
+  }
+  if (rc) {
+    *r = (struct tern_reply){451, "4.3.0",
+                             rc == -ESHUTDOWN ? "Error: shutting down"
+                                              : "Error: queue unavailable"};
+    return rc;
+  }
+  snprintf(x->msgid, sizeof x->msgid, "%s", tern_queue_msg_id(*qm));
+  tern_server_session_set_message_id(x->s, x->msgid);
+  return 0;
+}
+
 static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
                          void *ud) {
   struct sess *x = sess_of(s);
+  struct tern_queue_msg *qm = NULL;
   (void)ud;
   x->done = x->committed = false;
   x->wait = -1;
   x->size = 0;
-  if (x->msgid_used) /* a second DATA in one transaction: a new message */
+  x->queued = sess_uses_queue(x);
+  if (x->queued) {
+    int rc = queue_open(x, &qm, r);
+    if (rc) {
+      log_kv("session", x->info->id, "event", "error", "what", "queue",
+             "error", strerror(-rc), NULL);
+      return TERN_REPLY_NOW;
+    }
+  } else if (x->msgid_used) /* a second DATA in one transaction */
     message_id(x);
   x->msgid_used = true;
   x->hlen = trace_header(x, x->hdr, sizeof x->hdr);
+  if (x->queued)
+    return delivery_begin_queue(x, qm, r);
   int rc = delivery_begin(x, r);
   if (rc) {
     log_kv("session", x->info->id, "event", "error", "what",
@@ -579,7 +735,11 @@ static void on_close(struct tern_server_session *s, void *ud) {
          NULL);
   rcheck_cancel(x);
   txn_clear(x);
+  if (x->port) /* no message of it is open: txn_clear aborted it */
+    tern_queue_port_free(x->port);
   free(x->rcpts);
+  free(x->notify);
+  free(x->orcpt);
   policy_put(x->pol);
   tern_server_session_set_userdata(s, NULL);
   free(x);

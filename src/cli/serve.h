@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include <tern/net.h>
+#include <tern/queue.h>
 #include <tern/tern.h>
 
 #include "config.h"
@@ -56,7 +57,15 @@ struct sess {
   char *from;                 /* current sender ("" for <>) */
   bool utf8;                  /* MAIL said SMTPUTF8 (the Received "with") */
   char **rcpts;               /* accepted recipients */
+  unsigned *notify;           /* their NOTIFY bits (rcap of each) */
+  char **orcpt;               /* their ORCPT, "type;addr" or NULL */
   size_t nrcpts, rcap;
+  unsigned cur_notify;        /* the RCPT being decided: its params */
+  char *cur_orcpt;
+  struct deliver_mail mail;   /* MAIL's parameters (envid owned) */
+  char client[400];           /* "dns; helo (addr)" for the queue */
+  bool queued;                /* this message goes into the queue */
+  struct tern_queue_port *port; /* the session's door to the queue */
   struct rcheck *rcheck;      /* [delivery] recipient_check running */
   struct forward_delivery *fd; /* forwarding: the next hop's transaction */
   char *fwd_rcpt;             /* the RCPT waiting for the next hop */
@@ -86,6 +95,17 @@ struct sess {
 void sess_drop_delivery(struct sess *x);
 /* Room for one more recipient in x->rcpts. Returns 0 or -1 (no memory). */
 int sess_rcpt_room(struct sess *x);
+/* Add an accepted recipient (addr is taken over; room made before),
+ * with the NOTIFY and ORCPT of the RCPT being decided. */
+void sess_push_rcpt(struct sess *x, char *addr);
+
+/* The queue of the daemon (daemon.c sets it before the server starts,
+ * clears it once the server is down), or NULL: direct delivery. */
+void serve_set_queue(struct tern_queue *q);
+/* Does this session's new message go into the queue? */
+bool sess_uses_queue(const struct sess *x);
+/* The maildir context of `loop` (group commit per loop). */
+struct maildir_ctx *serve_maildir_ctx(uv_loop_t *loop);
 
 /* The session callbacks of tern serve (serve.c). */
 void serve_callbacks(struct tern_server_callbacks *cb,
@@ -126,6 +146,8 @@ void serve_on_command(struct tern_server_session *s, struct tern_str line,
 void serve_on_reply(struct tern_server_session *s, struct tern_str bytes,
                     void *ud);
 void serve_on_net_event(const struct tern_net_event *ev, void *ud);
+/* The queue's events as log lines (tern_queue_options.on_event). */
+void serve_queue_event(const struct tern_queue_event *ev, void *ud);
 
 /* ---- privileges and socket activation (privdrop.c) --------------------- */
 

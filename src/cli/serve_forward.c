@@ -54,7 +54,7 @@ static void fwd_rcpt_done(void *arg, const struct tern_reply *r,
   x->fwd_rcpt = NULL;
   log_forward(x, "rcpt", r, a);
   if (r->code / 100 == 2 && a)
-    x->rcpts[x->nrcpts++] = a; /* room was made before RCPT went out */
+    sess_push_rcpt(x, a); /* room was made before RCPT went out */
   else
     free(a);
   tern_server_session_reply(x->s, r);

@@ -5,6 +5,7 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "serve.h"
@@ -106,5 +107,97 @@ void serve_on_net_event(const struct tern_net_event *ev, void *ud) {
           i->id, i->peer_addr, i->peer_port, i->listener, name, ev->detail);
     return;
   }
+  }
+}
+
+/* ---- the queue's events (tern_queue_options.on_event) --------------------- */
+
+/* "250 2.0.0 text" of a reply, for reply="...". */
+static void reply_words(const struct tern_reply *r, char *buf, size_t cap) {
+  if (!r) {
+    snprintf(buf, cap, "-");
+    return;
+  }
+  snprintf(buf, cap, "%d%s%s %s", r->code, r->enhanced ? " " : "",
+           r->enhanced ? r->enhanced : "", r->text ? r->text : "");
+}
+
+/*
+ * One line per event, every one with id=QUEUEID. A recipient's outcome
+ * reads like Postfix's delivery lines: rcpt=, relay= (who answered;
+ * "local" for maildir and pipe), delay= (seconds since arrival, when
+ * known), status=sent|deferred|bounced, reply="..."; a deferral adds
+ * retry= (seconds until the next attempt).
+ */
+void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
+  char reply[600], rcpt[700], delay[32] = "", retry[32] = "";
+  (void)ud;
+  const char *status = NULL;
+  switch (ev->type) {
+  case TERN_QEV_DELIVERED:
+    status = "sent";
+    break;
+  case TERN_QEV_DEFERRED:
+    status = "deferred";
+    break;
+  case TERN_QEV_FAILED:
+    status = "bounced";
+    break;
+  default:
+    break;
+  }
+  if (status) {
+    time_t now = time(NULL);
+    time_t arr = qdeliver_arrival(ev->id);
+    if (arr > 0)
+      snprintf(delay, sizeof delay, "%lld", (long long)(now - arr));
+    if (ev->type == TERN_QEV_DEFERRED && ev->retry_at > 0)
+      snprintf(retry, sizeof retry, "%lld",
+               (long long)(ev->retry_at > now ? ev->retry_at - now : 0));
+    reply_words(ev->reply, reply, sizeof reply);
+    snprintf(rcpt, sizeof rcpt, "<%s>", ev->rcpt ? ev->rcpt : "");
+    struct log_line l;
+    log_line_init(&l);
+    log_line_kv(&l, "id", ev->id);
+    log_line_kv(&l, "event", "delivery");
+    log_line_kv(&l, "rcpt", rcpt);
+    log_line_kv(&l, "relay", ev->remote_mta ? ev->remote_mta : "local");
+    if (delay[0])
+      log_line_kv(&l, "delay", delay);
+    log_line_kv(&l, "status", status);
+    log_line_kv(&l, "reply", reply);
+    if (retry[0])
+      log_line_kv(&l, "retry", retry);
+    log_line_emit(&l);
+    return;
+  }
+  switch (ev->type) {
+  case TERN_QEV_QUEUED:
+    log_kv("id", ev->id, "event", "committed", NULL);
+    break;
+  case TERN_QEV_BOUNCE:
+    log_kv("id", ev->id, "event", "bounce", "bounce_id", ev->bounce_id,
+           "detail", ev->detail, NULL);
+    break;
+  case TERN_QEV_DELAYED:
+    log_kv("id", ev->id, "event", "delay-warning", "bounce_id",
+           ev->bounce_id, "detail", ev->detail, NULL);
+    break;
+  case TERN_QEV_NO_BOUNCE:
+    snprintf(rcpt, sizeof rcpt, "<%s>", ev->rcpt ? ev->rcpt : "");
+    log_kv("id", ev->id, "event", "no-bounce", "rcpt", rcpt, "detail",
+           ev->detail, NULL);
+    break;
+  case TERN_QEV_REMOVED:
+    log_kv("id", ev->id, "event", "removed", "detail", ev->detail, NULL);
+    break;
+  case TERN_QEV_DELETED:
+    log_kv("id", ev->id, "event", "deleted", "detail", ev->detail, NULL);
+    break;
+  case TERN_QEV_ERROR:
+    log_kv("id", ev->id, "event", "queue-error", "detail", ev->detail, NULL);
+    break;
+  default:
+    break;
   }
 }

@@ -61,7 +61,7 @@ static void rcheck_finish(struct rcheck *k, const struct tern_reply *r,
     tern_server_session_reply(x->s, &oom);
     return;
   }
-  x->rcpts[x->nrcpts++] = copy;
+  sess_push_rcpt(x, copy);
   tern_server_session_reply(x->s, NULL); /* 250 2.1.5 */
 }
 

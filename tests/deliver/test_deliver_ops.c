@@ -181,7 +181,8 @@ static void job_begin(struct job *j, const struct deliver_ops *ops,
                       const struct deliver_target *t, size_t nrcpts,
                       void *envelope, size_t abort_at) {
   struct deliver_msg m = {loop, "sender@example.net", rcpts, nrcpts,
-                          hdr,  strlen(hdr),          envelope};
+                          hdr,  strlen(hdr),          envelope,
+                          NULL, NULL,                 NULL};
   struct tern_reply refusal = {0, NULL, NULL};
   memset(j, 0, sizeof *j);
   j->ops = ops;

@@ -44,6 +44,7 @@ url = {listen}
 [delivery]
 target = {target}
 url = {url}
+queue = no
 """
 
 MAILDIR_CONF = """[server]

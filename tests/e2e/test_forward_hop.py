@@ -45,6 +45,7 @@ url = smtp://127.0.0.1:{port}
 [delivery]
 target = smtp
 url = {url}
+queue = no
 {extra}
 """
 

@@ -50,6 +50,7 @@ key = {key}
 [delivery]
 target = lmtp
 url = {url}
+queue = no
 """
 
 

@@ -1,0 +1,190 @@
+/*
+ * The queue as a delivery target of `tern serve` (deliver_ops): the
+ * session's message goes into the durable queue (include/tern/queue.h)
+ * through its loop's port, and the reply at the end of data is the
+ * queue's commit: 250 once the message and its envelope are fsynced,
+ * 452 4.3.1 on a full disk, 451 4.3.0 on another store error. Every
+ * recipient gets that one reply (the queue answers for all of them
+ * alike: SMTP's one reply and LMTP's per-recipient replies tell the
+ * same truth).
+ *
+ * The message is opened before begin (queue_msg_open) because its
+ * queue id goes into the Received field that begin writes first.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tern/queue.h>
+
+#include "deliver.h"
+
+int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
+                   const char *dest, struct tern_queue_msg **out) {
+  struct tern_queue_rcpt *r = calloc(m->nrcpts ? m->nrcpts : 1, sizeof *r);
+  if (!r)
+    return -ENOMEM;
+  for (size_t i = 0; i < m->nrcpts; i++) {
+    r[i].addr = m->rcpts[i];
+    r[i].orcpt = m->orcpt ? m->orcpt[i] : NULL;
+    r[i].notify = m->notify ? m->notify[i] : 0;
+    r[i].dest = dest;
+  }
+  struct tern_queue_envelope env = {0};
+  env.from = m->from;
+  env.rcpts = r;
+  env.nrcpts = m->nrcpts;
+  if (m->mail) {
+    env.body = m->mail->body;
+    env.smtputf8 = m->mail->smtputf8;
+    env.requiretls = m->mail->requiretls;
+    env.ret = m->mail->ret;
+    env.envid = m->mail->envid;
+    env.client = m->mail->client;
+  }
+  int rc = tern_queue_msg_begin(p, &env, out); /* strings are copied */
+  free(r);
+  if (rc == 0)
+    return 0;
+  *out = NULL;
+  return rc == TERN_ENOMEM    ? -ENOMEM
+         : rc == TERN_ECLOSED ? -ESHUTDOWN
+                              : -EINVAL;
+}
+
+struct qdelivery {
+  struct tern_queue_msg *m;
+  const struct deliver_cbs *cb;
+  void *arg;
+  /* A write the queue is taking (it said 1): the next must wait. The
+   * header is written in begin, where the session cannot wait, so a
+   * chunk that comes while it is still being taken is held here. */
+  bool busy;
+  bool tell; /* the session waits for cb->written */
+  char *held;
+  size_t held_len;
+  int err; /* the first write error (commit reports the queue's) */
+  bool committed;
+  bool aborted;
+};
+
+static void qd_free(struct qdelivery *d) {
+  free(d->held);
+  free(d);
+}
+
+static void qd_written(void *arg, int status) {
+  struct qdelivery *d = arg;
+  d->busy = false;
+  if (status && !d->err)
+    d->err = status;
+  if (d->held) { /* the chunk that came during the header */
+    char *h = d->held;
+    size_t n = d->held_len;
+    d->held = NULL;
+    int r = d->err ? d->err : tern_queue_msg_write(d->m, h, n, qd_written, d);
+    free(h);
+    if (r == 1) {
+      d->busy = true;
+      return; /* tell the session once this one is taken */
+    }
+    if (r < 0 && !d->err)
+      d->err = r;
+  }
+  if (d->tell) {
+    d->tell = false;
+    d->cb->written(d->arg, d->err ? -EIO : 0);
+  }
+}
+
+static int qo_begin(const struct deliver_target *t, const struct deliver_msg *m,
+                    const struct deliver_cbs *cb, void *arg,
+                    struct delivery **out, struct tern_reply *refusal) {
+  struct tern_queue_msg *qm = m->envelope;
+  (void)t;
+  if (!qm) {
+    *refusal = (struct tern_reply){451, "4.3.0", "Error: queue unavailable"};
+    return -EINVAL;
+  }
+  struct qdelivery *d = calloc(1, sizeof *d);
+  if (!d) {
+    tern_queue_msg_abort(qm);
+    *refusal = (struct tern_reply){451, "4.3.0", "Error: out of memory"};
+    return -ENOMEM;
+  }
+  d->m = qm;
+  d->cb = cb;
+  d->arg = arg;
+  if (m->hlen) {
+    int r = tern_queue_msg_write(qm, m->header, m->hlen, qd_written, d);
+    if (r == 1)
+      d->busy = true;
+    else if (r < 0)
+      d->err = r;
+  }
+  *out = (struct delivery *)d;
+  return 0;
+}
+
+static int qo_write(struct delivery *dv, const char *buf, size_t len) {
+  struct qdelivery *d = (struct qdelivery *)dv;
+  if (d->err)
+    return -EIO;
+  if (d->busy) { /* the header is still being taken: hold this chunk */
+    char *h = malloc(len ? len : 1);
+    if (!h) {
+      d->err = TERN_ENOMEM;
+      return -ENOMEM;
+    }
+    memcpy(h, buf, len);
+    d->held = h;
+    d->held_len = len;
+    d->tell = true;
+    return DELIVER_LATER;
+  }
+  int r = tern_queue_msg_write(d->m, buf, len, qd_written, d);
+  if (r == 0)
+    return 0;
+  if (r == 1) {
+    d->busy = d->tell = true;
+    return DELIVER_LATER;
+  }
+  d->err = r;
+  return -EIO;
+}
+
+static void qo_done(void *arg, const struct tern_reply *r) {
+  struct qdelivery *d = arg;
+  d->m = NULL; /* freed by the queue after this returns */
+  const struct deliver_cbs *cb = d->cb;
+  void *a = d->arg;
+  bool aborted = d->aborted;
+  qd_free(d);
+  if (!aborted)
+    cb->result(a, DELIVER_ALL, r, NULL);
+}
+
+static void qo_commit(struct delivery *dv) {
+  struct qdelivery *d = (struct qdelivery *)dv;
+  d->committed = true;
+  /* A write that failed has failed the message in the queue: its commit
+   * says so (452 4.3.1, 451 4.3.0) and leaves nothing behind. */
+  tern_queue_msg_commit(d->m, qo_done, d);
+}
+
+static void qo_abort(struct delivery *dv) {
+  struct qdelivery *d = (struct qdelivery *)dv;
+  if (d->aborted)
+    return;
+  d->aborted = true;
+  if (d->m)
+    tern_queue_msg_abort(d->m);
+  d->m = NULL;
+  /* after an abort the queue calls neither `written` nor `done` */
+  qd_free(d);
+}
+
+const struct deliver_ops queue_ops = {false, qo_begin, qo_write, qo_commit,
+                                      qo_abort};
