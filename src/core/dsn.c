@@ -282,12 +282,12 @@ static int check(const struct tern_dsn *d) {
 /* ---- writing ------------------------------------------------------------- */
 
 /*
- * Write v[0..n) after `lead` (already on the line, `col` octets), breaking
- * the text into lines: at a run of WSP when the next word would pass
- * LINE_SOFT, and inside a word only when it would pass LINE_HARD. A
- * header field (`fold`) keeps the WSP at the start of the next line, as
- * RFC 5322 §2.2.3 folding requires; body text (!fold) drops it and starts
- * the next line with `indent` instead. Ends with CRLF.
+ * Write v[0..n) (blanks at its ends dropped) on a line that already
+ * holds `col` octets, breaking the text into lines: at a run of WSP when the
+ * next word would pass LINE_SOFT, and inside a word only when it would pass
+ * LINE_HARD. A header field (`fold`) keeps the WSP at the start of the next
+ * line, as RFC 5322 §2.2.3 folding requires; body text (!fold) drops it and
+ * starts the next line with `indent` instead. Ends with CRLF.
  */
 static void wrap(struct out *o, size_t col, const char *v, size_t n, bool fold,
                  const char *indent) {
@@ -300,7 +300,7 @@ static void wrap(struct out *o, size_t col, const char *v, size_t n, bool fold,
   while (i < n) {
     size_t ws = i, we, j;
     while (ws < n && is_wsp((unsigned char)v[ws]))
-      ws++; /* [i, ws) blanks, then the word [ws, j) */
+      ws++; /* [i, ws) blanks, then the word [ws, we) */
     for (j = ws; j < n && !is_wsp((unsigned char)v[j]);)
       j++;
     we = j;
