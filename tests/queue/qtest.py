@@ -238,25 +238,27 @@ class Hop:
     decide(stage, ctx) -> reply text, or ("stall", seconds, reply): what
     to answer at "rcpt" (ctx: mail_from, rcpt) and at "data" (the end of
     data; ctx: mail_from, rcpts accepted, data). Default: accept all.
+    It offers DSN, so a relay passes ENVID, RET, NOTIFY and ORCPT on.
 
     Records under its lock:
       accepted  [(mail_from, rcpt, msgid, data)] one per recipient of a
                 message answered 250 at the end of data (the reply sent)
-      open      recipients of the transactions whose data is in and
-                not yet answered
-      answered  (monotonic time, recipients) of each 250 sent at the
-                end of data
+      txns      the transactions open now (MAIL seen; not yet ended by
+                the reply to the data, RSET, QUIT, a new MAIL or the
+                connection's end): dicts with mail_from, envid, rcpts
+                (every RCPT, whatever its answer), data (or None)
+      ended     (monotonic time, transaction) of each ended one
     """
 
-    CAPS = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 0"]
+    CAPS = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "DSN"]
 
     def __init__(self, port=None, decide=None):
         self.port = port or h.free_ports(1)[0]
         self.decide = decide or (lambda stage, ctx: "250 2.0.0 Ok")
         self.lock = threading.Lock()
         self.accepted = []
-        self.open = 0
-        self.answered = []
+        self.txns = {}
+        self.ended = []
         self.sessions = 0
         self.ls = None
         self.conns = set()
@@ -317,10 +319,25 @@ class Hop:
         c.sendall(r.encode() + b"\r\n")
         return r
 
+    def _begin(self, mail_from, envid):
+        t = {"mail_from": mail_from, "envid": envid, "rcpts": [],
+             "data": None}
+        with self.lock:
+            self.txns[id(t)] = t
+        return t
+
+    def _end(self, t):
+        if t is None:
+            return None
+        with self.lock:
+            if self.txns.pop(id(t), None) is not None:
+                self.ended.append((time.monotonic(), t))
+        return None
+
     def _session(self, c):
         c.settimeout(120)
         f = c.makefile("rb")
-        mail_from, rcpts = None, []
+        txn, rcpts = None, []
         try:
             c.sendall(b"220 hop.queue.example ESMTP\r\n")
             while True:
@@ -335,18 +352,25 @@ class Hop:
                         "250%s%s\r\n" % ("-" if i < len(ks) - 1 else " ", k)
                         for i, k in enumerate(ks)).encode())
                 elif verb == "MAIL":
+                    txn = self._end(txn)
                     m = re.match(r"MAIL FROM:\s*<([^>]*)>", line, re.I)
-                    mail_from, rcpts = (m.group(1) if m else ""), []
+                    e = re.search(r" ENVID=(\S+)", line, re.I)
+                    txn = self._begin(m.group(1) if m else "",
+                                      xtext_decode(e.group(1)) if e else None)
+                    rcpts = []
                     c.sendall(b"250 2.1.0 Ok\r\n")
                 elif verb == "RCPT":
                     m = re.match(r"RCPT TO:\s*<([^>]*)>", line, re.I)
                     rcpt = m.group(1) if m else ""
-                    r = self._reply(c, "rcpt", {"mail_from": mail_from,
-                                                "rcpt": rcpt})
+                    if txn is not None:
+                        txn["rcpts"].append(rcpt)
+                    r = self._reply(c, "rcpt", {
+                        "mail_from": txn["mail_from"] if txn else "",
+                        "rcpt": rcpt})
                     if r.startswith("2"):
                         rcpts.append(rcpt)
                 elif verb == "DATA":
-                    if not rcpts:
+                    if not rcpts or txn is None:
                         c.sendall(b"554 5.5.1 No valid recipients\r\n")
                         continue
                     c.sendall(b"354 End data with <CR><LF>.<CR><LF>\r\n")
@@ -359,28 +383,23 @@ class Hop:
                             break
                         chunks.append(d[1:] if d.startswith(b".") else d)
                     data = b"".join(chunks)
-                    with self.lock:
-                        self.open += len(rcpts)
-                    try:
-                        r = self._reply(c, "data", {
-                            "mail_from": mail_from, "rcpts": list(rcpts),
-                            "data": data})
-                        if r.startswith("2"):
-                            mid = msgid_of(data)
-                            with self.lock:
-                                self.answered.append((time.monotonic(),
-                                                      len(rcpts)))
-                                for t in rcpts:
-                                    self.accepted.append(
-                                        (mail_from, t, mid, data))
-                    finally:
+                    txn["data"] = data
+                    r = self._reply(c, "data", {
+                        "mail_from": txn["mail_from"], "rcpts": list(rcpts),
+                        "data": data})
+                    if r.startswith("2"):
+                        mid = msgid_of(data)
                         with self.lock:
-                            self.open -= len(rcpts)
-                    mail_from, rcpts = None, []
+                            for t in rcpts:
+                                self.accepted.append(
+                                    (txn["mail_from"], t, mid, data))
+                    txn, rcpts = self._end(txn), []
                 elif verb in ("RSET", "NOOP"):
-                    mail_from, rcpts = None, []
+                    if verb == "RSET":
+                        txn, rcpts = self._end(txn), []
                     c.sendall(b"250 2.0.0 Ok\r\n")
                 elif verb == "QUIT":
+                    txn = self._end(txn)
                     c.sendall(b"221 2.0.0 Bye\r\n")
                     return
                 else:
@@ -388,6 +407,7 @@ class Hop:
         except OSError:
             return
         finally:
+            self._end(txn)
             with self.lock:
                 self.conns.discard(c)
             try:
@@ -400,13 +420,19 @@ class Hop:
             return list(self.accepted)
 
     def in_flight(self, window=0.0):
-        """Recipients of the transactions open now (data in, not yet
-        answered), plus those of the 250s sent in the last `window`
-        seconds (a 250 the relay may not have recorded yet)."""
+        """The transactions open now, plus those that ended in the last
+        `window` seconds (an outcome the relay may not have recorded
+        yet): a list of their dicts."""
         now = time.monotonic()
         with self.lock:
-            return self.open + sum(n for t, n in self.answered
-                                   if now - t <= window)
+            return (list(self.txns.values()) +
+                    [t for e, t in self.ended if now - e <= window])
+
+
+def xtext_decode(s):
+    """RFC 3461 xtext: "+HH" is the octet HH."""
+    return re.sub(r"\+([0-9A-Fa-f]{2})",
+                  lambda m: chr(int(m.group(1), 16)), s)
 
 
 # ---- a private Postfix instance ------------------------------------------------------

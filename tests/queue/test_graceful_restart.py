@@ -68,16 +68,17 @@ def test_graceful_restart():
             h.wait_for(lambda: len(sink.messages()) >= N, 60,
                        "all %d messages at the next hop" % N, interval=0.05)
             h.wait_queue_empty(conf, 30)
-        got = Counter(h.msgid_of(data) for _, _, data in sink.messages())
-        dups = {k: v for k, v in got.items() if v > 1}
-        missing = [m for m in mids if m not in got]
-        print("  next hop: %d messages, %d distinct, %d duplicated, %d "
-              "missing" % (sum(got.values()), len(got), len(dups),
-                           len(missing)))
-        h.check(not missing, "never delivered: %r" % missing[:10])
-        h.check(not dups, "delivered more than once: %r" % dups)
-        h.check(set(got) == set(mids), "unknown messages: %r"
-                % (set(got) - set(mids)))
+            got = Counter(h.msgid_of(data) for _, _, data in sink.messages())
+            dups = {k: v for k, v in got.items() if v > 1}
+            missing = [m for m in mids if m not in got]
+            print("  next hop: %d messages, %d distinct, %d duplicated, %d "
+                  "missing" % (sum(got.values()), len(got), len(dups),
+                               len(missing)))
+            h.check(not missing, "never delivered: %r" % missing[:10])
+            h.check(not dups, "delivered more than once: %r" % dups)
+            h.check(set(got) == set(mids), "unknown messages: %r"
+                    % (set(got) - set(mids)))
+        # leaving the block: SIGTERM again, exit status 0 expected
 
 
 if __name__ == "__main__":
