@@ -178,7 +178,8 @@ class AioSink:
     stores every message: self.got = [(mail_from, [rcpts], bytes)],
     bytes as received after dot-unstuffing. `delay`: seconds it waits
     before answering the end of data (a slow next hop); self.inflight:
-    transactions whose data is in and not yet answered."""
+    transactions whose data is in and not yet answered; a message whose
+    client is gone when the answer is due is not kept (self.dropped)."""
 
     def __init__(self, port=None, delay=0.0):
         try:
@@ -189,6 +190,7 @@ class AioSink:
         self.delay = delay
         self.got = []
         self.inflight = 0
+        self.dropped = 0
         self.lock = threading.Lock()
         self.ctl = None
 
@@ -198,6 +200,13 @@ class AioSink:
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
+            t = server.transport
+            if t is None or t.is_closing():
+                # the client left before our answer: like a server that
+                # commits only when it can say so, keep nothing
+                with self.lock:
+                    self.dropped += 1
+                return "451 4.3.0 Client gone"
             with self.lock:
                 self.got.append((envelope.mail_from, list(envelope.rcpt_tos),
                                  bytes(envelope.original_content)))

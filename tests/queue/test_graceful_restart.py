@@ -5,7 +5,9 @@ end of data after 1 s): the daemon exits (status 0) within its
 shutdown_timeout (5 s); the messages it had not delivered are still in
 the spool (`tern queue list` reads it with the daemon stopped); after a
 restart every message reaches the next hop exactly once (counted by
-Message-ID) and the queue is empty.
+Message-ID) and the queue is empty. Deliveries that outlast the
+shutdown_timeout are cut short and deferred: the exit is still in time
+and each such message is delivered once after the restart.
 """
 
 import random
@@ -81,5 +83,50 @@ def test_graceful_restart():
         # leaving the block: SIGTERM again, exit status 0 expected
 
 
+def test_shutdown_timeout_defers():
+    """Deliveries in flight that outlast shutdown_timeout (a next hop
+    taking 6 s to answer, shutdown_timeout 2 s): the daemon exits (0)
+    within the timeout all the same, the messages stay queued, and after
+    a restart each reaches the next hop once."""
+    rng = random.Random(705)
+    d = h.tmpdir("tern-queue-restart2-")
+    sink = h.AioSink(delay=6.0)
+    conf = h.queue_conf(d, sink.port, shutdown="2s")
+    mids = ["slow-%d@queue.e2e" % i for i in range(5)]
+    with sink:
+        with h.Serve(["-c", conf.path], name="slow-1") as srv:
+            with smtplib.SMTP(h.HOST, conf.port, timeout=30) as c:
+                c.ehlo("client.example")
+                for mid in mids:
+                    c.sendmail("sender@example.net", ["rcpt@example.org"],
+                               h.make_message(mid, 2000, rng))
+            h.wait_for(lambda: sink.inflight == len(mids), 10,
+                       "the %d deliveries in flight" % len(mids))
+            t0 = time.monotonic()
+            srv.signal(signal.SIGTERM)
+            rc = srv.wait_exit(timeout=15)
+            took = time.monotonic() - t0
+            print("  SIGTERM with %d in flight for 6 s: exit %d after %.2f s"
+                  % (len(mids), rc, took))
+            h.check(rc == 0, "exit status %d after SIGTERM" % rc)
+            h.check(took <= 2.0 + 1.0, "exited after %.2f s, "
+                    "shutdown_timeout is 2 s" % took)
+        left = h.queue_json(conf)
+        h.check(sorted(len(m["rcpts"]) for m in left) == [1] * len(mids),
+                "expected the %d messages still queued: %r"
+                % (len(mids), left))
+        h.wait_for(lambda: sink.inflight == 0, 10, "the sink to finish")
+        h.check(not sink.messages(), "the next hop kept a message whose "
+                "client had gone")
+        sink.delay = 0.0
+        with h.Serve(["-c", conf.path], name="slow-2"):
+            h.wait_queue_empty(conf, 30)
+            got = Counter(h.msgid_of(data) for _, _, data in sink.messages())
+            print("  after the restart: %r" % dict(got))
+            h.check(sorted(got) == sorted(mids) and
+                    set(got.values()) == {1},
+                    "each message once: %r" % dict(got))
+
+
 if __name__ == "__main__":
-    h.main([test_graceful_restart])
+    h.main([test_graceful_restart, test_shutdown_timeout_defers])
