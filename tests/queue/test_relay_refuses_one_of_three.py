@@ -249,6 +249,11 @@ def test_refuses_one_of_three():
                     % pf.all_files()[nfiles:])
             h.tern_queue(conf, "delete", q4)
             h.wait_queue_empty(conf, 10)
+            # once each, all told: alice 4 messages, bob 3, sender 2 bounces
+            pf.wait_idle()
+            final = {u: len(pf.files(u)) for u in (ALICE, BOB, SENDER)}
+            h.check(final == {ALICE: 4, BOB: 3, SENDER: 2},
+                    "Maildirs at the end: %r" % final)
         log = pf.log()
         h.check(log.count("<nobody@example.org>: Recipient address "
                           "rejected") >= 4,
