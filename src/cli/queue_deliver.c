@@ -777,6 +777,9 @@ static struct rconn *rconn_new(struct qdeliver *qd, const struct cfg *cf,
   co.session = &cc;
   co.url = cf->forward_url;
   cc.ehlo_name = cf->hostname;
+  /* BDAT where offered (RFC 3030): no dot-stuffing, and the end of the
+   * message is a length, not a line the body could imitate */
+  cc.chunking = true;
   co.callbacks = &ccb;
   co.ud = c;
   /* as the forwarding targets (forward_open): smtp:// is opportunistic
