@@ -20,7 +20,8 @@
 #   RUN_TIMEOUT (300 s: the longest a run may take to reach the sink),
 #   SETTLE (1 s: quiet time after the last message reached the sink,
 #   before the CPU is read, so clean-up after delivery is counted),
-#   WARMUP (1000: messages of one unrecorded run per target at the start),
+#   WARMUP (1000: at most this many messages in one unrecorded run per
+#   target before the rounds of each session count),
 #   DATA_DIR (where queues go; default under BUILD_DIR unless that is
 #   tmpfs, else /var/tmp), KEEP (directory for raw results and logs),
 #   SMTP_SINK, SMTP_SOURCE (/usr/sbin/...), POSTFIX_DAEMON_DIR
@@ -563,18 +564,23 @@ echo "  1024-octet messages, rounds $ROUNDS, sessions $SESSIONS, targets $TARGET
 
 start_sink
 for t in $TARGETS; do start_target "$t"; done
-# One unrecorded run each: Postfix spawns its daemons on demand, tern
-# opens its store; neither start-up belongs in round 1.
-for t in $TARGETS; do
+# warmup TARGET SESSIONS: one unrecorded run. Postfix spawns its daemons
+# on demand (an smtpd per session), tern opens its store and connections;
+# neither start-up belongs in round 1.
+warmup() {
+  local t=$1 n=$2 m c0 got
+  m=$(msgs "$n"); [ "$m" -le "$WARMUP" ] || m=$WARMUP
   c0=$(sink_count)
-  timeout "$RUN_TIMEOUT" "$SMTP_SOURCE" -d -s 20 -m "$WARMUP" -l 1024 -f "$FROM" -t "$RCPT" \
-    "127.0.0.1:${PORT[$t]}" >"$OUT/warmup.$t.txt" 2>&1 || fail "warm-up $t failed"
-  "$PY" "$OUT/waitcount.py" "$SINK_OUT" $((c0 + WARMUP)) "$RUN_TIMEOUT" >"$OUT/wait.txt"
+  timeout "$RUN_TIMEOUT" "$SMTP_SOURCE" -d -s "$n" -m "$m" -l 1024 -f "$FROM" -t "$RCPT" \
+    "127.0.0.1:${PORT[$t]}" >"$OUT/warmup.$t.$n.txt" 2>&1 || fail "warm-up $t n=$n failed"
+  "$PY" "$OUT/waitcount.py" "$SINK_OUT" $((c0 + m)) "$RUN_TIMEOUT" >"$OUT/wait.txt"
   read -r _ got <"$OUT/wait.txt"
-  [ "$got" -ge $((c0 + WARMUP)) ] || fail "warm-up $t: the sink got $((got - c0)) of $WARMUP"
-done
+  [ "$got" -ge $((c0 + m)) ] || fail "warm-up $t n=$n: the sink got $((got - c0)) of $m"
+}
+
 for n in $SESSIONS; do
   echo "== $n sessions, $(msgs "$n") messages per run"
+  for t in $TARGETS; do warmup "$t" "$n"; done
   for r in $(seq "$ROUNDS"); do
     if [ "$SECONDS" -gt "$BUDGET" ]; then echo "  time budget reached" >&2; break; fi
     for t in $TARGETS; do run "$t" "$n" "$r"; done
