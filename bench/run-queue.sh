@@ -17,6 +17,8 @@
 #   session count under strace -c -f, attached to the running tern and
 #   Postfix, counting fsync/fdatasync and all system calls per message;
 #   0 to skip), RESTART (1: part c/d below; 0 to skip), QUEUED (100000),
+#   PF_BIG (0: 1 runs part c/d for the private Postfix as well:
+#   postqueue -p / -j instead of tern queue list; filling takes minutes),
 #   RUN_TIMEOUT (300 s: the longest a run may take to reach the sink),
 #   SETTLE (1 s: quiet time after the last message reached the sink,
 #   before the CPU is read, so clean-up after delivery is counted),
@@ -158,7 +160,9 @@ cleanup() {
     done
     rmdir "$CG_ROOT" 2>/dev/null || true
   fi
-  [ -n "${KEEP:-}" ] && [ -f "$DATA/postfix/maillog" ] && cp "$DATA/postfix/maillog" "$OUT/postfix.maillog"
+  if [ -n "${KEEP:-}" ]; then
+    for p in "$DATA"/*/maillog; do [ -f "$p" ] && cp "$p" "$OUT/$(basename "$(dirname "$p")").maillog"; done
+  fi
   rm -rf "$DATA"
   [ -n "${KEEP:-}" ] || rm -rf "$OUT"
 }
@@ -174,7 +178,7 @@ cpu_ns() {
     return
   fi
   case $n in
-    postfix) tree_ns "${PID[$n]}" ;;
+    postfix*) tree_ns "${PID[$n]}" ;;
     *) local t sum=0 a
        for t in /proc/"${PID[$n]}"/task/*/schedstat; do
          read -r a _ <"$t" 2>/dev/null || continue; sum=$((sum + a))
@@ -326,9 +330,9 @@ start_tern() { # name fsync next_hop_port
 }
 
 # ---- Postfix -----------------------------------------------------------------
-PF=$DATA/postfix
+# start_postfix NAME NEXT_HOP_PORT: a private instance in $DATA/NAME.
 start_postfix() {
-  local port pid try
+  local n=$1 PF=$DATA/$1 hop=$2 port pid try
   # (data/ is left to `postfix check`: it must belong to mail_owner)
   mkdir -p "$PF/conf" "$PF/queue"
   chmod 755 "$PF"
@@ -362,7 +366,7 @@ smtpd_relay_restrictions = permit_mynetworks, reject
 smtpd_peername_lookup = no
 smtp_host_lookup = native
 smtp_dns_support_level = disabled
-relayhost = [127.0.0.1]:${PORT[sink]}
+relayhost = [127.0.0.1]:$hop
 # limits: 100 sessions from one client, 20 deliveries at once
 smtpd_client_connection_count_limit = 0
 default_process_limit = 300
@@ -397,11 +401,11 @@ EOF
     # creates the queue's subdirectories with their owners and modes
     /usr/sbin/postfix -c "$PF/conf" check ||
       { tail -5 "$PF/maillog" >&2; fail "postfix check failed"; }
-    (in_cg postfix "$PFD/master" -c "$PF/conf" -d) >>"$OUT/postfix.log" 2>&1 &
+    (in_cg "$n" "$PFD/master" -c "$PF/conf" -d) >>"$OUT/$n.log" 2>&1 &
     pid=$!
     if wait_port "$port" "$pid"; then
-      PID[postfix]=$pid; PORT[postfix]=$port; PIDS+=("$pid")
-      [ "$CG_KIND" = none ] || CG[postfix]=$CG_ROOT/postfix
+      PID[$n]=$pid; PORT[$n]=$port; PIDS+=("$pid")
+      [ "$CG_KIND" = none ] || CG[$n]=$CG_ROOT/$n
       sleep 0.5; return 0
     fi
     kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
@@ -409,13 +413,17 @@ EOF
   tail -5 "$PF/maillog" >&2
   fail "cannot start postfix"
 }
-pf_queued() { find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/deferred" "$PF/queue/maildrop" -type f | wc -l; }
+pf_queued() { # NAME [queue subdirectories]: files in them
+  local d=$DATA/$1/queue; shift
+  [ $# -gt 0 ] || set -- incoming active deferred maildrop hold
+  (cd "$d" && find "$@" -type f | wc -l)
+}
 
 start_target() {
   case $1 in
     tern) start_tern tern yes "${PORT[sink]}" ;;
     tern-nosync) start_tern tern-nosync no "${PORT[sink]}" ;;
-    postfix) start_postfix ;;
+    postfix) start_postfix postfix "${PORT[sink]}" ;;
     *) fail "unknown target $1" ;;
   esac
 }
@@ -446,7 +454,7 @@ run() { # target sessions round
   [ "$c1" = $((c0 + m)) ] ||
     fail "$t n=$n round $r: sent $m, the sink counted $((c1 - c0)) (duplicates?)"
   if [ "$t" = postfix ]; then
-    local q; q=$(pf_queued)
+    local q; q=$(pf_queued postfix)
     [ "$q" = 0 ] || fail "postfix n=$n round $r: $q files left in its queue"
   fi
   e2e=$(awk -v m="$m" -v d=$((t2 - t0)) 'BEGIN {printf "%.1f", m / (d / 1e9)}')
@@ -488,70 +496,123 @@ strace_run() { # target sessions
 }
 
 # ---- part c/d: a big queue, next hop down ------------------------------------
-# ready_ms PORT PID: ms from now until a 220 greeting is read (-1: never)
-greet() { # port: 0 when a 220 line is read
+greet() { # port: succeeds when a 220 line is read there
   (exec 3<>"/dev/tcp/127.0.0.1/$1" && read -t 5 -r line <&3 && [ "${line:0:3}" = 220 ]) 2>/dev/null
 }
-restart_part() {
-  local n=big down t0 t1 line c out
-  down=$(free_port) # nothing listens there: connection refused, deferred
-  start_tern "$n" yes "$down"
-  echo "== part c/d: $QUEUED messages into tern, next hop 127.0.0.1:$down (closed)"
+# restart_timed NAME CMD...: exec CMD (in NAME's cgroup) and time it from
+# the exec to the first 220 greeting on PORT[NAME]; records KIND restart_ms.
+restart_timed() {
+  local n=$1 kind=$2 t0 t1 ok=0 deadline; shift 2
   t0=$(date +%s%N)
-  # -s 100: 1,000 messages per session, well under max_commands
-  timeout 1800 "$SMTP_SOURCE" -d -s 100 -m "$QUEUED" -l 1024 -f "$FROM" -t "$RCPT" \
-    "127.0.0.1:${PORT[$n]}" >"$OUT/source.big.txt" 2>&1 || fail "filling the queue failed"
-  t1=$(date +%s%N)
-  [ -s "$OUT/source.big.txt" ] && { head -5 "$OUT/source.big.txt" >&2; fail "filling the queue: errors"; }
-  echo "big ingest $(awk -v m="$QUEUED" -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", m / (d / 1e9)}')" >>"$RES"
-  printf '  ingest: %d messages in %.1f s (%s msg/s), next hop down\n' "$QUEUED" \
-    "$(awk -v d=$((t1 - t0)) 'BEGIN {print d / 1e9}')" "$(tail -1 "$RES" | cut -d' ' -f3)"
-  sleep 2
-  echo "big rss_kb $(awk '/^VmRSS/ {print $2}' "/proc/${PID[$n]}/status")" >>"$RES"
-  timed_list daemon
-  t0=$(date +%s%N); stop "$n" 120; t1=$(date +%s%N)
-  echo "big stop_ms $(( (t1 - t0) / 1000000 ))" >>"$RES"
-  timed_list offline
-  # restart: from the exec to the first greeting
-  : >"$OUT/$n.log.restart"
-  t0=$(date +%s%N)
-  (in_cg "$n" "$TERN" serve -c "$OUT/$n.ini") 2>>"$OUT/$n.log.restart" &
+  (in_cg "$n" "$@") 2>>"$OUT/$n.log" >>"$OUT/$n.log" &
   PID[$n]=$!; PIDS+=("${PID[$n]}")
-  local deadline=$(( $(date +%s) + 300 )) ok=0
+  deadline=$(( $(date +%s) + 300 ))
   while [ "$(date +%s)" -lt "$deadline" ]; do
     kill -0 "${PID[$n]}" 2>/dev/null || break
     if greet "${PORT[$n]}"; then ok=1; break; fi
     sleep 0.005
   done
   t1=$(date +%s%N)
-  [ $ok = 1 ] || { tail -5 "$OUT/$n.log.restart" >&2; fail "tern did not come back after a restart with $QUEUED queued"; }
-  echo "big restart_ms $(( (t1 - t0) / 1000000 ))" >>"$RES"
-  sleep 2
-  echo "big rss2_kb $(awk '/^VmRSS/ {print $2}' "/proc/${PID[$n]}/status")" >>"$RES"
-  timed_list daemon2
-  stop "$n" 120
-  awk '$1 == "big" {print "  " $0}' "$RES"
+  [ $ok = 1 ] || { tail -5 "$OUT/$n.log" >&2; fail "$n did not come back after a restart with $QUEUED queued"; }
+  echo "$kind restart_ms $(( (t1 - t0) / 1000000 ))" >>"$RES"
 }
-# timed_list TAG: tern queue list and --json, timed; checks the counts.
+# fill NAME KIND: QUEUED messages over 100 sessions (1,000 per session at
+# 100,000: well under tern's max_commands), records KIND ingest msg/s.
+fill() {
+  local n=$1 kind=$2 t0 t1
+  t0=$(date +%s%N)
+  timeout 3600 "$SMTP_SOURCE" -d -s 100 -m "$QUEUED" -l 1024 -f "$FROM" -t "$RCPT" \
+    "127.0.0.1:${PORT[$n]}" >"$OUT/source.$n.txt" 2>&1 || fail "filling $n failed"
+  t1=$(date +%s%N)
+  [ -s "$OUT/source.$n.txt" ] && { head -5 "$OUT/source.$n.txt" >&2; fail "filling $n: errors"; }
+  echo "$kind ingest $(awk -v m="$QUEUED" -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", m / (d / 1e9)}')" >>"$RES"
+  tail -1 "$RES" | awk -v q="$QUEUED" -v s="$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", d / 1e9}')" \
+    '{printf "  %s: %d messages in %s s (%s msg/s), next hop down\n", $1, q, s, $3}'
+}
+# timed_list NAME KIND TAG: the queue listed as text and as JSON, timed;
+# records KIND list_TAG_FORMAT MS COUNT and warns when COUNT != QUEUED.
 timed_list() {
-  local tag=$1 t0 t1 f
+  local n=$1 kind=$2 tag=$3 t0 t1 f got cmd
   for f in text json; do
+    case $kind:$f in
+      tern:text) cmd=("$TERN" queue list -c "$OUT/$n.ini") ;;
+      tern:json) cmd=("$TERN" queue list --json -c "$OUT/$n.ini") ;;
+      postfix:text) cmd=(/usr/sbin/postqueue -c "$DATA/$n/conf" -p) ;;
+      postfix:json) cmd=(/usr/sbin/postqueue -c "$DATA/$n/conf" -j) ;;
+    esac
     t0=$(date +%s%N)
-    if [ $f = json ]; then
-      timeout 600 "$TERN" queue list --json -c "$OUT/big.ini" >"$OUT/list.$tag.$f" 2>"$OUT/list.$tag.$f.err" ||
-        { head -3 "$OUT/list.$tag.$f.err" >&2; fail "tern queue list --json ($tag) failed"; }
-    else
-      timeout 600 "$TERN" queue list -c "$OUT/big.ini" >"$OUT/list.$tag.$f" 2>"$OUT/list.$tag.$f.err" ||
-        { head -3 "$OUT/list.$tag.$f.err" >&2; fail "tern queue list ($tag) failed"; }
-    fi
+    timeout 600 "${cmd[@]}" >"$OUT/list.$n.$tag.$f" 2>"$OUT/list.$n.$tag.$f.err" ||
+      { head -3 "$OUT/list.$n.$tag.$f.err" >&2; fail "${cmd[*]} ($tag) failed"; }
     t1=$(date +%s%N)
-    local got
-    if [ $f = json ]; then got=$(grep -c '"id"' "$OUT/list.$tag.$f" || true)
-    else got=$(tail -1 "$OUT/list.$tag.$f" | sed -n 's/^-- \([0-9]*\) message.*/\1/p'); fi
+    case $kind:$f in
+      tern:text) got=$(tail -1 "$OUT/list.$n.$tag.$f" | sed -n 's/^-- \([0-9]*\) message.*/\1/p') ;;
+      postfix:text) got=$(tail -1 "$OUT/list.$n.$tag.$f" | sed -n 's/.* in \([0-9]*\) Request.*/\1/p') ;;
+      *:json) got=$(grep -c '"queue_id"\|"id"' "$OUT/list.$n.$tag.$f" || true) ;;
+    esac
     [ "${got:-0}" = "$QUEUED" ] ||
-      echo "  warning: tern queue list ($tag, $f) shows ${got:-?} messages, not $QUEUED" >&2
-    echo "big list_${tag}_$f $(( (t1 - t0) / 1000000 )) ${got:-0}" >>"$RES"
+      echo "  warning: ${cmd[*]} ($tag) shows ${got:-?} messages, not $QUEUED" >&2
+    echo "$kind list_${tag}_$f $(( (t1 - t0) / 1000000 )) ${got:-0}" >>"$RES"
   done
+}
+rss_kb() { # PID: VmRSS of PID and all its descendants, KiB (shared pages
+  # count once per process: an upper bound for Postfix's tree)
+  local todo=("$1") p sum=0 r c
+  while [ ${#todo[@]} -gt 0 ]; do
+    p=${todo[0]}; todo=("${todo[@]:1}")
+    r=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+    sum=$((sum + ${r:-0}))
+    for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do todo+=("$c"); done
+  done
+  echo $sum
+}
+
+# tern: fill with the next hop down, list, stop, list, restart, list.
+restart_part() {
+  local n=tern-big down t0 t1
+  down=$(free_port) # nothing listens there: connection refused, deferred
+  echo "== part c/d: $QUEUED messages into tern, next hop 127.0.0.1:$down (closed)"
+  start_tern "$n" yes "$down"
+  fill "$n" tern
+  sleep 2
+  echo "tern rss_kb $(rss_kb "${PID[$n]}")" >>"$RES"
+  timed_list "$n" tern daemon
+  t0=$(date +%s%N); stop "$n" 120; t1=$(date +%s%N)
+  echo "tern stop_ms $(( (t1 - t0) / 1000000 ))" >>"$RES"
+  timed_list "$n" tern offline
+  restart_timed "$n" tern "$TERN" serve -c "$OUT/$n.ini"
+  sleep 2
+  echo "tern rss2_kb $(rss_kb "${PID[$n]}")" >>"$RES"
+  timed_list "$n" tern daemon2
+  stop "$n" 120
+  awk '$1 == "tern" {print "  " $0}' "$RES"
+}
+
+# The same for the private Postfix (PF_BIG=1): postqueue -p / -j.
+pf_big_part() {
+  local n=postfix-big down t0 t1 q deadline
+  down=$(free_port)
+  echo "== part c/d, Postfix: $QUEUED messages, relayhost 127.0.0.1:$down (closed)"
+  start_postfix "$n" "$down"
+  fill "$n" postfix
+  # until qmgr has moved everything to deferred/
+  deadline=$(( $(date +%s) + 1200 ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    q=$(pf_queued "$n" incoming active maildrop)
+    [ "$q" = 0 ] && break
+    sleep 1
+  done
+  echo "postfix settled_deferred $(pf_queued "$n" deferred)" >>"$RES"
+  echo "postfix rss_kb $(rss_kb "${PID[$n]}")" >>"$RES"
+  timed_list "$n" postfix daemon
+  t0=$(date +%s%N); stop "$n" 120; t1=$(date +%s%N)
+  echo "postfix stop_ms $(( (t1 - t0) / 1000000 ))" >>"$RES"
+  timed_list "$n" postfix offline
+  restart_timed "$n" postfix "$PFD/master" -c "$DATA/$n/conf" -d
+  sleep 2
+  echo "postfix rss2_kb $(rss_kb "${PID[$n]}")" >>"$RES"
+  timed_list "$n" postfix daemon2
+  stop "$n" 120
+  awk '$1 == "postfix" {print "  " $0}' "$RES"
 }
 
 # ---- main ----------------------------------------------------------------------
@@ -591,11 +652,12 @@ for n in $SESSIONS; do
 done
 for t in $TARGETS; do stop "$t" 30; done
 [ "$RESTART" = 1 ] && restart_part
+[ "${PF_BIG:-0}" = 1 ] && pf_big_part
 stop sink
 
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-awk -v targets="$TARGETS" '
+awk -v targets="$TARGETS" -v queued="$QUEUED" '
   function med(key,   n, i, j, t, v) {
     n = cnt[key]; if (n == 0) return ""
     for (i = 1; i <= n; i++) v[i] = val[key, i]
@@ -607,6 +669,17 @@ awk -v targets="$TARGETS" '
     return s
   }
   function add(key, v) { val[key, ++cnt[key]] = v }
+  # a row of part c/d: raw value, or ms shown as s with the count listed
+  function bigcell(w, k, how) {
+    if (!((w, k) in big)) return "-"
+    if (how == "s") return sprintf("%.2f s (%s msgs)", big[w, k] / 1000, bign[w, k])
+    if (how == "ms") return sprintf("%.3f s", big[w, k] / 1000)
+    return big[w, k]
+  }
+  function bigrow(k, label, how) {
+    if (!(("tern", k) in big) && !(("postfix", k) in big)) return
+    printf "| %s | %s | %s |\n", label, bigcell("tern", k, how), bigcell("postfix", k, how)
+  }
   function cell(key) { return cnt[key] ? sprintf("%.0f (%s)", med(key), all(key)) : "-" }
   $1 == "run" {
     add("e2e" SUBSEP $2 SUBSEP $3, $5); add("acc" SUBSEP $2 SUBSEP $3, $6)
@@ -614,7 +687,7 @@ awk -v targets="$TARGETS" '
     if (!($3 in seen)) { seen[$3] = 1; ns[++nn] = $3 }
   }
   $1 == "strace" { st[$2, $3] = $0; have_st = 1 }
-  $1 == "big" { big[$2] = $3; bign[$2] = $4; have_big = 1 }
+  ($1 == "tern" || $1 == "postfix") && NF >= 3 { big[$1, $2] = $3; bign[$1, $2] = $4; have_big = 1 }
   END {
     print "End to end (smtp-source -> server -> smtp-sink), messages/s, median (rounds):"
     print ""
@@ -662,19 +735,21 @@ awk -v targets="$TARGETS" '
     }
     if (have_big) {
       print ""
-      print "| tern with the queue full, next hop down | figure |"
-      print "|---|---:|"
-      if ("ingest" in big) printf "| ingest of the queued messages (smtp-source -s 100) | %s msg/s |\n", big["ingest"]
-      if ("rss_kb" in big) printf "| VmRSS of tern serve with them queued | %s KiB |\n", big["rss_kb"]
-      if ("list_daemon_text" in big) printf "| tern queue list, daemon running | %.2f s (%s messages) |\n", big["list_daemon_text"] / 1000, bign["list_daemon_text"]
-      if ("list_daemon_json" in big) printf "| tern queue list --json, daemon running | %.2f s (%s messages) |\n", big["list_daemon_json"] / 1000, bign["list_daemon_json"]
-      if ("stop_ms" in big) printf "| SIGTERM to exit | %.2f s |\n", big["stop_ms"] / 1000
-      if ("list_offline_text" in big) printf "| tern queue list, daemon stopped | %.2f s (%s messages) |\n", big["list_offline_text"] / 1000, bign["list_offline_text"]
-      if ("list_offline_json" in big) printf "| tern queue list --json, daemon stopped | %.2f s (%s messages) |\n", big["list_offline_json"] / 1000, bign["list_offline_json"]
-      if ("restart_ms" in big) printf "| restart: exec of tern serve to its 220 greeting | %.3f s |\n", big["restart_ms"] / 1000
-      if ("rss2_kb" in big) printf "| VmRSS after the restart | %s KiB |\n", big["rss2_kb"]
-      if ("list_daemon2_text" in big) printf "| tern queue list after the restart | %.2f s (%s messages) |\n", big["list_daemon2_text"] / 1000, bign["list_daemon2_text"]
-      if ("list_daemon2_json" in big) printf "| tern queue list --json after the restart | %.2f s (%s messages) |\n", big["list_daemon2_json"] / 1000, bign["list_daemon2_json"]
+      printf "With %s messages queued, next hop down:\n\n", queued
+      print "| figure | tern | postfix |"
+      print "|---|---:|---:|"
+      bigrow("ingest", "ingest (smtp-source -s 100), msg/s", "r")
+      bigrow("settled_deferred", "messages in deferred/ after ingest", "r")
+      bigrow("rss_kb", "VmRSS, KiB (Postfix: sum over master and its daemons)", "r")
+      bigrow("list_daemon_text", "list (tern queue list / postqueue -p), daemon running", "s")
+      bigrow("list_daemon_json", "list as JSON (--json / postqueue -j), daemon running", "s")
+      bigrow("stop_ms", "SIGTERM to exit", "ms")
+      bigrow("list_offline_text", "list, daemon stopped", "s")
+      bigrow("list_offline_json", "list as JSON, daemon stopped", "s")
+      bigrow("restart_ms", "restart: exec to the first 220 greeting", "ms")
+      bigrow("rss2_kb", "VmRSS after the restart, KiB", "r")
+      bigrow("list_daemon2_text", "list after the restart", "s")
+      bigrow("list_daemon2_json", "list as JSON after the restart", "s")
     }
   }' "$RES"
 echo
