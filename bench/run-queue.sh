@@ -10,7 +10,8 @@
 #
 # Environment: ROUNDS (3), SESSIONS ("1 20 100"), M_<N> (messages per run
 #   at N sessions: M_1 500, M_20 5000, M_100 10000, else 5000),
-#   TARGETS ("tern postfix tern-nosync": the order within a round),
+#   TARGETS ("tern postfix tern-nosync": the order within a round; with
+#   SESSIONS="" TARGETS="" only part c/d runs),
 #   WORKERS ([server] workers for tern; default: the number of cores),
 #   CONCURRENCY (20: tern's [queue] concurrency and Postfix's
 #   smtp_destination_concurrency_limit), STRACE (1: one short run per
@@ -79,8 +80,8 @@ SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
 PFD=${POSTFIX_DAEMON_DIR:-/usr/lib/postfix/sbin}
 PY=/usr/bin/python3
 ROUNDS=${ROUNDS:-3}
-SESSIONS=${SESSIONS:-"1 20 100"}
-TARGETS=${TARGETS:-"tern postfix tern-nosync"}
+SESSIONS=${SESSIONS-"1 20 100"}
+TARGETS=${TARGETS-"tern postfix tern-nosync"}
 WORKERS=${WORKERS:-$(nproc)}
 CONCURRENCY=${CONCURRENCY:-20}
 STRACE=${STRACE:-1}
@@ -460,8 +461,9 @@ run() { # target sessions round
   e2e=$(awk -v m="$m" -v d=$((t2 - t0)) 'BEGIN {printf "%.1f", m / (d / 1e9)}')
   acc=$(awk -v m="$m" -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", m / (d / 1e9)}')
   us=$(( (cpu1 - cpu0) / 1000 / m ))
-  printf '  %-11s n=%-3s round %s: %8s msg/s end to end (accept %8s msg/s, last at +%5d ms)  CPU %5s us/msg\n' \
-    "$t" "$n" "$r" "$e2e" "$acc" $(( (t2 - t1) / 1000000 )) "$us"
+  local lag=$(( (t2 - t1) / 1000000 )); [ "$lag" -ge 0 ] || lag=0
+  printf '  %-11s n=%-3s round %s: %8s msg/s end to end (accept %8s msg/s; all at the sink %5d ms after the last 250)  CPU %5s us/msg\n' \
+    "$t" "$n" "$r" "$e2e" "$acc" "$lag" "$us"
   echo "run $t $n $r $e2e $acc $us $m" >>"$RES"
 }
 
