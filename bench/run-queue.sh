@@ -462,7 +462,7 @@ run() { # target sessions round
   acc=$(awk -v m="$m" -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", m / (d / 1e9)}')
   us=$(( (cpu1 - cpu0) / 1000 / m ))
   local lag=$(( (t2 - t1) / 1000000 )); [ "$lag" -ge 0 ] || lag=0
-  printf '  %-11s n=%-3s round %s: %8s msg/s end to end (accept %8s msg/s; all at the sink %5d ms after the last 250)  CPU %5s us/msg\n' \
+  printf '  %-11s n=%-3s round %s: %8s msg/s end to end (accept %8s msg/s; all at the sink %5d ms after smtp-source exited)  CPU %5s us/msg\n' \
     "$t" "$n" "$r" "$e2e" "$acc" "$lag" "$us"
   echo "run $t $n $r $e2e $acc $us $m" >>"$RES"
 }
