@@ -556,12 +556,18 @@ timed_list() {
     echo "$kind list_${tag}_$f $(( (t1 - t0) / 1000000 )) ${got:-0}" >>"$RES"
   done
 }
-rss_kb() { # PID: VmRSS of PID and all its descendants, KiB (shared pages
-  # count once per process: an upper bound for Postfix's tree)
+rss_kb() { # PID: memory of PID and all its descendants, KiB: the sum of
+  # their Pss (shared pages split between the processes that map them;
+  # summing VmRSS over ~100 smtpd processes counts libc 100 times), or
+  # VmRSS without smaps_rollup
   local todo=("$1") p sum=0 r c
   while [ ${#todo[@]} -gt 0 ]; do
     p=${todo[0]}; todo=("${todo[@]:1}")
-    r=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+    if [ -r "/proc/$p/smaps_rollup" ]; then
+      r=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null) || continue
+    else
+      r=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+    fi
     sum=$((sum + ${r:-0}))
     for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do todo+=("$c"); done
   done
@@ -742,14 +748,14 @@ awk -v targets="$TARGETS" -v queued="$QUEUED" '
       print "|---|---:|---:|"
       bigrow("ingest", "ingest (smtp-source -s 100), msg/s", "r")
       bigrow("settled_deferred", "messages in deferred/ after ingest", "r")
-      bigrow("rss_kb", "VmRSS, KiB (Postfix: sum over master and its daemons)", "r")
+      bigrow("rss_kb", "memory (Pss, KiB; Postfix: master and all its daemons)", "r")
       bigrow("list_daemon_text", "list (tern queue list / postqueue -p), daemon running", "s")
       bigrow("list_daemon_json", "list as JSON (--json / postqueue -j), daemon running", "s")
       bigrow("stop_ms", "SIGTERM to exit", "ms")
       bigrow("list_offline_text", "list, daemon stopped", "s")
       bigrow("list_offline_json", "list as JSON, daemon stopped", "s")
       bigrow("restart_ms", "restart: exec to the first 220 greeting", "ms")
-      bigrow("rss2_kb", "VmRSS after the restart, KiB", "r")
+      bigrow("rss2_kb", "memory after the restart (Pss, KiB)", "r")
       bigrow("list_daemon2_text", "list after the restart", "s")
       bigrow("list_daemon2_json", "list as JSON after the restart", "s")
     }
