@@ -25,6 +25,7 @@
 #   before the CPU is read, so clean-up after delivery is counted),
 #   WARMUP (1000: at most this many messages in one unrecorded run per
 #   target before the rounds of each session count),
+#   CGROUP (1; 0: measure CPU from /proc even where cgroups work),
 #   DATA_DIR (where queues go; default under BUILD_DIR unless that is
 #   tmpfs, else /var/tmp), KEEP (directory for raw results and logs),
 #   SMTP_SINK, SMTP_SOURCE (/usr/sbin/...), POSTFIX_DAEMON_DIR
@@ -139,7 +140,9 @@ ulimit -n "$(ulimit -Hn)"
 
 # ---- CPU of a process tree: cgroups when we may make them -------------------
 CG_KIND=none CG_ROOT=
-if [ -w /sys/fs/cgroup/cpuacct ] && [ -r /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then
+if [ "${CGROUP:-1}" = 0 ]; then
+  : # asked for the /proc figures
+elif [ -w /sys/fs/cgroup/cpuacct ] && [ -r /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then
   CG_KIND=v1 CG_ROOT=/sys/fs/cgroup/cpuacct/run-queue.$$
 elif [ -r /sys/fs/cgroup/cgroup.controllers ] && [ -w /sys/fs/cgroup ]; then
   CG_KIND=v2 CG_ROOT=/sys/fs/cgroup/run-queue.$$
