@@ -343,6 +343,11 @@ typedef int (*tern_queue_list_fn)(const struct tern_queue_list_msg *m,
 TERN_EXTERN int tern_queue_list(struct tern_queue *q, const char *id,
                                 tern_queue_list_fn fn, void *arg);
 
+/* How many messages the running queue holds (committed, not yet
+ * removed; held ones included). Constant time: for start-up and status
+ * lines, where a full tern_queue_list would read every envelope again. */
+TERN_EXTERN size_t tern_queue_count(const struct tern_queue *q);
+
 /* The same, offline: open the spool in `dir` read-only (the daemon may be
  * stopped, or running) and list it. Synchronous. */
 TERN_EXTERN int tern_queue_scan(const char *dir, const char *id,

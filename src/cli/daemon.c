@@ -579,12 +579,6 @@ static const char *dsn_route(const char *addr, void *ud) {
   return relay ? "relay" : "local";
 }
 
-static int count_msg(const struct tern_queue_list_msg *m, void *arg) {
-  (void)m;
-  ++*(unsigned long *)arg;
-  return 0;
-}
-
 /* Open the queue ([queue] settings; delivery through qdeliver on this
  * loop, the queue's home). Returns 0 or an exit status. */
 static int open_queue(struct daemon *d, const struct cfg *c) {
@@ -620,8 +614,7 @@ static int open_queue(struct daemon *d, const struct cfg *c) {
     d->q = NULL;
     return r == TERN_EBUSY ? EX_TEMPFAIL : EX_CANTCREAT;
   }
-  unsigned long n = 0;
-  tern_queue_list(d->q, NULL, count_msg, &n);
+  unsigned long n = (unsigned long)tern_queue_count(d->q);
   char ctl[4096];
   if (cfg_queue_control_path(c, ctl, sizeof ctl) != 0) {
     fprintf(stderr, "tern serve: [queue] control: path too long\n");

@@ -459,3 +459,7 @@ int tern_queue_hold(struct tern_queue *q, const char *id, bool hold) {
   q_msg_resched(q, m);
   return 0;
 }
+
+size_t tern_queue_count(const struct tern_queue *q) {
+  return q ? q->nmsgs : 0;
+}
