@@ -360,6 +360,15 @@ void forward_result(const struct forward_delivery *d, size_t i,
 /* Does the next hop speak LMTP? How many recipients has it accepted? */
 bool forward_is_lmtp(const struct forward_delivery *d);
 size_t forward_accepted(const struct forward_delivery *d);
+/* What a next hop with these capabilities (tern_client_session_caps),
+ * SIZE limit (0: none) and TLS state cannot take of message m, as the
+ * RFCs answer it: BINARYMIME without CHUNKING 554 5.6.1, SMTPUTF8 553
+ * 5.6.7, 8BITMIME 550 5.6.3, REQUIRETLS 550 5.7.30, SIZE 552 5.3.4.
+ * Returns true with *r set (static strings), or false: it can go. The
+ * one rule for the forwarding targets and the queue's relay. */
+bool forward_refusal(const struct tern_client_message *m, unsigned caps,
+                     uint64_t max_size, bool tls, struct tern_reply *r);
+
 /* The caller is done with it (after done, or to abort). */
 void forward_release(struct forward_delivery *d);
 

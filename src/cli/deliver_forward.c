@@ -305,46 +305,39 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
       set_status(&d->data[j], r->code, r->enhanced, t);
 }
 
-/* What the next hop cannot take, refused at MAIL time with the code the
- * RFCs give (docs/decisions/0007). Returns true when refused. */
-static bool refuse_envelope(struct forward_delivery *d, unsigned caps,
-                            uint64_t max_size) {
-  const struct tern_client_message *m = &d->m;
+bool forward_refusal(const struct tern_client_message *m, unsigned caps,
+                     uint64_t max_size, bool tls, struct tern_reply *r) {
+  r->enhanced = NULL;
   if (m->body == TERN_BODY_BINARYMIME &&
       (caps & (TERN_EXT_BINARYMIME | TERN_EXT_CHUNKING)) !=
           (TERN_EXT_BINARYMIME | TERN_EXT_CHUNKING)) {
     /* RFC 3030 §3: BINARYMIME goes only to a server that offers it with
      * CHUNKING; DATA would alter it. RFC 3463 5.6.1 media not supported. */
-    answer(d, 554, "5.6.1",
-           "Error: next hop does not accept BINARYMIME; not forwarded");
-    return true;
-  }
-  if (m->smtputf8 && !(caps & TERN_EXT_SMTPUTF8)) {
+    *r = (struct tern_reply){554, "5.6.1",
+                             "Error: next hop does not accept BINARYMIME"};
+  } else if (m->smtputf8 && !(caps & TERN_EXT_SMTPUTF8)) {
     /* RFC 6531 §3.2/§3.7: no SMTPUTF8 message to a server without it. */
-    answer(d, 553, "5.6.7",
-           "Error: next hop does not accept SMTPUTF8; not forwarded");
-    return true;
-  }
-  if (m->body == TERN_BODY_8BITMIME && !(caps & TERN_EXT_8BITMIME)) {
+    *r = (struct tern_reply){553, "5.6.7",
+                             "Error: next hop does not accept SMTPUTF8"};
+  } else if (m->body == TERN_BODY_8BITMIME && !(caps & TERN_EXT_8BITMIME)) {
     /* RFC 6152 §3: an 8-bit message goes to a 7-bit server only
-     * converted, which a streaming proxy does not do. 5.6.3: conversion
-     * required but not supported. */
-    answer(d, 550, "5.6.3",
-           "Error: next hop does not accept 8BITMIME; not forwarded");
-    return true;
-  }
-  if (m->requiretls &&
-      (!(caps & TERN_EXT_REQUIRETLS) || !tern_client_tls_version(d->cl))) {
-    answer(d, 550, "5.7.30", "Error: REQUIRETLS not supported by next hop");
-    return true;
-  }
-  if ((caps & TERN_EXT_SIZE) && max_size && m->size > max_size) {
+     * converted, which we do not do. 5.6.3: conversion required but not
+     * supported. */
+    *r = (struct tern_reply){550, "5.6.3",
+                             "Error: next hop does not accept 8BITMIME"};
+  } else if (m->requiretls && (!(caps & TERN_EXT_REQUIRETLS) || !tls)) {
+    /* RFC 8689 §4.2.1 */
+    *r = (struct tern_reply){550, "5.7.30",
+                             "Error: REQUIRETLS not supported by next hop"};
+  } else if ((caps & TERN_EXT_SIZE) && max_size && m->size > max_size) {
     /* RFC 1870 §6 */
-    answer(d, 552, "5.3.4",
-           "Error: message size exceeds the next hop's fixed maximum");
-    return true;
+    *r = (struct tern_reply){
+        552, "5.3.4",
+        "Error: message size exceeds the next hop's fixed maximum"};
+  } else {
+    return false;
   }
-  return false;
+  return true;
 }
 
 static void on_ready(struct tern_client_session *c, void *ud) {
@@ -352,8 +345,11 @@ static void on_ready(struct tern_client_session *c, void *ud) {
   if (d->mail_sent)
     return;
   d->mail_sent = true;
-  if (refuse_envelope(d, tern_client_session_caps(c),
-                      tern_client_session_max_size(c))) {
+  struct tern_reply no;
+  if (forward_refusal(&d->m, tern_client_session_caps(c),
+                      tern_client_session_max_size(c),
+                      tern_client_tls_version(d->cl) != NULL, &no)) {
+    answer(d, no.code, no.enhanced, no.text);
     tern_client_close(d->cl);
     return;
   }

@@ -494,25 +494,12 @@ static void rj_read_cb(void *arg, const char *buf, size_t len, int status) {
  * the sender hears of it. Returns true when refused. */
 static bool rj_refuse(struct qjob *j, struct rconn *c) {
   struct tern_client_session *s = tern_client_get_session(c->cl);
-  unsigned caps = tern_client_session_caps(s);
-  uint64_t max = tern_client_session_max_size(s);
-  const struct tern_client_message *m = &j->msg;
-  if (m->body == TERN_BODY_BINARYMIME &&
-      (caps & (TERN_EXT_BINARYMIME | TERN_EXT_CHUNKING)) !=
-          (TERN_EXT_BINARYMIME | TERN_EXT_CHUNKING))
-    fill(j, 554, "5.6.1", "Error: next hop does not accept BINARYMIME");
-  else if (m->smtputf8 && !(caps & TERN_EXT_SMTPUTF8))
-    fill(j, 553, "5.6.7", "Error: next hop does not accept SMTPUTF8");
-  else if (m->body == TERN_BODY_8BITMIME && !(caps & TERN_EXT_8BITMIME))
-    fill(j, 550, "5.6.3", "Error: next hop does not accept 8BITMIME");
-  else if (m->requiretls &&
-           (!(caps & TERN_EXT_REQUIRETLS) || !tern_client_tls_version(c->cl)))
-    fill(j, 550, "5.7.30", "Error: REQUIRETLS not supported by next hop");
-  else if ((caps & TERN_EXT_SIZE) && max && m->size > max)
-    fill(j, 552, "5.3.4",
-         "Error: message size exceeds the next hop's fixed maximum");
-  else
+  struct tern_reply r;
+  if (!forward_refusal(&j->msg, tern_client_session_caps(s),
+                       tern_client_session_max_size(s),
+                       tern_client_tls_version(c->cl) != NULL, &r))
     return false;
+  fill(j, r.code, r.enhanced, r.text);
   return true;
 }
 
