@@ -66,13 +66,33 @@ struct qdelivery {
   char *held;
   size_t held_len;
   int err; /* the first write error (commit reports the queue's) */
+  bool local_err; /* ours (no memory to hold a chunk): the queue does not
+                     know the message lost bytes, so commit must not ask */
   bool committed;
   bool aborted;
+  uv_loop_t *loop;
+  uv_timer_t later; /* a local failure's result, outside qo_commit */
 };
 
 static void qd_free(struct qdelivery *d) {
   free(d->held);
   free(d);
+}
+
+static void qd_later_closed(uv_handle_t *h) {
+  qd_free(h->data);
+}
+
+/* The local failure's result (a chunk was lost before the queue had it):
+ * 451, and nothing queued. */
+static void qd_later(uv_timer_t *t) {
+  struct qdelivery *d = t->data;
+  if (!d->aborted) {
+    static const struct tern_reply r = {451, "4.3.0",
+                                        "Error: local error in processing"};
+    d->cb->result(d->arg, DELIVER_ALL, &r, "out of memory");
+  }
+  uv_close((uv_handle_t *)t, qd_later_closed);
 }
 
 static void qd_written(void *arg, int status) {
@@ -117,6 +137,7 @@ static int qo_begin(const struct deliver_target *t, const struct deliver_msg *m,
   d->m = qm;
   d->cb = cb;
   d->arg = arg;
+  d->loop = m->loop;
   if (m->hlen) {
     int r = tern_queue_msg_write(qm, m->header, m->hlen, qd_written, d);
     if (r == 1)
@@ -136,6 +157,7 @@ static int qo_write(struct delivery *dv, const char *buf, size_t len) {
     char *h = malloc(len ? len : 1);
     if (!h) {
       d->err = TERN_ENOMEM;
+      d->local_err = true;
       return -ENOMEM;
     }
     memcpy(h, buf, len);
@@ -169,8 +191,18 @@ static void qo_done(void *arg, const struct tern_reply *r) {
 static void qo_commit(struct delivery *dv) {
   struct qdelivery *d = (struct qdelivery *)dv;
   d->committed = true;
-  /* A write that failed has failed the message in the queue: its commit
-   * says so (452 4.3.1, 451 4.3.0) and leaves nothing behind. */
+  if (d->local_err) {
+    /* A chunk never reached the queue: committing would queue the
+     * message with a hole. Drop it and answer 451 from the loop. */
+    tern_queue_msg_abort(d->m);
+    d->m = NULL;
+    uv_timer_init(d->loop, &d->later);
+    d->later.data = d;
+    uv_timer_start(&d->later, qd_later, 0, 0);
+    return;
+  }
+  /* A write the queue refused has failed the message in the queue: its
+   * commit says so (452 4.3.1, 451 4.3.0) and leaves nothing behind. */
   tern_queue_msg_commit(d->m, qo_done, d);
 }
 
@@ -179,6 +211,8 @@ static void qo_abort(struct delivery *dv) {
   if (d->aborted)
     return;
   d->aborted = true;
+  if (d->local_err && d->committed)
+    return; /* qd_later frees it, telling no one */
   if (d->m)
     tern_queue_msg_abort(d->m);
   d->m = NULL;
