@@ -300,6 +300,21 @@ TERN_EXTERN void tern_queue_job_result(struct tern_queue_job *job, size_t i,
 TERN_EXTERN void tern_queue_job_done(struct tern_queue_job *job,
                                      const struct tern_reply *r);
 
+/*
+ * The job's destination cannot be reached now (no connection, no
+ * greeting, a 421 before MAIL): every recipient of the job without a
+ * result is deferred with `r` (attempt counted), and the destination is
+ * suspended, as Postfix's queue manager does with a dead destination:
+ * the jobs of that destination waiting to start are deferred with the
+ * same reply without being tried, no job of it starts until retry_min_s
+ * has passed, and then one at a time (a probe) until a job of it ends
+ * with tern_queue_job_done again. Ends the job like tern_queue_job_done
+ * (the handle is gone after this call). r NULL: 451 4.4.1 "next hop
+ * unreachable".
+ */
+TERN_EXTERN void tern_queue_job_unreachable(struct tern_queue_job *job,
+                                            const struct tern_reply *r);
+
 /* ---- looking and steering (home loop; `tern queue`) -------------------- */
 
 enum tern_queue_rcpt_state {
