@@ -11,6 +11,7 @@
 
 #include <tern/dsn.h>
 
+#include "internal.h" /* tern__utf8_valid */
 #include "queue_int.h"
 
 char *q_reply_string(int code, const char *enhanced, const char *text) {
@@ -44,6 +45,26 @@ void q_date(int64_t t, char *buf, size_t cap) {
   snprintf(buf, cap, "%s, %02d %s %04d %02d:%02d:%02d +0000",
            days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
            tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* Text from outside (a next hop's reply, the client's HELO) made fit for
+ * a report field: control characters become spaces; octets above 127
+ * stay only in an SMTPUTF8 report and only as valid UTF-8, else each
+ * becomes '?'. A reply like "550 Empf\xe4nger unbekannt" must not cost
+ * the sender its bounce (tern_dsn_head refuses such bytes). Line breaks
+ * (LF, CRLF) stay: the diagnostic may be a multi-line reply. */
+static void clean_text(char *s, bool utf8) {
+  size_t n = strlen(s);
+  bool keep8 = utf8 && tern__utf8_valid((const unsigned char *)s, n);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '\n' || (c == '\r' && s[i + 1] == '\n'))
+      continue;
+    if (c < 0x20 || c == 0x7f)
+      s[i] = ' ';
+    else if (c >= 0x80 && !keep8)
+      s[i] = '?';
+  }
 }
 
 /* The status for the report: the reply's enhanced code, else the class's
@@ -95,10 +116,13 @@ int q_bounce_build(struct tern_queue *q, const struct qmsg *m, const char *to,
     rcvd = malloc(cl + 6);
     if (!rcvd)
       goto out;
-    if (strchr(m->client, ';'))
+    /* Only a real "dns;" prefix counts: the client's HELO may hold a
+     * ';' of its own ("x;y"). */
+    if (strncmp(m->client, "dns;", 4) == 0)
       memcpy(rcvd, m->client, cl + 1);
     else
       snprintf(rcvd, cl + 6, "dns; %s", m->client);
+    clean_text(rcvd, false);
   }
   bool delayed = false;
   for (size_t i = 0; i < n; i++) {
@@ -106,6 +130,7 @@ int q_bounce_build(struct tern_queue *q, const struct qmsg *m, const char *to,
     diag[i] = q_reply_string(rs[i].code, rs[i].enhanced, rs[i].text);
     if (!diag[i])
       goto out;
+    clean_text(diag[i], m->smtputf8);
     dr_rep[i] = (struct tern_dsn_rcpt){
         .final_rcpt = rs[i].addr,
         .orcpt = rs[i].orcpt,
@@ -139,6 +164,9 @@ int q_bounce_build(struct tern_queue *q, const struct qmsg *m, const char *to,
               : copy == QSC_HEADERS ? TERN_RET_HDRS
                                     : TERN_RET_UNSPECIFIED;
   d.utf8 = m->smtputf8;
+  /* RFC 6522 / RFC 2045: an 8-bit original keeps its octets in the
+   * report, which must say so. */
+  d.eight_bit = m->body == TERN_BODY_8BITMIME || m->body == TERN_BODY_BINARYMIME;
   rc = tern_dsn_head(&d, &head, &head_len);
   if (rc == 0)
     rc = tern_dsn_tail(&d, &tail, &tail_len);

@@ -20,12 +20,19 @@
  * - Expiry keeps the last reply's status (4.x.x) with action failed, as
  *   Postfix does: the reader sees why it never got through.
  * - A message from <> (a bounce) is never bounced: its failure goes to
- *   opts.postmaster if set, else the message stays on hold in the queue
- *   for an operator, with its failed recipients marked failed.
+ *   opts.postmaster if set (a double bounce), else the message stays on
+ *   hold in the queue for an operator, with its failed recipients marked
+ *   failed. A double bounce that fails is held the same way: reporting
+ *   it again would loop (each report carrying the last one).
+ * - The original goes back whole only up to Q_BOUNCE_FULL_MAX octets
+ *   (Postfix's bounce_size_limit is 50,000), else its header only: a
+ *   message too big for the next hop must not come back as a bounce too
+ *   big for the sender's, nor fill the spool with copies.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "queue_int.h"
@@ -51,11 +58,26 @@ static void rcpt_event(struct tern_queue *q, enum tern_queue_event_type t,
   q_event(q, t, m->id, r->addr, &rep, x->remote, NULL, at, detail);
 }
 
+#define Q_BOUNCE_FULL_MAX 50000
+
+/* A DSN of ours to the postmaster (a double bounce): from <>, made here,
+ * every recipient the postmaster. */
+static bool is_double_bounce(const struct tern_queue *q,
+                             const struct qmsg *m) {
+  if (m->from[0] || !m->is_bounce || !q->postmaster)
+    return false;
+  for (size_t i = 0; i < m->nrcpts; i++)
+    if (strcasecmp(m->rcpts[i].addr, q->postmaster) != 0)
+      return false;
+  return true;
+}
+
 /* A null-sender message with a failure that should have been reported
- * and no postmaster: it is kept on hold when done. */
+ * and nobody to report it to (no postmaster, or it is the postmaster's
+ * own double bounce): it is kept on hold when done. */
 static bool keeps_for_postmaster(const struct tern_queue *q,
                                  const struct qmsg *m) {
-  if (m->from[0] || q->postmaster)
+  if (m->from[0] || (q->postmaster && !is_double_bounce(q, m)))
     return false;
   for (size_t i = 0; i < m->nrcpts; i++)
     if (m->rcpts[i].state == QS_FAILED &&
@@ -136,6 +158,9 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
       } else if (!m->from[0] && !q->postmaster) {
         rcpt_event(q, TERN_QEV_NO_BOUNCE, m, rc, x, 0,
                    "null sender and no postmaster: message kept on hold");
+      } else if (is_double_bounce(q, m)) {
+        rcpt_event(q, TERN_QEV_NO_BOUNCE, m, rc, x, 0,
+                   "double bounce failed: message kept on hold");
       } else {
         action = "failed";
         any_failed = true;
@@ -171,7 +196,9 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
     const char *to = m->from[0] ? m->from : q->postmaster;
     enum qstore_copy copy = QSC_HEADERS;
     if (any_failed)
-      copy = m->ret == TERN_RET_HDRS ? QSC_HEADERS : QSC_FULL;
+      copy = m->ret == TERN_RET_HDRS || m->size > Q_BOUNCE_FULL_MAX
+                 ? QSC_HEADERS
+                 : QSC_FULL;
     int rc =
         q_bounce_build(q, m, to, bs, nb, copy, now, &dsn, &dr, &u, &dsn_strs);
     if (rc == 0) {

@@ -109,6 +109,9 @@ static void finish(struct live *l) {
     struct tern_reply r = {250, "2.0.0", "Ok"};
     if (strncmp(a, "defer", 5) == 0 && !f->defer_ok)
       r = (struct tern_reply){451, "4.4.1", "try again later"};
+    else if (strncmp(a, "fail8", 5) == 0) /* a next hop's raw bytes */
+      r = (struct tern_reply){550, "5.1.1",
+                              "Empf\xe4nger unbekannt \x1b[31m\x01"};
     else if (strncmp(a, "fail", 4) == 0)
       r = (struct tern_reply){550, "5.1.1", "<fail> user unknown"};
     tern_queue_job_result(
@@ -638,6 +641,74 @@ static void test_null_sender(void **state) {
   assert_string_equal(f->jobs[b].rcpt0, "relaypm@example.org");
   assert_string_equal(f->jobs[b].dest, "relay"); /* opts.route decided */
   check_dsn_body(&f->jobs[b], "5.1.1", "550 5.1.1");
+  fx_free(f);
+}
+
+/* A double bounce that fails is never reported again: it is held (the
+ * loop grew the spool without end, each report carrying the last). */
+static void test_double_bounce_fails(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  f->o.postmaster = "failpm@example.org";
+  fx_open(f);
+  char id[TERN_QUEUE_ID_MAX];
+  snprintf(id, sizeof id, "%s", submit(f, "", "fail@example.net", 0));
+  assert_true(run_until(f, &f->ev[TERN_QEV_NO_BOUNCE], 1, 10000));
+  assert_string_equal(f->last_detail,
+                      "double bounce failed: message kept on hold");
+  run_for(f, 500);
+  assert_int_equal(count_ev(f, TERN_QEV_BOUNCE), 1); /* the double bounce */
+  int nb = 0;
+  for (int i = 0; i < f->njobs; i++)
+    nb += f->jobs[i].is_bounce;
+  assert_int_equal(nb, 1);
+  /* the original went once the double bounce was queued; the double
+   * bounce itself is held for an operator */
+  int rc;
+  struct listed l = list_one(f, f->last_bounce, &rc);
+  assert_int_equal(rc, 0);
+  assert_true(l.held);
+  fx_free(f);
+}
+
+/* A next hop's reply with 8-bit and control octets still makes a
+ * bounce (it made none: the DSN composer refused the raw text). */
+static void test_bounce_raw_reply(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  fx_open(f);
+  submit(f, "sender@example.org", "fail8@example.net", 0);
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 2, 10000));
+  assert_int_equal(count_ev(f, TERN_QEV_ERROR), 0);
+  int b = find_job(f, true);
+  assert_true(b >= 0);
+  check_dsn_body(&f->jobs[b], "5.1.1", "550 5.1.1 Empf?nger unbekannt");
+  fx_free(f);
+}
+
+/* An original over 50,000 octets comes back as its header only. */
+static void test_bounce_big_original(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  fx_open(f);
+  size_t n = 60000;
+  char *big = malloc(n);
+  assert_non_null(big);
+  size_t h = sizeof body1 - 1;
+  memcpy(big, body1, h);
+  for (size_t i = h; i < n; i++)
+    big[i] = (i - h) % 80 == 78 ? '\r' : (i - h) % 80 == 79 ? '\n' : 'x';
+  struct tern_queue_rcpt r = {"fail@example.net", NULL, 0, "local"};
+  struct tern_queue_envelope e = {
+      .from = "sender@example.org", .rcpts = &r, .nrcpts = 1};
+  submit_env(f, &e, big, n, 8192, NULL);
+  free(big);
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 2, 10000));
+  int b = find_job(f, true);
+  assert_true(b >= 0);
+  assert_non_null(strstr(f->jobs[b].body, "text/rfc822-headers"));
+  assert_non_null(strstr(f->jobs[b].body, "Subject: hello\r\n"));
+  assert_null(strstr(f->jobs[b].body, "xxxxxxxxxx"));
   fx_free(f);
 }
 
@@ -1242,6 +1313,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_notify_never),
       cmocka_unit_test(test_success_notice),
       cmocka_unit_test(test_null_sender),
+      cmocka_unit_test(test_double_bounce_fails),
+      cmocka_unit_test(test_bounce_raw_reply),
+      cmocka_unit_test(test_bounce_big_original),
       cmocka_unit_test(test_expiry),
       cmocka_unit_test(test_restart),
       cmocka_unit_test(test_hold_release_delete),
