@@ -19,6 +19,7 @@
  */
 #include "config_keys.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <grp.h>
 #include <ini.h>
@@ -28,6 +29,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "fileerr.h"
@@ -85,6 +89,7 @@ void cfg_defaults(struct cfg *c) {
   c->forward_verify = true;
   c->queue = -1;
   c->queue_dir = xstrdup("./queue");
+  cfg_abs_path(&c->queue_dir); /* the working directory at start */
   c->queue_lifetime_s = 5u * 24 * 3600;
   c->queue_retry_min_s = 300;
   c->queue_retry_max_s = 3600;
@@ -677,6 +682,60 @@ static int check_queue(struct cfg_parser *st) {
   return 0;
 }
 
+/* [queue] directory and control as the daemon will use them, when there
+ * is a queue: the control socket's path fits a sockaddr_un (107 octets
+ * and its NUL), and the directory, which the daemon makes with one
+ * mkdir, has a parent. Otherwise `tern serve` would fail at start after
+ * --check said OK. */
+static int check_queue_paths(struct cfg_parser *st) {
+  struct cfg *c = st->c;
+  if (!cfg_uses_queue(c))
+    return 0;
+  int ldir = line_of(st, SEC_QUEUE, "directory");
+  int lctl = line_of(st, SEC_QUEUE, "control");
+  char ctl[4096];
+  size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+  if (cfg_queue_control_path(c, ctl, sizeof ctl) != 0 || strlen(ctl) > max) {
+    if (c->queue_control != NULL)
+      cfg_fail(st, lctl,
+               "[queue] control = %.60s...: %zu octets, longer than a unix "
+               "socket path may be (%zu)",
+               ctl, strlen(c->queue_control), max);
+    else
+      cfg_fail(st, ldir,
+               "[queue] directory = %.60s...: its control socket "
+               "DIRECTORY/control would be longer than a unix socket path "
+               "may be (%zu octets): set [queue] control to a shorter path",
+               c->queue_dir, max);
+    return -1;
+  }
+  struct stat sb;
+  if (stat(c->queue_dir, &sb) == 0)
+    return 0;
+  char *parent = xstrdup(c->queue_dir);
+  char *slash = strrchr(parent, '/');
+  if (slash != NULL && slash != parent)
+    *slash = '\0';
+  else if (slash != NULL)
+    slash[1] = '\0';
+  int e = 0;
+  if (slash != NULL && stat(parent, &sb) != 0)
+    e = errno;
+  else if (slash != NULL && !S_ISDIR(sb.st_mode))
+    e = ENOTDIR;
+  int rc = 0;
+  if (e != 0) {
+    cfg_fail(st, ldir,
+             "[queue] directory = %s: its parent %s: %s (the daemon makes "
+             "the directory itself, not its parents)",
+             c->queue_dir, parent,
+             e == ENOENT ? "does not exist" : strerror(e));
+    rc = -1;
+  }
+  free(parent);
+  return rc;
+}
+
 int cfg_load(struct cfg *c, const char *path, char *err, size_t cap) {
   struct cfg_parser st;
   memset(&st, 0, sizeof st);
@@ -697,7 +756,8 @@ int cfg_load(struct cfg *c, const char *path, char *err, size_t cap) {
   free(st.buf);
   free(st.longval);
   if (st.failed || check_tls_listeners(&st) != 0 || check_target(&st) != 0 ||
-      check_queue(&st) != 0 || load_forward_auth(&st) != 0)
+      check_queue(&st) != 0 || check_queue_paths(&st) != 0 ||
+      load_forward_auth(&st) != 0)
     return -1;
   return 0;
 }
@@ -845,6 +905,72 @@ static int check_delivery(const struct cfg *c, char *err, size_t cap) {
   return 0;
 }
 
+/* A listener only this host can reach: a unix socket, or a TCP address
+ * in 127.0.0.0/8 or ::1 ("localhost" too). Not when it takes the PROXY
+ * protocol: its clients are whoever the proxy in front lets in. */
+static bool listener_local(const struct cfg_listener *l) {
+  if (l->url == NULL || l->proxy)
+    return false;
+  if (is_unix_url(l->url))
+    return true;
+  const char *h = strstr(l->url, "://");
+  if (h == NULL)
+    return false;
+  h += 3;
+  char host[64];
+  size_t n;
+  if (h[0] == '[') {
+    const char *e = strchr(h, ']');
+    if (e == NULL)
+      return false;
+    h++;
+    n = (size_t)(e - h);
+  } else {
+    const char *e = strrchr(h, ':');
+    n = e ? (size_t)(e - h) : strlen(h);
+  }
+  if (n == 0 || n >= sizeof host)
+    return false;
+  memcpy(host, h, n);
+  host[n] = '\0';
+  unsigned char a[16];
+  if (inet_pton(AF_INET, host, a) == 1)
+    return a[0] == 127;
+  if (inet_pton(AF_INET6, host, a) == 1) {
+    static const unsigned char loop6[16] = {[15] = 1};
+    return memcmp(a, loop6, 16) == 0;
+  }
+  return strcasecmp(host, "localhost") == 0;
+}
+
+/*
+ * No open relay. serve.c's RCPT policy takes a recipient when
+ * accept_any (no [domains] accept, or accept = *), when its domain is
+ * accepted, or from an authenticated client when relay_authenticated.
+ * With a target that sends mail on (smtp, lmtp) and accept_any, anyone
+ * who can connect unauthenticated relays mail anywhere -- unless every
+ * listener is local (a smarthost for this host's programs) or requires
+ * AUTH before MAIL. The maildir and pipe targets keep what they take.
+ */
+static int check_relay(const struct cfg *c, char *err, size_t cap) {
+  if ((c->target != CFG_SMTP && c->target != CFG_LMTP) || !c->accept_any)
+    return 0;
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    const struct cfg_listener *l = &c->listeners[i];
+    if (l->auth == CFG_AUTH_REQUIRED || listener_local(l))
+      continue;
+    return check_fail(c, err, cap,
+                      "open relay: target = %s with no [domains] accept "
+                      "list (or accept = *) sends mail for any domain from "
+                      "anyone who reaches [listener %s] (%s); set [domains] "
+                      "accept = YOUR-DOMAINS, or auth = required on every "
+                      "listener that is not loopback or a unix socket",
+                      c->target == CFG_SMTP ? "smtp" : "lmtp", l->name,
+                      l->url ? l->url : "no url");
+  }
+  return 0;
+}
+
 int cfg_check(const struct cfg *c, char *err, size_t cap) {
   bool any_auth = false;
   if (err != NULL && cap > 0)
@@ -866,7 +992,9 @@ int cfg_check(const struct cfg *c, char *err, size_t cap) {
       return check_fail(c, err, cap, "[auth] users: %s", uerr);
     users_free(u);
   }
-  return check_delivery(c, err, cap);
+  if (check_delivery(c, err, cap) != 0)
+    return -1;
+  return check_relay(c, err, cap);
 }
 
 bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {

@@ -7,8 +7,11 @@
 #include <arpa/inet.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <tern/address.h>
 
@@ -455,6 +458,40 @@ static int p_text(struct cfg_parser *st, const struct cfg_key *k,
   return 0;
 }
 
+/* See config_keys.h. */
+void cfg_abs_path(char **slot) {
+  const char *p = *slot;
+  if (p == NULL || p[0] == '/')
+    return;
+  while (p[0] == '.' && p[1] == '/')
+    for (p += 2; *p == '/'; p++)
+      ;
+  char *cwd = getcwd(NULL, 0);
+  if (cwd == NULL)
+    return;
+  size_t n = strlen(cwd) + 1 + strlen(p) + 1;
+  char *abs = malloc(n);
+  if (abs == NULL)
+    oom();
+  bool root = !strcmp(cwd, "/");
+  if (!strcmp(p, ".") || p[0] == '\0')
+    snprintf(abs, n, "%s", cwd);
+  else
+    snprintf(abs, n, "%s%s%s", cwd, root ? "" : "/", p);
+  free(cwd);
+  free(*slot);
+  *slot = abs;
+}
+
+/* A path ([queue] directory, control): absolute from here on. */
+static int p_path(struct cfg_parser *st, const struct cfg_key *k,
+                  const char *v, void *field) {
+  if (p_text(st, k, v, field) != 0)
+    return -1;
+  cfg_abs_path((char **)field);
+  return 0;
+}
+
 /* A non-empty string without control characters (paths, names). */
 static bool v_text(const char *v) { return v[0] != '\0' && !has_ctl(v); }
 
@@ -787,7 +824,7 @@ static const struct cfg_key keys[] = {
      .valid = v_text},
     {K(SEC_DELIVERY, "queue", p_tristate, CO(queue), 0, 0, E_BOOL)},
     /* [queue] */
-    {K(SEC_QUEUE, "directory", p_text, CO(queue_dir), 0, 0, "a directory"),
+    {K(SEC_QUEUE, "directory", p_path, CO(queue_dir), 0, 0, "a directory"),
      .valid = v_text},
     {K(SEC_QUEUE, "lifetime", p_number, CO(queue_lifetime_s), 1, 365 * DAY_S,
        E_QDUR " (1s to 365d)"),
@@ -811,7 +848,7 @@ static const struct cfg_key keys[] = {
     {K(SEC_QUEUE, "postmaster", p_address, CO(queue_postmaster), 0, 0,
        "an address like postmaster@example.org (or nothing: keep double "
        "bounces on hold)")},
-    {K(SEC_QUEUE, "control", p_text, CO(queue_control), 0, 0,
+    {K(SEC_QUEUE, "control", p_path, CO(queue_control), 0, 0,
        "a socket path"),
      .valid = v_text},
 };

@@ -85,6 +85,12 @@ bool cfg_forward_url_ok(const char *u, enum cfg_target target);
 /* "%x" escapes in a template: only those in `allowed` (and "%%"). */
 bool cfg_template_ok(const char *t, const char *allowed);
 
+/* Make *slot absolute: a relative path is taken from the working
+ * directory now (a leading "./" dropped), so every later user -- the
+ * daemon's log, `tern queue -c`, a reload -- sees the one real place.
+ * Left as it is when the working directory cannot be had. */
+void cfg_abs_path(char **slot);
+
 #define CFG_MAILDIR_ESCAPES "uda"
 #define CFG_COMMAND_ESCAPES "srdua"
 

@@ -177,10 +177,15 @@ static void test_defaults(void **state) {
   assert_null(c.forward_ca_file);
   assert_null(c.path);
   /* [queue]: the embedded default delivers to ./mail in the
-   * transaction; the queue, when asked for, is ./queue */
+   * transaction; the queue, when asked for, is ./queue made absolute
+   * from the working directory (what the daemon logs and tern queue
+   * finds) */
   assert_int_equal(c.queue, -1);
   assert_false(cfg_uses_queue(&c));
-  assert_string_equal(c.queue_dir, "./queue");
+  char cwd[512], want[600];
+  assert_non_null(getcwd(cwd, sizeof cwd));
+  snprintf(want, sizeof want, "%s/queue", cwd);
+  assert_string_equal(c.queue_dir, want);
   assert_int_equal(c.queue_lifetime_s, 5 * 24 * 3600);
   assert_int_equal(c.queue_retry_min_s, 300);
   assert_int_equal(c.queue_retry_max_s, 3600);
@@ -190,9 +195,10 @@ static void test_defaults(void **state) {
   assert_true(c.queue_fsync);
   assert_null(c.queue_postmaster);
   assert_null(c.queue_control);
-  char ctl[64];
+  char ctl[640];
   assert_int_equal(cfg_queue_control_path(&c, ctl, sizeof ctl), 0);
-  assert_string_equal(ctl, "./queue/control");
+  snprintf(want, sizeof want, "%s/queue/control", cwd);
+  assert_string_equal(ctl, want);
   assert_int_equal(cfg_queue_control_path(&c, ctl, 8), -1);
   assert_true(cfg_domain_accepted(&c, "anything.example", 16));
   assert_int_equal(cfg_check(&c, err, sizeof err), 0);
@@ -317,6 +323,46 @@ static void test_good_limits(void **state) {
 }
 
 /* Step 7: every [queue] key, and [delivery] queue. */
+/* No open relay: a forwarding target with no [domains] accept is
+ * refused (bad-check-open-relay*.ini) unless every listener is local
+ * or requires AUTH, or the domains are listed. */
+static void test_relay_policy(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-relay-local.ini", &c); /* smarthost for this host */
+  assert_int_equal(c.target, CFG_SMTP);
+  assert_true(c.accept_any);
+  assert_int_equal(c.nlisteners, 3);
+  cfg_free(&c);
+  load_good("good-relay-domains.ini", &c);
+  assert_false(c.accept_any);
+  assert_int_equal(c.ndomains, 1);
+  cfg_free(&c);
+  load_good("good-relay-auth.ini", &c);
+  assert_true(c.accept_any);
+  assert_int_equal(c.listeners[0].auth, CFG_AUTH_REQUIRED);
+  cfg_free(&c);
+}
+
+/* [queue] directory and control are absolute once loaded: a relative
+ * one is taken from the working directory at load time. */
+static void test_queue_paths_absolute(void **state) {
+  struct cfg c;
+  char err[ERR_CAP], cwd[512], want[700];
+  (void)state;
+  assert_non_null(getcwd(cwd, sizeof cwd));
+  cfg_defaults(&c);
+  assert_int_equal(cfg_set(&c, "queue", "directory", "./spool/q", err,
+                           sizeof err), 0);
+  assert_int_equal(cfg_set(&c, "queue", "control", "ctl.sock", err,
+                           sizeof err), 0);
+  snprintf(want, sizeof want, "%s/spool/q", cwd);
+  assert_string_equal(c.queue_dir, want);
+  snprintf(want, sizeof want, "%s/ctl.sock", cwd);
+  assert_string_equal(c.queue_control, want);
+  cfg_free(&c);
+}
+
 static void test_good_queue(void **state) {
   struct cfg c;
   char ctl[64];
@@ -669,6 +715,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_values),
       cmocka_unit_test(test_set),
       cmocka_unit_test(test_check_templates),
+      cmocka_unit_test(test_relay_policy),
+      cmocka_unit_test(test_queue_paths_absolute),
       cmocka_unit_test(test_users_good),
       cmocka_unit_test(test_users_missing),
       cmocka_unit_test(test_users_yescrypt_reload),
