@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "queue_fmt.h"
 
 #define BLOCK_SIZE (64 * 1024)
@@ -43,6 +44,7 @@ struct conn {
   bool shut;     /* ... and written (our side shut down) */
   bool peer_eof; /* the client closed its side */
   bool failed;   /* a write failed: stop formatting */
+  uid_t uid;     /* the peer's (SO_PEERCRED), for the audit lines */
   struct block *cur;
   char req[CONTROL_MAX_REQUEST];
   size_t reqlen;
@@ -251,6 +253,23 @@ static void do_list(struct conn *c, const char *id, bool json) {
   answer_rc(c, rc, id);
 }
 
+/* The audit trail: every change made through the socket is a log line
+ * of the daemon's (who asked, for what, and how it went), so an
+ * operator's delete or flush can be told from the scheduler's own work.
+ * `id` is NULL for a flush of the whole queue. */
+static void audit(const struct conn *c, const char *event, const char *id,
+                  int rc) {
+  const char *result = rc == 0             ? "ok"
+                       : rc == TERN_ENOENT ? "no-such-message"
+                                           : tern_strerror(rc);
+  if (id != NULL)
+    log_kv("event", event, "id", id, "by", "control", "uid", LOG_U(c->uid),
+           "result", result, NULL);
+  else
+    log_kv("event", event, "scope", "all", "by", "control", "uid",
+           LOG_U(c->uid), "result", result, NULL);
+}
+
 /* One request line (without its LF). */
 static void handle(struct conn *c, char *line) {
   size_t n = strlen(line);
@@ -270,7 +289,9 @@ static void handle(struct conn *c, char *line) {
     return;
   }
   if (!strcmp(verb, "FLUSH") && arg == NULL) {
-    answer_rc(c, tern_queue_flush(g.q, NULL), NULL);
+    int rc = tern_queue_flush(g.q, NULL);
+    audit(c, "flush", NULL, rc);
+    answer_rc(c, rc, NULL);
     return;
   }
   if (!takes_id && strcmp(verb, "FLUSH") != 0) {
@@ -284,12 +305,20 @@ static void handle(struct conn *c, char *line) {
   }
   if (!strcmp(verb, "SHOW"))
     do_list(c, arg, false);
-  else if (!strcmp(verb, "FLUSH"))
-    answer_rc(c, tern_queue_flush(g.q, arg), arg);
-  else if (!strcmp(verb, "DELETE"))
-    answer_rc(c, tern_queue_delete(g.q, arg), arg);
-  else
-    answer_rc(c, tern_queue_hold(g.q, arg, !strcmp(verb, "HOLD")), arg);
+  else {
+    int rc;
+    const char *event;
+    if (!strcmp(verb, "FLUSH"))
+      rc = tern_queue_flush(g.q, arg), event = "flush";
+    else if (!strcmp(verb, "DELETE"))
+      rc = tern_queue_delete(g.q, arg), event = "delete";
+    else if (!strcmp(verb, "HOLD"))
+      rc = tern_queue_hold(g.q, arg, true), event = "hold";
+    else
+      rc = tern_queue_hold(g.q, arg, false), event = "release";
+    audit(c, event, arg, rc);
+    answer_rc(c, rc, arg);
+  }
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -382,7 +411,9 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   uid_t uid;
-  if (!peer_allowed(c, &uid)) {
+  bool allowed = peer_allowed(c, &uid);
+  c->uid = uid;
+  if (!allowed) {
     answer(c,
            "ERR PERM uid %ld may not use this socket (root or uid %ld "
            "only)",

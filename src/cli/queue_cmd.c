@@ -14,7 +14,9 @@
  * read the spool directly (tern_queue_scan, read-only; the daemon's
  * view of what is being delivered right now is then missing) and the
  * commands that change something say the daemon is not running: they
- * need the scheduler that owns the queue.
+ * need the scheduler that owns the queue. A daemon that does not answer
+ * within ANSWER_TIMEOUT_S (10 s: stopped, hung) is treated alike, with a
+ * note on stderr, except that the changing commands exit 69.
  *
  * `show` prints the envelope as list does, a blank line, and the body
  * as stored (CRLF lines), read from the spool in both cases.
@@ -46,8 +48,11 @@
 #include "queue_fmt.h"
 
 #define EXIT_NO_SUCH 1
-/* The longest a read from the daemon may wait. */
-#define ANSWER_TIMEOUT_S 120
+/* The longest connecting, sending the request, or any one read of the
+ * answer may wait. The daemon answers from its event loop, at once: a
+ * daemon that is stopped (SIGSTOP) or hung is told from a slow one long
+ * before this; tern-queue(1) documents it. */
+#define ANSWER_TIMEOUT_S 10
 
 static void usage(FILE *f) {
   fprintf(
@@ -73,7 +78,8 @@ static void usage(FILE *f) {
       "  --json             list: JSON, one message per line\n"
       "  -h, --help         this text\n"
       "\n"
-      "list and show read the spool when the daemon is not running.\n"
+      "list and show read the spool when the daemon is not running or\n"
+      "does not answer within 10 s (the others then fail: exit 69).\n"
       "See tern-queue(1).\n");
 }
 
@@ -190,11 +196,17 @@ static int offline(const struct ctx *x) {
 
 /* ---- online: the daemon's control socket --------------------------------- */
 
-/* Connect to the control socket: the fd, or -1 with errno. */
+/* Connect to the control socket: the fd, or -1 with errno (EAGAIN: the
+ * daemon's backlog stayed full for ANSWER_TIMEOUT_S). The timeouts are
+ * set before connect(): a unix-socket connect waits on a full backlog
+ * for as long as SO_SNDTIMEO says, and without one, for ever. */
 static int connect_control(const char *path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return -1;
+  struct timeval tv = {.tv_sec = ANSWER_TIMEOUT_S};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   memcpy(sa.sun_path, path, strlen(path) + 1);
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
@@ -203,10 +215,28 @@ static int connect_control(const char *path) {
     errno = e;
     return -1;
   }
-  struct timeval tv = {.tv_sec = ANSWER_TIMEOUT_S};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   return fd;
+}
+
+static bool timed_out(int e) {
+  return e == EAGAIN || e == EWOULDBLOCK || e == ETIMEDOUT || e == EINPROGRESS;
+}
+
+/* The daemon took too long before its first line: list and show read
+ * the spool instead (safe beside a live daemon: WAL mode, read-only),
+ * with a note, since its view of deliveries in progress is missing; the
+ * commands that change something cannot. */
+static int no_answer(const struct ctx *x) {
+  bool readable = !strcmp(x->cmd, "list") || !strcmp(x->cmd, "show");
+  fflush(stdout);
+  fprintf(stderr,
+          "tern queue: the daemon did not answer within %d s (%s): is it "
+          "stopped or hung?%s\n",
+          ANSWER_TIMEOUT_S, x->control,
+          readable ? " Reading the spool directly instead (deliveries "
+                     "in progress are not shown)."
+                   : "");
+  return readable ? offline(x) : EX_UNAVAILABLE;
 }
 
 /* The daemon's ERR code as an exit status, with its message. */
@@ -250,8 +280,12 @@ static int online(const struct ctx *x, int fd) {
   else
     n = snprintf(req, sizeof req, "%s\n", verb);
   FILE *f = NULL;
-  if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n ||
-      (f = fdopen(fd, "r")) == NULL) {
+  ssize_t sent = send(fd, req, (size_t)n, MSG_NOSIGNAL);
+  if (sent < 0 && timed_out(errno)) {
+    close(fd);
+    return no_answer(x);
+  }
+  if (sent != n || (f = fdopen(fd, "r")) == NULL) {
     fprintf(stderr, "tern queue: cannot talk to the daemon (%s): %s\n",
             x->control, strerror(errno));
     if (f == NULL)
@@ -264,7 +298,10 @@ static int online(const struct ctx *x, int fd) {
   size_t cap = 0;
   ssize_t len;
   int rc = -1;
+  bool got = false; /* a line of the answer came */
+  errno = 0;
   while ((len = getline(&line, &cap, f)) > 0) {
+    got = true;
     if (line[len - 1] != '\n')
       break; /* cut short */
     line[--len] = '\0';
@@ -288,6 +325,16 @@ static int online(const struct ctx *x, int fd) {
   fclose(f);
   if (rc == EX_IOERR)
     return finish_output(rc);
+  if (rc < 0 && len < 0 && timed_out(e)) {
+    if (!got)
+      return no_answer(x);
+    fflush(stdout);
+    fprintf(stderr,
+            "tern queue: the daemon (%s) stopped answering for %d s; the "
+            "output above is cut short\n",
+            x->control, ANSWER_TIMEOUT_S);
+    return EX_UNAVAILABLE;
+  }
   if (rc < 0) {
     fflush(stdout);
     fprintf(stderr, "tern queue: the daemon (%s) ended its answer early%s%s\n",
@@ -431,6 +478,8 @@ int tern_cli_queue(int argc, char **argv) {
     return online(&x, fd);
   if (errno == ENOENT || errno == ECONNREFUSED || errno == ENOTDIR)
     return offline(&x);
+  if (timed_out(errno))
+    return no_answer(&x);
   int e = errno;
   fprintf(stderr, "tern queue: cannot use the control socket %s: %s%s\n",
           x.control, strerror(e),

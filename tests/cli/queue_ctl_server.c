@@ -145,6 +145,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: queue_ctl_server DIR CONTROL N [exit]\n");
     return 1;
   }
+  /* As tern serve does (daemon.c): an answer written to a client that
+   * has gone (one that gave up on a stopped daemon) is EPIPE, not the
+   * end of the process. */
+  signal(SIGPIPE, SIG_IGN);
   g_control = argv[2];
   g_n = (unsigned)strtoul(argv[3], NULL, 10);
   g_exit_after = argc > 4 && !strcmp(argv[4], "exit");

@@ -467,6 +467,91 @@ def test_large_listing():
             "offline and online --json differ")
 
 
+def test_audit_trail():
+    """Every change made through the control socket is a log line of the
+    daemon's: event=hold/release/flush/delete, the id, who (uid), and how
+    it went."""
+    d = h.tmpdir(prefix="tern-queue-audit-")
+    qdir = os.path.join(d, "q")
+    srv = QServer(qdir, os.path.join(qdir, "control"), 2)
+    uid = os.geteuid()
+    try:
+        h.check(srv.wait_ready() is None, "%r" % srv.err)
+        a, b = srv.ids
+        expect(["-d", qdir, "hold", a], 0)
+        expect(["-d", qdir, "release", a], 0)
+        expect(["-d", qdir, "flush", b], 0)
+        expect(["-d", qdir, "flush"], 0)
+        expect(["-d", qdir, "delete", b], 0)
+        expect(["-d", qdir, "delete", b], 1)
+        want = [r"event=hold id=%s by=control uid=%d result=ok" % (a, uid),
+                r"event=release id=%s by=control uid=%d result=ok" % (a, uid),
+                r"event=flush id=%s by=control uid=%d result=ok" % (b, uid),
+                r"event=flush scope=all by=control uid=%d result=ok" % uid,
+                r"event=delete id=%s by=control uid=%d result=ok" % (b, uid),
+                r"event=delete id=%s by=control uid=%d "
+                r"result=no-such-message" % (b, uid)]
+
+        def logged():
+            lines = [e for e in list(srv.err) if e]
+            return all(any(w in e for e in lines) for w in want)
+        h.wait_for(logged, 10, "the audit lines %r in %r" % (want, srv.err))
+        # a listing changes nothing and is not audited
+        n = len(srv.err)
+        expect(["-d", qdir, "list"], 0)
+        h.check(not any("event=" in e for e in srv.err[n:] if e),
+                "list was logged: %r" % srv.err[n:])
+    finally:
+        srv.stop()
+
+
+def test_hung_daemon():
+    """A daemon that is stopped (SIGSTOP): list and show give up on it
+    after 10 s and read the spool, with a note; flush and the other
+    changes fail (69) after 10 s with a clear message, never hang."""
+    d = h.tmpdir(prefix="tern-queue-hung-")
+    qdir = os.path.join(d, "q")
+    srv = QServer(qdir, os.path.join(qdir, "control"), 2)
+    try:
+        h.check(srv.wait_ready() is None, "%r" % srv.err)
+        online = run(["-d", qdir, "list"])
+        h.check(online[0] == 0, "%r" % (online,))
+        srv.proc.send_signal(signal.SIGSTOP)
+        # the four at once: each waits its own 10 s
+        t0 = time.monotonic()
+        procs = [subprocess.Popen([tern(), "queue", "-d", qdir] + args,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+                 for args in (["list"], ["show", srv.ids[0]], ["flush"],
+                              ["hold", srv.ids[1]])]
+        res = []
+        for p in procs:
+            try:
+                o, e = p.communicate(timeout=40)
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                h.fail("tern queue hung on a stopped daemon")
+            res.append((p.returncode, o.decode(), e.decode()))
+        took = time.monotonic() - t0
+        h.check(9 <= took < 25, "gave up after %.1f s" % took)
+        msg = "the daemon did not answer within 10 s"
+        for rc, o, e in res:
+            h.check(msg in e, "stderr %r lacks %r" % (e, msg))
+        h.check(res[0][0] == 0 and res[0][1] == online[1],
+                "list fell back to the spool: %r" % (res[0],))
+        h.check("Reading the spool directly" in res[0][2], res[0][2])
+        h.check(res[1][0] == 0 and
+                res[1][1].partition("\n\n")[2] == body(0),
+                "show fell back to the spool: %r" % (res[1],))
+        h.check(res[2][0] == 69 and res[2][1] == "", "flush: %r" % (res[2],))
+        h.check(res[3][0] == 69, "hold: %r" % (res[3],))
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.send_signal(signal.SIGCONT)
+        srv.stop()
+
+
 if __name__ == "__main__":
     h.main([test_usage, test_not_running, test_daemon, test_offline_spool,
-            test_large_listing])
+            test_large_listing, test_audit_trail, test_hung_daemon])
