@@ -265,6 +265,12 @@ def test_systemd_unit():
     with open(unit) as f:
         text = f.read()
     h.check(re.search(r"^Type=notify$", text, re.M), "not Type=notify")
+    # the queue's default ./queue must land somewhere writable: with
+    # ProtectSystem=strict and no WorkingDirectory= it was /queue
+    h.check(re.search(r"^StateDirectory=tern$", text, re.M) and
+            re.search(r"^WorkingDirectory=/var/lib/tern$", text, re.M),
+            "WorkingDirectory= is not the state directory /var/lib/tern: "
+            "the default spool ./queue would be on the read-only root")
     p = h.run([sa, "security", "--offline=true", "--no-pager", unit],
               timeout=60, check_rc=False)
     out = p.stdout.decode("utf-8", "replace")

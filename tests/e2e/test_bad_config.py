@@ -54,6 +54,22 @@ BAD = {
                           "verify = yes\nauth_user = bob\n"
                           "auth_password_file = {dir}/long-password\n",
                           None, "longer than"),
+    # no open relay: a forwarding target for any domain on a public
+    # listener without AUTH (the whole file: no one line is to blame)
+    "open-relay": ("[listener mx]\nurl = smtp://0.0.0.0:{port}\n"
+                   "[delivery]\ntarget = smtp\n"
+                   "url = smtp://relay.example.net:25\n", None,
+                   "open relay"),
+    # [queue] paths that would fail at start: a control socket longer
+    # than a sockaddr_un holds, a spool whose parent is missing
+    "queue-control-long": ("[delivery]\ntarget = smtp\n"
+                           "url = smtp://relay.example.net:25\n[queue]\n"
+                           "control = /tmp/" + "c" * 110 + "\n", 5,
+                           "unix socket path"),
+    "queue-directory-parent": ("[delivery]\ntarget = smtp\n"
+                               "url = smtp://relay.example.net:25\n"
+                               "[queue]\n\ndirectory = {dir}/none/queue\n",
+                               6, "does not exist"),
     "bad-users-line": ("[listener sub]\nurl = smtp://127.0.0.1:{port}\n"
                        "auth = yes\ninsecure_auth = yes\n[auth]\n"
                        "users = {dir}/users-md5\n", None, "users-md5"),
@@ -122,6 +138,41 @@ def test_listen_host_name():
     h.check(rc == 0, "port 0 with --listen: exit %d: %r" % (rc, err))
 
 
+def test_relay_policy_and_queue_path():
+    """A forwarding target without a [domains] list is fine when every
+    listener is loopback (a smarthost for this host) or when the domains
+    are listed; and the spool's default ./queue is made absolute from
+    the working directory: the daemon's log names the real place."""
+    d = h.tmpdir(prefix="tern-e2e-relay-")
+    port, port2 = h.free_ports(2)
+    local = h.write(os.path.join(d, "local.ini"),
+                    "[listener lo]\nurl = smtp://127.0.0.1:%d\n"
+                    "[listener lo6]\nurl = smtp://[::1]:%d\n"
+                    "[delivery]\ntarget = smtp\n"
+                    "url = smtp://127.0.0.1:%d\n" % (port, port, port2))
+    listed = h.write(os.path.join(d, "listed.ini"),
+                     "[listener mx]\nurl = smtp://0.0.0.0:%d\n"
+                     "[domains]\naccept = example.org\n"
+                     "[delivery]\ntarget = smtp\n"
+                     "url = smtp://127.0.0.1:%d\n" % (port, port2))
+    for path in (local, listed):
+        rc, out, err = h.run_serve(["-c", path, "--check"], cwd=d)
+        h.check(rc == 0 and "configuration OK" in out,
+                "--check %s: %d %r %r" % (path, rc, out, err))
+    one = h.write(os.path.join(d, "one.ini"),
+                  "[listener lo]\nurl = smtp://127.0.0.1:%d\n"
+                  "[delivery]\ntarget = smtp\n"
+                  "url = smtp://127.0.0.1:%d\n" % (port, port2))
+    with h.Serve(["-c", one], cwd=d, name="relay-local") as srv:
+        srv.wait_log("event=queue-open")
+        want = "dir=%s/queue " % os.path.realpath(d)
+        h.check(srv.has(want) or srv.has("dir=%s/queue " % d),
+                "queue-open does not name the absolute spool %r: %s"
+                % (want, srv.log()))
+    h.check(os.path.isfile(os.path.join(d, "queue", "queue.db")),
+            "no spool in the working directory")
+
+
 def test_good_file_check():
     d = h.tmpdir(prefix="tern-e2e-goodcfg-")
     path = h.write(os.path.join(d, "ok.ini"),
@@ -164,4 +215,5 @@ def test_port_in_use():
 
 if __name__ == "__main__":
     h.main([test_bad_files, test_unknown_user_check, test_listen_host_name,
-            test_good_file_check, test_port_in_use])
+            test_relay_policy_and_queue_path, test_good_file_check,
+            test_port_in_use])
