@@ -10,7 +10,8 @@
  *
  * When the program is invoked under the name "sendmail" (a symlink, as
  * installed in sbin/), it behaves as `tern send` with every argument
- * parsed as a sendmail option or recipient.
+ * parsed as a sendmail option or recipient (-bp and -q: tern queue list
+ * and flush). Under the name "mailq" it is `tern queue [OPTIONS] list`.
  */
 #include <stdio.h>
 #include <string.h>
@@ -53,6 +54,21 @@ int main(int argc, char **argv) {
 
   if (!strcmp(self, "sendmail"))
     return tern_cli_send(argc, argv, true);
+  if (!strcmp(self, "mailq")) {
+    /* mailq [OPTIONS] = tern queue [OPTIONS] list (-c FILE, --json) */
+    char *qargv[64];
+    int n = 0;
+    qargv[n++] = "queue";
+    for (int i = 1; i < argc && n < 62; i++)
+      qargv[n++] = argv[i];
+    if (argc > 62) {
+      fprintf(stderr, "mailq: too many arguments\n");
+      return EX_USAGE;
+    }
+    qargv[n++] = "list";
+    qargv[n] = NULL;
+    return tern_cli_queue(n, qargv);
+  }
 
   if (argc < 2) {
     usage(stderr);

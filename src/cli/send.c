@@ -42,8 +42,10 @@
  *   -B, -N, -R, -V map to BODY=, NOTIFY=, RET=, ENVID=. Harmless
  *   sendmail options (-odX, -oeX, -om, -n, -U, -G, -h N, -L, -C, -X,
  *   -p, -O, -M, -d, other -oX) are accepted and ignored (a warning for
- *   those that could change meaning); queue/daemon modes (-bd, -bs, -bp,
- *   -bi, -bv, -bt, -q, ...) are refused with EX_USAGE: tern has no queue.
+ *   those that could change meaning). -bp and -q (alone) are the queue of
+ *   tern serve: `tern queue list` and `tern queue flush`, -C FILE naming
+ *   its configuration; the other modes (-bd, -bs, -bi, -bv, -bt,
+ *   -qINTERVAL, ...) are refused with EX_USAGE.
  *
  * Exit codes (sysexits):
  *   0               accepted for every recipient
@@ -100,6 +102,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "send.h"
 
 #define HDR_MAX (1024u * 1024u) /* header block buffered for -t / -F */
@@ -567,10 +570,31 @@ static void send_free(struct send *s) {
 
 /* The options, the sender, stdin into the spool, the recipients, then
  * one session; each step prints why it stops. */
+/* sendmail -bp / -q: `tern queue [-c FILE] list|flush`, as Postfix's
+ * sendmail runs mailq / postqueue -f. Recipients, if any, are ignored,
+ * as sendmail does. */
+static int run_queue(const struct sopts *o) {
+  char *qargv[5];
+  int n = 0;
+  qargv[n++] = "queue";
+  if (o->config != NULL) {
+    qargv[n++] = "-c";
+    qargv[n++] = (char *)o->config;
+  }
+  qargv[n++] = (char *)o->queue_cmd;
+  qargv[n] = NULL;
+  return tern_cli_queue(n, qargv);
+}
+
 static int run(struct send *s, int argc, char **argv) {
   int ex = send_parse_args(s, argc, argv);
   if (ex != 0)
     return ex < 0 ? 0 : ex;
+  if (s->o.queue_cmd != NULL)
+    return run_queue(&s->o);
+  if (s->o.config != NULL)
+    fprintf(stderr, "%s: warning: ignoring option -C %s\n", s->o.prog,
+            s->o.config);
   if ((ex = check_credentials(s)) != 0 || (ex = resolve_sender(s)) != 0)
     return ex;
   if (!s->o.extract && s->arg_rcpt.n == 0) {

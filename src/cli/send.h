@@ -36,6 +36,8 @@ struct sopts {
   enum tern_dsn_ret ret;     /* -R */
   const char *envid;         /* -V */
   enum tern_body body;       /* -B */
+  const char *queue_cmd;     /* -bp: "list", -q: "flush" (tern queue) */
+  const char *config;        /* -C FILE: tern serve's, for -bp / -q */
 };
 
 /* One run of tern send: options, spool, envelope, session, outcome. */

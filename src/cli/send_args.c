@@ -177,21 +177,43 @@ static int s_o(struct sopts *o, char c, const char *v) {
   return 0;
 }
 
-/* -bm (deliver mail) is what tern send does; the other modes are not. */
+/* -bm (deliver mail) is what tern send does; -bp (print the queue) is
+ * `tern queue list`, the queue being tern serve's; the other modes are
+ * not supported. */
 static int s_mode(struct sopts *o, char c, const char *v) {
   (void)c;
+  if (!strcmp(v, "p")) {
+    o->queue_cmd = "list";
+    return 0;
+  }
   if (strcmp(v, "m") != 0) {
-    fprintf(stderr, "%s: -b%s is not supported (tern has no queue "
-            "and no daemon mode here; only -bm)\n", o->prog, v);
+    fprintf(stderr, "%s: -b%s is not supported (only -bm, and -bp: "
+            "tern queue list)\n", o->prog, v);
     return EX_USAGE;
   }
   return 0;
 }
 
+/* -q alone (run the queue once) is `tern queue flush`; -qINTERVAL (a
+ * queue runner) and -qI/-qR/-qS (a selection) are not: tern serve
+ * retries on its own schedule, and `tern queue flush ID` takes one. */
 static int s_queue(struct sopts *o, char c, const char *v) {
-  (void)c, (void)v;
-  fprintf(stderr, "%s: -q is not supported: tern has no queue\n", o->prog);
-  return EX_USAGE;
+  (void)c;
+  if (v[0] != '\0') {
+    fprintf(stderr, "%s: -q%s is not supported (-q alone: tern queue "
+            "flush; tern serve retries on its own schedule)\n", o->prog, v);
+    return EX_USAGE;
+  }
+  o->queue_cmd = "flush";
+  return 0;
+}
+
+/* -C FILE: sendmail's configuration file; here tern serve's, where -bp
+ * and -q find the queue. Ignored (with a warning) when sending. */
+static int s_config(struct sopts *o, char c, const char *v) {
+  (void)c;
+  o->config = v;
+  return 0;
 }
 
 static const struct short_opt {
@@ -210,7 +232,7 @@ static const struct short_opt {
     {'b', true, s_mode},     {'q', true, s_queue},
     {'h', true, s_nothing},  {'L', true, s_nothing},
     {'p', true, s_nothing},  {'A', true, s_nothing},
-    {'C', true, s_warn},     {'X', true, s_warn},
+    {'C', true, s_config},   {'X', true, s_warn},
     {'O', true, s_warn},     {'M', true, s_warn},
     {'d', true, s_warn},
 };

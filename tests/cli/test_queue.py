@@ -552,6 +552,53 @@ def test_hung_daemon():
         srv.stop()
 
 
+def test_sendmail_names():
+    """sendmail -bp is `tern queue list`, sendmail -q `tern queue flush`
+    (-C FILE: tern serve's configuration, where the queue is), and the
+    name mailq is `tern queue [OPTIONS] list`."""
+    d = h.tmpdir(prefix="tern-queue-names-")
+    qdir = os.path.join(d, "q")
+    conf = os.path.join(d, "tern.ini")
+    with open(conf, "w") as f:
+        f.write("[queue]\ndirectory = %s\n" % qdir)
+    links = {}
+    for name in ("sendmail", "mailq"):
+        links[name] = os.path.join(d, name)
+        os.symlink(tern(), links[name])
+
+    def named(name, args):
+        p = h.run([links[name]] + args, timeout=60, check_rc=False)
+        return (p.returncode, p.stdout.decode("utf-8", "replace"),
+                p.stderr.decode("utf-8", "replace"))
+    srv = QServer(qdir, os.path.join(qdir, "control"), 2)
+    try:
+        h.check(srv.wait_ready() is None, "%r" % srv.err)
+        listing = run(["-d", qdir, "list"])
+        h.check(listing[0] == 0, "%r" % (listing,))
+        for name, args in (("sendmail", ["-C", conf, "-bp"]),
+                           ("mailq", ["-c", conf]), ("mailq", ["-d", qdir])):
+            got = named(name, args)
+            h.check(got == listing, "%s %s: %r, expected %r"
+                    % (name, " ".join(args), got, listing))
+        got = named("mailq", ["-d", qdir, "--json"])
+        h.check(got[0] == 0 and got[1] == run(["-d", qdir, "list",
+                                                "--json"])[1], "%r" % (got,))
+        n = len(srv.err)
+        got = named("sendmail", ["-C", conf, "-q"])
+        h.check(got[0] == 0 and got[1] == "", "sendmail -q: %r" % (got,))
+        h.wait_for(lambda: any("event=flush scope=all" in e
+                               for e in srv.err[n:] if e), 10,
+                   "sendmail -q to flush the queue: %r" % srv.err[n:])
+    finally:
+        srv.stop()
+    # no daemon: -q says so (75), -bp reads the spool
+    got = named("sendmail", ["-C", conf, "-q"])
+    h.check(got[0] == 75 and "not running" in got[2], "%r" % (got,))
+    got = named("sendmail", ["-C", conf, "-bp"])
+    h.check(got[0] == 0 and got == run(["-d", qdir, "list"]), "%r" % (got,))
+
+
 if __name__ == "__main__":
     h.main([test_usage, test_not_running, test_daemon, test_offline_spool,
-            test_large_listing, test_audit_trail, test_hung_daemon])
+            test_large_listing, test_audit_trail, test_hung_daemon,
+            test_sendmail_names])
