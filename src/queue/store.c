@@ -186,6 +186,9 @@ static void sink_async_cb(uv_async_t *a)
     case OP_READ:
       o->read_cb(o->arg, o->status, o->data, o->len);
       break;
+    case OP_NOTE:
+      o->note_cb(o->arg, o->status != 0, (uint64_t)o->len);
+      break;
     case OP_HOME: {
       struct qstore_msg *m = o->home_msg;
       o->home_msg = NULL; /* the callee's now */
@@ -382,9 +385,49 @@ static bool full_can_leave(struct qstore *s)
   return reserve_make(s) == 0;
 }
 
+/* Post the full-mode state to the listener (nmu held). */
+static void note_post(struct qstore *s, bool full)
+{
+  if (!s->note_k)
+    return;
+  struct op *o = op_new(s->note_k, OP_NOTE, "");
+  if (!o)
+    return; /* only a notice lost */
+  o->status = full;
+  o->len = 2 * (size_t)RESERVE_BYTES;
+  o->note_cb = s->note_cb;
+  o->arg = s->note_arg;
+  sink_post(s->note_k, o);
+}
+
+/* Enter or leave full mode; the application hears of each change. */
+static void full_set(struct qstore *s, bool full)
+{
+  s->full = full;
+  pthread_mutex_lock(&s->nmu);
+  if (s->note_full != full) {
+    s->note_full = full;
+    note_post(s, full);
+  }
+  pthread_mutex_unlock(&s->nmu);
+}
+
+void qstore_set_notify(struct qstore *s, struct qstore_sink *k,
+                       void (*cb)(void *arg, bool full, uint64_t need),
+                       void *arg)
+{
+  pthread_mutex_lock(&s->nmu);
+  s->note_k = cb ? k : NULL;
+  s->note_cb = cb;
+  s->note_arg = arg;
+  if (s->note_full)
+    note_post(s, true);
+  pthread_mutex_unlock(&s->nmu);
+}
+
 static void full_enter(struct qstore *s)
 {
-  s->full = true;
+  full_set(s, true);
   unlink(s->reserve_path);
 }
 
@@ -395,7 +438,7 @@ static void full_try_leave(struct qstore *s)
   sqlite3_exec(s->wdb, "PRAGMA incremental_vacuum", NULL, NULL, NULL);
   sqlite3_exec(s->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
   if (full_can_leave(s))
-    s->full = false;
+    full_set(s, false);
 }
 
 /* In full mode, new data fails before the transaction. */
@@ -428,7 +471,7 @@ static void writer_group(struct qstore *s, struct op *list)
   if (s->full && has_data(list)) {
     /* space may have been freed by someone else meanwhile */
     if (full_can_leave(s))
-      s->full = false;
+      full_set(s, false);
     else
       refuse_data(s, list);
   }
@@ -929,6 +972,23 @@ static int open_db(struct qstore *s, sqlite3 **db, bool readonly, char *err,
                        : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
   /* Each connection is used by one thread at a time (ldb under lmu). */
   flags |= SQLITE_OPEN_NOMUTEX;
+  if (!readonly) {
+    /* SQLite would create queue.db 0644 less the umask; the queue holds
+     * other people's mail: owner only. Its -wal and -shm take the
+     * database file's mode (the unix VFS copies it), so they are 0600
+     * too. A spool made 0644 by an older version is tightened. */
+    int fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 ||
+        ((sb.st_mode & 077) && fchmod(fd, sb.st_mode & 0700) != 0)) {
+      int en = errno;
+      set_err(err, cap, "%s: %s", s->path, strerror(en));
+      if (fd >= 0)
+        close(fd);
+      return en == ENOSPC || en == EDQUOT ? TERN_ENOSPC : TERN_EIO;
+    }
+    close(fd);
+  }
   int rc = sqlite3_open_v2(s->path, db, flags, NULL);
   if (rc != SQLITE_OK) {
     set_err(err, cap, "%s: %s", s->path,
@@ -1229,6 +1289,7 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
   snprintf(s->reserve_path, plen, "%s/reserve", dir);
   pthread_mutex_init(&s->lmu, NULL);
   pthread_mutex_init(&s->idmu, NULL);
+  pthread_mutex_init(&s->nmu, NULL);
   worker_init(&s->writer);
   worker_init(&s->reader);
 
@@ -1304,7 +1365,7 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
   seed_ids(s);
   /* Without room for the reserve we start as after a full disk. */
   if (!full_can_leave(s)) {
-    s->full = true;
+    s->full = s->note_full = true; /* told when someone listens */
     unlink(s->reserve_path);
   }
   e = start_thread(&s->writer, writer_main, s);
@@ -1342,6 +1403,7 @@ void qstore_close(struct qstore *s)
     close(s->lockfd);
   pthread_mutex_destroy(&s->lmu);
   pthread_mutex_destroy(&s->idmu);
+  pthread_mutex_destroy(&s->nmu);
   free(s->dir);
   free(s->path);
   free(s->reserve_path);

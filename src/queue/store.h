@@ -129,6 +129,20 @@ void qstore_new_id(struct qstore *s, char out[TERN_QUEUE_ID_MAX]);
  * TERN_EIO (uv_async_init failed). */
 int qstore_sink_new(struct qstore *s, uv_loop_t *loop,
                     struct qstore_sink **out);
+
+/*
+ * Tell cb(arg, full, need) on k's loop when the store enters full mode
+ * (full true: new messages are refused until `need` bytes are free) and
+ * when it leaves it (full false). If the store is in full mode already
+ * (it opened on a full disk), cb hears of it at once (on k's loop,
+ * never inside this call). The writer thread posts to k: call
+ * qstore_set_notify(s, NULL, NULL, NULL) before freeing k; after that
+ * call returns nothing new is posted (a notice already posted runs, or
+ * is dropped with k).
+ */
+void qstore_set_notify(struct qstore *s, struct qstore_sink *k,
+                       void (*cb)(void *arg, bool full, uint64_t need),
+                       void *arg);
 void qstore_sink_free(struct qstore_sink *k);
 
 typedef void (*qstore_done_fn)(void *arg, int status);

@@ -16,7 +16,15 @@
 
 /* ---- operations ---------------------------------------------------------- */
 
-enum op_type { OP_CHUNK, OP_COMMIT, OP_DROP, OP_UPDATE, OP_READ, OP_HOME };
+enum op_type {
+  OP_CHUNK,
+  OP_COMMIT,
+  OP_DROP,
+  OP_UPDATE,
+  OP_READ,
+  OP_HOME,
+  OP_NOTE /* full mode entered (status 1) or left (0): qstore_set_notify */
+};
 
 /* A deep copy of a qstore_update. */
 struct upd {
@@ -50,6 +58,7 @@ struct op {
   void (*home_cb)(void *arg, struct qstore_msg *m);
   void *home_arg;
   struct qstore_msg *home_msg; /* OP_HOME: handed to home_cb */
+  void (*note_cb)(void *arg, bool full, uint64_t need); /* OP_NOTE */
   /* update */
   struct upd u;
 };
@@ -109,6 +118,13 @@ struct qstore {
   struct idnode *cleanup; /* writer only */
   char *reserve_path;     /* DIR/reserve */
   bool full;              /* writer only: refusing new data */
+  /* Who hears of full mode (qstore_set_notify), under nmu; note_full is
+   * the state last told (or to be told once someone listens). */
+  pthread_mutex_t nmu;
+  struct qstore_sink *note_k;
+  void (*note_cb)(void *arg, bool full, uint64_t need);
+  void *note_arg;
+  bool note_full;
   int wal_frames;         /* writer only: in the WAL after the last commit */
 
   pthread_mutex_t idmu;

@@ -697,6 +697,46 @@ static void test_nosync(void **state)
   free(dir);
 }
 
+/* queue.db, -wal and -shm hold other people's mail: 0600 whatever the
+ * umask lets through (SQLite would make them 0644). */
+static mode_t mode_of(const char *dir, const char *name)
+{
+  char p[512];
+  struct stat sb;
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  if (stat(p, &sb) != 0)
+    fail_msg("%s: %s", p, strerror(errno));
+  return sb.st_mode & 07777;
+}
+
+static void test_modes(void **state)
+{
+  (void)state;
+  mode_t old = umask(022);
+  struct fx f;
+  fx_open(&f, NULL);
+  struct done d = {0};
+  submit(f.k, "MODES", 5000, 4096, 1, &d, NULL);
+  run_until(&f.loop, &d.n, 2);
+  assert_int_equal(d.status[1], 0);
+  /* while open: the WAL and its index exist */
+  assert_int_equal(mode_of(f.dir, "queue.db"), 0600);
+  assert_int_equal(mode_of(f.dir, "queue.db-wal"), 0600);
+  assert_int_equal(mode_of(f.dir, "queue.db-shm"), 0600);
+  assert_int_equal(mode_of(f.dir, "."), 0700);
+  char *dir = f.dir;
+  fx_close(&f, true);
+  /* a spool an older version left 0644 is tightened at open */
+  char p[512];
+  snprintf(p, sizeof p, "%s/queue.db", dir);
+  assert_int_equal(chmod(p, 0644), 0);
+  fx_open(&f, dir);
+  assert_int_equal(mode_of(f.dir, "queue.db"), 0600);
+  fx_close(&f, false);
+  free(dir);
+  umask(old);
+}
+
 /* ---- DSNs ---------------------------------------------------------------- */
 
 static void dsn_case(struct fx *f, const char *orig, const char *dsn_id,
@@ -1282,6 +1322,7 @@ int main(int argc, char **argv)
       cmocka_unit_test(test_commit_hole),
       cmocka_unit_test(test_drop),
       cmocka_unit_test(test_nosync),
+      cmocka_unit_test(test_modes),
       cmocka_unit_test(test_group_commit),
       cmocka_unit_test(test_update),
       cmocka_unit_test(test_dsn),
