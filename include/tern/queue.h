@@ -70,19 +70,34 @@ enum tern_queue_event_type {
   TERN_QEV_DELAYED,     /* a delay warning was queued */
   TERN_QEV_REMOVED,     /* every recipient is done: the message is gone */
   TERN_QEV_DELETED,     /* removed by tern_queue_delete */
-  TERN_QEV_ERROR        /* the store failed (detail says how) */
+  TERN_QEV_ERROR,       /* the store failed (detail says how); also
+                           when the disk fills: detail "disk full: new
+                           mail refused (452 4.3.1) until N MiB are free
+                           in DIR", id "" */
+  TERN_QEV_RESUMED      /* the disk has room again: new mail is
+                           accepted (detail "disk space back: accepting
+                           mail again", id "") */
 };
 
 struct tern_queue_event {
   enum tern_queue_event_type type;
-  const char *id;          /* the message's queue id */
+  const char *id;          /* the message's queue id; "" for an event
+                              about the whole queue (the disk) */
   const char *rcpt;        /* the recipient, or NULL */
   const struct tern_reply *reply; /* its reply (delivered, deferred,
                                      failed), or NULL */
   const char *remote_mta;  /* who answered, or NULL (local) */
   const char *bounce_id;   /* TERN_QEV_BOUNCE/_DELAYED: the DSN's id */
   time_t retry_at;         /* TERN_QEV_DEFERRED: the next attempt */
-  const char *detail;      /* words, never NULL */
+  /* Words, never NULL. TERN_QEV_FAILED: "failed" (a 5xx), or, when the
+   * recipient's queue lifetime ended with a 4xx, "expired after 5 d in
+   * the queue; last reply: 451 4.4.1 ..." (a detail that begins with
+   * "expired" means expiry; `expired` says the same). TERN_QEV_DEFERRED:
+   * "deferred", "deferred: destination suspended, not tried" (see
+   * tern_queue_job_unreachable), or "too many recipients for one
+   * transaction: retried at once". */
+  const char *detail;
+  bool expired;            /* TERN_QEV_FAILED: the lifetime ended */
 };
 
 struct tern_queue_options {
@@ -97,7 +112,14 @@ struct tern_queue_options {
                                this long deferred; 0 = never (default) */
   unsigned concurrency;     /* jobs at once per destination; default 20 */
   unsigned max_active;      /* jobs at once in all; default 200 */
-  unsigned max_job_rcpts;   /* recipients per job; default 100 */
+  unsigned max_job_rcpts;   /* recipients per job; default 50 (Postfix's
+                               smtp_destination_recipient_limit). A
+                               recipient answered "452 4.5.3" (RFC 5321
+                               §4.5.3.1.10; or 452 with "too many
+                               recipients" and no enhanced code) while
+                               the next hop took others of the job is
+                               tried again at once in a new job, the
+                               attempt not counted */
   bool fsync;               /* default true; false loses acknowledged mail
                                on a crash (benchmarks, tests) */
   /* Where a DSN about a message from <> goes (a double bounce), e.g.
@@ -137,7 +159,7 @@ tern_queue_options_init(struct tern_queue_options *o) {
   d.retry_max_s = 3600;
   d.concurrency = 20;
   d.max_active = 200;
-  d.max_job_rcpts = 100;
+  d.max_job_rcpts = 50;
   d.fsync = true;
   *o = d;
 }
@@ -306,11 +328,18 @@ TERN_EXTERN void tern_queue_job_done(struct tern_queue_job *job,
  * result is deferred with `r` (attempt counted), and the destination is
  * suspended, as Postfix's queue manager does with a dead destination:
  * the jobs of that destination waiting to start are deferred with the
- * same reply without being tried, no job of it starts until retry_min_s
- * has passed, and then one at a time (a probe) until a job of it ends
- * with tern_queue_job_done again. Ends the job like tern_queue_job_done
- * (the handle is gone after this call). r NULL: 451 4.4.1 "next hop
- * unreachable".
+ * same reply without being tried (attempt counted, back-off as usual;
+ * event detail "deferred: destination suspended, not tried"), no job of
+ * it starts until retry_min_s has passed, and then one at a time (a
+ * probe) until a job of it ends with tern_queue_job_done again, which
+ * lifts the suspension (full concurrency again). Mail for a suspended
+ * destination that becomes due meanwhile (new mail, retries) waits,
+ * queued and untried, for the probe: if that ends unreachable too, it is
+ * deferred with the probe's reply; if it ends with done, it goes. Jobs
+ * of the destination already running when it is suspended run on. Ends
+ * the job like tern_queue_job_done (the handle is gone after this call).
+ * r NULL (or not a 4xx: an unreachable hop is a temporary failure):
+ * 451 4.4.1 "next hop unreachable".
  */
 TERN_EXTERN void tern_queue_job_unreachable(struct tern_queue_job *job,
                                             const struct tern_reply *r);

@@ -38,7 +38,9 @@
 #include "queue_int.h"
 
 /* retry_min doubling per attempt up to retry_max, plus up to 10% so
- * that messages deferred together do not come back together. */
+ * that messages deferred together do not come back together. Drawn once
+ * per job outcome: the recipients of one job keep one retry time, and
+ * come back in one transaction. */
 static int64_t backoff(struct tern_queue *q, unsigned attempts) {
   uint64_t d = q->o.retry_min_s;
   for (unsigned i = 1; i < attempts && d < q->o.retry_max_s; i++)
@@ -70,6 +72,43 @@ static bool is_double_bounce(const struct tern_queue *q,
     if (strcasecmp(m->rcpts[i].addr, q->postmaster) != 0)
       return false;
   return true;
+}
+
+/* Does s contain w (ASCII, case-insensitive)? */
+static bool has_words(const char *s, const char *w) {
+  size_t n = strlen(w);
+  for (; s && *s; s++) {
+    size_t i = 0;
+    while (i < n && s[i] && (s[i] | 0x20) == (w[i] | 0x20))
+      i++;
+    if (i == n)
+      return true;
+  }
+  return false;
+}
+
+/* "452 4.5.3 Too many recipients" (RFC 5321 §4.5.3.1.10): the next hop
+ * took fewer recipients than the transaction offered. Not a failure of
+ * the recipient: the rest goes in the next transaction. Without an
+ * enhanced code, the text says it. */
+static bool too_many_rcpts(const struct qres *x) {
+  if (x->code != 452)
+    return false;
+  if (x->enhanced)
+    return strcmp(x->enhanced, "4.5.3") == 0;
+  return has_words(x->text, "too many recipients");
+}
+
+/* "5 d", "3 h", "12 min", "40 s": how long a message waited. */
+static void fmt_age(int64_t s, char *buf, size_t cap) {
+  if (s >= 86400)
+    snprintf(buf, cap, "%lld d", (long long)(s / 86400));
+  else if (s >= 3600)
+    snprintf(buf, cap, "%lld h", (long long)(s / 3600));
+  else if (s >= 60)
+    snprintf(buf, cap, "%lld min", (long long)(s / 60));
+  else
+    snprintf(buf, cap, "%lld s", (long long)(s < 0 ? 0 : s));
 }
 
 /* A null-sender message with a failure that should have been reported
@@ -119,6 +158,21 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
   bool warn = q->o.delay_warning_s && !m->warned && m->from[0] &&
               now - m->arrival >= (int64_t)q->o.delay_warning_s;
   bool expired = now >= m->arrival + (int64_t)q->o.lifetime_s;
+  /* One retry time for every recipient this outcome defers, from the
+   * most tried of them. */
+  unsigned most = 0;
+  for (size_t i = 0; i < j->n; i++)
+    if (m->rcpts[j->idx[i]].attempts + 1 > most)
+      most = m->rcpts[j->idx[i]].attempts + 1;
+  int64_t retry_at = now + backoff(q, most);
+  /* A "too many recipients" answer only counts as such when the next
+   * hop took (or refused for good) some other recipient of the job:
+   * one that says it to every recipient would otherwise be retried at
+   * once forever. */
+  bool progress = false;
+  for (size_t i = 0; i < j->n; i++)
+    if (j->res[i].set && !too_many_rcpts(&j->res[i]))
+      progress = true;
 
   for (size_t i = 0; i < j->n; i++) {
     struct qrcpt *rc = &m->rcpts[j->idx[i]];
@@ -133,24 +187,42 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
     u->remote_mta = x->remote;
     int cls = x->code / 100;
     const char *action = NULL;
-    if (cls == 2) {
+    if (progress && j->res[i].set && too_many_rcpts(x)) {
+      /* Not an attempt: the same state, tried again at once in a new
+       * transaction. */
+      u->state = rc->state;
+      u->attempts = rc->attempts;
+      u->next_try = now;
+      rcpt_event(q, TERN_QEV_DEFERRED, m, rc, x, (time_t)now,
+                 "too many recipients for one transaction: retried at once");
+    } else if (cls == 2) {
       u->state = QS_DELIVERED;
       rcpt_event(q, TERN_QEV_DELIVERED, m, rc, x, 0, "delivered");
       if ((rc->notify & TERN_NOTIFY_SUCCESS) && !x->remote && m->from[0])
         action = "delivered";
     } else if (cls == 4 && !expired) {
       u->state = QS_DEFERRED;
-      u->next_try = now + backoff(q, u->attempts);
+      u->next_try = retry_at;
       rcpt_event(q, TERN_QEV_DEFERRED, m, rc, x, (time_t)u->next_try,
-                 "deferred");
+                 j->untried ? "deferred: destination suspended, not tried"
+                            : "deferred");
       if (warn && (rc->notify == 0 || (rc->notify & TERN_NOTIFY_DELAY))) {
         action = "delayed";
         any_delayed = true;
       }
     } else {
       u->state = QS_FAILED;
-      rcpt_event(q, TERN_QEV_FAILED, m, rc, x, 0,
-                 cls == 4 ? "expired: queue lifetime ended" : "failed");
+      if (cls == 4) {
+        char age[32], d[512];
+        fmt_age(now - m->arrival, age, sizeof age);
+        snprintf(d, sizeof d, "expired after %s in the queue; last reply: %s",
+                 age, strs[i] ? strs[i] : "");
+        q_event_ex(q, TERN_QEV_FAILED, m->id, rc->addr,
+                   &(struct tern_reply){x->code, x->enhanced, x->text},
+                   x->remote, d, true);
+      } else {
+        rcpt_event(q, TERN_QEV_FAILED, m, rc, x, 0, "failed");
+      }
       if (rc->notify != 0 && !(rc->notify & TERN_NOTIFY_FAILURE)) {
         rcpt_event(q, TERN_QEV_NO_BOUNCE, m, rc, x, 0,
                    (rc->notify & TERN_NOTIFY_NEVER) ? "NOTIFY=NEVER"

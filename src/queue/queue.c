@@ -96,6 +96,23 @@ void q_on_home(void *arg, struct qstore_msg *sm) {
 
 /* ---- opening and closing ------------------------------------------------- */
 
+/* The store entered or left its disk-full mode (on the home loop, from
+ * the store's writer thread through the home sink): the application
+ * hears of it, or the only sign would be 452s to the clients. */
+static void on_full(void *arg, bool full, uint64_t need) {
+  struct tern_queue *q = arg;
+  char d[512];
+  if (full)
+    snprintf(d, sizeof d,
+             "disk full: new mail refused (452 4.3.1) until %llu MiB are "
+             "free in %s",
+             (unsigned long long)((need + (1u << 20) - 1) >> 20), q->dir);
+  else
+    snprintf(d, sizeof d, "disk space back: accepting mail again");
+  q_event(q, full ? TERN_QEV_ERROR : TERN_QEV_RESUMED, "", NULL, NULL, NULL,
+          NULL, 0, d);
+}
+
 int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
                     const struct tern_queue_options *opts) {
   if (!out)
@@ -162,6 +179,7 @@ int tern_queue_open(struct tern_queue **out, uv_loop_t *loop,
     seterr(err, cap, "cannot create the queue's mailbox");
     goto fail;
   }
+  qstore_set_notify(q->store, q->home, on_full, q);
   uv_timer_init(loop, &q->timer);
   uv_timer_init(loop, &q->close_timer);
   uv_idle_init(loop, &q->kick);
@@ -227,6 +245,7 @@ static void on_close_timer(uv_timer_t *t) {
   }
   if (q->close_phase == 2 && idle(q)) {
     q->close_phase = 3;
+    qstore_set_notify(q->store, NULL, NULL, NULL);
     qstore_sink_free(q->home);
     q->home = NULL;
     uv_close((uv_handle_t *)&q->timer, on_handle_closed);
@@ -309,7 +328,9 @@ static int list_cb(const struct qstore_msg *m, void *arg) {
         .dest = s->dest ? s->dest : "",
         .state = st,
         .attempts = s->attempts,
-        .next_try = (time_t)s->next_try,
+        /* A held message is not tried: no retry time to show (the
+         * stored one is kept for its release). */
+        .next_try = m->held ? 0 : (time_t)s->next_try,
         .last_code = s->last_code,
         .last_reply = s->last_reply ? s->last_reply : "",
     };

@@ -68,6 +68,15 @@ struct qdest {
   char *name;
   struct tern_queue_job *head, *tail; /* ready FIFO */
   unsigned active;
+  /* Suspended by tern_queue_job_unreachable: no job starts before
+   * susp_until (unix seconds), then one at a time (a probe) until a job
+   * ends with tern_queue_job_done. Jobs that become ready meanwhile wait
+   * in the FIFO: the next unreachable outcome defers them with its
+   * reply, a done one lets them go. */
+  bool suspended;
+  int64_t susp_until;
+  int susp_code; /* the reply the waiting jobs are deferred with */
+  char *susp_enhanced, *susp_text;
   bool runnable; /* in q->run ring */
   struct qdest *run_next;
   struct qdest *next; /* all destinations */
@@ -87,6 +96,8 @@ struct tern_queue_job {
   struct tern_queue_job *rprev, *rnext; /* running or cancelled list */
   bool running, cancelled, finished;
   bool reading;
+  bool untried; /* deferred without being handed to deliver (its
+                   destination is suspended) */
   uint32_t seq;
   void (*read_cb)(void *arg, const char *buf, size_t len, int status);
   void *read_arg;
@@ -175,6 +186,11 @@ void q_event(struct tern_queue *q, enum tern_queue_event_type type,
              const char *id, const char *rcpt, const struct tern_reply *r,
              const char *remote, const char *bounce_id, time_t retry_at,
              const char *detail);
+/* The same with the event's `expired` flag (a recipient's lifetime
+ * ended). */
+void q_event_ex(struct tern_queue *q, enum tern_queue_event_type type,
+                const char *id, const char *rcpt, const struct tern_reply *r,
+                const char *remote, const char *detail, bool expired);
 uint64_t q_rand(struct tern_queue *q);
 /* Unix seconds, from the clock the timer compares with. */
 int64_t q_now_s(void);

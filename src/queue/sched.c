@@ -34,23 +34,37 @@ uint64_t q_rand(struct tern_queue *q) {
   return x * 0x2545F4914F6CDD1DULL;
 }
 
-void q_event(struct tern_queue *q, enum tern_queue_event_type type,
-             const char *id, const char *rcpt, const struct tern_reply *r,
-             const char *remote, const char *bounce_id, time_t retry_at,
-             const char *detail) {
+static void event(struct tern_queue *q, enum tern_queue_event_type type,
+                  const char *id, const char *rcpt, const struct tern_reply *r,
+                  const char *remote, const char *bounce_id, time_t retry_at,
+                  const char *detail, bool expired) {
   if (!q->o.on_event)
     return;
   struct tern_queue_event ev = {
       .type = type,
-      .id = id,
+      .id = id ? id : "",
       .rcpt = rcpt,
       .reply = r,
       .remote_mta = remote,
       .bounce_id = bounce_id,
       .retry_at = retry_at,
       .detail = detail ? detail : "",
+      .expired = expired,
   };
   q->o.on_event(&ev, q->o.ud);
+}
+
+void q_event(struct tern_queue *q, enum tern_queue_event_type type,
+             const char *id, const char *rcpt, const struct tern_reply *r,
+             const char *remote, const char *bounce_id, time_t retry_at,
+             const char *detail) {
+  event(q, type, id, rcpt, r, remote, bounce_id, retry_at, detail, false);
+}
+
+void q_event_ex(struct tern_queue *q, enum tern_queue_event_type type,
+                const char *id, const char *rcpt, const struct tern_reply *r,
+                const char *remote, const char *detail, bool expired) {
+  event(q, type, id, rcpt, r, remote, NULL, 0, detail, expired);
 }
 
 /* ---- messages in memory -------------------------------------------------- */
@@ -302,8 +316,16 @@ static struct qdest *dest_get(struct tern_queue *q, const char *name) {
   return d;
 }
 
+/* How many jobs of d may run now: the concurrency, or while suspended
+ * none until susp_until, then one (the probe). */
+static unsigned dest_cap(const struct tern_queue *q, const struct qdest *d) {
+  if (!d->suspended)
+    return q->o.concurrency;
+  return q_now_s() >= d->susp_until ? 1 : 0;
+}
+
 static void run_push(struct tern_queue *q, struct qdest *d) {
-  if (d->runnable || !d->head || d->active >= q->o.concurrency)
+  if (d->runnable || !d->head || d->active >= dest_cap(q, d))
     return;
   d->runnable = true;
   d->run_next = NULL;
@@ -366,8 +388,19 @@ static void job_discard(struct tern_queue *q, struct tern_queue_job *j) {
   }
 }
 
+/* Recipient o can join a job for destination `dest`. */
+static bool joins(const struct qrcpt *o, const char *dest) {
+  return (o->state == QS_QUEUED || o->state == QS_DEFERRED) &&
+         o->busy == QB_IDLE && strcmp(o->dest, dest) == 0;
+}
+
 /* The message's recipients due by `now` become jobs, one per destination
- * (and per max_job_rcpts recipients), in their destinations' FIFOs. */
+ * (and per max_job_rcpts recipients), in their destinations' FIFOs. A
+ * due recipient takes along every waiting recipient of the message for
+ * the same destination, due or not: a message's recipients for one
+ * destination travel in one transaction, as Postfix keeps them, instead
+ * of being split by retry times that differ by seconds (results of
+ * different jobs, a restart). */
 static void make_ready(struct tern_queue *q, struct qmsg *m, int64_t now) {
   for (size_t i = 0; i < m->nrcpts; i++) {
     struct qrcpt *r = &m->rcpts[i];
@@ -375,13 +408,9 @@ static void make_ready(struct tern_queue *q, struct qmsg *m, int64_t now) {
         r->busy != QB_IDLE || r->next_try > now)
       continue;
     size_t n = 0;
-    for (size_t k = i; k < m->nrcpts && n < q->o.max_job_rcpts; k++) {
-      const struct qrcpt *o = &m->rcpts[k];
-      if ((o->state == QS_QUEUED || o->state == QS_DEFERRED) &&
-          o->busy == QB_IDLE && o->next_try <= now &&
-          strcmp(o->dest, r->dest) == 0)
+    for (size_t k = 0; k < m->nrcpts && n < q->o.max_job_rcpts; k++)
+      if (joins(&m->rcpts[k], r->dest))
         n++;
-    }
     struct qdest *d = dest_get(q, r->dest);
     struct tern_queue_job *j = d ? job_new(q, m, d, n) : NULL;
     if (!j) {
@@ -390,11 +419,12 @@ static void make_ready(struct tern_queue *q, struct qmsg *m, int64_t now) {
       r->next_try = now + 60;
       continue;
     }
-    for (size_t k = i; k < m->nrcpts && j->n < n; k++) {
+    /* r first: it is due, and the cap may leave others for later. */
+    r->busy = QB_READY;
+    j->idx[j->n++] = (uint32_t)i;
+    for (size_t k = 0; k < m->nrcpts && j->n < n; k++) {
       struct qrcpt *o = &m->rcpts[k];
-      if ((o->state == QS_QUEUED || o->state == QS_DEFERRED) &&
-          o->busy == QB_IDLE && o->next_try <= now &&
-          strcmp(o->dest, r->dest) == 0) {
+      if (joins(o, r->dest)) {
         o->busy = QB_READY;
         j->idx[j->n++] = (uint32_t)k;
       }
@@ -422,18 +452,32 @@ static void on_timer(uv_timer_t *t) {
     make_ready(q, m, now / 1000);
     q_msg_resched(q, m); /* recipients due later, or none */
   }
+  /* Suspended destinations whose time is up: a probe may start. */
+  for (struct qdest *d = q->dests; d; d = d->next)
+    if (d->suspended)
+      run_push(q, d);
   q_timer_arm(q);
   q_pump(q);
 }
 
 void q_timer_arm(struct tern_queue *q) {
-  if (q->close_phase || !q->heap_len) {
+  bool any = q->heap_len > 0;
+  int64_t at = any ? q->heap[0]->due : 0;
+  /* A suspended destination with jobs waiting and none running wakes
+   * the timer when its probe may start (once in the run ring, the pump
+   * takes it from there). */
+  for (struct qdest *d = q->dests; d; d = d->next)
+    if (d->suspended && d->head && !d->runnable && d->active == 0 &&
+        (!any || d->susp_until < at)) {
+      at = d->susp_until;
+      any = true;
+    }
+  if (q->close_phase || !any) {
     if (q->timer_armed)
       uv_timer_stop(&q->timer);
     q->timer_armed = false;
     return;
   }
-  int64_t at = q->heap[0]->due;
   if (q->timer_armed && q->timer_at == at)
     return;
   int64_t delay = at * 1000 - now_ms();
@@ -499,7 +543,7 @@ void q_pump(struct tern_queue *q) {
     struct qdest *d = run_pop(q);
     if (!d)
       break;
-    if (!d->head || d->active >= q->o.concurrency)
+    if (!d->head || d->active >= dest_cap(q, d))
       continue;
     struct tern_queue_job *j = d->head;
     d->head = j->next;
@@ -559,6 +603,8 @@ void q_sched_free(struct tern_queue *q) {
     }
     struct qdest *n = d->next;
     free(d->name);
+    free(d->susp_enhanced);
+    free(d->susp_text);
     free(d);
     d = n;
   }
@@ -675,8 +721,69 @@ void tern_queue_job_result(struct tern_queue_job *job, size_t i,
   x->set = true;
 }
 
-void tern_queue_job_done(struct tern_queue_job *job,
+/* A job that ended (or was deferred without starting) gives its
+ * recipients back to the scheduler; its message is freed if it went
+ * meanwhile and this was its last job. */
+static void job_release(struct tern_queue *q, struct tern_queue_job *j) {
+  struct qmsg *m = j->msg;
+  for (size_t i = 0; i < j->n; i++)
+    m->rcpts[j->idx[i]].busy = QB_IDLE;
+  m->njobs--;
+  if (m->gone) {
+    if (m->njobs == 0)
+      free(m);
+  } else {
+    q_msg_resched(q, m);
+  }
+}
+
+/* Defer every job waiting in d's FIFO with d's suspension reply, without
+ * handing it to deliver: the attempt is counted and backs off as if it
+ * had been made (it would have met the same dead next hop). */
+static void defer_waiting(struct tern_queue *q, struct qdest *d) {
+  struct tern_reply r = {d->susp_code, d->susp_enhanced,
+                         d->susp_text ? d->susp_text : "next hop unreachable"};
+  while (d->head) {
+    struct tern_queue_job *j = d->head;
+    d->head = j->next;
+    if (!d->head)
+      d->tail = NULL;
+    j->next = NULL;
+    q->ready--;
+    if (j->msg->gone || j->msg->held) {
+      job_discard(q, j);
+      continue;
+    }
+    j->untried = true;
+    q_outcome(q, j, &r);
+    job_release(q, j);
+    job_free(j);
+  }
+}
+
+/* tern_queue_job_unreachable: suspend d with reply r (copied; on no
+ * memory the code alone, which is what decides). */
+static void dest_suspend(struct tern_queue *q, struct qdest *d,
                          const struct tern_reply *r) {
+  free(d->susp_enhanced);
+  free(d->susp_text);
+  d->susp_code = r->code;
+  d->susp_enhanced = r->enhanced ? strdup(r->enhanced) : NULL;
+  d->susp_text = strdup(r->text ? r->text : "");
+  d->suspended = true;
+  d->susp_until = q_now_s() + (int64_t)q->o.retry_min_s;
+  defer_waiting(q, d);
+}
+
+static void dest_resume(struct qdest *d) {
+  d->suspended = false;
+  free(d->susp_enhanced);
+  free(d->susp_text);
+  d->susp_enhanced = d->susp_text = NULL;
+}
+
+static void job_end(struct tern_queue_job *job, const struct tern_reply *r,
+                    bool unreachable) {
   if (!job || job->finished)
     return;
   struct tern_queue *q = job->q;
@@ -696,19 +803,29 @@ void tern_queue_job_done(struct tern_queue_job *job,
   q->active--;
   if (!m->gone)
     q_outcome(q, job, r);
-  for (size_t i = 0; i < job->n; i++)
-    m->rcpts[job->idx[i]].busy = QB_IDLE;
-  m->njobs--;
-  if (m->gone) {
-    if (m->njobs == 0)
-      free(m);
-  } else {
-    q_msg_resched(q, m);
-  }
+  job_release(q, job);
+  if (unreachable)
+    dest_suspend(q, job->dest, r);
+  else if (job->dest->suspended)
+    dest_resume(job->dest); /* the destination answers again */
   run_push(q, job->dest);
   if (!job->reading)
     job_free(job);
   /* Not q_pump(): deliver must not run inside the application's call. */
   q_kick(q);
+  q_timer_arm(q);
   q_close_step(q);
+}
+
+void tern_queue_job_done(struct tern_queue_job *job,
+                         const struct tern_reply *r) {
+  job_end(job, r, false);
+}
+
+void tern_queue_job_unreachable(struct tern_queue_job *job,
+                                const struct tern_reply *r) {
+  struct tern_reply dflt = {451, "4.4.1", "next hop unreachable"};
+  if (!r || r->code < 400 || r->code > 499)
+    r = &dflt;
+  job_end(job, r, true);
 }

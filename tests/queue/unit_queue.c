@@ -63,6 +63,9 @@ struct fx {
   struct tern_queue_port *port;
   /* deliver */
   bool defer_ok, hold;
+  bool unreach;      /* relay jobs: tern_queue_job_unreachable at once */
+  bool too_many;     /* recipients from accept_max on get 452 4.5.3 */
+  size_t accept_max;
   struct jobrec jobs[MAXJOBS];
   int njobs;
   struct live *held[MAXJOBS];
@@ -72,8 +75,11 @@ struct fx {
   int ev[16];
   char last_bounce[TERN_QUEUE_ID_MAX];
   char last_detail[128];
-  char last_error[128];
+  char last_error[256];
+  char full_detail[256]; /* the last "disk full" error */
+  int nfull;
   time_t last_retry;
+  bool last_expired;
   /* submission */
   int done;
   int code;
@@ -90,6 +96,9 @@ static int count_ev(struct fx *f, enum tern_queue_event_type t) {
 static void on_event(const struct tern_queue_event *ev, void *ud) {
   struct fx *f = ud;
   f->ev[ev->type]++;
+  if (getenv("QDBG"))
+    fprintf(stderr, "%ld event %d %s %s\n", (long)time(NULL), (int)ev->type,
+            ev->id ? ev->id : "-", ev->detail ? ev->detail : "-");
   assert_non_null(ev->detail);
   assert_non_null(ev->id);
   if (ev->bounce_id)
@@ -98,8 +107,15 @@ static void on_event(const struct tern_queue_event *ev, void *ud) {
     f->last_retry = ev->retry_at;
   if (ev->type == TERN_QEV_ERROR)
     snprintf(f->last_error, sizeof f->last_error, "%s", ev->detail);
+  if (ev->type == TERN_QEV_ERROR && strncmp(ev->detail, "disk full", 9) == 0) {
+    snprintf(f->full_detail, sizeof f->full_detail, "%s", ev->detail);
+    assert_string_equal(ev->id, ""); /* about the queue, not a message */
+    f->nfull++;
+  }
   if (ev->type == TERN_QEV_NO_BOUNCE || ev->type == TERN_QEV_FAILED)
     snprintf(f->last_detail, sizeof f->last_detail, "%s", ev->detail);
+  if (ev->type == TERN_QEV_FAILED)
+    f->last_expired = ev->expired;
 }
 
 static void finish(struct live *l) {
@@ -112,6 +128,8 @@ static void finish(struct live *l) {
     else if (strncmp(a, "fail8", 5) == 0) /* a next hop's raw bytes */
       r = (struct tern_reply){550, "5.1.1",
                               "Empf\xe4nger unbekannt \x1b[31m\x01"};
+    else if (f->too_many && i >= f->accept_max)
+      r = (struct tern_reply){452, "4.5.3", "Too many recipients"};
     else if (strncmp(a, "fail", 4) == 0)
       r = (struct tern_reply){550, "5.1.1", "<fail> user unknown"};
     tern_queue_job_result(
@@ -174,6 +192,14 @@ static void deliver(struct tern_queue_job *job,
   r->nrcpts = info->nrcpts;
   r->is_bounce = info->is_bounce;
   r->attempt = info->attempt;
+  if (f->unreach && strcmp(info->dest, "relay") == 0) {
+    /* a dead next hop, found out inside deliver */
+    struct tern_reply down = {421, "4.4.2", "mx.test down"};
+    f->in_call = true;
+    tern_queue_job_unreachable(job, &down);
+    f->in_call = false;
+    return;
+  }
   if (strcmp(info->dest, "relay") == 0) {
     if (++f->inflight_relay > f->max_relay)
       f->max_relay = f->inflight_relay;
@@ -721,7 +747,11 @@ static void test_expiry(void **state) {
   fx_open(f);
   submit(f, "sender@example.org", "defer@example.net", 0);
   assert_true(run_until(f, &f->ev[TERN_QEV_FAILED], 1, 10000));
-  assert_string_equal(f->last_detail, "expired: queue lifetime ended");
+  /* says so, with the last reply, for a status=expired log line */
+  assert_true(f->last_expired);
+  assert_true(strncmp(f->last_detail, "expired after ", 14) == 0);
+  assert_non_null(strstr(f->last_detail, " s in the queue; last reply: "
+                                         "451 4.4.1 try again later"));
   assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 2, 10000));
   int b = find_job(f, true);
   assert_true(b >= 0);
@@ -770,6 +800,7 @@ static void test_hold_release_delete(void **state) {
   struct listed l = list_one(f, id, &rc);
   assert_int_equal(rc, 0);
   assert_true(l.held);
+  assert_int_equal(l.next_try[0], 0); /* not tried while held */
   f->defer_ok = true;
   assert_int_equal(tern_queue_hold(f->q, id, false), 0);
   assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 1, 10000));
@@ -939,6 +970,222 @@ static void test_delay_warning(void **state) {
   f->defer_ok = true;
   assert_int_equal(tern_queue_flush(f->q, NULL), 0);
   assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 3, 10000));
+  fx_free(f);
+}
+
+/* ---- review fixes: dead destinations, grouping, 452 4.5.3 ---------------- */
+
+/* Over every listed recipient: how many are in `state` with `reply`
+ * (NULL: any), and the range of their next_try and attempts. */
+struct tally {
+  enum tern_queue_rcpt_state state;
+  const char *reply;
+  int n, match;
+  time_t min_next, max_next;
+  unsigned min_att, max_att;
+};
+
+static int tally_fn(const struct tern_queue_list_msg *m, void *arg) {
+  struct tally *t = arg;
+  for (size_t i = 0; i < m->nrcpts; i++) {
+    const struct tern_queue_list_rcpt *r = &m->rcpts[i];
+    t->n++;
+    if (r->state != t->state ||
+        (t->reply && strcmp(r->last_reply, t->reply) != 0))
+      continue;
+    if (!t->match || r->next_try < t->min_next)
+      t->min_next = r->next_try;
+    if (!t->match || r->next_try > t->max_next)
+      t->max_next = r->next_try;
+    if (!t->match || r->attempts < t->min_att)
+      t->min_att = r->attempts;
+    if (!t->match || r->attempts > t->max_att)
+      t->max_att = r->attempts;
+    t->match++;
+  }
+  return 0;
+}
+
+/* List until `want` recipients match (results are committed in the
+ * background), bounded. */
+static struct tally tally_wait(struct fx *f, enum tern_queue_rcpt_state st,
+                               const char *reply, int want) {
+  struct tally t;
+  for (int tries = 0; tries < 500; tries++) {
+    memset(&t, 0, sizeof t);
+    t.state = st;
+    t.reply = reply;
+    assert_int_equal(tern_queue_list(f->q, NULL, tally_fn, &t), 0);
+    if (t.match >= want)
+      break;
+    run_for(f, 10);
+  }
+  return t;
+}
+
+/* A dead next hop costs one connection attempt, not one per message:
+ * the first job finds it unreachable, the 199 others waiting for it are
+ * deferred without being tried; after retry_min one probe goes, and when
+ * it gets through the rest flows at full concurrency. */
+static void test_unreachable(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  f->o.retry_min_s = 1;
+  f->o.retry_max_s = 60;
+  /* 200 messages for the relay, queued while its one job hangs */
+  f->hold = true;
+  f->o.max_active = 1;
+  fx_open(f);
+  for (int i = 0; i < 200; i++)
+    submit(f, "s@example.org", "relay@example.net", 0);
+  assert_true(run_until(f, &f->nheld, 1, 10000));
+  fx_close(f, 0);
+  for (int i = 0; i < f->nheld; i++)
+    free(f->held[i]);
+  f->nheld = 0;
+  f->inflight_relay = f->max_relay = 0;
+  /* restart: all 200 due at once, 20 may run; the next hop is dead */
+  f->hold = false;
+  f->unreach = true;
+  f->o.max_active = 200;
+  memset(f->ev, 0, sizeof f->ev);
+  int jobs0 = f->njobs;
+  fx_open(f);
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 200, 10000));
+  assert_int_equal(f->njobs, jobs0 + 1);
+  struct tally t =
+      tally_wait(f, TERN_QRS_DEFERRED, "421 4.4.2 mx.test down", 200);
+  assert_int_equal(t.n, 200);
+  assert_int_equal(t.match, 200);
+  /* one attempt counted each (the hung job, cancelled, counts none) */
+  assert_int_equal(t.min_att, 1);
+  assert_int_equal(t.max_att, 1);
+  /* the next hop is back; one probe, held to see that it is alone */
+  f->unreach = false;
+  f->hold = true;
+  assert_true(run_until(f, &f->nheld, 1, 5000));
+  run_for(f, 300);
+  assert_int_equal(f->nheld, 1);
+  assert_int_equal(f->njobs, jobs0 + 2);
+  assert_int_equal(f->max_relay, 1);
+  /* it gets through: the rest goes, 20 at a time */
+  finish(f->held[--f->nheld]);
+  assert_true(run_until(f, &f->nheld, 20, 5000));
+  run_for(f, 100);
+  assert_int_equal(f->max_relay, 20);
+  double t0 = secs();
+  while (f->ev[TERN_QEV_REMOVED] < 200) {
+    assert_true(secs() - t0 < 30);
+    while (f->nheld > 0)
+      finish(f->held[--f->nheld]);
+    run_for(f, 5);
+  }
+  assert_int_equal(f->njobs, jobs0 + 201);
+  assert_int_equal(f->ev[TERN_QEV_DELIVERED], 200);
+  fx_free(f);
+}
+
+/* A second unreachable outcome (the probe) defers what waited for it;
+ * new mail to a suspended destination waits untried meanwhile. */
+static void test_unreachable_probe_fails(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  f->o.retry_min_s = 1;
+  f->o.retry_max_s = 60;
+  f->unreach = true;
+  fx_open(f);
+  submit(f, "s@example.org", "relay@example.net", 0);
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 1, 5000));
+  assert_int_equal(f->njobs, 1);
+  /* new mail while suspended: not handed to deliver */
+  submit(f, "s@example.org", "relay2@example.net", 0);
+  run_for(f, 200);
+  assert_int_equal(f->njobs, 1);
+  /* after retry_min: one probe, unreachable again: both deferred */
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 3, 5000));
+  assert_int_equal(f->njobs, 2);
+  /* a local message is not concerned */
+  submit(f, "s@example.org", "a@example.net", 0);
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 1, 5000));
+  fx_free(f);
+}
+
+/* The recipients of one message deferred together come back together:
+ * one retry time for the job's outcome, one job on retry (not split by
+ * per-recipient jitter). */
+static void test_retry_together(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  f->o.retry_min_s = 10; /* jitter up to 1 s */
+  f->o.retry_max_s = 10;
+  fx_open(f);
+  struct tern_queue_rcpt rs[50];
+  char addrs[50][32];
+  for (int i = 0; i < 50; i++) {
+    snprintf(addrs[i], sizeof addrs[i], "defer%d@example.net", i);
+    rs[i] = (struct tern_queue_rcpt){addrs[i], NULL, 0, "local"};
+  }
+  struct tern_queue_envelope e = {
+      .from = "s@example.org", .rcpts = rs, .nrcpts = 50};
+  submit_env(f, &e, body1, sizeof body1 - 1, sizeof body1, NULL);
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 50, 5000));
+  assert_int_equal(f->njobs, 1);
+  assert_int_equal(f->jobs[0].nrcpts, 50);
+  struct tally t = tally_wait(f, TERN_QRS_DEFERRED, NULL, 50);
+  assert_int_equal(t.match, 50);
+  assert_int_equal(t.min_next, t.max_next);
+  f->defer_ok = true;
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 1, 15000));
+  assert_int_equal(f->njobs, 2);
+  assert_int_equal(f->jobs[1].nrcpts, 50);
+  assert_int_equal(f->jobs[1].attempt, 2);
+  fx_free(f);
+}
+
+/* "452 4.5.3 Too many recipients" from the next hop: the rest goes at
+ * once in a new transaction, the attempt not counted. Jobs hold 50
+ * recipients by default. */
+static void test_too_many_rcpts(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  assert_int_equal(f->o.max_job_rcpts, 50);
+  fx_open(f);
+  f->too_many = true;
+  f->accept_max = 30;
+  struct tern_queue_rcpt rs[60];
+  char addrs[60][32];
+  for (int i = 0; i < 60; i++) {
+    snprintf(addrs[i], sizeof addrs[i], "relay%d@example.net", i);
+    rs[i] = (struct tern_queue_rcpt){addrs[i], NULL, 0, "relay"};
+  }
+  struct tern_queue_envelope e = {
+      .from = "s@example.org", .rcpts = rs, .nrcpts = 60};
+  submit_env(f, &e, body1, sizeof body1 - 1, sizeof body1, NULL);
+  /* 50 (30 taken, 20 "too many"), 10, then the 20 again */
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 1, 5000));
+  assert_int_equal(f->ev[TERN_QEV_DELIVERED], 60);
+  assert_int_equal(f->ev[TERN_QEV_DEFERRED], 20);
+  assert_int_equal(f->njobs, 3);
+  assert_int_equal(f->jobs[0].nrcpts, 50);
+  for (int i = 0; i < f->njobs; i++)
+    assert_int_equal(f->jobs[i].attempt, 1);
+
+  /* a next hop that says it to every recipient is deferred as usual:
+   * no retry at once, forever */
+  f->accept_max = 0;
+  time_t now = time(NULL);
+  struct tern_queue_rcpt one = {"relay@example.net", NULL, 0, "relay"};
+  e.rcpts = &one;
+  e.nrcpts = 1;
+  submit_env(f, &e, body1, sizeof body1 - 1, sizeof body1, NULL);
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 21, 5000));
+  struct tally t =
+      tally_wait(f, TERN_QRS_DEFERRED, "452 4.5.3 Too many recipients", 1);
+  assert_int_equal(t.match, 1);
+  assert_int_equal(t.min_att, 1);
+  assert_true(t.min_next >= now + 299);
+  run_for(f, 300);
+  assert_int_equal(f->njobs, 4);
   fx_free(f);
 }
 
@@ -1186,6 +1433,16 @@ static int run_enospc(const char *dir) {
   assert_int_equal(r.code, 452);
   assert_string_equal(r.enhanced, "4.3.1");
   assert_string_equal(r.text, "Insufficient system storage");
+  /* the application heard of it (the home loop, from the store's
+   * writer) */
+  assert_true(run_until(f, &f->nfull, 1, 5000));
+  char want[256];
+  snprintf(want, sizeof want,
+           "disk full: new mail refused (452 4.3.1) until 16 MiB are free "
+           "in %s",
+           dir);
+  assert_string_equal(f->full_detail, want);
+  assert_int_equal(f->ev[TERN_QEV_RESUMED], 0);
   /* nothing partial: the refused message is not listed */
   int n = 0;
   assert_int_equal(tern_queue_list(f->q, NULL, count_fn, &n), 0);
@@ -1201,6 +1458,7 @@ static int run_enospc(const char *dir) {
   assert_true(gone);
   submit_raw(f, body, len, &r);
   assert_int_equal(r.code, 250);
+  assert_true(run_until(f, &f->ev[TERN_QEV_RESUMED], 1, 5000));
   free(body);
   fx_free(f);
   return 0;
@@ -1326,6 +1584,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_delay_warning),
       cmocka_unit_test(test_scan_abort_options),
       cmocka_unit_test(test_other_loop),
+      cmocka_unit_test(test_unreachable),
+      cmocka_unit_test(test_unreachable_probe_fails),
+      cmocka_unit_test(test_retry_together),
+      cmocka_unit_test(test_too_many_rcpts),
       cmocka_unit_test(test_many),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
