@@ -201,9 +201,12 @@ def check_listing(out, ids, held=(), attempts=1):
         h.check(len(rcpts) == 4, "%s: %r" % (mid, rcpts))
         for addr, (r, reply) in zip(("a@example.net", "b@example.net"),
                                     (rcpts[0:2], rcpts[2:4])):
-            h.check(re.match(r"^  %s  deferred  attempts %d  next \d{4}-"
-                             r"\d\d-\d\d \d\d:\d\d:\d\d  via relay$"
-                             % (re.escape(addr), attempts), r), r)
+            # a held message is not tried: no next time (tern_queue_list
+            # reports next_try 0 for it)
+            nxt = ("" if mid in held else
+                   r"  next \d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+            h.check(re.match(r"^  %s  deferred  attempts %d%s  via relay$"
+                             % (re.escape(addr), attempts, nxt), r), r)
             h.check(reply == "    (%s)" % REPLY, reply)
     n = len(ids)
     last = out.splitlines()[-1]
@@ -232,7 +235,8 @@ def check_json(out, ids, held=(), attempts=1):
             h.check(r["dest"] == "relay" and r["state"] == "deferred"
                     and r["attempts"] == attempts and r["last_code"] == 451
                     and r["last_reply"] == REPLY, r)
-            h.check(r["next_try"] > now + 1800, r)
+            h.check(r["next_try"] == 0 if o["id"] in held
+                    else r["next_try"] > now + 1800, r)
 
 
 def test_daemon():
