@@ -1142,6 +1142,47 @@ static void test_retry_together(void **state) {
   fx_free(f);
 }
 
+/* Recipients of one message and destination with different retry times
+ * (two jobs' outcomes a second apart, here split by max_job_rcpts 2)
+ * go in one job once the first of them is due. */
+static void test_retry_regroup(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  f->o.retry_min_s = 2;
+  f->o.retry_max_s = 2;
+  f->o.max_job_rcpts = 2;
+  f->hold = true;
+  fx_open(f);
+  struct tern_queue_rcpt rs[4] = {{"defer0@example.net", NULL, 0, "local"},
+                                  {"defer1@example.net", NULL, 0, "local"},
+                                  {"defer2@example.net", NULL, 0, "local"},
+                                  {"defer3@example.net", NULL, 0, "local"}};
+  struct tern_queue_envelope e = {
+      .from = "s@example.org", .rcpts = rs, .nrcpts = 4};
+  submit_env(f, &e, body1, sizeof body1 - 1, sizeof body1, NULL);
+  assert_true(run_until(f, &f->nheld, 2, 5000));
+  finish(f->held[--f->nheld]);
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 2, 5000));
+  run_for(f, 1100); /* the other outcome a second later */
+  finish(f->held[--f->nheld]);
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 4, 5000));
+  struct tally t = tally_wait(f, TERN_QRS_DEFERRED, NULL, 4);
+  assert_int_equal(t.match, 4);
+  assert_true(t.max_next > t.min_next);
+  fx_close(f, 1000);
+  /* reopened with room for all four in a job */
+  f->o.max_job_rcpts = 50;
+  f->hold = false;
+  f->defer_ok = true;
+  memset(f->ev, 0, sizeof f->ev);
+  int jobs0 = f->njobs;
+  fx_open(f);
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 1, 10000));
+  assert_int_equal(f->njobs, jobs0 + 1);
+  assert_int_equal(f->jobs[jobs0].nrcpts, 4);
+  fx_free(f);
+}
+
 /* "452 4.5.3 Too many recipients" from the next hop: the rest goes at
  * once in a new transaction, the attempt not counted. Jobs hold 50
  * recipients by default. */
@@ -1587,6 +1628,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_unreachable),
       cmocka_unit_test(test_unreachable_probe_fails),
       cmocka_unit_test(test_retry_together),
+      cmocka_unit_test(test_retry_regroup),
       cmocka_unit_test(test_too_many_rcpts),
       cmocka_unit_test(test_many),
   };
