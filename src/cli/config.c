@@ -875,7 +875,7 @@ static int check_template(const struct cfg *c, char *err, size_t cap,
 }
 
 /* The delivery target: its template, or its url (and no
- * recipient_check, which only local targets run). */
+ * recipient_check when forwarding in the transaction). */
 static int check_delivery(const struct cfg *c, char *err, size_t cap) {
   const char *name = c->target == CFG_LMTP ? "lmtp" : "smtp";
   switch (c->target) {
@@ -891,10 +891,16 @@ static int check_delivery(const struct cfg *c, char *err, size_t cap) {
                           CFG_COMMAND_ESCAPES, "%s %r %a %u %d %%");
   case CFG_LMTP:
   case CFG_SMTP:
-    if (c->recipient_check != NULL)
+    /* Forwarded in the transaction, the next hop answers each RCPT
+     * itself; through the queue only local policy does, and a check
+     * here is what keeps a refused recipient from becoming a bounce
+     * later (backscatter). */
+    if (c->recipient_check != NULL && !cfg_uses_queue(c))
       return check_fail(c, err, cap,
                         "recipient_check works with target = maildir or "
-                        "pipe (the next hop checks its own recipients)");
+                        "pipe, or with %s through the queue (queue = no: "
+                        "the next hop checks its own recipients)",
+                        name);
     if (c->forward_url == NULL)
       return check_fail(c, err, cap, "target = %s needs a url", name);
     if (!cfg_forward_url_ok(c->forward_url, c->target))

@@ -91,10 +91,15 @@ static struct tern_queue *g_queue;
 
 void serve_set_queue(struct tern_queue *q) { g_queue = q; }
 
-/* [delivery] queue cannot change on reload (cfg_restart_keys), so a
- * queue opened at start-up serves every policy of this run. */
+/* Whether messages go through the queue is decided once, at start-up
+ * (the daemon opens the queue or not): [delivery] queue needs a restart
+ * (cfg_restart_keys), so a reload that turns it off or on must not
+ * bypass a running queue nor start using one, whatever the reloaded
+ * policy says; the reload's restart_needed=delivery.queue tells the
+ * truth. */
 bool sess_uses_queue(const struct sess *x) {
-  return g_queue && cfg_uses_queue(&x->pol->cfg);
+  (void)x;
+  return g_queue != NULL;
 }
 
 /* ---- sessions ---------------------------------------------------------------- */
@@ -316,7 +321,11 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
     x->cur_orcpt = NULL;
     goto oom;
   }
-  if (x->pol->cfg.recipient_check) /* maildir, pipe (cfg_check) */
+  /* maildir, pipe, and lmtp/smtp through the queue (cfg_check); a
+   * queue-less daemon reloaded into a queue configuration still
+   * forwards in the transaction (sess_uses_queue), where the next hop
+   * answers the RCPT itself */
+  if (c->recipient_check && (!is_forward(c) || sess_uses_queue(x)))
     return rcheck_start(x, to, r);
   if (sess_rcpt_room(x) != 0)
     goto oom;
