@@ -418,5 +418,10 @@ void qdeliver_free(struct qdeliver *qd);
  * to the queue (the queue's recipient events come from inside that
  * call), else 0. For the delay= of the log lines. */
 time_t qdeliver_arrival(const char *id);
+/* When message `id` has a job running now (the queue's shutdown cancels
+ * running jobs and says so in events before qdeliver_free), *remote is
+ * set to the next hop it was going to ("" for a local target) and
+ * *arrival to the message's arrival; returns true. Home loop. */
+bool qdeliver_running(const char *id, const char **remote, time_t *arrival);
 
 #endif

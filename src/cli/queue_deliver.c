@@ -84,6 +84,9 @@ struct qjob {
   bool sent;      /* the envelope went to the session */
   bool got_reply; /* the next hop answered this message */
   bool retried;   /* a dead kept connection was replaced */
+  bool unreachable; /* failed before the next hop said a word about this
+                       message: no connection, greeting, EHLO, TLS, or a
+                       421 to MAIL (the destination, not the message) */
   bool body_open, body_ended;
   bool in_pump, pump_again;
   char *pend;
@@ -128,6 +131,20 @@ time_t qdeliver_arrival(const char *id) {
   return g_cur_id && id && !strcmp(g_cur_id, id) ? g_cur_arrival : 0;
 }
 
+/* The one qdeliver of the process (tern serve opens one queue), for
+ * qdeliver_running(). */
+static struct qdeliver *g_qd;
+
+bool qdeliver_running(const char *id, const char **remote, time_t *arrival) {
+  for (struct qjob *j = g_qd && id ? g_qd->jobs : NULL; j; j = j->next)
+    if (j->job && !strcmp(j->id, id)) {
+      *remote = j->ops ? "" : j->remote;
+      *arrival = j->arrival;
+      return true;
+    }
+  return false;
+}
+
 /* ---- jobs ------------------------------------------------------------------
  */
 
@@ -168,7 +185,17 @@ static void qj_end(struct qjob *j) {
         reply_of(&j->res[i], &r);
         tern_queue_job_result(j->job, i, &r, j->ops ? NULL : remote);
       }
-      tern_queue_job_done(j->job, NULL);
+      if (j->unreachable && j->nrcpts) {
+        /* The destination is down, not this message: the queue defers
+         * its other waiting jobs with this reply instead of each
+         * costing its own connection attempt. This job's recipients
+         * have their results above (naming the next hop). */
+        struct tern_reply r;
+        reply_of(&j->res[0], &r);
+        tern_queue_job_unreachable(j->job, &r);
+      } else {
+        tern_queue_job_done(j->job, NULL);
+      }
     }
     j->job = NULL;
     g_cur_id = NULL;
@@ -281,13 +308,41 @@ static void lj_commit(struct qjob *j) {
   j->ops->commit(j->dlv);
 }
 
+/* The command's own words after "command exited with status 67
+ * (EX_NOUSER): " in a pipe delivery's detail (deliver_pipe.c has
+ * already made them one printable-ASCII line), or NULL. */
+static const char *pipe_output(const char *detail) {
+  const char *p = detail ? strstr(detail, ": ") : NULL;
+  return p && p[2] ? p + 2 : NULL;
+}
+
+/* A failed recipient's reply text carries the command's output, as
+ * Postfix's pipe(8) does ("... (command output: no such mailbox)"): it
+ * goes into the DSN's Diagnostic-Code, where the sender can read why.
+ * Bounded so the reply stays a reply. */
+static void pipe_text(const struct tern_reply *r, const char *detail,
+                      char *out, size_t cap) {
+  const char *o = pipe_output(detail);
+  if (r->code / 100 == 2 || !o) {
+    snprintf(out, cap, "%s", r->text ? r->text : "");
+    return;
+  }
+  snprintf(out, cap, "%s (command output: %.160s)", r->text ? r->text : "",
+           o);
+}
+
 static void lj_result(void *arg, size_t i, const struct tern_reply *r,
                       const char *detail) {
   struct qjob *j = arg;
-  (void)detail;
   if (i != DELIVER_ALL) {
-    if (i < j->nrcpts && !j->res[i].set)
-      set_st(&j->res[i], r->code, r->enhanced, r->text);
+    if (i < j->nrcpts && !j->res[i].set) {
+      char t[sizeof j->res[i].text];
+      if (j->ops == &pipe_ops)
+        pipe_text(r, detail, t, sizeof t);
+      else
+        snprintf(t, sizeof t, "%s", r->text ? r->text : "");
+      set_st(&j->res[i], r->code, r->enhanced, t);
+    }
     return;
   }
   j->dlv = NULL; /* it frees itself after this returns */
@@ -560,6 +615,9 @@ static void rc_on_reply(struct tern_client_session *s, enum tern_client_cmd cmd,
   switch (cmd) {
   case TERN_CMD_MAIL:
     j->got_reply = true;
+    /* 421 to MAIL: the next hop is closing, whatever the message */
+    if (r->code == 421)
+      j->unreachable = true;
     if (r->code / 100 != 2)
       fill(j, r->code, r->enhanced, t);
     break;
@@ -624,6 +682,10 @@ static void rc_on_message_done(struct tern_client_session *s,
     relay_start(j, true);
     return;
   }
+  /* lost before any reply to this message on a fresh connection (a
+   * kept one was replaced above): the connection, not the message */
+  if (o->local && !j->got_reply && o->code / 100 == 4 && !j->read_error)
+    j->unreachable = true;
   if (o->local) {
     char t[240];
     snprintf(t, sizeof t, "Error: next hop: %s", tern_client_last_error(c->cl));
@@ -669,6 +731,10 @@ static void rc_on_close(struct tern_client *cl, void *ud) {
     const char *why = c->err[0] ? c->err : tern_client_last_error(cl);
     snprintf(t, sizeof t, "Error: next hop: %s", why);
     fill(j, 451, c->connected ? "4.4.2" : "4.4.1", t);
+    /* never ready (connect, greeting, TLS, EHLO, AUTH), or lost before
+     * the next hop answered anything of this message */
+    if (!j->read_error && (!c->connected || !j->got_reply))
+      j->unreachable = true;
     qj_end(j);
   }
   uv_timer_stop(&c->idle);
@@ -849,6 +915,7 @@ int qdeliver_new(struct qdeliver **out, uv_loop_t *loop, unsigned concurrency) {
     return -ENOMEM;
   qd->loop = loop;
   qd->concurrency = concurrency ? concurrency : 20;
+  g_qd = qd;
   *out = qd;
   return 0;
 }
@@ -890,6 +957,8 @@ void qdeliver_free(struct qdeliver *qd) {
     /* else: the connection's on_close or the read's callback frees it */
   }
   qd->closing = true; /* the last job or connection to go frees qd */
+  if (g_qd == qd)
+    g_qd = NULL;
   for (struct rconn *c = qd->conns; c; c = c->next)
     rconn_close(c);
   if (qd->nconns == 0 && !qd->jobs)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deliver.h"
 #include "log.h"
 #include "serve.h"
 
@@ -126,8 +127,9 @@ static void reply_words(const struct tern_reply *r, char *buf, size_t cap) {
  * One line per event, every one with id=QUEUEID. A recipient's outcome
  * reads like Postfix's delivery lines: rcpt=, relay= (who answered;
  * "local" for maildir and pipe), delay= (seconds since arrival, when
- * known), status=sent|deferred|bounced, reply="..."; a deferral adds
- * retry= (seconds until the next attempt).
+ * known), status=sent|deferred|bounced|expired, reply="..."; a
+ * deferral adds retry= (seconds until the next attempt); an outcome
+ * without a reply (a job cancelled at shutdown) says why=.
  */
 void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
   char reply[600], rcpt[700], delay[32] = "", retry[32] = "";
@@ -141,7 +143,10 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
     status = "deferred";
     break;
   case TERN_QEV_FAILED:
-    status = "bounced";
+    /* a recipient whose queue lifetime ended was never refused by
+     * anyone: say so, as Postfix's status=expired does */
+    status = ev->detail && !strncmp(ev->detail, "expired", 7) ? "expired"
+                                                               : "bounced";
     break;
   default:
     break;
@@ -149,6 +154,22 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
   if (status) {
     time_t now = time(NULL);
     time_t arr = qdeliver_arrival(ev->id);
+    const char *relay = ev->remote_mta, *why = NULL;
+    /* No reply: the queue is shutting down and cancels the jobs that
+     * are running (they are tried again after a restart). The job was
+     * ours: name the next hop it was going to and say what happened. */
+    const char *remote = NULL;
+    time_t jarr = 0;
+    if (ev->type == TERN_QEV_DEFERRED && !ev->reply &&
+        qdeliver_running(ev->id, &remote, &jarr)) {
+      if (!relay && remote[0])
+        relay = remote;
+      if (arr <= 0)
+        arr = jarr;
+      why = "delivery cut short by shutdown: delivered again after restart";
+    } else if (!ev->reply && ev->detail && ev->detail[0]) {
+      why = ev->detail;
+    }
     if (arr > 0)
       snprintf(delay, sizeof delay, "%lld", (long long)(now - arr));
     if (ev->type == TERN_QEV_DEFERRED && ev->retry_at > 0)
@@ -161,13 +182,15 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
     log_line_kv(&l, "id", ev->id);
     log_line_kv(&l, "event", "delivery");
     log_line_kv(&l, "rcpt", rcpt);
-    log_line_kv(&l, "relay", ev->remote_mta ? ev->remote_mta : "local");
+    log_line_kv(&l, "relay", relay ? relay : "local");
     if (delay[0])
       log_line_kv(&l, "delay", delay);
     log_line_kv(&l, "status", status);
     log_line_kv(&l, "reply", reply);
     if (retry[0])
       log_line_kv(&l, "retry", retry);
+    if (why)
+      log_line_kv(&l, "why", why);
     log_line_emit(&l);
     return;
   }
