@@ -169,6 +169,13 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
       why = "delivery cut short by shutdown: delivered again after restart";
     } else if (!ev->reply && ev->detail && ev->detail[0]) {
       why = ev->detail;
+    } else if (ev->type == TERN_QEV_DEFERRED && ev->detail &&
+               !strncmp(ev->detail, "deferred: ", 10)) {
+      /* e.g. the destination is suspended and this recipient was not
+       * tried: no one answered it (Postfix: relay=none) */
+      why = ev->detail + 10;
+      if (!relay && strstr(why, "not tried"))
+        relay = "none";
     }
     if (arr > 0)
       snprintf(delay, sizeof delay, "%lld", (long long)(now - arr));
@@ -218,7 +225,15 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
     log_kv("id", ev->id, "event", "deleted", "detail", ev->detail, NULL);
     break;
   case TERN_QEV_ERROR:
-    log_kv("id", ev->id, "event", "queue-error", "detail", ev->detail, NULL);
+    /* the disk filled: new mail gets 452 4.3.1 until there is room
+     * again (an event about the whole queue: no id) */
+    if (ev->detail && !strncmp(ev->detail, "disk full", 9))
+      log_kv("event", "queue-full", "detail", ev->detail, NULL);
+    else if (!ev->id || !ev->id[0])
+      log_kv("event", "queue-error", "detail", ev->detail, NULL);
+    else
+      log_kv("id", ev->id, "event", "queue-error", "detail", ev->detail,
+             NULL);
     break;
   default:
     break;
