@@ -312,6 +312,9 @@ static void lj_commit(struct qjob *j) {
  * (EX_NOUSER): " in a pipe delivery's detail (deliver_pipe.c has
  * already made them one printable-ASCII line), or NULL. */
 static const char *pipe_output(const char *detail) {
+  static const char wr[] = "writing to command: "; /* then an error */
+  if (detail && !strncmp(detail, wr, sizeof wr - 1))
+    detail += sizeof wr - 1;
   const char *p = detail ? strstr(detail, ": ") : NULL;
   return p && p[2] ? p + 2 : NULL;
 }
