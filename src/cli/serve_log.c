@@ -235,6 +235,9 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
       log_kv("id", ev->id, "event", "queue-error", "detail", ev->detail,
              NULL);
     break;
+  case TERN_QEV_RESUMED: /* the disk has room again: mail is taken */
+    log_kv("event", "queue-resumed", "detail", ev->detail, NULL);
+    break;
   default:
     break;
   }

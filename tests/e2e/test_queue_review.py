@@ -107,6 +107,10 @@ def test_unreachable_hop_costs_few_connections():
             h.check(all("status=deferred" in ln for ln in lines),
                     "a delivery line that is not deferred:\n%s"
                     % "\n".join(lines))
+            h.check([ln for ln in lines if "relay=none" in ln and
+                     'why="destination suspended, not tried"' in ln],
+                    "no line for a recipient deferred untried:\n%s"
+                    % "\n".join(lines))
             with hop.lock:
                 accepts = hop.accepts
             h.check(accepts <= 6,

@@ -97,6 +97,10 @@ def test_disk_full():
             h.check(code == 452, "second message on a full disk: %d %r"
                     % (code, r))
             h.check(c.noop()[0] == 250, "NOOP after 452")
+            # the operator reads it in the log: one line, no queue id
+            ln = srv.wait_log("event=queue-full")[0]
+            h.check("id=" not in ln and "disk full" in ln,
+                    "disk-full line: %s" % ln)
 
             # nothing partial
             q = h.queue_json(conf)
@@ -136,6 +140,7 @@ def test_disk_full():
                   % (code, r, tries))
             h.check(code == 250, "after the queue drained: %d %r"
                     % (code, r))
+            srv.wait_log("event=queue-resumed")
         with smtplib.SMTP(h.HOST, conf.port, timeout=60) as c:
             c.ehlo("full.client")
             code, r = send_on(c, "after-new@queue.e2e", rng)
