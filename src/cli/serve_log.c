@@ -145,8 +145,7 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
   case TERN_QEV_FAILED:
     /* a recipient whose queue lifetime ended was never refused by
      * anyone: say so, as Postfix's status=expired does */
-    status = ev->detail && !strncmp(ev->detail, "expired", 7) ? "expired"
-                                                               : "bounced";
+    status = ev->expired ? "expired" : "bounced";
     break;
   default:
     break;
