@@ -209,7 +209,10 @@ static void answer(struct conn *c, const char *fmt, ...) {
     n = sizeof buf - 1;
   c->answered = true;
   c->reqlen = 0; /* room to read (and drop) what else the client sends */
-  uv_timer_stop(&c->timer);
+  /* A client that never reads its answer would keep its slot (and the
+   * answer's memory) for ever, and 16 of them lock out `tern queue`:
+   * the answer has CONTROL_ANSWER_TIMEOUT_MS to be taken. */
+  uv_timer_start(&c->timer, on_linger, CONTROL_ANSWER_TIMEOUT_MS, 0);
   if (emit(c, 0, buf, (size_t)n) == 0)
     submit(c);
   c->shutdown.data = c;

@@ -63,6 +63,9 @@
 #define CONTROL_REQUEST_TIMEOUT_MS 10000
 /* Connections served at once; more are answered "ERR BUSY". */
 #define CONTROL_MAX_CLIENTS 16
+/* How long an answer may take to be read by its client before the
+ * connection is closed (a client that never reads holds a slot). */
+#define CONTROL_ANSWER_TIMEOUT_MS 10000
 
 /*
  * Listen on `path` on `loop`, which must be the home loop of `q` (the

@@ -471,6 +471,36 @@ def test_large_listing():
             "offline and online --json differ")
 
 
+def test_clients_that_never_read():
+    """16 clients ask for a 3,000-message listing and never read it: they
+    must not lock `tern queue` out (they did, until the daemon restarted:
+    each answer waited for its reader for ever)."""
+    d = h.tmpdir(prefix="tern-queue-stuck-")
+    qdir = os.path.join(d, "q")
+    ctl = os.path.join(qdir, "control")
+    srv = QServer(qdir, ctl, 3000)
+    try:
+        h.check(srv.wait_ready(timeout=60) is None, "%r" % srv.err)
+        # 16 clients ask for the listing and never read it: they must not
+        # lock tern queue out (they did, until the daemon restarted)
+        stuck = []
+        try:
+            for _ in range(16):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.settimeout(10)
+                c.connect(ctl)
+                c.sendall(b"LIST\n")
+                stuck.append(c)
+            h.wait_for(lambda: run(["-d", qdir, "flush"])[0] == 0, 30,
+                       "tern queue to be served again beside 16 clients "
+                       "that never read")
+        finally:
+            for c in stuck:
+                c.close()
+    finally:
+        srv.stop()
+
+
 def test_audit_trail():
     """Every change made through the control socket is a log line of the
     daemon's: event=hold/release/flush/delete, the id, who (uid), and how
@@ -604,5 +634,6 @@ def test_sendmail_names():
 
 if __name__ == "__main__":
     h.main([test_usage, test_not_running, test_daemon, test_offline_spool,
-            test_large_listing, test_audit_trail, test_hung_daemon,
+            test_large_listing, test_clients_that_never_read,
+            test_audit_trail, test_hung_daemon,
             test_sendmail_names])
