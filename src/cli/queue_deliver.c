@@ -691,7 +691,11 @@ static void rc_on_message_done(struct tern_client_session *s,
     j->unreachable = true;
   if (o->local) {
     char t[240];
-    snprintf(t, sizeof t, "Error: next hop: %s", tern_client_last_error(c->cl));
+    const char *why = tern_client_last_error(c->cl);
+    if (strcmp(why, "no error") == 0) /* failed in the session: an
+                                         unreadable or oversized reply */
+      why = "no readable reply (the message may have arrived)";
+    snprintf(t, sizeof t, "Error: next hop: %s", why);
     fill(j, o->code / 100 == 5 ? o->code : 451,
          o->code / 100 == 5 ? "5.3.0" : "4.4.2", t);
   }
