@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import threading
 
 import e2e as h
@@ -34,34 +33,11 @@ import test_queue_serve as qs
 HOST = "127.0.0.1"
 
 
-class SilentHop:
+class SilentHop(qs.ScriptedHop):
     """Accepts connections, counts them, never says a word."""
 
     def __init__(self):
-        self.ls = socket.socket()
-        self.ls.bind((HOST, 0))
-        self.ls.listen(64)
-        self.port = self.ls.getsockname()[1]
-        self.accepts = 0
-        self.socks = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.accepts += 1
-                self.socks.append(c)
-
-    def close(self):
-        self.ls.close()
-        with self.lock:
-            for c in self.socks:
-                c.close()
+        super().__init__(backlog=64)
 
 
 SILENT_CONF = """[server]
@@ -112,7 +88,7 @@ def test_unreachable_hop_costs_few_connections():
                     "no line for a recipient deferred untried:\n%s"
                     % "\n".join(lines))
             with hop.lock:
-                accepts = hop.accepts
+                accepts = hop.conns
             h.check(accepts <= 6,
                     "%d messages to a next hop that never greets cost %d "
                     "connection attempts (want a few: the destination is "
@@ -247,27 +223,12 @@ def test_recipient_check_with_queue_and_smtp():
         sink.stop()
 
 
-class StallHop:
+class StallHop(qs.ScriptedHop):
     """Takes the message and never answers its end of data."""
 
     def __init__(self):
-        self.ls = socket.socket()
-        self.ls.bind((HOST, 0))
-        self.ls.listen(8)
-        self.port = self.ls.getsockname()[1]
         self.got_data = threading.Event()
-        self.socks = []
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            self.socks.append(c)
-            threading.Thread(target=self.serve, args=(c,),
-                             daemon=True).start()
+        super().__init__()
 
     def serve(self, c):
         f = c.makefile("rb")
@@ -293,14 +254,6 @@ class StallHop:
                     c.sendall(b"502 no\r\n")
         except OSError:
             return
-
-    def close(self):
-        self.ls.close()
-        for c in self.socks:
-            try:
-                c.close()
-            except OSError:
-                pass
 
 
 STALL_CONF = """[server]
@@ -387,8 +340,8 @@ PIPE_SCRIPT = """#!/bin/sh
 case "$RECIPIENT" in
 nouser*) echo "no such mailbox" >&2; exit 67;;
 esac
-cat > "{out}/$RECIPIENT.$$"
-exit 0
+# whole files only: the test reads a file as soon as its name appears
+cat > "{out}/.tmp.$$" && mv "{out}/.tmp.$$" "{out}/$RECIPIENT.$$"
 """
 
 PIPE_CONF = """[server]

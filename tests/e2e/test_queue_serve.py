@@ -437,22 +437,24 @@ def test_lmtp_via_queue():
                        "the final's command for %s" % r)
 
 
-class DroppingHop:
-    """A scripted next hop (no PIPELINING): each connection takes one
-    message; at the next MAIL on it, it closes without a word (a kept
-    connection found dead only when used)."""
+class ScriptedHop:
+    """A next hop on loopback for scripted behaviour: it counts and keeps
+    every connection and runs self.serve(conn) on a thread of its own
+    (a subclass without serve only holds connections open)."""
 
-    def __init__(self):
+    serve = None
+
+    def __init__(self, backlog=8):
         self.ls = socket.socket()
         self.ls.bind((HOST, 0))
-        self.ls.listen(8)
+        self.ls.listen(backlog)
         self.port = self.ls.getsockname()[1]
         self.conns = 0
-        self.messages = []
+        self.socks = []
         self.lock = threading.Lock()
-        threading.Thread(target=self.accept, daemon=True).start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def accept(self):
+    def _accept(self):
         while True:
             try:
                 c, _ = self.ls.accept()
@@ -460,8 +462,29 @@ class DroppingHop:
                 return
             with self.lock:
                 self.conns += 1
-            threading.Thread(target=self.serve, args=(c,),
-                             daemon=True).start()
+                self.socks.append(c)
+            if self.serve:
+                threading.Thread(target=self.serve, args=(c,),
+                                 daemon=True).start()
+
+    def close(self):
+        self.ls.close()
+        with self.lock:
+            for c in self.socks:
+                try:
+                    c.close()
+                except OSError:
+                    pass
+
+
+class DroppingHop(ScriptedHop):
+    """A scripted next hop (no PIPELINING): each connection takes one
+    message; at the next MAIL on it, it closes without a word (a kept
+    connection found dead only when used)."""
+
+    def __init__(self):
+        self.messages = []
+        super().__init__()
 
     def serve(self, c):
         f = c.makefile("rb")
@@ -498,9 +521,6 @@ class DroppingHop:
                     c.sendall(b"502 no\r\n")
         finally:
             c.close()
-
-    def close(self):
-        self.ls.close()
 
 
 def test_dead_kept_connection_replaced_once():
