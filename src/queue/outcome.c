@@ -166,12 +166,14 @@ void q_outcome(struct tern_queue *q, struct tern_queue_job *j,
       most = m->rcpts[j->idx[i]].attempts + 1;
   int64_t retry_at = now + backoff(q, most);
   /* A "too many recipients" answer only counts as such when the next
-   * hop took (or refused for good) some other recipient of the job:
-   * one that says it to every recipient would otherwise be retried at
-   * once forever. */
+   * hop took (2xx) or refused for good (5xx) some other recipient of
+   * the job: one that says it to every recipient, or beside only
+   * deferrals (a greylisting hop with a limit of one), would otherwise
+   * be retried at once for ever. */
   bool progress = false;
   for (size_t i = 0; i < j->n; i++)
-    if (j->res[i].set && !too_many_rcpts(&j->res[i]))
+    if (j->res[i].set && !too_many_rcpts(&j->res[i]) &&
+        (j->res[i].code / 100 == 2 || j->res[i].code / 100 == 5))
       progress = true;
 
   for (size_t i = 0; i < j->n; i++) {

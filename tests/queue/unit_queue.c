@@ -1227,6 +1227,20 @@ static void test_too_many_rcpts(void **state) {
   assert_true(t.min_next >= now + 299);
   run_for(f, 300);
   assert_int_equal(f->njobs, 4);
+
+  /* "too many" beside only a deferral (a greylisting hop that takes one
+   * recipient a transaction) is no progress either: it looped at once,
+   * hundreds of transactions a second */
+  f->accept_max = 1;
+  struct tern_queue_rcpt two[3] = {{"defer0@example.net", NULL, 0, "relay"},
+                                   {"relay1@example.net", NULL, 0, "relay"},
+                                   {"relay2@example.net", NULL, 0, "relay"}};
+  e.rcpts = two;
+  e.nrcpts = 3;
+  submit_env(f, &e, body1, sizeof body1 - 1, sizeof body1, NULL);
+  assert_true(run_until(f, &f->njobs, 5, 5000));
+  run_for(f, 500);
+  assert_int_equal(f->njobs, 5);
   fx_free(f);
 }
 
