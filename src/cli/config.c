@@ -958,11 +958,12 @@ static bool listener_local(const struct cfg_listener *l) {
  * listener is local (a smarthost for this host's programs) or requires
  * AUTH before MAIL. The maildir and pipe targets keep what they take.
  */
-static int check_relay(const struct cfg *c, char *err, size_t cap) {
+int cfg_check_relay(const struct cfg *c, const struct cfg_listener *ls,
+                    size_t n, char *err, size_t cap) {
   if ((c->target != CFG_SMTP && c->target != CFG_LMTP) || !c->accept_any)
     return 0;
-  for (size_t i = 0; i < c->nlisteners; i++) {
-    const struct cfg_listener *l = &c->listeners[i];
+  for (size_t i = 0; i < n; i++) {
+    const struct cfg_listener *l = &ls[i];
     if (l->auth == CFG_AUTH_REQUIRED || listener_local(l))
       continue;
     return check_fail(c, err, cap,
@@ -1000,7 +1001,7 @@ int cfg_check(const struct cfg *c, char *err, size_t cap) {
   }
   if (check_delivery(c, err, cap) != 0)
     return -1;
-  return check_relay(c, err, cap);
+  return cfg_check_relay(c, c->listeners, c->nlisteners, err, cap);
 }
 
 bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {

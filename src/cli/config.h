@@ -119,6 +119,14 @@ int cfg_load(struct cfg *c, const char *path, char *err, size_t cap);
  * Returns 0 or -1 with "FILE: what" in err. */
 int cfg_check(const struct cfg *c, char *err, size_t cap);
 
+/* The open-relay rule of cfg_check (a relaying target that accepts any
+ * domain needs every listener local or with auth = required), for
+ * listeners other than c's own: the --listen ones, or on a reload the
+ * listeners still running (a reload does not change them). Returns 0 or
+ * -1 with "FILE: open relay: ..." in err. */
+int cfg_check_relay(const struct cfg *c, const struct cfg_listener *ls,
+                    size_t n, char *err, size_t cap);
+
 void cfg_free(struct cfg *c);
 
 /*

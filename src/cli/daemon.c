@@ -265,6 +265,15 @@ static void reload(struct daemon *d) {
     policy_put(p);
     return;
   }
+  /* The listeners do not change on a reload: the new relay policy must
+   * be safe on the ones still running (a file that moved its listener to
+   * loopback and opened [domains] would make a public one a relay). */
+  if (cfg_check_relay(&p->cfg, d->boot->cfg.listeners,
+                      d->boot->cfg.nlisteners, err, sizeof err) != 0) {
+    reload_failed(d, err);
+    policy_put(p);
+    return;
+  }
   size_t nkeys = cfg_restart_keys(&d->boot->cfg, &p->cfg, d->cli_listeners,
                                   keys, sizeof keys);
   struct tern_server_options o;
@@ -725,8 +734,16 @@ static int configure(const struct args *a, struct policy **out) {
     policy_put(pol);
     return EX_USAGE;
   }
-  if (a->nlisten)
+  if (a->nlisten) {
     use_cli_listeners(&pol->cfg, a);
+    /* the file's listeners passed cfg_check; these must too */
+    if (cfg_check_relay(&pol->cfg, pol->cfg.listeners, pol->cfg.nlisteners,
+                        err, sizeof err) != 0) {
+      fprintf(stderr, "tern serve: %s\n", err);
+      policy_put(pol);
+      return EX_CONFIG;
+    }
+  }
   *out = pol;
   return 0;
 }

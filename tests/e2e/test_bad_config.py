@@ -112,6 +112,27 @@ def test_bad_files():
         h.fail("%d problem(s):\n  %s" % (len(problems), "\n  ".join(problems)))
 
 
+def test_open_relay_by_listen():
+    """--listen replaces the file's listeners after cfg_check looked at
+    them: a relay file that is safe on loopback must not open a public
+    relay with --listen (it did, --check said "configuration OK")."""
+    d = h.tmpdir(prefix="tern-e2e-badcfg-relay-listen-")
+    (port,) = h.free_ports(1)
+    path = h.write(os.path.join(d, "r.ini"),
+                   "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+                   "[delivery]\ntarget = smtp\n"
+                   "url = smtp://relay.example.net:25\n" % port)
+    rc, out, err = h.run_serve(["-c", path, "--check"], cwd=d, timeout=20)
+    h.check(rc == 0, "loopback relay: exit %d: %r" % (rc, err))
+    for url in ("smtp://0.0.0.0:%d" % port, "smtp://[::]:%d" % port):
+        for extra in (["--check"], []):
+            rc, out, err = h.run_serve(["-c", path, "--listen", url] + extra,
+                                       cwd=d, timeout=20)
+            h.check(rc == EX_CONFIG and "open relay" in err,
+                    "--listen %s %s: exit %d: %r" % (url, extra, rc, err))
+            h.check("event=listening" not in err, "it listened: %r" % err)
+
+
 def test_unknown_user_check():
     """--check answers for the privilege drop too: a [server] user that
     does not exist is EX_CONFIG there, naming the file and the user."""
@@ -214,6 +235,7 @@ def test_port_in_use():
 
 
 if __name__ == "__main__":
-    h.main([test_bad_files, test_unknown_user_check, test_listen_host_name,
+    h.main([test_bad_files, test_open_relay_by_listen,
+            test_unknown_user_check, test_listen_host_name,
             test_relay_policy_and_queue_path, test_good_file_check,
             test_port_in_use])

@@ -94,6 +94,29 @@ def test_sighup():
     h.check(len(h.maildir_files(md)) == 2, "stored: %r" % h.maildir_files(md))
 
 
+def test_reload_cannot_open_a_relay():
+    """Listeners do not change on a reload: a file that moves its
+    listener to loopback and drops [domains] must not turn the running
+    public listener (here: behind a PROXY header, so not local) into an
+    open relay. The reload fails and the old rules stay."""
+    d = h.tmpdir(prefix="tern-e2e-reload-relay-")
+    port = h.free_ports(1)[0]
+    path = os.path.join(d, "tern.ini")
+    q = os.path.join(d, "queue")
+    h.write(path, "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+            "proxy_protocol = yes\n[domains]\naccept = example.org\n"
+            "[delivery]\ntarget = smtp\nurl = smtp://127.0.0.1:9\n"
+            "[queue]\ndirectory = %s\n" % (port, q))
+    with h.Serve(["-c", path], name="reload-relay") as srv:
+        h.write(path, "[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+                "[delivery]\ntarget = smtp\nurl = smtp://127.0.0.1:9\n"
+                "[queue]\ndirectory = %s\n" % (port, q))
+        srv.signal(signal.SIGHUP)
+        (line,) = srv.wait_log("event=reload")
+        h.check("result=failed" in line and "open relay" in line,
+                "reload to an open relay on the running listener: %r" % line)
+
+
 def test_sighup_keeps_command_line_flags():
     """`tern serve -c FILE --maildir DIR --hostname NAME`: the flags
     override the file, also after SIGHUP."""
@@ -299,6 +322,7 @@ def test_check_loads_files():
 
 
 if __name__ == "__main__":
-    h.main([test_sighup, test_sighup_keeps_command_line_flags,
+    h.main([test_sighup, test_reload_cannot_open_a_relay,
+            test_sighup_keeps_command_line_flags,
             test_sighup_applies_live, test_sighup_restart_needed,
             test_check_loads_files])
