@@ -694,7 +694,8 @@ static void rc_on_message_done(struct tern_client_session *s,
     const char *why = tern_client_last_error(c->cl);
     if (strcmp(why, "no error") == 0) /* failed in the session: an
                                          unreadable or oversized reply */
-      why = "no readable reply (the message may have arrived)";
+      why = j->body_open ? "no readable reply (the message may have arrived)"
+                         : "no readable reply";
     snprintf(t, sizeof t, "Error: next hop: %s", why);
     fill(j, o->code / 100 == 5 ? o->code : 451,
          o->code / 100 == 5 ? "5.3.0" : "4.4.2", t);
