@@ -464,7 +464,9 @@ TERN_EXTERN int tern_client_send_fd(struct tern_client *cl, int fd);
 TERN_EXTERN void tern_client_close(struct tern_client *cl);
 /* Free after on_close (or before connect). */
 TERN_EXTERN void tern_client_free(struct tern_client *cl);
-/* What went wrong last, in words (never NULL). */
+/* What went wrong last, in words (never NULL; "no error" while nothing
+ * has failed in the runtime, e.g. when the session itself refused a
+ * reply it could not parse). */
 TERN_EXTERN const char *tern_client_last_error(const struct tern_client *cl);
 /* TLS facts once connected: version ("TLSv1.3") or NULL without TLS. */
 TERN_EXTERN const char *tern_client_tls_version(const struct tern_client *cl);

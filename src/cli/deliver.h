@@ -360,6 +360,13 @@ void forward_result(const struct forward_delivery *d, size_t i,
 /* Does the next hop speak LMTP? How many recipients has it accepted? */
 bool forward_is_lmtp(const struct forward_delivery *d);
 size_t forward_accepted(const struct forward_delivery *d);
+/* The MAIL part of a client message from fm (every field; pointers are
+ * copied as they are, so fm's strings must outlive m). The one mapping
+ * of an envelope to the next hop's MAIL, for the forwarding targets and
+ * the queue's relay. Recipients are the caller's. */
+void forward_message_set(struct tern_client_message *m,
+                         const struct forward_mail *fm);
+
 /* What a next hop with these capabilities (tern_client_session_caps),
  * SIZE limit (0: none) and TLS state cannot take of message m, as the
  * RFCs answer it: BINARYMIME without CHUNKING 554 5.6.1, SMTPUTF8 553

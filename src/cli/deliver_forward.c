@@ -305,6 +305,17 @@ static void on_reply(struct tern_client_session *c, enum tern_client_cmd cmd,
       set_status(&d->data[j], r->code, r->enhanced, t);
 }
 
+void forward_message_set(struct tern_client_message *m,
+                         const struct forward_mail *fm) {
+  m->from = fm->from;
+  m->size = fm->size;
+  m->body = fm->body;
+  m->smtputf8 = fm->smtputf8;
+  m->requiretls = fm->requiretls;
+  m->ret = fm->ret;
+  m->envid = fm->envid;
+}
+
 bool forward_refusal(const struct tern_client_message *m, unsigned caps,
                      uint64_t max_size, bool tls, struct tern_reply *r) {
   r->enhanced = NULL;
@@ -437,13 +448,10 @@ int forward_open(uv_loop_t *loop, const struct forward_opts *o,
     maybe_free(d);
     return -ENOMEM;
   }
-  d->m.from = d->from;
-  d->m.size = fm->size;
-  d->m.body = fm->body;
-  d->m.smtputf8 = fm->smtputf8;
-  d->m.requiretls = fm->requiretls;
-  d->m.ret = fm->ret;
-  d->m.envid = d->envid;
+  struct forward_mail own = *fm;
+  own.from = d->from;
+  own.envid = d->envid;
+  forward_message_set(&d->m, &own);
   d->lmtp_out = !strncmp(o->url, "lmtp:", 5);
   d->step = cb;
   d->step_arg = arg;

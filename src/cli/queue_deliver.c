@@ -277,15 +277,13 @@ static struct qjob *qj_new(struct qdeliver *qd, struct tern_queue_job *job,
     qj_free(j);
     return NULL;
   }
-  j->msg.from = j->from;
+  struct forward_mail fm = {j->from,          info->size,
+                           info->body,       info->smtputf8,
+                           info->requiretls, info->ret,
+                           j->envid};
+  forward_message_set(&j->msg, &fm);
   j->msg.rcpts = j->crcpts;
   j->msg.nrcpts = j->nrcpts;
-  j->msg.size = info->size;
-  j->msg.body = info->body;
-  j->msg.smtputf8 = info->smtputf8;
-  j->msg.requiretls = info->requiretls;
-  j->msg.ret = info->ret;
-  j->msg.envid = j->envid;
   return j;
 }
 

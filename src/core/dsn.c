@@ -636,17 +636,22 @@ static int take(struct tern_dsn *d, const struct tern_dsn *in) {
  * it from the top header to the third part's blank line (or to the
  * closing delimiter when nothing is included). See tern/dsn.h.
  */
-int tern_dsn_head(const struct tern_dsn *in, char **out, size_t *len) {
-  struct tern_dsn d;
-  struct out o = {0}, tmp = {0};
-  int rc;
-
+/* What both calls begin with: the outputs cleared, the report taken and
+ * checked into *d. Returns 0 or the error to give. */
+static int begin_report(struct tern_dsn *d, const struct tern_dsn *in,
+                        char **out, size_t *len) {
   if (!out)
     return TERN_EINVAL;
   *out = NULL;
   if (len)
     *len = 0;
-  rc = take(&d, in);
+  return take(d, in);
+}
+
+int tern_dsn_head(const struct tern_dsn *in, char **out, size_t *len) {
+  struct tern_dsn d;
+  struct out o = {0}, tmp = {0};
+  int rc = begin_report(&d, in, out, len);
   if (rc)
     return rc;
   head(&o, &tmp, &d);
@@ -666,14 +671,7 @@ int tern_dsn_head(const struct tern_dsn *in, char **out, size_t *len) {
 int tern_dsn_tail(const struct tern_dsn *in, char **out, size_t *len) {
   struct tern_dsn d;
   struct out o = {0};
-  int rc;
-
-  if (!out)
-    return TERN_EINVAL;
-  *out = NULL;
-  if (len)
-    *len = 0;
-  rc = take(&d, in);
+  int rc = begin_report(&d, in, out, len);
   if (rc)
     return rc;
   if (d.include != TERN_RET_UNSPECIFIED) {
