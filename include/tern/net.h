@@ -56,6 +56,8 @@
 #include "sasl.h" /* struct tern_auth_callbacks */
 #include "server.h"
 
+struct tern_resolver; /* tern/resolve.h */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -359,6 +361,27 @@ TERN_EXTERN uv_loop_t *tern_session_loop(const struct tern_server_session *s);
 /* ==== client runtime ======================================================= */
 
 /*
+ * How a "mx:DOMAIN" client protects its connection (Postfix's
+ * smtp_tls_security_level, per destination).
+ */
+enum tern_tls_policy {
+  TERN_TLS_POLICY_AUTO = 0, /* what the domain publishes: DANE where its
+                               MX host has DNSSEC-validated TLSA records
+                               (RFC 7672), else MTA-STS where it has a
+                               policy (RFC 8461: enforce, or testing),
+                               else MAY */
+  TERN_TLS_POLICY_NONE,     /* never STARTTLS */
+  TERN_TLS_POLICY_MAY,      /* STARTTLS when offered, certificate not
+                               verified; a failed handshake is retried
+                               once in the clear: never a reason to defer */
+  TERN_TLS_POLICY_ENCRYPT,  /* STARTTLS required, not verified */
+  TERN_TLS_POLICY_VERIFY,   /* STARTTLS required, certificate verified
+                               (system CAs or ca_file), name = the MX host */
+  TERN_TLS_POLICY_DANE      /* DANE required: usable TLSA records must
+                               exist and match; else defer */
+};
+
+/*
  * A connection to one SMTP/LMTP server, driving a tern_client_session on
  * a loop: name resolution (asynchronous, getaddrinfo on libuv's pool),
  * connect (each address in turn), implicit TLS or STARTTLS with
@@ -372,6 +395,19 @@ TERN_EXTERN uv_loop_t *tern_session_loop(const struct tern_server_session *s);
  * Endpoints: "smtp://host[:25]" (STARTTLS when offered), "smtp+starttls://
  * host[:587]" (STARTTLS required), "smtps://host[:465]" (implicit TLS),
  * "lmtp://host[:24]", "lmtp:///path/to.sock" (unix socket).
+ *
+ * "mx:DOMAIN" delivers to a domain (RFC 5321 §5.1) through options.
+ * resolver: its MX hosts in preference order (random among equals), or
+ * the domain itself without MX (implicit MX); every address of a host in
+ * turn; the next address or host after a connection failure, a 4xx/5xx
+ * greeting, a refused EHLO, or a TLS failure the policy does not allow.
+ * TLS follows options.tls_policy (tls_verify, tls_server_name and
+ * starttls are not used: the policy decides); the name checked is the
+ * MX host's. A null MX, a domain that does not exist, or no host left
+ * fail the connect (on_connect's status), and
+ * tern_client_failure_reply() says what to tell the sender.
+ * tern_client_conn_info() says which host took the connection and how
+ * its certificate was verified.
  * The URL's STARTTLS level is a floor: options.session->starttls can
  * raise it (e.g. REQUIRED on smtp://), never lower it. Certificates are
  * verified the same way for STARTTLS (opportunistic too) and smtps://:
@@ -431,6 +467,24 @@ struct tern_client_options {
   void (*on_connect)(struct tern_client *cl, int status, void *ud);
   /* The connection is closed; the client may be freed from here. */
   void (*on_close)(struct tern_client *cl, void *ud);
+  /* ---- mail to a domain: "mx:DOMAIN" URLs (see below) ---- */
+  struct tern_resolver *resolver;       /* tern/resolve.h, on the same
+                                           loop; NULL: the client makes
+                                           its own from the system's
+                                           configuration (and frees it) */
+  enum tern_tls_policy tls_policy;      /* mx: URLs only; default AUTO */
+  bool require_verified_tls;            /* REQUIRETLS (RFC 8689): only
+                                           hosts whose certificate is
+                                           verified (DANE, MTA-STS, or
+                                           PKIX with a DNSSEC-validated
+                                           MX name); none: the connect
+                                           fails, permanently (5.7.30) */
+  unsigned mx_port;                     /* mx: URLs; default 25 */
+  /* every URL: the local address to connect from ("192.0.2.1",
+   * "2001:db8::1"); NULL: the system's choice. An address of the other
+   * family than the peer's is not used for that peer. */
+  const char *bind_addr;
+  const char *bind_addr6;
 };
 
 static inline void
@@ -471,6 +525,46 @@ TERN_EXTERN const char *tern_client_last_error(const struct tern_client *cl);
 /* TLS facts once connected: version ("TLSv1.3") or NULL without TLS. */
 TERN_EXTERN const char *tern_client_tls_version(const struct tern_client *cl);
 TERN_EXTERN void *tern_client_userdata(const struct tern_client *cl);
+
+/* Where a connection went and how it is protected (any URL). The struct
+ * and its strings are the client's, valid until the next connect or
+ * free; fields are filled as the connection gets that far. */
+struct tern_client_conn_info {
+  const char *host;           /* host connected to: the MX host's name
+                                 for mx: URLs, else the URL's host;
+                                 NULL before a connection */
+  const char *addr;           /* its address as text, "127.0.0.2", "::1" */
+  unsigned port;
+  const char *tls_version;    /* "TLSv1.3", NULL without TLS */
+  const char *tls_cipher;
+  const char *verified;       /* what verified the certificate: "dane-ee",
+                                 "dane-ta", "mta-sts", "ca"; NULL: not
+                                 verified (or no TLS) */
+  const char *policy;         /* what applied: "none", "may", "encrypt",
+                                 "verify", "dane", "mta-sts",
+                                 "mta-sts-testing" (mx: URLs; NULL for
+                                 other URLs) */
+  const char *policy_failure; /* a failure the policy let pass (MTA-STS
+                                 testing, RFC 8461 §5): what it was;
+                                 else NULL */
+  unsigned hosts_tried;       /* mx: URLs: addresses tried before (and
+                                 including) this one */
+};
+TERN_EXTERN const struct tern_client_conn_info *
+tern_client_conn_info(const struct tern_client *cl);
+
+/*
+ * After a failed connect (on_connect with status < 0): the reply that
+ * tells the recipients' senders what happened (RFC 3463 codes), e.g.
+ * 550 5.1.10 (null MX, RFC 7505), 550 5.1.2 (no such domain), 451
+ * 4.4.3 (DNS failure), 451 4.4.1 (no host answered), 421 4.4.2 (every
+ * host's greeting refused), 451 4.7.5 (TLS or DANE verification failed
+ * everywhere), 550 5.7.30 (REQUIRETLS cannot be met). `text` names the
+ * host and the reason; strings are the client's until the next connect
+ * or free. Returns true when the failure is permanent (5xx).
+ */
+TERN_EXTERN bool tern_client_failure_reply(const struct tern_client *cl,
+                                           struct tern_reply *out);
 
 /* ==== one-call send ======================================================== */
 
@@ -553,6 +647,12 @@ struct tern_send_options {
                                    min per command, 10 min after data) */
   enum tern_body body;          /* BODY= (8BITMIME...), sent only when
                                    the server offers it; default none */
+  /* "mx:DOMAIN" URLs (see tern_client_options): the resolver (NULL: one
+   * made from the system's configuration for this send) and the TLS
+   * policy (tls_verify is not used for them) */
+  struct tern_resolver *resolver;
+  enum tern_tls_policy tls_policy;
+  bool requiretls;              /* REQUIRETLS (RFC 8689) on this message */
 };
 
 static inline void tern_send_options_init(struct tern_send_options *o) {

@@ -251,6 +251,19 @@ TERN_EXTERN int tern_queue_msg_write(struct tern_queue_msg *m,
                                      void *arg);
 
 /*
+ * Header fields to put in front of the message as it is delivered (and
+ * shown by tern_queue_scan_body), e.g. the DKIM-Signature fields that
+ * are known only once the whole message was seen (tern/dkim.h). Call
+ * it after the last tern_queue_msg_write has been taken and before
+ * commit; once per message. `buf` holds complete fields ending in CRLF
+ * (at most 64 KiB) and is copied; it is stored in the same transaction
+ * as the message. Returns 0, TERN_EINVAL (too long, or not ending in
+ * CRLF), TERN_ESTATE (called twice, or after commit), TERN_ENOMEM.
+ */
+TERN_EXTERN int tern_queue_msg_prepend(struct tern_queue_msg *m,
+                                       const char *buf, size_t len);
+
+/*
  * The body is complete: make the message durable. `done(arg, reply)`
  * runs on the port's loop, never inside this call, once the message and
  * its envelope are on stable storage (250 2.0.0 "Ok: queued as ID") or

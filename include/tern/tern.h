@@ -8,6 +8,7 @@
 #include "client.h"
 #include "common.h"
 #include "dsn.h"
+#include "mtasts.h"
 #include "reply.h"
 #include "sasl.h"
 #include "server.h"
