@@ -375,6 +375,15 @@ def test_bad_options():
                        input="", capture_output=True, text=True, timeout=20)
     h.check(p.returncode == 1 and "error -16" in p.stdout and
             "/nonexistent/root.key" in p.stdout, p.stdout)
+    d = h.tmpdir("tern-ta-")
+    bad = os.path.join(d, "bad.key")
+    with open(bad, "w") as f:
+        f.write("example.org. IN DNSKEY this is not a key\n")
+    p = subprocess.run([probe_path(), "--ta", bad], input="", capture_output=True,
+                       text=True, timeout=20)
+    shutil.rmtree(d, ignore_errors=True)
+    h.check(p.returncode == 1 and "error -16" in p.stdout and bad in p.stdout and
+            "malformed" in p.stdout, p.stdout)
     p = subprocess.run([probe_path(), "--resolv-conf", "/nonexistent/resolv.conf"],
                        input="", capture_output=True, text=True, timeout=20)
     h.check(p.returncode == 1 and "/nonexistent/resolv.conf" in p.stdout, p.stdout)
