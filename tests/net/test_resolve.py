@@ -333,6 +333,12 @@ def test_timeout_is_tempfail_within_bound():
         out = p.cmd("sts example.org")
         h.check("sts none" in out[0] and "timed out" in out[0], out)
         p.close()
+        # freed with queries waiting for the silent server: at once
+        p = Probe("--forward", "127.0.0.1:%d" % bh.port, "--no-dnssec")
+        out = p.cmd("free-pending example.org")
+        h.check(len(out) == 1 and out[0].startswith("freed"), out)
+        h.check(int(kv(out[0])["free_ms"]) < 1000, out)
+        p.close()
     finally:
         bh.stop()
 
