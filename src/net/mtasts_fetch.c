@@ -49,6 +49,8 @@ struct tern__sts_fetch {
   struct tern_dns_query *waiters;
   int pending;                    /* address lookups */
   bool queued;                    /* on the thread pool */
+  bool waiting;                   /* in r->pool_wait */
+  struct tern__sts_fetch *pool_next;
   uv_work_t work;
   atomic_int abort;
   /* for the thread: read only there */
@@ -302,6 +304,8 @@ done:
     curl_easy_cleanup(c);
 }
 
+static void pool_next(struct tern_resolver *r);
+
 static void fetch_after(uv_work_t *w, int status) {
   struct tern__sts_fetch *f = w->data;
   struct tern_resolver *r = f->r;
@@ -314,6 +318,7 @@ static void fetch_after(uv_work_t *w, int status) {
     return;
   }
   tern__enter(r);
+  r->pool_busy--;
   if (status != 0) {
     fetch_fail(f, "cancelled");
   } else if (!f->ok) {
@@ -336,7 +341,35 @@ static void fetch_after(uv_work_t *w, int status) {
     e->pol.id = e->id;
     fetch_complete(f, &e->pol, "fetched");
   }
+  if (!r->dying)
+    pool_next(r);
   tern__leave(r);
+}
+
+/* Onto the thread pool. */
+static void fetch_queue(struct tern__sts_fetch *f) {
+  struct tern_resolver *r = f->r;
+  f->queued = true;
+  r->fetches++;
+  r->pool_busy++;
+  if (uv_queue_work(r->loop, &f->work, fetch_work, fetch_after) != 0) {
+    f->queued = false;
+    r->pool_busy--;
+    fetch_fail(f, "cannot queue the fetch");
+  }
+}
+
+/* A pool slot came free: the next waiting fetch, if any. */
+static void pool_next(struct tern_resolver *r) {
+  while (r->pool_busy < TERN__STS_POOL_MAX && r->pool_wait != NULL) {
+    struct tern__sts_fetch *f = r->pool_wait;
+    r->pool_wait = f->pool_next;
+    if (r->pool_wait == NULL)
+      r->pool_wait_tail = NULL;
+    f->pool_next = NULL;
+    f->waiting = false;
+    fetch_queue(f);
+  }
 }
 
 static void fetch_addr_done(struct tern__sub *s, int err, struct ub_result *res) {
@@ -374,12 +407,16 @@ static void fetch_addr_done(struct tern__sub *s, int err, struct ub_result *res)
     fetch_fail(f, msg);
     return;
   }
-  f->queued = true;
-  r->fetches++;
-  if (uv_queue_work(r->loop, &f->work, fetch_work, fetch_after) != 0) {
-    f->queued = false;
-    fetch_fail(f, "cannot queue the fetch");
+  if (r->pool_busy >= TERN__STS_POOL_MAX) {
+    f->waiting = true;
+    if (r->pool_wait_tail)
+      r->pool_wait_tail->pool_next = f;
+    else
+      r->pool_wait = f;
+    r->pool_wait_tail = f;
+    return;
   }
+  fetch_queue(f);
 }
 
 static int fetch_start(struct tern_resolver *r, struct tern__sts_entry *e,
@@ -548,6 +585,8 @@ int tern__sts_start(struct tern_dns_query *q) {
 }
 
 void tern__sts_free_all(struct tern_resolver *r) {
+  /* the waiting fetches belong to entries: freed with them below */
+  r->pool_wait = r->pool_wait_tail = NULL;
   while (r->sts != NULL) {
     struct tern__sts_entry *e = r->sts;
     struct tern__sts_fetch *f = e->fetch;

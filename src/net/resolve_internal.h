@@ -36,6 +36,10 @@
 #define TERN__WHY_MAX 256
 #define TERN__STS_CACHE_MAX 256     /* domains with a cached policy */
 #define TERN__STS_ID_MAX 33         /* 32 alphanumerics and the NUL */
+/* HTTPS fetches on libuv's thread pool at once, per resolver: the pool
+ * (4 threads by default) also runs Maildir fsyncs and AUTH checks, which
+ * slow policy hosts must not starve. The others wait their turn. */
+#define TERN__STS_POOL_MAX 2
 
 /* Handler errors besides libunbound's own (which are negative, small). */
 #define TERN__SUB_TIMEOUT (-1000)   /* the deadline passed */
@@ -115,6 +119,8 @@ struct tern_resolver {
   struct tern__sts_entry *sts;   /* the cache */
   size_t nsts;
   uint64_t fetches;
+  unsigned pool_busy;            /* fetches on the thread pool */
+  struct tern__sts_fetch *pool_wait, *pool_wait_tail; /* their turn next */
   char err[TERN__WHY_MAX];
 };
 

@@ -9,6 +9,7 @@
  *   tlsa HOST PORT       the TLSA result, one "tlsa" line per record
  *   sts DOMAIN           the MTA-STS policy (or none) and why
  *   sts2 DOMAIN          two asks at once: both answers
+ *   stsall DOMAIN...     one ask per domain, all at once
  *   fetches              tern_resolver_mtasts_fetches()
  *   cancel DOMAIN        an MX query cancelled at once: no callback
  *   cancel-sts DOMAIN    an MTA-STS query cancelled at once: no callback
@@ -241,6 +242,19 @@ int main(int argc, char **argv) {
       outstanding = 2;
       check(tern_resolve_mtasts(res, arg, on_sts, "1:", NULL), "sts");
       check(tern_resolve_mtasts(res, arg, on_sts, "2:", NULL), "sts");
+      wait_answers();
+    } else if (!strcmp(cmd, "stsall")) {
+      /* every domain on the line at once (more than the pool slots) */
+      static char tags[16][80];
+      char *save = NULL, *tok;
+      int n = 0;
+      strtok_r(line, " \t\r\n", &save);
+      while ((tok = strtok_r(NULL, " \t\r\n", &save)) != NULL && n < 16) {
+        snprintf(tags[n], sizeof tags[n], "%s:", tok);
+        outstanding++;
+        check(tern_resolve_mtasts(res, tok, on_sts, tags[n], NULL), "sts");
+        n++;
+      }
       wait_answers();
     } else if (!strcmp(cmd, "fetches")) {
       printf("fetches=%llu\n", (unsigned long long)tern_resolver_mtasts_fetches(res));
