@@ -33,29 +33,30 @@
 struct tern__sts_entry {
   struct tern__sts_entry *next;
   char domain[TERN__DNS_NAME_MAX];
-  bool have;                      /* a policy was fetched */
+  bool have; /* a policy was fetched */
   char id[TERN__STS_ID_MAX];
-  uint64_t expiry;                /* uv_now() ms */
+  uint64_t expiry; /* uv_now() ms */
   uint64_t used;
   struct tern_mtasts_parsed parsed;
-  struct tern_mtasts_policy pol;  /* points into parsed and id */
-  struct tern__sts_fetch *fetch;  /* in flight */
+  struct tern_mtasts_policy pol; /* points into parsed and id */
+  struct tern__sts_fetch *fetch; /* in flight */
 };
 
 struct tern__sts_fetch {
-  struct tern_resolver *r;        /* NULL: orphaned by tern_resolver_free */
+  struct tern_resolver *r; /* NULL: orphaned by tern_resolver_free */
   struct tern__sts_entry *e;
-  char id[TERN__STS_ID_MAX];      /* the TXT id that asked for it */
+  char id[TERN__STS_ID_MAX]; /* the TXT id that asked for it */
   struct tern_dns_query *waiters;
-  int pending;                    /* address lookups */
-  bool queued;                    /* on the thread pool */
-  bool waiting;                   /* in r->pool_wait */
+  int pending;  /* address lookups */
+  bool queued;  /* on the thread pool */
+  bool waiting; /* in r->pool_wait */
   struct tern__sts_fetch *pool_next;
   uv_work_t work;
   atomic_int abort;
   /* for the thread: read only there */
   char host[TERN__DNS_NAME_MAX + 8]; /* mta-sts.DOMAIN */
-  char resolve[(INET6_ADDRSTRLEN + 3) * 2 * STS_ADDRS_MAX + TERN__DNS_NAME_MAX + 16];
+  char resolve[(INET6_ADDRSTRLEN + 3) * 2 * STS_ADDRS_MAX + TERN__DNS_NAME_MAX +
+               16];
   size_t naddrs;
   unsigned port, timeout_ms;
   char *ca_file;
@@ -70,7 +71,9 @@ struct tern__sts_fetch {
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_FAILED_INIT;
 
-static void curl_init(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+static void curl_init(void) {
+  curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
 
 /* ---- queries ------------------------------------------------------------ */
 
@@ -98,7 +101,8 @@ void tern__sts_cancel(struct tern_dns_query *q) {
     waiter_remove(q->fetch, q);
 }
 
-/* ---- the cache ---------------------------------------------------------------- */
+/* ---- the cache
+ * ---------------------------------------------------------------- */
 
 static struct tern__sts_entry *entry_find(struct tern_resolver *r,
                                           const char *domain) {
@@ -122,7 +126,8 @@ static struct tern__sts_entry *entry_new(struct tern_resolver *r,
 
   if (r->nsts >= TERN__STS_CACHE_MAX) {
     for (pp = &r->sts; *pp != NULL; pp = &(*pp)->next)
-      if ((*pp)->fetch == NULL && (victim == NULL || (*pp)->used < (*victim)->used))
+      if ((*pp)->fetch == NULL &&
+          (victim == NULL || (*pp)->used < (*victim)->used))
         victim = pp;
     if (victim == NULL)
       return NULL;
@@ -146,7 +151,8 @@ static bool entry_valid(const struct tern_resolver *r,
   return e != NULL && e->have && uv_now(r->loop) < e->expiry;
 }
 
-/* ---- the fetch -------------------------------------------------------------------- */
+/* ---- the fetch
+ * -------------------------------------------------------------------- */
 
 static void fetch_free(struct tern__sts_fetch *f) {
   free(f->body);
@@ -156,7 +162,8 @@ static void fetch_free(struct tern__sts_fetch *f) {
 
 /* Every waiter gets the outcome; the fetch is done. */
 static void fetch_complete(struct tern__sts_fetch *f,
-                           const struct tern_mtasts_policy *p, const char *why) {
+                           const struct tern_mtasts_policy *p,
+                           const char *why) {
   if (f->e != NULL)
     f->e->fetch = NULL;
   while (f->waiters != NULL) {
@@ -233,7 +240,8 @@ static void fetch_work(uv_work_t *w) {
 
   pthread_once(&curl_once, curl_init);
   if (curl_init_rc != CURLE_OK) {
-    snprintf(f->why, sizeof f->why, "libcurl: %s", curl_easy_strerror(curl_init_rc));
+    snprintf(f->why, sizeof f->why, "libcurl: %s",
+             curl_easy_strerror(curl_init_rc));
     return;
   }
   if (f->port == 443)
@@ -262,7 +270,7 @@ static void fetch_work(uv_work_t *w) {
   curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
   if (f->ca_file != NULL)
     curl_easy_setopt(c, CURLOPT_CAINFO, f->ca_file);
-  curl_easy_setopt(c, CURLOPT_PROXY, "");   /* never an environment proxy */
+  curl_easy_setopt(c, CURLOPT_PROXY, ""); /* never an environment proxy */
   curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)f->timeout_ms);
@@ -287,14 +295,17 @@ static void fetch_work(uv_work_t *w) {
   }
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
   if (code != 200) {
-    snprintf(f->why, sizeof f->why, "%.100s: HTTP status %ld (want 200; "
-             "redirects are not followed)", url, code);
+    snprintf(f->why, sizeof f->why,
+             "%.100s: HTTP status %ld (want 200; "
+             "redirects are not followed)",
+             url, code);
     goto done;
   }
   curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
   if (!text_plain(ct)) {
-    snprintf(f->why, sizeof f->why, "%.100s: Content-Type \"%.60s\", not text/plain",
-             url, ct ? ct : "");
+    snprintf(f->why, sizeof f->why,
+             "%.100s: Content-Type \"%.60s\", not text/plain", url,
+             ct ? ct : "");
     goto done;
   }
   f->ok = true;
@@ -372,7 +383,8 @@ static void pool_next(struct tern_resolver *r) {
   }
 }
 
-static void fetch_addr_done(struct tern__sub *s, int err, struct ub_result *res) {
+static void fetch_addr_done(struct tern__sub *s, int err,
+                            struct ub_result *res) {
   struct tern__sts_fetch *f = s->owner;
   struct tern_resolver *r = f->r;
   char why[TERN__WHY_MAX];
@@ -463,7 +475,8 @@ nomem:
   return TERN_ENOMEM;
 }
 
-/* ---- the TXT record ----------------------------------------------------------- */
+/* ---- the TXT record
+ * ----------------------------------------------------------- */
 
 /* RFC 8461 §3.1: "If multiple TXT records for _mta-sts are returned by
  * the resolver, records that do not begin with "v=STSv1;" are discarded.
@@ -531,7 +544,8 @@ static void txt_done(struct tern__sub *s, int err, struct ub_result *res) {
   if (st == TERN_DNS_NXDOMAIN || st == TERN_DNS_NODATA) {
     snprintf(why, sizeof why, "no _mta-sts record");
     st = -1;
-  } else if (st == TERN_DNS_OK && txt_id(res, id, sizeof id, why, sizeof why) != 0) {
+  } else if (st == TERN_DNS_OK &&
+             txt_id(res, id, sizeof id, why, sizeof why) != 0) {
     st = -1;
   }
   if (st != TERN_DNS_OK) {
@@ -557,7 +571,8 @@ static void txt_done(struct tern__sub *s, int err, struct ub_result *res) {
   }
   e->used = uv_now(r->loop);
   if (e->fetch == NULL && fetch_start(r, e, id) != 0) {
-    finish(q, entry_valid(r, e) ? &e->pol : NULL, "fetch failed: out of memory");
+    finish(q, entry_valid(r, e) ? &e->pol : NULL,
+           "fetch failed: out of memory");
     return;
   }
   /* join the fetch in flight (ours or an earlier one) */
@@ -581,7 +596,8 @@ int tern__sts_start(struct tern_dns_query *q) {
   if (!r->mta_sts)
     return tern__sub_start(r, NULL, 16, off_done, q, 0) ? 0 : TERN_ENOMEM;
   snprintf(name, sizeof name, "_mta-sts.%s", q->name);
-  return tern__sub_start(r, name, 16 /* TXT */, txt_done, q, 0) ? 0 : TERN_ENOMEM;
+  return tern__sub_start(r, name, 16 /* TXT */, txt_done, q, 0) ? 0
+                                                                : TERN_ENOMEM;
 }
 
 void tern__sts_free_all(struct tern_resolver *r) {
