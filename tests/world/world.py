@@ -210,6 +210,27 @@ def main(cases):
         sys.exit(rc)
 
 
+def once(fn):
+    """Decorator: fn() runs once; later calls return its result, or raise
+    its failure again (a test file's world is built by its first case,
+    and a world that could not be built fails every case the same way)."""
+    memo = []
+
+    def wrapper():
+        if not memo:
+            try:
+                memo.append((True, fn()))
+            except BaseException as e:
+                memo.append((False, e))
+        ok, v = memo[0]
+        if not ok:
+            raise TestFailure("the world of this test could not be built: "
+                              "%s" % v) from v
+        return v
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
 # ---- the world inside the namespace ----------------------------------------------
 
 OPENSSL_CNF = """[req]
@@ -503,6 +524,13 @@ class World:
         self.servers.append(s)
         return s
 
+    def tarpit(self, addr, port=25):
+        """A host that never answers: connections complete (the kernel's
+        backlog) but no greeting ever comes."""
+        s = Tarpit(addr, port).start()
+        self.servers.append(s)
+        return s
+
     def mta_sts(self, domain, policy, addr, cert=None):
         """The HTTPS server of mta-sts.DOMAIN on addr:443 serving `policy`
         (text) at /.well-known/mta-sts.txt with a certificate for
@@ -603,8 +631,52 @@ class World:
             m = re.search(rb"queued as (\S+)", text)
             return m.group(1).decode() if m else text.decode()
 
+    def users_file(self, users):
+        """A users file made with `tern passwd` for {user: password}."""
+        path = os.path.join(self.dir, "users")
+        h.write(path, "".join(h.passwd_line(u, p) + "\n"
+                              for u, p in users.items()), 0o600)
+        return path
+
+    def submission(self, users):
+        """Config sections for a submission listener on TERN_ADDR:587
+        (STARTTLS, AUTH required) with these {user: password}."""
+        return {"listener sub": {"url": "smtp://%s:587" % TERN_ADDR,
+                                 "starttls": "yes", "auth": "required"},
+                "auth": {"users": self.users_file(users)}}
+
+    def submit(self, user, password, frm, rcpts, msg, mail_options=(),
+               port=587, host=TERN_ADDR):
+        """One message over submission: EHLO, STARTTLS (tern's certificate
+        chain checked against the test CA), AUTH, MAIL with mail_options (e.g.
+        ["REQUIRETLS"]), RCPT, DATA. Returns the DATA reply text."""
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.check_hostname = False     # connected by address; chain checked
+        with smtplib.SMTP(host, port, timeout=20) as c:
+            c.ehlo("client.world.example")
+            c.starttls(context=ctx)
+            c.ehlo("client.world.example")
+            for opt in mail_options:
+                check(c.has_extn(opt.split("=")[0].lower()),
+                      "tern does not offer %s after STARTTLS: %r"
+                      % (opt, c.esmtp_features))
+            c.login(user, password)
+            code, text = c.mail(frm, list(mail_options))
+            check(code == 250, "MAIL FROM:<%s> %s: %d %s"
+                  % (frm, " ".join(mail_options), code, text))
+            for r in rcpts:
+                code, text = c.rcpt(r)
+                check(code == 250, "RCPT %s: %d %s" % (r, code, text))
+            code, text = c.data(msg)
+            check(code == 250, "DATA: %d %s" % (code, text))
+            return text.decode()
+
     def maildir(self, domain, user):
         return os.path.join(self.dir, "mail", domain, user)
+
+    def maildir_messages(self, domain, user):
+        return [h.read(p) for p in h.maildir_files(self.maildir(domain,
+                                                                 user))]
 
     def wait_maildir(self, domain, user, n=1, timeout=15):
         d = self.maildir(domain, user)
@@ -821,6 +893,24 @@ class Greet421:
             self.sock = None
 
 
+class Tarpit:
+    def __init__(self, addr, port):
+        self.addr, self.port = addr, port
+        self.sock = None
+
+    def start(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((self.addr, self.port))
+        self.sock.listen(1024)
+        return self
+
+    def stop(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 class PolicyServer:
     """HTTPS on addr:443 serving an MTA-STS policy; .fetches counts GETs
     of /.well-known/mta-sts.txt, .hosts the Host headers seen."""
@@ -905,16 +995,28 @@ def txt_rdata(text):
     return "TXT " + " ".join('"%s"' % p for p in parts)
 
 
-def dkim_verify(data, txt_by_name):
-    """dkimpy verifies every DKIM-Signature of `data` (bytes) with the
-    TXT records {"s1._domainkey.local.example": "v=DKIM1; ..."}; returns the
-    list of (d=, s=, a=) of the signatures, fails if any does not verify."""
+def dns_txt(name):
+    """The TXT record of `name` from the test DNS (NSD on 127.0.0.53),
+    its strings joined, as bytes; None if there is none."""
+    import dnslib
+    q = dnslib.DNSRecord.question(name, "TXT")
+    a = dnslib.DNSRecord.parse(q.send(DNS_ADDR, 53, timeout=3))
+    for rr in a.rr:
+        if rr.rtype == dnslib.QTYPE.TXT:
+            return b"".join(rr.rdata.data)
+    return None
+
+
+def dkim_verify(data):
+    """dkimpy verifies every DKIM-Signature of `data` (bytes), the keys
+    looked up in the test DNS (s1._domainkey... TXT served by NSD);
+    returns the list of (d=, s=, a=) of the signatures; fails if there is
+    none or one does not verify."""
     import dkim
 
     def dnsfunc(name, timeout=5):
         n = name.decode() if isinstance(name, bytes) else name
-        v = txt_by_name.get(n.rstrip(".").lower())
-        return v.encode() if v is not None else None
+        return dns_txt(n.rstrip("."))
 
     d = dkim.DKIM(data)
     hdrs = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
