@@ -97,6 +97,12 @@ void cfg_defaults(struct cfg *c) {
   c->queue_concurrency = 20;
   c->queue_max_active = 200;
   c->queue_fsync = true;
+  c->relay_verify = true;
+  c->out.dnssec = true;
+  c->out.mta_sts = true;
+  c->out.port = 25;
+  c->out.connect_timeout_ms = 30 * 1000;
+  c->out.timeout_ms = 5 * 60 * 1000;
 }
 
 int cfg_queue_control_path(const struct cfg *c, char *buf, size_t cap) {
@@ -108,10 +114,20 @@ int cfg_queue_control_path(const struct cfg *c, char *buf, size_t cap) {
   return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
+bool cfg_uses_outbound(const struct cfg *c) {
+  if (c->target == CFG_MX || c->relay_set)
+    return true;
+  for (size_t i = 0; i < c->nroutes; i++)
+    if (c->routes[i].kind != CFG_ROUTE_LOCAL)
+      return true;
+  return false;
+}
+
 bool cfg_uses_queue(const struct cfg *c) {
   if (c->queue >= 0)
     return c->queue != 0;
-  return c->target == CFG_LMTP || c->target == CFG_SMTP;
+  return c->target == CFG_LMTP || c->target == CFG_SMTP ||
+         cfg_uses_outbound(c);
 }
 
 void cfg_free(struct cfg *c) {
@@ -143,6 +159,34 @@ void cfg_free(struct cfg *c) {
   if (c->forward_auth_password) {
     explicit_bzero(c->forward_auth_password, strlen(c->forward_auth_password));
     free(c->forward_auth_password);
+  }
+  free(c->relay_url);
+  free(c->relay_auth_user);
+  free(c->relay_auth_password_file);
+  if (c->relay_auth_password) {
+    explicit_bzero(c->relay_auth_password, strlen(c->relay_auth_password));
+    free(c->relay_auth_password);
+  }
+  free(c->relay_ca_file);
+  for (size_t i = 0; i < c->nroutes; i++) {
+    free(c->routes[i].domain);
+    free(c->routes[i].url);
+  }
+  free(c->out.helo);
+  free(c->out.bind);
+  free(c->out.bind6);
+  free(c->out.resolver);
+  free(c->out.trust_anchor);
+  free(c->out.mta_sts_ca_file);
+  free(c->out.ca_file);
+  for (size_t i = 0; i < c->ntls_policies; i++)
+    free(c->tls_policies[i].domain);
+  for (size_t i = 0; i < c->ndkim; i++) {
+    free((char *)c->dkim[i].domain);
+    free((char *)c->dkim[i].selector);
+    free((char *)c->dkim[i].key_file);
+    free((char *)c->dkim[i].headers);
+    free(c->dkim_name[i]);
   }
   free(c->queue_dir);
   free(c->queue_postmaster);
@@ -907,6 +951,8 @@ static int check_delivery(const struct cfg *c, char *err, size_t cap) {
       return check_fail(c, err, cap, "target = %s does not go with url = %s",
                         name, c->forward_url);
     break;
+  case CFG_MX:
+    break; /* the queue: checked with the routes (check_outbound) */
   }
   return 0;
 }
@@ -1004,11 +1050,24 @@ int cfg_check(const struct cfg *c, char *err, size_t cap) {
   return cfg_check_relay(c, c->listeners, c->nlisteners, err, cap);
 }
 
-bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {
-  if (c->accept_any)
-    return true;
-  if (len > 0 && domain[len - 1] == '.')
-    len--;
+/* Does `pat` (a [routes] or [tls_policy] domain: "d", ".d" or "*")
+ * match domain[0..len) (no trailing dot)? 0: no; else how well: the
+ * exact name 1 << 20, a suffix its length, "*" 1. */
+static size_t domain_match(const char *pat, const char *domain, size_t len) {
+  size_t pl = strlen(pat);
+  if (pl == 1 && pat[0] == '*')
+    return 1;
+  if (pat[0] == '.')
+    return len > pl && strncasecmp(domain + len - pl, pat, pl) == 0 ? pl : 0;
+  return pl == len && strncasecmp(pat, domain, len) == 0 ? (size_t)1 << 20 : 0;
+}
+
+static size_t trim_dot(const char *domain, size_t len) {
+  return len > 0 && domain[len - 1] == '.' ? len - 1 : len;
+}
+
+bool cfg_domain_listed(const struct cfg *c, const char *domain, size_t len) {
+  len = trim_dot(domain, len);
   for (size_t i = 0; i < c->ndomains; i++) {
     const char *d = c->domains[i];
     if (strlen(d) == len && strncasecmp(d, domain, len) == 0)
@@ -1017,3 +1076,80 @@ bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {
   return false;
 }
 
+bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {
+  if (c->accept_any)
+    return true;
+  len = trim_dot(domain, len);
+  if (cfg_domain_listed(c, domain, len))
+    return true;
+  for (size_t i = 0; i < c->nroutes; i++)
+    if (domain_match(c->routes[i].domain, domain, len) > 1)
+      return true;
+  return false;
+}
+
+const struct cfg_route *cfg_route_find(const struct cfg *c, const char *domain,
+                                       size_t len) {
+  const struct cfg_route *best = NULL;
+  size_t how = 0;
+  len = trim_dot(domain, len);
+  for (size_t i = 0; i < c->nroutes; i++) {
+    size_t m = domain_match(c->routes[i].domain, domain, len);
+    if (m > how)
+      how = m, best = &c->routes[i];
+  }
+  return best;
+}
+
+enum tern_tls_policy cfg_tls_policy_for(const struct cfg *c,
+                                        const char *domain, size_t len) {
+  enum tern_tls_policy best = TERN_TLS_POLICY_AUTO;
+  size_t how = 0;
+  len = trim_dot(domain, len);
+  for (size_t i = 0; i < c->ntls_policies; i++) {
+    size_t m = domain_match(c->tls_policies[i].domain, domain, len);
+    if (m > how)
+      how = m, best = c->tls_policies[i].level;
+  }
+  return best;
+}
+
+/* "mx:" and the domain in lower case. */
+static const char *mx_dest(const char *domain, size_t len, char *buf,
+                           size_t cap) {
+  if (len + 4 > cap)
+    return NULL;
+  memcpy(buf, "mx:", 3);
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)domain[i];
+    buf[3 + i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+  }
+  buf[3 + len] = '\0';
+  return buf;
+}
+
+const char *cfg_route_dest(const struct cfg *c, const char *domain,
+                           size_t len, char *buf, size_t cap) {
+  len = trim_dot(domain, len);
+  const struct cfg_route *r = cfg_route_find(c, domain, len);
+  int kind;
+  if (r != NULL)
+    kind = r->kind;
+  else if (len == 0 || cfg_domain_accepted(c, domain, len))
+    kind = CFG_ROUTE_LOCAL;
+  else if (c->relay_url != NULL)
+    return "smarthost";
+  else if (c->relay_set || cfg_uses_queue(c))
+    kind = CFG_ROUTE_MX;
+  else
+    kind = CFG_ROUTE_LOCAL; /* no queue: as before relaying existed */
+  if (kind == CFG_ROUTE_URL) {
+    int n = snprintf(buf, cap, "url:%s", r->url);
+    return n < 0 || (size_t)n >= cap ? NULL : buf;
+  }
+  if (kind == CFG_ROUTE_LOCAL && c->target != CFG_MX)
+    return "local";
+  if (len == 0) /* <postmaster> with target = mx: this host's domain */
+    return mx_dest(c->hostname, strlen(c->hostname), buf, cap);
+  return mx_dest(domain, len, buf, cap);
+}

@@ -612,7 +612,7 @@ static int add_domain(struct cfg_parser *st, const struct cfg_key *k,
   }
   if (s[len - 1] == '.')
     len--;
-  if (cfg_domain_accepted(c, s, len))
+  if (cfg_domain_listed(c, s, len))
     return 0; /* listed twice */
   if (c->ndomains == CFG_MAX_DOMAINS) {
     cfg_fail(st, st->line, "too many domains for accept (at most %d)",
@@ -634,7 +634,7 @@ static int p_accept(struct cfg_parser *st, const struct cfg_key *k,
   bool any = false, star = false;
   (void)field;
   clear_domains(c);
-  c->accept_any = false; /* so cfg_domain_accepted finds repeats */
+  c->accept_any = false;
   while ((s = next_item(&p, &len)) != NULL) {
     any = true;
     if (len == 1 && s[0] == '*')

@@ -82,6 +82,10 @@ bool cfg_listener_url_cli_ok(const char *u);
  * lmtp:///path for CFG_LMTP. */
 bool cfg_forward_url_ok(const char *u, enum cfg_target target);
 
+/* Is the domain in the [domains] accept list itself (not accept_any,
+ * not [routes])? */
+bool cfg_domain_listed(const struct cfg *c, const char *domain, size_t len);
+
 /* "%x" escapes in a template: only those in `allowed` (and "%%"). */
 bool cfg_template_ok(const char *t, const char *allowed);
 
