@@ -222,10 +222,13 @@ def once(fn):
                 memo.append((True, fn()))
             except BaseException as e:
                 memo.append((False, e))
+                raise
         ok, v = memo[0]
         if not ok:
-            raise TestFailure("the world of this test could not be built: "
-                              "%s" % v) from v
+            first = str(v).splitlines()
+            raise TestFailure("the world of this test could not be built "
+                              "(see the first case's failure): %s"
+                              % (first[0] if first else repr(v)))
         return v
     wrapper.__name__ = fn.__name__
     return wrapper
