@@ -67,9 +67,9 @@ def test_dane_correct_tlsa():
     world()
     s = S["serve"]
     send("rcpt@dane-ok.example")
-    m = S["good"].wait(1)[0]
-    check(m.tls, "delivered without TLS: %r" % m)
     d = w.wait_delivery(s, "rcpt@dane-ok.example", "sent")
+    m = S["good"].wait(1, 5)[0]
+    check(m.tls, "delivered without TLS: %r" % m)
     check(d.get("verified") == "dane-ee",
           "verified=%r, expected dane-ee: %s" % (d.get("verified"),
                                                  d["_line"]))
@@ -98,9 +98,9 @@ def test_tlsa_in_unsigned_zone_ignored():
     world()
     s = S["serve"]
     send("rcpt@dane-unsigned.example")
-    m = S["unsigned"].wait(1)[0]
-    check(m.rcpts == ["rcpt@dane-unsigned.example"], "%r" % m)
     d = w.wait_delivery(s, "rcpt@dane-unsigned.example", "sent")
+    m = S["unsigned"].wait(1, 5)[0]
+    check(m.rcpts == ["rcpt@dane-unsigned.example"], "%r" % m)
     check(not d.get("verified", "").startswith("dane"),
           "an insecure TLSA record was used: %s" % d["_line"])
     check(m.tls, "opportunistic TLS not used although offered: %r" % m)

@@ -50,8 +50,8 @@ def test_signed_rsa_and_ed25519():
     rcpt = "bob@dkim-dest.example"
     W.submit("alice", USERS["alice"], frm, [rcpt],
              w.message(frm, rcpt, subject="signed twice"))
-    m = [x for x in S["sink"].wait(1) if x.rcpts == [rcpt]][0]
     w.wait_delivery(S["serve"], rcpt, "sent")
+    m = [x for x in S["sink"].wait(1, 5) if x.rcpts == [rcpt]][0]
     sigs = w.dkim_verify(m.data)
     algs = sorted(a for d, s, a in sigs)
     check(algs == ["ed25519-sha256", "rsa-sha256"],

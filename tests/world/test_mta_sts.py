@@ -74,9 +74,9 @@ def test_testing_delivers_and_logs():
     world()
     s = S["serve"]
     send("rcpt@sts-testing.example")
-    m = S["sts-testing.example"].wait(1)[0]
-    check(m.rcpts == ["rcpt@sts-testing.example"], "%r" % m)
     d = w.wait_delivery(s, "rcpt@sts-testing.example", "sent")
+    m = S["sts-testing.example"].wait(1, 5)[0]
+    check(m.rcpts == ["rcpt@sts-testing.example"], "%r" % m)
     check(d.get("tls_failure"), "mode testing: no tls_failure= on the "
           "delivery line: %s" % d["_line"])
     check(d.get("verified") != "mta-sts", "verified=mta-sts although the "
@@ -91,18 +91,18 @@ def test_policy_cached():
     dom = "sts-cache.example"
     sink = S[dom]
     send("first@" + dom)
-    sink.wait(1)
     d = w.wait_delivery(s, "first@" + dom, "sent")
+    sink.wait(1, 5)
     check(d.get("verified") == "mta-sts", "verified=%r, expected mta-sts: "
           "%s" % (d.get("verified"), d["_line"]))
     frm = "sender@" + w.LOCAL_DOMAIN
     for i in range(20):
         W.send(frm, ["r%d@%s" % (i, dom)], w.message(frm, "r%d@%s" % (i, dom)))
-    sink.wait(21, timeout=30)
     for i in range(20):
-        d = w.wait_delivery(s, "r%d@%s" % (i, dom), "sent")
+        d = w.wait_delivery(s, "r%d@%s" % (i, dom), "sent", timeout=30)
         check(d.get("verified") == "mta-sts", "message %d: %s"
               % (i, d["_line"]))
+    sink.wait(21, 5)
     web = S["web " + dom]
     check(web.fetches == 1, "the policy was fetched %d times for 21 "
           "messages (cached per max_age: once)" % web.fetches)

@@ -72,9 +72,9 @@ def test_preference_order():
     s = serve()
     sinks = HOSTS["sinks"]
     send_one("rcpt@order.example")
-    m = sinks["order10"].wait(1)[0]
-    check(m.rcpts == ["rcpt@order.example"], "at MX 10: %r" % m)
     d = w.wait_delivery(s, "rcpt@order.example", "sent")
+    m = sinks["order10"].wait(1, 5)[0]
+    check(m.rcpts == ["rcpt@order.example"], "at MX 10: %r" % m)
     check(sinks["order20"].connections == 0,
           "the MX 20 host was contacted (%d connections) though MX 10 was "
           "up" % sinks["order20"].connections)
@@ -86,9 +86,9 @@ def test_preference_order():
 def test_fallback_refused():
     s = serve()
     send_one("rcpt@pref.example")
-    m = HOSTS["sinks"]["pref20"].wait(1)[0]
-    check(m.rcpts == ["rcpt@pref.example"], "at MX 20: %r" % m)
     d = w.wait_delivery(s, "rcpt@pref.example", "sent")
+    m = HOSTS["sinks"]["pref20"].wait(1, 5)[0]
+    check(m.rcpts == ["rcpt@pref.example"], "at MX 20: %r" % m)
     check(not w.deliveries(s, "rcpt@pref.example", "deferred"),
           "deferred before going to MX 20: %s"
           % w.deliveries(s, "rcpt@pref.example", "deferred"))
@@ -99,9 +99,9 @@ def test_fallback_refused():
 def test_fallback_421():
     s = serve()
     send_one("rcpt@greet.example")
-    m = HOSTS["sinks"]["g20"].wait(1)[0]
-    check(m.rcpts == ["rcpt@greet.example"], "at MX 20: %r" % m)
     w.wait_delivery(s, "rcpt@greet.example", "sent")
+    m = HOSTS["sinks"]["g20"].wait(1, 5)[0]
+    check(m.rcpts == ["rcpt@greet.example"], "at MX 20: %r" % m)
     check(HOSTS["g421_srv"].connections >= 1,
           "the 421 host (MX 10) was never tried")
 
@@ -109,9 +109,9 @@ def test_fallback_421():
 def test_implicit_mx():
     s = serve()
     send_one("rcpt@implicit.example")
-    m = HOSTS["sinks"]["implicit"].wait(1)[0]
-    check(m.rcpts == ["rcpt@implicit.example"], "implicit MX: %r" % m)
     w.wait_delivery(s, "rcpt@implicit.example", "sent")
+    m = HOSTS["sinks"]["implicit"].wait(1, 5)[0]
+    check(m.rcpts == ["rcpt@implicit.example"], "implicit MX: %r" % m)
 
 
 def test_null_mx():

@@ -69,8 +69,8 @@ def test_no_starttls_bounces_5_7_30():
     # control: the same host takes mail that does not require TLS
     rcpt2 = "r2@notls.example"
     submit(rcpt2, [])
-    S["plain"].wait(1)
     w.wait_delivery(s, rcpt2, "sent")
+    S["plain"].wait(1, 5)
 
 
 def test_unverified_tls_bounces():

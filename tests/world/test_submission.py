@@ -44,14 +44,14 @@ def test_submission_to_mx():
     rcpt = "erin@foreign.example"
     msg = w.message(frm, rcpt, subject="from submission to the world")
     W.submit("dana", USERS["dana"], frm, [rcpt], msg)
-    m = S["sink"].wait(1)[0]
+    d = w.wait_delivery(S["serve"], rcpt, "sent")
+    m = S["sink"].wait(1, 5)[0]
     check(m.rcpts == [rcpt] and m.mail_from == frm, "envelope: %r" % m)
     check(m.tls and m.tls_version.startswith("TLS"),
           "not delivered over TLS: %r" % m)
     check(msg.split(b"\r\n\r\n", 1)[1] in m.data, "body changed")
     sigs = w.dkim_verify(m.data)
     check(sigs and sigs[0][0] == w.LOCAL_DOMAIN, "signatures %r" % sigs)
-    d = w.wait_delivery(S["serve"], rcpt, "sent")
     check(d.get("tls", "").startswith("TLS"), "no tls= on %s" % d["_line"])
     check("mail.foreign.example" in d["_line"],
           "the delivery line does not name the MX host: %s" % d["_line"])

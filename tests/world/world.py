@@ -518,6 +518,7 @@ class World:
         STARTTLS (not required). reply(rcpt) may return an SMTP reply
         text to refuse a recipient. Started; stopped by close()."""
         s = Sink(addr, port, tls, name or addr, reply).start()
+        s.world = self
         self.sinks.append(s)
         return s
 
@@ -674,6 +675,11 @@ class World:
             check(code == 250, "DATA: %d %s" % (code, text))
             return text.decode()
 
+    def logs(self, n=25):
+        """The last n log lines of each tern serve of this world."""
+        return "".join("\n%s log (last lines):\n%s" % (s.name, s.log(n))
+                       for s in self.serves)
+
     def maildir(self, domain, user):
         return os.path.join(self.dir, "mail", domain, user)
 
@@ -683,8 +689,11 @@ class World:
 
     def wait_maildir(self, domain, user, n=1, timeout=15):
         d = self.maildir(domain, user)
-        wait_for(lambda: len(h.maildir_files(d)) >= n, timeout,
-                 "%d message(s) in the Maildir %s" % (n, d))
+        try:
+            wait_for(lambda: len(h.maildir_files(d)) >= n, timeout,
+                     "%d message(s) in the Maildir %s" % (n, d))
+        except TestFailure as e:
+            fail("%s%s" % (e, self.logs()))
         return [h.read(p) for p in h.maildir_files(d)]
 
     # -- the end ------------------------------------------------------------
@@ -846,9 +855,14 @@ class Sink:
             return list(self.messages)
 
     def wait(self, n, timeout=15):
-        wait_for(lambda: len(self.snapshot()) >= n, timeout,
-                 "%d message(s) at the sink %s (has %d)"
-                 % (n, self.name, len(self.snapshot())))
+        try:
+            wait_for(lambda: len(self.snapshot()) >= n, timeout,
+                     "%d message(s) at the sink %s" % (n, self.name))
+        except TestFailure as e:
+            w = getattr(self, "world", None)
+            fail("%s (has %d, %d connections)%s"
+                 % (e, len(self.snapshot()), self.connections,
+                    w.logs() if w else ""))
         return self.snapshot()
 
     def plaintext_mails(self):
@@ -1065,9 +1079,29 @@ def deliveries(serve, rcpt=None, status=None):
     return res
 
 
+FINAL = ("sent", "bounced", "expired")
+
+
 def wait_delivery(serve, rcpt, status, timeout=20):
-    """Wait for a delivery line of rcpt with that status; returns it."""
-    wait_for(lambda: deliveries(serve, rcpt, status), timeout,
-             "a delivery line rcpt=<%s> status=%s; log:\n%s"
-             % (rcpt, status, serve.log(40)))
+    """Wait for a delivery line of rcpt with that status; returns it.
+    Fails at once when rcpt gets another final status (sent, bounced,
+    expired) instead, quoting that line."""
+    def look():
+        got = deliveries(serve, rcpt, status)
+        if got:
+            return got
+        other = [d for d in deliveries(serve, rcpt)
+                 if d.get("status") in FINAL]
+        if other:
+            fail("rcpt=<%s>: expected status=%s, got: %s"
+                 % (rcpt, status, other[0]["_line"]))
+        if not serve.alive():
+            fail("tern serve exited (%s) before a status=%s line for <%s>"
+                 % (serve.proc.poll(), status, rcpt))
+        return None
+    try:
+        wait_for(look, timeout,
+                 "a delivery line rcpt=<%s> status=%s" % (rcpt, status))
+    except TestFailure as e:
+        fail("%s; log:\n%s" % (e, serve.log(40)))
     return deliveries(serve, rcpt, status)[0]
