@@ -118,7 +118,7 @@ def test_null_mx():
     s = serve()
     send_one("rcpt@nullmx.example", frm="nullsender@local.example")
     d = w.wait_delivery(s, "rcpt@nullmx.example", "bounced", timeout=10)
-    check("5.1.10" in d.get("reply", ""), "null MX bounce without 5.1.10: %s"
+    check("5.1.10" in d["_line"], "null MX bounce without 5.1.10: %s"
           % d["_line"])
     check(not w.deliveries(s, "rcpt@nullmx.example", "deferred"),
           "null MX deferred first (must bounce at once): %s"
