@@ -387,14 +387,16 @@ struct tern_queue_msg;
 /*
  * Open a queued message for `m` (sender, recipients with their NOTIFY
  * and ORCPT, MAIL parameters; m->header is not used) on port `p` (of
- * m->loop), every recipient to destination `dest` ("local", "relay").
+ * m->loop), recipient i to destination dests[i] ("local", "mx:DOMAIN",
+ * "url:URL", "smarthost": cfg_route_dest in config.h); dests NULL, or
+ * a NULL dests[i], means "local". The strings are copied.
  * Its queue id is known at once (tern_queue_msg_id) so that the trace
  * header can name it; hand the message to queue_ops.begin through
  * m->envelope (begin writes m->header first), or tern_queue_msg_abort
  * it. Returns 0 or -errno (-ESHUTDOWN: the queue is closing).
  */
 int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
-                   const char *dest, struct tern_queue_msg **out);
+                   const char *const *dests, struct tern_queue_msg **out);
 
 /* ---- the queue: delivery of its jobs (queue_deliver.c) --------------------- */
 

@@ -22,7 +22,7 @@
 #include "deliver.h"
 
 int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
-                   const char *dest, struct tern_queue_msg **out) {
+                   const char *const *dests, struct tern_queue_msg **out) {
   struct tern_queue_rcpt *r = calloc(m->nrcpts ? m->nrcpts : 1, sizeof *r);
   if (!r)
     return -ENOMEM;
@@ -30,7 +30,7 @@ int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
     r[i].addr = m->rcpts[i];
     r[i].orcpt = m->orcpt ? m->orcpt[i] : NULL;
     r[i].notify = m->notify ? m->notify[i] : 0;
-    r[i].dest = dest;
+    r[i].dest = dests && dests[i] ? dests[i] : "local";
   }
   struct tern_queue_envelope env = {0};
   env.from = m->from;

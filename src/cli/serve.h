@@ -59,9 +59,13 @@ struct sess {
   char **rcpts;               /* accepted recipients */
   unsigned *notify;           /* their NOTIFY bits (rcap of each) */
   char **orcpt;               /* their ORCPT, "type;addr" or NULL */
+  char **dests;               /* their destinations (cfg_route_dest):
+                                 "local", "mx:DOMAIN", "url:URL",
+                                 "smarthost"; the queue's rcpt dest */
   size_t nrcpts, rcap;
   unsigned cur_notify;        /* the RCPT being decided: its params */
   char *cur_orcpt;
+  char *cur_dest;             /* and its destination */
   struct deliver_mail mail;   /* MAIL's parameters (envid owned) */
   char client[400];           /* "dns; helo (addr)" for the queue */
   bool queued;                /* this message goes into the queue */
