@@ -673,16 +673,28 @@ static int prepare_queue_dir(const struct cfg *c) {
   return 0;
 }
 
-/* Where a DSN the queue makes goes: the target as it is now, so a
- * relaying target sends bounces on to the relay too, a maildir or pipe
- * target delivers them locally (the queue's destination names). */
+/* Where a DSN the queue makes goes: the destination the configuration
+ * as it is now gives its recipient's domain (cfg_route_dest: a local
+ * sender's bounce is delivered locally, a foreign one's goes to its
+ * domain's MX or the relay). Without outbound mail (Step 7's targets)
+ * everything is "local": the target, whatever it is. Home loop only:
+ * the name is in a static buffer the queue copies at once. */
 static const char *dsn_route(const char *addr, void *ud) {
-  (void)addr;
+  static char buf[1100];
   (void)ud;
   struct policy *p = policy_get();
-  bool relay = is_forward(&p->cfg);
+  const char *dest = "local";
+  if (cfg_uses_outbound(&p->cfg)) {
+    const char *at = strrchr(addr, '@');
+    const char *dom = at ? at + 1 : "";
+    dest = cfg_route_dest(&p->cfg, dom, strlen(dom), buf, sizeof buf);
+    if (dest != buf && dest) { /* a static name: keep it past the put */
+      snprintf(buf, sizeof buf, "%s", dest);
+      dest = buf;
+    }
+  }
   policy_put(p);
-  return relay ? "relay" : "local";
+  return dest ? dest : "local";
 }
 
 /* Open the queue ([queue] settings; delivery through qdeliver on this

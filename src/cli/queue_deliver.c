@@ -96,6 +96,7 @@ struct conn_facts {
   bool set;
   char host[256], addr[64], tls[24], cipher[80], verified[16], policy[24];
   char failure[240];
+  unsigned tried;
 };
 
 struct rconn;
@@ -221,6 +222,8 @@ void qdeliver_log_fields(const char *id, struct log_line *l) {
     return;
   kv(l, "mx", f->host);
   kv(l, "addr", f->addr);
+  if (f->tried > 1) /* the ones before it failed: refused, 4xx... */
+    log_line_kv(l, "tried", LOG_U(f->tried));
   log_line_kv(l, "tls", f->tls[0] ? f->tls : "none");
   kv(l, "cipher", f->cipher);
   if (f->tls[0])
@@ -685,6 +688,7 @@ static void rj_note_conn(struct qjob *j, struct rconn *c) {
   copy_str(f->verified, sizeof f->verified, ci->verified);
   copy_str(f->policy, sizeof f->policy, ci->policy);
   copy_str(f->failure, sizeof f->failure, ci->policy_failure);
+  f->tried = ci->hosts_tried;
   if (c->mx)
     copy_str(j->remote, sizeof j->remote, ci->host);
 }
