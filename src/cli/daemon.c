@@ -223,6 +223,12 @@ static void server_options(const struct cfg *c, struct tern_server_options *o,
   sc->timeout_data_ms = c->timeout_data_ms;
   sc->max_line_length = c->max_line_length;
   sc->max_junk_commands = c->max_junk_commands;
+  /* REQUIRETLS (RFC 8689; offered over TLS only, the session sees to
+   * that) where the queue delivers: every way out of it honours the
+   * flag (mx: only to verified hosts, URLs only over verified TLS to a
+   * next hop that offers it, else the message bounces with 5.7.30) */
+  if (cfg_uses_queue(c))
+    sc->extensions |= TERN_EXT_REQUIRETLS;
   o->max_connections = c->max_connections;
   o->max_per_ip = c->max_per_ip;
   o->greeting_delay_ms = c->greeting_delay_ms;

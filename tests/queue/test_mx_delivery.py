@@ -16,6 +16,8 @@ Cases:
                         the delivery line names dest, mx, addr, tls
   test_null_mx          a null MX (RFC 7505): bounced at once with
                         5.1.10 in the DSN, no retry
+  test_requiretls_no_starttls  REQUIRETLS to an MX without STARTTLS:
+                        bounced at once with 5.7.30
   test_servfail_expires SERVFAIL: deferred (4.4.3), then expired at the
                         end of a short [queue] lifetime, with a DSN
   test_dead_domain      a domain whose MX never greets and a live one in
@@ -277,6 +279,11 @@ shutdown_timeout = 2s
 
 [listener in]
 url = smtp://127.0.0.1:{port}
+starttls = yes
+
+[tls]
+cert = {certs}/server.pem
+key = {certs}/server.key
 
 [delivery]
 target = mx
@@ -324,10 +331,17 @@ class World:
         (port,) = h.free_ports(1)
         qdir = os.path.join(self.d, name + "-queue")
         path = h.write(os.path.join(self.d, name + ".ini"), CONF.format(
-            port=port, dns=self.dns.port, mxport=self.mxport, qdir=qdir,
+            port=port, dns=self.dns.port, certs=certs_dir(), mxport=self.mxport, qdir=qdir,
             timeout=timeout, lifetime=lifetime, retry_max=retry_max,
             concurrency=concurrency, max_active=max_active))
         return h.Conf(path, port, qdir, os.path.join(qdir, "control"))
+
+
+def certs_dir():
+    d = os.environ.get("TERN_TEST_CERTS")
+    h.check(d and os.path.exists(os.path.join(d, "server.pem")),
+            "TERN_TEST_CERTS does not hold server.pem: %r" % d)
+    return d
 
 
 QUEUED_RE = re.compile(r"queued as ([0-9A-Z]+)")
@@ -414,6 +428,38 @@ def test_null_mx():
             h.check(took < 10, "the bounce took %.1f s" % took)
 
 
+def test_requiretls_no_starttls():
+    """REQUIRETLS (RFC 8689) to an MX without STARTTLS: bounced at once
+    with 5.7.30, nothing sent in the clear."""
+    import ssl
+    with World() as w:
+        conf = w.conf("requiretls")
+        with h.Serve(["-c", conf.path], name="mx-requiretls") as srv:
+            with smtplib.SMTP(h.HOST, conf.port, timeout=30) as c:
+                c.ehlo("client.example")
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                c.starttls(context=ctx)
+                c.ehlo("client.example")
+                h.check(c.has_extn("requiretls"),
+                        "no REQUIRETLS offered over TLS: %r"
+                        % c.esmtp_features)
+                msg = ("From: <s@home.example>\r\nTo: <t@direct.example>\r\n"
+                       "Subject: secret\r\n\r\nOnly over TLS.\r\n")
+                refused = c.sendmail("s@home.example", ["t@direct.example"],
+                                     msg, mail_options=["REQUIRETLS"])
+                h.check(refused == {}, "refused: %r" % refused)
+            ln = wait_line(srv, "t@direct.example", "bounced", 20)
+            print("  " + ln)
+            h.check("5.7.30" in ln, "not 5.7.30: %r" % ln)
+            dsn = h.wait_for(lambda: w.sink.to("home.example"), 20,
+                             "the DSN at home.example's MX")
+            h.check(b"5.7.30" in dsn[0][2], "the DSN does not say 5.7.30")
+            h.check(not w.sink.to("direct.example"),
+                    "the message went to an MX without TLS")
+
+
 def test_servfail_expires():
     with World() as w:
         conf = w.conf("servfail", lifetime="4s", retry_max="1s")
@@ -476,5 +522,6 @@ def test_concurrency():
 
 
 if __name__ == "__main__":
-    h.main([test_mx_fallback, test_null_mx, test_servfail_expires,
+    h.main([test_mx_fallback, test_null_mx, test_requiretls_no_starttls,
+            test_servfail_expires,
             test_dead_domain, test_concurrency])
