@@ -598,8 +598,13 @@ class World:
         """tern serve with the base configuration and `sections` merged
         over it ({"routes": {"a.example": "mx"}, "queue": {"lifetime":
         "5s"}}; a value None removes a key, a section None removes it).
-        A fresh queue directory each time. Returns the e2e.Serve (logs in
-        .lines; stopped by close() if not before)."""
+        A fresh queue directory each time. One tern serve at a time (they
+        listen on the same address): a running one is stopped first.
+        Returns the e2e.Serve (logs in .lines; stopped by close() if not
+        before)."""
+        for old in self.serves:
+            if old.alive():
+                old.stop()
         n = len(self.serves)
         qdir = os.path.join(self.dir, "queue%d" % n)
         sections = dict(sections or {})
