@@ -30,7 +30,9 @@ def world():
     W.start_dns()
     S["plain"] = W.sink(a_plain)
     S["tls"] = W.sink(a_tls, tls=W.cert("not-the-mx.example"))
-    S["serve"] = W.serve(W.submission(USERS))
+    sections = W.submission(USERS)
+    sections["routes"] = {"notls.example": "mx", "unverified.example": "mx"}
+    S["serve"] = W.serve(sections)
     return W
 
 
