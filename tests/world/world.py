@@ -703,6 +703,9 @@ class World:
 
     # -- the end ------------------------------------------------------------
     def close(self):
+        if os.environ.get("TERN_WORLD_VERBOSE"):
+            for s in self.serves:
+                print("---- %s log:\n%s" % (s.name, "\n".join(s.snapshot())))
         for s in self.serves:
             try:
                 if s.alive():
