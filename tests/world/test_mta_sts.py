@@ -11,6 +11,8 @@ given to tern as [outbound] mta_sts_ca_file), MX hosts with STARTTLS.
 3. the policy is cached: one message, then 20 more to the same domain
    (enforce, a matching certificate): all delivered verified=mta-sts,
    and the policy host served exactly one fetch.
+4. the same for a burst: 20 messages queued before any policy is
+   known: still one fetch.
 """
 
 import world as w
@@ -33,7 +35,8 @@ def world():
     right = W.cert("mx.sts-cache.example")
     specs = {"sts-enforce.example": ("enforce", wrong),
              "sts-testing.example": ("testing", wrong),
-             "sts-cache.example": ("enforce", right)}
+             "sts-cache.example": ("enforce", right),
+             "sts-burst.example": ("enforce", W.cert("mx.sts-burst.example"))}
     addrs = {}
     for dom, (mode, cert) in specs.items():
         mx, web = W.addr(), W.addr()
@@ -109,6 +112,22 @@ def test_policy_cached():
     check(all(m.tls for m in sink.snapshot()), "a message without TLS")
 
 
+def test_policy_fetched_once_for_a_burst():
+    world()
+    s = S["serve"]
+    dom = "sts-burst.example"
+    frm = "sender@" + w.LOCAL_DOMAIN
+    rcpts = ["b%d@%s" % (i, dom) for i in range(20)]
+    for r in rcpts:         # 20 messages before any policy is cached
+        W.send(frm, [r], w.message(frm, r))
+    for r in rcpts:
+        d = w.wait_delivery(s, r, "sent", timeout=30)
+        check(d.get("verified") == "mta-sts", "%s" % d["_line"])
+    web = S["web " + dom]
+    check(web.fetches == 1, "the policy was fetched %d times for a burst "
+          "of 20 messages (one fetch, the others wait for it)" % web.fetches)
+
+
 if __name__ == "__main__":
     w.main([test_enforce_name_mismatch_defers, test_testing_delivers_and_logs,
-            test_policy_cached])
+            test_policy_cached, test_policy_fetched_once_for_a_burst])
