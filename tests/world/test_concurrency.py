@@ -31,7 +31,7 @@ def test_concurrency_and_dead_domain():
     W.zone("dead.example", {"@": "MX 10 mx", "mx": "A " + dead})
     W.start_dns()
     sink = W.sink(live, tls=W.cert("mx.bulk.example"))
-    W.tarpit(dead)
+    pit = W.tarpit(dead)
     s = W.serve({"server": {"shutdown_timeout": "2s"},
                  "routes": {"bulk.example": "mx", "dead.example": "mx"},
                  "queue": {"concurrency": str(CONCURRENCY),
@@ -41,6 +41,10 @@ def test_concurrency_and_dead_domain():
     for i in range(DEAD):
         W.send(frm, ["d%d@dead.example" % i],
                w.message(frm, "d%d@dead.example" % i))
+    # tern is trying the dead domain (its connections hang) before the
+    # live domain's mail comes in
+    w.wait_for(lambda: pit.open() >= 1, 15,
+               "tern to connect to the dead domain's MX")
     t0 = time.monotonic()
     errors = []
 
@@ -68,8 +72,9 @@ def test_concurrency_and_dead_domain():
           "%d deliveries, %d distinct recipients (want %d once each)"
           % (len(got), len(set(got)), N))
     print("1,000 messages: injected in %.1f s, all delivered after %.1f s; "
-          "%d connections, at most %d at once"
-          % (t_in, t_all, sink.connections, sink.max_open))
+          "%d connections, at most %d at once; dead domain: %d connections "
+          "hanging" % (t_in, t_all, sink.connections, sink.max_open,
+                       pit.open()))
     check(sink.max_open <= CONCURRENCY,
           "%d connections open at once to one domain (concurrency %d)"
           % (sink.max_open, CONCURRENCY))
@@ -77,6 +82,10 @@ def test_concurrency_and_dead_domain():
           "%d connections in all for %d messages to one domain "
           "(concurrency %d; kept connections should carry them)"
           % (sink.connections, N, CONCURRENCY))
+    check(pit.open() >= 1, "the dead domain's connections ended before "
+          "the live domain's mail was through (%d made)" % pit.connections)
+    check(pit.connections <= CONCURRENCY, "%d connections to the dead "
+          "domain's MX (concurrency %d)" % (pit.connections, CONCURRENCY))
     # The dead domain's attempts are still hanging (HANG s), none ended:
     check(not [d for d in w.deliveries(s) if "dead.example" in d["rcpt"]
                and d["status"] != "deferred"],

@@ -919,21 +919,58 @@ class Greet421:
 
 
 class Tarpit:
+    """Accepts connections and holds them open, silent; .connections
+    counts them, .open() how many are held now."""
+
     def __init__(self, addr, port):
         self.addr, self.port = addr, port
         self.sock = None
+        self.held = []
+        self.connections = 0
 
     def start(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((self.addr, self.port))
         self.sock.listen(1024)
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
         return self
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.held.append(c)
+
+    def open(self):
+        n = 0
+        for c in list(self.held):
+            try:
+                c.setblocking(False)
+                if c.recv(1, socket.MSG_PEEK) == b"":
+                    continue          # closed by the client
+            except BlockingIOError:
+                pass
+            except OSError:
+                continue
+            n += 1
+        return n
 
     def stop(self):
         if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self.sock.close()
             self.sock = None
+        for c in self.held:
+            c.close()
+        self.held = []
 
 
 class PolicyServer:
