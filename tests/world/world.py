@@ -559,7 +559,7 @@ class World:
             "domains": {"accept": LOCAL_DOMAIN},
             "delivery": {"target": "maildir",
                          "maildir": os.path.join(d, "mail", "%d", "%u"),
-                         "queue": "yes", "fsync": "no"},
+                         "fsync": "no"},
             "queue": {"directory": None, "retry_min": "1s",
                       "retry_max": "2s", "fsync": "no"},
             "outbound": {"helo": "mail." + LOCAL_DOMAIN,
@@ -694,11 +694,14 @@ class World:
 
     def wait_maildir(self, domain, user, n=1, timeout=15):
         d = self.maildir(domain, user)
+        err = None
         try:
             wait_for(lambda: len(h.maildir_files(d)) >= n, timeout,
                      "%d message(s) in the Maildir %s" % (n, d))
         except TestFailure as e:
-            fail("%s%s" % (e, self.logs()))
+            err = "%s%s" % (e, self.logs())
+        if err:
+            fail(err)
         return [h.read(p) for p in h.maildir_files(d)]
 
     # -- the end ------------------------------------------------------------
@@ -863,14 +866,17 @@ class Sink:
             return list(self.messages)
 
     def wait(self, n, timeout=15):
+        err = None
         try:
             wait_for(lambda: len(self.snapshot()) >= n, timeout,
                      "%d message(s) at the sink %s" % (n, self.name))
         except TestFailure as e:
             w = getattr(self, "world", None)
-            fail("%s (has %d, %d connections)%s"
-                 % (e, len(self.snapshot()), self.connections,
-                    w.logs() if w else ""))
+            err = ("%s (has %d, %d connections)%s"
+                   % (e, len(self.snapshot()), self.connections,
+                      w.logs() if w else ""))
+        if err:
+            fail(err)
         return self.snapshot()
 
     def plaintext_mails(self):
@@ -1140,13 +1146,22 @@ def wait_delivery(serve, rcpt, status, timeout=20):
         if other:
             fail("rcpt=<%s>: expected status=%s, got: %s"
                  % (rcpt, status, other[0]["_line"]))
+        local = [ln for ln in serve.grep("event=message")
+                 if "<%s>" % rcpt in ln and "status=250" in ln]
+        if local:
+            fail("rcpt=<%s> was delivered in the SMTP transaction (the "
+                 "local target, no queue), not to its MX: %s"
+                 % (rcpt, local[0]))
         if not serve.alive():
             fail("tern serve exited (%s) before a status=%s line for <%s>"
                  % (serve.proc.poll(), status, rcpt))
         return None
+    err = None
     try:
         wait_for(look, timeout,
                  "a delivery line rcpt=<%s> status=%s" % (rcpt, status))
     except TestFailure as e:
-        fail("%s; log:\n%s" % (e, serve.log(40)))
+        err = "%s; log:\n%s" % (e, serve.log(40))
+    if err:
+        fail(err)
     return deliveries(serve, rcpt, status)[0]
