@@ -196,11 +196,18 @@ def main(cases):
     script again inside it; inside, run the cases (harness.main)."""
     if "--inside" in sys.argv:
         check(os.environ.get("TERN_WORLD_NS"), "--inside without a namespace")
+        rc = 1
         try:
             h.main(cases)   # exits
+        except SystemExit as e:
+            rc = e.code
         finally:
+            problems = []
             for w in list(World.instances):
-                w.close()
+                problems += w.close()
+        for p in problems:
+            print("FAIL (at the end): %s" % p, flush=True)
+        sys.exit(1 if problems else rc)
     else:
         try:
             rc = _outer(os.path.abspath(sys.argv[0]))
@@ -706,6 +713,10 @@ class World:
 
     # -- the end ------------------------------------------------------------
     def close(self):
+        """Stop everything. Returns what went wrong on the way, as text:
+        a tern serve that does not exit 0 on SIGTERM (a sanitizer's
+        report in an ASan build ends up here)."""
+        problems = []
         if os.environ.get("TERN_WORLD_VERBOSE"):
             for s in self.serves:
                 print("---- %s log:\n%s" % (s.name, "\n".join(s.snapshot())))
@@ -713,9 +724,13 @@ class World:
             try:
                 if s.alive():
                     s.signal(signal.SIGTERM)
-                    s.wait_exit(10)
-            except Exception:
-                pass
+                    rc = s.wait_exit(20)
+                    if rc != 0:
+                        problems.append("%s: tern serve exited with %s after "
+                                        "SIGTERM; log:\n%s"
+                                        % (s.name, rc, s.log(80)))
+            except Exception as e:
+                problems.append("%s: stopping tern serve: %s" % (s.name, e))
             s.cleanup()
         self.serves = []
         for s in self.sinks + self.servers:
@@ -733,6 +748,7 @@ class World:
                 self.nsd.wait()
         if self in World.instances:
             World.instances.remove(self)
+        return problems
 
 
 def message(frm, to, subject="world test", body="Hello.\r\n", extra=""):
