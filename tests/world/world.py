@@ -46,7 +46,6 @@ openssl, /usr/bin/python3 with aiosmtpd, dnslib, dkim (this script runs
 under that interpreter: tests/world/CMakeLists.txt), libunbound.so.8.
 """
 
-import asyncio
 import base64
 import ctypes
 import ctypes.util
@@ -61,6 +60,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -155,6 +155,7 @@ def _outer(script):
     _remove_stale()
     name = "%s%d" % (NS_PREFIX, os.getpid())
     got_term = []
+    tmp = None
 
     def on_term(sig, frame):
         got_term.append(sig)
@@ -168,7 +169,10 @@ def _outer(script):
         with open("/etc/netns/%s/resolv.conf" % name, "w") as f:
             f.write("nameserver %s\n" % DNS_ADDR)
         _run([ip, "netns", "exec", name, ip, "link", "set", "lo", "up"])
-        env = dict(os.environ, TERN_WORLD_NS=name)
+        # the inner process's files live under tmp: removed below even
+        # when it was killed
+        tmp = tempfile.mkdtemp(prefix="tern-world-%d-" % os.getpid())
+        env = dict(os.environ, TERN_WORLD_NS=name, TMPDIR=tmp)
         cmd = [ip, "netns", "exec", name, sys.executable, script, "--inside"]
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         try:
@@ -189,6 +193,8 @@ def _outer(script):
                 pass
             proc.wait()
         _remove_ns(name)
+        if tmp and os.environ.get("TERN_TEST_KEEP") is None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(cases):
