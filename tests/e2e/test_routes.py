@@ -15,8 +15,9 @@ recipient is queued with its destination, read back with
 - the worked example of docs/configuration.md passes `tern serve --check`.
 
 Nothing here is delivered: every next hop is a closed loopback port, the
-resolver too ([outbound] resolver), and retries are an hour away; no DNS
-is asked of this machine.
+resolver ([outbound] resolver) a loopback socket of the test that answers
+every query SERVFAIL at once, and retries are an hour away; no DNS is
+asked of this machine.
 """
 
 import json
@@ -24,7 +25,9 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import subprocess
+import threading
 
 import e2e as h
 
@@ -52,7 +55,7 @@ retry_max = 2h
 fsync = no
 
 [outbound]
-resolver = 127.0.0.1:{dead}
+resolver = 127.0.0.1:{dns}
 port = {dead}
 connect_timeout = 1s
 """
@@ -91,6 +94,44 @@ target = mx
 """
 
 
+class ServFail:
+    """A UDP "DNS server" on loopback answering every query SERVFAIL at
+    once, so that MX lookups fail fast (a silent one would hold every
+    delivery attempt, and the daemon's stop, for the resolver's
+    timeouts)."""
+
+    def __init__(self):
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.s.bind(("127.0.0.1", 0))
+        self.s.settimeout(0.2)
+        self.port = self.s.getsockname()[1]
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                q, addr = self.s.recvfrom(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if len(q) < 12:
+                continue
+            # the query's id and question; QR, RD and RA set, RCODE 2
+            flags = bytes([0x80 | (q[2] & 0x01), 0x82])
+            self.s.sendto(q[:2] + flags + q[4:6] + b"\0" * 6 + q[12:], addr)
+
+    def close(self):
+        self.stop = True
+        self.t.join(timeout=5)
+        self.s.close()
+
+
+DNS = ServFail()
+
+
 def setup(template, **kw):
     d = h.tmpdir(prefix="tern-e2e-routes-")
     users = h.write(os.path.join(d, "users"),
@@ -101,6 +142,7 @@ def setup(template, **kw):
     p1, p2, dead, dead2 = h.free_ports(4)
     conf = h.write(os.path.join(d, "tern.ini"), template.format(
         p1=p1, p2=p2, users=users, known=known, dead=dead, dead2=dead2,
+        dns=DNS.port,
         queue=os.path.join(d, "queue"), **kw))
     return d, conf, dead2
 
@@ -288,7 +330,7 @@ def test_worked_example_check():
     ini = (ini.replace("smtp://0.0.0.0:25", "smtp://127.0.0.1:%d" % p1)
               .replace("smtp://0.0.0.0:587", "smtp://127.0.0.1:%d" % p2)
               .replace("[outbound]\n", "[outbound]\nresolver = 127.0.0.1:%d\n"
-                       "port = %d\n" % (dead, dead)))
+                       "port = %d\n" % (DNS.port, dead)))
     conf = h.write(os.path.join(d, "served.ini"), ini)
     with h.Serve(["-c", conf], name="example") as srv:
         with smtplib.SMTP("127.0.0.1", srv.ports[1], timeout=20) as c:
