@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <tern/dkim.h>
 #include <tern/net.h>
@@ -273,6 +274,17 @@ const struct cfg_route *cfg_route_find(const struct cfg *c,
  * longest ".suffix"; no entry: TERN_TLS_POLICY_AUTO. */
 enum tern_tls_policy cfg_tls_policy_for(const struct cfg *c,
                                         const char *domain, size_t len);
+
+/*
+ * What `tern serve --check` says of where mail goes, after "configuration
+ * OK": one line each, indented two spaces, for the delivery ("delivery:
+ * target=maildir queue=yes relay=mx"), each [routes] line ("route
+ * .example.org: mx"), each [tls_policy] line, each [dkim NAME] ("dkim
+ * rsa: d=example.org s=2026r key=FILE") and, when mail can leave,
+ * [outbound] ("outbound: helo=... resolver=... dnssec=yes mta_sts=yes
+ * port=25"). Writes to f; errors of f are the caller's.
+ */
+void cfg_print_summary(const struct cfg *c, FILE *f);
 
 /* Can mail leave through MX delivery or the relay with this
  * configuration (target = mx, a route to mx or a URL, or authenticated
