@@ -1316,6 +1316,8 @@ const struct cfg_route *cfg_route_find(const struct cfg *c, const char *domain,
   const struct cfg_route *best = NULL;
   size_t how = 0;
   len = trim_dot(domain, len);
+  if (len == 0)
+    return NULL;
   for (size_t i = 0; i < c->nroutes; i++) {
     size_t m = domain_match(c->routes[i].domain, domain, len);
     if (m > how)
@@ -1357,11 +1359,15 @@ static const char *mx_dest(const char *domain, size_t len, char *buf,
 const char *cfg_route_dest(const struct cfg *c, const char *domain,
                            size_t len, char *buf, size_t cap) {
   len = trim_dot(domain, len);
+  if (len == 0) /* <postmaster>: ours, never routed */
+    return c->target != CFG_MX
+               ? "local"
+               : mx_dest(c->hostname, strlen(c->hostname), buf, cap);
   const struct cfg_route *r = cfg_route_find(c, domain, len);
   int kind;
   if (r != NULL)
     kind = r->kind;
-  else if (len == 0 || cfg_domain_accepted(c, domain, len))
+  else if (cfg_domain_accepted(c, domain, len))
     kind = CFG_ROUTE_LOCAL;
   else if (c->relay_url != NULL)
     return "smarthost";
@@ -1375,8 +1381,6 @@ const char *cfg_route_dest(const struct cfg *c, const char *domain,
   }
   if (kind == CFG_ROUTE_LOCAL && c->target != CFG_MX)
     return "local";
-  if (len == 0) /* <postmaster> with target = mx: this host's domain */
-    return mx_dest(c->hostname, strlen(c->hostname), buf, cap);
   return mx_dest(domain, len, buf, cap);
 }
 

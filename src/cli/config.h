@@ -256,7 +256,9 @@ bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
  *      routed domain) -> local; any other (an authenticated user's
  *      mail) -> [delivery] relay: "smarthost" when it is a URL, else mx.
  * A route or rule that says local gives "local" -- except with target =
- * mx, where local delivery is off and local means "mx:DOMAIN". mx gives
+ * mx, where local delivery is off and local means "mx:DOMAIN". No
+ * domain (RCPT TO:<postmaster>) is never routed: "local", or with
+ * target = mx "mx:" and [server] hostname. mx gives
  * "mx:DOMAIN" (domain lower-cased), a route URL "url:URL".
  * Returns buf (or a static string: "local", "smarthost"); NULL when the
  * name does not fit in buf[cap] (a domain is at most 255 octets, a URL

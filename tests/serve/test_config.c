@@ -422,6 +422,8 @@ static void test_route_dest(void **state) {
   assert_string_equal(dest_of(&c, "sub.example"), "mx:sub.example"); /* "*" */
   assert_string_equal(dest_of(&c, "Gmail.COM"), "mx:gmail.com");
   assert_string_equal(dest_of(&c, "example.net"), "local"); /* accepted */
+  assert_string_equal(dest_of(&c, ""), "local"); /* <postmaster>, not "*" */
+  assert_null(cfg_route_find(&c, "", 0));
   /* accepted: [domains] and every domain [routes] names, not "*" */
   assert_true(cfg_domain_accepted(&c, "backup.example", 14));
   assert_true(cfg_domain_accepted(&c, "x.partner.example", 17));
