@@ -422,6 +422,8 @@ static void test_route_dest(void **state) {
   assert_string_equal(dest_of(&c, "sub.example"), "mx:sub.example"); /* "*" */
   assert_string_equal(dest_of(&c, "Gmail.COM"), "mx:gmail.com");
   assert_string_equal(dest_of(&c, "example.net"), "local"); /* accepted */
+  assert_string_equal(dest_of(&c, ""), "local"); /* <postmaster>, not "*" */
+  assert_null(cfg_route_find(&c, "", 0));
   /* accepted: [domains] and every domain [routes] names, not "*" */
   assert_true(cfg_domain_accepted(&c, "backup.example", 14));
   assert_true(cfg_domain_accepted(&c, "x.partner.example", 17));
@@ -440,6 +442,40 @@ static void test_route_dest(void **state) {
   free(c.relay_url);
   c.relay_url = NULL;
   assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
+  cfg_free(&c);
+}
+
+/* What tern serve --check prints of the routing. */
+static void test_summary(void **state) {
+  struct cfg c;
+  char *text = NULL;
+  size_t n = 0;
+  (void)state;
+  load_good("good-step8.ini", &c);
+  FILE *f = open_memstream(&text, &n);
+  assert_non_null(f);
+  cfg_print_summary(&c, f);
+  fclose(f);
+  print_message("%s", text);
+  assert_non_null(strstr(text, "  delivery: target=maildir queue=yes "
+                               "relay=smtps://smarthost.example.net:465\n"));
+  assert_non_null(strstr(text, "  route partner.example: smtp://10.1.2.3:25\n"));
+  assert_non_null(strstr(text, "  route *: mx\n"));
+  assert_non_null(strstr(text, "  tls_policy .bank.example: dane\n"));
+  assert_non_null(strstr(text, "  dkim ed: d=example.org s=2026e "
+                               "key=dkim-ed25519.pem\n"));
+  assert_non_null(strstr(text, "  outbound: helo=out.example.org resolver="
+                               "127.0.0.53:53, [::1]:5353 192.0.2.53 "
+                               "dnssec=no mta_sts=no port=2525\n"));
+  free(text);
+  cfg_free(&c);
+  load_good("good-mx.ini", &c); /* nothing leaves */
+  f = open_memstream(&text, &n);
+  cfg_print_summary(&c, f);
+  fclose(f);
+  assert_string_equal(text, "  delivery: target=maildir queue=no "
+                            "relay=local (no queue)\n");
+  free(text);
   cfg_free(&c);
 }
 
@@ -938,6 +974,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_target_mx),
       cmocka_unit_test(test_route_compat),
       cmocka_unit_test(test_restart_keys_step8),
+      cmocka_unit_test(test_summary),
   };
   char **bad = NULL, **ubad = NULL;
   size_t nbad = list("bad-", ".ini", &bad);
