@@ -305,3 +305,50 @@ class Sink:
                 say("250 ok")
             else:
                 say("502 5.5.2 no")
+
+
+# ---- MTA-STS policy host -----------------------------------------------------------
+
+class PolicyServer:
+    """https://mta-sts.DOMAIN/.well-known/mta-sts.txt on (addr, port) with
+    `cert`; serves `policy` (text) as text/plain; counts fetches."""
+
+    def __init__(self, addr, port, cert, policy):
+        import http.server
+
+        outer = self
+        self.fetches = 0
+        self.policy = policy.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != "/.well-known/mta-sts.txt":
+                    self.send_error(404)
+                    return
+                outer.fetches += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(outer.policy)))
+                self.end_headers()
+                self.wfile.write(outer.policy)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((addr, port), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert[0], cert[1])
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.t.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def sts_policy(mode, *mx_patterns, max_age=86400):
+    lines = ["version: STSv1", "mode: " + mode]
+    lines += ["mx: " + m for m in mx_patterns]
+    lines.append("max_age: %d" % max_age)
+    return "\r\n".join(lines) + "\r\n"
