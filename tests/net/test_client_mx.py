@@ -276,6 +276,23 @@ def test_requiretls_without_starttls_bounces():
     with_world(BASE, run)
 
 
+def test_unsigned_tlsa_ignored():
+    """TLSA records in an unvalidated zone do not make DANE: MAY."""
+    recs = dict(BASE)
+    recs["_%d._tcp.mx1.dest.example"] = None  # filled in run()
+
+    def run(wd):
+        wd.dns.zone.records["_%d._tcp.mx1.dest.example." % wd.port] = [
+            w.tlsa(3, 1, 1, "ab" * 32)]
+        s1 = wd.sink("127.0.0.2", cert=CERTS["mx1"])
+        out = wd.probe()
+        i = info(out)
+        h.check(i["policy"] == "may" and i["verified"] == "-", out)
+        h.check(s1.messages and s1.messages[0]["tls"], out)
+    del recs["_%d._tcp.mx1.dest.example"]
+    with_world(recs, run)
+
+
 # ---- MTA-STS (RFC 8461) --------------------------------------------------------------
 
 STS_ADDR = "127.0.0.7"
@@ -410,6 +427,7 @@ if __name__ == "__main__":
         test_verify_wrong_name_fails,
         test_verify_right_name,
         test_none_policy_never_starttls,
+        test_unsigned_tlsa_ignored,
         test_requiretls_without_starttls_bounces,
         test_mtasts_enforce_verified,
         test_mtasts_enforce_wrong_name_defers,
