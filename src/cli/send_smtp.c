@@ -661,12 +661,13 @@ static int client_create(struct send *s,
  * (without them the client makes one from the system's configuration).
  * Returns 0 or an exit status (after printing why). */
 static int resolver_create(struct send *s) {
-  if (!s->o.mx || (!s->o.resolver && !s->o.trust_anchor))
+  if (!s->o.mx || (!s->o.resolver && !s->o.trust_anchor && !s->o.no_dnssec))
     return 0;
   struct tern_resolver_options ro;
   tern_resolver_options_init(&ro);
   ro.forward = s->o.resolver;
   ro.trust_anchor_file = s->o.trust_anchor;
+  ro.dnssec = !s->o.no_dnssec;
   int rc = tern_resolver_new(&s->res, &s->loop, &ro);
   if (rc == 0)
     return 0;
