@@ -422,6 +422,11 @@ static int check_mx_args(struct send *s) {
                         : o->mx_port      ? "--mx-port"
                         : o->no_dnssec    ? "--no-dnssec"
                                           : NULL;
+  if (o->requiretls && o->no_verify) {
+    fprintf(stderr, "%s: --requiretls needs a verified certificate: not "
+            "with --no-verify\n", o->prog);
+    return EX_USAGE;
+  }
   if (!o->mx) {
     if (only_mx) {
       fprintf(stderr, "%s: %s needs --mx DOMAIN\n", o->prog, only_mx);

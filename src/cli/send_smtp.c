@@ -607,7 +607,10 @@ static void client_options(struct send *s, char *urlbuf, size_t cap,
     co->resolver = s->res;
     co->require_verified_tls = s->o.requiretls;
   } else if (s->o.requiretls) {
-    cc->starttls = TERN_STARTTLS_REQUIRED; /* and verified: on_verify */
+    /* RFC 8689: STARTTLS and a verified certificate (on_verify refuses
+     * an unverified one unless opportunistic or --no-verify) */
+    cc->starttls = TERN_STARTTLS_REQUIRED;
+    s->opportunistic = false;
   }
   if (s->msg.nrcpts > cc->max_recipients)
     cc->max_recipients = (unsigned)s->msg.nrcpts;
