@@ -43,6 +43,7 @@ struct sopts {
   const char *mx;            /* --mx DOMAIN: its MX hosts, not --server */
   const char *resolver;      /* --resolver ADDR[:PORT] (forwarders) */
   const char *trust_anchor;  /* --trust-anchor FILE (DNSSEC) */
+  bool no_dnssec;            /* --no-dnssec: no validation, so no DANE */
   const char *tls_policy;    /* --tls-policy LEVEL (default auto) */
   unsigned mx_port;          /* --mx-port N (default 25) */
   const char *bind;          /* --bind ADDR: source address */

@@ -44,7 +44,8 @@ static void usage(FILE *f, const char *prog) {
     "  --tls-policy auto|none|may|encrypt|verify|dane   (with --mx;\n"
     "                auto: DANE, else MTA-STS, else opportunistic)\n"
     "  --resolver ADDR[:PORT]   DNS server(s) to ask (default\n"
-    "                /etc/resolv.conf's); --trust-anchor FILE: DNSSEC keys\n"
+    "                /etc/resolv.conf's); --trust-anchor FILE: DNSSEC keys;\n"
+    "                --no-dnssec: do not validate (then no DANE)\n"
     "  --mx-port N   port of the mail hosts (default 25)\n"
     "  --requiretls  REQUIRETLS (RFC 8689): verified TLS all the way\n"
     "  --bind ADDR   connect from this local address\n"
@@ -314,6 +315,7 @@ static const struct long_opt {
     {"mx", L_STRING, SO(mx)},
     {"resolver", L_STRING, SO(resolver)},
     {"trust-anchor", L_STRING, SO(trust_anchor)},
+    {"no-dnssec", L_FLAG, SO(no_dnssec)},
     {"tls-policy", L_STRING, SO(tls_policy)},
     {"mx-port", L_PORT, SO(mx_port)},
     {"bind", L_STRING, SO(bind)},
@@ -385,7 +387,8 @@ static int parse_long(struct sopts *o, int argc, char **argv, int *i) {
   size_t nl = eq ? (size_t)(eq - name) : strlen(name);
   const struct long_opt *lo = long_opt(name, nl);
   const char *val = NULL;
-  if (lo && (lo->kind == L_STRING || lo->kind == L_SECONDS)) {
+  if (lo && (lo->kind == L_STRING || lo->kind == L_SECONDS ||
+             lo->kind == L_SERVER || lo->kind == L_PORT)) {
     if (eq)
       val = eq + 1;
     else if (*i + 1 < argc)
@@ -417,7 +420,13 @@ static int check_mx_args(struct send *s) {
                         : o->trust_anchor ? "--trust-anchor"
                         : o->tls_policy   ? "--tls-policy"
                         : o->mx_port      ? "--mx-port"
+                        : o->no_dnssec    ? "--no-dnssec"
                                           : NULL;
+  if (o->requiretls && o->no_verify) {
+    fprintf(stderr, "%s: --requiretls needs a verified certificate: not "
+            "with --no-verify\n", o->prog);
+    return EX_USAGE;
+  }
   if (!o->mx) {
     if (only_mx) {
       fprintf(stderr, "%s: %s needs --mx DOMAIN\n", o->prog, only_mx);

@@ -607,7 +607,10 @@ static void client_options(struct send *s, char *urlbuf, size_t cap,
     co->resolver = s->res;
     co->require_verified_tls = s->o.requiretls;
   } else if (s->o.requiretls) {
-    cc->starttls = TERN_STARTTLS_REQUIRED; /* and verified: on_verify */
+    /* RFC 8689: STARTTLS and a verified certificate (on_verify refuses
+     * an unverified one unless opportunistic or --no-verify) */
+    cc->starttls = TERN_STARTTLS_REQUIRED;
+    s->opportunistic = false;
   }
   if (s->msg.nrcpts > cc->max_recipients)
     cc->max_recipients = (unsigned)s->msg.nrcpts;
@@ -661,12 +664,13 @@ static int client_create(struct send *s,
  * (without them the client makes one from the system's configuration).
  * Returns 0 or an exit status (after printing why). */
 static int resolver_create(struct send *s) {
-  if (!s->o.mx || (!s->o.resolver && !s->o.trust_anchor))
+  if (!s->o.mx || (!s->o.resolver && !s->o.trust_anchor && !s->o.no_dnssec))
     return 0;
   struct tern_resolver_options ro;
   tern_resolver_options_init(&ro);
   ro.forward = s->o.resolver;
   ro.trust_anchor_file = s->o.trust_anchor;
+  ro.dnssec = !s->o.no_dnssec;
   int rc = tern_resolver_new(&s->res, &s->loop, &ro);
   if (rc == 0)
     return 0;

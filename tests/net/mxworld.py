@@ -154,6 +154,21 @@ class CA:
                       base + ".pem", "-days", "2", "-extfile", ext)
         return base + ".pem", base + ".key"
 
+    def chain(self, leaf):
+        """(pem, key) of the leaf with the CA after it (for DANE-TA)."""
+        pem, key = leaf
+        out = pem[:-4] + "-chain.pem"
+        with open(out, "w") as f:
+            f.write(open(pem).read() + open(self.cert).read())
+        return out, key
+
+    def cert_sha256_hex(self):
+        """TLSA 2 0 1 data of the CA certificate, hex."""
+        der = subprocess.run(["openssl", "x509", "-in", self.cert, "-outform",
+                              "DER"], stdout=subprocess.PIPE, check=True).stdout
+        import hashlib
+        return hashlib.sha256(der).hexdigest()
+
     def spki_sha256(self, cert_pem):
         """TLSA 3 1 1 data of a certificate, hex."""
         der = subprocess.run(
@@ -305,3 +320,142 @@ class Sink:
                 say("250 ok")
             else:
                 say("502 5.5.2 no")
+
+
+# ---- MTA-STS policy host -----------------------------------------------------------
+
+class PolicyServer:
+    """https://mta-sts.DOMAIN/.well-known/mta-sts.txt on (addr, port) with
+    `cert`; serves `policy` (text) as text/plain; counts fetches."""
+
+    def __init__(self, addr, port, cert, policy):
+        import http.server
+
+        outer = self
+        self.fetches = 0
+        self.policy = policy.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != "/.well-known/mta-sts.txt":
+                    self.send_error(404)
+                    return
+                outer.fetches += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(outer.policy)))
+                self.end_headers()
+                self.wfile.write(outer.policy)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((addr, port), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert[0], cert[1])
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.t.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def sts_policy(mode, *mx_patterns, max_age=86400):
+    lines = ["version: STSv1", "mode: " + mode]
+    lines += ["mx: " + m for m in mx_patterns]
+    lines.append("max_age: %d" % max_age)
+    return "\r\n".join(lines) + "\r\n"
+
+
+# ---- a DNSSEC-signed zone: NSD serving what ldns-signzone signed ------------------
+
+class SignedDNS:
+    """NSD on 127.0.0.1:PORT serving `zone` (name) signed with
+    ldns-keygen/ldns-signzone; `records` are zone-file lines relative to
+    nothing (absolute names). trust_anchor: the KSK's DNSKEY file, for the
+    resolver. A missing nsd or ldns tool fails the test."""
+
+    def __init__(self, zone, records):
+        tools = {t: h.require_tool(t, ("/usr/sbin/" + t, "/usr/bin/" + t))
+                 for t in ("nsd", "ldns-keygen", "ldns-signzone")}
+        self.dir = h.tmpdir("tern-mx-nsd-")
+        self.zone = zone.rstrip(".")
+        d = self.dir
+        self.port = free_udp_tcp_port()
+
+        def run(*cmd):
+            p = subprocess.run(list(cmd), cwd=d, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=60)
+            h.check(p.returncode == 0, "%s failed: %s" % (
+                cmd[0], p.stderr.decode(errors="replace")))
+            return p.stdout.decode().strip()
+
+        zsk = run(tools["ldns-keygen"], "-a", "ECDSAP256SHA256", self.zone)
+        ksk = run(tools["ldns-keygen"], "-a", "ECDSAP256SHA256", "-k",
+                  self.zone)
+        origin = self.zone + "."
+        zf = os.path.join(d, self.zone + ".zone")
+        with open(zf, "w") as f:
+            f.write("$ORIGIN %s\n$TTL 60\n" % origin)
+            f.write("@ IN SOA ns.%s hostmaster.%s 1 3600 600 86400 60\n"
+                    % (origin, origin))
+            f.write("@ IN NS ns.%s\n" % origin)
+            f.write("ns IN A 127.0.0.1\n")
+            for r in records:
+                f.write(r + "\n")
+        run(tools["ldns-signzone"], zf, zsk, ksk)
+        self.trust_anchor = os.path.join(d, ksk + ".key")
+        conf = os.path.join(d, "nsd.conf")
+        with open(conf, "w") as f:
+            f.write("server:\n"
+                    "  ip-address: 127.0.0.1@%d\n"
+                    "  port: %d\n"
+                    "  zonesdir: \"%s\"\n"
+                    "  pidfile: \"%s/nsd.pid\"\n"
+                    "  database: \"\"\n"
+                    "  username: \"\"\n"
+                    "  chroot: \"\"\n"
+                    "  xfrdfile: \"%s/xfrd.state\"\n"
+                    "  zonelistfile: \"%s/zone.list\"\n"
+                    "  logfile: \"%s/nsd.log\"\n"
+                    "  verbosity: 1\n"
+                    "remote-control:\n"
+                    "  control-enable: no\n"
+                    "zone:\n"
+                    "  name: \"%s\"\n"
+                    "  zonefile: \"%s.zone.signed\"\n"
+                    % (self.port, self.port, d, d, d, d, d, self.zone,
+                       self.zone))
+        self.proc = subprocess.Popen([tools["nsd"], "-d", "-c", conf],
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self._wait_ready()
+
+    def _wait_ready(self):
+        from dnslib import DNSRecord
+        q = DNSRecord.question(self.zone, "SOA")
+
+        def answers():
+            if self.proc.poll() is not None:
+                h.fail("nsd exited: %s" % self.proc.stderr.read().decode(
+                    errors="replace"))
+            try:
+                r = DNSRecord.parse(q.send("127.0.0.1", self.port, timeout=0.2))
+                return len(r.rr) > 0
+            except (OSError, socket.timeout, Exception):
+                return False
+        h.wait_for(answers, 15, "nsd answering for %s" % self.zone)
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -276,6 +276,99 @@ def test_requiretls_without_starttls_bounces():
     with_world(BASE, run)
 
 
+def test_unsigned_tlsa_ignored():
+    """TLSA records in an unvalidated zone do not make DANE: MAY."""
+    recs = dict(BASE)
+    recs["_%d._tcp.mx1.dest.example"] = None  # filled in run()
+
+    def run(wd):
+        wd.dns.zone.records["_%d._tcp.mx1.dest.example." % wd.port] = [
+            w.tlsa(3, 1, 1, "ab" * 32)]
+        s1 = wd.sink("127.0.0.2", cert=CERTS["mx1"])
+        out = wd.probe()
+        i = info(out)
+        h.check(i["policy"] == "may" and i["verified"] == "-", out)
+        h.check(s1.messages and s1.messages[0]["tls"], out)
+    del recs["_%d._tcp.mx1.dest.example"]
+    with_world(recs, run)
+
+
+# ---- MTA-STS (RFC 8461) --------------------------------------------------------------
+
+STS_ADDR = "127.0.0.7"
+
+
+def sts_world(mode, *patterns):
+    recs = dict(BASE)
+    recs["_mta-sts.dest.example"] = [w.txt("v=STSv1; id=20261203;")]
+    recs["mta-sts.dest.example"] = [w.a(STS_ADDR)]
+    wd = World(recs)
+    wd.policy = w.PolicyServer(STS_ADDR, wd.port, CERTS["sts"],
+                               w.sts_policy(mode, *patterns))
+    return wd
+
+
+def sts_probe(wd, expect_rc=0, extra=()):
+    return wd.probe(args=["--ca-file", CA.cert, "--mta-sts-ca", CA.cert,
+                          "--mta-sts-port", str(wd.port)] + list(extra),
+                    expect_rc=expect_rc)
+
+
+def run_sts(wd, fn):
+    try:
+        fn(wd)
+    finally:
+        wd.policy.stop()
+        wd.close()
+
+
+def test_mtasts_enforce_verified():
+    def run(wd):
+        s1 = wd.sink("127.0.0.2", cert=CERTS["mx1"])
+        out = sts_probe(wd)
+        i = info(out)
+        h.check(i["policy"] == "mta-sts" and i["verified"] == "mta-sts", out)
+        h.check(s1.messages and s1.messages[0]["tls"], out)
+        h.check(wd.policy.fetches == 1, "fetches %d" % wd.policy.fetches)
+    run_sts(sts_world("enforce", "*.dest.example"), run)
+
+
+def test_mtasts_enforce_wrong_name_defers():
+    """enforce: a certificate whose name is not the MX host's: deferred
+    (451 4.7.5), nothing sent in the clear."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2", cert=CERTS["other"])
+        s2 = wd.sink("127.0.0.3", cert=CERTS["other"])
+        out = sts_probe(wd, expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("451", "4.7.5", "perm=0"), out)
+        h.check(not s1.messages and not s2.messages, "a message was sent")
+    run_sts(sts_world("enforce", "*.dest.example"), run)
+
+
+def test_mtasts_enforce_skips_unlisted_mx():
+    """enforce: mx1 is not in the policy's mx list: never connected to."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2", cert=CERTS["mx1"])
+        s2 = wd.sink("127.0.0.3", cert=CERTS["mx2"])
+        out = sts_probe(wd)
+        h.check(info(out)["host"] == "mx2.dest.example", out)
+        h.check(not s1.conns and len(s2.messages) == 1, out)
+    run_sts(sts_world("enforce", "mx2.dest.example"), run)
+
+
+def test_mtasts_testing_delivers_and_reports():
+    """testing: the wrong name is reported (policy_failure), mail goes."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2", cert=CERTS["other"])
+        out = sts_probe(wd)
+        i = info(out)
+        h.check(i["policy"] == "mta-sts-testing" and i["verified"] == "-", out)
+        h.check("verify" in i.get("policy_failure", ""), out)
+        h.check(s1.messages and s1.messages[0]["tls"], out)
+    run_sts(sts_world("testing", "*.dest.example"), run)
+
+
 # ---- conn_info, failure replies and bind_addr for every URL ------------------------
 
 def test_smtp_url_info_and_failure():
@@ -313,6 +406,8 @@ def setup():
     CA = w.CA()
     CERTS["mx1"] = CA.leaf("mx1.dest.example")
     CERTS["other"] = CA.leaf("other.dest.example")
+    CERTS["mx2"] = CA.leaf("mx2.dest.example")
+    CERTS["sts"] = CA.leaf("mta-sts.dest.example")
 
 
 if __name__ == "__main__":
@@ -332,7 +427,12 @@ if __name__ == "__main__":
         test_verify_wrong_name_fails,
         test_verify_right_name,
         test_none_policy_never_starttls,
+        test_unsigned_tlsa_ignored,
         test_requiretls_without_starttls_bounces,
+        test_mtasts_enforce_verified,
+        test_mtasts_enforce_wrong_name_defers,
+        test_mtasts_enforce_skips_unlisted_mx,
+        test_mtasts_testing_delivers_and_reports,
         test_smtp_url_info_and_failure,
         test_bind_addr,
     ])
