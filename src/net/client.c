@@ -800,6 +800,10 @@ static void w_on_error(struct tern_client_session *c, int err,
     } else if (err == TERN_ECLOSED && !r) {
       why = TERN__MXF_CONNECT;
     }
+    if (cl->st.tls && !cl->st.tls_ready) { /* ended in the handshake */
+      why = TERN__MXF_TLS;
+      clear_ok = true;
+    }
     attempt_fail(cl, why, clear_ok);
     cl->in_cb--;
     return;

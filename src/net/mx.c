@@ -79,6 +79,7 @@ struct tern__mx {
   char fail_text[512];
   unsigned n_connect, n_greeting, n_tls, n_reqtls, n_dns;
   char last_text[400];
+  char why_text[5][400]; /* the last failure of each kind */
   char *last_host;
 };
 
@@ -527,6 +528,8 @@ void tern__mx_failed(struct tern__mx *mx, enum tern__mx_fail why,
     }
   }
   snprintf(mx->last_text, sizeof mx->last_text, "%s", text ? text : "");
+  snprintf(mx->why_text[why], sizeof mx->why_text[why], "%s",
+           text ? text : "");
 }
 
 bool tern__mx_retry_clear(struct tern__mx *mx, const char *text) {
@@ -548,13 +551,17 @@ void tern__mx_failure(const struct tern__mx *mx, struct tern_reply *out) {
   const char *enh;
   int code;
   const char *what;
+  const char *detail = mx->last_text;
   unsigned temp = mx->n_connect + mx->n_greeting + mx->n_tls + mx->n_dns;
   if (mx->n_reqtls && !temp) {
     code = 550, enh = "5.7.30", what = "REQUIRETLS cannot be met";
+    detail = mx->why_text[TERN__MXF_REQTLS];
   } else if (mx->n_tls) {
     code = 451, enh = "4.7.5", what = "TLS failed";
+    detail = mx->why_text[TERN__MXF_TLS];
   } else if (mx->n_greeting) {
     code = 421, enh = "4.4.2", what = "refused by every host";
+    detail = mx->why_text[TERN__MXF_GREETING];
   } else if (mx->n_connect) {
     code = 451, enh = "4.4.1", what = "no host answered";
   } else if (mx->n_dns) {
@@ -566,7 +573,7 @@ void tern__mx_failure(const struct tern__mx *mx, struct tern_reply *out) {
   snprintf(m->fail_text, sizeof m->fail_text, "%s: %s (%u of at most %d "
            "addresses tried)%s%s",
            mx->domain, what, mx->tried, MAX_TRIES,
-           mx->last_text[0] ? "; last: " : "", mx->last_text);
+           detail[0] ? "; " : "", detail);
   out->code = code;
   out->enhanced = m->fail_enh;
   out->text = m->fail_text;
