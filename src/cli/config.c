@@ -1316,11 +1316,16 @@ const struct cfg_route *cfg_route_find(const struct cfg *c, const char *domain,
   const struct cfg_route *best = NULL;
   size_t how = 0;
   len = trim_dot(domain, len);
+  if (len == 0)
+    return NULL;
   for (size_t i = 0; i < c->nroutes; i++) {
     size_t m = domain_match(c->routes[i].domain, domain, len);
     if (m > how)
       how = m, best = &c->routes[i];
   }
+  /* "*" is for the domains nobody named: not those of [domains] accept */
+  if (how == 1 && cfg_domain_listed(c, domain, len))
+    return NULL;
   return best;
 }
 
@@ -1354,11 +1359,15 @@ static const char *mx_dest(const char *domain, size_t len, char *buf,
 const char *cfg_route_dest(const struct cfg *c, const char *domain,
                            size_t len, char *buf, size_t cap) {
   len = trim_dot(domain, len);
+  if (len == 0) /* <postmaster>: ours, never routed */
+    return c->target != CFG_MX
+               ? "local"
+               : mx_dest(c->hostname, strlen(c->hostname), buf, cap);
   const struct cfg_route *r = cfg_route_find(c, domain, len);
   int kind;
   if (r != NULL)
     kind = r->kind;
-  else if (len == 0 || cfg_domain_accepted(c, domain, len))
+  else if (cfg_domain_accepted(c, domain, len))
     kind = CFG_ROUTE_LOCAL;
   else if (c->relay_url != NULL)
     return "smarthost";
@@ -1372,7 +1381,60 @@ const char *cfg_route_dest(const struct cfg *c, const char *domain,
   }
   if (kind == CFG_ROUTE_LOCAL && c->target != CFG_MX)
     return "local";
-  if (len == 0) /* <postmaster> with target = mx: this host's domain */
-    return mx_dest(c->hostname, strlen(c->hostname), buf, cap);
   return mx_dest(domain, len, buf, cap);
+}
+
+/* ---- tern serve --check: the routing summary --------------------------- */
+
+static const char *route_kind_name(const struct cfg_route *r) {
+  return r->kind == CFG_ROUTE_LOCAL ? "local"
+         : r->kind == CFG_ROUTE_MX  ? "mx"
+                                    : r->url;
+}
+
+static const char *tls_level_name(enum tern_tls_policy l) {
+  switch (l) {
+  case TERN_TLS_POLICY_NONE:
+    return "none";
+  case TERN_TLS_POLICY_MAY:
+    return "may";
+  case TERN_TLS_POLICY_ENCRYPT:
+    return "encrypt";
+  case TERN_TLS_POLICY_VERIFY:
+    return "verify";
+  case TERN_TLS_POLICY_DANE:
+    return "dane";
+  default:
+    return "auto";
+  }
+}
+
+void cfg_print_summary(const struct cfg *c, FILE *f) {
+  static const char *const targets[] = {[CFG_MAILDIR] = "maildir",
+                                        [CFG_PIPE] = "pipe",
+                                        [CFG_LMTP] = "lmtp",
+                                        [CFG_SMTP] = "smtp",
+                                        [CFG_MX] = "mx"};
+  bool q = cfg_uses_queue(c);
+  fprintf(f, "  delivery: target=%s queue=%s relay=%s\n", targets[c->target],
+          q ? "yes" : "no",
+          c->relay_url ? c->relay_url
+          : (c->relay_set || q) ? "mx"
+                                : "local (no queue)");
+  for (size_t i = 0; i < c->nroutes; i++)
+    fprintf(f, "  route %s: %s\n", c->routes[i].domain,
+            route_kind_name(&c->routes[i]));
+  for (size_t i = 0; i < c->ntls_policies; i++)
+    fprintf(f, "  tls_policy %s: %s\n", c->tls_policies[i].domain,
+            tls_level_name(c->tls_policies[i].level));
+  for (size_t i = 0; i < c->ndkim; i++)
+    fprintf(f, "  dkim %s: d=%s s=%s key=%s\n", c->dkim_name[i],
+            c->dkim[i].domain, c->dkim[i].selector, c->dkim[i].key_file);
+  if (cfg_uses_outbound(c) || (q && c->relay_authenticated))
+    fprintf(f,
+            "  outbound: helo=%s resolver=%s dnssec=%s mta_sts=%s port=%u\n",
+            c->out.helo ? c->out.helo : c->hostname,
+            c->out.resolver ? c->out.resolver : "/etc/resolv.conf",
+            c->out.dnssec ? "yes" : "no", c->out.mta_sts ? "yes" : "no",
+            c->out.port);
 }

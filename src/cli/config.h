@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <tern/dkim.h>
 #include <tern/net.h>
@@ -248,12 +249,16 @@ bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
  * The destination name (the queue's per-recipient dest) of an accepted
  * recipient in `domain` (pointer + length, any case):
  *   1. a [routes] line: the exact domain, else the longest ".suffix"
- *      that matches, else "*";
+ *      that matches, else "*" -- which is for the domains nobody named:
+ *      not for those of [domains] accept (they stay local unless an
+ *      exact or suffix line says otherwise; no loop back to our own MX);
  *   2. else built in: an accepted domain (accept_any, [domains], a
  *      routed domain) -> local; any other (an authenticated user's
  *      mail) -> [delivery] relay: "smarthost" when it is a URL, else mx.
  * A route or rule that says local gives "local" -- except with target =
- * mx, where local delivery is off and local means "mx:DOMAIN". mx gives
+ * mx, where local delivery is off and local means "mx:DOMAIN". No
+ * domain (RCPT TO:<postmaster>) is never routed: "local", or with
+ * target = mx "mx:" and [server] hostname. mx gives
  * "mx:DOMAIN" (domain lower-cased), a route URL "url:URL".
  * Returns buf (or a static string: "local", "smarthost"); NULL when the
  * name does not fit in buf[cap] (a domain is at most 255 octets, a URL
@@ -263,7 +268,7 @@ const char *cfg_route_dest(const struct cfg *c, const char *domain,
                            size_t len, char *buf, size_t cap);
 
 /* The [routes] line that applies to `domain` (same precedence as
- * cfg_route_dest), or NULL. */
+ * cfg_route_dest, "*" not for [domains] accept), or NULL. */
 const struct cfg_route *cfg_route_find(const struct cfg *c,
                                        const char *domain, size_t len);
 
@@ -271,6 +276,17 @@ const struct cfg_route *cfg_route_find(const struct cfg *c,
  * longest ".suffix"; no entry: TERN_TLS_POLICY_AUTO. */
 enum tern_tls_policy cfg_tls_policy_for(const struct cfg *c,
                                         const char *domain, size_t len);
+
+/*
+ * What `tern serve --check` says of where mail goes, after "configuration
+ * OK": one line each, indented two spaces, for the delivery ("delivery:
+ * target=maildir queue=yes relay=mx"), each [routes] line ("route
+ * .example.org: mx"), each [tls_policy] line, each [dkim NAME] ("dkim
+ * rsa: d=example.org s=2026r key=FILE") and, when mail can leave,
+ * [outbound] ("outbound: helo=... resolver=... dnssec=yes mta_sts=yes
+ * port=25"). Writes to f; errors of f are the caller's.
+ */
+void cfg_print_summary(const struct cfg *c, FILE *f);
 
 /* Can mail leave through MX delivery or the relay with this
  * configuration (target = mx, a route to mx or a URL, or authenticated
