@@ -48,6 +48,7 @@
 #include "log.h"
 #include "recipients.h"
 #include "serve.h"
+#include "serve_dkim.h"
 #include "users.h"
 
 /* ---- the policy: what a reload replaces ----------------------------------- */
@@ -69,6 +70,7 @@ void policy_put(struct policy *p) {
     if (p->users)
       users_free(p->users);
     rcptset_free(p->known);
+    tern_dkim_signer_free(p->dkim);
     free(p);
   }
 }
@@ -104,11 +106,15 @@ static int load_policy(const char *path, const struct cfg *base,
   if (p->cfg.recipients_file &&
       rcptset_load(p->cfg.recipients_file, &p->known, err, cap) != 0)
     goto fail;
+  /* every key loads, or the policy (a reload: the old one stays) */
+  if (serve_dkim_load(&p->cfg, &p->dkim, err, cap) != 0)
+    goto fail;
   *out = p;
   return 0;
 fail:
   if (p->users)
     users_free(p->users);
+  rcptset_free(p->known);
   cfg_free(&p->cfg);
   free(p);
   return -1;

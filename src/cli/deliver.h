@@ -16,6 +16,8 @@
 
 #include <tern/tern.h>
 
+struct tern_dkim_signer; /* tern/dkim.h */
+
 /* The outcome of a delivery, as an SMTP reply (static strings or ones
  * owned by the delivery until it is freed). */
 typedef void (*deliver_done_fn)(void *arg, const struct tern_reply *r,
@@ -83,6 +85,11 @@ struct deliver_mail {
   enum tern_dsn_ret ret;
   const char *envid;               /* decoded, or NULL */
   const char *client;              /* "dns; helo (addr)" or NULL */
+  /* The queue target signs the message with this (DKIM-Signature fields
+   * put in front through tern_queue_msg_prepend) when not NULL: the
+   * session sets it for mail it originates (authenticated) only. The
+   * outcome is the DELIVER_ALL detail, for serve_dkim_log(). */
+  struct tern_dkim_signer *dkim;
 };
 
 /* Where the session wants the delivery's news. `arg` is given to each. */

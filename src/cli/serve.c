@@ -25,6 +25,7 @@
 #include "log.h"
 #include "recipients.h"
 #include "serve.h"
+#include "serve_dkim.h"
 #include "users.h"
 
 /* Peer text for a header field: printable ASCII kept, the rest \xHH,
@@ -524,6 +525,8 @@ static void log_message(struct sess *x) {
   log_line_kv(&l, "detail", x->text);
   if (!x->queued)
     log_line_kv(&l, "file", file);
+  else
+    serve_dkim_log(&l, x->file); /* the queue's detail: DKIM's outcome */
   log_line_emit(&l);
 }
 
@@ -610,6 +613,9 @@ static int delivery_begin_queue(struct sess *x, struct tern_queue_msg *qm,
   m.header = x->hdr;
   m.hlen = x->hlen;
   m.envelope = qm;
+  /* DKIM: mail we originate only (an authenticated session), never mail
+   * relayed in from elsewhere (docs/decisions/0020-dkim.md). */
+  x->mail.dkim = x->info->auth_user ? x->pol->dkim : NULL;
   free(x->res);
   x->res = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *x->res);
   x->ops = t.ops;

@@ -30,6 +30,7 @@ struct policy {
   struct cfg cfg;
   struct users *users;   /* NULL without AUTH */
   struct rcptset *known; /* [delivery] recipients, or NULL */
+  struct tern_dkim_signer *dkim; /* [dkim NAME] keys, or NULL (serve_dkim.h) */
 };
 
 /* The current policy, with a reference (policy_put it). Thread-safe. */
