@@ -3,7 +3,9 @@
  * (docs/decisions/0020-dkim.md).
  *
  * One DKIM_LIB per signer (its options are the signer's: From over-signed,
- * no CRLF fixing: tern feeds CRLF lines). Per message: the header section
+ * a missing last CRLF supplied). Ed25519 keys sign through
+ * ed25519.c instead: libopendkim 2.11 leaks the key objects of each
+ * Ed25519 signature, and a daemon signs without end. Per message: the header section
  * is held (at most 1 MiB) until its empty line, because which keys sign
  * depends on the From: field; then one libopendkim handle per signing
  * key gets the header and, as it comes, the body (libopendkim hashes it
@@ -20,11 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
 #include <opendkim/dkim.h>
+
+#include "dkim_int.h"
 
 /* The header section is held until its end: past this it is not signed. */
 #define HDR_MAX (1024u * 1024)
@@ -42,8 +47,9 @@ struct dkey {
   char *domain;    /* d=: lower case, without a leading dot */
   bool subdomains; /* the configured domain began with a dot */
   char *selector;
-  char *pem;       /* the key file's text, for dkim_sign */
+  char *pem;       /* the key file's text, for dkim_sign (RSA) */
   bool ed25519;
+  EVP_PKEY *pkey;  /* Ed25519: the key, for ed25519.c */
   char **headers;  /* NULL-terminated, or NULL: default_headers */
 };
 
@@ -63,7 +69,10 @@ struct tern_dkim_sign {
   bool skip; /* not signed: why says why */
   const char *why;
   int err;   /* TERN_EIO once a libopendkim call failed */
-  DKIM **h;  /* one per signing key */
+  /* one slot per signing key: a libopendkim handle (RSA) or ours */
+  DKIM **h;
+  struct dkim_ed **ed;
+  const struct dkey **key;
   size_t nh;
 };
 
@@ -144,7 +153,7 @@ static int parse_headers(const char *list, char ***out) {
   size_t n = 1;
   for (const char *p = list; *p; p++)
     n += *p == ':';
-  char **v = calloc(n + 1, sizeof *v);
+  char **v = calloc(n + 2, sizeof *v); /* + "from", + NULL */
   if (!v)
     return TERN_ENOMEM;
   size_t k = 0;
@@ -179,6 +188,12 @@ static int parse_headers(const char *list, char ***out) {
       break;
     p = e + 1;
   }
+  /* From is always signed (RFC 6376 §5.4: it MUST be). */
+  bool from = false;
+  for (size_t i = 0; !rc && i < k; i++)
+    from = from || strcmp(v[i], "from") == 0;
+  if (!rc && !from && !(v[k++] = strdup("from")))
+    rc = TERN_ENOMEM;
   if (rc) {
     for (size_t i = 0; i < k; i++)
       free(v[i]);
@@ -196,6 +211,7 @@ static void key_clear(struct dkey *k) {
     OPENSSL_cleanse(k->pem, strlen(k->pem));
     free(k->pem);
   }
+  EVP_PKEY_free(k->pkey);
   if (k->headers)
     for (char **p = k->headers; *p; p++)
       free(*p);
@@ -267,6 +283,8 @@ static int key_load(struct dkey *k, const struct tern_dkim_key *c, char *err,
     }
   } else if (type == EVP_PKEY_ED25519) {
     k->ed25519 = true;
+    k->pkey = pk;
+    pk = NULL;
   } else {
     set_err(err, cap, "%s: neither an RSA nor an Ed25519 key", c->key_file);
     rc = TERN_EINVAL;
@@ -313,6 +331,18 @@ int tern_dkim_signer_new(struct tern_dkim_signer **out,
     s->lib = dkim_init(NULL, NULL);
     if (!s->lib)
       rc = TERN_ENOMEM;
+  }
+  if (rc == 0) {
+    /* A last line without CRLF (BDAT allows one) is hashed with the CRLF
+     * relaxed canonicalisation gives it (RFC 6376 §3.4.4), instead of
+     * libopendkim failing the signature; the same flag would make a bare
+     * LF count as CRLF, which tern's input never has (decision 0002). */
+    uint32_t flags = DKIM_LIBFLAGS_FIXCRLF;
+    if (dkim_options(s->lib, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags,
+                     sizeof flags) != DKIM_STAT_OK) {
+      set_err(err, cap, "libopendkim: cannot set its flags");
+      rc = TERN_EIO;
+    }
   }
   if (rc == 0) {
     /* From once more in every h= than the message has: no From can be
@@ -533,11 +563,17 @@ int tern_dkim_sign_new(struct tern_dkim_signer *s,
 }
 
 static void drop_handles(struct tern_dkim_sign *c) {
-  for (size_t i = 0; i < c->nh; i++)
+  for (size_t i = 0; i < c->nh; i++) {
     if (c->h[i])
       dkim_free(c->h[i]);
+    tern__dkim_ed_free(c->ed[i]);
+  }
   free(c->h);
+  free(c->ed);
+  free(c->key);
   c->h = NULL;
+  c->ed = NULL;
+  c->key = NULL;
   c->nh = 0;
 }
 
@@ -572,12 +608,24 @@ static int begin(struct tern_dkim_sign *c) {
   }
   struct tern_dkim_signer *s = c->s;
   c->h = calloc(s->n, sizeof *c->h);
-  if (!c->h)
+  c->ed = calloc(s->n, sizeof *c->ed);
+  c->key = calloc(s->n, sizeof *c->key);
+  if (!c->h || !c->ed || !c->key)
     return TERN_ENOMEM;
   for (size_t i = 0; i < s->n; i++) {
     struct dkey *k = &s->keys[i];
     if (!key_covers(k, dom, dl))
       continue;
+    if (k->ed25519) {
+      int rc = tern__dkim_ed_new(&c->ed[c->nh], c->hdr ? c->hdr : "",
+                                 c->hlen,
+                                 k->headers ? (const char *const *)k->headers
+                                            : default_headers);
+      if (rc)
+        return rc;
+      c->key[c->nh++] = k;
+      continue;
+    }
     DKIM_STAT st = DKIM_STAT_OK;
     DKIM *h = dkim_sign(s->lib, (const unsigned char *)"tern", NULL,
                         (const dkim_sigkey_t)k->pem,
@@ -591,6 +639,7 @@ static int begin(struct tern_dkim_sign *c) {
       fail(c, NULL, "dkim_sign", st);
       return 0;
     }
+    c->key[c->nh] = k;
     c->h[c->nh++] = h;
     st = dkim_signhdrs(h, k->headers ? (const char **)k->headers
                                      : (const char **)default_headers);
@@ -608,6 +657,10 @@ static int begin(struct tern_dkim_sign *c) {
 
 static void feed_body(struct tern_dkim_sign *c, const char *buf, size_t len) {
   for (size_t i = 0; i < c->nh && len; i++) {
+    if (c->ed[i]) {
+      tern__dkim_ed_body(c->ed[i], buf, len);
+      continue;
+    }
     DKIM_STAT st = dkim_chunk(c->h[i], (u_char *)buf, len);
     if (st != DKIM_STAT_OK) {
       fail(c, c->h[i], "body", st);
@@ -783,7 +836,29 @@ int tern_dkim_sign_end(struct tern_dkim_sign *c, char **fields,
     rc = begin(c);
   }
   struct out o = {0};
+  time_t now = time(NULL);
   for (size_t i = 0; rc == 0 && !c->skip && i < c->nh; i++) {
+    if (c->ed[i]) {
+      char *v = NULL;
+      const struct dkey *k = c->key[i];
+      int er = tern__dkim_ed_end(c->ed[i], k->pkey, k->domain, k->selector,
+                                 now, &v);
+      c->ed[i] = NULL;
+      if (er == TERN_ENOMEM) {
+        rc = er;
+        break;
+      }
+      if (er) {
+        snprintf(why_buf, sizeof why_buf, "Ed25519 signing failed");
+        c->why = why_buf;
+        c->err = TERN_EIO;
+        c->skip = true;
+        break;
+      }
+      fold(&o, v);
+      free(v);
+      continue;
+    }
     DKIM *h = c->h[i];
     DKIM_STAT st = dkim_chunk(h, NULL, 0);
     if (st == DKIM_STAT_OK)
