@@ -5,8 +5,8 @@
  * One DKIM_LIB per signer (its options are the signer's: From over-signed,
  * a missing last CRLF supplied). Ed25519 keys sign through
  * ed25519.c instead: libopendkim 2.11 leaks the key objects of each
- * Ed25519 signature, and a daemon signs without end. Per message: the header section
- * is held (at most 1 MiB) until its empty line, because which keys sign
+ * Ed25519 signature, and a daemon signs without end. Per message: the header
+ * section is held (at most 1 MiB) until its empty line, because which keys sign
  * depends on the From: field; then one libopendkim handle per signing
  * key gets the header and, as it comes, the body (libopendkim hashes it
  * and keeps nothing of it). At the end each handle's DKIM-Signature
@@ -39,18 +39,19 @@
 #define FOLD_COL 78
 
 static const char *const default_headers[] = {
-    "from", "reply-to", "subject", "date", "to", "cc", "message-id",
-    "in-reply-to", "references", "mime-version", "content-type",
-    "content-transfer-encoding", NULL};
+    "from",       "reply-to",     "subject",      "date",
+    "to",         "cc",           "message-id",   "in-reply-to",
+    "references", "mime-version", "content-type", "content-transfer-encoding",
+    NULL};
 
 struct dkey {
   char *domain;    /* d=: lower case, without a leading dot */
   bool subdomains; /* the configured domain began with a dot */
   char *selector;
-  char *pem;       /* the key file's text, for dkim_sign (RSA) */
+  char *pem; /* the key file's text, for dkim_sign (RSA) */
   bool ed25519;
-  EVP_PKEY *pkey;  /* Ed25519: the key, for ed25519.c */
-  char **headers;  /* NULL-terminated, or NULL: default_headers */
+  EVP_PKEY *pkey; /* Ed25519: the key, for ed25519.c */
+  char **headers; /* NULL-terminated, or NULL: default_headers */
 };
 
 struct tern_dkim_signer {
@@ -68,7 +69,7 @@ struct tern_dkim_sign {
   bool body; /* the header section was complete */
   bool skip; /* not signed: why says why */
   const char *why;
-  int err;   /* TERN_EIO once a libopendkim call failed */
+  int err; /* TERN_EIO once a libopendkim call failed */
   /* one slot per signing key: a libopendkim handle (RSA) or ours */
   DKIM **h;
   struct dkim_ed **ed;
@@ -235,8 +236,7 @@ static int key_load(struct dkey *k, const struct tern_dkim_key *c, char *err,
     return TERN_EINVAL;
   }
   if (!ldh_name(c->selector)) {
-    set_err(err, cap, "%s: bad DKIM selector \"%s\"", c->key_file,
-            c->selector);
+    set_err(err, cap, "%s: bad DKIM selector \"%s\"", c->key_file, c->selector);
     return TERN_EINVAL;
   }
   k->domain = lower_dup(d);
@@ -267,8 +267,10 @@ static int key_load(struct dkey *k, const struct tern_dkim_key *c, char *err,
   EVP_PKEY *pk = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
   BIO_free(bio);
   if (!pk) {
-    set_err(err, cap, "%s: not a PEM private key (an encrypted one "
-                      "cannot be used)", c->key_file);
+    set_err(err, cap,
+            "%s: not a PEM private key (an encrypted one "
+            "cannot be used)",
+            c->key_file);
     return TERN_EINVAL;
   }
   int rc = 0;
@@ -617,8 +619,7 @@ static int begin(struct tern_dkim_sign *c) {
     if (!key_covers(k, dom, dl))
       continue;
     if (k->ed25519) {
-      int rc = tern__dkim_ed_new(&c->ed[c->nh], c->hdr ? c->hdr : "",
-                                 c->hlen,
+      int rc = tern__dkim_ed_new(&c->ed[c->nh], c->hdr ? c->hdr : "", c->hlen,
                                  k->headers ? (const char *const *)k->headers
                                             : default_headers);
       if (rc)
@@ -627,14 +628,12 @@ static int begin(struct tern_dkim_sign *c) {
       continue;
     }
     DKIM_STAT st = DKIM_STAT_OK;
-    DKIM *h = dkim_sign(s->lib, (const unsigned char *)"tern", NULL,
-                        (const dkim_sigkey_t)k->pem,
-                        (const unsigned char *)k->selector,
-                        (const unsigned char *)k->domain, DKIM_CANON_RELAXED,
-                        DKIM_CANON_RELAXED,
-                        k->ed25519 ? DKIM_SIGN_ED25519SHA256
-                                   : DKIM_SIGN_RSASHA256,
-                        -1, &st);
+    DKIM *h = dkim_sign(
+        s->lib, (const unsigned char *)"tern", NULL,
+        (const dkim_sigkey_t)k->pem, (const unsigned char *)k->selector,
+        (const unsigned char *)k->domain, DKIM_CANON_RELAXED,
+        DKIM_CANON_RELAXED,
+        k->ed25519 ? DKIM_SIGN_ED25519SHA256 : DKIM_SIGN_RSASHA256, -1, &st);
     if (!h) {
       fail(c, NULL, "dkim_sign", st);
       return 0;
@@ -841,8 +840,8 @@ int tern_dkim_sign_end(struct tern_dkim_sign *c, char **fields,
     if (c->ed[i]) {
       char *v = NULL;
       const struct dkey *k = c->key[i];
-      int er = tern__dkim_ed_end(c->ed[i], k->pkey, k->domain, k->selector,
-                                 now, &v);
+      int er =
+          tern__dkim_ed_end(c->ed[i], k->pkey, k->domain, k->selector, now, &v);
       c->ed[i] = NULL;
       if (er == TERN_ENOMEM) {
         rc = er;

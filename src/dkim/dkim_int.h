@@ -21,7 +21,7 @@ struct dkim_ed;
  * Returns 0 or TERN_ENOMEM.
  */
 int tern__dkim_ed_new(struct dkim_ed **out, const char *hdr, size_t hlen,
-                  const char *const *names);
+                      const char *const *names);
 /* Body bytes, in chunks of any size (hashed as they come). */
 int tern__dkim_ed_body(struct dkim_ed *t, const char *buf, size_t len);
 /*
@@ -31,7 +31,7 @@ int tern__dkim_ed_body(struct dkim_ed *t, const char *buf, size_t len);
  * signing failed). The context is freed in every case.
  */
 int tern__dkim_ed_end(struct dkim_ed *t, EVP_PKEY *key, const char *domain,
-                  const char *selector, time_t now, char **value);
+                      const char *selector, time_t now, char **value);
 void tern__dkim_ed_free(struct dkim_ed *t);
 
 #endif /* TERN_DKIM_INT_H */

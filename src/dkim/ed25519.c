@@ -135,8 +135,8 @@ static struct field *split_fields(const char *h, size_t len, size_t *nf) {
 /* Relaxed form of one field ("name:value\r\n" without the CRLF when
  * `crlf` is false) appended to out (capacity checked by the caller: at
  * most the field's length + 3). Returns the length written. */
-static size_t relaxed_field(const char *p, size_t n, size_t namelen,
-                            bool crlf, char *out) {
+static size_t relaxed_field(const char *p, size_t n, size_t namelen, bool crlf,
+                            char *out) {
   size_t o = 0;
   for (size_t i = 0; i < namelen; i++)
     out[o++] = lower(p[i]);
@@ -275,8 +275,8 @@ int tern__dkim_ed_end(struct dkim_ed *t, EVP_PKEY *key, const char *domain,
   bhs = b64(bh, bhn);
   if (!bhs)
     goto out;
-  size_t cap = strlen(domain) + strlen(selector) + strlen(t->h) +
-               strlen(bhs) + 256;
+  size_t cap =
+      strlen(domain) + strlen(selector) + strlen(t->h) + strlen(bhs) + 256;
   v = malloc(cap);
   canon = malloc(cap + 32);
   if (!v || !canon)

@@ -53,7 +53,8 @@ static int setup(void **state) {
   FILE *f = fopen(junk_path, "w");
   assert_non_null(f);
   fputs("-----BEGIN PRIVATE KEY-----\nnot base64 at all\n"
-        "-----END PRIVATE KEY-----\n", f);
+        "-----END PRIVATE KEY-----\n",
+        f);
   fclose(f);
   return 0;
 }
@@ -113,21 +114,18 @@ static void test_load_errors(void **state) {
                    TERN_EINVAL);
   assert_int_equal(load1("example.org", "", rsa_path, NULL, e, sizeof e),
                    TERN_EINVAL);
-  assert_int_equal(load1(NULL, "s1", rsa_path, NULL, e, sizeof e),
-                   TERN_EINVAL);
+  assert_int_equal(load1(NULL, "s1", rsa_path, NULL, e, sizeof e), TERN_EINVAL);
   assert_int_equal(load1("example.org", "s1", NULL, NULL, e, sizeof e),
                    TERN_EINVAL);
-  assert_int_equal(load1("example.org", "s1", rsa_path, "from::to", e,
-                         sizeof e),
-                   TERN_EINVAL);
+  assert_int_equal(
+      load1("example.org", "s1", rsa_path, "from::to", e, sizeof e),
+      TERN_EINVAL);
   assert_non_null(strstr(e, "header list"));
-  assert_int_equal(load1("example.org", "s1", rsa_path, "from:to :subject",
-                         e, sizeof e),
-                   0);
+  assert_int_equal(
+      load1("example.org", "s1", rsa_path, "from:to :subject", e, sizeof e), 0);
 
   struct tern_dkim_signer *s;
-  assert_int_equal(tern_dkim_signer_new(&s, NULL, 0, e, sizeof e),
-                   TERN_EINVAL);
+  assert_int_equal(tern_dkim_signer_new(&s, NULL, 0, e, sizeof e), TERN_EINVAL);
   assert_null(s);
   assert_int_equal(tern_dkim_signer_new(NULL, NULL, 0, NULL, 0), TERN_EINVAL);
   /* one bad key of two: nothing loads */
@@ -165,10 +163,9 @@ static char *sign(struct tern_dkim_signer *s, const char *msg, size_t len,
   struct tern_dkim_sign *c;
   assert_int_equal(tern_dkim_sign_new(s, &c), 0);
   for (size_t off = 0; off < len; off += piece)
-    assert_int_equal(
-        tern_dkim_sign_write(c, msg + off, len - off < piece ? len - off
-                                                             : piece),
-        0);
+    assert_int_equal(tern_dkim_sign_write(
+                         c, msg + off, len - off < piece ? len - off : piece),
+                     0);
   char *f = NULL;
   assert_int_equal(tern_dkim_sign_end(c, &f, why), 0);
   assert_non_null(f);
@@ -325,10 +322,8 @@ static void test_bounds(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_load_errors),
-      cmocka_unit_test(test_covers),
-      cmocka_unit_test(test_which_messages),
-      cmocka_unit_test(test_fields_form),
+      cmocka_unit_test(test_load_errors),    cmocka_unit_test(test_covers),
+      cmocka_unit_test(test_which_messages), cmocka_unit_test(test_fields_form),
       cmocka_unit_test(test_bounds),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
