@@ -1321,6 +1321,9 @@ const struct cfg_route *cfg_route_find(const struct cfg *c, const char *domain,
     if (m > how)
       how = m, best = &c->routes[i];
   }
+  /* "*" is for the domains nobody named: not those of [domains] accept */
+  if (how == 1 && cfg_domain_listed(c, domain, len))
+    return NULL;
   return best;
 }
 

@@ -248,7 +248,9 @@ bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
  * The destination name (the queue's per-recipient dest) of an accepted
  * recipient in `domain` (pointer + length, any case):
  *   1. a [routes] line: the exact domain, else the longest ".suffix"
- *      that matches, else "*";
+ *      that matches, else "*" -- which is for the domains nobody named:
+ *      not for those of [domains] accept (they stay local unless an
+ *      exact or suffix line says otherwise; no loop back to our own MX);
  *   2. else built in: an accepted domain (accept_any, [domains], a
  *      routed domain) -> local; any other (an authenticated user's
  *      mail) -> [delivery] relay: "smarthost" when it is a URL, else mx.
@@ -263,7 +265,7 @@ const char *cfg_route_dest(const struct cfg *c, const char *domain,
                            size_t len, char *buf, size_t cap);
 
 /* The [routes] line that applies to `domain` (same precedence as
- * cfg_route_dest), or NULL. */
+ * cfg_route_dest, "*" not for [domains] accept), or NULL. */
 const struct cfg_route *cfg_route_find(const struct cfg *c,
                                        const char *domain, size_t len);
 

@@ -440,4 +440,21 @@ time_t qdeliver_arrival(const char *id);
  * *arrival to the message's arrival; returns true. Home loop. */
 bool qdeliver_running(const char *id, const char **remote, time_t *arrival);
 
+struct tern_resolver;
+struct log_line;
+/* The resolver new mx: connections use from now on (NULL: none, each
+ * client makes its own from the system's configuration). The qdeliver
+ * takes `r` over; the one it replaces is freed when the last connection
+ * made with it is gone. Home loop. */
+void qdeliver_set_resolver(struct qdeliver *qd, struct tern_resolver *r);
+/* While message `id`'s job hands its results back (as qdeliver_arrival):
+ * its destination name ("local", "mx:example.org"...), else NULL. */
+const char *qdeliver_dest(const char *id);
+/* While message `id`'s job hands its results back: add to l what its
+ * delivery line says of the destination and the connection: dest=
+ * (other than local), mx= addr= (who took it), tls= (version or none),
+ * cipher=, verified= (dane-ee, dane-ta, mta-sts, ca or no), policy=,
+ * tls_failure= (what MTA-STS testing let pass). Nothing else. */
+void qdeliver_log_fields(const char *id, struct log_line *l);
+
 #endif
