@@ -3,8 +3,10 @@
  * (docs/decisions/0020-dkim.md).
  *
  * One DKIM_LIB per signer (its options are the signer's: From over-signed,
- * no CRLF fixing: tern feeds CRLF lines). Per message: the header section
- * is held (at most 1 MiB) until its empty line, because which keys sign
+ * a missing last CRLF supplied). Ed25519 keys sign through
+ * ed25519.c instead: libopendkim 2.11 leaks the key objects of each
+ * Ed25519 signature, and a daemon signs without end. Per message: the header
+ * section is held (at most 1 MiB) until its empty line, because which keys sign
  * depends on the From: field; then one libopendkim handle per signing
  * key gets the header and, as it comes, the body (libopendkim hashes it
  * and keeps nothing of it). At the end each handle's DKIM-Signature
@@ -20,11 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
 #include <opendkim/dkim.h>
+
+#include "dkim_int.h"
 
 /* The header section is held until its end: past this it is not signed. */
 #define HDR_MAX (1024u * 1024)
@@ -34,17 +39,19 @@
 #define FOLD_COL 78
 
 static const char *const default_headers[] = {
-    "from", "reply-to", "subject", "date", "to", "cc", "message-id",
-    "in-reply-to", "references", "mime-version", "content-type",
-    "content-transfer-encoding", NULL};
+    "from",       "reply-to",     "subject",      "date",
+    "to",         "cc",           "message-id",   "in-reply-to",
+    "references", "mime-version", "content-type", "content-transfer-encoding",
+    NULL};
 
 struct dkey {
   char *domain;    /* d=: lower case, without a leading dot */
   bool subdomains; /* the configured domain began with a dot */
   char *selector;
-  char *pem;       /* the key file's text, for dkim_sign */
+  char *pem; /* the key file's text, for dkim_sign (RSA) */
   bool ed25519;
-  char **headers;  /* NULL-terminated, or NULL: default_headers */
+  EVP_PKEY *pkey; /* Ed25519: the key, for ed25519.c */
+  char **headers; /* NULL-terminated, or NULL: default_headers */
 };
 
 struct tern_dkim_signer {
@@ -62,8 +69,11 @@ struct tern_dkim_sign {
   bool body; /* the header section was complete */
   bool skip; /* not signed: why says why */
   const char *why;
-  int err;   /* TERN_EIO once a libopendkim call failed */
-  DKIM **h;  /* one per signing key */
+  int err; /* TERN_EIO once a libopendkim call failed */
+  /* one slot per signing key: a libopendkim handle (RSA) or ours */
+  DKIM **h;
+  struct dkim_ed **ed;
+  const struct dkey **key;
   size_t nh;
 };
 
@@ -144,7 +154,7 @@ static int parse_headers(const char *list, char ***out) {
   size_t n = 1;
   for (const char *p = list; *p; p++)
     n += *p == ':';
-  char **v = calloc(n + 1, sizeof *v);
+  char **v = calloc(n + 2, sizeof *v); /* + "from", + NULL */
   if (!v)
     return TERN_ENOMEM;
   size_t k = 0;
@@ -179,6 +189,12 @@ static int parse_headers(const char *list, char ***out) {
       break;
     p = e + 1;
   }
+  /* From is always signed (RFC 6376 §5.4: it MUST be). */
+  bool from = false;
+  for (size_t i = 0; !rc && i < k; i++)
+    from = from || strcmp(v[i], "from") == 0;
+  if (!rc && !from && !(v[k++] = strdup("from")))
+    rc = TERN_ENOMEM;
   if (rc) {
     for (size_t i = 0; i < k; i++)
       free(v[i]);
@@ -196,6 +212,7 @@ static void key_clear(struct dkey *k) {
     OPENSSL_cleanse(k->pem, strlen(k->pem));
     free(k->pem);
   }
+  EVP_PKEY_free(k->pkey);
   if (k->headers)
     for (char **p = k->headers; *p; p++)
       free(*p);
@@ -219,8 +236,7 @@ static int key_load(struct dkey *k, const struct tern_dkim_key *c, char *err,
     return TERN_EINVAL;
   }
   if (!ldh_name(c->selector)) {
-    set_err(err, cap, "%s: bad DKIM selector \"%s\"", c->key_file,
-            c->selector);
+    set_err(err, cap, "%s: bad DKIM selector \"%s\"", c->key_file, c->selector);
     return TERN_EINVAL;
   }
   k->domain = lower_dup(d);
@@ -251,8 +267,10 @@ static int key_load(struct dkey *k, const struct tern_dkim_key *c, char *err,
   EVP_PKEY *pk = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
   BIO_free(bio);
   if (!pk) {
-    set_err(err, cap, "%s: not a PEM private key (an encrypted one "
-                      "cannot be used)", c->key_file);
+    set_err(err, cap,
+            "%s: not a PEM private key (an encrypted one "
+            "cannot be used)",
+            c->key_file);
     return TERN_EINVAL;
   }
   int rc = 0;
@@ -267,6 +285,8 @@ static int key_load(struct dkey *k, const struct tern_dkim_key *c, char *err,
     }
   } else if (type == EVP_PKEY_ED25519) {
     k->ed25519 = true;
+    k->pkey = pk;
+    pk = NULL;
   } else {
     set_err(err, cap, "%s: neither an RSA nor an Ed25519 key", c->key_file);
     rc = TERN_EINVAL;
@@ -313,6 +333,18 @@ int tern_dkim_signer_new(struct tern_dkim_signer **out,
     s->lib = dkim_init(NULL, NULL);
     if (!s->lib)
       rc = TERN_ENOMEM;
+  }
+  if (rc == 0) {
+    /* A last line without CRLF (BDAT allows one) is hashed with the CRLF
+     * relaxed canonicalisation gives it (RFC 6376 §3.4.4), instead of
+     * libopendkim failing the signature; the same flag would make a bare
+     * LF count as CRLF, which tern's input never has (decision 0002). */
+    uint32_t flags = DKIM_LIBFLAGS_FIXCRLF;
+    if (dkim_options(s->lib, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags,
+                     sizeof flags) != DKIM_STAT_OK) {
+      set_err(err, cap, "libopendkim: cannot set its flags");
+      rc = TERN_EIO;
+    }
   }
   if (rc == 0) {
     /* From once more in every h= than the message has: no From can be
@@ -533,11 +565,17 @@ int tern_dkim_sign_new(struct tern_dkim_signer *s,
 }
 
 static void drop_handles(struct tern_dkim_sign *c) {
-  for (size_t i = 0; i < c->nh; i++)
+  for (size_t i = 0; i < c->nh; i++) {
     if (c->h[i])
       dkim_free(c->h[i]);
+    tern__dkim_ed_free(c->ed[i]);
+  }
   free(c->h);
+  free(c->ed);
+  free(c->key);
   c->h = NULL;
+  c->ed = NULL;
+  c->key = NULL;
   c->nh = 0;
 }
 
@@ -572,25 +610,35 @@ static int begin(struct tern_dkim_sign *c) {
   }
   struct tern_dkim_signer *s = c->s;
   c->h = calloc(s->n, sizeof *c->h);
-  if (!c->h)
+  c->ed = calloc(s->n, sizeof *c->ed);
+  c->key = calloc(s->n, sizeof *c->key);
+  if (!c->h || !c->ed || !c->key)
     return TERN_ENOMEM;
   for (size_t i = 0; i < s->n; i++) {
     struct dkey *k = &s->keys[i];
     if (!key_covers(k, dom, dl))
       continue;
+    if (k->ed25519) {
+      int rc = tern__dkim_ed_new(&c->ed[c->nh], c->hdr ? c->hdr : "", c->hlen,
+                                 k->headers ? (const char *const *)k->headers
+                                            : default_headers);
+      if (rc)
+        return rc;
+      c->key[c->nh++] = k;
+      continue;
+    }
     DKIM_STAT st = DKIM_STAT_OK;
-    DKIM *h = dkim_sign(s->lib, (const unsigned char *)"tern", NULL,
-                        (const dkim_sigkey_t)k->pem,
-                        (const unsigned char *)k->selector,
-                        (const unsigned char *)k->domain, DKIM_CANON_RELAXED,
-                        DKIM_CANON_RELAXED,
-                        k->ed25519 ? DKIM_SIGN_ED25519SHA256
-                                   : DKIM_SIGN_RSASHA256,
-                        -1, &st);
+    DKIM *h = dkim_sign(
+        s->lib, (const unsigned char *)"tern", NULL,
+        (const dkim_sigkey_t)k->pem, (const unsigned char *)k->selector,
+        (const unsigned char *)k->domain, DKIM_CANON_RELAXED,
+        DKIM_CANON_RELAXED,
+        k->ed25519 ? DKIM_SIGN_ED25519SHA256 : DKIM_SIGN_RSASHA256, -1, &st);
     if (!h) {
       fail(c, NULL, "dkim_sign", st);
       return 0;
     }
+    c->key[c->nh] = k;
     c->h[c->nh++] = h;
     st = dkim_signhdrs(h, k->headers ? (const char **)k->headers
                                      : (const char **)default_headers);
@@ -608,6 +656,10 @@ static int begin(struct tern_dkim_sign *c) {
 
 static void feed_body(struct tern_dkim_sign *c, const char *buf, size_t len) {
   for (size_t i = 0; i < c->nh && len; i++) {
+    if (c->ed[i]) {
+      tern__dkim_ed_body(c->ed[i], buf, len);
+      continue;
+    }
     DKIM_STAT st = dkim_chunk(c->h[i], (u_char *)buf, len);
     if (st != DKIM_STAT_OK) {
       fail(c, c->h[i], "body", st);
@@ -783,7 +835,29 @@ int tern_dkim_sign_end(struct tern_dkim_sign *c, char **fields,
     rc = begin(c);
   }
   struct out o = {0};
+  time_t now = time(NULL);
   for (size_t i = 0; rc == 0 && !c->skip && i < c->nh; i++) {
+    if (c->ed[i]) {
+      char *v = NULL;
+      const struct dkey *k = c->key[i];
+      int er =
+          tern__dkim_ed_end(c->ed[i], k->pkey, k->domain, k->selector, now, &v);
+      c->ed[i] = NULL;
+      if (er == TERN_ENOMEM) {
+        rc = er;
+        break;
+      }
+      if (er) {
+        snprintf(why_buf, sizeof why_buf, "Ed25519 signing failed");
+        c->why = why_buf;
+        c->err = TERN_EIO;
+        c->skip = true;
+        break;
+      }
+      fold(&o, v);
+      free(v);
+      continue;
+    }
     DKIM *h = c->h[i];
     DKIM_STAT st = dkim_chunk(h, NULL, 0);
     if (st == DKIM_STAT_OK)

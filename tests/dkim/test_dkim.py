@@ -216,11 +216,42 @@ def case_header_only_message():
     verify_all(f + msg, 1)
 
 
+EDGE = [
+    # white space runs, tabs, trailing white space, space-only lines
+    b"From: a@example.org\r\nSubject:  two\t\tspaces  \r\n\r\n"
+    b"a  b\t\tc   \r\n   \r\n\t x\r\n \r\n\r\n  \r\n",
+    # empty body, and a body of one empty line
+    b"From: a@example.org\r\nSubject: e\r\n\r\n",
+    b"From: a@example.org\r\nSubject: e\r\n\r\n\r\n",
+    # no final CRLF (BDAT may end so). No bare CR or LF: tern's core
+    # makes them CRLF before anything signs (decision 0002)
+    b"From: a@example.org\r\n\r\nline\r\nlast",
+    # repeated fields (a verifier takes them bottom up), an empty value,
+    # a folded field with tabs
+    b"From: a@example.org\r\nTo: one@example.net\r\nCc:\r\n"
+    b"to:two@example.net\r\nSubject: folded\r\n\t  over\r\n"
+    b"  lines\r\nX-Other: not signed\r\n\r\nbody\r\n",
+    # a long body line, 8-bit text
+    b"From: a@example.org\r\nSubject: =?utf-8?q?x?=\r\n\r\n"
+    + b"x" * 5000 + b"\r\n\xc3\xa9t\xc3\xa9\r\n",
+]
+
+
+def case_canonicalisation_edges():
+    for i, msg in enumerate(EDGE):
+        for piece in (1, 3, len(msg)):
+            f, err = sign(msg, RSA, ED, chunk=piece)
+            assert f, (i, err)
+            for idx in range(2):
+                assert verifies(f + msg, idx), ("edge case %d, pieces of %d, "
+                                                "signature %d" % (i, piece, idx))
+
+
 def case_custom_headers():
-    f, _ = sign(MSG, RSA + ",from:subject")
-    h = re.search(rb"[;\s]h=([^;]*)", f).group(1).lower()
-    assert h == b"from:subject:from", h
-    verify_all(f + MSG, 1)
+    f, _ = sign(MSG, RSA + ",from:subject", ED + ",subject:to")
+    hs = [x.lower() for x in re.findall(rb"[;\s]h=([^;]*)", f)]
+    assert hs == [b"from:subject:from", b"from:to:subject:from"], hs
+    verify_all(f + MSG, 2)
 
 
 def case_modified_fails():
@@ -274,4 +305,5 @@ main([case_rsa, case_ed25519, case_two_keys_two_signatures, case_every_split,
       case_two_from_unsigned, case_two_mailboxes_unsigned,
       case_other_domain_unsigned, case_subdomain_key,
       case_lf_message_fed_as_crlf, case_header_only_message,
-      case_custom_headers, case_modified_fails, case_bad_keys])
+      case_canonicalisation_edges, case_custom_headers, case_modified_fails,
+      case_bad_keys])

@@ -18,6 +18,9 @@ Cases:
                         5.1.10 in the DSN, no retry
   test_requiretls_no_starttls  REQUIRETLS to an MX without STARTTLS:
                         bounced at once with 5.7.30
+  test_route_url        a [routes] URL: dest url:URL, no DNS asked
+  test_reload_resolver  SIGHUP with another [outbound] resolver: new
+                        connections use the new one
   test_servfail_expires SERVFAIL: deferred (4.4.3), then expired at the
                         end of a short [queue] lifetime, with a DSN
   test_dead_domain      a domain whose MX never greets and a live one in
@@ -29,6 +32,7 @@ Cases:
 import asyncio
 import os
 import re
+import signal
 import smtplib
 import socket
 import threading
@@ -65,11 +69,12 @@ ZONE = {
 
 
 class Resolver(BaseResolver):
-    """Answers from ZONE: the records asked for, NOERROR without them
-    when the name exists (NODATA), NXDOMAIN else, SERVFAIL for names
-    marked so. Counts queries by name."""
+    """Answers from a zone (ZONE): the records asked for, NOERROR
+    without them when the name exists (NODATA), NXDOMAIN else, SERVFAIL
+    for names marked so. Counts queries by name."""
 
-    def __init__(self):
+    def __init__(self, zone):
+        self.zone = zone
         self.asked = {}
         self.lock = threading.Lock()
 
@@ -80,7 +85,7 @@ class Resolver(BaseResolver):
         qt = QTYPE[request.q.qtype]
         with self.lock:
             self.asked[name] = self.asked.get(name, 0) + 1
-        recs = ZONE.get(name)
+        recs = self.zone.get(name)
         if recs is None:
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
@@ -103,8 +108,8 @@ class Resolver(BaseResolver):
 class Dns:
     """dnslib on 127.0.0.1:port, UDP and TCP."""
 
-    def __init__(self):
-        self.resolver = Resolver()
+    def __init__(self, zone=None):
+        self.resolver = Resolver(ZONE if zone is None else zone)
         self.port = free_port_udp_tcp("127.0.0.1")
         self.udp = DNSServer(self.resolver, address="127.0.0.1",
                              port=self.port, logger=Quiet())
@@ -288,6 +293,7 @@ key = {certs}/server.key
 [delivery]
 target = mx
 
+{extra}
 [outbound]
 resolver = 127.0.0.1:{dns}
 dnssec = no
@@ -327,11 +333,13 @@ class World:
         return False
 
     def conf(self, name, timeout="10s", lifetime="1d", retry_max="2s",
-             concurrency=20, max_active=200):
-        (port,) = h.free_ports(1)
+             concurrency=20, max_active=200, extra="", dns=None, port=None):
+        if port is None:
+            (port,) = h.free_ports(1)
         qdir = os.path.join(self.d, name + "-queue")
         path = h.write(os.path.join(self.d, name + ".ini"), CONF.format(
-            port=port, dns=self.dns.port, certs=certs_dir(), mxport=self.mxport, qdir=qdir,
+            port=port, dns=dns or self.dns.port, certs=certs_dir(),
+            extra=extra, mxport=self.mxport, qdir=qdir,
             timeout=timeout, lifetime=lifetime, retry_max=retry_max,
             concurrency=concurrency, max_active=max_active))
         return h.Conf(path, port, qdir, os.path.join(qdir, "control"))
@@ -460,6 +468,50 @@ def test_requiretls_no_starttls():
                     "the message went to an MX without TLS")
 
 
+def test_route_url():
+    """A [routes] URL: dest url:URL, delivered there without any DNS."""
+    with World() as w:
+        url = "smtp://%s:%d" % (SINK, w.mxport)
+        conf = w.conf("route", extra="[routes]\npartner.example = %s\n" % url)
+        with h.Serve(["-c", conf.path], name="mx-route") as srv:
+            send(conf, "s@home.example", "p@partner.example")
+            h.wait_for(lambda: w.sink.to("partner.example"), 20,
+                       "the message at the route's URL")
+            ln = wait_line(srv, "p@partner.example", "sent", 10)
+            print("  " + ln)
+            h.check("dest=url:" + url in ln, "dest: %r" % ln)
+            h.check("addr=127.0.0.3" in ln, "addr: %r" % ln)
+            h.check(not w.dns.resolver.asked.get("partner.example"),
+                    "a routed domain was looked up in the DNS")
+            qs = h.queue_json(conf)
+            h.check(qs == [], "left in the queue: %r" % qs)
+
+
+def test_reload_resolver():
+    """A reload that changes [outbound] resolver: new connections use
+    the new one (a domain only it knows is delivered)."""
+    zone2 = dict(ZONE)
+    zone2["moved.example"] = [("MX", (10, "mx.moved.example"))]
+    zone2["mx.moved.example"] = [("A", SINK)]
+    with World() as w, Dns(zone2) as dns2:
+        conf = w.conf("reload")
+        with h.Serve(["-c", conf.path], name="mx-reload") as srv:
+            send(conf, "s@home.example", "a@direct.example")
+            h.wait_for(lambda: w.sink.to("direct.example"), 20,
+                       "mail through the first resolver")
+            w.conf("reload", dns=dns2.port, port=conf.port)  # rewrites it
+            srv.signal(signal.SIGHUP)
+            srv.wait_log("event=reload result=ok")
+            srv.wait_log("event=resolver result=renewed")
+            send(conf, "s@home.example", "b@moved.example")
+            h.wait_for(lambda: w.sink.to("moved.example"), 20,
+                       "mail for a domain only the new resolver knows")
+            h.check(dns2.resolver.asked.get("moved.example"),
+                    "the new resolver was not asked")
+            h.check(not w.dns.resolver.asked.get("moved.example"),
+                    "the old resolver was asked after the reload")
+
+
 def test_servfail_expires():
     with World() as w:
         conf = w.conf("servfail", lifetime="4s", retry_max="1s")
@@ -523,5 +575,5 @@ def test_concurrency():
 
 if __name__ == "__main__":
     h.main([test_mx_fallback, test_null_mx, test_requiretls_no_starttls,
-            test_servfail_expires,
+            test_route_url, test_reload_resolver, test_servfail_expires,
             test_dead_domain, test_concurrency])

@@ -181,10 +181,8 @@ static void on_done(void *arg, const struct tern_reply *r) {
 static struct tern_queue_msg *begin_write(struct fx *f, const char *rcpt,
                                           const char *body, size_t len) {
   struct tern_queue_rcpt r = {rcpt, NULL, 0, "local"};
-  struct tern_queue_envelope e = {.from = "s@example.org",
-                                  .rcpts = &r,
-                                  .nrcpts = 1,
-                                  .ret = TERN_RET_FULL};
+  struct tern_queue_envelope e = {
+      .from = "s@example.org", .rcpts = &r, .nrcpts = 1, .ret = TERN_RET_FULL};
   struct tern_queue_msg *m;
   assert_int_equal(tern_queue_msg_begin(f->port, &e, &m), 0);
   for (size_t off = 0; off < len;) {
