@@ -2,10 +2,10 @@
  * tern/dkim.h — DKIM signing (RFC 6376; Ed25519 RFC 8463), streaming,
  * rsa-sha256 through libopendkim, ed25519-sha256 on OpenSSL (libopendkim
  * 2.11 leaks per Ed25519 signature; docs/decisions/0020-dkim.md): the
- * message goes through in chunks as it is received, nothing is held whole, and the
- * DKIM-Signature fields come out at the end, to be put in front of the
- * message (tern_queue_msg_prepend() in tern/queue.h does that for a
- * queued message).
+ * message goes through in chunks as it is received, nothing is held
+ * whole, and the DKIM-Signature fields come out at the end, to be put in
+ * front of the message (tern_queue_msg_prepend() in tern/queue.h does
+ * that for a queued message).
  *
  *   struct tern_dkim_key k = {.domain = "example.org", .selector = "s1",
  *                             .key_file = "/etc/tern/dkim/s1.pem"};
