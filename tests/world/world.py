@@ -526,11 +526,14 @@ class World:
             ub.ub_ctx_delete(ctx)
 
     # -- SMTP sinks --------------------------------------------------------
-    def sink(self, addr, tls=None, port=25, name=None, reply=None):
+    def sink(self, addr, tls=None, port=25, name=None, reply=None,
+             requiretls=False):
         """An aiosmtpd mail host on addr:port; tls=(cert, key) offers
-        STARTTLS (not required). reply(rcpt) may return an SMTP reply
-        text to refuse a recipient. Started; stopped by close()."""
-        s = Sink(addr, port, tls, name or addr, reply).start()
+        STARTTLS (not required); requiretls=True also offers REQUIRETLS
+        after STARTTLS (RFC 8689) and takes the MAIL parameter. reply(rcpt)
+        may return an SMTP reply text to refuse a recipient. Started;
+        stopped by close()."""
+        s = Sink(addr, port, tls, name or addr, reply, requiretls).start()
         s.world = self
         self.sinks.append(s)
         return s
@@ -787,12 +790,14 @@ class SinkMessage:
 
 class Sink:
     """An aiosmtpd host: .messages (SinkMessage), .mails (every MAIL as
-    (tls, address)), .connections (total), .max_open (most at once)."""
+    (tls, address, [parameters])), .connections (total), .max_open (most
+    at once)."""
 
-    def __init__(self, addr, port, tls, name, reply):
+    def __init__(self, addr, port, tls, name, reply, requiretls=False):
         self.addr, self.port, self.name = addr, port, name
         self.tls = tls
         self.reply = reply
+        self.requiretls = requiretls
         self.lock = threading.Lock()
         self.messages = []
         self.mails = []
@@ -810,10 +815,18 @@ class Sink:
             return server._tls_protocol is not None
 
         class Handler:
+            async def handle_EHLO(self, server, session, envelope, hostname,
+                                  responses):
+                session.host_name = hostname
+                if sink.requiretls and is_tls(server):
+                    responses.insert(len(responses) - 1, "250-REQUIRETLS")
+                return responses
+
             async def handle_MAIL(self, server, session, envelope, address,
                                   options):
                 with sink.lock:
-                    sink.mails.append((is_tls(server), address))
+                    sink.mails.append((is_tls(server), address,
+                                       list(options)))
                 envelope.mail_from = address
                 envelope.mail_options.extend(options)
                 return "250 2.1.0 OK"
@@ -841,6 +854,13 @@ class Sink:
                 return "250 2.0.0 stored by %s" % sink.name
 
         class CountingSMTP(SMTP):
+            def _getparams(self, params):
+                r = super()._getparams(params)
+                if r is not None and sink.requiretls and \
+                        self._tls_protocol is not None:
+                    r.pop("REQUIRETLS", None)    # known here (no value)
+                return r
+
             def connection_made(self, transport):
                 if self._original_transport is None:
                     with sink.lock:
@@ -903,7 +923,7 @@ class Sink:
 
     def plaintext_mails(self):
         with self.lock:
-            return [a for tls, a in self.mails if not tls]
+            return [a for tls, a, opts in self.mails if not tls]
 
 
 class Greet421:
