@@ -894,8 +894,7 @@ static void rc_on_close(struct tern_client *cl, void *ud) {
     if (c->fail_set && !c->connected) {
       /* a permanent failure (null MX...) bounces the recipients now; a
        * temporary one is the destination's, as for a dead relay */
-      fill(j, c->fail_code, c->fail_enh[0] ? c->fail_enh : NULL,
-           c->fail_text);
+      fill(j, c->fail_code, c->fail_enh[0] ? c->fail_enh : NULL, c->fail_text);
       if (!c->fail_perm && !j->read_error)
         j->unreachable = true;
       qj_end(j);
@@ -1138,7 +1137,7 @@ static void hop_outbound(struct hop *h, const struct cfg *c) {
   h->connect_ms = c->out.connect_timeout_ms;
   h->command_ms = c->out.timeout_ms;
   h->data_ms = c->out.timeout_ms > UINT32_MAX / 2 ? c->out.timeout_ms
-                                                 : 2 * c->out.timeout_ms;
+                                                  : 2 * c->out.timeout_ms;
 }
 
 /* The next hop of destination j->dest under the job's configuration.
