@@ -11,6 +11,10 @@ to tern ([outbound] trust_anchor), MX hosts with STARTTLS on 127.0.0.x.
    all (no plaintext fallback, nothing sent after a failed check).
 3. a TLSA record (wrong, even) in an unsigned zone: ignored; delivered
    opportunistically, verified is not dane.
+4. DANE-TA (2 1 1, the test CA's key), a certificate naming the MX host:
+   delivered, verified=dane-ta.
+5. TLSA published but the host offers no STARTTLS: deferred, no
+   plaintext message.
 Before tern is asked, libunbound itself confirms that the signed zones'
 TLSA answers are secure and the unsigned one's insecure.
 """
@@ -32,7 +36,8 @@ def world():
     bad = W.cert("someone-else.example", tag="bad")
     plain = W.cert("someone-else.example", tag="unsigned")
     other = W.cert("unrelated.example", tag="other")
-    a = {k: W.addr() for k in ("good", "bad", "unsigned")}
+    a = {k: W.addr() for k in ("good", "bad", "unsigned", "ta", "clear")}
+    ta = W.cert("mx.dane-ta.example", tag="ta")
     W.zone("dane-ok.example", {"@": "MX 10 mx", "mx": "A " + a["good"],
                                "_25._tcp.mx": "TLSA " + W.tlsa(good[0])},
            signed=True)
@@ -42,6 +47,14 @@ def world():
     W.zone("dane-unsigned.example",
            {"@": "MX 10 mx", "mx": "A " + a["unsigned"],
             "_25._tcp.mx": "TLSA " + W.tlsa(other[0])})
+    # DANE-TA: the test CA's key, the MX certificate must name the host
+    W.zone("dane-ta.example", {"@": "MX 10 mx", "mx": "A " + a["ta"],
+                               "_25._tcp.mx": "TLSA " + W.tlsa(W.ca, 2)},
+           signed=True)
+    # TLSA published, but the host offers no STARTTLS
+    W.zone("dane-clear.example", {"@": "MX 10 mx", "mx": "A " + a["clear"],
+                                  "_25._tcp.mx": "TLSA " + W.tlsa(good[0])},
+           signed=True)
     W.start_dns()
     W.check_dnssec(secure=[("_25._tcp.mx.dane-ok.example", "TLSA"),
                            ("_25._tcp.mx.dane-bad.example", "TLSA"),
@@ -51,10 +64,13 @@ def world():
     S["good"] = W.sink(a["good"], tls=good)
     S["bad"] = W.sink(a["bad"], tls=bad)
     S["unsigned"] = W.sink(a["unsigned"], tls=plain)
+    S["ta"] = W.sink(a["ta"], tls=ta)
+    S["clear"] = W.sink(a["clear"])
     # tern's CA file is the world's CA, but these certificates do not name
     # the MX hosts: a "verify by name" could not pass either.
     S["serve"] = W.serve({"routes": {d: "mx" for d in (
-        "dane-ok.example", "dane-bad.example", "dane-unsigned.example")}})
+        "dane-ok.example", "dane-bad.example", "dane-unsigned.example",
+        "dane-ta.example", "dane-clear.example")}})
     return W
 
 
@@ -106,6 +122,31 @@ def test_tlsa_in_unsigned_zone_ignored():
     check(m.tls, "opportunistic TLS not used although offered: %r" % m)
 
 
+def test_dane_ta():
+    world()
+    s = S["serve"]
+    send("rcpt@dane-ta.example")
+    d = w.wait_delivery(s, "rcpt@dane-ta.example", "sent")
+    m = S["ta"].wait(1, 5)[0]
+    check(m.tls, "delivered without TLS: %r" % m)
+    check(d.get("verified") == "dane-ta",
+          "verified=%r, expected dane-ta: %s" % (d.get("verified"),
+                                                 d["_line"]))
+
+
+def test_dane_host_without_starttls():
+    world()
+    s = S["serve"]
+    send("rcpt@dane-clear.example")
+    d = w.wait_delivery(s, "rcpt@dane-clear.example", "deferred")
+    sink = S["clear"]
+    check(sink.mails == [] and sink.snapshot() == [],
+          "a DANE host without STARTTLS got the message in plain text: %r"
+          % sink.mails)
+    check(sink.connections >= 1, "never tried: %s" % d["_line"])
+
+
 if __name__ == "__main__":
     w.main([test_dane_correct_tlsa, test_dane_wrong_tlsa,
-            test_tlsa_in_unsigned_zone_ignored])
+            test_tlsa_in_unsigned_zone_ignored, test_dane_ta,
+            test_dane_host_without_starttls])

@@ -46,7 +46,6 @@ openssl, /usr/bin/python3 with aiosmtpd, dnslib, dkim (this script runs
 under that interpreter: tests/world/CMakeLists.txt), libunbound.so.8.
 """
 
-import asyncio
 import base64
 import ctypes
 import ctypes.util
@@ -61,6 +60,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -155,6 +155,7 @@ def _outer(script):
     _remove_stale()
     name = "%s%d" % (NS_PREFIX, os.getpid())
     got_term = []
+    tmp = None
 
     def on_term(sig, frame):
         got_term.append(sig)
@@ -168,7 +169,10 @@ def _outer(script):
         with open("/etc/netns/%s/resolv.conf" % name, "w") as f:
             f.write("nameserver %s\n" % DNS_ADDR)
         _run([ip, "netns", "exec", name, ip, "link", "set", "lo", "up"])
-        env = dict(os.environ, TERN_WORLD_NS=name)
+        # the inner process's files live under tmp: removed below even
+        # when it was killed
+        tmp = tempfile.mkdtemp(prefix="tern-world-%d-" % os.getpid())
+        env = dict(os.environ, TERN_WORLD_NS=name, TMPDIR=tmp)
         cmd = [ip, "netns", "exec", name, sys.executable, script, "--inside"]
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         try:
@@ -189,6 +193,8 @@ def _outer(script):
                 pass
             proc.wait()
         _remove_ns(name)
+        if tmp and os.environ.get("TERN_TEST_KEEP") is None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(cases):
@@ -196,11 +202,18 @@ def main(cases):
     script again inside it; inside, run the cases (harness.main)."""
     if "--inside" in sys.argv:
         check(os.environ.get("TERN_WORLD_NS"), "--inside without a namespace")
+        rc = 1
         try:
             h.main(cases)   # exits
+        except SystemExit as e:
+            rc = e.code
         finally:
+            problems = []
             for w in list(World.instances):
-                w.close()
+                problems += w.close()
+        for p in problems:
+            print("FAIL (at the end): %s" % p, flush=True)
+        sys.exit(1 if problems else rc)
     else:
         try:
             rc = _outer(os.path.abspath(sys.argv[0]))
@@ -513,11 +526,14 @@ class World:
             ub.ub_ctx_delete(ctx)
 
     # -- SMTP sinks --------------------------------------------------------
-    def sink(self, addr, tls=None, port=25, name=None, reply=None):
+    def sink(self, addr, tls=None, port=25, name=None, reply=None,
+             requiretls=False):
         """An aiosmtpd mail host on addr:port; tls=(cert, key) offers
-        STARTTLS (not required). reply(rcpt) may return an SMTP reply
-        text to refuse a recipient. Started; stopped by close()."""
-        s = Sink(addr, port, tls, name or addr, reply).start()
+        STARTTLS (not required); requiretls=True also offers REQUIRETLS
+        after STARTTLS (RFC 8689) and takes the MAIL parameter. reply(rcpt)
+        may return an SMTP reply text to refuse a recipient. Started;
+        stopped by close()."""
+        s = Sink(addr, port, tls, name or addr, reply, requiretls).start()
         s.world = self
         self.sinks.append(s)
         return s
@@ -706,6 +722,10 @@ class World:
 
     # -- the end ------------------------------------------------------------
     def close(self):
+        """Stop everything. Returns what went wrong on the way, as text:
+        a tern serve that does not exit 0 on SIGTERM (a sanitizer's
+        report in an ASan build ends up here)."""
+        problems = []
         if os.environ.get("TERN_WORLD_VERBOSE"):
             for s in self.serves:
                 print("---- %s log:\n%s" % (s.name, "\n".join(s.snapshot())))
@@ -713,9 +733,13 @@ class World:
             try:
                 if s.alive():
                     s.signal(signal.SIGTERM)
-                    s.wait_exit(10)
-            except Exception:
-                pass
+                    rc = s.wait_exit(20)
+                    if rc != 0:
+                        problems.append("%s: tern serve exited with %s after "
+                                        "SIGTERM; log:\n%s"
+                                        % (s.name, rc, s.log(80)))
+            except Exception as e:
+                problems.append("%s: stopping tern serve: %s" % (s.name, e))
             s.cleanup()
         self.serves = []
         for s in self.sinks + self.servers:
@@ -733,6 +757,7 @@ class World:
                 self.nsd.wait()
         if self in World.instances:
             World.instances.remove(self)
+        return problems
 
 
 def message(frm, to, subject="world test", body="Hello.\r\n", extra=""):
@@ -765,12 +790,14 @@ class SinkMessage:
 
 class Sink:
     """An aiosmtpd host: .messages (SinkMessage), .mails (every MAIL as
-    (tls, address)), .connections (total), .max_open (most at once)."""
+    (tls, address, [parameters])), .connections (total), .max_open (most
+    at once)."""
 
-    def __init__(self, addr, port, tls, name, reply):
+    def __init__(self, addr, port, tls, name, reply, requiretls=False):
         self.addr, self.port, self.name = addr, port, name
         self.tls = tls
         self.reply = reply
+        self.requiretls = requiretls
         self.lock = threading.Lock()
         self.messages = []
         self.mails = []
@@ -788,10 +815,18 @@ class Sink:
             return server._tls_protocol is not None
 
         class Handler:
+            async def handle_EHLO(self, server, session, envelope, hostname,
+                                  responses):
+                session.host_name = hostname
+                if sink.requiretls and is_tls(server):
+                    responses.insert(len(responses) - 1, "250-REQUIRETLS")
+                return responses
+
             async def handle_MAIL(self, server, session, envelope, address,
                                   options):
                 with sink.lock:
-                    sink.mails.append((is_tls(server), address))
+                    sink.mails.append((is_tls(server), address,
+                                       list(options)))
                 envelope.mail_from = address
                 envelope.mail_options.extend(options)
                 return "250 2.1.0 OK"
@@ -819,6 +854,13 @@ class Sink:
                 return "250 2.0.0 stored by %s" % sink.name
 
         class CountingSMTP(SMTP):
+            def _getparams(self, params):
+                r = super()._getparams(params)
+                if r is not None and sink.requiretls and \
+                        self._tls_protocol is not None:
+                    r.pop("REQUIRETLS", None)    # known here (no value)
+                return r
+
             def connection_made(self, transport):
                 if self._original_transport is None:
                     with sink.lock:
@@ -881,7 +923,7 @@ class Sink:
 
     def plaintext_mails(self):
         with self.lock:
-            return [a for tls, a in self.mails if not tls]
+            return [a for tls, a, opts in self.mails if not tls]
 
 
 class Greet421:
