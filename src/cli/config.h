@@ -78,7 +78,7 @@ struct cfg_outbound {
 
 /* [tls_policy]: "DOMAIN = none | may | encrypt | verify | dane". */
 struct cfg_tls_policy {
-  char *domain;              /* as cfg_route.domain ("*" not taken) */
+  char *domain;              /* as cfg_route.domain ("*": the default) */
   enum tern_tls_policy level;
   int line;
 };

@@ -555,9 +555,23 @@ static int check_only(const struct args *a, struct policy *pol) {
     fprintf(stderr, "tern serve: %s: [server] group '%s' does not exist\n",
             a->path ? a->path : "(default)", pol->cfg.group);
     cr = -1;
-  } else
+  } else if (cfg_uses_outbound(&pol->cfg) && cfg_uses_queue(&pol->cfg)) {
+    /* as open_queue will: the resolver's files load */
+    struct tern_resolver *res;
+    if (resolver_make(uv_default_loop(), &pol->cfg, &res, why,
+                      sizeof why) != 0) {
+      fprintf(stderr, "tern serve: %s: %s\n", a->path ? a->path : "(default)",
+              why);
+      cr = -1;
+    } else {
+      tern_resolver_free(res);
+    }
+  }
+  if (!cr) {
     printf("tern serve: %s: configuration OK\n",
            a->path ? a->path : "(default)");
+    cfg_print_summary(&pol->cfg, stdout);
+  }
   tern_server_free(cs);
   policy_put(pol);
   return cr ? EX_CONFIG : 0;

@@ -673,9 +673,9 @@ static void copy_str(char *out, size_t cap, const char *v) {
 }
 
 /* Where the connection went and how it is protected, for the job's log
- * lines; for an mx: URL the MX host is also the remote MTA its results
- * name. */
-static void rj_note_conn(struct qjob *j, struct rconn *c) {
+ * lines; for an mx: URL the MX host that took it is also the remote MTA
+ * its results name. */
+static void rj_note_conn(struct qjob *j, struct rconn *c, bool up) {
   const struct tern_client_conn_info *ci = tern_client_conn_info(c->cl);
   if (!ci || !ci->host)
     return;
@@ -689,7 +689,9 @@ static void rj_note_conn(struct qjob *j, struct rconn *c) {
   copy_str(f->policy, sizeof f->policy, ci->policy);
   copy_str(f->failure, sizeof f->failure, ci->policy_failure);
   f->tried = ci->hosts_tried;
-  if (c->mx)
+  /* a host that only failed is no remote MTA of the result (the reply
+   * names it): relay=none, no Remote-MTA in the DSN */
+  if (c->mx && up)
     copy_str(j->remote, sizeof j->remote, ci->host);
 }
 
@@ -701,7 +703,7 @@ static void rj_send(struct rconn *c) {
   if (!j || j->sent || !(tern_client_session_want(s) & TERN_CLIENT_READY))
     return;
   j->sent = true;
-  rj_note_conn(j, c);
+  rj_note_conn(j, c, true); /* ready: the session is up */
   if (rj_refuse(j, c)) {
     c->job = NULL;
     j->conn = NULL;
@@ -890,12 +892,11 @@ static void rc_on_close(struct tern_client *cl, void *ud) {
     c->job = NULL;
     j->conn = NULL;
     if (!j->facts.set)
-      rj_note_conn(j, c); /* the last host tried, when there was one */
+      rj_note_conn(j, c, c->connected); /* else the last host tried */
     if (c->fail_set && !c->connected) {
       /* a permanent failure (null MX...) bounces the recipients now; a
        * temporary one is the destination's, as for a dead relay */
-      fill(j, c->fail_code, c->fail_enh[0] ? c->fail_enh : NULL,
-           c->fail_text);
+      fill(j, c->fail_code, c->fail_enh[0] ? c->fail_enh : NULL, c->fail_text);
       if (!c->fail_perm && !j->read_error)
         j->unreachable = true;
       qj_end(j);
@@ -1138,7 +1139,7 @@ static void hop_outbound(struct hop *h, const struct cfg *c) {
   h->connect_ms = c->out.connect_timeout_ms;
   h->command_ms = c->out.timeout_ms;
   h->data_ms = c->out.timeout_ms > UINT32_MAX / 2 ? c->out.timeout_ms
-                                                 : 2 * c->out.timeout_ms;
+                                                  : 2 * c->out.timeout_ms;
 }
 
 /* The next hop of destination j->dest under the job's configuration.

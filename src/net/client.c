@@ -1172,38 +1172,17 @@ static void on_plan(void *arg) {
 
 /* TLS is up with an MX host: the policy's verdict on its certificate. */
 static void mx_tls_ready(struct tern_client *cl) {
-  const struct tern__mx_target *t = cl->tgt;
-  const char *why = NULL;
-  bool ok = tern__tls_verify_result(cl->st.tls, &why);
   const char *v = NULL;
-  switch (t->tls) {
-  case TERN__MXT_DANE:
-    v = tern__tls_dane_match(cl->st.tls);
-    if (!v) { /* RFC 7672 §2.2: no plaintext fallback; defer */
-      cl->verify_failed = true;
-      fail(cl, TERN_ETLS, "TLS: %s: no TLSA record matches the certificate"
-           " (%s)", t->host, why);
-      return;
-    }
-    break;
-  case TERN__MXT_VERIFY:
-  case TERN__MXT_STS:
-    if (ok) {
-      v = t->tls == TERN__MXT_STS ? "mta-sts" : "ca";
-    } else if (t->tls == TERN__MXT_STS && t->sts_testing) {
-      /* RFC 8461 §5: testing delivers anyway; the failure is reported */
-      snprintf(cl->info_pf, sizeof cl->info_pf,
-               "certificate verify failed: %s", why);
-      cl->info.policy_failure = cl->info_pf;
-    } else {
-      cl->verify_failed = true;
-      fail(cl, TERN_ETLS, "TLS: %s: certificate verify failed: %s", t->host,
-           why);
-      return;
-    }
-    break;
-  default: /* MAY, ENCRYPT: encryption only, nothing checked */
-    break;
+  char why[300];
+  int r = tern__mx_tls_verdict(cl->tgt, cl->st.tls, &v, why, sizeof why);
+  if (r < 0) { /* RFC 7672 §2.2, RFC 8461 §5: no plaintext fallback */
+    cl->verify_failed = true;
+    fail(cl, TERN_ETLS, "TLS: %s", why);
+    return;
+  }
+  if (r > 0) { /* MTA-STS testing: reported, not fatal */
+    snprintf(cl->info_pf, sizeof cl->info_pf, "%s", why);
+    cl->info.policy_failure = cl->info_pf;
   }
   cl->info.verified = v;
   cl->tls_trusted = v != NULL;
@@ -1326,42 +1305,6 @@ static int copy_options(struct tern_client *cl,
   return oom ? TERN_ENOMEM : 0;
 }
 
-/* The domain of an "mx:" URL into out[0..cap), lower case, without a
- * trailing dot: LDH labels of 1..63 octets, 253 in all, not an address
- * literal. 0 or TERN_EINVAL. */
-static int mx_domain(const char *d, char *out, size_t cap) {
-  size_t n = strlen(d);
-  if (n && d[n - 1] == '.')
-    n--;
-  if (n == 0 || n > 253 || n >= cap)
-    return TERN_EINVAL;
-  size_t label = 0;
-  bool alpha = false;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)d[i];
-    if (c >= 'A' && c <= 'Z')
-      c = (unsigned char)(c + 32);
-    if (c == '.') {
-      if (label == 0 || d[i - 1] == '-')
-        return TERN_EINVAL;
-      label = 0;
-    } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-               c == '-' || c == '_') {
-      if ((c == '-' && label == 0) || ++label > 63)
-        return TERN_EINVAL;
-      if (!(c >= '0' && c <= '9') && c != '-')
-        alpha = true;
-    } else {
-      return TERN_EINVAL;
-    }
-    out[i] = (char)c;
-  }
-  out[n] = '\0';
-  if (label == 0 || out[n - 1] == '-' || !alpha)
-    return TERN_EINVAL; /* "1.2.3.4" is no domain */
-  return 0;
-}
-
 /* Everything tern_client_new() does after allocating. */
 static int client_setup(struct tern_client *cl,
                         const struct tern_client_options *o) {
@@ -1384,7 +1327,7 @@ static int client_setup(struct tern_client *cl,
     cl->has_bind6 = true;
   }
   if (cl->opt.url && !strncmp(cl->opt.url, "mx:", 3)) {
-    if (mx_domain(cl->opt.url + 3, cl->url.host, sizeof cl->url.host) != 0)
+    if (tern__mx_domain(cl->opt.url + 3, cl->url.host, sizeof cl->url.host) != 0)
       return TERN_EINVAL;
     cl->is_mx = true;
     cl->url.scheme = TERN__SMTP;
@@ -1618,35 +1561,10 @@ tern_client_conn_info(const struct tern_client *cl) {
   return cl ? &cl->info : NULL;
 }
 
-/* The reply for a failed connect to a URL naming one host: from the
- * error's kind (RFC 3463). */
+/* The reply for a failed connect to a URL naming one host. */
 static void plain_failure(struct tern_client *cl) {
-  int code = 451;
-  const char *enh = "4.4.1"; /* no answer from host */
-  switch (cl->err_code) {
-  case TERN_ERESOLVE:
-    enh = "4.4.3"; /* directory server failure */
-    break;
-  case TERN_ETLS:
-    enh = "4.7.5"; /* cryptographic failure */
-    break;
-  case TERN_EPROTO:
-  case TERN_ECLOSED:
-    code = 421;
-    enh = "4.4.2"; /* bad connection */
-    break;
-  case TERN_ETIMEDOUT:
-    enh = cl->s ? "4.4.2" : "4.4.1";
-    break;
-  case TERN_EAUTH:
-    enh = "4.7.0";
-    break;
-  case TERN_ECONNECT:
-    break;
-  default:
-    enh = "4.3.0";
-    break;
-  }
+  int code;
+  const char *enh = tern__mx_error_reply(cl->err_code, cl->s != NULL, &code);
   set_failure(cl, code, enh, cl->err[0] ? cl->err : "connection failed");
 }
 

@@ -29,6 +29,7 @@
 #include <netinet/in.h>
 
 #include "mx.h"
+#include "tls.h"
 
 #define MAX_TRIES 10 /* addresses per connect (net.h says so) */
 #define MAX_HOSTS 10
@@ -610,4 +611,91 @@ void tern__mx_free(struct tern__mx *mx) {
   free(mx->last_host);
   free(mx->domain);
   free(mx);
+}
+
+/* See mx.h. */
+int tern__mx_domain(const char *d, char *out, size_t cap) {
+  size_t n = strlen(d);
+  if (n && d[n - 1] == '.')
+    n--;
+  if (n == 0 || n > 253 || n >= cap)
+    return TERN_EINVAL;
+  size_t label = 0;
+  bool alpha = false;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)d[i];
+    if (c >= 'A' && c <= 'Z')
+      c = (unsigned char)(c + 32);
+    if (c == '.') {
+      if (label == 0 || d[i - 1] == '-')
+        return TERN_EINVAL;
+      label = 0;
+    } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+               c == '-' || c == '_') {
+      if ((c == '-' && label == 0) || ++label > 63)
+        return TERN_EINVAL;
+      if (!(c >= '0' && c <= '9') && c != '-')
+        alpha = true;
+    } else {
+      return TERN_EINVAL;
+    }
+    out[i] = (char)c;
+  }
+  out[n] = '\0';
+  if (label == 0 || out[n - 1] == '-' || !alpha)
+    return TERN_EINVAL; /* "1.2.3.4" is no domain */
+  return 0;
+}
+
+/* See mx.h. */
+const char *tern__mx_error_reply(int err, bool in_session, int *code) {
+  *code = 451;
+  switch (err) {
+  case TERN_ERESOLVE:
+    return "4.4.3"; /* directory server failure */
+  case TERN_ETLS:
+    return "4.7.5"; /* cryptographic failure */
+  case TERN_EPROTO:
+  case TERN_ECLOSED:
+    *code = 421;
+    return "4.4.2"; /* bad connection */
+  case TERN_ETIMEDOUT:
+    return in_session ? "4.4.2" : "4.4.1";
+  case TERN_EAUTH:
+    return "4.7.0";
+  case TERN_ECONNECT:
+    return "4.4.1"; /* no answer from host */
+  default:
+    return "4.3.0";
+  }
+}
+
+/* See mx.h. */
+int tern__mx_tls_verdict(const struct tern__mx_target *t,
+                         const struct tern__tls *tls, const char **verified,
+                         char *why, size_t cap) {
+  const char *reason = NULL;
+  bool ok = tern__tls_verify_result(tls, &reason);
+  *verified = NULL;
+  why[0] = '\0';
+  switch (t->tls) {
+  case TERN__MXT_DANE:
+    *verified = tern__tls_dane_match(tls);
+    if (!*verified) {
+      snprintf(why, cap, "%s: no TLSA record matches the certificate (%s)",
+               t->host, reason);
+      return -1;
+    }
+    return 0;
+  case TERN__MXT_VERIFY:
+  case TERN__MXT_STS:
+    if (ok) {
+      *verified = t->tls == TERN__MXT_STS ? "mta-sts" : "ca";
+      return 0;
+    }
+    snprintf(why, cap, "%s: certificate verify failed: %s", t->host, reason);
+    return t->tls == TERN__MXT_STS && t->sts_testing ? 1 : -1;
+  default: /* NONE, MAY, ENCRYPT: encryption only, nothing checked */
+    return 0;
+  }
 }

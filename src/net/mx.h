@@ -96,4 +96,23 @@ void tern__mx_free(struct tern__mx *mx);
  * Case-insensitive. */
 bool tern__mx_sts_match(const char *pattern, const char *host);
 
+/* The policy's verdict on a finished handshake with target `t`: 0 go
+ * on (*verified: "dane-ee", "dane-ta", "mta-sts", "ca", or NULL when the
+ * policy verifies nothing); -1 refuse (why[0..cap) says why); 1 go on
+ * but report why (MTA-STS testing, RFC 8461 §5). */
+struct tern__tls;
+int tern__mx_tls_verdict(const struct tern__mx_target *t,
+                         const struct tern__tls *tls, const char **verified,
+                         char *why, size_t cap);
+
+/* The domain of an "mx:" URL into out[0..cap), lower case, without a
+ * trailing dot: LDH labels (and "_") of 1..63 octets, 253 in all, not
+ * an address literal. 0 or TERN_EINVAL. */
+int tern__mx_domain(const char *d, char *out, size_t cap);
+
+/* The enhanced code (RFC 3463) and *code for a connect to one host that
+ * failed with `err` (a TERN_E* code): 4.4.3 resolve, 4.4.1 no answer,
+ * 4.4.2 (421) the session broke, 4.7.5 TLS, 4.7.0 AUTH, 4.3.0 else. */
+const char *tern__mx_error_reply(int err, bool in_session, int *code);
+
 #endif

@@ -863,6 +863,21 @@ static int configure(struct tern_resolver *r, const struct tern_resolver_options
     snprintf(r->err, sizeof r->err, "unbound: %s", ub_strerror(rc));
     return TERN_EIO;
   }
+  /* libunbound reads the trust anchors when its first query starts. Ask
+   * it "localhost." now, which its built-in local zone answers without
+   * the network, so a malformed file fails here, at startup, not every
+   * later query. */
+  {
+    struct ub_result *res = NULL;
+    rc = ub_resolve(r->ctx, "localhost.", 1, 1, &res);
+    if (res != NULL)
+      ub_resolve_free(res);
+    if (rc != 0) {
+      snprintf(r->err, sizeof r->err, "%.150s: %s", ta ? ta : "unbound",
+               rc == UB_INITFAIL ? "malformed trust anchor file" : ub_strerror(rc));
+      return TERN_EIO;
+    }
+  }
   return 0;
 }
 

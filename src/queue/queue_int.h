@@ -79,7 +79,7 @@ struct qdest {
   char *susp_enhanced, *susp_text;
   bool runnable; /* in q->run ring */
   struct qdest *run_next;
-  struct qdest *hnext;        /* q->dtab chain */
+  struct qdest *hnext;         /* q->dtab chain */
   struct qdest *sprev, *snext; /* q->susp: the suspended ones */
 };
 

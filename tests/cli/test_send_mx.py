@@ -36,7 +36,7 @@ RECS = {
 
 class World:
     def __init__(self):
-        self.dns = w.DNS(RECS)
+        self.dns = w.shared_dns(RECS)
         self.port = w.shared_port(ADDRS)
         self.sinks = []
 

@@ -324,6 +324,14 @@ def test_worked_example_check():
     rc, out, err = h.run_serve(["-c", conf, "--check"], cwd=d)
     h.check(rc == 0 and "configuration OK" in out,
             "--check of the worked example: %d %r %r" % (rc, out, err))
+    # and says where mail goes
+    for line in ("  delivery: target=maildir queue=yes relay=mx\n",
+                 "  tls_policy example.net: verify\n",
+                 "  dkim rsa: d=example.org s=2026r key=%s\n" % rsa,
+                 "  dkim ed25519: d=example.org s=2026e key=%s\n" % ed,
+                 "  outbound: helo=mail.example.org resolver=/etc/resolv.conf "
+                 "dnssec=yes mta_sts=yes port=25\n"):
+        h.check(line in out, "--check output lacks %r:\n%s" % (line, out))
     # and its routing is what the text says: the same file, served on
     # loopback ports, queues a user's mail to gmail.com for mx:gmail.com
     p1, p2, dead = h.free_ports(3)

@@ -72,6 +72,21 @@ def free_udp_tcp_port():
     h.fail("no free port for the DNS server")
 
 
+_shared_dns = None
+
+
+def shared_dns(records):
+    """One DNS server for a whole script (stopping one costs a second):
+    its records are replaced by `records`; stop() does nothing."""
+    global _shared_dns
+    if _shared_dns is None:
+        _shared_dns = DNS(records)
+        _shared_dns.stop = lambda: None
+    else:
+        _shared_dns.zone.__init__(records)
+    return _shared_dns
+
+
 class DNS:
     def __init__(self, records):
         self.zone = Zone(records)

@@ -26,7 +26,7 @@ ADDRS = ["127.0.0.%d" % i for i in range(2, 8)]
 
 class World:
     def __init__(self, records):
-        self.dns = w.DNS(records)
+        self.dns = w.shared_dns(records)
         self.port = w.shared_port(ADDRS)
         self.sinks = []
 

@@ -333,6 +333,12 @@ def test_timeout_is_tempfail_within_bound():
         out = p.cmd("sts example.org")
         h.check("sts none" in out[0] and "timed out" in out[0], out)
         p.close()
+        # freed with queries waiting for the silent server: at once
+        p = Probe("--forward", "127.0.0.1:%d" % bh.port, "--no-dnssec")
+        out = p.cmd("free-pending example.org")
+        h.check(len(out) == 1 and out[0].startswith("freed"), out)
+        h.check(int(kv(out[0])["free_ms"]) < 1000, out)
+        p.close()
     finally:
         bh.stop()
 
@@ -375,6 +381,15 @@ def test_bad_options():
                        input="", capture_output=True, text=True, timeout=20)
     h.check(p.returncode == 1 and "error -16" in p.stdout and
             "/nonexistent/root.key" in p.stdout, p.stdout)
+    d = h.tmpdir("tern-ta-")
+    bad = os.path.join(d, "bad.key")
+    with open(bad, "w") as f:
+        f.write("example.org. IN DNSKEY this is not a key\n")
+    p = subprocess.run([probe_path(), "--ta", bad], input="", capture_output=True,
+                       text=True, timeout=20)
+    shutil.rmtree(d, ignore_errors=True)
+    h.check(p.returncode == 1 and "error -16" in p.stdout and bad in p.stdout and
+            "malformed" in p.stdout, p.stdout)
     p = subprocess.run([probe_path(), "--resolv-conf", "/nonexistent/resolv.conf"],
                        input="", capture_output=True, text=True, timeout=20)
     h.check(p.returncode == 1 and "/nonexistent/resolv.conf" in p.stdout, p.stdout)

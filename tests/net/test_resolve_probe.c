@@ -16,6 +16,8 @@
  *                        the first callback frees the resolver: no other
  *                        answers (later commands say "resolver freed")
  *   free-in-sts DOMAIN   the same with two MTA-STS asks (one fetch)
+ *   free-pending DOMAIN  an MX and an MTA-STS query, 200 ms, then free:
+ *                        how long free and the loop's end took
  *   sleep MS             run the loop MS milliseconds
  *
  * Every line also gives ms=N, the time the command took.
@@ -134,7 +136,7 @@ static void on_free_tlsa(const struct tern_tlsa_result *r, void *ud) {
   free_now(r->status);
 }
 
-static void on_sleep(uv_timer_t *t) { (void)t; }
+static void on_sleep(uv_timer_t *t) { uv_stop(t->loop); }
 
 static void run_for(unsigned msec) {
   uv_timer_t t;
@@ -142,7 +144,7 @@ static void run_for(unsigned msec) {
   uv_timer_start(&t, on_sleep, msec, 0);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_close((uv_handle_t *)&t, NULL);
-  uv_run(loop, UV_RUN_DEFAULT);
+  uv_run(loop, UV_RUN_NOWAIT); /* the close; answers still due wait */
 }
 
 /* Run until the answers came (the resolver keeps the loop alive while
@@ -271,6 +273,17 @@ int main(int argc, char **argv) {
       wait_answers();
       uv_run(loop, UV_RUN_DEFAULT);
       printf("loop empty\n");
+    } else if (!strcmp(cmd, "free-pending")) {
+      /* queries still running (a silent server): free must not wait */
+      uint64_t t1;
+      check(tern_resolve_mx(res, arg, on_never_mx, NULL, NULL), "mx");
+      check(tern_resolve_mtasts(res, arg, on_never_sts, NULL, NULL), "sts");
+      run_for(200);
+      t1 = uv_hrtime();
+      tern_resolver_free(res);
+      res = NULL;
+      uv_run(loop, UV_RUN_DEFAULT);
+      printf("freed free_ms=%llu\n", (unsigned long long)((uv_hrtime() - t1) / 1000000));
     } else if (!strcmp(cmd, "sleep")) {
       run_for((unsigned)strtoul(arg, NULL, 10));
     } else {

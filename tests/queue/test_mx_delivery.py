@@ -19,6 +19,8 @@ Cases:
   test_requiretls_no_starttls  REQUIRETLS to an MX without STARTTLS:
                         bounced at once with 5.7.30
   test_route_url        a [routes] URL: dest url:URL, no DNS asked
+  test_smarthost        an authenticated user's mail to another domain
+                        goes to [delivery] relay: dest smarthost
   test_reload_resolver  SIGHUP with another [outbound] resolver: new
                         connections use the new one
   test_servfail_expires SERVFAIL: deferred (4.4.3), then expired at the
@@ -285,6 +287,7 @@ shutdown_timeout = 2s
 [listener in]
 url = smtp://127.0.0.1:{port}
 starttls = yes
+{listener}
 
 [tls]
 cert = {certs}/server.pem
@@ -333,13 +336,14 @@ class World:
         return False
 
     def conf(self, name, timeout="10s", lifetime="1d", retry_max="2s",
-             concurrency=20, max_active=200, extra="", dns=None, port=None):
+             concurrency=20, max_active=200, extra="", dns=None, port=None,
+             listener=""):
         if port is None:
             (port,) = h.free_ports(1)
         qdir = os.path.join(self.d, name + "-queue")
         path = h.write(os.path.join(self.d, name + ".ini"), CONF.format(
             port=port, dns=dns or self.dns.port, certs=certs_dir(),
-            extra=extra, mxport=self.mxport, qdir=qdir,
+            extra=extra, listener=listener, mxport=self.mxport, qdir=qdir,
             timeout=timeout, lifetime=lifetime, retry_max=retry_max,
             concurrency=concurrency, max_active=max_active))
         return h.Conf(path, port, qdir, os.path.join(qdir, "control"))
@@ -487,6 +491,38 @@ def test_route_url():
             h.check(qs == [], "left in the queue: %r" % qs)
 
 
+def test_smarthost():
+    """An authenticated user's mail to a domain not ours goes to the
+    [delivery] relay URL: dest smarthost."""
+    import ssl
+    with World() as w:
+        url = "smtp://%s:%d" % (SINK, w.mxport)
+        users = h.write(os.path.join(w.d, "users"),
+                        h.passwd_line("dana", "secret-pw") + "\n")
+        conf = w.conf("smarthost", listener="auth = yes", extra=(
+            "relay = %s\n\n[auth]\nusers = %s\n\n[domains]\n"
+            "accept = home.example\n" % (url, users)))
+        with h.Serve(["-c", conf.path], name="mx-smarthost") as srv:
+            with smtplib.SMTP(h.HOST, conf.port, timeout=30) as c:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                c.starttls(context=ctx)
+                c.login("dana", "secret-pw")
+                msg = ("From: <dana@home.example>\r\nTo: <f@far.example>\r\n"
+                       "Subject: out\r\n\r\nTo the smarthost.\r\n")
+                refused = c.sendmail("dana@home.example", ["f@far.example"],
+                                     msg)
+                h.check(refused == {}, "refused: %r" % refused)
+            h.wait_for(lambda: w.sink.to("far.example"), 20,
+                       "the message at the smarthost")
+            ln = wait_line(srv, "f@far.example", "sent", 10)
+            print("  " + ln)
+            h.check("dest=smarthost" in ln, "dest: %r" % ln)
+            h.check(not w.dns.resolver.asked.get("far.example"),
+                    "the smarthost's mail was looked up in the DNS")
+
+
 def test_reload_resolver():
     """A reload that changes [outbound] resolver: new connections use
     the new one (a domain only it knows is delivered)."""
@@ -575,5 +611,5 @@ def test_concurrency():
 
 if __name__ == "__main__":
     h.main([test_mx_fallback, test_null_mx, test_requiretls_no_starttls,
-            test_route_url, test_reload_resolver, test_servfail_expires,
+            test_route_url, test_smarthost, test_reload_resolver, test_servfail_expires,
             test_dead_domain, test_concurrency])

@@ -63,10 +63,10 @@ struct fx {
   struct tern_queue_port *port;
   /* deliver */
   bool defer_ok, hold;
-  bool unreach;      /* relay jobs: tern_queue_job_unreachable at once */
-  const char *dead;  /* this destination's jobs: unreachable at once */
-  int ndead;         /* jobs handed over for it */
-  bool too_many;     /* recipients from accept_max on get 452 4.5.3 */
+  bool unreach;     /* relay jobs: tern_queue_job_unreachable at once */
+  const char *dead; /* this destination's jobs: unreachable at once */
+  int ndead;        /* jobs handed over for it */
+  bool too_many;    /* recipients from accept_max on get 452 4.5.3 */
   size_t accept_max;
   struct jobrec jobs[MAXJOBS];
   int njobs;
