@@ -501,6 +501,11 @@ def test_dnssec_secure_bogus_insecure():
         r = mx(p, "signed.example.net")
         h.check(r["status"] == "OK" and r["secure"] == "1", r)
         h.check(r["hosts"][0]["secure"] == "1" and r["hosts"][0]["addrs"] == "127.0.0.31", r)
+        # no MX at the host name: implicit MX, the denial signed too
+        r = mx(p, "mx.signed.example.net")
+        h.check(r["status"] == "OK" and r["implicit"] == "1" and r["secure"] == "1", r)
+        r = mx(p, "mx.unsigned.example.net")
+        h.check(r["status"] == "OK" and r["implicit"] == "1" and r["secure"] == "0", r)
         out = p.cmd("tlsa mx.signed.example.net 25")
         h.check(kv(out[0])["status"] == "OK" and kv(out[0])["secure"] == "1", out)
         h.check(out[1:] == ["rec 3 1 1 " + TLSA_HEX], out)
