@@ -381,6 +381,16 @@ def test_bad_options():
                        input="", capture_output=True, text=True, timeout=20)
     h.check(p.returncode == 1 and "error -16" in p.stdout and
             "/nonexistent/root.key" in p.stdout, p.stdout)
+    # forwarder lists: spaces or commas, IPv6 bare or in brackets
+    for good in ("127.0.0.1:53, [::1]:5353 ::1", "127.0.0.2", "[::1]"):
+        p = subprocess.run([probe_path(), "--forward", good, "--no-dnssec"], input="",
+                           capture_output=True, text=True, timeout=20)
+        h.check(p.returncode == 0 and p.stdout.startswith("ready"), (good, p.stdout))
+    for bad in ("", "[::1", "[::1]x", "1.2.3.4:0", "1.2.3.4:x", "mx.example.org:53",
+                "1.2.3.4:53:53", "300.1.1.1"):
+        p = subprocess.run([probe_path(), "--forward", bad, "--no-dnssec"], input="",
+                           capture_output=True, text=True, timeout=20)
+        h.check(p.returncode == 1 and "error -1" in p.stdout, (bad, p.stdout))
     d = h.tmpdir("tern-ta-")
     bad = os.path.join(d, "bad.key")
     with open(bad, "w") as f:
