@@ -1397,7 +1397,8 @@ static void mx_connect(struct tern_client *cl) {
     rc = tern_resolver_new(&cl->own_res, cl->loop, &ro);
     if (rc) {
       char t[400];
-      snprintf(t, sizeof t, "cannot make a resolver: %s", tern_strerror(rc));
+      snprintf(t, sizeof t, "cannot make a resolver: %s",
+               tern_resolver_last_error(NULL));
       set_failure(cl, 451, "4.4.3", t);
       fail(cl, TERN_ERESOLVE, "%s", t);
       return;
