@@ -25,7 +25,7 @@
  *
  * Options: --forward LIST --ta FILE --no-dnssec --timeout MS --no-ipv4
  * --no-ipv6 --sts-ca FILE --sts-port N --sts-timeout MS --no-sts
- * --resolv-conf FILE.
+ * --resolv-conf FILE --hosts FILE.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -197,6 +197,9 @@ int main(int argc, char **argv) {
       i++;
     } else if (!strcmp(a, "--ta") && v) {
       o.trust_anchor_file = v;
+      i++;
+    } else if (!strcmp(a, "--hosts") && v) {
+      o.hosts_file = v;
       i++;
     } else if (!strcmp(a, "--resolv-conf") && v) {
       o.resolv_conf = v;
