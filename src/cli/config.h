@@ -196,12 +196,16 @@ int cfg_load(struct cfg *c, const char *path, char *err, size_t cap);
 /* (On failure *c may be half-loaded: cfg_free it; a reload keeps the
  * configuration it had.) */
 
-/* Checks that need the whole file (e.g. starttls without certificates).
- * Returns 0 or -1 with "FILE: what" in err. */
+/* Checks that need the whole file (e.g. starttls without certificates;
+ * outbound mail without the queue; the DKIM key, [outbound] and relay
+ * CA files readable). Returns 0 or -1 with "FILE: what" or, where one
+ * line is to blame, "FILE:LINE: what" in err. */
 int cfg_check(const struct cfg *c, char *err, size_t cap);
 
-/* The open-relay rule of cfg_check (a relaying target that accepts any
- * domain needs every listener local or with auth = required), for
+/* The open-relay rule of cfg_check (mail for any domain that goes on
+ * to other hosts -- target smtp, lmtp or mx, or a "* = mx|URL" route --
+ * with any domain accepted needs every listener local or with auth =
+ * required), for
  * listeners other than c's own: the --listen ones, or on a reload the
  * listeners still running (a reload does not change them). Returns 0 or
  * -1 with "FILE: open relay: ..." in err. */
