@@ -544,6 +544,18 @@ static void test_route_compat(void **state) {
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
   cfg_free(&c);
 
+  /* an inbound MX with the queue and [outbound], nobody to relay for:
+   * the queue's bounces to senders elsewhere leave through MX */
+  load_good("good-mx.ini", &c);
+  assert_int_equal(cfg_set(&c, "outbound", "helo", "mx.example.org", err,
+                           sizeof err), 0);
+  assert_false(cfg_uses_outbound(&c));
+  assert_false(cfg_uses_queue(&c));
+  assert_int_equal(cfg_set(&c, "delivery", "queue", "yes", err, sizeof err), 0);
+  assert_true(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "sender.example"), "mx:sender.example");
+  cfg_free(&c);
+
   cfg_defaults(&c); /* accept any: everything local, nobody relays */
   assert_int_equal(cfg_set(&c, "delivery", "relay", "mx", err, sizeof err), 0);
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
