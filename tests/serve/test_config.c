@@ -417,7 +417,8 @@ static void test_route_dest(void **state) {
   assert_string_equal(dest_of(&c, "a.example.org"), "local"); /* suffix */
   assert_string_equal(dest_of(&c, "Backup.Example"), "mx:backup.example");
   assert_string_equal(dest_of(&c, "a.SUB.example"), "mx:a.sub.example");
-  assert_string_equal(dest_of(&c, "x.deep.sub.example"), "mx:x.deep.sub.example");
+  assert_string_equal(dest_of(&c, "x.deep.sub.example"),
+                      "mx:x.deep.sub.example");
   assert_string_equal(dest_of(&c, "deep.sub.example"), "local");
   assert_string_equal(dest_of(&c, "sub.example"), "mx:sub.example"); /* "*" */
   assert_string_equal(dest_of(&c, "Gmail.COM"), "mx:gmail.com");
@@ -459,7 +460,8 @@ static void test_summary(void **state) {
   print_message("%s", text);
   assert_non_null(strstr(text, "  delivery: target=maildir queue=yes "
                                "relay=smtps://smarthost.example.net:465\n"));
-  assert_non_null(strstr(text, "  route partner.example: smtp://10.1.2.3:25\n"));
+  assert_non_null(
+      strstr(text, "  route partner.example: smtp://10.1.2.3:25\n"));
   assert_non_null(strstr(text, "  route *: mx\n"));
   assert_non_null(strstr(text, "  tls_policy .bank.example: dane\n"));
   assert_non_null(strstr(text, "  dkim ed: d=example.org s=2026e "
@@ -474,7 +476,7 @@ static void test_summary(void **state) {
   cfg_print_summary(&c, f);
   fclose(f);
   assert_string_equal(text, "  delivery: target=maildir queue=no "
-                            "relay=local (no queue)\n");
+                            "relay=local\n");
   free(text);
   cfg_free(&c);
 }
@@ -501,15 +503,18 @@ static void test_target_mx(void **state) {
   assert_null(c.out.helo);
   assert_null(c.relay_url);
   assert_false(c.relay_set);
+  assert_true(c.outbound_keys); /* target = mx */
+  assert_true(cfg_relay_is_mx(&c));
   assert_true(c.relay_verify);
   cfg_free(&c);
 }
 
-/* Configurations without the new keys route as before: maildir and
- * pipe without the queue deliver everything locally (an authenticated
- * user's mail to another domain too); with the queue (Step 7's
- * relaying targets or queue = yes) other domains go to [delivery] relay
- * (mx by default). */
+/* Configurations without the keys of outbound mail route as before:
+ * everything that is accepted goes to the target (an authenticated
+ * user's mail to another domain too: Maildir, pipe, or Step 7's next
+ * hop). Any such key ([outbound] here) makes [delivery] relay default
+ * to mx, and the queue follows when users can relay; relay = local
+ * keeps the old way. */
 static void test_route_compat(void **state) {
   struct cfg c;
   char err[ERR_CAP];
@@ -517,22 +522,47 @@ static void test_route_compat(void **state) {
   load_good("good-mx.ini", &c); /* maildir, accept example.org */
   assert_false(cfg_uses_outbound(&c));
   assert_false(cfg_uses_queue(&c));
+  assert_false(cfg_relay_is_mx(&c));
   assert_string_equal(dest_of(&c, "example.org"), "local");
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
   assert_int_equal(cfg_set(&c, "delivery", "queue", "yes", err, sizeof err), 0);
-  assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
-  assert_string_equal(dest_of(&c, "example.org"), "local");
-  cfg_free(&c);
-  load_good("good-submission.ini", &c); /* smtp target: queued */
-  assert_string_equal(dest_of(&c, "example.org"), "local");
-  assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
-  cfg_free(&c);
-  cfg_defaults(&c); /* accept any: everything local */
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  cfg_free(&c);
+
+  load_good("good-submission.ini", &c); /* smtp target, AUTH users */
+  assert_string_equal(dest_of(&c, "example.org"), "local");
+  assert_string_equal(dest_of(&c, "gmail.com"), "local"); /* the smarthost */
+  assert_false(cfg_uses_outbound(&c));
+  assert_int_equal(cfg_set(&c, "outbound", "port", "2526", err, sizeof err), 0);
+  assert_true(c.outbound_keys);
+  assert_int_equal(c.out.port, 2526);
+  assert_true(cfg_relay_is_mx(&c));
+  assert_true(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
+  assert_int_equal(cfg_set(&c, "delivery", "relay", "local", err, sizeof err),
+                   0);
+  assert_false(cfg_relay_is_mx(&c));
+  assert_false(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  cfg_free(&c);
+
+  /* an inbound MX with the queue and [outbound], nobody to relay for:
+   * the queue's bounces to senders elsewhere leave through MX */
+  load_good("good-mx.ini", &c);
+  assert_int_equal(cfg_set(&c, "outbound", "helo", "mx.example.org", err,
+                           sizeof err), 0);
+  assert_false(cfg_uses_outbound(&c));
+  assert_false(cfg_uses_queue(&c));
+  assert_int_equal(cfg_set(&c, "delivery", "queue", "yes", err, sizeof err), 0);
+  assert_true(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "sender.example"), "mx:sender.example");
+  cfg_free(&c);
+
+  cfg_defaults(&c); /* accept any: everything local, nobody relays */
   assert_int_equal(cfg_set(&c, "delivery", "relay", "mx", err, sizeof err), 0);
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
-  assert_int_equal(cfg_set(&c, "outbound", "port", "2526", err, sizeof err), 0);
-  assert_int_equal(c.out.port, 2526);
+  assert_false(cfg_uses_outbound(&c));
+  assert_false(cfg_uses_queue(&c));
   assert_int_equal(cfg_set(&c, "routes", "x.example", "mx", err, sizeof err),
                    -1);
   assert_non_null(strstr(err, "unknown section [routes]"));
