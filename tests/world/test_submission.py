@@ -95,6 +95,24 @@ def test_default_relay_is_mx():
                         if m.rcpts == [rcpt]], 5, "%s at the MX" % rcpt)
 
 
+def test_queue_without_relay_key_uses_outbound():
+    """With the queue on and no relay key, users' mail to other domains
+    is routed mx:DOMAIN (docs/configuration.md); its MX must then be
+    looked up as [outbound] says (the test DNS, the test trust anchor),
+    not through a resolver made from the system's defaults."""
+    world()
+    sections = dict(S["sections"])
+    sections["delivery"] = {"relay": None, "queue": "yes"}
+    s = W.serve(sections, name="serve-queue-no-relay")
+    frm = "dana@" + w.LOCAL_DOMAIN
+    rcpt = "gina@foreign.example"
+    W.submit("dana", USERS["dana"], frm, [rcpt], w.message(frm, rcpt))
+    w.wait_delivery(s, rcpt, "sent", timeout=8)
+    w.wait_for(lambda: [m for m in S["sink"].snapshot()
+                        if m.rcpts == [rcpt]], 5, "%s at the MX" % rcpt)
+
+
 if __name__ == "__main__":
     w.main([test_submission_to_mx, test_wrong_password_refused,
-            test_default_relay_is_mx])
+            test_default_relay_is_mx,
+            test_queue_without_relay_key_uses_outbound])
