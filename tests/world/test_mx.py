@@ -9,6 +9,9 @@ RFC 7505), in the test world (tests/world/world.py):
 3. fallback on a 421 greeting: MX 10 greets 421, MX 20 takes it.
 4. implicit MX: a domain with an A record and no MX gets its mail at
    that address.
+4a. every address of a host is tried: an MX host with two A records, one
+   refusing: the other takes the message; an MX host with only an AAAA
+   record (::1) gets its mail over IPv6.
 5. null MX ("MX 0 ."): the recipient bounces at once with 5.1.10 (no
    deferral first), and the bounce lands in the sender's Maildir
    (sender@local.example, an accepted domain).
@@ -29,7 +32,8 @@ def world():
     global W
     W = w.World()
     a = {k: W.addr() for k in ("order10", "order20", "dead", "pref20",
-                               "g421", "g20", "implicit")}
+                               "g421", "g20", "implicit", "dead2",
+                               "multi")}
     HOSTS.update(a)
     W.zone("order.example", {"@": ["MX 20 mx20", "MX 10 mx10"],
                              "mx10": "A " + a["order10"],
@@ -42,6 +46,11 @@ def world():
                              "mx20": "A " + a["g20"]})
     W.zone("implicit.example", {"@": "A " + a["implicit"]})
     W.zone("nullmx.example", {"@": "MX 0 ."}, signed=True)
+    # one MX host, two addresses: one refuses, one takes the mail
+    W.zone("multi.example", {"@": "MX 10 mx",
+                             "mx": ["A " + a["dead2"], "A " + a["multi"]]})
+    # an MX host with only an IPv6 address (::1 in the namespace)
+    W.zone("six.example", {"@": "MX 10 mx", "mx": "AAAA ::1"})
     W.start_dns()
     # What the world says, before tern is asked anything.
     W.check_dnssec(secure=[("nullmx.example", "MX")],
@@ -50,14 +59,15 @@ def world():
     HOSTS["sinks"] = {
         "order10": W.sink(a["order10"]), "order20": W.sink(a["order20"]),
         "pref20": W.sink(a["pref20"]), "g20": W.sink(a["g20"]),
-        "implicit": W.sink(a["implicit"])}
+        "implicit": W.sink(a["implicit"]), "multi": W.sink(a["multi"]),
+        "six": W.sink("::1")}
     HOSTS["g421_srv"] = W.greet421(a["g421"])
     return W
 
 
 ROUTES = {"routes": {d: "mx" for d in (
     "order.example", "pref.example", "greet.example", "implicit.example",
-    "nullmx.example", "gone.example")}}
+    "nullmx.example", "gone.example", "multi.example", "six.example")}}
 
 @w.once
 def serve():
@@ -114,6 +124,25 @@ def test_implicit_mx():
     check(m.rcpts == ["rcpt@implicit.example"], "implicit MX: %r" % m)
 
 
+def test_every_address_tried():
+    s = serve()
+    send_one("rcpt@multi.example")
+    d = w.wait_delivery(s, "rcpt@multi.example", "sent")
+    HOSTS["sinks"]["multi"].wait(1, 5)
+    check(HOSTS["multi"] in d["_line"], "not the live address: %s"
+          % d["_line"])
+
+
+def test_ipv6_mx():
+    s = serve()
+    send_one("rcpt@six.example")
+    d = w.wait_delivery(s, "rcpt@six.example", "sent")
+    m = HOSTS["sinks"]["six"].wait(1, 5)[0]
+    check(m.peer[0] == "::1", "not over IPv6: peer %r" % (m.peer,))
+    check("::1" in d["_line"], "the delivery line does not name ::1: %s"
+          % d["_line"])
+
+
 def test_null_mx():
     s = serve()
     send_one("rcpt@nullmx.example", frm="nullsender@local.example")
@@ -150,4 +179,5 @@ def test_unresolvable_expires():
 
 if __name__ == "__main__":
     w.main([test_preference_order, test_fallback_refused, test_fallback_421,
-            test_implicit_mx, test_null_mx, test_unresolvable_expires])
+            test_implicit_mx, test_every_address_tried, test_ipv6_mx,
+            test_null_mx, test_unresolvable_expires])
