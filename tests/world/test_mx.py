@@ -15,6 +15,8 @@ RFC 7505), in the test world (tests/world/world.py):
 5. null MX ("MX 0 ."): the recipient bounces at once with 5.1.10 (no
    deferral first), and the bounce lands in the sender's Maildir
    (sender@local.example, an accepted domain).
+5a. without [outbound] resolver, the namespace's /etc/resolv.conf is
+   used (it names the test DNS).
 6. a domain that cannot be resolved (the DNS answers SERVFAIL for it):
    deferred, then (lifetime 4s) status=expired and a bounce to the
    sender.
@@ -158,6 +160,18 @@ def test_null_mx():
           "recipient:\n%r" % msgs[0][:3000])
 
 
+def test_system_resolver():
+    """No [outbound] resolver: the system's /etc/resolv.conf (in the
+    namespace: the test DNS) is used."""
+    sections = dict(ROUTES, outbound={"resolver": None})
+    s = world().serve(sections, name="serve-resolv-conf")
+    n = len(HOSTS["sinks"]["implicit"].snapshot())
+    send_one("again@implicit.example")
+    w.wait_delivery(s, "again@implicit.example", "sent")
+    HOSTS["sinks"]["implicit"].wait(n + 1, 5)
+    s.stop()
+
+
 def test_unresolvable_expires():
     # its own tern serve: a short lifetime
     s = world().serve(dict(ROUTES, queue={"lifetime": "4s",
@@ -180,4 +194,5 @@ def test_unresolvable_expires():
 if __name__ == "__main__":
     w.main([test_preference_order, test_fallback_refused, test_fallback_421,
             test_implicit_mx, test_every_address_tried, test_ipv6_mx,
-            test_null_mx, test_unresolvable_expires])
+            test_null_mx, test_system_resolver,
+            test_unresolvable_expires])
