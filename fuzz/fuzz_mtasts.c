@@ -48,7 +48,8 @@ static void fuzz_policy(const char *buf, size_t n) {
   struct tern_mtasts_parsed p;
   size_t i;
   int rc = tern_mtasts_policy_parse(buf, n, &p);
-  check(rc == 0 || rc == TERN_ESYNTAX || rc == TERN_ETOOLONG || rc == TERN_ENOMEM);
+  check(rc == 0 || rc == TERN_ESYNTAX || rc == TERN_ETOOLONG ||
+        rc == TERN_ENOMEM);
   if (rc != 0) {
     check(p.mx == NULL && p.nmx == 0);
     return;

@@ -74,7 +74,8 @@ int tern_mtasts_txt_parse(const char *txt, size_t len, char *id, size_t cap) {
     if (i == len)
       break; /* the optional trailing sts-sep */
     start = i;
-    while (i < len && txt[i] != '=' && txt[i] != ';' && !is_wsp((unsigned char)txt[i]))
+    while (i < len && txt[i] != '=' && txt[i] != ';' &&
+           !is_wsp((unsigned char)txt[i]))
       i++;
     if (i == len || txt[i] != '=')
       return TERN_ESYNTAX;
@@ -111,7 +112,8 @@ int tern_mtasts_txt_parse(const char *txt, size_t len, char *id, size_t cap) {
   return 0;
 }
 
-/* ---- the policy file (§3.2) ----------------------------------------------- */
+/* ---- the policy file (§3.2) -----------------------------------------------
+ */
 
 /*
  * sts-policy-mx-value = ["*."] Domain, Domain as in RFC 5321:
@@ -298,7 +300,8 @@ void tern_mtasts_parsed_free(struct tern_mtasts_parsed *p) {
   memset(p, 0, sizeof *p);
 }
 
-/* ---- MX matching (§4.1) ---------------------------------------------------- */
+/* ---- MX matching (§4.1) ----------------------------------------------------
+ */
 
 static bool ieq_n(const char *a, const char *b, size_t n) {
   size_t i;

@@ -33,27 +33,30 @@
 struct tern__sts_entry {
   struct tern__sts_entry *next;
   char domain[TERN__DNS_NAME_MAX];
-  bool have;                      /* a policy was fetched */
+  bool have; /* a policy was fetched */
   char id[TERN__STS_ID_MAX];
-  uint64_t expiry;                /* uv_now() ms */
+  uint64_t expiry; /* uv_now() ms */
   uint64_t used;
   struct tern_mtasts_parsed parsed;
-  struct tern_mtasts_policy pol;  /* points into parsed and id */
-  struct tern__sts_fetch *fetch;  /* in flight */
+  struct tern_mtasts_policy pol; /* points into parsed and id */
+  struct tern__sts_fetch *fetch; /* in flight */
 };
 
 struct tern__sts_fetch {
-  struct tern_resolver *r;        /* NULL: orphaned by tern_resolver_free */
+  struct tern_resolver *r; /* NULL: orphaned by tern_resolver_free */
   struct tern__sts_entry *e;
-  char id[TERN__STS_ID_MAX];      /* the TXT id that asked for it */
+  char id[TERN__STS_ID_MAX]; /* the TXT id that asked for it */
   struct tern_dns_query *waiters;
-  int pending;                    /* address lookups */
-  bool queued;                    /* on the thread pool */
+  int pending;  /* address lookups */
+  bool queued;  /* on the thread pool */
+  bool waiting; /* in r->pool_wait */
+  struct tern__sts_fetch *pool_next;
   uv_work_t work;
   atomic_int abort;
   /* for the thread: read only there */
   char host[TERN__DNS_NAME_MAX + 8]; /* mta-sts.DOMAIN */
-  char resolve[(INET6_ADDRSTRLEN + 3) * 2 * STS_ADDRS_MAX + TERN__DNS_NAME_MAX + 16];
+  char resolve[(INET6_ADDRSTRLEN + 3) * 2 * STS_ADDRS_MAX + TERN__DNS_NAME_MAX +
+               16];
   size_t naddrs;
   unsigned port, timeout_ms;
   char *ca_file;
@@ -68,7 +71,9 @@ struct tern__sts_fetch {
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_FAILED_INIT;
 
-static void curl_init(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+static void curl_init(void) {
+  curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
 
 /* ---- queries ------------------------------------------------------------ */
 
@@ -96,7 +101,8 @@ void tern__sts_cancel(struct tern_dns_query *q) {
     waiter_remove(q->fetch, q);
 }
 
-/* ---- the cache ---------------------------------------------------------------- */
+/* ---- the cache
+ * ---------------------------------------------------------------- */
 
 static struct tern__sts_entry *entry_find(struct tern_resolver *r,
                                           const char *domain) {
@@ -120,7 +126,8 @@ static struct tern__sts_entry *entry_new(struct tern_resolver *r,
 
   if (r->nsts >= TERN__STS_CACHE_MAX) {
     for (pp = &r->sts; *pp != NULL; pp = &(*pp)->next)
-      if ((*pp)->fetch == NULL && (victim == NULL || (*pp)->used < (*victim)->used))
+      if ((*pp)->fetch == NULL &&
+          (victim == NULL || (*pp)->used < (*victim)->used))
         victim = pp;
     if (victim == NULL)
       return NULL;
@@ -144,7 +151,8 @@ static bool entry_valid(const struct tern_resolver *r,
   return e != NULL && e->have && uv_now(r->loop) < e->expiry;
 }
 
-/* ---- the fetch -------------------------------------------------------------------- */
+/* ---- the fetch
+ * -------------------------------------------------------------------- */
 
 static void fetch_free(struct tern__sts_fetch *f) {
   free(f->body);
@@ -154,7 +162,8 @@ static void fetch_free(struct tern__sts_fetch *f) {
 
 /* Every waiter gets the outcome; the fetch is done. */
 static void fetch_complete(struct tern__sts_fetch *f,
-                           const struct tern_mtasts_policy *p, const char *why) {
+                           const struct tern_mtasts_policy *p,
+                           const char *why) {
   if (f->e != NULL)
     f->e->fetch = NULL;
   while (f->waiters != NULL) {
@@ -231,7 +240,8 @@ static void fetch_work(uv_work_t *w) {
 
   pthread_once(&curl_once, curl_init);
   if (curl_init_rc != CURLE_OK) {
-    snprintf(f->why, sizeof f->why, "libcurl: %s", curl_easy_strerror(curl_init_rc));
+    snprintf(f->why, sizeof f->why, "libcurl: %s",
+             curl_easy_strerror(curl_init_rc));
     return;
   }
   if (f->port == 443)
@@ -260,7 +270,7 @@ static void fetch_work(uv_work_t *w) {
   curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
   if (f->ca_file != NULL)
     curl_easy_setopt(c, CURLOPT_CAINFO, f->ca_file);
-  curl_easy_setopt(c, CURLOPT_PROXY, "");   /* never an environment proxy */
+  curl_easy_setopt(c, CURLOPT_PROXY, ""); /* never an environment proxy */
   curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)f->timeout_ms);
@@ -285,14 +295,17 @@ static void fetch_work(uv_work_t *w) {
   }
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
   if (code != 200) {
-    snprintf(f->why, sizeof f->why, "%.100s: HTTP status %ld (want 200; "
-             "redirects are not followed)", url, code);
+    snprintf(f->why, sizeof f->why,
+             "%.100s: HTTP status %ld (want 200; "
+             "redirects are not followed)",
+             url, code);
     goto done;
   }
   curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
   if (!text_plain(ct)) {
-    snprintf(f->why, sizeof f->why, "%.100s: Content-Type \"%.60s\", not text/plain",
-             url, ct ? ct : "");
+    snprintf(f->why, sizeof f->why,
+             "%.100s: Content-Type \"%.60s\", not text/plain", url,
+             ct ? ct : "");
     goto done;
   }
   f->ok = true;
@@ -301,6 +314,8 @@ done:
   if (c != NULL)
     curl_easy_cleanup(c);
 }
+
+static void pool_next(struct tern_resolver *r);
 
 static void fetch_after(uv_work_t *w, int status) {
   struct tern__sts_fetch *f = w->data;
@@ -314,6 +329,7 @@ static void fetch_after(uv_work_t *w, int status) {
     return;
   }
   tern__enter(r);
+  r->pool_busy--;
   if (status != 0) {
     fetch_fail(f, "cancelled");
   } else if (!f->ok) {
@@ -336,10 +352,39 @@ static void fetch_after(uv_work_t *w, int status) {
     e->pol.id = e->id;
     fetch_complete(f, &e->pol, "fetched");
   }
+  if (!r->dying)
+    pool_next(r);
   tern__leave(r);
 }
 
-static void fetch_addr_done(struct tern__sub *s, int err, struct ub_result *res) {
+/* Onto the thread pool. */
+static void fetch_queue(struct tern__sts_fetch *f) {
+  struct tern_resolver *r = f->r;
+  f->queued = true;
+  r->fetches++;
+  r->pool_busy++;
+  if (uv_queue_work(r->loop, &f->work, fetch_work, fetch_after) != 0) {
+    f->queued = false;
+    r->pool_busy--;
+    fetch_fail(f, "cannot queue the fetch");
+  }
+}
+
+/* A pool slot came free: the next waiting fetch, if any. */
+static void pool_next(struct tern_resolver *r) {
+  while (r->pool_busy < TERN__STS_POOL_MAX && r->pool_wait != NULL) {
+    struct tern__sts_fetch *f = r->pool_wait;
+    r->pool_wait = f->pool_next;
+    if (r->pool_wait == NULL)
+      r->pool_wait_tail = NULL;
+    f->pool_next = NULL;
+    f->waiting = false;
+    fetch_queue(f);
+  }
+}
+
+static void fetch_addr_done(struct tern__sub *s, int err,
+                            struct ub_result *res) {
   struct tern__sts_fetch *f = s->owner;
   struct tern_resolver *r = f->r;
   char why[TERN__WHY_MAX];
@@ -374,12 +419,16 @@ static void fetch_addr_done(struct tern__sub *s, int err, struct ub_result *res)
     fetch_fail(f, msg);
     return;
   }
-  f->queued = true;
-  r->fetches++;
-  if (uv_queue_work(r->loop, &f->work, fetch_work, fetch_after) != 0) {
-    f->queued = false;
-    fetch_fail(f, "cannot queue the fetch");
+  if (r->pool_busy >= TERN__STS_POOL_MAX) {
+    f->waiting = true;
+    if (r->pool_wait_tail)
+      r->pool_wait_tail->pool_next = f;
+    else
+      r->pool_wait = f;
+    r->pool_wait_tail = f;
+    return;
   }
+  fetch_queue(f);
 }
 
 static int fetch_start(struct tern_resolver *r, struct tern__sts_entry *e,
@@ -426,7 +475,8 @@ nomem:
   return TERN_ENOMEM;
 }
 
-/* ---- the TXT record ----------------------------------------------------------- */
+/* ---- the TXT record
+ * ----------------------------------------------------------- */
 
 /* RFC 8461 §3.1: "If multiple TXT records for _mta-sts are returned by
  * the resolver, records that do not begin with "v=STSv1;" are discarded.
@@ -494,7 +544,8 @@ static void txt_done(struct tern__sub *s, int err, struct ub_result *res) {
   if (st == TERN_DNS_NXDOMAIN || st == TERN_DNS_NODATA) {
     snprintf(why, sizeof why, "no _mta-sts record");
     st = -1;
-  } else if (st == TERN_DNS_OK && txt_id(res, id, sizeof id, why, sizeof why) != 0) {
+  } else if (st == TERN_DNS_OK &&
+             txt_id(res, id, sizeof id, why, sizeof why) != 0) {
     st = -1;
   }
   if (st != TERN_DNS_OK) {
@@ -520,7 +571,8 @@ static void txt_done(struct tern__sub *s, int err, struct ub_result *res) {
   }
   e->used = uv_now(r->loop);
   if (e->fetch == NULL && fetch_start(r, e, id) != 0) {
-    finish(q, entry_valid(r, e) ? &e->pol : NULL, "fetch failed: out of memory");
+    finish(q, entry_valid(r, e) ? &e->pol : NULL,
+           "fetch failed: out of memory");
     return;
   }
   /* join the fetch in flight (ours or an earlier one) */
@@ -544,10 +596,13 @@ int tern__sts_start(struct tern_dns_query *q) {
   if (!r->mta_sts)
     return tern__sub_start(r, NULL, 16, off_done, q, 0) ? 0 : TERN_ENOMEM;
   snprintf(name, sizeof name, "_mta-sts.%s", q->name);
-  return tern__sub_start(r, name, 16 /* TXT */, txt_done, q, 0) ? 0 : TERN_ENOMEM;
+  return tern__sub_start(r, name, 16 /* TXT */, txt_done, q, 0) ? 0
+                                                                : TERN_ENOMEM;
 }
 
 void tern__sts_free_all(struct tern_resolver *r) {
+  /* the waiting fetches belong to entries: freed with them below */
+  r->pool_wait = r->pool_wait_tail = NULL;
   while (r->sts != NULL) {
     struct tern__sts_entry *e = r->sts;
     struct tern__sts_fetch *f = e->fetch;

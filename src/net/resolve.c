@@ -28,7 +28,6 @@
 
 static _Thread_local char new_error[TERN__WHY_MAX];
 
-
 /* ---- entry points, teardown -------------------------------------------- */
 
 static void on_closed(uv_handle_t *h) {
@@ -72,7 +71,8 @@ void tern__leave(struct tern_resolver *r) {
     teardown(r);
 }
 
-/* ---- subs: one libunbound query each, with a deadline ---------------------- */
+/* ---- subs: one libunbound query each, with a deadline ----------------------
+ */
 
 static void on_timer(uv_timer_t *t);
 
@@ -231,7 +231,9 @@ int tern__sub_status(int err, const struct ub_result *res, char *why,
   return TERN_DNS_OK;
 }
 
-/* ---- names ------------------------------------------------------------------------------ */
+/* ---- names
+ * ------------------------------------------------------------------------------
+ */
 
 static unsigned char lc(unsigned char c) {
   return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
@@ -295,7 +297,9 @@ static size_t wire_name(const uint8_t *p, size_t len, char *out, size_t cap) {
   return 0;
 }
 
-/* ---- queries ------------------------------------------------------------------------------ */
+/* ---- queries
+ * ------------------------------------------------------------------------------
+ */
 
 static struct tern_dns_query *query_new(struct tern_resolver *r, int kind,
                                         void *ud) {
@@ -339,7 +343,9 @@ void tern_dns_cancel(struct tern_dns_query *q) {
   query_free(q);
 }
 
-/* ---- MX ------------------------------------------------------------------------------------ */
+/* ---- MX
+ * ------------------------------------------------------------------------------------
+ */
 
 static uint64_t rng_next(struct tern_resolver *r) {
   uint64_t x = r->rng;
@@ -577,7 +583,8 @@ static bool ip_literal(const char *d) {
   memcpy(tmp, d, n + 1);
   if (n > 0 && tmp[n - 1] == '.')
     tmp[n - 1] = '\0';
-  return inet_pton(AF_INET, tmp, buf) == 1 || inet_pton(AF_INET6, tmp, buf) == 1;
+  return inet_pton(AF_INET, tmp, buf) == 1 ||
+         inet_pton(AF_INET6, tmp, buf) == 1;
 }
 
 int tern_resolve_mx(struct tern_resolver *r, const char *domain, tern_mx_cb cb,
@@ -587,8 +594,8 @@ int tern_resolve_mx(struct tern_resolver *r, const char *domain, tern_mx_cb cb,
 
   if (qp)
     *qp = NULL;
-  if (r == NULL || cb == NULL || domain == NULL || r->dying || ip_literal(domain) ||
-      tern__dns_name(domain, name, sizeof name) != 0)
+  if (r == NULL || cb == NULL || domain == NULL || r->dying ||
+      ip_literal(domain) || tern__dns_name(domain, name, sizeof name) != 0)
     return TERN_EINVAL;
   q = query_new(r, TERN__Q_MX, ud);
   if (q == NULL)
@@ -605,7 +612,9 @@ int tern_resolve_mx(struct tern_resolver *r, const char *domain, tern_mx_cb cb,
   return 0;
 }
 
-/* ---- TLSA ------------------------------------------------------------------------------------ */
+/* ---- TLSA
+ * ------------------------------------------------------------------------------------
+ */
 
 static void tlsa_done(struct tern__sub *s, int err, struct ub_result *res) {
   struct tern_dns_query *q = s->owner;
@@ -680,10 +689,12 @@ int tern_resolve_tlsa(struct tern_resolver *r, const char *host, unsigned port,
   return 0;
 }
 
-/* ---- MTA-STS (the work is in mtasts_fetch.c) ------------------------------------------------- */
+/* ---- MTA-STS (the work is in mtasts_fetch.c)
+ * ------------------------------------------------- */
 
 int tern_resolve_mtasts(struct tern_resolver *r, const char *domain,
-                        tern_mtasts_cb cb, void *ud, struct tern_dns_query **qp) {
+                        tern_mtasts_cb cb, void *ud,
+                        struct tern_dns_query **qp) {
   struct tern_dns_query *q;
   char name[TERN__DNS_NAME_MAX];
 
@@ -712,7 +723,9 @@ uint64_t tern_resolver_mtasts_fetches(const struct tern_resolver *r) {
   return r ? r->fetches : 0;
 }
 
-/* ---- construction ------------------------------------------------------------------------------ */
+/* ---- construction
+ * ------------------------------------------------------------------------------
+ */
 
 /* "ADDR", "ADDR:PORT", "[V6]", "[V6]:PORT", "V6" -> unbound's "ADDR@PORT". */
 static int forward_one(const char *tok, size_t n, char *out, size_t cap) {
@@ -801,13 +814,15 @@ static int set_forwarders(struct tern_resolver *r, const char *list) {
 
 static bool readable(const char *f) { return access(f, R_OK) == 0; }
 
-static int configure(struct tern_resolver *r, const struct tern_resolver_options *o) {
+static int configure(struct tern_resolver *r,
+                     const struct tern_resolver_options *o) {
   const char *ta = o->trust_anchor_file;
   int rc;
 
   /* A forwarder on 127.0.0.x (a local unbound, a test server) is fine. */
   if (ub_ctx_set_option(r->ctx, "do-not-query-localhost:", "no") != 0) {
-    snprintf(r->err, sizeof r->err, "unbound: cannot set do-not-query-localhost");
+    snprintf(r->err, sizeof r->err,
+             "unbound: cannot set do-not-query-localhost");
     return TERN_EIO;
   }
   if (o->forward != NULL) {
@@ -874,7 +889,8 @@ static int configure(struct tern_resolver *r, const struct tern_resolver_options
       ub_resolve_free(res);
     if (rc != 0) {
       snprintf(r->err, sizeof r->err, "%.150s: %s", ta ? ta : "unbound",
-               rc == UB_INITFAIL ? "malformed trust anchor file" : ub_strerror(rc));
+               rc == UB_INITFAIL ? "malformed trust anchor file"
+                                 : ub_strerror(rc));
       return TERN_EIO;
     }
   }
@@ -891,7 +907,8 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
     return TERN_EINVAL;
   *out = NULL;
   tern_resolver_options_init(&o);
-  if (loop == NULL || (oin != NULL && tern__copy_sized(&o, sizeof o, oin) != 0)) {
+  if (loop == NULL ||
+      (oin != NULL && tern__copy_sized(&o, sizeof o, oin) != 0)) {
     snprintf(new_error, sizeof new_error, "bad arguments");
     return TERN_EINVAL;
   }
@@ -905,7 +922,8 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
   r->timeout_ms = o.timeout_ms ? o.timeout_ms : 30000;
   r->sts_timeout_ms = o.mta_sts_timeout_ms ? o.mta_sts_timeout_ms : 10000;
   r->sts_port = o.mta_sts_port ? o.mta_sts_port : 443;
-  if (uv_random(NULL, NULL, &r->rng, sizeof r->rng, 0, NULL) != 0 || r->rng == 0)
+  if (uv_random(NULL, NULL, &r->rng, sizeof r->rng, 0, NULL) != 0 ||
+      r->rng == 0)
     r->rng = (uint64_t)(uintptr_t)r ^ uv_hrtime() ^ 0x9e3779b97f4a7c15ull;
   if (o.mta_sts_ca_file != NULL) {
     r->sts_ca_file = strdup(o.mta_sts_ca_file);
@@ -947,7 +965,8 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
   *out = r;
   return 0;
 fail:
-  snprintf(new_error, sizeof new_error, "%s", r->err[0] ? r->err : tern_strerror(rc));
+  snprintf(new_error, sizeof new_error, "%s",
+           r->err[0] ? r->err : tern_strerror(rc));
   if (r->ctx)
     ub_ctx_delete(r->ctx);
   free(r->sts_ca_file);

@@ -30,16 +30,20 @@
 #include "tern/mtasts.h"
 #include "tern/resolve.h"
 
-#define TERN__DNS_NAME_MAX 254      /* 253 octets and the NUL */
+#define TERN__DNS_NAME_MAX 254 /* 253 octets and the NUL */
 #define TERN__MX_HOSTS_MAX 10
-#define TERN__ADDRS_PER_FAMILY 16   /* addresses kept per host and family */
+#define TERN__ADDRS_PER_FAMILY 16 /* addresses kept per host and family */
 #define TERN__WHY_MAX 256
-#define TERN__STS_CACHE_MAX 256     /* domains with a cached policy */
-#define TERN__STS_ID_MAX 33         /* 32 alphanumerics and the NUL */
+#define TERN__STS_CACHE_MAX 256 /* domains with a cached policy */
+#define TERN__STS_ID_MAX 33     /* 32 alphanumerics and the NUL */
+/* HTTPS fetches on libuv's thread pool at once, per resolver: the pool
+ * (4 threads by default) also runs Maildir fsyncs and AUTH checks, which
+ * slow policy hosts must not starve. The others wait their turn. */
+#define TERN__STS_POOL_MAX 2
 
 /* Handler errors besides libunbound's own (which are negative, small). */
-#define TERN__SUB_TIMEOUT (-1000)   /* the deadline passed */
-#define TERN__SUB_NOW (-1001)       /* no query: a deferred step */
+#define TERN__SUB_TIMEOUT (-1000) /* the deadline passed */
+#define TERN__SUB_NOW (-1001)     /* no query: a deferred step */
 
 struct tern__sub;
 typedef void (*tern__sub_fn)(struct tern__sub *s, int err,
@@ -49,12 +53,12 @@ struct tern__sub {
   struct tern_resolver *r;
   struct tern__sub *prev, *next; /* r->subs */
   int async_id;
-  bool running;                  /* async_id names a libunbound query */
-  int fail;                      /* could not start: this error, at once */
-  uint64_t deadline;             /* uv_now() ms */
+  bool running;      /* async_id names a libunbound query */
+  int fail;          /* could not start: this error, at once */
+  uint64_t deadline; /* uv_now() ms */
   tern__sub_fn fn;
-  void *owner;                   /* a query or an MTA-STS fetch */
-  int idx;                       /* the owner's use: host index */
+  void *owner; /* a query or an MTA-STS fetch */
+  int idx;     /* the owner's use: host index */
   int rrtype;
 };
 
@@ -69,7 +73,7 @@ struct tern__mx_state {
   uint8_t a4[TERN__ADDRS_PER_FAMILY][4];
   uint8_t a6[TERN__ADDRS_PER_FAMILY][16];
   size_t n4, n6;
-  int st4, st6;        /* enum tern_dns_status per family; -1 not asked */
+  int st4, st6; /* enum tern_dns_status per family; -1 not asked */
   bool sec4, sec6;
 };
 
@@ -100,10 +104,10 @@ struct tern_resolver {
   struct ub_ctx *ctx;
   uv_poll_t poll;
   uv_timer_t timer;
-  int closing;                   /* handles still to close */
-  unsigned depth;                /* entry points on the stack */
-  bool dying;                    /* freed from inside a callback */
-  bool torn;                     /* teardown done */
+  int closing;    /* handles still to close */
+  unsigned depth; /* entry points on the stack */
+  bool dying;     /* freed from inside a callback */
+  bool torn;      /* teardown done */
   struct tern__sub *subs;
   struct tern_dns_query *queries;
   uint64_t rng;
@@ -112,9 +116,11 @@ struct tern_resolver {
   unsigned timeout_ms, sts_timeout_ms, sts_port;
   char *sts_ca_file;
   /* MTA-STS */
-  struct tern__sts_entry *sts;   /* the cache */
+  struct tern__sts_entry *sts; /* the cache */
   size_t nsts;
   uint64_t fetches;
+  unsigned pool_busy; /* fetches on the thread pool */
+  struct tern__sts_fetch *pool_wait, *pool_wait_tail; /* their turn next */
   char err[TERN__WHY_MAX];
 };
 

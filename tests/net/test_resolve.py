@@ -665,6 +665,18 @@ def test_mtasts():
         h.check(not any(hst == "mta-sts.example.org" for hst, _ in state.requests[1:]),
                 "the redirect was followed: %r" % state.requests)
         p.close()
+        # more fetches at once than the thread-pool slots: all answered
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port))
+        doms = ["example.org", "split.example.net", "redirect.example.net",
+                "ctype.example.net", "big.example.net"]
+        out = p.cmd("stsall " + " ".join(doms))
+        h.check(sorted(ln.split(":", 1)[0] for ln in out) == sorted(doms), out)
+        for ln in out:
+            dom, rest = ln.split(":", 1)
+            s = sts_line([rest])
+            h.check(s["none"] == (dom not in ("example.org", "split.example.net")), ln)
+        h.check(p.cmd("fetches") == ["fetches=5"], "five fetches")
+        p.close()
         # freed from the callback of a fetch with two waiters
         p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port))
         out = p.cmd("free-in-sts example.org")

@@ -9,6 +9,7 @@
  *   tlsa HOST PORT       the TLSA result, one "tlsa" line per record
  *   sts DOMAIN           the MTA-STS policy (or none) and why
  *   sts2 DOMAIN          two asks at once: both answers
+ *   stsall DOMAIN...     one ask per domain, all at once
  *   fetches              tern_resolver_mtasts_fetches()
  *   cancel DOMAIN        an MX query cancelled at once: no callback
  *   cancel-sts DOMAIN    an MTA-STS query cancelled at once: no callback
@@ -41,7 +42,8 @@ static int outstanding;
 static uint64_t t0;
 
 static const char *st_name(int s) {
-  static const char *n[] = {"OK", "NODATA", "NXDOMAIN", "NULLMX", "TEMPFAIL", "BOGUS"};
+  static const char *n[] = {"OK",     "NODATA",   "NXDOMAIN",
+                            "NULLMX", "TEMPFAIL", "BOGUS"};
   return s >= 0 && s <= 5 ? n[s] : "?";
 }
 
@@ -60,9 +62,11 @@ static void on_mx(const struct tern_mx_result *r, void *ud) {
       char a[INET6_ADDRSTRLEN];
       const struct sockaddr_storage *ss = &h->addrs[k];
       if (ss->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, a, sizeof a);
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, a,
+                  sizeof a);
       else
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, a, sizeof a);
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, a,
+                  sizeof a);
       printf("%s%s", k ? "," : "", a);
     }
     printf("\n");
@@ -76,7 +80,8 @@ static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
   printf("tlsa status=%s secure=%d n=%zu ms=%lu why=%s\n", st_name(r->status),
          r->secure, r->n, ms(), r->why);
   for (i = 0; i < r->n; i++) {
-    printf("rec %u %u %u ", r->recs[i].usage, r->recs[i].selector, r->recs[i].mtype);
+    printf("rec %u %u %u ", r->recs[i].usage, r->recs[i].selector,
+           r->recs[i].mtype);
     for (k = 0; k < r->recs[i].len; k++)
       printf("%02x", r->recs[i].data[k]);
     printf("\n");
@@ -84,13 +89,15 @@ static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
   outstanding--;
 }
 
-static void on_sts(const struct tern_mtasts_policy *p, const char *why, void *ud) {
+static void on_sts(const struct tern_mtasts_policy *p, const char *why,
+                   void *ud) {
   size_t i;
   if (p == NULL) {
     printf("%ssts none ms=%lu why=%s\n", ud ? (const char *)ud : "", ms(), why);
   } else {
-    printf("%ssts mode=%d max_age=%u id=%s ms=%lu why=%s mx=", ud ? (const char *)ud : "",
-           (int)p->mode, p->max_age, p->id, ms(), why);
+    printf("%ssts mode=%d max_age=%u id=%s ms=%lu why=%s mx=",
+           ud ? (const char *)ud : "", (int)p->mode, p->max_age, p->id, ms(),
+           why);
     for (i = 0; i < p->nmx; i++)
       printf("%s%s", i ? "," : "", p->mx[i]);
     printf("\n");
@@ -103,7 +110,8 @@ static void on_never_mx(const struct tern_mx_result *r, void *ud) {
   printf("CALLBACK AFTER CANCEL\n");
 }
 
-static void on_never_sts(const struct tern_mtasts_policy *p, const char *why, void *ud) {
+static void on_never_sts(const struct tern_mtasts_policy *p, const char *why,
+                         void *ud) {
   (void)p, (void)why, (void)ud;
   printf("CALLBACK AFTER CANCEL\n");
 }
@@ -126,7 +134,8 @@ static void on_free_mx(const struct tern_mx_result *r, void *ud) {
   free_now(r->status);
 }
 
-static void on_free_sts(const struct tern_mtasts_policy *p, const char *why, void *ud) {
+static void on_free_sts(const struct tern_mtasts_policy *p, const char *why,
+                        void *ud) {
   (void)p, (void)why, (void)ud;
   free_now(0);
 }
@@ -229,8 +238,8 @@ int main(int argc, char **argv) {
       wait_answers();
     } else if (!strcmp(cmd, "tlsa")) {
       outstanding = 1;
-      check(tern_resolve_tlsa(res, arg, (unsigned)strtoul(arg2, NULL, 10), on_tlsa,
-                              NULL, NULL),
+      check(tern_resolve_tlsa(res, arg, (unsigned)strtoul(arg2, NULL, 10),
+                              on_tlsa, NULL, NULL),
             "tlsa");
       wait_answers();
     } else if (!strcmp(cmd, "sts")) {
@@ -242,8 +251,22 @@ int main(int argc, char **argv) {
       check(tern_resolve_mtasts(res, arg, on_sts, "1:", NULL), "sts");
       check(tern_resolve_mtasts(res, arg, on_sts, "2:", NULL), "sts");
       wait_answers();
+    } else if (!strcmp(cmd, "stsall")) {
+      /* every domain on the line at once (more than the pool slots) */
+      static char tags[16][80];
+      char *save = NULL, *tok;
+      int n = 0;
+      strtok_r(line, " \t\r\n", &save);
+      while ((tok = strtok_r(NULL, " \t\r\n", &save)) != NULL && n < 16) {
+        snprintf(tags[n], sizeof tags[n], "%s:", tok);
+        outstanding++;
+        check(tern_resolve_mtasts(res, tok, on_sts, tags[n], NULL), "sts");
+        n++;
+      }
+      wait_answers();
     } else if (!strcmp(cmd, "fetches")) {
-      printf("fetches=%llu\n", (unsigned long long)tern_resolver_mtasts_fetches(res));
+      printf("fetches=%llu\n",
+             (unsigned long long)tern_resolver_mtasts_fetches(res));
     } else if (!strcmp(cmd, "cancel")) {
       struct tern_dns_query *q = NULL;
       check(tern_resolve_mx(res, arg, on_never_mx, NULL, &q), "mx");
@@ -283,7 +306,8 @@ int main(int argc, char **argv) {
       tern_resolver_free(res);
       res = NULL;
       uv_run(loop, UV_RUN_DEFAULT);
-      printf("freed free_ms=%llu\n", (unsigned long long)((uv_hrtime() - t1) / 1000000));
+      printf("freed free_ms=%llu\n",
+             (unsigned long long)((uv_hrtime() - t1) / 1000000));
     } else if (!strcmp(cmd, "sleep")) {
       run_for((unsigned)strtoul(arg, NULL, 10));
     } else {

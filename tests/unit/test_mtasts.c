@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+/* cmocka needs the four above first */
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -21,7 +22,8 @@ static int txt(const char *s, char *id, size_t cap) {
   return tern_mtasts_txt_parse(s, strlen(s), id, cap);
 }
 
-/* ---- TXT ------------------------------------------------------------------ */
+/* ---- TXT ------------------------------------------------------------------
+ */
 
 static void test_txt_good(void **state) {
   char id[33];
@@ -31,12 +33,14 @@ static void test_txt_good(void **state) {
   assert_int_equal(txt("v=STSv1;id=abc", id, sizeof id), 0);
   assert_string_equal(id, "abc");
   /* whitespace around separators, unknown fields ignored */
-  assert_int_equal(txt("v=STSv1 ;\tid=X1 ; ext_a-b.c=some!value ;", id, sizeof id), 0);
+  assert_int_equal(
+      txt("v=STSv1 ;\tid=X1 ; ext_a-b.c=some!value ;", id, sizeof id), 0);
   assert_string_equal(id, "X1");
   assert_int_equal(txt("v=STSv1; foo=bar; id=Z9", id, sizeof id), 0);
   assert_string_equal(id, "Z9");
   /* 32 alphanumerics is the longest id */
-  assert_int_equal(txt("v=STSv1; id=0123456789abcdef0123456789ABCDEF", id, sizeof id), 0);
+  assert_int_equal(
+      txt("v=STSv1; id=0123456789abcdef0123456789ABCDEF", id, sizeof id), 0);
   assert_int_equal(strlen(id), 32);
 }
 
@@ -44,24 +48,24 @@ static void test_txt_bad(void **state) {
   char id[33];
   static const char *bad[] = {
       "",
-      "v=STSv1",                 /* no id */
-      "v=STSv1;",                /* no field */
-      "v=STSv1; foo=bar",        /* no id */
-      "v=STSv2; id=1",           /* version */
-      "V=STSv1; id=1",           /* %s: case-sensitive */
+      "v=STSv1",          /* no id */
+      "v=STSv1;",         /* no field */
+      "v=STSv1; foo=bar", /* no id */
+      "v=STSv2; id=1",    /* version */
+      "V=STSv1; id=1",    /* %s: case-sensitive */
       "v=stsv1; id=1",
-      " v=STSv1; id=1",          /* must start the record */
+      " v=STSv1; id=1", /* must start the record */
       "id=1; v=STSv1",
-      "v=STSv1; id=",            /* empty id */
-      "v=STSv1; id=a-b",         /* id: alphanumerics only */
+      "v=STSv1; id=",    /* empty id */
+      "v=STSv1; id=a-b", /* id: alphanumerics only */
       "v=STSv1; id=a b",
       "v=STSv1; id=0123456789abcdef0123456789ABCDEFX", /* 33 */
-      "v=STSv1; id=1; id=2",     /* twice */
-      "v=STSv1 id=1",            /* no separator */
-      "v=STSv1; id=1;; x=y",     /* empty field */
-      "v=STSv1; =x; id=1",       /* no name */
-      "v=STSv1; -x=y; id=1",     /* name must start alphanumeric */
-      "v=STSv1; x; id=1",        /* no value */
+      "v=STSv1; id=1; id=2",                           /* twice */
+      "v=STSv1 id=1",                                  /* no separator */
+      "v=STSv1; id=1;; x=y",                           /* empty field */
+      "v=STSv1; =x; id=1",                             /* no name */
+      "v=STSv1; -x=y; id=1", /* name must start alphanumeric */
+      "v=STSv1; x; id=1",    /* no value */
       "v=STSv1; x=; id=1",
       "v=STSv1; id=1\x01",
       "v=STSv1x; id=1",
@@ -87,7 +91,8 @@ static void test_txt_space(void **state) {
   assert_int_equal(txt("v=STSv1; id=abc", NULL, 0), TERN_ENOSPACE);
 }
 
-/* ---- policy ------------------------------------------------------------------ */
+/* ---- policy
+ * ------------------------------------------------------------------ */
 
 static int pol(const char *s, struct tern_mtasts_parsed *p) {
   return tern_mtasts_policy_parse(s, strlen(s), p);
@@ -96,11 +101,12 @@ static int pol(const char *s, struct tern_mtasts_parsed *p) {
 static void test_policy_good(void **state) {
   struct tern_mtasts_parsed p;
   (void)state;
-  assert_int_equal(pol("version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\n"
-                       "mx: *.Example.NET\r\nmx: backupmx.example.com\r\n"
-                       "max_age: 604800\r\n",
-                       &p),
-                   0);
+  assert_int_equal(
+      pol("version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\n"
+          "mx: *.Example.NET\r\nmx: backupmx.example.com\r\n"
+          "max_age: 604800\r\n",
+          &p),
+      0);
   assert_int_equal(p.mode, 2);
   assert_int_equal(p.max_age, 604800);
   assert_int_equal(p.nmx, 3);
@@ -113,10 +119,11 @@ static void test_policy_good(void **state) {
 
   /* LF only, no final line end, any order, spaces after the colon and at
    * the end, unknown keys */
-  assert_int_equal(pol("mode:testing\nmax_age:\t86400  \nfoo_bar: whatever it is\n"
-                       "version: STSv1\nmx: mx.example.org",
-                       &p),
-                   0);
+  assert_int_equal(
+      pol("mode:testing\nmax_age:\t86400  \nfoo_bar: whatever it is\n"
+          "version: STSv1\nmx: mx.example.org",
+          &p),
+      0);
   assert_int_equal(p.mode, 1);
   assert_int_equal(p.max_age, 86400);
   assert_int_equal(p.nmx, 1);
@@ -131,7 +138,9 @@ static void test_policy_good(void **state) {
   tern_mtasts_parsed_free(&p);
 
   /* blank lines and mixed line ends are tolerated */
-  assert_int_equal(pol("version: STSv1\r\n\r\nmode: enforce\nmx: a.b\r\nmax_age: 1\n\n", &p), 0);
+  assert_int_equal(
+      pol("version: STSv1\r\n\r\nmode: enforce\nmx: a.b\r\nmax_age: 1\n\n", &p),
+      0);
   tern_mtasts_parsed_free(&p);
   tern_mtasts_parsed_free(NULL);
 }
@@ -139,44 +148,52 @@ static void test_policy_good(void **state) {
 static void test_policy_max_age(void **state) {
   struct tern_mtasts_parsed p;
   (void)state;
-  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 31557600\n", &p), 0);
+  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 31557600\n", &p),
+                   0);
   assert_int_equal(p.max_age, 31557600);
   tern_mtasts_parsed_free(&p);
   /* above the maximum: cut to it, the policy stays (failing open would
    * drop an enforce policy) */
-  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 31557601\n", &p), 0);
+  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 31557601\n", &p),
+                   0);
   assert_int_equal(p.max_age, 31557600);
   tern_mtasts_parsed_free(&p);
-  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 9999999999\n", &p), 0);
+  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 9999999999\n", &p),
+                   0);
   assert_int_equal(p.max_age, 31557600);
   tern_mtasts_parsed_free(&p);
   /* 1*10DIGIT */
-  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 00000000001\n", &p),
+  assert_int_equal(
+      pol("version: STSv1\nmode: none\nmax_age: 00000000001\n", &p),
+      TERN_ESYNTAX);
+  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: -1\n", &p),
                    TERN_ESYNTAX);
-  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: -1\n", &p), TERN_ESYNTAX);
-  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 1 2\n", &p), TERN_ESYNTAX);
-  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age:\n", &p), TERN_ESYNTAX);
-  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 0x10\n", &p), TERN_ESYNTAX);
+  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 1 2\n", &p),
+                   TERN_ESYNTAX);
+  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age:\n", &p),
+                   TERN_ESYNTAX);
+  assert_int_equal(pol("version: STSv1\nmode: none\nmax_age: 0x10\n", &p),
+                   TERN_ESYNTAX);
 }
 
 static void test_policy_bad(void **state) {
   struct tern_mtasts_parsed p;
   static const char *bad[] = {
       "",
-      "mode: enforce\nmx: a.b\nmax_age: 1\n",                         /* no version */
-      "version: STSv1\nmx: a.b\nmax_age: 1\n",                        /* no mode */
-      "version: STSv1\nmode: enforce\nmx: a.b\n",                     /* no max_age */
-      "version: STSv1\nmode: enforce\nmax_age: 1\n",                  /* no mx */
+      "mode: enforce\nmx: a.b\nmax_age: 1\n",        /* no version */
+      "version: STSv1\nmx: a.b\nmax_age: 1\n",       /* no mode */
+      "version: STSv1\nmode: enforce\nmx: a.b\n",    /* no max_age */
+      "version: STSv1\nmode: enforce\nmax_age: 1\n", /* no mx */
       "version: STSv1\nmode: testing\nmax_age: 1\n",
       "version: STSv2\nmode: enforce\nmx: a.b\nmax_age: 1\n",
-      "Version: STSv1\nmode: enforce\nmx: a.b\nmax_age: 1\n",         /* case */
+      "Version: STSv1\nmode: enforce\nmx: a.b\nmax_age: 1\n", /* case */
       "version: STSv1\nmode: Enforce\nmx: a.b\nmax_age: 1\n",
       "version: STSv1\nmode: reject\nmx: a.b\nmax_age: 1\n",
-      "version: STSv1\nversion: STSv1\nmode: none\nmax_age: 1\n",     /* twice */
+      "version: STSv1\nversion: STSv1\nmode: none\nmax_age: 1\n", /* twice */
       "version: STSv1\nmode: none\nmode: none\nmax_age: 1\n",
       "version: STSv1\nmode: none\nmax_age: 1\nmax_age: 1\n",
-      "version: STSv1\nmode: enforce\nmx a.b\nmax_age: 1\n",          /* no colon */
-      "version: STSv1\nmode: enforce\nmx: a..b\nmax_age: 1\n",        /* bad mx */
+      "version: STSv1\nmode: enforce\nmx a.b\nmax_age: 1\n",   /* no colon */
+      "version: STSv1\nmode: enforce\nmx: a..b\nmax_age: 1\n", /* bad mx */
       "version: STSv1\nmode: enforce\nmx: -a.b\nmax_age: 1\n",
       "version: STSv1\nmode: enforce\nmx: a-.b\nmax_age: 1\n",
       "version: STSv1\nmode: enforce\nmx: a.b.\nmax_age: 1\n",
@@ -187,8 +204,8 @@ static void test_policy_bad(void **state) {
       "version: STSv1\nmode: enforce\nmx: a_b.c\nmax_age: 1\n",
       "version: STSv1\nmode: enforce\nmx: a b\nmax_age: 1\n",
       "version: STSv1\nmode: enforce\nmx:\nmax_age: 1\n",
-      "version: STSv1\rmode: none\rmax_age: 1\r",                      /* CR alone */
-      "version: STSv1\nmode: none\nmax_age: 1\n-bad: x\n",             /* bad key */
+      "version: STSv1\rmode: none\rmax_age: 1\r",          /* CR alone */
+      "version: STSv1\nmode: none\nmax_age: 1\n-bad: x\n", /* bad key */
       ": x\nversion: STSv1\nmode: none\nmax_age: 1\n",
   };
   size_t i;
@@ -200,8 +217,8 @@ static void test_policy_bad(void **state) {
     assert_null(p.mx);
   }
   /* a NUL inside */
-  assert_int_equal(tern_mtasts_policy_parse("version: STSv1\0\nmode: none\nmax_age: 1\n",
-                                            39, &p),
+  assert_int_equal(tern_mtasts_policy_parse(
+                       "version: STSv1\0\nmode: none\nmax_age: 1\n", 39, &p),
                    TERN_ESYNTAX);
   assert_int_equal(tern_mtasts_policy_parse("x", 1, NULL), TERN_EINVAL);
 }
@@ -212,7 +229,8 @@ static void test_policy_limits(void **state) {
   char *buf = malloc(cap);
   (void)state;
   assert_non_null(buf);
-  n += (size_t)snprintf(buf + n, cap - n, "version: STSv1\nmode: enforce\nmax_age: 1\n");
+  n += (size_t)snprintf(buf + n, cap - n,
+                        "version: STSv1\nmode: enforce\nmax_age: 1\n");
   for (i = 0; i < 1000; i++)
     n += (size_t)snprintf(buf + n, cap - n, "mx: m%zu.example.org\n", i);
   assert_int_equal(tern_mtasts_policy_parse(buf, n, &p), 0);
@@ -226,11 +244,13 @@ static void test_policy_limits(void **state) {
   memcpy(buf, "version: STSv1\nmode: none\nmax_age: 1\n", 37);
   assert_int_equal(tern_mtasts_policy_parse(buf, 64 * 1024, &p), 0);
   tern_mtasts_parsed_free(&p);
-  assert_int_equal(tern_mtasts_policy_parse(buf, 64 * 1024 + 1, &p), TERN_ETOOLONG);
+  assert_int_equal(tern_mtasts_policy_parse(buf, 64 * 1024 + 1, &p),
+                   TERN_ETOOLONG);
   free(buf);
 }
 
-/* ---- MX matching ------------------------------------------------------------------ */
+/* ---- MX matching
+ * ------------------------------------------------------------------ */
 
 static void test_mx_match(void **state) {
   (void)state;
@@ -259,10 +279,10 @@ static void test_mx_match(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_txt_good),      cmocka_unit_test(test_txt_bad),
-      cmocka_unit_test(test_txt_space),     cmocka_unit_test(test_policy_good),
+      cmocka_unit_test(test_txt_good),       cmocka_unit_test(test_txt_bad),
+      cmocka_unit_test(test_txt_space),      cmocka_unit_test(test_policy_good),
       cmocka_unit_test(test_policy_max_age), cmocka_unit_test(test_policy_bad),
-      cmocka_unit_test(test_policy_limits), cmocka_unit_test(test_mx_match),
+      cmocka_unit_test(test_policy_limits),  cmocka_unit_test(test_mx_match),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
