@@ -114,13 +114,23 @@ int cfg_queue_control_path(const struct cfg *c, char *buf, size_t cap) {
   return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
+bool cfg_relay_is_mx(const struct cfg *c) {
+  return !c->relay_url && !c->relay_local &&
+         (c->relay_set || c->outbound_keys);
+}
+
+/* Can authenticated users send to domains that are not accepted? */
+static bool relays_authenticated(const struct cfg *c) {
+  return c->relay_authenticated && c->users_file != NULL && !c->accept_any;
+}
+
 bool cfg_uses_outbound(const struct cfg *c) {
-  if (c->target == CFG_MX || c->relay_set)
+  if (c->target == CFG_MX)
     return true;
   for (size_t i = 0; i < c->nroutes; i++)
     if (c->routes[i].kind != CFG_ROUTE_LOCAL)
       return true;
-  return false;
+  return relays_authenticated(c) && (c->relay_url || cfg_relay_is_mx(c));
 }
 
 bool cfg_uses_queue(const struct cfg *c) {
@@ -479,6 +489,9 @@ static void key_value(struct cfg_parser *st, const char *name, const char *v) {
              name);
     return;
   }
+  if (st->sec >= SEC_ROUTES ||
+      (st->sec == SEC_DELIVERY && has_prefix(name, "relay")))
+    st->c->outbound_keys = true;
   if (st->sec == SEC_ROUTES) {
     cfg_route_line(st, name, v);
     return;
@@ -1166,20 +1179,28 @@ static int check_dkim_key(const struct cfg *c, size_t i, char *err,
 static int check_outbound(const struct cfg *c, char *err, size_t cap) {
   if (cfg_uses_outbound(c) && !cfg_uses_queue(c)) {
     int line = 0;
-    const char *why = c->target == CFG_MX ? "target = mx"
-                      : c->relay_set      ? "[delivery] relay"
-                                          : NULL;
+    const char *why = c->target == CFG_MX ? "target = mx" : NULL;
     for (size_t i = 0; !why && i < c->nroutes; i++)
       if (c->routes[i].kind != CFG_ROUTE_LOCAL) {
         why = c->routes[i].kind == CFG_ROUTE_MX ? "a route to mx"
                                                 : "a route to a URL";
         line = c->routes[i].line;
       }
+    if (!why)
+      why = c->relay_url   ? "[delivery] relay = URL"
+            : c->relay_set ? "[delivery] relay = mx"
+                           : "[delivery] relay (mx: the default with "
+                             "[outbound], [routes], [tls_policy] or [dkim])";
     return check_fail_at(c, line, err, cap,
                          "%s needs the queue (mail for other hosts waits "
                          "there until they take it): remove [delivery] "
-                         "queue = no",
-                         why);
+                         "queue = no%s",
+                         why,
+                         line || c->target == CFG_MX
+                             ? ""
+                             : ", or set relay = local to deliver "
+                               "authenticated users' mail to other domains "
+                               "with the target");
   }
   if (check_readable(c, 0, "[outbound] trust_anchor", c->out.trust_anchor,
                      err, cap) ||
@@ -1371,10 +1392,10 @@ const char *cfg_route_dest(const struct cfg *c, const char *domain,
     kind = CFG_ROUTE_LOCAL;
   else if (c->relay_url != NULL)
     return "smarthost";
-  else if (c->relay_set || cfg_uses_queue(c))
+  else if (cfg_relay_is_mx(c))
     kind = CFG_ROUTE_MX;
   else
-    kind = CFG_ROUTE_LOCAL; /* no queue: as before relaying existed */
+    kind = CFG_ROUTE_LOCAL; /* relay = local, or an earlier version's file */
   if (kind == CFG_ROUTE_URL) {
     int n = snprintf(buf, cap, "url:%s", r->url);
     return n < 0 || (size_t)n >= cap ? NULL : buf;
@@ -1418,9 +1439,9 @@ void cfg_print_summary(const struct cfg *c, FILE *f) {
   bool q = cfg_uses_queue(c);
   fprintf(f, "  delivery: target=%s queue=%s relay=%s\n", targets[c->target],
           q ? "yes" : "no",
-          c->relay_url ? c->relay_url
-          : (c->relay_set || q) ? "mx"
-                                : "local (no queue)");
+          c->relay_url           ? c->relay_url
+          : cfg_relay_is_mx(c) ? "mx"
+                               : "local");
   for (size_t i = 0; i < c->nroutes; i++)
     fprintf(f, "  route %s: %s\n", c->routes[i].domain,
             route_kind_name(&c->routes[i]));
@@ -1430,7 +1451,7 @@ void cfg_print_summary(const struct cfg *c, FILE *f) {
   for (size_t i = 0; i < c->ndkim; i++)
     fprintf(f, "  dkim %s: d=%s s=%s key=%s\n", c->dkim_name[i],
             c->dkim[i].domain, c->dkim[i].selector, c->dkim[i].key_file);
-  if (cfg_uses_outbound(c) || (q && c->relay_authenticated))
+  if (cfg_uses_outbound(c))
     fprintf(f,
             "  outbound: helo=%s resolver=%s dnssec=%s mta_sts=%s port=%u\n",
             c->out.helo ? c->out.helo : c->hostname,

@@ -136,10 +136,17 @@ struct cfg {
   int queue;                   /* [delivery] queue = yes/no; -1: the
                                   default (cfg_uses_queue) */
   /* [delivery] relay: where authenticated users' mail to domains that
-   * are not accepted goes (dest "smarthost" when a URL, else "mx:D") */
-  char *relay_url;             /* NULL: mx (default); else smtp://,
-                                  smtp+starttls:// or smtps:// */
-  bool relay_set;              /* the relay key was given ("mx" too) */
+   * are not accepted goes: a URL (dest "smarthost"), mx ("mx:D") or
+   * local (the target, as earlier versions did). Not given: mx when the
+   * file uses any key of outbound mail (outbound_keys), else local --
+   * a configuration written for an earlier version routes as it did. */
+  char *relay_url;             /* the URL (smtp://, smtp+starttls://,
+                                  smtps://); NULL: mx or local */
+  bool relay_set;              /* the relay key was given */
+  bool relay_local;            /* relay = local */
+  bool outbound_keys;          /* the file (or a flag) gave target = mx, a
+                                  relay key, [routes], [outbound],
+                                  [tls_policy] or [dkim NAME] */
   char *relay_auth_user;       /* AUTH at the relay (needs verified TLS) */
   char *relay_auth_password_file;
   char *relay_auth_password;   /* read from the file by cfg_load */
@@ -189,12 +196,16 @@ int cfg_load(struct cfg *c, const char *path, char *err, size_t cap);
 /* (On failure *c may be half-loaded: cfg_free it; a reload keeps the
  * configuration it had.) */
 
-/* Checks that need the whole file (e.g. starttls without certificates).
- * Returns 0 or -1 with "FILE: what" in err. */
+/* Checks that need the whole file (e.g. starttls without certificates;
+ * outbound mail without the queue; the DKIM key, [outbound] and relay
+ * CA files readable). Returns 0 or -1 with "FILE: what" or, where one
+ * line is to blame, "FILE:LINE: what" in err. */
 int cfg_check(const struct cfg *c, char *err, size_t cap);
 
-/* The open-relay rule of cfg_check (a relaying target that accepts any
- * domain needs every listener local or with auth = required), for
+/* The open-relay rule of cfg_check (mail for any domain that goes on
+ * to other hosts -- target smtp, lmtp or mx, or a "* = mx|URL" route --
+ * with any domain accepted needs every listener local or with auth =
+ * required), for
  * listeners other than c's own: the --listen ones, or on a reload the
  * listeners still running (a reload does not change them). Returns 0 or
  * -1 with "FILE: open relay: ..." in err. */
@@ -254,7 +265,8 @@ bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
  *      exact or suffix line says otherwise; no loop back to our own MX);
  *   2. else built in: an accepted domain (accept_any, [domains], a
  *      routed domain) -> local; any other (an authenticated user's
- *      mail) -> [delivery] relay: "smarthost" when it is a URL, else mx.
+ *      mail) -> [delivery] relay: "smarthost" for a URL, mx
+ *      (cfg_relay_is_mx), else local.
  * A route or rule that says local gives "local" -- except with target =
  * mx, where local delivery is off and local means "mx:DOMAIN". No
  * domain (RCPT TO:<postmaster>) is never routed: "local", or with
@@ -288,9 +300,14 @@ enum tern_tls_policy cfg_tls_policy_for(const struct cfg *c,
  */
 void cfg_print_summary(const struct cfg *c, FILE *f);
 
-/* Can mail leave through MX delivery or the relay with this
- * configuration (target = mx, a route to mx or a URL, or authenticated
- * relaying to mx / the relay URL)? Such mail needs the queue. */
+/* Does [delivery] relay mean mx (given, or the default with
+ * outbound_keys)? */
+bool cfg_relay_is_mx(const struct cfg *c);
+
+/* Can mail leave for other hosts with this configuration: target = mx,
+ * a route to mx or a URL, or authenticated users' mail to other domains
+ * (relay_authenticated, a users file, an accept list) going to mx or
+ * the relay URL? Such mail needs the queue. */
 bool cfg_uses_outbound(const struct cfg *c);
 
 /*

@@ -443,6 +443,8 @@ static int p_target(struct cfg_parser *st, const struct cfg_key *k,
     if (strcmp(v, names[i]) == 0) {
       *(enum cfg_target *)field = (enum cfg_target)i;
       st->target_line = st->line;
+      if (i == CFG_MX)
+        st->c->outbound_keys = true;
       return 0;
     }
   }
@@ -698,12 +700,13 @@ bool cfg_ip_ok(const char *s, int family) {
 static bool v_ipv4(const char *v) { return cfg_ip_ok(v, AF_INET); }
 static bool v_ipv6(const char *v) { return cfg_ip_ok(v, AF_INET6); }
 
-/* [delivery] relay: "mx", or a URL for the smtp target. */
+/* [delivery] relay: "mx", "local", or a URL for the smtp target. */
 static int p_relay(struct cfg_parser *st, const struct cfg_key *k,
                    const char *v, void *field) {
   struct cfg *c = st->c;
   (void)field;
-  if (strcmp(v, "mx") == 0) {
+  c->relay_local = strcmp(v, "local") == 0;
+  if (strcmp(v, "mx") == 0 || c->relay_local) {
     free(c->relay_url);
     c->relay_url = NULL;
   } else if (!has_ctl(v) && cfg_forward_url_ok(v, CFG_SMTP)) {
@@ -1060,7 +1063,7 @@ static const struct cfg_key keys[] = {
      .valid = v_text},
     {K(SEC_DELIVERY, "queue", p_tristate, CO(queue), 0, 0, E_BOOL)},
     {K(SEC_DELIVERY, "relay", p_relay, 0, 0, 0,
-       "mx, or a URL like smtp+starttls://smtp.example.net:587, "
+       "mx, local, or a URL like smtp+starttls://smtp.example.net:587, "
        "smtps://host:465 or smtp://host:25")},
     {K(SEC_DELIVERY, "relay_auth_user", p_text, CO(relay_auth_user), 0, 0,
        "a user name for the relay's AUTH"),

@@ -12,6 +12,8 @@ recipient is queued with its destination, read back with
 - target = mx: every recipient to "mx:DOMAIN";
 - a daemon without the queue keeps delivering as before; a reload that
   adds a route needing the queue answers 451 4.3.5 for it;
+- a key of outbound mail ([outbound]) makes relay default to mx, and
+  brings the queue;
 - the worked example of docs/configuration.md passes `tern serve --check`.
 
 Nothing here is delivered: every next hop is a closed loopback port, the
@@ -289,6 +291,53 @@ def test_no_queue_as_before_then_reload():
         srv.wait_log("what=route dest=mx:other.example")
 
 
+OUTBOUND_ONLY = """[server]
+hostname = route.e2e.example
+
+[listener sub]
+url = smtp://127.0.0.1:{p2}
+auth = yes
+insecure_auth = yes
+
+[auth]
+users = {users}
+
+[domains]
+accept = example.org
+
+[delivery]
+maildir = {maildir}
+
+[queue]
+directory = {queue}
+retry_min = 1h
+retry_max = 2h
+fsync = no
+
+[outbound]
+resolver = 127.0.0.1:{dns}
+"""
+
+
+def test_outbound_keys_bring_mx_and_queue():
+    """A file with a key of outbound mail ([outbound] here) and no relay
+    key: users' mail to other domains goes to its MX, and the queue is
+    on by itself (a maildir target otherwise delivers in the
+    transaction)."""
+    d = h.tmpdir(prefix="tern-e2e-routes-")
+    users = h.write(os.path.join(d, "users"),
+                    h.passwd_line("carol", "pw-carol") + "\n")
+    (p2,) = h.free_ports(1)
+    conf = h.write(os.path.join(d, "tern.ini"), OUTBOUND_ONLY.format(
+        p2=p2, users=users, maildir=os.path.join(d, "mail"),
+        queue=os.path.join(d, "queue"), dns=DNS.port))
+    with h.Serve(["-c", conf], name="outbound-only") as srv:
+        res, qid = rcpt_codes(srv.port, ["x@Other.example"], login=True)
+        h.check(qid, "not queued: %r" % (res,))
+        h.check(dests(conf, qid) == {"x@Other.example": "mx:other.example"},
+                dests(conf, qid))
+
+
 def worked_example():
     """The ini block of docs/configuration.md marked worked-example."""
     text = open(DOC, encoding="utf-8").read()
@@ -364,4 +413,5 @@ def test_worked_example_check():
 if __name__ == "__main__":
     h.main([test_routes_and_accepted_domains, test_smarthost,
             test_target_mx, test_no_queue_as_before_then_reload,
+            test_outbound_keys_bring_mx_and_queue,
             test_worked_example_check])

@@ -474,7 +474,7 @@ static void test_summary(void **state) {
   cfg_print_summary(&c, f);
   fclose(f);
   assert_string_equal(text, "  delivery: target=maildir queue=no "
-                            "relay=local (no queue)\n");
+                            "relay=local\n");
   free(text);
   cfg_free(&c);
 }
@@ -501,15 +501,18 @@ static void test_target_mx(void **state) {
   assert_null(c.out.helo);
   assert_null(c.relay_url);
   assert_false(c.relay_set);
+  assert_true(c.outbound_keys); /* target = mx */
+  assert_true(cfg_relay_is_mx(&c));
   assert_true(c.relay_verify);
   cfg_free(&c);
 }
 
-/* Configurations without the new keys route as before: maildir and
- * pipe without the queue deliver everything locally (an authenticated
- * user's mail to another domain too); with the queue (Step 7's
- * relaying targets or queue = yes) other domains go to [delivery] relay
- * (mx by default). */
+/* Configurations without the keys of outbound mail route as before:
+ * everything that is accepted goes to the target (an authenticated
+ * user's mail to another domain too: Maildir, pipe, or Step 7's next
+ * hop). Any such key ([outbound] here) makes [delivery] relay default
+ * to mx, and the queue follows when users can relay; relay = local
+ * keeps the old way. */
 static void test_route_compat(void **state) {
   struct cfg c;
   char err[ERR_CAP];
@@ -517,22 +520,35 @@ static void test_route_compat(void **state) {
   load_good("good-mx.ini", &c); /* maildir, accept example.org */
   assert_false(cfg_uses_outbound(&c));
   assert_false(cfg_uses_queue(&c));
+  assert_false(cfg_relay_is_mx(&c));
   assert_string_equal(dest_of(&c, "example.org"), "local");
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
   assert_int_equal(cfg_set(&c, "delivery", "queue", "yes", err, sizeof err), 0);
-  assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
-  assert_string_equal(dest_of(&c, "example.org"), "local");
-  cfg_free(&c);
-  load_good("good-submission.ini", &c); /* smtp target: queued */
-  assert_string_equal(dest_of(&c, "example.org"), "local");
-  assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
-  cfg_free(&c);
-  cfg_defaults(&c); /* accept any: everything local */
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  cfg_free(&c);
+
+  load_good("good-submission.ini", &c); /* smtp target, AUTH users */
+  assert_string_equal(dest_of(&c, "example.org"), "local");
+  assert_string_equal(dest_of(&c, "gmail.com"), "local"); /* the smarthost */
+  assert_false(cfg_uses_outbound(&c));
+  assert_int_equal(cfg_set(&c, "outbound", "port", "2526", err, sizeof err), 0);
+  assert_true(c.outbound_keys);
+  assert_int_equal(c.out.port, 2526);
+  assert_true(cfg_relay_is_mx(&c));
+  assert_true(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
+  assert_int_equal(cfg_set(&c, "delivery", "relay", "local", err, sizeof err),
+                   0);
+  assert_false(cfg_relay_is_mx(&c));
+  assert_false(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  cfg_free(&c);
+
+  cfg_defaults(&c); /* accept any: everything local, nobody relays */
   assert_int_equal(cfg_set(&c, "delivery", "relay", "mx", err, sizeof err), 0);
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
-  assert_int_equal(cfg_set(&c, "outbound", "port", "2526", err, sizeof err), 0);
-  assert_int_equal(c.out.port, 2526);
+  assert_false(cfg_uses_outbound(&c));
+  assert_false(cfg_uses_queue(&c));
   assert_int_equal(cfg_set(&c, "routes", "x.example", "mx", err, sizeof err),
                    -1);
   assert_non_null(strstr(err, "unknown section [routes]"));
