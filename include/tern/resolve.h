@@ -134,7 +134,8 @@ struct tern_mx_result {
                             gives the implicit MX) */
   const char *why;       /* in words, for logs and DSNs; "" when OK */
   bool secure;           /* the MX answer validated (for an implicit MX:
-                            the address answer). DANE needs it. */
+                            the denial of MX and the address answers).
+                            DANE needs it. */
   bool implicit;         /* no MX records: the domain itself (§5.1) */
   const struct tern_mx_host *hosts; /* by preference, random among
                             equal preferences; at most 10 */

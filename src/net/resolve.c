@@ -417,7 +417,10 @@ static void mx_deliver(struct tern_dns_query *q, int status) {
       res.nhosts = q->nhosts;
     }
   }
-  res.secure = q->implicit ? (status == TERN_DNS_OK && secure) : q->mx_secure;
+  /* An implicit MX rests on two answers: the denial of MX records and
+   * the addresses. */
+  res.secure = q->implicit ? (status == TERN_DNS_OK && secure && q->mx_secure)
+                           : q->mx_secure;
   tern__query_unlink(q);
   q->in_cb = true;
   q->mx_cb(&res, q->ud);

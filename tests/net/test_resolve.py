@@ -381,6 +381,16 @@ def test_bad_options():
                        input="", capture_output=True, text=True, timeout=20)
     h.check(p.returncode == 1 and "error -16" in p.stdout and
             "/nonexistent/root.key" in p.stdout, p.stdout)
+    # forwarder lists: spaces or commas, IPv6 bare or in brackets
+    for good in ("127.0.0.1:53, [::1]:5353 ::1", "127.0.0.2", "[::1]"):
+        p = subprocess.run([probe_path(), "--forward", good, "--no-dnssec"], input="",
+                           capture_output=True, text=True, timeout=20)
+        h.check(p.returncode == 0 and p.stdout.startswith("ready"), (good, p.stdout))
+    for bad in ("", "[::1", "[::1]x", "1.2.3.4:0", "1.2.3.4:x", "mx.example.org:53",
+                "1.2.3.4:53:53", "300.1.1.1"):
+        p = subprocess.run([probe_path(), "--forward", bad, "--no-dnssec"], input="",
+                           capture_output=True, text=True, timeout=20)
+        h.check(p.returncode == 1 and "error -1" in p.stdout, (bad, p.stdout))
     d = h.tmpdir("tern-ta-")
     bad = os.path.join(d, "bad.key")
     with open(bad, "w") as f:
@@ -501,6 +511,11 @@ def test_dnssec_secure_bogus_insecure():
         r = mx(p, "signed.example.net")
         h.check(r["status"] == "OK" and r["secure"] == "1", r)
         h.check(r["hosts"][0]["secure"] == "1" and r["hosts"][0]["addrs"] == "127.0.0.31", r)
+        # no MX at the host name: implicit MX, the denial signed too
+        r = mx(p, "mx.signed.example.net")
+        h.check(r["status"] == "OK" and r["implicit"] == "1" and r["secure"] == "1", r)
+        r = mx(p, "mx.unsigned.example.net")
+        h.check(r["status"] == "OK" and r["implicit"] == "1" and r["secure"] == "0", r)
         out = p.cmd("tlsa mx.signed.example.net 25")
         h.check(kv(out[0])["status"] == "OK" and kv(out[0])["secure"] == "1", out)
         h.check(out[1:] == ["rec 3 1 1 " + TLSA_HEX], out)

@@ -69,6 +69,8 @@ static void test_txt_bad(void **state) {
       "v=STSv1; x=; id=1",
       "v=STSv1; id=1\x01",
       "v=STSv1x; id=1",
+      "v=STSv1; a!b=c; id=1", /* bad character in a name */
+      "v=STSv1; abcdefghijabcdefghijabcdefghijabc=1; id=1", /* name of 33 */
   };
   size_t i;
   (void)state;
@@ -207,6 +209,10 @@ static void test_policy_bad(void **state) {
       "version: STSv1\rmode: none\rmax_age: 1\r",          /* CR alone */
       "version: STSv1\nmode: none\nmax_age: 1\n-bad: x\n", /* bad key */
       ": x\nversion: STSv1\nmode: none\nmax_age: 1\n",
+      "version: STSv1\nmode: none\nmax_age: 1\nfo\ro: x\n",   /* CR in a key */
+      "version: STSv1\nmode: none\nmax_age: 1\nfoo: x\x7f\n", /* DEL */
+      "version: STSv1\nmode: enforce\nmax_age: 1\nmx: "
+      "a234567890123456789012345678901234567890123456789012345678901234.b\n",
   };
   size_t i;
   (void)state;
@@ -221,6 +227,14 @@ static void test_policy_bad(void **state) {
                        "version: STSv1\0\nmode: none\nmax_age: 1\n", 39, &p),
                    TERN_ESYNTAX);
   assert_int_equal(tern_mtasts_policy_parse("x", 1, NULL), TERN_EINVAL);
+  assert_int_equal(tern_mtasts_policy_parse(NULL, 1, &p), TERN_EINVAL);
+  /* a label of 63 is fine */
+  assert_int_equal(
+      pol("version: STSv1\nmode: enforce\nmax_age: 1\nmx: "
+          "a23456789012345678901234567890123456789012345678901234567890123.b\n",
+          &p),
+      0);
+  tern_mtasts_parsed_free(&p);
 }
 
 static void test_policy_limits(void **state) {
@@ -262,6 +276,7 @@ static void test_mx_match(void **state) {
   assert_false(tern_mtasts_mx_match("mail.example.com", "x.mail.example.com"));
   /* §4.1: a wildcard is one whole leftmost label */
   assert_true(tern_mtasts_mx_match("*.example.com", "mail.example.com"));
+  assert_true(tern_mtasts_mx_match("*.example.com.", "mail.example.com"));
   assert_true(tern_mtasts_mx_match("*.example.com", "MX-1.EXAMPLE.com"));
   assert_false(tern_mtasts_mx_match("*.example.com", "example.com"));
   assert_false(tern_mtasts_mx_match("*.example.com", "foo.bar.example.com"));
