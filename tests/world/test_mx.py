@@ -9,7 +9,10 @@ RFC 7505), in the test world (tests/world/world.py):
 3. fallback on a 421 greeting: MX 10 greets 421, MX 20 takes it.
 4. implicit MX: a domain with an A record and no MX gets its mail at
    that address.
-4a. every address of a host is tried: an MX host with two A records, one
+4a. MX hosts of equal preference are taken in random order: 20 domains
+   (routed by the suffix route ".eq.example = mx") share two such hosts,
+   and both get mail.
+4b. every address of a host is tried: an MX host with two A records, one
    refusing: the other takes the message; an MX host with only an AAAA
    record (::1) gets its mail over IPv6.
 5. null MX ("MX 0 ."): the recipient bounces at once with 5.1.10 (no
@@ -35,7 +38,7 @@ def world():
     W = w.World()
     a = {k: W.addr() for k in ("order10", "order20", "dead", "pref20",
                                "g421", "g20", "implicit", "dead2",
-                               "multi")}
+                               "multi", "eqa", "eqb")}
     HOSTS.update(a)
     W.zone("order.example", {"@": ["MX 20 mx20", "MX 10 mx10"],
                              "mx10": "A " + a["order10"],
@@ -51,6 +54,12 @@ def world():
     # one MX host, two addresses: one refuses, one takes the mail
     W.zone("multi.example", {"@": "MX 10 mx",
                              "mx": ["A " + a["dead2"], "A " + a["multi"]]})
+    # 20 domains, each with two MX hosts of equal preference (the same
+    # two): RFC 5321 §5.1 wants them in random order
+    eq = {"mxa": "A " + a["eqa"], "mxb": "A " + a["eqb"]}
+    for i in range(EQUAL):
+        eq["d%d" % i] = ["MX 10 mxa.eq.example.", "MX 10 mxb.eq.example."]
+    W.zone("eq.example", eq)
     # an MX host with only an IPv6 address (::1 in the namespace)
     W.zone("six.example", {"@": "MX 10 mx", "mx": "AAAA ::1"})
     W.start_dns()
@@ -62,14 +71,17 @@ def world():
         "order10": W.sink(a["order10"]), "order20": W.sink(a["order20"]),
         "pref20": W.sink(a["pref20"]), "g20": W.sink(a["g20"]),
         "implicit": W.sink(a["implicit"]), "multi": W.sink(a["multi"]),
-        "six": W.sink("::1")}
+        "six": W.sink("::1"), "eqa": W.sink(a["eqa"]),
+        "eqb": W.sink(a["eqb"])}
     HOSTS["g421_srv"] = W.greet421(a["g421"])
     return W
 
 
 ROUTES = {"routes": {d: "mx" for d in (
     "order.example", "pref.example", "greet.example", "implicit.example",
-    "nullmx.example", "gone.example", "multi.example", "six.example")}}
+    "nullmx.example", "gone.example", "multi.example", "six.example",
+    ".eq.example")}}
+EQUAL = 20
 
 @w.once
 def serve():
@@ -124,6 +136,21 @@ def test_implicit_mx():
     w.wait_delivery(s, "rcpt@implicit.example", "sent")
     m = HOSTS["sinks"]["implicit"].wait(1, 5)[0]
     check(m.rcpts == ["rcpt@implicit.example"], "implicit MX: %r" % m)
+
+
+def test_equal_preference_random():
+    s = serve()
+    rcpts = ["r@d%d.eq.example" % i for i in range(EQUAL)]
+    for r in rcpts:
+        send_one(r)
+    for r in rcpts:
+        w.wait_delivery(s, r, "sent")
+    na = len(HOSTS["sinks"]["eqa"].snapshot())
+    nb = len(HOSTS["sinks"]["eqb"].snapshot())
+    check(na + nb == EQUAL, "%d + %d messages at the two hosts" % (na, nb))
+    # all 20 domains on one host by chance: probability 2^-19
+    check(na > 0 and nb > 0, "MX hosts of equal preference not in random "
+          "order: %d domains went to mxa, %d to mxb" % (na, nb))
 
 
 def test_every_address_tried():
@@ -193,6 +220,7 @@ def test_unresolvable_expires():
 
 if __name__ == "__main__":
     w.main([test_preference_order, test_fallback_refused, test_fallback_421,
-            test_implicit_mx, test_every_address_tried, test_ipv6_mx,
+            test_implicit_mx, test_equal_preference_random,
+            test_every_address_tried, test_ipv6_mx,
             test_null_mx, test_system_resolver,
             test_unresolvable_expires])
