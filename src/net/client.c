@@ -141,6 +141,7 @@ struct tern_client {
                          session's callbacks */
   bool why_recorded;  /* the plan was told why it failed */
   bool verify_failed; /* the failure is the certificate's, not TLS's */
+  bool quit_first;    /* the session is sound: say QUIT before leaving */
 
   /* bind_addr / bind_addr6 */
   bool has_bind4, has_bind6;
@@ -697,6 +698,7 @@ static void w_on_ready(struct tern_client_session *c, void *ud) {
     if (cl->tgt->need_requiretls && !(caps & TERN_EXT_REQUIRETLS)) {
       /* RFC 8689 §4.2.1: QUIT and try another MX */
       set_errf(cl, TERN_ETLS, "%s does not offer REQUIRETLS", cl->peer);
+      cl->quit_first = tern_client_session_quit(c) == 0;
       attempt_fail(cl, TERN__MXF_REQTLS, false);
     } else if (cl->tgt->sts_testing && !cl->st.tls && !cl->info_pf[0]) {
       snprintf(cl->info_pf, sizeof cl->info_pf, "%s",
@@ -1103,6 +1105,10 @@ static void attempt_fail(struct tern_client *cl, enum tern__mx_fail why,
 
 static void attempt_close(struct tern_client *cl) {
   cl->next_pending = false;
+  if (cl->quit_first) { /* best effort: what goes out now, no waiting */
+    cl->quit_first = false;
+    tern__stream_flush(&cl->st);
+  }
   tern__stream_stop(&cl->st);
   cl->state = CS_CONNECTING;
   cl->tmode = TM_NONE;
@@ -1397,7 +1403,8 @@ static void mx_connect(struct tern_client *cl) {
     rc = tern_resolver_new(&cl->own_res, cl->loop, &ro);
     if (rc) {
       char t[400];
-      snprintf(t, sizeof t, "cannot make a resolver: %s", tern_strerror(rc));
+      snprintf(t, sizeof t, "cannot make a resolver: %s",
+               tern_resolver_last_error(NULL));
       set_failure(cl, 451, "4.4.3", t);
       fail(cl, TERN_ERESOLVE, "%s", t);
       return;

@@ -234,6 +234,7 @@ class Sink:
         self.requiretls = requiretls
         self.conns = []
         self.messages = []
+        self.quits = 0
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -329,6 +330,8 @@ class Sink:
                                           "data": data})
                 say("250 2.0.0 queued")
             elif verb == "QUIT":
+                with self.lock:
+                    self.quits += 1
                 say("221 2.0.0 bye")
                 return
             elif verb in ("RSET", "NOOP"):

@@ -162,6 +162,8 @@ def test_requiretls_not_offered_bounces():
         code, enh, perm, text = failure(out)
         h.check((code, enh, perm) == ("550", "5.7.30", "perm=1"), out)
         h.check("REQUIRETLS" in text and not s.messages, out)
+        h.wait_for(lambda: s.quits == 1, 5, "QUIT at the host without "
+                   "REQUIRETLS (RFC 8689 §4.2.1)")
     with_world([], run)
 
 
