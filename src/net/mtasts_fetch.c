@@ -22,6 +22,7 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 
 #include "internal.h"
 
@@ -313,6 +314,9 @@ done:
   curl_slist_free_all(res);
   if (c != NULL)
     curl_easy_cleanup(c);
+  /* OpenSSL keeps per-thread state (its error queue) that a pool thread,
+   * which never ends, would otherwise hold until exit. */
+  OPENSSL_thread_stop();
 }
 
 static void pool_next(struct tern_resolver *r);

@@ -25,7 +25,7 @@
  *
  * Options: --forward LIST --ta FILE --no-dnssec --timeout MS --no-ipv4
  * --no-ipv6 --sts-ca FILE --sts-port N --sts-timeout MS --no-sts
- * --resolv-conf FILE.
+ * --resolv-conf FILE --hosts FILE.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -39,6 +39,7 @@
 static uv_loop_t *loop;
 static struct tern_resolver *res;
 static int outstanding;
+static int starting; /* inside a tern_resolve_*() call */
 static uint64_t t0;
 
 static const char *st_name(int s) {
@@ -51,6 +52,8 @@ static unsigned long ms(void) { return (unsigned long)(uv_now(loop) - t0); }
 
 static void on_mx(const struct tern_mx_result *r, void *ud) {
   size_t i, k;
+  if (starting)
+    printf("CALLBACK INSIDE START\n");
   printf("%smx status=%s secure=%d implicit=%d nhosts=%zu ms=%lu why=%s\n",
          ud ? (const char *)ud : "", st_name(r->status), r->secure, r->implicit,
          r->nhosts, ms(), r->why);
@@ -77,6 +80,8 @@ static void on_mx(const struct tern_mx_result *r, void *ud) {
 static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
   size_t i, k;
   (void)ud;
+  if (starting)
+    printf("CALLBACK INSIDE START\n");
   printf("tlsa status=%s secure=%d n=%zu ms=%lu why=%s\n", st_name(r->status),
          r->secure, r->n, ms(), r->why);
   for (i = 0; i < r->n; i++) {
@@ -92,6 +97,8 @@ static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
 static void on_sts(const struct tern_mtasts_policy *p, const char *why,
                    void *ud) {
   size_t i;
+  if (starting)
+    printf("CALLBACK INSIDE START\n");
   if (p == NULL) {
     printf("%ssts none ms=%lu why=%s\n", ud ? (const char *)ud : "", ms(), why);
   } else {
@@ -167,6 +174,9 @@ static void wait_answers(void) {
   }
 }
 
+/* Every start goes through here: a callback from inside it shows. */
+#define START(call) (starting = 1, rc = (call), starting = 0, rc)
+
 static void check(int rc, const char *what) {
   if (rc != 0) {
     printf("%s: error %d\n", what, rc);
@@ -187,6 +197,9 @@ int main(int argc, char **argv) {
       i++;
     } else if (!strcmp(a, "--ta") && v) {
       o.trust_anchor_file = v;
+      i++;
+    } else if (!strcmp(a, "--hosts") && v) {
+      o.hosts_file = v;
       i++;
     } else if (!strcmp(a, "--resolv-conf") && v) {
       o.resolv_conf = v;
@@ -234,22 +247,22 @@ int main(int argc, char **argv) {
       printf("resolver freed\n");
     } else if (!strcmp(cmd, "mx")) {
       outstanding = 1;
-      check(tern_resolve_mx(res, arg, on_mx, NULL, NULL), "mx");
+      check(START(tern_resolve_mx(res, arg, on_mx, NULL, NULL)), "mx");
       wait_answers();
     } else if (!strcmp(cmd, "tlsa")) {
       outstanding = 1;
-      check(tern_resolve_tlsa(res, arg, (unsigned)strtoul(arg2, NULL, 10),
-                              on_tlsa, NULL, NULL),
+      check(START(tern_resolve_tlsa(res, arg, (unsigned)strtoul(arg2, NULL, 10),
+                                    on_tlsa, NULL, NULL)),
             "tlsa");
       wait_answers();
     } else if (!strcmp(cmd, "sts")) {
       outstanding = 1;
-      check(tern_resolve_mtasts(res, arg, on_sts, NULL, NULL), "sts");
+      check(START(tern_resolve_mtasts(res, arg, on_sts, NULL, NULL)), "sts");
       wait_answers();
     } else if (!strcmp(cmd, "sts2")) {
       outstanding = 2;
-      check(tern_resolve_mtasts(res, arg, on_sts, "1:", NULL), "sts");
-      check(tern_resolve_mtasts(res, arg, on_sts, "2:", NULL), "sts");
+      check(START(tern_resolve_mtasts(res, arg, on_sts, "1:", NULL)), "sts");
+      check(START(tern_resolve_mtasts(res, arg, on_sts, "2:", NULL)), "sts");
       wait_answers();
     } else if (!strcmp(cmd, "stsall")) {
       /* every domain on the line at once (more than the pool slots) */
@@ -260,7 +273,8 @@ int main(int argc, char **argv) {
       while ((tok = strtok_r(NULL, " \t\r\n", &save)) != NULL && n < 16) {
         snprintf(tags[n], sizeof tags[n], "%s:", tok);
         outstanding++;
-        check(tern_resolve_mtasts(res, tok, on_sts, tags[n], NULL), "sts");
+        check(START(tern_resolve_mtasts(res, tok, on_sts, tags[n], NULL)),
+              "sts");
         n++;
       }
       wait_answers();
@@ -269,38 +283,44 @@ int main(int argc, char **argv) {
              (unsigned long long)tern_resolver_mtasts_fetches(res));
     } else if (!strcmp(cmd, "cancel")) {
       struct tern_dns_query *q = NULL;
-      check(tern_resolve_mx(res, arg, on_never_mx, NULL, &q), "mx");
+      check(START(tern_resolve_mx(res, arg, on_never_mx, NULL, &q)), "mx");
       tern_dns_cancel(q);
       run_for(500);
       printf("cancelled\n");
     } else if (!strcmp(cmd, "cancel-sts")) {
       struct tern_dns_query *q = NULL;
-      check(tern_resolve_mtasts(res, arg, on_never_sts, NULL, &q), "sts");
+      check(START(tern_resolve_mtasts(res, arg, on_never_sts, NULL, &q)),
+            "sts");
       tern_dns_cancel(q);
       run_for(500);
       printf("cancelled\n");
     } else if (!strcmp(cmd, "free-in-cb")) {
       outstanding = 1;
-      check(tern_resolve_mx(res, arg, on_free_mx, NULL, NULL), "mx");
-      check(tern_resolve_mx(res, arg, on_free_mx, NULL, NULL), "mx");
-      check(tern_resolve_mtasts(res, arg, on_free_sts, NULL, NULL), "sts");
-      check(tern_resolve_tlsa(res, arg, 25, on_free_tlsa, NULL, NULL), "tlsa");
+      check(START(tern_resolve_mx(res, arg, on_free_mx, NULL, NULL)), "mx");
+      check(START(tern_resolve_mx(res, arg, on_free_mx, NULL, NULL)), "mx");
+      check(START(tern_resolve_mtasts(res, arg, on_free_sts, NULL, NULL)),
+            "sts");
+      check(START(tern_resolve_tlsa(res, arg, 25, on_free_tlsa, NULL, NULL)),
+            "tlsa");
       wait_answers();
       /* everything the resolver had must close: the loop runs dry */
       uv_run(loop, UV_RUN_DEFAULT);
       printf("loop empty\n");
     } else if (!strcmp(cmd, "free-in-sts")) {
       outstanding = 1;
-      check(tern_resolve_mtasts(res, arg, on_free_sts, NULL, NULL), "sts");
-      check(tern_resolve_mtasts(res, arg, on_free_sts, NULL, NULL), "sts");
+      check(START(tern_resolve_mtasts(res, arg, on_free_sts, NULL, NULL)),
+            "sts");
+      check(START(tern_resolve_mtasts(res, arg, on_free_sts, NULL, NULL)),
+            "sts");
       wait_answers();
       uv_run(loop, UV_RUN_DEFAULT);
       printf("loop empty\n");
     } else if (!strcmp(cmd, "free-pending")) {
       /* queries still running (a silent server): free must not wait */
       uint64_t t1;
-      check(tern_resolve_mx(res, arg, on_never_mx, NULL, NULL), "mx");
-      check(tern_resolve_mtasts(res, arg, on_never_sts, NULL, NULL), "sts");
+      check(START(tern_resolve_mx(res, arg, on_never_mx, NULL, NULL)), "mx");
+      check(START(tern_resolve_mtasts(res, arg, on_never_sts, NULL, NULL)),
+            "sts");
       run_for(200);
       t1 = uv_hrtime();
       tern_resolver_free(res);
