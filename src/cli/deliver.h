@@ -447,8 +447,9 @@ struct log_line;
  * takes `r` over; the one it replaces is freed when the last connection
  * made with it is gone. Home loop. */
 void qdeliver_set_resolver(struct qdeliver *qd, struct tern_resolver *r);
-/* While message `id`'s job hands its results back (as qdeliver_arrival):
- * its destination name ("local", "mx:example.org"...), else NULL. */
+/* While message `id`'s job hands its results back (as qdeliver_arrival),
+ * or while it runs: its destination name ("local", "mx:example.org"...),
+ * else NULL. Home loop. */
 const char *qdeliver_dest(const char *id);
 /* While message `id`'s job hands its results back: add to l what its
  * delivery line says of the destination and the connection: dest=

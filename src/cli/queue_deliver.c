@@ -201,8 +201,17 @@ time_t qdeliver_arrival(const char *id) {
   return g_cur_id && id && !strcmp(g_cur_id, id) ? g_cur_arrival : 0;
 }
 
+static struct qdeliver *g_qd;
+
 const char *qdeliver_dest(const char *id) {
-  return g_cur_id && id && !strcmp(g_cur_id, id) ? g_cur_dest : NULL;
+  if (g_cur_id && id && !strcmp(g_cur_id, id))
+    return g_cur_dest;
+  /* a running job cancelled at shutdown: its events come from the queue
+   * with no hand-back of ours around them */
+  for (struct qjob *j = g_qd && id ? g_qd->jobs : NULL; j; j = j->next)
+    if (j->job && !strcmp(j->id, id))
+      return j->dest;
+  return NULL;
 }
 
 /* Values from the connection are the peer's or the DNS's: log_line_kv
@@ -232,9 +241,8 @@ void qdeliver_log_fields(const char *id, struct log_line *l) {
   kv(l, "tls_failure", f->failure);
 }
 
-/* The one qdeliver of the process (tern serve opens one queue), for
- * qdeliver_running(). */
-static struct qdeliver *g_qd;
+/* g_qd: the one qdeliver of the process (tern serve opens one queue),
+ * for qdeliver_running() and qdeliver_dest(). */
 
 bool qdeliver_running(const char *id, const char **remote, time_t *arrival) {
   for (struct qjob *j = g_qd && id ? g_qd->jobs : NULL; j; j = j->next)

@@ -557,6 +557,12 @@ def test_servfail_expires():
             print("  " + ln)
             h.check(re.search(r"reply=\"?4\d\d 4\.4\.\d", ln),
                     "not a 4.4.x deferral: %r" % ln)
+            # tern queue list names the destination
+            listed = [r for m in h.queue_json(conf) for r in m["rcpts"]]
+            h.check([r.get("dest") for r in listed] == ["mx:sf.example"],
+                    "tern queue list --json: %r" % listed)
+            h.check("via mx:sf.example" in h.queue_text(conf),
+                    "tern queue list: %r" % h.queue_text(conf))
             ln = wait_line(srv, "y@sf.example", "expired", 40)
             print("  " + ln)
             dsn = h.wait_for(lambda: w.sink.to("home.example"), 20,
