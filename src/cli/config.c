@@ -130,7 +130,14 @@ bool cfg_uses_outbound(const struct cfg *c) {
   for (size_t i = 0; i < c->nroutes; i++)
     if (c->routes[i].kind != CFG_ROUTE_LOCAL)
       return true;
-  return relays_authenticated(c) && (c->relay_url || cfg_relay_is_mx(c));
+  if (!c->relay_url && !cfg_relay_is_mx(c))
+    return false;
+  /* users' mail to other domains, or the queue's bounces to senders
+   * elsewhere when the queue is on anyway (not through cfg_uses_queue,
+   * which asks this) */
+  bool forwards = c->target == CFG_LMTP || c->target == CFG_SMTP;
+  bool queued = c->queue == 1 || (c->queue < 0 && forwards);
+  return relays_authenticated(c) || queued;
 }
 
 bool cfg_uses_queue(const struct cfg *c) {

@@ -305,9 +305,11 @@ void cfg_print_summary(const struct cfg *c, FILE *f);
 bool cfg_relay_is_mx(const struct cfg *c);
 
 /* Can mail leave for other hosts with this configuration: target = mx,
- * a route to mx or a URL, or authenticated users' mail to other domains
- * (relay_authenticated, a users file, an accept list) going to mx or
- * the relay URL? Such mail needs the queue. */
+ * a route to mx or a URL, or mail to other domains going to mx or the
+ * relay URL -- authenticated users' (relay_authenticated, a users file,
+ * an accept list), or the queue's bounces to senders elsewhere when the
+ * queue is on anyway (queue = yes, or the lmtp/smtp targets)? Such mail
+ * needs the queue (and the deliverer a resolver from [outbound]). */
 bool cfg_uses_outbound(const struct cfg *c);
 
 /*

@@ -417,7 +417,8 @@ static void test_route_dest(void **state) {
   assert_string_equal(dest_of(&c, "a.example.org"), "local"); /* suffix */
   assert_string_equal(dest_of(&c, "Backup.Example"), "mx:backup.example");
   assert_string_equal(dest_of(&c, "a.SUB.example"), "mx:a.sub.example");
-  assert_string_equal(dest_of(&c, "x.deep.sub.example"), "mx:x.deep.sub.example");
+  assert_string_equal(dest_of(&c, "x.deep.sub.example"),
+                      "mx:x.deep.sub.example");
   assert_string_equal(dest_of(&c, "deep.sub.example"), "local");
   assert_string_equal(dest_of(&c, "sub.example"), "mx:sub.example"); /* "*" */
   assert_string_equal(dest_of(&c, "Gmail.COM"), "mx:gmail.com");
@@ -459,7 +460,8 @@ static void test_summary(void **state) {
   print_message("%s", text);
   assert_non_null(strstr(text, "  delivery: target=maildir queue=yes "
                                "relay=smtps://smarthost.example.net:465\n"));
-  assert_non_null(strstr(text, "  route partner.example: smtp://10.1.2.3:25\n"));
+  assert_non_null(
+      strstr(text, "  route partner.example: smtp://10.1.2.3:25\n"));
   assert_non_null(strstr(text, "  route *: mx\n"));
   assert_non_null(strstr(text, "  tls_policy .bank.example: dane\n"));
   assert_non_null(strstr(text, "  dkim ed: d=example.org s=2026e "
@@ -542,6 +544,18 @@ static void test_route_compat(void **state) {
   assert_false(cfg_relay_is_mx(&c));
   assert_false(cfg_uses_outbound(&c));
   assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  cfg_free(&c);
+
+  /* an inbound MX with the queue and [outbound], nobody to relay for:
+   * the queue's bounces to senders elsewhere leave through MX */
+  load_good("good-mx.ini", &c);
+  assert_int_equal(cfg_set(&c, "outbound", "helo", "mx.example.org", err,
+                           sizeof err), 0);
+  assert_false(cfg_uses_outbound(&c));
+  assert_false(cfg_uses_queue(&c));
+  assert_int_equal(cfg_set(&c, "delivery", "queue", "yes", err, sizeof err), 0);
+  assert_true(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "sender.example"), "mx:sender.example");
   cfg_free(&c);
 
   cfg_defaults(&c); /* accept any: everything local, nobody relays */
