@@ -130,6 +130,23 @@ def test_greeting_4xx_next_host():
     with_world(BASE, run)
 
 
+def test_host_addresses_in_turn():
+    """A host's addresses one after another, IPv6 first: ::1 refuses,
+    its IPv4 address takes the message (same host, tried=2)."""
+    recs = {"dest.example": [w.mx(10, "mx1.dest.example")],
+            "mx1.dest.example": [w.aaaa("::1"), w.a("127.0.0.3")]}
+
+    def run(wd):
+        s = wd.sink("127.0.0.3")
+        out = wd.probe()
+        i = info(out)
+        h.check(i["host"] == "mx1.dest.example" and i["addr"] == "127.0.0.3",
+                out)
+        h.check(i["tried"] == "2", out)
+        h.check(len(s.messages) == 1, out)
+    with_world(recs, run)
+
+
 def test_implicit_mx():
     """No MX records: the domain's own address (RFC 5321 §5.1)."""
     recs = {"dest.example": [w.a("127.0.0.4")]}
@@ -416,6 +433,7 @@ if __name__ == "__main__":
         test_mx_order_first_refuses,
         test_mx_order_preference,
         test_greeting_4xx_next_host,
+        test_host_addresses_in_turn,
         test_implicit_mx,
         test_null_mx,
         test_no_such_domain,
