@@ -915,6 +915,11 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
     snprintf(new_error, sizeof new_error, "bad arguments");
     return TERN_EINVAL;
   }
+  if (o.mta_sts_port > 65535) {
+    snprintf(new_error, sizeof new_error, "mta_sts_port: %u is not a port",
+             o.mta_sts_port);
+    return TERN_EINVAL;
+  }
   r = calloc(1, sizeof *r);
   if (r == NULL)
     return TERN_ENOMEM;

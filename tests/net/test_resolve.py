@@ -409,6 +409,9 @@ def test_bad_options():
         p = subprocess.run([probe_path(), "--forward", bad, "--no-dnssec"], input="",
                            capture_output=True, text=True, timeout=20)
         h.check(p.returncode == 1 and "error -1" in p.stdout, (bad, p.stdout))
+    p = subprocess.run([probe_path(), "--sts-port", "70000"], input="",
+                       capture_output=True, text=True, timeout=20)
+    h.check(p.returncode == 1 and "mta_sts_port" in p.stdout, p.stdout)
     d = h.tmpdir("tern-ta-")
     bad = os.path.join(d, "bad.key")
     with open(bad, "w") as f:
