@@ -9,9 +9,17 @@ RFC 7505), in the test world (tests/world/world.py):
 3. fallback on a 421 greeting: MX 10 greets 421, MX 20 takes it.
 4. implicit MX: a domain with an A record and no MX gets its mail at
    that address.
+4a. MX hosts of equal preference are taken in random order: 20 domains
+   (routed by the suffix route ".eq.example = mx") share two such hosts,
+   and both get mail.
+4b. every address of a host is tried: an MX host with two A records, one
+   refusing: the other takes the message; an MX host with only an AAAA
+   record (::1) gets its mail over IPv6.
 5. null MX ("MX 0 ."): the recipient bounces at once with 5.1.10 (no
    deferral first), and the bounce lands in the sender's Maildir
    (sender@local.example, an accepted domain).
+5a. without [outbound] resolver, the namespace's /etc/resolv.conf is
+   used (it names the test DNS).
 6. a domain that cannot be resolved (the DNS answers SERVFAIL for it):
    deferred, then (lifetime 4s) status=expired and a bounce to the
    sender.
@@ -29,7 +37,8 @@ def world():
     global W
     W = w.World()
     a = {k: W.addr() for k in ("order10", "order20", "dead", "pref20",
-                               "g421", "g20", "implicit")}
+                               "g421", "g20", "implicit", "dead2",
+                               "multi", "eqa", "eqb")}
     HOSTS.update(a)
     W.zone("order.example", {"@": ["MX 20 mx20", "MX 10 mx10"],
                              "mx10": "A " + a["order10"],
@@ -42,6 +51,17 @@ def world():
                              "mx20": "A " + a["g20"]})
     W.zone("implicit.example", {"@": "A " + a["implicit"]})
     W.zone("nullmx.example", {"@": "MX 0 ."}, signed=True)
+    # one MX host, two addresses: one refuses, one takes the mail
+    W.zone("multi.example", {"@": "MX 10 mx",
+                             "mx": ["A " + a["dead2"], "A " + a["multi"]]})
+    # 20 domains, each with two MX hosts of equal preference (the same
+    # two): RFC 5321 §5.1 wants them in random order
+    eq = {"mxa": "A " + a["eqa"], "mxb": "A " + a["eqb"]}
+    for i in range(EQUAL):
+        eq["d%d" % i] = ["MX 10 mxa.eq.example.", "MX 10 mxb.eq.example."]
+    W.zone("eq.example", eq)
+    # an MX host with only an IPv6 address (::1 in the namespace)
+    W.zone("six.example", {"@": "MX 10 mx", "mx": "AAAA ::1"})
     W.start_dns()
     # What the world says, before tern is asked anything.
     W.check_dnssec(secure=[("nullmx.example", "MX")],
@@ -50,14 +70,18 @@ def world():
     HOSTS["sinks"] = {
         "order10": W.sink(a["order10"]), "order20": W.sink(a["order20"]),
         "pref20": W.sink(a["pref20"]), "g20": W.sink(a["g20"]),
-        "implicit": W.sink(a["implicit"])}
+        "implicit": W.sink(a["implicit"]), "multi": W.sink(a["multi"]),
+        "six": W.sink("::1"), "eqa": W.sink(a["eqa"]),
+        "eqb": W.sink(a["eqb"])}
     HOSTS["g421_srv"] = W.greet421(a["g421"])
     return W
 
 
 ROUTES = {"routes": {d: "mx" for d in (
     "order.example", "pref.example", "greet.example", "implicit.example",
-    "nullmx.example", "gone.example")}}
+    "nullmx.example", "gone.example", "multi.example", "six.example",
+    ".eq.example")}}
+EQUAL = 20
 
 @w.once
 def serve():
@@ -114,6 +138,40 @@ def test_implicit_mx():
     check(m.rcpts == ["rcpt@implicit.example"], "implicit MX: %r" % m)
 
 
+def test_equal_preference_random():
+    s = serve()
+    rcpts = ["r@d%d.eq.example" % i for i in range(EQUAL)]
+    for r in rcpts:
+        send_one(r)
+    for r in rcpts:
+        w.wait_delivery(s, r, "sent")
+    na = len(HOSTS["sinks"]["eqa"].snapshot())
+    nb = len(HOSTS["sinks"]["eqb"].snapshot())
+    check(na + nb == EQUAL, "%d + %d messages at the two hosts" % (na, nb))
+    # all 20 domains on one host by chance: probability 2^-19
+    check(na > 0 and nb > 0, "MX hosts of equal preference not in random "
+          "order: %d domains went to mxa, %d to mxb" % (na, nb))
+
+
+def test_every_address_tried():
+    s = serve()
+    send_one("rcpt@multi.example")
+    d = w.wait_delivery(s, "rcpt@multi.example", "sent")
+    HOSTS["sinks"]["multi"].wait(1, 5)
+    check(HOSTS["multi"] in d["_line"], "not the live address: %s"
+          % d["_line"])
+
+
+def test_ipv6_mx():
+    s = serve()
+    send_one("rcpt@six.example")
+    d = w.wait_delivery(s, "rcpt@six.example", "sent")
+    m = HOSTS["sinks"]["six"].wait(1, 5)[0]
+    check(m.peer[0] == "::1", "not over IPv6: peer %r" % (m.peer,))
+    check("::1" in d["_line"], "the delivery line does not name ::1: %s"
+          % d["_line"])
+
+
 def test_null_mx():
     s = serve()
     send_one("rcpt@nullmx.example", frm="nullsender@local.example")
@@ -127,6 +185,18 @@ def test_null_mx():
     check(b"5.1.10" in msgs[0] and b"rcpt@nullmx.example" in msgs[0],
           "the bounce in the sender's Maildir lacks 5.1.10 or the "
           "recipient:\n%r" % msgs[0][:3000])
+
+
+def test_system_resolver():
+    """No [outbound] resolver: the system's /etc/resolv.conf (in the
+    namespace: the test DNS) is used."""
+    sections = dict(ROUTES, outbound={"resolver": None})
+    s = world().serve(sections, name="serve-resolv-conf")
+    n = len(HOSTS["sinks"]["implicit"].snapshot())
+    send_one("again@implicit.example")
+    w.wait_delivery(s, "again@implicit.example", "sent")
+    HOSTS["sinks"]["implicit"].wait(n + 1, 5)
+    s.stop()
 
 
 def test_unresolvable_expires():
@@ -150,4 +220,7 @@ def test_unresolvable_expires():
 
 if __name__ == "__main__":
     w.main([test_preference_order, test_fallback_refused, test_fallback_421,
-            test_implicit_mx, test_null_mx, test_unresolvable_expires])
+            test_implicit_mx, test_equal_preference_random,
+            test_every_address_tried, test_ipv6_mx,
+            test_null_mx, test_system_resolver,
+            test_unresolvable_expires])

@@ -7,8 +7,9 @@ host over TLS (the host saw STARTTLS), DKIM-signed (dkimpy verifies it
 with the key from the test DNS), and the delivery line names the MX and
 the TLS version (configured as docs/configuration.md's worked example:
 [delivery] relay = mx). A wrong password is refused (535) and queues
-nothing. And, as COMMON.md and the issue define it, relay = mx is the
-default: without the key the same happens.
+nothing. And relay = mx is the default in a Step 8 configuration
+(one with [outbound]): without the key the same happens, with or without
+`queue = yes`, and the MX is looked up as [outbound] says.
 """
 
 import smtplib
@@ -80,9 +81,10 @@ def test_wrong_password_refused():
 
 
 def test_default_relay_is_mx():
-    """COMMON.md and issue 11 item 1: `relay = mx` is the default, so the
-    same configuration without the relay key sends users' mail to other
-    domains to their MX too (not into a local Maildir)."""
+    """Issue 11 item 1: users' mail to other domains goes mx by default.
+    The same configuration without the relay key (a file with [outbound],
+    so a Step 8 configuration: docs/configuration.md) sends it to the
+    domain's MX too, not into a local Maildir."""
     world()
     sections = dict(S["sections"])
     sections["delivery"] = {"relay": None}
@@ -95,6 +97,24 @@ def test_default_relay_is_mx():
                         if m.rcpts == [rcpt]], 5, "%s at the MX" % rcpt)
 
 
+def test_queue_without_relay_key_uses_outbound():
+    """With the queue on and no relay key, users' mail to other domains
+    is routed mx:DOMAIN (docs/configuration.md); its MX must then be
+    looked up as [outbound] says (the test DNS, the test trust anchor),
+    not through a resolver made from the system's defaults."""
+    world()
+    sections = dict(S["sections"])
+    sections["delivery"] = {"relay": None, "queue": "yes"}
+    s = W.serve(sections, name="serve-queue-no-relay")
+    frm = "dana@" + w.LOCAL_DOMAIN
+    rcpt = "gina@foreign.example"
+    W.submit("dana", USERS["dana"], frm, [rcpt], w.message(frm, rcpt))
+    w.wait_delivery(s, rcpt, "sent", timeout=8)
+    w.wait_for(lambda: [m for m in S["sink"].snapshot()
+                        if m.rcpts == [rcpt]], 5, "%s at the MX" % rcpt)
+
+
 if __name__ == "__main__":
     w.main([test_submission_to_mx, test_wrong_password_refused,
-            test_default_relay_is_mx])
+            test_default_relay_is_mx,
+            test_queue_without_relay_key_uses_outbound])

@@ -11,16 +11,20 @@ the outer process ends what still runs in the namespace, deletes it and
 PASS/FAIL lines, TERN_TEST_ONLY=name runs one) against a `World`:
 
     W = world.World()
-    cert, key = W.cert("mx.dane.example")
-    W.zone("dane.example", {"@": ["MX 10 mx"], "mx": ["A 127.0.0.11"],
-                         "_25._tcp.mx": ["TLSA " + W.tlsa(cert)]},
+    cert = W.cert("mx.dane.example")          # (chain.pem, key.pem)
+    mx = W.addr()                             # 127.0.0.11, 12, ...
+    W.zone("dane.example", {"@": "MX 10 mx", "mx": "A " + mx,
+                            "_25._tcp.mx": "TLSA " + W.tlsa(cert[0])},
            signed=True)
     W.start_dns()                     # NSD on 127.0.0.53:53, zones signed
-    sink = W.sink("127.0.0.11", tls=(cert, key))
+    sink = W.sink(mx, tls=cert)
     tern = W.serve({"routes": {"dane.example": "mx"}})
     W.send("sender@local.example", ["rcpt@dane.example"], msg)
-    sink.wait(1)
-    tern.wait_log("status=sent")
+    d = world.wait_delivery(tern, "rcpt@dane.example", "sent")
+    assert d["verified"] == "dane-ee" and sink.wait(1)[0].tls
+
+Names end in .example: libunbound itself answers NXDOMAIN for every
+.test name (a locally served zone by default), whatever the DNS says.
 
 Pieces:
   * DNS: NSD serving zones given as Python dicts ({owner: ["TYPE RDATA"]},
@@ -38,8 +42,18 @@ Pieces:
     host that answers every connection with 421.  A host that refuses
     connections is an address nothing listens on.
   * An HTTPS server for mta-sts.DOMAIN (`W.mta_sts`), counting fetches.
+  * MX hosts that misbehave: `W.greet421(addr)`, `W.tarpit(addr)`
+    (accepts, never greets).
   * `tern serve` (`W.serve(sections)`): e2e.Serve with a configuration
-    written from the base below and the sections given.
+    written from `W.base_config()` and the sections given: listener
+    127.0.0.2:25, accepted domain local.example into a Maildir per
+    recipient (`W.maildir`), the queue, [outbound] pointed at the test
+    DNS, the trust anchor and the test CA. `W.submission(users)` adds a
+    587 listener (STARTTLS, AUTH, users file made by `tern passwd`);
+    `W.send` and `W.submit` put mail in; `wait_delivery()` waits for a
+    recipient's event=delivery line (`kv()` reads it).
+  * DKIM: `dkim_keys()` (RSA or Ed25519 key and its TXT text),
+    `dkim_verify()` (dkimpy, keys fetched from the test DNS).
 
 Needs (fails, never skips): root, ip, nsd, ldns-keygen, ldns-signzone,
 openssl, /usr/bin/python3 with aiosmtpd, dnslib, dkim (this script runs
@@ -870,9 +884,7 @@ class Sink:
                 super().connection_made(transport)
 
             def connection_lost(self, error):
-                if self._original_transport is None or \
-                        self.transport is not None:
-                    pass
+                # once per connection, STARTTLS or not
                 super().connection_lost(error)
                 with sink.lock:
                     sink.open -= 1
