@@ -264,36 +264,11 @@ static char *resolver_sig(const struct cfg *c) {
   return s;
 }
 
-/* One resolver for the queue's loop, from [outbound]: resolver (the
- * forwarders; none: /etc/resolv.conf), trust_anchor, dnssec, mta_sts,
- * mta_sts_ca_file. Returns 0, or -1 with err set ("[outbound] ...: why",
- * naming the file when one did not load). */
+/* One resolver for the queue's loop, from [outbound]
+ * (qdeliver_resolver_make). Returns 0, or -1 with err set. */
 static int resolver_make(uv_loop_t *loop, const struct cfg *c,
                          struct tern_resolver **out, char *err, size_t cap) {
-  struct tern_resolver_options o;
-  tern_resolver_options_init(&o);
-  o.forward = c->out.resolver;
-  o.trust_anchor_file = c->out.trust_anchor;
-  o.dnssec = c->out.dnssec;
-  o.mta_sts = c->out.mta_sts;
-  o.mta_sts_ca_file = c->out.mta_sts_ca_file;
-  *out = NULL;
-  int r = tern_resolver_new(out, loop, &o);
-  if (r) {
-    /* on failure there is no resolver to ask tern_resolver_last_error */
-    if (r == TERN_EIO)
-      snprintf(err, cap, "[outbound] resolver: %s or /etc/resolv.conf "
-               "did not load", c->out.trust_anchor ? c->out.trust_anchor
-                                                   : "the trust anchor");
-    else if (r == TERN_EINVAL)
-      snprintf(err, cap, "[outbound] resolver: bad address \"%s\"",
-               c->out.resolver ? c->out.resolver : "");
-    else
-      snprintf(err, cap, "[outbound] resolver: %s", tern_strerror(r));
-    *out = NULL;
-    return -1;
-  }
-  return 0;
+  return qdeliver_resolver_make(loop, c, out, err, cap);
 }
 
 /* For the policy about to take over: a new resolver when mail can leave

@@ -442,6 +442,13 @@ bool qdeliver_running(const char *id, const char **remote, time_t *arrival);
 
 struct tern_resolver;
 struct log_line;
+struct cfg;
+/* A resolver on `loop` from c's [outbound] (resolver: the forwarders,
+ * else /etc/resolv.conf; trust_anchor, dnssec, mta_sts,
+ * mta_sts_ca_file). Returns 0 with *out, or -1 with *out NULL and err
+ * set ("[outbound] resolver: ..."). */
+int qdeliver_resolver_make(uv_loop_t *loop, const struct cfg *c,
+                           struct tern_resolver **out, char *err, size_t cap);
 /* The resolver new mx: connections use from now on (NULL: none, each
  * client makes its own from the system's configuration). The qdeliver
  * takes `r` over; the one it replaces is freed when the last connection

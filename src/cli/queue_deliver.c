@@ -1123,6 +1123,34 @@ int qdeliver_new(struct qdeliver **out, uv_loop_t *loop, unsigned concurrency) {
   return 0;
 }
 
+int qdeliver_resolver_make(uv_loop_t *loop, const struct cfg *c,
+                           struct tern_resolver **out, char *err, size_t cap) {
+  struct tern_resolver_options o;
+  tern_resolver_options_init(&o);
+  o.forward = c->out.resolver;
+  o.trust_anchor_file = c->out.trust_anchor;
+  o.dnssec = c->out.dnssec;
+  o.mta_sts = c->out.mta_sts;
+  o.mta_sts_ca_file = c->out.mta_sts_ca_file;
+  *out = NULL;
+  int r = tern_resolver_new(out, loop, &o);
+  if (r) {
+    /* on failure there is no resolver to ask tern_resolver_last_error */
+    if (r == TERN_EIO)
+      snprintf(err, cap,
+               "[outbound] resolver: %s or /etc/resolv.conf did not load",
+               c->out.trust_anchor ? c->out.trust_anchor : "the trust anchor");
+    else if (r == TERN_EINVAL)
+      snprintf(err, cap, "[outbound] resolver: bad address \"%s\"",
+               c->out.resolver ? c->out.resolver : "");
+    else
+      snprintf(err, cap, "[outbound] resolver: %s", tern_strerror(r));
+    *out = NULL;
+    return -1;
+  }
+  return 0;
+}
+
 void qdeliver_set_resolver(struct qdeliver *qd, struct tern_resolver *r) {
   struct qresolver *n = NULL;
   if (r && !(n = calloc(1, sizeof *n))) {
@@ -1184,6 +1212,23 @@ static int hop_make(struct qjob *j, const struct tern_queue_job_info *info) {
   hop_outbound(h, c);
   if (!strncmp(d, "mx:", 3) && d[3]) {
     const char *dom = d + 3;
+    if (!j->qd->res) {
+      /* mx: mail queued under another configuration than this one (the
+       * daemon makes the resolver only when mail can leave): one from
+       * this job's [outbound], kept for the next, never the system's
+       * defaults behind the configuration's back */
+      struct tern_resolver *r;
+      char err[300];
+      if (qdeliver_resolver_make(j->qd->loop, c, &r, err, sizeof err) != 0) {
+        fill(j, 451, "4.3.5", err);
+        return -1;
+      }
+      qdeliver_set_resolver(j->qd, r);
+      if (!j->qd->res) {
+        fill(j, 451, "4.3.0", "Error: out of memory");
+        return -1;
+      }
+    }
     h->url = d;
     h->mx = true;
     h->policy = cfg_tls_policy_for(c, dom, strlen(dom));
