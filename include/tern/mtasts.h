@@ -32,7 +32,9 @@ TERN_EXTERN int tern_mtasts_txt_parse(const char *txt, size_t len, char *id,
 struct tern_mtasts_parsed {
   int mode;               /* enum tern_mtasts_mode (tern/resolve.h):
                              0 none, 1 testing, 2 enforce */
-  uint32_t max_age;       /* seconds, 0..31557600 */
+  uint32_t max_age;       /* seconds, 0..31557600 (a larger value of
+                             at most 10 digits is cut to 31557600:
+                             refusing it would drop the policy) */
   char **mx;              /* patterns, lower case */
   size_t nmx;
 };

@@ -57,7 +57,9 @@ struct tern_resolver_options {
   bool dnssec;                   /* validate (default true) */
   bool ipv4, ipv6;               /* address families looked up and used
                                     (default both) */
-  unsigned timeout_ms;           /* one query, all retries; default 30 s */
+  unsigned timeout_ms;           /* one DNS question, all retries; default
+                                    30 s (an MX lookup asks twice in a
+                                    row: MX, then the hosts' addresses) */
   /* MTA-STS (RFC 8461) */
   bool mta_sts;                  /* look policies up (default true) */
   const char *mta_sts_ca_file;   /* PEM bundle for the policy host's
@@ -91,10 +93,13 @@ TERN_EXTERN int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
  * called). May be called from a callback. */
 TERN_EXTERN void tern_resolver_free(struct tern_resolver *r);
 
-/* The last failure of new, in words (names the file). Never NULL. */
+/* The last failure of new, in words (names the file). Never NULL.
+ * A failed new leaves *out NULL: pass NULL to read why (kept per
+ * thread, until the next failed new on that thread). */
 TERN_EXTERN const char *tern_resolver_last_error(const struct tern_resolver *r);
 
-/* Cancel one query: its callback is not called. `q` is invalid after. */
+/* Cancel one query: its callback is not called. `q` is invalid after.
+ * Inside the query's own callback it does nothing. */
 TERN_EXTERN void tern_dns_cancel(struct tern_dns_query *q);
 
 /* What a lookup found. */
@@ -129,7 +134,8 @@ struct tern_mx_result {
                             gives the implicit MX) */
   const char *why;       /* in words, for logs and DSNs; "" when OK */
   bool secure;           /* the MX answer validated (for an implicit MX:
-                            the address answer). DANE needs it. */
+                            the denial of MX and the address answers).
+                            DANE needs it. */
   bool implicit;         /* no MX records: the domain itself (§5.1) */
   const struct tern_mx_host *hosts; /* by preference, random among
                             equal preferences; at most 10 */
