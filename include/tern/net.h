@@ -400,7 +400,14 @@ enum tern_tls_policy {
  * resolver: its MX hosts in preference order (random among equals), or
  * the domain itself without MX (implicit MX); every address of a host in
  * turn; the next address or host after a connection failure, a 4xx/5xx
- * greeting, a refused EHLO, or a TLS failure the policy does not allow.
+ * greeting, a refused EHLO, or a TLS failure the policy does not allow;
+ * at most 10 addresses in all per connect (RFC 5321 §5.1 asks for a
+ * bound), at most 10 MX hosts. A host whose TLSA lookup fails (other
+ * than a validated denial) is skipped (RFC 7672 §2.2); with an MTA-STS
+ * policy in enforce mode, hosts its "mx" patterns do not name are
+ * skipped. With require_verified_tls a host that does not offer
+ * STARTTLS or (after STARTTLS) REQUIRETLS is left (RFC 8689 §4.2.1);
+ * when every host failed that way the failure is permanent (5.7.30).
  * TLS follows options.tls_policy (tls_verify, tls_server_name and
  * starttls are not used: the policy decides); the name checked is the
  * MX host's. A null MX, a domain that does not exist, or no host left
@@ -652,7 +659,11 @@ struct tern_send_options {
    * policy (tls_verify is not used for them) */
   struct tern_resolver *resolver;
   enum tern_tls_policy tls_policy;
-  bool requiretls;              /* REQUIRETLS (RFC 8689) on this message */
+  bool requiretls;              /* REQUIRETLS (RFC 8689) on this message:
+                                   MAIL carries it, and the connection
+                                   must be verified TLS (mx: URLs:
+                                   require_verified_tls; other URLs:
+                                   STARTTLS required and tls_verify on) */
 };
 
 static inline void tern_send_options_init(struct tern_send_options *o) {
@@ -712,7 +723,11 @@ struct tern_send_result {
                              after the data, or the refusal that ended
                              it (MAIL, every RCPT, DATA); in LMTP the
                              first recipient's failure, else a success.
-                             Code 0 when the message never got that far */
+                             Code 0 when the message never got that far,
+                             except for "mx:" URLs whose connect failed:
+                             then the local reply of
+                             tern_client_failure_reply() (e.g. 550
+                             5.1.10 for a null MX) */
   const struct tern_send_rcpt_result *rcpts;
   size_t nrcpt;
   size_t delivered;       /* recipients with delivered true: all of

@@ -69,6 +69,11 @@
  *   EX_NOPERM 77    AUTH refused (5xx) or not possible
  *   EX_CONFIG 78    TLS policy not met: certificate verification failed,
  *                   or STARTTLS required but not offered
+ * With --mx DOMAIN a failed connect exits from the reply the client made
+ * (tern_client_failure_reply, printed): 5.1.x (null MX, no such domain)
+ * EX_NOHOST, another 5xx (REQUIRETLS cannot be met, 5.7.30)
+ * EX_UNAVAILABLE, 4xx (DNS failure, no host answered, TLS policy not
+ * met anywhere: the next try may do better) EX_TEMPFAIL. See tern-send(1).
  * There is no queue: when some recipients were refused and others
  * accepted, the message is delivered to the accepted ones, each refused
  * one is printed with the server's reply, and the exit code says

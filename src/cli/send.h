@@ -24,6 +24,7 @@ struct sopts {
   const char *sender;        /* -f / -r, NULL = default */
   const char *fullname;      /* -F */
   const char *server;        /* --server / TERN_SERVER */
+  bool server_given;         /* --server on the command line */
   bool starttls;             /* --starttls */
   bool no_verify;            /* --no-verify */
   const char *ca_file;       /* --ca-file */
@@ -38,6 +39,16 @@ struct sopts {
   enum tern_body body;       /* -B */
   const char *queue_cmd;     /* -bp: "list", -q: "flush" (tern queue) */
   const char *config;        /* -C FILE: tern serve's, for -bp / -q */
+  /* mail to a domain (tern/net.h "mx:" URLs) */
+  const char *mx;            /* --mx DOMAIN: its MX hosts, not --server */
+  const char *resolver;      /* --resolver ADDR[:PORT] (forwarders) */
+  const char *trust_anchor;  /* --trust-anchor FILE (DNSSEC) */
+  bool no_dnssec;            /* --no-dnssec: no validation, so no DANE */
+  const char *tls_policy;    /* --tls-policy LEVEL (default auto) */
+  unsigned mx_port;          /* --mx-port N (default 25) */
+  const char *bind;          /* --bind ADDR: source address */
+  bool requiretls;           /* --requiretls (RFC 8689) */
+  char mx_url[300];          /* "mx:DOMAIN" */
 };
 
 /* One run of tern send: options, spool, envelope, session, outcome. */
@@ -65,6 +76,7 @@ struct send {
   /* delivery */
   uv_loop_t loop;
   struct tern_client *cl;
+  struct tern_resolver *res;  /* --mx: ours, freed after the loop */
   bool closed;
   const char *url;
   char endpoint[300];

@@ -39,6 +39,16 @@ static void usage(FILE *f, const char *prog) {
     "                unverified TLS or plaintext (PLAIN/LOGIN included)\n"
     "  --helo NAME   EHLO name (default localhost)\n"
     "  --timeout S   connect and reply timeout in seconds\n"
+    "  --mx DOMAIN   deliver to DOMAIN's mail hosts (MX, or the domain\n"
+    "                itself), not to --server; TLS per --tls-policy\n"
+    "  --tls-policy auto|none|may|encrypt|verify|dane   (with --mx;\n"
+    "                auto: DANE, else MTA-STS, else opportunistic)\n"
+    "  --resolver ADDR[:PORT]   DNS server(s) to ask (default\n"
+    "                /etc/resolv.conf's); --trust-anchor FILE: DNSSEC keys;\n"
+    "                --no-dnssec: do not validate (then no DANE)\n"
+    "  --mx-port N   port of the mail hosts (default 25)\n"
+    "  --requiretls  REQUIRETLS (RFC 8689): verified TLS all the way\n"
+    "  --bind ADDR   connect from this local address\n"
     "Exit codes: sysexits(3); see the top of src/cli/send.c.\n",
     prog);
 }
@@ -280,7 +290,9 @@ static int parse_short(struct sopts *o, int argc, char **argv, int *i) {
 
 enum long_kind {
   L_STRING,  /* a value, kept as it is */
+  L_SERVER,  /* --server: a string, and server_given */
   L_SECONDS, /* a value, seconds (--timeout) */
+  L_PORT,    /* a value, 1..65535 (--mx-port) */
   L_FLAG,    /* no value: sets a bool */
   L_COUNT,   /* no value: counts (--verbose) */
   L_VERSION,
@@ -294,12 +306,20 @@ static const struct long_opt {
   enum long_kind kind;
   size_t off; /* the field in struct sopts */
 } long_opts[] = {
-    {"server", L_STRING, SO(server)},
+    {"server", L_SERVER, SO(server)},
     {"ca-file", L_STRING, SO(ca_file)},
     {"user", L_STRING, SO(user)},
     {"password-file", L_STRING, SO(password_file)},
     {"helo", L_STRING, SO(helo)},
     {"timeout", L_SECONDS, SO(timeout_ms)},
+    {"mx", L_STRING, SO(mx)},
+    {"resolver", L_STRING, SO(resolver)},
+    {"trust-anchor", L_STRING, SO(trust_anchor)},
+    {"no-dnssec", L_FLAG, SO(no_dnssec)},
+    {"tls-policy", L_STRING, SO(tls_policy)},
+    {"mx-port", L_PORT, SO(mx_port)},
+    {"bind", L_STRING, SO(bind)},
+    {"requiretls", L_FLAG, SO(requiretls)},
     {"starttls", L_FLAG, SO(starttls)},
     {"no-verify", L_FLAG, SO(no_verify)},
     {"insecure-auth", L_FLAG, SO(insecure_auth)},
@@ -320,6 +340,9 @@ static int apply_long(struct sopts *o, const struct long_opt *lo,
                       const char *v) {
   char *field = (char *)o + lo->off;
   switch (lo->kind) {
+  case L_SERVER:
+    o->server_given = true;
+    /* fall through */
   case L_STRING:
     *(const char **)field = v;
     return 0;
@@ -329,6 +352,17 @@ static int apply_long(struct sopts *o, const struct long_opt *lo,
       return EX_USAGE;
     }
     return 0;
+  case L_PORT: {
+    char *end = NULL;
+    unsigned long n = strtoul(v, &end, 10);
+    if (!*v || *end || n < 1 || n > 65535 || v[0] == '-' || v[0] == '+') {
+      fprintf(stderr, "%s: bad --%s '%s' (a port, 1-65535)\n", o->prog,
+              lo->name, v);
+      return EX_USAGE;
+    }
+    *(unsigned *)field = (unsigned)n;
+    return 0;
+  }
   case L_FLAG:
     *(bool *)field = true;
     return 0;
@@ -353,7 +387,8 @@ static int parse_long(struct sopts *o, int argc, char **argv, int *i) {
   size_t nl = eq ? (size_t)(eq - name) : strlen(name);
   const struct long_opt *lo = long_opt(name, nl);
   const char *val = NULL;
-  if (lo && (lo->kind == L_STRING || lo->kind == L_SECONDS)) {
+  if (lo && (lo->kind == L_STRING || lo->kind == L_SECONDS ||
+             lo->kind == L_SERVER || lo->kind == L_PORT)) {
     if (eq)
       val = eq + 1;
     else if (*i + 1 < argc)
@@ -377,6 +412,53 @@ static int parse_long(struct sopts *o, int argc, char **argv, int *i) {
 }
 
 /* ---- the command line ---------------------------------------------------- */
+
+/* --mx and the options that only make sense with it. */
+static int check_mx_args(struct send *s) {
+  struct sopts *o = &s->o;
+  const char *only_mx = o->resolver       ? "--resolver"
+                        : o->trust_anchor ? "--trust-anchor"
+                        : o->tls_policy   ? "--tls-policy"
+                        : o->mx_port      ? "--mx-port"
+                        : o->no_dnssec    ? "--no-dnssec"
+                                          : NULL;
+  if (o->requiretls && o->no_verify) {
+    fprintf(stderr, "%s: --requiretls needs a verified certificate: not "
+            "with --no-verify\n", o->prog);
+    return EX_USAGE;
+  }
+  if (!o->mx) {
+    if (only_mx) {
+      fprintf(stderr, "%s: %s needs --mx DOMAIN\n", o->prog, only_mx);
+      return EX_USAGE;
+    }
+    return 0;
+  }
+  if (o->server_given) {
+    fprintf(stderr, "%s: --mx and --server exclude each other\n", o->prog);
+    return EX_USAGE;
+  }
+  if (o->starttls) {
+    fprintf(stderr, "%s: --starttls: with --mx, use --tls-policy\n", o->prog);
+    return EX_USAGE;
+  }
+  if (o->tls_policy && strcmp(o->tls_policy, "auto") &&
+      strcmp(o->tls_policy, "none") && strcmp(o->tls_policy, "may") &&
+      strcmp(o->tls_policy, "encrypt") && strcmp(o->tls_policy, "verify") &&
+      strcmp(o->tls_policy, "dane")) {
+    fprintf(stderr, "%s: bad --tls-policy '%s' (auto, none, may, encrypt, "
+            "verify, dane)\n", o->prog, o->tls_policy);
+    return EX_USAGE;
+  }
+  int n = snprintf(o->mx_url, sizeof o->mx_url, "mx:%s", o->mx);
+  if (!*o->mx || n < 0 || (size_t)n >= sizeof o->mx_url ||
+      strchr(o->mx, '/') || strchr(o->mx, ':')) {
+    fprintf(stderr, "%s: --mx: '%s' is not a domain\n", o->prog, o->mx);
+    return EX_USAGE;
+  }
+  o->server = o->mx_url;
+  return 0;
+}
 
 /* See send.h. A lone "-" is refused; "--" ends the options. */
 int send_parse_args(struct send *s, int argc, char **argv) {
@@ -412,5 +494,5 @@ int send_parse_args(struct send *s, int argc, char **argv) {
     fprintf(stderr, "%s: --helo: empty\n", o->prog);
     return EX_USAGE;
   }
-  return 0;
+  return check_mx_args(s);
 }

@@ -14,6 +14,8 @@
 
 #include "send.h"
 
+#include <tern/resolve.h>
+
 static int class_exit(int code, int ex5) {
   return code >= 400 && code < 500 ? EX_TEMPFAIL : ex5;
 }
@@ -371,9 +373,46 @@ static bool contains_ci(const char *h, const char *n) {
   return false;
 }
 
+/* --mx: where the connection went and how it is protected (-v). */
+static void print_conn_info(struct send *s) {
+  const struct tern_client_conn_info *ci = tern_client_conn_info(s->cl);
+  if (!ci || !ci->host)
+    return;
+  fprintf(stderr,
+          "%s: connected to mx %s [%s]:%u (address %u tried), tls=%s "
+          "cipher=%s verified=%s policy=%s%s%s\n",
+          s->o.prog, ci->host, ci->addr ? ci->addr : "?", ci->port,
+          ci->hosts_tried, ci->tls_version ? ci->tls_version : "none",
+          ci->tls_cipher ? ci->tls_cipher : "none",
+          ci->verified ? ci->verified : "no", ci->policy ? ci->policy : "-",
+          ci->policy_failure ? " policy_failure=" : "",
+          ci->policy_failure ? ci->policy_failure : "");
+}
+
+/* --mx: the connect failed; the reply the client made says how. */
+static void mx_failed(struct send *s) {
+  struct tern_reply r;
+  bool perm = tern_client_failure_reply(s->cl, &r);
+  int ex = EX_TEMPFAIL;
+  if (perm)
+    ex = r.enhanced && !strncmp(r.enhanced, "5.1.", 4) ? EX_NOHOST
+                                                       : EX_UNAVAILABLE;
+  send_set_fail(s, ex, "%s: %s: %d %s %s", s->o.prog, s->o.mx, r.code,
+                r.enhanced ? r.enhanced : "", r.text ? r.text : "");
+}
+
 static void on_connect(struct tern_client *cl, int status, void *ud) {
   struct send *s = ud;
   const char *e = tern_client_last_error(cl);
+  if (status == 0 && s->o.mx) {
+    if (s->o.verbose)
+      print_conn_info(s);
+    return;
+  }
+  if (status < 0 && s->o.mx) {
+    mx_failed(s);
+    return;
+  }
   if (status == 0) {
     if (s->o.verbose) {
       const char *v = tern_client_tls_version(cl);
@@ -556,6 +595,23 @@ static void client_options(struct send *s, char *urlbuf, size_t cap,
   co->data_timeout_ms = s->o.timeout_ms;
   co->on_connect = on_connect;
   co->on_close = on_close;
+  co->bind_addr = s->o.bind && !strchr(s->o.bind, ':') ? s->o.bind : NULL;
+  co->bind_addr6 = s->o.bind && strchr(s->o.bind, ':') ? s->o.bind : NULL;
+  if (s->o.mx) {
+    static const char *const names[] = {"auto", "none", "may", "encrypt",
+                                        "verify", "dane"};
+    for (size_t i = 0; s->o.tls_policy && i < 6; i++)
+      if (!strcmp(s->o.tls_policy, names[i]))
+        co->tls_policy = (enum tern_tls_policy)i; /* net.h's order */
+    co->mx_port = s->o.mx_port;
+    co->resolver = s->res;
+    co->require_verified_tls = s->o.requiretls;
+  } else if (s->o.requiretls) {
+    /* RFC 8689: STARTTLS and a verified certificate (on_verify refuses
+     * an unverified one unless opportunistic or --no-verify) */
+    cc->starttls = TERN_STARTTLS_REQUIRED;
+    s->opportunistic = false;
+  }
   if (s->msg.nrcpts > cc->max_recipients)
     cc->max_recipients = (unsigned)s->msg.nrcpts;
 }
@@ -570,6 +626,7 @@ static void message_envelope(struct send *s) {
                                         : TERN_BODY_UNSPECIFIED;
   s->msg.ret = s->o.ret;
   s->msg.envid = s->o.envid;
+  s->msg.requiretls = s->o.requiretls;
   s->msg.smtputf8 = non_ascii(s->from);
   for (size_t i = 0; i < s->msg.nrcpts; i++)
     if (non_ascii(s->trcpt[i].address))
@@ -580,14 +637,16 @@ static void message_envelope(struct send *s) {
  * (after printing why) with the loop closed again. */
 static int client_create(struct send *s,
                          const struct tern_client_options *co) {
-  if (uv_loop_init(&s->loop) != 0) {
-    fprintf(stderr, "%s: cannot create an event loop\n", s->o.prog);
-    return EX_OSERR;
-  }
   int rc = tern_client_new(&s->cl, &s->loop, co);
   if (rc == 0)
     return 0;
-  if (rc == TERN_EINVAL)
+  if (rc == TERN_EINVAL && s->o.mx)
+    fprintf(stderr, "%s: --mx '%s' is not a domain, or --bind '%s' not an "
+            "address\n", s->o.prog, s->o.mx, s->o.bind ? s->o.bind : "");
+  else if (rc == TERN_EINVAL && s->o.bind)
+    fprintf(stderr, "%s: invalid server URL '%s' or --bind address '%s'\n",
+            s->o.prog, s->o.server, s->o.bind);
+  else if (rc == TERN_EINVAL)
     fprintf(stderr, "%s: invalid server URL '%s' (smtp://HOST[:PORT], "
             "smtp+starttls://, smtps://, lmtp://, lmtp:///PATH)\n",
             s->o.prog, s->o.server);
@@ -597,17 +656,49 @@ static int client_create(struct send *s,
   else
     fprintf(stderr, "%s: cannot create the client: %s\n", s->o.prog,
             tern_strerror(rc));
-  uv_loop_close(&s->loop);
   return rc == TERN_EINVAL ? EX_USAGE : rc == TERN_ETLS ? EX_CONFIG : EX_OSERR;
 }
 
 /* See send.h. */
+/* --mx with --resolver or --trust-anchor: the resolver the client uses
+ * (without them the client makes one from the system's configuration).
+ * Returns 0 or an exit status (after printing why). */
+static int resolver_create(struct send *s) {
+  if (!s->o.mx || (!s->o.resolver && !s->o.trust_anchor && !s->o.no_dnssec))
+    return 0;
+  struct tern_resolver_options ro;
+  tern_resolver_options_init(&ro);
+  ro.forward = s->o.resolver;
+  ro.trust_anchor_file = s->o.trust_anchor;
+  ro.dnssec = !s->o.no_dnssec;
+  int rc = tern_resolver_new(&s->res, &s->loop, &ro);
+  if (rc == 0)
+    return 0;
+  s->res = NULL;
+  if (rc == TERN_EINVAL)
+    fprintf(stderr, "%s: bad --resolver '%s' (ADDRESS[:PORT], several "
+            "separated by spaces)\n", s->o.prog, s->o.resolver);
+  else
+    fprintf(stderr, "%s: cannot make the resolver: %s\n", s->o.prog,
+            tern_strerror(rc));
+  return rc == TERN_EINVAL ? EX_USAGE : rc == TERN_EIO ? EX_NOINPUT : EX_OSERR;
+}
+
 int send_deliver(struct send *s) {
   char urlbuf[1024];
   struct tern_client_options co;
   struct tern_client_config cc;
   struct tern_client_callbacks cb;
 
+  if (uv_loop_init(&s->loop) != 0) {
+    fprintf(stderr, "%s: cannot create an event loop\n", s->o.prog);
+    return EX_OSERR;
+  }
+  int rex = resolver_create(s);
+  if (rex != 0) {
+    uv_loop_close(&s->loop);
+    return rex;
+  }
   client_options(s, urlbuf, sizeof urlbuf, &co, &cc, &cb);
   message_envelope(s);
   if (lseek(fileno(s->spool), 0, SEEK_SET) != 0) {
@@ -616,22 +707,32 @@ int send_deliver(struct send *s) {
     return EX_TEMPFAIL;
   }
   int ex = client_create(s, &co);
-  if (ex != 0)
-    return ex;
-  int rc = tern_client_connect(s->cl);
+  int rc = ex ? 0 : tern_client_connect(s->cl);
   if (rc < 0) {
     fprintf(stderr, "%s: cannot connect: %s\n", s->o.prog,
             tern_strerror(rc));
     tern_client_free(s->cl);
     s->cl = NULL;
+    ex = EX_SOFTWARE;
+  }
+  if (ex != 0) {
+    if (s->res)
+      tern_resolver_free(s->res);
+    s->res = NULL;
+    uv_run(&s->loop, UV_RUN_DEFAULT); /* the resolver's handles close */
     uv_loop_close(&s->loop);
-    return EX_SOFTWARE;
+    return ex;
   }
   uv_run(&s->loop, UV_RUN_DEFAULT);
   ex = conclude(s);
   if (s->closed) {
     tern_client_free(s->cl);
     s->cl = NULL;
+  }
+  if (s->res) {
+    tern_resolver_free(s->res);
+    s->res = NULL;
+    uv_run(&s->loop, UV_RUN_DEFAULT); /* its handles close */
   }
   if (uv_loop_close(&s->loop) != 0 && s->o.verbose)
     fprintf(stderr, "%s: event loop not empty at exit\n", s->o.prog);

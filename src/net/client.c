@@ -49,8 +49,10 @@
 #include <unistd.h>
 
 #include "tern/net.h"
+#include "tern/resolve.h"
 
 #include "auth.h"
+#include "mx.h"
 #include "stream.h"
 #include "tls.h"
 #include "url.h"
@@ -128,6 +130,33 @@ struct tern_client {
   char last_reply[300];
   int err_code;
   char err[512];
+
+  /* "mx:DOMAIN" (mx.c has the plan; see "mx: attempts" below) */
+  bool is_mx;
+  struct tern_resolver *own_res;  /* made here when options.resolver is
+                                     NULL; freed with the client */
+  struct tern__mx *mx;
+  const struct tern__mx_target *tgt; /* the current attempt's */
+  bool next_pending;  /* this attempt failed: the next once out of the
+                         session's callbacks */
+  bool why_recorded;  /* the plan was told why it failed */
+  bool verify_failed; /* the failure is the certificate's, not TLS's */
+  bool quit_first;    /* the session is sound: say QUIT before leaving */
+
+  /* bind_addr / bind_addr6 */
+  bool has_bind4, has_bind6;
+  struct sockaddr_in bind4;
+  struct sockaddr_in6 bind6;
+
+  /* tern_client_conn_info(), tern_client_failure_reply() */
+  struct tern_client_conn_info info;
+  char info_host[256];
+  char info_addr[64];
+  char info_pf[600];
+  bool has_failure;
+  struct tern_reply failure;
+  char fail_enh[16];
+  char fail_text[640];
 };
 
 static void pump(struct tern_client *cl);
@@ -137,6 +166,11 @@ static void fail(struct tern_client *cl, int code, const char *fmt, ...)
 static void restart_timer(struct tern_client *cl);
 static void maybe_done(struct tern_client *cl);
 static void on_attempt_closed(uv_handle_t *h);
+static void attempt_fail(struct tern_client *cl, enum tern__mx_fail why,
+                         bool handshake);
+static void attempt_close(struct tern_client *cl);
+static void attempt_reset(struct tern_client *cl);
+static void mx_advance(struct tern_client *cl);
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -176,6 +210,19 @@ static void fail(struct tern_client *cl, int code, const char *fmt, ...) {
   va_start(ap, fmt);
   set_err(cl, code, fmt, ap);
   va_end(ap);
+  if (cl->is_mx && !cl->reported && cl->state == CS_SESSION &&
+      code != TERN_ENOMEM) {
+    /* this host failed before the session was ready: try the next */
+    bool handshake = cl->st.tls && !cl->st.tls_ready;
+    enum tern__mx_fail why = TERN__MXF_CONNECT;
+    if (code == TERN_ETLS || handshake)
+      why = TERN__MXF_TLS;
+    else if (code == TERN_EPROTO)
+      why = TERN__MXF_GREETING;
+    attempt_fail(cl, why,
+                 handshake || (code == TERN_ETLS && !cl->verify_failed));
+    return;
+  }
   report(cl, code);
   cl_close(cl);
 }
@@ -208,11 +255,19 @@ static long c_feed(void *arg, const char *p, size_t n) {
 }
 
 /* The handshake is done: the certificate verdict, then SMTP goes on. */
+static void mx_tls_ready(struct tern_client *cl);
+
 static void c_tls_ready(void *arg) {
   struct tern_client *cl = arg;
   const char *why = NULL;
   bool ok = tern__tls_verify_result(cl->st.tls, &why);
   bool go = true;
+  cl->info.tls_version = tern__tls_version(cl->st.tls);
+  cl->info.tls_cipher = tern__tls_cipher(cl->st.tls);
+  if (cl->is_mx) {
+    mx_tls_ready(cl);
+    return;
+  }
   if (cl->opt.tls_verify) {
     if (cl->opt.verify)
       go = cl->opt.verify(cl, ok, ok ? NULL : why, cl->opt.ud);
@@ -224,6 +279,7 @@ static void c_tls_ready(void *arg) {
     return;
   }
   cl->tls_trusted = cl->opt.tls_verify;
+  cl->info.verified = cl->opt.tls_verify && ok ? "ca" : NULL;
   if (cl->url.scheme != TERN__SMTPS)
     tern_client_session_tls_started(cl->s); /* EHLO again */
 }
@@ -234,6 +290,8 @@ static void c_written(void *arg, int status) {
     maybe_done(cl);
     return;
   }
+  if (cl->state != CS_SESSION)
+    return; /* an mx: attempt being closed (its writes are cancelled) */
   if (status < 0) {
     fail(cl, TERN_ECLOSED, "write to %s: %s", cl->peer, uv_strerror(status));
     return;
@@ -307,6 +365,15 @@ static int tls_start(struct tern_client *cl) {
     fail(cl, TERN_ETLS, "TLS: cannot start (%s)", tern_strerror(rc));
     return rc;
   }
+  if (cl->is_mx && cl->tgt && cl->tgt->tls == TERN__MXT_DANE &&
+      (rc = tern__tls_client_dane(t, cl->tgt->host, cl->tgt->tlsa,
+                                  cl->tgt->ntlsa)) != 0) {
+    tern__tls_free(t);
+    cl->verify_failed = true;
+    fail(cl, TERN_ETLS, "TLS: no usable TLSA record for %s",
+         cl->tgt->host);
+    return TERN_ETLS;
+  }
   return tern__stream_tls_begin(&cl->st, t, true);
 }
 
@@ -359,7 +426,9 @@ static void restart_timer(struct tern_client *cl) {
   enum cl_timer m = TM_NONE;
   if (!cl->timer_open || cl->state >= CS_CLOSING)
     return;
-  if (cl->state == CS_RESOLVING || cl->state == CS_CONNECTING) {
+  if (cl->state == CS_RESOLVING && cl->is_mx) {
+    m = TM_NONE; /* the resolver bounds its own queries */
+  } else if (cl->state == CS_RESOLVING || cl->state == CS_CONNECTING) {
     m = TM_CONNECT;
     ms = ms_or(cl->opt.connect_timeout_ms, DEF_CONNECT_MS);
   } else if (cl->state == CS_SESSION && cl->s) {
@@ -499,6 +568,10 @@ static void pump(struct tern_client *cl) {
   if (!tern__stream_pump_begin(&cl->st))
     return;
   while (tern__stream_pump_turn(&cl->st)) {
+    if (cl->next_pending && !cl->in_cb && cl->state == CS_SESSION) {
+      attempt_close(cl);
+      break;
+    }
     if (cl->close_pending && !cl->in_cb) {
       cl->close_pending = false;
       cl_close(cl);
@@ -529,6 +602,8 @@ static void pump(struct tern_client *cl) {
       break;
     }
   }
+  if (cl->next_pending && !cl->in_cb && cl->state == CS_SESSION)
+    attempt_close(cl);
   if (cl->close_pending && !cl->in_cb) {
     cl->close_pending = false;
     cl_close(cl);
@@ -618,6 +693,24 @@ static void w_on_ready(struct tern_client_session *c, void *ud) {
   if (cl)
     cl->in_cb++;
   bool first = cl && !cl->ready;
+  if (first && cl->is_mx && cl->tgt && !cl->next_pending) {
+    unsigned caps = tern_client_session_caps(c);
+    if (cl->tgt->need_requiretls && !(caps & TERN_EXT_REQUIRETLS)) {
+      /* RFC 8689 §4.2.1: QUIT and try another MX */
+      set_errf(cl, TERN_ETLS, "%s does not offer REQUIRETLS", cl->peer);
+      cl->quit_first = tern_client_session_quit(c) == 0;
+      attempt_fail(cl, TERN__MXF_REQTLS, false);
+    } else if (cl->tgt->sts_testing && !cl->st.tls && !cl->info_pf[0]) {
+      snprintf(cl->info_pf, sizeof cl->info_pf, "%s",
+               cl->tgt->clear ? "TLS handshake failed; sent in the clear"
+                              : "STARTTLS not offered");
+      cl->info.policy_failure = cl->info_pf;
+    }
+  }
+  if (cl && cl->next_pending) {
+    cl->in_cb--;
+    return; /* this host will not do: not ready, the next is tried */
+  }
   if (cl) {
     cl->ready = true;
     cl->in_data = false;
@@ -697,6 +790,26 @@ static void w_on_error(struct tern_client_session *c, int err,
       }
     }
   }
+  if (cl && cl->is_mx && !cl->reported && !cl->ready &&
+      cl->state == CS_SESSION && err != TERN_ENOMEM) {
+    /* before the session was ready: this host, not the connect, failed */
+    enum tern__mx_fail why = TERN__MXF_GREETING;
+    bool clear_ok = false;
+    if (err == TERN_ETLS) {
+      why = !r && cl->tgt && cl->tgt->need_requiretls ? TERN__MXF_REQTLS
+                                                       : TERN__MXF_TLS;
+      clear_ok = r != NULL; /* STARTTLS refused */
+    } else if (err == TERN_ECLOSED && !r) {
+      why = TERN__MXF_CONNECT;
+    }
+    if (cl->st.tls && !cl->st.tls_ready) { /* ended in the handshake */
+      why = TERN__MXF_TLS;
+      clear_ok = true;
+    }
+    attempt_fail(cl, why, clear_ok);
+    cl->in_cb--;
+    return;
+  }
   if (cl && cl->app.on_error)
     cl->app.on_error(c, err, r, ud);
   if (cl && !cl->reported)
@@ -740,6 +853,25 @@ static void start_session(struct tern_client *cl) {
   if (cl->url.scheme == TERN__LMTP)
     cfg.lmtp = true;
   cfg.starttls = cl->starttls;
+  if (cl->is_mx && cl->tgt) {
+    switch (cl->tgt->tls) {
+    case TERN__MXT_NONE:
+      cfg.starttls = TERN_STARTTLS_OFF;
+      break;
+    case TERN__MXT_MAY:
+      cfg.starttls = TERN_STARTTLS_OPPORTUNISTIC;
+      break;
+    case TERN__MXT_STS:
+      cfg.starttls = cl->tgt->sts_testing ? TERN_STARTTLS_OPPORTUNISTIC
+                                          : TERN_STARTTLS_REQUIRED;
+      break;
+    default: /* ENCRYPT, VERIFY, DANE: never in the clear */
+      cfg.starttls = TERN_STARTTLS_REQUIRED;
+      break;
+    }
+    if (cl->tgt->clear) /* MAY's retry after a failed handshake */
+      cfg.starttls = TERN_STARTTLS_OFF;
+  }
   if (cl->url.scheme == TERN__SMTPS) {
     cfg.tls_active = true;
     cfg.starttls = TERN_STARTTLS_OFF;
@@ -807,36 +939,72 @@ static void on_attempt_closed(uv_handle_t *h) {
     maybe_done(cl);
     return;
   }
+  if (cl->is_mx) {
+    if (!cl->why_recorded) { /* the connect itself failed */
+      char t[1100];
+      snprintf(t, sizeof t, "%s[%s]: %s", cl->info_host, cl->info_addr,
+               cl->err);
+      tern__mx_failed(cl->mx, TERN__MXF_CONNECT, t);
+    }
+    attempt_reset(cl);
+    mx_advance(cl);
+    return;
+  }
   if (cl->ai_cur)
     cl->ai_cur = cl->ai_cur->ai_next;
   try_next(cl);
 }
 
-static void try_next(struct tern_client *cl) {
-  while (cl->ai_cur) {
-    struct addrinfo *ai = cl->ai_cur;
-    char host[64] = "?";
-    unsigned port = 0;
-    if (ai->ai_family == AF_INET) {
-      uv_ip4_name((struct sockaddr_in *)ai->ai_addr, host, sizeof host);
-      port = ntohs(((struct sockaddr_in *)ai->ai_addr)->sin_port);
-      snprintf(cl->peer, sizeof cl->peer, "%s:%u", host, port);
-    } else if (ai->ai_family == AF_INET6) {
-      uv_ip6_name((struct sockaddr_in6 *)ai->ai_addr, host, sizeof host);
-      port = ntohs(((struct sockaddr_in6 *)ai->ai_addr)->sin6_port);
-      snprintf(cl->peer, sizeof cl->peer, "[%s]:%u", host, port);
-    } else {
-      cl->ai_cur = ai->ai_next;
-      continue;
-    }
-    if (uv_tcp_init(cl->loop, &cl->st.h.tcp) != 0) {
-      fail(cl, TERN_ECONNECT, "connect %s: cannot create a socket", cl->peer);
-      return;
-    }
-    cl->st.h.handle.data = &cl->st;
-    cl->h_open = true;
-    cl->creq.data = cl;
-    int r = uv_tcp_connect(&cl->creq, &cl->st.h.tcp, ai->ai_addr, on_tcp_connect);
+/* Connect to `sa` (the host `host`), from the bind address of its
+ * family; a failure goes on at on_attempt_closed. */
+static void connect_addr(struct tern_client *cl, const struct sockaddr *sa,
+                         const char *host) {
+  char a[64] = "?";
+  unsigned port = 0;
+  if (sa->sa_family == AF_INET) {
+    uv_ip4_name((const struct sockaddr_in *)sa, a, sizeof a);
+    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    snprintf(cl->peer, sizeof cl->peer, "%s:%u", a, port);
+  } else {
+    uv_ip6_name((const struct sockaddr_in6 *)sa, a, sizeof a);
+    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    snprintf(cl->peer, sizeof cl->peer, "[%s]:%u", a, port);
+  }
+  cl->attempt++;
+  snprintf(cl->info_host, sizeof cl->info_host, "%s", host);
+  snprintf(cl->info_addr, sizeof cl->info_addr, "%s", a);
+  memset(&cl->info, 0, sizeof cl->info);
+  cl->info.host = cl->info_host;
+  cl->info.addr = cl->info_addr;
+  cl->info.port = port;
+  cl->info.hosts_tried = cl->attempt;
+  if (cl->is_mx && cl->tgt) {
+    cl->info.policy = cl->tgt->policy;
+    cl->info.hosts_tried = cl->tgt->tried;
+    if (!cl->tgt->clear) /* the clear retry keeps the handshake's */
+      snprintf(cl->info_pf, sizeof cl->info_pf, "%s",
+               cl->tgt->policy_failure ? cl->tgt->policy_failure : "");
+    cl->info.policy_failure = cl->info_pf[0] ? cl->info_pf : NULL;
+  }
+  if (uv_tcp_init(cl->loop, &cl->st.h.tcp) != 0) {
+    fail(cl, TERN_ECONNECT, "connect %s: cannot create a socket", cl->peer);
+    return;
+  }
+  cl->st.h.handle.data = &cl->st;
+  cl->h_open = true;
+  cl->creq.data = cl;
+  const struct sockaddr *b = NULL;
+  if (sa->sa_family == AF_INET && cl->has_bind4)
+    b = (const struct sockaddr *)&cl->bind4;
+  else if (sa->sa_family == AF_INET6 && cl->has_bind6)
+    b = (const struct sockaddr *)&cl->bind6;
+  int r = b ? uv_tcp_bind(&cl->st.h.tcp, b, 0) : 0;
+  if (r != 0) {
+    set_errf(cl, TERN_ECONNECT, "connect %s: bind to %s: %s", cl->peer,
+             sa->sa_family == AF_INET ? cl->opt.bind_addr : cl->opt.bind_addr6,
+             uv_strerror(r));
+  } else {
+    r = uv_tcp_connect(&cl->creq, &cl->st.h.tcp, sa, on_tcp_connect);
     if (r == 0) {
       cl->creq_pending = true;
       cl->pending_cb++;
@@ -845,9 +1013,20 @@ static void try_next(struct tern_client *cl) {
       return;
     }
     set_errf(cl, TERN_ECONNECT, "connect %s: %s", cl->peer, uv_strerror(r));
-    cl->h_open = false;
-    cl->pending_cb++;
-    uv_close(&cl->st.h.handle, on_attempt_closed);
+  }
+  cl->h_open = false;
+  cl->pending_cb++;
+  uv_close(&cl->st.h.handle, on_attempt_closed);
+}
+
+static void try_next(struct tern_client *cl) {
+  while (cl->ai_cur) {
+    struct addrinfo *ai = cl->ai_cur;
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) {
+      cl->ai_cur = ai->ai_next;
+      continue;
+    }
+    connect_addr(cl, ai->ai_addr, cl->url.host);
     return;
   }
   fail(cl, cl->err_code ? cl->err_code : TERN_ECONNECT, "%s",
@@ -875,6 +1054,145 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
   cl->ai_list = cl->ai_cur = res;
   cl->state = CS_CONNECTING;
   try_next(cl);
+}
+
+/* ---- mx: attempts --------------------------------------------------------------
+ *
+ * An "mx:DOMAIN" client makes one connection after another until one is
+ * ready: the plan (mx.c) gives an address and its TLS; any failure
+ * before the session is ready (connect, greeting, EHLO, STARTTLS, the
+ * handshake, the certificate, REQUIRETLS not offered) is told to the
+ * plan, the attempt's handle is closed, the session and stream are made
+ * anew, and the plan gives the next address. on_connect is called once:
+ * when a session is ready, or when no address is left (with
+ * tern_client_failure_reply() set from the plan). After that the
+ * client behaves as for any URL.
+ */
+
+static void set_failure(struct tern_client *cl, int code, const char *enh,
+                        const char *text) {
+  cl->has_failure = true;
+  snprintf(cl->fail_enh, sizeof cl->fail_enh, "%s", enh ? enh : "");
+  snprintf(cl->fail_text, sizeof cl->fail_text, "%s", text ? text : "");
+  cl->failure.code = code;
+  cl->failure.enhanced = cl->fail_enh[0] ? cl->fail_enh : NULL;
+  cl->failure.text = cl->fail_text;
+}
+
+/* The current attempt failed (cl->err says how): tell the plan, then
+ * close it, from outside the session's callbacks. `handshake`: TLS did
+ * not come up (MAY and MTA-STS testing go on in the clear once). */
+static void attempt_fail(struct tern_client *cl, enum tern__mx_fail why,
+                         bool handshake) {
+  if (cl->next_pending || cl->why_recorded)
+    return;
+  char t[1100];
+  snprintf(t, sizeof t, "%s[%s]: %s", cl->info_host, cl->info_addr, cl->err);
+  if (handshake && tern__mx_retry_clear(cl->mx, t)) {
+    if (cl->tgt && cl->tgt->sts_testing)
+      snprintf(cl->info_pf, sizeof cl->info_pf, "TLS failed: %s", cl->err);
+  } else {
+    tern__mx_failed(cl->mx, why, t);
+  }
+  cl->why_recorded = true;
+  cl->next_pending = true;
+  if (cl->in_cb || cl->st.in_pump) {
+    tern__stream_pump_more(&cl->st);
+    return;
+  }
+  attempt_close(cl);
+}
+
+static void attempt_close(struct tern_client *cl) {
+  cl->next_pending = false;
+  if (cl->quit_first) { /* best effort: what goes out now, no waiting */
+    cl->quit_first = false;
+    tern__stream_flush(&cl->st);
+  }
+  tern__stream_stop(&cl->st);
+  cl->state = CS_CONNECTING;
+  cl->tmode = TM_NONE;
+  if (cl->timer_open)
+    uv_timer_stop(&cl->timer);
+  if (cl->h_open) {
+    cl->h_open = false;
+    cl->pending_cb++;
+    uv_close(&cl->st.h.handle, on_attempt_closed);
+  }
+}
+
+/* The attempt's handle is closed: a fresh session and stream. */
+static void attempt_reset(struct tern_client *cl) {
+  if (cl->s) {
+    tern_client_session_set_notify(cl->s, NULL, NULL);
+    tern_client_session_free(cl->s);
+    cl->s = NULL;
+  }
+  tern__stream_free(&cl->st);
+  tern__stream_init(&cl->st, &client_ops, cl, cl->sc);
+  tern__client_auth_end(&cl->auth);
+  cl->ready = cl->in_data = cl->tls_trusted = cl->quit_asked = false;
+  cl->why_recorded = cl->verify_failed = cl->next_pending = false;
+  cl->close_pending = false;
+  cl->last_reply[0] = '\0';
+  cl->last_cmd = TERN_CMD_GREETING;
+}
+
+static void mx_give_up(struct tern_client *cl) {
+  struct tern_reply r;
+  tern__mx_failure(cl->mx, &r);
+  set_failure(cl, r.code, r.enhanced, r.text);
+  const char *e = r.enhanced ? r.enhanced : "";
+  int code = TERN_ECONNECT;
+  if (!strcmp(e, "4.4.3") || !strncmp(e, "5.1.", 4))
+    code = TERN_ERESOLVE;
+  else if (!strncmp(e + 1, ".7.", 3))
+    code = TERN_ETLS;
+  else if (!strcmp(e, "4.4.2"))
+    code = TERN_EPROTO;
+  fail(cl, code, "%s", r.text);
+}
+
+static void mx_advance(struct tern_client *cl) {
+  const struct tern__mx_target *t = NULL;
+  int r = tern__mx_next(cl->mx, &t);
+  if (r == 0) {
+    cl->state = CS_RESOLVING;
+    return; /* lookups: on_plan follows */
+  }
+  if (r < 0) {
+    mx_give_up(cl);
+    return;
+  }
+  cl->tgt = t;
+  cl->server_name = t->host;
+  cl->state = CS_CONNECTING;
+  connect_addr(cl, (const struct sockaddr *)&t->addr, t->host);
+}
+
+static void on_plan(void *arg) {
+  struct tern_client *cl = arg;
+  if (cl->state == CS_RESOLVING)
+    mx_advance(cl);
+}
+
+/* TLS is up with an MX host: the policy's verdict on its certificate. */
+static void mx_tls_ready(struct tern_client *cl) {
+  const char *v = NULL;
+  char why[300];
+  int r = tern__mx_tls_verdict(cl->tgt, cl->st.tls, &v, why, sizeof why);
+  if (r < 0) { /* RFC 7672 §2.2, RFC 8461 §5: no plaintext fallback */
+    cl->verify_failed = true;
+    fail(cl, TERN_ETLS, "TLS: %s", why);
+    return;
+  }
+  if (r > 0) { /* MTA-STS testing: reported, not fatal */
+    snprintf(cl->info_pf, sizeof cl->info_pf, "%s", why);
+    cl->info.policy_failure = cl->info_pf;
+  }
+  cl->info.verified = v;
+  cl->tls_trusted = v != NULL;
+  tern_client_session_tls_started(cl->s); /* EHLO again */
 }
 
 /* ---- close and free ----------------------------------------------------------- */
@@ -917,6 +1235,7 @@ static void cl_close(struct tern_client *cl) {
     tern_client_session_eof(cl->s); /* a message in progress ends */
   cl->state = CS_CLOSING;
   tern__stream_stop(&cl->st);
+  tern__mx_cancel(cl->mx); /* no plan callback after this */
   if (cl->gai_pending)
     uv_cancel((uv_req_t *)&cl->gai);
   if (cl->fs_busy)
@@ -981,6 +1300,8 @@ static int copy_options(struct tern_client *cl,
   cl->opt.auth_authzid = dup_opt(cl, &k, cl->opt.auth_authzid, &oom);
   cl->opt.auth_mechanisms = dup_opt(cl, &k, cl->opt.auth_mechanisms, &oom);
   cl->cfg.ehlo_name = dup_opt(cl, &k, cl->cfg.ehlo_name, &oom);
+  cl->opt.bind_addr = dup_opt(cl, &k, cl->opt.bind_addr, &oom);
+  cl->opt.bind_addr6 = dup_opt(cl, &k, cl->opt.bind_addr6, &oom);
   cl->auth.p.user = cl->opt.auth_user;
   cl->auth.p.password = cl->opt.auth_password;
   cl->auth.p.token = cl->opt.auth_token;
@@ -998,6 +1319,29 @@ static int client_setup(struct tern_client *cl,
   int rc = copy_options(cl, o);
   if (rc)
     return rc;
+  if (cl->opt.tls_policy < TERN_TLS_POLICY_AUTO ||
+      cl->opt.tls_policy > TERN_TLS_POLICY_DANE || cl->opt.mx_port > 65535)
+    return TERN_EINVAL;
+  if (cl->opt.bind_addr) {
+    if (uv_ip4_addr(cl->opt.bind_addr, 0, &cl->bind4) != 0)
+      return TERN_EINVAL;
+    cl->has_bind4 = true;
+  }
+  if (cl->opt.bind_addr6) {
+    if (uv_ip6_addr(cl->opt.bind_addr6, 0, &cl->bind6) != 0)
+      return TERN_EINVAL;
+    cl->has_bind6 = true;
+  }
+  if (cl->opt.url && !strncmp(cl->opt.url, "mx:", 3)) {
+    if (tern__mx_domain(cl->opt.url + 3, cl->url.host, sizeof cl->url.host) != 0)
+      return TERN_EINVAL;
+    cl->is_mx = true;
+    cl->url.scheme = TERN__SMTP;
+    cl->url.port = cl->opt.mx_port ? (int)cl->opt.mx_port : 25;
+    snprintf(cl->peer, sizeof cl->peer, "%s", cl->opt.url);
+    cl->starttls = TERN_STARTTLS_OPPORTUNISTIC; /* the policy decides */
+    return 0; /* CA files: when TLS first starts (VERIFY, MTA-STS) */
+  }
   if (!cl->opt.url || tern__url_parse(cl->opt.url, &cl->url) != 0 ||
       (!cl->url.is_unix && !strcmp(cl->url.host, "*")))
     return TERN_EINVAL;
@@ -1047,6 +1391,38 @@ int tern_client_new(struct tern_client **out, uv_loop_t *loop,
   return 0;
 }
 
+/* Start an mx: client: the resolver (our own when none was given), the
+ * plan, its lookups. */
+static void mx_connect(struct tern_client *cl) {
+  struct tern_resolver *r = cl->opt.resolver;
+  int rc = 0;
+  cl->state = CS_RESOLVING;
+  if (!r) {
+    struct tern_resolver_options ro;
+    tern_resolver_options_init(&ro);
+    rc = tern_resolver_new(&cl->own_res, cl->loop, &ro);
+    if (rc) {
+      char t[400];
+      snprintf(t, sizeof t, "cannot make a resolver: %s",
+               tern_resolver_last_error(NULL));
+      set_failure(cl, 451, "4.4.3", t);
+      fail(cl, TERN_ERESOLVE, "%s", t);
+      return;
+    }
+    r = cl->own_res;
+  }
+  rc = tern__mx_new(&cl->mx, r, cl->url.host, cl->opt.tls_policy,
+                    cl->opt.require_verified_tls, (unsigned)cl->url.port,
+                    on_plan, cl);
+  if (rc) {
+    set_failure(cl, 451, "4.3.0", "out of memory");
+    fail(cl, rc, "out of memory");
+    return;
+  }
+  if (tern__mx_start(cl->mx) != 0)
+    mx_give_up(cl);
+}
+
 int tern_client_connect(struct tern_client *cl) {
   if (!cl || cl->state != CS_NEW)
     return TERN_ESTATE;
@@ -1054,8 +1430,15 @@ int tern_client_connect(struct tern_client *cl) {
     return TERN_EIO;
   cl->timer.data = cl;
   cl->timer_open = true;
+  if (cl->is_mx) {
+    mx_connect(cl);
+    return 0;
+  }
   if (cl->url.is_unix) {
     snprintf(cl->peer, sizeof cl->peer, "%s", cl->url.path);
+    snprintf(cl->info_host, sizeof cl->info_host, "%s", cl->url.path);
+    cl->info.host = cl->info_host;
+    cl->info.hosts_tried = 1;
     if (uv_pipe_init(cl->loop, &cl->st.h.pipe, 0) != 0) {
       cl->state = CS_CONNECTING;
       fail(cl, TERN_ECONNECT, "connect %s: cannot create a socket", cl->peer);
@@ -1152,6 +1535,9 @@ void tern_client_free(struct tern_client *cl) {
   tern__tls_client_ctx_release(cl->tls_ctx);
   if (cl->ai_list)
     uv_freeaddrinfo(cl->ai_list);
+  tern__mx_free(cl->mx);
+  if (cl->own_res)
+    tern_resolver_free(cl->own_res);
   free(cl->fbuf);
   for (size_t i = 0; i < sizeof cl->strs / sizeof cl->strs[0]; i++) {
     if (cl->strs[i]) {
@@ -1175,4 +1561,34 @@ const char *tern_client_tls_version(const struct tern_client *cl) {
 
 void *tern_client_userdata(const struct tern_client *cl) {
   return cl ? cl->opt.ud : NULL;
+}
+
+const struct tern_client_conn_info *
+tern_client_conn_info(const struct tern_client *cl) {
+  return cl ? &cl->info : NULL;
+}
+
+/* The reply for a failed connect to a URL naming one host. */
+static void plain_failure(struct tern_client *cl) {
+  int code;
+  const char *enh = tern__mx_error_reply(cl->err_code, cl->s != NULL, &code);
+  set_failure(cl, code, enh, cl->err[0] ? cl->err : "connection failed");
+}
+
+bool tern_client_failure_reply(const struct tern_client *cl,
+                               struct tern_reply *out) {
+  struct tern_client *c = (struct tern_client *)cl; /* its own buffers */
+  if (!cl || !out)
+    return false;
+  if (!c->has_failure) {
+    if (!c->err_code) {
+      out->code = 0;
+      out->enhanced = NULL;
+      out->text = "";
+      return false;
+    }
+    plain_failure(c);
+  }
+  *out = c->failure;
+  return c->failure.code >= 500;
 }

@@ -60,6 +60,9 @@ struct send_op {
   int error;
   char error_text[512];
   char tls[32];
+  bool mx;                  /* an "mx:" URL */
+  struct kept_reply conn;   /* mx: what the failed connect means for the
+                               sender (tern_client_failure_reply) */
 };
 
 /* ---- replies ----------------------------------------------------------------- */
@@ -221,6 +224,16 @@ static void on_connect(struct tern_client *cl, int status, void *ud) {
   struct send_op *op = ud;
   if (status < 0) {
     note_error(op, status, tern_client_last_error(cl));
+    struct tern_reply fr;
+    if (op->mx) {
+      (void)tern_client_failure_reply(cl, &fr);
+      op->conn.code = fr.code;
+      op->conn.local = true;
+      snprintf(op->conn.enhanced, sizeof op->conn.enhanced, "%s",
+               fr.enhanced ? fr.enhanced : "");
+      free(op->conn.text);
+      op->conn.text = strdup(fr.text ? fr.text : "");
+    }
     return;
   }
   const char *v = tern_client_tls_version(cl);
@@ -239,6 +252,7 @@ static void op_free(struct send_op *op) {
     }
   }
   free(op->mail.text);
+  free(op->conn.text);
   free(op->data.text);
   free(op->end.text);
   free(op->trcpt);
@@ -292,6 +306,8 @@ static void finish(struct send_op *op) {
   } else if (!op->done) {
     note_error(op, TERN_ECLOSED, "the connection ended before the message "
                                  "was sent");
+    if (op->conn.code)
+      final = &op->conn; /* mx: the reply for the sender (local) */
   } else {
     op->error = 0; /* the server answered: what failed after is no matter */
     op->error_text[0] = '\0';
@@ -429,6 +445,17 @@ static int start_client(struct send_op *op, uv_loop_t *loop, const char *url,
   co.data_timeout_ms = o->timeout_ms;
   co.on_connect = on_connect;
   co.on_close = on_close;
+  op->mx = !strncmp(url, "mx:", 3);
+  co.resolver = o->resolver;
+  co.tls_policy = o->tls_policy;
+  if (o->requiretls) {
+    /* RFC 8689: the message leaves only over verified TLS */
+    op->msg.requiretls = true;
+    co.require_verified_tls = true;
+    co.tls_verify = true;
+    if (!op->mx && strncmp(url, "smtps:", 6))
+      cc.starttls = TERN_STARTTLS_REQUIRED;
+  }
   op->msg.body = o->body;
   op->lmtp = !strncmp(url, "lmtp:", 5);
   int rc = tern_client_new(&op->cl, loop, &co);

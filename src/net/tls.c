@@ -691,6 +691,12 @@ int tern__tls_client_ctx_new(struct tern__tls_client_ctx **out,
   SSL_CTX_set_options(c->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL); /* see above */
+  /* DANE is enabled on the context so that any connection may use it
+   * (tern__tls_client_dane()); connections that do not stay PKIX. */
+  if (SSL_CTX_dane_enable(c->ctx) <= 0) {
+    set_err(err, errcap, NULL, "cannot enable DANE");
+    goto fail;
+  }
   if (ca_file != NULL || ca_dir != NULL) {
     if (SSL_CTX_load_verify_locations(c->ctx, ca_file, ca_dir) != 1) {
       set_err(err, errcap, ca_file != NULL ? ca_file : ca_dir,
@@ -811,6 +817,43 @@ bool tern__tls_verify_result(const struct tern__tls *t, const char **why) {
   if (why != NULL)
     *why = res == X509_V_OK ? "ok" : X509_verify_cert_error_string(res);
   return res == X509_V_OK;
+}
+
+int tern__tls_client_dane(struct tern__tls *t, const char *base,
+                          const struct tern_tlsa *recs, size_t n) {
+  size_t usable = 0;
+
+  ERR_clear_error();
+  /* Sets SNI (when not set yet) and adds `base` to the names a DANE-TA
+   * certificate may carry; the name given to tern__tls_client_new() (the
+   * MX host) stays acceptable too (RFC 7672 §3.2.2). */
+  if (SSL_dane_enable(t->ssl, base) <= 0) {
+    ERR_clear_error();
+    return TERN_ETLS;
+  }
+  /* RFC 7672 §3.1.1: DANE-EE(3) matches the key alone; no name check */
+  SSL_dane_set_flags(t->ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+  for (size_t i = 0; i < n; i++) {
+    const struct tern_tlsa *r = &recs[i];
+    if (r->usage != 2 && r->usage != 3)
+      continue; /* PKIX-TA/EE are not for SMTP (RFC 7672 §3.1.3) */
+    if (SSL_dane_tlsa_add(t->ssl, r->usage, r->selector, r->mtype,
+                          r->data, r->len) > 0)
+      usable++;
+  }
+  ERR_clear_error();
+  return usable ? 0 : TERN_EINVAL;
+}
+
+const char *tern__tls_dane_match(const struct tern__tls *t) {
+  uint8_t usage = 0, sel = 0, mtype = 0;
+  const unsigned char *data = NULL;
+  size_t len = 0;
+  if (!SSL_is_init_finished(t->ssl) ||
+      SSL_get_verify_result(t->ssl) != X509_V_OK ||
+      SSL_get0_dane_tlsa(t->ssl, &usage, &sel, &mtype, &data, &len) < 0)
+    return NULL;
+  return usage == 3 ? "dane-ee" : usage == 2 ? "dane-ta" : NULL;
 }
 
 /*

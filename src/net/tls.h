@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #include "tern/net.h"
+#include "tern/resolve.h"
 
 /* Certificates for a server: the first is the default, the others are
  * chosen by SNI (by the DNS names / CN they carry). Shared by all worker
@@ -109,5 +110,17 @@ int tern__tls_client_new(struct tern__tls **out,
  * gets OpenSSL's reason ("self-signed certificate", "hostname
  * mismatch", ...; "ok" when verified), static text. */
 bool tern__tls_verify_result(const struct tern__tls *t, const char **why);
+
+/* DANE (RFC 7672) for this connection, before the handshake: the TLSA
+ * records `recs` (usages 2 and 3 are used, others ignored) of `base`
+ * (the TLSA base domain: the MX host name). The certificate then
+ * verifies only through them (see tern__tls_verify_result() and
+ * tern__tls_dane_match()). Returns 0, TERN_EINVAL (no usable record),
+ * TERN_ETLS. */
+int tern__tls_client_dane(struct tern__tls *t, const char *base,
+                          const struct tern_tlsa *recs, size_t n);
+/* After the handshake: "dane-ee" or "dane-ta" when a TLSA record
+ * matched, NULL otherwise (no DANE, or no match). */
+const char *tern__tls_dane_match(const struct tern__tls *t);
 
 #endif

@@ -10,9 +10,17 @@
  *                [--mechs "LIST"] [--insecure-auth]
  *                [--starttls-required] [--lmtp] [--ehlo NAME]
  *                [--no-pipelining] [--chunking] [--timeout-ms MS]
+ *                mx: URLs: [--resolver ADDR:PORT] [--trust-anchor F]
+ *                [--no-dnssec] [--no-mta-sts] [--mta-sts-ca F]
+ *                [--mta-sts-port N] [--tls-policy auto|none|may|encrypt|
+ *                verify|dane] [--mx-port N] [--requiretls]
+ *                any URL: [--bind ADDR] [--bind6 ADDR]
  *
  * Output (stdout), one line each:
  *   connect ok tls=VERSION|none        or   connect error NAME: TEXT
+ *   info host=H addr=A port=P tls=V cipher=C verified=X policy=P
+ *        tried=N [policy_failure=TEXT]   (tern_client_conn_info)
+ *   failure CODE ENH perm=0|1 TEXT      (after a connect error)
  *   rcpt I ADDR CODE [ENH] TEXT         RCPT replies (first 10 messages)
  *   data I ADDR CODE [ENH] TEXT         LMTP per-recipient data replies
  *   message N code=C local=0|1 accepted=A delivered=D
@@ -28,6 +36,7 @@
 #include <unistd.h>
 
 #include <tern/net.h>
+#include <tern/resolve.h>
 #include <tern/tern.h>
 
 #define MAX_RCPT 64
@@ -146,9 +155,29 @@ static void on_error(struct tern_client_session *c, int err,
          r ? r->code : 0);
 }
 
+static const char *or_dash(const char *s) { return s ? s : "-"; }
+
+static void print_info(struct tern_client *cl) {
+  const struct tern_client_conn_info *ci = tern_client_conn_info(cl);
+  printf("info host=%s addr=%s port=%u tls=%s cipher=%s verified=%s "
+         "policy=%s tried=%u%s%s\n",
+         or_dash(ci->host), or_dash(ci->addr), ci->port,
+         or_dash(ci->tls_version), or_dash(ci->tls_cipher),
+         or_dash(ci->verified), or_dash(ci->policy), ci->hosts_tried,
+         ci->policy_failure ? " policy_failure=" : "",
+         ci->policy_failure ? ci->policy_failure : "");
+}
+
 static void on_connect(struct tern_client *cl, int status, void *ud) {
   struct probe *p = ud;
   p->connect_status = status;
+  print_info(cl);
+  if (status < 0) {
+    struct tern_reply r;
+    bool perm = tern_client_failure_reply(cl, &r);
+    printf("failure %d %s perm=%d %s\n", r.code, or_dash(r.enhanced),
+           perm ? 1 : 0, r.text ? r.text : "");
+  }
   if (status == 0) {
     const char *v = tern_client_tls_version(cl);
     p->connected = true;
@@ -167,6 +196,10 @@ static void on_close(struct tern_client *cl, void *ud) {
 
 int main(int argc, char **argv) {
   struct probe p = {.count = 1, .fd = -1};
+  struct tern_resolver_options ro;
+  struct tern_resolver *res = NULL;
+  bool want_res = false;
+  tern_resolver_options_init(&ro);
   struct tern_client_options o;
   struct tern_client_callbacks cb;
   const char *data = NULL;
@@ -243,6 +276,35 @@ int main(int argc, char **argv) {
         p.rcpts[k].orcpt = v;
     } else if (!strcmp(a, "--chunking"))
       cc.chunking = true;
+    else if (ARG("--resolver"))
+      ro.forward = argv[++i], want_res = true;
+    else if (ARG("--trust-anchor"))
+      ro.trust_anchor_file = argv[++i], want_res = true;
+    else if (!strcmp(a, "--no-dnssec"))
+      ro.dnssec = false, want_res = true;
+    else if (!strcmp(a, "--no-mta-sts"))
+      ro.mta_sts = false, want_res = true;
+    else if (ARG("--mta-sts-ca"))
+      ro.mta_sts_ca_file = argv[++i], want_res = true;
+    else if (ARG("--mta-sts-port"))
+      ro.mta_sts_port = (unsigned)strtoul(argv[++i], NULL, 10),
+      want_res = true;
+    else if (ARG("--tls-policy")) {
+      const char *v = argv[++i];
+      o.tls_policy = !strcmp(v, "none")      ? TERN_TLS_POLICY_NONE
+                     : !strcmp(v, "may")     ? TERN_TLS_POLICY_MAY
+                     : !strcmp(v, "encrypt") ? TERN_TLS_POLICY_ENCRYPT
+                     : !strcmp(v, "verify")  ? TERN_TLS_POLICY_VERIFY
+                     : !strcmp(v, "dane")    ? TERN_TLS_POLICY_DANE
+                                             : TERN_TLS_POLICY_AUTO;
+    } else if (ARG("--mx-port"))
+      o.mx_port = (unsigned)strtoul(argv[++i], NULL, 10);
+    else if (!strcmp(a, "--requiretls"))
+      o.require_verified_tls = p.opts.requiretls = true;
+    else if (ARG("--bind"))
+      o.bind_addr = argv[++i];
+    else if (ARG("--bind6"))
+      o.bind_addr6 = argv[++i];
     else if (ARG("--timeout-ms")) {
       unsigned ms = (unsigned)strtoul(argv[++i], NULL, 10);
       o.connect_timeout_ms = o.command_timeout_ms = o.data_timeout_ms = ms;
@@ -268,6 +330,14 @@ int main(int argc, char **argv) {
   o.on_close = on_close;
 
   uv_loop_init(&loop);
+  if (want_res) {
+    int r = tern_resolver_new(&res, &loop, &ro);
+    if (r) {
+      printf("connect error %s: cannot make the resolver\n", tern_err_name(r));
+      return 1;
+    }
+    o.resolver = res;
+  }
   int rc = tern_client_new(&p.cl, &loop, &o);
   if (rc) {
     printf("connect error %s: cannot create the client\n", tern_err_name(rc));
@@ -282,7 +352,12 @@ int main(int argc, char **argv) {
   }
   uv_run(&loop, UV_RUN_DEFAULT);
   tern_client_free(p.cl);
-  uv_loop_close(&loop);
+  if (res) {
+    tern_resolver_free(res);
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  if (uv_loop_close(&loop) != 0)
+    printf("loop not empty at exit\n");
   close(p.fd);
   printf("done messages=%lu complete=%lu\n", p.done, p.complete);
   return p.connected && p.done == p.count && p.complete == p.count ? 0 : 1;
