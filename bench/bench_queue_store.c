@@ -59,7 +59,7 @@ static void next(struct bench *b)
   qstore_new_id(b->s, m.id);
   void *data = malloc(b->size);
   memset(data, 'x', b->size);
-  qstore_commit(b->k, &m, data, b->size, done_cb, b, NULL, NULL, NULL);
+  qstore_commit(b->k, &m, data, b->size, NULL, 0, done_cb, b, NULL, NULL, NULL);
 }
 
 static double now_s(void)

@@ -97,6 +97,12 @@ void cfg_defaults(struct cfg *c) {
   c->queue_concurrency = 20;
   c->queue_max_active = 200;
   c->queue_fsync = true;
+  c->relay_verify = true;
+  c->out.dnssec = true;
+  c->out.mta_sts = true;
+  c->out.port = 25;
+  c->out.connect_timeout_ms = 30 * 1000;
+  c->out.timeout_ms = 5 * 60 * 1000;
 }
 
 int cfg_queue_control_path(const struct cfg *c, char *buf, size_t cap) {
@@ -108,10 +114,37 @@ int cfg_queue_control_path(const struct cfg *c, char *buf, size_t cap) {
   return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
+bool cfg_relay_is_mx(const struct cfg *c) {
+  return !c->relay_url && !c->relay_local &&
+         (c->relay_set || c->outbound_keys);
+}
+
+/* Can authenticated users send to domains that are not accepted? */
+static bool relays_authenticated(const struct cfg *c) {
+  return c->relay_authenticated && c->users_file != NULL && !c->accept_any;
+}
+
+bool cfg_uses_outbound(const struct cfg *c) {
+  if (c->target == CFG_MX)
+    return true;
+  for (size_t i = 0; i < c->nroutes; i++)
+    if (c->routes[i].kind != CFG_ROUTE_LOCAL)
+      return true;
+  if (!c->relay_url && !cfg_relay_is_mx(c))
+    return false;
+  /* users' mail to other domains, or the queue's bounces to senders
+   * elsewhere when the queue is on anyway (not through cfg_uses_queue,
+   * which asks this) */
+  bool forwards = c->target == CFG_LMTP || c->target == CFG_SMTP;
+  bool queued = c->queue == 1 || (c->queue < 0 && forwards);
+  return relays_authenticated(c) || queued;
+}
+
 bool cfg_uses_queue(const struct cfg *c) {
   if (c->queue >= 0)
     return c->queue != 0;
-  return c->target == CFG_LMTP || c->target == CFG_SMTP;
+  return c->target == CFG_LMTP || c->target == CFG_SMTP ||
+         cfg_uses_outbound(c);
 }
 
 void cfg_free(struct cfg *c) {
@@ -143,6 +176,34 @@ void cfg_free(struct cfg *c) {
   if (c->forward_auth_password) {
     explicit_bzero(c->forward_auth_password, strlen(c->forward_auth_password));
     free(c->forward_auth_password);
+  }
+  free(c->relay_url);
+  free(c->relay_auth_user);
+  free(c->relay_auth_password_file);
+  if (c->relay_auth_password) {
+    explicit_bzero(c->relay_auth_password, strlen(c->relay_auth_password));
+    free(c->relay_auth_password);
+  }
+  free(c->relay_ca_file);
+  for (size_t i = 0; i < c->nroutes; i++) {
+    free(c->routes[i].domain);
+    free(c->routes[i].url);
+  }
+  free(c->out.helo);
+  free(c->out.bind);
+  free(c->out.bind6);
+  free(c->out.resolver);
+  free(c->out.trust_anchor);
+  free(c->out.mta_sts_ca_file);
+  free(c->out.ca_file);
+  for (size_t i = 0; i < c->ntls_policies; i++)
+    free(c->tls_policies[i].domain);
+  for (size_t i = 0; i < c->ndkim; i++) {
+    free((char *)c->dkim[i].domain);
+    free((char *)c->dkim[i].selector);
+    free((char *)c->dkim[i].key_file);
+    free((char *)c->dkim[i].headers);
+    free(c->dkim_name[i]);
   }
   free(c->queue_dir);
   free(c->queue_postmaster);
@@ -289,6 +350,10 @@ const char *const cfg_section_names[] = {
     [SEC_DOMAINS] = "domains",
     [SEC_DELIVERY] = "delivery",
     [SEC_QUEUE] = "queue",
+    [SEC_ROUTES] = "routes",
+    [SEC_OUTBOUND] = "outbound",
+    [SEC_TLS_POLICY] = "tls_policy",
+    [SEC_DKIM] = "dkim",
 };
 
 /* Marks a value kept aside by the reader (the line was too long). */
@@ -309,6 +374,44 @@ void cfg_fail(struct cfg_parser *st, int line, const char *fmt, ...) {
 /* ---- sections --------------------------------------------------------------
  */
 
+/* "[dkim NAME]": a new key; the name is what follows "dkim". */
+static void dkim_begin(struct cfg_parser *st, const char *kn, size_t knn) {
+  struct cfg *c = st->c;
+  while (knn > 0 && is_space((unsigned char)*kn))
+    kn++, knn--;
+  if (knn == 0) {
+    cfg_fail(st, st->line, "a dkim section needs a name: [dkim NAME]");
+    return;
+  }
+  for (size_t i = 0; i < knn; i++) {
+    unsigned char ch = (unsigned char)kn[i];
+    if (!is_alnum(ch) && ch != '-' && ch != '_' && ch != '.') {
+      cfg_fail(st, st->line,
+               "bad dkim name '%.*s': use letters, digits, '-', '_', '.'",
+               (int)knn, kn);
+      return;
+    }
+  }
+  for (size_t i = 0; i < c->ndkim; i++) {
+    if (strlen(c->dkim_name[i]) == knn &&
+        strncmp(c->dkim_name[i], kn, knn) == 0) {
+      cfg_fail(st, st->line, "[dkim %.*s] is already defined on line %d",
+               (int)knn, kn, c->dkim_line[i]);
+      return;
+    }
+  }
+  if (c->ndkim == CFG_MAX_DKIM) {
+    cfg_fail(st, st->line, "too many dkim keys (at most %d)", CFG_MAX_DKIM);
+    return;
+  }
+  st->cur = c->ndkim++;
+  memset(&c->dkim[st->cur], 0, sizeof c->dkim[st->cur]);
+  c->dkim_name[st->cur] = xstrndup(kn, knn);
+  c->dkim_line[st->cur] = st->line;
+  memset(st->dkim_seen[st->cur], 0, sizeof st->dkim_seen[st->cur]);
+  st->sec = SEC_DKIM;
+}
+
 /* A "[...]" line: the name between the brackets, trimmed. */
 static void section_begin(struct cfg_parser *st, const char *name, size_t n) {
   struct cfg *c = st->c;
@@ -317,7 +420,7 @@ static void section_begin(struct cfg_parser *st, const char *name, size_t n) {
   while (n > 0 && is_space((unsigned char)name[n - 1]))
     n--;
   for (int s = SEC_SERVER; s <= SEC_LAST; s++) {
-    if (s == SEC_LISTENER)
+    if (s == SEC_LISTENER || s == SEC_DKIM)
       continue;
     if (strlen(cfg_section_names[s]) == n &&
         strncmp(name, cfg_section_names[s], n) == 0) {
@@ -371,8 +474,13 @@ static void section_begin(struct cfg_parser *st, const char *name, size_t n) {
     l->name = xstrndup(ln, lnn);
     l->line = st->line;
     st->listener_line[st->cur] = st->line;
-    st->listener_seen[st->cur] = 0;
+    memset(st->listener_seen[st->cur], 0, sizeof st->listener_seen[st->cur]);
     st->sec = SEC_LISTENER;
+    return;
+  }
+  if (n >= 4 && strncmp(name, "dkim", 4) == 0 &&
+      (n == 4 || is_space((unsigned char)name[4]))) {
+    dkim_begin(st, name + 4, n - 4);
     return;
   }
   cfg_fail(st, st->line, "unknown section [%.*s]", (int)n, name);
@@ -388,26 +496,41 @@ static void key_value(struct cfg_parser *st, const char *name, const char *v) {
              name);
     return;
   }
-  /* "[listener NAME]" or "[server]" in messages */
+  if (st->sec >= SEC_ROUTES ||
+      (st->sec == SEC_DELIVERY && has_prefix(name, "relay")))
+    st->c->outbound_keys = true;
+  if (st->sec == SEC_ROUTES) {
+    cfg_route_line(st, name, v);
+    return;
+  }
+  if (st->sec == SEC_TLS_POLICY) {
+    cfg_tls_policy_line(st, name, v);
+    return;
+  }
+  /* "[listener NAME]", "[dkim NAME]" or "[server]" in messages */
   bool in_listener = st->sec == SEC_LISTENER;
+  bool in_dkim = st->sec == SEC_DKIM;
   const char *sec = cfg_section_names[st->sec];
-  const char *sp = in_listener ? " " : "";
-  const char *lname = in_listener ? st->c->listeners[st->cur].name : "";
+  const char *sp = in_listener || in_dkim ? " " : "";
+  const char *lname = in_listener ? st->c->listeners[st->cur].name
+                      : in_dkim   ? st->c->dkim_name[st->cur]
+                                  : "";
   int i = cfg_key_index(st->sec, name);
   if (i < 0) {
     cfg_fail(st, st->line, "unknown key '%s' in [%s%s%s]", name, sec, sp,
              lname);
     return;
   }
-  uint64_t bit = 1ull << i;
-  uint64_t *seen = in_listener ? &st->listener_seen[st->cur] : &st->seen;
-  if ((*seen & bit) && st->sec != SEC_TLS) {
+  bool *seen = in_listener ? st->listener_seen[st->cur]
+               : in_dkim   ? st->dkim_seen[st->cur]
+                           : st->seen;
+  if (seen[i] && st->sec != SEC_TLS) {
     cfg_fail(st, st->line, "key '%s' given twice in [%s%s%s]", name, sec, sp,
              lname);
     return;
   }
-  *seen |= bit;
-  if (!in_listener)
+  seen[i] = true;
+  if (!in_listener && !in_dkim)
     st->key_line[i] = st->line;
   cfg_key_apply(st, i, v);
 }
@@ -600,6 +723,98 @@ static int check_target(struct cfg_parser *st) {
   return 0;
 }
 
+/* The first line of `file` (key `key`, for messages) into *slot. */
+static int read_password(struct cfg_parser *st, int line, const char *key,
+                         const char *file, char **slot) {
+  FILE *f = fopen(file, "r");
+  char pw[1024] = "";
+  if (!f) {
+    cfg_fail(st, line, "%s = %s: %s", key, file, strerror(errno));
+    return -1;
+  }
+  bool got = fgets(pw, sizeof pw, f) != NULL;
+  bool whole = !got || strchr(pw, '\n') || feof(f);
+  fclose(f);
+  if (!whole) { /* never cut a password short without a word */
+    explicit_bzero(pw, sizeof pw);
+    cfg_fail(st, line, "%s = %s: the password is longer than %zu octets",
+             key, file, sizeof pw - 2);
+    return -1;
+  }
+  pw[strcspn(pw, "\r\n")] = '\0';
+  if (!got || !pw[0]) {
+    cfg_fail(st, line, "%s = %s: no password on its first line", key, file);
+    return -1;
+  }
+  set_str(slot, pw);
+  explicit_bzero(pw, sizeof pw);
+  return 0;
+}
+
+static int line_of(const struct cfg_parser *st, enum cfg_section sec,
+                   const char *name);
+
+/* The relay's credentials: as the next hop's (load_forward_auth), over
+ * verified TLS only; read now. Reported on the relay_auth lines. */
+static int load_relay_auth(struct cfg_parser *st) {
+  struct cfg *c = st->c;
+  int lu = line_of(st, SEC_DELIVERY, "relay_auth_user");
+  int lf = line_of(st, SEC_DELIVERY, "relay_auth_password_file");
+  int l = lu ? lu : lf;
+  if (!c->relay_auth_user && !c->relay_auth_password_file)
+    return 0;
+  if (!c->relay_auth_user || !c->relay_auth_password_file) {
+    cfg_fail(st, l,
+             "[delivery] relay_auth_user and relay_auth_password_file go "
+             "together");
+    return -1;
+  }
+  if (!c->relay_url) {
+    cfg_fail(st, l, "[delivery] relay_auth_user needs relay = URL (a relay "
+             "host; MX hosts take no AUTH)");
+    return -1;
+  }
+  if (!(has_prefix(c->relay_url, "smtp+starttls://") ||
+        has_prefix(c->relay_url, "smtps://")) ||
+      !c->relay_verify) {
+    cfg_fail(st, l,
+             "[delivery] relay_auth_user needs a verified TLS channel: "
+             "relay = smtp+starttls:// or smtps:// with relay_verify = yes");
+    return -1;
+  }
+  return read_password(st, lf, "relay_auth_password_file",
+                       c->relay_auth_password_file, &c->relay_auth_password);
+}
+
+/* Every [dkim NAME] has its domain, selector and key (reported on its
+ * section line), and no two share a domain and selector. */
+static int check_dkim_sections(struct cfg_parser *st) {
+  struct cfg *c = st->c;
+  for (size_t i = 0; i < c->ndkim; i++) {
+    const struct tern_dkim_key *k = &c->dkim[i];
+    const char *missing = !k->domain     ? "domain"
+                          : !k->selector ? "selector"
+                          : !k->key_file ? "key"
+                                         : NULL;
+    if (missing) {
+      cfg_fail(st, c->dkim_line[i], "[dkim %s] has no %s", c->dkim_name[i],
+               missing);
+      return -1;
+    }
+    for (size_t j = 0; j < i; j++) {
+      if (!strcmp(c->dkim[j].domain, k->domain) &&
+          !strcmp(c->dkim[j].selector, k->selector)) {
+        cfg_fail(st, c->dkim_line[i],
+                 "[dkim %s]: selector %s of %s is already [dkim %s] (line %d)",
+                 c->dkim_name[i], k->selector, k->domain, c->dkim_name[j],
+                 c->dkim_line[j]);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
 /* Next-hop credentials go only over TLS whose certificate was verified:
  * never over smtp:// (opportunistic, unverified). The password is read
  * from its file now. */
@@ -623,31 +838,9 @@ static int load_forward_auth(struct cfg_parser *st) {
              "url = smtp+starttls:// or smtps:// with verify = yes");
     return -1;
   }
-  FILE *f = fopen(c->forward_auth_password_file, "r");
-  char pw[1024] = "";
-  if (!f) {
-    cfg_fail(st, tl, "auth_password_file = %s: %s",
-             c->forward_auth_password_file, strerror(errno));
-    return -1;
-  }
-  bool got = fgets(pw, sizeof pw, f) != NULL;
-  bool whole = !got || strchr(pw, '\n') || feof(f);
-  fclose(f);
-  if (!whole) { /* never cut a password short without a word */
-    explicit_bzero(pw, sizeof pw);
-    cfg_fail(st, tl, "auth_password_file = %s: the password is longer than "
-             "%zu octets", c->forward_auth_password_file, sizeof pw - 2);
-    return -1;
-  }
-  pw[strcspn(pw, "\r\n")] = '\0';
-  if (!got || !pw[0]) {
-    cfg_fail(st, tl, "auth_password_file = %s: no password on its first line",
-             c->forward_auth_password_file);
-    return -1;
-  }
-  set_str(&c->forward_auth_password, pw);
-  explicit_bzero(pw, sizeof pw);
-  return 0;
+  return read_password(st, tl, "auth_password_file",
+                       c->forward_auth_password_file,
+                       &c->forward_auth_password);
 }
 
 /* The line a key was given on (0: not in the file). */
@@ -757,7 +950,8 @@ int cfg_load(struct cfg *c, const char *path, char *err, size_t cap) {
   free(st.longval);
   if (st.failed || check_tls_listeners(&st) != 0 || check_target(&st) != 0 ||
       check_queue(&st) != 0 || check_queue_paths(&st) != 0 ||
-      load_forward_auth(&st) != 0)
+      load_forward_auth(&st) != 0 || load_relay_auth(&st) != 0 ||
+      check_dkim_sections(&st) != 0)
     return -1;
   return 0;
 }
@@ -771,13 +965,14 @@ int cfg_set(struct cfg *c, const char *section, const char *key,
   st.err = err;
   st.cap = cap;
   for (int s = SEC_SERVER; s <= SEC_LAST; s++)
-    if (s != SEC_LISTENER && s != SEC_TLS &&
+    if (s != SEC_LISTENER && s != SEC_TLS && s != SEC_ROUTES &&
+        s != SEC_TLS_POLICY && s != SEC_DKIM &&
         strcmp(section, cfg_section_names[s]) == 0)
       st.sec = (enum cfg_section)s;
   if (st.sec == SEC_NONE) {
     cfg_fail(&st, 0,
              "unknown section [%s] (only [server], [auth], [domains], "
-             "[delivery], [queue] can be set this way)",
+             "[delivery], [queue], [outbound] can be set this way)",
              section);
     return -1;
   }
@@ -907,6 +1102,8 @@ static int check_delivery(const struct cfg *c, char *err, size_t cap) {
       return check_fail(c, err, cap, "target = %s does not go with url = %s",
                         name, c->forward_url);
     break;
+  case CFG_MX:
+    break; /* the queue: checked with the routes (check_outbound) */
   }
   return 0;
 }
@@ -949,31 +1146,131 @@ static bool listener_local(const struct cfg_listener *l) {
   return strcasecmp(host, "localhost") == 0;
 }
 
+/* A file the daemon reads later: readable now. `what` names the key. */
+static int check_readable(const struct cfg *c, int line, const char *what,
+                          const char *file, char *err, size_t cap) {
+  FILE *f = file ? fopen(file, "r") : NULL;
+  if (file && !f)
+    return check_fail_at(c, line, err, cap, "%s = %s: %s", what, file,
+                         strerror(errno));
+  if (f)
+    fclose(f);
+  return 0;
+}
+
+/* A DKIM key file: readable, and a PEM private key. (Its type and size
+ * are the signer's to check, when the daemon loads it.) */
+static int check_dkim_key(const struct cfg *c, size_t i, char *err,
+                          size_t cap) {
+  const char *file = c->dkim[i].key_file;
+  FILE *f = fopen(file, "r");
+  if (!f)
+    return check_fail_at(c, c->dkim_line[i], err, cap,
+                         "[dkim %s]: key = %s: %s", c->dkim_name[i], file,
+                         strerror(errno));
+  char buf[16384];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  if (!strstr(buf, "-----BEGIN ") || !strstr(buf, "PRIVATE KEY-----"))
+    return check_fail_at(c, c->dkim_line[i], err, cap,
+                         "[dkim %s]: key = %s: not a PEM private key",
+                         c->dkim_name[i], file);
+  explicit_bzero(buf, sizeof buf);
+  return 0;
+}
+
+/* Mail that leaves for other hosts (target = mx, routes to mx or a URL,
+ * relay) waits in the queue; the files of [outbound], the relay and
+ * [dkim] are readable. */
+static int check_outbound(const struct cfg *c, char *err, size_t cap) {
+  if (cfg_uses_outbound(c) && !cfg_uses_queue(c)) {
+    int line = 0;
+    const char *why = c->target == CFG_MX ? "target = mx" : NULL;
+    for (size_t i = 0; !why && i < c->nroutes; i++)
+      if (c->routes[i].kind != CFG_ROUTE_LOCAL) {
+        why = c->routes[i].kind == CFG_ROUTE_MX ? "a route to mx"
+                                                : "a route to a URL";
+        line = c->routes[i].line;
+      }
+    if (!why)
+      why = c->relay_url   ? "[delivery] relay = URL"
+            : c->relay_set ? "[delivery] relay = mx"
+                           : "[delivery] relay (mx: the default with "
+                             "[outbound], [routes], [tls_policy] or [dkim])";
+    return check_fail_at(c, line, err, cap,
+                         "%s needs the queue (mail for other hosts waits "
+                         "there until they take it): remove [delivery] "
+                         "queue = no%s",
+                         why,
+                         line || c->target == CFG_MX
+                             ? ""
+                             : ", or set relay = local to deliver "
+                               "authenticated users' mail to other domains "
+                               "with the target");
+  }
+  if (check_readable(c, 0, "[outbound] trust_anchor", c->out.trust_anchor,
+                     err, cap) ||
+      check_readable(c, 0, "[outbound] mta_sts_ca_file",
+                     c->out.mta_sts_ca_file, err, cap) ||
+      check_readable(c, 0, "[outbound] ca_file", c->out.ca_file, err, cap) ||
+      check_readable(c, 0, "[delivery] relay_ca_file", c->relay_ca_file, err,
+                     cap))
+    return -1;
+  for (size_t i = 0; i < c->ndkim; i++)
+    if (check_dkim_key(c, i, err, cap) != 0)
+      return -1;
+  return 0;
+}
+
+/* Does mail for a domain nobody named go on to another host? The
+ * forwarding targets, target = mx, or a "*" route that is not local.
+ * Returns what says so (for the message), or NULL. */
+static const char *relays_any(const struct cfg *c, char *buf, size_t cap) {
+  if (c->target == CFG_SMTP || c->target == CFG_LMTP || c->target == CFG_MX) {
+    snprintf(buf, cap, "target = %s",
+             c->target == CFG_SMTP   ? "smtp"
+             : c->target == CFG_LMTP ? "lmtp"
+                                     : "mx");
+    return buf;
+  }
+  for (size_t i = 0; i < c->nroutes; i++)
+    if (!strcmp(c->routes[i].domain, "*") &&
+        c->routes[i].kind != CFG_ROUTE_LOCAL) {
+      snprintf(buf, cap, "[routes] * = %s",
+               c->routes[i].kind == CFG_ROUTE_MX ? "mx" : c->routes[i].url);
+      return buf;
+    }
+  return NULL;
+}
+
 /*
  * No open relay. serve.c's RCPT policy takes a recipient when
  * accept_any (no [domains] accept, or accept = *), when its domain is
  * accepted, or from an authenticated client when relay_authenticated.
- * With a target that sends mail on (smtp, lmtp) and accept_any, anyone
- * who can connect unauthenticated relays mail anywhere -- unless every
- * listener is local (a smarthost for this host's programs) or requires
- * AUTH before MAIL. The maildir and pipe targets keep what they take.
+ * With mail that goes on to other hosts (target smtp, lmtp or mx, or a
+ * "*" route to mx or a URL) and accept_any, anyone who can connect
+ * unauthenticated relays mail anywhere -- unless every listener is
+ * local (a smarthost for this host's programs) or requires AUTH before
+ * MAIL. The maildir and pipe targets keep what they take.
  */
 int cfg_check_relay(const struct cfg *c, const struct cfg_listener *ls,
                     size_t n, char *err, size_t cap) {
-  if ((c->target != CFG_SMTP && c->target != CFG_LMTP) || !c->accept_any)
+  char what[300];
+  const char *why = relays_any(c, what, sizeof what);
+  if (why == NULL || !c->accept_any)
     return 0;
   for (size_t i = 0; i < n; i++) {
     const struct cfg_listener *l = &ls[i];
     if (l->auth == CFG_AUTH_REQUIRED || listener_local(l))
       continue;
     return check_fail(c, err, cap,
-                      "open relay: target = %s with no [domains] accept "
+                      "open relay: %s with no [domains] accept "
                       "list (or accept = *) sends mail for any domain from "
                       "anyone who reaches [listener %s] (%s); set [domains] "
                       "accept = YOUR-DOMAINS, or auth = required on every "
                       "listener that is not loopback or a unix socket",
-                      c->target == CFG_SMTP ? "smtp" : "lmtp", l->name,
-                      l->url ? l->url : "no url");
+                      why, l->name, l->url ? l->url : "no url");
   }
   return 0;
 }
@@ -999,16 +1296,29 @@ int cfg_check(const struct cfg *c, char *err, size_t cap) {
       return check_fail(c, err, cap, "[auth] users: %s", uerr);
     users_free(u);
   }
-  if (check_delivery(c, err, cap) != 0)
+  if (check_delivery(c, err, cap) != 0 || check_outbound(c, err, cap) != 0)
     return -1;
   return cfg_check_relay(c, c->listeners, c->nlisteners, err, cap);
 }
 
-bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {
-  if (c->accept_any)
-    return true;
-  if (len > 0 && domain[len - 1] == '.')
-    len--;
+/* Does `pat` (a [routes] or [tls_policy] domain: "d", ".d" or "*")
+ * match domain[0..len) (no trailing dot)? 0: no; else how well: the
+ * exact name 1 << 20, a suffix its length, "*" 1. */
+static size_t domain_match(const char *pat, const char *domain, size_t len) {
+  size_t pl = strlen(pat);
+  if (pl == 1 && pat[0] == '*')
+    return 1;
+  if (pat[0] == '.')
+    return len > pl && strncasecmp(domain + len - pl, pat, pl) == 0 ? pl : 0;
+  return pl == len && strncasecmp(pat, domain, len) == 0 ? (size_t)1 << 20 : 0;
+}
+
+static size_t trim_dot(const char *domain, size_t len) {
+  return len > 0 && domain[len - 1] == '.' ? len - 1 : len;
+}
+
+bool cfg_domain_listed(const struct cfg *c, const char *domain, size_t len) {
+  len = trim_dot(domain, len);
   for (size_t i = 0; i < c->ndomains; i++) {
     const char *d = c->domains[i];
     if (strlen(d) == len && strncasecmp(d, domain, len) == 0)
@@ -1017,3 +1327,142 @@ bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {
   return false;
 }
 
+bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {
+  if (c->accept_any)
+    return true;
+  len = trim_dot(domain, len);
+  if (cfg_domain_listed(c, domain, len))
+    return true;
+  for (size_t i = 0; i < c->nroutes; i++)
+    if (domain_match(c->routes[i].domain, domain, len) > 1)
+      return true;
+  return false;
+}
+
+const struct cfg_route *cfg_route_find(const struct cfg *c, const char *domain,
+                                       size_t len) {
+  const struct cfg_route *best = NULL;
+  size_t how = 0;
+  len = trim_dot(domain, len);
+  if (len == 0)
+    return NULL;
+  for (size_t i = 0; i < c->nroutes; i++) {
+    size_t m = domain_match(c->routes[i].domain, domain, len);
+    if (m > how)
+      how = m, best = &c->routes[i];
+  }
+  /* "*" is for the domains nobody named: not those of [domains] accept */
+  if (how == 1 && cfg_domain_listed(c, domain, len))
+    return NULL;
+  return best;
+}
+
+enum tern_tls_policy cfg_tls_policy_for(const struct cfg *c,
+                                        const char *domain, size_t len) {
+  enum tern_tls_policy best = TERN_TLS_POLICY_AUTO;
+  size_t how = 0;
+  len = trim_dot(domain, len);
+  for (size_t i = 0; i < c->ntls_policies; i++) {
+    size_t m = domain_match(c->tls_policies[i].domain, domain, len);
+    if (m > how)
+      how = m, best = c->tls_policies[i].level;
+  }
+  return best;
+}
+
+/* "mx:" and the domain in lower case. */
+static const char *mx_dest(const char *domain, size_t len, char *buf,
+                           size_t cap) {
+  if (len + 4 > cap)
+    return NULL;
+  memcpy(buf, "mx:", 3);
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)domain[i];
+    buf[3 + i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+  }
+  buf[3 + len] = '\0';
+  return buf;
+}
+
+const char *cfg_route_dest(const struct cfg *c, const char *domain,
+                           size_t len, char *buf, size_t cap) {
+  len = trim_dot(domain, len);
+  if (len == 0) /* <postmaster>: ours, never routed */
+    return c->target != CFG_MX
+               ? "local"
+               : mx_dest(c->hostname, strlen(c->hostname), buf, cap);
+  const struct cfg_route *r = cfg_route_find(c, domain, len);
+  int kind;
+  if (r != NULL)
+    kind = r->kind;
+  else if (cfg_domain_accepted(c, domain, len))
+    kind = CFG_ROUTE_LOCAL;
+  else if (c->relay_url != NULL)
+    return "smarthost";
+  else if (cfg_relay_is_mx(c))
+    kind = CFG_ROUTE_MX;
+  else
+    kind = CFG_ROUTE_LOCAL; /* relay = local, or an earlier version's file */
+  if (kind == CFG_ROUTE_URL) {
+    int n = snprintf(buf, cap, "url:%s", r->url);
+    return n < 0 || (size_t)n >= cap ? NULL : buf;
+  }
+  if (kind == CFG_ROUTE_LOCAL && c->target != CFG_MX)
+    return "local";
+  return mx_dest(domain, len, buf, cap);
+}
+
+/* ---- tern serve --check: the routing summary --------------------------- */
+
+static const char *route_kind_name(const struct cfg_route *r) {
+  return r->kind == CFG_ROUTE_LOCAL ? "local"
+         : r->kind == CFG_ROUTE_MX  ? "mx"
+                                    : r->url;
+}
+
+static const char *tls_level_name(enum tern_tls_policy l) {
+  switch (l) {
+  case TERN_TLS_POLICY_NONE:
+    return "none";
+  case TERN_TLS_POLICY_MAY:
+    return "may";
+  case TERN_TLS_POLICY_ENCRYPT:
+    return "encrypt";
+  case TERN_TLS_POLICY_VERIFY:
+    return "verify";
+  case TERN_TLS_POLICY_DANE:
+    return "dane";
+  default:
+    return "auto";
+  }
+}
+
+void cfg_print_summary(const struct cfg *c, FILE *f) {
+  static const char *const targets[] = {[CFG_MAILDIR] = "maildir",
+                                        [CFG_PIPE] = "pipe",
+                                        [CFG_LMTP] = "lmtp",
+                                        [CFG_SMTP] = "smtp",
+                                        [CFG_MX] = "mx"};
+  bool q = cfg_uses_queue(c);
+  fprintf(f, "  delivery: target=%s queue=%s relay=%s\n", targets[c->target],
+          q ? "yes" : "no",
+          c->relay_url           ? c->relay_url
+          : cfg_relay_is_mx(c) ? "mx"
+                               : "local");
+  for (size_t i = 0; i < c->nroutes; i++)
+    fprintf(f, "  route %s: %s\n", c->routes[i].domain,
+            route_kind_name(&c->routes[i]));
+  for (size_t i = 0; i < c->ntls_policies; i++)
+    fprintf(f, "  tls_policy %s: %s\n", c->tls_policies[i].domain,
+            tls_level_name(c->tls_policies[i].level));
+  for (size_t i = 0; i < c->ndkim; i++)
+    fprintf(f, "  dkim %s: d=%s s=%s key=%s\n", c->dkim_name[i],
+            c->dkim[i].domain, c->dkim[i].selector, c->dkim[i].key_file);
+  if (cfg_uses_outbound(c))
+    fprintf(f,
+            "  outbound: helo=%s resolver=%s dnssec=%s mta_sts=%s port=%u\n",
+            c->out.helo ? c->out.helo : c->hostname,
+            c->out.resolver ? c->out.resolver : "/etc/resolv.conf",
+            c->out.dnssec ? "yes" : "no", c->out.mta_sts ? "yes" : "no",
+            c->out.port);
+}

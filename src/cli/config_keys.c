@@ -437,11 +437,14 @@ static int p_target(struct cfg_parser *st, const struct cfg_key *k,
   static const char *const names[] = {[CFG_MAILDIR] = "maildir",
                                       [CFG_PIPE] = "pipe",
                                       [CFG_LMTP] = "lmtp",
-                                      [CFG_SMTP] = "smtp"};
+                                      [CFG_SMTP] = "smtp",
+                                      [CFG_MX] = "mx"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     if (strcmp(v, names[i]) == 0) {
       *(enum cfg_target *)field = (enum cfg_target)i;
       st->target_line = st->line;
+      if (i == CFG_MX)
+        st->c->outbound_keys = true;
       return 0;
     }
   }
@@ -612,7 +615,7 @@ static int add_domain(struct cfg_parser *st, const struct cfg_key *k,
   }
   if (s[len - 1] == '.')
     len--;
-  if (cfg_domain_accepted(c, s, len))
+  if (cfg_domain_listed(c, s, len))
     return 0; /* listed twice */
   if (c->ndomains == CFG_MAX_DOMAINS) {
     cfg_fail(st, st->line, "too many domains for accept (at most %d)",
@@ -634,7 +637,7 @@ static int p_accept(struct cfg_parser *st, const struct cfg_key *k,
   bool any = false, star = false;
   (void)field;
   clear_domains(c);
-  c->accept_any = false; /* so cfg_domain_accepted finds repeats */
+  c->accept_any = false;
   while ((s = next_item(&p, &len)) != NULL) {
     any = true;
     if (len == 1 && s[0] == '*')
@@ -686,12 +689,248 @@ static int p_tls_pair(struct cfg_parser *st, const struct cfg_key *k,
   return 0;
 }
 
+/* ---- Step 8: relay, [outbound], [dkim NAME], [routes], [tls_policy] ---- */
+
+/* See config_keys.h. */
+bool cfg_ip_ok(const char *s, int family) {
+  unsigned char a[16];
+  return s[0] != '\0' && strlen(s) < 64 && inet_pton(family, s, a) == 1;
+}
+
+static bool v_ipv4(const char *v) { return cfg_ip_ok(v, AF_INET); }
+static bool v_ipv6(const char *v) { return cfg_ip_ok(v, AF_INET6); }
+
+/* [delivery] relay: "mx", "local", or a URL for the smtp target. */
+static int p_relay(struct cfg_parser *st, const struct cfg_key *k,
+                   const char *v, void *field) {
+  struct cfg *c = st->c;
+  (void)field;
+  c->relay_local = strcmp(v, "local") == 0;
+  if (strcmp(v, "mx") == 0 || c->relay_local) {
+    free(c->relay_url);
+    c->relay_url = NULL;
+  } else if (!has_ctl(v) && cfg_forward_url_ok(v, CFG_SMTP)) {
+    set_str(&c->relay_url, v);
+  } else {
+    return bad(st, k, v);
+  }
+  c->relay_set = true;
+  return 0;
+}
+
+/* One resolver address: IPv4 or IPv6, "ADDR:PORT" or "[IPv6]:PORT". */
+static bool resolver_item_ok(const char *s, size_t n) {
+  char buf[80];
+  const char *port = NULL;
+  int family = AF_INET;
+  if (n == 0 || n >= sizeof buf)
+    return false;
+  memcpy(buf, s, n);
+  buf[n] = '\0';
+  char *host = buf;
+  if (buf[0] == '[') {
+    char *end = strchr(buf, ']');
+    if (end == NULL || (end[1] != '\0' && end[1] != ':'))
+      return false;
+    *end = '\0';
+    host = buf + 1;
+    port = end[1] == ':' ? end + 2 : NULL;
+    family = AF_INET6;
+  } else if (strchr(buf, ':') != strrchr(buf, ':')) {
+    family = AF_INET6; /* a bare IPv6 address: no port */
+  } else {
+    char *colon = strchr(buf, ':');
+    if (colon != NULL) {
+      *colon = '\0';
+      port = colon + 1;
+    }
+  }
+  if (!cfg_ip_ok(host, family))
+    return false;
+  uint64_t p;
+  if (port != NULL &&
+      (parse_u64(port, strlen(port), &p) != 0 || p == 0 || p > 65535))
+    return false;
+  return true;
+}
+
+/* [outbound] resolver: addresses separated by spaces or commas. */
+static int p_resolver(struct cfg_parser *st, const struct cfg_key *k,
+                      const char *v, void *field) {
+  const char *p = v, *s;
+  size_t len;
+  bool any = false;
+  while ((s = next_item(&p, &len)) != NULL) {
+    if (!resolver_item_ok(s, len)) {
+      cfg_fail(st, st->line, "bad value '%.*s' for %s: expected %s", (int)len,
+               s, k->name, k->expect);
+      return -1;
+    }
+    any = true;
+  }
+  if (!any)
+    return bad(st, k, v);
+  set_str((char **)field, v);
+  return 0;
+}
+
+/* A domain pattern of [routes], [tls_policy] and [dkim] domain:
+ * "example.org", ".example.org" (subdomains) or, with star_ok, "*".
+ * Lower-cased, without a trailing dot, in *out (malloc'd); NULL when
+ * bad. */
+static char *domain_pattern(const char *v, bool star_ok) {
+  size_t n = strlen(v);
+  if (star_ok && n == 1 && v[0] == '*')
+    return xstrdup(v);
+  const char *d = v[0] == '.' ? v + 1 : v;
+  size_t dn = n - (size_t)(d - v);
+  if (!domain_ok(d, dn))
+    return NULL;
+  if (n > 0 && v[n - 1] == '.')
+    n--;
+  char *out = xstrndup(v, n);
+  for (char *q = out; *q; q++)
+    *q = (char)lower((unsigned char)*q);
+  return out;
+}
+
+/* [dkim NAME] domain */
+static int p_dkim_domain(struct cfg_parser *st, const struct cfg_key *k,
+                         const char *v, void *field) {
+  char *d = domain_pattern(v, false);
+  if (d == NULL)
+    return bad(st, k, v);
+  free(*(char **)field);
+  *(char **)field = d;
+  return 0;
+}
+
+/* A selector: dot-separated labels (RFC 6376 §3.1). */
+static bool v_selector(const char *v) {
+  return v[0] != '.' && domain_ok(v, strlen(v)) && v[strlen(v) - 1] != '.';
+}
+
+/* Header field names separated by ':' (RFC 5322 ftext: printable
+ * ASCII but ':'), none empty. */
+static bool v_headers(const char *v) {
+  bool in_name = false;
+  for (const char *p = v; *p; p++) {
+    unsigned char ch = (unsigned char)*p;
+    if (ch == ':') {
+      if (!in_name)
+        return false;
+      in_name = false;
+    } else if (ch < 33 || ch > 126) {
+      return false;
+    } else {
+      in_name = true;
+    }
+  }
+  return in_name;
+}
+
+/* A domain key of [routes] or [tls_policy] line, checked. */
+static char *domain_key(struct cfg_parser *st, const char *sec,
+                        const char *name) {
+  char *d = has_ctl(name) ? NULL : domain_pattern(name, true);
+  if (d == NULL)
+    cfg_fail(st, st->line,
+             "[%s]: bad domain '%s': expected a domain like example.org, "
+             ".example.org (its subdomains) or * (any other)",
+             sec, name);
+  return d;
+}
+
+void cfg_route_line(struct cfg_parser *st, const char *name, const char *v) {
+  struct cfg *c = st->c;
+  char *d = domain_key(st, "routes", name);
+  if (d == NULL)
+    return;
+  for (size_t i = 0; i < c->nroutes; i++) {
+    if (strcmp(c->routes[i].domain, d) == 0) {
+      cfg_fail(st, st->line, "[routes]: %s is already routed on line %d", d,
+               c->routes[i].line);
+      free(d);
+      return;
+    }
+  }
+  if (c->nroutes == CFG_MAX_ROUTES) {
+    cfg_fail(st, st->line, "[routes]: too many routes (at most %d)",
+             CFG_MAX_ROUTES);
+    free(d);
+    return;
+  }
+  struct cfg_route r = {.domain = d, .line = st->line};
+  if (strcmp(v, "local") == 0) {
+    r.kind = CFG_ROUTE_LOCAL;
+  } else if (strcmp(v, "mx") == 0) {
+    r.kind = CFG_ROUTE_MX;
+  } else if (!has_ctl(v) && (cfg_forward_url_ok(v, CFG_SMTP) ||
+                             cfg_forward_url_ok(v, CFG_LMTP))) {
+    r.kind = CFG_ROUTE_URL;
+    r.url = xstrdup(v);
+  } else {
+    cfg_fail(st, st->line,
+             "[routes]: bad value '%s' for %s: expected local, mx, or a URL "
+             "like smtp://host:25, smtp+starttls://host:587, smtps://host:465, "
+             "lmtp://host:24 or lmtp:///path",
+             v, d);
+    free(d);
+    return;
+  }
+  c->routes[c->nroutes++] = r;
+}
+
+void cfg_tls_policy_line(struct cfg_parser *st, const char *name,
+                         const char *v) {
+  static const struct {
+    const char *name;
+    enum tern_tls_policy level;
+  } levels[] = {{"none", TERN_TLS_POLICY_NONE},
+                {"may", TERN_TLS_POLICY_MAY},
+                {"encrypt", TERN_TLS_POLICY_ENCRYPT},
+                {"verify", TERN_TLS_POLICY_VERIFY},
+                {"dane", TERN_TLS_POLICY_DANE}};
+  struct cfg *c = st->c;
+  char *d = domain_key(st, "tls_policy", name);
+  if (d == NULL)
+    return;
+  for (size_t i = 0; i < c->ntls_policies; i++) {
+    if (strcmp(c->tls_policies[i].domain, d) == 0) {
+      cfg_fail(st, st->line, "[tls_policy]: %s is already given on line %d", d,
+               c->tls_policies[i].line);
+      free(d);
+      return;
+    }
+  }
+  if (c->ntls_policies == CFG_MAX_TLS_POLICIES) {
+    cfg_fail(st, st->line, "[tls_policy]: too many domains (at most %d)",
+             CFG_MAX_TLS_POLICIES);
+    free(d);
+    return;
+  }
+  for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
+    if (strcmp(v, levels[i].name) == 0) {
+      c->tls_policies[c->ntls_policies++] =
+          (struct cfg_tls_policy){d, levels[i].level, st->line};
+      return;
+    }
+  }
+  cfg_fail(st, st->line,
+           "[tls_policy]: bad value '%s' for %s: expected none, may, "
+           "encrypt, verify or dane",
+           v, d);
+  free(d);
+}
+
 /* The fields every key has; `valid` or `number` follow where used. */
 #define K(s, n, fn, o, lo, hi, e)                                            \
   .sec = s, .name = n, .parse = fn, .off = o, .min = lo, .max = hi,          \
   .expect = e
 #define CO(f) offsetof(struct cfg, f)
 #define LO(f) offsetof(struct cfg_listener, f)
+#define DO(f) offsetof(struct tern_dkim_key, f)
+#define E_FILE "a file name"
 #define DAY_MS (24ull * 3600 * 1000)
 #define E_DUR "a duration like 30s, 500ms or 5m"
 #define E_BOOL "yes or no"
@@ -786,7 +1025,7 @@ static const struct cfg_key keys[] = {
        0, E_BOOL)},
     /* [delivery] */
     {K(SEC_DELIVERY, "target", p_target, CO(target), 0, 0,
-       "maildir, pipe, lmtp or smtp")},
+       "maildir, pipe, lmtp, smtp or mx")},
     {K(SEC_DELIVERY, "maildir", p_text, CO(maildir), 0, 0,
        "a directory, or a template with %u (local part), %d (domain), "
        "%a (address), %%"),
@@ -823,6 +1062,19 @@ static const struct cfg_key keys[] = {
        "a file whose first line is the next hop's AUTH password"),
      .valid = v_text},
     {K(SEC_DELIVERY, "queue", p_tristate, CO(queue), 0, 0, E_BOOL)},
+    {K(SEC_DELIVERY, "relay", p_relay, 0, 0, 0,
+       "mx, local, or a URL like smtp+starttls://smtp.example.net:587, "
+       "smtps://host:465 or smtp://host:25")},
+    {K(SEC_DELIVERY, "relay_auth_user", p_text, CO(relay_auth_user), 0, 0,
+       "a user name for the relay's AUTH"),
+     .valid = v_text},
+    {K(SEC_DELIVERY, "relay_auth_password_file", p_text,
+       CO(relay_auth_password_file), 0, 0,
+       "a file whose first line is the relay's AUTH password"),
+     .valid = v_text},
+    {K(SEC_DELIVERY, "relay_verify", p_bool, CO(relay_verify), 0, 0, E_BOOL)},
+    {K(SEC_DELIVERY, "relay_ca_file", p_text, CO(relay_ca_file), 0, 0, E_FILE),
+     .valid = v_text},
     /* [queue] */
     {K(SEC_QUEUE, "directory", p_path, CO(queue_dir), 0, 0, "a directory"),
      .valid = v_text},
@@ -851,9 +1103,53 @@ static const struct cfg_key keys[] = {
     {K(SEC_QUEUE, "control", p_path, CO(queue_control), 0, 0,
        "a socket path"),
      .valid = v_text},
+    /* [outbound] */
+    {K(SEC_OUTBOUND, "helo", p_text, CO(out.helo), 0, 0,
+       "a host name like mail.example.org"),
+     .valid = v_hostname},
+    {K(SEC_OUTBOUND, "bind", p_text, CO(out.bind), 0, 0,
+       "an IPv4 address like 192.0.2.10"),
+     .valid = v_ipv4},
+    {K(SEC_OUTBOUND, "bind6", p_text, CO(out.bind6), 0, 0,
+       "an IPv6 address like 2001:db8::10"),
+     .valid = v_ipv6},
+    {K(SEC_OUTBOUND, "resolver", p_resolver, CO(out.resolver), 0, 0,
+       "addresses like 127.0.0.53, 192.0.2.1:5353 or [::1]:53")},
+    {K(SEC_OUTBOUND, "trust_anchor", p_text, CO(out.trust_anchor), 0, 0,
+       "a file of DNSSEC trust anchors (DS or DNSKEY records)"),
+     .valid = v_text},
+    {K(SEC_OUTBOUND, "dnssec", p_bool, CO(out.dnssec), 0, 0, E_BOOL)},
+    {K(SEC_OUTBOUND, "mta_sts", p_bool, CO(out.mta_sts), 0, 0, E_BOOL)},
+    {K(SEC_OUTBOUND, "mta_sts_ca_file", p_text, CO(out.mta_sts_ca_file), 0, 0,
+       E_FILE),
+     .valid = v_text},
+    {K(SEC_OUTBOUND, "ca_file", p_text, CO(out.ca_file), 0, 0, E_FILE),
+     .valid = v_text},
+    {K(SEC_OUTBOUND, "port", p_number, CO(out.port), 1, 65535,
+       "a port number from 1 to 65535"),
+     .number = decimal},
+    {K(SEC_OUTBOUND, "connect_timeout", p_number, CO(out.connect_timeout_ms),
+       100, 3600 * 1000, E_DUR " (100ms to 1h)"),
+     .number = cfg_parse_duration_ms},
+    {K(SEC_OUTBOUND, "timeout", p_number, CO(out.timeout_ms), 1000,
+       3600 * 1000, E_DUR " (1s to 1h)"),
+     .number = cfg_parse_duration_ms},
+    /* [dkim NAME] */
+    {K(SEC_DKIM, "domain", p_dkim_domain, DO(domain), 0, 0,
+       "a domain like example.org (.example.org: also its subdomains)")},
+    {K(SEC_DKIM, "selector", p_text, DO(selector), 0, 0,
+       "a selector like s1 or 2026-rsa"),
+     .valid = v_selector},
+    {K(SEC_DKIM, "key", p_text, DO(key_file), 0, 0,
+       "a private key file (PEM: RSA or Ed25519)"),
+     .valid = v_text},
+    {K(SEC_DKIM, "headers", p_text, DO(headers), 0, 0,
+       "header field names separated by ':' like from:to:subject:date"),
+     .valid = v_headers},
 };
 
-_Static_assert(sizeof keys / sizeof keys[0] <= 64, "seen bits are 64");
+_Static_assert(sizeof keys / sizeof keys[0] <= CFG_KEYS_MAX,
+               "st->seen has CFG_KEYS_MAX places");
 
 int cfg_key_index(enum cfg_section sec, const char *name) {
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
@@ -865,6 +1161,7 @@ int cfg_key_index(enum cfg_section sec, const char *name) {
 void cfg_key_apply(struct cfg_parser *st, int index, const char *v) {
   const struct cfg_key *k = &keys[index];
   void *base = st->sec == SEC_LISTENER ? (void *)&st->c->listeners[st->cur]
+               : st->sec == SEC_DKIM   ? (void *)&st->c->dkim[st->cur]
                                        : (void *)st->c;
   k->parse(st, k, v, (char *)base + k->off);
 }

@@ -23,10 +23,17 @@ enum cfg_section {
   SEC_DOMAINS,
   SEC_DELIVERY,
   SEC_QUEUE,
+  SEC_ROUTES,     /* keys are domains: config.c reads them itself */
+  SEC_OUTBOUND,
+  SEC_TLS_POLICY, /* keys are domains: config.c reads them itself */
+  SEC_DKIM,       /* [dkim NAME], one per key */
 };
 
 /* The last section of enum cfg_section. */
-#define SEC_LAST SEC_QUEUE
+#define SEC_LAST SEC_DKIM
+
+/* At most this many keys in the table of config_keys.c. */
+#define CFG_KEYS_MAX 128
 
 /* "server", "listener", ... by enum cfg_section ("" for SEC_NONE). */
 extern const char *const cfg_section_names[];
@@ -41,12 +48,15 @@ struct cfg_parser {
   size_t bufcap;
   char *longval; /* the value of the current (over-long) line */
   enum cfg_section sec;
-  size_t cur; /* current listener index (SEC_LISTENER) */
+  size_t cur; /* current listener (SEC_LISTENER) or key (SEC_DKIM) */
   bool listeners_replaced;
   int listener_line[CFG_MAX_LISTENERS];
-  uint64_t listener_seen[CFG_MAX_LISTENERS];
-  uint64_t seen; /* keys of the other sections, by table index */
-  int key_line[64]; /* where each of those was given (0: not given) */
+  /* keys given, by table index: per listener, per [dkim NAME], and of
+   * the other sections */
+  bool listener_seen[CFG_MAX_LISTENERS][CFG_KEYS_MAX];
+  bool dkim_seen[CFG_MAX_DKIM][CFG_KEYS_MAX];
+  bool seen[CFG_KEYS_MAX];
+  int key_line[CFG_KEYS_MAX]; /* where those were given (0: not given) */
   int cert_line; /* a cert waiting for its key, else 0 */
   int target_line;
   bool accept_given;
@@ -67,9 +77,19 @@ void cfg_fail(struct cfg_parser *st, int line, const char *fmt, ...)
 int cfg_key_index(enum cfg_section sec, const char *name);
 
 /* Parse v as the key at `index` of the current section (the current
- * listener's for SEC_LISTENER) and store it; a bad value goes to
- * cfg_fail. */
+ * listener's for SEC_LISTENER, the current key's for SEC_DKIM) and
+ * store it; a bad value goes to cfg_fail. */
 void cfg_key_apply(struct cfg_parser *st, int index, const char *v);
+
+/* A line of [routes] ("DOMAIN = local | mx | URL") or of [tls_policy]
+ * ("DOMAIN = none | may | encrypt | verify | dane"): checked and added;
+ * a bad one goes to cfg_fail. */
+void cfg_route_line(struct cfg_parser *st, const char *name, const char *v);
+void cfg_tls_policy_line(struct cfg_parser *st, const char *name,
+                         const char *v);
+
+/* An IPv4 (family AF_INET) or IPv6 (AF_INET6) address literal. */
+bool cfg_ip_ok(const char *s, int family);
 
 /* "smtp://HOST:PORT", "smtps://HOST:PORT", "lmtp://HOST:PORT" (HOST an
  * IPv4 address, [IPv6] or *), "smtp:///path", "lmtp:///path". */
@@ -81,6 +101,10 @@ bool cfg_listener_url_cli_ok(const char *u);
  * smtps://host[:port] for CFG_SMTP; lmtp://host[:port] and
  * lmtp:///path for CFG_LMTP. */
 bool cfg_forward_url_ok(const char *u, enum cfg_target target);
+
+/* Is the domain in the [domains] accept list itself (not accept_any,
+ * not [routes])? */
+bool cfg_domain_listed(const struct cfg *c, const char *domain, size_t len);
 
 /* "%x" escapes in a template: only those in `allowed` (and "%%"). */
 bool cfg_template_ok(const char *t, const char *allowed);

@@ -37,6 +37,7 @@
 #include <systemd/sd-daemon.h>
 #include <tern/net.h>
 #include <tern/queue.h>
+#include <tern/resolve.h>
 #include <tern/tern.h>
 
 #include "cli.h"
@@ -47,6 +48,7 @@
 #include "log.h"
 #include "recipients.h"
 #include "serve.h"
+#include "serve_dkim.h"
 #include "users.h"
 
 /* ---- the policy: what a reload replaces ----------------------------------- */
@@ -68,6 +70,7 @@ void policy_put(struct policy *p) {
     if (p->users)
       users_free(p->users);
     rcptset_free(p->known);
+    tern_dkim_signer_free(p->dkim);
     free(p);
   }
 }
@@ -103,11 +106,15 @@ static int load_policy(const char *path, const struct cfg *base,
   if (p->cfg.recipients_file &&
       rcptset_load(p->cfg.recipients_file, &p->known, err, cap) != 0)
     goto fail;
+  /* every key loads, or the policy (a reload: the old one stays) */
+  if (serve_dkim_load(&p->cfg, &p->dkim, err, cap) != 0)
+    goto fail;
   *out = p;
   return 0;
 fail:
   if (p->users)
     users_free(p->users);
+  rcptset_free(p->known);
   cfg_free(&p->cfg);
   free(p);
   return -1;
@@ -139,6 +146,9 @@ struct daemon {
   struct policy *boot;              /* what the server was started with */
   struct tern_queue *q;             /* the queue, or NULL (direct) */
   struct qdeliver *qd;              /* its deliverer */
+  char *res_sig;                    /* the [outbound] resolver settings the
+                                       deliverer's resolver was made from
+                                       (resolver_sig), NULL: none made */
   bool q_closed;                    /* tern_queue_close is done */
   uint64_t stop_ms;                 /* when SIGTERM came (uv_now) */
   int exit_code;
@@ -219,6 +229,12 @@ static void server_options(const struct cfg *c, struct tern_server_options *o,
   sc->timeout_data_ms = c->timeout_data_ms;
   sc->max_line_length = c->max_line_length;
   sc->max_junk_commands = c->max_junk_commands;
+  /* REQUIRETLS (RFC 8689; offered over TLS only, the session sees to
+   * that) where the queue delivers: every way out of it honours the
+   * flag (mx: only to verified hosts, URLs only over verified TLS to a
+   * next hop that offers it, else the message bounces with 5.7.30) */
+  if (cfg_uses_queue(c))
+    sc->extensions |= TERN_EXT_REQUIRETLS;
   o->max_connections = c->max_connections;
   o->max_per_ip = c->max_per_ip;
   o->greeting_delay_ms = c->greeting_delay_ms;
@@ -230,6 +246,82 @@ static void server_options(const struct cfg *c, struct tern_server_options *o,
   o->proxy_timeout_ms = c->timeout_proxy_ms;
   o->tls_handshake_timeout_ms = c->timeout_tls_handshake_ms;
   o->write_timeout_ms = c->timeout_write_ms;
+}
+
+/* ---- the resolver of mail to the world ([outbound]) ------------------------ */
+
+/* The [outbound] settings a resolver is made from, as one string: a
+ * reload makes a new resolver only when it changes (a new one starts
+ * with an empty cache, MTA-STS policies included). NULL: no memory. */
+static char *resolver_sig(const struct cfg *c) {
+  const struct cfg_outbound *o = &c->out;
+  char *s = NULL;
+  if (asprintf(&s, "%s|%s|%d|%d|%s", o->resolver ? o->resolver : "",
+               o->trust_anchor ? o->trust_anchor : "", (int)o->dnssec,
+               (int)o->mta_sts, o->mta_sts_ca_file ? o->mta_sts_ca_file : "") <
+      0)
+    return NULL;
+  return s;
+}
+
+/* One resolver for the queue's loop, from [outbound]: resolver (the
+ * forwarders; none: /etc/resolv.conf), trust_anchor, dnssec, mta_sts,
+ * mta_sts_ca_file. Returns 0, or -1 with err set ("[outbound] ...: why",
+ * naming the file when one did not load). */
+static int resolver_make(uv_loop_t *loop, const struct cfg *c,
+                         struct tern_resolver **out, char *err, size_t cap) {
+  struct tern_resolver_options o;
+  tern_resolver_options_init(&o);
+  o.forward = c->out.resolver;
+  o.trust_anchor_file = c->out.trust_anchor;
+  o.dnssec = c->out.dnssec;
+  o.mta_sts = c->out.mta_sts;
+  o.mta_sts_ca_file = c->out.mta_sts_ca_file;
+  *out = NULL;
+  int r = tern_resolver_new(out, loop, &o);
+  if (r) {
+    /* on failure there is no resolver to ask tern_resolver_last_error */
+    if (r == TERN_EIO)
+      snprintf(err, cap, "[outbound] resolver: %s or /etc/resolv.conf "
+               "did not load", c->out.trust_anchor ? c->out.trust_anchor
+                                                   : "the trust anchor");
+    else if (r == TERN_EINVAL)
+      snprintf(err, cap, "[outbound] resolver: bad address \"%s\"",
+               c->out.resolver ? c->out.resolver : "");
+    else
+      snprintf(err, cap, "[outbound] resolver: %s", tern_strerror(r));
+    *out = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* For the policy about to take over: a new resolver when mail can leave
+ * through MX and the resolver settings changed (or none was made yet).
+ * *res stays NULL when the current one goes on; *sig is the new
+ * settings' signature to keep with it. Returns 0 or -1 with err set. */
+static int resolver_renew(const struct daemon *d, const struct cfg *c,
+                          struct tern_resolver **res, char **sig, char *err,
+                          size_t cap) {
+  *res = NULL;
+  *sig = NULL;
+  if (!d->qd || !cfg_uses_outbound(c))
+    return 0;
+  char *s = resolver_sig(c);
+  if (!s) {
+    snprintf(err, cap, "out of memory");
+    return -1;
+  }
+  if (d->res_sig && !strcmp(s, d->res_sig)) {
+    free(s);
+    return 0;
+  }
+  if (resolver_make(d->loop, c, res, err, cap) != 0) {
+    free(s);
+    return -1;
+  }
+  *sig = s;
+  return 0;
 }
 
 static void reload_failed(const struct daemon *d, const char *err) {
@@ -274,6 +366,13 @@ static void reload(struct daemon *d) {
     policy_put(p);
     return;
   }
+  struct tern_resolver *res;
+  char *res_sig;
+  if (resolver_renew(d, &p->cfg, &res, &res_sig, err, sizeof err) != 0) {
+    reload_failed(d, err);
+    policy_put(p);
+    return;
+  }
   size_t nkeys = cfg_restart_keys(&d->boot->cfg, &p->cfg, d->cli_listeners,
                                   keys, sizeof keys);
   struct tern_server_options o;
@@ -287,10 +386,20 @@ static void reload(struct daemon *d) {
   int r = tern_server_update(d->srv, &o);
   if (r) {
     reload_failed(d, tern_server_last_error(d->srv));
+    if (res)
+      tern_resolver_free(res);
+    free(res_sig);
     policy_put(p);
     return;
   }
   policy_set(p);
+  if (res) { /* new connections use it; kept ones keep theirs */
+    qdeliver_set_resolver(d->qd, res);
+    free(d->res_sig);
+    d->res_sig = res_sig;
+    log_kv("event", "resolver", "result", "renewed", "resolver",
+           p->cfg.out.resolver ? p->cfg.out.resolver : "resolv.conf", NULL);
+  }
   if (nkeys)
     log_kv("event", "reload", "result", "partial", "restart_needed", keys,
            NULL);
@@ -446,9 +555,23 @@ static int check_only(const struct args *a, struct policy *pol) {
     fprintf(stderr, "tern serve: %s: [server] group '%s' does not exist\n",
             a->path ? a->path : "(default)", pol->cfg.group);
     cr = -1;
-  } else
+  } else if (cfg_uses_outbound(&pol->cfg) && cfg_uses_queue(&pol->cfg)) {
+    /* as open_queue will: the resolver's files load */
+    struct tern_resolver *res;
+    if (resolver_make(uv_default_loop(), &pol->cfg, &res, why,
+                      sizeof why) != 0) {
+      fprintf(stderr, "tern serve: %s: %s\n", a->path ? a->path : "(default)",
+              why);
+      cr = -1;
+    } else {
+      tern_resolver_free(res);
+    }
+  }
+  if (!cr) {
     printf("tern serve: %s: configuration OK\n",
            a->path ? a->path : "(default)");
+    cfg_print_summary(&pol->cfg, stdout);
+  }
   tern_server_free(cs);
   policy_put(pol);
   return cr ? EX_CONFIG : 0;
@@ -576,16 +699,28 @@ static int prepare_queue_dir(const struct cfg *c) {
   return 0;
 }
 
-/* Where a DSN the queue makes goes: the target as it is now, so a
- * relaying target sends bounces on to the relay too, a maildir or pipe
- * target delivers them locally (the queue's destination names). */
+/* Where a DSN the queue makes goes: the destination the configuration
+ * as it is now gives its recipient's domain (cfg_route_dest: a local
+ * sender's bounce is delivered locally, a foreign one's goes to its
+ * domain's MX or the relay). Without outbound mail (Step 7's targets)
+ * everything is "local": the target, whatever it is. Home loop only:
+ * the name is in a static buffer the queue copies at once. */
 static const char *dsn_route(const char *addr, void *ud) {
-  (void)addr;
+  static char buf[1100];
   (void)ud;
   struct policy *p = policy_get();
-  bool relay = is_forward(&p->cfg);
+  const char *dest = "local";
+  if (cfg_uses_outbound(&p->cfg)) {
+    const char *at = strrchr(addr, '@');
+    const char *dom = at ? at + 1 : "";
+    dest = cfg_route_dest(&p->cfg, dom, strlen(dom), buf, sizeof buf);
+    if (dest != buf && dest) { /* a static name: keep it past the put */
+      snprintf(buf, sizeof buf, "%s", dest);
+      dest = buf;
+    }
+  }
   policy_put(p);
-  return relay ? "relay" : "local";
+  return dest ? dest : "local";
 }
 
 /* Open the queue ([queue] settings; delivery through qdeliver on this
@@ -614,6 +749,19 @@ static int open_queue(struct daemon *d, const struct cfg *c) {
   o.ud = d->qd;
   o.error = err;
   o.error_size = sizeof err;
+  if (cfg_uses_outbound(c)) {
+    struct tern_resolver *res;
+    if (resolver_make(d->loop, c, &res, err, sizeof err) != 0 ||
+        !(d->res_sig = resolver_sig(c))) {
+      fprintf(stderr, "tern serve: %s\n", err[0] ? err : "out of memory");
+      if (res)
+        tern_resolver_free(res);
+      qdeliver_free(d->qd);
+      d->qd = NULL;
+      return EX_CONFIG;
+    }
+    qdeliver_set_resolver(d->qd, res);
+  }
   int r = tern_queue_open(&d->q, d->loop, &o);
   if (r) {
     fprintf(stderr, "tern serve: queue %s: %s\n", c->queue_dir,
@@ -685,6 +833,7 @@ static void announce(struct daemon *d, const struct cfg *c) {
   log_kv("event", "ready", "hostname", c->hostname, "delivery",
          c->target == CFG_MAILDIR ? c->maildir
          : c->target == CFG_PIPE  ? c->command
+         : c->target == CFG_MX    ? "mx"
                                   : c->forward_url,
          "queue", d->q ? c->queue_dir : "no", NULL);
   sd_notify(0, "READY=1");
@@ -794,6 +943,7 @@ int tern_cli_serve(int argc, char **argv) {
   serve_loops_free();
   policy_put(g_policy);
   policy_put(d.boot);
+  free(d.res_sig);
   uv_loop_close(d.loop);
   return d.exit_code;
 }

@@ -16,6 +16,8 @@
 
 #include <tern/tern.h>
 
+struct tern_dkim_signer; /* tern/dkim.h */
+
 /* The outcome of a delivery, as an SMTP reply (static strings or ones
  * owned by the delivery until it is freed). */
 typedef void (*deliver_done_fn)(void *arg, const struct tern_reply *r,
@@ -83,6 +85,11 @@ struct deliver_mail {
   enum tern_dsn_ret ret;
   const char *envid;               /* decoded, or NULL */
   const char *client;              /* "dns; helo (addr)" or NULL */
+  /* The queue target signs the message with this (DKIM-Signature fields
+   * put in front through tern_queue_msg_prepend) when not NULL: the
+   * session sets it for mail it originates (authenticated) only. The
+   * outcome is the DELIVER_ALL detail, for serve_dkim_log(). */
+  struct tern_dkim_signer *dkim;
 };
 
 /* Where the session wants the delivery's news. `arg` is given to each. */
@@ -387,14 +394,16 @@ struct tern_queue_msg;
 /*
  * Open a queued message for `m` (sender, recipients with their NOTIFY
  * and ORCPT, MAIL parameters; m->header is not used) on port `p` (of
- * m->loop), every recipient to destination `dest` ("local", "relay").
+ * m->loop), recipient i to destination dests[i] ("local", "mx:DOMAIN",
+ * "url:URL", "smarthost": cfg_route_dest in config.h); dests NULL, or
+ * a NULL dests[i], means "local". The strings are copied.
  * Its queue id is known at once (tern_queue_msg_id) so that the trace
  * header can name it; hand the message to queue_ops.begin through
  * m->envelope (begin writes m->header first), or tern_queue_msg_abort
  * it. Returns 0 or -errno (-ESHUTDOWN: the queue is closing).
  */
 int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
-                   const char *dest, struct tern_queue_msg **out);
+                   const char *const *dests, struct tern_queue_msg **out);
 
 /* ---- the queue: delivery of its jobs (queue_deliver.c) --------------------- */
 
@@ -430,5 +439,22 @@ time_t qdeliver_arrival(const char *id);
  * set to the next hop it was going to ("" for a local target) and
  * *arrival to the message's arrival; returns true. Home loop. */
 bool qdeliver_running(const char *id, const char **remote, time_t *arrival);
+
+struct tern_resolver;
+struct log_line;
+/* The resolver new mx: connections use from now on (NULL: none, each
+ * client makes its own from the system's configuration). The qdeliver
+ * takes `r` over; the one it replaces is freed when the last connection
+ * made with it is gone. Home loop. */
+void qdeliver_set_resolver(struct qdeliver *qd, struct tern_resolver *r);
+/* While message `id`'s job hands its results back (as qdeliver_arrival):
+ * its destination name ("local", "mx:example.org"...), else NULL. */
+const char *qdeliver_dest(const char *id);
+/* While message `id`'s job hands its results back: add to l what its
+ * delivery line says of the destination and the connection: dest=
+ * (other than local), mx= addr= (who took it), tls= (version or none),
+ * cipher=, verified= (dane-ee, dane-ta, mta-sts, ca or no), policy=,
+ * tls_failure= (what MTA-STS testing let pass). Nothing else. */
+void qdeliver_log_fields(const char *id, struct log_line *l);
 
 #endif

@@ -10,6 +10,15 @@
  *
  * The message is opened before begin (queue_msg_open) because its
  * queue id goes into the Received field that begin writes first.
+ *
+ * DKIM (docs/decisions/0020-dkim.md): with deliver_mail.dkim set (mail
+ * the session originates), every chunk the queue takes after that
+ * Received field also goes through the signer (the Received field is
+ * ours and not signed: a hop may add more in front of it anyway); at
+ * commit the DKIM-Signature fields are put in front of the message
+ * (tern_queue_msg_prepend) before the queue commits it. A signing that
+ * fails leaves the message unsigned and queued; the outcome is the
+ * DELIVER_ALL detail (serve_dkim.h) for the session's log line.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -17,12 +26,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <tern/dkim.h>
 #include <tern/queue.h>
 
 #include "deliver.h"
+#include "serve_dkim.h"
 
 int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
-                   const char *dest, struct tern_queue_msg **out) {
+                   const char *const *dests, struct tern_queue_msg **out) {
   struct tern_queue_rcpt *r = calloc(m->nrcpts ? m->nrcpts : 1, sizeof *r);
   if (!r)
     return -ENOMEM;
@@ -30,7 +41,7 @@ int queue_msg_open(struct tern_queue_port *p, const struct deliver_msg *m,
     r[i].addr = m->rcpts[i];
     r[i].orcpt = m->orcpt ? m->orcpt[i] : NULL;
     r[i].notify = m->notify ? m->notify[i] : 0;
-    r[i].dest = dest;
+    r[i].dest = dests && dests[i] ? dests[i] : "local";
   }
   struct tern_queue_envelope env = {0};
   env.from = m->from;
@@ -72,11 +83,54 @@ struct qdelivery {
   bool aborted;
   uv_loop_t *loop;
   uv_timer_t later; /* a local failure's result, outside qo_commit */
+  /* DKIM: signing (or NULL), and why it stopped if it did */
+  bool dkim;                 /* asked to sign */
+  struct tern_dkim_sign *sign;
+  const char *sign_fail;     /* static: signing given up before the end */
+  char dkim_detail[512];     /* the outcome (serve_dkim_detail) */
 };
 
 static void qd_free(struct qdelivery *d) {
+  tern_dkim_sign_abort(d->sign);
   free(d->held);
   free(d);
+}
+
+/* A chunk of the message as received: the signer sees what the queue
+ * takes. Out of memory there only costs the signature. */
+static void qd_sign(struct qdelivery *d, const char *buf, size_t len) {
+  if (!d->sign)
+    return;
+  if (tern_dkim_sign_write(d->sign, buf, len) != 0) {
+    tern_dkim_sign_abort(d->sign);
+    d->sign = NULL;
+    d->sign_fail = "out of memory";
+  }
+}
+
+/* Before commit: end the signing and put its fields in front. */
+static void qd_sign_end(struct qdelivery *d) {
+  if (!d->dkim)
+    return;
+  if (!d->sign) {
+    serve_dkim_detail(d->dkim_detail, sizeof d->dkim_detail, TERN_EIO, NULL,
+                      d->sign_fail ? d->sign_fail : "out of memory");
+    return;
+  }
+  char *fields = NULL;
+  const char *why = NULL;
+  int rc = tern_dkim_sign_end(d->sign, &fields, &why);
+  d->sign = NULL;
+  if (rc == 0 && fields[0]) {
+    int pr = tern_queue_msg_prepend(d->m, fields, strlen(fields));
+    if (pr != 0) {
+      rc = pr;
+      why = pr == TERN_EINVAL ? "signature fields over 64 KiB"
+                              : tern_strerror(pr);
+    }
+  }
+  serve_dkim_detail(d->dkim_detail, sizeof d->dkim_detail, rc, fields, why);
+  free(fields);
 }
 
 static void qd_later_closed(uv_handle_t *h) {
@@ -138,6 +192,11 @@ static int qo_begin(const struct deliver_target *t, const struct deliver_msg *m,
   d->cb = cb;
   d->arg = arg;
   d->loop = m->loop;
+  if (m->mail && m->mail->dkim) {
+    d->dkim = true;
+    if (tern_dkim_sign_new(m->mail->dkim, &d->sign) != 0)
+      d->sign_fail = "out of memory";
+  }
   if (m->hlen) {
     int r = tern_queue_msg_write(qm, m->header, m->hlen, qd_written, d);
     if (r == 1)
@@ -164,9 +223,12 @@ static int qo_write(struct delivery *dv, const char *buf, size_t len) {
     d->held = h;
     d->held_len = len;
     d->tell = true;
+    qd_sign(d, buf, len);
     return DELIVER_LATER;
   }
   int r = tern_queue_msg_write(d->m, buf, len, qd_written, d);
+  if (r == 0 || r == 1)
+    qd_sign(d, buf, len);
   if (r == 0)
     return 0;
   if (r == 1) {
@@ -183,9 +245,11 @@ static void qo_done(void *arg, const struct tern_reply *r) {
   const struct deliver_cbs *cb = d->cb;
   void *a = d->arg;
   bool aborted = d->aborted;
+  char detail[sizeof d->dkim_detail];
+  memcpy(detail, d->dkim_detail, sizeof detail);
   qd_free(d);
   if (!aborted)
-    cb->result(a, DELIVER_ALL, r, NULL);
+    cb->result(a, DELIVER_ALL, r, detail[0] ? detail : NULL);
 }
 
 static void qo_commit(struct delivery *dv) {
@@ -203,6 +267,8 @@ static void qo_commit(struct delivery *dv) {
   }
   /* A write the queue refused has failed the message in the queue: its
    * commit says so (452 4.3.1, 451 4.3.0) and leaves nothing behind. */
+  if (!d->err)
+    qd_sign_end(d);
   tern_queue_msg_commit(d->m, qo_done, d);
 }
 

@@ -12,11 +12,31 @@
  *                  connections that are kept and reused: a job takes an
  *                  idle connection to the same URL or opens one; after
  *                  its message the connection waits (at most
- *                  `concurrency` of them, 10 s) for the next. MAIL, the
- *                  RCPTs and DATA go out as one PIPELINING group when
- *                  the next hop offers it. A kept connection that turns
- *                  out dead before the next hop said anything about the
- *                  message is replaced once, at once.
+ *                  `concurrency` of them per next hop, 10 s) for the
+ *                  next. MAIL, the RCPTs and DATA go out as one
+ *                  PIPELINING group when the next hop offers it. A kept
+ *                  connection that turns out dead before the next hop
+ *                  said anything about the message is replaced once, at
+ *                  once.
+ *
+ * Which of them a job takes is its destination's (info->dest, the
+ * names of docs/decisions/0021):
+ *
+ *   local, relay   the [delivery] target, as above ("relay" is what
+ *                  Step 7 stored for the lmtp and smtp targets)
+ *   mx:DOMAIN      a client with the URL "mx:DOMAIN": the domain's MX
+ *                  hosts through the loop's resolver, [outbound] and
+ *                  the domain's [tls_policy]; a message with REQUIRETLS
+ *                  only over verified TLS
+ *   url:URL        a [routes] next hop, without AUTH
+ *   smarthost      the [delivery] relay URL with relay_auth_*
+ *
+ * all but the local targets over the same kept connections, keyed by
+ * URL, AUTH user, TLS policy and REQUIRETLS. A connection that cannot be
+ * made fails the job's recipients with the client's reply for it
+ * (tern_client_failure_reply): permanent (null MX 5.1.10, no such
+ * domain 5.1.2, REQUIRETLS impossible 5.7.30) bounces them at once;
+ * temporary suspends the destination (tern_queue_job_unreachable).
  *
  * The body is read from the queue a chunk at a time and handed to the
  * target only as fast as it takes it (its written callback, the client
@@ -35,11 +55,49 @@
 
 #include <tern/net.h>
 #include <tern/queue.h>
+#include <tern/resolve.h>
 
 #include "deliver.h"
+#include "log.h"
 #include "serve.h"
 
 #define IDLE_MS 10000u /* a kept connection unused this long is closed */
+#define IDLE_ALL 256u  /* kept connections in all, whatever the hops */
+
+/* Where a job's message goes and how: made from its destination and
+ * the configuration it started with (its strings are the job's policy's
+ * or the job's own, alive as long as the job). */
+struct hop {
+  const char *url;
+  const char *ehlo;
+  const char *auth_user, *auth_password;
+  bool verify;
+  const char *ca_file;
+  unsigned connect_ms, command_ms, data_ms;
+  const char *bind4, *bind6;
+  bool mx; /* an mx: URL: the resolver, the policy, REQUIRETLS */
+  enum tern_tls_policy policy;
+  bool requiretls;
+  unsigned mx_port;
+};
+
+/* The loop's resolver, shared by the connections made with it: a reload
+ * that changes [outbound]'s resolver settings puts a new one in place
+ * for new connections, and the old one goes with its last connection. */
+struct qresolver {
+  struct tern_resolver *r;
+  unsigned refs;
+};
+
+/* What the log line of an attempt says about its connection
+ * (tern_client_conn_info), copied: the connection may be gone or
+ * carrying another message when the line is written. */
+struct conn_facts {
+  bool set;
+  char host[256], addr[64], tls[24], cipher[80], verified[16], policy[24];
+  char failure[240];
+  unsigned tried;
+};
 
 struct rconn;
 
@@ -76,7 +134,10 @@ struct qjob {
   bool dlv_waiting; /* a write returned DELIVER_LATER */
   bool committed;
   char hdr[1100];
-  /* relay */
+  /* relay, mx:, url:, smarthost */
+  char *dest;
+  struct hop hop;
+  struct conn_facts facts;
   struct rconn *conn;
   char remote[300]; /* the next hop's host, for results */
   size_t *acc;      /* accepted recipient k -> its index */
@@ -105,12 +166,19 @@ struct rconn {
   bool used;      /* a message ended on it already */
   bool closing, closed;
   bool lmtp;
+  bool mx;
   char err[300]; /* why the connection failed */
+  /* a failed connect's reply for the senders (mx: URLs) */
+  bool fail_set, fail_perm;
+  int fail_code;
+  char fail_enh[16], fail_text[300];
+  struct qresolver *res; /* a reference, or NULL */
 };
 
 struct qdeliver {
   uv_loop_t *loop;
   unsigned concurrency;
+  struct qresolver *res; /* the current one (a reference), or NULL */
   struct qjob *jobs;
   struct rconn *conns;
   unsigned nconns, nidle;
@@ -126,9 +194,42 @@ static void qj_free(struct qjob *j);
  * message's arrival (delay=), which events do not carry. Home loop. */
 static const char *g_cur_id;
 static time_t g_cur_arrival;
+static const struct conn_facts *g_cur_facts;
+static const char *g_cur_dest;
 
 time_t qdeliver_arrival(const char *id) {
   return g_cur_id && id && !strcmp(g_cur_id, id) ? g_cur_arrival : 0;
+}
+
+const char *qdeliver_dest(const char *id) {
+  return g_cur_id && id && !strcmp(g_cur_id, id) ? g_cur_dest : NULL;
+}
+
+/* Values from the connection are the peer's or the DNS's: log_line_kv
+ * quotes and escapes them. Empty ones are left out. */
+static void kv(struct log_line *l, const char *key, const char *v) {
+  if (v && v[0])
+    log_line_kv(l, key, v);
+}
+
+void qdeliver_log_fields(const char *id, struct log_line *l) {
+  if (!g_cur_id || !id || strcmp(g_cur_id, id))
+    return;
+  if (g_cur_dest && strcmp(g_cur_dest, "local"))
+    kv(l, "dest", g_cur_dest);
+  const struct conn_facts *f = g_cur_facts;
+  if (!f)
+    return;
+  kv(l, "mx", f->host);
+  kv(l, "addr", f->addr);
+  if (f->tried > 1) /* the ones before it failed: refused, 4xx... */
+    log_line_kv(l, "tried", LOG_U(f->tried));
+  log_line_kv(l, "tls", f->tls[0] ? f->tls : "none");
+  kv(l, "cipher", f->cipher);
+  if (f->tls[0])
+    log_line_kv(l, "verified", f->verified[0] ? f->verified : "no");
+  kv(l, "policy", f->policy);
+  kv(l, "tls_failure", f->failure);
 }
 
 /* The one qdeliver of the process (tern serve opens one queue), for
@@ -172,7 +273,9 @@ static void qj_end(struct qjob *j) {
   if (j->job) {
     g_cur_id = j->id;
     g_cur_arrival = j->arrival;
-    const char *remote = j->conn || j->remote[0] ? j->remote : NULL;
+    g_cur_facts = j->facts.set ? &j->facts : NULL;
+    g_cur_dest = j->dest;
+    const char *remote = j->remote[0] ? j->remote : NULL;
     if (j->read_error) {
       static const struct tern_reply rr = {451, "4.3.0",
                                            "Error: queue read failed"};
@@ -199,6 +302,8 @@ static void qj_end(struct qjob *j) {
     }
     j->job = NULL;
     g_cur_id = NULL;
+    g_cur_facts = NULL;
+    g_cur_dest = NULL;
   }
   qj_free(j);
 }
@@ -223,6 +328,7 @@ static void qj_free(struct qjob *j) {
   free(j->acc);
   free(j->from);
   free(j->envid);
+  free(j->dest);
   free(j->pend);
   policy_put(j->pol);
   free(j);
@@ -256,12 +362,13 @@ static struct qjob *qj_new(struct qdeliver *qd, struct tern_queue_job *job,
   j->res = calloc(info->nrcpts ? info->nrcpts : 1, sizeof *j->res);
   j->acc = calloc(info->nrcpts ? info->nrcpts : 1, sizeof *j->acc);
   j->envid = info->envid ? strdup(info->envid) : NULL;
+  j->dest = strdup(info->dest ? info->dest : "local");
   j->next = qd->jobs;
   if (qd->jobs)
     qd->jobs->prev = j;
   qd->jobs = j;
   bool ok = j->from && j->rcpts && j->corcpt && j->crcpts && j->res && j->acc &&
-            (!info->envid || j->envid);
+            (!info->envid || j->envid) && j->dest;
   for (size_t i = 0; ok && i < info->nrcpts; i++) {
     const struct tern_queue_job_rcpt *r = &info->rcpts[i];
     ok = (j->rcpts[i] = strdup(r->addr)) != NULL;
@@ -561,6 +668,31 @@ static bool rj_refuse(struct qjob *j, struct rconn *c) {
 
 static void rconn_idle(struct rconn *c);
 
+static void copy_str(char *out, size_t cap, const char *v) {
+  snprintf(out, cap, "%s", v ? v : "");
+}
+
+/* Where the connection went and how it is protected, for the job's log
+ * lines; for an mx: URL the MX host is also the remote MTA its results
+ * name. */
+static void rj_note_conn(struct qjob *j, struct rconn *c) {
+  const struct tern_client_conn_info *ci = tern_client_conn_info(c->cl);
+  if (!ci || !ci->host)
+    return;
+  struct conn_facts *f = &j->facts;
+  f->set = true;
+  copy_str(f->host, sizeof f->host, ci->host);
+  copy_str(f->addr, sizeof f->addr, ci->addr);
+  copy_str(f->tls, sizeof f->tls, ci->tls_version);
+  copy_str(f->cipher, sizeof f->cipher, ci->tls_cipher);
+  copy_str(f->verified, sizeof f->verified, ci->verified);
+  copy_str(f->policy, sizeof f->policy, ci->policy);
+  copy_str(f->failure, sizeof f->failure, ci->policy_failure);
+  f->tried = ci->hosts_tried;
+  if (c->mx)
+    copy_str(j->remote, sizeof j->remote, ci->host);
+}
+
 /* The connection is ready and carries its job: send the envelope (MAIL,
  * RCPTs, DATA: one group with PIPELINING). */
 static void rj_send(struct rconn *c) {
@@ -569,6 +701,7 @@ static void rj_send(struct rconn *c) {
   if (!j || j->sent || !(tern_client_session_want(s) & TERN_CLIENT_READY))
     return;
   j->sent = true;
+  rj_note_conn(j, c);
   if (rj_refuse(j, c)) {
     c->job = NULL;
     j->conn = NULL;
@@ -710,12 +843,35 @@ static void rc_on_connect(struct tern_client *cl, int status, void *ud) {
     return;
   }
   snprintf(c->err, sizeof c->err, "%s", tern_client_last_error(cl));
+  struct tern_reply r = {0, NULL, NULL};
+  if (c->mx) {
+    /* what the senders are told: null MX, no such domain, no host, TLS
+     * or REQUIRETLS that cannot be met (the client knows which) */
+    c->fail_perm = tern_client_failure_reply(cl, &r);
+    if (r.code >= 400 && r.code <= 599) {
+      c->fail_set = true;
+      c->fail_code = r.code;
+      snprintf(c->fail_enh, sizeof c->fail_enh, "%s",
+               r.enhanced ? r.enhanced : "");
+      snprintf(c->fail_text, sizeof c->fail_text, "%s",
+               r.text ? r.text : c->err);
+      c->fail_perm = r.code / 100 == 5;
+    }
+  }
+}
+
+static void qres_put(struct qresolver *r) {
+  if (r && --r->refs == 0) {
+    tern_resolver_free(r->r);
+    free(r);
+  }
 }
 
 static void rc_timer_closed(uv_handle_t *h) {
   struct rconn *c = h->data;
   struct qdeliver *qd = c->qd;
   free(c->key);
+  qres_put(c->res);
   free(c);
   /* nconns counts connections until their memory is gone (a closed
    * one's timer may still be closing after it left qd->conns) */
@@ -733,15 +889,26 @@ static void rc_on_close(struct tern_client *cl, void *ud) {
   if (j) {
     c->job = NULL;
     j->conn = NULL;
-    char t[360];
-    const char *why = c->err[0] ? c->err : tern_client_last_error(cl);
-    snprintf(t, sizeof t, "Error: next hop: %s", why);
-    fill(j, 451, c->connected ? "4.4.2" : "4.4.1", t);
-    /* never ready (connect, greeting, TLS, EHLO, AUTH), or lost before
-     * the next hop answered anything of this message */
-    if (!j->read_error && (!c->connected || !j->got_reply))
-      j->unreachable = true;
-    qj_end(j);
+    if (!j->facts.set)
+      rj_note_conn(j, c); /* the last host tried, when there was one */
+    if (c->fail_set && !c->connected) {
+      /* a permanent failure (null MX...) bounces the recipients now; a
+       * temporary one is the destination's, as for a dead relay */
+      fill(j, c->fail_code, c->fail_enh[0] ? c->fail_enh : NULL, c->fail_text);
+      if (!c->fail_perm && !j->read_error)
+        j->unreachable = true;
+      qj_end(j);
+    } else {
+      char t[360];
+      const char *why = c->err[0] ? c->err : tern_client_last_error(cl);
+      snprintf(t, sizeof t, "Error: next hop: %s", why);
+      fill(j, 451, c->connected ? "4.4.2" : "4.4.1", t);
+      /* never ready (connect, greeting, TLS, EHLO, AUTH), or lost before
+       * the next hop answered anything of this message */
+      if (!j->read_error && (!c->connected || !j->got_reply))
+        j->unreachable = true;
+      qj_end(j);
+    }
   }
   uv_timer_stop(&c->idle);
   if (c->prev)
@@ -795,10 +962,13 @@ static void rconn_idle(struct rconn *c) {
   struct qdeliver *qd = c->qd;
   if (c->closing || c->closed)
     return;
-  unsigned idle = 0;
+  unsigned idle = 0, same = 0;
   for (struct rconn *k = qd->conns; k; k = k->next)
-    idle += !k->job && !k->closing && k != c;
-  if (qd->closing || idle >= qd->concurrency ||
+    if (!k->job && !k->closing && k != c) {
+      idle++;
+      same += !strcmp(k->key, c->key);
+    }
+  if (qd->closing || same >= qd->concurrency || idle >= IDLE_ALL ||
       (tern_client_session_want(tern_client_get_session(c->cl)) &
        TERN_CLIENT_WANT_CLOSE)) {
     rconn_close(c);
@@ -807,17 +977,19 @@ static void rconn_idle(struct rconn *c) {
   uv_timer_start(&c->idle, rc_idle_timeout, IDLE_MS, 0);
 }
 
-/* The key a connection is reused by: the URL and the AUTH user (a
- * reload may change either). */
-static char *conn_key(const struct cfg *c) {
+/* The key a connection is reused by: what makes two connections the
+ * same (a reload may change any of it). */
+static char *conn_key(const struct hop *h) {
   char *k = NULL;
-  if (asprintf(&k, "%s %s", c->forward_url ? c->forward_url : "",
-               c->forward_auth_user ? c->forward_auth_user : "") < 0)
+  if (asprintf(&k, "%s %s %d%d%d %s %s", h->url,
+               h->auth_user ? h->auth_user : "", (int)h->policy,
+               (int)h->requiretls, (int)h->verify, h->ehlo ? h->ehlo : "",
+               h->ca_file ? h->ca_file : "") < 0)
     return NULL;
   return k;
 }
 
-static struct rconn *rconn_new(struct qdeliver *qd, const struct cfg *cf,
+static struct rconn *rconn_new(struct qdeliver *qd, const struct hop *h,
                                char *key) {
   static struct tern_client_callbacks ccb;
   struct rconn *c = calloc(1, sizeof *c);
@@ -834,33 +1006,45 @@ static struct rconn *rconn_new(struct qdeliver *qd, const struct cfg *cf,
   tern_client_options_init(&co);
   tern_client_config_init(&cc);
   co.session = &cc;
-  co.url = cf->forward_url;
-  cc.ehlo_name = cf->hostname;
+  co.url = h->url;
+  cc.ehlo_name = h->ehlo;
   /* BDAT where offered (RFC 3030): no dot-stuffing, and the end of the
    * message is a length, not a line the body could imitate */
   cc.chunking = true;
   co.callbacks = &ccb;
   co.ud = c;
-  /* as the forwarding targets (forward_open): smtp:// is opportunistic
-   * TLS, never verified; smtp+starttls:// and smtps:// verified unless
-   * verify = no */
-  co.tls_verify = cf->forward_verify && strncmp(cf->forward_url, "smtp://", 7);
-  co.ca_file = cf->forward_ca_file;
-  co.auth_user = cf->forward_auth_user;
-  co.auth_password = cf->forward_auth_password;
-  unsigned tmo = forward_timeout(cf);
-  co.connect_timeout_ms = tmo;
-  co.command_timeout_ms = tmo;
-  co.data_timeout_ms = tmo;
+  co.tls_verify = h->verify;
+  co.ca_file = h->ca_file;
+  co.auth_user = h->auth_user;
+  co.auth_password = h->auth_password;
+  co.connect_timeout_ms = h->connect_ms;
+  co.command_timeout_ms = h->command_ms;
+  co.data_timeout_ms = h->data_ms;
   co.on_connect = rc_on_connect;
   co.on_close = rc_on_close;
+  co.bind_addr = h->bind4;
+  co.bind_addr6 = h->bind6;
+  if (h->mx) {
+    co.tls_policy = h->policy;
+    co.require_verified_tls = h->requiretls;
+    co.mx_port = h->mx_port;
+    co.resolver = qd->res ? qd->res->r : NULL;
+  } else if (h->requiretls) {
+    /* RFC 8689 §4.2: the next hop's certificate verified, or nothing */
+    cc.starttls = TERN_STARTTLS_REQUIRED;
+  }
   if (tern_client_new(&c->cl, qd->loop, &co) != 0) {
     free(c);
     return NULL;
   }
   c->qd = qd;
   c->key = key;
-  c->lmtp = !strncmp(cf->forward_url, "lmtp:", 5);
+  c->lmtp = !strncmp(h->url, "lmtp:", 5);
+  c->mx = h->mx;
+  if (h->mx && qd->res) {
+    c->res = qd->res;
+    c->res->refs++;
+  }
   uv_timer_init(qd->loop, &c->idle);
   c->idle.data = c;
   c->timer_open = true;
@@ -876,15 +1060,18 @@ static struct rconn *rconn_new(struct qdeliver *qd, const struct cfg *cf,
  * (fresh: always a new one). */
 static void relay_start(struct qjob *j, bool fresh) {
   struct qdeliver *qd = j->qd;
-  const struct cfg *cf = &j->pol->cfg;
-  char *key = conn_key(cf);
+  const struct hop *h = &j->hop;
+  char *key = conn_key(h);
   struct rconn *c = NULL;
   if (!key) {
     fill(j, 451, "4.3.0", "Error: out of memory");
     qj_end(j);
     return;
   }
-  url_host(cf->forward_url, j->remote, sizeof j->remote);
+  if (h->mx) /* the MX host, once one takes the connection */
+    j->remote[0] = '\0';
+  else
+    url_host(h->url, j->remote, sizeof j->remote);
   for (struct rconn *k = qd->conns; k && !fresh && !c; k = k->next)
     if (!k->job && !k->closing && !k->closed && k->connected &&
         (tern_client_session_want(tern_client_get_session(k->cl)) &
@@ -899,7 +1086,7 @@ static void relay_start(struct qjob *j, bool fresh) {
     rj_send(c); /* else on_ready sends it */
     return;
   }
-  c = rconn_new(qd, cf, key);
+  c = rconn_new(qd, h, key);
   if (!c) {
     free(key);
     fill(j, 451, "4.3.0", "Error: cannot create a client");
@@ -926,6 +1113,99 @@ int qdeliver_new(struct qdeliver **out, uv_loop_t *loop, unsigned concurrency) {
   return 0;
 }
 
+void qdeliver_set_resolver(struct qdeliver *qd, struct tern_resolver *r) {
+  struct qresolver *n = NULL;
+  if (r && !(n = calloc(1, sizeof *n))) {
+    tern_resolver_free(r); /* the current one stays */
+    return;
+  }
+  if (n) {
+    n->r = r;
+    n->refs = 1;
+  }
+  qres_put(qd->res);
+  qd->res = n;
+}
+
+/* [outbound]'s part of a hop: EHLO name, source addresses, timeouts
+ * (the final reply after the data waits twice the command timeout, as
+ * RFC 5321 §4.5.3.2.6 gives it 10 minutes to 5). */
+static void hop_outbound(struct hop *h, const struct cfg *c) {
+  h->ehlo = c->out.helo ? c->out.helo : c->hostname;
+  h->bind4 = c->out.bind;
+  h->bind6 = c->out.bind6;
+  h->connect_ms = c->out.connect_timeout_ms;
+  h->command_ms = c->out.timeout_ms;
+  h->data_ms = c->out.timeout_ms > UINT32_MAX / 2 ? c->out.timeout_ms
+                                                  : 2 * c->out.timeout_ms;
+}
+
+/* The next hop of destination j->dest under the job's configuration.
+ * Returns 0, 1 for the local targets (local_start), or -1 with every
+ * recipient's result set (the destination cannot be used now). */
+static int hop_make(struct qjob *j, const struct tern_queue_job_info *info) {
+  const struct cfg *c = &j->pol->cfg;
+  struct hop *h = &j->hop;
+  const char *d = j->dest;
+  memset(h, 0, sizeof *h);
+  h->requiretls = info->requiretls;
+  if (!strcmp(d, "local") || !strcmp(d, "relay")) {
+    if (c->target == CFG_MAILDIR || c->target == CFG_PIPE)
+      return 1;
+    if (c->target == CFG_MX || !c->forward_url) {
+      /* stored for a local target the configuration no longer has */
+      fill(j, 451, "4.3.5",
+           "Error: no local delivery configured ([delivery] target)");
+      return -1;
+    }
+    /* as the forwarding targets (forward_open): smtp:// is
+     * opportunistic TLS, never verified; smtp+starttls:// and smtps://
+     * verified unless verify = no */
+    h->url = c->forward_url;
+    h->ehlo = c->hostname;
+    h->verify = c->forward_verify && strncmp(c->forward_url, "smtp://", 7);
+    h->ca_file = c->forward_ca_file;
+    h->auth_user = c->forward_auth_user;
+    h->auth_password = c->forward_auth_password;
+    h->connect_ms = h->command_ms = h->data_ms = forward_timeout(c);
+    h->requiretls = false; /* forward_refusal checks TLS, as before */
+    return 0;
+  }
+  hop_outbound(h, c);
+  if (!strncmp(d, "mx:", 3) && d[3]) {
+    const char *dom = d + 3;
+    h->url = d;
+    h->mx = true;
+    h->policy = cfg_tls_policy_for(c, dom, strlen(dom));
+    h->ca_file = c->out.ca_file;
+    h->mx_port = c->out.port;
+    h->verify = true; /* the policy decides what is checked */
+    return 0;
+  }
+  if (!strncmp(d, "url:", 4) && d[4]) {
+    h->url = d + 4;
+    h->verify = strncmp(h->url, "smtp://", 7) != 0 || h->requiretls;
+    h->ca_file = c->out.ca_file;
+    return 0;
+  }
+  if (!strcmp(d, "smarthost")) {
+    if (!c->relay_url) {
+      fill(j, 451, "4.3.5",
+           "Error: no [delivery] relay URL configured for this mail");
+      return -1;
+    }
+    h->url = c->relay_url;
+    h->verify =
+        (c->relay_verify && strncmp(h->url, "smtp://", 7)) || h->requiretls;
+    h->ca_file = c->relay_ca_file;
+    h->auth_user = c->relay_auth_user;
+    h->auth_password = c->relay_auth_password;
+    return 0;
+  }
+  fill(j, 451, "4.3.5", "Error: unknown destination");
+  return -1;
+}
+
 void qdeliver_job(struct tern_queue_job *job,
                   const struct tern_queue_job_info *info, void *ud) {
   struct qdeliver *qd = ud;
@@ -935,11 +1215,17 @@ void qdeliver_job(struct tern_queue_job *job,
     tern_queue_job_done(job, &oom);
     return;
   }
-  const struct cfg *c = &j->pol->cfg;
-  if (c->target == CFG_LMTP || c->target == CFG_SMTP)
+  switch (hop_make(j, info)) {
+  case 0:
     relay_start(j, false);
-  else
+    break;
+  case 1:
     local_start(j);
+    break;
+  default:
+    qj_end(j);
+    break;
+  }
 }
 
 void qdeliver_free(struct qdeliver *qd) {
@@ -963,6 +1249,8 @@ void qdeliver_free(struct qdeliver *qd) {
     /* else: the connection's on_close or the read's callback frees it */
   }
   qd->closing = true; /* the last job or connection to go frees qd */
+  qres_put(qd->res);  /* connections keep theirs */
+  qd->res = NULL;
   if (g_qd == qd)
     g_qd = NULL;
   for (struct rconn *c = qd->conns; c; c = c->next)

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "recipients.h"
 #include "serve.h"
+#include "serve_dkim.h"
 #include "users.h"
 
 /* Peer text for a header field: printable ASCII kept, the rest \xHH,
@@ -129,6 +130,10 @@ int sess_rcpt_room(struct sess *x) {
   if (!o)
     return -1;
   x->orcpt = o;
+  char **d = realloc(x->dests, cap * sizeof *d);
+  if (!d)
+    return -1;
+  x->dests = d;
   x->rcap = cap;
   return 0;
 }
@@ -137,6 +142,8 @@ void sess_push_rcpt(struct sess *x, char *addr) {
   x->notify[x->nrcpts] = x->cur_notify;
   x->orcpt[x->nrcpts] = x->cur_orcpt; /* taken over */
   x->cur_orcpt = NULL;
+  x->dests[x->nrcpts] = x->cur_dest; /* taken over */
+  x->cur_dest = NULL;
   x->rcpts[x->nrcpts++] = addr;
 }
 
@@ -151,10 +158,13 @@ static void txn_clear(struct sess *x) {
   for (size_t i = 0; i < x->nrcpts; i++) {
     free(x->rcpts[i]);
     free(x->orcpt[i]);
+    free(x->dests[i]);
   }
   x->nrcpts = 0;
   free(x->cur_orcpt);
   x->cur_orcpt = NULL;
+  free(x->cur_dest);
+  x->cur_dest = NULL;
   free((char *)x->mail.envid);
   memset(&x->mail, 0, sizeof x->mail);
   x->done = false;
@@ -240,7 +250,8 @@ static bool lmtp_listener(const struct sess *x) {
 }
 
 /*
- * The local targets' checks of one recipient (recipients.h): unknown
+ * The local targets' checks of one recipient (recipients.h), when it is
+ * delivered by the [delivery] target (`local`): unknown
  * users ([delivery] recipients), and for the pipe target an option-like
  * local part and, behind an SMTP listener, a second recipient: a pipe
  * runs once per recipient, and after DATA an SMTP reply can carry only
@@ -250,7 +261,7 @@ static bool lmtp_listener(const struct sess *x) {
  * number is bounded too. True when *r is set to the refusal.
  */
 static bool local_rcpt_refused(struct sess *x, const struct tern_path *to,
-                               struct tern_reply *r) {
+                               bool local, struct tern_reply *r) {
   const struct cfg *c = &x->pol->cfg;
   char addr[600], path[4096];
   size_t n = to->mailbox.len < sizeof addr - 1 ? to->mailbox.len
@@ -261,6 +272,17 @@ static bool local_rcpt_refused(struct sess *x, const struct tern_path *to,
    * recipient's command later, so the one-recipient rules below (one
    * outcome per SMTP reply, commands at once behind LMTP) are moot. */
   bool direct = !sess_uses_queue(x);
+  if (!local) {
+    /* going on (mx:, url:): only the list of known users, when the
+     * recipient is in one of our domains (see route_rcpt) */
+    if (x->pol->known && !rcptset_has(x->pol->known, addr)) {
+      r->code = 550;
+      r->enhanced = "5.1.1";
+      r->text = "Error: user unknown";
+      return true;
+    }
+    return false;
+  }
   if (direct && c->target == CFG_PIPE && x->nrcpts >= 1 &&
       !lmtp_listener(x)) {
     r->code = 452;
@@ -291,6 +313,46 @@ static bool local_rcpt_refused(struct sess *x, const struct tern_path *to,
   return true;
 }
 
+/*
+ * The recipient's destination (cfg_route_dest; docs/configuration.md
+ * "[routes]") into x->cur_dest, and whether the local checks apply to
+ * it (*check): every recipient the [delivery] target delivers
+ * ("local"), and those of our own domains (accepted, or named in
+ * [routes]) whatever their route: [delivery] recipients and
+ * recipient_check say which users of our domains exist, also with
+ * target = mx or a route to another host (no backscatter later). An
+ * authenticated user's mail to another domain is not checked here.
+ * False, with *r set, when it cannot be routed now: a destination
+ * other than local on a server that runs without the queue (a reload
+ * added a route that needs it; cfg_check refuses it at start).
+ */
+static bool route_rcpt(struct sess *x, const struct tern_path *to,
+                       bool *check, struct tern_reply *r) {
+  const struct cfg *c = &x->pol->cfg;
+  char buf[4200];
+  const char *d = cfg_route_dest(c, to->domain.ptr, to->domain.len, buf,
+                                 sizeof buf);
+  free(x->cur_dest);
+  x->cur_dest = NULL;
+  if (d != NULL && strcmp(d, "local") != 0 && !sess_uses_queue(x)) {
+    log_kv("session", x->info->id, "event", "error", "what", "route",
+           "dest", d, "error", "needs the queue (restart tern serve)", NULL);
+    *r = (struct tern_reply){451, "4.3.5",
+                             "Error: cannot route this recipient now"};
+    return false;
+  }
+  if (d == NULL || (x->cur_dest = strdup(d)) == NULL) {
+    *r = (struct tern_reply){451, "4.3.0",
+                             d ? "Error: out of memory"
+                               : "Error: destination name too long"};
+    return false;
+  }
+  *check = !strcmp(d, "local") ||
+           (to->flags & TERN_PATHF_POSTMASTER) ||
+           cfg_domain_accepted(c, to->domain.ptr, to->domain.len);
+  return true;
+}
+
 /* No open relay: unauthenticated clients only reach accepted domains. */
 static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
                    const struct tern_rcpt_params *p, struct tern_reply *r,
@@ -308,7 +370,11 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
     r->text = "Error: relay access denied";
     return TERN_REPLY_NOW;
   }
-  if (local_rcpt_refused(x, to, r))
+  bool check = true;
+  if (!route_rcpt(x, to, &check, r))
+    return TERN_REPLY_NOW;
+  bool local = !strcmp(x->cur_dest, "local");
+  if (check && local_rcpt_refused(x, to, local, r))
     return TERN_REPLY_NOW;
   /* NOTIFY and ORCPT go with the recipient once it is accepted (here,
    * after the recipient check, or after the next hop's answer) */
@@ -325,7 +391,7 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
    * queue-less daemon reloaded into a queue configuration still
    * forwards in the transaction (sess_uses_queue), where the next hop
    * answers the RCPT itself */
-  if (c->recipient_check && (!is_forward(c) || sess_uses_queue(x)))
+  if (check && c->recipient_check && (!is_forward(c) || sess_uses_queue(x)))
     return rcheck_start(x, to, r);
   if (sess_rcpt_room(x) != 0)
     goto oom;
@@ -459,6 +525,8 @@ static void log_message(struct sess *x) {
   log_line_kv(&l, "detail", x->text);
   if (!x->queued)
     log_line_kv(&l, "file", file);
+  else
+    serve_dkim_log(&l, x->file); /* the queue's detail: DKIM's outcome */
   log_line_emit(&l);
 }
 
@@ -545,6 +613,9 @@ static int delivery_begin_queue(struct sess *x, struct tern_queue_msg *qm,
   m.header = x->hdr;
   m.hlen = x->hlen;
   m.envelope = qm;
+  /* DKIM: mail we originate only (an authenticated session), never mail
+   * relayed in from elsewhere (docs/decisions/0020-dkim.md). */
+  x->mail.dkim = x->info->auth_user ? x->pol->dkim : NULL;
   free(x->res);
   x->res = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *x->res);
   x->ops = t.ops;
@@ -619,7 +690,6 @@ static void queue_msg_of(struct sess *x, struct deliver_msg *m) {
  * *r set. */
 static int queue_open(struct sess *x, struct tern_queue_msg **qm,
                       struct tern_reply *r) {
-  const struct cfg *c = &x->pol->cfg;
   struct deliver_msg m;
   int rc = 0;
   if (!x->port)
@@ -629,7 +699,7 @@ static int queue_open(struct sess *x, struct tern_queue_msg **qm,
     rc = -EIO;
   } else {
     queue_msg_of(x, &m);
-    rc = queue_msg_open(x->port, &m, is_forward(c) ? "relay" : "local", qm);
+    rc = queue_msg_open(x->port, &m, (const char *const *)x->dests, qm);
   }
   if (rc) {
     *r = (struct tern_reply){451, "4.3.0",
@@ -749,6 +819,7 @@ static void on_close(struct tern_server_session *s, void *ud) {
   free(x->rcpts);
   free(x->notify);
   free(x->orcpt);
+  free(x->dests);
   policy_put(x->pol);
   tern_server_session_set_userdata(s, NULL);
   free(x);

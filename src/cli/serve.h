@@ -30,6 +30,7 @@ struct policy {
   struct cfg cfg;
   struct users *users;   /* NULL without AUTH */
   struct rcptset *known; /* [delivery] recipients, or NULL */
+  struct tern_dkim_signer *dkim; /* [dkim NAME] keys, or NULL (serve_dkim.h) */
 };
 
 /* The current policy, with a reference (policy_put it). Thread-safe. */
@@ -59,9 +60,13 @@ struct sess {
   char **rcpts;               /* accepted recipients */
   unsigned *notify;           /* their NOTIFY bits (rcap of each) */
   char **orcpt;               /* their ORCPT, "type;addr" or NULL */
+  char **dests;               /* their destinations (cfg_route_dest):
+                                 "local", "mx:DOMAIN", "url:URL",
+                                 "smarthost"; the queue's rcpt dest */
   size_t nrcpts, rcap;
   unsigned cur_notify;        /* the RCPT being decided: its params */
   char *cur_orcpt;
+  char *cur_dest;             /* and its destination */
   struct deliver_mail mail;   /* MAIL's parameters (envid owned) */
   char client[400];           /* "dns; helo (addr)" for the queue */
   bool queued;                /* this message goes into the queue */

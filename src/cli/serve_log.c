@@ -188,7 +188,11 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
     log_line_kv(&l, "id", ev->id);
     log_line_kv(&l, "event", "delivery");
     log_line_kv(&l, "rcpt", rcpt);
-    log_line_kv(&l, "relay", relay ? relay : "local");
+    /* no remote MTA for a remote destination: no host answered */
+    const char *dest = qdeliver_dest(ev->id);
+    log_line_kv(&l, "relay",
+                relay ? relay
+                      : (dest && strcmp(dest, "local") ? "none" : "local"));
     if (delay[0])
       log_line_kv(&l, "delay", delay);
     log_line_kv(&l, "status", status);
@@ -197,6 +201,7 @@ void serve_queue_event(const struct tern_queue_event *ev, void *ud) {
       log_line_kv(&l, "retry", retry);
     if (why)
       log_line_kv(&l, "why", why);
+    qdeliver_log_fields(ev->id, &l); /* dest=, mx=, tls=... */
     log_line_emit(&l);
     return;
   }

@@ -79,7 +79,8 @@ struct qdest {
   char *susp_enhanced, *susp_text;
   bool runnable; /* in q->run ring */
   struct qdest *run_next;
-  struct qdest *next; /* all destinations */
+  struct qdest *hnext;         /* q->dtab chain */
+  struct qdest *sprev, *snext; /* q->susp: the suspended ones */
 };
 
 struct qres {
@@ -128,7 +129,11 @@ struct tern_queue {
   bool timer_armed;
   int64_t timer_at;
 
-  struct qdest *dests;
+  /* name → destination (mx:DOMAIN makes them many); a destination
+   * with nothing waiting, running or suspended is freed */
+  struct qdest **dtab;
+  size_t dtab_size, ndests;
+  struct qdest *susp; /* suspended destinations (the timer's concern) */
   struct qdest *run_head, *run_tail; /* destinations that can start */
   unsigned active;                   /* running jobs */
   size_t ready;                      /* jobs waiting in FIFOs */

@@ -300,20 +300,89 @@ void q_msg_forget(struct tern_queue *q, struct qmsg *m) {
 
 /* ---- destinations and jobs ----------------------------------------------- */
 
+/* Destinations by name: a chained hash table that doubles when it holds
+ * as many destinations as buckets. With mx:DOMAIN destinations there is
+ * one per recipient domain in the queue (thousands on a busy relay),
+ * and every job looks its own up. */
+static bool dtab_grow(struct tern_queue *q) {
+  size_t n = q->dtab_size ? q->dtab_size * 2 : 64;
+  struct qdest **t = calloc(n, sizeof *t);
+  if (!t)
+    return false;
+  for (size_t i = 0; i < q->dtab_size; i++)
+    for (struct qdest *d = q->dtab[i], *next; d; d = next) {
+      next = d->hnext;
+      size_t h = id_hash(d->name, n - 1);
+      d->hnext = t[h];
+      t[h] = d;
+    }
+  free(q->dtab);
+  q->dtab = t;
+  q->dtab_size = n;
+  return true;
+}
+
 static struct qdest *dest_get(struct tern_queue *q, const char *name) {
-  /* A list: destinations are few here ("local", "relay"); per-domain
-   * destinations (Step 8) will want a table. */
-  for (struct qdest *d = q->dests; d; d = d->next)
-    if (strcmp(d->name, name) == 0)
-      return d;
+  if (q->dtab_size)
+    for (struct qdest *d = q->dtab[id_hash(name, q->dtab_size - 1)]; d;
+         d = d->hnext)
+      if (strcmp(d->name, name) == 0)
+        return d;
+  /* a table that cannot grow still takes more in its chains */
+  if (q->ndests >= q->dtab_size && !dtab_grow(q) && !q->dtab_size)
+    return NULL;
   struct qdest *d = calloc(1, sizeof *d);
   if (!d || !(d->name = strdup(name))) {
     free(d);
     return NULL;
   }
-  d->next = q->dests;
-  q->dests = d;
+  size_t h = id_hash(name, q->dtab_size - 1);
+  d->hnext = q->dtab[h];
+  q->dtab[h] = d;
+  q->ndests++;
   return d;
+}
+
+static void dest_free(struct qdest *d) {
+  free(d->name);
+  free(d->susp_enhanced);
+  free(d->susp_text);
+  free(d);
+}
+
+/* A destination that holds nothing (no job waiting or running, not
+ * suspended, not in the run ring) is forgotten: made again, as new, by
+ * its next job. So the table holds the destinations with mail, not
+ * every domain ever written to. */
+static void dest_gc(struct tern_queue *q, struct qdest *d) {
+  if (d->head || d->active || d->suspended || d->runnable)
+    return;
+  struct qdest **pp = &q->dtab[id_hash(d->name, q->dtab_size - 1)];
+  while (*pp && *pp != d)
+    pp = &(*pp)->hnext;
+  if (*pp) {
+    *pp = d->hnext;
+    q->ndests--;
+  }
+  dest_free(d);
+}
+
+static void susp_link(struct tern_queue *q, struct qdest *d) {
+  d->sprev = NULL;
+  d->snext = q->susp;
+  if (q->susp)
+    q->susp->sprev = d;
+  q->susp = d;
+}
+
+static void susp_unlink(struct tern_queue *q, struct qdest *d) {
+  if (d->sprev)
+    d->sprev->snext = d->snext;
+  else if (q->susp == d)
+    q->susp = d->snext;
+  if (d->snext)
+    d->snext->sprev = d->sprev;
+  d->sprev = d->snext = NULL;
 }
 
 /* How many jobs of d may run now: the concurrency, or while suspended
@@ -453,9 +522,8 @@ static void on_timer(uv_timer_t *t) {
     q_msg_resched(q, m); /* recipients due later, or none */
   }
   /* Suspended destinations whose time is up: a probe may start. */
-  for (struct qdest *d = q->dests; d; d = d->next)
-    if (d->suspended)
-      run_push(q, d);
+  for (struct qdest *d = q->susp; d; d = d->snext)
+    run_push(q, d);
   q_timer_arm(q);
   q_pump(q);
 }
@@ -466,8 +534,8 @@ void q_timer_arm(struct tern_queue *q) {
   /* A suspended destination with jobs waiting and none running wakes
    * the timer when its probe may start (once in the run ring, the pump
    * takes it from there). */
-  for (struct qdest *d = q->dests; d; d = d->next)
-    if (d->suspended && d->head && !d->runnable && d->active == 0 &&
+  for (struct qdest *d = q->susp; d; d = d->snext)
+    if (d->head && !d->runnable && d->active == 0 &&
         (!any || d->susp_until < at)) {
       at = d->susp_until;
       any = true;
@@ -543,8 +611,10 @@ void q_pump(struct tern_queue *q) {
     struct qdest *d = run_pop(q);
     if (!d)
       break;
-    if (!d->head || d->active >= dest_cap(q, d))
+    if (!d->head || d->active >= dest_cap(q, d)) {
+      dest_gc(q, d);
       continue;
+    }
     struct tern_queue_job *j = d->head;
     d->head = j->next;
     if (!d->head)
@@ -554,6 +624,7 @@ void q_pump(struct tern_queue *q) {
     if (j->msg->gone || j->msg->held) {
       job_discard(q, j);
       run_push(q, d);
+      dest_gc(q, d);
       continue;
     }
     job_start(q, j);
@@ -595,20 +666,21 @@ void q_cancel_running(struct tern_queue *q) {
 }
 
 void q_sched_free(struct tern_queue *q) {
-  for (struct qdest *d = q->dests; d;) {
-    for (struct tern_queue_job *j = d->head; j;) {
-      struct tern_queue_job *n = j->next;
-      job_free(j);
-      j = n;
+  for (size_t i = 0; i < q->dtab_size; i++)
+    for (struct qdest *d = q->dtab[i], *n; d; d = n) {
+      for (struct tern_queue_job *j = d->head; j;) {
+        struct tern_queue_job *jn = j->next;
+        job_free(j);
+        j = jn;
+      }
+      n = d->hnext;
+      dest_free(d);
     }
-    struct qdest *n = d->next;
-    free(d->name);
-    free(d->susp_enhanced);
-    free(d->susp_text);
-    free(d);
-    d = n;
-  }
-  q->dests = NULL;
+  free(q->dtab);
+  q->dtab = NULL;
+  q->dtab_size = q->ndests = 0;
+  q->susp = NULL;
+  q->run_head = q->run_tail = NULL;
   struct tern_queue_job *lists[2] = {q->running, q->cancelled};
   for (int k = 0; k < 2; k++)
     for (struct tern_queue_job *j = lists[k]; j;) {
@@ -770,12 +842,15 @@ static void dest_suspend(struct tern_queue *q, struct qdest *d,
   d->susp_code = r->code;
   d->susp_enhanced = r->enhanced ? strdup(r->enhanced) : NULL;
   d->susp_text = strdup(r->text ? r->text : "");
+  if (!d->suspended)
+    susp_link(q, d);
   d->suspended = true;
   d->susp_until = q_now_s() + (int64_t)q->o.retry_min_s;
   defer_waiting(q, d);
 }
 
-static void dest_resume(struct qdest *d) {
+static void dest_resume(struct tern_queue *q, struct qdest *d) {
+  susp_unlink(q, d);
   d->suspended = false;
   free(d->susp_enhanced);
   free(d->susp_text);
@@ -807,8 +882,9 @@ static void job_end(struct tern_queue_job *job, const struct tern_reply *r,
   if (unreachable)
     dest_suspend(q, job->dest, r);
   else if (job->dest->suspended)
-    dest_resume(job->dest); /* the destination answers again */
+    dest_resume(q, job->dest); /* the destination answers again */
   run_push(q, job->dest);
+  dest_gc(q, job->dest);
   if (!job->reading)
     job_free(job);
   /* Not q_pump(): deliver must not run inside the application's call. */

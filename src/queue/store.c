@@ -162,6 +162,7 @@ static void upd_clear(struct upd *u)
 static void op_free(struct op *o)
 {
   free(o->data);
+  free(o->head);
   qstore_msg_clear(&o->m);
   if (o->home_msg) {
     qstore_msg_clear(o->home_msg);
@@ -558,28 +559,38 @@ static void *writer_main(void *arg)
 
 /* ---- the reader ------------------------------------------------------------ */
 
+/* One chunk; for chunk 0 the prepended fields (chunk -1) in front of it,
+ * in one buffer (the statement yields both rows, -1 first). */
 static void reader_one(struct qstore *s, struct op *o)
 {
   sqlite3_stmt *st = s->rd_chunk;
   sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, o->seq);
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_ROW) {
+  int rc;
+  size_t rows = 0;
+  o->status = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     size_t n = (size_t)sqlite3_column_bytes(st, 0);
     const void *p = sqlite3_column_blob(st, 0);
-    o->data = malloc(n ? n : 1);
-    if (o->data) {
-      if (n)
-        memcpy(o->data, p, n);
-      o->len = n;
-      o->status = 0;
-    } else {
+    char *d = realloc(o->data, o->len + n + 1);
+    if (!d) {
       o->status = TERN_ENOMEM;
+      break;
     }
-  } else if (rc == SQLITE_DONE) {
-    o->status = TERN_ENOENT;
-  } else {
+    if (n)
+      memcpy(d + o->len, p, n);
+    o->data = d;
+    o->len += n;
+    rows++;
+  }
+  if (o->status == 0 && rc != SQLITE_DONE)
     o->status = qstore__map_rc(s->rdb, rc);
+  else if (o->status == 0 && rows == 0)
+    o->status = TERN_ENOENT;
+  if (o->status != 0) {
+    free(o->data);
+    o->data = NULL;
+    o->len = 0;
   }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
@@ -625,7 +636,8 @@ void qstore_chunk(struct qstore_sink *k, const char *id, uint32_t seq,
 }
 
 void qstore_commit(struct qstore_sink *k, const struct qstore_msg *m,
-                   void *last, size_t len, qstore_done_fn cb, void *arg,
+                   void *last, size_t len, void *head, size_t head_len,
+                   qstore_done_fn cb, void *arg,
                    struct qstore_sink *home,
                    void (*home_cb)(void *arg, struct qstore_msg *m),
                    void *home_arg)
@@ -633,10 +645,13 @@ void qstore_commit(struct qstore_sink *k, const struct qstore_msg *m,
   struct op *o = op_new(k, OP_COMMIT, m->id);
   if (!o) {
     free(last);
+    free(head);
     return;
   }
   o->data = last;
   o->len = len;
+  o->head = head;
+  o->head_len = head ? head_len : 0;
   o->cb = cb;
   o->arg = arg;
   if (home_cb) {
@@ -1053,7 +1068,7 @@ static int prepare_writer(struct qstore *s, char *err, size_t cap)
        "attempts, next_try, last_code, last_reply, remote_mta) VALUES "
        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"},
       {&s->w.count_chunks,
-       "SELECT count(*), max(seq) FROM chunk WHERE msg = ?"},
+       "SELECT count(*), max(seq) FROM chunk WHERE msg = ? AND seq >= 0"},
       /* never a committed message's: a refused second commit of the
        * same id, a drop of the wrong id */
       {&s->w.del_chunks,
@@ -1071,7 +1086,8 @@ static int prepare_writer(struct qstore *s, char *err, size_t cap)
       {&s->w.upd_warned, "UPDATE msg SET warned = ? WHERE id = ?"},
       {&s->w.copy_chunks,
        "INSERT INTO chunk(msg, seq, data) "
-       "SELECT ?1, seq + 1, data FROM chunk WHERE msg = ?2 ORDER BY seq"},
+       "SELECT ?1, row_number() OVER (ORDER BY seq), data FROM chunk"
+       " WHERE msg = ?2 ORDER BY seq"},
       {&s->w.sel_chunks, "SELECT data FROM chunk WHERE msg = ? ORDER BY seq"},
   };
   for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -1357,7 +1373,9 @@ int qstore_open(struct qstore **out, const char *dir, bool fsync,
     e = open_db(s, &s->rdb, false, err, cap);
   if (!e)
     e = prep(s, s->rdb, &s->rd_chunk,
-             "SELECT data FROM chunk WHERE msg = ? AND seq = ?", err, cap);
+             "SELECT data FROM chunk WHERE msg = ?1 AND seq BETWEEN"
+             " (CASE WHEN ?2 = 0 THEN -1 ELSE ?2 END) AND ?2 ORDER BY seq",
+             err, cap);
   if (!e)
     e = open_db(s, &s->ldb, false, err, cap);
   if (e)

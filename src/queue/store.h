@@ -12,7 +12,10 @@
  *        last_code, last_reply, remote_mta; PRIMARY KEY (msg, idx))
  *   chunk(msg, seq, data BLOB; PRIMARY KEY (msg, seq))
  * (msg and rcpt are WITHOUT ROWID tables; PRAGMA user_version is the
- * schema's version, 1.) A msg row exists only for a committed message:
+ * schema's version, 1.) Chunk seq -1, when there is one, is header
+ * fields put in front of the body after it was written
+ * (tern_queue_msg_prepend: DKIM-Signature); nchunks counts only the
+ * chunks from 0. A msg row exists only for a committed message:
  * chunks without one are a message still coming in (or left by a crash:
  * removed at open).
  *
@@ -156,7 +159,12 @@ void qstore_chunk(struct qstore_sink *k, const char *id, uint32_t seq,
 /* Commit message m: its chunks 0..m->nchunks-2 were sent with
  * qstore_chunk and `last` (malloc()ed, or NULL with len 0) is chunk
  * m->nchunks-1, the final one (it may be empty; m->nchunks >= 1). m is
- * copied. cb gets 0 once the
+ * copied. `head` (malloc()ed, or NULL with head_len 0) is header fields
+ * to put in front of the body (tern_queue_msg_prepend): it is stored as
+ * the message's chunk -1 in the commit's own savepoint, so the message
+ * and its fields are durable together or not at all; every reader
+ * (qstore_read of chunk 0, qstore_body, a DSN's copy) hands it out
+ * first. m->size should count it. cb gets 0 once the
  * msg row, its rcpts and every chunk are durable (fsync), TERN_ENOSPC
  * or TERN_EIO when not (then nothing of the message is left). When
  * `home` is not NULL, home_cb(home_arg, m) also runs on home's loop
@@ -164,7 +172,8 @@ void qstore_chunk(struct qstore_sink *k, const char *id, uint32_t seq,
  * qstore_msg_clear + free); until it has run, that operation is pending
  * on home too (home must not be freed). */
 void qstore_commit(struct qstore_sink *k, const struct qstore_msg *m,
-                   void *last, size_t len, qstore_done_fn cb, void *arg,
+                   void *last, size_t len, void *head, size_t head_len,
+                   qstore_done_fn cb, void *arg,
                    struct qstore_sink *home,
                    void (*home_cb)(void *arg, struct qstore_msg *m),
                    void *home_arg);
@@ -221,7 +230,9 @@ void qstore_update(struct qstore_sink *k, const struct qstore_update *u,
 /* Read chunk `seq` of a committed message in the reader thread:
  * cb(arg, status, data, len) on the sink's loop (data valid during the
  * call, freed after it; status TERN_ENOENT past the last chunk, or when
- * the message was removed meanwhile). */
+ * the message was removed meanwhile). Chunk 0 comes with the prepended
+ * fields (chunk -1, see qstore_commit) in front of it, so a reader that
+ * counts from 0 delivers them first without knowing of them. */
 void qstore_read(struct qstore_sink *k, const char *id, uint32_t seq,
                  void (*cb)(void *arg, int status, const char *data,
                             size_t len),

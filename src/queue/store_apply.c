@@ -222,6 +222,8 @@ static int apply_commit(struct qstore *s, struct op *o)
     if (rc == SQLITE_OK)
       rc = rc2;
   }
+  if (!bad && rc == SQLITE_OK && o->head)
+    rc = ins_chunk(s, o->id, -1, o->head, o->head_len);
   if (!bad && rc == SQLITE_OK)
     rc = ins_envelope(s, &o->m, n);
   if (rc != SQLITE_OK && !op_only_error(rc))

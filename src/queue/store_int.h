@@ -44,7 +44,7 @@ struct op {
   enum op_type type;
   struct qstore_sink *k;
   char id[TERN_QUEUE_ID_MAX];
-  uint32_t seq;
+  int64_t seq; /* -1: the prepended fields */
   void *data; /* chunk, commit's last chunk, read result */
   size_t len;
   int status;
@@ -54,6 +54,8 @@ struct op {
   void (*read_cb)(void *arg, int status, const char *data, size_t len);
   /* commit */
   struct qstore_msg m;
+  void *head; /* prepended fields (chunk -1), or NULL */
+  size_t head_len;
   struct qstore_sink *home;
   void (*home_cb)(void *arg, struct qstore_msg *m);
   void *home_arg;

@@ -33,6 +33,8 @@ struct tern_queue_msg {
   struct qstore_msg env;
   char *buf;
   size_t len, cap; /* cap grows from 4 KiB to Q_CHUNK */
+  char *head;      /* tern_queue_msg_prepend's fields, or NULL */
+  size_t head_len;
   uint32_t seq;    /* chunks sent */
   uint64_t size;
   unsigned inflight; /* chunks not answered */
@@ -90,6 +92,7 @@ void tern_queue_port_free(struct tern_queue_port *p) {
 static void msg_free(struct tern_queue_msg *m) {
   struct tern_queue_port *p = m->p;
   free(m->buf);
+  free(m->head);
   qstore_msg_clear(&m->env);
   free(m);
   p->nmsgs--;
@@ -260,6 +263,29 @@ int tern_queue_msg_write(struct tern_queue_msg *m, const char *buf, size_t len,
   return 0;
 }
 
+/* The fields go to the store with the commit (qstore_commit's head): one
+ * savepoint holds the message and them, and the chunk numbering of what
+ * was already sent stays as it is. */
+#define Q_PREPEND_MAX (64u * 1024)
+
+int tern_queue_msg_prepend(struct tern_queue_msg *m, const char *buf,
+                           size_t len) {
+  if (!m || !buf)
+    return TERN_EINVAL;
+  if (m->committing || m->aborted || m->head)
+    return TERN_ESTATE;
+  if (len < 2 || len > Q_PREPEND_MAX || buf[len - 2] != '\r' ||
+      buf[len - 1] != '\n')
+    return TERN_EINVAL;
+  char *h = malloc(len);
+  if (!h)
+    return TERN_ENOMEM;
+  memcpy(h, buf, len);
+  m->head = h;
+  m->head_len = len;
+  return 0;
+}
+
 static void on_committed(void *arg, int status) {
   struct tern_queue_msg *m = arg;
   m->p->pending--;
@@ -285,15 +311,20 @@ static void do_commit(struct tern_queue_msg *m) {
     return;
   }
   m->env.nchunks = m->seq + 1;
-  m->env.size = m->size;
+  m->env.size = m->size + m->head_len;
   void *last = m->buf;
   size_t len = m->len;
+  void *head = m->head;
+  size_t head_len = m->head_len;
   m->buf = NULL;
   m->len = m->cap = 0;
+  m->head = NULL;
+  m->head_len = 0;
   m->commit_sent = true;
   m->p->pending++;
   atomic_fetch_add(&m->p->q->homing, 1);
-  qstore_commit(m->p->sink, &m->env, last, len, on_committed, m, m->p->q->home,
+  qstore_commit(m->p->sink, &m->env, last, len, head, head_len, on_committed,
+                m, m->p->q->home,
                 q_on_home, m->p->q);
 }
 

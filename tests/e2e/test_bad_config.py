@@ -70,6 +70,33 @@ BAD = {
                                "url = smtp://relay.example.net:25\n"
                                "[queue]\n\ndirectory = {dir}/none/queue\n",
                                6, "does not exist"),
+    # Step 8: routing, [outbound], [tls_policy], [dkim NAME]
+    "route-bad-domain": ("[routes]\nexample..org = mx\n", 2,
+                         "example..org"),
+    "route-duplicate": ("[routes]\nexample.org = local\n\n"
+                        "EXAMPLE.org = mx\n", 4, "line 2"),
+    "route-bad-url": ("[routes]\n* = http://example.org/\n", 2,
+                      "http://example.org/"),
+    "outbound-bind6": ("[outbound]\nbind6 = 192.0.2.1\n", 2, "bind6"),
+    "outbound-resolver": ("[outbound]\nresolver = 127.0.0.1:53 dns.example\n",
+                          2, "dns.example"),
+    "tls-policy-level": ("[tls_policy]\nexample.net = strict\n", 2,
+                         "strict"),
+    "dkim-no-key": ("[server]\nworkers = 1\n[dkim s1]\ndomain = example.org\n"
+                    "selector = s1\n", 3, "no key"),
+    "dkim-key-missing": ("[dkim s1]\ndomain = example.org\nselector = s1\n"
+                         "key = {dir}/no-such-key.pem\n", 1,
+                         "no-such-key.pem"),
+    "mx-without-queue": ("[delivery]\ntarget = mx\nqueue = no\n", None,
+                         "needs the queue"),
+    "open-relay-mx": ("[listener mx]\nurl = smtp://0.0.0.0:{port}\n"
+                      "[delivery]\ntarget = mx\n", None, "open relay"),
+    "open-relay-star-route": ("[listener mx]\nurl = smtp://0.0.0.0:{port}\n"
+                              "[routes]\n* = mx\n", None, "open relay"),
+    "relay-auth-cleartext": ("[delivery]\nrelay = smtp://smarthost.example:25\n"
+                             "relay_auth_user = bob\n"
+                             "relay_auth_password_file = {dir}/long-password\n",
+                             3, "verified TLS"),
     "bad-users-line": ("[listener sub]\nurl = smtp://127.0.0.1:{port}\n"
                        "auth = yes\ninsecure_auth = yes\n[auth]\n"
                        "users = {dir}/users-md5\n", None, "users-md5"),

@@ -37,7 +37,7 @@
 
 struct jobrec {
   char id[TERN_QUEUE_ID_MAX];
-  char dest[16];
+  char dest[64];
   char from[64];
   char rcpt0[64];
   size_t nrcpts;
@@ -63,8 +63,10 @@ struct fx {
   struct tern_queue_port *port;
   /* deliver */
   bool defer_ok, hold;
-  bool unreach;      /* relay jobs: tern_queue_job_unreachable at once */
-  bool too_many;     /* recipients from accept_max on get 452 4.5.3 */
+  bool unreach;     /* relay jobs: tern_queue_job_unreachable at once */
+  const char *dead; /* this destination's jobs: unreachable at once */
+  int ndead;        /* jobs handed over for it */
+  bool too_many;    /* recipients from accept_max on get 452 4.5.3 */
   size_t accept_max;
   struct jobrec jobs[MAXJOBS];
   int njobs;
@@ -192,6 +194,14 @@ static void deliver(struct tern_queue_job *job,
   r->nrcpts = info->nrcpts;
   r->is_bounce = info->is_bounce;
   r->attempt = info->attempt;
+  if (f->dead && strcmp(info->dest, f->dead) == 0) {
+    struct tern_reply down = {451, "4.4.1", "no MX host answered"};
+    f->ndead++;
+    f->in_call = true;
+    tern_queue_job_unreachable(job, &down);
+    f->in_call = false;
+    return;
+  }
   if (f->unreach && strcmp(info->dest, "relay") == 0) {
     /* a dead next hop, found out inside deliver */
     struct tern_reply down = {421, "4.4.2", "mx.test down"};
@@ -215,6 +225,14 @@ static void deliver(struct tern_queue_job *job,
 
 static const char *route(const char *addr, void *ud) {
   (void)ud;
+  /* "mx-...@DOMAIN": the destination "mx:DOMAIN", as tern serve names
+   * it (one per recipient domain) */
+  static char mx[128];
+  const char *at = strchr(addr, '@');
+  if (strncmp(addr, "mx-", 3) == 0 && at) {
+    snprintf(mx, sizeof mx, "mx:%s", at + 1);
+    return mx;
+  }
   return strncmp(addr, "relay", 5) == 0 ? "relay" : "local";
 }
 
@@ -1085,6 +1103,60 @@ static void test_unreachable(void **state) {
   fx_free(f);
 }
 
+/* Destinations per recipient domain (mx:DOMAIN): a dead one is
+ * suspended alone. Its first job finds it unreachable and the others
+ * waiting for it are deferred untried, so they hold no slot of
+ * max_active: mail to a live domain, queued at the same time, goes at
+ * once. */
+static void test_dead_mx_alone(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  f->o.retry_min_s = 1;
+  f->o.retry_max_s = 60;
+  f->o.concurrency = 5;
+  f->o.max_active = 5;
+  f->dead = "mx:dead.example";
+  fx_open(f);
+  for (int i = 0; i < 60; i++) {
+    submit(f, "s@example.org", "mx-a@dead.example", 0);
+    submit(f, "s@example.org", "mx-b@live.example", 0);
+  }
+  /* the live domain's mail was delivered as it came */
+  assert_true(run_until(f, &f->ev[TERN_QEV_DELIVERED], 60, 20000));
+  /* the dead one's waits for the probe (after retry_min), whose
+   * failure defers it all */
+  assert_true(run_until(f, &f->ev[TERN_QEV_DEFERRED], 60, 20000));
+  assert_int_equal(f->ev[TERN_QEV_DELIVERED], 60);
+  /* it cost one attempt and the probes, not one per message */
+  assert_true(f->ndead >= 2 && f->ndead <= 10);
+  assert_int_equal(f->njobs, 60 + f->ndead);
+  for (int i = 0; i < f->njobs; i++)
+    if (strcmp(f->jobs[i].dest, "mx:dead.example") != 0)
+      assert_string_equal(f->jobs[i].dest, "mx:live.example");
+  fx_free(f);
+}
+
+/* Many destinations (one per domain) come and go: each message to its
+ * own domain is delivered, the table grows past its first size and
+ * forgets destinations that have nothing left. */
+static void test_many_dests(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  fx_open(f);
+  char rcpt[64];
+  for (int i = 0; i < 200; i++) {
+    snprintf(rcpt, sizeof rcpt, "mx-u@d%d.example", i);
+    submit(f, "s@example.org", rcpt, 0);
+  }
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 200, 20000));
+  assert_int_equal(f->ev[TERN_QEV_DELIVERED], 200);
+  /* a destination forgotten comes back as new */
+  submit(f, "s@example.org", "mx-u@d7.example", 0);
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 201, 20000));
+  assert_string_equal(f->jobs[f->njobs - 1].dest, "mx:d7.example");
+  fx_free(f);
+}
+
 /* A second unreachable outcome (the probe) defers what waited for it;
  * new mail to a suspended destination waits untried meanwhile. */
 static void test_unreachable_probe_fails(void **state) {
@@ -1641,6 +1713,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_other_loop),
       cmocka_unit_test(test_unreachable),
       cmocka_unit_test(test_unreachable_probe_fails),
+      cmocka_unit_test(test_dead_mx_alone),
+      cmocka_unit_test(test_many_dests),
       cmocka_unit_test(test_retry_together),
       cmocka_unit_test(test_retry_regroup),
       cmocka_unit_test(test_too_many_rcpts),

@@ -150,7 +150,7 @@ static void submit(struct qstore_sink *k, const char *id, size_t len,
   memcpy(last, all + (size_t)(n - 1) * csz, rest);
   struct qstore_msg m;
   mk_msg(&m, id, len, n, 2);
-  qstore_commit(k, &m, last, rest, done_cb, d, NULL, NULL, NULL);
+  qstore_commit(k, &m, last, rest, NULL, 0, done_cb, d, NULL, NULL, NULL);
   qstore_msg_clear(&m);
   if (body)
     *body = all;
@@ -333,7 +333,7 @@ static void check_roundtrip(struct fx *f, size_t len, size_t csz)
   struct qstore_msg m;
   mk_msg(&m, id, len, n, 3);
   struct home h = {0};
-  qstore_commit(f->k, &m, last, rest, done_cb, &d, f->k, home_cb, &h);
+  qstore_commit(f->k, &m, last, rest, NULL, 0, done_cb, &d, f->k, home_cb, &h);
   body = all;
   run_until(&f->loop, &d.n, (int)n);
   run_until(&f->loop, &h.n, 1);
@@ -430,12 +430,12 @@ static void test_commit_hole(void **state)
   qstore_chunk(f.k, "HOLE", 2, fill(100, 1), 100, done_cb, &d);
   struct qstore_msg m;
   mk_msg(&m, "HOLE", 300, 4, 1);
-  qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
+  qstore_commit(f.k, &m, fill(10, 1), 10, NULL, 0, done_cb, &d, NULL, NULL, NULL);
   qstore_msg_clear(&m);
   /* the same id twice: the second commit is refused */
   mk_msg(&m, "TWICE", 10, 1, 1);
-  qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
-  qstore_commit(f.k, &m, fill(10, 1), 10, done_cb, &d, NULL, NULL, NULL);
+  qstore_commit(f.k, &m, fill(10, 1), 10, NULL, 0, done_cb, &d, NULL, NULL, NULL);
+  qstore_commit(f.k, &m, fill(10, 1), 10, NULL, 0, done_cb, &d, NULL, NULL, NULL);
   qstore_msg_clear(&m);
   run_until(&f.loop, &d.n, 5);
   assert_int_equal(d.status[0], 0);
@@ -547,7 +547,7 @@ static void commit_one(struct fx *f, const char *id, size_t nchunks,
     size += strlen(chunks[i]);
   mk_msg(&m, id, size, (uint32_t)nchunks, nrcpts);
   const char *last = chunks[nchunks - 1];
-  qstore_commit(f->k, &m, strdup(last), strlen(last), done_cb, &d, NULL,
+  qstore_commit(f->k, &m, strdup(last), strlen(last), NULL, 0, done_cb, &d, NULL,
                 NULL, NULL);
   qstore_msg_clear(&m);
   run_until(&f->loop, &d.n, (int)nchunks);
@@ -1046,7 +1046,7 @@ static void crash_next(struct crash_child *c)
   free(all);
   struct qstore_msg qm;
   mk_msg(&qm, m->id, len, n, 2);
-  qstore_commit(c->k, &qm, last, rest, crash_done, m, NULL, NULL, NULL);
+  qstore_commit(c->k, &qm, last, rest, NULL, 0, crash_done, m, NULL, NULL, NULL);
   qstore_msg_clear(&qm);
 }
 
@@ -1252,7 +1252,7 @@ static int run_enospc(const char *dir)
   qstore_chunk(f.k, "PARTIAL", 2, fill(100, 9), 100, done_cb, &d);
   struct qstore_msg m;
   mk_msg(&m, "PARTIAL", 1200, 4, 1);
-  qstore_commit(f.k, &m, fill(100, 9), 100, done_cb, &d, NULL, NULL, NULL);
+  qstore_commit(f.k, &m, fill(100, 9), 100, NULL, 0, done_cb, &d, NULL, NULL, NULL);
   qstore_msg_clear(&m);
   run_until(&f.loop, &d.n, 2);
   assert_int_equal(d.status[0], TERN_ENOSPC);

@@ -322,6 +322,285 @@ static void test_good_limits(void **state) {
   cfg_free(&c);
 }
 
+
+/* ---- Step 8: relay, [routes], [outbound], [tls_policy], [dkim NAME] ---- */
+
+/* The destination cfg_route_dest gives `domain`. */
+static const char *dest_of(const struct cfg *c, const char *domain) {
+  static char buf[1200];
+  const char *d = cfg_route_dest(c, domain, strlen(domain), buf, sizeof buf);
+  assert_non_null(d);
+  return d;
+}
+
+static void test_good_step8(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-step8.ini", &c);
+  /* [delivery] relay */
+  assert_int_equal(c.target, CFG_MAILDIR);
+  assert_true(c.relay_set);
+  assert_string_equal(c.relay_url, "smtps://smarthost.example.net:465");
+  assert_string_equal(c.relay_auth_user, "mail.example.org");
+  assert_string_equal(c.relay_auth_password, "secret-of-the-relay");
+  assert_true(c.relay_verify);
+  assert_string_equal(c.relay_ca_file, "dkim-ed25519.pem");
+  assert_true(cfg_uses_outbound(&c));
+  assert_true(cfg_uses_queue(&c)); /* maildir, but mail leaves */
+  /* [routes]: lower case, no trailing dot, in file order */
+  assert_int_equal(c.nroutes, 8);
+  assert_string_equal(c.routes[0].domain, "partner.example");
+  assert_int_equal(c.routes[0].kind, CFG_ROUTE_URL);
+  assert_string_equal(c.routes[0].url, "smtp://10.1.2.3:25");
+  assert_int_equal(c.routes[0].line, 36);
+  assert_string_equal(c.routes[1].domain, ".partner.example");
+  assert_string_equal(c.routes[2].url, "lmtp:///run/mailman/lmtp");
+  assert_int_equal(c.routes[3].kind, CFG_ROUTE_LOCAL);
+  assert_null(c.routes[3].url);
+  assert_int_equal(c.routes[4].kind, CFG_ROUTE_MX);
+  assert_string_equal(c.routes[7].domain, "*");
+  /* [outbound] */
+  assert_string_equal(c.out.helo, "out.example.org");
+  assert_string_equal(c.out.bind, "192.0.2.10");
+  assert_string_equal(c.out.bind6, "2001:db8::10");
+  assert_string_equal(c.out.resolver, "127.0.0.53:53, [::1]:5353 192.0.2.53");
+  assert_string_equal(c.out.trust_anchor, "dkim-ed25519.pem");
+  assert_false(c.out.dnssec);
+  assert_false(c.out.mta_sts);
+  assert_string_equal(c.out.mta_sts_ca_file, "dkim-ed25519.pem");
+  assert_string_equal(c.out.ca_file, "dkim-ed25519.pem");
+  assert_int_equal(c.out.port, 2525);
+  assert_int_equal(c.out.connect_timeout_ms, 10000);
+  assert_int_equal(c.out.timeout_ms, 120000);
+  /* [tls_policy]: exact, then the longest suffix, then "*" */
+  assert_int_equal(c.ntls_policies, 4);
+  assert_int_equal(cfg_tls_policy_for(&c, "EXAMPLE.net.", 12),
+                   TERN_TLS_POLICY_VERIFY);
+  assert_int_equal(cfg_tls_policy_for(&c, "a.example.net", 13),
+                   TERN_TLS_POLICY_MAY);
+  assert_int_equal(cfg_tls_policy_for(&c, "mx.bank.example", 15),
+                   TERN_TLS_POLICY_DANE);
+  assert_int_equal(cfg_tls_policy_for(&c, "bank.example", 12),
+                   TERN_TLS_POLICY_MAY);
+  assert_int_equal(cfg_tls_policy_for(&c, "legacy.example", 14),
+                   TERN_TLS_POLICY_NONE);
+  /* [dkim NAME] */
+  assert_int_equal(c.ndkim, 2);
+  assert_string_equal(c.dkim_name[0], "ed");
+  assert_int_equal(c.dkim_line[0], 65);
+  assert_string_equal(c.dkim[0].domain, "example.org");
+  assert_string_equal(c.dkim[0].selector, "2026e");
+  assert_string_equal(c.dkim[0].key_file, "dkim-ed25519.pem");
+  assert_null(c.dkim[0].headers);
+  assert_string_equal(c.dkim[1].domain, ".example.org");
+  assert_string_equal(c.dkim[1].selector, "s1.sub");
+  assert_string_equal(c.dkim[1].headers, "from:to:subject:date:message-id");
+  cfg_free(&c);
+}
+
+/* The routing decision: exact, the longest ".suffix", "*", then the
+ * built-in rule (accepted -> local, others -> relay). */
+static void test_route_dest(void **state) {
+  struct cfg c;
+  char small[8];
+  (void)state;
+  load_good("good-step8.ini", &c);
+  assert_string_equal(dest_of(&c, "partner.example"),
+                      "url:smtp://10.1.2.3:25");
+  assert_string_equal(dest_of(&c, "PARTNER.example."),
+                      "url:smtp://10.1.2.3:25");
+  assert_string_equal(dest_of(&c, "eu.partner.example"),
+                      "url:smtp+starttls://[2001:db8::25]:587");
+  assert_string_equal(dest_of(&c, "lists.example.org"),
+                      "url:lmtp:///run/mailman/lmtp");
+  assert_string_equal(dest_of(&c, "example.org"), "local"); /* accepted */
+  assert_string_equal(dest_of(&c, "a.example.org"), "local"); /* suffix */
+  assert_string_equal(dest_of(&c, "Backup.Example"), "mx:backup.example");
+  assert_string_equal(dest_of(&c, "a.SUB.example"), "mx:a.sub.example");
+  assert_string_equal(dest_of(&c, "x.deep.sub.example"),
+                      "mx:x.deep.sub.example");
+  assert_string_equal(dest_of(&c, "deep.sub.example"), "local");
+  assert_string_equal(dest_of(&c, "sub.example"), "mx:sub.example"); /* "*" */
+  assert_string_equal(dest_of(&c, "Gmail.COM"), "mx:gmail.com");
+  assert_string_equal(dest_of(&c, "example.net"), "local"); /* accepted */
+  assert_string_equal(dest_of(&c, ""), "local"); /* <postmaster>, not "*" */
+  assert_null(cfg_route_find(&c, "", 0));
+  /* accepted: [domains] and every domain [routes] names, not "*" */
+  assert_true(cfg_domain_accepted(&c, "backup.example", 14));
+  assert_true(cfg_domain_accepted(&c, "x.partner.example", 17));
+  assert_false(cfg_domain_accepted(&c, "partner.example.com", 19));
+  assert_false(cfg_domain_accepted(&c, "sub.example", 11));
+  assert_false(cfg_domain_accepted(&c, "gmail.com", 9));
+  assert_null(cfg_route_dest(&c, "backup.example", 14, small, sizeof small));
+  assert_non_null(cfg_route_find(&c, "gmail.com", 9));
+  /* no "*": accepted -> local, the others -> the relay URL */
+  free(c.routes[7].domain);
+  c.nroutes = 7;
+  assert_string_equal(dest_of(&c, "gmail.com"), "smarthost");
+  assert_string_equal(dest_of(&c, "example.net"), "local");
+  assert_null(cfg_route_find(&c, "gmail.com", 9));
+  /* relay = mx */
+  free(c.relay_url);
+  c.relay_url = NULL;
+  assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
+  cfg_free(&c);
+}
+
+/* What tern serve --check prints of the routing. */
+static void test_summary(void **state) {
+  struct cfg c;
+  char *text = NULL;
+  size_t n = 0;
+  (void)state;
+  load_good("good-step8.ini", &c);
+  FILE *f = open_memstream(&text, &n);
+  assert_non_null(f);
+  cfg_print_summary(&c, f);
+  fclose(f);
+  print_message("%s", text);
+  assert_non_null(strstr(text, "  delivery: target=maildir queue=yes "
+                               "relay=smtps://smarthost.example.net:465\n"));
+  assert_non_null(
+      strstr(text, "  route partner.example: smtp://10.1.2.3:25\n"));
+  assert_non_null(strstr(text, "  route *: mx\n"));
+  assert_non_null(strstr(text, "  tls_policy .bank.example: dane\n"));
+  assert_non_null(strstr(text, "  dkim ed: d=example.org s=2026e "
+                               "key=dkim-ed25519.pem\n"));
+  assert_non_null(strstr(text, "  outbound: helo=out.example.org resolver="
+                               "127.0.0.53:53, [::1]:5353 192.0.2.53 "
+                               "dnssec=no mta_sts=no port=2525\n"));
+  free(text);
+  cfg_free(&c);
+  load_good("good-mx.ini", &c); /* nothing leaves */
+  f = open_memstream(&text, &n);
+  cfg_print_summary(&c, f);
+  fclose(f);
+  assert_string_equal(text, "  delivery: target=maildir queue=no "
+                            "relay=local\n");
+  free(text);
+  cfg_free(&c);
+}
+
+/* target = mx: local delivery is off; accepted domains go to their MX
+ * too; the queue is on by default. */
+static void test_target_mx(void **state) {
+  struct cfg c;
+  (void)state;
+  load_good("good-target-mx.ini", &c);
+  assert_int_equal(c.target, CFG_MX);
+  assert_true(cfg_uses_queue(&c));
+  assert_string_equal(dest_of(&c, "Example.org"), "mx:example.org");
+  assert_string_equal(dest_of(&c, "elsewhere.example"),
+                      "mx:elsewhere.example");
+  free(c.hostname);
+  c.hostname = strdup("host.example");
+  assert_string_equal(dest_of(&c, ""), "mx:host.example"); /* <postmaster> */
+  assert_int_equal(c.out.port, 25); /* [outbound] defaults */
+  assert_true(c.out.dnssec);
+  assert_true(c.out.mta_sts);
+  assert_int_equal(c.out.connect_timeout_ms, 30000);
+  assert_int_equal(c.out.timeout_ms, 300000);
+  assert_null(c.out.helo);
+  assert_null(c.relay_url);
+  assert_false(c.relay_set);
+  assert_true(c.outbound_keys); /* target = mx */
+  assert_true(cfg_relay_is_mx(&c));
+  assert_true(c.relay_verify);
+  cfg_free(&c);
+}
+
+/* Configurations without the keys of outbound mail route as before:
+ * everything that is accepted goes to the target (an authenticated
+ * user's mail to another domain too: Maildir, pipe, or Step 7's next
+ * hop). Any such key ([outbound] here) makes [delivery] relay default
+ * to mx, and the queue follows when users can relay; relay = local
+ * keeps the old way. */
+static void test_route_compat(void **state) {
+  struct cfg c;
+  char err[ERR_CAP];
+  (void)state;
+  load_good("good-mx.ini", &c); /* maildir, accept example.org */
+  assert_false(cfg_uses_outbound(&c));
+  assert_false(cfg_uses_queue(&c));
+  assert_false(cfg_relay_is_mx(&c));
+  assert_string_equal(dest_of(&c, "example.org"), "local");
+  assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  assert_int_equal(cfg_set(&c, "delivery", "queue", "yes", err, sizeof err), 0);
+  assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  cfg_free(&c);
+
+  load_good("good-submission.ini", &c); /* smtp target, AUTH users */
+  assert_string_equal(dest_of(&c, "example.org"), "local");
+  assert_string_equal(dest_of(&c, "gmail.com"), "local"); /* the smarthost */
+  assert_false(cfg_uses_outbound(&c));
+  assert_int_equal(cfg_set(&c, "outbound", "port", "2526", err, sizeof err), 0);
+  assert_true(c.outbound_keys);
+  assert_int_equal(c.out.port, 2526);
+  assert_true(cfg_relay_is_mx(&c));
+  assert_true(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "gmail.com"), "mx:gmail.com");
+  assert_int_equal(cfg_set(&c, "delivery", "relay", "local", err, sizeof err),
+                   0);
+  assert_false(cfg_relay_is_mx(&c));
+  assert_false(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  cfg_free(&c);
+
+  /* an inbound MX with the queue and [outbound], nobody to relay for:
+   * the queue's bounces to senders elsewhere leave through MX */
+  load_good("good-mx.ini", &c);
+  assert_int_equal(cfg_set(&c, "outbound", "helo", "mx.example.org", err,
+                           sizeof err), 0);
+  assert_false(cfg_uses_outbound(&c));
+  assert_false(cfg_uses_queue(&c));
+  assert_int_equal(cfg_set(&c, "delivery", "queue", "yes", err, sizeof err), 0);
+  assert_true(cfg_uses_outbound(&c));
+  assert_string_equal(dest_of(&c, "sender.example"), "mx:sender.example");
+  cfg_free(&c);
+
+  cfg_defaults(&c); /* accept any: everything local, nobody relays */
+  assert_int_equal(cfg_set(&c, "delivery", "relay", "mx", err, sizeof err), 0);
+  assert_string_equal(dest_of(&c, "gmail.com"), "local");
+  assert_false(cfg_uses_outbound(&c));
+  assert_false(cfg_uses_queue(&c));
+  assert_int_equal(cfg_set(&c, "routes", "x.example", "mx", err, sizeof err),
+                   -1);
+  assert_non_null(strstr(err, "unknown section [routes]"));
+  cfg_free(&c);
+}
+
+/* A reload applies [routes], [tls_policy], [dkim], [outbound] and the
+ * relay live; a route that needs the queue where there was none needs
+ * a restart (delivery.queue). */
+static void test_restart_keys_step8(void **state) {
+  struct cfg a, b;
+  char keys[256];
+  (void)state;
+  load_good("good-step8.ini", &a);
+  load_good("good-step8.ini", &b);
+  free(b.routes[0].url);
+  b.routes[0].url = strdup("smtp://10.9.9.9:25");
+  b.out.port = 25;
+  b.tls_policies[0].level = TERN_TLS_POLICY_DANE;
+  b.ndkim = 1;
+  free((char *)b.dkim[1].domain);
+  free((char *)b.dkim[1].selector);
+  free((char *)b.dkim[1].key_file);
+  free((char *)b.dkim[1].headers);
+  free(b.dkim_name[1]);
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 0);
+  cfg_free(&b);
+  cfg_free(&a);
+  load_good("good-mx.ini", &a); /* no queue */
+  load_good("good-mx.ini", &b);
+  b.routes[0] = (struct cfg_route){strdup("*"), CFG_ROUTE_MX, NULL, 1};
+  b.nroutes = 1;
+  assert_int_equal(cfg_restart_keys(&a, &b, false, keys, sizeof keys), 1);
+  assert_string_equal(keys, "delivery.queue");
+  cfg_free(&a);
+  cfg_free(&b);
+}
+
 /* Step 7: every [queue] key, and [delivery] queue. */
 /* No open relay: a forwarding target with no [domains] accept is
  * refused (bad-check-open-relay*.ini) unless every listener is local
@@ -720,6 +999,12 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_users_good),
       cmocka_unit_test(test_users_missing),
       cmocka_unit_test(test_users_yescrypt_reload),
+      cmocka_unit_test(test_good_step8),
+      cmocka_unit_test(test_route_dest),
+      cmocka_unit_test(test_target_mx),
+      cmocka_unit_test(test_route_compat),
+      cmocka_unit_test(test_restart_keys_step8),
+      cmocka_unit_test(test_summary),
   };
   char **bad = NULL, **ubad = NULL;
   size_t nbad = list("bad-", ".ini", &bad);
