@@ -1,10 +1,11 @@
 /*
  * tern/dkim.h — DKIM signing (RFC 6376; Ed25519 RFC 8463), streaming,
- * through libopendkim (docs/decisions/0020-dkim.md): the message goes
- * through in chunks as it is received, nothing is held whole, and the
- * DKIM-Signature fields come out at the end, to be put in front of the
- * message (tern_queue_msg_prepend() in tern/queue.h does that for a
- * queued message).
+ * rsa-sha256 through libopendkim, ed25519-sha256 on OpenSSL (libopendkim
+ * 2.11 leaks per Ed25519 signature; docs/decisions/0020-dkim.md): the
+ * message goes through in chunks as it is received, nothing is held
+ * whole, and the DKIM-Signature fields come out at the end, to be put in
+ * front of the message (tern_queue_msg_prepend() in tern/queue.h does
+ * that for a queued message).
  *
  *   struct tern_dkim_key k = {.domain = "example.org", .selector = "s1",
  *                             .key_file = "/etc/tern/dkim/s1.pem"};
@@ -94,7 +95,10 @@ TERN_EXTERN int tern_dkim_sign_write(struct tern_dkim_sign *c, const char *buf,
  * complete header fields ("DKIM-Signature: v=1; a=rsa-sha256; ...\r\n",
  * folded at 78 columns, CRLF ends), "" when the message is not signed
  * (why in *why, a static string: "no key for the From domain", "no
- * From field", ...); the caller frees *fields. `why` may be NULL. The context is freed in every case.
+ * From field", ...; after a libopendkim failure it is the library's
+ * message, valid until this thread's next tern_dkim_sign_end); the
+ * caller frees *fields, NULL unless 0 is returned. `why` may be NULL.
+ * The context is freed in every case.
  * Returns 0, TERN_ENOMEM, TERN_EIO (libopendkim failed: *why says how;
  * send the message unsigned, or refuse it, as the caller likes).
  */

@@ -9,7 +9,9 @@ dkimpy, the public keys given by the test's DNS function (no DNS).
    and both verify; the queued log line says dkim=d=example.org,s=s1;...
 2. The same message from an unauthenticated session arrives unsigned.
 3. An authenticated message whose From: is another domain: unsigned,
-   logged dkim=none why="no key for the From domain".
+   logged dkim=none why="no key for the From domain"; one the signer
+   fails on (a header line without a colon): queued unsigned, logged
+   dkim=failed why=...
 4. A reload whose key file is missing fails, naming the file, and the
    old keys go on signing; a reload to a new selector (key rotation)
    signs with it.
@@ -173,6 +175,19 @@ def test_serve_signs_authenticated_mail():
             h.check('dkim=none why="no key for the From domain"' in ln,
                     "queued line: %r" % ln)
 
+            # 3b. a signing failure (libopendkim refuses a header line
+            # without a colon): queued unsigned all the same, logged
+            bad = (b"From: alice@example.org\r\nnot a field\r\n"
+                   b"Subject: broken\r\n\r\nbody\r\n")
+            qid = send(port, bad)
+            data = arrived(sink, 4)
+            h.check(b"DKIM-Signature" not in data, "signed: %r" % data[:600])
+            trace, body = h.strip_received(data)
+            h.assert_bytes_equal(body, bad, "the unsigned message")
+            (ln,) = srv.wait_log("id=%s event=queued" % qid)
+            h.check("dkim=failed why=" in ln and "status=250" in ln,
+                    "queued line: %r" % ln)
+
             # 4a. a reload with a missing key: refused, naming the file;
             # the old keys still sign
             missing = os.path.join(dd, "missing.pem")
@@ -181,7 +196,7 @@ def test_serve_signs_authenticated_mail():
             (ln,) = srv.wait_log("event=reload result=failed")
             h.check(missing in ln and "[dkim e1]" in ln, "reload: %r" % ln)
             send(port, message("alice@example.org", 4))
-            verify_all(arrived(sink, 4), ["s1", "e1"])
+            verify_all(arrived(sink, 5), ["s1", "e1"])
 
             # 4b. key rotation: a new selector, by reload
             s2 = keypair(dd, "rsa", "s2")
@@ -189,7 +204,7 @@ def test_serve_signs_authenticated_mail():
             srv.signal(signal.SIGHUP)
             srv.wait_log("event=reload result=ok")
             qid = send(port, message("alice@example.org", 5))
-            verify_all(arrived(sink, 5), ["s2"])
+            verify_all(arrived(sink, 6), ["s2"])
             (ln,) = srv.wait_log("id=%s event=queued" % qid)
             h.check('dkim="d=example.org,s=s2"' in ln, "queued line: %r" % ln)
     finally:
