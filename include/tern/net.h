@@ -492,6 +492,15 @@ struct tern_client_options {
    * family than the peer's is not used for that peer. */
   const char *bind_addr;
   const char *bind_addr6;
+  /* mx: URLs: this server's own addresses (its listeners', and every
+   * interface's when a listener is on a wildcard address). An MX host
+   * with one of them is this server: it and every MX host of the same
+   * or a worse preference are dropped (a backup MX hands mail only to
+   * better ones); when that leaves none, the connect fails permanently
+   * with 554 5.4.6 "mail for DOMAIN loops back to myself" (Postfix's
+   * rule). Copied by tern_client_new. NULL/0: no check. */
+  const struct sockaddr_storage *self_addrs;
+  size_t nself_addrs;
 };
 
 static inline void
