@@ -1180,6 +1180,76 @@ static int check_dkim_key(const struct cfg *c, size_t i, char *err,
   return 0;
 }
 
+const char *cfg_trust_anchor(const struct cfg *c) {
+  static const char *const defaults[] = {"/usr/share/dns/root.key",
+                                         "/var/lib/unbound/root.key"};
+  if (!c->out.dnssec)
+    return NULL;
+  if (c->out.trust_anchor != NULL)
+    return c->out.trust_anchor;
+  for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+    if (access(defaults[i], R_OK) == 0)
+      return defaults[i];
+  return NULL;
+}
+
+/* Does the anchor file hold a DS or DNSKEY record (zone-file form, what
+ * libunbound's ub_ctx_add_ta_file reads)? A record line is "OWNER [TTL]
+ * [CLASS] TYPE DATA"; comments start at ';'. Returns 1 yes, 0 no, -1
+ * unreadable (errno set). */
+static int anchor_has_keys(const char *file) {
+  FILE *f = fopen(file, "r");
+  if (f == NULL)
+    return -1;
+  char line[4096];
+  int found = 0;
+  while (!found && fgets(line, sizeof line, f) != NULL) {
+    char *semi = strchr(line, ';');
+    if (semi != NULL)
+      *semi = '\0';
+    /* the record type is one of the first four fields */
+    char *save = NULL;
+    char *tok = strtok_r(line, " \t\r\n", &save);
+    for (int i = 0; tok != NULL && i < 4 && !found; i++) {
+      if (i > 0 &&
+          (strcasecmp(tok, "DS") == 0 || strcasecmp(tok, "DNSKEY") == 0))
+        found = 1;
+      tok = strtok_r(NULL, " \t\r\n", &save);
+    }
+  }
+  fclose(f);
+  return found;
+}
+
+/*
+ * DNSSEC on (the default) validates only with a trust anchor: without
+ * one, libunbound answers everything as insecure, so DANE is never used
+ * and mail for DANE domains goes out with opportunistic TLS -- silently.
+ * When mail can leave, refuse that: no anchor file at all, or one with
+ * no DS/DNSKEY record in it.
+ */
+static int check_trust_anchor(const struct cfg *c, char *err, size_t cap) {
+  if (!cfg_uses_outbound(c) || !c->out.dnssec)
+    return 0;
+  const char *ta = cfg_trust_anchor(c);
+  if (ta == NULL)
+    return check_fail(c, err, cap,
+                      "[outbound] dnssec = yes but no trust anchor: install "
+                      "dns-root-data, set trust_anchor = FILE, or say "
+                      "dnssec = no");
+  int rc = anchor_has_keys(ta);
+  if (rc < 0)
+    return check_fail(c, err, cap, "[outbound] trust_anchor = %s: %s", ta,
+                      strerror(errno));
+  if (rc == 0)
+    return check_fail(c, err, cap,
+                      "[outbound] dnssec = yes but the trust anchor file %s "
+                      "holds no DS or DNSKEY record: install dns-root-data, "
+                      "set trust_anchor = FILE, or say dnssec = no",
+                      ta);
+  return 0;
+}
+
 /* Mail that leaves for other hosts (target = mx, routes to mx or a URL,
  * relay) waits in the queue; the files of [outbound], the relay and
  * [dkim] are readable. */
@@ -1215,7 +1285,8 @@ static int check_outbound(const struct cfg *c, char *err, size_t cap) {
                      c->out.mta_sts_ca_file, err, cap) ||
       check_readable(c, 0, "[outbound] ca_file", c->out.ca_file, err, cap) ||
       check_readable(c, 0, "[delivery] relay_ca_file", c->relay_ca_file, err,
-                     cap))
+                     cap) ||
+      check_trust_anchor(c, err, cap) != 0)
     return -1;
   for (size_t i = 0; i < c->ndkim; i++)
     if (check_dkim_key(c, i, err, cap) != 0)
@@ -1460,9 +1531,11 @@ void cfg_print_summary(const struct cfg *c, FILE *f) {
             c->dkim[i].domain, c->dkim[i].selector, c->dkim[i].key_file);
   if (cfg_uses_outbound(c))
     fprintf(f,
-            "  outbound: helo=%s resolver=%s dnssec=%s mta_sts=%s port=%u\n",
+            "  outbound: helo=%s resolver=%s dnssec=%s trust_anchor=%s "
+            "mta_sts=%s port=%u\n",
             c->out.helo ? c->out.helo : c->hostname,
             c->out.resolver ? c->out.resolver : "/etc/resolv.conf",
-            c->out.dnssec ? "yes" : "no", c->out.mta_sts ? "yes" : "no",
-            c->out.port);
+            c->out.dnssec ? "yes" : "no",
+            cfg_trust_anchor(c) ? cfg_trust_anchor(c) : "none",
+            c->out.mta_sts ? "yes" : "no", c->out.port);
 }

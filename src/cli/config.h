@@ -295,10 +295,19 @@ enum tern_tls_policy cfg_tls_policy_for(const struct cfg *c,
  * target=maildir queue=yes relay=mx"), each [routes] line ("route
  * .example.org: mx"), each [tls_policy] line, each [dkim NAME] ("dkim
  * rsa: d=example.org s=2026r key=FILE") and, when mail can leave,
- * [outbound] ("outbound: helo=... resolver=... dnssec=yes mta_sts=yes
- * port=25"). Writes to f; errors of f are the caller's.
+ * [outbound] ("outbound: helo=... resolver=... dnssec=yes
+ * trust_anchor=FILE|none mta_sts=yes port=25"). Writes to f; errors of f are the caller's.
  */
 void cfg_print_summary(const struct cfg *c, FILE *f);
+
+/* The DNSSEC trust-anchor file the deliverer's resolver will use:
+ * [outbound] trust_anchor, else the first readable of
+ * /usr/share/dns/root.key and /var/lib/unbound/root.key (as the
+ * resolver picks, src/net/resolve.c); NULL with dnssec = no or when
+ * there is none. cfg_check refuses dnssec = yes without one (or with a
+ * file holding no DS/DNSKEY record) when cfg_uses_outbound. The string
+ * is c's or static. */
+const char *cfg_trust_anchor(const struct cfg *c);
 
 /* Does [delivery] relay mean mx (given, or the default with
  * outbound_keys)? */

@@ -7,6 +7,7 @@ the address."""
 import os
 import re
 import socket
+import subprocess
 
 import e2e as h
 
@@ -97,6 +98,11 @@ BAD = {
                              "relay_auth_user = bob\n"
                              "relay_auth_password_file = {dir}/long-password\n",
                              3, "verified TLS"),
+    # DNSSEC on (the default) with an anchor file holding no DS/DNSKEY
+    # record: DANE would be silently off (review finding, Step 8)
+    "outbound-anchor-no-keys": ("[delivery]\ntarget = mx\n[outbound]\n"
+                                "trust_anchor = {dir}/comments.keys\n",
+                                None, "no DS or DNSKEY"),
     "bad-users-line": ("[listener sub]\nurl = smtp://127.0.0.1:{port}\n"
                        "auth = yes\ninsecure_auth = yes\n[auth]\n"
                        "users = {dir}/users-md5\n", None, "users-md5"),
@@ -108,6 +114,8 @@ def test_bad_files():
     h.write(os.path.join(d, "users-md5"),
             "alice:$1$abcdefgh$Cq7NnTEPm7UaY2bo1pT2v/\n")
     h.write(os.path.join(d, "long-password"), "p" * 3000 + "\n", 0o600)
+    h.write(os.path.join(d, "comments.keys"),
+            "; the root's keys go here\n\n; . IN DS 20326 8 2 E06D...\n")
     port = h.free_ports(1)[0]
     problems = []
     for name, (text, line, word) in sorted(BAD.items()):
@@ -221,6 +229,60 @@ def test_relay_policy_and_queue_path():
             "no spool in the working directory")
 
 
+def test_no_trust_anchor():
+    """dnssec = yes (the default) with mail leaving and no trust anchor
+    (no trust_anchor key, no /usr/share/dns/root.key nor
+    /var/lib/unbound/root.key) is a configuration error: DANE would be
+    silently off (delivered verified=no policy=may, --check said OK).
+    Run in a private mount namespace with empty directories over the
+    default places. With an anchor, --check names the file in use; with
+    dnssec = no, it is fine."""
+    d = h.tmpdir(prefix="tern-e2e-noanchor-")
+    empty = os.path.join(d, "empty")
+    os.mkdir(empty)
+    (port,) = h.free_ports(1)
+    base = ("[listener mx]\nurl = smtp://127.0.0.1:%d\n"
+            "[delivery]\ntarget = mx\n" % port)
+    none = h.write(os.path.join(d, "none.ini"), base)
+    off = h.write(os.path.join(d, "off.ini"),
+                  base + "[outbound]\ndnssec = no\n")
+    anchor = h.write(os.path.join(d, "ta.keys"),
+                     "example.org. IN DS 12345 13 2 " + "ab" * 32 + "\n")
+    given = h.write(os.path.join(d, "given.ini"),
+                    base + "[outbound]\ntrust_anchor = %s\n" % anchor)
+    mounts = []
+    for dflt in ("/usr/share/dns", "/var/lib/unbound"):
+        if os.path.isdir(dflt):
+            mounts.append("mount --bind %s %s" % (empty, dflt))
+
+    def serve_in_ns(path, extra):
+        script = " && ".join(
+            ["mount --make-rprivate /"] + mounts +
+            ["exec %s serve -c %s %s" % (h.tern_bin(), path, extra)])
+        p = h.run(["unshare", "-m", "sh", "-c", script], timeout=20,
+                  check_rc=False, cwd=d, stdin=subprocess.DEVNULL)
+        return (p.returncode, p.stdout.decode("utf-8", "replace"),
+                p.stderr.decode("utf-8", "replace"))
+
+    for extra in ("--check", ""):
+        rc, out, err = serve_in_ns(none, extra)
+        h.check(rc == EX_CONFIG, "no anchor %s: exit %d: %r %r"
+                % (extra, rc, out, err))
+        h.check(none in err and "dnssec = yes but no trust anchor" in err
+                and "dns-root-data" in err, "no anchor: stderr %r" % err)
+        h.check("event=listening" not in err, "it listened: %r" % err)
+    rc, out, err = serve_in_ns(off, "--check")
+    h.check(rc == 0 and "dnssec=no" in out and "trust_anchor=none" in out,
+            "dnssec = no: %d %r %r" % (rc, out, err))
+    rc, out, err = serve_in_ns(given, "--check")
+    h.check(rc == 0 and "trust_anchor=%s" % anchor in out,
+            "trust_anchor given: %d %r %r" % (rc, out, err))
+    if os.path.exists("/usr/share/dns/root.key"):
+        rc, out, err = h.run_serve(["-c", none, "--check"], cwd=d)
+        h.check(rc == 0 and "trust_anchor=/usr/share/dns/root.key" in out,
+                "default anchor not named: %d %r %r" % (rc, out, err))
+
+
 def test_good_file_check():
     d = h.tmpdir(prefix="tern-e2e-goodcfg-")
     path = h.write(os.path.join(d, "ok.ini"),
@@ -264,5 +326,6 @@ def test_port_in_use():
 if __name__ == "__main__":
     h.main([test_bad_files, test_open_relay_by_listen,
             test_unknown_user_check, test_listen_host_name,
-            test_relay_policy_and_queue_path, test_good_file_check,
+            test_relay_policy_and_queue_path, test_no_trust_anchor,
+            test_good_file_check,
             test_port_in_use])
