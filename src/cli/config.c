@@ -1401,13 +1401,12 @@ bool cfg_domain_listed(const struct cfg *c, const char *domain, size_t len) {
 bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len) {
   if (c->accept_any)
     return true;
+  /* [domains] accept alone: a [routes] line only chooses where mail
+   * goes (operators use it as Postfix's transport_maps, which grants
+   * nothing); naming a domain there used to accept it from anyone, an
+   * unauthenticated relay to that domain. */
   len = trim_dot(domain, len);
-  if (cfg_domain_listed(c, domain, len))
-    return true;
-  for (size_t i = 0; i < c->nroutes; i++)
-    if (domain_match(c->routes[i].domain, domain, len) > 1)
-      return true;
-  return false;
+  return cfg_domain_listed(c, domain, len);
 }
 
 const struct cfg_route *cfg_route_find(const struct cfg *c, const char *domain,

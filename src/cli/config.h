@@ -250,10 +250,10 @@ bool cfg_uses_queue(const struct cfg *c);
  * Returns 0, or -1 when it does not fit in buf[cap]. */
 int cfg_queue_control_path(const struct cfg *c, char *buf, size_t cap);
 
-/* Is `domain` (pointer + length, case-insensitive) accepted? The
- * [domains] accept list, and every domain a [routes] line names (exact,
- * or a subdomain of a ".suffix" line; not "*"). accept_any is the
- * caller's to check. */
+/* Is `domain` (pointer + length, case-insensitive) accepted from
+ * anyone? The [domains] accept list (true for all with accept_any),
+ * and nothing else: a [routes] line only chooses where mail goes, it
+ * accepts nothing (a backup MX lists its domain in both). */
 bool cfg_domain_accepted(const struct cfg *c, const char *domain, size_t len);
 
 /*

@@ -4,8 +4,10 @@ recipient is queued with its destination, read back with
 `tern queue list --json`:
 
 - exact, ".suffix" and "*" lines of [routes]; an accepted domain goes
-  "local"; a domain named in [routes] is accepted without AUTH, "*" is
-  not; an authenticated user's mail to another domain goes to
+  "local"; a [routes] line only chooses where mail goes: it accepts
+  nothing without AUTH (review finding: it opened an unauthenticated
+  relay to that domain); a backup MX lists its domain in [domains]
+  accept and [routes]; an authenticated user's mail to another domain goes to
   [delivery] relay: "mx:DOMAIN" (lower case) or "smarthost";
 - [delivery] recipients applies to our own domains whatever their
   route, never to an authenticated user's mail to other domains;
@@ -64,7 +66,7 @@ connect_timeout = 1s
 
 ROUTES = COMMON + """
 [domains]
-accept = example.org
+accept = example.org backup.example
 
 [delivery]
 target = smtp
@@ -73,6 +75,7 @@ recipients = {known}
 
 [routes]
 partner.example = smtp://127.0.0.1:{dead2}
+backup.example = smtp://127.0.0.1:{dead2}
 .sub.example = mx
 * = mx
 """
@@ -140,7 +143,7 @@ def setup(template, **kw):
                     h.passwd_line("carol", "pw-carol") + "\n")
     known = h.write(os.path.join(d, "known"),
                     "a@example.org\nf@example.org\n@partner.example\n"
-                    "c@x.sub.example\n")
+                    "c@x.sub.example\nf@backup.example\n")
     p1, p2, dead, dead2 = h.free_ports(4)
     conf = h.write(os.path.join(d, "tern.ini"), template.format(
         p1=p1, p2=p2, users=users, known=known, dead=dead, dead2=dead2,
@@ -195,30 +198,45 @@ def test_routes_and_accepted_domains():
                                     "c@x.SUB.example", "d@gmail.example",
                                     "nobody@example.org",
                                     "nobody@x.sub.example",
-                                    "e@deeper.partner.example"])
+                                    "e@deeper.partner.example",
+                                    "f@Backup.example",
+                                    "nobody@backup.example"])
         expect(res, "a@Example.org", 250)
-        expect(res, "b@partner.example", 250)        # routed: accepted
-        expect(res, "c@x.SUB.example", 250)          # .sub.example
+        # a route accepts nothing from anyone: no relay to those domains
+        expect(res, "b@partner.example", 554, "5.7.1")
+        expect(res, "c@x.SUB.example", 554, "5.7.1")
         expect(res, "d@gmail.example", 554, "5.7.1")  # "*" accepts none
         expect(res, "nobody@example.org", 550, "5.1.1")
-        expect(res, "nobody@x.sub.example", 550, "5.1.1")  # our domain
-        expect(res, "e@deeper.partner.example", 554, "5.7.1")  # exact only
+        expect(res, "nobody@x.sub.example", 554, "5.7.1")
+        expect(res, "e@deeper.partner.example", 554, "5.7.1")
+        # a backup MX: accepted ([domains]) and routed ([routes]); the
+        # recipients file applies to it (an accepted domain)
+        expect(res, "f@Backup.example", 250)
+        expect(res, "nobody@backup.example", 550, "5.1.1")
         h.check(dests(conf, q1) == {
             "a@Example.org": "local",
-            "b@partner.example": "url:smtp://127.0.0.1:%d" % dead2,
-            "c@x.SUB.example": "mx:x.sub.example"}, dests(conf, q1))
+            "f@Backup.example": "url:smtp://127.0.0.1:%d" % dead2},
+            dests(conf, q1))
 
         res, q2 = rcpt_codes(p_sub, ["e@Other.Example", "f@example.org",
                                      "g@partner.example.com",
-                                     "nobody@example.org"], login=True)
+                                     "nobody@example.org",
+                                     "b@partner.example", "c@x.SUB.example",
+                                     "nobody@x.sub.example"], login=True)
         for r in ("e@Other.Example", "f@example.org",
-                  "g@partner.example.com"):
+                  "g@partner.example.com", "b@partner.example",
+                  "c@x.SUB.example", "nobody@x.sub.example"):
             expect(res, r, 250)
         expect(res, "nobody@example.org", 550, "5.1.1")
+        # authenticated users' mail follows the routes; a routed domain
+        # is not ours, so the recipients file does not apply to it
         h.check(dests(conf, q2) == {
             "e@Other.Example": "mx:other.example",  # not in recipients:
             "f@example.org": "local",                # not checked
-            "g@partner.example.com": "mx:partner.example.com"},
+            "g@partner.example.com": "mx:partner.example.com",
+            "b@partner.example": "url:smtp://127.0.0.1:%d" % dead2,
+            "c@x.SUB.example": "mx:x.sub.example",
+            "nobody@x.sub.example": "mx:x.sub.example"},
             dests(conf, q2))
 
 
@@ -379,7 +397,8 @@ def test_worked_example_check():
                  "  dkim rsa: d=example.org s=2026r key=%s\n" % rsa,
                  "  dkim ed25519: d=example.org s=2026e key=%s\n" % ed,
                  "  outbound: helo=mail.example.org resolver=/etc/resolv.conf "
-                 "dnssec=yes mta_sts=yes port=25\n"):
+                 "dnssec=yes trust_anchor=/usr/share/dns/root.key "
+                 "mta_sts=yes port=25\n"):
         h.check(line in out, "--check output lacks %r:\n%s" % (line, out))
     # and its routing is what the text says: the same file, served on
     # loopback ports, queues a user's mail to gmail.com for mx:gmail.com
