@@ -423,6 +423,11 @@ static void flush_one(struct tern_queue *q, struct qmsg *m) {
     if ((r->state == QS_QUEUED || r->state == QS_DEFERRED) &&
         r->busy == QB_IDLE)
       r->next_try = 0; /* in memory only: a restart keeps the schedule */
+    /* and its destination's suspension ends (Postfix's postqueue -f):
+     * otherwise the mail is due but its dead next hop's wait holds it */
+    if ((r->state == QS_QUEUED || r->state == QS_DEFERRED) &&
+        r->busy != QB_RUNNING)
+      q_dest_flush(q, r->dest);
   }
   q_msg_resched(q, m);
 }

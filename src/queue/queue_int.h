@@ -180,6 +180,12 @@ void q_pump(struct tern_queue *q);
 void q_kick(struct tern_queue *q);
 /* Arm the timer for the heap's top (or stop it). */
 void q_timer_arm(struct tern_queue *q);
+/* A flush (tern_queue_flush) of mail for destination `name`: when it is
+ * suspended (a dead next hop), its wait ends now -- one attempt (the
+ * probe) may start at once, the rest following when it gets through, as
+ * after any suspension. Without this, a flush made the mail due but the
+ * destination kept it until susp_until. Unknown names: nothing. */
+void q_dest_flush(struct tern_queue *q, const char *name);
 /* Free every job (ready, running, cancelled) and message. */
 void q_sched_free(struct tern_queue *q);
 /* The running jobs become cancelled (tern_queue_close timed out). */

@@ -849,6 +849,22 @@ static void dest_suspend(struct tern_queue *q, struct qdest *d,
   defer_waiting(q, d);
 }
 
+void q_dest_flush(struct tern_queue *q, const char *name) {
+  if (!q->dtab_size || !name)
+    return;
+  struct qdest *d = q->dtab[id_hash(name, q->dtab_size - 1)];
+  while (d && strcmp(d->name, name) != 0)
+    d = d->hnext;
+  if (!d || !d->suspended)
+    return;
+  int64_t now = q_now_s();
+  if (d->susp_until > now)
+    d->susp_until = now;
+  run_push(q, d); /* jobs already waiting in its FIFO */
+  q_kick(q);
+  q_timer_arm(q);
+}
+
 static void dest_resume(struct tern_queue *q, struct qdest *d) {
   susp_unlink(q, d);
   d->suspended = false;
