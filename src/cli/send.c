@@ -489,6 +489,33 @@ static int resolve_sender(struct send *s) {
 
 /* The recipients: the arguments', then (-t) the header's — the Resent-
  * fields' when there are any. */
+/* --mx DOMAIN: the message goes to DOMAIN's mail hosts in one
+ * transaction, so every recipient must be in DOMAIN (tern-send(1)); one
+ * elsewhere would be handed to a host that is not its MX. Compared
+ * without regard to ASCII case, a trailing dot ignored. Returns 0 or
+ * EX_USAGE (printed). */
+static int check_mx_domain(const struct send *s) {
+  if (!s->o.mx)
+    return 0;
+  size_t mlen = strlen(s->o.mx);
+  if (mlen && s->o.mx[mlen - 1] == '.')
+    mlen--;
+  for (size_t i = 0; i < s->rcpt.n; i++) {
+    const char *at = strrchr(s->rcpt.v[i], '@');
+    const char *dom = at ? at + 1 : "";
+    size_t dlen = strlen(dom);
+    if (dlen && dom[dlen - 1] == '.')
+      dlen--;
+    if (dlen == mlen && strncasecmp(dom, s->o.mx, mlen) == 0)
+      continue;
+    fprintf(stderr, "%s: --mx %s: recipient <%s> is not in %.*s (the "
+            "message goes to that domain's mail hosts only: one domain a "
+            "run)\n", s->o.prog, s->o.mx, s->rcpt.v[i], (int)mlen, s->o.mx);
+    return EX_USAGE;
+  }
+  return 0;
+}
+
 static int resolve_recipients(struct send *s) {
   struct strvec *hv = s->resent_rcpt.n ? &s->resent_rcpt : &s->hdr_rcpt;
   struct strvec *srcs[2] = {&s->arg_rcpt, hv};
@@ -509,7 +536,7 @@ static int resolve_recipients(struct send *s) {
             "header\n", s->o.prog);
     return EX_DATAERR;
   }
-  return 0;
+  return check_mx_domain(s);
 }
 
 /* The session's recipient list and the per-recipient outcome slots. */

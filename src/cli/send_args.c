@@ -3,6 +3,7 @@
  * clustered as getopt does: -ti, -fuser, -f user) and tern's long ones
  * (--name VALUE or --name=VALUE), each in a table (send.h).
  */
+#include <arpa/inet.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +38,7 @@ static void usage(FILE *f, const char *prog) {
     "69\n"
     "  --insecure-auth   consent to send credentials over any channel:\n"
     "                unverified TLS or plaintext (PLAIN/LOGIN included)\n"
-    "  --helo NAME   EHLO name (default localhost)\n"
+    "  --helo NAME   EHLO name (default this host's FQDN)\n"
     "  --timeout S   connect and reply timeout in seconds\n"
     "  --mx DOMAIN   deliver to DOMAIN's mail hosts (MX, or the domain\n"
     "                itself), not to --server; TLS per --tls-policy\n"
@@ -450,9 +451,11 @@ static int check_mx_args(struct send *s) {
             "verify, dane)\n", o->prog, o->tls_policy);
     return EX_USAGE;
   }
+  struct in_addr v4; /* an address literal is not a domain */
   int n = snprintf(o->mx_url, sizeof o->mx_url, "mx:%s", o->mx);
   if (!*o->mx || n < 0 || (size_t)n >= sizeof o->mx_url ||
-      strchr(o->mx, '/') || strchr(o->mx, ':')) {
+      strchr(o->mx, '/') || strchr(o->mx, ':') || strchr(o->mx, '[') ||
+      inet_pton(AF_INET, o->mx, &v4) == 1) {
     fprintf(stderr, "%s: --mx: '%s' is not a domain\n", o->prog, o->mx);
     return EX_USAGE;
   }

@@ -4,6 +4,7 @@
  * status with its lines once the session has ended (send.h).
  */
 #include <errno.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,7 +79,7 @@ static void trace_queued(struct send *s, struct tern_client_session *c) {
  */
 static void trace_command(struct send *s, enum tern_client_cmd cmd,
                           unsigned index, const struct tern_client_reply *r) {
-  const char *helo = s->o.helo ? s->o.helo : "localhost";
+  const char *helo = s->o.helo;
   switch (cmd) {
   case TERN_CMD_EHLO:
     trace_out(s, "%s %s", s->lmtp ? "LHLO" : s->tr_helo ? "HELO" : "EHLO",
@@ -567,8 +568,7 @@ static void client_options(struct send *s, char *urlbuf, size_t cap,
   co->url = s->url;
   co->callbacks = cb;
   co->ud = s;
-  if (s->o.helo)
-    cc->ehlo_name = s->o.helo;
+  cc->ehlo_name = s->o.helo; /* send_deliver set the default */
   if (s->o.starttls)
     cc->starttls = TERN_STARTTLS_REQUIRED;
   /* Credentials (item 10 of issue 8) go only over TLS whose certificate
@@ -684,12 +684,59 @@ static int resolver_create(struct send *s) {
   return rc == TERN_EINVAL ? EX_USAGE : rc == TERN_EIO ? EX_NOINPUT : EX_OSERR;
 }
 
+/*
+ * The EHLO name when --helo is not given: this host's fully qualified
+ * name -- gethostname(), then its canonical name (getaddrinfo
+ * AI_CANONNAME: /etc/hosts or DNS, as Postfix's myhostname), else the
+ * bare host name. Hardened MX hosts refuse "EHLO localhost" (504 5.5.2),
+ * so with --mx a host that calls itself localhost is an error: the user
+ * must say --helo. Returns 0, or EX_USAGE (printed). The name is kept in
+ * a static buffer (one run a process).
+ */
+static int default_helo(struct send *s) {
+  static char name[256];
+  if (s->o.helo)
+    return 0;
+  char host[256];
+  if (gethostname(host, sizeof host - 1) != 0)
+    host[0] = '\0';
+  host[sizeof host - 1] = '\0';
+  snprintf(name, sizeof name, "%s", host[0] ? host : "localhost");
+  struct addrinfo hints, *ai = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_CANONNAME;
+  if (host[0] && getaddrinfo(host, NULL, &hints, &ai) == 0 && ai) {
+    const char *cn = ai->ai_canonname;
+    /* a canonical name with a dot is the FQDN; else keep the host name */
+    if (cn && strchr(cn, '.') && strlen(cn) < sizeof name &&
+        strspn(cn, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                   "0123456789.-") == strlen(cn))
+      snprintf(name, sizeof name, "%s", cn);
+  }
+  if (ai)
+    freeaddrinfo(ai);
+  if (s->o.mx && (strcasecmp(name, "localhost") == 0 ||
+                  strncasecmp(name, "localhost.", 10) == 0)) {
+    fprintf(stderr, "%s: --mx: this host calls itself '%s', which mail "
+            "hosts refuse in EHLO: give --helo NAME (this host's name in "
+            "DNS)\n", s->o.prog, name);
+    return EX_USAGE;
+  }
+  s->o.helo = name;
+  return 0;
+}
+
 int send_deliver(struct send *s) {
   char urlbuf[1024];
   struct tern_client_options co;
   struct tern_client_config cc;
   struct tern_client_callbacks cb;
 
+  int hex = default_helo(s);
+  if (hex != 0)
+    return hex;
   if (uv_loop_init(&s->loop) != 0) {
     fprintf(stderr, "%s: cannot create an event loop\n", s->o.prog);
     return EX_OSERR;
@@ -732,8 +779,12 @@ int send_deliver(struct send *s) {
   if (s->res) {
     tern_resolver_free(s->res);
     s->res = NULL;
-    uv_run(&s->loop, UV_RUN_DEFAULT); /* its handles close */
   }
+  /* Freeing closes handles: the client's own resolver (--mx without
+   * --resolver, --trust-anchor or --no-dnssec) and ours. Their close
+   * callbacks run on the loop; without this run the loop still held
+   * them ("event loop not empty at exit" after a DNS failure). */
+  uv_run(&s->loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&s->loop) != 0 && s->o.verbose)
     fprintf(stderr, "%s: event loop not empty at exit\n", s->o.prog);
   return ex;
