@@ -4,6 +4,7 @@ which packages each make target installs."""
 
 import ctypes
 import ctypes.util
+import glob
 import os
 import re
 
@@ -254,6 +255,49 @@ def test_man_pages():
                 "make install did not install %s" % rel)
 
 
+def log_events_in_source():
+    """Every event name tern serve writes (src/cli: log_kv/log_line_kv
+    "event" values, event=NAME in logf_ formats, control.c's audit
+    events) and the keys of the lines built with log_line_kv/kv."""
+    events, keys = set(), set()
+    for path in glob.glob(os.path.join(SRC, "src", "cli", "*.c")):
+        with open(path) as f:
+            t = f.read()
+        t = re.sub(r"/\*.*?\*/", "", t, flags=re.S)  # not the comments
+        events.update(re.findall(r'"event",\s*"([a-z-]+)"', t))
+        for a, b in re.findall(r'"event",\s*[^;"]*\?\s*"([a-z-]+)"\s*:\s*'
+                               r'"([a-z-]+)"', t):
+            events.update((a, b))
+        events.update(re.findall(r'event=([a-z-]+)', t))
+        events.update(re.findall(r'\bevent = "([a-z-]+)"', t))
+        events.update(re.findall(r'audit\(c, "([a-z-]+)"', t))
+        keys.update(re.findall(r'\blog_line_kv\(&?l, "([a-z_]+)"', t))
+        keys.update(re.findall(r'\bkv\(l, "([a-z_]+)"', t))
+    return events, keys
+
+
+def test_man_log_events():
+    """tern(1) "Log" lists every event tern serve writes and every field
+    of the delivery and queued lines, by name (review finding: queued,
+    committed, delivery, bounce, delay-warning, removed, flush, reject
+    and the delivery line's dest, mx, addr, tried, tls, cipher,
+    verified, policy, tls_failure, dkim, retry were missing)."""
+    events, keys = log_events_in_source()
+    h.check(len(events) >= 30 and "delivery" in events and "flush" in events,
+            "the scan of src/cli found too few events: %r" % sorted(events))
+    h.check({"dest", "mx", "verified", "dkim", "retry"} <= keys,
+            "the scan of src/cli found too few keys: %r" % sorted(keys))
+    with open(os.path.join(MAN, "tern.1")) as f:
+        page = f.read()
+    log = page[page.index(".SS Log"):page.index(".SS systemd")]
+    words = set(re.findall(r"[a-z_][a-z0-9_-]*",
+                           log.replace("\\-", "-").replace("\\ ", " ")))
+    missing = sorted(events - words)
+    h.check(not missing, "tern(1) Log lacks the events %s" % " ".join(missing))
+    missing = sorted(keys - words)
+    h.check(not missing, "tern(1) Log lacks the fields %s" % " ".join(missing))
+
+
 def test_systemd_unit():
     """packaging/systemd/tern.service: Type=notify, hardened so that
     `systemd-analyze security` rates it at most 3.0 ("OK"), and installed
@@ -294,4 +338,5 @@ def test_systemd_unit():
 
 if __name__ == "__main__":
     h.main([test_passwd, test_dispatch, test_bench, test_install_deps_sets,
+            test_man_log_events,
             test_man_pages, test_systemd_unit])
