@@ -377,8 +377,15 @@ def test_worked_example_check():
           timeout=30)
     users = h.write(os.path.join(d, "users"),
                     h.passwd_line("alice", "pw-alice") + "\n")
+    # the recipients file as the text shows it
+    m = re.search(r"`/etc/tern/recipients` lists the mailboxes, one a "
+                  r"line:\s*```\n(.*?)```", open(DOC, encoding="utf-8").read(),
+                  re.S)
+    h.check(m, "the worked example does not show /etc/tern/recipients")
+    known = h.write(os.path.join(d, "recipients"), m.group(1))
     os.makedirs(os.path.join(d, "lib"))
-    for old, new in (("/etc/tern/mail.example.org.pem", h.cert("server.pem")),
+    for old, new in (("/etc/tern/recipients", known),
+                     ("/etc/tern/mail.example.org.pem", h.cert("server.pem")),
                      ("/etc/tern/mail.example.org.key", h.cert("server.key")),
                      ("/etc/tern/users", users),
                      ("/etc/tern/dkim/2026r.pem", rsa),
@@ -425,6 +432,14 @@ def test_worked_example_check():
             code, msg = c.rcpt("bob@gmail.com")
             h.check(code == 554 and msg.startswith(b"5.7.1"),
                     "port 25 relays: %d %r" % (code, msg))
+            # the mailboxes of [delivery] recipients, and no others: an
+            # unknown local part is refused, no Maildir made for it
+            for rcpt in ("alice@example.org", "postmaster@example.org"):
+                code, msg = c.rcpt(rcpt)
+                h.check(code == 250, "RCPT %s: %d %r" % (rcpt, code, msg))
+            code, msg = c.rcpt("nobody@example.org")
+            h.check(code == 550 and msg.startswith(b"5.1.1"),
+                    "an unknown user of example.org: %d %r" % (code, msg))
         h.check(dests(conf, qid) == {"bob@gmail.com": "mx:gmail.com"},
                 dests(conf, qid))
 
