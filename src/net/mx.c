@@ -837,7 +837,10 @@ int tern__mx_tls_verdict(const struct tern__mx_target *t,
   case TERN__MXT_VERIFY:
   case TERN__MXT_STS:
     if (ok) {
-      *verified = t->tls == TERN__MXT_STS ? "mta-sts" : "ca";
+      /* MTA-STS testing with the host not in the policy: the chain and
+       * name verified, the policy did not hold: say "ca", not "mta-sts" */
+      *verified =
+          t->tls == TERN__MXT_STS && !t->policy_failure ? "mta-sts" : "ca";
       return 0;
     }
     snprintf(why, cap, "%s: certificate verify failed: %s", t->host, reason);

@@ -386,6 +386,20 @@ def test_mtasts_testing_delivers_and_reports():
     run_sts(sts_world("testing", "*.dest.example"), run)
 
 
+def test_mtasts_testing_unlisted_not_verified_by_policy():
+    """testing: a good certificate on a host the policy does not list is
+    verified by its CA, not by MTA-STS (the policy did not hold)."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2", cert=CERTS["mx1"])
+        out = sts_probe(wd)
+        i = info(out)
+        h.check(i["host"] == "mx1.dest.example", out)
+        h.check(i["policy"] == "mta-sts-testing" and i["verified"] == "ca", out)
+        h.check("not listed" in i.get("policy_failure", ""), out)
+        h.check(s1.messages and s1.messages[0]["tls"], out)
+    run_sts(sts_world("testing", "mx2.dest.example"), run)
+
+
 # ---- conn_info, failure replies and bind_addr for every URL ------------------------
 
 def test_smtp_url_info_and_failure():
@@ -549,6 +563,7 @@ if __name__ == "__main__":
         test_mtasts_enforce_wrong_name_defers,
         test_mtasts_enforce_skips_unlisted_mx,
         test_mtasts_testing_delivers_and_reports,
+        test_mtasts_testing_unlisted_not_verified_by_policy,
         test_smtp_url_info_and_failure,
         test_bind_addr,
         test_self_backup_mx_only_better,
