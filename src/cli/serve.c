@@ -720,6 +720,7 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
   x->done = x->committed = false;
   x->wait = -1;
   x->size = 0;
+  memset(&x->hops, 0, sizeof x->hops);
   x->queued = sess_uses_queue(x);
   if (x->queued) {
     int rc = queue_open(x, &qm, r);
@@ -744,6 +745,57 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
   return is_forward(&x->pol->cfg) ? forward_data_step(x, r) : TERN_REPLY_NOW;
 }
 
+/* ---- hop count (Postfix's hopcount_limit) ---------------------------------- */
+
+enum { HC_BOL, HC_NAME, HC_LINE, HC_CR_BOL, HC_BODY };
+
+void hopcount_feed(struct hopcount *h, const char *buf, size_t len) {
+  static const char name[] = "received:";
+  for (size_t i = 0; i < len && h->st != HC_BODY; i++) {
+    unsigned char c = (unsigned char)buf[i];
+    switch (h->st) {
+    case HC_CR_BOL: /* a CR at the start of a line */
+      if (c == '\n') {
+        h->st = HC_BODY; /* the empty line: the header has ended */
+        break;
+      }
+      h->st = c == '\r' ? HC_CR_BOL : HC_LINE;
+      break;
+    case HC_BOL:
+      if (c == '\n') {
+        h->st = HC_BODY;
+        break;
+      }
+      if (c == '\r') {
+        h->st = HC_CR_BOL;
+        break;
+      }
+      h->at = 0;
+      h->st = HC_NAME;
+      /* fall through */
+    case HC_NAME:
+      if (c == '\n') {
+        h->st = HC_BOL;
+      } else if ((c | 0x20) == (unsigned char)name[h->at] ||
+                 (c == ':' && name[h->at] == ':')) {
+        if (name[++h->at] == '\0') {
+          h->n += h->n < UINT32_MAX;
+          h->st = HC_LINE;
+        }
+      } else {
+        h->st = HC_LINE;
+      }
+      break;
+    case HC_LINE:
+      if (c == '\n')
+        h->st = HC_BOL;
+      break;
+    default:
+      break;
+    }
+  }
+}
+
 /* Content, in chunks of any size: the delivery takes (or copies) it
  * before write returns; pause the session while it writes. */
 static int on_data(struct tern_server_session *s, const char *buf, size_t len,
@@ -753,12 +805,35 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
   if (!x->dlv)
     return TERN_EIO;
   x->size += len;
+  hopcount_feed(&x->hops, buf, len);
   /* < 0: an earlier write failed (ENOSPC, no command reading, the next
    * hop gone); the delivery keeps the error and commit answers it (452
    * 4.3.1 for a full disk, the exit status for a pipe): read on, drop
    * the rest. An on_data error here would become the core's "451 4.3.0
    * internal error" instead. */
   return x->ops->write(x->dlv, buf, len) == DELIVER_LATER ? TERN_PENDING : 0;
+}
+
+/* Too many Received: fields: a loop (ours or someone's). Nothing is
+ * delivered or queued (the delivery is aborted, which drops the queue's
+ * message and the next hop's transaction), and every recipient gets
+ * 554 5.4.6, whatever the target. */
+static void hops_refuse(struct sess *x) {
+  x->committed = true;
+  sess_drop_delivery(x);
+  x->queued = false; /* for the log line: nothing was queued */
+  x->done = true;
+  x->code = 554;
+  snprintf(x->enh, sizeof x->enh, "5.4.6");
+  snprintf(x->text, sizeof x->text, "Error: too many hops");
+  snprintf(x->file, sizeof x->file, "-");
+  x->messages++;
+  log_kv("session", x->info->id, "id", x->msgid, "event", "reject", "what",
+         "hops", "received", LOG_U(x->hops.n), "limit",
+         LOG_U(SERVE_MAX_HOPS), NULL);
+  log_message(x);
+  for (size_t i = 0; i < x->nrcpts; i++)
+    set_result(&x->res[i], x->code, x->enh, x->text);
 }
 
 static int on_data_end(struct tern_server_session *s,
@@ -769,7 +844,9 @@ static int on_data_end(struct tern_server_session *s,
   (void)ud;
   if (!x->res || rcpt >= x->nrcpts || (!x->committed && !x->dlv))
     return TERN_EIO;
-  if (!x->committed) {
+  if (!x->committed && x->hops.n > SERVE_MAX_HOPS)
+    hops_refuse(x);
+  if (!x->committed && x->dlv) {
     x->committed = true;
     x->ops->commit(x->dlv);
   }
