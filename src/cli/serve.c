@@ -370,6 +370,21 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
     r->text = "Error: relay access denied";
     return TERN_REPLY_NOW;
   }
+  /* RFC 5321 §4.5.1: the bare <postmaster> is ours. With target = mx
+   * there is no local mailbox: it goes to [queue] postmaster (the
+   * address double bounces go to) when one is set, else to the MX of
+   * [server] hostname, which this server never hands mail to itself
+   * (self_addrs: 5.4.6; docs/configuration.md "Mail loops"). */
+  struct tern_path pm;
+  bool pm_alias = (to->flags & TERN_PATHF_POSTMASTER) && !to->domain.len &&
+                  c->target == CFG_MX && c->queue_postmaster &&
+                  strchr(c->queue_postmaster, '@');
+  if (pm_alias) {
+    const char *a = c->queue_postmaster, *at = strrchr(a, '@');
+    pm = (struct tern_path){{a, strlen(a)}, {a, (size_t)(at - a)},
+                            {at + 1, strlen(at + 1)}, 0};
+    to = &pm;
+  }
   bool check = true;
   if (!route_rcpt(x, to, &check, r))
     return TERN_REPLY_NOW;
@@ -387,6 +402,10 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
     x->cur_orcpt = NULL;
     goto oom;
   }
+  /* the alias above: a DSN names the recipient the client gave */
+  if (pm_alias && !x->cur_orcpt &&
+      !(x->cur_orcpt = strdup("rfc822;postmaster")))
+    goto oom;
   /* maildir, pipe, and lmtp/smtp through the queue (cfg_check); a
    * queue-less daemon reloaded into a queue configuration still
    * forwards in the transaction (sess_uses_queue), where the next hop

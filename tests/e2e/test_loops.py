@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Mail loops: the hop count (Postfix's hopcount_limit; docs/configuration.md
+"""Mail loops (docs/configuration.md "Mail loops").
+
+1. The hop count (Postfix's hopcount_limit; docs/configuration.md
 "Mail loops"). A message whose header has more than 50 Received: fields is
 refused at the end of data with 554 5.4.6, whatever the target, and nothing
 of it is delivered or queued:
@@ -9,6 +11,12 @@ of it is delivered or queued:
 - the fields are counted across chunks of any size (BDAT chunks cut inside
   a field name), without case, at the start of a line only, and only in
   the header (Received: lines in the body do not count).
+
+2. The bare <postmaster> (RFC 5321 §4.5.1) with target = mx, where there
+   is no local mailbox: queued for [queue] postmaster (its route), with
+   ORCPT rfc822;postmaster; without [queue] postmaster, for the MX of
+   [server] hostname (never this server itself: self_addrs).
+Nothing is delivered in part 2: every next hop is a closed loopback port.
 """
 
 import json
@@ -137,5 +145,72 @@ def test_chunks_and_body():
         h.check(len(stored(md)) == 2, "two delivered: %r" % stored(md))
 
 
+MX_CONF = """[server]
+hostname = mail.hops.example
+shutdown_timeout = 1s
+
+[listener in]
+url = smtp://127.0.0.1:{port}
+
+[domains]
+accept = hops.example
+
+[delivery]
+target = mx
+
+[routes]
+partner.example = smtp://127.0.0.1:{dead}
+
+[outbound]
+resolver = 127.0.0.1:{dead}
+connect_timeout = 1s
+
+[queue]
+directory = {qd}
+retry_min = 1h
+retry_max = 2h
+fsync = no
+{pm}
+"""
+
+
+def postmaster_dest(pm):
+    d = h.tmpdir()
+    port, dead = h.free_ports(2)
+    conf = h.write(os.path.join(d, "t.ini"), MX_CONF.format(
+        port=port, dead=dead, qd=os.path.join(d, "queue"),
+        pm="postmaster = %s" % pm if pm else ""))
+    with h.Serve(["-c", conf], name="pm"):
+        with h.session(port) as r:
+            r.cmd("MAIL FROM:<a@example.net>", 250)
+            r.cmd("RCPT TO:<postmaster>", 250)
+            r.cmd("DATA", 354)
+            r.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n")
+            code, lines = r.reply()
+            h.check(code == 250, "queued: %r" % lines)
+        p = subprocess.run([h.tern_bin(), "queue", "list", "--json", "-c",
+                            conf], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=20)
+        rows = [json.loads(ln) for ln in p.stdout.decode().splitlines()
+                if ln.strip()]
+        h.check(len(rows) == 1, "one message queued: %r" % rows)
+        return [(x["addr"], x["dest"]) for x in rows[0]["rcpts"]], dead
+
+
+def test_postmaster_alias():
+    got, dead = postmaster_dest("pm@partner.example")
+    h.check(got == [("pm@partner.example",
+                     "url:smtp://127.0.0.1:%d" % dead)],
+            "postmaster to [queue] postmaster: %r" % got)
+
+
+def test_postmaster_no_alias():
+    got, _ = postmaster_dest(None)
+    h.check(got == [("postmaster", "mx:mail.hops.example")],
+            "postmaster to the hostname's MX: %r" % got)
+
+
 if __name__ == "__main__":
-    h.main([test_maildir_limit, test_queue_limit, test_chunks_and_body])
+    h.main([test_maildir_limit, test_queue_limit, test_chunks_and_body,
+            test_postmaster_alias, test_postmaster_no_alias])
