@@ -414,6 +414,92 @@ def test_bind_addr():
     with_world(BASE, run)
 
 
+# ---- mail loops (self_addrs) and MX names that are addresses ----------------------
+
+def test_self_backup_mx_only_better():
+    """We are mx2 (preference 20): only better MX hosts are tried (mx1);
+    mx1 refusing is a temporary failure, and mx2 (ourselves) never gets
+    a connection."""
+    def run(wd):
+        s2 = wd.sink("127.0.0.3")
+        out = wd.probe(args=["--self-addr", "127.0.0.3"], expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("451", "4.4.1", "perm=0"), out)
+        h.check(not s2.conns, "connected to ourselves: %r" % s2.conns)
+    with_world(BASE, run)
+
+
+def test_self_best_mx_loops():
+    """We are the best MX (mx1): mx1 and every worse host (mx2) are
+    dropped, none is left: 554 5.4.6, permanent, no connection."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        s2 = wd.sink("127.0.0.3")
+        out = wd.probe(args=["--self-addr", "::1", "--self-addr",
+                             "127.0.0.2"], expect_rc=1)
+        code, enh, perm, text = failure(out)
+        h.check((code, enh, perm) == ("554", "5.4.6", "perm=1"), out)
+        h.check("mail for dest.example loops back to myself" in text, out)
+        h.check(not s1.conns and not s2.conns, out)
+    with_world(BASE, run)
+
+
+def test_self_implicit_mx_loops():
+    """No MX, the domain's address is ours: 554 5.4.6."""
+    recs = {"dest.example": [w.a("127.0.0.4")]}
+
+    def run(wd):
+        s = wd.sink("127.0.0.4")
+        out = wd.probe(args=["--self-addr", "127.0.0.4"], expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("554", "5.4.6", "perm=1"), out)
+        h.check(not s.conns, out)
+    with_world(recs, run)
+
+
+def test_self_other_address_delivers():
+    """An address of ours that no MX host has changes nothing."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        out = wd.probe(args=["--self-addr", "127.0.0.9"])
+        h.check(info(out)["host"] == "mx1.dest.example", out)
+        h.check(len(s1.messages) == 1, out)
+    with_world(BASE, run)
+
+
+def test_mx_address_literal_ignored():
+    """An MX name that is an address in text ("127.0.0.2"; RFC 5321 §5.1
+    wants a name) is not used, even when the name resolves: the next
+    host takes the message."""
+    recs = {"dest.example": [w.mx(10, "127.0.0.2"),
+                             w.mx(20, "mx2.dest.example")],
+            "127.0.0.2": [w.a("127.0.0.2")],
+            "mx2.dest.example": [w.a("127.0.0.3")]}
+
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        s2 = wd.sink("127.0.0.3")
+        out = wd.probe()
+        h.check(info(out)["host"] == "mx2.dest.example", out)
+        h.check(not s1.conns and len(s2.messages) == 1, out)
+    with_world(recs, run)
+
+
+def test_mx_only_address_literals_defers():
+    """Every MX name is an address literal: 451 4.4.3, no connection."""
+    recs = {"dest.example": [w.mx(10, "127.0.0.2")],
+            "127.0.0.2": [w.a("127.0.0.2")]}
+
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        out = wd.probe(expect_rc=1)
+        code, enh, perm, text = failure(out)
+        h.check((code, enh, perm) == ("451", "4.4.3", "perm=0"), out)
+        h.check("MX points at an address literal" in text, out)
+        h.check(not s1.conns, out)
+    with_world(recs, run)
+
+
 CA = None
 CERTS = {}
 
@@ -453,4 +539,10 @@ if __name__ == "__main__":
         test_mtasts_testing_delivers_and_reports,
         test_smtp_url_info_and_failure,
         test_bind_addr,
+        test_self_backup_mx_only_better,
+        test_self_best_mx_loops,
+        test_self_implicit_mx_loops,
+        test_self_other_address_delivers,
+        test_mx_address_literal_ignored,
+        test_mx_only_address_literals_defers,
     ])
