@@ -17,6 +17,8 @@ of it is delivered or queued:
    ORCPT rfc822;postmaster; without [queue] postmaster, for the MX of
    [server] hostname (never this server itself: self_addrs).
 Nothing is delivered in part 2: every next hop is a closed loopback port.
+
+(Never to itself, through self_addrs: tests/queue/test_mx_self.py.)
 """
 
 import json
