@@ -73,7 +73,7 @@ void policy_put(struct policy *p) {
     if (p->users)
       users_free(p->users);
     rcptset_free(p->known);
-    tern_dkim_signer_free(p->dkim);
+    serve_dkim_free(p->dkim);
     free(p);
   }
 }

@@ -633,8 +633,9 @@ static int delivery_begin_queue(struct sess *x, struct tern_queue_msg *qm,
   m.hlen = x->hlen;
   m.envelope = qm;
   /* DKIM: mail we originate only (an authenticated session), never mail
-   * relayed in from elsewhere (docs/decisions/0020-dkim.md). */
-  x->mail.dkim = x->info->auth_user ? x->pol->dkim : NULL;
+   * relayed in from elsewhere (docs/decisions/0020-dkim.md), with the
+   * keys this user may sign with ([dkim NAME] users). */
+  x->mail.dkim = serve_dkim_for(x->pol->dkim, x->info->auth_user);
   free(x->res);
   x->res = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *x->res);
   x->ops = t.ops;

@@ -25,12 +25,13 @@
 
 /* Sessions hold a reference to the policy they started with, so a reload
  * never changes the rules under a transaction. */
+struct serve_dkim;
 struct policy {
   atomic_int refs;
   struct cfg cfg;
   struct users *users;   /* NULL without AUTH */
   struct rcptset *known; /* [delivery] recipients, or NULL */
-  struct tern_dkim_signer *dkim; /* [dkim NAME] keys, or NULL (serve_dkim.h) */
+  struct serve_dkim *dkim; /* [dkim NAME] keys, or NULL (serve_dkim.h) */
 };
 
 /* The current policy, with a reference (policy_put it). Thread-safe. */

@@ -38,12 +38,12 @@ def crlf(body):
 
 
 class Client:
-    def __init__(self, port):
+    def __init__(self, port, user=b"alice", password=b"alice pass"):
         self.s = socket.create_connection((h.HOST, port), timeout=20)
         self.f = self.s.makefile("rb")
         self.reply(220)
         self.cmd(b"EHLO client.example", 250)
-        auth = base64.b64encode(b"\0alice\0alice pass")
+        auth = base64.b64encode(b"\0" + user + b"\0" + password)
         self.cmd(b"AUTH PLAIN " + auth, 235)
 
     def reply(self, want=None):
@@ -62,8 +62,8 @@ class Client:
         self.s.sendall(c + b"\r\n")
         return self.reply(want)
 
-    def bdat(self, msg, body=b""):
-        self.cmd(b"MAIL FROM:<alice@example.org>" + body, 250)
+    def bdat(self, msg, body=b"", frm=b"alice@example.org"):
+        self.cmd(b"MAIL FROM:<" + frm + b">" + body, 250)
         self.cmd(b"RCPT TO:<rcpt@example.net>", 250)
         half = len(msg) // 2  # two chunks: the state crosses them
         self.s.sendall(b"BDAT %d\r\n" % half + msg[:half])
