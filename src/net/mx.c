@@ -126,8 +126,9 @@ static bool addr_literal(const char *name) {
   return dots_digits;
 }
 
-/* Is `a` one of our own addresses (the port does not count; an
- * IPv4-mapped IPv6 address is its IPv4 address)? */
+/* The family and address bytes of `a` for comparing (the port does
+ * not count; an IPv4-mapped IPv6 address is its IPv4 address); *bytes
+ * NULL for other families. */
 static void addr_key(const struct sockaddr_storage *a, int *fam,
                      const uint8_t **bytes) {
   *fam = a->ss_family;
@@ -137,7 +138,8 @@ static void addr_key(const struct sockaddr_storage *a, int *fam,
   } else if (a->ss_family == AF_INET6) {
     const uint8_t *b =
         (const uint8_t *)&((const struct sockaddr_in6 *)a)->sin6_addr;
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0,    0,
+                                       0, 0, 0, 0, 0xff, 0xff};
     if (!memcmp(b, mapped, sizeof mapped)) {
       *fam = AF_INET;
       *bytes = b + 12;
@@ -147,6 +149,7 @@ static void addr_key(const struct sockaddr_storage *a, int *fam,
   }
 }
 
+/* Is `a` one of our own addresses? */
 static bool is_self(const struct tern__mx *mx,
                     const struct sockaddr_storage *a) {
   int fa;

@@ -457,6 +457,18 @@ def test_self_implicit_mx_loops():
     with_world(recs, run)
 
 
+def test_self_mapped_address_loops():
+    """Our address given as IPv4-mapped IPv6 (a dual-stack listener's
+    view) is the same address: the best MX is us, 554 5.4.6."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        out = wd.probe(args=["--self-addr", "::ffff:127.0.0.2"], expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("554", "5.4.6", "perm=1"), out)
+        h.check(not s1.conns, out)
+    with_world(BASE, run)
+
+
 def test_self_other_address_delivers():
     """An address of ours that no MX host has changes nothing."""
     def run(wd):
@@ -542,6 +554,7 @@ if __name__ == "__main__":
         test_self_backup_mx_only_better,
         test_self_best_mx_loops,
         test_self_implicit_mx_loops,
+        test_self_mapped_address_loops,
         test_self_other_address_delivers,
         test_mx_address_literal_ignored,
         test_mx_only_address_literals_defers,
