@@ -8,21 +8,21 @@
  * a time per domain), and a cancelled query only leaves the waiters.
  * The policy host's name is resolved through our own resolver (so a
  * private or test DNS applies) and handed to curl with CURLOPT_RESOLVE;
- * curl never calls getaddrinfo. The transfer itself is a blocking
- * curl_easy_perform() on libuv's thread pool (uv_queue_work): policies
- * are fetched rarely (the cache holds them for max_age), and a pool
- * thread keeps the loop free without driving curl's multi interface
- * from the loop (docs/decisions/0019-resolver.md).
+ * curl never calls getaddrinfo. The transfers run on the loop with
+ * libcurl's multi interface (curl_multi_socket_action, a uv_poll_t per
+ * socket, one uv_timer_t): every fetch starts as soon as its addresses
+ * are known, next to the others, each bounded by its own timeout, so a
+ * slow policy host delays no other domain; no thread is involved, and
+ * freeing the resolver removes the transfers in flight at once
+ * (docs/decisions/0019-resolver.md).
  */
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
-#include <openssl/crypto.h>
 
 #include "internal.h"
 
@@ -44,29 +44,41 @@ struct tern__sts_entry {
 };
 
 struct tern__sts_fetch {
-  struct tern_resolver *r; /* NULL: orphaned by tern_resolver_free */
+  struct tern_resolver *r;
   struct tern__sts_entry *e;
   char id[TERN__STS_ID_MAX]; /* the TXT id that asked for it */
   struct tern_dns_query *waiters;
-  int pending;  /* address lookups */
-  bool queued;  /* on the thread pool */
-  bool waiting; /* in r->pool_wait */
-  struct tern__sts_fetch *pool_next;
-  uv_work_t work;
-  atomic_int abort;
-  /* for the thread: read only there */
+  int pending; /* address lookups */
+  CURL *easy;  /* on the multi handle, while the transfer runs */
+  struct curl_slist *res;
   char host[TERN__DNS_NAME_MAX + 8]; /* mta-sts.DOMAIN */
+  char url[TERN__DNS_NAME_MAX + 64];
   char resolve[(INET6_ADDRSTRLEN + 3) * 2 * STS_ADDRS_MAX + TERN__DNS_NAME_MAX +
                16];
   size_t naddrs;
-  unsigned port, timeout_ms;
-  char *ca_file;
-  /* from the thread */
+  char err[CURL_ERROR_SIZE];
   char *body;
   size_t len;
   bool too_big;
-  bool ok;
-  char why[TERN__WHY_MAX];
+};
+
+/* libcurl's multi interface on the loop: one uv_poll_t per socket curl
+ * tells us about, one uv_timer_t for the timeout curl asks for. Made at
+ * the first fetch; its handles close (and free their memory) on their
+ * own when the resolver goes, so they may outlive it. */
+struct sts_sock {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  struct tern__sts_multi *m;
+  struct sts_sock *prev, *next;
+};
+
+struct tern__sts_multi {
+  struct tern_resolver *r;
+  CURLM *multi;
+  uv_timer_t timer;
+  struct sts_sock *socks;
+  unsigned running; /* easy handles on the multi */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -155,9 +167,22 @@ static bool entry_valid(const struct tern_resolver *r,
 /* ---- the fetch
  * -------------------------------------------------------------------- */
 
+static void multi_remove(struct tern__sts_fetch *f) {
+  struct tern__sts_multi *m = f->r ? f->r->stsm : NULL;
+  if (f->easy == NULL)
+    return;
+  if (m != NULL && m->multi != NULL) {
+    curl_multi_remove_handle(m->multi, f->easy);
+    m->running--;
+  }
+  curl_easy_cleanup(f->easy);
+  f->easy = NULL;
+}
+
 static void fetch_free(struct tern__sts_fetch *f) {
+  multi_remove(f);
+  curl_slist_free_all(f->res);
   free(f->body);
-  free(f->ca_file);
   free(f);
 }
 
@@ -206,13 +231,6 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
-static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c,
-                       curl_off_t d) {
-  struct tern__sts_fetch *f = ud;
-  (void)a, (void)b, (void)c, (void)d;
-  return atomic_load(&f->abort) ? 1 : 0;
-}
-
 /* "text/plain", any case, alone or with parameters (RFC 8461 §3.2). */
 static bool text_plain(const char *ct) {
   static const char want[] = "text/plain";
@@ -229,36 +247,260 @@ static bool text_plain(const char *ct) {
   return ct[i] == '\0' || ct[i] == ';' || ct[i] == ' ' || ct[i] == '\t';
 }
 
-/* On a pool thread: blocking is allowed here, and only here. */
-static void fetch_work(uv_work_t *w) {
-  struct tern__sts_fetch *f = w->data;
-  char url[TERN__DNS_NAME_MAX + 64], err[CURL_ERROR_SIZE];
-  struct curl_slist *res = NULL;
-  CURL *c = NULL;
-  CURLcode rc;
+/* A transfer ended (curl's result rc): check it, parse the body, store
+ * the policy, tell the waiters. On the loop, inside tern__enter. */
+static void fetch_done(struct tern__sts_fetch *f, CURLcode rc) {
+  struct tern_resolver *r = f->r;
+  struct tern__sts_entry *e = f->e;
+  struct tern_mtasts_parsed parsed;
+  char why[TERN__WHY_MAX];
   long code = 0;
   char *ct = NULL;
+  int prc;
 
-  pthread_once(&curl_once, curl_init);
-  if (curl_init_rc != CURLE_OK) {
-    snprintf(f->why, sizeof f->why, "libcurl: %s",
-             curl_easy_strerror(curl_init_rc));
+  if (f->too_big || rc == CURLE_FILESIZE_EXCEEDED) {
+    fetch_fail(f, "policy larger than 64 KiB");
     return;
   }
-  if (f->port == 443)
-    snprintf(url, sizeof url, "https://%s/.well-known/mta-sts.txt", f->host);
-  else
-    snprintf(url, sizeof url, "https://%s:%u/.well-known/mta-sts.txt", f->host,
-             f->port);
-  c = curl_easy_init();
-  res = curl_slist_append(NULL, f->resolve);
-  if (c == NULL || res == NULL) {
-    snprintf(f->why, sizeof f->why, "out of memory");
-    goto done;
+  if (rc != CURLE_OK) {
+    snprintf(why, sizeof why, "%.100s: %.140s", f->url,
+             f->err[0] ? f->err : curl_easy_strerror(rc));
+    fetch_fail(f, why);
+    return;
   }
-  err[0] = '\0';
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_RESOLVE, res);
+  curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &code);
+  if (code != 200) {
+    snprintf(why, sizeof why,
+             "%.100s: HTTP status %ld (want 200; "
+             "redirects are not followed)",
+             f->url, code);
+    fetch_fail(f, why);
+    return;
+  }
+  curl_easy_getinfo(f->easy, CURLINFO_CONTENT_TYPE, &ct);
+  if (!text_plain(ct)) {
+    snprintf(why, sizeof why,
+             "%.100s: Content-Type \"%.60s\", not text/plain", f->url,
+             ct ? ct : "");
+    fetch_fail(f, why);
+    return;
+  }
+  if ((prc = tern_mtasts_policy_parse(f->body, f->len, &parsed)) != 0) {
+    snprintf(why, sizeof why, "policy of %.100s: %s", f->host,
+             prc == TERN_ENOMEM ? "out of memory"
+                                : "malformed (RFC 8461 §3.2)");
+    fetch_fail(f, why);
+    return;
+  }
+  tern_mtasts_parsed_free(&e->parsed);
+  e->parsed = parsed;
+  e->have = true;
+  memcpy(e->id, f->id, sizeof e->id);
+  e->expiry = uv_now(r->loop) + (uint64_t)parsed.max_age * 1000u;
+  e->pol.mode = (enum tern_mtasts_mode)parsed.mode;
+  e->pol.mx = (const char *const *)parsed.mx;
+  e->pol.nmx = parsed.nmx;
+  e->pol.max_age = parsed.max_age;
+  e->pol.id = e->id;
+  fetch_complete(f, &e->pol, "fetched");
+}
+
+/* Transfers curl finished: each one's waiters are told. A waiter may
+ * free the resolver: then the rest waits for the teardown. */
+static void multi_check(struct tern__sts_multi *m) {
+  struct tern_resolver *r = m->r;
+  CURLMsg *msg;
+  int left;
+
+  while (!r->dying && (msg = curl_multi_info_read(m->multi, &left)) != NULL) {
+    char *priv = NULL;
+    if (msg->msg != CURLMSG_DONE)
+      continue;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+    if (priv == NULL)
+      continue;
+    fetch_done((struct tern__sts_fetch *)(void *)priv, msg->data.result);
+  }
+  if (!r->dying && m->running == 0)
+    uv_timer_stop(&m->timer);
+}
+
+static void on_sock(uv_poll_t *p, int status, int events) {
+  struct sts_sock *s = p->data;
+  struct tern__sts_multi *m = s->m;
+  struct tern_resolver *r = m->r;
+  int flags = 0, running;
+
+  if (status < 0)
+    flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE)
+    flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE)
+    flags |= CURL_CSELECT_OUT;
+  tern__enter(r);
+  curl_multi_socket_action(m->multi, s->fd, flags, &running);
+  multi_check(m);
+  tern__leave(r);
+}
+
+static void on_multi_timer(uv_timer_t *t) {
+  struct tern__sts_multi *m = t->data;
+  struct tern_resolver *r = m->r;
+  int running;
+
+  tern__enter(r);
+  curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  multi_check(m);
+  tern__leave(r);
+}
+
+static void sock_closed(uv_handle_t *h) { free(h->data); }
+
+static void sock_close(struct sts_sock *s) {
+  struct tern__sts_multi *m = s->m;
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    m->socks = s->next;
+  if (s->next)
+    s->next->prev = s->prev;
+  uv_poll_stop(&s->poll);
+  uv_close((uv_handle_t *)&s->poll, sock_closed);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch (or stop watching) one socket. Called
+ * with CURL_POLL_REMOVE before curl closes it. */
+static int multi_sock_cb(CURL *easy, curl_socket_t fd, int what, void *ud,
+                         void *sockp) {
+  struct tern__sts_multi *m = ud;
+  struct sts_sock *s = sockp;
+  int ev = 0;
+  (void)easy;
+
+  if (what == CURL_POLL_REMOVE) {
+    if (s != NULL) {
+      if (m->multi != NULL) /* NULL: inside curl_multi_cleanup */
+        curl_multi_assign(m->multi, fd, NULL);
+      sock_close(s);
+    }
+    return 0;
+  }
+  if (s == NULL) {
+    s = calloc(1, sizeof *s);
+    if (s == NULL)
+      return -1;
+    if (uv_poll_init_socket(m->r->loop, &s->poll, fd) != 0) {
+      free(s);
+      return -1;
+    }
+    s->poll.data = s;
+    s->fd = fd;
+    s->m = m;
+    s->next = m->socks;
+    if (m->socks)
+      m->socks->prev = s;
+    m->socks = s;
+    curl_multi_assign(m->multi, fd, s);
+  }
+  if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+    ev |= UV_READABLE;
+  if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+    ev |= UV_WRITABLE;
+  uv_poll_start(&s->poll, ev, on_sock);
+  return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: when curl wants to be called next. */
+static int multi_timer_cb(CURLM *multi, long ms, void *ud) {
+  struct tern__sts_multi *m = ud;
+  (void)multi;
+  if (ms < 0)
+    uv_timer_stop(&m->timer);
+  else
+    uv_timer_start(&m->timer, on_multi_timer, (uint64_t)ms, 0);
+  return 0;
+}
+
+static void multi_closed(uv_handle_t *h) { free(h->data); }
+
+static struct tern__sts_multi *multi_get(struct tern_resolver *r) {
+  struct tern__sts_multi *m;
+
+  if (r->stsm != NULL)
+    return r->stsm;
+  pthread_once(&curl_once, curl_init);
+  if (curl_init_rc != CURLE_OK)
+    return NULL;
+  m = calloc(1, sizeof *m);
+  if (m == NULL)
+    return NULL;
+  m->r = r;
+  m->multi = curl_multi_init();
+  if (m->multi == NULL || uv_timer_init(r->loop, &m->timer) != 0) {
+    if (m->multi)
+      curl_multi_cleanup(m->multi);
+    free(m);
+    return NULL;
+  }
+  m->timer.data = m;
+  curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, multi_sock_cb);
+  curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
+  curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+  curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
+  r->stsm = m;
+  return m;
+}
+
+/* Every transfer is removed (its connection closed), then the multi
+ * handle; the handles close and free themselves on the loop. */
+static void multi_free(struct tern_resolver *r) {
+  struct tern__sts_multi *m = r->stsm;
+  CURLM *multi;
+  if (m == NULL)
+    return;
+  multi = m->multi;
+  m->multi = NULL;
+  curl_multi_cleanup(multi);
+  while (m->socks != NULL)
+    sock_close(m->socks);
+  uv_timer_stop(&m->timer);
+  uv_close((uv_handle_t *)&m->timer, multi_closed);
+  r->stsm = NULL;
+}
+
+/* The addresses are known: start the transfer at once, next to any
+ * others (each bounded by its own timeout); never queued. */
+static void fetch_begin(struct tern__sts_fetch *f) {
+  struct tern_resolver *r = f->r;
+  struct tern__sts_multi *m;
+  CURL *c;
+
+  if (r->sts_port == 443)
+    snprintf(f->url, sizeof f->url, "https://%s/.well-known/mta-sts.txt",
+             f->host);
+  else
+    snprintf(f->url, sizeof f->url, "https://%s:%u/.well-known/mta-sts.txt",
+             f->host, r->sts_port);
+  m = multi_get(r);
+  if (m == NULL) {
+    fetch_fail(f, "libcurl could not start");
+    return;
+  }
+  if (m->running >= TERN__STS_FETCH_MAX) {
+    fetch_fail(f, "busy (too many policy fetches at once)");
+    return;
+  }
+  f->res = curl_slist_append(NULL, f->resolve);
+  c = curl_easy_init();
+  if (c == NULL || f->res == NULL) {
+    if (c)
+      curl_easy_cleanup(c);
+    fetch_fail(f, "out of memory");
+    return;
+  }
+  f->err[0] = '\0';
+  curl_easy_setopt(c, CURLOPT_URL, f->url);
+  curl_easy_setopt(c, CURLOPT_RESOLVE, f->res);
 #if LIBCURL_VERSION_NUM >= 0x075500
   curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
 #else
@@ -269,128 +511,36 @@ static void fetch_work(uv_work_t *w) {
   curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-  if (f->ca_file != NULL)
-    curl_easy_setopt(c, CURLOPT_CAINFO, f->ca_file);
+  if (r->sts_ca_file != NULL)
+    curl_easy_setopt(c, CURLOPT_CAINFO, r->sts_ca_file);
   curl_easy_setopt(c, CURLOPT_PROXY, ""); /* never an environment proxy */
   curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)f->timeout_ms);
-  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)f->timeout_ms);
+  /* One transfer per connection: its socket goes when it ends (or is
+   * removed), so no idle socket outlives a fetch. */
+  curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
+  curl_easy_setopt(c, CURLOPT_FRESH_CONNECT, 1L);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)r->sts_timeout_ms);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)r->sts_timeout_ms);
   curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)STS_BODY_MAX);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
-  curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
-  curl_easy_setopt(c, CURLOPT_XFERINFODATA, f);
-  curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(c, CURLOPT_USERAGENT, "tern (MTA-STS)");
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
-  rc = curl_easy_perform(c);
-  if (f->too_big || rc == CURLE_FILESIZE_EXCEEDED) {
-    snprintf(f->why, sizeof f->why, "policy larger than 64 KiB");
-    goto done;
-  }
-  if (rc != CURLE_OK) {
-    snprintf(f->why, sizeof f->why, "%.100s: %.140s", url,
-             err[0] ? err : curl_easy_strerror(rc));
-    goto done;
-  }
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
-  if (code != 200) {
-    snprintf(f->why, sizeof f->why,
-             "%.100s: HTTP status %ld (want 200; "
-             "redirects are not followed)",
-             url, code);
-    goto done;
-  }
-  curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
-  if (!text_plain(ct)) {
-    snprintf(f->why, sizeof f->why,
-             "%.100s: Content-Type \"%.60s\", not text/plain", url,
-             ct ? ct : "");
-    goto done;
-  }
-  f->ok = true;
-done:
-  curl_slist_free_all(res);
-  if (c != NULL)
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, f->err);
+  curl_easy_setopt(c, CURLOPT_PRIVATE, (char *)f);
+  if (curl_multi_add_handle(m->multi, c) != CURLM_OK) {
     curl_easy_cleanup(c);
-  /* OpenSSL keeps per-thread state (its error queue) that a pool thread,
-   * which never ends, would otherwise hold until exit. */
-  OPENSSL_thread_stop();
-}
-
-static void pool_next(struct tern_resolver *r);
-
-static void fetch_after(uv_work_t *w, int status) {
-  struct tern__sts_fetch *f = w->data;
-  struct tern_resolver *r = f->r;
-  struct tern__sts_entry *e = f->e;
-  struct tern_mtasts_parsed parsed;
-  int rc;
-
-  if (r == NULL) { /* the resolver is gone */
-    fetch_free(f);
+    fetch_fail(f, "libcurl refused the transfer");
     return;
   }
-  tern__enter(r);
-  r->pool_busy--;
-  if (status != 0) {
-    fetch_fail(f, "cancelled");
-  } else if (!f->ok) {
-    fetch_fail(f, f->why);
-  } else if ((rc = tern_mtasts_policy_parse(f->body, f->len, &parsed)) != 0) {
-    char why[TERN__WHY_MAX];
-    snprintf(why, sizeof why, "policy of %.100s: %s", f->host,
-             rc == TERN_ENOMEM ? "out of memory" : "malformed (RFC 8461 §3.2)");
-    fetch_fail(f, why);
-  } else {
-    tern_mtasts_parsed_free(&e->parsed);
-    e->parsed = parsed;
-    e->have = true;
-    memcpy(e->id, f->id, sizeof e->id);
-    e->expiry = uv_now(r->loop) + (uint64_t)parsed.max_age * 1000u;
-    e->pol.mode = (enum tern_mtasts_mode)parsed.mode;
-    e->pol.mx = (const char *const *)parsed.mx;
-    e->pol.nmx = parsed.nmx;
-    e->pol.max_age = parsed.max_age;
-    e->pol.id = e->id;
-    fetch_complete(f, &e->pol, "fetched");
-  }
-  if (!r->dying)
-    pool_next(r);
-  tern__leave(r);
-}
-
-/* Onto the thread pool. */
-static void fetch_queue(struct tern__sts_fetch *f) {
-  struct tern_resolver *r = f->r;
-  f->queued = true;
+  f->easy = c;
+  m->running++;
   r->fetches++;
-  r->pool_busy++;
-  if (uv_queue_work(r->loop, &f->work, fetch_work, fetch_after) != 0) {
-    f->queued = false;
-    r->pool_busy--;
-    fetch_fail(f, "cannot queue the fetch");
-  }
-}
-
-/* A pool slot came free: the next waiting fetch, if any. */
-static void pool_next(struct tern_resolver *r) {
-  while (r->pool_busy < TERN__STS_POOL_MAX && r->pool_wait != NULL) {
-    struct tern__sts_fetch *f = r->pool_wait;
-    r->pool_wait = f->pool_next;
-    if (r->pool_wait == NULL)
-      r->pool_wait_tail = NULL;
-    f->pool_next = NULL;
-    f->waiting = false;
-    fetch_queue(f);
-  }
 }
 
 static void fetch_addr_done(struct tern__sub *s, int err,
                             struct ub_result *res) {
   struct tern__sts_fetch *f = s->owner;
-  struct tern_resolver *r = f->r;
   char why[TERN__WHY_MAX];
   int st = tern__sub_status(err, res, why, sizeof why);
   size_t i, n = 0;
@@ -423,16 +573,7 @@ static void fetch_addr_done(struct tern__sub *s, int err,
     fetch_fail(f, msg);
     return;
   }
-  if (r->pool_busy >= TERN__STS_POOL_MAX) {
-    f->waiting = true;
-    if (r->pool_wait_tail)
-      r->pool_wait_tail->pool_next = f;
-    else
-      r->pool_wait = f;
-    r->pool_wait_tail = f;
-    return;
-  }
-  fetch_queue(f);
+  fetch_begin(f);
 }
 
 static int fetch_start(struct tern_resolver *r, struct tern__sts_entry *e,
@@ -443,17 +584,9 @@ static int fetch_start(struct tern_resolver *r, struct tern__sts_entry *e,
     return TERN_ENOMEM;
   f->r = r;
   f->e = e;
-  f->work.data = f;
-  atomic_init(&f->abort, 0);
   snprintf(f->id, sizeof f->id, "%s", id);
   snprintf(f->host, sizeof f->host, "mta-sts.%s", e->domain);
-  f->port = r->sts_port;
-  f->timeout_ms = r->sts_timeout_ms;
-  snprintf(f->resolve, sizeof f->resolve, "%s:%u:", f->host, f->port);
-  if (r->sts_ca_file != NULL && (f->ca_file = strdup(r->sts_ca_file)) == NULL) {
-    free(f);
-    return TERN_ENOMEM;
-  }
+  snprintf(f->resolve, sizeof f->resolve, "%s:%u:", f->host, r->sts_port);
   e->fetch = f;
   if (r->ipv4) {
     f->pending++;
@@ -605,8 +738,6 @@ int tern__sts_start(struct tern_dns_query *q) {
 }
 
 void tern__sts_free_all(struct tern_resolver *r) {
-  /* the waiting fetches belong to entries: freed with them below */
-  r->pool_wait = r->pool_wait_tail = NULL;
   while (r->sts != NULL) {
     struct tern__sts_entry *e = r->sts;
     struct tern__sts_fetch *f = e->fetch;
@@ -615,17 +746,10 @@ void tern__sts_free_all(struct tern_resolver *r) {
       tern__sub_cancel_owner(r, f);
       while (f->waiters != NULL)
         waiter_remove(f, f->waiters);
-      if (f->queued) {
-        /* On the pool, or about to be: fetch_after frees it. */
-        f->r = NULL;
-        f->e = NULL;
-        atomic_store(&f->abort, 1);
-        uv_cancel((uv_req_t *)&f->work);
-      } else {
-        fetch_free(f);
-      }
+      fetch_free(f); /* a transfer in flight leaves the multi handle */
     }
     entry_free(e);
   }
   r->nsts = 0;
+  multi_free(r);
 }

@@ -1,7 +1,8 @@
 /*
  * The resolver's internal state (tern/resolve.h), shared by resolve.c
  * (libunbound on the loop, MX, TLSA) and mtasts_fetch.c (MTA-STS: the
- * _mta-sts TXT lookup, the HTTPS fetch with libcurl, the policy cache).
+ * _mta-sts TXT lookup, the HTTPS fetch with libcurl's multi interface on
+ * the loop, the policy cache).
  *
  * Every DNS question is a `struct tern__sub`: one ub_resolve_async()
  * query with a deadline. Its handler gets the answer, a libunbound error,
@@ -36,10 +37,11 @@
 #define TERN__WHY_MAX 256
 #define TERN__STS_CACHE_MAX 256 /* domains with a cached policy */
 #define TERN__STS_ID_MAX 33     /* 32 alphanumerics and the NUL */
-/* HTTPS fetches on libuv's thread pool at once, per resolver: the pool
- * (4 threads by default) also runs Maildir fsyncs and AUTH checks, which
- * slow policy hosts must not starve. The others wait their turn. */
-#define TERN__STS_POOL_MAX 2
+/* HTTPS fetches in flight at once, per resolver. They run on the loop
+ * (curl's multi interface), each bounded by its own timeout, so a slow
+ * policy host delays nobody else; one more than this fails at once
+ * ("busy": a cached policy stays in force), it never waits in a queue. */
+#define TERN__STS_FETCH_MAX 64
 
 /* Handler errors besides libunbound's own (which are negative, small). */
 #define TERN__SUB_TIMEOUT (-1000) /* the deadline passed */
@@ -64,6 +66,7 @@ struct tern__sub {
 
 struct tern__sts_entry;
 struct tern__sts_fetch;
+struct tern__sts_multi;
 
 enum { TERN__Q_MX = 1, TERN__Q_TLSA, TERN__Q_MTASTS };
 
@@ -119,8 +122,8 @@ struct tern_resolver {
   struct tern__sts_entry *sts; /* the cache */
   size_t nsts;
   uint64_t fetches;
-  unsigned pool_busy; /* fetches on the thread pool */
-  struct tern__sts_fetch *pool_wait, *pool_wait_tail; /* their turn next */
+  struct tern__sts_multi *stsm; /* curl multi on the loop; NULL until the
+                                   first fetch */
   char err[TERN__WHY_MAX];
 };
 

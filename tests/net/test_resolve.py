@@ -749,13 +749,64 @@ def test_mtasts():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_mtasts_slow_hosts_delay_nobody():
+    """Policy hosts that take the connection and never answer (tarpits)
+    must not hold up another domain's fetch: every fetch runs at once,
+    each with its own timeout (no queue behind slow ones)."""
+    slow = ["slow%d.example.net" % i for i in range(8)]
+    zone = ZONE + sts_zone({})
+    for dom in slow:
+        zone += "mta-sts.%s. 300 IN A 127.0.0.2\n" % dom
+        zone += '_mta-sts.%s. 300 IN TXT "v=STSv1; id=slow1;"\n' % dom
+    dns = world()
+    dns.resolver.set(zone)
+    d = h.tmpdir("tern-sts-slow-")
+    state = StsState()
+    crt, key = sts_cert(d)
+    srv = https_server(state, crt, key)
+    port = srv.server_address[1]
+    tar = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tar.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tar.bind(("127.0.0.2", port))
+    tar.listen(64)  # the kernel completes the handshakes; nobody answers
+    try:
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-timeout", "3000")
+        out = p.cmd("stsall " + " ".join(slow + ["example.org"]), timeout=30)
+        h.check(len(out) == len(slow) + 1, out)
+        got = {ln.split(":", 1)[0]: sts_line([ln.split(":", 1)[1]]) for ln in out}
+        good = got["example.org"]
+        h.check(not good["none"] and good["why"] == "fetched", good)
+        h.check(int(good["ms"]) < 1500, "the good domain waited behind tarpits: %r" % good)
+        for dom in slow:
+            s = got[dom]
+            h.check(s["none"] and "fetch failed" in s["why"], s)
+            # each tarpit ends at its own timeout, not one after another
+            h.check(int(s["ms"]) < 6000, s)
+        h.check(p.cmd("fetches") == ["fetches=%d" % (len(slow) + 1)], "all fetched")
+        p.close()
+        # freed while the tarpit fetches are in flight: at once
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-timeout", "3000")
+        out = p.cmd("free-pending " + slow[0], timeout=10)
+        m = re.search(r"free_ms=(\d+)", " ".join(out))
+        h.check(m and int(m.group(1)) < 1000, out)
+        p.close()
+    finally:
+        tar.close()
+        srv.shutdown()
+        dns.resolver.set(ZONE)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 if __name__ == "__main__":
     try:
         h.main([test_mx_order, test_mx_equal_preference_shuffled, test_mx_capped_at_ten,
                 test_mx_implicit, test_mx_null_nxdomain_servfail, test_hosts_file,
                 test_timeout_is_tempfail_within_bound, test_tlsa,
                 test_cancel_and_free_in_callback, test_bad_options,
-                test_dnssec_secure_bogus_insecure, test_mtasts])
+                test_dnssec_secure_bogus_insecure, test_mtasts,
+                test_mtasts_slow_hosts_delay_nobody])
     finally:
         if WORLD:
             WORLD["dns"].stop()
