@@ -16,10 +16,14 @@
  * freeing the resolver removes the transfers in flight at once
  * (docs/decisions/0019-resolver.md).
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -36,8 +40,9 @@ struct tern__sts_entry {
   char domain[TERN__DNS_NAME_MAX];
   bool have; /* a policy was fetched */
   char id[TERN__STS_ID_MAX];
-  uint64_t expiry; /* uv_now() ms */
-  uint64_t used;
+  int64_t expiry; /* wall clock, seconds (it outlives a restart) */
+  uint64_t used;   /* uv_now() ms */
+  size_t bytes;    /* entry_bytes() */
   struct tern_mtasts_parsed parsed;
   struct tern_mtasts_policy pol; /* points into parsed and id */
   struct tern__sts_fetch *fetch; /* in flight */
@@ -117,6 +122,8 @@ void tern__sts_cancel(struct tern_dns_query *q) {
 /* ---- the cache
  * ---------------------------------------------------------------- */
 
+static int64_t wall_now(void) { return (int64_t)time(NULL); }
+
 static struct tern__sts_entry *entry_find(struct tern_resolver *r,
                                           const char *domain) {
   struct tern__sts_entry *e;
@@ -126,42 +133,367 @@ static struct tern__sts_entry *entry_find(struct tern_resolver *r,
   return NULL;
 }
 
-static void entry_free(struct tern__sts_entry *e) {
+/* What an entry costs: itself and its policy's patterns. */
+static size_t entry_bytes(const struct tern__sts_entry *e) {
+  size_t n = sizeof *e, i;
+  for (i = 0; i < e->parsed.nmx; i++)
+    n += sizeof(char *) + strlen(e->parsed.mx[i]) + 1;
+  return n;
+}
+
+static void entry_unlink_free(struct tern_resolver *r,
+                              struct tern__sts_entry **pp) {
+  struct tern__sts_entry *e = *pp;
+  *pp = e->next;
+  r->nsts--;
+  r->sts_bytes -= e->bytes;
   tern_mtasts_parsed_free(&e->parsed);
   free(e);
 }
 
-/* A new entry; when the cache is full the least recently used entry
- * without a fetch in flight goes (memory stays bounded). */
+static bool entry_valid(const struct tern_resolver *r,
+                        const struct tern__sts_entry *e) {
+  (void)r;
+  return e != NULL && e->have && wall_now() < e->expiry;
+}
+
+/* Which entry goes first when the cache is full: one with no policy or
+ * an expired one, then testing/none, enforce last; RFC 8461 §5.1 wants
+ * an enforce policy to last, and a flood of other domains must not push
+ * it out. */
+static int entry_rank(const struct tern_resolver *r,
+                      const struct tern__sts_entry *e) {
+  if (!entry_valid(r, e))
+    return 0;
+  return e->pol.mode == TERN_MTASTS_ENFORCE ? 2 : 1;
+}
+
+/* Drop one entry (not `keep`, none with a fetch in flight): the lowest
+ * rank, least recently used. false: nothing could go. */
+static bool entry_evict(struct tern_resolver *r,
+                        const struct tern__sts_entry *keep) {
+  struct tern__sts_entry **pp, **victim = NULL;
+  int vrank = 3;
+
+  for (pp = &r->sts; *pp != NULL; pp = &(*pp)->next) {
+    int rank;
+    if ((*pp)->fetch != NULL || *pp == keep)
+      continue;
+    rank = entry_rank(r, *pp);
+    if (victim == NULL || rank < vrank ||
+        (rank == vrank && (*pp)->used < (*victim)->used)) {
+      victim = pp;
+      vrank = rank;
+    }
+  }
+  if (victim == NULL)
+    return false;
+  entry_unlink_free(r, victim);
+  return true;
+}
+
+/* Within the bounds again after `keep` grew. */
+static void cache_trim(struct tern_resolver *r,
+                       const struct tern__sts_entry *keep) {
+  while ((r->nsts > TERN__STS_CACHE_MAX ||
+          r->sts_bytes > TERN__STS_CACHE_BYTES) &&
+         entry_evict(r, keep))
+    ;
+}
+
+/* A new entry, at the head; when the cache is full one goes first
+ * (memory stays bounded). */
 static struct tern__sts_entry *entry_new(struct tern_resolver *r,
                                          const char *domain) {
-  struct tern__sts_entry *e, **pp, **victim = NULL;
+  struct tern__sts_entry *e;
 
-  if (r->nsts >= TERN__STS_CACHE_MAX) {
-    for (pp = &r->sts; *pp != NULL; pp = &(*pp)->next)
-      if ((*pp)->fetch == NULL &&
-          (victim == NULL || (*pp)->used < (*victim)->used))
-        victim = pp;
-    if (victim == NULL)
-      return NULL;
-    e = *victim;
-    *victim = e->next;
-    entry_free(e);
-    r->nsts--;
-  }
+  if (r->nsts >= TERN__STS_CACHE_MAX && !entry_evict(r, NULL))
+    return NULL;
   e = calloc(1, sizeof *e);
   if (e == NULL)
     return NULL;
   snprintf(e->domain, sizeof e->domain, "%s", domain);
+  e->bytes = entry_bytes(e);
   e->next = r->sts;
   r->sts = e;
   r->nsts++;
+  r->sts_bytes += e->bytes;
   return e;
 }
 
-static bool entry_valid(const struct tern_resolver *r,
-                        const struct tern__sts_entry *e) {
-  return e != NULL && e->have && uv_now(r->loop) < e->expiry;
+/* The entry takes the parsed policy (fetched, or loaded from the file). */
+static void entry_set(struct tern_resolver *r, struct tern__sts_entry *e,
+                      struct tern_mtasts_parsed *parsed, const char *id,
+                      int64_t expiry) {
+  tern_mtasts_parsed_free(&e->parsed);
+  e->parsed = *parsed;
+  e->have = true;
+  snprintf(e->id, sizeof e->id, "%s", id);
+  e->expiry = expiry;
+  e->pol.mode = (enum tern_mtasts_mode)parsed->mode;
+  e->pol.mx = (const char *const *)parsed->mx;
+  e->pol.nmx = parsed->nmx;
+  e->pol.max_age = parsed->max_age;
+  e->pol.id = e->id;
+  r->sts_bytes -= e->bytes;
+  e->bytes = entry_bytes(e);
+  r->sts_bytes += e->bytes;
+  cache_trim(r, e);
+}
+
+/* ---- the cache file
+ * ---------------------------------------------------------------
+ * One line per policy: "DOMAIN ID MODE MAX_AGE EXPIRES MX,MX,..." (MODE
+ * none/testing/enforce, EXPIRES in seconds since the epoch, "-" for no
+ * mx). Read back through the policy parser, so a line loads only as a
+ * policy a policy host could have served. */
+
+struct tern__sts_store {
+  uv_work_t work;
+  struct tern_resolver *r; /* NULL: the resolver is gone */
+  char *path;
+  char *buf, *next; /* this write; one more after it (at teardown) */
+  size_t len, nextlen;
+  int err; /* errno of a failed write */
+  const char *step;
+};
+
+static const char *const mode_names[] = {"none", "testing", "enforce"};
+
+static char *cache_serialize(struct tern_resolver *r, size_t *lenp) {
+  struct tern__sts_entry *e;
+  size_t cap = 64, len = 0, i;
+  char *buf;
+
+  for (e = r->sts; e != NULL; e = e->next)
+    if (entry_valid(r, e))
+      cap += e->bytes + 128;
+  buf = malloc(cap);
+  if (buf == NULL)
+    return NULL;
+  len = (size_t)snprintf(buf, cap, "# tern MTA-STS policy cache 1\n");
+  for (e = r->sts; e != NULL; e = e->next) {
+    if (!entry_valid(r, e) || e->pol.mode > TERN_MTASTS_ENFORCE)
+      continue;
+    len += (size_t)snprintf(buf + len, cap - len, "%s %s %s %u %lld ",
+                            e->domain, e->id, mode_names[e->pol.mode],
+                            (unsigned)e->pol.max_age, (long long)e->expiry);
+    for (i = 0; i < e->pol.nmx; i++)
+      len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? "," : "",
+                              e->pol.mx[i]);
+    len += (size_t)snprintf(buf + len, cap - len, "%s\n",
+                            e->pol.nmx ? "" : "-");
+  }
+  *lenp = len;
+  return buf;
+}
+
+/* On a pool thread: a temporary file beside the cache, fsync, rename,
+ * fsync the directory. */
+static void store_work(uv_work_t *w) {
+  struct tern__sts_store *s = w->data;
+  char tmp[4096], dir[4096];
+  size_t off = 0;
+  char *slash;
+  int fd;
+
+  s->err = 0;
+  snprintf(tmp, sizeof tmp, "%s.tmp", s->path);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    s->err = errno, s->step = "open";
+    return;
+  }
+  while (off < s->len) {
+    ssize_t n = write(fd, s->buf + off, s->len - off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      s->err = n < 0 ? errno : EIO, s->step = "write";
+      break;
+    }
+    off += (size_t)n;
+  }
+  if (s->err == 0 && fsync(fd) != 0)
+    s->err = errno, s->step = "fsync";
+  if (close(fd) != 0 && s->err == 0)
+    s->err = errno, s->step = "close";
+  if (s->err == 0 && rename(tmp, s->path) != 0)
+    s->err = errno, s->step = "rename";
+  if (s->err != 0) {
+    unlink(tmp);
+    return;
+  }
+  snprintf(dir, sizeof dir, "%s", s->path);
+  slash = strrchr(dir, '/');
+  if (slash == dir)
+    slash[1] = '\0';
+  else if (slash != NULL)
+    *slash = '\0';
+  else
+    snprintf(dir, sizeof dir, ".");
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)fsync(fd);
+    close(fd);
+  }
+}
+
+static void store_free(struct tern__sts_store *s) {
+  free(s->path);
+  free(s->buf);
+  free(s->next);
+  free(s);
+}
+
+static void store_after(uv_work_t *w, int status);
+
+static bool store_queue(struct tern__sts_store *s, uv_loop_t *loop) {
+  s->work.data = s;
+  return uv_queue_work(loop, &s->work, store_work, store_after) == 0;
+}
+
+/* Write the cache file now, or after the write in flight. */
+static void store_kick(struct tern_resolver *r) {
+  struct tern__sts_store *s;
+
+  if (r->sts_cache_file == NULL)
+    return;
+  if (r->sts_store != NULL) {
+    r->sts_dirty = true;
+    return;
+  }
+  r->sts_dirty = false;
+  s = calloc(1, sizeof *s);
+  if (s == NULL || (s->path = strdup(r->sts_cache_file)) == NULL ||
+      (s->buf = cache_serialize(r, &s->len)) == NULL) {
+    if (s)
+      store_free(s);
+    snprintf(r->err, sizeof r->err, "%.150s: not written: out of memory",
+             r->sts_cache_file);
+    return;
+  }
+  s->r = r;
+  if (!store_queue(s, r->loop)) {
+    store_free(s);
+    return;
+  }
+  r->sts_store = s;
+}
+
+static void store_after(uv_work_t *w, int status) {
+  struct tern__sts_store *s = w->data;
+  struct tern_resolver *r = s->r;
+
+  if (r != NULL) {
+    r->sts_store = NULL;
+    if (status == 0 && s->err != 0)
+      snprintf(r->err, sizeof r->err, "%.150s: not written: %s: %s", s->path,
+               s->step, strerror(s->err));
+    store_free(s);
+    if (r->sts_dirty)
+      store_kick(r);
+    return;
+  }
+  /* The resolver is gone: its last state, if any, still goes out. */
+  if (status == 0 && s->next != NULL) {
+    free(s->buf);
+    s->buf = s->next;
+    s->len = s->nextlen;
+    s->next = NULL;
+    if (store_queue(s, w->loop))
+      return;
+  }
+  store_free(s);
+}
+
+/* Teardown: the write in flight finishes on its own, with the latest
+ * state after it when that changed meanwhile. */
+static void store_orphan(struct tern_resolver *r) {
+  struct tern__sts_store *s = r->sts_store;
+  if (s == NULL)
+    return;
+  if (r->sts_dirty)
+    s->next = cache_serialize(r, &s->nextlen);
+  s->r = NULL;
+  r->sts_store = NULL;
+}
+
+static bool load_line(struct tern_resolver *r, char *line, int64_t now) {
+  char *f[6], *save = NULL, *tok, *text;
+  char domain[TERN__DNS_NAME_MAX];
+  struct tern_mtasts_parsed parsed;
+  struct tern__sts_entry *e;
+  size_t n = 0, cap, len, i;
+  long long expiry;
+  char *end;
+  int mode = -1;
+
+  for (tok = strtok_r(line, " \t\r\n", &save); tok != NULL && n < 6;
+       tok = strtok_r(NULL, " \t\r\n", &save))
+    f[n++] = tok;
+  if (n != 6 || tok != NULL || f[0][0] == '#')
+    return false;
+  if (tern__dns_name(f[0], domain, sizeof domain) != 0 ||
+      strcmp(domain, f[0]) != 0 || strlen(f[1]) >= TERN__STS_ID_MAX)
+    return false;
+  for (i = 0; f[1][i]; i++)
+    if (!tern__is_alnum((unsigned char)f[1][i]))
+      return false;
+  if (i == 0)
+    return false;
+  for (i = 0; i < 3; i++)
+    if (strcmp(f[2], mode_names[i]) == 0)
+      mode = (int)i;
+  errno = 0;
+  expiry = strtoll(f[4], &end, 10);
+  if (mode < 0 || errno != 0 || *end != '\0' || expiry <= now)
+    return false;
+  /* The policy text again, through the parser: it checks it all. */
+  cap = strlen(f[5]) * 2 + 128;
+  text = malloc(cap);
+  if (text == NULL)
+    return false;
+  len = (size_t)snprintf(text, cap, "version: STSv1\nmode: %s\nmax_age: %s\n",
+                         f[2], f[3]);
+  if (strcmp(f[5], "-") != 0) {
+    for (tok = strtok_r(f[5], ",", &save); tok != NULL;
+         tok = strtok_r(NULL, ",", &save))
+      len += (size_t)snprintf(text + len, cap - len, "mx: %s\n", tok);
+  }
+  if (tern_mtasts_policy_parse(text, len, &parsed) != 0) {
+    free(text);
+    return false;
+  }
+  free(text);
+  /* a policy lives max_age from its fetch: never longer from the file */
+  if (expiry - now > (long long)parsed.max_age + 60 ||
+      (e = entry_find(r, domain)) != NULL ||
+      (e = entry_new(r, domain)) == NULL) {
+    tern_mtasts_parsed_free(&parsed);
+    return false;
+  }
+  entry_set(r, e, &parsed, f[1], (int64_t)expiry);
+  return true;
+}
+
+void tern__sts_load(struct tern_resolver *r) {
+  FILE *fp;
+  char *line = NULL;
+  size_t cap = 0;
+  int64_t now = wall_now();
+  unsigned lines = 0;
+
+  if (r->sts_cache_file == NULL ||
+      (fp = fopen(r->sts_cache_file, "re")) == NULL)
+    return;
+  /* A line holds at most a 64 KiB policy's patterns; the file at most
+   * the cache's bound of entries. */
+  while (getline(&line, &cap, fp) > 0 && lines++ < TERN__STS_CACHE_MAX + 1)
+    if (strlen(line) <= STS_BODY_MAX + 512)
+      (void)load_line(r, line, now);
+  free(line);
+  fclose(fp);
 }
 
 /* ---- the fetch
@@ -292,16 +624,8 @@ static void fetch_done(struct tern__sts_fetch *f, CURLcode rc) {
     fetch_fail(f, why);
     return;
   }
-  tern_mtasts_parsed_free(&e->parsed);
-  e->parsed = parsed;
-  e->have = true;
-  memcpy(e->id, f->id, sizeof e->id);
-  e->expiry = uv_now(r->loop) + (uint64_t)parsed.max_age * 1000u;
-  e->pol.mode = (enum tern_mtasts_mode)parsed.mode;
-  e->pol.mx = (const char *const *)parsed.mx;
-  e->pol.nmx = parsed.nmx;
-  e->pol.max_age = parsed.max_age;
-  e->pol.id = e->id;
+  entry_set(r, e, &parsed, f->id, wall_now() + (int64_t)parsed.max_age);
+  store_kick(r);
   fetch_complete(f, &e->pol, "fetched");
 }
 
@@ -738,6 +1062,7 @@ int tern__sts_start(struct tern_dns_query *q) {
 }
 
 void tern__sts_free_all(struct tern_resolver *r) {
+  store_orphan(r);
   while (r->sts != NULL) {
     struct tern__sts_entry *e = r->sts;
     struct tern__sts_fetch *f = e->fetch;
@@ -748,8 +1073,12 @@ void tern__sts_free_all(struct tern_resolver *r) {
         waiter_remove(f, f->waiters);
       fetch_free(f); /* a transfer in flight leaves the multi handle */
     }
-    entry_free(e);
+    tern_mtasts_parsed_free(&e->parsed);
+    free(e);
   }
   r->nsts = 0;
+  r->sts_bytes = 0;
   multi_free(r);
+  free(r->sts_cache_file);
+  r->sts_cache_file = NULL;
 }

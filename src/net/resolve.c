@@ -940,6 +940,13 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
       goto fail;
     }
   }
+  if (o.mta_sts_cache_file != NULL) {
+    r->sts_cache_file = strdup(o.mta_sts_cache_file);
+    if (r->sts_cache_file == NULL) {
+      rc = TERN_ENOMEM;
+      goto fail;
+    }
+  }
   r->ctx = ub_ctx_create();
   if (r->ctx == NULL) {
     rc = TERN_ENOMEM;
@@ -960,6 +967,7 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
     r->closing = 1;
     r->poll.data = r;
     ub_ctx_delete(r->ctx);
+    free(r->sts_cache_file);
     uv_close((uv_handle_t *)&r->poll, on_closed);
     snprintf(new_error, sizeof new_error, "cannot make a timer");
     return TERN_EIO;
@@ -970,6 +978,8 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
   /* Idle resolvers must not keep a loop alive. */
   uv_unref((uv_handle_t *)&r->poll);
   snprintf(r->err, sizeof r->err, "no error");
+  /* the MTA-STS policies kept by an earlier run (a small file, once) */
+  tern__sts_load(r);
   *out = r;
   return 0;
 fail:
@@ -978,6 +988,7 @@ fail:
   if (r->ctx)
     ub_ctx_delete(r->ctx);
   free(r->sts_ca_file);
+  free(r->sts_cache_file);
   free(r);
   return rc;
 }

@@ -35,7 +35,9 @@
 #define TERN__MX_HOSTS_MAX 10
 #define TERN__ADDRS_PER_FAMILY 16 /* addresses kept per host and family */
 #define TERN__WHY_MAX 256
-#define TERN__STS_CACHE_MAX 256 /* domains with a cached policy */
+#define TERN__STS_CACHE_MAX 10000 /* domains with a cached policy */
+/* and the memory their policies take (entries, mx patterns) */
+#define TERN__STS_CACHE_BYTES (32u * 1024u * 1024u)
 #define TERN__STS_ID_MAX 33     /* 32 alphanumerics and the NUL */
 /* HTTPS fetches in flight at once, per resolver. They run on the loop
  * (curl's multi interface), each bounded by its own timeout, so a slow
@@ -67,6 +69,7 @@ struct tern__sub {
 struct tern__sts_entry;
 struct tern__sts_fetch;
 struct tern__sts_multi;
+struct tern__sts_store;
 
 enum { TERN__Q_MX = 1, TERN__Q_TLSA, TERN__Q_MTASTS };
 
@@ -121,6 +124,10 @@ struct tern_resolver {
   /* MTA-STS */
   struct tern__sts_entry *sts; /* the cache */
   size_t nsts;
+  size_t sts_bytes;             /* memory the cache takes */
+  char *sts_cache_file;         /* NULL: memory only */
+  struct tern__sts_store *sts_store; /* the file being written */
+  bool sts_dirty;                    /* changed since that write began */
   uint64_t fetches;
   struct tern__sts_multi *stsm; /* curl multi on the loop; NULL until the
                                    first fetch */
@@ -149,5 +156,8 @@ void tern__leave(struct tern_resolver *r);
 int tern__sts_start(struct tern_dns_query *q);
 void tern__sts_cancel(struct tern_dns_query *q); /* leave a fetch's waiters */
 void tern__sts_free_all(struct tern_resolver *r);
+/* Load r->sts_cache_file into the cache (at tern_resolver_new; a missing
+ * or malformed file loads nothing, or what parses). */
+void tern__sts_load(struct tern_resolver *r);
 
 #endif /* TERN_NET_RESOLVE_INTERNAL_H */

@@ -799,6 +799,88 @@ def test_mtasts_slow_hosts_delay_nobody():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_mtasts_cache_file():
+    """The policy cache outlives the process (mta_sts_cache_file): after a
+    restart an enforce policy stays in force with no fetch, even when the
+    _mta-sts record can no longer be read; a tampered or garbled file
+    loads only what parses; a full cache evicts testing policies before
+    an enforce one."""
+    dns = world()
+    dns.resolver.set(ZONE + sts_zone({}))
+    d = h.tmpdir("tern-sts-cache-")
+    cache = os.path.join(d, "mta-sts.cache")
+    state = StsState()
+    crt, key = sts_cert(d)
+    srv = https_server(state, crt, key)
+    port = srv.server_address[1]
+    no_txt = re.sub(r"_mta-sts\.example\.org\..*\n", "", ZONE + sts_zone({}))
+    try:
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-cache", cache)
+        s = sts_line(p.cmd("sts example.org"))
+        h.check(s["why"] == "fetched" and s["mode"] == "2", s)
+        s = sts_line(p.cmd("sts split.example.net"))
+        h.check(s["why"] == "fetched" and s["mode"] == "1", s)
+        p.close()  # the write in flight finishes before the loop ends
+        with open(cache) as f:
+            text = f.read()
+        h.check(re.search(r"^example\.org id1 enforce 86400 \d+ mx1\.example\.org,\*\.example\.net$",
+                          text, re.M), text)
+        h.check(os.stat(cache).st_mode & 0o077 == 0, "cache file readable by others")
+        h.check(not os.path.exists(cache + ".tmp"), "temporary file left")
+        # a restart, the policy host gone and the TXT record blocked:
+        # the enforce policy stays, no fetch
+        srv.shutdown()
+        dns.resolver.set(no_txt)
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-cache", cache)
+        s = sts_line(p.cmd("sts example.org"))
+        h.check(not s["none"] and s["mode"] == "2" and s["id"] == "id1" and
+                s["why"].startswith("cached"), s)
+        s = sts_line(p.cmd("sts split.example.net"))
+        h.check(s["why"] == "cached" and s["mode"] == "1", s)
+        h.check(p.cmd("fetches") == ["fetches=0"], "no fetch after a restart")
+        p.close()
+        # garbage, a tampered expiry and an expired line are skipped
+        now = int(time.time())
+        with open(cache, "w") as f:
+            f.write("\x00garbage\nexample.org id1 enforce\n")
+            f.write("keep.example.net id1 enforce 600 %d mx1.example.org\n" % (now + 10 ** 9))
+            f.write("none.example.net id1 enforce 600 %d mx1.example.org\n" % (now - 5))
+            f.write("multi.example.net id! enforce 600 %d mx1.example.org\n" % (now + 500))
+            f.write("example.org id1 enforce 600 %d mx1.example.org\n" % (now + 500))
+        dns.resolver.set(re.sub(r"_mta-sts\.(keep|none|multi)\.example\.net\..*\n", "", no_txt))
+        p = plain_probe("--sts-cache", cache, "--sts-port", str(port))
+        s = sts_line(p.cmd("sts example.org"))
+        h.check(not s["none"] and s["mode"] == "2" and s["max_age"] == "600", s)
+        for dom in ("keep.example.net", "none.example.net", "multi.example.net"):
+            s = sts_line(p.cmd("sts " + dom))
+            h.check(s["none"], (dom, s))
+        p.close()
+        # a full cache (10,000 domains) evicts a testing policy, not the
+        # enforce one, though the enforce one is the least recently used
+        srv = https_server(state, crt, key)
+        port = srv.server_address[1]
+        with open(cache, "w") as f:
+            for i in range(9999):
+                f.write("f%d.example.net id1 testing 86400 %d mx.example.net\n" % (i, now + 80000))
+            f.write("example.org id1 enforce 86400 %d mx1.example.org\n" % (now + 80000))
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-cache", cache)
+        s = sts_line(p.cmd("sts split.example.net"))
+        h.check(s["why"] == "fetched", s)
+        s = sts_line(p.cmd("sts example.org"))
+        h.check(not s["none"] and s["mode"] == "2" and s["why"].startswith("cached"), s)
+        p.close()
+        with open(cache) as f:
+            lines = f.read().splitlines()
+        h.check(len(lines) == 10001, len(lines))  # the header and 10,000
+    finally:
+        srv.shutdown()
+        dns.resolver.set(ZONE)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 if __name__ == "__main__":
     try:
         h.main([test_mx_order, test_mx_equal_preference_shuffled, test_mx_capped_at_ten,
@@ -806,7 +888,7 @@ if __name__ == "__main__":
                 test_timeout_is_tempfail_within_bound, test_tlsa,
                 test_cancel_and_free_in_callback, test_bad_options,
                 test_dnssec_secure_bogus_insecure, test_mtasts,
-                test_mtasts_slow_hosts_delay_nobody])
+                test_mtasts_slow_hosts_delay_nobody, test_mtasts_cache_file])
     finally:
         if WORLD:
             WORLD["dns"].stop()

@@ -11,6 +11,7 @@
  *   sts2 DOMAIN          two asks at once: both answers
  *   stsall DOMAIN...     one ask per domain, all at once
  *   fetches              tern_resolver_mtasts_fetches()
+ *   error                tern_resolver_last_error()
  *   cancel DOMAIN        an MX query cancelled at once: no callback
  *   cancel-sts DOMAIN    an MTA-STS query cancelled at once: no callback
  *   free-in-cb DOMAIN    two MX queries, an MTA-STS and a TLSA query;
@@ -25,7 +26,7 @@
  *
  * Options: --forward LIST --ta FILE --no-dnssec --timeout MS --no-ipv4
  * --no-ipv6 --sts-ca FILE --sts-port N --sts-timeout MS --no-sts
- * --resolv-conf FILE --hosts FILE.
+ * --sts-cache FILE --resolv-conf FILE --hosts FILE.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -221,6 +222,9 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--sts-port") && v) {
       o.mta_sts_port = (unsigned)strtoul(v, NULL, 10);
       i++;
+    } else if (!strcmp(a, "--sts-cache") && v) {
+      o.mta_sts_cache_file = v;
+      i++;
     } else if (!strcmp(a, "--sts-timeout") && v) {
       o.mta_sts_timeout_ms = (unsigned)strtoul(v, NULL, 10);
       i++;
@@ -278,6 +282,8 @@ int main(int argc, char **argv) {
         n++;
       }
       wait_answers();
+    } else if (!strcmp(cmd, "error")) {
+      printf("error=%s\n", tern_resolver_last_error(res));
     } else if (!strcmp(cmd, "fetches")) {
       printf("fetches=%llu\n",
              (unsigned long long)tern_resolver_mtasts_fetches(res));
