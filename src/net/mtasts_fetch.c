@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,6 +259,8 @@ struct tern__sts_store {
   const char *step;
 };
 
+static atomic_ulong store_seq; /* temporary file names */
+
 static const char *const mode_names[] = {"none", "testing", "enforce"};
 
 static char *cache_serialize(struct tern_resolver *r, size_t *lenp) {
@@ -298,7 +301,9 @@ static void store_work(uv_work_t *w) {
   int fd;
 
   s->err = 0;
-  snprintf(tmp, sizeof tmp, "%s.tmp", s->path);
+  /* unique per write: resolvers of other loops may share the file */
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%lu", s->path, (long)getpid(),
+           (unsigned long)atomic_fetch_add(&store_seq, 1));
   fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
     s->err = errno, s->step = "open";
