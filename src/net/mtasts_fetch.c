@@ -255,6 +255,8 @@ struct tern__sts_store {
   char *path;
   char *buf, *next; /* this write; one more after it (at teardown) */
   size_t len, nextlen;
+  char *extra; /* lines of other writers kept (store_merge) */
+  size_t xlen;
   int err; /* errno of a failed write */
   const char *step;
 };
@@ -291,16 +293,102 @@ static char *cache_serialize(struct tern_resolver *r, size_t *lenp) {
   return buf;
 }
 
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* On a pool thread: the lines of the file as it is now for domains this
+ * resolver does not hold, still unexpired, go to s->extra (up to the
+ * cache's bound in all). The resolvers of other loops write the same
+ * file; without this the last writer would drop the policies the others
+ * fetched. Lines are not checked here: loading checks them. */
+static void store_merge(struct tern__sts_store *s) {
+  char **mine = NULL, *copy = NULL, *p, *line = NULL;
+  size_t nmine = 0, cap = 0, xcap = 0, total;
+  long long now = (long long)time(NULL);
+  ssize_t n;
+  FILE *fp = fopen(s->path, "re");
+
+  if (fp == NULL)
+    return;
+  copy = malloc(s->len + 1);
+  mine = malloc((s->len / 8 + 1) * sizeof *mine);
+  if (copy == NULL || mine == NULL)
+    goto out;
+  memcpy(copy, s->buf, s->len);
+  copy[s->len] = '\0';
+  for (p = copy; *p;) {
+    char *eol = strchr(p, '\n'), *sp;
+    if (eol == NULL)
+      break;
+    *eol = '\0';
+    if (*p != '#' && (sp = strchr(p, ' ')) != NULL) {
+      *sp = '\0';
+      mine[nmine++] = p;
+    }
+    p = eol + 1;
+  }
+  qsort(mine, nmine, sizeof *mine, cmp_str);
+  total = nmine;
+  while (total < TERN__STS_CACHE_MAX && (n = getline(&line, &cap, fp)) > 0) {
+    char dom[TERN__DNS_NAME_MAX], *key = dom, *f = line;
+    long long exp;
+    int k;
+    if (line[0] == '#' || (size_t)n > STS_BODY_MAX + 512 ||
+        line[n - 1] != '\n' || sscanf(line, "%253s", dom) != 1 ||
+        bsearch(&key, mine, nmine, sizeof *mine, cmp_str) != NULL)
+      continue;
+    for (k = 0; k < 4 && f != NULL; k++)
+      if ((f = strchr(f, ' ')) != NULL)
+        f++;
+    if (f == NULL || sscanf(f, "%lld", &exp) != 1 || exp <= now)
+      continue;
+    if (s->xlen + (size_t)n > xcap) {
+      size_t nc = (xcap ? xcap * 2 : 65536) + (size_t)n;
+      char *nx = realloc(s->extra, nc);
+      if (nx == NULL)
+        break;
+      s->extra = nx;
+      xcap = nc;
+    }
+    memcpy(s->extra + s->xlen, line, (size_t)n);
+    s->xlen += (size_t)n;
+    total++;
+  }
+out:
+  free(line);
+  free(mine);
+  free(copy);
+  fclose(fp);
+}
+
+/* All of a buffer to fd; 0 or an errno. */
+static int write_all(int fd, const char *b, size_t len) {
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = write(fd, b + off, len - off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n < 0 ? errno : EIO;
+    off += (size_t)n;
+  }
+  return 0;
+}
+
 /* On a pool thread: a temporary file beside the cache, fsync, rename,
  * fsync the directory. */
 static void store_work(uv_work_t *w) {
   struct tern__sts_store *s = w->data;
   char tmp[4096], dir[4096];
-  size_t off = 0;
   char *slash;
   int fd;
 
   s->err = 0;
+  free(s->extra);
+  s->extra = NULL;
+  s->xlen = 0;
+  store_merge(s);
   /* unique per write: resolvers of other loops may share the file */
   snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%lu", s->path, (long)getpid(),
            (unsigned long)atomic_fetch_add(&store_seq, 1));
@@ -309,16 +397,9 @@ static void store_work(uv_work_t *w) {
     s->err = errno, s->step = "open";
     return;
   }
-  while (off < s->len) {
-    ssize_t n = write(fd, s->buf + off, s->len - off);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      s->err = n < 0 ? errno : EIO, s->step = "write";
-      break;
-    }
-    off += (size_t)n;
-  }
+  if ((s->err = write_all(fd, s->buf, s->len)) != 0 ||
+      (s->err = write_all(fd, s->extra ? s->extra : "", s->xlen)) != 0)
+    s->step = "write";
   if (s->err == 0 && fsync(fd) != 0)
     s->err = errno, s->step = "fsync";
   if (close(fd) != 0 && s->err == 0)
@@ -348,6 +429,7 @@ static void store_free(struct tern__sts_store *s) {
   free(s->path);
   free(s->buf);
   free(s->next);
+  free(s->extra);
   free(s);
 }
 
