@@ -402,8 +402,13 @@ enum tern_tls_policy {
  * turn; the next address or host after a connection failure, a 4xx/5xx
  * greeting, a refused EHLO, or a TLS failure the policy does not allow;
  * at most 10 addresses in all per connect (RFC 5321 §5.1 asks for a
- * bound), at most 10 MX hosts. A host whose TLSA lookup fails (other
- * than a validated denial) is skipped (RFC 7672 §2.2); with an MTA-STS
+ * bound), at most 10 MX hosts. An MX name that is an address in text
+ * is not used (none left: 451 4.4.3). With a DNSSEC-validated MX
+ * answer (policy AUTO or DANE) a host whose A or AAAA lookup failed
+ * (bogus, SERVFAIL, timeout) is skipped (RFC 7672 §2.1.1). A host
+ * whose TLSA lookup fails (other than a validated denial) is skipped
+ * (RFC 7672 §2.2); validated TLSA records none of which is usable make
+ * TLS mandatory, unverified (policy "dane-unusable"); with an MTA-STS
  * policy in enforce mode, hosts its "mx" patterns do not name are
  * skipped. With require_verified_tls a host that does not offer
  * STARTTLS or (after STARTTLS) REQUIRETLS is left (RFC 8689 §4.2.1);
@@ -558,7 +563,11 @@ struct tern_client_conn_info {
                                  verified (or no TLS) */
   const char *policy;         /* what applied: "none", "may", "encrypt",
                                  "verify", "dane", "mta-sts",
-                                 "mta-sts-testing" (mx: URLs; NULL for
+                                 "mta-sts-testing", "dane-unusable" (the
+                                 host has DNSSEC-validated TLSA records
+                                 none of which SMTP can use, RFC 7672
+                                 §3.1.3: TLS required, not verified, as
+                                 "encrypt"; §2.2) (mx: URLs; NULL for
                                  other URLs) */
   const char *policy_failure; /* a failure the policy let pass (MTA-STS
                                  testing, RFC 8461 §5): what it was;

@@ -132,8 +132,21 @@ struct tern_mx_host {
    * as the answer gave them); none when the lookup failed (status). */
   const struct sockaddr_storage *addrs;
   size_t naddrs;
-  int status;            /* enum tern_dns_status of the address lookup */
-  bool secure;           /* every address answer validated (DNSSEC) */
+  int status;            /* enum tern_dns_status of the address lookup:
+                            OK with addresses; else why there are none
+                            (the worse family: BOGUS, TEMPFAIL,
+                            NXDOMAIN, NODATA) */
+  /* DNSSEC: every family that answered (addresses, or a NODATA or
+   * NXDOMAIN denial) validated, and at least one answered. A family
+   * whose lookup failed does not count here (so a forged or dropped
+   * AAAA cannot make a host with a validated A look insecure): see
+   * `failed`. RFC 7672 §2.1.1, §2.2. */
+  bool secure;
+  /* TERN_DNS_OK, or the status of a family whose lookup failed
+   * (TERN_DNS_BOGUS before TERN_DNS_TEMPFAIL), even when the other
+   * family gave addresses. With a secure MX answer such a host must not
+   * be used for DANE (RFC 7672 §2.1.1): the failure may be an attack. */
+  int failed;
 };
 
 struct tern_mx_result {

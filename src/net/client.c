@@ -43,6 +43,7 @@
 
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,8 @@ struct tern_client {
   bool why_recorded;  /* the plan was told why it failed */
   bool verify_failed; /* the failure is the certificate's, not TLS's */
   bool quit_first;    /* the session is sound: say QUIT before leaving */
+  struct sockaddr_storage *self; /* options.self_addrs, copied */
+  size_t nself;
 
   /* bind_addr / bind_addr6 */
   bool has_bind4, has_bind6;
@@ -1302,6 +1305,22 @@ static int copy_options(struct tern_client *cl,
   cl->cfg.ehlo_name = dup_opt(cl, &k, cl->cfg.ehlo_name, &oom);
   cl->opt.bind_addr = dup_opt(cl, &k, cl->opt.bind_addr, &oom);
   cl->opt.bind_addr6 = dup_opt(cl, &k, cl->opt.bind_addr6, &oom);
+  if (cl->opt.nself_addrs) {
+    size_t n = cl->opt.nself_addrs;
+    if (!cl->opt.self_addrs || n > SIZE_MAX / sizeof *cl->self) {
+      cl->opt.self_addrs = NULL;
+      return TERN_EINVAL;
+    }
+    cl->self = malloc(n * sizeof *cl->self);
+    if (cl->self) {
+      memcpy(cl->self, cl->opt.self_addrs, n * sizeof *cl->self);
+      cl->nself = n;
+    } else {
+      oom = true;
+    }
+  }
+  cl->opt.self_addrs = cl->self; /* never the caller's */
+  cl->opt.nself_addrs = cl->nself;
   cl->auth.p.user = cl->opt.auth_user;
   cl->auth.p.password = cl->opt.auth_password;
   cl->auth.p.token = cl->opt.auth_token;
@@ -1419,6 +1438,7 @@ static void mx_connect(struct tern_client *cl) {
     fail(cl, rc, "out of memory");
     return;
   }
+  tern__mx_set_self(cl->mx, cl->self, cl->nself);
   if (tern__mx_start(cl->mx) != 0)
     mx_give_up(cl);
 }
@@ -1536,6 +1556,7 @@ void tern_client_free(struct tern_client *cl) {
   if (cl->ai_list)
     uv_freeaddrinfo(cl->ai_list);
   tern__mx_free(cl->mx);
+  free(cl->self);
   if (cl->own_res)
     tern_resolver_free(cl->own_res);
   free(cl->fbuf);

@@ -4,10 +4,24 @@
  * the connection.
  *
  *   start: MX lookup  [+ MTA-STS policy, TLS policy AUTO only]
- *   both done -> hosts in preference order; for each host:
- *     AUTO/DANE with a DNSSEC-validated MX and address answer: TLSA
- *     lookup first (RFC 7672 §2.2), then the host's TLS is decided:
+ *   both done -> hosts in preference order, less
+ *     - MX names that are addresses in text ("192.0.2.1": RFC 5321 §5.1
+ *       wants a host name; Postfix ignores them too): none left -> 451
+ *       4.4.3 "MX points at an address literal";
+ *     - with self_addrs: the first host with one of our addresses and
+ *       every host of the same or a worse preference (a backup MX hands
+ *       mail only to better ones): none left -> 554 5.4.6 "mail for
+ *       DOMAIN loops back to myself" (an implicit MX at us too);
+ *   for each host:
+ *     AUTO/DANE with a DNSSEC-validated MX: a host one of whose address
+ *     lookups failed (BOGUS, TEMPFAIL) is skipped (RFC 7672 §2.1.1: a
+ *     forged or dropped AAAA must not turn DANE off); else, when every
+ *     family that answered validated, TLSA lookup first (§2.2), then the
+ *     host's TLS is decided:
  *       usable secure TLSA records       -> DANE
+ *       secure TLSA records, none usable -> ENCRYPT, policy "dane-unusable"
+ *         (§2.2, §3.1.3: TLS stays mandatory, nothing to authenticate
+ *         with), unless MTA-STS enforce applies (it verifies)
  *       secure NXDOMAIN/NODATA, insecure -> MTA-STS or MAY (AUTO)
  *       a failed TLSA lookup             -> the host is skipped (§2.2:
  *                                           it could be an attack)
@@ -28,6 +42,8 @@
 
 #include <netinet/in.h>
 
+#include <tern/mtasts.h>
+
 #include "mx.h"
 #include "tls.h"
 
@@ -36,10 +52,13 @@
 
 struct host {
   char *name;
+  unsigned pref;
   struct sockaddr_storage *addrs;
   size_t naddrs;
   int status;
   bool secure;
+  int failed;                   /* a family's lookup failed (resolve.h) */
+  bool dane_unusable;           /* secure TLSA records, none usable */
   bool decided;                 /* TLS level chosen (TLSA looked up) */
   bool unusable;                /* skip it */
   struct tern_tlsa *tlsa;       /* usable records (usage 2, 3) */
@@ -55,6 +74,8 @@ struct tern__mx {
   unsigned port;
   void (*cb)(void *arg);
   void *arg;
+  const struct sockaddr_storage *self; /* our addresses (the caller's) */
+  size_t nself;
 
   struct tern_dns_query *q_mx, *q_sts, *q_tlsa;
   bool mx_done, sts_done, tlsa_busy;
@@ -92,34 +113,58 @@ static char *dupstr(const char *s) {
   return d;
 }
 
-static unsigned char lower(unsigned char c) {
-  return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
-}
-
-static bool ieq(const char *a, const char *b) {
-  for (; *a && *b; a++, b++)
-    if (lower((unsigned char)*a) != lower((unsigned char)*b))
-      return false;
-  return *a == *b;
-}
-
-bool tern__mx_sts_match(const char *pattern, const char *host) {
-  if (!pattern || !host)
-    return false;
-  size_t hl = strlen(host);
-  if (hl && host[hl - 1] == '.')
-    hl--; /* compare without a trailing dot */
-  char h[256];
-  if (hl >= sizeof h)
-    return false;
-  memcpy(h, host, hl);
-  h[hl] = '\0';
-  if (pattern[0] == '*' && pattern[1] == '.') {
-    /* RFC 8461 §4.1: the wildcard stands for exactly one label */
-    const char *dot = strchr(h, '.');
-    return dot && dot != h && ieq(dot + 1, pattern + 2);
+/* An MX name that is an address in text: all digits and dots (IPv4),
+ * or with a ':' (IPv6), or in brackets. */
+static bool addr_literal(const char *name) {
+  bool dots_digits = name[0] != '\0';
+  for (const char *p = name; *p; p++) {
+    if (*p == ':' || *p == '[')
+      return true;
+    if (!(*p == '.' || (*p >= '0' && *p <= '9')))
+      dots_digits = false;
   }
-  return ieq(pattern, h);
+  return dots_digits;
+}
+
+/* The family and address bytes of `a` for comparing (the port does
+ * not count; an IPv4-mapped IPv6 address is its IPv4 address); *bytes
+ * NULL for other families. */
+static void addr_key(const struct sockaddr_storage *a, int *fam,
+                     const uint8_t **bytes) {
+  *fam = a->ss_family;
+  *bytes = NULL;
+  if (a->ss_family == AF_INET) {
+    *bytes = (const uint8_t *)&((const struct sockaddr_in *)a)->sin_addr;
+  } else if (a->ss_family == AF_INET6) {
+    const uint8_t *b =
+        (const uint8_t *)&((const struct sockaddr_in6 *)a)->sin6_addr;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0,    0,
+                                       0, 0, 0, 0, 0xff, 0xff};
+    if (!memcmp(b, mapped, sizeof mapped)) {
+      *fam = AF_INET;
+      *bytes = b + 12;
+    } else {
+      *bytes = b;
+    }
+  }
+}
+
+/* Is `a` one of our own addresses? */
+static bool is_self(const struct tern__mx *mx,
+                    const struct sockaddr_storage *a) {
+  int fa;
+  const uint8_t *ba;
+  addr_key(a, &fa, &ba);
+  if (!ba)
+    return false;
+  for (size_t i = 0; i < mx->nself; i++) {
+    int fs;
+    const uint8_t *bs;
+    addr_key(&mx->self[i], &fs, &bs);
+    if (bs && fs == fa && !memcmp(ba, bs, fa == AF_INET ? 4 : 16))
+      return true;
+  }
+  return false;
 }
 
 int tern__mx_new(struct tern__mx **out, struct tern_resolver *r,
@@ -143,6 +188,37 @@ int tern__mx_new(struct tern__mx **out, struct tern_resolver *r,
   mx->arg = arg;
   *out = mx;
   return 0;
+}
+
+void tern__mx_set_self(struct tern__mx *mx,
+                       const struct sockaddr_storage *addrs, size_t n) {
+  mx->self = n ? addrs : NULL;
+  mx->nself = addrs ? n : 0;
+}
+
+static void host_free(struct host *h) {
+  free(h->name);
+  free(h->addrs);
+  for (size_t k = 0; k < h->ntlsa; k++)
+    free(h->tlsa_data[k]);
+  free(h->tlsa_data);
+  free(h->tlsa);
+  memset(h, 0, sizeof *h);
+}
+
+/* Drop the hosts from `cut` (a preference) on: they are ourselves or
+ * worse than us (the list is in preference order). */
+static void drop_from_pref(struct tern__mx *mx, unsigned cut) {
+  size_t keep = 0;
+  for (size_t i = 0; i < mx->nhosts; i++) {
+    if (mx->hosts[i].pref >= cut)
+      host_free(&mx->hosts[i]);
+    else
+      mx->hosts[keep++] = mx->hosts[i];
+  }
+  for (size_t i = keep; i < mx->nhosts; i++) /* moved or freed */
+    memset(&mx->hosts[i], 0, sizeof mx->hosts[i]);
+  mx->nhosts = keep;
 }
 
 static void set_fail(struct tern__mx *mx, int code, const char *enh,
@@ -191,13 +267,25 @@ static void on_mx(const struct tern_mx_result *r, void *ud) {
     break;
   }
   if (r->status == TERN_DNS_OK) {
+    const char *literal = NULL;
+    char literal_name[256] = "";
     mx->mx_secure = r->secure;
     for (size_t i = 0; i < r->nhosts && mx->nhosts < MAX_HOSTS; i++) {
       const struct tern_mx_host *s = &r->hosts[i];
       struct host *h = &mx->hosts[mx->nhosts];
+      if (s->name && addr_literal(s->name)) {
+        /* RFC 5321 §5.1: an MX names a host; an address there is a
+         * mistake (or a trick): not used, as Postfix does */
+        if (!literal) {
+          snprintf(literal_name, sizeof literal_name, "%s", s->name);
+          literal = literal_name;
+        }
+        continue;
+      }
       h->name = dupstr(s->name ? s->name : "");
       if (!h->name)
         break;
+      h->pref = s->pref;
       if (s->naddrs) {
         h->addrs = calloc(s->naddrs, sizeof *h->addrs);
         if (!h->addrs) {
@@ -217,11 +305,38 @@ static void on_mx(const struct tern_mx_result *r, void *ud) {
       }
       h->status = s->status;
       h->secure = s->secure;
+      h->failed = s->failed;
       mx->nhosts++;
     }
-    if (mx->nhosts == 0)
+    /* A host with one of our addresses is this server: it and every
+     * host of the same or a worse preference are dropped (net.h). */
+    bool loops = false;
+    unsigned cut = 0;
+    for (size_t i = 0; i < mx->nhosts; i++)
+      for (size_t k = 0; k < mx->hosts[i].naddrs; k++)
+        if (is_self(mx, &mx->hosts[i].addrs[k]) &&
+            (!loops || mx->hosts[i].pref < cut)) {
+          loops = true;
+          cut = mx->hosts[i].pref;
+        }
+    if (loops)
+      drop_from_pref(mx, cut);
+    if (mx->nhosts == 0 && loops)
+      set_fail(mx, 554, "5.4.6", "mail for %s loops back to myself",
+               mx->domain);
+    else if (mx->nhosts == 0 && literal)
+      set_fail(mx, 451, "4.4.3",
+               "%s: MX points at an address literal (%s), not a host name",
+               mx->domain, literal);
+    else if (mx->nhosts == 0)
       set_fail(mx, 451, "4.4.3", "no mail host found for %s%s", mx->domain,
                "");
+    else if (literal) {
+      char t[400];
+      snprintf(t, sizeof t, "%s: MX %s is an address literal, not used",
+               mx->domain, literal);
+      tern__mx_failed(mx, TERN__MXF_DNS, t);
+    }
   }
   both_done(mx);
 }
@@ -287,6 +402,24 @@ static void host_fail(struct tern__mx *mx, struct host *h,
   tern__mx_failed(mx, why, t);
 }
 
+/* A TLSA record SMTP can use (RFC 7672 §3.1.3, RFC 7671 §4): DANE-TA
+ * or DANE-EE, a known selector and matching type, a digest of its
+ * length. */
+static bool tlsa_usable(const struct tern_tlsa *t) {
+  if (!(t->usage == 2 || t->usage == 3) || t->selector > 1)
+    return false;
+  switch (t->mtype) {
+  case 0:
+    return t->len > 0;
+  case 1:
+    return t->len == 32;
+  case 2:
+    return t->len == 64;
+  default:
+    return false;
+  }
+}
+
 static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
   struct tern__mx *mx = ud;
   struct host *h = &mx->hosts[mx->hi];
@@ -296,9 +429,12 @@ static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
   if (r->status == TERN_DNS_OK && r->secure) {
     size_t n = 0;
     for (size_t i = 0; i < r->n; i++)
-      if ((r->recs[i].usage == 2 || r->recs[i].usage == 3) &&
-          r->recs[i].mtype <= 2 && r->recs[i].selector <= 1)
+      if (tlsa_usable(&r->recs[i]))
         n++;
+    /* RFC 7672 §2.2, §3.1.3: records published, none usable (PKIX
+     * usages, unknown selector or matching type): TLS stays mandatory,
+     * authentication is not possible */
+    h->dane_unusable = n == 0 && r->n > 0;
     if (n) {
       h->tlsa = calloc(n, sizeof *h->tlsa);
       h->tlsa_data = calloc(n, sizeof *h->tlsa_data);
@@ -307,8 +443,7 @@ static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
       } else {
         for (size_t i = 0; i < r->n; i++) {
           const struct tern_tlsa *t = &r->recs[i];
-          if (!((t->usage == 2 || t->usage == 3) && t->mtype <= 2 &&
-                t->selector <= 1))
+          if (!tlsa_usable(t))
             continue;
           uint8_t *d = malloc(t->len ? t->len : 1);
           if (!d)
@@ -334,7 +469,7 @@ static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
 
 static bool sts_lists(const struct tern__mx *mx, const char *host) {
   for (size_t i = 0; i < mx->sts_nmx; i++)
-    if (tern__mx_sts_match(mx->sts_mx[i], host))
+    if (tern_mtasts_mx_match(mx->sts_mx[i], host))
       return true;
   return false;
 }
@@ -387,6 +522,9 @@ static bool choose_tls(struct tern__mx *mx, struct host *h,
       }
       t->tls = TERN__MXT_STS;
       t->policy = "mta-sts";
+    } else if (h->dane_unusable) {
+      t->tls = TERN__MXT_ENCRYPT; /* RFC 7672 §2.2: never in the clear */
+      t->policy = "dane-unusable";
     } else if (mx->sts_mode == TERN_MTASTS_TESTING) {
       t->tls = TERN__MXT_STS;
       t->sts_testing = true;
@@ -444,6 +582,22 @@ int tern__mx_next(struct tern__mx *mx, const struct tern__mx_target **out) {
     if (mx->tried >= MAX_TRIES)
       break;
     struct host *h = &mx->hosts[mx->hi];
+    bool dane_policy = mx->policy == TERN_TLS_POLICY_AUTO ||
+                       mx->policy == TERN_TLS_POLICY_DANE;
+    if (!h->unusable && h->status == TERN_DNS_OK && h->naddrs &&
+        h->failed != TERN_DNS_OK && mx->mx_secure && dane_policy) {
+      /* RFC 7672 §2.1.1: with a validated MX, a host whose address
+       * lookup failed is not used: a forged or dropped AAAA (or A)
+       * must not turn DANE off */
+      host_fail(mx, h, TERN__MXF_DNS, "%s: %s", h->name,
+                h->failed == TERN_DNS_BOGUS
+                    ? "DNSSEC validation of an address lookup failed"
+                    : "an address lookup failed");
+      mx->hi++;
+      mx->ai = 0;
+      mx->started_addr = false;
+      continue;
+    }
     if (h->unusable || h->status != TERN_DNS_OK || h->naddrs == 0) {
       if (!h->unusable && (h->status != TERN_DNS_OK || h->naddrs == 0)) {
         h->unusable = true;
@@ -596,15 +750,8 @@ void tern__mx_free(struct tern__mx *mx) {
   if (!mx)
     return;
   tern__mx_cancel(mx);
-  for (size_t i = 0; i < mx->nhosts; i++) {
-    struct host *h = &mx->hosts[i];
-    free(h->name);
-    free(h->addrs);
-    for (size_t k = 0; k < h->ntlsa; k++)
-      free(h->tlsa_data[k]);
-    free(h->tlsa_data);
-    free(h->tlsa);
-  }
+  for (size_t i = 0; i < mx->nhosts; i++)
+    host_free(&mx->hosts[i]);
   for (size_t i = 0; i < mx->sts_nmx; i++)
     free(mx->sts_mx[i]);
   free(mx->sts_mx);
@@ -690,7 +837,10 @@ int tern__mx_tls_verdict(const struct tern__mx_target *t,
   case TERN__MXT_VERIFY:
   case TERN__MXT_STS:
     if (ok) {
-      *verified = t->tls == TERN__MXT_STS ? "mta-sts" : "ca";
+      /* MTA-STS testing with the host not in the policy: the chain and
+       * name verified, the policy did not hold: say "ca", not "mta-sts" */
+      *verified =
+          t->tls == TERN__MXT_STS && !t->policy_failure ? "mta-sts" : "ca";
       return 0;
     }
     snprintf(why, cap, "%s: certificate verify failed: %s", t->host, reason);

@@ -2,9 +2,12 @@
  * Where mail for a domain goes and how each host's connection must be
  * protected: the plan behind a client's "mx:DOMAIN" URL (mx.c).
  *
- * The plan resolves the domain's MX hosts (tern/resolve.h), its MTA-STS
- * policy (TLS policy AUTO only) and, host by host, its TLSA records
- * (when the MX and address answers were DNSSEC-validated), then hands
+ * The plan resolves the domain's MX hosts (tern/resolve.h), drops those
+ * it must not use (an address literal as MX name, this server and worse
+ * MX hosts), its MTA-STS policy (TLS policy AUTO only) and, host by
+ * host, its TLSA records (when the MX and address answers were
+ * DNSSEC-validated; a host whose address lookup failed under a
+ * validated MX is skipped instead), then hands
  * the client one address at a time with the TLS it must use there. The
  * client reports how each attempt failed; when no address is left, the
  * plan says what to tell the sender (tern__mx_failure()).
@@ -71,6 +74,12 @@ int tern__mx_new(struct tern__mx **out, struct tern_resolver *r,
                  const char *domain, enum tern_tls_policy policy,
                  bool requiretls, unsigned port, void (*cb)(void *arg),
                  void *arg);
+/* This server's own addresses (tern_client_options.self_addrs): MX
+ * hosts with one of them, and every worse one, are not used; none left:
+ * 554 5.4.6. `addrs` is the caller's and must outlive the plan. Before
+ * tern__mx_start(). */
+void tern__mx_set_self(struct tern__mx *mx,
+                       const struct sockaddr_storage *addrs, size_t n);
 /* Start the lookups. Returns 0, or a negative code (the lookups could
  * not start: the failure reply is set). */
 int tern__mx_start(struct tern__mx *mx);
@@ -90,11 +99,6 @@ void tern__mx_failure(const struct tern__mx *mx, struct tern_reply *out);
 /* Cancel the lookups still running (no callback after). */
 void tern__mx_cancel(struct tern__mx *mx);
 void tern__mx_free(struct tern__mx *mx);
-
-/* Does `host` match an MTA-STS policy "mx" pattern (RFC 8461 §4.1):
- * equal, or "*.rest" with exactly one label in place of the star?
- * Case-insensitive. */
-bool tern__mx_sts_match(const char *pattern, const char *host);
 
 /* The policy's verdict on a finished handshake with target `t`: 0 go
  * on (*verified: "dane-ee", "dane-ta", "mta-sts", "ca", or NULL when the

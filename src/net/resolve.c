@@ -409,7 +409,29 @@ static void mx_deliver(struct tern_dns_query *q, int status) {
               st = fam[f];
         }
         o->status = st;
-        o->secure = (h->st4 < 0 || h->sec4) && (h->st6 < 0 || h->sec6);
+        /* secure: every family that answered validated (tern/resolve.h);
+         * a failed family is told apart (failed), never taken for an
+         * insecure answer: that would turn DANE off (RFC 7672 §2.1.1) */
+        {
+          int fst[2] = {h->st4, h->st6};
+          bool fsec[2] = {h->sec4, h->sec6}, answered = false;
+          o->secure = true;
+          o->failed = TERN_DNS_OK;
+          for (int g = 0; g < 2; g++) {
+            if (fst[g] < 0)
+              continue; /* not asked */
+            if (fst[g] == TERN_DNS_TEMPFAIL || fst[g] == TERN_DNS_BOGUS) {
+              if (o->failed != TERN_DNS_BOGUS)
+                o->failed = fst[g];
+              continue;
+            }
+            answered = true;
+            if (!fsec[g])
+              o->secure = false;
+          }
+          if (!answered)
+            o->secure = false;
+        }
         if (!o->secure)
           secure = false;
       }

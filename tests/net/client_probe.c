@@ -305,7 +305,18 @@ int main(int argc, char **argv) {
       o.bind_addr = argv[++i];
     else if (ARG("--bind6"))
       o.bind_addr6 = argv[++i];
-    else if (ARG("--timeout-ms")) {
+    else if (ARG("--self-addr")) { /* mx: this server's address (loops) */
+      static struct sockaddr_storage self[8];
+      const char *v = argv[++i];
+      if (o.nself_addrs >= 8)
+        usage();
+      struct sockaddr_storage *s = &self[o.nself_addrs];
+      if (uv_ip4_addr(v, 0, (struct sockaddr_in *)s) != 0 &&
+          uv_ip6_addr(v, 0, (struct sockaddr_in6 *)s) != 0)
+        usage();
+      o.self_addrs = self;
+      o.nself_addrs++;
+    } else if (ARG("--timeout-ms")) {
       unsigned ms = (unsigned)strtoul(argv[++i], NULL, 10);
       o.connect_timeout_ms = o.command_timeout_ms = o.data_timeout_ms = ms;
     } else

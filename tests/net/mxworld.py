@@ -395,7 +395,10 @@ class SignedDNS:
     nothing (absolute names). trust_anchor: the KSK's DNSKEY file, for the
     resolver. A missing nsd or ldns tool fails the test."""
 
-    def __init__(self, zone, records):
+    def __init__(self, zone, records, tamper=()):
+        """tamper: (old, new) text replacements made in the zone file
+        after signing (an RRset changed that way fails validation:
+        bogus, as an on-path forger would make it)."""
         tools = {t: h.require_tool(t, ("/usr/sbin/" + t, "/usr/bin/" + t))
                  for t in ("nsd", "ldns-keygen", "ldns-signzone")}
         self.dir = h.tmpdir("tern-mx-nsd-")
@@ -424,6 +427,14 @@ class SignedDNS:
             for r in records:
                 f.write(r + "\n")
         run(tools["ldns-signzone"], zf, zsk, ksk)
+        if tamper:
+            signed = zf + ".signed"
+            text = open(signed).read()
+            for old, new in tamper:
+                h.check(old in text, "nothing to tamper: %r" % old)
+                text = text.replace(old, new)
+            with open(signed, "w") as f:
+                f.write(text)
         self.trust_anchor = os.path.join(d, ksk + ".key")
         conf = os.path.join(d, "nsd.conf")
         with open(conf, "w") as f:
@@ -477,3 +488,41 @@ class SignedDNS:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class FailingProxy:
+    """A DNS proxy on 127.0.0.1 in front of `upstream` ("127.0.0.1:PORT")
+    that answers SERVFAIL to the questions `fails(qname, qtype)` picks
+    (qname lower case with its final dot, qtype "AAAA"...) and passes
+    every other one through unchanged (DNSSEC records included)."""
+
+    def __init__(self, upstream, fails):
+        from dnslib import DNSRecord
+        host, port = upstream.rsplit(":", 1)
+
+        class Fwd(BaseResolver):
+            def resolve(self, request, handler):
+                if fails(str(request.q.qname).lower(),
+                         QTYPE[request.q.qtype]):
+                    reply = request.reply()
+                    reply.header.rcode = RCODE.SERVFAIL
+                    return reply
+                return DNSRecord.parse(request.send(
+                    host, int(port), tcp=handler.protocol == "tcp",
+                    timeout=5))
+
+        self.port = free_udp_tcp_port()
+        self.udp = DNSServer(Fwd(), port=self.port, address="127.0.0.1",
+                             logger=QuietLogger())
+        self.tcp = DNSServer(Fwd(), port=self.port, address="127.0.0.1",
+                             tcp=True, logger=QuietLogger())
+        self.udp.start_thread()
+        self.tcp.start_thread()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self.udp.stop()
+        self.tcp.stop()

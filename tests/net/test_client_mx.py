@@ -386,6 +386,20 @@ def test_mtasts_testing_delivers_and_reports():
     run_sts(sts_world("testing", "*.dest.example"), run)
 
 
+def test_mtasts_testing_unlisted_not_verified_by_policy():
+    """testing: a good certificate on a host the policy does not list is
+    verified by its CA, not by MTA-STS (the policy did not hold)."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2", cert=CERTS["mx1"])
+        out = sts_probe(wd)
+        i = info(out)
+        h.check(i["host"] == "mx1.dest.example", out)
+        h.check(i["policy"] == "mta-sts-testing" and i["verified"] == "ca", out)
+        h.check("not listed" in i.get("policy_failure", ""), out)
+        h.check(s1.messages and s1.messages[0]["tls"], out)
+    run_sts(sts_world("testing", "mx2.dest.example"), run)
+
+
 # ---- conn_info, failure replies and bind_addr for every URL ------------------------
 
 def test_smtp_url_info_and_failure():
@@ -412,6 +426,104 @@ def test_bind_addr():
                     args=["--bind", "not-an-address"], expect_rc=1)
         h.check("connect error TERN_EINVAL" in out, out)
     with_world(BASE, run)
+
+
+# ---- mail loops (self_addrs) and MX names that are addresses ----------------------
+
+def test_self_backup_mx_only_better():
+    """We are mx2 (preference 20): only better MX hosts are tried (mx1);
+    mx1 refusing is a temporary failure, and mx2 (ourselves) never gets
+    a connection."""
+    def run(wd):
+        s2 = wd.sink("127.0.0.3")
+        out = wd.probe(args=["--self-addr", "127.0.0.3"], expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("451", "4.4.1", "perm=0"), out)
+        h.check(not s2.conns, "connected to ourselves: %r" % s2.conns)
+    with_world(BASE, run)
+
+
+def test_self_best_mx_loops():
+    """We are the best MX (mx1): mx1 and every worse host (mx2) are
+    dropped, none is left: 554 5.4.6, permanent, no connection."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        s2 = wd.sink("127.0.0.3")
+        out = wd.probe(args=["--self-addr", "::1", "--self-addr",
+                             "127.0.0.2"], expect_rc=1)
+        code, enh, perm, text = failure(out)
+        h.check((code, enh, perm) == ("554", "5.4.6", "perm=1"), out)
+        h.check("mail for dest.example loops back to myself" in text, out)
+        h.check(not s1.conns and not s2.conns, out)
+    with_world(BASE, run)
+
+
+def test_self_implicit_mx_loops():
+    """No MX, the domain's address is ours: 554 5.4.6."""
+    recs = {"dest.example": [w.a("127.0.0.4")]}
+
+    def run(wd):
+        s = wd.sink("127.0.0.4")
+        out = wd.probe(args=["--self-addr", "127.0.0.4"], expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("554", "5.4.6", "perm=1"), out)
+        h.check(not s.conns, out)
+    with_world(recs, run)
+
+
+def test_self_mapped_address_loops():
+    """Our address given as IPv4-mapped IPv6 (a dual-stack listener's
+    view) is the same address: the best MX is us, 554 5.4.6."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        out = wd.probe(args=["--self-addr", "::ffff:127.0.0.2"], expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("554", "5.4.6", "perm=1"), out)
+        h.check(not s1.conns, out)
+    with_world(BASE, run)
+
+
+def test_self_other_address_delivers():
+    """An address of ours that no MX host has changes nothing."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        out = wd.probe(args=["--self-addr", "127.0.0.9"])
+        h.check(info(out)["host"] == "mx1.dest.example", out)
+        h.check(len(s1.messages) == 1, out)
+    with_world(BASE, run)
+
+
+def test_mx_address_literal_ignored():
+    """An MX name that is an address in text ("127.0.0.2"; RFC 5321 §5.1
+    wants a name) is not used, even when the name resolves: the next
+    host takes the message."""
+    recs = {"dest.example": [w.mx(10, "127.0.0.2"),
+                             w.mx(20, "mx2.dest.example")],
+            "127.0.0.2": [w.a("127.0.0.2")],
+            "mx2.dest.example": [w.a("127.0.0.3")]}
+
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        s2 = wd.sink("127.0.0.3")
+        out = wd.probe()
+        h.check(info(out)["host"] == "mx2.dest.example", out)
+        h.check(not s1.conns and len(s2.messages) == 1, out)
+    with_world(recs, run)
+
+
+def test_mx_only_address_literals_defers():
+    """Every MX name is an address literal: 451 4.4.3, no connection."""
+    recs = {"dest.example": [w.mx(10, "127.0.0.2")],
+            "127.0.0.2": [w.a("127.0.0.2")]}
+
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        out = wd.probe(expect_rc=1)
+        code, enh, perm, text = failure(out)
+        h.check((code, enh, perm) == ("451", "4.4.3", "perm=0"), out)
+        h.check("MX points at an address literal" in text, out)
+        h.check(not s1.conns, out)
+    with_world(recs, run)
 
 
 CA = None
@@ -451,6 +563,14 @@ if __name__ == "__main__":
         test_mtasts_enforce_wrong_name_defers,
         test_mtasts_enforce_skips_unlisted_mx,
         test_mtasts_testing_delivers_and_reports,
+        test_mtasts_testing_unlisted_not_verified_by_policy,
         test_smtp_url_info_and_failure,
         test_bind_addr,
+        test_self_backup_mx_only_better,
+        test_self_best_mx_loops,
+        test_self_implicit_mx_loops,
+        test_self_mapped_address_loops,
+        test_self_other_address_delivers,
+        test_mx_address_literal_ignored,
+        test_mx_only_address_literals_defers,
     ])

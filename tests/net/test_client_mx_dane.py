@@ -28,11 +28,12 @@ CERTS = {}
 
 
 class DaneWorld:
-    def __init__(self, extra):
+    def __init__(self, extra, tamper=(), fails=None):
         self.port = w.shared_port(ADDRS)
         recs = ["@ IN MX 10 mx1", "mx1 IN A 127.0.0.2"] + [
             r.replace("PORT", str(self.port)) for r in extra]
-        self.dns = w.SignedDNS("dest.example", recs)
+        self.dns = w.SignedDNS("dest.example", recs, tamper=tamper)
+        self.proxy = w.FailingProxy(self.dns.addr, fails) if fails else None
         self.sinks = []
 
     def sink(self, addr, **kw):
@@ -41,7 +42,7 @@ class DaneWorld:
         return s
 
     def probe(self, args=(), expect_rc=0):
-        a = ["--resolver", self.dns.addr, "--trust-anchor",
+        a = ["--resolver", (self.proxy or self.dns).addr, "--trust-anchor",
              self.dns.trust_anchor, "--no-mta-sts", "--mx-port",
              str(self.port)]
         return probe("mx:dest.example", rcpts=("bob@dest.example",),
@@ -50,11 +51,13 @@ class DaneWorld:
     def close(self):
         for s in self.sinks:
             s.stop()
+        if self.proxy:
+            self.proxy.stop()
         self.dns.stop()
 
 
-def with_world(extra, fn):
-    wd = DaneWorld(extra)
+def with_world(extra, fn, **kw):
+    wd = DaneWorld(extra, **kw)
     try:
         fn(wd)
     finally:
@@ -167,6 +170,79 @@ def test_requiretls_not_offered_bounces():
     with_world([], run)
 
 
+# ---- a failed address lookup never turns DANE off (RFC 7672 §2.1.1, §2.2) -------
+
+def test_bogus_aaaa_skips_host():
+    """mx1's A validates, its AAAA is forged (bogus): mx1 is not used at
+    all (not in the clear, not over its A), mx2 takes the message with
+    DANE."""
+    spki = CA.spki_sha256(CERTS["other"][0])
+
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")  # no STARTTLS: plaintext if used
+        s2 = wd.sink("127.0.0.3", cert=CERTS["other"])
+        out = wd.probe()
+        i = info(out)
+        h.check(i["host"] == "mx2.dest.example" and i["verified"] == "dane-ee",
+                out)
+        h.check(not s1.conns, "mx1 (bogus AAAA) got %r" % s1.conns)
+        h.check(len(s2.messages) == 1 and s2.messages[0]["tls"], out)
+    with_world(["mx1 IN AAAA 2001:db8::1", "@ IN MX 20 mx2",
+                "mx2 IN A 127.0.0.3",
+                "_PORT._tcp.mx1 IN TLSA 3 1 1 " + spki,
+                "_PORT._tcp.mx2 IN TLSA 3 1 1 " + spki], run,
+               tamper=[("2001:db8::1", "2001:db8::2")])
+
+
+def test_servfail_aaaa_defers():
+    """mx1's AAAA question gets SERVFAIL (its A validates): the only
+    host is unusable, 451 4.4.3, no connection (never plaintext)."""
+    spki = CA.spki_sha256(CERTS["other"][0])
+
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        out = wd.probe(expect_rc=1)
+        code, enh, perm, text = failure(out)
+        h.check((code, enh, perm) == ("451", "4.4.3", "perm=0"), out)
+        h.check("mx1.dest.example" in text, out)
+        h.check(not s1.conns, "mx1 got %r" % s1.conns)
+    with_world(["mx1 IN AAAA 2001:db8::1",
+                "_PORT._tcp.mx1 IN TLSA 3 1 1 " + spki], run,
+               fails=lambda name, qtype: name == "mx1.dest.example."
+               and qtype == "AAAA")
+
+
+# ---- TLSA records none of which SMTP can use (RFC 7672 §3.1.3) --------------------
+
+def test_unusable_tlsa_needs_tls():
+    """Only PKIX-EE (usage 1) records: TLS stays mandatory: a host
+    without STARTTLS is not used, 451 4.7.5, nothing sent."""
+    spki = CA.spki_sha256(CERTS["mx1"][0])
+
+    def run(wd):
+        s = wd.sink("127.0.0.2")
+        out = wd.probe(expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("451", "4.7.5", "perm=0"), out)
+        h.check(not s.messages, out)
+    with_world(["_PORT._tcp.mx1 IN TLSA 1 1 1 " + spki,
+                "_PORT._tcp.mx1 IN TLSA 3 1 9 " + spki], run)
+
+
+def test_unusable_tlsa_encrypts():
+    """Only unusable records, STARTTLS offered: sent over TLS, not
+    verified (as encrypt), policy "dane-unusable"."""
+    spki = CA.spki_sha256(CERTS["mx1"][0])
+
+    def run(wd):
+        s = wd.sink("127.0.0.2", cert=CERTS["other"])
+        out = wd.probe()
+        i = info(out)
+        h.check(i["policy"] == "dane-unusable" and i["verified"] == "-", out)
+        h.check(len(s.messages) == 1 and s.messages[0]["tls"], out)
+    with_world(["_PORT._tcp.mx1 IN TLSA 0 0 1 " + spki], run)
+
+
 def setup():
     global CA
     CA = w.CA()
@@ -188,4 +264,8 @@ if __name__ == "__main__":
         test_dane_forced_without_tlsa_defers,
         test_requiretls_dnssec_verified,
         test_requiretls_not_offered_bounces,
+        test_bogus_aaaa_skips_host,
+        test_servfail_aaaa_defers,
+        test_unusable_tlsa_needs_tls,
+        test_unusable_tlsa_encrypts,
     ])
