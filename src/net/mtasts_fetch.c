@@ -42,8 +42,8 @@ struct tern__sts_entry {
   bool have; /* a policy was fetched */
   char id[TERN__STS_ID_MAX];
   int64_t expiry; /* wall clock, seconds (it outlives a restart) */
-  uint64_t used;   /* uv_now() ms */
-  size_t bytes;    /* entry_bytes() */
+  uint64_t used;  /* uv_now() ms */
+  size_t bytes;   /* entry_bytes() */
   struct tern_mtasts_parsed parsed;
   struct tern_mtasts_policy pol; /* points into parsed and id */
   struct tern__sts_fetch *fetch; /* in flight */
@@ -196,9 +196,9 @@ static bool entry_evict(struct tern_resolver *r,
 /* Within the bounds again after `keep` grew. */
 static void cache_trim(struct tern_resolver *r,
                        const struct tern__sts_entry *keep) {
-  while ((r->nsts > TERN__STS_CACHE_MAX ||
-          r->sts_bytes > TERN__STS_CACHE_BYTES) &&
-         entry_evict(r, keep))
+  while (
+      (r->nsts > TERN__STS_CACHE_MAX || r->sts_bytes > TERN__STS_CACHE_BYTES) &&
+      entry_evict(r, keep))
     ;
 }
 
@@ -286,8 +286,8 @@ static char *cache_serialize(struct tern_resolver *r, size_t *lenp) {
     for (i = 0; i < e->pol.nmx; i++)
       len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? "," : "",
                               e->pol.mx[i]);
-    len += (size_t)snprintf(buf + len, cap - len, "%s\n",
-                            e->pol.nmx ? "" : "-");
+    len +=
+        (size_t)snprintf(buf + len, cap - len, "%s\n", e->pol.nmx ? "" : "-");
   }
   *lenp = len;
   return buf;
@@ -698,9 +698,8 @@ static void fetch_done(struct tern__sts_fetch *f, CURLcode rc) {
   }
   curl_easy_getinfo(f->easy, CURLINFO_CONTENT_TYPE, &ct);
   if (!text_plain(ct)) {
-    snprintf(why, sizeof why,
-             "%.100s: Content-Type \"%.60s\", not text/plain", f->url,
-             ct ? ct : "");
+    snprintf(why, sizeof why, "%.100s: Content-Type \"%.60s\", not text/plain",
+             f->url, ct ? ct : "");
     fetch_fail(f, why);
     return;
   }

@@ -38,7 +38,7 @@
 #define TERN__STS_CACHE_MAX 10000 /* domains with a cached policy */
 /* and the memory their policies take (entries, mx patterns) */
 #define TERN__STS_CACHE_BYTES (32u * 1024u * 1024u)
-#define TERN__STS_ID_MAX 33     /* 32 alphanumerics and the NUL */
+#define TERN__STS_ID_MAX 33 /* 32 alphanumerics and the NUL */
 /* HTTPS fetches in flight at once, per resolver. They run on the loop
  * (curl's multi interface), each bounded by its own timeout, so a slow
  * policy host delays nobody else; one more than this fails at once
@@ -124,8 +124,8 @@ struct tern_resolver {
   /* MTA-STS */
   struct tern__sts_entry *sts; /* the cache */
   size_t nsts;
-  size_t sts_bytes;             /* memory the cache takes */
-  char *sts_cache_file;         /* NULL: memory only */
+  size_t sts_bytes;                  /* memory the cache takes */
+  char *sts_cache_file;              /* NULL: memory only */
   struct tern__sts_store *sts_store; /* the file being written */
   bool sts_dirty;                    /* changed since that write began */
   uint64_t fetches;
