@@ -50,9 +50,10 @@ static void teardown(struct tern_resolver *r) {
     return;
   r->torn = true;
   cancel_all(r);
-  /* The policy cache, and fetches in flight (those on the pool are
-   * orphaned: they free themselves when done). Not in cancel_all: a
-   * fetch may be handing out its result up the stack. */
+  /* The policy cache, and fetches in flight (their transfers leave
+   * curl at once; a cache-file write on the pool finishes on its own).
+   * Not in cancel_all: a fetch may be handing out its result up the
+   * stack. */
   tern__sts_free_all(r);
   uv_poll_stop(&r->poll);
   uv_timer_stop(&r->timer);
