@@ -242,8 +242,8 @@ typedef void (*tern_mtasts_cb)(const struct tern_mtasts_policy *p,
  * https://mta-sts.DOMAIN/.well-known/mta-sts.txt (certificate verified,
  * no redirects, 64 KiB at most, text/plain). At most one fetch per
  * domain at a time: concurrent asks wait for the same one; fetches for
- * different domains run side by side (up to 64 at once; one more fails
- * at once, "fetch failed: busy ..."). A failed fetch keeps a cached
+ * different domains run side by side (up to 64 at once; one more waits
+ * for a slot at most its own timeout, then fails "fetch failed: busy"). A failed fetch keeps a cached
  * policy in force (RFC 8461 §5.1). The cache holds up to 10,000
  * domains (and 32 MiB of policies); when full, expired entries go
  * first, then testing/none policies, enforce policies last, the least

@@ -66,6 +66,8 @@ struct tern__sts_fetch {
   char *body;
   size_t len;
   bool too_big;
+  struct tern__sts_fetch *wait_next; /* in m->wait */
+  uint64_t wait_until;               /* uv_now() ms */
 };
 
 /* libcurl's multi interface on the loop: one uv_poll_t per socket curl
@@ -85,6 +87,9 @@ struct tern__sts_multi {
   uv_timer_t timer;
   struct sts_sock *socks;
   unsigned running; /* easy handles on the multi */
+  /* Fetches that found every slot taken, oldest first: each starts when
+   * a slot frees, or fails "busy" if its own timeout passed first. */
+  struct tern__sts_fetch *wait, *wait_tail;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -715,6 +720,28 @@ static void fetch_done(struct tern__sts_fetch *f, CURLcode rc) {
   fetch_complete(f, &e->pol, "fetched");
 }
 
+static void fetch_transfer(struct tern__sts_multi *m,
+                           struct tern__sts_fetch *f);
+
+/* A slot came free: the fetches waiting for one start, or fail when
+ * they waited their whole timeout (a cached policy stays in force). A
+ * slot frees within a timeout of any wait starting (the transfers
+ * running began earlier), so no fetch waits longer than its own. */
+static void wait_next(struct tern__sts_multi *m) {
+  struct tern_resolver *r = m->r;
+  while (!r->dying && m->running < TERN__STS_FETCH_MAX && m->wait != NULL) {
+    struct tern__sts_fetch *f = m->wait;
+    m->wait = f->wait_next;
+    if (m->wait == NULL)
+      m->wait_tail = NULL;
+    f->wait_next = NULL;
+    if (uv_now(r->loop) >= f->wait_until)
+      fetch_fail(f, "busy (too many policy fetches at once)");
+    else
+      fetch_transfer(m, f);
+  }
+}
+
 /* Transfers curl finished: each one's waiters are told. A waiter may
  * free the resolver: then the rest waits for the teardown. */
 static void multi_check(struct tern__sts_multi *m) {
@@ -730,6 +757,7 @@ static void multi_check(struct tern__sts_multi *m) {
     if (priv == NULL)
       continue;
     fetch_done((struct tern__sts_fetch *)(void *)priv, msg->data.result);
+    wait_next(m);
   }
   if (!r->dying && m->running == 0)
     uv_timer_stop(&m->timer);
@@ -879,11 +907,11 @@ static void multi_free(struct tern_resolver *r) {
 }
 
 /* The addresses are known: start the transfer at once, next to any
- * others (each bounded by its own timeout); never queued. */
+ * others (each bounded by its own timeout); with every slot taken, wait
+ * for one at most that timeout. */
 static void fetch_begin(struct tern__sts_fetch *f) {
   struct tern_resolver *r = f->r;
   struct tern__sts_multi *m;
-  CURL *c;
 
   if (r->sts_port == 443)
     snprintf(f->url, sizeof f->url, "https://%s/.well-known/mta-sts.txt",
@@ -897,9 +925,22 @@ static void fetch_begin(struct tern__sts_fetch *f) {
     return;
   }
   if (m->running >= TERN__STS_FETCH_MAX) {
-    fetch_fail(f, "busy (too many policy fetches at once)");
+    f->wait_until = uv_now(r->loop) + r->sts_timeout_ms;
+    if (m->wait_tail)
+      m->wait_tail->wait_next = f;
+    else
+      m->wait = f;
+    m->wait_tail = f;
     return;
   }
+  fetch_transfer(m, f);
+}
+
+static void fetch_transfer(struct tern__sts_multi *m,
+                           struct tern__sts_fetch *f) {
+  struct tern_resolver *r = f->r;
+  CURL *c;
+
   f->res = curl_slist_append(NULL, f->resolve);
   c = curl_easy_init();
   if (c == NULL || f->res == NULL) {
@@ -1149,6 +1190,8 @@ int tern__sts_start(struct tern_dns_query *q) {
 
 void tern__sts_free_all(struct tern_resolver *r) {
   store_orphan(r);
+  if (r->stsm != NULL) /* the waiting fetches go with their entries */
+    r->stsm->wait = r->stsm->wait_tail = NULL;
   while (r->sts != NULL) {
     struct tern__sts_entry *e = r->sts;
     struct tern__sts_fetch *f = e->fetch;

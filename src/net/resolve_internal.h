@@ -41,8 +41,8 @@
 #define TERN__STS_ID_MAX 33 /* 32 alphanumerics and the NUL */
 /* HTTPS fetches in flight at once, per resolver. They run on the loop
  * (curl's multi interface), each bounded by its own timeout, so a slow
- * policy host delays nobody else; one more than this fails at once
- * ("busy": a cached policy stays in force), it never waits in a queue. */
+ * policy host delays nobody else; one more than this waits for a slot,
+ * at most its own timeout, then fails "busy" (a cached policy stays). */
 #define TERN__STS_FETCH_MAX 64
 
 /* Handler errors besides libunbound's own (which are negative, small). */

@@ -753,9 +753,10 @@ def test_mtasts_slow_hosts_delay_nobody():
     """Policy hosts that take the connection and never answer (tarpits)
     must not hold up another domain's fetch: every fetch runs at once,
     each with its own timeout (no queue behind slow ones)."""
-    slow = ["slow%d.example.net" % i for i in range(8)]
+    many = ["slow%d.example.net" % i for i in range(70)]  # more than 64
+    slow = many[:8]
     zone = ZONE + sts_zone({})
-    for dom in slow:
+    for dom in many:
         zone += "mta-sts.%s. 300 IN A 127.0.0.2\n" % dom
         zone += '_mta-sts.%s. 300 IN TXT "v=STSv1; id=slow1;"\n' % dom
     dns = world()
@@ -784,6 +785,22 @@ def test_mtasts_slow_hosts_delay_nobody():
             # each tarpit ends at its own timeout, not one after another
             h.check(int(s["ms"]) < 6000, s)
         h.check(p.cmd("fetches") == ["fetches=%d" % (len(slow) + 1)], "all fetched")
+        p.close()
+        # more tarpits than fetch slots: the ones past the bound wait for a
+        # slot (at most their own timeout), none fails "busy" at once, and
+        # the good domain still gets its policy
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-timeout", "2000")
+        out = p.cmd("stsall " + " ".join(many + ["example.org"]), timeout=30)
+        h.check(len(out) == len(many) + 1, out)
+        got = {ln.split(":", 1)[0]: sts_line([ln.split(":", 1)[1]]) for ln in out}
+        good = got["example.org"]
+        h.check(not good["none"] and good["why"] == "fetched" and int(good["ms"]) < 4500, good)
+        for dom in many:
+            s = got[dom]
+            h.check(s["none"] and "fetch failed" in s["why"] and "busy" not in s["why"], s)
+            h.check(int(s["ms"]) < 4500, s)
+        h.check(p.cmd("fetches") == ["fetches=%d" % (len(many) + 1)], "all fetched")
         p.close()
         # freed while the tarpit fetches are in flight: at once
         p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),

@@ -187,7 +187,7 @@ static void check(int rc, const char *what) {
 
 int main(int argc, char **argv) {
   struct tern_resolver_options o;
-  char line[1024];
+  char line[8192];
   int i, rc;
 
   tern_resolver_options_init(&o);
@@ -270,11 +270,11 @@ int main(int argc, char **argv) {
       wait_answers();
     } else if (!strcmp(cmd, "stsall")) {
       /* every domain on the line at once (more than the pool slots) */
-      static char tags[16][80];
+      static char tags[128][80];
       char *save = NULL, *tok;
       int n = 0;
       strtok_r(line, " \t\r\n", &save);
-      while ((tok = strtok_r(NULL, " \t\r\n", &save)) != NULL && n < 16) {
+      while ((tok = strtok_r(NULL, " \t\r\n", &save)) != NULL && n < 128) {
         snprintf(tags[n], sizeof tags[n], "%s:", tok);
         outstanding++;
         check(START(tern_resolve_mtasts(res, tok, on_sts, tags[n], NULL)),
