@@ -204,6 +204,7 @@ void cfg_free(struct cfg *c) {
     free((char *)c->dkim[i].key_file);
     free((char *)c->dkim[i].headers);
     free(c->dkim_name[i]);
+    free(c->dkim_users[i]);
   }
   free(c->queue_dir);
   free(c->queue_postmaster);

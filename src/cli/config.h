@@ -164,6 +164,9 @@ struct cfg {
    * the cfg; hand dkim[0..ndkim) to tern_dkim_signer_new as they are. */
   struct tern_dkim_key dkim[CFG_MAX_DKIM];
   char *dkim_name[CFG_MAX_DKIM]; /* NAME of [dkim NAME] */
+  char *dkim_users[CFG_MAX_DKIM]; /* its `users`: the authenticated users
+                                     who may sign with it, separated by
+                                     spaces; NULL: every one */
   int dkim_line[CFG_MAX_DKIM];   /* its section line, for messages:
                                     "FILE:LINE: [dkim NAME]: ..." */
   size_t ndkim;

@@ -805,6 +805,26 @@ static int p_dkim_domain(struct cfg_parser *st, const struct cfg_key *k,
   return 0;
 }
 
+/* [dkim NAME] users: user names (as in the [auth] users file: no
+ * white space, no ':'), separated by spaces; at least one. Kept in the
+ * cfg (not the tern_dkim_key, `field`). */
+static int p_dkim_users(struct cfg_parser *st, const struct cfg_key *k,
+                        const char *v, void *field) {
+  (void)field;
+  bool any = false;
+  for (const char *p = v; *p; p++) {
+    unsigned char ch = (unsigned char)*p;
+    if (ch == ':' || ch < 32 || ch == 127 || ch == '\t')
+      return bad(st, k, v);
+    any |= ch != ' ';
+  }
+  if (!any)
+    return bad(st, k, v);
+  free(st->c->dkim_users[st->cur]);
+  st->c->dkim_users[st->cur] = xstrdup(v);
+  return 0;
+}
+
 /* A selector: dot-separated labels (RFC 6376 §3.1). */
 static bool v_selector(const char *v) {
   return v[0] != '.' && domain_ok(v, strlen(v)) && v[strlen(v) - 1] != '.';
@@ -1146,6 +1166,8 @@ static const struct cfg_key keys[] = {
     {K(SEC_DKIM, "headers", p_text, DO(headers), 0, 0,
        "header field names separated by ':' like from:to:subject:date"),
      .valid = v_headers},
+    {K(SEC_DKIM, "users", p_dkim_users, 0, 0, 0,
+       "user names separated by spaces like alice bob")},
 };
 
 _Static_assert(sizeof keys / sizeof keys[0] <= CFG_KEYS_MAX,

@@ -21,6 +21,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -70,7 +73,7 @@ void policy_put(struct policy *p) {
     if (p->users)
       users_free(p->users);
     rcptset_free(p->known);
-    tern_dkim_signer_free(p->dkim);
+    serve_dkim_free(p->dkim);
     free(p);
   }
 }
@@ -698,6 +701,125 @@ static const char *dsn_route(const char *addr, void *ud) {
   return dest ? dest : "local";
 }
 
+/* ---- this server's own addresses (mail loops) ------------------------------ */
+
+#define SELF_MAX 256
+
+static bool self_has(const struct sockaddr_storage *a, size_t n,
+                     const struct sockaddr *sa) {
+  for (size_t i = 0; i < n; i++) {
+    if (a[i].ss_family != sa->sa_family)
+      continue;
+    if (sa->sa_family == AF_INET &&
+        ((const struct sockaddr_in *)&a[i])->sin_addr.s_addr ==
+            ((const struct sockaddr_in *)sa)->sin_addr.s_addr)
+      return true;
+    if (sa->sa_family == AF_INET6 &&
+        !memcmp(&((const struct sockaddr_in6 *)&a[i])->sin6_addr,
+                &((const struct sockaddr_in6 *)sa)->sin6_addr,
+                sizeof(struct in6_addr)))
+      return true;
+  }
+  return false;
+}
+
+static void self_add(struct sockaddr_storage *a, size_t *n,
+                     const struct sockaddr *sa, int port) {
+  size_t len = sa->sa_family == AF_INET    ? sizeof(struct sockaddr_in)
+               : sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                           : 0;
+  if (!len || *n >= SELF_MAX || self_has(a, *n, sa))
+    return;
+  memset(&a[*n], 0, sizeof a[*n]);
+  memcpy(&a[*n], sa, len);
+  if (sa->sa_family == AF_INET)
+    ((struct sockaddr_in *)&a[*n])->sin_port = htons((uint16_t)port);
+  else
+    ((struct sockaddr_in6 *)&a[*n])->sin6_port = htons((uint16_t)port);
+  (*n)++;
+}
+
+static bool unspecified(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET)
+    return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == INADDR_ANY;
+  if (sa->sa_family == AF_INET6)
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+  return false;
+}
+
+/* The host part of a listener URL ("smtp://192.0.2.1:25",
+ * "smtps://[2001:db8::1]:465") into buf; false for a unix socket or a
+ * URL without one. */
+static bool listener_host(const char *url, char *buf, size_t cap) {
+  const char *p = strstr(url, "://");
+  if (!p || !strncmp(url, "lmtp:///", 8) || !strncmp(url, "unix", 4))
+    return false;
+  p += 3;
+  const char *e;
+  if (*p == '[') {
+    e = strchr(++p, ']');
+  } else {
+    e = strrchr(p, ':');
+    const char *slash = strchr(p, '/');
+    if (!e || (slash && slash < e))
+      e = slash ? slash : p + strlen(p);
+  }
+  if (!e || e == p || (size_t)(e - p) >= cap)
+    return false;
+  memcpy(buf, p, (size_t)(e - p));
+  buf[e - p] = '\0';
+  return true;
+}
+
+/* This server's addresses for the mx: clients (net.h self_addrs): each
+ * listener's address, and every interface's address when a listener is
+ * on a wildcard one (0.0.0.0, ::). Only the addresses there are: no
+ * 127.0.0.0/8 beyond what an interface has. The listeners do not change
+ * on a reload, so this runs once, at start. */
+static void set_self_addrs(struct daemon *d, const struct cfg *c) {
+  struct sockaddr_storage *a = calloc(SELF_MAX, sizeof *a);
+  size_t n = 0;
+  bool wild = false;
+  int wild_port = 25;
+  if (!a || !d->qd) {
+    free(a);
+    return;
+  }
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    char host[256];
+    if (!listener_host(c->listeners[i].url, host, sizeof host))
+      continue;
+    int port = tern_server_listener_port(d->srv, i);
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0) {
+      hints.ai_flags = 0; /* a name: what it stands for now */
+      if (getaddrinfo(host, NULL, &hints, &res) != 0)
+        continue;
+    }
+    for (struct addrinfo *r = res; r; r = r->ai_next) {
+      if (unspecified(r->ai_addr)) {
+        wild = true;
+        wild_port = port > 0 ? port : 25;
+      } else {
+        self_add(a, &n, r->ai_addr, port > 0 ? port : 25);
+      }
+    }
+    freeaddrinfo(res);
+  }
+  struct ifaddrs *ifs = NULL;
+  if (wild && getifaddrs(&ifs) == 0) {
+    for (struct ifaddrs *i = ifs; i; i = i->ifa_next)
+      if (i->ifa_addr)
+        self_add(a, &n, i->ifa_addr, wild_port);
+    freeifaddrs(ifs);
+  }
+  if (qdeliver_set_self_addrs(d->qd, a, n) == 0)
+    log_kv("event", "self-addresses", "count", LOG_U(n), NULL);
+  free(a);
+}
+
 /* Open the queue ([queue] settings; delivery through qdeliver on this
  * loop, the queue's home). Returns 0 or an exit status. */
 static int open_queue(struct daemon *d, const struct cfg *c) {
@@ -707,6 +829,7 @@ static int open_queue(struct daemon *d, const struct cfg *c) {
     fprintf(stderr, "tern serve: queue: out of memory\n");
     return EX_OSERR;
   }
+  set_self_addrs(d, c); /* before the queue hands out its first job */
   tern_queue_options_init(&o);
   o.dir = c->queue_dir;
   o.hostname = c->hostname;

@@ -454,6 +454,14 @@ int qdeliver_resolver_make(uv_loop_t *loop, const struct cfg *c,
  * takes `r` over; the one it replaces is freed when the last connection
  * made with it is gone. Home loop. */
 void qdeliver_set_resolver(struct qdeliver *qd, struct tern_resolver *r);
+struct sockaddr_storage;
+/* This server's own addresses (daemon.c, from its listeners), given to
+ * every mx: client from now on (tern_client_options.self_addrs: an MX
+ * host that is this server is never connected to; when the best one is,
+ * the mail bounces with 5.4.6). Copied; n = 0 clears them. Returns 0 or
+ * -1 (no memory: the old ones stay). Home loop. */
+int qdeliver_set_self_addrs(struct qdeliver *qd,
+                            const struct sockaddr_storage *a, size_t n);
 /* While message `id`'s job hands its results back (as qdeliver_arrival),
  * or while it runs: its destination name ("local", "mx:example.org"...),
  * else NULL. Home loop. */

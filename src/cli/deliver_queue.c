@@ -19,6 +19,14 @@
  * (tern_queue_msg_prepend) before the queue commits it. A signing that
  * fails leaves the message unsigned and queued; the outcome is the
  * DELIVER_ALL detail (serve_dkim.h) for the session's log line.
+ *
+ * Line ends: unless the message is BODY=BINARYMIME, what the queue
+ * stores is what the signer sees is what is delivered: a bare CR or a
+ * bare LF becomes CRLF and a missing final CRLF is added, here, once
+ * (BDAT may carry any of them; DATA never does). The deliverers then
+ * find nothing to change, so a signature made over these bytes verifies
+ * at the recipient. A BINARYMIME message is stored as it came and not
+ * signed (dkim=none why="binarymime"): its octets are not lines.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -88,7 +96,39 @@ struct qdelivery {
   struct tern_dkim_sign *sign;
   const char *sign_fail;     /* static: signing given up before the end */
   char dkim_detail[512];     /* the outcome (serve_dkim_detail) */
+  /* line ends made CRLF (not BINARYMIME): the state across chunks */
+  bool norm;
+  bool cr;      /* the last octet taken was a CR (its LF may follow) */
+  bool bol;     /* the last octet written ended a line (or none yet) */
+  bool any;     /* some body octet was taken */
+  bool commit_wait; /* commit waits for the final CRLF to be taken */
 };
+
+/* A chunk with its line ends made CRLF (d's state carried over): into
+ * a new buffer (*out, freed by the caller) of *olen octets. */
+static int qd_norm(struct qdelivery *d, const char *buf, size_t len,
+                   char **out, size_t *olen) {
+  char *o = malloc(2 * len + 2);
+  size_t n = 0;
+  if (!o)
+    return -1;
+  for (size_t i = 0; i < len; i++) {
+    char c = buf[i];
+    if (d->cr && c != '\n')
+      o[n++] = '\n'; /* a bare CR: its LF */
+    if (c == '\n' && !d->cr)
+      o[n++] = '\r'; /* a bare LF: its CR */
+    o[n++] = c;
+    d->cr = c == '\r';
+  }
+  if (len) {
+    d->any = true;
+    d->bol = n && o[n - 1] == '\n';
+  }
+  *out = o;
+  *olen = n;
+  return 0;
+}
 
 static void qd_free(struct qdelivery *d) {
   tern_dkim_sign_abort(d->sign);
@@ -149,6 +189,8 @@ static void qd_later(uv_timer_t *t) {
   uv_close((uv_handle_t *)t, qd_later_closed);
 }
 
+static void qd_commit_now(struct qdelivery *d);
+
 static void qd_written(void *arg, int status) {
   struct qdelivery *d = arg;
   d->busy = false;
@@ -171,6 +213,10 @@ static void qd_written(void *arg, int status) {
     d->tell = false;
     d->cb->written(d->arg, d->err ? -EIO : 0);
   }
+  if (d->commit_wait) { /* the final CRLF is taken: commit now */
+    d->commit_wait = false;
+    qd_commit_now(d);
+  }
 }
 
 static int qo_begin(const struct deliver_target *t, const struct deliver_msg *m,
@@ -192,7 +238,13 @@ static int qo_begin(const struct deliver_target *t, const struct deliver_msg *m,
   d->cb = cb;
   d->arg = arg;
   d->loop = m->loop;
-  if (m->mail && m->mail->dkim) {
+  d->norm = !(m->mail && m->mail->body == TERN_BODY_BINARYMIME);
+  d->bol = true;
+  if (m->mail && m->mail->dkim && !d->norm) {
+    /* not lines: no canonical form the recipient would see alike */
+    serve_dkim_detail(d->dkim_detail, sizeof d->dkim_detail, 0, NULL,
+                      "binarymime");
+  } else if (m->mail && m->mail->dkim) {
     d->dkim = true;
     if (tern_dkim_sign_new(m->mail->dkim, &d->sign) != 0)
       d->sign_fail = "out of memory";
@@ -208,19 +260,11 @@ static int qo_begin(const struct deliver_target *t, const struct deliver_msg *m,
   return 0;
 }
 
-static int qo_write(struct delivery *dv, const char *buf, size_t len) {
-  struct qdelivery *d = (struct qdelivery *)dv;
-  if (d->err)
-    return -EIO;
+/* Hand a chunk to the queue (and the signer). `own`: buf is ours to
+ * keep for a held chunk (else freed here). */
+static int qd_put(struct qdelivery *d, char *buf, size_t len) {
   if (d->busy) { /* the header is still being taken: hold this chunk */
-    char *h = malloc(len ? len : 1);
-    if (!h) {
-      d->err = TERN_ENOMEM;
-      d->local_err = true;
-      return -ENOMEM;
-    }
-    memcpy(h, buf, len);
-    d->held = h;
+    d->held = buf;
     d->held_len = len;
     d->tell = true;
     qd_sign(d, buf, len);
@@ -229,6 +273,7 @@ static int qo_write(struct delivery *dv, const char *buf, size_t len) {
   int r = tern_queue_msg_write(d->m, buf, len, qd_written, d);
   if (r == 0 || r == 1)
     qd_sign(d, buf, len);
+  free(buf);
   if (r == 0)
     return 0;
   if (r == 1) {
@@ -237,6 +282,23 @@ static int qo_write(struct delivery *dv, const char *buf, size_t len) {
   }
   d->err = r;
   return -EIO;
+}
+
+static int qo_write(struct delivery *dv, const char *buf, size_t len) {
+  struct qdelivery *d = (struct qdelivery *)dv;
+  if (d->err)
+    return -EIO;
+  char *c = NULL;
+  size_t n = len;
+  if (d->norm ? qd_norm(d, buf, len, &c, &n) != 0
+              : !(c = malloc(len ? len : 1))) {
+    d->err = TERN_ENOMEM;
+    d->local_err = true;
+    return -ENOMEM;
+  }
+  if (!d->norm)
+    memcpy(c, buf, len);
+  return qd_put(d, c, n);
 }
 
 static void qo_done(void *arg, const struct tern_reply *r) {
@@ -265,6 +327,28 @@ static void qo_commit(struct delivery *dv) {
     uv_timer_start(&d->later, qd_later, 0, 0);
     return;
   }
+  /* The end of the last line: a CR's LF, or a whole CRLF. */
+  if (!d->err && d->norm && d->any && (d->cr || !d->bol)) {
+    static const char crlf[] = "\r\n";
+    const char *t = d->cr ? crlf + 1 : crlf;
+    size_t tl = strlen(t);
+    d->cr = false;
+    d->bol = true;
+    int r = tern_queue_msg_write(d->m, t, tl, qd_written, d);
+    if (r == 0 || r == 1)
+      qd_sign(d, t, tl);
+    if (r == 1) {
+      d->busy = true;
+      d->commit_wait = true; /* qd_written commits */
+      return;
+    }
+    if (r < 0)
+      d->err = r;
+  }
+  qd_commit_now(d);
+}
+
+static void qd_commit_now(struct qdelivery *d) {
   /* A write the queue refused has failed the message in the queue: its
    * commit says so (452 4.3.1, 451 4.3.0) and leaves nothing behind. */
   if (!d->err)

@@ -183,6 +183,8 @@ struct qdeliver {
   struct rconn *conns;
   unsigned nconns, nidle;
   bool closing;
+  struct sockaddr_storage *self; /* qdeliver_set_self_addrs */
+  size_t nself;
 };
 
 static void rj_pump(struct qjob *j);
@@ -1039,6 +1041,8 @@ static struct rconn *rconn_new(struct qdeliver *qd, const struct hop *h,
     co.require_verified_tls = h->requiretls;
     co.mx_port = h->mx_port;
     co.resolver = qd->res ? qd->res->r : NULL;
+    co.self_addrs = qd->self;
+    co.nself_addrs = qd->nself;
   } else if (h->requiretls) {
     /* RFC 8689 §4.2: the next hop's certificate verified, or nothing */
     cc.starttls = TERN_STARTTLS_REQUIRED;
@@ -1148,6 +1152,19 @@ int qdeliver_resolver_make(uv_loop_t *loop, const struct cfg *c,
     *out = NULL;
     return -1;
   }
+  return 0;
+}
+
+int qdeliver_set_self_addrs(struct qdeliver *qd,
+                            const struct sockaddr_storage *a, size_t n) {
+  struct sockaddr_storage *c = NULL;
+  if (n && !(c = calloc(n, sizeof *c)))
+    return -1;
+  if (n)
+    memcpy(c, a, n * sizeof *c);
+  free(qd->self);
+  qd->self = c;
+  qd->nself = n;
   return 0;
 }
 
@@ -1306,6 +1323,9 @@ void qdeliver_free(struct qdeliver *qd) {
   qd->closing = true; /* the last job or connection to go frees qd */
   qres_put(qd->res);  /* connections keep theirs */
   qd->res = NULL;
+  free(qd->self); /* each client has its copy */
+  qd->self = NULL;
+  qd->nself = 0;
   if (g_qd == qd)
     g_qd = NULL;
   for (struct rconn *c = qd->conns; c; c = c->next)

@@ -370,6 +370,21 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
     r->text = "Error: relay access denied";
     return TERN_REPLY_NOW;
   }
+  /* RFC 5321 §4.5.1: the bare <postmaster> is ours. With target = mx
+   * there is no local mailbox: it goes to [queue] postmaster (the
+   * address double bounces go to) when one is set, else to the MX of
+   * [server] hostname, which this server never hands mail to itself
+   * (self_addrs: 5.4.6; docs/configuration.md "Mail loops"). */
+  struct tern_path pm;
+  bool pm_alias = (to->flags & TERN_PATHF_POSTMASTER) && !to->domain.len &&
+                  c->target == CFG_MX && c->queue_postmaster &&
+                  strchr(c->queue_postmaster, '@');
+  if (pm_alias) {
+    const char *a = c->queue_postmaster, *at = strrchr(a, '@');
+    pm = (struct tern_path){{a, strlen(a)}, {a, (size_t)(at - a)},
+                            {at + 1, strlen(at + 1)}, 0};
+    to = &pm;
+  }
   bool check = true;
   if (!route_rcpt(x, to, &check, r))
     return TERN_REPLY_NOW;
@@ -387,6 +402,10 @@ static int on_rcpt(struct tern_server_session *s, const struct tern_path *to,
     x->cur_orcpt = NULL;
     goto oom;
   }
+  /* the alias above: a DSN names the recipient the client gave */
+  if (pm_alias && !x->cur_orcpt &&
+      !(x->cur_orcpt = strdup("rfc822;postmaster")))
+    goto oom;
   /* maildir, pipe, and lmtp/smtp through the queue (cfg_check); a
    * queue-less daemon reloaded into a queue configuration still
    * forwards in the transaction (sess_uses_queue), where the next hop
@@ -614,8 +633,9 @@ static int delivery_begin_queue(struct sess *x, struct tern_queue_msg *qm,
   m.hlen = x->hlen;
   m.envelope = qm;
   /* DKIM: mail we originate only (an authenticated session), never mail
-   * relayed in from elsewhere (docs/decisions/0020-dkim.md). */
-  x->mail.dkim = x->info->auth_user ? x->pol->dkim : NULL;
+   * relayed in from elsewhere (docs/decisions/0020-dkim.md), with the
+   * keys this user may sign with ([dkim NAME] users). */
+  x->mail.dkim = serve_dkim_for(x->pol->dkim, x->info->auth_user);
   free(x->res);
   x->res = calloc(x->nrcpts ? x->nrcpts : 1, sizeof *x->res);
   x->ops = t.ops;
@@ -720,6 +740,7 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
   x->done = x->committed = false;
   x->wait = -1;
   x->size = 0;
+  memset(&x->hops, 0, sizeof x->hops);
   x->queued = sess_uses_queue(x);
   if (x->queued) {
     int rc = queue_open(x, &qm, r);
@@ -744,6 +765,57 @@ static int on_data_start(struct tern_server_session *s, struct tern_reply *r,
   return is_forward(&x->pol->cfg) ? forward_data_step(x, r) : TERN_REPLY_NOW;
 }
 
+/* ---- hop count (Postfix's hopcount_limit) ---------------------------------- */
+
+enum { HC_BOL, HC_NAME, HC_LINE, HC_CR_BOL, HC_BODY };
+
+void hopcount_feed(struct hopcount *h, const char *buf, size_t len) {
+  static const char name[] = "received:";
+  for (size_t i = 0; i < len && h->st != HC_BODY; i++) {
+    unsigned char c = (unsigned char)buf[i];
+    switch (h->st) {
+    case HC_CR_BOL: /* a CR at the start of a line */
+      if (c == '\n') {
+        h->st = HC_BODY; /* the empty line: the header has ended */
+        break;
+      }
+      h->st = c == '\r' ? HC_CR_BOL : HC_LINE;
+      break;
+    case HC_BOL:
+      if (c == '\n') {
+        h->st = HC_BODY;
+        break;
+      }
+      if (c == '\r') {
+        h->st = HC_CR_BOL;
+        break;
+      }
+      h->at = 0;
+      h->st = HC_NAME;
+      /* fall through */
+    case HC_NAME:
+      if (c == '\n') {
+        h->st = HC_BOL;
+      } else if ((c | 0x20) == (unsigned char)name[h->at] ||
+                 (c == ':' && name[h->at] == ':')) {
+        if (name[++h->at] == '\0') {
+          h->n += h->n < UINT32_MAX;
+          h->st = HC_LINE;
+        }
+      } else {
+        h->st = HC_LINE;
+      }
+      break;
+    case HC_LINE:
+      if (c == '\n')
+        h->st = HC_BOL;
+      break;
+    default:
+      break;
+    }
+  }
+}
+
 /* Content, in chunks of any size: the delivery takes (or copies) it
  * before write returns; pause the session while it writes. */
 static int on_data(struct tern_server_session *s, const char *buf, size_t len,
@@ -753,12 +825,35 @@ static int on_data(struct tern_server_session *s, const char *buf, size_t len,
   if (!x->dlv)
     return TERN_EIO;
   x->size += len;
+  hopcount_feed(&x->hops, buf, len);
   /* < 0: an earlier write failed (ENOSPC, no command reading, the next
    * hop gone); the delivery keeps the error and commit answers it (452
    * 4.3.1 for a full disk, the exit status for a pipe): read on, drop
    * the rest. An on_data error here would become the core's "451 4.3.0
    * internal error" instead. */
   return x->ops->write(x->dlv, buf, len) == DELIVER_LATER ? TERN_PENDING : 0;
+}
+
+/* Too many Received: fields: a loop (ours or someone's). Nothing is
+ * delivered or queued (the delivery is aborted, which drops the queue's
+ * message and the next hop's transaction), and every recipient gets
+ * 554 5.4.6, whatever the target. */
+static void hops_refuse(struct sess *x) {
+  x->committed = true;
+  sess_drop_delivery(x);
+  x->queued = false; /* for the log line: nothing was queued */
+  x->done = true;
+  x->code = 554;
+  snprintf(x->enh, sizeof x->enh, "5.4.6");
+  snprintf(x->text, sizeof x->text, "Error: too many hops");
+  snprintf(x->file, sizeof x->file, "-");
+  x->messages++;
+  log_kv("session", x->info->id, "id", x->msgid, "event", "reject", "what",
+         "hops", "received", LOG_U(x->hops.n), "limit",
+         LOG_U(SERVE_MAX_HOPS), NULL);
+  log_message(x);
+  for (size_t i = 0; i < x->nrcpts; i++)
+    set_result(&x->res[i], x->code, x->enh, x->text);
 }
 
 static int on_data_end(struct tern_server_session *s,
@@ -769,7 +864,9 @@ static int on_data_end(struct tern_server_session *s,
   (void)ud;
   if (!x->res || rcpt >= x->nrcpts || (!x->committed && !x->dlv))
     return TERN_EIO;
-  if (!x->committed) {
+  if (!x->committed && x->hops.n > SERVE_MAX_HOPS)
+    hops_refuse(x);
+  if (!x->committed && x->dlv) {
     x->committed = true;
     x->ops->commit(x->dlv);
   }

@@ -25,12 +25,13 @@
 
 /* Sessions hold a reference to the policy they started with, so a reload
  * never changes the rules under a transaction. */
+struct serve_dkim;
 struct policy {
   atomic_int refs;
   struct cfg cfg;
   struct users *users;   /* NULL without AUTH */
   struct rcptset *known; /* [delivery] recipients, or NULL */
-  struct tern_dkim_signer *dkim; /* [dkim NAME] keys, or NULL (serve_dkim.h) */
+  struct serve_dkim *dkim; /* [dkim NAME] keys, or NULL (serve_dkim.h) */
 };
 
 /* The current policy, with a reference (policy_put it). Thread-safe. */
@@ -41,6 +42,25 @@ void policy_put(struct policy *p);
 /* ---- a session (serve.c) ------------------------------------------------- */
 
 struct rcheck;
+
+/* Counting the Received: fields of a message's header as it streams in
+ * (serve.c, hopcount_feed): a field name at the start of a line,
+ * compared without case; the header ends at the first empty line, and
+ * nothing after it is looked at. Constant work per octet, state kept
+ * across chunks of any size. */
+struct hopcount {
+  unsigned n;      /* Received: fields seen */
+  unsigned char st; /* where in the line (serve.c) */
+  unsigned char at; /* octets of "received:" matched so far */
+};
+
+/* Mail with more Received: fields than this is refused at the end of
+ * data with 554 5.4.6 (a loop; Postfix's hopcount_limit, RFC 5321
+ * §6.3): docs/configuration.md "Mail loops". */
+#define SERVE_MAX_HOPS 50
+
+/* Feed a chunk of the incoming message (as on_data gets it). */
+void hopcount_feed(struct hopcount *h, const char *buf, size_t len);
 
 /* One recipient's outcome of the message being delivered. */
 struct rcpt_result {
@@ -93,6 +113,7 @@ struct sess {
   char msgid[48];             /* this message's id (message_id()) */
   bool msgid_used;            /* a DATA/BDAT of this transaction has it */
   char cmd[200];              /* last command line (AUTH redacted), raw */
+  struct hopcount hops;       /* Received: fields of the incoming header */
 };
 
 /* End the message's delivery and the next hop's transaction, if any:

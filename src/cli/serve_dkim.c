@@ -6,12 +6,69 @@
  */
 #include "serve_dkim.h"
 
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
 
-int serve_dkim_load(const struct cfg *c, struct tern_dkim_signer **out,
+#define MAX_DKIM_USERS 256
+
+struct serve_dkim {
+  struct tern_dkim_signer *every; /* users not named in any `users` */
+  size_t n;
+  char *user[MAX_DKIM_USERS];     /* named in some `users` */
+  struct tern_dkim_signer *theirs[MAX_DKIM_USERS]; /* or NULL */
+};
+
+void serve_dkim_free(struct serve_dkim *d) {
+  if (!d)
+    return;
+  tern_dkim_signer_free(d->every);
+  for (size_t i = 0; i < d->n; i++) {
+    free(d->user[i]);
+    tern_dkim_signer_free(d->theirs[i]);
+  }
+  free(d);
+}
+
+/* Is `user` (len n) a word of the space-separated list? */
+static bool listed(const char *list, const char *user, size_t n) {
+  for (const char *p = list; *p;) {
+    while (*p == ' ')
+      p++;
+    size_t w = strcspn(p, " ");
+    if (w && w == n && !strncmp(p, user, n))
+      return true;
+    p += w;
+  }
+  return false;
+}
+
+/* The signer of the keys `user` may use (user NULL: the keys of every
+ * user), or NULL when there is none. Returns 0 or -1 with err set. */
+static int signer_for(const struct cfg *c, const char *user, size_t un,
+                      struct tern_dkim_signer **out, char *err,
+                      size_t cap) {
+  struct tern_dkim_key keys[CFG_MAX_DKIM];
+  size_t n = 0;
+  *out = NULL;
+  for (size_t i = 0; i < c->ndkim; i++)
+    if (!c->dkim_users[i] || (user && listed(c->dkim_users[i], user, un)))
+      keys[n++] = c->dkim[i];
+  if (n == 0)
+    return 0;
+  char e[512];
+  if (tern_dkim_signer_new(out, keys, n, e, sizeof e) != 0) {
+    snprintf(err, cap, "%s: DKIM keys: %s", c->path ? c->path : "-", e);
+    *out = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+int serve_dkim_load(const struct cfg *c, struct serve_dkim **out,
                     char *err, size_t cap) {
   *out = NULL;
   if (c->ndkim == 0)
@@ -27,13 +84,57 @@ int serve_dkim_load(const struct cfg *c, struct tern_dkim_signer **out,
     }
     tern_dkim_signer_free(one);
   }
-  char e[512];
-  if (tern_dkim_signer_new(out, c->dkim, c->ndkim, e, sizeof e) != 0) {
-    snprintf(err, cap, "%s: DKIM keys: %s", c->path ? c->path : "-", e);
-    *out = NULL;
+  struct serve_dkim *d = calloc(1, sizeof *d);
+  if (!d) {
+    snprintf(err, cap, "DKIM keys: out of memory");
     return -1;
   }
+  if (signer_for(c, NULL, 0, &d->every, err, cap) != 0)
+    goto fail;
+  /* one signer for each user some `users` names */
+  for (size_t i = 0; i < c->ndkim; i++) {
+    const char *p = c->dkim_users[i];
+    while (p && *p) {
+      while (*p == ' ')
+        p++;
+      size_t w = strcspn(p, " ");
+      bool seen = false;
+      for (size_t k = 0; w && k < d->n; k++)
+        seen |= strlen(d->user[k]) == w && !strncmp(d->user[k], p, w);
+      if (w && !seen) {
+        if (d->n == MAX_DKIM_USERS) {
+          snprintf(err, cap, "%s:%d: [dkim %s]: users: more than %d users "
+                   "in all", c->path ? c->path : "-", c->dkim_line[i],
+                   c->dkim_name[i], MAX_DKIM_USERS);
+          goto fail;
+        }
+        if (!(d->user[d->n] = strndup(p, w))) {
+          snprintf(err, cap, "DKIM keys: out of memory");
+          goto fail;
+        }
+        d->n++;
+        if (signer_for(c, d->user[d->n - 1], w, &d->theirs[d->n - 1], err,
+                       cap) != 0)
+          goto fail;
+      }
+      p += w;
+    }
+  }
+  *out = d;
   return 0;
+fail:
+  serve_dkim_free(d);
+  return -1;
+}
+
+struct tern_dkim_signer *serve_dkim_for(const struct serve_dkim *d,
+                                        const char *user) {
+  if (!d || !user)
+    return NULL;
+  for (size_t i = 0; i < d->n; i++)
+    if (!strcmp(d->user[i], user))
+      return d->theirs[i];
+  return d->every;
 }
 
 /* The value of tag `t` ("d", "s") in one DKIM-Signature field f[n]

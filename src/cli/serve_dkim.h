@@ -14,13 +14,22 @@
 #include "config.h"
 
 /*
- * The signer for c's [dkim NAME] keys, or *out NULL when there is none.
+ * The signers of c's [dkim NAME] keys: a key without `users` signs for
+ * every authenticated user, one with `users` only for those named.
  * Every key must load (its file read, an RSA key of 1024 bits at least
- * or an Ed25519 key): else -1 with err "FILE:LINE: [dkim NAME]: KEYFILE:
- * what" and *out NULL. Returns 0 or -1.
+ * or an Ed25519 key): else -1 with err "FILE:LINE: [dkim NAME]:
+ * KEYFILE: what" and *out NULL. *out is NULL when there is no key.
+ * Returns 0 or -1. Free with serve_dkim_free (NULL is ignored).
  */
-int serve_dkim_load(const struct cfg *c, struct tern_dkim_signer **out,
+struct serve_dkim;
+int serve_dkim_load(const struct cfg *c, struct serve_dkim **out,
                     char *err, size_t cap);
+void serve_dkim_free(struct serve_dkim *d);
+/* The signer for mail of authenticated user `user`: the keys that every
+ * user may use and those whose `users` name them; NULL when none (or d
+ * or user NULL). Valid as long as d. */
+struct tern_dkim_signer *serve_dkim_for(const struct serve_dkim *d,
+                                        const char *user);
 
 struct log_line;
 

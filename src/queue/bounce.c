@@ -81,6 +81,11 @@ int q_bounce_build(struct tern_queue *q, const struct qmsg *m, const char *to,
                    int64_t now, struct qstore_msg *dsn, struct qstore_rcpt *dr,
                    struct qstore_update *u, char **strs) {
   *strs = NULL;
+  /* RFC 8689 §5: the report on a REQUIRETLS message travels under
+   * REQUIRETLS too (below), and gives back no more than the original's
+   * header: its body never goes into a report. */
+  if (m->requiretls && copy == QSC_FULL)
+    copy = QSC_HEADERS;
   memset(dsn, 0, sizeof *dsn);
   memset(dr, 0, sizeof *dr);
   qstore_new_id(q->store, dsn->id);
@@ -194,6 +199,7 @@ int q_bounce_build(struct tern_queue *q, const struct qmsg *m, const char *to,
   dsn->from = blk + tl + dl; /* "" */
   dsn->body = m->body;
   dsn->smtputf8 = m->smtputf8;
+  dsn->requiretls = m->requiretls;
   dsn->ret = TERN_RET_UNSPECIFIED;
   dsn->is_bounce = true;
   dsn->rcpts = dr;

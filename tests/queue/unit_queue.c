@@ -42,6 +42,7 @@ struct jobrec {
   char rcpt0[64];
   size_t nrcpts;
   bool is_bounce;
+  bool requiretls;
   unsigned attempt;
   char *body;
   size_t len;
@@ -193,6 +194,7 @@ static void deliver(struct tern_queue_job *job,
   snprintf(r->rcpt0, sizeof r->rcpt0, "%s", info->rcpts[0].addr);
   r->nrcpts = info->nrcpts;
   r->is_bounce = info->is_bounce;
+  r->requiretls = info->requiretls;
   r->attempt = info->attempt;
   if (f->dead && strcmp(info->dest, f->dead) == 0) {
     struct tern_reply down = {451, "4.4.1", "no MX host answered"};
@@ -612,6 +614,28 @@ static void test_ret_hdrs(void **state) {
   check_dsn_body(&f->jobs[b], "5.1.1", "550 5.1.1 <fail> user unknown");
   assert_non_null(strstr(f->jobs[b].body, "text/rfc822-headers"));
   assert_non_null(strstr(f->jobs[b].body, "Subject: hello\r\n"));
+  assert_null(strstr(f->jobs[b].body, "Hello there."));
+  fx_free(f);
+}
+
+/* RFC 8689 §5: the report on a REQUIRETLS message is sent with
+ * REQUIRETLS, and holds the original's header only, never its body. */
+static void test_requiretls_bounce(void **state) {
+  (void)state;
+  struct fx *f = fx_new();
+  fx_open(f);
+  struct tern_queue_rcpt r = {"fail@example.net", NULL, 0, "local"};
+  struct tern_queue_envelope e = {.from = "sender@example.org",
+                                  .rcpts = &r,
+                                  .nrcpts = 1,
+                                  .requiretls = true};
+  submit_env(f, &e, body1, sizeof body1 - 1, 5, NULL);
+  assert_true(run_until(f, &f->ev[TERN_QEV_REMOVED], 2, 10000));
+  int b = find_job(f, true);
+  assert_true(b >= 0);
+  assert_true(f->jobs[b].requiretls);
+  check_dsn_body(&f->jobs[b], "5.1.1", "550 5.1.1 <fail> user unknown");
+  assert_non_null(strstr(f->jobs[b].body, "text/rfc822-headers"));
   assert_null(strstr(f->jobs[b].body, "Hello there."));
   fx_free(f);
 }
@@ -1694,6 +1718,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_deliver),
       cmocka_unit_test(test_defer_flush),
       cmocka_unit_test(test_bounce),
+      cmocka_unit_test(test_requiretls_bounce),
       cmocka_unit_test(test_ret_hdrs),
       cmocka_unit_test(test_notify_never),
       cmocka_unit_test(test_success_notice),
