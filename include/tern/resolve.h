@@ -7,8 +7,10 @@
  * asynchronously, their file descriptor is polled by the loop, and it
  * validates DNSSEC itself from a trust anchor, which DANE needs (a
  * resolver that cannot validate cannot tell a forged TLSA record from a
- * real one). MTA-STS policies are fetched over HTTPS with libcurl on
- * libuv's thread pool and cached in memory per their max_age.
+ * real one). MTA-STS policies are fetched over HTTPS with libcurl's
+ * multi interface on the loop (every fetch at once, each with its own
+ * timeout) and cached per their max_age, in memory and optionally in a
+ * file (mta_sts_cache_file).
  *
  *   struct tern_resolver_options o;
  *   tern_resolver_options_init(&o);
@@ -66,6 +68,14 @@ struct tern_resolver_options {
                                     certificate; NULL: the system's */
   unsigned mta_sts_timeout_ms;   /* the HTTPS fetch; default 10 s */
   unsigned mta_sts_port;         /* the policy host's port; default 443 */
+  /* A file keeping the MTA-STS policy cache across restarts (RFC 8461
+   * §5.1), e.g. QUEUE_DIR/mta-sts.cache. NULL: memory only. Read at
+   * tern_resolver_new (missing: empty; lines that do not parse, and
+   * expired policies, are skipped without a word: the cache only ever
+   * adds protection); rewritten whole after each fetched policy, off the
+   * loop (temporary file, fsync, rename), so a crash leaves the old or
+   * the new file. A failed write shows in tern_resolver_last_error(r). */
+  const char *mta_sts_cache_file;
 };
 
 static inline void
@@ -231,9 +241,14 @@ typedef void (*tern_mtasts_cb)(const struct tern_mtasts_policy *p,
  * runs and the _mta-sts TXT id is unchanged, else fetched from
  * https://mta-sts.DOMAIN/.well-known/mta-sts.txt (certificate verified,
  * no redirects, 64 KiB at most, text/plain). At most one fetch per
- * domain at a time: concurrent asks wait for the same one. A failed
- * fetch keeps a cached policy in force (RFC 8461 §5.1). With mta_sts
- * off, cb gets NULL. Returns 0, TERN_EINVAL, TERN_ENOMEM.
+ * domain at a time: concurrent asks wait for the same one; fetches for
+ * different domains run side by side (up to 64 at once; one more waits
+ * for a slot at most its own timeout, then fails "fetch failed: busy"). A failed fetch keeps a cached
+ * policy in force (RFC 8461 §5.1). The cache holds up to 10,000
+ * domains (and 32 MiB of policies); when full, expired entries go
+ * first, then testing/none policies, enforce policies last, the least
+ * recently used first within each. With mta_sts off, cb gets NULL.
+ * Returns 0, TERN_EINVAL, TERN_ENOMEM.
  */
 TERN_EXTERN int tern_resolve_mtasts(struct tern_resolver *r,
                                     const char *domain, tern_mtasts_cb cb,

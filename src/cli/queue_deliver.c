@@ -1136,6 +1136,14 @@ int qdeliver_resolver_make(uv_loop_t *loop, const struct cfg *c,
   o.dnssec = c->out.dnssec;
   o.mta_sts = c->out.mta_sts;
   o.mta_sts_ca_file = c->out.mta_sts_ca_file;
+  /* MTA-STS policies outlive a restart (RFC 8461 §5.1: a policy blocked
+   * after a restart must not downgrade the domain); one file shared by
+   * every loop's resolver, next to the queue it serves */
+  char cache[4096];
+  if (c->queue_dir &&
+      snprintf(cache, sizeof cache, "%s/mta-sts.cache", c->queue_dir) <
+          (int)sizeof cache)
+    o.mta_sts_cache_file = cache;
   *out = NULL;
   int r = tern_resolver_new(out, loop, &o);
   if (r) {

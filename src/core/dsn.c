@@ -458,8 +458,14 @@ static void default_human(struct out *o, struct out *tmp,
     wrap(o, 0, tmp->p, tmp->len, false, "    ");
     if (r->diagnostic) {
       tmp->len = 0;
-      puts_(tmp, r->remote_mta ? r->remote_mta : "The server");
-      puts_(tmp, " said: ");
+      /* only a remote MTA "said" anything; a reply made here (a null
+       * MX, a failed lookup, a pipe's status) is the reason */
+      if (r->remote_mta) {
+        puts_(tmp, r->remote_mta);
+        puts_(tmp, " said: ");
+      } else {
+        puts_(tmp, "Reason: ");
+      }
       join_lines(tmp, r->diagnostic);
       if (tmp->err) {
         o->err = tmp->err;

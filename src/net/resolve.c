@@ -50,9 +50,10 @@ static void teardown(struct tern_resolver *r) {
     return;
   r->torn = true;
   cancel_all(r);
-  /* The policy cache, and fetches in flight (those on the pool are
-   * orphaned: they free themselves when done). Not in cancel_all: a
-   * fetch may be handing out its result up the stack. */
+  /* The policy cache, and fetches in flight (their transfers leave
+   * curl at once; a cache-file write on the pool finishes on its own).
+   * Not in cancel_all: a fetch may be handing out its result up the
+   * stack. */
   tern__sts_free_all(r);
   uv_poll_stop(&r->poll);
   uv_timer_stop(&r->timer);
@@ -962,6 +963,13 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
       goto fail;
     }
   }
+  if (o.mta_sts_cache_file != NULL) {
+    r->sts_cache_file = strdup(o.mta_sts_cache_file);
+    if (r->sts_cache_file == NULL) {
+      rc = TERN_ENOMEM;
+      goto fail;
+    }
+  }
   r->ctx = ub_ctx_create();
   if (r->ctx == NULL) {
     rc = TERN_ENOMEM;
@@ -982,6 +990,7 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
     r->closing = 1;
     r->poll.data = r;
     ub_ctx_delete(r->ctx);
+    free(r->sts_cache_file);
     uv_close((uv_handle_t *)&r->poll, on_closed);
     snprintf(new_error, sizeof new_error, "cannot make a timer");
     return TERN_EIO;
@@ -992,6 +1001,8 @@ int tern_resolver_new(struct tern_resolver **out, uv_loop_t *loop,
   /* Idle resolvers must not keep a loop alive. */
   uv_unref((uv_handle_t *)&r->poll);
   snprintf(r->err, sizeof r->err, "no error");
+  /* the MTA-STS policies kept by an earlier run (a small file, once) */
+  tern__sts_load(r);
   *out = r;
   return 0;
 fail:
@@ -1000,6 +1011,7 @@ fail:
   if (r->ctx)
     ub_ctx_delete(r->ctx);
   free(r->sts_ca_file);
+  free(r->sts_cache_file);
   free(r);
   return rc;
 }

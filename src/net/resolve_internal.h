@@ -1,7 +1,8 @@
 /*
  * The resolver's internal state (tern/resolve.h), shared by resolve.c
  * (libunbound on the loop, MX, TLSA) and mtasts_fetch.c (MTA-STS: the
- * _mta-sts TXT lookup, the HTTPS fetch with libcurl, the policy cache).
+ * _mta-sts TXT lookup, the HTTPS fetch with libcurl's multi interface on
+ * the loop, the policy cache).
  *
  * Every DNS question is a `struct tern__sub`: one ub_resolve_async()
  * query with a deadline. Its handler gets the answer, a libunbound error,
@@ -34,12 +35,15 @@
 #define TERN__MX_HOSTS_MAX 10
 #define TERN__ADDRS_PER_FAMILY 16 /* addresses kept per host and family */
 #define TERN__WHY_MAX 256
-#define TERN__STS_CACHE_MAX 256 /* domains with a cached policy */
-#define TERN__STS_ID_MAX 33     /* 32 alphanumerics and the NUL */
-/* HTTPS fetches on libuv's thread pool at once, per resolver: the pool
- * (4 threads by default) also runs Maildir fsyncs and AUTH checks, which
- * slow policy hosts must not starve. The others wait their turn. */
-#define TERN__STS_POOL_MAX 2
+#define TERN__STS_CACHE_MAX 10000 /* domains with a cached policy */
+/* and the memory their policies take (entries, mx patterns) */
+#define TERN__STS_CACHE_BYTES (32u * 1024u * 1024u)
+#define TERN__STS_ID_MAX 33 /* 32 alphanumerics and the NUL */
+/* HTTPS fetches in flight at once, per resolver. They run on the loop
+ * (curl's multi interface), each bounded by its own timeout, so a slow
+ * policy host delays nobody else; one more than this waits for a slot,
+ * at most its own timeout, then fails "busy" (a cached policy stays). */
+#define TERN__STS_FETCH_MAX 64
 
 /* Handler errors besides libunbound's own (which are negative, small). */
 #define TERN__SUB_TIMEOUT (-1000) /* the deadline passed */
@@ -64,6 +68,8 @@ struct tern__sub {
 
 struct tern__sts_entry;
 struct tern__sts_fetch;
+struct tern__sts_multi;
+struct tern__sts_store;
 
 enum { TERN__Q_MX = 1, TERN__Q_TLSA, TERN__Q_MTASTS };
 
@@ -118,9 +124,13 @@ struct tern_resolver {
   /* MTA-STS */
   struct tern__sts_entry *sts; /* the cache */
   size_t nsts;
+  size_t sts_bytes;                  /* memory the cache takes */
+  char *sts_cache_file;              /* NULL: memory only */
+  struct tern__sts_store *sts_store; /* the file being written */
+  bool sts_dirty;                    /* changed since that write began */
   uint64_t fetches;
-  unsigned pool_busy; /* fetches on the thread pool */
-  struct tern__sts_fetch *pool_wait, *pool_wait_tail; /* their turn next */
+  struct tern__sts_multi *stsm; /* curl multi on the loop; NULL until the
+                                   first fetch */
   char err[TERN__WHY_MAX];
 };
 
@@ -146,5 +156,8 @@ void tern__leave(struct tern_resolver *r);
 int tern__sts_start(struct tern_dns_query *q);
 void tern__sts_cancel(struct tern_dns_query *q); /* leave a fetch's waiters */
 void tern__sts_free_all(struct tern_resolver *r);
+/* Load r->sts_cache_file into the cache (at tern_resolver_new; a missing
+ * or malformed file loads nothing, or what parses). */
+void tern__sts_load(struct tern_resolver *r);
 
 #endif /* TERN_NET_RESOLVE_INTERNAL_H */

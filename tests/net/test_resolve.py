@@ -749,13 +749,169 @@ def test_mtasts():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_mtasts_slow_hosts_delay_nobody():
+    """Policy hosts that take the connection and never answer (tarpits)
+    must not hold up another domain's fetch: every fetch runs at once,
+    each with its own timeout (no queue behind slow ones)."""
+    many = ["slow%d.example.net" % i for i in range(70)]  # more than 64
+    slow = many[:8]
+    zone = ZONE + sts_zone({})
+    for dom in many:
+        zone += "mta-sts.%s. 300 IN A 127.0.0.2\n" % dom
+        zone += '_mta-sts.%s. 300 IN TXT "v=STSv1; id=slow1;"\n' % dom
+    dns = world()
+    dns.resolver.set(zone)
+    d = h.tmpdir("tern-sts-slow-")
+    state = StsState()
+    crt, key = sts_cert(d)
+    srv = https_server(state, crt, key)
+    port = srv.server_address[1]
+    tar = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tar.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tar.bind(("127.0.0.2", port))
+    tar.listen(64)  # the kernel completes the handshakes; nobody answers
+    try:
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-timeout", "3000")
+        out = p.cmd("stsall " + " ".join(slow + ["example.org"]), timeout=30)
+        h.check(len(out) == len(slow) + 1, out)
+        got = {ln.split(":", 1)[0]: sts_line([ln.split(":", 1)[1]]) for ln in out}
+        good = got["example.org"]
+        h.check(not good["none"] and good["why"] == "fetched", good)
+        h.check(int(good["ms"]) < 1500, "the good domain waited behind tarpits: %r" % good)
+        for dom in slow:
+            s = got[dom]
+            h.check(s["none"] and "fetch failed" in s["why"], s)
+            # each tarpit ends at its own timeout, not one after another
+            h.check(int(s["ms"]) < 6000, s)
+        h.check(p.cmd("fetches") == ["fetches=%d" % (len(slow) + 1)], "all fetched")
+        p.close()
+        # more tarpits than fetch slots: the ones past the bound wait for a
+        # slot (at most their own timeout), none fails "busy" at once, and
+        # the good domain still gets its policy
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-timeout", "2000")
+        out = p.cmd("stsall " + " ".join(many + ["example.org"]), timeout=30)
+        h.check(len(out) == len(many) + 1, out)
+        got = {ln.split(":", 1)[0]: sts_line([ln.split(":", 1)[1]]) for ln in out}
+        good = got["example.org"]
+        h.check(not good["none"] and good["why"] == "fetched" and int(good["ms"]) < 6500, good)
+        for dom in many:
+            s = got[dom]
+            h.check(s["none"] and "fetch failed" in s["why"] and "busy" not in s["why"], s)
+            h.check(int(s["ms"]) < 6500, s)  # wait + run: two timeouts
+        h.check(p.cmd("fetches") == ["fetches=%d" % (len(many) + 1)], "all fetched")
+        p.close()
+        # freed while the tarpit fetches are in flight: at once
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-timeout", "3000")
+        out = p.cmd("free-pending " + slow[0], timeout=10)
+        m = re.search(r"free_ms=(\d+)", " ".join(out))
+        h.check(m and int(m.group(1)) < 1000, out)
+        p.close()
+    finally:
+        tar.close()
+        srv.shutdown()
+        dns.resolver.set(ZONE)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_mtasts_cache_file():
+    """The policy cache outlives the process (mta_sts_cache_file): after a
+    restart an enforce policy stays in force with no fetch, even when the
+    _mta-sts record can no longer be read; a tampered or garbled file
+    loads only what parses; a full cache evicts testing policies before
+    an enforce one."""
+    dns = world()
+    dns.resolver.set(ZONE + sts_zone({}))
+    d = h.tmpdir("tern-sts-cache-")
+    cache = os.path.join(d, "mta-sts.cache")
+    state = StsState()
+    crt, key = sts_cert(d)
+    srv = https_server(state, crt, key)
+    port = srv.server_address[1]
+    no_txt = re.sub(r"_mta-sts\.example\.org\..*\n", "", ZONE + sts_zone({}))
+    try:
+        # two resolvers on one file (the daemon's loops): neither drops
+        # the policy the other wrote
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-cache", cache)
+        p2 = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                         "--sts-cache", cache)
+        s = sts_line(p.cmd("sts example.org"))
+        h.check(s["why"] == "fetched" and s["mode"] == "2", s)
+        p.cmd("sleep 300")  # its write done
+        s = sts_line(p2.cmd("sts split.example.net"))
+        h.check(s["why"] == "fetched" and s["mode"] == "1", s)
+        p2.close()  # the write in flight finishes before the loop ends
+        p.close()
+        with open(cache) as f:
+            text = f.read()
+        h.check(re.search(r"^example\.org id1 enforce 86400 \d+ mx1\.example\.org,\*\.example\.net$",
+                          text, re.M), text)
+        h.check(os.stat(cache).st_mode & 0o077 == 0, "cache file readable by others")
+        h.check(not any(".tmp" in n for n in os.listdir(d)), os.listdir(d))
+        # a restart, the policy host gone and the TXT record blocked:
+        # the enforce policy stays, no fetch
+        srv.shutdown()
+        dns.resolver.set(no_txt)
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-cache", cache)
+        s = sts_line(p.cmd("sts example.org"))
+        h.check(not s["none"] and s["mode"] == "2" and s["id"] == "id1" and
+                s["why"].startswith("cached"), s)
+        s = sts_line(p.cmd("sts split.example.net"))
+        h.check(s["why"] == "cached" and s["mode"] == "1", s)
+        h.check(p.cmd("fetches") == ["fetches=0"], "no fetch after a restart")
+        p.close()
+        # garbage, a tampered expiry and an expired line are skipped
+        now = int(time.time())
+        with open(cache, "w") as f:
+            f.write("\x00garbage\nexample.org id1 enforce\n")
+            f.write("keep.example.net id1 enforce 600 %d mx1.example.org\n" % (now + 10 ** 9))
+            f.write("none.example.net id1 enforce 600 %d mx1.example.org\n" % (now - 5))
+            f.write("multi.example.net id! enforce 600 %d mx1.example.org\n" % (now + 500))
+            f.write("example.org id1 enforce 600 %d mx1.example.org\n" % (now + 500))
+        dns.resolver.set(re.sub(r"_mta-sts\.(keep|none|multi)\.example\.net\..*\n", "", no_txt))
+        p = plain_probe("--sts-cache", cache, "--sts-port", str(port))
+        s = sts_line(p.cmd("sts example.org"))
+        h.check(not s["none"] and s["mode"] == "2" and s["max_age"] == "600", s)
+        for dom in ("keep.example.net", "none.example.net", "multi.example.net"):
+            s = sts_line(p.cmd("sts " + dom))
+            h.check(s["none"], (dom, s))
+        p.close()
+        # a full cache (10,000 domains) evicts a testing policy, not the
+        # enforce one, though the enforce one is the least recently used
+        srv = https_server(state, crt, key)
+        port = srv.server_address[1]
+        with open(cache, "w") as f:
+            for i in range(9999):
+                f.write("f%d.example.net id1 testing 86400 %d mx.example.net\n" % (i, now + 80000))
+            f.write("example.org id1 enforce 86400 %d mx1.example.org\n" % (now + 80000))
+        p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port", str(port),
+                        "--sts-cache", cache)
+        s = sts_line(p.cmd("sts split.example.net"))
+        h.check(s["why"] == "fetched", s)
+        s = sts_line(p.cmd("sts example.org"))
+        h.check(not s["none"] and s["mode"] == "2" and s["why"].startswith("cached"), s)
+        p.close()
+        with open(cache) as f:
+            lines = f.read().splitlines()
+        h.check(len(lines) == 10001, len(lines))  # the header and 10,000
+    finally:
+        srv.shutdown()
+        dns.resolver.set(ZONE)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 if __name__ == "__main__":
     try:
         h.main([test_mx_order, test_mx_equal_preference_shuffled, test_mx_capped_at_ten,
                 test_mx_implicit, test_mx_null_nxdomain_servfail, test_hosts_file,
                 test_timeout_is_tempfail_within_bound, test_tlsa,
                 test_cancel_and_free_in_callback, test_bad_options,
-                test_dnssec_secure_bogus_insecure, test_mtasts])
+                test_dnssec_secure_bogus_insecure, test_mtasts,
+                test_mtasts_slow_hosts_delay_nobody, test_mtasts_cache_file])
     finally:
         if WORLD:
             WORLD["dns"].stop()

@@ -11,6 +11,7 @@
  *   sts2 DOMAIN          two asks at once: both answers
  *   stsall DOMAIN...     one ask per domain, all at once
  *   fetches              tern_resolver_mtasts_fetches()
+ *   error                tern_resolver_last_error()
  *   cancel DOMAIN        an MX query cancelled at once: no callback
  *   cancel-sts DOMAIN    an MTA-STS query cancelled at once: no callback
  *   free-in-cb DOMAIN    two MX queries, an MTA-STS and a TLSA query;
@@ -25,7 +26,7 @@
  *
  * Options: --forward LIST --ta FILE --no-dnssec --timeout MS --no-ipv4
  * --no-ipv6 --sts-ca FILE --sts-port N --sts-timeout MS --no-sts
- * --resolv-conf FILE --hosts FILE.
+ * --sts-cache FILE --resolv-conf FILE --hosts FILE.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -186,7 +187,7 @@ static void check(int rc, const char *what) {
 
 int main(int argc, char **argv) {
   struct tern_resolver_options o;
-  char line[1024];
+  char line[8192];
   int i, rc;
 
   tern_resolver_options_init(&o);
@@ -220,6 +221,9 @@ int main(int argc, char **argv) {
       i++;
     } else if (!strcmp(a, "--sts-port") && v) {
       o.mta_sts_port = (unsigned)strtoul(v, NULL, 10);
+      i++;
+    } else if (!strcmp(a, "--sts-cache") && v) {
+      o.mta_sts_cache_file = v;
       i++;
     } else if (!strcmp(a, "--sts-timeout") && v) {
       o.mta_sts_timeout_ms = (unsigned)strtoul(v, NULL, 10);
@@ -266,11 +270,11 @@ int main(int argc, char **argv) {
       wait_answers();
     } else if (!strcmp(cmd, "stsall")) {
       /* every domain on the line at once (more than the pool slots) */
-      static char tags[16][80];
+      static char tags[128][80];
       char *save = NULL, *tok;
       int n = 0;
       strtok_r(line, " \t\r\n", &save);
-      while ((tok = strtok_r(NULL, " \t\r\n", &save)) != NULL && n < 16) {
+      while ((tok = strtok_r(NULL, " \t\r\n", &save)) != NULL && n < 128) {
         snprintf(tags[n], sizeof tags[n], "%s:", tok);
         outstanding++;
         check(START(tern_resolve_mtasts(res, tok, on_sts, tags[n], NULL)),
@@ -278,6 +282,8 @@ int main(int argc, char **argv) {
         n++;
       }
       wait_answers();
+    } else if (!strcmp(cmd, "error")) {
+      printf("error=%s\n", tern_resolver_last_error(res));
     } else if (!strcmp(cmd, "fetches")) {
       printf("fetches=%llu\n",
              (unsigned long long)tern_resolver_mtasts_fetches(res));

@@ -253,6 +253,21 @@ static void test_per_recipient(void **state) {
   free(o);
 }
 
+/* A reply made here (no remote MTA: a null MX, a failed lookup) is not
+ * something "the server said". */
+static void test_local_reason(void **state) {
+  (void)state;
+  struct fx f;
+  fx_init(&f);
+  f.r[0].diagnostic = "550 5.1.10 Recipient address has null MX";
+  f.r[0].status = "5.1.10";
+  char *o = head(&f.d);
+  assert_true(has(o, "    Reason: 550 5.1.10 Recipient address has null MX"));
+  assert_false(has(o, "said:"));
+  assert_false(has(o, "Remote-MTA:"));
+  free(o);
+}
+
 static void test_multiline_reply(void **state) {
   (void)state;
   struct fx f;
@@ -688,6 +703,7 @@ int main(void) {
       cmocka_unit_test(test_subjects),
       cmocka_unit_test(test_per_message),
       cmocka_unit_test(test_per_recipient),
+      cmocka_unit_test(test_local_reason),
       cmocka_unit_test(test_multiline_reply),
       cmocka_unit_test(test_fold_long_word),
       cmocka_unit_test(test_fold_subject),
