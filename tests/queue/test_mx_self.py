@@ -21,7 +21,7 @@ shutdown_timeout = 1s
 url = smtp://127.0.0.1:{port}
 
 [domains]
-accept = hops.example
+accept = hops.example loop.example   ; [routes] accepts nothing: a backup MX lists the domain here too
 
 [delivery]
 target = maildir

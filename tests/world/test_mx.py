@@ -82,6 +82,11 @@ ROUTES = {"routes": {d: "mx" for d in (
     "nullmx.example", "gone.example", "multi.example", "six.example",
     ".eq.example")}}
 EQUAL = 20
+# [routes] accepts nothing: the domains sent to without AUTH are listed
+# in [domains] accept too (exact names: the suffix route's subdomains)
+ROUTES["domains"] = {"accept": " ".join(
+    [w.LOCAL_DOMAIN] + [d for d in ROUTES["routes"] if d[0] != "."] +
+    ["d%d.eq.example" % i for i in range(EQUAL)])}
 
 @w.once
 def serve():

@@ -441,6 +441,9 @@ class World:
             conf += ['zone:', '  name: "%s"' % name,
                      '  zonefile: "%s"' % path]
         h.write(self.trust_anchor, "\n".join(anchors) + "\n")
+        # no signed zone, no anchor: tern serve refuses dnssec = yes
+        # without one (DANE would silently be off), so say dnssec = no
+        self.has_anchors = bool(anchors)
         cf = h.write(os.path.join(self.dir, "nsd.conf"), "\n".join(conf) + "\n")
         _run([_need("nsd-checkconf"), cf])
         self.nsd_log = os.path.join(self.dir, "nsd.log")
@@ -595,7 +598,9 @@ class World:
             "outbound": {"helo": "mail." + LOCAL_DOMAIN,
                          "resolver": "%s:53" % DNS_ADDR,
                          "trust_anchor": self.trust_anchor,
-                         "dnssec": "yes", "mta_sts": "yes",
+                         "dnssec": ("yes" if getattr(self, "has_anchors",
+                                                     True) else "no"),
+                         "mta_sts": "yes",
                          "mta_sts_ca_file": self.ca, "ca_file": self.ca,
                          "port": "25", "connect_timeout": "2s",
                          "timeout": "10s"},
@@ -638,6 +643,15 @@ class World:
         n = len(self.serves)
         qdir = os.path.join(self.dir, "queue%d" % n)
         sections = dict(sections or {})
+        # a [routes] line only chooses where mail goes: the domains the
+        # tests send to without AUTH are accepted too (as a backup MX)
+        routed = [dm for dm in (sections.get("routes") or {})
+                  if dm != "*" and not dm.startswith(".")]
+        if routed and sections.get("domains", {}) is not None:
+            dom = dict(sections.get("domains") or {})
+            if "accept" not in dom:
+                dom["accept"] = " ".join([LOCAL_DOMAIN] + routed)
+                sections["domains"] = dom
         q = dict(sections.get("queue") or {})
         q.setdefault("directory", qdir)
         sections["queue"] = q
