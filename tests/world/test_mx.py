@@ -90,7 +90,8 @@ ROUTES["domains"] = {"accept": " ".join(
 
 @w.once
 def serve():
-    return world().serve(ROUTES)
+    return world().serve(dict(ROUTES, accept_extra=[
+        "d%d.eq.example" % i for i in range(EQUAL)]))
 
 
 def send_one(rcpt, frm="sender@local.example"):

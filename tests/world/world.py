@@ -431,6 +431,11 @@ class World:
                 '  hide-version: yes',
                 'remote-control:',
                 '  control-enable: no']
+        if not any(signed for _, signed in self.zones.values()):
+            # tern refuses dnssec = yes with an empty anchor file: one
+            # signed zone of our own keeps the anchor file meaningful
+            # (every other zone stays insecure)
+            self.zones["world-anchor.example"] = ({"@": "A 127.0.0.1"}, True)
         anchors = []
         for name, (records, signed) in sorted(self.zones.items()):
             path = os.path.join(zd, name + ".zone")
@@ -441,9 +446,6 @@ class World:
             conf += ['zone:', '  name: "%s"' % name,
                      '  zonefile: "%s"' % path]
         h.write(self.trust_anchor, "\n".join(anchors) + "\n")
-        # no signed zone, no anchor: tern serve refuses dnssec = yes
-        # without one (DANE would silently be off), so say dnssec = no
-        self.has_anchors = bool(anchors)
         cf = h.write(os.path.join(self.dir, "nsd.conf"), "\n".join(conf) + "\n")
         _run([_need("nsd-checkconf"), cf])
         self.nsd_log = os.path.join(self.dir, "nsd.log")
@@ -598,9 +600,7 @@ class World:
             "outbound": {"helo": "mail." + LOCAL_DOMAIN,
                          "resolver": "%s:53" % DNS_ADDR,
                          "trust_anchor": self.trust_anchor,
-                         "dnssec": ("yes" if getattr(self, "has_anchors",
-                                                     True) else "no"),
-                         "mta_sts": "yes",
+                         "dnssec": "yes", "mta_sts": "yes",
                          "mta_sts_ca_file": self.ca, "ca_file": self.ca,
                          "port": "25", "connect_timeout": "2s",
                          "timeout": "10s"},
@@ -631,7 +631,8 @@ class World:
 
     def serve(self, sections=None, name="serve", start=True):
         """tern serve with the base configuration and `sections` merged
-        over it ({"routes": {"a.example": "mx"}, "queue": {"lifetime":
+        over it; [domains] accept (unless given) is local.example and
+        every exact domain of [routes], plus the list `accept_extra` ({"routes": {"a.example": "mx"}, "queue": {"lifetime":
         "5s"}}; a value None removes a key, a section None removes it).
         A fresh queue directory each time. One tern serve at a time (they
         listen on the same address): a running one is stopped first.
@@ -643,15 +644,16 @@ class World:
         n = len(self.serves)
         qdir = os.path.join(self.dir, "queue%d" % n)
         sections = dict(sections or {})
-        # a [routes] line only chooses where mail goes: the domains the
-        # tests send to without AUTH are accepted too (as a backup MX)
-        routed = [dm for dm in (sections.get("routes") or {})
-                  if dm != "*" and not dm.startswith(".")]
-        if routed and sections.get("domains", {}) is not None:
-            dom = dict(sections.get("domains") or {})
-            if "accept" not in dom:
-                dom["accept"] = " ".join([LOCAL_DOMAIN] + routed)
-                sections["domains"] = dom
+        # [routes] only chooses where mail goes; the test's unauthenticated
+        # client may send to the routed domains because they are accepted
+        # (accept_extra: more accepted domains, e.g. under a suffix route)
+        extra = list(sections.pop("accept_extra", ()))
+        dom = dict(sections.get("domains") or {})
+        if "accept" not in dom:
+            routed = [d for d in (sections.get("routes") or {})
+                      if d != "*" and not d.startswith(".")]
+            dom["accept"] = " ".join([LOCAL_DOMAIN] + routed + extra)
+            sections["domains"] = dom
         q = dict(sections.get("queue") or {})
         q.setdefault("directory", qdir)
         sections["queue"] = q
