@@ -104,7 +104,7 @@ def test_maildir_limit():
         h.check(code == 554 and "5.4.6" in lines[-1],
                 "51 Received fields: 554 5.4.6, got %r" % lines)
         h.check(stored(md) == [], "nothing delivered: %r" % stored(md))
-        h.check(s.has("what=hops received=51"), "log:\n" + s.log())
+        s.wait_log("what=hops received=51")
         code, lines = data(s.port, message(50))
         h.check(code == 250, "50 Received fields delivered, got %r" % lines)
         h.check(len(stored(md)) == 1, "one delivered: %r" % stored(md))
