@@ -68,6 +68,7 @@ int main(int argc, char **argv) {
   int rc = tern_dkim_signer_new(&s, keys, nk, err, sizeof err);
   if (rc != 0) {
     fprintf(stderr, "%s: %s\n", tern_err_name(rc), err);
+    free(keys);
     return 2;
   }
   size_t cap = 1 << 16, len = 0, n;
