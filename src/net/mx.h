@@ -53,6 +53,10 @@ struct tern__mx_target {
   const struct tern_tlsa *tlsa;  /* MXT_DANE: the usable records */
   size_t ntlsa;
   unsigned tried;                /* addresses tried, this one included */
+  /* MXT_DANE: a second name a DANE-TA certificate may carry, the MX
+   * host's CNAME-expanded name after a validated chain (RFC 7672
+   * §3.2.3), or NULL (only `host`) */
+  const char *tlsa_base;
 };
 
 /* Why an attempt failed (picks the final reply). */
