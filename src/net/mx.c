@@ -608,7 +608,7 @@ int tern__mx_next(struct tern__mx *mx, const struct tern__mx_target **out) {
     bool dane_policy = mx->policy == TERN_TLS_POLICY_AUTO ||
                        mx->policy == TERN_TLS_POLICY_DANE;
     if (!h->unusable && h->status == TERN_DNS_OK && h->naddrs &&
-        h->failed != TERN_DNS_OK && mx->mx_secure &&
+        h->failed != TERN_DNS_OK && mx->mx_secure && h->secure &&
         dane_policy) {
       /* RFC 7672 §2.1.1: with a validated MX, a host whose address
        * lookup failed is not used: a forged or dropped AAAA (or A)

@@ -355,6 +355,7 @@ if __name__ == "__main__":
         test_requiretls_not_offered_bounces,
         test_bogus_aaaa_skips_host,
         test_servfail_aaaa_defers,
+        test_insecure_host_failed_aaaa_delivers,
         test_cname_tlsa_at_expanded_name,
         test_cname_expanded_tlsa_no_starttls_defers,
         test_cname_tlsa_at_original_name,
