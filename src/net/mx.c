@@ -156,19 +156,42 @@ static void addr_key(const struct sockaddr_storage *a, int *fam,
   }
 }
 
-/* Is `a` one of our own addresses? */
+static unsigned addr_port(const struct sockaddr_storage *a) {
+  if (a->ss_family == AF_INET)
+    return ntohs(((const struct sockaddr_in *)a)->sin_port);
+  if (a->ss_family == AF_INET6)
+    return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+  return 0;
+}
+
+/* Is `a` one of our own addresses (net.h self_addrs)? Besides the
+ * addresses themselves: the unspecified address (0.0.0.0, ::; a
+ * connection to it reaches this machine), and every 127.0.0.0/8
+ * address when 127.0.0.1 is ours at the port mail goes to (or port 0):
+ * that is what a wildcard listener contributes (lo's 127.0.0.1/8), and
+ * Linux delivers the whole /8 to it. A listener on another 127.0.0.x
+ * alone takes only its own address (tests run many hosts on 127/8). */
 static bool is_self(const struct tern__mx *mx,
                     const struct sockaddr_storage *a) {
   int fa;
   const uint8_t *ba;
+  static const uint8_t zero[16];
   addr_key(a, &fa, &ba);
-  if (!ba)
+  if (!ba || mx->nself == 0)
     return false;
+  if (!memcmp(ba, zero, fa == AF_INET ? 4 : 16))
+    return true;
   for (size_t i = 0; i < mx->nself; i++) {
     int fs;
     const uint8_t *bs;
     addr_key(&mx->self[i], &fs, &bs);
-    if (bs && fs == fa && !memcmp(ba, bs, fa == AF_INET ? 4 : 16))
+    if (!bs || fs != fa)
+      continue;
+    if (!memcmp(ba, bs, fa == AF_INET ? 4 : 16))
+      return true;
+    unsigned p = addr_port(&mx->self[i]);
+    if (fa == AF_INET && ba[0] == 127 && bs[0] == 127 && bs[1] == 0 &&
+        bs[2] == 0 && bs[3] == 1 && (p == 0 || p == mx->port))
       return true;
   }
   return false;
