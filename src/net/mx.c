@@ -596,6 +596,8 @@ static bool choose_tls(struct tern__mx *mx, struct host *h,
     if (!ok && mx->mx_secure && t->tls != TERN__MXT_NONE) {
       t->tls = TERN__MXT_VERIFY;
       t->sts_testing = false;
+      t->policy_failure = NULL;
+      t->policy = "requiretls-verify"; /* what applies, for the logs */
       ok = true;
     }
     if (!ok) {

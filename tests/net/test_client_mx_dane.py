@@ -154,7 +154,10 @@ def test_requiretls_dnssec_verified():
     def run(wd):
         s = wd.sink("127.0.0.2", cert=CERTS["mx1"], requiretls=True)
         out = wd.probe(args=["--requiretls", "--ca-file", CA.cert])
-        h.check(info(out)["verified"] == "ca", out)
+        i = info(out)
+        # the policy that applied: verified TLS for REQUIRETLS, not "may"
+        h.check(i["verified"] == "ca" and i["policy"] == "requiretls-verify",
+                out)
         h.check(len(s.messages) == 1 and "REQUIRETLS" in s.messages[0]["mail"],
                 out)
     with_world([], run)
