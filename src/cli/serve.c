@@ -802,6 +802,9 @@ void hopcount_feed(struct hopcount *h, const char *buf, size_t len) {
           h->n += h->n < UINT32_MAX;
           h->st = HC_LINE;
         }
+      } else if ((c == ' ' || c == '\t') && name[h->at] == ':') {
+        /* "Received :": white space before the colon, the obsolete
+         * form RFC 5322 §4.5 still lets a field have (Postfix counts it) */
       } else {
         h->st = HC_LINE;
       }

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <sys/stat.h>
 #include <curl/curl.h>
 
 #include "internal.h"
@@ -307,12 +308,29 @@ static int cmp_str(const void *a, const void *b) {
  * cache's bound in all). The resolvers of other loops write the same
  * file; without this the last writer would drop the policies the others
  * fetched. Lines are not checked here: loading checks them. */
+/* The cache file for reading, only when it is a regular file: a FIFO or
+ * a device someone put in its place must not block the loop or the pool
+ * (O_NONBLOCK for the open itself), a symlink is not followed. */
+static FILE *open_cache(const char *path) {
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+  struct stat st;
+  FILE *fp;
+  if (fd < 0)
+    return NULL;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      (fp = fdopen(fd, "r")) == NULL) {
+    close(fd);
+    return NULL;
+  }
+  return fp;
+}
+
 static void store_merge(struct tern__sts_store *s) {
   char **mine = NULL, *copy = NULL, *p, *line = NULL;
   size_t nmine = 0, cap = 0, xcap = 0, total;
   long long now = (long long)time(NULL);
   ssize_t n;
-  FILE *fp = fopen(s->path, "re");
+  FILE *fp = open_cache(s->path);
 
   if (fp == NULL)
     return;
@@ -397,7 +415,8 @@ static void store_work(uv_work_t *w) {
   /* unique per write: resolvers of other loops may share the file */
   snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%lu", s->path, (long)getpid(),
            (unsigned long)atomic_fetch_add(&store_seq, 1));
-  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+            0600);
   if (fd < 0) {
     s->err = errno, s->step = "open";
     return;
@@ -577,7 +596,7 @@ void tern__sts_load(struct tern_resolver *r) {
   unsigned lines = 0;
 
   if (r->sts_cache_file == NULL ||
-      (fp = fopen(r->sts_cache_file, "re")) == NULL)
+      (fp = open_cache(r->sts_cache_file)) == NULL)
     return;
   /* A line holds at most a 64 KiB policy's patterns; the file at most
    * the cache's bound of entries. */

@@ -136,6 +136,11 @@ def test_chunks_and_body():
             code, lines = bdat(s.port, msg, cut)
             h.check(code == 554 and "5.4.6" in lines[-1],
                     "BDAT chunks of %d: 554 5.4.6, got %r" % (cut, lines))
+        # the obsolete form with white space before the colon counts too
+        for name in ("Received ", "Received\t", "received \t "):
+            code, lines = data(s.port, message(51, case=name))
+            h.check(code == 554 and "5.4.6" in lines[-1],
+                    "%r fields: 554 5.4.6, got %r" % (name, lines))
         # In the body, or not at the start of a line: not counted
         body = header(60) + "x" + header(1)
         code, lines = bdat(s.port, message(50, body=body), 5)

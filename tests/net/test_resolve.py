@@ -345,7 +345,9 @@ def test_timeout_is_tempfail_within_bound():
         r = mx(p, "example.org")
         took = time.monotonic() - t
         h.check(r["status"] == "TEMPFAIL" and "timed out" in r["why"], r)
-        h.check(0.7 <= took < 2.5, "took %.2f s for an 800 ms bound" % took)
+        # upper bound loose: a loaded CI machine is slow, the point is that
+        # the query ends (TEMPFAIL) near its bound, not after unbound's own
+        h.check(0.7 <= took < 6.0, "took %.2f s for an 800 ms bound" % took)
         out = p.cmd("tlsa mx1.example.org 25")
         h.check("status=TEMPFAIL" in out[0], out)
         out = p.cmd("sts example.org")
@@ -904,6 +906,39 @@ def test_mtasts_cache_file():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_mtasts_cache_file_not_regular():
+    """A FIFO (or a symlink) where the cache file should be is not read:
+    the resolver starts and fetches as without a cache, it does not hang
+    opening it."""
+    dns = world()
+    dns.resolver.set(ZONE + sts_zone({}))
+    d = h.tmpdir("tern-sts-fifo-")
+    state = StsState()
+    crt, key = sts_cert(d)
+    srv = https_server(state, crt, key)
+    port = srv.server_address[1]
+    try:
+        for kind in ("fifo", "symlink"):
+            cache = os.path.join(d, "mta-sts.cache." + kind)
+            if kind == "fifo":
+                os.mkfifo(cache)
+            else:
+                target = os.path.join(d, "elsewhere")
+                with open(target, "w") as f:
+                    f.write("example.org id1 enforce 86400 %d mx9.example.org\n"
+                            % (int(time.time()) + 80000))
+                os.symlink(target, cache)
+            p = plain_probe("--sts-ca", h.cert("ca.pem"), "--sts-port",
+                            str(port), "--sts-cache", cache)
+            s = sts_line(p.cmd("sts example.org", timeout=10))
+            h.check(s["why"] == "fetched", "%s: %r" % (kind, s))
+            p.close()
+    finally:
+        srv.shutdown()
+        dns.resolver.set(ZONE)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 if __name__ == "__main__":
     try:
         h.main([test_mx_order, test_mx_equal_preference_shuffled, test_mx_capped_at_ten,
@@ -911,7 +946,8 @@ if __name__ == "__main__":
                 test_timeout_is_tempfail_within_bound, test_tlsa,
                 test_cancel_and_free_in_callback, test_bad_options,
                 test_dnssec_secure_bogus_insecure, test_mtasts,
-                test_mtasts_slow_hosts_delay_nobody, test_mtasts_cache_file])
+                test_mtasts_slow_hosts_delay_nobody, test_mtasts_cache_file,
+                test_mtasts_cache_file_not_regular])
     finally:
         if WORLD:
             WORLD["dns"].stop()
