@@ -6,8 +6,9 @@
  * it must not use (an address literal as MX name, this server and worse
  * MX hosts), its MTA-STS policy (TLS policy AUTO only) and, host by
  * host, its TLSA records (when the MX and address answers were
- * DNSSEC-validated; a host whose address lookup failed under a
- * validated MX is skipped instead), then hands
+ * DNSSEC-validated; at the CNAME-expanded name first after a
+ * validated chain; a host whose address lookup failed while its other
+ * family validated, under a validated MX, is skipped instead), then hands
  * the client one address at a time with the TLS it must use there. The
  * client reports how each attempt failed; when no address is left, the
  * plan says what to tell the sender (tern__mx_failure()).
