@@ -503,7 +503,14 @@ struct tern_client_options {
    * or a worse preference are dropped (a backup MX hands mail only to
    * better ones); when that leaves none, the connect fails permanently
    * with 554 5.4.6 "mail for DOMAIN loops back to myself" (Postfix's
-   * rule). Copied by tern_client_new. NULL/0: no check. */
+   * rule). With a list given, these count as ours too: 0.0.0.0 and ::
+   * (a connection to them reaches this machine), and every 127.0.0.0/8
+   * address when 127.0.0.1 is in the list with the mx port (or port 0):
+   * a wildcard listener gets lo's 127.0.0.1/8 and Linux delivers the
+   * whole /8 to it (a listener on one other 127.0.0.x takes only that
+   * address). An IPv4-mapped IPv6 address is its IPv4 address; the port
+   * counts only in the 127/8 rule. Copied by tern_client_new. NULL/0: no
+   * check. */
   const struct sockaddr_storage *self_addrs;
   size_t nself_addrs;
 };

@@ -147,6 +147,12 @@ struct tern_mx_host {
    * family gave addresses. With a secure MX answer such a host must not
    * be used for DANE (RFC 7672 §2.1.1): the failure may be an attack. */
   int failed;
+  /* The addresses were reached through a CNAME chain: its last name
+   * (lower case, no trailing dot), the "fully CNAME-expanded" name of
+   * RFC 7672 §2.2.2, when the families that gave addresses agree on it;
+   * NULL when there was no CNAME. Whether the chain validated is
+   * `secure` (the whole answer, every CNAME in it included). */
+  const char *canon;
 };
 
 struct tern_mx_result {

@@ -369,7 +369,10 @@ static int tls_start(struct tern_client *cl) {
     return rc;
   }
   if (cl->is_mx && cl->tgt && cl->tgt->tls == TERN__MXT_DANE &&
-      (rc = tern__tls_client_dane(t, cl->tgt->host, cl->tgt->tlsa,
+      (rc = tern__tls_client_dane(t,
+                                  cl->tgt->tlsa_base ? cl->tgt->tlsa_base
+                                                     : cl->tgt->host,
+                                  cl->tgt->tlsa,
                                   cl->tgt->ntlsa)) != 0) {
     tern__tls_free(t);
     cl->verify_failed = true;

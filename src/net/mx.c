@@ -14,10 +14,14 @@
  *       DOMAIN loops back to myself" (an implicit MX at us too);
  *   for each host:
  *     AUTO/DANE with a DNSSEC-validated MX: a host one of whose address
- *     lookups failed (BOGUS, TEMPFAIL) is skipped (RFC 7672 §2.1.1: a
- *     forged or dropped AAAA must not turn DANE off); else, when every
- *     family that answered validated, TLSA lookup first (§2.2), then the
- *     host's TLS is decided:
+ *     lookups failed (BOGUS, TEMPFAIL) while the other validated is
+ *     skipped (RFC 7672 §2.1.1: a forged or dropped AAAA must not turn
+ *     DANE off; a host whose answer is insecure is used, DANE cannot
+ *     apply to it); else, when every family that answered validated,
+ *     TLSA lookup first (§2.2; reached through a CNAME chain, which
+ *     then validated too: at the expanded name first, at the MX host
+ *     name after a validated denial there, §2.2.2), then the host's
+ *     TLS is decided:
  *       usable secure TLSA records       -> DANE
  *       secure TLSA records, none usable -> ENCRYPT, policy "dane-unusable"
  *         (§2.2, §3.1.3: TLS stays mandatory, nothing to authenticate
@@ -58,6 +62,9 @@ struct host {
   int status;
   bool secure;
   int failed;                   /* a family's lookup failed (resolve.h) */
+  char *canon;                  /* CNAME-expanded name (resolve.h), or NULL */
+  bool tlsa_canon;              /* the TLSA lookup running is canon's */
+  bool tlsa_orig;               /* canon's was a secure denial: ask name */
   bool dane_unusable;           /* secure TLSA records, none usable */
   bool decided;                 /* TLS level chosen (TLSA looked up) */
   bool unusable;                /* skip it */
@@ -149,19 +156,42 @@ static void addr_key(const struct sockaddr_storage *a, int *fam,
   }
 }
 
-/* Is `a` one of our own addresses? */
+static unsigned addr_port(const struct sockaddr_storage *a) {
+  if (a->ss_family == AF_INET)
+    return ntohs(((const struct sockaddr_in *)a)->sin_port);
+  if (a->ss_family == AF_INET6)
+    return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+  return 0;
+}
+
+/* Is `a` one of our own addresses (net.h self_addrs)? Besides the
+ * addresses themselves: the unspecified address (0.0.0.0, ::; a
+ * connection to it reaches this machine), and every 127.0.0.0/8
+ * address when 127.0.0.1 is ours at the port mail goes to (or port 0):
+ * that is what a wildcard listener contributes (lo's 127.0.0.1/8), and
+ * Linux delivers the whole /8 to it. A listener on another 127.0.0.x
+ * alone takes only its own address (tests run many hosts on 127/8). */
 static bool is_self(const struct tern__mx *mx,
                     const struct sockaddr_storage *a) {
   int fa;
   const uint8_t *ba;
+  static const uint8_t zero[16];
   addr_key(a, &fa, &ba);
-  if (!ba)
+  if (!ba || mx->nself == 0)
     return false;
+  if (!memcmp(ba, zero, fa == AF_INET ? 4 : 16))
+    return true;
   for (size_t i = 0; i < mx->nself; i++) {
     int fs;
     const uint8_t *bs;
     addr_key(&mx->self[i], &fs, &bs);
-    if (bs && fs == fa && !memcmp(ba, bs, fa == AF_INET ? 4 : 16))
+    if (!bs || fs != fa)
+      continue;
+    if (!memcmp(ba, bs, fa == AF_INET ? 4 : 16))
+      return true;
+    unsigned p = addr_port(&mx->self[i]);
+    if (fa == AF_INET && ba[0] == 127 && bs[0] == 127 && bs[1] == 0 &&
+        bs[2] == 0 && bs[3] == 1 && (p == 0 || p == mx->port))
       return true;
   }
   return false;
@@ -198,6 +228,7 @@ void tern__mx_set_self(struct tern__mx *mx,
 
 static void host_free(struct host *h) {
   free(h->name);
+  free(h->canon);
   free(h->addrs);
   for (size_t k = 0; k < h->ntlsa; k++)
     free(h->tlsa_data[k]);
@@ -306,6 +337,8 @@ static void on_mx(const struct tern_mx_result *r, void *ud) {
       h->status = s->status;
       h->secure = s->secure;
       h->failed = s->failed;
+      if (s->canon && s->canon[0])
+        h->canon = dupstr(s->canon); /* NULL (no memory): as no CNAME */
       mx->nhosts++;
     }
     /* A host with one of our addresses is this server: it and every
@@ -425,6 +458,15 @@ static void on_tlsa(const struct tern_tlsa_result *r, void *ud) {
   struct host *h = &mx->hosts[mx->hi];
   mx->q_tlsa = NULL;
   mx->tlsa_busy = false;
+  if (h->tlsa_canon && r->secure &&
+      (r->status == TERN_DNS_NXDOMAIN || r->status == TERN_DNS_NODATA)) {
+    /* RFC 7672 §2.2.2: nothing at the CNAME-expanded name (a validated
+     * denial): the original MX host name is asked next */
+    h->tlsa_canon = false;
+    h->tlsa_orig = true;
+    mx->cb(mx->arg);
+    return;
+  }
   h->decided = true;
   if (r->status == TERN_DNS_OK && r->secure) {
     size_t n = 0;
@@ -482,6 +524,7 @@ static bool choose_tls(struct tern__mx *mx, struct host *h,
   t->policy_failure = NULL;
   t->tlsa = NULL;
   t->ntlsa = 0;
+  t->tlsa_base = NULL;
   bool dane = h->ntlsa > 0;
   switch (mx->policy) {
   case TERN_TLS_POLICY_NONE:
@@ -540,6 +583,9 @@ static bool choose_tls(struct tern__mx *mx, struct host *h,
   if (t->tls == TERN__MXT_DANE) {
     t->tlsa = h->tlsa;
     t->ntlsa = h->ntlsa;
+    /* RFC 7672 §3.2.3: after a validated CNAME chain the expanded name
+     * is a reference identifier too (next to the MX host name) */
+    t->tlsa_base = h->secure && h->canon ? h->canon : NULL;
   }
   t->need_requiretls = mx->requiretls;
   if (mx->requiretls) {
@@ -550,6 +596,8 @@ static bool choose_tls(struct tern__mx *mx, struct host *h,
     if (!ok && mx->mx_secure && t->tls != TERN__MXT_NONE) {
       t->tls = TERN__MXT_VERIFY;
       t->sts_testing = false;
+      t->policy_failure = NULL;
+      t->policy = "requiretls-verify"; /* what applies, for the logs */
       ok = true;
     }
     if (!ok) {
@@ -585,10 +633,13 @@ int tern__mx_next(struct tern__mx *mx, const struct tern__mx_target **out) {
     bool dane_policy = mx->policy == TERN_TLS_POLICY_AUTO ||
                        mx->policy == TERN_TLS_POLICY_DANE;
     if (!h->unusable && h->status == TERN_DNS_OK && h->naddrs &&
-        h->failed != TERN_DNS_OK && mx->mx_secure && dane_policy) {
+        h->failed != TERN_DNS_OK && mx->mx_secure && h->secure &&
+        dane_policy) {
       /* RFC 7672 §2.1.1: with a validated MX, a host whose address
        * lookup failed is not used: a forged or dropped AAAA (or A)
-       * must not turn DANE off */
+       * must not turn DANE off. Only when the family that answered
+       * validated: an insecure answer (a host in an unsigned zone)
+       * means DANE can never apply there, nothing to protect */
       host_fail(mx, h, TERN__MXF_DNS, "%s: %s", h->name,
                 h->failed == TERN_DNS_BOGUS
                     ? "DNSSEC validation of an address lookup failed"
@@ -623,8 +674,12 @@ int tern__mx_next(struct tern__mx *mx, const struct tern__mx_target **out) {
            mx->policy == TERN_TLS_POLICY_DANE) &&
           mx->mx_secure && h->secure;
       if (want_tlsa && !h->decided) {
-        if (tern_resolve_tlsa(mx->res, h->name, mx->port, on_tlsa, mx,
-                              &mx->q_tlsa) == 0) {
+        /* RFC 7672 §2.2.2: reached through a validated CNAME chain (the
+         * address answers are secure only when every CNAME in them
+         * validated): the expanded name first, then the original */
+        h->tlsa_canon = h->canon && !h->tlsa_orig;
+        if (tern_resolve_tlsa(mx->res, h->tlsa_canon ? h->canon : h->name,
+                              mx->port, on_tlsa, mx, &mx->q_tlsa) == 0) {
           mx->tlsa_busy = true;
           return 0;
         }

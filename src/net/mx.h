@@ -6,8 +6,9 @@
  * it must not use (an address literal as MX name, this server and worse
  * MX hosts), its MTA-STS policy (TLS policy AUTO only) and, host by
  * host, its TLSA records (when the MX and address answers were
- * DNSSEC-validated; a host whose address lookup failed under a
- * validated MX is skipped instead), then hands
+ * DNSSEC-validated; at the CNAME-expanded name first after a
+ * validated chain; a host whose address lookup failed while its other
+ * family validated, under a validated MX, is skipped instead), then hands
  * the client one address at a time with the TLS it must use there. The
  * client reports how each attempt failed; when no address is left, the
  * plan says what to tell the sender (tern__mx_failure()).
@@ -53,6 +54,10 @@ struct tern__mx_target {
   const struct tern_tlsa *tlsa;  /* MXT_DANE: the usable records */
   size_t ntlsa;
   unsigned tried;                /* addresses tried, this one included */
+  /* MXT_DANE: a second name a DANE-TA certificate may carry, the MX
+   * host's CNAME-expanded name after a validated chain (RFC 7672
+   * §3.2.3), or NULL (only `host`) */
+  const char *tlsa_base;
 };
 
 /* Why an attempt failed (picks the final reply). */

@@ -433,6 +433,16 @@ static void mx_deliver(struct tern_dns_query *q, int status) {
           if (!answered)
             o->secure = false;
         }
+        /* the CNAME-expanded name (RFC 7672 §2.2.2): both families
+         * that gave addresses must agree on it, else it is not used */
+        {
+          const char *c4 = h->n4 ? h->canon4 : "";
+          const char *c6 = h->n6 ? h->canon6 : "";
+          const char *c = c4[0] ? c4 : c6;
+          if (c[0] && (!c4[0] || !c6[0] || strcmp(c4, c6) == 0) &&
+              strcmp(c, h->name) != 0)
+            o->canon = c;
+        }
         if (!o->secure)
           secure = false;
       }
@@ -467,6 +477,10 @@ static void addr_done(struct tern__sub *s, int err, struct ub_result *res) {
     h->sec6 = sec;
   }
   if (st == TERN_DNS_OK) {
+    char *canon = s->rrtype == RR_A ? h->canon4 : h->canon6;
+    if (res->canonname == NULL ||
+        tern__dns_name(res->canonname, canon, TERN__DNS_NAME_MAX) != 0)
+      canon[0] = '\0';
     for (i = 0; res->data[i] != NULL; i++) {
       if (s->rrtype == RR_A && res->len[i] == 4 &&
           h->n4 < TERN__ADDRS_PER_FAMILY)

@@ -81,6 +81,10 @@ struct tern__mx_state {
   size_t n4, n6;
   int st4, st6; /* enum tern_dns_status per family; -1 not asked */
   bool sec4, sec6;
+  /* the name the addresses were found at, per family (libunbound's
+   * canonname, normalised): differs from `name` after a CNAME chain;
+   * "" when that family gave no addresses */
+  char canon4[TERN__DNS_NAME_MAX], canon6[TERN__DNS_NAME_MAX];
 };
 
 struct tern_dns_query {

@@ -494,14 +494,32 @@ class FailingProxy:
     """A DNS proxy on 127.0.0.1 in front of `upstream` ("127.0.0.1:PORT")
     that answers SERVFAIL to the questions `fails(qname, qtype)` picks
     (qname lower case with its final dot, qtype "AAAA"...) and passes
-    every other one through unchanged (DNSSEC records included)."""
+    every other one through unchanged (DNSSEC records included).
+    local(qname, qtype), when given, answers questions itself (names
+    outside the signed zone: insecure): a list of addresses (A or AAAA),
+    "SERVFAIL", or None to go on as above."""
 
-    def __init__(self, upstream, fails):
+    def __init__(self, upstream, fails, local=None):
         from dnslib import DNSRecord
         host, port = upstream.rsplit(":", 1)
 
         class Fwd(BaseResolver):
             def resolve(self, request, handler):
+                qname = str(request.q.qname).lower()
+                qtype = QTYPE[request.q.qtype]
+                mine = local(qname, qtype) if local else None
+                if mine == "SERVFAIL":
+                    reply = request.reply()
+                    reply.header.rcode = RCODE.SERVFAIL
+                    return reply
+                if mine is not None:
+                    reply = request.reply()
+                    reply.header.aa = 1
+                    for a in mine:
+                        reply.add_answer(RR(
+                            request.q.qname, request.q.qtype, ttl=60,
+                            rdata=AAAA(a) if qtype == "AAAA" else A(a)))
+                    return reply
                 if fails(str(request.q.qname).lower(),
                          QTYPE[request.q.qtype]):
                     reply = request.reply()

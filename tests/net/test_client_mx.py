@@ -493,6 +493,36 @@ def test_self_other_address_delivers():
     with_world(BASE, run)
 
 
+def test_self_loopback_net_loops():
+    """127.0.0.1 is ours (what a wildcard listener gets from lo's
+    127.0.0.1/8): Linux delivers all of 127.0.0.0/8 to that listener, so
+    MX hosts at 127.0.0.2 and .3 are ourselves too: 554 5.4.6."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        s2 = wd.sink("127.0.0.3")
+        out = wd.probe(args=["--self-addr", "127.0.0.1"], expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("554", "5.4.6", "perm=1"), out)
+        h.check(not s1.conns and not s2.conns, out)
+    with_world(BASE, run)
+
+
+def test_self_unspecified_loops():
+    """An MX host at 0.0.0.0 (or ::) is this machine whatever our
+    addresses: 554 5.4.6 (not a connection to ourselves)."""
+    for addr in ("0.0.0.0", "::"):
+        recs = {"dest.example": [w.mx(10, "mx1.dest.example")],
+                "mx1.dest.example": [w.aaaa(addr) if ":" in addr
+                                     else w.a(addr)]}
+
+        def run(wd):
+            out = wd.probe(args=["--self-addr", "127.0.0.9"], expect_rc=1)
+            code, enh, perm, _ = failure(out)
+            h.check((code, enh, perm) == ("554", "5.4.6", "perm=1"),
+                    addr + ": " + out)
+        with_world(recs, run)
+
+
 def test_mx_address_literal_ignored():
     """An MX name that is an address in text ("127.0.0.2"; RFC 5321 §5.1
     wants a name) is not used, even when the name resolves: the next
@@ -571,6 +601,8 @@ if __name__ == "__main__":
         test_self_implicit_mx_loops,
         test_self_mapped_address_loops,
         test_self_other_address_delivers,
+        test_self_loopback_net_loops,
+        test_self_unspecified_loops,
         test_mx_address_literal_ignored,
         test_mx_only_address_literals_defers,
     ])

@@ -28,12 +28,15 @@ CERTS = {}
 
 
 class DaneWorld:
-    def __init__(self, extra, tamper=(), fails=None):
+    def __init__(self, extra, tamper=(), fails=None, base=None, local=None):
         self.port = w.shared_port(ADDRS)
-        recs = ["@ IN MX 10 mx1", "mx1 IN A 127.0.0.2"] + [
-            r.replace("PORT", str(self.port)) for r in extra]
+        if base is None:
+            base = ["@ IN MX 10 mx1", "mx1 IN A 127.0.0.2"]
+        recs = list(base) + [r.replace("PORT", str(self.port)) for r in extra]
         self.dns = w.SignedDNS("dest.example", recs, tamper=tamper)
-        self.proxy = w.FailingProxy(self.dns.addr, fails) if fails else None
+        self.proxy = (w.FailingProxy(self.dns.addr, fails or
+                                     (lambda name, qtype: False), local=local)
+                      if fails or local else None)
         self.sinks = []
 
     def sink(self, addr, **kw):
@@ -151,7 +154,10 @@ def test_requiretls_dnssec_verified():
     def run(wd):
         s = wd.sink("127.0.0.2", cert=CERTS["mx1"], requiretls=True)
         out = wd.probe(args=["--requiretls", "--ca-file", CA.cert])
-        h.check(info(out)["verified"] == "ca", out)
+        i = info(out)
+        # the policy that applied: verified TLS for REQUIRETLS, not "may"
+        h.check(i["verified"] == "ca" and i["policy"] == "requiretls-verify",
+                out)
         h.check(len(s.messages) == 1 and "REQUIRETLS" in s.messages[0]["mail"],
                 out)
     with_world([], run)
@@ -212,6 +218,90 @@ def test_servfail_aaaa_defers():
                and qtype == "AAAA")
 
 
+def test_insecure_host_failed_aaaa_delivers():
+    """Signed MX, the host in an unsigned zone: its A answers (insecure),
+    its AAAA gets SERVFAIL. DANE can never apply to that host, so the
+    failed AAAA is no attack on it: the A address is used (opportunistic
+    TLS), not 451 4.4.3 for ever."""
+    def run(wd):
+        s1 = wd.sink("127.0.0.2")
+        out = wd.probe()
+        i = info(out)
+        h.check(i["host"] == "mx.unsigned.example" and i["policy"] == "may",
+                out)
+        h.check(len(s1.messages) == 1, out)
+
+    def local(name, qtype):
+        if name == "mx.unsigned.example." and qtype == "A":
+            return ["127.0.0.2"]
+        if name == "mx.unsigned.example." and qtype == "AAAA":
+            return "SERVFAIL"
+        return None
+    with_world([], run, base=["@ IN MX 10 mx.unsigned.example."], local=local)
+
+
+# ---- an MX host that is a CNAME (RFC 7672 §2.2.2, §3.2.3) ---------------------------
+
+CNAME_BASE = ["@ IN MX 10 mx1", "mx1 IN CNAME real", "real IN A 127.0.0.2"]
+
+
+def test_cname_tlsa_at_expanded_name():
+    """mx1 is a CNAME for real (signed): the TLSA records of the expanded
+    name (_25._tcp.real) apply; a host without STARTTLS never gets the
+    message in the clear; with the right key: DANE-EE."""
+    spki = CA.spki_sha256(CERTS["other"][0])
+
+    def run(wd):
+        s = wd.sink("127.0.0.2", cert=CERTS["other"])
+        out = wd.probe()
+        i = info(out)
+        h.check(i["policy"] == "dane" and i["verified"] == "dane-ee", out)
+        h.check(len(s.messages) == 1 and s.messages[0]["tls"], out)
+    with_world(["_PORT._tcp.real IN TLSA 3 1 1 " + spki], run,
+               base=CNAME_BASE)
+
+
+def test_cname_expanded_tlsa_no_starttls_defers():
+    spki = CA.spki_sha256(CERTS["other"][0])
+
+    def run(wd):
+        s = wd.sink("127.0.0.2")  # no STARTTLS
+        out = wd.probe(expect_rc=1)
+        code, enh, perm, _ = failure(out)
+        h.check((code, enh, perm) == ("451", "4.7.5", "perm=0"), out)
+        h.check(not s.messages, "sent in the clear: %r" % s.messages)
+    with_world(["_PORT._tcp.real IN TLSA 3 1 1 " + spki], run,
+               base=CNAME_BASE)
+
+
+def test_cname_tlsa_at_original_name():
+    """No TLSA at the expanded name (validated denial): the original
+    MX host name's records apply."""
+    spki = CA.spki_sha256(CERTS["other"][0])
+
+    def run(wd):
+        s = wd.sink("127.0.0.2", cert=CERTS["other"])
+        out = wd.probe()
+        h.check(info(out)["verified"] == "dane-ee", out)
+        h.check(len(s.messages) == 1, out)
+    with_world(["_PORT._tcp.mx1 IN TLSA 3 1 1 " + spki], run,
+               base=CNAME_BASE)
+
+
+def test_cname_dane_ta_expanded_name():
+    """DANE-TA with a certificate for the expanded name (real): that name
+    is a reference identifier too (RFC 7672 §3.2.3)."""
+    ca = CA.cert_sha256_hex()
+
+    def run(wd):
+        s = wd.sink("127.0.0.2", cert=CERTS["real_chain"])
+        out = wd.probe()
+        h.check(info(out)["verified"] == "dane-ta", out)
+        h.check(len(s.messages) == 1, out)
+    with_world(["_PORT._tcp.real IN TLSA 2 0 1 " + ca], run,
+               base=CNAME_BASE)
+
+
 # ---- TLSA records none of which SMTP can use (RFC 7672 §3.1.3) --------------------
 
 def test_unusable_tlsa_needs_tls():
@@ -250,6 +340,8 @@ def setup():
     CERTS["other"] = CA.leaf("other.dest.example")
     CERTS["mx1_chain"] = CA.chain(CERTS["mx1"])
     CERTS["other_chain"] = CA.chain(CERTS["other"])
+    CERTS["real"] = CA.leaf("real.dest.example")
+    CERTS["real_chain"] = CA.chain(CERTS["real"])
 
 
 if __name__ == "__main__":
@@ -266,6 +358,11 @@ if __name__ == "__main__":
         test_requiretls_not_offered_bounces,
         test_bogus_aaaa_skips_host,
         test_servfail_aaaa_defers,
+        test_insecure_host_failed_aaaa_delivers,
+        test_cname_tlsa_at_expanded_name,
+        test_cname_expanded_tlsa_no_starttls_defers,
+        test_cname_tlsa_at_original_name,
+        test_cname_dane_ta_expanded_name,
         test_unusable_tlsa_needs_tls,
         test_unusable_tlsa_encrypts,
     ])
