@@ -771,10 +771,22 @@ static void rc_on_reply(struct tern_client_session *s, enum tern_client_cmd cmd,
     j->got_reply = true;
     if (index >= j->nrcpts)
       break;
-    if (r->code / 100 == 2)
+    if (r->code / 100 == 2) {
       j->acc[j->nacc++] = index;
-    else
+    } else if (r->code == 552) {
+      /* RFC 5321 §4.5.3.1.10: 552 to RCPT ("too many recipients", or a
+       * full mailbox) is to be taken as temporary, 452, as Postfix's
+       * client does: the recipient is tried again, not bounced */
+      char enh[16] = "";
+      if (r->enhanced && r->enhanced[0] == '5' &&
+          strlen(r->enhanced) < sizeof enh) {
+        memcpy(enh, r->enhanced, strlen(r->enhanced) + 1);
+        enh[0] = '4';
+      }
+      set_st(&j->res[index], 452, enh[0] ? enh : NULL, t);
+    } else {
       set_st(&j->res[index], r->code, r->enhanced, t);
+    }
     break;
   case TERN_CMD_BDAT: /* a chunk refused ends the message (BINARYMIME) */
   case TERN_CMD_DATA:

@@ -551,10 +551,70 @@ def test_dead_kept_connection_replaced_once():
         hop.close()
 
 
+class FullMailboxHop(ScriptedHop):
+    """A next hop that answers 552 5.2.2 to RCPT for full@ and takes
+    everything else."""
+
+    def serve(self, c):
+        f = c.makefile("rb")
+        try:
+            c.sendall(b"220 hop ESMTP\r\n")
+            while True:
+                ln = f.readline()
+                if not ln:
+                    return
+                verb = ln[:4].upper()
+                if verb == b"EHLO":
+                    c.sendall(b"250-hop\r\n250 ENHANCEDSTATUSCODES\r\n")
+                elif verb == b"RCPT" and b"full@" in ln:
+                    c.sendall(b"552 5.2.2 mailbox full\r\n")
+                elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                    c.sendall(b"250 ok\r\n")
+                elif verb == b"DATA":
+                    c.sendall(b"354 go\r\n")
+                    while f.readline() not in (b".\r\n", b""):
+                        pass
+                    c.sendall(b"250 2.0.0 took it\r\n")
+                elif verb == b"QUIT":
+                    c.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    c.sendall(b"502 no\r\n")
+        finally:
+            c.close()
+
+
+def test_rcpt_552_is_temporary():
+    """RFC 5321 §4.5.3.1.10: a 552 to RCPT is retried as 452, not bounced;
+    the other recipient is delivered."""
+    d = h.tmpdir()
+    (port,) = h.free_ports(1)
+    hop = FullMailboxHop()
+    try:
+        conf = h.write(os.path.join(d, "q.ini"), SMTP_CONF.format(
+            port=port, sink=hop.port, queue=os.path.join(d, "queue")))
+        with h.Serve(["-c", conf], name="queue-552") as srv:
+            qid = send(srv.port, "s@example.net",
+                       ["full@example.org", "ok@example.org"],
+                       b"Subject: 552\r\n\r\nbody\r\n")
+            ln = srv.wait_log("id=%s event=delivery rcpt=<full@example.org>"
+                              % qid)[0]
+            h.check("status=deferred" in ln and "452 4.2.2" in ln,
+                    "552 to RCPT: %s" % ln)
+            ln = srv.wait_log("id=%s event=delivery rcpt=<ok@example.org>"
+                              % qid)[0]
+            h.check("status=sent" in ln, ln)
+            h.check(not srv.grep("id=%s event=bounce" % qid) and
+                    not srv.grep("status=bounced"), "bounced:\n" + srv.log())
+    finally:
+        hop.close()
+
+
 if __name__ == "__main__":
     h.main([test_smtp_queue_byte_exact_and_reuse,
             test_smtp_next_hop_down_then_back,
             test_maildir_via_queue,
             test_pipe_via_queue_once_per_recipient,
             test_lmtp_via_queue,
-            test_dead_kept_connection_replaced_once])
+            test_dead_kept_connection_replaced_once,
+            test_rcpt_552_is_temporary])
