@@ -664,6 +664,15 @@ static int client_create(struct send *s,
  * (without them the client makes one from the system's configuration).
  * Returns 0 or an exit status (after printing why). */
 static int resolver_create(struct send *s) {
+  /* Validation with no trust anchor validates nothing: DANE would be off
+   * without a word (tern serve refuses to start so; here a warning) */
+  if (s->o.mx && !s->o.no_dnssec && !s->o.trust_anchor &&
+      access("/usr/share/dns/root.key", R_OK) != 0 &&
+      access("/var/lib/unbound/root.key", R_OK) != 0)
+    fprintf(stderr,
+            "%s: warning: no DNSSEC trust anchor (install dns-root-data, "
+            "or give --trust-anchor FILE): DANE cannot apply\n",
+            s->o.prog);
   if (!s->o.mx || (!s->o.resolver && !s->o.trust_anchor && !s->o.no_dnssec))
     return 0;
   struct tern_resolver_options ro;

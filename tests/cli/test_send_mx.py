@@ -8,6 +8,7 @@ on 127.0.0.x at one port (--mx-port). Loopback only. Uses the helpers
 of tests/net (mxworld.py)."""
 
 import os
+import subprocess
 import sys
 
 try:
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 import harness as h  # noqa: E402
 import mxworld as w  # noqa: E402
-from test_send import send  # noqa: E402
+from test_send import send, tern  # noqa: E402
 
 ADDRS = ["127.0.0.%d" % i for i in range(2, 5)]
 MSG = b"From: a@example.org\nTo: bob@dest.example\nSubject: mx\n\nhello\n"
@@ -113,10 +114,49 @@ def test_option_checks():
     h.check(b"--mx DOMAIN" in out and b"--tls-policy" in out, out)
 
 
+def test_no_trust_anchor_warns():
+    """--mx with DNSSEC on and no trust anchor (dns-root-data missing, no
+    --trust-anchor): a warning that DANE cannot apply, not silence. Run
+    in a private mount namespace with empty directories over the default
+    anchor places; with an anchor present there is no warning."""
+    def run(wd):
+        d = h.tmpdir(prefix="tern-send-noanchor-")
+        empty = os.path.join(d, "empty")
+        os.mkdir(empty)
+        msg = os.path.join(d, "msg")
+        with open(msg, "wb") as f:
+            f.write(MSG)
+        wd.sink("127.0.0.2")
+        args = ["--mx", "dest.example", "--resolver", wd.dns.addr,
+                "--mx-port", str(wd.port), "-f", "a@example.org",
+                "--helo", "client.example", "bob@dest.example"]
+        cmd = " ".join([tern(), "send"] + args) + " < " + msg
+        mounts = ["mount --bind %s %s" % (empty, dflt)
+                  for dflt in ("/usr/share/dns", "/var/lib/unbound")
+                  if os.path.isdir(dflt)]
+        script = " && ".join(["mount --make-rprivate /"] + mounts +
+                             ["exec " + cmd])
+        p = h.run(["unshare", "-m", "sh", "-c", script], timeout=30,
+                  check_rc=False, stdin=subprocess.DEVNULL)
+        err = p.stderr.decode("utf-8", "replace")
+        h.check("no DNSSEC trust anchor" in err and "DANE" in err,
+                "no warning without an anchor: exit %d %r"
+                % (p.returncode, err))
+        anchor = os.path.join(d, "ta.keys")
+        with open(anchor, "w") as f:
+            f.write("example.org. IN DS 12345 13 2 " + "ab" * 32 + "\n")
+        rc, _, err = send(args[:-1] + ["--trust-anchor", anchor,
+                                       "bob@dest.example"], stdin=MSG)
+        h.check("no DNSSEC trust anchor" not in err,
+                "warned with an anchor: %r" % err)
+    with_world(run)
+
+
 if __name__ == "__main__":
     h.main([
         test_mx_fallback_verbose,
         test_null_mx_exit_68,
         test_encrypt_without_starttls_exit_75,
         test_option_checks,
+        test_no_trust_anchor_warns,
     ])
