@@ -149,11 +149,21 @@ class TestDNS:
 class BlackHole:
     """Takes DNS queries over UDP and TCP and never answers."""
     def __init__(self):
-        self.u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.u.bind(("127.0.0.1", 0))
-        self.port = self.u.getsockname()[1]
-        self.t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.t.bind(("127.0.0.1", self.port))
+        # the UDP port the kernel picks may be taken for TCP by another
+        # test running at the same time: pick again (bounded)
+        for _ in range(50):
+            self.u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.u.bind(("127.0.0.1", 0))
+            self.port = self.u.getsockname()[1]
+            self.t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                self.t.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                self.u.close()
+                self.t.close()
+        else:
+            raise OSError("no port free for both UDP and TCP")
         self.t.listen(16)
 
     def stop(self):
