@@ -407,6 +407,31 @@ bool tern_dkim_signer_covers(const struct tern_dkim_signer *s,
  * domain is what follows the last '@' outside quotes. Writes the domain
  * in lower case to out[cap]; returns NULL or why not.
  */
+/* One step of a scan of a field value: false when v[*i] is inside (or
+ * opens, or is escaped within) a quoted string or a comment, with *q and
+ * *depth kept; true when it is an octet of the value proper. */
+static bool plain_at(const char *v, size_t *i, bool *q, int *depth) {
+  char c = v[*i];
+  if ((*q || *depth) && c == '\\') {
+    (*i)++;
+    return false;
+  }
+  if (*q) {
+    *q = c != '"';
+    return false;
+  }
+  if (*depth) {
+    *depth += c == '(' ? 1 : c == ')' ? -1 : 0;
+    return false;
+  }
+  if (c == '"' || c == '(') {
+    *q = c == '"';
+    *depth = c == '(';
+    return false;
+  }
+  return true;
+}
+
 static const char *from_domain(const char *v, size_t len, char *out,
                                size_t cap) {
   /* Pass 1: find the mailbox's extent (angle-addr or the whole value),
@@ -416,24 +441,10 @@ static const char *from_domain(const char *v, size_t len, char *out,
   int depth = 0;
   bool q = false;
   for (size_t i = 0; i < len; i++) {
+    if (!plain_at(v, &i, &q, &depth))
+      continue;
     char c = v[i];
-    if ((q || depth) && c == '\\') {
-      i++;
-      continue;
-    }
-    if (q) {
-      q = c != '"';
-      continue;
-    }
-    if (depth) {
-      depth += c == '(' ? 1 : c == ')' ? -1 : 0;
-      continue;
-    }
-    if (c == '"')
-      q = true;
-    else if (c == '(')
-      depth = 1;
-    else if (c == '<' && !in_angle) {
+    if (c == '<' && !in_angle) {
       if (had_angle)
         return "several mailboxes in the From field";
       in_angle = had_angle = true;
@@ -454,27 +465,9 @@ static const char *from_domain(const char *v, size_t len, char *out,
   size_t at = SIZE_MAX;
   q = false;
   depth = 0;
-  for (size_t i = a0; i < a1; i++) {
-    char c = v[i];
-    if ((q || depth) && c == '\\') {
-      i++;
-      continue;
-    }
-    if (q) {
-      q = c != '"';
-      continue;
-    }
-    if (depth) {
-      depth += c == '(' ? 1 : c == ')' ? -1 : 0;
-      continue;
-    }
-    if (c == '"')
-      q = true;
-    else if (c == '(')
-      depth = 1;
-    else if (c == '@')
+  for (size_t i = a0; i < a1; i++)
+    if (plain_at(v, &i, &q, &depth) && v[i] == '@')
       at = i;
-  }
   if (at == SIZE_MAX)
     return "no domain in the From field";
   size_t n = 0;
