@@ -432,12 +432,47 @@ static void full_enter(struct qstore *s)
   unlink(s->reserve_path);
 }
 
-/* Give freed pages back to the file system and try to take the reserve
- * again; leave full mode if it can be had. */
+static int int_row(void *arg, int n, char **v, char **names)
+{
+  (void)names;
+  if (n > 0 && v[0])
+    *(long long *)arg = atoll(v[0]);
+  return 0;
+}
+
+/* Give freed pages back to the file system, a step at a time: a vacuum
+ * moves pages through the WAL, and on a nearly full disk one vacuum of
+ * every free page fails (SQLITE_FULL) and frees nothing. Steps of
+ * VACUUM_STEP pages, the WAL truncated after each, need room for one
+ * step only. */
+#define VACUUM_STEP 256
+#define STR_(x) #x
+#define STR(x) STR_(x)
+static void full_give_back(struct qstore *s)
+{
+  long long free_pages = 0;
+  sqlite3_exec(s->wdb, "PRAGMA freelist_count", int_row, &free_pages, NULL);
+  for (long long steps = free_pages / VACUUM_STEP + 1; steps >= 0; steps--) {
+    int rc = SQLITE_OK;
+    if (free_pages > 0)
+      rc = sqlite3_exec(s->wdb,
+                        "PRAGMA incremental_vacuum(" STR(VACUUM_STEP) ")",
+                        NULL, NULL, NULL);
+    sqlite3_exec(s->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+    if (rc != SQLITE_OK || free_pages == 0)
+      break;
+    free_pages = 0;
+    sqlite3_exec(s->wdb, "PRAGMA freelist_count", int_row, &free_pages, NULL);
+    if (free_pages == 0)
+      break;
+  }
+}
+
+/* Give freed pages back and try to take the reserve again; leave full
+ * mode if it can be had. */
 static void full_try_leave(struct qstore *s)
 {
-  sqlite3_exec(s->wdb, "PRAGMA incremental_vacuum", NULL, NULL, NULL);
-  sqlite3_exec(s->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+  full_give_back(s);
   if (full_can_leave(s))
     full_set(s, false);
 }
@@ -470,10 +505,9 @@ static bool has_data(const struct op *list)
 static void writer_group(struct qstore *s, struct op *list)
 {
   if (s->full && has_data(list)) {
-    /* space may have been freed by someone else meanwhile */
-    if (full_can_leave(s))
-      full_set(s, false);
-    else
+    /* space may have been freed meanwhile, by us or someone else */
+    full_try_leave(s);
+    if (s->full)
       refuse_data(s, list);
   }
   int rc = qstore__run(s->w.begin);
