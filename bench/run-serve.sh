@@ -9,7 +9,7 @@
 # Environment: ROUNDS (2), SESSIONS ("1 20 200"), DURATION (10: --duration
 #   cap of every tern bench run, seconds), SMTP_SOURCE (/usr/sbin/smtp-source),
 #   PER_CONN (1000), STRACE (1: one short strace -f run of B per session
-#   count to count file and directory fsyncs; 0 to skip), DATA_DIR (where
+#   count to count file fsyncs and barriers (syncfs); 0 to skip), DATA_DIR (where
 #   the maildirs go; default under BUILD_DIR unless that is tmpfs, else
 #   /var/tmp),
 #   KEEP (directory for the raw results and logs; default temporary, removed),
@@ -36,7 +36,7 @@
 # stops the script with an error. Each run has its own maildir; all are
 # removed at the end (see RUN below).
 # Output: a table of median messages/s (rounds in brackets), the ratio
-# B/C, server CPU per message, and the fsync counts from strace.
+# B/C, server CPU per message, and the fsync/syncfs counts from strace.
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -276,12 +276,13 @@ source_run() { # target sessions round
   echo "source $t $n $r $rate $m -" >>"$RES"
 }
 
-# strace one short B run: file vs directory fsyncs, and how many ran at once.
+# strace one short B run: file fsyncs vs barriers (syncfs, or an fsync of
+# new/ from older builds), and how many ran at once.
 strace_run() { # sessions
   local n=$1 m tr log ok files
   m=$(( n == 1 ? 300 : 2000 ))
   tr=$OUT/strace.$n.txt
-  start strace sync strace -f -y -ttt -T -e trace=fsync,fdatasync -o "$tr"
+  start strace sync strace -f -y -ttt -T -e trace=fsync,fdatasync,syncfs -o "$tr"
   log=$OUT/bench.strace.$n.txt
   "$TERN" bench --server "smtp://127.0.0.1:${PORT[strace]}" --sessions "$n" \
     --messages "$m" --size 1024 --duration "$DURATION" \
@@ -293,13 +294,14 @@ strace_run() { # sessions
   [ "$files" = "$ok" ] || fail "strace run n=$n: $ok accepted, $files in new/"
   # Lines: "PID T fsync(FD</path>) = 0 <dur>", or split into
   # "<unfinished ...>" and "<... fsync resumed>) = 0 <dur>" (T = end).
-  # One line per fsync: kind (dir = new/, file), start, end.
+  # One line per call: kind (dir = a barrier: syncfs or new/, file),
+  # start, end.
   awk '
-    / fsync\(| fdatasync\(/ {
-      dir = ($0 ~ /\/new>/) ? "dir" : ($0 ~ /\/mail\/tmp\//) ? "file" : "other"
+    / fsync\(| fdatasync\(| syncfs\(/ {
+      dir = ($0 ~ /\/new>/ || $0 ~ / syncfs\(/) ? "dir" : ($0 ~ /\/mail\/tmp\//) ? "file" : "other"
       if ($0 ~ /unfinished/) { kind[$1] = dir; next }
     }
-    / fsync\(| fdatasync\(|resumed>/ {
+    / fsync\(| fdatasync\(| syncfs\(|resumed>/ {
       if ($0 ~ /resumed>/) dir = kind[$1]
       if (!match($0, /<[0-9.]+>$/)) next
       d = substr($0, RSTART + 1, RLENGTH - 2) + 0
@@ -316,7 +318,7 @@ strace_run() { # sessions
         if (t0 == "" || $2 < t0) t0 = $2; if ($3 > t1) t1 = $3 }
       END { printf "strace %s %d %d %d %.2f %d\n", n, ok, nf, nd,
               (t1 > t0 ? busy / (t1 - t0) : 0), mx }' >>"$RES"
-  tail -1 "$RES" | awk '{printf "  strace n=%s: %s msgs, %s file fsyncs, %s new/ fsyncs (%.2f per msg), mean %s / max %s fsyncs in flight\n", $2, $3, $4, $5, $5 / $3, $6, $7}'
+  tail -1 "$RES" | awk '{printf "  strace n=%s: %s msgs, %s file fsyncs, %s barriers (%.2f per msg), mean %s / max %s in flight\n", $2, $3, $4, $5, $5 / $3, $6, $7}'
 }
 
 echo "run-serve.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -389,7 +391,7 @@ awk '
     }
     if (!have_strace) exit
     print ""
-    print "| sessions (B, under strace) | messages | file fsyncs | new/ fsyncs | new/ fsyncs per message | mean / max fsyncs in flight |"
+    print "| sessions (B, under strace) | messages | file fsyncs | barriers (syncfs) | barriers per message | mean / max in flight |"
     print "|---:|---:|---:|---:|---:|---:|"
     for (i = 1; i <= nn; i++) {
       n = ns[i]; if (!(n in sm)) continue

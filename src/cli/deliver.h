@@ -200,14 +200,17 @@ int maildir_write(struct maildir_delivery *d, const char *buf, size_t len,
                   void (*cb)(void *arg, int status), void *arg);
 
 /*
- * Make it durable: fsync the file, close it, link it into DIRS[1..]/new
- * (a copy when on another file system), rename it into DIRS[0]/new, fsync
- * each new/ directory (shared with deliveries finishing at the same time),
- * then `done` with 250 2.0.0 (detail = file name) or 452 4.3.1 / 451 4.3.0
- * (nothing left in any new/). Call it with no write in flight. `done` is
- * always called, never from inside maildir_commit; the delivery frees
- * itself after `done` returns. Aborting after commit does not stop the
- * commit; it only means `done` is not called.
+ * Make it durable, then give it its names: the file's data on stable
+ * storage, the file linked into DIRS[1..]/new (a copy when on another
+ * file system) and renamed into DIRS[0]/new, those names on stable
+ * storage, then `done` with 250 2.0.0 (detail = file name) or 452 4.3.1
+ * / 451 4.3.0 (nothing left in any new/). With fsync, both steps are
+ * shared with the context's other deliveries: one syncfs(2) per file
+ * system and cycle (deliver_maildir.c explains it; it flushes whatever
+ * else is dirty on that file system too). Call it with no write in
+ * flight. `done` is always called, never from inside maildir_commit; the
+ * delivery frees itself after `done` returns. Aborting after commit does
+ * not stop the commit; it only means `done` is not called.
  */
 void maildir_commit(struct maildir_delivery *d, deliver_done_fn done,
                     void *arg);
@@ -217,9 +220,10 @@ void maildir_commit(struct maildir_delivery *d, deliver_done_fn done,
  * called); after commit, only detach `done` (the caller is gone). */
 void maildir_abort(struct maildir_delivery *d);
 
-/* TEST ONLY: the number of directory fsyncs started by this context (to
- * check group commit in tests/deliver). Not for the daemon's use. */
-unsigned long maildir_ctx_test_dir_fsyncs(const struct maildir_ctx *ctx);
+/* TEST ONLY: the number of barriers (cycles that ran syncfs) this
+ * context has finished, to check group commit in tests/deliver. Not for
+ * the daemon's use. */
+unsigned long maildir_ctx_test_barriers(const struct maildir_ctx *ctx);
 
 /* ---- pipe ---------------------------------------------------------------- */
 
