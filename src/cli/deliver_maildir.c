@@ -690,10 +690,10 @@ static struct md_dev *md_dev_get(struct maildir_ctx *ctx,
   int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0)
     return NULL;
-  if (fstat(fd, &st) != 0 || st.st_dev != d->dev) {
-    int e = errno;
+  int e = fstat(fd, &st) != 0 ? errno : st.st_dev != d->dev ? EXDEV : 0;
+  if (e != 0) { /* EXDEV: the directory was moved under us */
     close(fd);
-    errno = st.st_dev != d->dev ? EXDEV : e; /* moved under us */
+    errno = e;
     return NULL;
   }
   n[ctx->ndevs] = (struct md_dev){.dev = d->dev, .fd = fd};
